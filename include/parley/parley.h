@@ -1,0 +1,109 @@
+/*
+ * Parley: real-time communication in C.
+ *
+ * This header holds what every part of the public API shares: the export
+ * macro, the error codes, logging, and the event loop handle.
+ *
+ * Thread rules: unless a function says otherwise, it must be called on the
+ * thread that runs the loop it belongs to. Functions that take no loop
+ * (parley_strerror, parley_version, parley_log_set) are safe from any thread.
+ */
+#ifndef PARLEY_PARLEY_H
+#define PARLEY_PARLEY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) && defined(PARLEY_BUILDING)
+#define PARLEY_API __attribute__((visibility("default")))
+#else
+#define PARLEY_API
+#endif
+
+#define PARLEY_VERSION_MAJOR 0
+#define PARLEY_VERSION_MINOR 1
+#define PARLEY_VERSION_PATCH 0
+
+/* Error codes. Every fallible function returns 0 on success or one of these
+ * (negative) values. New codes may be added; treat unknown ones as generic
+ * failures and print them with parley_strerror(). */
+typedef enum parley_err {
+    PARLEY_OK = 0,
+    PARLEY_ENOMEM = -1,       /* out of memory */
+    PARLEY_EINVAL = -2,       /* invalid argument */
+    PARLEY_EPROTO = -3,       /* the peer violated the protocol */
+    PARLEY_ELIMIT = -4,       /* a configured limit was exceeded */
+    PARLEY_EAGAIN = -5,       /* more input needed, or try again later */
+    PARLEY_ECLOSED = -6,      /* the connection is closed or closing */
+    PARLEY_ETIMEDOUT = -7,    /* a deadline passed */
+    PARLEY_ECONNREFUSED = -8, /* the peer refused the TCP connection */
+    PARLEY_EDNS = -9,         /* the host name did not resolve */
+    PARLEY_ETLS = -10,        /* TLS failed (handshake, certificate, record) */
+    PARLEY_EHANDSHAKE = -11,  /* the peer rejected or botched the handshake */
+    PARLEY_EIO = -12,         /* an operating-system I/O error */
+    PARLEY_ESTATE = -13,      /* the call is not valid in the current state */
+    PARLEY_EFULL = -14,       /* a queue or output buffer is full */
+    PARLEY_EURL = -15,        /* the URL is malformed or has an unsupported scheme */
+} parley_err;
+
+/* Human-readable text for an error code; never NULL, static storage. */
+PARLEY_API const char *parley_strerror(int err);
+
+/* Library version as "MAJOR.MINOR.PATCH"; static storage. */
+PARLEY_API const char *parley_version(void);
+
+/* Logging. The library logs through one process-wide sink: by default,
+ * messages at PARLEY_LOG_WARN and above go to stderr. This is the only
+ * process-wide setting in the library; set it before starting loops. */
+typedef enum parley_log_level {
+    PARLEY_LOG_DEBUG = 0,
+    PARLEY_LOG_INFO = 1,
+    PARLEY_LOG_WARN = 2,
+    PARLEY_LOG_ERROR = 3,
+    PARLEY_LOG_OFF = 4,
+} parley_log_level;
+
+/* A log sink. `msg` is one line without a trailing newline, valid only
+ * during the call. May be called from any thread that runs a loop. */
+typedef void (*parley_log_fn)(parley_log_level level, const char *msg, void *user);
+
+/* Sets the minimum level and the sink (NULL = stderr). */
+PARLEY_API void parley_log_set(parley_log_level min_level, parley_log_fn fn, void *user);
+
+/* An event loop. A loop is either owned (created by parley_loop_new, run by
+ * parley_loop_run) or wraps a libuv loop the application drives itself
+ * (parley_loop_wrap_uv). Every connection, server and client belongs to one
+ * loop and its callbacks run on the thread that runs that loop. Loops share
+ * no state: two loops in one process are independent. */
+typedef struct parley_loop parley_loop;
+
+/* Creates a loop that owns its libuv loop. Returns NULL when out of memory. */
+PARLEY_API parley_loop *parley_loop_new(void);
+
+/* Wraps an existing `uv_loop_t *` (passed as void * so that this header does
+ * not require uv.h). The application keeps running that loop. */
+PARLEY_API parley_loop *parley_loop_wrap_uv(void *uv_loop);
+
+/* Returns the underlying `uv_loop_t *`. */
+PARLEY_API void *parley_loop_uv(parley_loop *loop);
+
+/* Runs the loop until nothing is left to do or parley_loop_stop is called.
+ * Returns 0, or PARLEY_EINVAL for a wrapped loop (drive it yourself). */
+PARLEY_API int parley_loop_run(parley_loop *loop);
+
+/* Makes parley_loop_run return after the current iteration. Loop thread only. */
+PARLEY_API void parley_loop_stop(parley_loop *loop);
+
+/* Frees the loop. Every object created on it must have been freed and the
+ * loop run until their handles closed. For a wrapped loop the libuv loop is
+ * left alone (but this call runs it briefly to close the loop's own handles). */
+PARLEY_API void parley_loop_free(parley_loop *loop);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

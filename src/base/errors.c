@@ -1,0 +1,32 @@
+#include "parley/parley.h"
+
+const char *parley_strerror(int err)
+{
+    switch ((parley_err)err) {
+    case PARLEY_OK: return "success";
+    case PARLEY_ENOMEM: return "out of memory";
+    case PARLEY_EINVAL: return "invalid argument";
+    case PARLEY_EPROTO: return "protocol violation by the peer";
+    case PARLEY_ELIMIT: return "limit exceeded";
+    case PARLEY_EAGAIN: return "more input needed";
+    case PARLEY_ECLOSED: return "connection closed";
+    case PARLEY_ETIMEDOUT: return "timed out";
+    case PARLEY_ECONNREFUSED: return "connection refused";
+    case PARLEY_EDNS: return "host name lookup failed";
+    case PARLEY_ETLS: return "TLS error";
+    case PARLEY_EHANDSHAKE: return "handshake rejected";
+    case PARLEY_EIO: return "I/O error";
+    case PARLEY_ESTATE: return "invalid state for this call";
+    case PARLEY_EFULL: return "buffer or queue full";
+    case PARLEY_EURL: return "malformed or unsupported URL";
+    }
+    return "unknown error";
+}
+
+const char *parley_version(void)
+{
+#define PARLEY_STR2(x) #x
+#define PARLEY_STR(x)  PARLEY_STR2(x)
+    return PARLEY_STR(PARLEY_VERSION_MAJOR) "." PARLEY_STR(PARLEY_VERSION_MINOR) "." PARLEY_STR(
+        PARLEY_VERSION_PATCH);
+}

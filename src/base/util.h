@@ -1,0 +1,39 @@
+/* Small shared helpers: checked sizes, base64, randomness, clocks. */
+#ifndef PARLEY_BASE_UTIL_H
+#define PARLEY_BASE_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PARLEY_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define PARLEY_MIN(a, b)    ((a) < (b) ? (a) : (b))
+#define PARLEY_MAX(a, b)    ((a) > (b) ? (a) : (b))
+#define PARLEY_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* calloc with overflow check on n*size. */
+void *pcalloc(size_t n, size_t size);
+
+/* Base64 (RFC 4648, standard alphabet, with padding). */
+size_t base64_encoded_len(size_t n);
+/* Writes base64_encoded_len(n) bytes plus a NUL to out. Returns the length. */
+size_t base64_encode(const uint8_t *in, size_t n, char *out);
+/* Decodes strictly (padding required, no whitespace, canonical trailing
+ * bits). Returns the decoded length, or -1 on malformed input or when the
+ * output would exceed out_cap. */
+long base64_decode(const char *in, size_t n, uint8_t *out, size_t out_cap);
+
+/* Fills buf with n bytes from the OS CSPRNG (OpenSSL RAND_bytes).
+ * Returns 0 or PARLEY_EIO. */
+int prand_bytes(void *buf, size_t n);
+
+/* Monotonic clock in milliseconds / nanoseconds. */
+uint64_t ptime_ms(void);
+uint64_t ptime_ns(void);
+
+/* ASCII case-insensitive comparison of a and b (lengths given). */
+bool pstr_ieq(const char *a, size_t alen, const char *b, size_t blen);
+/* Same with a NUL-terminated b. */
+bool pstr_ieqz(const char *a, size_t alen, const char *b);
+
+#endif
