@@ -1,0 +1,782 @@
+/* Connections: batched writes, shared read buffers, TLS, close, connect. */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+
+#include "base/log.h"
+#include "base/util.h"
+#include "net/conn_internal.h"
+
+#define PCONN_DEFAULT_MAX_OUT (8u * 1024 * 1024)
+#define PCONN_LINGER_MS       5000
+#define PCONN_MIN_READ        (16 * 1024)
+
+struct pconn_write {
+    uv_write_t req;
+    pconn *c;
+    pbuf buf; /* bytes [off, len) are being written */
+    size_t off;
+};
+
+struct pconn_connect {
+    pconn *c; /* NULL once the connection is gone */
+    uv_getaddrinfo_t gai;
+    uv_connect_t req;
+    struct addrinfo *res, *cur;
+    ptls_ctx *tls;
+    bool resolving;
+    bool connecting;
+    bool reopening;
+    int last_err;
+    char host[256];
+};
+
+static void do_close(pconn *c);
+static void start_reading(pconn *c);
+static void connect_done(pconn *c, int status);
+
+static int uv_to_parley(int uverr)
+{
+    switch (uverr) {
+    case UV_ECONNREFUSED: return PARLEY_ECONNREFUSED;
+    case UV_ETIMEDOUT: return PARLEY_ETIMEDOUT;
+    case UV_ENOMEM:
+    case UV_ENOBUFS: return PARLEY_ENOMEM;
+    case UV_EOF: return PARLEY_ECLOSED;
+    default: return PARLEY_EIO;
+    }
+}
+
+void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, void *user, size_t max_out)
+{
+    memset(c, 0, sizeof *c);
+    c->loop = loop;
+    c->cbs = cbs;
+    c->user = user;
+    c->max_out = max_out ? max_out : PCONN_DEFAULT_MAX_OUT;
+    ptimer_init(&c->timer, NULL);
+    uv_tcp_init(loop->uv, &c->tcp);
+    c->tcp.data = c;
+    c->flags = PCONN_HAS_TCP;
+    loop->nconns++;
+}
+
+size_t pconn_pending(const pconn *c)
+{
+    size_t n = c->out.len;
+    if (c->tls) n += c->tls->wire.len;
+    if (c->w) n += c->w->buf.len - c->w->off;
+    return n;
+}
+
+static void schedule_flush(pconn *c)
+{
+    if (c->flags & PCONN_FLUSH_LIST) return;
+    c->flags |= PCONN_FLUSH_LIST;
+    c->flush_next = c->loop->flush_head;
+    c->loop->flush_head = c;
+}
+
+static void unlink_flush(pconn *c)
+{
+    if (!(c->flags & PCONN_FLUSH_LIST)) return;
+    pconn **pp = &c->loop->flush_head;
+    while (*pp && *pp != c) pp = &(*pp)->flush_next;
+    if (*pp) *pp = c->flush_next;
+    c->flush_next = NULL;
+    c->flags &= ~PCONN_FLUSH_LIST;
+}
+
+/* The limit bounds the backlog a new write may join, not the write itself:
+ * one message larger than the limit can still be sent to a peer that
+ * reads, and a peer that does not read is dropped at its next write. So
+ * memory per connection stays below max_out plus one message. */
+static int check_limit(pconn *c)
+{
+    if (pconn_pending(c) <= c->max_out) return 0;
+    char peer[64];
+    pconn_peer_name(c, peer, sizeof peer);
+    plog_warn("closing %s: %zu bytes of output not taken by the peer (limit %zu)", peer,
+              pconn_pending(c), c->max_out);
+    pconn_close(c, false, PARLEY_EFULL);
+    return PARLEY_EFULL;
+}
+
+uint8_t *pconn_reserve(pconn *c, size_t n)
+{
+    pbuf *out = pconn_out(c);
+    if (!out || pbuf_reserve(out, n) != 0) return NULL;
+    return out->ptr + out->len;
+}
+
+void pconn_commit(pconn *c, size_t n)
+{
+    c->out.len += n;
+    schedule_flush(c);
+}
+
+pbuf *pconn_out(pconn *c)
+{
+    if (c->flags & PCONN_CLOSING) return NULL;
+    if (check_limit(c) != 0) return NULL;
+    return &c->out;
+}
+
+int pconn_wrote(pconn *c)
+{
+    if (c->flags & PCONN_CLOSED) return PARLEY_ECLOSED;
+    if (c->out.len) schedule_flush(c);
+    return 0;
+}
+
+int pconn_write(pconn *c, const void *data, size_t len)
+{
+    if (c->flags & PCONN_CLOSING) return PARLEY_ECLOSED;
+    int rc = check_limit(c);
+    if (rc || len == 0) return rc;
+    rc = pbuf_append(&c->out, data, len);
+    if (rc) return rc;
+    schedule_flush(c);
+    return 0;
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct pconn_write *w = PARLEY_CONTAINER_OF(req, struct pconn_write, req);
+    pconn *c = w->c;
+    c->flags &= ~PCONN_WRITING;
+    c->w = NULL;
+    pbuf_free(&w->buf);
+    free(w);
+    if (c->flags & PCONN_CLOSED) return;
+    if (status < 0) {
+        pconn_close(c, false, uv_to_parley(status));
+        return;
+    }
+    pconn__flush(c);
+}
+
+/* Writes src to the socket: as much as the kernel takes now, the rest with
+ * one uv_write that takes over src's storage. */
+static void write_out(pconn *c, pbuf *src)
+{
+    if (src->len == 0 || (c->flags & PCONN_WRITING)) return;
+    uv_buf_t b = uv_buf_init((char *)src->ptr, (unsigned)PARLEY_MIN(src->len, (size_t)UINT32_MAX));
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n == UV_EAGAIN) n = 0;
+    if (n < 0) {
+        pconn_close(c, false, uv_to_parley(n));
+        return;
+    }
+    if ((size_t)n == src->len) {
+        src->len = 0;
+        /* Keep a small buffer for the next burst; give big ones back. */
+        pbuf_reset(src, 64 * 1024);
+        return;
+    }
+    struct pconn_write *w = malloc(sizeof *w);
+    if (!w) {
+        pconn_close(c, false, PARLEY_ENOMEM);
+        return;
+    }
+    w->c = c;
+    w->buf = *src;
+    w->off = (size_t)n;
+    memset(src, 0, sizeof *src);
+    uv_buf_t rest = uv_buf_init((char *)w->buf.ptr + w->off, (unsigned)(w->buf.len - w->off));
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &rest, 1, on_write);
+    if (rc < 0) {
+        pbuf_free(&w->buf);
+        free(w);
+        pconn_close(c, false, uv_to_parley(rc));
+        return;
+    }
+    c->w = w;
+    c->flags |= PCONN_WRITING;
+}
+
+static void tls_fail(pconn *c, const char *what)
+{
+    char buf[256], peer[64];
+    pconn_peer_name(c, peer, sizeof peer);
+    plog_info("TLS error with %s (%s): %s", peer, what, ptls__errstr(buf, sizeof buf));
+    if (c->connecting) {
+        connect_done(c, PARLEY_ETLS);
+        return;
+    }
+    pconn_close(c, false, PARLEY_ETLS);
+}
+
+/* Encrypts queued plaintext (once the handshake is done) into t->wire. */
+static int tls_encrypt(pconn *c)
+{
+    ptls *t = c->tls;
+    if (t->done && c->out.len && !t->shutdown_sent) {
+        size_t off = 0;
+        while (off < c->out.len) {
+            size_t chunk = PARLEY_MIN(c->out.len - off, (size_t)1 << 30);
+            int n = SSL_write(t->ssl, c->out.ptr + off, (int)chunk);
+            if (n <= 0) {
+                tls_fail(c, "write");
+                return PARLEY_ETLS;
+            }
+            off += (size_t)n;
+        }
+        c->out.len = 0;
+        pbuf_reset(&c->out, 64 * 1024);
+    }
+    if (ptls__drain(t) != 0) {
+        pconn_close(c, false, PARLEY_ENOMEM);
+        return PARLEY_ENOMEM;
+    }
+    return 0;
+}
+
+static void maybe_finish_linger(pconn *c)
+{
+    if ((c->flags & PCONN_LINGER) && !(c->flags & PCONN_CLOSED) && pconn_pending(c) == 0)
+        do_close(c);
+}
+
+void pconn__flush(pconn *c)
+{
+    if (c->flags & PCONN_CLOSED) return;
+    if (c->flags & PCONN_WRITING) return; /* on_write flushes again */
+    if (c->flags & PCONN_CONNECTED) {
+        if (c->tls) {
+            if (tls_encrypt(c) != 0) return;
+            write_out(c, &c->tls->wire);
+        } else {
+            write_out(c, &c->out);
+        }
+    }
+    maybe_finish_linger(c);
+}
+
+void pconn_expect(pconn *c, size_t total)
+{
+    c->in_hint = total;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    pconn *c = h->data;
+    /* Plain connections holding a partial message read straight into their
+     * own buffer (sized for the frame being received when known); all
+     * others read into the loop's shared buffer. */
+    if (!c->tls && c->in.len > 0) {
+        size_t want = PCONN_MIN_READ;
+        if (c->in_hint > c->in.len) want = PARLEY_MAX(want, c->in_hint - c->in.len);
+        if (pbuf_reserve(&c->in, want) == 0) {
+            *buf = uv_buf_init((char *)c->in.ptr + c->in.len,
+                               (unsigned)PARLEY_MIN(c->in.cap - c->in.len, (size_t)UINT32_MAX));
+            return;
+        }
+        *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+        return;
+    }
+    *buf = uv_buf_init((char *)c->loop->rbuf, PNET_READ_BUF_SIZE);
+}
+
+/* Hands c->in to the consumer and keeps what it leaves. */
+static void process_in(pconn *c)
+{
+    if (c->flags & PCONN_CLOSING) return;
+    c->flags |= PCONN_IN_DATA;
+    size_t used = c->cbs->on_data(c, c->in.ptr, c->in.len);
+    c->flags &= ~PCONN_IN_DATA;
+    if (used >= c->in.len) {
+        c->in.len = 0;
+        pbuf_reset(&c->in, 0);
+        c->in_hint = 0;
+    } else if (used > 0) {
+        pbuf_consume(&c->in, used);
+    }
+}
+
+/* Delivers plaintext that is not in c->in (a shared buffer). */
+static void deliver(pconn *c, uint8_t *data, size_t n)
+{
+    if (c->flags & PCONN_CLOSING) return;
+    if (c->in.len > 0) {
+        /* Earlier bytes are waiting: keep the stream contiguous. */
+        if (pbuf_append(&c->in, data, n) != 0) {
+            pconn_close(c, false, PARLEY_ENOMEM);
+            return;
+        }
+        process_in(c);
+        return;
+    }
+    c->flags |= PCONN_IN_DATA;
+    size_t used = c->cbs->on_data(c, data, n);
+    c->flags &= ~PCONN_IN_DATA;
+    if (used < n && !(c->flags & PCONN_CLOSING)) {
+        size_t want = PARLEY_MAX(n - used, c->in_hint);
+        if (pbuf_reserve(&c->in, want) != 0 || pbuf_append(&c->in, data + used, n - used) != 0)
+            pconn_close(c, false, PARLEY_ENOMEM);
+    }
+}
+
+static void handle_eof(pconn *c)
+{
+    c->flags |= PCONN_EOF;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->flags &= ~PCONN_READING;
+    /* A half-closed peer may still read: a lingering close keeps flushing. */
+    if (c->flags & PCONN_CLOSING) return;
+    if (c->cbs->on_eof)
+        c->cbs->on_eof(c);
+    else
+        pconn_close(c, true, 0);
+}
+
+static void tls_progress(pconn *c)
+{
+    ptls *t = c->tls;
+    if (!t->done) {
+        int rc = SSL_do_handshake(t->ssl);
+        if (rc == 1) {
+            t->done = true;
+            if (c->connecting) connect_done(c, 0);
+            if (c->flags & PCONN_CLOSING) return;
+        } else {
+            int e = SSL_get_error(t->ssl, rc);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                /* Send the alert OpenSSL queued before dropping the link. */
+                ptls__drain(t);
+                write_out(c, &t->wire);
+                tls_fail(c, "handshake");
+                return;
+            }
+        }
+    }
+    if (t->done) {
+        for (;;) {
+            bool in_place = c->in.len > 0;
+            uint8_t *dst;
+            size_t cap;
+            if (in_place) {
+                if (pbuf_reserve(&c->in, PCONN_MIN_READ) != 0) {
+                    pconn_close(c, false, PARLEY_ENOMEM);
+                    return;
+                }
+                dst = c->in.ptr + c->in.len;
+                cap = c->in.cap - c->in.len;
+            } else {
+                dst = c->loop->pbuf;
+                cap = PNET_READ_BUF_SIZE;
+            }
+            int n = SSL_read(t->ssl, dst, (int)PARLEY_MIN(cap, (size_t)INT32_MAX));
+            if (n > 0) {
+                if (in_place) {
+                    c->in.len += (size_t)n;
+                    process_in(c);
+                } else {
+                    deliver(c, dst, (size_t)n);
+                }
+                if (c->flags & PCONN_CLOSING) break;
+                continue;
+            }
+            int e = SSL_get_error(t->ssl, n);
+            if (e == SSL_ERROR_WANT_READ) break;
+            if (e == SSL_ERROR_ZERO_RETURN) {
+                ptls__drain(t);
+                schedule_flush(c);
+                handle_eof(c);
+                return;
+            }
+            tls_fail(c, "read");
+            return;
+        }
+    }
+    /* Handshake messages, alerts and session tickets go out now. */
+    if (!(c->flags & PCONN_CLOSED) && BIO_ctrl_pending(t->wbio)) schedule_flush(c);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    pconn *c = s->data;
+    if (nread == 0) return;
+    if (nread < 0) {
+        if (nread == UV_EOF) {
+            handle_eof(c);
+        } else {
+            pconn_close(c, false, uv_to_parley((int)nread));
+        }
+        return;
+    }
+    if (c->flags & PCONN_CLOSING) return;
+    if (c->tls) {
+        if (BIO_write(c->tls->rbio, buf->base, (int)nread) != (int)nread) {
+            pconn_close(c, false, PARLEY_ENOMEM);
+            return;
+        }
+        tls_progress(c);
+        return;
+    }
+    if ((uint8_t *)buf->base == c->loop->rbuf) {
+        deliver(c, (uint8_t *)buf->base, (size_t)nread);
+    } else {
+        c->in.len += (size_t)nread;
+        process_in(c);
+    }
+}
+
+static void start_reading(pconn *c)
+{
+    if ((c->flags & (PCONN_READING | PCONN_CLOSING | PCONN_EOF))) return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->flags |= PCONN_READING;
+}
+
+void pconn_pause(pconn *c)
+{
+    if (!(c->flags & PCONN_READING)) return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->flags &= ~PCONN_READING;
+}
+
+void pconn_resume(pconn *c)
+{
+    start_reading(c);
+}
+
+static void on_uv_close(uv_handle_t *h)
+{
+    pconn *c = h->data;
+    pbuf_free(&c->in);
+    pbuf_free(&c->out);
+    ptls__free(c->tls);
+    c->tls = NULL;
+    c->loop->nconns--;
+    if (c->cbs->on_close) c->cbs->on_close(c, c->close_err);
+}
+
+static void do_close(pconn *c)
+{
+    if (c->flags & PCONN_CLOSED) return;
+    c->flags |= PCONN_CLOSED | PCONN_CLOSING;
+    unlink_flush(c);
+    ploop_timer_stop(c->loop, &c->timer);
+    if (c->flags & PCONN_REOPENING) {
+        /* The handle is already closing: on_reopened finishes the job. */
+        if (c->connecting) c->connecting->c = NULL;
+        c->connecting = NULL;
+        return;
+    }
+    if (c->connecting) {
+        struct pconn_connect *st = c->connecting;
+        st->c = NULL;
+        c->connecting = NULL;
+        if (st->resolving) uv_cancel((uv_req_t *)&st->gai);
+        /* A pending uv_connect is cancelled by closing the handle; its
+         * callback still runs and frees st. */
+        if (!st->resolving && !st->connecting && !st->reopening) {
+            if (st->res) uv_freeaddrinfo(st->res);
+            free(st);
+        }
+    }
+    uv_close((uv_handle_t *)&c->tcp, on_uv_close);
+}
+
+static void on_linger_timeout(ptimer *t)
+{
+    pconn *c = PARLEY_CONTAINER_OF(t, pconn, timer);
+    do_close(c);
+}
+
+void pconn_close(pconn *c, bool graceful, int err)
+{
+    if (c->flags & PCONN_CLOSED) return;
+    if (!(c->flags & PCONN_CLOSING)) {
+        c->flags |= PCONN_CLOSING;
+        c->close_err = err;
+    } else if (!graceful) {
+        do_close(c);
+        return;
+    } else {
+        return; /* already lingering */
+    }
+    if (graceful && (c->flags & PCONN_CONNECTED)) {
+        if (c->tls && c->tls->done && !c->tls->shutdown_sent) {
+            /* Plaintext still queued must be encrypted before close_notify. */
+            if (tls_encrypt(c) != 0) return;
+            SSL_shutdown(c->tls->ssl);
+            c->tls->shutdown_sent = true;
+            ptls__drain(c->tls);
+        }
+        if (pconn_pending(c) > 0) {
+            c->flags |= PCONN_LINGER;
+            c->timer.cb = on_linger_timeout;
+            ploop_timer_start(c->loop, &c->timer, PCONN_LINGER_MS);
+            schedule_flush(c);
+            return;
+        }
+    }
+    do_close(c);
+}
+
+void pconn_peer_name(pconn *c, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            uv_ip4_name(a, ip, sizeof ip);
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            uv_ip6_name(a, ip, sizeof ip);
+            port = ntohs(a->sin6_port);
+        }
+    }
+    snprintf(out, cap, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+}
+
+/* Called once the TCP link exists (accepted or connected). */
+static int begin_session(pconn *c, ptls_ctx *tls, const char *host)
+{
+    c->flags |= PCONN_CONNECTED;
+    uv_tcp_nodelay(&c->tcp, 1);
+    if (tls) {
+        c->tls = ptls__new(tls, host);
+        if (!c->tls) return PARLEY_ENOMEM;
+    }
+    start_reading(c);
+    if (c->tls) {
+        /* The client speaks first; the server waits for ClientHello. */
+        if (!tls->server) tls_progress(c);
+    }
+    return 0;
+}
+
+/* Listener. */
+
+struct plistener {
+    uv_tcp_t tcp;
+    parley_loop *loop;
+    ptls_ctx *tls;
+    plisten_accept_fn accept;
+    void *user;
+};
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    plistener *l = server->data;
+    if (status < 0) {
+        plog_warn("accept failed: %s", uv_strerror(status));
+        return;
+    }
+    pconn *c = l->accept(l, l->user);
+    if (!c) {
+        /* Refused (e.g. out of memory): accept and drop, so the backlog
+         * does not keep waking us. */
+        uv_tcp_t *tmp = malloc(sizeof *tmp);
+        if (tmp && uv_tcp_init(l->loop->uv, tmp) == 0) {
+            if (uv_accept(server, (uv_stream_t *)tmp) == 0) {}
+            uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
+        } else {
+            free(tmp);
+        }
+        return;
+    }
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        pconn_close(c, false, PARLEY_EIO);
+        return;
+    }
+    if (begin_session(c, l->tls, NULL) != 0) pconn_close(c, false, PARLEY_ENOMEM);
+}
+
+int plisten(parley_loop *loop, const char *host, unsigned port, ptls_ctx *tls,
+            plisten_accept_fn accept, void *user, plistener **out)
+{
+    if (port > 65535 || !accept) return PARLEY_EINVAL;
+    struct sockaddr_storage ss;
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss) != 0)
+        return PARLEY_EINVAL;
+    plistener *l = pcalloc(1, sizeof *l);
+    if (!l) return PARLEY_ENOMEM;
+    l->loop = loop;
+    l->tls = tls;
+    l->accept = accept;
+    l->user = user;
+    uv_tcp_init(loop->uv, &l->tcp);
+    l->tcp.data = l;
+    int rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
+    if (rc != 0) {
+        plog_error("listen on %s:%u: %s", host, port, uv_strerror(rc));
+        uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+        return rc == UV_EADDRINUSE ? PARLEY_EIO : PARLEY_EINVAL;
+    }
+    *out = l;
+    return 0;
+}
+
+unsigned plistener_port(plistener *l)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len) != 0) return 0;
+    if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+void plistener_close(plistener *l)
+{
+    if (!l) return;
+    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+}
+
+/* Outbound connect: resolve, try each address, then TLS. */
+
+static void try_next_address(struct pconn_connect *st);
+
+static void connect_done(pconn *c, int status)
+{
+    struct pconn_connect *st = c->connecting;
+    c->connecting = NULL;
+    ploop_timer_stop(c->loop, &c->timer);
+    if (st) {
+        st->c = NULL;
+        if (!st->resolving && !st->connecting && !st->reopening) {
+            if (st->res) uv_freeaddrinfo(st->res);
+            free(st);
+        }
+    }
+    if (c->cbs->on_connect) c->cbs->on_connect(c, status);
+    if (status != 0) pconn_close(c, false, status);
+}
+
+static void st_release(struct pconn_connect *st)
+{
+    if (st->res) uv_freeaddrinfo(st->res);
+    free(st);
+}
+
+static void on_tcp_connected(uv_connect_t *req, int status)
+{
+    struct pconn_connect *st = PARLEY_CONTAINER_OF(req, struct pconn_connect, req);
+    st->connecting = false;
+    pconn *c = st->c;
+    if (!c) {
+        st_release(st);
+        return;
+    }
+    if (status == 0) {
+        if (begin_session(c, st->tls, st->host) != 0) {
+            connect_done(c, PARLEY_ENOMEM);
+            return;
+        }
+        if (!st->tls) connect_done(c, 0);
+        return;
+    }
+    st->last_err = uv_to_parley(status);
+    st->cur = st->cur ? st->cur->ai_next : NULL;
+    if (!st->cur) {
+        connect_done(c, st->last_err);
+        return;
+    }
+    try_next_address(st);
+}
+
+static void on_reopened(uv_handle_t *h)
+{
+    struct pconn_connect *st = h->data;
+    pconn *c = PARLEY_CONTAINER_OF((uv_tcp_t *)h, pconn, tcp);
+    st->reopening = false;
+    c->flags &= ~PCONN_REOPENING;
+    c->tcp.data = c;
+    if (c->flags & PCONN_CLOSED) {
+        /* Closed (or timed out) while the old socket was going away. */
+        if (!st->c) st_release(st);
+        on_uv_close(h);
+        return;
+    }
+    uv_tcp_init(c->loop->uv, &c->tcp);
+    c->tcp.data = c;
+    try_next_address(st);
+}
+
+static void try_next_address(struct pconn_connect *st)
+{
+    pconn *c = st->c;
+    int rc = uv_tcp_connect(&st->req, &c->tcp, st->cur->ai_addr, on_tcp_connected);
+    if (rc == 0) {
+        st->connecting = true;
+        return;
+    }
+    st->last_err = uv_to_parley(rc);
+    st->cur = st->cur->ai_next;
+    if (!st->cur) {
+        connect_done(c, st->last_err);
+        return;
+    }
+    /* A failed socket cannot be reused: close and re-create the handle. */
+    st->reopening = true;
+    c->flags |= PCONN_REOPENING;
+    c->tcp.data = st;
+    uv_close((uv_handle_t *)&c->tcp, on_reopened);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct pconn_connect *st = PARLEY_CONTAINER_OF(req, struct pconn_connect, gai);
+    st->resolving = false;
+    st->res = res;
+    pconn *c = st->c;
+    if (!c) {
+        st_release(st);
+        return;
+    }
+    if (status < 0 || !res) {
+        plog_info("resolve %s: %s", st->host, uv_strerror(status));
+        connect_done(c, PARLEY_EDNS);
+        return;
+    }
+    st->cur = res;
+    try_next_address(st);
+}
+
+static void on_connect_timeout(ptimer *t)
+{
+    pconn *c = PARLEY_CONTAINER_OF(t, pconn, timer);
+    if (c->connecting) connect_done(c, PARLEY_ETIMEDOUT);
+}
+
+int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint64_t timeout_ms)
+{
+    if (!host || !*host || port == 0 || port > 65535) return PARLEY_EINVAL;
+    if (strlen(host) >= sizeof(((struct pconn_connect *)0)->host)) return PARLEY_EINVAL;
+    struct pconn_connect *st = pcalloc(1, sizeof *st);
+    if (!st) return PARLEY_ENOMEM;
+    st->c = c;
+    st->tls = tls;
+    snprintf(st->host, sizeof st->host, "%s", host);
+    char portstr[8];
+    snprintf(portstr, sizeof portstr, "%u", port);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG;
+    int rc = uv_getaddrinfo(c->loop->uv, &st->gai, on_resolved, host, portstr, &hints);
+    if (rc != 0) {
+        free(st);
+        return PARLEY_EDNS;
+    }
+    st->resolving = true;
+    c->connecting = st;
+    if (timeout_ms) {
+        c->timer.cb = on_connect_timeout;
+        ploop_timer_start(c->loop, &c->timer, timeout_ms);
+    }
+    return 0;
+}

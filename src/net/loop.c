@@ -1,0 +1,162 @@
+/* The loop context: one uv timer for all ptimers, the flush list, shared
+ * read buffers. */
+#include <stdlib.h>
+
+#include "base/log.h"
+#include "base/util.h"
+#include "net/conn_internal.h"
+#include "net/net.h"
+
+static void on_uv_timer(uv_timer_t *t)
+{
+    parley_loop *l = t->data;
+    l->timer_due = UINT64_MAX;
+    ptimer_heap_run(&l->timers, ploop_now(l));
+    ptimer *next = ptimer_heap_peek(&l->timers);
+    if (next) {
+        uint64_t now = ploop_now(l);
+        uint64_t delay = next->deadline > now ? next->deadline - now : 0;
+        l->timer_due = next->deadline;
+        uv_timer_start(&l->timer, on_uv_timer, delay, 0);
+    }
+}
+
+int ploop_timer_start(parley_loop *l, ptimer *t, uint64_t delay_ms)
+{
+    uint64_t now = ploop_now(l);
+    uint64_t due = delay_ms > UINT64_MAX - now ? UINT64_MAX - 1 : now + delay_ms;
+    int rc = ptimer_heap_add(&l->timers, t, due);
+    if (rc) return rc;
+    /* Only an earlier deadline needs the uv timer moved; a later or removed
+     * one at worst causes one empty wake-up. */
+    if (due < l->timer_due) {
+        l->timer_due = due;
+        uv_timer_start(&l->timer, on_uv_timer, delay_ms, 0);
+    }
+    return 0;
+}
+
+void ploop_timer_stop(parley_loop *l, ptimer *t)
+{
+    ptimer_heap_remove(&l->timers, t);
+    if (l->timers.n == 0 && l->timer_due != UINT64_MAX) {
+        uv_timer_stop(&l->timer);
+        l->timer_due = UINT64_MAX;
+    }
+}
+
+void ploop_flush(parley_loop *l)
+{
+    /* Flushing may close connections (errors) but never adds to the list
+     * while we walk it: a connection re-queues itself only from callbacks. */
+    pconn *c = l->flush_head;
+    l->flush_head = NULL;
+    while (c) {
+        pconn *next = c->flush_next;
+        c->flush_next = NULL;
+        c->flags &= ~PCONN_FLUSH_LIST;
+        pconn__flush(c);
+        c = next;
+    }
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    ploop_flush(h->data);
+}
+
+static void on_check(uv_check_t *h)
+{
+    ploop_flush(h->data);
+}
+
+static int loop_setup(parley_loop *l)
+{
+    l->rbuf = malloc(PNET_READ_BUF_SIZE);
+    l->pbuf = malloc(PNET_READ_BUF_SIZE);
+    if (!l->rbuf || !l->pbuf) return PARLEY_ENOMEM;
+    l->timer_due = UINT64_MAX;
+    uv_timer_init(l->uv, &l->timer);
+    uv_prepare_init(l->uv, &l->prepare);
+    uv_check_init(l->uv, &l->check);
+    l->timer.data = l->prepare.data = l->check.data = l;
+    uv_prepare_start(&l->prepare, on_prepare);
+    uv_check_start(&l->check, on_check);
+    /* The flush hooks never keep the loop alive; the timer does while any
+     * ptimer is armed, because an armed timer is pending work. */
+    uv_unref((uv_handle_t *)&l->prepare);
+    uv_unref((uv_handle_t *)&l->check);
+    return 0;
+}
+
+parley_loop *parley_loop_new(void)
+{
+    parley_loop *l = pcalloc(1, sizeof *l);
+    if (!l) return NULL;
+    if (uv_loop_init(&l->own) != 0) {
+        free(l);
+        return NULL;
+    }
+    l->uv = &l->own;
+    l->owned = true;
+    if (loop_setup(l) != 0) {
+        uv_loop_close(&l->own);
+        free(l->rbuf);
+        free(l->pbuf);
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+parley_loop *parley_loop_wrap_uv(void *uv_loop)
+{
+    if (!uv_loop) return NULL;
+    parley_loop *l = pcalloc(1, sizeof *l);
+    if (!l) return NULL;
+    l->uv = uv_loop;
+    if (loop_setup(l) != 0) {
+        free(l->rbuf);
+        free(l->pbuf);
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+void *parley_loop_uv(parley_loop *loop)
+{
+    return loop->uv;
+}
+
+int parley_loop_run(parley_loop *loop)
+{
+    if (!loop->owned) return PARLEY_EINVAL;
+    uv_run(loop->uv, UV_RUN_DEFAULT);
+    return 0;
+}
+
+void parley_loop_stop(parley_loop *loop)
+{
+    uv_stop(loop->uv);
+}
+
+void parley_loop_free(parley_loop *loop)
+{
+    if (!loop) return;
+    if (loop->nconns) plog_warn("parley_loop_free: %u connections still open", loop->nconns);
+    uv_close((uv_handle_t *)&loop->timer, NULL);
+    uv_close((uv_handle_t *)&loop->prepare, NULL);
+    uv_close((uv_handle_t *)&loop->check, NULL);
+    /* Let the close callbacks run (they are NULL, but libuv must unlink the
+     * handles before the memory goes away). */
+    uv_run(loop->uv, UV_RUN_NOWAIT);
+    if (loop->owned) {
+        uv_run(loop->uv, UV_RUN_DEFAULT);
+        if (uv_loop_close(loop->uv) != 0) plog_warn("parley_loop_free: libuv loop still busy");
+    }
+    ptimer_heap_free(&loop->timers);
+    free(loop->rbuf);
+    free(loop->pbuf);
+    free(loop);
+}

@@ -1,0 +1,194 @@
+/*
+ * Network layer: the loop context, byte-stream connections over TCP with
+ * optional TLS (OpenSSL memory BIOs), listeners and outbound connects.
+ *
+ * Reads: the loop owns one 64 KiB read buffer that every connection reads
+ * into; only bytes a consumer leaves unconsumed (a partial frame) are copied
+ * into the connection's own input buffer, and further reads then land there
+ * directly. An idle connection holds no buffers.
+ *
+ * Writes: pconn_write() appends to the connection's output buffer and puts
+ * the connection on the loop's flush list; the list is flushed once per loop
+ * iteration (after I/O callbacks and again before the loop blocks), so
+ * everything a connection produced during one iteration leaves in one
+ * uv_try_write (or one uv_write when the socket is full). A connection
+ * whose unsent output exceeds its limit when a new write arrives (a peer
+ * that does not read) is closed with a logged reason; a single write may
+ * exceed the limit, so memory stays below the limit plus one message.
+ *
+ * Lifetime: pconn_close() marks the connection; the handle is closed at a
+ * safe point and on_close runs from libuv's close callback, after which the
+ * owner frees the memory. Calling pconn_write/pconn_close from inside any
+ * callback, including on the same connection, is safe.
+ */
+#ifndef PARLEY_NET_NET_H
+#define PARLEY_NET_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "base/buf.h"
+#include "base/theap.h"
+#include "parley/parley.h"
+
+#define PNET_READ_BUF_SIZE (64 * 1024)
+
+typedef struct pconn pconn;
+typedef struct ptls_ctx ptls_ctx;
+typedef struct ptls ptls;
+
+struct parley_loop {
+    uv_loop_t *uv;
+    uv_loop_t own;
+    bool owned;
+    uv_timer_t timer;     /* drives `timers` */
+    uint64_t timer_due;   /* deadline the uv timer is armed for; UINT64_MAX = idle */
+    uv_prepare_t prepare; /* flush before blocking in poll */
+    uv_check_t check;     /* flush after I/O callbacks */
+    ptimer_heap timers;
+    uint8_t *rbuf; /* shared read buffer (ciphertext or plaintext) */
+    uint8_t *pbuf; /* shared TLS plaintext buffer */
+    pconn *flush_head;
+    unsigned nconns; /* live connections (for diagnostics and shutdown) */
+};
+
+/* Milliseconds on the loop clock (libuv's cached time). */
+static inline uint64_t ploop_now(parley_loop *l)
+{
+    return uv_now(l->uv);
+}
+
+/* Arms t to fire `delay_ms` from now on the loop's timer heap. */
+int ploop_timer_start(parley_loop *l, ptimer *t, uint64_t delay_ms);
+void ploop_timer_stop(parley_loop *l, ptimer *t);
+
+/* Runs every pending flush now (used at shutdown). */
+void ploop_flush(parley_loop *l);
+
+typedef struct pconn_cbs {
+    /* Plaintext arrived in data[0, len) (writable). Returns how many bytes
+     * were consumed; the rest is kept and presented again, at the start,
+     * with what arrives next. */
+    size_t (*on_data)(pconn *c, uint8_t *data, size_t len);
+    /* Outbound connections: TCP (and TLS) established (status 0) or failed
+     * (negative parley_err). After a failure the connection closes. */
+    void (*on_connect)(pconn *c, int status);
+    /* The peer finished sending (EOF or TLS close_notify). Optional: when
+     * NULL the connection is closed. */
+    void (*on_eof)(pconn *c);
+    /* The handle is closed: no more callbacks; the owner may free `c`.
+     * `err` is 0 for a close we asked for, else why the connection died. */
+    void (*on_close)(pconn *c, int err);
+} pconn_cbs;
+
+enum {
+    PCONN_CLOSING = 1u << 0,    /* pconn_close called */
+    PCONN_CLOSED = 1u << 1,     /* uv_close issued */
+    PCONN_FLUSH_LIST = 1u << 2, /* on the loop's flush list */
+    PCONN_WRITING = 1u << 3,    /* a uv_write is in flight */
+    PCONN_LINGER = 1u << 4,     /* close once output is flushed */
+    PCONN_CONNECTED = 1u << 5,  /* TCP (and TLS) established */
+    PCONN_READING = 1u << 6,
+    PCONN_IN_DATA = 1u << 7,    /* inside on_data */
+    PCONN_EOF = 1u << 8,
+    PCONN_HAS_TCP = 1u << 9,    /* tcp handle initialised */
+    PCONN_REOPENING = 1u << 10, /* connect: old socket closing before the next address */
+};
+
+struct pconn {
+    uv_tcp_t tcp;
+    parley_loop *loop;
+    const pconn_cbs *cbs;
+    void *user;
+    ptls *tls;
+    pbuf in;  /* unconsumed plaintext input */
+    pbuf out; /* output not yet handed to the kernel (plaintext when TLS) */
+    struct pconn_write *w; /* in-flight write, allocated only when needed */
+    pconn *flush_next;
+    size_t max_out;   /* limit on unsent output bytes */
+    size_t in_hint;   /* capacity the next read should have (large frames) */
+    uint32_t flags;
+    int close_err;
+    ptimer timer; /* connect timeout / close linger */
+    struct pconn_connect *connecting; /* outbound connect state */
+};
+
+/* Initialises c on loop (memory owned by the caller, often embedded in a
+ * bigger struct). max_out 0 = default (8 MiB). */
+void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, void *user, size_t max_out);
+
+/* Queues bytes for sending. PARLEY_ECLOSED after close, PARLEY_ENOMEM, or
+ * PARLEY_EFULL when the unsent backlog is already over the limit (the
+ * connection is then being closed and the reason logged). */
+int pconn_write(pconn *c, const void *data, size_t len);
+
+/* Reserves room for n bytes at the end of the output buffer and returns a
+ * pointer to it (NULL on error, as for pconn_write); commit with
+ * pconn_commit. Lets encoders write frames in place. */
+uint8_t *pconn_reserve(pconn *c, size_t n);
+void pconn_commit(pconn *c, size_t n);
+
+/* Direct access to the output buffer for encoders that append in place
+ * (frames, compressed payloads): returns NULL when the connection is
+ * closing or its backlog is over the limit (it is then being closed).
+ * After appending, call pconn_wrote(). */
+pbuf *pconn_out(pconn *c);
+/* Schedules the flush of what was appended through pconn_out(). */
+int pconn_wrote(pconn *c);
+
+/* Unsent output in bytes (queued and in flight). */
+size_t pconn_pending(const pconn *c);
+
+/* Hints that the next read should have room for `total` bytes of input in
+ * all (a large frame whose header has been seen). */
+void pconn_expect(pconn *c, size_t total);
+
+/* Closes. graceful: send what is queued first (and TLS close_notify), then
+ * close; at most linger_ms later the socket is closed anyway. Otherwise
+ * close at once, dropping output. err is reported to on_close. */
+void pconn_close(pconn *c, bool graceful, int err);
+
+/* Stops / resumes reading (backpressure on the input side). */
+void pconn_pause(pconn *c);
+void pconn_resume(pconn *c);
+
+/* Peer address as text "ip:port" (buffer of 64 bytes). */
+void pconn_peer_name(pconn *c, char *out, size_t cap);
+
+/* TLS. */
+typedef struct ptls_client_opts {
+    const char *ca_file; /* NULL: system store */
+    bool insecure;       /* skip verification (tests/dev only) */
+} ptls_client_opts;
+
+/* Server context from PEM certificate (chain) and key files. On failure
+ * returns NULL and writes a reason into err (256 bytes). */
+ptls_ctx *ptls_ctx_server(const char *cert_file, const char *key_file, char *err, size_t errcap);
+ptls_ctx *ptls_ctx_client(const ptls_client_opts *o, char *err, size_t errcap);
+void ptls_ctx_free(ptls_ctx *ctx);
+
+/* Listener. */
+typedef struct plistener plistener;
+/* Accept callback: must return an initialised (pconn_init) connection for
+ * the new client, or NULL to refuse it. The listener then accepts into it
+ * and starts reading (and the TLS handshake when the listener has TLS). */
+typedef pconn *(*plisten_accept_fn)(plistener *l, void *user);
+
+/* Binds and listens on host:port (port 0 = any). tls may be NULL. */
+int plisten(parley_loop *loop, const char *host, unsigned port, ptls_ctx *tls,
+            plisten_accept_fn accept, void *user, plistener **out);
+/* The bound port (useful with port 0). */
+unsigned plistener_port(plistener *l);
+/* Stops listening and frees the listener (handle closed asynchronously). */
+void plistener_close(plistener *l);
+
+/* Outbound connection: resolves host, connects (trying each address),
+ * optionally runs a TLS client handshake with SNI and hostname check, and
+ * calls cbs->on_connect. timeout_ms covers all of it (0 = none). c must
+ * have been pconn_init'ed. tls may be NULL. */
+int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint64_t timeout_ms);
+
+#endif

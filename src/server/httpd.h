@@ -1,0 +1,89 @@
+/*
+ * HTTP/1.1 server with WebSocket endpoints: the front door of parleyd.
+ *
+ * Routes are exact paths. A plain route gets a request (head and the whole
+ * decoded body) and answers it with phttpd_respond() before returning. A
+ * WebSocket route validates the upgrade, negotiates permessage-deflate and
+ * subprotocols, and turns the connection into a wsconn.
+ *
+ * Deadlines: a connection must deliver a complete request (head and body)
+ * within head_timeout_ms of its first byte (or of accept), and an idle
+ * keep-alive connection is closed after keepalive_timeout_ms. Errors in a
+ * request get their HTTP status (400, 404, 405, 413, 414, 426, 431, 501,
+ * 505) with `Connection: close`, and the connection is closed after the
+ * response is flushed; other connections are not affected.
+ */
+#ifndef PARLEY_SERVER_HTTPD_H
+#define PARLEY_SERVER_HTTPD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec/http.h"
+#include "codec/pmd.h"
+#include "codec/ws_handshake.h"
+#include "net/net.h"
+#include "ws/wsconn.h"
+
+typedef struct phttpd phttpd;
+
+typedef struct phttpd_opts {
+    http_limits limits;            /* header bytes/count, body size */
+    uint32_t head_timeout_ms;      /* complete request within this (default 10000) */
+    uint32_t keepalive_timeout_ms; /* idle keep-alive connections (default 60000) */
+    size_t max_output;             /* per-connection unsent output (default 8 MiB) */
+} phttpd_opts;
+
+void phttpd_opts_init(phttpd_opts *o);
+
+typedef struct phttpd_req {
+    const http_head *head; /* valid during the handler call only */
+    const char *path;      /* path part of the target, not decoded */
+    size_t path_len;
+    const uint8_t *body; /* decoded body (chunked framing removed) */
+    size_t body_len;
+    pconn *conn;
+    bool responded;
+} phttpd_req;
+
+typedef void (*phttpd_handler)(phttpd_req *req, void *user);
+
+typedef struct phttpd_ws_endpoint {
+    const wsconn_opts *ws_opts; /* must outlive the server */
+    const pmd_config *pmd;      /* NULL or !enabled: no permessage-deflate */
+    const wsconn_cbs *cbs;
+    /* Optional: accept (return 0, optionally choosing one of the offered
+     * subprotocols into *protocol) or refuse with an HTTP status (e.g. 403
+     * for a bad Origin). */
+    int (*on_upgrade)(phttpd_req *req, const ws_upgrade *up, const char **protocol, void *user);
+    /* Optional: the session is open; set w->user here if needed. */
+    void (*on_open)(wsconn *w, void *user);
+    void *user;
+} phttpd_ws_endpoint;
+
+int phttpd_new(parley_loop *loop, const phttpd_opts *opts, phttpd **out);
+
+/* Adds a route; the path and endpoint are copied / must outlive the server. */
+int phttpd_route(phttpd *s, const char *path, phttpd_handler h, void *user);
+int phttpd_route_ws(phttpd *s, const char *path, const phttpd_ws_endpoint *ep);
+
+/* Listens on host:port (0 = any; the bound port is stored in *bound). tls
+ * may be NULL. May be called several times. */
+int phttpd_listen(phttpd *s, const char *host, unsigned port, ptls_ctx *tls, unsigned *bound);
+
+/* Answers a request (once). content_type may be NULL for an empty body. */
+int phttpd_respond(phttpd_req *req, int status, const char *content_type, const http_header *hdrs,
+                   size_t n, const void *body, size_t len);
+
+/* Stops listening, closes WebSocket sessions with 1001 and idle HTTP
+ * connections; `done` runs once every connection is gone. */
+void phttpd_shutdown(phttpd *s, void (*done)(phttpd *s, void *user), void *user);
+
+/* Number of open connections. */
+unsigned phttpd_connections(const phttpd *s);
+
+/* Frees the server; only after shutdown completed (or before listening). */
+void phttpd_free(phttpd *s);
+
+#endif
