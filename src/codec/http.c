@@ -96,6 +96,12 @@ static long fail_limit(http_parser *p, const uint8_t *buf, size_t len, size_t st
     return fail(p, 414, "request line too long");
 }
 
+static long need_more(http_parser *p, size_t len)
+{
+    p->scanned = len;
+    return 0;
+}
+
 /* Iterates over the comma-separated items of a field value, trimming OWS
  * and skipping empty items (RFC 9110 section 5.6.1). */
 static bool next_item(const char *v, size_t n, size_t *pos, const char **item, size_t *item_len)
@@ -383,18 +389,21 @@ long http_parse_head(http_parser *p, const uint8_t *buf, size_t len, http_head *
     size_t start = 0;
     if (!p->response) {
         for (unsigned empties = 0;; empties++) {
-            if (start >= len) return 0;
+            if (start >= len) return need_more(p, len);
             if (start >= limit) return fail_limit(p, buf, len, start, limit);
             if (buf[start] == '\n') return fail(p, 400, "bare LF");
             if (buf[start] != '\r') break;
             if (empties == HTTP_MAX_LEADING_EMPTY) return fail(p, 400, "too many empty lines");
-            if (start + 1 >= len) return 0;
+            if (start + 1 >= len) return need_more(p, len);
             if (start + 1 >= limit) return fail_limit(p, buf, len, start, limit);
             if (buf[start + 1] != '\n') return fail(p, 400, "bare CR");
             start += 2;
         }
     }
 
+    /* The caller resets the parser between messages and never takes
+     * bytes away from a head in progress. */
+    assert(p->scanned <= len);
     size_t i = p->scanned > start ? p->scanned : start;
     for (; i < len; i++) {
         uint8_t c = buf[i];
@@ -410,8 +419,7 @@ long http_parse_head(http_parser *p, const uint8_t *buf, size_t len, http_head *
         }
         if (i >= limit) return fail_limit(p, buf, len, start, limit);
     }
-    p->scanned = len;
-    return 0;
+    return need_more(p, len);
 }
 
 const http_header *http_find_header(const http_head *h, const char *name)
