@@ -2,7 +2,6 @@
 
 #include <assert.h>
 #include <limits.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "base/util.h"
@@ -344,8 +343,9 @@ static long parse_complete(http_parser *p, const uint8_t *s, size_t n, http_head
     while (s[eol] != '\r') eol++;
     long rc = p->response ? parse_status_line(p, s, eol, h) : parse_request_line(p, s, eol, h);
     if (rc) return rc;
+    /* The head ends with the only empty line in it. */
     size_t i = eol + 2;
-    while (s[i] != '\r') {
+    while (i + 2 < n) {
         size_t b = i;
         while (s[i] != '\r') i++;
         if (h->num_headers >= cap) return fail(p, 431, "too many header fields");
@@ -354,7 +354,7 @@ static long parse_complete(http_parser *p, const uint8_t *s, size_t n, http_head
         h->num_headers++;
         i += 2;
     }
-    assert(i + 2 == n);
+    assert(i + 2 == n && s[i] == '\r');
 
     if (!p->response) {
         long hosts = count_named(h, "Host");
@@ -407,7 +407,6 @@ long http_parse_head(http_parser *p, const uint8_t *buf, size_t len, http_head *
     size_t i = p->scanned > start ? p->scanned : start;
     for (; i < len; i++) {
         uint8_t c = buf[i];
-        /* buf[start] is neither CR nor LF, so buf[i - 1] exists below. */
         if (i > start && buf[i - 1] == '\r' && c != '\n') return fail(p, 400, "bare CR");
         if (c == '\n') {
             if (i == start || buf[i - 1] != '\r') return fail(p, 400, "bare LF");
@@ -451,7 +450,7 @@ enum {
     CH_SIZE_LF,     /* LF ending the size line */
     CH_DATA,        /* chunk data */
     CH_DATA_CR,     /* CRLF after chunk data */
-    CH_DATA_LF,     /* */
+    CH_DATA_LF,     /* LF of that CRLF */
     CH_TRAILER_BOL, /* start of a trailer line (or the final empty line) */
     CH_TRAILER,     /* inside a trailer line */
     CH_TRAILER_LF,
