@@ -118,9 +118,9 @@ typedef struct http_body {
     int state;          /* chunked-decoder state */
     size_t line_len;    /* bytes of the current chunk-size or trailer line */
     size_t trailer_bytes;
-    size_t max_trailer_bytes;
+    size_t max_trailer_bytes; /* 8192 after http_body_init; the caller may change it */
     uint64_t chunk_size; /* chunk size being parsed */
-    int error_status;   /* 400 or 413 when decoding fails */
+    int error_status;   /* 400, 413 or 431 when decoding fails */
     const char *error;
 } http_body;
 
@@ -134,7 +134,7 @@ void http_body_init(http_body *b, const http_head *h, uint64_t max_body);
  * Returns 1 when the body is complete (data beyond *consumed belongs to the
  * next message), 0 when more input is needed, or PARLEY_EPROTO /
  * PARLEY_ELIMIT (b->error_status 400 / 413) on malformed chunked framing or
- * an oversized body. */
+ * an oversized body (431 for a trailer section over max_trailer_bytes). */
 int http_body_decode(http_body *b, uint8_t *data, size_t len, size_t *consumed, size_t *out_len);
 
 /* Signals end of input (the peer closed). Returns 1 when that completes the
