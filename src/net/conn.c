@@ -26,6 +26,8 @@ struct pconn_connect {
     uv_getaddrinfo_t gai;
     uv_connect_t req;
     struct addrinfo *res, *cur;
+    struct addrinfo literal; /* an IP literal needs no resolver */
+    struct sockaddr_storage literal_addr;
     ptls_ctx *tls;
     bool resolving;
     bool connecting;
@@ -760,6 +762,23 @@ int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint
     st->c = c;
     st->tls = tls;
     snprintf(st->host, sizeof st->host, "%s", host);
+    c->connecting = st;
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&st->literal_addr) == 0 ||
+        uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&st->literal_addr) == 0) {
+        st->literal.ai_family = st->literal_addr.ss_family;
+        st->literal.ai_socktype = SOCK_STREAM;
+        st->literal.ai_addr = (struct sockaddr *)&st->literal_addr;
+        st->literal.ai_addrlen = st->literal_addr.ss_family == AF_INET
+                                     ? sizeof(struct sockaddr_in)
+                                     : sizeof(struct sockaddr_in6);
+        st->cur = &st->literal;
+        if (timeout_ms) {
+            c->timer.cb = on_connect_timeout;
+            ploop_timer_start(c->loop, &c->timer, timeout_ms);
+        }
+        try_next_address(st);
+        return 0;
+    }
     char portstr[8];
     snprintf(portstr, sizeof portstr, "%u", port);
     struct addrinfo hints;
@@ -769,11 +788,11 @@ int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint
     hints.ai_flags = AI_ADDRCONFIG;
     int rc = uv_getaddrinfo(c->loop->uv, &st->gai, on_resolved, host, portstr, &hints);
     if (rc != 0) {
+        c->connecting = NULL;
         free(st);
         return PARLEY_EDNS;
     }
     st->resolving = true;
-    c->connecting = st;
     if (timeout_ms) {
         c->timer.cb = on_connect_timeout;
         ploop_timer_start(c->loop, &c->timer, timeout_ms);

@@ -5,6 +5,9 @@
  *   ws-echo   N WebSocket connections; each sends K frames in one write
  *             (K = 1: one message in flight), waits for the K echoes, and
  *             repeats. Reports messages/s and round-trip latency.
+ *   idle      N WebSocket connections held open (answering the server's
+ *             pings) for a while; reports the server's RSS growth per
+ *             connection, read from /proc/PID/status.
  *
  * The generator must never be the bottleneck: frames are encoded (and
  * masked) once and shared by every connection, replies are parsed in place,
@@ -104,6 +107,11 @@ struct bench {
     uint64_t msgs, bytes;
     uint64_t errors;
     hist lat;
+    bool idle; /* idle scenario: no load */
+    uint64_t pings;
+    unsigned pid;
+    double hold_s;
+    long rss_before, rss_after;
     uv_timer_t timer;
     int phase; /* 0 warmup, 1 measuring */
 };
@@ -142,7 +150,7 @@ static size_t bc_on_data(pconn *c, uint8_t *data, size_t len)
             }
         }
         if (x->state != BC_OPEN) return 0;
-        if (b->connecting == 0 && b->open + b->dead == b->conns) {
+        if (!b->idle && b->connecting == 0 && b->open + b->dead == b->conns) {
             /* Everyone is connected: start the load on all at once. */
             for (unsigned i = 0; i < b->conns; i++)
                 if (b->bc[i].state == BC_OPEN) send_batch(&b->bc[i]);
@@ -160,6 +168,16 @@ static size_t bc_on_data(pconn *c, uint8_t *data, size_t len)
         off += (size_t)n;
         if (ev.type == WS_EV_NONE) {
             if (n == 0) break;
+            continue;
+        }
+        if (ev.type == WS_EV_PING) {
+            uint8_t pong[WS_MAX_HEADER + 125];
+            static const uint8_t mask[4] = {1, 2, 3, 4};
+            size_t h = ws_frame_header(pong, WS_OP_PONG, true, false, ev.len, mask);
+            memcpy(pong + h, ev.data, ev.len);
+            ws_mask(pong + h, ev.len, mask, 0);
+            pconn_write(c, pong, h + ev.len);
+            b->pings++;
             continue;
         }
         if (ev.type != WS_EV_MESSAGE) continue;
@@ -226,6 +244,42 @@ static void on_phase(uv_timer_t *t)
     if (b->dead == b->conns) uv_close((uv_handle_t *)&b->timer, NULL);
 }
 
+/* Resident set of a process in bytes, from /proc/PID/status; -1 if unknown. */
+static long read_rss(unsigned pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%u/status", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1) break;
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+static void on_idle_phase(uv_timer_t *t)
+{
+    bench *b = t->data;
+    if (b->phase == 0) {
+        if (b->connecting > 0) {
+            uv_timer_start(&b->timer, on_idle_phase, 100, 0);
+            return;
+        }
+        /* Everyone is connected (or failed): hold, heartbeats running. */
+        b->phase = 1;
+        b->t_start = ptime_ns();
+        uv_timer_start(&b->timer, on_idle_phase, (uint64_t)(b->hold_s * 1000), 0);
+        return;
+    }
+    b->rss_after = read_rss(b->pid);
+    b->t_end = ptime_ns();
+    b->done = true;
+    for (unsigned i = 0; i < b->conns; i++)
+        if (b->bc[i].state != BC_DEAD) pconn_close(&b->bc[i].c, false, 0);
+    if (b->dead == b->conns) uv_close((uv_handle_t *)&b->timer, NULL);
+}
+
 static int build_frames(bench *b)
 {
     uint8_t mask[4];
@@ -253,14 +307,17 @@ static int build_frames(bench *b)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: parley bench ws-echo [options]\n"
+    fprintf(f, "usage: parley bench ws-echo|idle [options]\n"
                "  --url URL            ws://HOST:PORT/PATH of an echo endpoint (loopback only)\n"
                "  --connections N      concurrent connections (default 100)\n"
                "  --size BYTES         payload size (default 20)\n"
                "  --pipeline K         frames per write, awaited together (default 1)\n"
                "  --duration SECONDS   measured time (default 5)\n"
                "  --warmup SECONDS     unmeasured time first (default 1)\n"
-               "  --json               one JSON object instead of the table\n");
+               "  --json               one JSON object instead of the table\n"
+               "idle only:\n"
+               "  --pid PID            the server process whose RSS is measured (required)\n"
+               "  --hold SECONDS       how long connections are held (default 5)\n");
 }
 
 static bool is_loopback(const char *host)
@@ -269,9 +326,12 @@ static bool is_loopback(const char *host)
            strcmp(host, "localhost") == 0;
 }
 
-static int ws_echo(int argc, char **argv)
+static int run(int argc, char **argv, bool idle)
 {
-    bench b = {0};
+    static bench b; /* large (histogram): not on the stack */
+    memset(&b, 0, sizeof b);
+    b.idle = idle;
+    b.hold_s = 5;
     b.conns = 100;
     b.pipeline = 1;
     b.size = 20;
@@ -283,6 +343,7 @@ static int ws_echo(int argc, char **argv)
         {"size", required_argument, 0, 's'},     {"pipeline", required_argument, 0, 'k'},
         {"duration", required_argument, 0, 'd'}, {"warmup", required_argument, 0, 'w'},
         {"json", no_argument, 0, 'j'},           {"help", no_argument, 0, 'h'},
+        {"pid", required_argument, 0, 'p'},      {"hold", required_argument, 0, 'o'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -296,12 +357,15 @@ static int ws_echo(int argc, char **argv)
         case 'd': b.duration_s = strtod(optarg, NULL); break;
         case 'w': b.warmup_s = strtod(optarg, NULL); break;
         case 'j': b.json = true; break;
+        case 'p': b.pid = (unsigned)strtoul(optarg, NULL, 10); break;
+        case 'o': b.hold_s = strtod(optarg, NULL); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     if (!url || b.conns == 0 || b.conns > 100000 || b.pipeline == 0 || b.pipeline > 4096 ||
-        b.duration_s <= 0 || b.warmup_s < 0 || b.size > (16u << 20)) {
+        b.duration_s <= 0 || b.warmup_s < 0 || b.size > (16u << 20) ||
+        (idle && (b.pid == 0 || b.hold_s <= 0))) {
         usage(stderr);
         return 2;
     }
@@ -331,8 +395,38 @@ static int ws_echo(int argc, char **argv)
     }
     uv_timer_init(b.loop->uv, &b.timer);
     b.timer.data = &b;
-    uv_timer_start(&b.timer, on_phase, (uint64_t)(b.warmup_s * 1000), 0);
+    if (idle) {
+        b.rss_before = read_rss(b.pid);
+        if (b.rss_before < 0) {
+            fprintf(stderr, "bench: cannot read /proc/%u/status\n", b.pid);
+            return 1;
+        }
+        uv_timer_start(&b.timer, on_idle_phase, 100, 0);
+    } else {
+        uv_timer_start(&b.timer, on_phase, (uint64_t)(b.warmup_s * 1000), 0);
+    }
     parley_loop_run(b.loop);
+    if (idle) {
+        unsigned held = b.conns - (unsigned)b.errors;
+        double per = held ? (double)(b.rss_after - b.rss_before) / held : 0;
+        if (b.json)
+            printf("{\"scenario\":\"idle\",\"url\":\"%s\",\"connections\":%u,\"held\":%u,"
+                   "\"hold_s\":%.1f,\"pings_answered\":%llu,\"rss_before\":%ld,"
+                   "\"rss_after\":%ld,\"bytes_per_connection\":%.0f,\"errors\":%llu}\n",
+                   url, b.conns, held, b.hold_s, (unsigned long long)b.pings, b.rss_before,
+                   b.rss_after, per, (unsigned long long)b.errors);
+        else
+            printf("idle %s: %u connections held %.1f s (%llu pings answered)\n"
+                   "  server RSS %ld -> %ld bytes: %.0f bytes per connection\n"
+                   "  errors: %llu\n",
+                   url, held, b.hold_s, (unsigned long long)b.pings, b.rss_before, b.rss_after,
+                   per, (unsigned long long)b.errors);
+        free(b.bc);
+        free(b.batch);
+        free(b.request);
+        parley_loop_free(b.loop);
+        return b.errors ? 1 : 0;
+    }
 
     double secs = (double)(b.t_end - b.t_start) / 1e9;
     double rate = secs > 0 ? (double)b.msgs / secs : 0;
@@ -367,7 +461,8 @@ int bench_main(int argc, char **argv)
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    if (!strcmp(argv[1], "ws-echo")) return ws_echo(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "ws-echo")) return run(argc - 1, argv + 1, false);
+    if (!strcmp(argv[1], "idle")) return run(argc - 1, argv + 1, true);
     fprintf(stderr, "bench: unknown scenario '%s'\n", argv[1]);
     return 2;
 }
