@@ -176,8 +176,10 @@ static long inflate_into_msg(ws_parser *p, const uint8_t *in, size_t n, bool fin
 {
     size_t before = p->msg.len;
     int rc = pmd_inflate(p->inflater, in, n, fin, &p->msg, (size_t)p->max_message);
-    long r = check_text(p, p->msg.ptr + before, p->msg.len - before);
-    if (r < 0) return r;
+    if (p->msg.len > before) {
+        long r = check_text(p, p->msg.ptr + before, p->msg.len - before);
+        if (r < 0) return r;
+    }
     return rc ? inflate_error(p, rc) : 0;
 }
 
@@ -262,6 +264,7 @@ long ws_parse(ws_parser *p, uint8_t *data, size_t len, ws_event *ev)
     memset(ev, 0, sizeof *ev);
     if (p->state == ST_FAILED) return p->fail_rc;
     if (p->state == ST_CLOSED) return 0;
+    if (len == 0) return 0; /* no frame is shorter than 2 bytes; data may be NULL */
     size_t off = 0;
     for (;;) {
         uint8_t *d = data + off;
