@@ -330,6 +330,9 @@ int pmd_client_accept(const pmd_config *cfg, const char *resp, size_t len, pmd_p
     read_params(&it, &r);
     if (r.bad) return PARLEY_EPROTO;
 
+    /* A server that leaves out a server_max_window_bits we asked for has
+     * not honoured it, but our inflater always has a 15-bit window, so
+     * that costs us nothing: tolerate it (params say 15). */
     int asked_sbits = clamp_bits(cfg->server_max_window_bits);
     if (r.smwb && r.smwb_val > asked_sbits) return PARLEY_EPROTO;
 
