@@ -500,16 +500,15 @@ static int reserve_capped(pbuf *b, size_t step, size_t limit)
     return 0;
 }
 
-/* After a final block (BFINAL=1) the peer may go on with a new stream;
- * the window carries over, so keep it as the new stream's dictionary. */
+/* After a final block (BFINAL=1) the peer may go on with a new stream
+ * (RFC 7692 7.2.3.4) whose distances still reach into the window.
+ * inflateResetKeep (exported and declared by zlib.h, though undocumented)
+ * restarts the stream but keeps the window in place. Saving and restoring
+ * it with inflateGetDictionary/inflateSetDictionary would copy 64 KiB per
+ * final block, which a peer could send every three bytes. */
 static int restart_after_final(pmd_stream *s)
 {
-    uint8_t dict[32768];
-    uInt n = sizeof dict;
-    if (inflateGetDictionary(&s->z, dict, &n) != Z_OK) return PARLEY_EPROTO;
-    if (inflateReset(&s->z) != Z_OK) return PARLEY_EPROTO;
-    if (n && inflateSetDictionary(&s->z, dict, n) != Z_OK) return PARLEY_EPROTO;
-    return 0;
+    return inflateResetKeep(&s->z) == Z_OK ? 0 : PARLEY_EPROTO;
 }
 
 static int inflate_feed(pmd_stream *s, const uint8_t *in, size_t len, pbuf *out, size_t max_out)

@@ -579,6 +579,17 @@ static void test_stream_small_messages(void **state)
     out.len = 0;
     assert_int_equal(pmd_inflate(i2, hello2, sizeof hello2, true, &out, 100), 0);
     assert_memory_equal(out.ptr, "Hello", 5);
+    /* Many final blocks in one message: each restarts the stream, the
+     * window survives them all. */
+    pbuf many = {0};
+    assert_int_equal(pbuf_append(&many, final, 7), 0);
+    for (int k = 0; k < 5000; k++) assert_int_equal(pbuf_append(&many, "\x03\x00", 2), 0);
+    assert_int_equal(pbuf_append(&many, hello2, sizeof hello2), 0);
+    out.len = 0;
+    assert_int_equal(pmd_inflate(i2, many.ptr, many.len, true, &out, 100), 0);
+    assert_int_equal(out.len, 10);
+    assert_memory_equal(out.ptr, "HelloHello", 10);
+    pbuf_free(&many);
     pbuf_free(&out);
     pmd_stream_free(i2);
 
