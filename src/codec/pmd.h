@@ -27,7 +27,9 @@ typedef struct pmd_config {
     bool server_no_context_takeover; /* server: always demand it; client: request it */
     bool client_no_context_takeover; /* server: always demand it; client: request it */
     int server_max_window_bits;      /* 9..15 (default 15): client requests / server caps */
-    int client_max_window_bits;      /* 9..15 (default 15): client offers / server caps */
+    int client_max_window_bits;      /* 9..15 (default 15): client offers / server caps;
+                                      * a client with 0 leaves the parameter out of
+                                      * its offer (the server then cannot cap us) */
     int level;                       /* zlib level 1..9, default 1 (speed) */
     int mem_level;                   /* zlib memLevel 1..9, default 8 */
     size_t threshold;                /* messages below this many bytes go uncompressed; default 64 */

@@ -98,6 +98,7 @@ typedef struct ws_parser {
 
     /* Private state. */
     int state;
+    int fail_rc;           /* returned again after a failure */
     uint8_t hdr_len;       /* header bytes of the current frame */
     uint8_t frame_opcode;
     bool frame_fin;
@@ -120,7 +121,8 @@ void ws_parser_init(ws_parser *p, bool server);
 void ws_parser_free(ws_parser *p);
 
 /* Releases the assembly buffer's memory when no message is in progress
- * and the buffer is larger than keep bytes (idle connections stay small). */
+ * and the buffer is larger than keep bytes (idle connections stay small).
+ * A message event's data that pointed into that buffer becomes invalid. */
 void ws_parser_trim(ws_parser *p, size_t keep);
 
 /* Parses. Returns the number of bytes consumed (>= 0) with *ev set

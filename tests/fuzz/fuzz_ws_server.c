@@ -1,0 +1,10 @@
+/* libFuzzer target: the server's frame parser on client bytes (masked),
+ * whole versus chunked, plus writer round trips. See ws_fuzz.h. */
+#include "ws_fuzz.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    return wf_main(true, data, size);
+}
