@@ -197,6 +197,7 @@ int ws_write_reject(pbuf *out, int status, const char *why)
     f[n++] = hdr("Content-Type", "text/plain", 10);
     f[n++] = hdr("Connection", "close", 5);
     if (status == 426) f[n++] = hdr("Sec-WebSocket-Version", "13", 2);
+    if (status == 405) f[n++] = hdr("Allow", "GET", 3); /* RFC 9110 15.5.6 */
     size_t wlen = strlen(why);
     size_t mark = out->len;
     int rc = http_write_response_head(out, status, NULL, f, n, (int64_t)wlen + 1);

@@ -29,7 +29,8 @@ typedef struct ws_upgrade {
  * Sec-WebSocket-Key that is base64 of exactly 16 bytes, and
  * Sec-WebSocket-Version 13. Returns 0, or the HTTP status to answer (400,
  * 405 for a method other than GET, 426 for another version: answer it with
- * ws_write_reject, which adds Sec-WebSocket-Version: 13) with *why set to a
+ * ws_write_reject, which adds Sec-WebSocket-Version: 13, or `Allow: GET`
+ * for 405) with *why set to a
  * short static text. */
 int ws_check_upgrade(const http_head *req, ws_upgrade *out, const char **why);
 

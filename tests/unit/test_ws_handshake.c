@@ -290,6 +290,7 @@ static void test_write_reject(void **state)
     static const char w3[] = "HTTP/1.1 405 Method Not Allowed\r\n"
                              "Content-Type: text/plain\r\n"
                              "Connection: close\r\n"
+                             "Allow: GET\r\n"
                              "Content-Length: 19\r\n"
                              "\r\n"
                              "Method Not Allowed\n";
