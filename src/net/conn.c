@@ -38,6 +38,7 @@ struct pconn_connect {
 
 static void do_close(pconn *c);
 static void start_reading(pconn *c);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void connect_done(pconn *c, int status);
 
 static int uv_to_parley(int uverr)
@@ -237,10 +238,59 @@ static int tls_encrypt(pconn *c)
     return 0;
 }
 
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    pconn *c = req->data;
+    free(req);
+    if (c->flags & PCONN_CLOSED) return;
+    if (status < 0 || (c->flags & PCONN_EOF)) do_close(c);
+}
+
+static void on_drain_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    pconn *c = s->data;
+    /* Lingering: what the peer still sends is read and dropped. */
+    if (nread < 0) {
+        c->flags |= PCONN_EOF;
+        if (!(c->flags & PCONN_SHUT_SENT)) return; /* still flushing */
+        do_close(c);
+    }
+}
+
+/* Output is flushed: send FIN, then keep reading (and dropping) until the
+ * peer closes too or the linger timer fires. Closing a socket with unread
+ * input makes the kernel send RST, which can destroy the response or close
+ * frame we just sent before the peer reads it (e.g. a 1009 sent while the
+ * oversized message is still arriving). */
+static void finish_linger(pconn *c)
+{
+    if (c->flags & PCONN_SHUT_SENT) return;
+    if (c->flags & PCONN_EOF) {
+        do_close(c);
+        return;
+    }
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (!req) {
+        do_close(c);
+        return;
+    }
+    req->data = c;
+    if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        free(req);
+        do_close(c);
+        return;
+    }
+    c->flags |= PCONN_SHUT_SENT;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_drain_read) == 0)
+        c->flags |= PCONN_READING;
+}
+
 static void maybe_finish_linger(pconn *c)
 {
     if ((c->flags & PCONN_LINGER) && !(c->flags & PCONN_CLOSED) && pconn_pending(c) == 0)
-        do_close(c);
+        finish_linger(c);
 }
 
 void pconn__flush(pconn *c)
@@ -328,7 +378,8 @@ static void handle_eof(pconn *c)
     c->flags |= PCONN_EOF;
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->flags &= ~PCONN_READING;
-    /* A half-closed peer may still read: a lingering close keeps flushing. */
+    /* A half-closed peer may still read: a lingering close keeps flushing
+     * and closes once the flush is done. */
     if (c->flags & PCONN_CLOSING) return;
     if (c->cbs->on_eof)
         c->cbs->on_eof(c);
@@ -510,7 +561,7 @@ void pconn_close(pconn *c, bool graceful, int err)
             c->tls->shutdown_sent = true;
             ptls__drain(c->tls);
         }
-        if (pconn_pending(c) > 0) {
+        if (!(c->flags & PCONN_EOF) || pconn_pending(c) > 0) {
             c->flags |= PCONN_LINGER;
             c->timer.cb = on_linger_timeout;
             ploop_timer_start(c->loop, &c->timer, PCONN_LINGER_MS);

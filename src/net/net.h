@@ -96,6 +96,7 @@ enum {
     PCONN_EOF = 1u << 8,
     PCONN_HAS_TCP = 1u << 9,    /* tcp handle initialised */
     PCONN_REOPENING = 1u << 10, /* connect: old socket closing before the next address */
+    PCONN_SHUT_SENT = 1u << 11, /* lingering: FIN sent, draining input until EOF */
 };
 
 struct pconn {
@@ -147,8 +148,9 @@ size_t pconn_pending(const pconn *c);
 void pconn_expect(pconn *c, size_t total);
 
 /* Closes. graceful: send what is queued first (and TLS close_notify), then
- * close; at most linger_ms later the socket is closed anyway. Otherwise
- * close at once, dropping output. err is reported to on_close. */
+ * FIN, and read and drop input until the peer closes too (so no RST
+ * destroys what was sent); at most 5 s later the socket is closed anyway.
+ * Otherwise close at once, dropping output. err is reported to on_close. */
 void pconn_close(pconn *c, bool graceful, int err);
 
 /* Stops / resumes reading (backpressure on the input side). */
