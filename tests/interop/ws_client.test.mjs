@@ -10,18 +10,24 @@ import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import {
   cleanup, compressibleText, makeSelfSignedCert, MiB, onCleanup, Queue, randomBinary, randomLowEntropy,
-  randomText, runParley, tempDir, withTimeout,
+  randomText, runParley, sleep, tempDir, withTimeout,
 } from './lib/harness.mjs';
 import { startPeerServer } from './lib/peer.mjs';
 import { acceptFor, StreamReader, tokens } from './lib/wire.mjs';
 
 const SLOW = { timeout: 240000 };
 
-/** Rejects as soon as parley exits, so a crash is reported at once. */
-function unlessExited(run, promise, what) {
-  const early = run.child.exitPromise.then(({ code, signal }) => {
+/**
+ * Rejects soon after parley exits, so a crash is reported at once. The
+ * grace period lets events that parley caused just before exiting (its
+ * close frame, the end of TCP) reach this process first.
+ */
+function unlessExited(run, promise, what, graceMs = 2000) {
+  const early = run.child.exitPromise.then(async ({ code, signal }) => {
+    await sleep(graceMs);
     throw new Error(`parley exited (code ${code}, signal ${signal}) while the test waited for ${what}${run.stderr()}`);
   });
+  early.catch(() => {});
   return Promise.race([promise, early]);
 }
 
