@@ -5,8 +5,9 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import zlib from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
-import { cleanup, MiB, randomBinary, sleep, startParleyd, withTimeout } from './lib/harness.mjs';
+import { cleanup, compressibleText, MiB, randomBinary, sleep, startParleyd, withTimeout } from './lib/harness.mjs';
 import { openClient } from './lib/peer.mjs';
 import {
   buildFrame, closePayload, expectCloseThenEof, httpRequest, nextFrame, OP, parseClose, parseHttpHead,
@@ -119,6 +120,122 @@ describe('parleyd with malformed input on raw sockets', () => {
         assert.equal(f.opcode, OP.CLOSE, 'an unfinished message must not be echoed');
         assert.equal(parseClose(f.payload).code, 1000);
         await reader.eof();
+      });
+    });
+  });
+
+  describe('permessage-deflate on raw sockets', () => {
+    const SYNC = { finishFlush: zlib.constants.Z_SYNC_FLUSH };
+    /* RFC 7692 7.2.1: sync-flush, then drop the trailing 00 00 ff ff. */
+    const compress = (data) => {
+      const out = zlib.deflateRawSync(Buffer.from(data), SYNC);
+      assert.deepEqual([...out.subarray(-4)], [0, 0, 0xff, 0xff]);
+      return out.subarray(0, -4);
+    };
+    /* RFC 7692 7.2.3.4: a final (BFINAL) block, then an empty stored block
+     * minus its last 4 bytes, i.e. one 0x00. */
+    const compressFinal = (data) => Buffer.concat([zlib.deflateRawSync(Buffer.from(data)), Buffer.from([0])]);
+    const inflate = (payload) => zlib.inflateRawSync(Buffer.concat([payload, Buffer.from([0, 0, 0xff, 0xff])]), SYNC);
+
+    /* server_no_context_takeover makes every server message inflatable on
+     * its own, so the test needs no persistent inflater. */
+    async function deflateUpgrade(server = srv.main) {
+      const r = await rawUpgrade(server.port, { extraHeaders: [['Sec-WebSocket-Extensions', 'permessage-deflate; server_no_context_takeover']] });
+      const ext = r.head.headers['sec-websocket-extensions'] ?? '';
+      assert.match(ext, /^permessage-deflate\b/, `Sec-WebSocket-Extensions of the 101: ${JSON.stringify(ext)}`);
+      assert.match(ext, /server_no_context_takeover/, 'a server accepting server_no_context_takeover must confirm it');
+      return r;
+    }
+
+    /** Reads one whole server message (any fragments) and inflates it. */
+    async function readMessage(reader) {
+      const first = await nextFrame(reader);
+      assert.ok(first.opcode === OP.TEXT || first.opcode === OP.BINARY, `expected a data frame, got opcode ${first.opcode}`);
+      const parts = [first.payload];
+      let f = first;
+      while (!f.fin) {
+        f = await nextFrame(reader);
+        assert.equal(f.opcode, OP.CONT);
+        assert.equal(f.rsv1, false, 'RSV1 is only set on the first frame of a message');
+        parts.push(f.payload);
+      }
+      const payload = Buffer.concat(parts);
+      return { opcode: first.opcode, data: first.rsv1 ? inflate(payload) : payload };
+    }
+
+    test('a compressed text frame is inflated and echoed', async () => {
+      const { socket, reader } = await deflateUpgrade();
+      const text = compressibleText(20000);
+      await write(socket, buildFrame({ opcode: OP.TEXT, rsv1: true, payload: compress(text) }));
+      const m = await readMessage(reader);
+      assert.equal(m.opcode, OP.TEXT);
+      assert.ok(m.data.equals(text), 'echo of the compressed text');
+      socket.destroy();
+    });
+
+    test('a compressed message in 3 fragments (RSV1 on the first only) and an uncompressed one', async () => {
+      const { socket, reader } = await deflateUpgrade();
+      const data = Buffer.concat([compressibleText(5000), randomBinary(3000)]);
+      const z = compress(data);
+      const a = Math.floor(z.length / 3);
+      await write(socket, Buffer.concat([
+        buildFrame({ opcode: OP.BINARY, rsv1: true, fin: false, payload: z.subarray(0, a) }),
+        buildFrame({ opcode: OP.CONT, fin: false, payload: z.subarray(a, 2 * a) }),
+        buildFrame({ opcode: OP.PING, payload: 'p' }),
+        buildFrame({ opcode: OP.CONT, fin: true, payload: z.subarray(2 * a) }),
+        buildFrame({ opcode: OP.TEXT, payload: 'not compressed' }),
+      ]));
+      const pong = await nextFrame(reader);
+      assert.equal(pong.opcode, OP.PONG);
+      const m1 = await readMessage(reader);
+      assert.equal(m1.opcode, OP.BINARY);
+      assert.ok(m1.data.equals(data), 'echo of the fragmented compressed message');
+      const m2 = await readMessage(reader);
+      assert.equal(m2.data.toString(), 'not compressed');
+      socket.destroy();
+    });
+
+    test('a message ending in a BFINAL block (RFC 7692 7.2.3.4), then a sync-flushed one', async () => {
+      const { socket, reader } = await deflateUpgrade();
+      await write(socket, buildFrame({ opcode: OP.TEXT, rsv1: true, payload: compressFinal('final block') }));
+      await write(socket, buildFrame({ opcode: OP.TEXT, rsv1: true, payload: compress('after the final block') }));
+      assert.equal((await readMessage(reader)).data.toString(), 'final block');
+      assert.equal((await readMessage(reader)).data.toString(), 'after the final block');
+      socket.destroy();
+    });
+
+    const bad = [
+      ['RSV1 on a continuation frame', [1002], () => Buffer.concat([
+        buildFrame({ opcode: OP.TEXT, rsv1: true, fin: false, payload: compress('abc').subarray(0, 2) }),
+        buildFrame({ opcode: OP.CONT, rsv1: true, fin: true, payload: compress('abc').subarray(2) }),
+      ])],
+      ['RSV1 on a ping', [1002], () => buildFrame({ opcode: OP.PING, rsv1: true, payload: 'x' })],
+      ['compressed text that inflates to invalid UTF-8', [1007], () => buildFrame({ opcode: OP.TEXT, rsv1: true, payload: compress(Buffer.from([0x61, 0xff, 0x62])) })],
+      /* The contract names no code for undecodable DEFLATE data: 1007
+       * (data inconsistent with the message type) or 1002 both fit. */
+      ['corrupt DEFLATE data', [1007, 1002], () => buildFrame({ opcode: OP.BINARY, rsv1: true, payload: Buffer.from([0xff, 0xff, 0xff, 0xff, 0x00]) })],
+    ];
+    for (const [what, codes, bytes] of bad) {
+      test(`${what} -> ${codes.join(' or ')}`, async () => {
+        await withWitness(srv.main, async () => {
+          const { socket, reader } = await deflateUpgrade();
+          await write(socket, bytes());
+          const f = await nextFrame(reader, 5000, 'a close frame');
+          assert.equal(f.opcode, OP.CLOSE, `expected a close frame, got opcode ${f.opcode}`);
+          const { code } = parseClose(f.payload);
+          assert.ok(codes.includes(code), `close code ${code}, expected ${codes.join(' or ')}`);
+          await reader.eof();
+        });
+      });
+    }
+
+    test('--max-message 1048576: 2 MiB of zeros deflated to a few KiB -> 1009', async () => {
+      await withWitness(srv.small, async () => {
+        const { socket, reader } = await deflateUpgrade(srv.small);
+        const z = compress(Buffer.alloc(2 * MiB));
+        assert.ok(z.length < 10000);
+        await write(socket, buildFrame({ opcode: OP.BINARY, rsv1: true, payload: z }));
+        await expectCloseThenEof(reader, 1009);
       });
     });
   });

@@ -431,13 +431,16 @@ describe('parleyd --ws-echo with the ws client', () => {
   });
 
   describe('shutdown', () => {
-    test('SIGTERM with a client connected: the client is let go and parleyd exits 0', async () => {
+    /* "Graceful" read as a closing handshake with 1001, the code RFC 6455
+     * 7.4.1 gives a server going down (and what parleyd --help promises). */
+    test('SIGTERM with a client connected: the client gets a 1001 close and parleyd exits 0', async () => {
       const s = await startParleyd([]);
       const c = await openClient(`ws://127.0.0.1:${s.port}/echo`);
       await c.echo('bye', false);
       const exit = await s.stop('SIGTERM');
       assert.deepEqual(exit, { code: 0, signal: null }, s.stderr());
-      await c.waitClosed(5000, 'the client to see the connection end');
+      const info = await c.waitClosed(5000, 'the client to see the connection end');
+      assert.equal(info.code, 1001, 'close code seen by the client (1006: TCP dropped without a close frame)');
     });
 
     test('SIGINT: parleyd exits 0', async () => {

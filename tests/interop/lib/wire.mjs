@@ -305,6 +305,14 @@ export async function rawUpgrade(port, { path = '/echo', extraHeaders = [] } = {
   assert.deepEqual(tokens(head.headers.upgrade), ['websocket'], 'Upgrade header of the 101');
   assert.ok(tokens(head.headers.connection).includes('upgrade'), `Connection header of the 101: ${head.headers.connection}`);
   assert.equal(head.headers['sec-websocket-accept'], acceptFor(key), 'Sec-WebSocket-Accept');
+  const offered = (name) => extraHeaders.some(([k]) => k.toLowerCase() === name);
+  /* RFC 6455 4.1: a server may only answer what the client offered. */
+  if (!offered('sec-websocket-extensions')) {
+    assert.equal(head.headers['sec-websocket-extensions'], undefined, 'extensions in the 101 although none was offered');
+  }
+  if (!offered('sec-websocket-protocol')) {
+    assert.equal(head.headers['sec-websocket-protocol'], undefined, 'a subprotocol in the 101 although none was offered');
+  }
   reader.consume(head.size);
   return { socket, reader, head };
 }
