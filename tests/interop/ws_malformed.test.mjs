@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import zlib from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
 import { cleanup, compressibleText, MiB, randomBinary, sleep, startParleyd, withTimeout } from './lib/harness.mjs';
-import { openClient } from './lib/peer.mjs';
+import { openClient, probeEcho } from './lib/peer.mjs';
 import {
   buildFrame, closePayload, expectCloseThenEof, httpRequest, nextFrame, OP, parseClose, parseHttpHead,
   rawUpgrade, readErrorResponse, tcpConnect, tokens, upgradeHeaders, write,
@@ -36,6 +36,7 @@ describe('parleyd with malformed input on raw sockets', () => {
       startParleyd(['--max-message', String(MiB)]),
       startParleyd(['--handshake-timeout', '2000']),
     ]);
+    await Promise.all(Object.values(srv).map((s) => probeEcho(s)));
   });
 
   after(cleanup);

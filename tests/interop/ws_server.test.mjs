@@ -8,7 +8,7 @@ import {
   cleanup, compressibleText, makeSelfSignedCert, MiB, randomBinary, randomLowEntropy, randomText,
   sleep, startParleyd, tempDir, withTimeout,
 } from './lib/harness.mjs';
-import { openClient } from './lib/peer.mjs';
+import { openClient, probeEcho } from './lib/peer.mjs';
 
 const SLOW = { timeout: 180000 };
 
@@ -49,6 +49,12 @@ describe('parleyd --ws-echo with the ws client', () => {
       startParleyd(tlsArgs),
       startParleyd(['--no-deflate']),
       startParleyd([...tlsArgs, '--no-deflate']),
+    ]);
+    await Promise.all([
+      probeEcho(srv.ws),
+      probeEcho(srv.wss, { scheme: 'wss', ca: cert.cert }),
+      probeEcho(srv.wsNoDeflate),
+      probeEcho(srv.wssNoDeflate, { scheme: 'wss', ca: cert.cert }),
     ]);
   });
 

@@ -160,6 +160,14 @@ process.on('exit', () => {
   for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
 });
 
+/* Killed from outside (ctest timeout, Ctrl-C): take the children along. */
+for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
+  process.once(sig, () => {
+    process.exitCode = 128 + (sig === 'SIGTERM' ? 15 : sig === 'SIGINT' ? 2 : 1);
+    process.exit();
+  });
+}
+
 function exited(child) {
   return child.exitCode !== null || child.signalCode !== null;
 }

@@ -189,3 +189,20 @@ export async function startPeerServer({ tlsOpts = null, wsOpts = {} } = {}) {
   onCleanup(close);
   return { port, server, wss, upgrades, conns, tlsErrors, close };
 }
+
+/**
+ * One echo round trip and a normal close on a freshly started parleyd, run
+ * from before() hooks: if the server cannot do even this, every test of the
+ * suite is cancelled at once instead of each timing out in turn.
+ */
+export async function probeEcho(server, { scheme = 'ws', ca, wsPath = '/echo' } = {}) {
+  const url = `${scheme}://127.0.0.1:${server.port}${wsPath}`;
+  try {
+    const c = await openClient(url, { ca, perMessageDeflate: false });
+    await c.echo('probe', false, 5000);
+    const info = await c.close(1000, 'probe done');
+    assert.equal(info.code, 1000, 'close code of the probe');
+  } catch (err) {
+    throw new Error(`${server.child.label} does not even echo one message, so its tests are cancelled: ${err.message}${server.stderr()}`);
+  }
+}
