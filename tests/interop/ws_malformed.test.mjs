@@ -31,10 +31,11 @@ describe('parleyd with malformed input on raw sockets', () => {
   const srv = {};
 
   before(async () => {
-    [srv.main, srv.small, srv.slow] = await Promise.all([
+    [srv.main, srv.small, srv.slow, srv.hdr] = await Promise.all([
       startParleyd([]),
       startParleyd(['--max-message', String(MiB)]),
       startParleyd(['--handshake-timeout', '2000']),
+      startParleyd(['--max-header-bytes', '2048']),
     ]);
     await Promise.all(Object.values(srv).map((s) => probeEcho(s)));
   });
@@ -312,6 +313,26 @@ describe('parleyd with malformed input on raw sockets', () => {
         await write(socket, buildFrame({ opcode: OP.TEXT, payload: 'big headers ok' }));
         assert.equal((await nextFrame(reader)).payload.toString(), 'big headers ok');
         socket.destroy();
+      });
+    });
+
+    test('--max-header-bytes 2048: 3000 bytes of headers -> 431, 1500 bytes pass', async () => {
+      await withWitness(srv.hdr, async () => {
+        const { socket: s1, reader } = await tcpConnect(srv.hdr.port);
+        const h = upgradeHeaders(srv.hdr.port);
+        h.set('X-Padding', 'p'.repeat(3000));
+        await write(s1, httpRequest('GET', '/echo', h));
+        const res = await readErrorResponse(reader);
+        assert.equal(res.status, 431, res.statusLine);
+        const ok = await rawUpgrade(srv.hdr.port, { extraHeaders: [['X-Padding', 'p'.repeat(1500)]] });
+        ok.socket.destroy();
+      });
+    });
+
+    test('a plain GET (no upgrade) of a path with no route -> 404', async () => {
+      await withWitness(srv.main, async () => {
+        const res = await httpError(httpRequest('GET', '/nothing/here', new Map([['Host', `127.0.0.1:${srv.main.port}`]])));
+        assert.equal(res.status, 404, res.statusLine);
       });
     });
 
