@@ -4,7 +4,7 @@
 // tracked so that a failing or hanging test cannot leave anything behind.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, accessSync, constants as fsc } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -410,4 +410,3 @@ export function assertSameBytes(actual, expected, what) {
 }
 
 export const MiB = 1024 * 1024;
-export { randomInt };
