@@ -39,6 +39,7 @@ struct pconn_connect {
 static void do_close(pconn *c);
 static void start_reading(pconn *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void process_in(pconn *c);
 static void connect_done(pconn *c, int status);
 
 static int uv_to_parley(int uverr)
@@ -296,6 +297,11 @@ static void maybe_finish_linger(pconn *c)
 void pconn__flush(pconn *c)
 {
     if (c->flags & PCONN_CLOSED) return;
+    if (c->flags & PCONN_REDELIVER) {
+        c->flags &= ~PCONN_REDELIVER;
+        if (c->in.len > 0) process_in(c);
+        if (c->flags & PCONN_CLOSED) return;
+    }
     if (c->flags & PCONN_WRITING) return; /* on_write flushes again */
     if (c->flags & PCONN_CONNECTED) {
         if (c->tls) {
@@ -306,6 +312,13 @@ void pconn__flush(pconn *c)
         }
     }
     maybe_finish_linger(c);
+}
+
+void pconn_redeliver(pconn *c)
+{
+    if (c->flags & PCONN_CLOSING) return;
+    c->flags |= PCONN_REDELIVER;
+    schedule_flush(c);
 }
 
 void pconn_expect(pconn *c, size_t total)

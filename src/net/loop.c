@@ -45,18 +45,46 @@ void ploop_timer_stop(parley_loop *l, ptimer *t)
     }
 }
 
+void ploop_defer(parley_loop *l, pdefer *d)
+{
+    if (d->queued) return;
+    d->queued = true;
+    d->next = l->defer_head;
+    l->defer_head = d;
+}
+
+void ploop_defer_cancel(parley_loop *l, pdefer *d)
+{
+    if (!d->queued) return;
+    pdefer **pp = &l->defer_head;
+    while (*pp && *pp != d) pp = &(*pp)->next;
+    if (*pp) *pp = d->next;
+    d->queued = false;
+    d->next = NULL;
+}
+
 void ploop_flush(parley_loop *l)
 {
-    /* Flushing may close connections (errors) but never adds to the list
-     * while we walk it: a connection re-queues itself only from callbacks. */
-    pconn *c = l->flush_head;
-    l->flush_head = NULL;
-    while (c) {
-        pconn *next = c->flush_next;
-        c->flush_next = NULL;
-        c->flags &= ~PCONN_FLUSH_LIST;
-        pconn__flush(c);
-        c = next;
+    /* Repeat until quiet: deferred work produces output, and flushing can
+     * redeliver input whose handlers defer work or write again. Everything
+     * must be out before the loop blocks in poll. */
+    while (l->defer_head || l->flush_head) {
+        while (l->defer_head) {
+            pdefer *d = l->defer_head;
+            l->defer_head = d->next;
+            d->next = NULL;
+            d->queued = false;
+            d->cb(d);
+        }
+        pconn *c = l->flush_head;
+        l->flush_head = NULL;
+        while (c) {
+            pconn *next = c->flush_next;
+            c->flush_next = NULL;
+            c->flags &= ~PCONN_FLUSH_LIST;
+            pconn__flush(c);
+            c = next;
+        }
     }
 }
 

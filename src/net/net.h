@@ -37,6 +37,7 @@
 #define PNET_READ_BUF_SIZE (64 * 1024)
 
 typedef struct pconn pconn;
+typedef struct pdefer pdefer;
 typedef struct ptls_ctx ptls_ctx;
 typedef struct ptls ptls;
 
@@ -52,6 +53,7 @@ struct parley_loop {
     uint8_t *rbuf; /* shared read buffer (ciphertext or plaintext) */
     uint8_t *pbuf; /* shared TLS plaintext buffer */
     pconn *flush_head;
+    pdefer *defer_head;
     unsigned nconns; /* live connections (for diagnostics and shutdown) */
 };
 
@@ -65,7 +67,19 @@ static inline uint64_t ploop_now(parley_loop *l)
 int ploop_timer_start(parley_loop *l, ptimer *t, uint64_t delay_ms);
 void ploop_timer_stop(parley_loop *l, ptimer *t);
 
-/* Runs every pending flush now (used at shutdown). */
+/* Work to run once at the end of the current loop iteration, before the
+ * output of the iteration is flushed (e.g. answer a long-poll with
+ * everything queued during the iteration). A pdefer is embedded in its
+ * owner; queuing it twice is a no-op. */
+struct pdefer {
+    pdefer *next;
+    void (*cb)(pdefer *d);
+    bool queued;
+};
+void ploop_defer(parley_loop *l, pdefer *d);
+void ploop_defer_cancel(parley_loop *l, pdefer *d);
+
+/* Runs deferred work and every pending flush now. */
 void ploop_flush(parley_loop *l);
 
 typedef struct pconn_cbs {
@@ -97,6 +111,7 @@ enum {
     PCONN_HAS_TCP = 1u << 9,    /* tcp handle initialised */
     PCONN_REOPENING = 1u << 10, /* connect: old socket closing before the next address */
     PCONN_SHUT_SENT = 1u << 11, /* lingering: FIN sent, draining input until EOF */
+    PCONN_REDELIVER = 1u << 12, /* hand buffered input to on_data again */
 };
 
 struct pconn {
@@ -152,6 +167,11 @@ void pconn_expect(pconn *c, size_t total);
  * destroys what was sent); at most 5 s later the socket is closed anyway.
  * Otherwise close at once, dropping output. err is reported to on_close. */
 void pconn_close(pconn *c, bool graceful, int err);
+
+/* Hands the buffered, unconsumed input to on_data again at the end of the
+ * loop iteration (a consumer that returned 0 while it waited for
+ * something else, e.g. a deferred HTTP response, calls this when ready). */
+void pconn_redeliver(pconn *c);
 
 /* Stops / resumes reading (backpressure on the input side). */
 void pconn_pause(pconn *c);

@@ -13,6 +13,7 @@
 typedef struct route {
     char *path;
     size_t path_len;
+    bool prefix;
     phttpd_handler handler;
     void *user;
     const phttpd_ws_endpoint *ws;
@@ -45,6 +46,10 @@ typedef struct sc_http {
     size_t raw_pos;  /* input offset up to which the body is decoded */
     size_t decoded;  /* decoded body bytes, packed right after the head */
     bool idle;       /* keep-alive: waiting for the first byte of a request */
+    bool awaiting;   /* a deferred response is pending */
+    bool keep;       /* keep-alive decision of the deferred request */
+    phttpd_abort_fn on_abort;
+    void *abort_user;
 } sc_http;
 
 struct srv_conn {
@@ -87,7 +92,7 @@ int phttpd_new(parley_loop *loop, const phttpd_opts *opts, phttpd **out)
 }
 
 static int add_route(phttpd *s, const char *path, phttpd_handler h, void *user,
-                     const phttpd_ws_endpoint *ws)
+                     const phttpd_ws_endpoint *ws, bool prefix)
 {
     if (!path || path[0] != '/') return PARLEY_EINVAL;
     route *r = realloc(s->routes, (s->nroutes + 1) * sizeof *r);
@@ -100,6 +105,7 @@ static int add_route(phttpd *s, const char *path, phttpd_handler h, void *user,
     r->handler = h;
     r->user = user;
     r->ws = ws;
+    r->prefix = prefix;
     s->nroutes++;
     return 0;
 }
@@ -107,21 +113,34 @@ static int add_route(phttpd *s, const char *path, phttpd_handler h, void *user,
 int phttpd_route(phttpd *s, const char *path, phttpd_handler h, void *user)
 {
     if (!h) return PARLEY_EINVAL;
-    return add_route(s, path, h, user, NULL);
+    return add_route(s, path, h, user, NULL, false);
+}
+
+int phttpd_route_prefix(phttpd *s, const char *prefix, phttpd_handler h, void *user)
+{
+    if (!h) return PARLEY_EINVAL;
+    return add_route(s, prefix, h, user, NULL, true);
 }
 
 int phttpd_route_ws(phttpd *s, const char *path, const phttpd_ws_endpoint *ep)
 {
     if (!ep || !ep->ws_opts || !ep->cbs) return PARLEY_EINVAL;
-    return add_route(s, path, NULL, NULL, ep);
+    return add_route(s, path, NULL, NULL, ep, false);
 }
 
 static const route *find_route(phttpd *s, const char *path, size_t len)
 {
-    for (size_t i = 0; i < s->nroutes; i++)
-        if (s->routes[i].path_len == len && memcmp(s->routes[i].path, path, len) == 0)
-            return &s->routes[i];
-    return NULL;
+    const route *best = NULL;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        const route *r = &s->routes[i];
+        if (!r->prefix) {
+            if (r->path_len == len && memcmp(r->path, path, len) == 0) return r;
+        } else if (r->path_len <= len && memcmp(r->path, path, r->path_len) == 0 &&
+                   (!best || r->path_len > best->path_len)) {
+            best = r;
+        }
+    }
+    return best;
 }
 
 unsigned phttpd_connections(const phttpd *s)
@@ -215,15 +234,12 @@ static void send_error(srv_conn *sc, int status, const char *why)
     pconn_close(&sc->c, true, 0);
 }
 
-int phttpd_respond(phttpd_req *req, int status, const char *content_type, const http_header *hdrs,
-                   size_t n, const void *body, size_t len)
+static int respond(srv_conn *sc, bool keep, int status, const char *content_type,
+                   const http_header *hdrs, size_t n, const void *body, size_t len)
 {
-    if (req->responded) return PARLEY_ESTATE;
-    req->responded = true;
-    srv_conn *sc = req->conn->user;
-    pbuf *out = pconn_out(req->conn);
+    pbuf *out = pconn_out(&sc->c);
     if (!out) return PARLEY_ECLOSED;
-    bool keep = req->head->keep_alive && !sc->srv->shutting_down;
+    keep = keep && !sc->srv->shutting_down;
     http_header all[32];
     if (n + 1 > PARLEY_ARRAY_LEN(all)) return PARLEY_EINVAL;
     if (n) memcpy(all, hdrs, n * sizeof *hdrs);
@@ -236,16 +252,74 @@ int phttpd_respond(phttpd_req *req, int status, const char *content_type, const 
         if (rc == 0) rc = pbuf_append(out, body, len);
     }
     if (rc) return rc;
-    rc = pconn_wrote(req->conn);
-    if (!keep) pconn_close(req->conn, true, 0);
+    rc = pconn_wrote(&sc->c);
+    if (!keep) pconn_close(&sc->c, true, 0);
     return rc;
+}
+
+int phttpd_respond(phttpd_req *req, int status, const char *content_type, const http_header *hdrs,
+                   size_t n, const void *body, size_t len)
+{
+    if (req->responded) return PARLEY_ESTATE;
+    req->responded = true;
+    return respond(req->conn->user, req->head->keep_alive, status, content_type, hdrs, n, body,
+                   len);
+}
+
+phttpd_deferred *phttpd_defer(phttpd_req *req, phttpd_abort_fn on_abort, void *user)
+{
+    srv_conn *sc = req->conn->user;
+    if (req->responded || sc->mode != SC_HTTP) return NULL;
+    req->responded = true;
+    sc->u.http.awaiting = true;
+    sc->u.http.keep = req->head->keep_alive;
+    sc->u.http.on_abort = on_abort;
+    sc->u.http.abort_user = user;
+    return (phttpd_deferred *)sc;
+}
+
+pconn *phttpd_deferred_conn(phttpd_deferred *d)
+{
+    return &((srv_conn *)d)->c;
+}
+
+static void http_start_request(srv_conn *sc, bool first);
+
+int phttpd_deferred_respond(phttpd_deferred *d, int status, const char *content_type,
+                            const http_header *hdrs, size_t n, const void *body, size_t len)
+{
+    srv_conn *sc = (srv_conn *)d;
+    sc_http *h = &sc->u.http;
+    if (sc->mode != SC_HTTP || !h->awaiting) return PARLEY_ESTATE;
+    h->awaiting = false;
+    h->on_abort = NULL;
+    int rc = respond(sc, h->keep, status, content_type, hdrs, n, body, len);
+    if (!(sc->c.flags & PCONN_CLOSING)) {
+        http_start_request(sc, false);
+        /* Requests that arrived meanwhile were kept: process them now. */
+        pconn_redeliver(&sc->c);
+    }
+    return rc;
+}
+
+/* The client went away while a deferred response was pending. */
+static void abort_deferred(srv_conn *sc)
+{
+    sc_http *h = &sc->u.http;
+    if (sc->mode != SC_HTTP || !h->awaiting) return;
+    h->awaiting = false;
+    phttpd_abort_fn fn = h->on_abort;
+    h->on_abort = NULL;
+    if (fn) fn((phttpd_deferred *)sc, h->abort_user);
 }
 
 /* The WebSocket upgrade. */
 
-static int upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *ep)
+static wsconn *upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *ep, void *user,
+                       bool ask)
 {
     const http_head *head = req->head;
+    req->responded = true;
     ws_upgrade up;
     const char *why = NULL;
     int status = ws_check_upgrade(head, &up, &why);
@@ -253,14 +327,14 @@ static int upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *ep)
         pbuf *out = pconn_out(&sc->c);
         if (out && ws_write_reject(out, status, why) == 0) pconn_wrote(&sc->c);
         pconn_close(&sc->c, true, 0);
-        return 0;
+        return NULL;
     }
     const char *protocol = NULL;
-    if (ep->on_upgrade) {
+    if (ask && ep->on_upgrade) {
         status = ep->on_upgrade(req, &up, &protocol, ep->user);
         if (status) {
             send_error(sc, status, NULL);
-            return 0;
+            return NULL;
         }
     }
     pmd_params params;
@@ -273,7 +347,7 @@ static int upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *ep)
             pbuf_free(&ext);
             pbuf_free(&resp);
             send_error(sc, rc == PARLEY_ENOMEM ? 500 : 400, "malformed Sec-WebSocket-Extensions");
-            return 0;
+            return NULL;
         }
         use_pmd = rc == 1;
         if (use_pmd && pbuf_append(&resp, "", 1) != 0) use_pmd = false; /* NUL-terminate */
@@ -288,22 +362,29 @@ static int upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *ep)
     pbuf_free(&resp);
     if (rc) {
         pconn_close(&sc->c, false, rc);
-        return 0;
+        return NULL;
     }
     pconn_wrote(&sc->c);
     /* The HTTP state shares memory with the session: retire it first. */
     ploop_timer_stop(sc->c.loop, &sc->u.http.timer);
     sc->mode = SC_WS;
     rc = wsconn_init(&sc->u.ws, &sc->c, false, ep->ws_opts, use_pmd ? &params : NULL, ep->pmd,
-                     ep->cbs, ep->user);
+                     ep->cbs, user);
     if (rc) {
         sc->mode = SC_HTTP;
+        memset(&sc->u.http, 0, sizeof sc->u.http);
         ptimer_init(&sc->u.http.timer, on_http_timeout);
         pconn_close(&sc->c, false, rc);
-        return 0;
+        return NULL;
     }
-    if (ep->on_open) ep->on_open(&sc->u.ws, ep->user);
-    return 0;
+    return &sc->u.ws;
+}
+
+wsconn *phttpd_upgrade(phttpd_req *req, const phttpd_ws_endpoint *ep, void *user)
+{
+    srv_conn *sc = req->conn->user;
+    if (req->responded || sc->mode != SC_HTTP) return NULL;
+    return upgrade(sc, req, ep, user, false);
 }
 
 static void dispatch(srv_conn *sc, const http_head *head, const uint8_t *body, size_t body_len)
@@ -320,7 +401,8 @@ static void dispatch(srv_conn *sc, const http_head *head, const uint8_t *body, s
         return;
     }
     if (r->ws) {
-        upgrade(sc, &req, r->ws);
+        wsconn *w = upgrade(sc, &req, r->ws, r->ws->user, true);
+        if (w && r->ws->on_open) r->ws->on_open(w, r->ws->user);
         return;
     }
     r->handler(&req, r->user);
@@ -329,7 +411,9 @@ static void dispatch(srv_conn *sc, const http_head *head, const uint8_t *body, s
         send_error(sc, 500, NULL);
         return;
     }
-    if (!(sc->c.flags & PCONN_CLOSING)) http_start_request(sc, false);
+    /* Upgraded, deferred or closing: not ready for the next request. */
+    if (sc->mode != SC_HTTP || sc->u.http.awaiting || (sc->c.flags & PCONN_CLOSING)) return;
+    http_start_request(sc, false);
 }
 
 /* Consumes one request (or part of one) from data; returns bytes used, 0
@@ -400,6 +484,18 @@ static size_t sc_on_data(pconn *c, uint8_t *data, size_t len)
             off += wsconn_feed(&sc->u.ws, data + off, len - off);
             break;
         }
+        if (sc->u.http.awaiting) {
+            /* Pipelined requests wait for the deferred answer, within the
+             * bounds of one request. */
+            const http_limits *l = &sc->srv->opts.limits;
+            if (len - off > l->max_header_bytes + l->max_body) {
+                plog_info("http: too much pipelined input behind a pending response");
+                abort_deferred(sc);
+                pconn_close(c, false, PARLEY_ELIMIT);
+                return len;
+            }
+            break;
+        }
         size_t n = http_step(sc, data + off, len - off);
         if (n == 0) break;
         off += n;
@@ -411,6 +507,7 @@ static void sc_on_eof(pconn *c)
 {
     srv_conn *sc = c->user;
     if (sc->mode == SC_WS) wsconn_lost(&sc->u.ws, PARLEY_ECLOSED);
+    else abort_deferred(sc);
     pconn_close(c, true, 0);
 }
 
@@ -422,6 +519,7 @@ static void sc_on_close(pconn *c, int err)
         wsconn_lost(&sc->u.ws, err);
         wsconn_free(&sc->u.ws);
     } else {
+        abort_deferred(sc);
         ploop_timer_stop(c->loop, &sc->u.http.timer);
     }
     if (sc->prev)

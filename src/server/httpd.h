@@ -1,10 +1,13 @@
 /*
  * HTTP/1.1 server with WebSocket endpoints: the front door of parleyd.
  *
- * Routes are exact paths. A plain route gets a request (head and the whole
- * decoded body) and answers it with phttpd_respond() before returning. A
- * WebSocket route validates the upgrade, negotiates permessage-deflate and
- * subprotocols, and turns the connection into a wsconn.
+ * Routes are exact paths or path prefixes. A plain route gets a request
+ * (head and the whole decoded body) and answers it with phttpd_respond()
+ * before returning, or defers the answer (long-polling) with phttpd_defer(),
+ * or turns the connection into a WebSocket with phttpd_upgrade(). A
+ * WebSocket route does the upgrade itself: it validates the request,
+ * negotiates permessage-deflate and subprotocols, and turns the connection
+ * into a wsconn.
  *
  * Deadlines: a connection must deliver a complete request (head and body)
  * within head_timeout_ms of its first byte (or of accept), and an idle
@@ -64,17 +67,41 @@ typedef struct phttpd_ws_endpoint {
 
 int phttpd_new(parley_loop *loop, const phttpd_opts *opts, phttpd **out);
 
-/* Adds a route; the path and endpoint are copied / must outlive the server. */
+/* Adds a route; the path is copied, the endpoint must outlive the server.
+ * Exact routes win over prefix routes; the longest prefix wins. */
 int phttpd_route(phttpd *s, const char *path, phttpd_handler h, void *user);
+int phttpd_route_prefix(phttpd *s, const char *prefix, phttpd_handler h, void *user);
 int phttpd_route_ws(phttpd *s, const char *path, const phttpd_ws_endpoint *ep);
 
 /* Listens on host:port (0 = any; the bound port is stored in *bound). tls
  * may be NULL. May be called several times. */
 int phttpd_listen(phttpd *s, const char *host, unsigned port, ptls_ctx *tls, unsigned *bound);
 
-/* Answers a request (once). content_type may be NULL for an empty body. */
+/* Answers a request (once). content_type may be NULL for an empty body.
+ * At most 31 extra headers. */
 int phttpd_respond(phttpd_req *req, int status, const char *content_type, const http_header *hdrs,
                    size_t n, const void *body, size_t len);
+
+/* Keeps a request open after its handler returns, to be answered later
+ * with phttpd_deferred_respond (long-polling). Further requests on the
+ * connection wait (they are buffered, within the head and body limits). If
+ * the client goes away first, on_abort runs and the handle is invalid
+ * afterwards. Returns NULL when out of memory (the request is then answered
+ * with 500). */
+typedef struct phttpd_deferred phttpd_deferred;
+typedef void (*phttpd_abort_fn)(phttpd_deferred *d, void *user);
+phttpd_deferred *phttpd_defer(phttpd_req *req, phttpd_abort_fn on_abort, void *user);
+int phttpd_deferred_respond(phttpd_deferred *d, int status, const char *content_type,
+                            const http_header *hdrs, size_t n, const void *body, size_t len);
+/* The connection a deferred request arrived on. */
+pconn *phttpd_deferred_conn(phttpd_deferred *d);
+
+/* Turns the request's connection into a WebSocket session (from inside a
+ * route handler). Validates the upgrade and negotiates as a WebSocket route
+ * does (ep->on_upgrade and ep->on_open are not used); the session's user
+ * pointer is `user`. Returns the session, or NULL when the request was
+ * answered with an error instead (it is then finished). */
+wsconn *phttpd_upgrade(phttpd_req *req, const phttpd_ws_endpoint *ep, void *user);
 
 /* Stops listening, closes WebSocket sessions with 1001 and idle HTTP
  * connections; `done` runs once every connection is gone. */

@@ -4,10 +4,12 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/buf.h"
+#include "base/map.h"
 #include "base/theap.h"
 #include "base/util.h"
 #include "chop.h"
@@ -125,6 +127,55 @@ static void test_theap(void **state)
     ptimer_heap_free(&h);
 }
 
+static void test_map(void **state)
+{
+    (void)state;
+    enum { N = 5000 };
+    static char keys[N][16];
+    static bool present[N];
+    pmap m = {0};
+    assert_null(pmap_get(&m, "x", 1));
+    assert_null(pmap_del(&m, "x", 1));
+    for (int i = 0; i < N; i++) {
+        snprintf(keys[i], sizeof keys[i], "room-%d", i);
+        assert_int_equal(pmap_put(&m, keys[i], strlen(keys[i]), &keys[i]), 0);
+        present[i] = true;
+    }
+    assert_int_equal(m.n, N);
+    uint64_t rng = chop_seed();
+    /* Random deletes and re-inserts, checked against the truth table. */
+    for (int round = 0; round < 4 * N; round++) {
+        int i = (int)(test_rand(&rng) % N);
+        if (present[i]) {
+            assert_ptr_equal(pmap_del(&m, keys[i], strlen(keys[i])), &keys[i]);
+            present[i] = false;
+        } else {
+            assert_int_equal(pmap_put(&m, keys[i], strlen(keys[i]), &keys[i]), 0);
+            present[i] = true;
+        }
+    }
+    size_t count = 0;
+    for (int i = 0; i < N; i++) {
+        void *v = pmap_get(&m, keys[i], strlen(keys[i]));
+        assert_ptr_equal(v, present[i] ? (void *)&keys[i] : NULL);
+        count += present[i];
+    }
+    assert_int_equal(m.n, count);
+    size_t pos = 0, seen = 0;
+    while (pmap_next(&m, &pos)) seen++;
+    assert_int_equal(seen, count);
+    /* Replacing keeps the count. */
+    assert_int_equal(pmap_put(&m, "room-1", 6, &keys[2]), 0);
+    assert_ptr_equal(pmap_get(&m, "room-1", 6), &keys[2]);
+    /* Two maps hash differently (keyed), yet both work. */
+    pmap m2 = {0};
+    assert_int_equal(pmap_put(&m2, "a", 1, &keys[0]), 0);
+    assert_true(m2.k0 != m.k0 || m2.k1 != m.k1);
+    assert_ptr_equal(pmap_get(&m2, "a", 1), &keys[0]);
+    pmap_free(&m2);
+    pmap_free(&m);
+}
+
 static void test_strerror(void **state)
 {
     (void)state;
@@ -140,6 +191,7 @@ int main(void)
         cmocka_unit_test(test_pbuf),
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_theap),
+        cmocka_unit_test(test_map),
         cmocka_unit_test(test_strerror),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
