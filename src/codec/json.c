@@ -14,44 +14,22 @@
  * is treated as this cap rather than failing. */
 #define JSON_DEPTH_CAP 1024
 
-/* Byte classes. Strings are skipped a word at a time while they hold only
- * "plain" bytes: printable ASCII other than '"' and '\\'. */
+/* Strings are skipped a word at a time while they hold only "plain"
+ * bytes: printable ASCII (and DEL) other than '"' (0x22) and '\\' (0x5c).
+ * Control characters are invalid raw; bytes >= 0x80 (zero here) are
+ * validated as UTF-8. A table beats the range compares by ~15%. */
+/* clang-format off */
 static const uint8_t str_plain[256] = {
-    /* 0x00-0x1f: control characters, not allowed raw in a string */
-    [0x20] = 1, [0x21] = 1, /* 0x22 '"' */[0x23] = 1,
-    [0x24] = 1, [0x25] = 1, [0x26] = 1,
-    [0x27] = 1, [0x28] = 1, [0x29] = 1,
-    [0x2a] = 1, [0x2b] = 1, [0x2c] = 1,
-    [0x2d] = 1, [0x2e] = 1, [0x2f] = 1,
-    [0x30] = 1, [0x31] = 1, [0x32] = 1,
-    [0x33] = 1, [0x34] = 1, [0x35] = 1,
-    [0x36] = 1, [0x37] = 1, [0x38] = 1,
-    [0x39] = 1, [0x3a] = 1, [0x3b] = 1,
-    [0x3c] = 1, [0x3d] = 1, [0x3e] = 1,
-    [0x3f] = 1, [0x40] = 1, [0x41] = 1,
-    [0x42] = 1, [0x43] = 1, [0x44] = 1,
-    [0x45] = 1, [0x46] = 1, [0x47] = 1,
-    [0x48] = 1, [0x49] = 1, [0x4a] = 1,
-    [0x4b] = 1, [0x4c] = 1, [0x4d] = 1,
-    [0x4e] = 1, [0x4f] = 1, [0x50] = 1,
-    [0x51] = 1, [0x52] = 1, [0x53] = 1,
-    [0x54] = 1, [0x55] = 1, [0x56] = 1,
-    [0x57] = 1, [0x58] = 1, [0x59] = 1,
-    [0x5a] = 1, [0x5b] = 1, /* 0x5c '\\' */[0x5d] = 1,
-    [0x5e] = 1, [0x5f] = 1, [0x60] = 1,
-    [0x61] = 1, [0x62] = 1, [0x63] = 1,
-    [0x64] = 1, [0x65] = 1, [0x66] = 1,
-    [0x67] = 1, [0x68] = 1, [0x69] = 1,
-    [0x6a] = 1, [0x6b] = 1, [0x6c] = 1,
-    [0x6d] = 1, [0x6e] = 1, [0x6f] = 1,
-    [0x70] = 1, [0x71] = 1, [0x72] = 1,
-    [0x73] = 1, [0x74] = 1, [0x75] = 1,
-    [0x76] = 1, [0x77] = 1, [0x78] = 1,
-    [0x79] = 1, [0x7a] = 1, [0x7b] = 1,
-    [0x7c] = 1, [0x7d] = 1, [0x7e] = 1,
-    [0x7f] = 1,
-    /* 0x80-0xff: UTF-8 sequences, validated separately */
+    /* 0x00 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    /* 0x10 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    /* 0x20 */ 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x30 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x40 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x50 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    /* 0x60 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x70 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 };
+/* clang-format on */
 
 #define ONES  0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
