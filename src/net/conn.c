@@ -14,12 +14,42 @@
 #define PCONN_LINGER_MS       5000
 #define PCONN_MIN_READ        (16 * 1024)
 
+/* A piece of output: owned bytes or a slice of a shared block. */
+typedef struct pseg {
+    pshared *blk;  /* shared block, or NULL for owned bytes */
+    uint8_t *own;  /* owned allocation, freed when written */
+    size_t off;    /* first unwritten byte */
+    size_t len;    /* unwritten bytes */
+} pseg;
+
+/* Output queued before the tail buffer `out`: exists only once a shared
+ * block has been written to the connection. */
+struct pconn_outq {
+    pseg *v;
+    uint32_t head, n, cap; /* live segments are v[head, n) */
+    size_t bytes;
+};
+
 struct pconn_write {
     uv_write_t req;
     pconn *c;
-    pbuf buf; /* bytes [off, len) are being written */
-    size_t off;
+    pseg *segs; /* being written, in order */
+    uint32_t nsegs;
+    size_t bytes;
 };
+
+static inline uint8_t *pseg_data(const pseg *s)
+{
+    return (s->blk ? s->blk->data : s->own) + s->off;
+}
+
+static void pseg_release(pseg *s)
+{
+    if (s->blk)
+        pshared_unref(s->blk);
+    else
+        free(s->own);
+}
 
 struct pconn_connect {
     pconn *c; /* NULL once the connection is gone */
@@ -71,9 +101,40 @@ void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, void *user, s
 size_t pconn_pending(const pconn *c)
 {
     size_t n = c->out.len;
+    if (c->q) n += c->q->bytes;
     if (c->tls) n += c->tls->wire.len;
-    if (c->w) n += c->w->buf.len - c->w->off;
+    if (c->w) n += c->w->bytes;
     return n;
+}
+
+static int outq_push(struct pconn_outq *q, pseg seg)
+{
+    if (q->head > 0 && q->head == q->n) q->head = q->n = 0;
+    if (q->n == q->cap) {
+        if (q->head > 0) {
+            memmove(q->v, q->v + q->head, (q->n - q->head) * sizeof *q->v);
+            q->n -= q->head;
+            q->head = 0;
+        } else {
+            uint32_t cap = q->cap ? q->cap * 2 : 8;
+            pseg *v = realloc(q->v, cap * sizeof *v);
+            if (!v) return PARLEY_ENOMEM;
+            q->v = v;
+            q->cap = cap;
+        }
+    }
+    q->v[q->n++] = seg;
+    q->bytes += seg.len;
+    return 0;
+}
+
+static void outq_free(pconn *c)
+{
+    if (!c->q) return;
+    for (uint32_t i = c->q->head; i < c->q->n; i++) pseg_release(&c->q->v[i]);
+    free(c->q->v);
+    free(c->q);
+    c->q = NULL;
 }
 
 static void schedule_flush(pconn *c)
@@ -153,7 +214,8 @@ static void on_write(uv_write_t *req, int status)
     pconn *c = w->c;
     c->flags &= ~PCONN_WRITING;
     c->w = NULL;
-    pbuf_free(&w->buf);
+    for (uint32_t i = 0; i < w->nsegs; i++) pseg_release(&w->segs[i]);
+    free(w->segs);
     free(w);
     if (c->flags & PCONN_CLOSED) return;
     if (status < 0) {
@@ -163,8 +225,43 @@ static void on_write(uv_write_t *req, int status)
     pconn__flush(c);
 }
 
-/* Writes src to the socket: as much as the kernel takes now, the rest with
- * one uv_write that takes over src's storage. */
+/* Hands the unwritten segments to one uv_write that owns them until it
+ * completes. */
+static void write_rest(pconn *c, pseg *segs, uint32_t nsegs, size_t bytes)
+{
+    struct pconn_write *w = malloc(sizeof *w);
+    uv_buf_t small[8];
+    uv_buf_t *bufs = nsegs <= 8 ? small : malloc(nsegs * sizeof *bufs);
+    if (!w || !bufs) {
+        for (uint32_t i = 0; i < nsegs; i++) pseg_release(&segs[i]);
+        free(segs);
+        free(w);
+        if (bufs != small) free(bufs);
+        pconn_close(c, false, PARLEY_ENOMEM);
+        return;
+    }
+    w->c = c;
+    w->segs = segs;
+    w->nsegs = nsegs;
+    w->bytes = bytes;
+    for (uint32_t i = 0; i < nsegs; i++)
+        bufs[i] = uv_buf_init((char *)pseg_data(&segs[i]), (unsigned)segs[i].len);
+    /* libuv copies the buffer array; the bytes stay ours until on_write. */
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nsegs, on_write);
+    if (bufs != small) free(bufs);
+    if (rc < 0) {
+        for (uint32_t i = 0; i < nsegs; i++) pseg_release(&segs[i]);
+        free(segs);
+        free(w);
+        pconn_close(c, false, uv_to_parley(rc));
+        return;
+    }
+    c->w = w;
+    c->flags |= PCONN_WRITING;
+}
+
+/* Writes one buffer to the socket: as much as the kernel takes now, the
+ * rest with one uv_write that takes over the buffer's storage. */
 static void write_out(pconn *c, pbuf *src)
 {
     if (src->len == 0 || (c->flags & PCONN_WRITING)) return;
@@ -181,25 +278,101 @@ static void write_out(pconn *c, pbuf *src)
         pbuf_reset(src, 64 * 1024);
         return;
     }
-    struct pconn_write *w = malloc(sizeof *w);
-    if (!w) {
+    pseg *seg = malloc(sizeof *seg);
+    if (!seg) {
         pconn_close(c, false, PARLEY_ENOMEM);
         return;
     }
-    w->c = c;
-    w->buf = *src;
-    w->off = (size_t)n;
+    *seg = (pseg){.own = src->ptr, .off = (size_t)n, .len = src->len - (size_t)n};
     memset(src, 0, sizeof *src);
-    uv_buf_t rest = uv_buf_init((char *)w->buf.ptr + w->off, (unsigned)(w->buf.len - w->off));
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &rest, 1, on_write);
-    if (rc < 0) {
-        pbuf_free(&w->buf);
-        free(w);
-        pconn_close(c, false, uv_to_parley(rc));
+    write_rest(c, seg, 1, seg->len);
+}
+
+/* Plain connections with shared blocks queued: one writev of the queue and
+ * the tail buffer. */
+static void write_queue(pconn *c)
+{
+    if (c->flags & PCONN_WRITING) return;
+    struct pconn_outq *q = c->q;
+    if (!q || q->head == q->n) {
+        write_out(c, &c->out);
         return;
     }
-    c->w = w;
-    c->flags |= PCONN_WRITING;
+    enum { MAXV = 64 };
+    uv_buf_t bufs[MAXV];
+    unsigned nb = 0;
+    for (uint32_t i = q->head; i < q->n && nb < MAXV - 1; i++)
+        bufs[nb++] = uv_buf_init((char *)pseg_data(&q->v[i]), (unsigned)q->v[i].len);
+    bool tail = nb < MAXV && q->head + nb == q->n && c->out.len > 0;
+    if (tail) bufs[nb++] = uv_buf_init((char *)c->out.ptr, (unsigned)c->out.len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nb);
+    if (n == UV_EAGAIN) n = 0;
+    if (n < 0) {
+        pconn_close(c, false, uv_to_parley(n));
+        return;
+    }
+    size_t left = (size_t)n;
+    while (q->head < q->n && left >= q->v[q->head].len) {
+        left -= q->v[q->head].len;
+        q->bytes -= q->v[q->head].len;
+        pseg_release(&q->v[q->head++]);
+    }
+    if (q->head < q->n) {
+        q->v[q->head].off += left;
+        q->v[q->head].len -= left;
+        q->bytes -= left;
+        left = 0;
+    } else if (left) {
+        pbuf_consume(&c->out, left);
+    }
+    if (q->head == q->n) {
+        q->head = q->n = 0;
+        if (c->out.len == 0) return;
+        write_out(c, &c->out);
+        return;
+    }
+    /* The kernel is full: the rest of the queue and the tail go to one
+     * uv_write, which owns them; new output starts a fresh queue. */
+    uint32_t nsegs = q->n - q->head + (c->out.len ? 1 : 0);
+    pseg *segs = malloc(nsegs * sizeof *segs);
+    if (!segs) {
+        pconn_close(c, false, PARLEY_ENOMEM);
+        return;
+    }
+    memcpy(segs, q->v + q->head, (q->n - q->head) * sizeof *segs);
+    size_t bytes = q->bytes;
+    if (c->out.len) {
+        segs[nsegs - 1] = (pseg){.own = c->out.ptr, .len = c->out.len};
+        bytes += c->out.len;
+        memset(&c->out, 0, sizeof c->out);
+    }
+    q->head = q->n = 0;
+    q->bytes = 0;
+    write_rest(c, segs, nsegs, bytes);
+}
+
+int pconn_write_shared(pconn *c, pshared *blk, size_t off, size_t len)
+{
+    if (c->flags & PCONN_CLOSING) return PARLEY_ECLOSED;
+    int rc = check_limit(c);
+    if (rc || len == 0) return rc;
+    if (!c->q) {
+        c->q = pcalloc(1, sizeof *c->q);
+        if (!c->q) return PARLEY_ENOMEM;
+    }
+    if (c->out.len) {
+        /* Bytes written before must go first: the tail joins the queue. */
+        rc = outq_push(c->q, (pseg){.own = c->out.ptr, .len = c->out.len});
+        if (rc) return rc;
+        memset(&c->out, 0, sizeof c->out);
+    }
+    rc = outq_push(c->q, (pseg){.blk = pshared_ref(blk), .off = off, .len = len});
+    if (rc) {
+        pshared_unref(blk);
+        return rc;
+    }
+    schedule_flush(c);
+    return 0;
 }
 
 static void tls_fail(pconn *c, const char *what)
@@ -215,9 +388,36 @@ static void tls_fail(pconn *c, const char *what)
 }
 
 /* Encrypts queued plaintext (once the handshake is done) into t->wire. */
+static int tls_write_all(pconn *c, const uint8_t *p, size_t len)
+{
+    size_t off = 0;
+    while (off < len) {
+        size_t chunk = PARLEY_MIN(len - off, (size_t)1 << 30);
+        int n = SSL_write(c->tls->ssl, p + off, (int)chunk);
+        if (n <= 0) {
+            tls_fail(c, "write");
+            return PARLEY_ETLS;
+        }
+        off += (size_t)n;
+    }
+    return 0;
+}
+
 static int tls_encrypt(pconn *c)
 {
     ptls *t = c->tls;
+    if (t->done && !t->shutdown_sent && c->q) {
+        /* SSL_write copies into records: shared blocks cost no extra copy. */
+        struct pconn_outq *q = c->q;
+        while (q->head < q->n) {
+            pseg *sg = &q->v[q->head];
+            if (tls_write_all(c, pseg_data(sg), sg->len) != 0) return PARLEY_ETLS;
+            q->bytes -= sg->len;
+            pseg_release(sg);
+            q->head++;
+        }
+        q->head = q->n = 0;
+    }
     if (t->done && c->out.len && !t->shutdown_sent) {
         size_t off = 0;
         while (off < c->out.len) {
@@ -308,7 +508,7 @@ void pconn__flush(pconn *c)
             if (tls_encrypt(c) != 0) return;
             write_out(c, &c->tls->wire);
         } else {
-            write_out(c, &c->out);
+            write_queue(c);
         }
     }
     maybe_finish_linger(c);
@@ -515,6 +715,7 @@ static void on_uv_close(uv_handle_t *h)
     pconn *c = h->data;
     pbuf_free(&c->in);
     pbuf_free(&c->out);
+    outq_free(c);
     ptls__free(c->tls);
     c->tls = NULL;
     c->loop->nconns--;

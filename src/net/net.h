@@ -123,6 +123,7 @@ struct pconn {
     pbuf in;  /* unconsumed plaintext input */
     pbuf out; /* output not yet handed to the kernel (plaintext when TLS) */
     struct pconn_write *w; /* in-flight write, allocated only when needed */
+    struct pconn_outq *q;  /* output queued before `out` (shared blocks) */
     pconn *flush_next;
     size_t max_out;   /* limit on unsent output bytes */
     size_t in_hint;   /* capacity the next read should have (large frames) */
@@ -140,6 +141,12 @@ void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, void *user, s
  * PARLEY_EFULL when the unsent backlog is already over the limit (the
  * connection is then being closed and the reason logged). */
 int pconn_write(pconn *c, const void *data, size_t len);
+
+/* Queues bytes of a shared block (a broadcast encoded once for many
+ * connections): the connection takes a reference, no copy is made, and
+ * the block goes out in order with the rest in one writev. Errors as for
+ * pconn_write. */
+int pconn_write_shared(pconn *c, pshared *blk, size_t off, size_t len);
 
 /* Reserves room for n bytes at the end of the output buffer and returns a
  * pointer to it (NULL on error, as for pconn_write); commit with

@@ -586,6 +586,127 @@ static void test_http_routes_and_deadline(void **state)
     srv_stop(&s);
 }
 
+/* ---- shared output blocks at the pconn level ---- */
+
+typedef struct reader {
+    int fd;
+    uint8_t *buf;
+    size_t len, cap;
+    volatile bool done;
+} reader;
+
+static void *read_all(void *arg)
+{
+    reader *r = arg;
+    for (;;) {
+        if (r->len == r->cap) break;
+        ssize_t n = recv(r->fd, r->buf + r->len, r->cap - r->len, 0);
+        if (n <= 0) break;
+        r->len += (size_t)n;
+        /* Read slowly at first so that the server's writes go partial. */
+        if (r->len < (1u << 20)) usleep(2000);
+    }
+    r->done = true;
+    return NULL;
+}
+
+typedef struct shared_srv {
+    parley_loop *loop;
+    pconn *conn;
+    bool closed;
+} shared_srv;
+
+static size_t ss_on_data(pconn *c, uint8_t *data, size_t len)
+{
+    (void)c;
+    (void)data;
+    return len;
+}
+
+static void ss_on_close(pconn *c, int err)
+{
+    (void)err;
+    shared_srv *s = c->user;
+    s->closed = true;
+    free(c);
+}
+
+static const pconn_cbs ss_cbs = {.on_data = ss_on_data, .on_close = ss_on_close};
+
+static pconn *ss_accept(plistener *l, void *user)
+{
+    (void)l;
+    shared_srv *s = user;
+    pconn *c = malloc(sizeof *c);
+    pconn_init(c, s->loop, &ss_cbs, s, 64u << 20);
+    s->conn = c;
+    return c;
+}
+
+static void test_shared_output(void **state)
+{
+    (void)state;
+    shared_srv s = {0};
+    s.loop = parley_loop_new();
+    plistener *l;
+    assert_int_equal(plisten(s.loop, "127.0.0.1", 0, NULL, ss_accept, &s, &l), 0);
+    unsigned port = plistener_port(l);
+    int fd = raw_connect(port);
+    bool dummy = false;
+    uint64_t end = ptime_ms() + 5000;
+    while (!s.conn && ptime_ms() < end) run_until(s.loop, &dummy, 5);
+    assert_non_null(s.conn);
+
+    /* Expected stream: owned, shared, owned, a shared slice, shared,
+     * owned; the big block overflows the socket buffers. */
+    size_t big_len = 6u << 20;
+    pshared *big = pshared_new(big_len);
+    uint64_t rng = chop_seed();
+    for (size_t i = 0; i < big_len; i++) big->data[i] = (uint8_t)test_rand(&rng);
+    pshared *small = pshared_from("shared-small", 12);
+    pbuf want = {0};
+    pconn *c = s.conn;
+    assert_int_equal(pconn_write(c, "owned-1;", 8), 0);
+    pbuf_append(&want, "owned-1;", 8);
+    assert_int_equal(pconn_write_shared(c, big, 0, big_len), 0);
+    pbuf_append(&want, big->data, big_len);
+    assert_int_equal(pconn_write(c, "owned-2;", 8), 0);
+    pbuf_append(&want, "owned-2;", 8);
+    assert_int_equal(pconn_write_shared(c, big, 10, 100), 0);
+    pbuf_append(&want, big->data + 10, 100);
+    assert_int_equal(pconn_write_shared(c, small, 0, 12), 0);
+    pbuf_append(&want, "shared-small", 12);
+    /* More output while the first batch is still in flight. */
+    run_until(s.loop, &dummy, 20);
+    assert_int_equal(pconn_write_shared(c, small, 7, 5), 0);
+    pbuf_append(&want, "small", 5);
+    assert_int_equal(pconn_write(c, "owned-3", 7), 0);
+    pbuf_append(&want, "owned-3", 7);
+    /* The connection holds references; ours can go now. */
+    pshared_unref(big);
+    pshared_unref(small);
+    pconn_close(c, true, 0);
+
+    reader r = {.fd = fd, .cap = want.len + 16};
+    r.buf = malloc(r.cap);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, read_all, &r), 0);
+    end = ptime_ms() + 20000;
+    while (!r.done && ptime_ms() < end) run_until(s.loop, &dummy, 5);
+    pthread_join(th, NULL);
+    assert_int_equal(r.len, want.len);
+    assert_memory_equal(r.buf, want.ptr, want.len);
+    free(r.buf);
+    pbuf_free(&want);
+    close(fd);
+    end = ptime_ms() + 10000;
+    while (!s.closed && ptime_ms() < end) run_until(s.loop, &dummy, 5);
+    assert_true(s.closed);
+    plistener_close(l);
+    run_until(s.loop, &dummy, 10);
+    parley_loop_free(s.loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -596,6 +717,7 @@ int main(void)
         cmocka_unit_test(test_server_shutdown_closes_1001),
         cmocka_unit_test(test_slow_reader_is_dropped),
         cmocka_unit_test(test_http_routes_and_deadline),
+        cmocka_unit_test(test_shared_output),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
