@@ -10,42 +10,76 @@
 #include "base/util.h"
 #include "net/net.h"
 #include "parley/parley.h"
+#include "parley/server.h"
+#include "prog/protocol_test.h"
+#include "server/engine.h"
 #include "server/httpd.h"
 #include "ws/wsconn.h"
 
-typedef struct options {
+phttpd *parley_server__http(parley_server *s);
+
+typedef struct config {
     char host[256];
     unsigned port;
     const char *ws_echo;
-    const char *tls_cert, *tls_key;
     bool deflate;
-} options;
+    bool protocol_test;
+    bool ping_set, ping_timeout_set, recovery_set, cors_set, connect_timeout_set;
+    parley_server_opts sio;
+    wsconn_opts ws;
+    parley_log_level level;
+    phttpd_opts http; /* limits and deadlines of the HTTP side */
+    char *strings[64]; /* option values read from a config file */
+    size_t nstrings;
+} config;
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: parleyd [options]\n"
             "\n"
-            "  --listen HOST:PORT        address to serve on (default 127.0.0.1:8080; port 0 = any)\n"
-            "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
+            "Serves Socket.IO (Engine.IO v4 / Socket.IO v5) at --path, a status page at /\n"
+            "and /healthz, and optionally a WebSocket echo endpoint.\n"
+            "\n"
+            "  --listen HOST:PORT        address (default 127.0.0.1:8080; port 0 = any free one)\n"
+            "  --config FILE             read options from FILE: `name = value` lines with the\n"
+            "                            long option names below; flags given after it win\n"
             "  --tls-cert FILE           serve TLS (https/wss) with this PEM certificate chain\n"
             "  --tls-key FILE            ... and this PEM private key\n"
-            "  --no-deflate              do not accept permessage-deflate\n"
-            "  --max-message BYTES       largest WebSocket message (default 16777216)\n"
-            "  --max-frame BYTES         largest WebSocket frame (default 16777216)\n"
+            "  --log-level LEVEL         debug, info, warn, error (default info)\n"
+            "\n"
+            "Socket.IO / Engine.IO:\n"
+            "  --path PATH               default /socket.io/\n"
+            "  --ping-interval MS        heartbeat interval (default 25000; also the WebSocket\n"
+            "                            echo's keepalive, default 30000 there, 0 = off)\n"
+            "  --ping-timeout MS         heartbeat timeout (default 20000; echo: 10000)\n"
+            "  --max-payload BYTES       largest POST body / WebSocket message (default 1000000)\n"
+            "  --upgrade-timeout MS      to complete a polling->websocket upgrade (default 10000)\n"
+            "  --connect-timeout MS      to CONNECT to a namespace (default 45000)\n"
+            "  --transports LIST         polling,websocket (default both)\n"
+            "  --cors-origin ORIGINS     '*' or a comma-separated list (default: no CORS)\n"
+            "  --cors-credentials        allow credentials in CORS requests\n"
+            "  --recovery                connection-state recovery\n"
+            "  --max-disconnection MS    recovery window (default 120000)\n"
+            "  --max-attachments N       binary attachments per packet (default 10)\n"
+            "  --protocol-test           the reference test server's behaviour (see README)\n"
+            "\n"
+            "WebSocket echo and limits:\n"
+            "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
+            "  --no-deflate              do not accept permessage-deflate on the echo endpoint\n"
+            "  --max-message BYTES       largest echo message (default 16777216)\n"
+            "  --max-frame BYTES         largest echo frame (default 16777216)\n"
             "  --max-header-bytes N      largest HTTP request head (default 8192)\n"
             "  --max-headers N           most HTTP header fields (default 64)\n"
             "  --max-body BYTES          largest HTTP request body (default 1048576)\n"
             "  --max-output BYTES        unsent output per connection before it is dropped\n"
             "                            (default 8388608)\n"
-            "  --handshake-timeout MS    complete HTTP request/upgrade within (default 10000)\n"
-            "  --ping-interval MS        WebSocket keepalive ping interval (default 30000, 0 = off)\n"
-            "  --ping-timeout MS         drop when no pong within (default 10000)\n"
-            "  --log-level LEVEL         debug, info, warn, error (default info)\n"
+            "  --handshake-timeout MS    complete an HTTP request/upgrade within (default 10000)\n"
             "  --version, --help\n"
             "\n"
             "When ready, prints 'parleyd listening on HOST:PORT' on stdout.\n"
-            "SIGINT/SIGTERM: graceful shutdown (WebSocket sessions closed with 1001).\n");
+            "SIGINT/SIGTERM: graceful shutdown (clients are disconnected, WebSocket echo\n"
+            "sessions closed with 1001).\n");
 }
 
 static int parse_u64(const char *s, uint64_t max, uint64_t *out)
@@ -59,7 +93,7 @@ static int parse_u64(const char *s, uint64_t max, uint64_t *out)
     return 0;
 }
 
-static int parse_listen(const char *s, options *o)
+static int parse_listen(const char *s, config *c)
 {
     const char *colon = strrchr(s, ':');
     if (!colon) return -1;
@@ -69,13 +103,219 @@ static int parse_listen(const char *s, options *o)
         h++;
         hl -= 2;
     }
-    if (hl == 0 || hl >= sizeof o->host) return -1;
+    if (hl == 0 || hl >= sizeof c->host) return -1;
     uint64_t port;
     if (parse_u64(colon + 1, 65535, &port) != 0) return -1;
-    memcpy(o->host, h, hl);
-    o->host[hl] = 0;
-    o->port = (unsigned)port;
+    memcpy(c->host, h, hl);
+    c->host[hl] = 0;
+    c->port = (unsigned)port;
     return 0;
+}
+
+enum {
+    OPT_LISTEN = 256, OPT_CONFIG, OPT_WS_ECHO, OPT_CERT, OPT_KEY, OPT_NO_DEFLATE, OPT_MAX_MSG,
+    OPT_MAX_FRAME, OPT_MAX_HDR_BYTES, OPT_MAX_HDRS, OPT_MAX_BODY, OPT_MAX_OUT, OPT_HS_TIMEOUT,
+    OPT_PING_INT, OPT_PING_TO, OPT_LOG, OPT_PATH, OPT_MAX_PAYLOAD, OPT_UPGRADE_TO,
+    OPT_CONNECT_TO, OPT_TRANSPORTS, OPT_CORS, OPT_CORS_CRED, OPT_RECOVERY, OPT_MAX_DISC,
+    OPT_MAX_ATT, OPT_PROTOCOL_TEST, OPT_VERSION, OPT_HELP
+};
+
+static const struct option longopts[] = {
+    {"listen", required_argument, 0, OPT_LISTEN},
+    {"config", required_argument, 0, OPT_CONFIG},
+    {"ws-echo", required_argument, 0, OPT_WS_ECHO},
+    {"tls-cert", required_argument, 0, OPT_CERT},
+    {"tls-key", required_argument, 0, OPT_KEY},
+    {"no-deflate", no_argument, 0, OPT_NO_DEFLATE},
+    {"max-message", required_argument, 0, OPT_MAX_MSG},
+    {"max-frame", required_argument, 0, OPT_MAX_FRAME},
+    {"max-header-bytes", required_argument, 0, OPT_MAX_HDR_BYTES},
+    {"max-headers", required_argument, 0, OPT_MAX_HDRS},
+    {"max-body", required_argument, 0, OPT_MAX_BODY},
+    {"max-output", required_argument, 0, OPT_MAX_OUT},
+    {"handshake-timeout", required_argument, 0, OPT_HS_TIMEOUT},
+    {"ping-interval", required_argument, 0, OPT_PING_INT},
+    {"ping-timeout", required_argument, 0, OPT_PING_TO},
+    {"log-level", required_argument, 0, OPT_LOG},
+    {"path", required_argument, 0, OPT_PATH},
+    {"max-payload", required_argument, 0, OPT_MAX_PAYLOAD},
+    {"upgrade-timeout", required_argument, 0, OPT_UPGRADE_TO},
+    {"connect-timeout", required_argument, 0, OPT_CONNECT_TO},
+    {"transports", required_argument, 0, OPT_TRANSPORTS},
+    {"cors-origin", required_argument, 0, OPT_CORS},
+    {"cors-credentials", no_argument, 0, OPT_CORS_CRED},
+    {"recovery", no_argument, 0, OPT_RECOVERY},
+    {"max-disconnection", required_argument, 0, OPT_MAX_DISC},
+    {"max-attachments", required_argument, 0, OPT_MAX_ATT},
+    {"protocol-test", no_argument, 0, OPT_PROTOCOL_TEST},
+    {"version", no_argument, 0, OPT_VERSION},
+    {"help", no_argument, 0, OPT_HELP},
+    {0, 0, 0, 0},
+};
+
+static int apply_config(config *c, const char *path);
+
+/* Applies one option; returns NULL or an error message. */
+static const char *apply(config *c, int ch, const char *arg)
+{
+    uint64_t v = 0;
+    switch (ch) {
+    case OPT_LISTEN: return parse_listen(arg, c) ? "--listen wants HOST:PORT" : NULL;
+    case OPT_CONFIG: return apply_config(c, arg) ? "cannot use the --config file" : NULL;
+    case OPT_WS_ECHO:
+        if (arg[0] != '/') return "--ws-echo wants a path starting with /";
+        c->ws_echo = arg;
+        return NULL;
+    case OPT_CERT: c->sio.tls_cert = arg; return NULL;
+    case OPT_KEY: c->sio.tls_key = arg; return NULL;
+    case OPT_NO_DEFLATE: c->deflate = false; return NULL;
+    case OPT_MAX_MSG:
+        if (parse_u64(arg, UINT32_MAX, &v) || v == 0) return "bad --max-message";
+        c->ws.max_message = v;
+        return NULL;
+    case OPT_MAX_FRAME:
+        if (parse_u64(arg, UINT32_MAX, &v) || v == 0) return "bad --max-frame";
+        c->ws.max_frame = v;
+        return NULL;
+    case OPT_MAX_HDR_BYTES:
+        if (parse_u64(arg, 1u << 20, &v) || v < 64) return "bad --max-header-bytes";
+        c->http.limits.max_header_bytes = (size_t)v;
+        return NULL;
+    case OPT_MAX_HDRS:
+        if (parse_u64(arg, 1000, &v) || v == 0) return "bad --max-headers";
+        c->http.limits.max_headers = (size_t)v;
+        return NULL;
+    case OPT_MAX_BODY:
+        if (parse_u64(arg, UINT32_MAX, &v)) return "bad --max-body";
+        c->http.limits.max_body = v;
+        return NULL;
+    case OPT_MAX_OUT:
+        if (parse_u64(arg, UINT32_MAX, &v) || v < 1024) return "bad --max-output";
+        c->http.max_output = (size_t)v;
+        return NULL;
+    case OPT_HS_TIMEOUT:
+        if (parse_u64(arg, 3600000, &v) || v == 0) return "bad --handshake-timeout";
+        c->http.head_timeout_ms = (uint32_t)v;
+        return NULL;
+    case OPT_PING_INT:
+        if (parse_u64(arg, 3600000, &v)) return "bad --ping-interval";
+        c->ws.ping_interval_ms = (uint32_t)v;
+        c->sio.ping_interval_ms = (uint32_t)v;
+        c->ping_set = true;
+        return NULL;
+    case OPT_PING_TO:
+        if (parse_u64(arg, 3600000, &v) || v == 0) return "bad --ping-timeout";
+        c->ws.ping_timeout_ms = (uint32_t)v;
+        c->sio.ping_timeout_ms = (uint32_t)v;
+        c->ping_timeout_set = true;
+        return NULL;
+    case OPT_LOG:
+        if (!strcmp(arg, "debug")) c->level = PARLEY_LOG_DEBUG;
+        else if (!strcmp(arg, "info")) c->level = PARLEY_LOG_INFO;
+        else if (!strcmp(arg, "warn")) c->level = PARLEY_LOG_WARN;
+        else if (!strcmp(arg, "error")) c->level = PARLEY_LOG_ERROR;
+        else return "--log-level wants debug, info, warn or error";
+        return NULL;
+    case OPT_PATH:
+        if (arg[0] != '/') return "--path wants a path starting with /";
+        c->sio.path = arg;
+        return NULL;
+    case OPT_MAX_PAYLOAD:
+        if (parse_u64(arg, UINT32_MAX, &v) || v == 0) return "bad --max-payload";
+        c->sio.max_payload = (size_t)v;
+        return NULL;
+    case OPT_UPGRADE_TO:
+        if (parse_u64(arg, 3600000, &v) || v == 0) return "bad --upgrade-timeout";
+        c->sio.upgrade_timeout_ms = (uint32_t)v;
+        return NULL;
+    case OPT_CONNECT_TO:
+        if (parse_u64(arg, 3600000, &v) || v == 0) return "bad --connect-timeout";
+        c->sio.connect_timeout_ms = (uint32_t)v;
+        c->connect_timeout_set = true;
+        return NULL;
+    case OPT_TRANSPORTS:
+        c->sio.polling = strstr(arg, "polling") != NULL;
+        c->sio.websocket = strstr(arg, "websocket") != NULL;
+        return c->sio.polling || c->sio.websocket ? NULL
+                                                  : "--transports wants polling and/or websocket";
+    case OPT_CORS: c->sio.cors_origin = arg; c->cors_set = true; return NULL;
+    case OPT_CORS_CRED: c->sio.cors_credentials = 1; return NULL;
+    case OPT_RECOVERY: c->sio.recovery = 1; c->recovery_set = true; return NULL;
+    case OPT_MAX_DISC:
+        if (parse_u64(arg, 86400000, &v) || v == 0) return "bad --max-disconnection";
+        c->sio.max_disconnection_ms = (uint32_t)v;
+        return NULL;
+    case OPT_MAX_ATT:
+        if (parse_u64(arg, 64, &v)) return "bad --max-attachments (at most 64)";
+        c->sio.max_attachments = (unsigned)v;
+        return NULL;
+    case OPT_PROTOCOL_TEST: c->protocol_test = true; return NULL;
+    default: return "unknown option";
+    }
+}
+
+/* `name = value` lines; '#' starts a comment; flags without a value take
+ * `true`/`yes`/`1`. */
+static int apply_config(config *c, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "parleyd: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[1024];
+    int lineno = 0, rc = 0;
+    while (rc == 0 && fgets(line, sizeof line, f)) {
+        lineno++;
+        char *p = line;
+        char *hash = strchr(p, '#');
+        if (hash) *hash = 0;
+        while (*p == ' ' || *p == '\t') p++;
+        size_t len = strlen(p);
+        while (len && (p[len - 1] == '\n' || p[len - 1] == '\r' || p[len - 1] == ' ' ||
+                       p[len - 1] == '\t'))
+            p[--len] = 0;
+        if (!*p) continue;
+        char *eq = strchr(p, '=');
+        char *name = p, *value = NULL;
+        if (eq) {
+            *eq = 0;
+            value = eq + 1;
+            while (*value == ' ' || *value == '\t') value++;
+            size_t nl = strlen(name);
+            while (nl && (name[nl - 1] == ' ' || name[nl - 1] == '\t')) name[--nl] = 0;
+        }
+        const struct option *o = NULL;
+        for (const struct option *k = longopts; k->name; k++)
+            if (!strcmp(k->name, name)) o = k;
+        const char *err = NULL;
+        if (!o || o->val == OPT_CONFIG || o->val == OPT_HELP || o->val == OPT_VERSION) {
+            err = "unknown option";
+        } else if (o->has_arg == no_argument) {
+            if (value && strcmp(value, "true") && strcmp(value, "yes") && strcmp(value, "1"))
+                err = "this option takes no value (or true)";
+            else
+                err = apply(c, o->val, NULL);
+        } else if (!value || !*value) {
+            err = "missing value";
+        } else if (c->nstrings == PARLEY_ARRAY_LEN(c->strings)) {
+            err = "too many options";
+        } else {
+            char *copy = strdup(value);
+            if (!copy) {
+                err = "out of memory";
+            } else {
+                c->strings[c->nstrings++] = copy;
+                err = apply(c, o->val, copy);
+            }
+        }
+        if (err) {
+            fprintf(stderr, "parleyd: %s:%d: %s: %s\n", path, lineno, name, err);
+            rc = -1;
+        }
+    }
+    fclose(f);
+    return rc;
 }
 
 /* The echo endpoint. */
@@ -86,7 +326,6 @@ static void echo_message(wsconn *w, int opcode, uint8_t *data, size_t len)
 
 static const wsconn_cbs echo_cbs = {.on_message = echo_message};
 
-/* Plain HTTP routes. */
 static void route_root(phttpd_req *req, void *user)
 {
     (void)user;
@@ -106,12 +345,13 @@ static void route_health(phttpd_req *req, void *user)
 
 typedef struct app {
     parley_loop *loop;
-    phttpd *srv;
+    parley_server *srv;
+    engine *echo_engine;
     uv_signal_t sigint, sigterm;
     bool stopping;
 } app;
 
-static void on_shutdown_done(phttpd *s, void *user)
+static void on_shutdown_done(parley_server *s, void *user)
 {
     (void)s;
     app *a = user;
@@ -127,109 +367,42 @@ static void on_signal(uv_signal_t *h, int signum)
         exit(1);
     }
     a->stopping = true;
-    plog_info("signal %d: shutting down (%u connections)", signum, phttpd_connections(a->srv));
-    phttpd_shutdown(a->srv, on_shutdown_done, a);
+    plog_info("signal %d: shutting down (%u connections)", signum,
+              phttpd_connections(parley_server__http(a->srv)));
+    if (a->echo_engine) engine_free(a->echo_engine);
+    a->echo_engine = NULL;
+    parley_server_shutdown(a->srv, on_shutdown_done, a);
 }
 
 int main(int argc, char **argv)
 {
-    options o = {.host = "127.0.0.1", .port = 8080, .deflate = true};
-    phttpd_opts hopts;
-    phttpd_opts_init(&hopts);
-    wsconn_opts wopts;
-    wsconn_opts_init(&wopts);
-    wopts.ping_interval_ms = 30000;
-    parley_log_level level = PARLEY_LOG_INFO;
+    static config c;
+    snprintf(c.host, sizeof c.host, "127.0.0.1");
+    c.port = 8080;
+    c.deflate = true;
+    c.level = PARLEY_LOG_INFO;
+    parley_server_opts_init(&c.sio);
+    wsconn_opts_init(&c.ws);
+    c.ws.ping_interval_ms = 30000;
+    phttpd_opts_init(&c.http);
 
-    enum {
-        OPT_LISTEN = 256, OPT_WS_ECHO, OPT_CERT, OPT_KEY, OPT_NO_DEFLATE, OPT_MAX_MSG,
-        OPT_MAX_FRAME, OPT_MAX_HDR_BYTES, OPT_MAX_HDRS, OPT_MAX_BODY, OPT_MAX_OUT,
-        OPT_HS_TIMEOUT, OPT_PING_INT, OPT_PING_TO, OPT_LOG, OPT_VERSION, OPT_HELP
-    };
-    static const struct option longopts[] = {
-        {"listen", required_argument, 0, OPT_LISTEN},
-        {"ws-echo", required_argument, 0, OPT_WS_ECHO},
-        {"tls-cert", required_argument, 0, OPT_CERT},
-        {"tls-key", required_argument, 0, OPT_KEY},
-        {"no-deflate", no_argument, 0, OPT_NO_DEFLATE},
-        {"max-message", required_argument, 0, OPT_MAX_MSG},
-        {"max-frame", required_argument, 0, OPT_MAX_FRAME},
-        {"max-header-bytes", required_argument, 0, OPT_MAX_HDR_BYTES},
-        {"max-headers", required_argument, 0, OPT_MAX_HDRS},
-        {"max-body", required_argument, 0, OPT_MAX_BODY},
-        {"max-output", required_argument, 0, OPT_MAX_OUT},
-        {"handshake-timeout", required_argument, 0, OPT_HS_TIMEOUT},
-        {"ping-interval", required_argument, 0, OPT_PING_INT},
-        {"ping-timeout", required_argument, 0, OPT_PING_TO},
-        {"log-level", required_argument, 0, OPT_LOG},
-        {"version", no_argument, 0, OPT_VERSION},
-        {"help", no_argument, 0, OPT_HELP},
-        {0, 0, 0, 0},
-    };
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        uint64_t v = 0;
-        const char *bad = NULL;
-        switch (ch) {
-        case OPT_LISTEN:
-            if (parse_listen(optarg, &o) != 0) bad = "--listen wants HOST:PORT";
-            break;
-        case OPT_WS_ECHO:
-            if (optarg[0] != '/') bad = "--ws-echo wants a path starting with /";
-            o.ws_echo = optarg;
-            break;
-        case OPT_CERT: o.tls_cert = optarg; break;
-        case OPT_KEY: o.tls_key = optarg; break;
-        case OPT_NO_DEFLATE: o.deflate = false; break;
-        case OPT_MAX_MSG:
-            if (parse_u64(optarg, UINT32_MAX, &v) || v == 0) bad = "bad --max-message";
-            wopts.max_message = v;
-            break;
-        case OPT_MAX_FRAME:
-            if (parse_u64(optarg, UINT32_MAX, &v) || v == 0) bad = "bad --max-frame";
-            wopts.max_frame = v;
-            break;
-        case OPT_MAX_HDR_BYTES:
-            if (parse_u64(optarg, 1u << 20, &v) || v < 64) bad = "bad --max-header-bytes";
-            hopts.limits.max_header_bytes = (size_t)v;
-            break;
-        case OPT_MAX_HDRS:
-            if (parse_u64(optarg, 1000, &v) || v == 0) bad = "bad --max-headers";
-            hopts.limits.max_headers = (size_t)v;
-            break;
-        case OPT_MAX_BODY:
-            if (parse_u64(optarg, UINT32_MAX, &v)) bad = "bad --max-body";
-            hopts.limits.max_body = v;
-            break;
-        case OPT_MAX_OUT:
-            if (parse_u64(optarg, UINT32_MAX, &v) || v < 1024) bad = "bad --max-output";
-            hopts.max_output = (size_t)v;
-            break;
-        case OPT_HS_TIMEOUT:
-            if (parse_u64(optarg, 3600000, &v) || v == 0) bad = "bad --handshake-timeout";
-            hopts.head_timeout_ms = (uint32_t)v;
-            break;
-        case OPT_PING_INT:
-            if (parse_u64(optarg, 3600000, &v)) bad = "bad --ping-interval";
-            wopts.ping_interval_ms = (uint32_t)v;
-            break;
-        case OPT_PING_TO:
-            if (parse_u64(optarg, 3600000, &v) || v == 0) bad = "bad --ping-timeout";
-            wopts.ping_timeout_ms = (uint32_t)v;
-            break;
-        case OPT_LOG:
-            if (!strcmp(optarg, "debug")) level = PARLEY_LOG_DEBUG;
-            else if (!strcmp(optarg, "info")) level = PARLEY_LOG_INFO;
-            else if (!strcmp(optarg, "warn")) level = PARLEY_LOG_WARN;
-            else if (!strcmp(optarg, "error")) level = PARLEY_LOG_ERROR;
-            else bad = "--log-level wants debug, info, warn or error";
-            break;
-        case OPT_VERSION: printf("parleyd %s\n", parley_version()); return 0;
-        case OPT_HELP: usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        if (ch == OPT_VERSION) {
+            printf("parleyd %s\n", parley_version());
+            return 0;
         }
-        if (bad) {
-            fprintf(stderr, "parleyd: %s\n", bad);
+        if (ch == OPT_HELP) {
+            usage(stdout);
+            return 0;
+        }
+        if (ch == '?') {
+            usage(stderr);
+            return 2;
+        }
+        const char *err = apply(&c, ch, optarg);
+        if (err) {
+            fprintf(stderr, "parleyd: %s\n", err);
             return 2;
         }
     }
@@ -237,43 +410,51 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (!o.tls_cert != !o.tls_key) {
+    if (!c.sio.tls_cert != !c.sio.tls_key) {
         fprintf(stderr, "parleyd: --tls-cert and --tls-key go together\n");
         return 2;
     }
-    parley_log_set(level, NULL, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
-    ptls_ctx *tls = NULL;
-    if (o.tls_cert) {
-        char err[256];
-        tls = ptls_ctx_server(o.tls_cert, o.tls_key, err, sizeof err);
-        if (!tls) {
-            fprintf(stderr, "parleyd: TLS: %s\n", err);
-            return 1;
-        }
+    if (c.protocol_test) {
+        /* The reference test servers' settings, unless a flag said other. */
+        if (!c.ping_set) c.sio.ping_interval_ms = 300;
+        if (!c.ping_timeout_set) c.sio.ping_timeout_ms = 200;
+        if (!c.connect_timeout_set) c.sio.connect_timeout_ms = 1000;
+        if (!c.cors_set) c.sio.cors_origin = "*";
+        c.sio.max_payload = 1000000;
+        if (c.sio.recovery) c.sio.max_disconnection_ms = 120000;
     }
-    pmd_config pmd;
-    pmd_config_init(&pmd);
-    pmd.enabled = o.deflate;
+    parley_log_set(c.level, NULL, NULL);
+    signal(SIGPIPE, SIG_IGN);
 
     app a = {0};
     a.loop = parley_loop_new();
-    if (!a.loop || phttpd_new(a.loop, &hopts, &a.srv) != 0) {
-        fprintf(stderr, "parleyd: out of memory\n");
+    if (!a.loop) return 1;
+    int rc = parley_server_new(a.loop, &c.sio, &a.srv);
+    if (rc) {
+        fprintf(stderr, "parleyd: %s\n", parley_strerror(rc));
         return 1;
     }
-    phttpd_ws_endpoint echo = {.ws_opts = &wopts, .pmd = &pmd, .cbs = &echo_cbs};
-    if ((o.ws_echo && phttpd_route_ws(a.srv, o.ws_echo, &echo) != 0) ||
-        phttpd_route(a.srv, "/", route_root, NULL) != 0 ||
-        phttpd_route(a.srv, "/healthz", route_health, NULL) != 0) {
+    phttpd *http = parley_server__http(a.srv);
+    rc = phttpd_set_opts(http, &c.http);
+    if (rc) {
+        fprintf(stderr, "parleyd: %s\n", parley_strerror(rc));
+        return 1;
+    }
+    pmd_config pmd;
+    pmd_config_init(&pmd);
+    pmd.enabled = c.deflate;
+    phttpd_ws_endpoint echo = {.ws_opts = &c.ws, .pmd = &pmd, .cbs = &echo_cbs};
+    if ((c.ws_echo && phttpd_route_ws(http, c.ws_echo, &echo) != 0) ||
+        phttpd_route(http, "/", route_root, NULL) != 0 ||
+        phttpd_route(http, "/healthz", route_health, NULL) != 0 ||
+        (c.protocol_test && protocol_test_setup(a.srv, &c.sio, &a.echo_engine) != 0)) {
         fprintf(stderr, "parleyd: cannot set up routes\n");
         return 1;
     }
     unsigned port = 0;
-    int rc = phttpd_listen(a.srv, o.host, o.port, tls, &port);
+    rc = parley_server_listen(a.srv, c.host, c.port, &port);
     if (rc) {
-        fprintf(stderr, "parleyd: cannot listen on %s:%u: %s\n", o.host, o.port,
+        fprintf(stderr, "parleyd: cannot listen on %s:%u: %s\n", c.host, c.port,
                 parley_strerror(rc));
         return 1;
     }
@@ -283,16 +464,17 @@ int main(int argc, char **argv)
     uv_signal_start(&a.sigint, on_signal, SIGINT);
     uv_signal_start(&a.sigterm, on_signal, SIGTERM);
 
-    printf(strchr(o.host, ':') ? "parleyd listening on [%s]:%u\n" : "parleyd listening on %s:%u\n",
-           o.host, port);
+    printf(strchr(c.host, ':') ? "parleyd listening on [%s]:%u\n" : "parleyd listening on %s:%u\n",
+           c.host, port);
     fflush(stdout);
-    plog_info("parleyd %s: %s%s%s", parley_version(), tls ? "TLS, " : "",
-              o.ws_echo ? "ws echo at " : "no ws echo", o.ws_echo ? o.ws_echo : "");
+    plog_info("parleyd %s: socket.io at %s%s%s%s%s", parley_version(), c.sio.path,
+              c.sio.tls_cert ? ", TLS" : "", c.protocol_test ? ", protocol-test mode" : "",
+              c.ws_echo ? ", ws echo at " : "", c.ws_echo ? c.ws_echo : "");
 
     parley_loop_run(a.loop);
-    phttpd_free(a.srv);
+    parley_server_free(a.srv);
     parley_loop_free(a.loop);
-    ptls_ctx_free(tls);
+    for (size_t i = 0; i < c.nstrings; i++) free(c.strings[i]);
     plog_info("parleyd: stopped");
     return 0;
 }

@@ -91,6 +91,19 @@ int phttpd_new(parley_loop *loop, const phttpd_opts *opts, phttpd **out)
     return 0;
 }
 
+int phttpd_set_opts(phttpd *s, const phttpd_opts *opts)
+{
+    phttpd_opts o = *opts;
+    if (o.limits.max_headers == 0) o.limits.max_headers = 64;
+    if (o.limits.max_body < s->opts.limits.max_body) o.limits.max_body = s->opts.limits.max_body;
+    http_header *h = pcalloc(o.limits.max_headers, sizeof *h);
+    if (!h) return PARLEY_ENOMEM;
+    free(s->hdrs);
+    s->hdrs = h;
+    s->opts = o;
+    return 0;
+}
+
 static int add_route(phttpd *s, const char *path, phttpd_handler h, void *user,
                      const phttpd_ws_endpoint *ws, bool prefix)
 {
@@ -141,6 +154,11 @@ static const route *find_route(phttpd *s, const char *path, size_t len)
         }
     }
     return best;
+}
+
+parley_loop *phttpd_loop(const phttpd *s)
+{
+    return s->loop;
 }
 
 unsigned phttpd_connections(const phttpd *s)

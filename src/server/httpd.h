@@ -67,6 +67,10 @@ typedef struct phttpd_ws_endpoint {
 
 int phttpd_new(parley_loop *loop, const phttpd_opts *opts, phttpd **out);
 
+/* Replaces the options (before listening). The body limit never drops
+ * below what routes were promised at creation. 0 or PARLEY_ENOMEM. */
+int phttpd_set_opts(phttpd *s, const phttpd_opts *opts);
+
 /* Adds a route; the path is copied, the endpoint must outlive the server.
  * Exact routes win over prefix routes; the longest prefix wins. */
 int phttpd_route(phttpd *s, const char *path, phttpd_handler h, void *user);
@@ -106,6 +110,9 @@ wsconn *phttpd_upgrade(phttpd_req *req, const phttpd_ws_endpoint *ep, void *user
 /* Stops listening, closes WebSocket sessions with 1001 and idle HTTP
  * connections; `done` runs once every connection is gone. */
 void phttpd_shutdown(phttpd *s, void (*done)(phttpd *s, void *user), void *user);
+
+/* The loop the server runs on. */
+parley_loop *phttpd_loop(const phttpd *s);
 
 /* Number of open connections. */
 unsigned phttpd_connections(const phttpd *s);

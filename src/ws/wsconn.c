@@ -109,6 +109,37 @@ int wsconn_send(wsconn *w, int opcode, const void *data, size_t len)
     return send_raw(w, opcode, true, data, len, w->deflater != NULL);
 }
 
+int wsconn_send2(wsconn *w, int opcode, const void *a, size_t alen, const void *b, size_t blen)
+{
+    if (opcode != WS_OP_TEXT && opcode != WS_OP_BINARY) return PARLEY_EINVAL;
+    if (w->state != WSCONN_OPEN) return PARLEY_ECLOSED;
+    if (blen > SIZE_MAX - alen) return PARLEY_EINVAL;
+    if (w->deflater && alen + blen >= w->opts->deflate_threshold) {
+        /* Compression needs the payload in one piece; a rare path (the
+         * Engine.IO default is no permessage-deflate). */
+        pbuf tmp = {0};
+        int rc = pbuf_append(&tmp, a, alen);
+        if (rc == 0) rc = pbuf_append(&tmp, b, blen);
+        if (rc == 0) rc = send_raw(w, opcode, true, tmp.ptr, tmp.len, true);
+        pbuf_free(&tmp);
+        return rc;
+    }
+    pbuf *out = pconn_out(w->conn);
+    if (!out) return PARLEY_ECLOSED;
+    const uint8_t *mask = NULL;
+    if (w->client && !(mask = next_mask(w))) return PARLEY_EIO;
+    size_t len = alen + blen;
+    int rc = pbuf_reserve(out, WS_MAX_HEADER + len);
+    if (rc) return rc;
+    uint8_t *p = out->ptr + out->len;
+    size_t h = ws_frame_header(p, opcode, true, false, len, mask);
+    if (alen) memcpy(p + h, a, alen);
+    if (blen) memcpy(p + h + alen, b, blen);
+    if (mask) ws_mask(p + h, len, mask, 0);
+    out->len += h + len;
+    return pconn_wrote(w->conn);
+}
+
 int wsconn_send_frame(wsconn *w, int opcode, bool fin, const void *data, size_t len)
 {
     if (opcode != WS_OP_TEXT && opcode != WS_OP_BINARY && opcode != WS_OP_CONT)

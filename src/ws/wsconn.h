@@ -93,6 +93,10 @@ size_t wsconn_feed(wsconn *w, uint8_t *data, size_t len);
  * the connection is being dropped), PARLEY_ENOMEM. */
 int wsconn_send(wsconn *w, int opcode, const void *data, size_t len);
 
+/* Sends one message whose payload is a followed by b (e.g. a one-byte
+ * type prefix and a body), without joining them first. */
+int wsconn_send2(wsconn *w, int opcode, const void *a, size_t alen, const void *b, size_t blen);
+
 /* Sends a frame of a fragmented message yourself (opcode TEXT/BINARY for
  * the first, CONT after; fin on the last). Never compressed. */
 int wsconn_send_frame(wsconn *w, int opcode, bool fin, const void *data, size_t len);

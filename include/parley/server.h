@@ -1,0 +1,201 @@
+/*
+ * Embedding the Parley Socket.IO server (Engine.IO v4 / Socket.IO v5).
+ *
+ *     parley_server_opts o;
+ *     parley_server_opts_init(&o);
+ *     parley_server *srv;
+ *     parley_server_new(loop, &o, &srv);
+ *     parley_nsp_handlers h = {.on_connection = on_conn, .on_event = on_event};
+ *     parley_nsp_set_handlers(parley_server_of(srv, "/"), &h);
+ *     parley_server_listen(srv, "0.0.0.0", 8080, NULL);
+ *
+ * Official Socket.IO clients (4.x: browser, Node, Dart, Swift, Java)
+ * connect unchanged over HTTP long-polling, WebSocket, or polling upgraded
+ * to WebSocket.
+ *
+ * Arguments travel as JSON text: the arguments of an event (without its
+ * name) are one JSON array, compact, with object keys in the order they
+ * were sent. A binary value is written {"_placeholder":true,"num":N} and
+ * refers to bins[N] (the Socket.IO wire convention); received arguments
+ * come the same way.
+ *
+ * Threads: everything runs on the loop's thread; call these functions
+ * there (from handlers, timers or other loop callbacks). Pointers passed to
+ * handlers are valid only during the call unless said otherwise. A socket
+ * stays valid until its on_disconnect handler has returned.
+ */
+#ifndef PARLEY_SERVER_H
+#define PARLEY_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "parley/parley.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct parley_server parley_server;
+typedef struct parley_nsp parley_nsp;
+typedef struct parley_socket parley_socket;
+
+typedef struct parley_server_opts {
+    const char *path;             /* default "/socket.io/" */
+    uint32_t ping_interval_ms;    /* default 25000 */
+    uint32_t ping_timeout_ms;     /* default 20000 */
+    uint32_t upgrade_timeout_ms;  /* default 10000 */
+    uint32_t connect_timeout_ms;  /* CONNECT to a namespace within; default 45000 */
+    size_t max_payload;           /* bytes per HTTP body or WebSocket message; default 1000000 */
+    int polling;                  /* allow HTTP long-polling (default 1) */
+    int websocket;                /* allow WebSocket (default 1) */
+    /* CORS: NULL = no CORS headers (default); "*" = any origin; otherwise a
+     * comma-separated list of allowed origins. */
+    const char *cors_origin;
+    int cors_credentials;         /* Access-Control-Allow-Credentials: true */
+    /* Connection-state recovery (Socket.IO 4.6+): default 0 = off. */
+    int recovery;
+    uint32_t max_disconnection_ms; /* how long a session can be recovered; default 120000 */
+    unsigned max_attachments;     /* binary attachments per packet; default 10 */
+    int permessage_deflate;       /* WebSocket compression; default 0 (as the reference) */
+    /* TLS: certificate chain and key (PEM) for listeners; NULL = plain. */
+    const char *tls_cert;
+    const char *tls_key;
+} parley_server_opts;
+
+/* Fills in the defaults documented above. */
+PARLEY_API void parley_server_opts_init(parley_server_opts *o);
+
+/* Creates a server on `loop` (options are copied). Errors: PARLEY_EINVAL,
+ * PARLEY_ETLS (certificate or key unusable), PARLEY_ENOMEM. */
+PARLEY_API int parley_server_new(parley_loop *loop, const parley_server_opts *o,
+                                 parley_server **out);
+
+/* Listens on host:port (port 0 picks one; *bound receives it, may be
+ * NULL). May be called several times. */
+PARLEY_API int parley_server_listen(parley_server *s, const char *host, unsigned port,
+                                    unsigned *bound);
+
+/* Stops listening and disconnects every client ("server shutting down");
+ * `done` runs when all connections are gone. */
+PARLEY_API void parley_server_shutdown(parley_server *s, void (*done)(parley_server *s, void *user),
+                                       void *user);
+
+/* Frees the server; after shutdown completed (or before listening). */
+PARLEY_API void parley_server_free(parley_server *s);
+
+/* Binary attachment. */
+typedef struct parley_bin {
+    const void *data;
+    size_t len;
+} parley_bin;
+
+/* Event or acknowledgement arguments. */
+typedef struct parley_args {
+    const char *json; /* a JSON array, e.g. [1,"a",{"_placeholder":true,"num":0}] */
+    size_t json_len;
+    const parley_bin *bins;
+    size_t nbins;
+} parley_args;
+
+/* Filled by a connect check to refuse a client: the client gets
+ * connect_error with this message and, when data_json is set, err.data. */
+typedef struct parley_connect_error {
+    const char *message;   /* static or valid until the check returns */
+    const char *data_json; /* NULL or a JSON value */
+} parley_connect_error;
+
+typedef struct parley_nsp_handlers {
+    /* Optional middleware: 0 accepts the CONNECT; anything else refuses it
+     * with *err. auth is the CONNECT payload (a JSON object) or NULL. */
+    int (*on_connect_check)(parley_socket *s, const char *auth, size_t auth_len,
+                            parley_connect_error *err, void *user);
+    /* A socket connected (or was recovered: parley_socket_recovered). */
+    void (*on_connection)(parley_socket *s, void *user);
+    /* An event. ack_id >= 0 when the client wants an acknowledgement:
+     * answer with parley_ack (now or later, while the socket lives). */
+    void (*on_event)(parley_socket *s, const char *event, size_t event_len,
+                     const parley_args *args, int64_t ack_id, void *user);
+    /* The socket is gone. reason: "client namespace disconnect", "server
+     * namespace disconnect", "transport close", "transport error", "ping
+     * timeout", "parse error", "forced close", "server shutting down". */
+    void (*on_disconnect)(parley_socket *s, const char *reason, void *user);
+    void *user;
+} parley_nsp_handlers;
+
+/* The namespace `name` ("/" always exists), created on first use.
+ * Clients can connect only to namespaces created this way. NULL when out
+ * of memory or name does not start with '/'. */
+PARLEY_API parley_nsp *parley_server_of(parley_server *s, const char *name);
+
+/* Sets the handlers (copied). */
+PARLEY_API void parley_nsp_set_handlers(parley_nsp *n, const parley_nsp_handlers *h);
+
+/* Sending to one socket. args_json NULL means no arguments. Errors:
+ * PARLEY_EINVAL (args not a JSON array, bad placeholder, reserved event
+ * name), PARLEY_ECLOSED, PARLEY_ENOMEM, PARLEY_EFULL. */
+PARLEY_API int parley_emit(parley_socket *s, const char *event, const char *args_json,
+                           const parley_bin *bins, size_t nbins);
+
+/* Called with the client's acknowledgement (err 0, args set), or err
+ * PARLEY_ETIMEDOUT, or PARLEY_ECLOSED when the socket went away first. */
+typedef void (*parley_ack_fn)(parley_socket *s, int err, const parley_args *args, void *user);
+
+typedef struct parley_emit_opts {
+    int volatile_;        /* drop rather than queue when the client cannot take it now */
+    parley_ack_fn ack;    /* ask for an acknowledgement */
+    void *ack_user;
+    uint32_t timeout_ms;  /* for the acknowledgement; 0 = none */
+} parley_emit_opts;
+
+PARLEY_API int parley_emit_opts_send(parley_socket *s, const parley_emit_opts *o,
+                                     const char *event, const char *args_json,
+                                     const parley_bin *bins, size_t nbins);
+
+/* Acknowledges event ack_id of socket s with arguments (a JSON array or
+ * NULL). PARLEY_EINVAL for an unknown or already answered id is not
+ * detected: each id must be answered at most once. */
+PARLEY_API int parley_ack(parley_socket *s, int64_t ack_id, const char *args_json,
+                          const parley_bin *bins, size_t nbins);
+
+/* Rooms (per namespace). Every socket is also in the room named by its id.
+ * Room names are at most 256 bytes. */
+PARLEY_API int parley_join(parley_socket *s, const char *room);
+PARLEY_API int parley_leave(parley_socket *s, const char *room);
+
+typedef struct parley_target {
+    const char *const *rooms; /* NULL/0: every socket of the namespace */
+    size_t nrooms;
+    const char *const *except; /* rooms whose members are left out */
+    size_t nexcept;
+    parley_socket *except_socket; /* e.g. the sender */
+    int volatile_;
+} parley_target;
+
+/* Sends one event to many sockets: encoded once, the same bytes are
+ * shared by every WebSocket recipient. to == NULL: the whole namespace.
+ * Returns the number of recipients or a negative error. */
+PARLEY_API int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
+                                const char *args_json, const parley_bin *bins, size_t nbins);
+
+/* Disconnects the socket from its namespace ("server namespace
+ * disconnect"); close_transport != 0 also ends the client's connection. */
+PARLEY_API void parley_disconnect(parley_socket *s, int close_transport);
+
+PARLEY_API const char *parley_socket_id(const parley_socket *s);
+PARLEY_API parley_nsp *parley_socket_nsp(const parley_socket *s);
+PARLEY_API const char *parley_nsp_name(const parley_nsp *n);
+/* 1 when connection-state recovery restored this socket. */
+PARLEY_API int parley_socket_recovered(const parley_socket *s);
+/* "polling" or "websocket". */
+PARLEY_API const char *parley_socket_transport(const parley_socket *s);
+PARLEY_API void parley_socket_set_data(parley_socket *s, void *data);
+PARLEY_API void *parley_socket_data(const parley_socket *s);
+/* The CONNECT auth payload (JSON object text) during on_connect_check and
+ * on_connection; NULL elsewhere or when the client sent none. */
+PARLEY_API const char *parley_socket_auth(const parley_socket *s, size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,1313 @@
+/*
+ * Socket.IO v5 server over the Engine.IO engine: namespaces, CONNECT with
+ * auth and middleware, events and acknowledgements both ways, binary
+ * attachments, rooms and broadcasts encoded once, volatile emits, and
+ * connection-state recovery.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/map.h"
+#include "base/util.h"
+#include "codec/json.h"
+#include "codec/sio.h"
+#include "net/net.h"
+#include "parley/server.h"
+#include "server/engine.h"
+#include "server/httpd.h"
+
+#define MAX_ROOM_NAME   256
+#define MAX_ATTACHMENTS 64 /* upper bound for the max_attachments option */
+
+typedef struct room {
+    char *name;
+    size_t len;
+    parley_socket **m;
+    uint32_t n, cap;
+} room;
+
+typedef struct member {
+    room *r;
+    uint32_t idx; /* position in r->m */
+} member;
+
+typedef struct pending_ack {
+    struct pending_ack *next;
+    parley_socket *s;
+    int64_t id;
+    parley_ack_fn fn;
+    void *user;
+    ptimer timer;
+} pending_ack;
+
+typedef struct sio_client sio_client;
+
+struct parley_socket {
+    sio_client *c;
+    parley_nsp *nsp;
+    parley_socket *next_dead;
+    member *rooms;
+    uint16_t nrooms, rooms_cap;
+    bool connected;
+    bool recovered;
+    pending_ack *acks;
+    int64_t next_ack;
+    uint64_t gen; /* broadcast de-duplication */
+    void *data;
+    const char *auth; /* valid during the connect callbacks */
+    size_t auth_len;
+    char id[21];
+    char pid[21]; /* recovery only */
+};
+
+struct sio_client {
+    parley_server *srv;
+    esession *es;
+    parley_socket **socks; /* one per connected namespace */
+    uint8_t nsocks, socks_cap;
+    ptimer connect_timer;
+    /* A binary packet waiting for its attachments. */
+    pbuf bin_text;
+    pbuf *bins;
+    unsigned bins_want, bins_got;
+};
+
+struct parley_nsp {
+    parley_server *srv;
+    char *name;
+    size_t len;
+    parley_nsp_handlers h;
+    pmap sockets; /* id -> socket */
+    pmap rooms;   /* name -> room */
+};
+
+/* Connection-state recovery. */
+typedef struct saved_session {
+    char pid[21];
+    char sid[21];
+    parley_nsp *nsp;
+    char **rooms;
+    size_t nrooms;
+    uint64_t expires;
+} saved_session;
+
+typedef struct stored_packet {
+    struct stored_packet *next;
+    char offset[32];
+    uint64_t at;
+    parley_nsp *nsp;
+    char **rooms; /* NULL: every socket */
+    size_t nrooms;
+    char **except;
+    size_t nexcept;
+    pbuf text;    /* the Socket.IO packet */
+    pbuf *bins;
+    size_t nbins;
+} stored_packet;
+
+struct parley_server {
+    parley_loop *loop;
+    phttpd *http;
+    engine *eng;
+    ptls_ctx *tls;
+    parley_server_opts o;
+    char *path;
+    char *cors;
+    sio_limits lim;
+    pmap nsps;
+    pbuf scratch;  /* outgoing packet text */
+    pbuf scratch2; /* incoming argument rewriting */
+    uint64_t gen;
+    parley_socket *dead;
+    pdefer reap;
+    bool shutting_down;
+    void (*done)(parley_server *s, void *user);
+    void *done_user;
+    /* recovery */
+    pmap saved;   /* pid -> saved_session */
+    pmap offsets; /* offset -> stored_packet */
+    stored_packet *log_head, *log_tail;
+    uint64_t offset_counter;
+    char offset_prefix[8];
+    ptimer prune;
+    pmd_config pmd;
+};
+
+static void socket_gone(parley_socket *s, const char *reason, bool persist);
+static void client_close(sio_client *c);
+
+/* ---- options and lifetime ---- */
+
+void parley_server_opts_init(parley_server_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->path = "/socket.io/";
+    o->ping_interval_ms = 25000;
+    o->ping_timeout_ms = 20000;
+    o->upgrade_timeout_ms = 10000;
+    o->connect_timeout_ms = 45000;
+    o->max_payload = 1000000;
+    o->polling = 1;
+    o->websocket = 1;
+    o->max_disconnection_ms = 120000;
+    o->max_attachments = 10;
+}
+
+const char *parley_socket_id(const parley_socket *s)
+{
+    return s->id;
+}
+
+parley_nsp *parley_socket_nsp(const parley_socket *s)
+{
+    return s->nsp;
+}
+
+const char *parley_nsp_name(const parley_nsp *n)
+{
+    return n->name;
+}
+
+int parley_socket_recovered(const parley_socket *s)
+{
+    return s->recovered;
+}
+
+const char *parley_socket_transport(const parley_socket *s)
+{
+    return esession_transport(s->c->es) == ENGINE_WEBSOCKET ? "websocket" : "polling";
+}
+
+void parley_socket_set_data(parley_socket *s, void *data)
+{
+    s->data = data;
+}
+
+void *parley_socket_data(const parley_socket *s)
+{
+    return s->data;
+}
+
+const char *parley_socket_auth(const parley_socket *s, size_t *len)
+{
+    if (len) *len = s->auth_len;
+    return s->auth;
+}
+
+static bool valid_nsp_name(const char *name)
+{
+    return name && name[0] == '/' && strlen(name) <= MAX_ROOM_NAME;
+}
+
+parley_nsp *parley_server_of(parley_server *s, const char *name)
+{
+    if (!valid_nsp_name(name)) return NULL;
+    parley_nsp *n = pmap_get(&s->nsps, name, strlen(name));
+    if (n) return n;
+    n = pcalloc(1, sizeof *n);
+    if (!n) return NULL;
+    n->srv = s;
+    n->name = strdup(name);
+    n->len = strlen(name);
+    if (!n->name || pmap_put(&s->nsps, n->name, n->len, n) != 0) {
+        free(n->name);
+        free(n);
+        return NULL;
+    }
+    return n;
+}
+
+void parley_nsp_set_handlers(parley_nsp *n, const parley_nsp_handlers *h)
+{
+    if (h)
+        n->h = *h;
+    else
+        memset(&n->h, 0, sizeof n->h);
+}
+
+/* ---- random ids ---- */
+
+static int random_id(char out[21])
+{
+    uint8_t raw[15];
+    if (prand_bytes(raw, sizeof raw) != 0) return PARLEY_EIO;
+    base64_encode(raw, sizeof raw, out);
+    for (int i = 0; i < 20; i++) {
+        if (out[i] == '+') out[i] = '-';
+        if (out[i] == '/') out[i] = '_';
+    }
+    return 0;
+}
+
+/* ---- rooms ---- */
+
+static room *room_get(parley_nsp *n, const char *name, size_t len, bool create)
+{
+    room *r = pmap_get(&n->rooms, name, len);
+    if (r || !create) return r;
+    r = pcalloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->name = malloc(len + 1);
+    if (!r->name) {
+        free(r);
+        return NULL;
+    }
+    memcpy(r->name, name, len);
+    r->name[len] = 0;
+    r->len = len;
+    if (pmap_put(&n->rooms, r->name, len, r) != 0) {
+        free(r->name);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static bool in_room(const parley_socket *s, const room *r)
+{
+    for (uint16_t i = 0; i < s->nrooms; i++)
+        if (s->rooms[i].r == r) return true;
+    return false;
+}
+
+static int join_room(parley_socket *s, const char *name, size_t len)
+{
+    if (len == 0 || len > MAX_ROOM_NAME) return PARLEY_EINVAL;
+    /* The room named by the socket's own id is implicit. */
+    if (len == 20 && memcmp(name, s->id, 20) == 0) return 0;
+    room *r = room_get(s->nsp, name, len, true);
+    if (!r) return PARLEY_ENOMEM;
+    if (in_room(s, r)) return 0;
+    if (s->nrooms == s->rooms_cap) {
+        if (s->rooms_cap == UINT16_MAX) return PARLEY_ELIMIT;
+        uint16_t cap = s->rooms_cap ? (uint16_t)PARLEY_MIN(s->rooms_cap * 2, UINT16_MAX) : 2;
+        member *v = realloc(s->rooms, cap * sizeof *v);
+        if (!v) return PARLEY_ENOMEM;
+        s->rooms = v;
+        s->rooms_cap = cap;
+    }
+    if (r->n == r->cap) {
+        uint32_t cap = r->cap ? r->cap * 2 : 4;
+        parley_socket **m = realloc(r->m, cap * sizeof *m);
+        if (!m) return PARLEY_ENOMEM;
+        r->m = m;
+        r->cap = cap;
+    }
+    s->rooms[s->nrooms++] = (member){r, r->n};
+    r->m[r->n++] = s;
+    return 0;
+}
+
+static void room_free(parley_nsp *n, room *r)
+{
+    pmap_del(&n->rooms, r->name, r->len);
+    free(r->m);
+    free(r->name);
+    free(r);
+}
+
+static void leave_member(parley_socket *s, uint16_t i)
+{
+    room *r = s->rooms[i].r;
+    uint32_t idx = s->rooms[i].idx;
+    /* Swap-remove from the room, fixing the moved member's index. */
+    parley_socket *moved = r->m[--r->n];
+    if (idx != r->n) {
+        r->m[idx] = moved;
+        for (uint16_t k = 0; k < moved->nrooms; k++)
+            if (moved->rooms[k].r == r) moved->rooms[k].idx = idx;
+    }
+    s->rooms[i] = s->rooms[--s->nrooms];
+    if (r->n == 0) room_free(s->nsp, r);
+}
+
+int parley_join(parley_socket *s, const char *room_name)
+{
+    if (!room_name || !s->connected) return room_name ? PARLEY_ECLOSED : PARLEY_EINVAL;
+    return join_room(s, room_name, strlen(room_name));
+}
+
+int parley_leave(parley_socket *s, const char *room_name)
+{
+    if (!room_name) return PARLEY_EINVAL;
+    size_t len = strlen(room_name);
+    for (uint16_t i = 0; i < s->nrooms; i++) {
+        if (s->rooms[i].r->len == len && memcmp(s->rooms[i].r->name, room_name, len) == 0) {
+            leave_member(s, i);
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* ---- encoding ---- */
+
+/* Checks that args_json is a JSON array whose placeholders match nbins. */
+static int check_args(parley_server *srv, const char *args, size_t len, size_t nbins, json_val *v)
+{
+    if (!args) {
+        if (nbins) return PARLEY_EINVAL;
+        v->type = JSON_INVALID;
+        return 0;
+    }
+    if (json_parse(args, len, srv->lim.max_depth, v, NULL) != 0 || v->type != JSON_ARRAY)
+        return PARLEY_EINVAL;
+    if (nbins > srv->lim.max_attachments) return PARLEY_EINVAL;
+    const char *why;
+    if (nbins && sio_check_placeholders(v, (unsigned)nbins, srv->lim.max_depth, NULL, NULL, &why))
+        return PARLEY_EINVAL;
+    return 0;
+}
+
+/* Appends the elements of array v (without brackets), comma-led when
+ * `lead` and the array is not empty. */
+static int append_inner(pbuf *out, const json_val *v, bool lead)
+{
+    if (v->type != JSON_ARRAY) return 0;
+    json_iter it;
+    json_iter_init(&it, v);
+    json_val e;
+    bool first = !lead;
+    int rc = 0;
+    while (rc == 0 && json_array_next(&it, &e)) {
+        if (!first) rc = pbuf_append(out, ",", 1);
+        first = false;
+        if (rc == 0) rc = json_compact(out, &e);
+    }
+    return rc;
+}
+
+/* Builds an EVENT (or BINARY_EVENT) packet for nsp into out:
+ * 2[<n>-][nsp,][id]["event",args...(,"offset")]. */
+static int encode_event(pbuf *out, const parley_nsp *n, int64_t id, const char *event,
+                        const json_val *args, size_t nbins, const char *offset)
+{
+    out->len = 0;
+    int rc = sio_write_head(out, nbins ? SIO_BINARY_EVENT : SIO_EVENT, (unsigned)nbins, n->name,
+                            n->len, id);
+    if (rc == 0) rc = pbuf_append(out, "[", 1);
+    if (rc == 0) rc = json_append_string(out, event, strlen(event));
+    if (rc == 0 && args) rc = append_inner(out, args, true);
+    if (rc == 0 && offset) {
+        rc = pbuf_append(out, ",", 1);
+        if (rc == 0) rc = json_append_string(out, offset, strlen(offset));
+    }
+    if (rc == 0) rc = pbuf_append(out, "]", 1);
+    return rc;
+}
+
+/* Sends packet text plus its attachments to one client session. */
+static int send_packet(sio_client *c, const char *text, size_t len, const parley_bin *bins,
+                       size_t nbins)
+{
+    int rc = esession_send(c->es, false, text, len);
+    for (size_t i = 0; rc == 0 && i < nbins; i++) rc = esession_send(c->es, true, bins[i].data, bins[i].len);
+    return rc;
+}
+
+
+/* ---- recovery store ---- */
+
+static void free_strv(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
+static char **dup_strv(const char *const *v, size_t n)
+{
+    char **out = pcalloc(n ? n : 1, sizeof *out);
+    if (!out) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = strdup(v[i]);
+        if (!out[i]) {
+            free_strv(out, i);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static void stored_free(stored_packet *p)
+{
+    free_strv(p->rooms, p->nrooms);
+    free_strv(p->except, p->nexcept);
+    pbuf_free(&p->text);
+    for (size_t i = 0; i < p->nbins; i++) pbuf_free(&p->bins[i]);
+    free(p->bins);
+    free(p);
+}
+
+static void saved_free(saved_session *ss)
+{
+    free_strv(ss->rooms, ss->nrooms);
+    free(ss);
+}
+
+static void prune_recovery(parley_server *srv)
+{
+    uint64_t now = ploop_now(srv->loop);
+    while (srv->log_head && srv->log_head->at + srv->o.max_disconnection_ms < now) {
+        stored_packet *p = srv->log_head;
+        srv->log_head = p->next;
+        if (!srv->log_head) srv->log_tail = NULL;
+        pmap_del(&srv->offsets, p->offset, strlen(p->offset));
+        stored_free(p);
+    }
+    size_t pos = 0;
+    pmap_entry *e;
+    while ((e = pmap_next(&srv->saved, &pos))) {
+        saved_session *ss = e->val;
+        if (ss->expires < now) {
+            pmap_del(&srv->saved, ss->pid, 20);
+            saved_free(ss);
+            pos = 0; /* the table shifted: start over */
+        }
+    }
+}
+
+static void on_prune(ptimer *t)
+{
+    parley_server *srv = PARLEY_CONTAINER_OF(t, parley_server, prune);
+    prune_recovery(srv);
+    ploop_timer_start(srv->loop, &srv->prune, 60000);
+}
+
+static const char *next_offset(parley_server *srv, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s%llx", srv->offset_prefix, (unsigned long long)++srv->offset_counter);
+    return buf;
+}
+
+static stored_packet *store_packet(parley_server *srv, parley_nsp *n, const parley_target *to,
+                                   const char *offset, const pbuf *text, const parley_bin *bins,
+                                   size_t nbins)
+{
+    stored_packet *p = pcalloc(1, sizeof *p);
+    if (!p) return NULL;
+    snprintf(p->offset, sizeof p->offset, "%s", offset);
+    p->at = ploop_now(srv->loop);
+    p->nsp = n;
+    bool ok = pbuf_append(&p->text, text->ptr, text->len) == 0;
+    if (ok && to && to->nrooms) {
+        p->rooms = dup_strv(to->rooms, to->nrooms);
+        p->nrooms = to->nrooms;
+        ok = p->rooms != NULL;
+    }
+    size_t nex = to ? to->nexcept + (to->except_socket ? 1 : 0) : 0;
+    if (ok && nex) {
+        p->except = pcalloc(nex, sizeof *p->except);
+        ok = p->except != NULL;
+        for (size_t i = 0; ok && i < to->nexcept; i++) ok = (p->except[p->nexcept++] = strdup(to->except[i])) != NULL;
+        if (ok && to->except_socket)
+            ok = (p->except[p->nexcept++] = strdup(to->except_socket->id)) != NULL;
+    }
+    if (ok && nbins) {
+        p->bins = pcalloc(nbins, sizeof *p->bins);
+        ok = p->bins != NULL;
+        for (size_t i = 0; ok && i < nbins; i++) {
+            ok = pbuf_append(&p->bins[i], bins[i].data, bins[i].len) == 0;
+            p->nbins = i + 1;
+        }
+    }
+    if (!ok || pmap_put(&srv->offsets, p->offset, strlen(p->offset), p) != 0) {
+        stored_free(p);
+        return NULL;
+    }
+    if (srv->log_tail)
+        srv->log_tail->next = p;
+    else
+        srv->log_head = p;
+    srv->log_tail = p;
+    return p;
+}
+
+static bool strv_has(char **v, size_t n, const char *s, size_t len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(v[i]) == len && memcmp(v[i], s, len) == 0) return true;
+    return false;
+}
+
+/* The reference's rule: included when sent to everyone or to one of the
+ * session's rooms, and none of the session's rooms is excluded. */
+static bool packet_for(const stored_packet *p, char **rooms, size_t nrooms)
+{
+    bool included = p->nrooms == 0;
+    for (size_t i = 0; i < nrooms; i++) {
+        size_t len = strlen(rooms[i]);
+        if (!included && strv_has(p->rooms, p->nrooms, rooms[i], len)) included = true;
+        if (strv_has(p->except, p->nexcept, rooms[i], len)) return false;
+    }
+    return included;
+}
+
+static void persist_session(parley_socket *s)
+{
+    parley_server *srv = s->nsp->srv;
+    saved_session *ss = pcalloc(1, sizeof *ss);
+    if (!ss) return;
+    memcpy(ss->pid, s->pid, sizeof ss->pid);
+    memcpy(ss->sid, s->id, sizeof ss->sid);
+    ss->nsp = s->nsp;
+    ss->nrooms = (size_t)s->nrooms + 1;
+    ss->rooms = pcalloc(ss->nrooms, sizeof *ss->rooms);
+    bool ok = ss->rooms && (ss->rooms[0] = strdup(s->id));
+    for (uint16_t i = 0; ok && i < s->nrooms; i++) ok = (ss->rooms[i + 1] = strdup(s->rooms[i].r->name)) != NULL;
+    ss->expires = ploop_now(srv->loop) + srv->o.max_disconnection_ms;
+    if (!ok) {
+        saved_free(ss);
+        return;
+    }
+    saved_session *old = pmap_del(&srv->saved, ss->pid, 20);
+    if (old) saved_free(old);
+    if (pmap_put(&srv->saved, ss->pid, 20, ss) != 0) saved_free(ss);
+}
+
+/* ---- emitting ---- */
+
+static int emit_one(parley_socket *s, const parley_emit_opts *o, const char *event,
+                    const char *args_json, const parley_bin *bins, size_t nbins);
+
+int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
+                     const char *args_json, const parley_bin *bins, size_t nbins)
+{
+    parley_server *srv = n->srv;
+    if (!event || sio_reserved_event(event, strlen(event))) return PARLEY_EINVAL;
+    json_val args;
+    int rc = check_args(srv, args_json, args_json ? strlen(args_json) : 0, nbins, &args);
+    if (rc) return rc;
+    bool volatile_ = to && to->volatile_;
+    char offbuf[32];
+    const char *offset = srv->o.recovery && !volatile_ ? next_offset(srv, offbuf, sizeof offbuf) : NULL;
+    rc = encode_event(&srv->scratch, n, -1, event, args_json ? &args : NULL, nbins, offset);
+    if (rc) return rc;
+    if (offset) store_packet(srv, n, to, offset, &srv->scratch, bins, nbins);
+
+    /* Encoded once: every WebSocket recipient shares these frames. */
+    eframe frames[1 + MAX_ATTACHMENTS];
+    size_t nframes = 0;
+    if (nbins + 1 > PARLEY_ARRAY_LEN(frames)) return PARLEY_EINVAL;
+    rc = eframe_init(&frames[nframes++], false, srv->scratch.ptr, srv->scratch.len);
+    for (size_t i = 0; rc == 0 && i < nbins; i++)
+        rc = eframe_init(&frames[nframes++], true, bins[i].data, bins[i].len);
+    if (rc) {
+        for (size_t i = 0; i + 1 < nframes; i++) eframe_release(&frames[i]);
+        return rc;
+    }
+
+    uint64_t gen = ++srv->gen;
+    if (to) {
+        for (size_t i = 0; i < to->nexcept; i++) {
+            const char *name = to->except[i];
+            size_t len = strlen(name);
+            room *r = room_get(n, name, len, false);
+            for (uint32_t k = 0; r && k < r->n; k++) r->m[k]->gen = gen;
+            parley_socket *one = len == 20 ? pmap_get(&n->sockets, name, 20) : NULL;
+            if (one) one->gen = gen;
+        }
+        if (to->except_socket) to->except_socket->gen = gen;
+    }
+    int count = 0;
+#define DELIVER(sock)                                                                              \
+    do {                                                                                           \
+        parley_socket *x_ = (sock);                                                                \
+        if (x_->gen != gen && x_->connected &&                                                     \
+            (!volatile_ || esession_writable(x_->c->es))) {                                        \
+            x_->gen = gen;                                                                         \
+            for (size_t f_ = 0; f_ < nframes; f_++) esession_send_frame(x_->c->es, &frames[f_]);   \
+            count++;                                                                               \
+        }                                                                                          \
+    } while (0)
+    if (!to || to->nrooms == 0) {
+        size_t pos = 0;
+        pmap_entry *e;
+        while ((e = pmap_next(&n->sockets, &pos))) DELIVER((parley_socket *)e->val);
+    } else {
+        for (size_t i = 0; i < to->nrooms; i++) {
+            const char *name = to->rooms[i];
+            size_t len = strlen(name);
+            room *r = room_get(n, name, len, false);
+            for (uint32_t k = 0; r && k < r->n; k++) DELIVER(r->m[k]);
+            parley_socket *one = len == 20 ? pmap_get(&n->sockets, name, 20) : NULL;
+            if (one) DELIVER(one);
+        }
+    }
+#undef DELIVER
+    for (size_t i = 0; i < nframes; i++) eframe_release(&frames[i]);
+    return count;
+}
+
+static void ack_timeout(ptimer *t)
+{
+    pending_ack *a = PARLEY_CONTAINER_OF(t, pending_ack, timer);
+    parley_socket *s = a->s;
+    for (pending_ack **pp = &s->acks; *pp; pp = &(*pp)->next) {
+        if (*pp == a) {
+            *pp = a->next;
+            break;
+        }
+    }
+    a->fn(s, PARLEY_ETIMEDOUT, NULL, a->user);
+    free(a);
+}
+
+static int emit_one(parley_socket *s, const parley_emit_opts *o, const char *event,
+                    const char *args_json, const parley_bin *bins, size_t nbins)
+{
+    if (!s->connected) return PARLEY_ECLOSED;
+    parley_server *srv = s->nsp->srv;
+    if (!event || sio_reserved_event(event, strlen(event))) return PARLEY_EINVAL;
+    bool volatile_ = o && o->volatile_;
+    bool want_ack = o && o->ack;
+    if (srv->o.recovery && !want_ack) {
+        /* As the reference: with recovery on, a plain emit is a broadcast
+         * to the socket's own room, so that it is stored with an offset. */
+        const char *own = s->id;
+        parley_target to = {.rooms = &own, .nrooms = 1, .volatile_ = volatile_};
+        int rc = parley_broadcast(s->nsp, &to, event, args_json, bins, nbins);
+        return rc < 0 ? rc : 0;
+    }
+    json_val args;
+    int rc = check_args(srv, args_json, args_json ? strlen(args_json) : 0, nbins, &args);
+    if (rc) return rc;
+    /* A volatile packet is dropped unless it can leave at once. */
+    if (volatile_ && !esession_writable(s->c->es)) return 0;
+    pending_ack *a = NULL;
+    int64_t id = -1;
+    if (want_ack) {
+        a = pcalloc(1, sizeof *a);
+        if (!a) return PARLEY_ENOMEM;
+        id = s->next_ack++;
+        *a = (pending_ack){.s = s, .id = id, .fn = o->ack, .user = o->ack_user};
+        ptimer_init(&a->timer, ack_timeout);
+    }
+    rc = encode_event(&srv->scratch, s->nsp, id, event, args_json ? &args : NULL, nbins, NULL);
+    if (rc == 0) rc = send_packet(s->c, (const char *)srv->scratch.ptr, srv->scratch.len, bins, nbins);
+    if (rc) {
+        free(a);
+        return rc;
+    }
+    if (a) {
+        a->next = s->acks;
+        s->acks = a;
+        if (o->timeout_ms) ploop_timer_start(srv->loop, &a->timer, o->timeout_ms);
+    }
+    return 0;
+}
+
+int parley_emit(parley_socket *s, const char *event, const char *args_json, const parley_bin *bins,
+                size_t nbins)
+{
+    return emit_one(s, NULL, event, args_json, bins, nbins);
+}
+
+int parley_emit_opts_send(parley_socket *s, const parley_emit_opts *o, const char *event,
+                          const char *args_json, const parley_bin *bins, size_t nbins)
+{
+    return emit_one(s, o, event, args_json, bins, nbins);
+}
+
+int parley_ack(parley_socket *s, int64_t ack_id, const char *args_json, const parley_bin *bins,
+               size_t nbins)
+{
+    if (!s->connected) return PARLEY_ECLOSED;
+    if (ack_id < 0) return PARLEY_EINVAL;
+    parley_server *srv = s->nsp->srv;
+    json_val args;
+    int rc = check_args(srv, args_json, args_json ? strlen(args_json) : 0, nbins, &args);
+    if (rc) return rc;
+    pbuf *out = &srv->scratch;
+    out->len = 0;
+    rc = sio_write_head(out, nbins ? SIO_BINARY_ACK : SIO_ACK, (unsigned)nbins, s->nsp->name,
+                        s->nsp->len, ack_id);
+    if (rc == 0) rc = pbuf_append(out, "[", 1);
+    if (rc == 0 && args_json) rc = append_inner(out, &args, false);
+    if (rc == 0) rc = pbuf_append(out, "]", 1);
+    if (rc == 0) rc = send_packet(s->c, (const char *)out->ptr, out->len, bins, nbins);
+    return rc;
+}
+
+/* ---- sockets ---- */
+
+static void reap(pdefer *d)
+{
+    parley_server *srv = PARLEY_CONTAINER_OF(d, parley_server, reap);
+    while (srv->dead) {
+        parley_socket *s = srv->dead;
+        srv->dead = s->next_dead;
+        free(s->rooms);
+        free(s);
+    }
+}
+
+static void client_remove_socket(sio_client *c, parley_socket *s)
+{
+    for (uint8_t i = 0; i < c->nsocks; i++) {
+        if (c->socks[i] == s) {
+            c->socks[i] = c->socks[--c->nsocks];
+            return;
+        }
+    }
+}
+
+static bool recoverable(const char *reason)
+{
+    static const char *const r[] = {"transport error", "transport close", "forced close",
+                                    "ping timeout", "server shutting down"};
+    for (size_t i = 0; i < PARLEY_ARRAY_LEN(r); i++)
+        if (strcmp(reason, r[i]) == 0) return true;
+    return false;
+}
+
+static void socket_gone(parley_socket *s, const char *reason, bool persist)
+{
+    if (!s->connected) return;
+    parley_server *srv = s->nsp->srv;
+    if (persist && srv->o.recovery && recoverable(reason)) persist_session(s);
+    s->connected = false;
+    pmap_del(&s->nsp->sockets, s->id, 20);
+    while (s->nrooms) leave_member(s, (uint16_t)(s->nrooms - 1));
+    client_remove_socket(s->c, s);
+    pending_ack *a = s->acks;
+    s->acks = NULL;
+    while (a) {
+        pending_ack *next = a->next;
+        ploop_timer_stop(srv->loop, &a->timer);
+        a->fn(s, PARLEY_ECLOSED, NULL, a->user);
+        free(a);
+        a = next;
+    }
+    if (s->nsp->h.on_disconnect) s->nsp->h.on_disconnect(s, reason, s->nsp->h.user);
+    s->next_dead = srv->dead;
+    srv->dead = s;
+    ploop_defer(srv->loop, &srv->reap);
+}
+
+void parley_disconnect(parley_socket *s, int close_transport)
+{
+    if (!s->connected) return;
+    sio_client *c = s->c;
+    parley_server *srv = s->nsp->srv;
+    pbuf *out = &srv->scratch;
+    out->len = 0;
+    if (sio_write_head(out, SIO_DISCONNECT, 0, s->nsp->name, s->nsp->len, -1) == 0)
+        esession_send(c->es, false, out->ptr, out->len);
+    socket_gone(s, "server namespace disconnect", false);
+    if (close_transport) esession_close(c->es);
+}
+
+static parley_socket *client_socket(sio_client *c, const char *nsp, size_t len)
+{
+    for (uint8_t i = 0; i < c->nsocks; i++)
+        if (c->socks[i]->nsp->len == len && memcmp(c->socks[i]->nsp->name, nsp, len) == 0)
+            return c->socks[i];
+    return NULL;
+}
+
+static int send_connect_error(sio_client *c, const char *nsp, size_t nsp_len, const char *message,
+                              const char *data_json)
+{
+    parley_server *srv = c->srv;
+    pbuf *out = &srv->scratch;
+    out->len = 0;
+    int rc = sio_write_head(out, SIO_CONNECT_ERROR, 0, nsp, nsp_len, -1);
+    if (rc == 0) rc = pbuf_append_str(out, "{\"message\":");
+    if (rc == 0) rc = json_append_string(out, message, strlen(message));
+    if (rc == 0 && data_json) {
+        json_val v;
+        rc = json_parse(data_json, strlen(data_json), srv->lim.max_depth, &v, NULL);
+        if (rc == 0) rc = pbuf_append_str(out, ",\"data\":");
+        if (rc == 0) rc = json_compact(out, &v);
+    }
+    if (rc == 0) rc = pbuf_append(out, "}", 1);
+    if (rc == 0) rc = esession_send(c->es, false, out->ptr, out->len);
+    return rc;
+}
+
+/* Looks for a recoverable session named by the CONNECT auth. */
+static saved_session *find_saved(parley_server *srv, parley_nsp *n, const json_val *auth,
+                                 const stored_packet **after)
+{
+    if (!srv->o.recovery || auth->type != JSON_OBJECT) return NULL;
+    json_val pid, off;
+    if (!json_object_get(auth, "pid", &pid) || pid.type != JSON_STRING) return NULL;
+    if (!json_object_get(auth, "offset", &off) || off.type != JSON_STRING) return NULL;
+    char pidbuf[32], offbuf[32];
+    long pl = json_string_decode(&pid, pidbuf, sizeof pidbuf);
+    long ol = json_string_decode(&off, offbuf, sizeof offbuf);
+    if (pl != 20 || ol <= 0) return NULL;
+    saved_session *ss = pmap_get(&srv->saved, pidbuf, 20);
+    if (!ss || ss->nsp != n) return NULL;
+    if (ss->expires < ploop_now(srv->loop)) return NULL;
+    stored_packet *p = pmap_get(&srv->offsets, offbuf, (size_t)ol);
+    if (!p) return NULL;
+    *after = p;
+    return ss;
+}
+
+static void on_connect_packet(sio_client *c, const sio_packet *pk)
+{
+    parley_server *srv = c->srv;
+    if (client_socket(c, pk->nsp, pk->nsp_len)) {
+        /* A second CONNECT to the same namespace: the reference closes. */
+        client_close(c);
+        return;
+    }
+    parley_nsp *n = pk->nsp_len <= MAX_ROOM_NAME ? pmap_get(&srv->nsps, pk->nsp, pk->nsp_len) : NULL;
+    if (!n) {
+        send_connect_error(c, pk->nsp, pk->nsp_len, "Invalid namespace", NULL);
+        return;
+    }
+    parley_socket *s = pcalloc(1, sizeof *s);
+    if (!s) {
+        client_close(c);
+        return;
+    }
+    s->c = c;
+    s->nsp = n;
+    const stored_packet *after = NULL;
+    saved_session *ss = find_saved(srv, n, &pk->data, &after);
+    if (ss) {
+        memcpy(s->id, ss->sid, sizeof s->id);
+        memcpy(s->pid, ss->pid, sizeof s->pid);
+        s->recovered = true;
+    } else if (random_id(s->id) != 0 || (srv->o.recovery && random_id(s->pid) != 0)) {
+        free(s);
+        client_close(c);
+        return;
+    }
+    if (pk->data.type == JSON_OBJECT) {
+        s->auth = pk->data.p;
+        s->auth_len = pk->data.len;
+    }
+    /* Middleware (skipped for a recovered session, as the reference). */
+    if (!ss && n->h.on_connect_check) {
+        parley_connect_error err = {0};
+        if (n->h.on_connect_check(s, s->auth, s->auth_len, &err, n->h.user) != 0) {
+            send_connect_error(c, pk->nsp, pk->nsp_len, err.message ? err.message : "refused",
+                               err.data_json);
+            free(s);
+            return;
+        }
+        if (esession_closed(c->es)) {
+            free(s);
+            return;
+        }
+    }
+    if (c->nsocks == c->socks_cap) {
+        uint8_t cap = c->socks_cap ? (uint8_t)PARLEY_MIN(c->socks_cap * 2, 255) : 1;
+        parley_socket **v = cap > c->socks_cap ? realloc(c->socks, cap * sizeof *v) : NULL;
+        if (!v) {
+            free(s);
+            client_close(c);
+            return;
+        }
+        c->socks = v;
+        c->socks_cap = cap;
+    }
+    if (pmap_put(&n->sockets, s->id, 20, s) != 0) {
+        free(s);
+        client_close(c);
+        return;
+    }
+    c->socks[c->nsocks++] = s;
+    s->connected = true;
+    ploop_timer_stop(srv->loop, &c->connect_timer);
+    if (ss) {
+        for (size_t i = 0; i < ss->nrooms; i++)
+            if (strcmp(ss->rooms[i], s->id) != 0) join_room(s, ss->rooms[i], strlen(ss->rooms[i]));
+        /* Missed packets go first; the client holds them until CONNECT. */
+        for (const stored_packet *p = after->next; p; p = p->next) {
+            if (p->nsp != n || !packet_for(p, ss->rooms, ss->nrooms)) continue;
+            parley_bin bins[MAX_ATTACHMENTS];
+            size_t nb = PARLEY_MIN(p->nbins, PARLEY_ARRAY_LEN(bins));
+            for (size_t i = 0; i < nb; i++) bins[i] = (parley_bin){p->bins[i].ptr, p->bins[i].len};
+            send_packet(c, (const char *)p->text.ptr, p->text.len, bins, nb);
+        }
+        pmap_del(&srv->saved, ss->pid, 20);
+        saved_free(ss);
+    }
+    pbuf *out = &srv->scratch;
+    out->len = 0;
+    int rc = sio_write_head(out, SIO_CONNECT, 0, n->name, n->len, -1);
+    if (rc == 0)
+        rc = srv->o.recovery ? pbuf_appendf(out, "{\"sid\":\"%s\",\"pid\":\"%s\"}", s->id, s->pid)
+                             : pbuf_appendf(out, "{\"sid\":\"%s\"}", s->id);
+    if (rc == 0) esession_send(c->es, false, out->ptr, out->len);
+    if (n->h.on_connection) n->h.on_connection(s, n->h.user);
+    s->auth = NULL;
+    s->auth_len = 0;
+}
+
+/* Delivers an EVENT or ACK with its arguments (attachments resolved). */
+static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins, size_t nbins)
+{
+    parley_server *srv = c->srv;
+    parley_socket *s = client_socket(c, pk->nsp, pk->nsp_len);
+    if (!s) {
+        /* A packet for a namespace the client did not join. */
+        client_close(c);
+        return;
+    }
+    pbuf *args = &srv->scratch2;
+    args->len = 0;
+    if (pk->type == SIO_EVENT || pk->type == SIO_BINARY_EVENT) {
+        json_iter it;
+        json_iter_init(&it, &pk->data);
+        json_val name;
+        json_array_next(&it, &name);
+        char ev[MAX_ROOM_NAME + 1];
+        long evlen = name.type == JSON_STRING ? json_string_decode(&name, ev, sizeof ev - 1) : -1;
+        if (name.type == JSON_NUMBER && name.len < sizeof ev) {
+            memcpy(ev, name.p, name.len);
+            evlen = (long)name.len;
+        }
+        if (evlen < 0) {
+            client_close(c); /* an event name we cannot hold */
+            return;
+        }
+        ev[evlen] = 0;
+        /* The arguments are the elements after the name, re-emitted
+         * compactly in their order. */
+        int rc = pbuf_append(args, "[", 1);
+        json_val e;
+        bool first = true;
+        while (rc == 0 && json_array_next(&it, &e)) {
+            if (!first) rc = pbuf_append(args, ",", 1);
+            first = false;
+            if (rc == 0) rc = json_compact(args, &e);
+        }
+        if (rc == 0) rc = pbuf_append(args, "]", 1);
+        if (rc) {
+            client_close(c);
+            return;
+        }
+        parley_args a = {(const char *)args->ptr, args->len, bins, nbins};
+        if (s->nsp->h.on_event) s->nsp->h.on_event(s, ev, (size_t)evlen, &a, pk->id, s->nsp->h.user);
+        return;
+    }
+    /* ACK / BINARY_ACK */
+    for (pending_ack **pp = &s->acks; *pp; pp = &(*pp)->next) {
+        pending_ack *a = *pp;
+        if (a->id != pk->id) continue;
+        *pp = a->next;
+        ploop_timer_stop(srv->loop, &a->timer);
+        if (json_compact(args, &pk->data) != 0) {
+            free(a);
+            client_close(c);
+            return;
+        }
+        parley_args pa = {(const char *)args->ptr, args->len, bins, nbins};
+        a->fn(s, 0, &pa, a->user);
+        free(a);
+        return;
+    }
+    /* An acknowledgement nobody waits for (late, after a timeout): ignored,
+     * as the reference does. */
+}
+
+static void bin_reset(sio_client *c)
+{
+    for (unsigned i = 0; i < c->bins_got; i++) pbuf_free(&c->bins[i]);
+    free(c->bins);
+    c->bins = NULL;
+    c->bins_want = c->bins_got = 0;
+    pbuf_free(&c->bin_text);
+}
+
+static void handle_packet(sio_client *c, const sio_packet *pk, const parley_bin *bins, size_t nbins)
+{
+    switch (pk->type) {
+    case SIO_CONNECT: on_connect_packet(c, pk); return;
+    case SIO_DISCONNECT: {
+        parley_socket *s = client_socket(c, pk->nsp, pk->nsp_len);
+        if (!s) {
+            client_close(c);
+            return;
+        }
+        socket_gone(s, "client namespace disconnect", false);
+        return;
+    }
+    case SIO_EVENT:
+    case SIO_BINARY_EVENT:
+    case SIO_ACK:
+    case SIO_BINARY_ACK: dispatch(c, pk, bins, nbins); return;
+    default:
+        /* CONNECT_ERROR from a client is invalid: the reference closes. */
+        client_close(c);
+        return;
+    }
+}
+
+/* ---- engine callbacks ---- */
+
+static void on_connect_timeout(ptimer *t)
+{
+    sio_client *c = PARLEY_CONTAINER_OF(t, sio_client, connect_timer);
+    if (c->nsocks == 0) client_close(c);
+}
+
+static void client_close(sio_client *c)
+{
+    if (!esession_closed(c->es)) esession_close(c->es);
+}
+
+static void eng_open(esession *es, const phttpd_req *req)
+{
+    (void)req;
+    parley_server *srv = engine_user(esession_engine(es));
+    sio_client *c = pcalloc(1, sizeof *c);
+    if (!c) {
+        esession_close(es);
+        return;
+    }
+    c->srv = srv;
+    c->es = es;
+    ptimer_init(&c->connect_timer, on_connect_timeout);
+    esession_set_user(es, c);
+    ploop_timer_start(srv->loop, &c->connect_timer, srv->o.connect_timeout_ms);
+}
+
+static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
+{
+    sio_client *c = esession_user(es);
+    parley_server *srv = c->srv;
+    const char *why = NULL;
+    sio_packet pk;
+    if (binary) {
+        if (c->bins_want == 0) {
+            plog_debug("socket.io %s: binary data outside a binary packet", esession_id(es));
+            client_close(c);
+            return;
+        }
+        if (pbuf_append(&c->bins[c->bins_got], data, len) != 0) {
+            client_close(c);
+            return;
+        }
+        c->bins_got++;
+        if (c->bins_got < c->bins_want) return;
+        /* All attachments are in: parse the saved text again (its spans
+         * point into our copy). */
+        if (sio_parse((const char *)c->bin_text.ptr, c->bin_text.len, &srv->lim, &pk, &why) != 0) {
+            client_close(c);
+            return;
+        }
+        parley_bin bins[MAX_ATTACHMENTS];
+        size_t n = PARLEY_MIN(c->bins_got, PARLEY_ARRAY_LEN(bins));
+        for (size_t i = 0; i < n; i++) bins[i] = (parley_bin){c->bins[i].ptr, c->bins[i].len};
+        /* The handler may send; keep the buffers until it returns. */
+        pbuf text = c->bin_text;
+        pbuf *parts = c->bins;
+        unsigned got = c->bins_got;
+        memset(&c->bin_text, 0, sizeof c->bin_text);
+        c->bins = NULL;
+        c->bins_want = c->bins_got = 0;
+        handle_packet(c, &pk, bins, n);
+        pbuf_free(&text);
+        for (unsigned i = 0; i < got; i++) pbuf_free(&parts[i]);
+        free(parts);
+        return;
+    }
+    if (c->bins_want) {
+        plog_debug("socket.io %s: text while attachments were expected", esession_id(es));
+        client_close(c);
+        return;
+    }
+    if (sio_parse((const char *)data, len, &srv->lim, &pk, &why) != 0) {
+        plog_debug("socket.io %s: bad packet: %s", esession_id(es), why ? why : "?");
+        client_close(c);
+        return;
+    }
+    if (pk.type == SIO_BINARY_EVENT || pk.type == SIO_BINARY_ACK) {
+        if (sio_check_placeholders(&pk.data, pk.attachments, srv->lim.max_depth, NULL, NULL,
+                                   &why) != 0) {
+            plog_debug("socket.io %s: bad placeholders: %s", esession_id(es), why ? why : "?");
+            client_close(c);
+            return;
+        }
+        if (pk.attachments > 0) {
+            c->bins = pcalloc(pk.attachments, sizeof *c->bins);
+            if (!c->bins || pbuf_append(&c->bin_text, data, len) != 0) {
+                bin_reset(c);
+                client_close(c);
+                return;
+            }
+            c->bins_want = pk.attachments;
+            return;
+        }
+    }
+    handle_packet(c, &pk, NULL, 0);
+}
+
+static void eng_close(esession *es, const char *reason)
+{
+    sio_client *c = esession_user(es);
+    if (!c) return;
+    parley_server *srv = c->srv;
+    ploop_timer_stop(srv->loop, &c->connect_timer);
+    while (c->nsocks) socket_gone(c->socks[c->nsocks - 1], reason, true);
+    bin_reset(c);
+    free(c->socks);
+    free(c);
+    esession_set_user(es, NULL);
+}
+
+static const engine_cbs eng_cbs = {.on_open = eng_open, .on_message = eng_message,
+                                   .on_close = eng_close};
+
+/* ---- server ---- */
+
+int parley_server_new(parley_loop *loop, const parley_server_opts *o, parley_server **out)
+{
+    parley_server_opts def;
+    if (!o) {
+        parley_server_opts_init(&def);
+        o = &def;
+    }
+    if (!loop || !o->path || o->path[0] != '/' || (!o->polling && !o->websocket) ||
+        o->max_payload == 0 || (!o->tls_cert != !o->tls_key) ||
+        o->max_attachments > MAX_ATTACHMENTS)
+        return PARLEY_EINVAL;
+    parley_server *s = pcalloc(1, sizeof *s);
+    if (!s) return PARLEY_ENOMEM;
+    s->loop = loop;
+    s->o = *o;
+    s->reap.cb = reap;
+    ptimer_init(&s->prune, on_prune);
+    sio_limits_init(&s->lim);
+    if (o->max_attachments) s->lim.max_attachments = o->max_attachments;
+    int rc = 0;
+    size_t plen = strlen(o->path);
+    s->path = malloc(plen + 2);
+    if (!s->path) rc = PARLEY_ENOMEM;
+    if (rc == 0) {
+        /* The reference always serves "<path>/". */
+        memcpy(s->path, o->path, plen + 1);
+        if (s->path[plen - 1] != '/') strcat(s->path, "/");
+        s->o.path = s->path;
+    }
+    if (rc == 0 && o->cors_origin) {
+        s->cors = strdup(o->cors_origin);
+        if (!s->cors) rc = PARLEY_ENOMEM;
+        s->o.cors_origin = s->cors;
+    }
+    s->o.tls_cert = s->o.tls_key = NULL;
+    if (rc == 0 && o->tls_cert) {
+        char err[256];
+        s->tls = ptls_ctx_server(o->tls_cert, o->tls_key, err, sizeof err);
+        if (!s->tls) {
+            plog_error("TLS: %s", err);
+            rc = PARLEY_ETLS;
+        }
+    }
+    phttpd_opts hopts;
+    phttpd_opts_init(&hopts);
+    /* A polling POST may carry max_payload bytes. */
+    if (hopts.limits.max_body < o->max_payload) hopts.limits.max_body = o->max_payload;
+    if (rc == 0) rc = phttpd_new(loop, &hopts, &s->http);
+    engine_opts eo;
+    engine_opts_init(&eo);
+    eo.ping_interval_ms = o->ping_interval_ms;
+    eo.ping_timeout_ms = o->ping_timeout_ms;
+    eo.upgrade_timeout_ms = o->upgrade_timeout_ms;
+    eo.max_payload = o->max_payload;
+    eo.transports = (o->polling ? ENGINE_POLLING : 0) | (o->websocket ? ENGINE_WEBSOCKET : 0);
+    eo.cors_origin = s->cors;
+    eo.cors_credentials = o->cors_credentials != 0;
+    if (o->permessage_deflate) {
+        pmd_config_init(&s->pmd);
+        eo.pmd = &s->pmd;
+    }
+    if (rc == 0) rc = engine_attach(s->http, s->path, &eo, &eng_cbs, s, &s->eng);
+    if (rc == 0 && !parley_server_of(s, "/")) rc = PARLEY_ENOMEM;
+    if (rc == 0 && o->recovery) {
+        uint8_t r[3];
+        prand_bytes(r, sizeof r);
+        snprintf(s->offset_prefix, sizeof s->offset_prefix, "%02x%02x%02x", r[0], r[1], r[2]);
+        ploop_timer_start(loop, &s->prune, 60000);
+    }
+    if (rc) {
+        parley_server_free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+/* Lets an embedder add plain HTTP routes next to Socket.IO (parleyd's
+ * status page). Not in the public header: internal to Parley's programs. */
+phttpd *parley_server__http(parley_server *s);
+phttpd *parley_server__http(parley_server *s)
+{
+    return s->http;
+}
+
+int parley_server_listen(parley_server *s, const char *host, unsigned port, unsigned *bound)
+{
+    return phttpd_listen(s->http, host, port, s->tls, bound);
+}
+
+static void on_http_done(phttpd *h, void *user)
+{
+    (void)h;
+    parley_server *s = user;
+    if (s->done) s->done(s, s->done_user);
+}
+
+void parley_server_shutdown(parley_server *s, void (*done)(parley_server *s, void *user), void *user)
+{
+    s->shutting_down = true;
+    s->done = done;
+    s->done_user = user;
+    /* Sessions end first (reason "server shutting down"), then the HTTP
+     * connections close. */
+    engine_free(s->eng);
+    s->eng = NULL;
+    phttpd_shutdown(s->http, on_http_done, s);
+}
+
+void parley_server_free(parley_server *s)
+{
+    if (!s) return;
+    if (s->eng) engine_free(s->eng);
+    phttpd_free(s->http);
+    ptls_ctx_free(s->tls);
+    ploop_timer_stop(s->loop, &s->prune);
+    ploop_defer_cancel(s->loop, &s->reap);
+    reap(&s->reap);
+    size_t pos = 0;
+    pmap_entry *e;
+    while ((e = pmap_next(&s->nsps, &pos))) {
+        parley_nsp *n = e->val;
+        size_t rp = 0;
+        pmap_entry *re;
+        while ((re = pmap_next(&n->rooms, &rp))) {
+            room *r = re->val;
+            free(r->m);
+            free(r->name);
+            free(r);
+        }
+        pmap_free(&n->rooms);
+        pmap_free(&n->sockets);
+        free(n->name);
+        free(n);
+    }
+    pmap_free(&s->nsps);
+    while (s->log_head) {
+        stored_packet *p = s->log_head;
+        s->log_head = p->next;
+        stored_free(p);
+    }
+    pmap_free(&s->offsets);
+    pos = 0;
+    while ((e = pmap_next(&s->saved, &pos))) saved_free(e->val);
+    pmap_free(&s->saved);
+    pbuf_free(&s->scratch);
+    pbuf_free(&s->scratch2);
+    free(s->path);
+    free(s->cors);
+    free(s);
+}
