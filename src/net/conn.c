@@ -1018,6 +1018,15 @@ static void on_connect_timeout(ptimer *t)
     if (c->connecting) connect_done(c, PARLEY_ETIMEDOUT);
 }
 
+int pconn_bind_local(pconn *c, const char *ip)
+{
+    struct sockaddr_storage ss;
+    if (uv_ip4_addr(ip, 0, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(ip, 0, (struct sockaddr_in6 *)&ss) != 0)
+        return PARLEY_EINVAL;
+    return uv_tcp_bind(&c->tcp, (struct sockaddr *)&ss, 0) == 0 ? 0 : PARLEY_EINVAL;
+}
+
 int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint64_t timeout_ms)
 {
     if (!host || !*host || port == 0 || port > 65535) return PARLEY_EINVAL;

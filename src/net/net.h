@@ -214,6 +214,10 @@ unsigned plistener_port(plistener *l);
 /* Stops listening and frees the listener (handle closed asynchronously). */
 void plistener_close(plistener *l);
 
+/* Binds an outbound connection to a local address before pconn_connect
+ * (any port). 0 or PARLEY_EINVAL. */
+int pconn_bind_local(pconn *c, const char *ip);
+
 /* Outbound connection: resolves host, connects (trying each address),
  * optionally runs a TLS client handshake with SNI and hostname check, and
  * calls cbs->on_connect. timeout_ms covers all of it (0 = none). c must

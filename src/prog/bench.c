@@ -1,17 +1,27 @@
 /*
  * parley bench: a load generator built on the library's own codecs and
- * network layer. Scenarios:
+ * network layer, for loopback targets only. Scenarios:
  *
- *   ws-echo   N WebSocket connections; each sends K frames in one write
- *             (K = 1: one message in flight), waits for the K echoes, and
- *             repeats. Reports messages/s and round-trip latency.
- *   idle      N WebSocket connections held open (answering the server's
- *             pings) for a while; reports the server's RSS growth per
- *             connection, read from /proc/PID/status.
+ *   ws-echo        N WebSocket connections; each sends K frames in one write
+ *                  (K = 1: one message in flight), waits for the K echoes,
+ *                  repeats. Messages/s and round-trip latency.
+ *   sio-echo       N Socket.IO sessions (websocket transport) emitting
+ *                  `message-with-ack` and awaiting the acknowledgement.
+ *                  Round trips/s and latency.
+ *   sio-broadcast  M senders and N receivers in one room: senders emit
+ *                  `to-room`; deliveries/s, latency from send to each
+ *                  receipt, and lost deliveries (must be 0).
+ *   connect        Socket.IO session establishments per second (TCP,
+ *                  upgrade, open packet, CONNECT, close), N in parallel.
+ *   idle           N WebSocket connections or Socket.IO sessions held open
+ *                  (answering the server's pings) for a while; the server's
+ *                  RSS growth per connection from /proc/PID/status.
  *
- * The generator must never be the bottleneck: frames are encoded (and
- * masked) once and shared by every connection, replies are parsed in place,
- * and nothing is allocated per message.
+ * The generator must never be the bottleneck: frames are encoded and
+ * masked once where they do not change, replies are parsed in place, and
+ * nothing is allocated per message. The server-side handlers are those of
+ * `parleyd --protocol-test` (and of bench/node/sio-server.mjs for the
+ * reference).
  */
 #include "prog/bench.h"
 
@@ -29,21 +39,20 @@
 #include "codec/ws_handshake.h"
 #include "net/net.h"
 
-/* Log-linear latency histogram: values in ns, 64 sub-buckets per power of
- * two (relative error under 1.6 %). */
+/* ---- latency histogram: values in ns, 64 sub-buckets per power of two ---- */
+
 #define HIST_SUB 64
 #define HIST_POW 40
 typedef struct hist {
     uint64_t counts[HIST_POW * HIST_SUB];
-    uint64_t n, max, sum;
+    uint64_t n, max;
 } hist;
 
 static unsigned hist_index(uint64_t v)
 {
     if (v < HIST_SUB) return (unsigned)v;
     unsigned p = 63u - (unsigned)__builtin_clzll(v); /* v >= 64: p >= 6 */
-    unsigned shift = p - 6;
-    unsigned idx = (p - 5) * HIST_SUB + (unsigned)((v >> shift) & (HIST_SUB - 1));
+    unsigned idx = (p - 5) * HIST_SUB + (unsigned)((v >> (p - 6)) & (HIST_SUB - 1));
     return idx < HIST_POW * HIST_SUB ? idx : HIST_POW * HIST_SUB - 1;
 }
 
@@ -59,7 +68,6 @@ static void hist_add(hist *h, uint64_t v, uint64_t count)
 {
     h->counts[hist_index(v)] += count;
     h->n += count;
-    h->sum += v * count;
     if (v > h->max) h->max = v;
 }
 
@@ -76,52 +84,255 @@ static uint64_t hist_pct(const hist *h, double pct)
     return h->max;
 }
 
-typedef struct bench bench;
+/* ---- connections ---- */
 
-enum { BC_CONNECTING, BC_HANDSHAKE, BC_OPEN, BC_DEAD };
+enum { SC_WS_ECHO, SC_SIO_ECHO, SC_SIO_BCAST, SC_CONNECT, SC_IDLE };
+enum { BC_CONNECTING, BC_HANDSHAKE, BC_EIO_OPEN, BC_SIO_CONNECT, BC_READY, BC_DEAD };
+
+#define BCAST_WINDOW 64
+
+typedef struct bench bench;
 
 typedef struct bconn {
     pconn c;
     bench *b;
     int state;
+    unsigned idx;
+    bool receiver;
+    bool joined;
     ws_parser wp;
     uint64_t sent_ns;
-    uint32_t waiting; /* echoes outstanding in the current batch */
+    uint32_t waiting;
+    int64_t ack_id;
 } bconn;
+
+typedef struct bcast_slot {
+    uint64_t seq; /* which broadcast occupies the slot */
+    uint32_t left;
+} bcast_slot;
 
 struct bench {
     parley_loop *loop;
     purl url;
-    unsigned conns, pipeline;
+    int scenario;
+    bool sio; /* Socket.IO sessions (else plain WebSocket) */
+    unsigned conns, pipeline, senders, sources, ramp;
     size_t size;
-    double duration_s, warmup_s;
+    double duration_s, warmup_s, hold_s;
     bool json;
+    unsigned pid;
     bconn *bc;
-    unsigned open, dead, connecting;
-    uint8_t *batch; /* K masked frames, shared by all connections */
+    unsigned open, ready, dead, connecting, started;
+    uint8_t *batch; /* ws-echo: K masked frames shared by all connections */
     size_t batch_len;
     uint8_t *request; /* the upgrade request, shared */
     size_t request_len;
-    bool measuring, done;
+    char payload[4096];
+    bool measuring, done, load_started, draining;
     uint64_t t_start, t_end;
-    uint64_t msgs, bytes;
-    uint64_t errors;
+    uint64_t msgs, errors, pings;
+    /* sio-broadcast */
+    uint64_t bcast_sent, delivered, expected;
+    bcast_slot (*slots)[BCAST_WINDOW];
+    uint32_t *outstanding;
+    uint64_t *next_seq;
     hist lat;
-    bool idle; /* idle scenario: no load */
-    uint64_t pings;
-    unsigned pid;
-    double hold_s;
     long rss_before, rss_after;
     uv_timer_t timer;
-    int phase; /* 0 warmup, 1 measuring */
+    int phase;
 };
 
-static void send_batch(bconn *x)
+static const uint8_t MASK[4] = {0x11, 0x22, 0x33, 0x44};
+
+static void ws_send_text(bconn *x, const char *text, size_t len)
+{
+    pbuf *out = pconn_out(&x->c);
+    if (!out || pbuf_reserve(out, WS_MAX_HEADER + len) != 0) return;
+    uint8_t *p = out->ptr + out->len;
+    size_t h = ws_frame_header(p, WS_OP_TEXT, true, false, len, MASK);
+    memcpy(p + h, text, len);
+    ws_mask(p + h, len, MASK, 0);
+    out->len += h + len;
+    pconn_wrote(&x->c);
+}
+
+static void start_connect(bench *b, bconn *x);
+
+static void sio_emit_ack(bconn *x)
 {
     bench *b = x->b;
+    char buf[4200];
     x->sent_ns = ptime_ns();
     x->waiting = b->pipeline;
-    pconn_write(&x->c, b->batch, b->batch_len);
+    for (unsigned k = 0; k < b->pipeline; k++) {
+        int n = snprintf(buf, sizeof buf, "42%lld[\"message-with-ack\",\"%s\"]",
+                         (long long)x->ack_id++, b->payload);
+        ws_send_text(x, buf, (size_t)n);
+    }
+}
+
+static void bcast_send(bconn *x)
+{
+    bench *b = x->b;
+    unsigned s = x->idx;
+    while (b->outstanding[s] < BCAST_WINDOW && !b->done && !b->draining) {
+        uint64_t seq = b->next_seq[s]++;
+        bcast_slot *slot = &b->slots[s][seq % BCAST_WINDOW];
+        slot->seq = seq;
+        slot->left = b->conns - b->senders;
+        b->outstanding[s]++;
+        char buf[4300];
+        int n = snprintf(buf, sizeof buf, "42[\"to-room\",\"bench\",\"bcast\",\"%llu:%u:%llu:%s\"]",
+                         (unsigned long long)ptime_ns(), s, (unsigned long long)seq, b->payload);
+        ws_send_text(x, buf, (size_t)n);
+        /* Losses are counted over the whole run, drain included. */
+        b->bcast_sent++;
+        b->expected += b->conns - b->senders;
+    }
+}
+
+static void start_load(bench *b)
+{
+    if (b->load_started) return;
+    b->load_started = true;
+    for (unsigned i = 0; i < b->conns; i++) {
+        bconn *x = &b->bc[i];
+        if (x->state != BC_READY) continue;
+        switch (b->scenario) {
+        case SC_WS_ECHO:
+            x->sent_ns = ptime_ns();
+            x->waiting = b->pipeline;
+            pconn_write(&x->c, b->batch, b->batch_len);
+            break;
+        case SC_SIO_ECHO: sio_emit_ack(x); break;
+        case SC_SIO_BCAST:
+            if (!x->receiver) bcast_send(x);
+            break;
+        default: break;
+        }
+    }
+}
+
+/* A connection finished its handshakes. */
+static void on_ready(bconn *x)
+{
+    bench *b = x->b;
+    x->state = BC_READY;
+    b->ready++;
+    if (b->connecting) b->connecting--;
+    if (b->scenario == SC_CONNECT) {
+        if (b->measuring) b->msgs++;
+        pconn_close(&x->c, false, 0);
+        return;
+    }
+    if (b->scenario == SC_SIO_BCAST && x->receiver) {
+        ws_send_text(x, "420[\"join\",\"bench\"]", 19);
+        return;
+    }
+    /* Ramp: start the next connection. */
+    if (b->started < b->conns) start_connect(b, &b->bc[b->started++]);
+}
+
+static void all_ready_check(bench *b)
+{
+    unsigned receivers_joined = 0, needed = 0;
+    if (b->scenario == SC_SIO_BCAST) {
+        for (unsigned i = 0; i < b->conns; i++) {
+            if (b->bc[i].receiver) {
+                needed++;
+                if (b->bc[i].joined) receivers_joined++;
+            }
+        }
+        if (receivers_joined < needed) return;
+    }
+    if (b->ready + b->dead < b->conns) return;
+    if (b->scenario == SC_WS_ECHO || b->scenario == SC_SIO_ECHO || b->scenario == SC_SIO_BCAST)
+        start_load(b);
+}
+
+static void parse_bcast(bench *b, const uint8_t *p, size_t len)
+{
+    /* 42["bcast","<ns>:<sender>:<seq>:..."]; other events (the
+     * protocol-test server greets with `auth`) are not ours. */
+    static const char prefix[] = "42[\"bcast\",\"";
+    if (len < sizeof prefix || memcmp(p, prefix, sizeof prefix - 1) != 0) return;
+    const char *q = (const char *)p + sizeof prefix - 1;
+    char *end;
+    uint64_t t = strtoull(q, &end, 10);
+    unsigned s = (unsigned)strtoul(end + 1, &end, 10);
+    uint64_t seq = strtoull(end + 1, &end, 10);
+    if (s >= b->senders) {
+        b->errors++;
+        return;
+    }
+    uint64_t now = ptime_ns();
+    bcast_slot *slot = &b->slots[s][seq % BCAST_WINDOW];
+    if (slot->seq != seq || slot->left == 0) {
+        b->errors++; /* a duplicate, or one we did not send */
+        return;
+    }
+    b->delivered++;
+    if (b->measuring) {
+        hist_add(&b->lat, now - t, 1);
+        b->msgs++;
+    }
+    if (--slot->left == 0) {
+        b->outstanding[s]--;
+        bconn *sender = &b->bc[s];
+        if (sender->state == BC_READY) bcast_send(sender);
+    }
+}
+
+static void on_sio_text(bconn *x, const uint8_t *p, size_t len)
+{
+    bench *b = x->b;
+    if (len == 1 && p[0] == '2') {
+        ws_send_text(x, "3", 1);
+        b->pings++;
+        return;
+    }
+    if (x->state == BC_EIO_OPEN) {
+        if (len > 0 && p[0] == '0') {
+            x->state = BC_SIO_CONNECT;
+            ws_send_text(x, "40", 2);
+        } else {
+            b->errors++;
+        }
+        return;
+    }
+    if (x->state == BC_SIO_CONNECT) {
+        if (len >= 2 && p[0] == '4' && p[1] == '0') {
+            on_ready(x);
+            all_ready_check(b);
+        } else if (len >= 2 && p[0] == '4') {
+            /* Events before CONNECT (none expected). */
+        } else {
+            b->errors++;
+        }
+        return;
+    }
+    if (len < 2 || p[0] != '4') return;
+    if (p[1] == '3') {
+        /* An acknowledgement. */
+        if (b->scenario == SC_SIO_BCAST) {
+            if (!x->joined) {
+                x->joined = true;
+                if (b->started < b->conns) start_connect(b, &b->bc[b->started++]);
+                all_ready_check(b);
+            }
+            return;
+        }
+        if (b->scenario != SC_SIO_ECHO || x->waiting == 0) return;
+        if (--x->waiting == 0) {
+            if (b->measuring) {
+                hist_add(&b->lat, ptime_ns() - x->sent_ns, b->pipeline);
+                b->msgs += b->pipeline;
+            }
+            if (!b->done) sio_emit_ack(x);
+        }
+        return;
+    }
+    if (p[1] == '2' && b->scenario == SC_SIO_BCAST && x->receiver) parse_bcast(b, p, len);
 }
 
 static size_t bc_on_data(pconn *c, uint8_t *data, size_t len)
@@ -130,31 +341,29 @@ static size_t bc_on_data(pconn *c, uint8_t *data, size_t len)
     bench *b = x->b;
     size_t off = 0;
     if (x->state == BC_HANDSHAKE) {
-        /* The echo server's answer: only its status matters here. */
+        /* The upgrade answer: only its status matters here. */
         for (size_t i = 3; i < len; i++) {
             if (data[i - 3] == '\r' && data[i - 2] == '\n' && data[i - 1] == '\r' &&
                 data[i] == '\n') {
                 if (len < 12 || memcmp(data, "HTTP/1.1 101", 12) != 0) {
-                    fprintf(stderr, "bench: handshake refused: %.*s\n", (int)PARLEY_MIN(len, 40),
+                    fprintf(stderr, "bench: handshake refused: %.*s\n", (int)PARLEY_MIN(len, 60),
                             data);
-                    x->state = BC_DEAD;
                     b->errors++;
                     pconn_close(c, false, PARLEY_EHANDSHAKE);
                     return len;
                 }
                 off = i + 1;
-                x->state = BC_OPEN;
-                b->connecting--;
                 b->open++;
+                if (b->sio) {
+                    x->state = BC_EIO_OPEN;
+                } else {
+                    on_ready(x);
+                    all_ready_check(b);
+                }
                 break;
             }
         }
-        if (x->state != BC_OPEN) return 0;
-        if (!b->idle && b->connecting == 0 && b->open + b->dead == b->conns) {
-            /* Everyone is connected: start the load on all at once. */
-            for (unsigned i = 0; i < b->conns; i++)
-                if (b->bc[i].state == BC_OPEN) send_batch(&b->bc[i]);
-        }
+        if (off == 0) return 0;
     }
     while (off < len) {
         ws_event ev;
@@ -172,23 +381,30 @@ static size_t bc_on_data(pconn *c, uint8_t *data, size_t len)
         }
         if (ev.type == WS_EV_PING) {
             uint8_t pong[WS_MAX_HEADER + 125];
-            static const uint8_t mask[4] = {1, 2, 3, 4};
-            size_t h = ws_frame_header(pong, WS_OP_PONG, true, false, ev.len, mask);
+            size_t h = ws_frame_header(pong, WS_OP_PONG, true, false, ev.len, MASK);
             memcpy(pong + h, ev.data, ev.len);
-            ws_mask(pong + h, ev.len, mask, 0);
+            ws_mask(pong + h, ev.len, MASK, 0);
             pconn_write(c, pong, h + ev.len);
             b->pings++;
             continue;
         }
         if (ev.type != WS_EV_MESSAGE) continue;
+        if (b->sio) {
+            if (ev.opcode == WS_OP_TEXT) on_sio_text(x, ev.data, ev.len);
+            continue;
+        }
+        if (b->scenario != SC_WS_ECHO) continue;
         if (ev.len != b->size) b->errors++;
-        if (--x->waiting == 0) {
+        if (x->waiting && --x->waiting == 0) {
             if (b->measuring) {
                 hist_add(&b->lat, ptime_ns() - x->sent_ns, b->pipeline);
                 b->msgs += b->pipeline;
-                b->bytes += (uint64_t)b->pipeline * b->size;
             }
-            if (!b->done) send_batch(x);
+            if (!b->done) {
+                x->sent_ns = ptime_ns();
+                x->waiting = b->pipeline;
+                pconn_write(c, b->batch, b->batch_len);
+            }
         }
     }
     return off;
@@ -209,40 +425,55 @@ static void bc_on_close(pconn *c, int err)
 {
     bconn *x = c->user;
     bench *b = x->b;
-    if (x->state == BC_OPEN) b->open--;
-    if (x->state == BC_CONNECTING || x->state == BC_HANDSHAKE) b->connecting--;
-    if (!b->done && err) b->errors++;
+    bool was_ready = x->state == BC_READY;
+    if (x->state == BC_CONNECTING || x->state == BC_HANDSHAKE || x->state == BC_EIO_OPEN ||
+        x->state == BC_SIO_CONNECT) {
+        if (b->connecting) b->connecting--;
+        if (!b->done) {
+            b->errors++;
+            fprintf(stderr, "bench: connection %u lost before ready: %s\n", x->idx,
+                    parley_strerror(err ? err : PARLEY_ECLOSED));
+        }
+    } else if (was_ready && !b->done && b->scenario != SC_CONNECT && err) {
+        b->errors++;
+    }
+    ws_parser_free(&x->wp);
+    if (b->scenario == SC_CONNECT && !b->done) {
+        /* Next session on the same slot. */
+        start_connect(b, x);
+        return;
+    }
     x->state = BC_DEAD;
     b->dead++;
-    ws_parser_free(&x->wp);
     if (b->done && b->dead == b->conns) uv_close((uv_handle_t *)&b->timer, NULL);
+    else if (!b->done) all_ready_check(b);
 }
 
 static const pconn_cbs bc_cbs = {
     .on_data = bc_on_data, .on_connect = bc_on_connect, .on_close = bc_on_close};
 
-static void on_phase(uv_timer_t *t)
+static void start_connect(bench *b, bconn *x)
 {
-    bench *b = t->data;
-    if (b->phase == 0) {
-        if (b->open == 0 && b->connecting > 0) {
-            /* Still connecting: wait for the load to start. */
-            uv_timer_start(&b->timer, on_phase, 100, 0);
-            return;
-        }
-        b->phase = 1;
-        b->measuring = true;
-        b->t_start = ptime_ns();
-        uv_timer_start(&b->timer, on_phase, (uint64_t)(b->duration_s * 1000), 0);
-        return;
+    pconn_init(&x->c, b->loop, &bc_cbs, x, 0);
+    ws_parser_init(&x->wp, false);
+    x->state = BC_CONNECTING;
+    x->ack_id = 0;
+    b->connecting++;
+    if (b->sources > 1) {
+        /* 127.0.0.0/8 is all loopback: more source addresses, more
+         * ephemeral ports. */
+        unsigned k = x->idx % b->sources;
+        char src[32];
+        snprintf(src, sizeof src, "127.0.%u.%u", k / 250, 1 + k % 250);
+        pconn_bind_local(&x->c, src);
     }
-    b->measuring = false;
-    b->done = true;
-    b->t_end = ptime_ns();
-    for (unsigned i = 0; i < b->conns; i++)
-        if (b->bc[i].state != BC_DEAD) pconn_close(&b->bc[i].c, false, 0);
-    if (b->dead == b->conns) uv_close((uv_handle_t *)&b->timer, NULL);
+    if (pconn_connect(&x->c, b->url.host, b->url.port, NULL, 10000) != 0) {
+        fprintf(stderr, "bench: cannot start connection %u\n", x->idx);
+        pconn_close(&x->c, false, PARLEY_EIO);
+    }
 }
+
+/* ---- phases ---- */
 
 /* Resident set of a process in bytes, from /proc/PID/status; -1 if unknown. */
 static long read_rss(unsigned pid)
@@ -258,66 +489,117 @@ static long read_rss(unsigned pid)
     return kb < 0 ? -1 : kb * 1024;
 }
 
-static void on_idle_phase(uv_timer_t *t)
+static void finish(bench *b)
 {
-    bench *b = t->data;
-    if (b->phase == 0) {
-        if (b->connecting > 0) {
-            uv_timer_start(&b->timer, on_idle_phase, 100, 0);
-            return;
-        }
-        /* Everyone is connected (or failed): hold, heartbeats running. */
-        b->phase = 1;
-        b->t_start = ptime_ns();
-        uv_timer_start(&b->timer, on_idle_phase, (uint64_t)(b->hold_s * 1000), 0);
-        return;
-    }
-    b->rss_after = read_rss(b->pid);
-    b->t_end = ptime_ns();
+    b->measuring = false;
     b->done = true;
+    b->t_end = ptime_ns();
     for (unsigned i = 0; i < b->conns; i++)
         if (b->bc[i].state != BC_DEAD) pconn_close(&b->bc[i].c, false, 0);
     if (b->dead == b->conns) uv_close((uv_handle_t *)&b->timer, NULL);
 }
 
-static int build_frames(bench *b)
+static void on_phase(uv_timer_t *t)
 {
-    uint8_t mask[4];
-    if (prand_bytes(mask, 4) != 0) return PARLEY_EIO;
-    uint8_t *payload = malloc(b->size ? b->size : 1);
-    if (!payload) return PARLEY_ENOMEM;
-    for (size_t i = 0; i < b->size; i++) payload[i] = (uint8_t)('a' + i % 26);
-    pbuf out = {0};
-    int rc = 0;
-    for (unsigned k = 0; k < b->pipeline && rc == 0; k++)
-        rc = ws_frame_append(&out, WS_OP_BINARY, true, false, payload, b->size, mask);
-    free(payload);
-    b->batch = out.ptr;
-    b->batch_len = out.len;
-    if (rc) return rc;
+    bench *b = t->data;
+    switch (b->phase) {
+    case 0: /* waiting for connections (and for the load to start) */
+        if (b->scenario != SC_CONNECT && b->scenario != SC_IDLE && !b->load_started) {
+            uv_timer_start(&b->timer, on_phase, 50, 0);
+            return;
+        }
+        if (b->scenario == SC_IDLE && (b->connecting > 0 || b->started < b->conns)) {
+            uv_timer_start(&b->timer, on_phase, 100, 0);
+            return;
+        }
+        b->phase = 1;
+        uv_timer_start(&b->timer, on_phase,
+                       (uint64_t)((b->scenario == SC_IDLE ? b->hold_s : b->warmup_s) * 1000), 0);
+        return;
+    case 1: /* warm-up over: measure */
+        if (b->scenario == SC_IDLE) {
+            b->rss_after = read_rss(b->pid);
+            finish(b);
+            return;
+        }
+        b->phase = 2;
+        b->measuring = true;
+        b->t_start = ptime_ns();
+        uv_timer_start(&b->timer, on_phase, (uint64_t)(b->duration_s * 1000), 0);
+        return;
+    case 2:
+        b->t_end = ptime_ns();
+        b->measuring = false;
+        if (b->scenario == SC_SIO_BCAST) {
+            /* Stop sending and let the last broadcasts arrive before
+             * counting losses. */
+            b->draining = true;
+            b->phase = 3;
+            uv_timer_start(&b->timer, on_phase, 2000, 0);
+            return;
+        }
+        finish(b);
+        return;
+    default: {
+        uint64_t t_end = b->t_end;
+        finish(b);
+        b->t_end = t_end;
+        return;
+    }
+    }
+}
+
+static int build_requests(bench *b)
+{
     char key[25];
     if (ws_client_key(key) != 0) return PARLEY_EIO;
     pbuf req = {0};
-    rc = ws_write_client_request(&req, b->url.host_header, b->url.target, key, NULL, 0, NULL, NULL,
-                                 0);
+    char target[2200];
+    if (b->sio) {
+        /* Engine.IO over WebSocket directly, as socket.io-client with
+         * transports: ["websocket"]. */
+        const char *q = strchr(b->url.target, '?');
+        snprintf(target, sizeof target, "%s%sEIO=4&transport=websocket", b->url.target,
+                 q ? "&" : "?");
+    } else {
+        snprintf(target, sizeof target, "%s", b->url.target);
+    }
+    int rc = ws_write_client_request(&req, b->url.host_header, target, key, NULL, 0, NULL, NULL, 0);
     b->request = req.ptr;
     b->request_len = req.len;
+    if (rc) return rc;
+    size_t n = PARLEY_MIN(b->size, sizeof b->payload - 1);
+    for (size_t i = 0; i < n; i++) b->payload[i] = (char)('a' + i % 26);
+    b->payload[n] = 0;
+    if (b->scenario == SC_WS_ECHO) {
+        pbuf out = {0};
+        for (unsigned k = 0; k < b->pipeline && rc == 0; k++)
+            rc = ws_frame_append(&out, WS_OP_BINARY, true, false, b->payload, b->size, MASK);
+        b->batch = out.ptr;
+        b->batch_len = out.len;
+    }
     return rc;
 }
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: parley bench ws-echo|idle [options]\n"
-               "  --url URL            ws://HOST:PORT/PATH of an echo endpoint (loopback only)\n"
-               "  --connections N      concurrent connections (default 100)\n"
-               "  --size BYTES         payload size (default 20)\n"
-               "  --pipeline K         frames per write, awaited together (default 1)\n"
-               "  --duration SECONDS   measured time (default 5)\n"
-               "  --warmup SECONDS     unmeasured time first (default 1)\n"
-               "  --json               one JSON object instead of the table\n"
-               "idle only:\n"
-               "  --pid PID            the server process whose RSS is measured (required)\n"
-               "  --hold SECONDS       how long connections are held (default 5)\n");
+    fprintf(f,
+            "usage: parley bench SCENARIO --url URL [options]\n"
+            "scenarios: ws-echo, sio-echo, sio-broadcast, connect, idle\n"
+            "  --url URL            ws://HOST:PORT/PATH (ws-echo, idle) or\n"
+            "                       http://HOST:PORT/socket.io/ (Socket.IO; loopback only)\n"
+            "  --connections N      connections / sessions (default 100)\n"
+            "  --size BYTES         payload size (default 20)\n"
+            "  --pipeline K         messages sent together and awaited together (default 1)\n"
+            "  --senders M          sio-broadcast: senders among the connections (default 1)\n"
+            "  --duration SECONDS   measured time (default 5)\n"
+            "  --warmup SECONDS     unmeasured time first (default 1)\n"
+            "  --sources N          spread connections over N source addresses 127.0.0.x\n"
+            "  --ramp N             open at most N connections at a time (default 256)\n"
+            "  --json               one JSON object instead of text\n"
+            "idle:\n"
+            "  --pid PID            the server process whose RSS is measured (required)\n"
+            "  --hold SECONDS       how long connections are held (default 5)\n");
 }
 
 static bool is_loopback(const char *host)
@@ -326,17 +608,79 @@ static bool is_loopback(const char *host)
            strcmp(host, "localhost") == 0;
 }
 
-static int run(int argc, char **argv, bool idle)
+static const char *scenario_name(int s)
+{
+    static const char *const names[] = {"ws-echo", "sio-echo", "sio-broadcast", "connect", "idle"};
+    return names[s];
+}
+
+static void report(bench *b, const char *url)
+{
+    double secs = (double)(b->t_end - b->t_start) / 1e9;
+    double rate = secs > 0 ? (double)b->msgs / secs : 0;
+    double us = 1e-3;
+    if (b->scenario == SC_IDLE) {
+        unsigned held = b->ready;
+        double per = held ? (double)(b->rss_after - b->rss_before) / held : 0;
+        if (b->json)
+            printf("{\"scenario\":\"idle\",\"protocol\":\"%s\",\"url\":\"%s\",\"connections\":%u,"
+                   "\"held\":%u,\"hold_s\":%.1f,\"pings_answered\":%llu,\"rss_before\":%ld,"
+                   "\"rss_after\":%ld,\"bytes_per_connection\":%.0f,\"errors\":%llu}\n",
+                   b->sio ? "socket.io" : "websocket", url, b->conns, held, b->hold_s,
+                   (unsigned long long)b->pings, b->rss_before, b->rss_after, per,
+                   (unsigned long long)b->errors);
+        else
+            printf("idle %s (%s): %u connections held %.1f s (%llu pings answered)\n"
+                   "  server RSS %ld -> %ld bytes: %.0f bytes per connection\n"
+                   "  errors: %llu\n",
+                   url, b->sio ? "socket.io" : "websocket", held, b->hold_s,
+                   (unsigned long long)b->pings, b->rss_before, b->rss_after, per,
+                   (unsigned long long)b->errors);
+        return;
+    }
+    uint64_t lost = b->expected > b->delivered ? b->expected - b->delivered : 0;
+    if (b->json) {
+        printf("{\"scenario\":\"%s\",\"url\":\"%s\",\"connections\":%u,\"size\":%zu,"
+               "\"pipeline\":%u,\"senders\":%u,\"seconds\":%.3f,\"messages\":%llu,"
+               "\"msg_per_s\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f,"
+               "\"lost\":%llu,\"errors\":%llu}\n",
+               scenario_name(b->scenario), url, b->conns, b->size, b->pipeline, b->senders, secs,
+               (unsigned long long)b->msgs, rate, (double)hist_pct(&b->lat, 50) * us,
+               (double)hist_pct(&b->lat, 99) * us, (double)b->lat.max * us,
+               (unsigned long long)lost, (unsigned long long)b->errors);
+        return;
+    }
+    printf("%s %s: %u connections, %zu-byte payloads, %.1f s\n", scenario_name(b->scenario), url,
+           b->conns, b->size, secs);
+    const char *unit = b->scenario == SC_CONNECT     ? "sessions/s"
+                       : b->scenario == SC_SIO_BCAST ? "deliveries/s"
+                       : b->scenario == SC_SIO_ECHO  ? "round trips/s"
+                                                     : "messages/s";
+    printf("  %.0f %s\n", rate, unit);
+    if (b->scenario != SC_CONNECT)
+        printf("  latency: p50 %.1f us, p99 %.1f us, max %.1f us\n",
+               (double)hist_pct(&b->lat, 50) * us, (double)hist_pct(&b->lat, 99) * us,
+               (double)b->lat.max * us);
+    if (b->scenario == SC_SIO_BCAST)
+        printf("  broadcasts %llu, deliveries %llu, lost %llu\n",
+               (unsigned long long)b->bcast_sent, (unsigned long long)b->delivered,
+               (unsigned long long)lost);
+    printf("  errors: %llu\n", (unsigned long long)b->errors);
+}
+
+static int run(int argc, char **argv, int scenario)
 {
     static bench b; /* large (histogram): not on the stack */
     memset(&b, 0, sizeof b);
-    b.idle = idle;
-    b.hold_s = 5;
+    b.scenario = scenario;
     b.conns = 100;
     b.pipeline = 1;
     b.size = 20;
+    b.senders = 1;
     b.duration_s = 5;
     b.warmup_s = 1;
+    b.hold_s = 5;
+    b.ramp = 256;
     const char *url = NULL;
     static const struct option longopts[] = {
         {"url", required_argument, 0, 'u'},      {"connections", required_argument, 0, 'c'},
@@ -344,7 +688,8 @@ static int run(int argc, char **argv, bool idle)
         {"duration", required_argument, 0, 'd'}, {"warmup", required_argument, 0, 'w'},
         {"json", no_argument, 0, 'j'},           {"help", no_argument, 0, 'h'},
         {"pid", required_argument, 0, 'p'},      {"hold", required_argument, 0, 'o'},
-        {0, 0, 0, 0},
+        {"senders", required_argument, 0, 'm'},  {"sources", required_argument, 0, 'r'},
+        {"ramp", required_argument, 0, 'a'},     {0, 0, 0, 0},
     };
     int ch;
     optind = 1;
@@ -359,100 +704,85 @@ static int run(int argc, char **argv, bool idle)
         case 'j': b.json = true; break;
         case 'p': b.pid = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'o': b.hold_s = strtod(optarg, NULL); break;
+        case 'm': b.senders = (unsigned)strtoul(optarg, NULL, 10); break;
+        case 'r': b.sources = (unsigned)strtoul(optarg, NULL, 10); break;
+        case 'a': b.ramp = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (!url || b.conns == 0 || b.conns > 100000 || b.pipeline == 0 || b.pipeline > 4096 ||
-        b.duration_s <= 0 || b.warmup_s < 0 || b.size > (16u << 20) ||
-        (idle && (b.pid == 0 || b.hold_s <= 0))) {
+    if (!url || b.conns == 0 || b.conns > 200000 || b.pipeline == 0 || b.pipeline > 4096 ||
+        b.duration_s <= 0 || b.warmup_s < 0 || b.ramp == 0 ||
+        (scenario == SC_WS_ECHO ? b.size > (16u << 20) : b.size > 4000) ||
+        (scenario == SC_IDLE && (b.pid == 0 || b.hold_s <= 0)) ||
+        (scenario == SC_SIO_BCAST && (b.senders == 0 || b.senders >= b.conns))) {
         usage(stderr);
         return 2;
     }
-    if (purl_parse(url, &b.url) != 0 || strcmp(b.url.scheme, "ws") != 0) {
-        fprintf(stderr, "bench: --url must be ws://...\n");
+    if (purl_parse(url, &b.url) != 0 || b.url.tls) {
+        fprintf(stderr, "bench: --url must be ws:// or http:// (no TLS)\n");
         return 2;
     }
     if (!is_loopback(b.url.host)) {
         fprintf(stderr, "bench: targets must be on loopback\n");
         return 2;
     }
-    if (build_frames(&b) != 0) return 1;
+    b.sio = strcmp(b.url.scheme, "http") == 0;
+    if (scenario == SC_WS_ECHO && b.sio) {
+        fprintf(stderr, "bench: ws-echo wants a ws:// URL\n");
+        return 2;
+    }
+    if ((scenario == SC_SIO_ECHO || scenario == SC_SIO_BCAST || scenario == SC_CONNECT) && !b.sio) {
+        fprintf(stderr, "bench: %s wants an http://HOST:PORT/socket.io/ URL\n",
+                scenario_name(scenario));
+        return 2;
+    }
+    if (build_requests(&b) != 0) return 1;
     b.loop = parley_loop_new();
     b.bc = pcalloc(b.conns, sizeof *b.bc);
-    if (!b.loop || !b.bc) return 1;
-    for (unsigned i = 0; i < b.conns; i++) {
-        bconn *x = &b.bc[i];
-        x->b = &b;
-        pconn_init(&x->c, b.loop, &bc_cbs, x, 0);
-        ws_parser_init(&x->wp, false);
-        x->state = BC_CONNECTING;
-        b.connecting++;
-        if (pconn_connect(&x->c, b.url.host, b.url.port, NULL, 10000) != 0) {
-            fprintf(stderr, "bench: cannot start connection %u\n", i);
-            pconn_close(&x->c, false, PARLEY_EIO);
-        }
+    if (scenario == SC_SIO_BCAST) {
+        b.slots = pcalloc(b.senders, sizeof *b.slots);
+        b.outstanding = pcalloc(b.senders, sizeof *b.outstanding);
+        b.next_seq = pcalloc(b.senders, sizeof *b.next_seq);
     }
-    uv_timer_init(b.loop->uv, &b.timer);
-    b.timer.data = &b;
-    if (idle) {
+    if (!b.loop || !b.bc || (scenario == SC_SIO_BCAST && (!b.slots || !b.outstanding || !b.next_seq)))
+        return 1;
+    for (unsigned i = 0; i < b.conns; i++) {
+        b.bc[i].b = &b;
+        b.bc[i].idx = i;
+        /* The first M connections send, the others receive. */
+        b.bc[i].receiver = scenario == SC_SIO_BCAST && i >= b.senders;
+        b.bc[i].state = BC_DEAD;
+    }
+    if (scenario == SC_IDLE) {
         b.rss_before = read_rss(b.pid);
         if (b.rss_before < 0) {
             fprintf(stderr, "bench: cannot read /proc/%u/status\n", b.pid);
             return 1;
         }
-        uv_timer_start(&b.timer, on_idle_phase, 100, 0);
-    } else {
+    }
+    uv_timer_init(b.loop->uv, &b.timer);
+    b.timer.data = &b;
+    unsigned first = scenario == SC_CONNECT ? b.conns : PARLEY_MIN(b.conns, b.ramp);
+    for (; b.started < first; b.started++) start_connect(&b, &b.bc[b.started]);
+    if (scenario == SC_CONNECT) {
+        /* Every slot reconnects forever: measure right away after warm-up. */
+        b.phase = 1;
         uv_timer_start(&b.timer, on_phase, (uint64_t)(b.warmup_s * 1000), 0);
+    } else {
+        uv_timer_start(&b.timer, on_phase, 50, 0);
     }
     parley_loop_run(b.loop);
-    if (idle) {
-        unsigned held = b.conns - (unsigned)b.errors;
-        double per = held ? (double)(b.rss_after - b.rss_before) / held : 0;
-        if (b.json)
-            printf("{\"scenario\":\"idle\",\"url\":\"%s\",\"connections\":%u,\"held\":%u,"
-                   "\"hold_s\":%.1f,\"pings_answered\":%llu,\"rss_before\":%ld,"
-                   "\"rss_after\":%ld,\"bytes_per_connection\":%.0f,\"errors\":%llu}\n",
-                   url, b.conns, held, b.hold_s, (unsigned long long)b.pings, b.rss_before,
-                   b.rss_after, per, (unsigned long long)b.errors);
-        else
-            printf("idle %s: %u connections held %.1f s (%llu pings answered)\n"
-                   "  server RSS %ld -> %ld bytes: %.0f bytes per connection\n"
-                   "  errors: %llu\n",
-                   url, held, b.hold_s, (unsigned long long)b.pings, b.rss_before, b.rss_after,
-                   per, (unsigned long long)b.errors);
-        free(b.bc);
-        free(b.batch);
-        free(b.request);
-        parley_loop_free(b.loop);
-        return b.errors ? 1 : 0;
-    }
-
-    double secs = (double)(b.t_end - b.t_start) / 1e9;
-    double rate = secs > 0 ? (double)b.msgs / secs : 0;
-    double us = 1e-3;
-    if (b.json) {
-        printf("{\"scenario\":\"ws-echo\",\"url\":\"%s\",\"connections\":%u,\"size\":%zu,"
-               "\"pipeline\":%u,\"seconds\":%.3f,\"messages\":%llu,\"msg_per_s\":%.0f,"
-               "\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f,\"errors\":%llu}\n",
-               url, b.conns, b.size, b.pipeline, secs, (unsigned long long)b.msgs, rate,
-               (double)hist_pct(&b.lat, 50) * us, (double)hist_pct(&b.lat, 99) * us,
-               (double)b.lat.max * us, (unsigned long long)b.errors);
-    } else {
-        printf("ws-echo %s: %u connections, %zu-byte messages, %u per write, %.1f s\n", url,
-               b.conns, b.size, b.pipeline, secs);
-        printf("  %-12s %14s\n", "messages/s", "");
-        printf("  %-12.0f\n", rate);
-        printf("  latency (round trip of a batch): p50 %.1f us, p99 %.1f us, max %.1f us\n",
-               (double)hist_pct(&b.lat, 50) * us, (double)hist_pct(&b.lat, 99) * us,
-               (double)b.lat.max * us);
-        printf("  errors: %llu\n", (unsigned long long)b.errors);
-    }
+    report(&b, url);
     free(b.bc);
     free(b.batch);
     free(b.request);
+    free(b.slots);
+    free(b.outstanding);
+    free(b.next_seq);
     parley_loop_free(b.loop);
-    return b.errors ? 1 : 0;
+    uint64_t lost = b.expected > b.delivered ? b.expected - b.delivered : 0;
+    return b.errors || lost ? 1 : 0;
 }
 
 int bench_main(int argc, char **argv)
@@ -461,8 +791,13 @@ int bench_main(int argc, char **argv)
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    if (!strcmp(argv[1], "ws-echo")) return run(argc - 1, argv + 1, false);
-    if (!strcmp(argv[1], "idle")) return run(argc - 1, argv + 1, true);
+    static const struct {
+        const char *name;
+        int sc;
+    } sc[] = {{"ws-echo", SC_WS_ECHO},   {"sio-echo", SC_SIO_ECHO}, {"sio-broadcast", SC_SIO_BCAST},
+              {"connect", SC_CONNECT},   {"idle", SC_IDLE}};
+    for (size_t i = 0; i < PARLEY_ARRAY_LEN(sc); i++)
+        if (!strcmp(argv[1], sc[i].name)) return run(argc - 1, argv + 1, sc[i].sc);
     fprintf(stderr, "bench: unknown scenario '%s'\n", argv[1]);
     return 2;
 }
