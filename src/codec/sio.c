@@ -125,8 +125,10 @@ int sio_parse(const char *s, size_t len, const sio_limits *lim, sio_packet *out,
             return fail(why, "invalid JSON data");
     }
 
-    /* Per-type rules of the reference (isPayloadValid / isDataValid):
-     * only CONNECT and DISCONNECT may come without data. */
+    /* Per-type rules of the reference decoder (isPayloadValid), which
+     * checks data only when there is some: an EVENT or ACK without data
+     * decodes (the server then ignores the event, or acks with no
+     * arguments). */
     bool ok;
     switch (type) {
     case SIO_CONNECT:
@@ -137,11 +139,11 @@ int sio_parse(const char *s, size_t len, const sio_limits *lim, sio_packet *out,
         break;
     case SIO_EVENT:
     case SIO_BINARY_EVENT:
-        ok = event_data_ok(&data);
+        ok = data.type == JSON_INVALID || event_data_ok(&data);
         break;
     case SIO_ACK:
     case SIO_BINARY_ACK:
-        ok = data.type == JSON_ARRAY;
+        ok = data.type == JSON_INVALID || data.type == JSON_ARRAY;
         break;
     default: /* SIO_CONNECT_ERROR */
         ok = data.type == JSON_STRING || data.type == JSON_OBJECT;

@@ -942,6 +942,65 @@ static void on_connect_packet(sio_client *c, const sio_packet *pk)
     s->auth_len = 0;
 }
 
+/* Placeholders as the reference re-encodes them: numbered 0, 1, ... in
+ * the order they appear, one attachment per occurrence, attachments no
+ * placeholder refers to dropped. Rewrites args in place when needed. */
+typedef struct ph_list {
+    const char *base;
+    size_t n;
+    bool overflow;
+    struct {
+        size_t off, len;
+        unsigned num;
+    } v[MAX_ATTACHMENTS];
+} ph_list;
+
+static void collect_ph(const json_val *ph, unsigned num, void *user)
+{
+    ph_list *l = user;
+    if (l->n == MAX_ATTACHMENTS) {
+        l->overflow = true;
+        return;
+    }
+    l->v[l->n].off = (size_t)(ph->p - l->base);
+    l->v[l->n].len = ph->len;
+    l->v[l->n].num = num;
+    l->n++;
+}
+
+static int canonical_bins(parley_server *srv, pbuf *args, const parley_bin *in, size_t nin,
+                          parley_bin *out, size_t *nout)
+{
+    json_val v;
+    if (json_parse((const char *)args->ptr, args->len, srv->lim.max_depth, &v, NULL) != 0)
+        return PARLEY_EPROTO;
+    ph_list l = {.base = (const char *)args->ptr};
+    const char *why;
+    if (sio_check_placeholders(&v, (unsigned)nin, srv->lim.max_depth, collect_ph, &l, &why) != 0 ||
+        l.overflow)
+        return PARLEY_EPROTO;
+    bool same = l.n == nin;
+    for (size_t i = 0; same && i < l.n; i++) same = l.v[i].num == i;
+    for (size_t i = 0; i < l.n; i++) out[i] = in[l.v[i].num];
+    *nout = l.n;
+    if (same) return 0;
+    pbuf tmp = {0};
+    size_t at = 0;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < l.n; i++) {
+        rc = pbuf_append(&tmp, args->ptr + at, l.v[i].off - at);
+        if (rc == 0) rc = pbuf_appendf(&tmp, "{\"_placeholder\":true,\"num\":%zu}", i);
+        at = l.v[i].off + l.v[i].len;
+    }
+    if (rc == 0) rc = pbuf_append(&tmp, args->ptr + at, args->len - at);
+    if (rc == 0) {
+        args->len = 0;
+        rc = pbuf_append(args, tmp.ptr, tmp.len);
+    }
+    pbuf_free(&tmp);
+    return rc;
+}
+
 /* Delivers an EVENT or ACK with its arguments (attachments resolved). */
 static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins, size_t nbins)
 {
@@ -955,6 +1014,8 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
     pbuf *args = &srv->scratch2;
     args->len = 0;
     if (pk->type == SIO_EVENT || pk->type == SIO_BINARY_EVENT) {
+        /* No data, no event name: nothing to dispatch (as the reference). */
+        if (pk->data.type == JSON_INVALID) return;
         json_iter it;
         json_iter_init(&it, &pk->data);
         json_val name;
@@ -981,11 +1042,14 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
             if (rc == 0) rc = json_compact(args, &e);
         }
         if (rc == 0) rc = pbuf_append(args, "]", 1);
+        parley_bin canon[MAX_ATTACHMENTS];
+        size_t ncanon = 0;
+        if (rc == 0 && nbins) rc = canonical_bins(srv, args, bins, nbins, canon, &ncanon);
         if (rc) {
             client_close(c);
             return;
         }
-        parley_args a = {(const char *)args->ptr, args->len, bins, nbins};
+        parley_args a = {(const char *)args->ptr, args->len, ncanon ? canon : NULL, ncanon};
         if (s->nsp->h.on_event) s->nsp->h.on_event(s, ev, (size_t)evlen, &a, pk->id, s->nsp->h.user);
         return;
     }
@@ -995,12 +1059,17 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
         if (a->id != pk->id) continue;
         *pp = a->next;
         ploop_timer_stop(srv->loop, &a->timer);
-        if (json_compact(args, &pk->data) != 0) {
+        int rc = pk->data.type == JSON_INVALID ? pbuf_append(args, "[]", 2)
+                                                : json_compact(args, &pk->data);
+        parley_bin canon[MAX_ATTACHMENTS];
+        size_t ncanon = 0;
+        if (rc == 0 && nbins) rc = canonical_bins(srv, args, bins, nbins, canon, &ncanon);
+        if (rc) {
             free(a);
             client_close(c);
             return;
         }
-        parley_args pa = {(const char *)args->ptr, args->len, bins, nbins};
+        parley_args pa = {(const char *)args->ptr, args->len, ncanon ? canon : NULL, ncanon};
         a->fn(s, 0, &pa, a->user);
         free(a);
         return;
