@@ -273,9 +273,10 @@ static void write_out(pconn *c, pbuf *src)
         return;
     }
     if ((size_t)n == src->len) {
-        src->len = 0;
-        /* Keep a small buffer for the next burst; give big ones back. */
-        pbuf_reset(src, 64 * 1024);
+        /* All out: give the buffer back, so that an idle connection holds
+         * no output memory (a malloc per burst costs far less than the
+         * write syscall it accompanies). */
+        pbuf_reset(src, 0);
         return;
     }
     pseg *seg = malloc(sizeof *seg);

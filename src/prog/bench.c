@@ -15,7 +15,9 @@
  *                  upgrade, open packet, CONNECT, close), N in parallel.
  *   idle           N WebSocket connections or Socket.IO sessions held open
  *                  (answering the server's pings) for a while; the server's
- *                  RSS growth per connection from /proc/PID/status.
+ *                  RSS growth per connection from /proc/PID/status, measured
+ *                  between N/10 (at most 1000) and N connections so that
+ *                  start-up and allocator warm-up are not counted.
  *
  * The generator must never be the bottleneck: frames are encoded and
  * masked once where they do not change, replies are parsed in place, and
@@ -123,6 +125,7 @@ struct bench {
     unsigned pid;
     bconn *bc;
     unsigned open, ready, dead, connecting, started;
+    unsigned limit; /* connections to open for now (idle opens in two steps) */
     uint8_t *batch; /* ws-echo: K masked frames shared by all connections */
     size_t batch_len;
     uint8_t *request; /* the upgrade request, shared */
@@ -138,6 +141,7 @@ struct bench {
     uint64_t *next_seq;
     hist lat;
     long rss_before, rss_after;
+    unsigned first_step; /* idle: connections open when rss_before was read */
     uv_timer_t timer;
     int phase;
 };
@@ -230,7 +234,7 @@ static void on_ready(bconn *x)
         return;
     }
     /* Ramp: start the next connection. */
-    if (b->started < b->conns) start_connect(b, &b->bc[b->started++]);
+    if (b->started < b->limit) start_connect(b, &b->bc[b->started++]);
 }
 
 static void all_ready_check(bench *b)
@@ -317,7 +321,7 @@ static void on_sio_text(bconn *x, const uint8_t *p, size_t len)
         if (b->scenario == SC_SIO_BCAST) {
             if (!x->joined) {
                 x->joined = true;
-                if (b->started < b->conns) start_connect(b, &b->bc[b->started++]);
+                if (b->started < b->limit) start_connect(b, &b->bc[b->started++]);
                 all_ready_check(b);
             }
             return;
@@ -508,9 +512,28 @@ static void on_phase(uv_timer_t *t)
             uv_timer_start(&b->timer, on_phase, 50, 0);
             return;
         }
-        if (b->scenario == SC_IDLE && (b->connecting > 0 || b->started < b->conns)) {
-            uv_timer_start(&b->timer, on_phase, 100, 0);
-            return;
+        if (b->scenario == SC_IDLE) {
+            if (b->connecting > 0 || b->started < b->limit) {
+                uv_timer_start(&b->timer, on_phase, 100, 0);
+                return;
+            }
+            if (b->limit < b->conns) {
+                /* The first step is up and settled: measure from here, so
+                 * that start-up allocations and allocator warm-up do not
+                 * count as per-connection memory. */
+                if (b->rss_before == 0) {
+                    uv_timer_start(&b->timer, on_phase, 1000, 0);
+                    b->rss_before = -1;
+                    return;
+                }
+                b->rss_before = read_rss(b->pid);
+                b->first_step = b->ready;
+                b->limit = b->conns;
+                unsigned more = PARLEY_MIN(b->ramp, b->conns - b->started);
+                for (unsigned i = 0; i < more; i++) start_connect(b, &b->bc[b->started++]);
+                uv_timer_start(&b->timer, on_phase, 100, 0);
+                return;
+            }
         }
         b->phase = 1;
         uv_timer_start(&b->timer, on_phase,
@@ -621,7 +644,8 @@ static void report(bench *b, const char *url)
     double us = 1e-3;
     if (b->scenario == SC_IDLE) {
         unsigned held = b->ready;
-        double per = held ? (double)(b->rss_after - b->rss_before) / held : 0;
+        unsigned added = held > b->first_step ? held - b->first_step : 0;
+        double per = added ? (double)(b->rss_after - b->rss_before) / added : 0;
         if (b->json)
             printf("{\"scenario\":\"idle\",\"protocol\":\"%s\",\"url\":\"%s\",\"connections\":%u,"
                    "\"held\":%u,\"hold_s\":%.1f,\"pings_answered\":%llu,\"rss_before\":%ld,"
@@ -754,16 +778,19 @@ static int run(int argc, char **argv, int scenario)
         b.bc[i].receiver = scenario == SC_SIO_BCAST && i >= b.senders;
         b.bc[i].state = BC_DEAD;
     }
+    b.limit = b.conns;
     if (scenario == SC_IDLE) {
-        b.rss_before = read_rss(b.pid);
-        if (b.rss_before < 0) {
+        if (read_rss(b.pid) < 0) {
             fprintf(stderr, "bench: cannot read /proc/%u/status\n", b.pid);
             return 1;
         }
+        /* Two steps: a tenth (at most 1000) first, then the rest; the RSS
+         * growth of the second step per connection is reported. */
+        b.limit = PARLEY_MAX(1u, PARLEY_MIN(1000u, b.conns / 10));
     }
     uv_timer_init(b.loop->uv, &b.timer);
     b.timer.data = &b;
-    unsigned first = scenario == SC_CONNECT ? b.conns : PARLEY_MIN(b.conns, b.ramp);
+    unsigned first = scenario == SC_CONNECT ? b.conns : PARLEY_MIN(b.limit, b.ramp);
     for (; b.started < first; b.started++) start_connect(&b, &b.bc[b.started]);
     if (scenario == SC_CONNECT) {
         /* Every slot reconnects forever: measure right away after warm-up. */
