@@ -619,8 +619,7 @@ outq_entry *outq_next(outq *q, uint64_t now_ms)
 void outq_sent(outq *q, outq_entry *e)
 {
     if (!q || !e) return;
-    qent *x = (qent *)e;
-    assert(pmap_get(&q->ids, e->id, OUTQ_ID_LEN) == x);
+    assert(pmap_get(&q->ids, e->id, OUTQ_ID_LEN) == (qent *)e);
     if (!e->in_flight) {
         e->in_flight = true;
         q->in_flight++;
