@@ -8,12 +8,12 @@
 
 int pbuf_reserve(pbuf *b, size_t extra)
 {
-    if (b->cap - b->len >= extra) return 0;
-    if (extra > SIZE_MAX - b->len) return PARLEY_ENOMEM;
+    if ((size_t)(b->cap - b->len) >= extra) return 0;
+    if (extra > (size_t)(PBUF_MAX - b->len)) return PARLEY_ENOMEM;
     size_t need = b->len + extra;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < need) {
-        if (cap > SIZE_MAX / 2) {
+        if (cap > PBUF_MAX / 2) {
             cap = need;
             break;
         }
@@ -22,7 +22,7 @@ int pbuf_reserve(pbuf *b, size_t extra)
     uint8_t *p = realloc(b->ptr, cap);
     if (!p) return PARLEY_ENOMEM;
     b->ptr = p;
-    b->cap = cap;
+    b->cap = (uint32_t)cap;
     return 0;
 }
 
@@ -32,7 +32,7 @@ int pbuf_append(pbuf *b, const void *p, size_t n)
     int rc = pbuf_reserve(b, n);
     if (rc) return rc;
     memcpy(b->ptr + b->len, p, n);
-    b->len += n;
+    b->len += (uint32_t)n;
     return 0;
 }
 
@@ -55,7 +55,7 @@ int pbuf_appendf(pbuf *b, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf((char *)b->ptr + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
-    b->len += (size_t)n;
+    b->len += (uint32_t)n;
     return 0;
 }
 
@@ -66,7 +66,7 @@ void pbuf_consume(pbuf *b, size_t n)
         return;
     }
     memmove(b->ptr, b->ptr + n, b->len - n);
-    b->len -= n;
+    b->len -= (uint32_t)n;
 }
 
 void pbuf_free(pbuf *b)

@@ -7,12 +7,16 @@
 #include <string.h>
 
 /* A growable buffer: bytes [ptr, ptr+len) are valid, capacity is cap.
- * A zeroed pbuf is an empty buffer that owns nothing. */
+ * A zeroed pbuf is an empty buffer that owns nothing. 16 bytes: every
+ * connection holds two; a buffer is at most 4 GiB - 1 (reservations past
+ * that fail with PARLEY_ENOMEM). */
 typedef struct pbuf {
     uint8_t *ptr;
-    size_t len;
-    size_t cap;
+    uint32_t len;
+    uint32_t cap;
 } pbuf;
+
+#define PBUF_MAX UINT32_MAX
 
 /* Ensures room for `extra` more bytes. 0 or PARLEY_ENOMEM (also on size
  * overflow). Growth is geometric so appends are amortised O(1). */

@@ -6,7 +6,7 @@
 
 static inline bool before(const ptimer *a, const ptimer *b)
 {
-    return a->deadline < b->deadline || (a->deadline == b->deadline && a->seq < b->seq);
+    return a->deadline < b->deadline;
 }
 
 static inline void place(ptimer_heap *h, uint32_t i, ptimer *t)
@@ -54,7 +54,6 @@ int ptimer_heap_add(ptimer_heap *h, ptimer *t, uint64_t deadline)
         h->cap = cap;
     }
     t->deadline = deadline;
-    t->seq = h->seq++;
     place(h, h->n++, t);
     sift_up(h, t->index);
     return 0;

@@ -1,5 +1,5 @@
 /* A min-heap of deadlines. One libuv timer per loop drives every timer of
- * every connection, so a connection's timers cost 32 bytes, not a uv_timer_t
+ * every connection, so a connection's timers cost 24 bytes, not a uv_timer_t
  * (152 bytes) each. Sans-I/O: the caller passes the clock in. */
 #ifndef PARLEY_BASE_THEAP_H
 #define PARLEY_BASE_THEAP_H
@@ -10,11 +10,12 @@
 typedef struct ptimer ptimer;
 typedef void (*ptimer_cb)(ptimer *t);
 
+/* 24 bytes: every connection carries one, so size matters. Timers with
+ * equal deadlines fire in no particular order. */
 struct ptimer {
     uint64_t deadline; /* milliseconds on the caller's clock */
-    uint64_t seq;      /* tie-break: equal deadlines fire in arming order */
-    uint32_t index;    /* heap slot; PTIMER_IDLE when not armed */
     ptimer_cb cb;
+    uint32_t index; /* heap slot; PTIMER_IDLE when not armed */
 };
 
 #define PTIMER_IDLE UINT32_MAX
@@ -22,13 +23,11 @@ struct ptimer {
 typedef struct ptimer_heap {
     ptimer **v;
     uint32_t n, cap;
-    uint64_t seq;
 } ptimer_heap;
 
 static inline void ptimer_init(ptimer *t, ptimer_cb cb)
 {
     t->deadline = 0;
-    t->seq = 0;
     t->index = PTIMER_IDLE;
     t->cb = cb;
 }

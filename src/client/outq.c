@@ -663,6 +663,13 @@ void outq_requeue(outq *q)
     q->in_flight = 0;
 }
 
+static int by_expiry(const void *a, const void *b)
+{
+    const qent *x = *(qent *const *)a, *y = *(qent *const *)b;
+    if (x->e.expires_ms != y->e.expires_ms) return x->e.expires_ms < y->e.expires_ms ? -1 : 1;
+    return x->e.seq < y->e.seq ? -1 : x->e.seq > y->e.seq;
+}
+
 size_t outq_expire(outq *q, uint64_t now_ms, void (*cb)(const outq_entry *e, void *user),
                    void *user)
 {
@@ -679,6 +686,20 @@ size_t outq_expire(outq *q, uint64_t now_ms, void (*cb)(const outq_entry *e, voi
         n++;
     }
     if (!n) return 0;
+    /* The timer heap does not order equal deadlines: report in
+     * (expiry, push order), so that ties come out as they went in. */
+    if (n > 1) {
+        qent **v = malloc(n * sizeof *v);
+        if (v) {
+            size_t k = 0;
+            for (qent *x = gone; x; x = x->gone) v[k++] = x;
+            qsort(v, n, sizeof *v, by_expiry);
+            for (k = 0; k + 1 < n; k++) v[k]->gone = v[k + 1];
+            v[n - 1]->gone = NULL;
+            gone = v[0];
+            free(v);
+        }
+    }
     if (q->db) {
         /* All rows in one transaction: one WAL commit however many expire. */
         bool txn = n > 1 && db_run(q, ST_BEGIN, "begin") == 0;

@@ -66,6 +66,45 @@ struct pconn_connect {
     char host[256];
 };
 
+/* What only some connections need. */
+struct pconn_ext {
+    pconn *c;
+    ptls *tls;
+    struct pconn_outq q;
+    struct pconn_write *w;
+    struct pconn_connect *connecting;
+    ptimer timer; /* connect deadline, close linger */
+};
+
+static struct pconn_ext *ext(pconn *c)
+{
+    if (!c->x) {
+        c->x = pcalloc(1, sizeof *c->x);
+        if (!c->x) return NULL;
+        c->x->c = c;
+        ptimer_init(&c->x->timer, NULL);
+    }
+    return c->x;
+}
+
+#define XTLS(c)  ((c)->x ? (c)->x->tls : NULL)
+#define XW(c)    ((c)->x ? (c)->x->w : NULL)
+#define XCONN(c) ((c)->x ? (c)->x->connecting : NULL)
+
+static void stop_timer(pconn *c)
+{
+    if (c->x) ploop_timer_stop(c->loop, &c->x->timer);
+}
+
+/* Arms the connection's timer; false when out of memory. */
+static bool start_timer(pconn *c, ptimer_cb cb, uint64_t ms)
+{
+    struct pconn_ext *e = ext(c);
+    if (!e) return false;
+    e->timer.cb = cb;
+    return ploop_timer_start(c->loop, &e->timer, ms) == 0;
+}
+
 static void do_close(pconn *c);
 static void start_reading(pconn *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -90,8 +129,7 @@ void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, void *user, s
     c->loop = loop;
     c->cbs = cbs;
     c->user = user;
-    c->max_out = max_out ? max_out : PCONN_DEFAULT_MAX_OUT;
-    ptimer_init(&c->timer, NULL);
+    c->max_out = (uint32_t)PARLEY_MIN(max_out ? max_out : PCONN_DEFAULT_MAX_OUT, (size_t)UINT32_MAX);
     uv_tcp_init(loop->uv, &c->tcp);
     c->tcp.data = c;
     c->flags = PCONN_HAS_TCP;
@@ -101,9 +139,11 @@ void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, void *user, s
 size_t pconn_pending(const pconn *c)
 {
     size_t n = c->out.len;
-    if (c->q) n += c->q->bytes;
-    if (c->tls) n += c->tls->wire.len;
-    if (c->w) n += c->w->bytes;
+    if (c->x) {
+        n += c->x->q.bytes;
+        if (c->x->tls) n += c->x->tls->wire.len;
+        if (c->x->w) n += c->x->w->bytes;
+    }
     return n;
 }
 
@@ -130,11 +170,11 @@ static int outq_push(struct pconn_outq *q, pseg seg)
 
 static void outq_free(pconn *c)
 {
-    if (!c->q) return;
-    for (uint32_t i = c->q->head; i < c->q->n; i++) pseg_release(&c->q->v[i]);
-    free(c->q->v);
-    free(c->q);
-    c->q = NULL;
+    if (!c->x) return;
+    struct pconn_outq *q = &c->x->q;
+    for (uint32_t i = q->head; i < q->n; i++) pseg_release(&q->v[i]);
+    free(q->v);
+    memset(q, 0, sizeof *q);
 }
 
 static void schedule_flush(pconn *c)
@@ -165,7 +205,7 @@ static int check_limit(pconn *c)
     char peer[64];
     pconn_peer_name(c, peer, sizeof peer);
     plog_warn("closing %s: %zu bytes of output not taken by the peer (limit %zu)", peer,
-              pconn_pending(c), c->max_out);
+              pconn_pending(c), (size_t)c->max_out);
     pconn_close(c, false, PARLEY_EFULL);
     return PARLEY_EFULL;
 }
@@ -213,7 +253,7 @@ static void on_write(uv_write_t *req, int status)
     struct pconn_write *w = PARLEY_CONTAINER_OF(req, struct pconn_write, req);
     pconn *c = w->c;
     c->flags &= ~PCONN_WRITING;
-    c->w = NULL;
+    c->x->w = NULL;
     for (uint32_t i = 0; i < w->nsegs; i++) pseg_release(&w->segs[i]);
     free(w->segs);
     free(w);
@@ -229,7 +269,7 @@ static void on_write(uv_write_t *req, int status)
  * completes. */
 static void write_rest(pconn *c, pseg *segs, uint32_t nsegs, size_t bytes)
 {
-    struct pconn_write *w = malloc(sizeof *w);
+    struct pconn_write *w = ext(c) ? malloc(sizeof *w) : NULL;
     uv_buf_t small[8];
     uv_buf_t *bufs = nsegs <= 8 ? small : malloc(nsegs * sizeof *bufs);
     if (!w || !bufs) {
@@ -256,7 +296,7 @@ static void write_rest(pconn *c, pseg *segs, uint32_t nsegs, size_t bytes)
         pconn_close(c, false, uv_to_parley(rc));
         return;
     }
-    c->w = w;
+    c->x->w = w;
     c->flags |= PCONN_WRITING;
 }
 
@@ -294,7 +334,7 @@ static void write_out(pconn *c, pbuf *src)
 static void write_queue(pconn *c)
 {
     if (c->flags & PCONN_WRITING) return;
-    struct pconn_outq *q = c->q;
+    struct pconn_outq *q = c->x ? &c->x->q : NULL;
     if (!q || q->head == q->n) {
         write_out(c, &c->out);
         return;
@@ -357,17 +397,15 @@ int pconn_write_shared(pconn *c, pshared *blk, size_t off, size_t len)
     if (c->flags & PCONN_CLOSING) return PARLEY_ECLOSED;
     int rc = check_limit(c);
     if (rc || len == 0) return rc;
-    if (!c->q) {
-        c->q = pcalloc(1, sizeof *c->q);
-        if (!c->q) return PARLEY_ENOMEM;
-    }
+    struct pconn_ext *e = ext(c);
+    if (!e) return PARLEY_ENOMEM;
     if (c->out.len) {
         /* Bytes written before must go first: the tail joins the queue. */
-        rc = outq_push(c->q, (pseg){.own = c->out.ptr, .len = c->out.len});
+        rc = outq_push(&e->q, (pseg){.own = c->out.ptr, .len = c->out.len});
         if (rc) return rc;
         memset(&c->out, 0, sizeof c->out);
     }
-    rc = outq_push(c->q, (pseg){.blk = pshared_ref(blk), .off = off, .len = len});
+    rc = outq_push(&e->q, (pseg){.blk = pshared_ref(blk), .off = off, .len = len});
     if (rc) {
         pshared_unref(blk);
         return rc;
@@ -381,7 +419,7 @@ static void tls_fail(pconn *c, const char *what)
     char buf[256], peer[64];
     pconn_peer_name(c, peer, sizeof peer);
     plog_info("TLS error with %s (%s): %s", peer, what, ptls__errstr(buf, sizeof buf));
-    if (c->connecting) {
+    if (XCONN(c)) {
         connect_done(c, PARLEY_ETLS);
         return;
     }
@@ -394,7 +432,7 @@ static int tls_write_all(pconn *c, const uint8_t *p, size_t len)
     size_t off = 0;
     while (off < len) {
         size_t chunk = PARLEY_MIN(len - off, (size_t)1 << 30);
-        int n = SSL_write(c->tls->ssl, p + off, (int)chunk);
+        int n = SSL_write(c->x->tls->ssl, p + off, (int)chunk);
         if (n <= 0) {
             tls_fail(c, "write");
             return PARLEY_ETLS;
@@ -406,10 +444,10 @@ static int tls_write_all(pconn *c, const uint8_t *p, size_t len)
 
 static int tls_encrypt(pconn *c)
 {
-    ptls *t = c->tls;
-    if (t->done && !t->shutdown_sent && c->q) {
+    ptls *t = c->x->tls;
+    if (t->done && !t->shutdown_sent && c->x->q.head < c->x->q.n) {
         /* SSL_write copies into records: shared blocks cost no extra copy. */
-        struct pconn_outq *q = c->q;
+        struct pconn_outq *q = &c->x->q;
         while (q->head < q->n) {
             pseg *sg = &q->v[q->head];
             if (tls_write_all(c, pseg_data(sg), sg->len) != 0) return PARLEY_ETLS;
@@ -505,9 +543,9 @@ void pconn__flush(pconn *c)
     }
     if (c->flags & PCONN_WRITING) return; /* on_write flushes again */
     if (c->flags & PCONN_CONNECTED) {
-        if (c->tls) {
+        if (XTLS(c)) {
             if (tls_encrypt(c) != 0) return;
-            write_out(c, &c->tls->wire);
+            write_out(c, &c->x->tls->wire);
         } else {
             write_queue(c);
         }
@@ -524,7 +562,7 @@ void pconn_redeliver(pconn *c)
 
 void pconn_expect(pconn *c, size_t total)
 {
-    c->in_hint = total;
+    c->in_hint = (uint32_t)PARLEY_MIN(total, (size_t)UINT32_MAX);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -534,7 +572,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     /* Plain connections holding a partial message read straight into their
      * own buffer (sized for the frame being received when known); all
      * others read into the loop's shared buffer. */
-    if (!c->tls && c->in.len > 0) {
+    if (!XTLS(c) && c->in.len > 0) {
         size_t want = PCONN_MIN_READ;
         if (c->in_hint > c->in.len) want = PARLEY_MAX(want, c->in_hint - c->in.len);
         if (pbuf_reserve(&c->in, want) == 0) {
@@ -603,12 +641,12 @@ static void handle_eof(pconn *c)
 
 static void tls_progress(pconn *c)
 {
-    ptls *t = c->tls;
+    ptls *t = c->x->tls;
     if (!t->done) {
         int rc = SSL_do_handshake(t->ssl);
         if (rc == 1) {
             t->done = true;
-            if (c->connecting) connect_done(c, 0);
+            if (XCONN(c)) connect_done(c, 0);
             if (c->flags & PCONN_CLOSING) return;
         } else {
             int e = SSL_get_error(t->ssl, rc);
@@ -677,8 +715,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->flags & PCONN_CLOSING) return;
-    if (c->tls) {
-        if (BIO_write(c->tls->rbio, buf->base, (int)nread) != (int)nread) {
+    if (XTLS(c)) {
+        if (BIO_write(c->x->tls->rbio, buf->base, (int)nread) != (int)nread) {
             pconn_close(c, false, PARLEY_ENOMEM);
             return;
         }
@@ -717,8 +755,11 @@ static void on_uv_close(uv_handle_t *h)
     pbuf_free(&c->in);
     pbuf_free(&c->out);
     outq_free(c);
-    ptls__free(c->tls);
-    c->tls = NULL;
+    if (c->x) {
+        ptls__free(c->x->tls);
+        free(c->x);
+        c->x = NULL;
+    }
     c->loop->nconns--;
     if (c->cbs->on_close) c->cbs->on_close(c, c->close_err);
 }
@@ -728,17 +769,17 @@ static void do_close(pconn *c)
     if (c->flags & PCONN_CLOSED) return;
     c->flags |= PCONN_CLOSED | PCONN_CLOSING;
     unlink_flush(c);
-    ploop_timer_stop(c->loop, &c->timer);
+    stop_timer(c);
     if (c->flags & PCONN_REOPENING) {
         /* The handle is already closing: on_reopened finishes the job. */
-        if (c->connecting) c->connecting->c = NULL;
-        c->connecting = NULL;
+        if (XCONN(c)) c->x->connecting->c = NULL;
+        if (c->x) c->x->connecting = NULL;
         return;
     }
-    if (c->connecting) {
-        struct pconn_connect *st = c->connecting;
+    if (XCONN(c)) {
+        struct pconn_connect *st = c->x->connecting;
         st->c = NULL;
-        c->connecting = NULL;
+        c->x->connecting = NULL;
         if (st->resolving) uv_cancel((uv_req_t *)&st->gai);
         /* A pending uv_connect is cancelled by closing the handle; its
          * callback still runs and frees st. */
@@ -752,7 +793,7 @@ static void do_close(pconn *c)
 
 static void on_linger_timeout(ptimer *t)
 {
-    pconn *c = PARLEY_CONTAINER_OF(t, pconn, timer);
+    pconn *c = PARLEY_CONTAINER_OF(t, struct pconn_ext, timer)->c;
     do_close(c);
 }
 
@@ -769,17 +810,20 @@ void pconn_close(pconn *c, bool graceful, int err)
         return; /* already lingering */
     }
     if (graceful && (c->flags & PCONN_CONNECTED)) {
-        if (c->tls && c->tls->done && !c->tls->shutdown_sent) {
+        ptls *t = XTLS(c);
+        if (t && t->done && !t->shutdown_sent) {
             /* Plaintext still queued must be encrypted before close_notify. */
             if (tls_encrypt(c) != 0) return;
-            SSL_shutdown(c->tls->ssl);
-            c->tls->shutdown_sent = true;
-            ptls__drain(c->tls);
+            SSL_shutdown(t->ssl);
+            t->shutdown_sent = true;
+            ptls__drain(t);
         }
         if (!(c->flags & PCONN_EOF) || pconn_pending(c) > 0) {
             c->flags |= PCONN_LINGER;
-            c->timer.cb = on_linger_timeout;
-            ploop_timer_start(c->loop, &c->timer, PCONN_LINGER_MS);
+            if (!start_timer(c, on_linger_timeout, PCONN_LINGER_MS)) {
+                do_close(c);
+                return;
+            }
             schedule_flush(c);
             return;
         }
@@ -813,11 +857,12 @@ static int begin_session(pconn *c, ptls_ctx *tls, const char *host)
     c->flags |= PCONN_CONNECTED;
     uv_tcp_nodelay(&c->tcp, 1);
     if (tls) {
-        c->tls = ptls__new(tls, host);
-        if (!c->tls) return PARLEY_ENOMEM;
+        if (!ext(c)) return PARLEY_ENOMEM;
+        c->x->tls = ptls__new(tls, host);
+        if (!c->x->tls) return PARLEY_ENOMEM;
     }
     start_reading(c);
-    if (c->tls) {
+    if (XTLS(c)) {
         /* The client speaks first; the server waits for ClientHello. */
         if (!tls->server) tls_progress(c);
     }
@@ -909,9 +954,9 @@ static void try_next_address(struct pconn_connect *st);
 
 static void connect_done(pconn *c, int status)
 {
-    struct pconn_connect *st = c->connecting;
-    c->connecting = NULL;
-    ploop_timer_stop(c->loop, &c->timer);
+    struct pconn_connect *st = XCONN(c);
+    if (c->x) c->x->connecting = NULL;
+    stop_timer(c);
     if (st) {
         st->c = NULL;
         if (!st->resolving && !st->connecting && !st->reopening) {
@@ -1015,8 +1060,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 static void on_connect_timeout(ptimer *t)
 {
-    pconn *c = PARLEY_CONTAINER_OF(t, pconn, timer);
-    if (c->connecting) connect_done(c, PARLEY_ETIMEDOUT);
+    pconn *c = PARLEY_CONTAINER_OF(t, struct pconn_ext, timer)->c;
+    if (XCONN(c)) connect_done(c, PARLEY_ETIMEDOUT);
 }
 
 int pconn_bind_local(pconn *c, const char *ip)
@@ -1037,7 +1082,11 @@ int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint
     st->c = c;
     st->tls = tls;
     snprintf(st->host, sizeof st->host, "%s", host);
-    c->connecting = st;
+    if (!ext(c)) {
+        free(st);
+        return PARLEY_ENOMEM;
+    }
+    c->x->connecting = st;
     if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&st->literal_addr) == 0 ||
         uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&st->literal_addr) == 0) {
         st->literal.ai_family = st->literal_addr.ss_family;
@@ -1047,10 +1096,7 @@ int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint
                                      ? sizeof(struct sockaddr_in)
                                      : sizeof(struct sockaddr_in6);
         st->cur = &st->literal;
-        if (timeout_ms) {
-            c->timer.cb = on_connect_timeout;
-            ploop_timer_start(c->loop, &c->timer, timeout_ms);
-        }
+        if (timeout_ms) start_timer(c, on_connect_timeout, timeout_ms);
         try_next_address(st);
         return 0;
     }
@@ -1063,14 +1109,11 @@ int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint
     hints.ai_flags = AI_ADDRCONFIG;
     int rc = uv_getaddrinfo(c->loop->uv, &st->gai, on_resolved, host, portstr, &hints);
     if (rc != 0) {
-        c->connecting = NULL;
+        c->x->connecting = NULL;
         free(st);
         return PARLEY_EDNS;
     }
     st->resolving = true;
-    if (timeout_ms) {
-        c->timer.cb = on_connect_timeout;
-        ploop_timer_start(c->loop, &c->timer, timeout_ms);
-    }
+    if (timeout_ms) start_timer(c, on_connect_timeout, timeout_ms);
     return 0;
 }

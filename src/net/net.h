@@ -114,23 +114,23 @@ enum {
     PCONN_REDELIVER = 1u << 12, /* hand buffered input to on_data again */
 };
 
+/* 336 bytes, 248 of them libuv's uv_tcp_t: an idle connection holds no
+ * buffers, and what only some connections need (TLS, shared output, an
+ * in-flight write, connect state, a timer) lives in `x`, allocated on
+ * first use. */
 struct pconn {
     uv_tcp_t tcp;
     parley_loop *loop;
     const pconn_cbs *cbs;
     void *user;
-    ptls *tls;
+    struct pconn_ext *x;
     pbuf in;  /* unconsumed plaintext input */
     pbuf out; /* output not yet handed to the kernel (plaintext when TLS) */
-    struct pconn_write *w; /* in-flight write, allocated only when needed */
-    struct pconn_outq *q;  /* output queued before `out` (shared blocks) */
     pconn *flush_next;
-    size_t max_out;   /* limit on unsent output bytes */
-    size_t in_hint;   /* capacity the next read should have (large frames) */
+    uint32_t max_out; /* limit on unsent output bytes */
+    uint32_t in_hint; /* capacity the next read should have (large frames) */
     uint32_t flags;
     int close_err;
-    ptimer timer; /* connect timeout / close linger */
-    struct pconn_connect *connecting; /* outbound connect state */
 };
 
 /* Initialises c on loop (memory owned by the caller, often embedded in a
