@@ -160,7 +160,8 @@ int parley_ws_new(parley_loop *loop, const parley_ws_opts *o, parley_ws **out)
     pmd_config_init(&ws->pmd);
     ws->pmd.enabled = o->permessage_deflate != 0;
     wsconn_opts_init(&ws->wsopts);
-    if (o->max_message) ws->wsopts.max_frame = ws->wsopts.max_message = o->max_message;
+    if (o->max_message)
+        ws->wsopts.max_frame = ws->wsopts.max_message = PARLEY_MIN(o->max_message, (uint64_t)UINT32_MAX);
     ws->wsopts.ping_interval_ms = o->ping_interval_ms;
     if (o->ping_timeout_ms) ws->wsopts.ping_timeout_ms = o->ping_timeout_ms;
     *out = ws;
@@ -201,7 +202,7 @@ int parley_ws_connect(parley_ws *ws)
     ws->http_status = 0;
     ws->close_code = WS_CLOSE_ABNORMAL;
     ws->close_reason_len = 0;
-    pconn_init(&ws->c, ws->loop, &wsc_cbs, ws, ws->o.max_output);
+    pconn_init(&ws->c, ws->loop, &wsc_cbs, ws->o.max_output);
     ws->conn_live = true;
     ws->state = WSC_CONNECTING;
     http_parser_init(&ws->parser, true, NULL);
@@ -221,7 +222,7 @@ int parley_ws_connect(parley_ws *ws)
 
 static void wsc_on_connect(pconn *c, int status)
 {
-    parley_ws *ws = c->user;
+    parley_ws *ws = PARLEY_CONTAINER_OF(c, parley_ws, c);
     if (status) {
         ws->err = status;
         return; /* the pconn closes itself */
@@ -338,7 +339,7 @@ static size_t handshake_step(parley_ws *ws, uint8_t *data, size_t len)
 
 static size_t wsc_on_data(pconn *c, uint8_t *data, size_t len)
 {
-    parley_ws *ws = c->user;
+    parley_ws *ws = PARLEY_CONTAINER_OF(c, parley_ws, c);
     size_t off = 0;
     while (off < len && !(c->flags & PCONN_CLOSING) && !ws->free_pending) {
         if (ws->state == WSC_OPEN) {
@@ -355,7 +356,7 @@ static size_t wsc_on_data(pconn *c, uint8_t *data, size_t len)
 
 static void wsc_on_eof(pconn *c)
 {
-    parley_ws *ws = c->user;
+    parley_ws *ws = PARLEY_CONTAINER_OF(c, parley_ws, c);
     if (ws->ws_live && ws->ws.state != WSCONN_CLOSED) wsconn_lost(&ws->ws, PARLEY_ECLOSED);
     if (ws->state == WSC_HANDSHAKE || ws->state == WSC_CONNECTING) abort_attempt(ws, PARLEY_ECLOSED);
     pconn_close(c, true, 0);
@@ -363,7 +364,7 @@ static void wsc_on_eof(pconn *c)
 
 static void wsc_on_close(pconn *c, int err)
 {
-    parley_ws *ws = c->user;
+    parley_ws *ws = PARLEY_CONTAINER_OF(c, parley_ws, c);
     ws->conn_live = false;
     ploop_timer_stop(ws->loop, &ws->timer);
     if (ws->ws_live) {

@@ -85,33 +85,34 @@ typedef struct ws_event {
     bool was_compressed;
 } ws_event;
 
+/* 80 bytes, laid out for size: every WebSocket connection holds one. */
 typedef struct ws_parser {
     /* Configuration: set before the first ws_parse. */
-    bool server;           /* true: peer is a client, frames must be masked */
-    uint64_t max_frame;    /* payload bytes per frame; default 16 MiB */
-    uint64_t max_message;  /* bytes per (inflated) message; default 16 MiB */
-    pmd_stream *inflater;  /* non-NULL when permessage-deflate is negotiated */
+    uint32_t max_frame;   /* payload bytes per frame; default 16 MiB */
+    uint32_t max_message; /* bytes per (inflated) message; default 16 MiB */
+    pmd_stream *inflater; /* non-NULL when permessage-deflate is negotiated */
 
-    /* When ws_parse fails: close code to send and a short static reason. */
-    uint16_t close_code;
+    /* When ws_parse fails: a short static reason (close code below). */
     const char *error;
 
     /* Private state. */
-    int state;
-    int fail_rc;           /* returned again after a failure */
-    uint8_t hdr_len;       /* header bytes of the current frame */
+    uint64_t frame_len;  /* payload length of the current frame */
+    uint64_t frame_done; /* payload bytes of it already unmasked/checked */
+    pbuf msg;            /* assembly buffer */
+    uint32_t utf8;       /* UTF-8 state of the text message in progress */
+    uint16_t close_code; /* when ws_parse fails: the close code to send */
+    int8_t fail_rc;      /* returned again after a failure */
+    uint8_t state;
+    uint8_t mask[4];
+    uint8_t hdr_len; /* header bytes of the current frame */
     uint8_t frame_opcode;
+    uint8_t msg_opcode; /* opcode of the message in progress, 0 = none */
+    bool server;        /* true: peer is a client, frames must be masked */
     bool frame_fin;
     bool frame_rsv1;
     bool frame_masked;
-    uint8_t mask[4];
-    uint64_t frame_len;    /* payload length of the current frame */
-    uint64_t frame_done;   /* payload bytes of it already unmasked/checked */
-    int msg_opcode;        /* opcode of the message in progress, 0 = none */
     bool msg_compressed;
-    bool msg_assembling;   /* payload goes to `msg` */
-    uint32_t utf8;         /* UTF-8 state of the text message in progress */
-    pbuf msg;              /* assembly buffer */
+    bool msg_assembling; /* payload goes to `msg` */
 } ws_parser;
 
 /* Sets defaults (client role, 16 MiB limits, no extension). */

@@ -123,12 +123,11 @@ static int uv_to_parley(int uverr)
     }
 }
 
-void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, void *user, size_t max_out)
+void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, size_t max_out)
 {
     memset(c, 0, sizeof *c);
     c->loop = loop;
     c->cbs = cbs;
-    c->user = user;
     c->max_out = (uint32_t)PARLEY_MIN(max_out ? max_out : PCONN_DEFAULT_MAX_OUT, (size_t)UINT32_MAX);
     uv_tcp_init(loop->uv, &c->tcp);
     c->tcp.data = c;

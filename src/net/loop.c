@@ -45,6 +45,17 @@ void ploop_timer_stop(parley_loop *l, ptimer *t)
     }
 }
 
+const uint8_t *ploop_random(parley_loop *l, unsigned n)
+{
+    if (n > 64) return NULL;
+    if (l->rnd_left < n) {
+        if (prand_bytes(l->rnd, sizeof l->rnd) != 0) return NULL;
+        l->rnd_left = sizeof l->rnd;
+    }
+    l->rnd_left -= n;
+    return l->rnd + l->rnd_left;
+}
+
 void ploop_defer(parley_loop *l, pdefer *d)
 {
     if (d->queued) return;

@@ -54,7 +54,9 @@ struct parley_loop {
     uint8_t *pbuf; /* shared TLS plaintext buffer */
     pconn *flush_head;
     pdefer *defer_head;
-    unsigned nconns; /* live connections (for diagnostics and shutdown) */
+    unsigned nconns;
+    uint8_t rnd[256]; /* CSPRNG bytes, handed out from the end */
+    unsigned rnd_left; /* live connections (for diagnostics and shutdown) */
 };
 
 /* Milliseconds on the loop clock (libuv's cached time). */
@@ -62,6 +64,11 @@ static inline uint64_t ploop_now(parley_loop *l)
 {
     return uv_now(l->uv);
 }
+
+/* n (<= 64) bytes from the CSPRNG through a per-loop pool (masking keys:
+ * one RAND_bytes call per 256 bytes instead of one per frame). The bytes
+ * are valid until the next call. NULL if the CSPRNG fails. */
+const uint8_t *ploop_random(parley_loop *l, unsigned n);
 
 /* Arms t to fire `delay_ms` from now on the loop's timer heap. */
 int ploop_timer_start(parley_loop *l, ptimer *t, uint64_t delay_ms);
@@ -114,15 +121,14 @@ enum {
     PCONN_REDELIVER = 1u << 12, /* hand buffered input to on_data again */
 };
 
-/* 336 bytes, 248 of them libuv's uv_tcp_t: an idle connection holds no
+/* 328 bytes, 248 of them libuv's uv_tcp_t: an idle connection holds no
  * buffers, and what only some connections need (TLS, shared output, an
  * in-flight write, connect state, a timer) lives in `x`, allocated on
  * first use. */
 struct pconn {
     uv_tcp_t tcp;
     parley_loop *loop;
-    const pconn_cbs *cbs;
-    void *user;
+    const pconn_cbs *cbs; /* owners find themselves with PARLEY_CONTAINER_OF */
     struct pconn_ext *x;
     pbuf in;  /* unconsumed plaintext input */
     pbuf out; /* output not yet handed to the kernel (plaintext when TLS) */
@@ -135,7 +141,7 @@ struct pconn {
 
 /* Initialises c on loop (memory owned by the caller, often embedded in a
  * bigger struct). max_out 0 = default (8 MiB). */
-void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, void *user, size_t max_out);
+void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, size_t max_out);
 
 /* Queues bytes for sending. PARLEY_ECLOSED after close, PARLEY_ENOMEM, or
  * PARLEY_EFULL when the unsent backlog is already over the limit (the

@@ -341,7 +341,7 @@ static void on_sio_text(bconn *x, const uint8_t *p, size_t len)
 
 static size_t bc_on_data(pconn *c, uint8_t *data, size_t len)
 {
-    bconn *x = c->user;
+    bconn *x = PARLEY_CONTAINER_OF(c, bconn, c);
     bench *b = x->b;
     size_t off = 0;
     if (x->state == BC_HANDSHAKE) {
@@ -416,7 +416,7 @@ static size_t bc_on_data(pconn *c, uint8_t *data, size_t len)
 
 static void bc_on_connect(pconn *c, int status)
 {
-    bconn *x = c->user;
+    bconn *x = PARLEY_CONTAINER_OF(c, bconn, c);
     if (status) {
         fprintf(stderr, "bench: connect: %s\n", parley_strerror(status));
         return;
@@ -427,7 +427,7 @@ static void bc_on_connect(pconn *c, int status)
 
 static void bc_on_close(pconn *c, int err)
 {
-    bconn *x = c->user;
+    bconn *x = PARLEY_CONTAINER_OF(c, bconn, c);
     bench *b = x->b;
     bool was_ready = x->state == BC_READY;
     if (x->state == BC_CONNECTING || x->state == BC_HANDSHAKE || x->state == BC_EIO_OPEN ||
@@ -458,7 +458,7 @@ static const pconn_cbs bc_cbs = {
 
 static void start_connect(bench *b, bconn *x)
 {
-    pconn_init(&x->c, b->loop, &bc_cbs, x, 0);
+    pconn_init(&x->c, b->loop, &bc_cbs, 0);
     ws_parser_init(&x->wp, false);
     x->state = BC_CONNECTING;
     x->ack_id = 0;

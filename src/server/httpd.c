@@ -213,7 +213,7 @@ static pconn *on_accept(plistener *l, void *user)
     srv_conn *sc = pcalloc(1, sizeof *sc);
     if (!sc) return NULL;
     sc->srv = s;
-    pconn_init(&sc->c, s->loop, &sc_cbs, sc, s->opts.max_output);
+    pconn_init(&sc->c, s->loop, &sc_cbs, s->opts.max_output);
     sc->mode = SC_HTTP;
     http_parser_init(&sc->u.http.parser, false, &s->opts.limits);
     ptimer_init(&sc->u.http.timer, on_http_timeout);
@@ -280,13 +280,13 @@ int phttpd_respond(phttpd_req *req, int status, const char *content_type, const 
 {
     if (req->responded) return PARLEY_ESTATE;
     req->responded = true;
-    return respond(req->conn->user, req->head->keep_alive, status, content_type, hdrs, n, body,
+    return respond(PARLEY_CONTAINER_OF(req->conn, srv_conn, c), req->head->keep_alive, status, content_type, hdrs, n, body,
                    len);
 }
 
 phttpd_deferred *phttpd_defer(phttpd_req *req, phttpd_abort_fn on_abort, void *user)
 {
-    srv_conn *sc = req->conn->user;
+    srv_conn *sc = PARLEY_CONTAINER_OF(req->conn, srv_conn, c);
     if (req->responded || sc->mode != SC_HTTP) return NULL;
     req->responded = true;
     sc->u.http.awaiting = true;
@@ -400,7 +400,7 @@ static wsconn *upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *
 
 wsconn *phttpd_upgrade(phttpd_req *req, const phttpd_ws_endpoint *ep, void *user)
 {
-    srv_conn *sc = req->conn->user;
+    srv_conn *sc = PARLEY_CONTAINER_OF(req->conn, srv_conn, c);
     if (req->responded || sc->mode != SC_HTTP) return NULL;
     return upgrade(sc, req, ep, user, false);
 }
@@ -495,7 +495,7 @@ static size_t http_step(srv_conn *sc, uint8_t *data, size_t len)
 
 static size_t sc_on_data(pconn *c, uint8_t *data, size_t len)
 {
-    srv_conn *sc = c->user;
+    srv_conn *sc = PARLEY_CONTAINER_OF(c, srv_conn, c);
     size_t off = 0;
     while (off < len && !(c->flags & PCONN_CLOSING)) {
         if (sc->mode == SC_WS) {
@@ -523,7 +523,7 @@ static size_t sc_on_data(pconn *c, uint8_t *data, size_t len)
 
 static void sc_on_eof(pconn *c)
 {
-    srv_conn *sc = c->user;
+    srv_conn *sc = PARLEY_CONTAINER_OF(c, srv_conn, c);
     if (sc->mode == SC_WS) wsconn_lost(&sc->u.ws, PARLEY_ECLOSED);
     else abort_deferred(sc);
     pconn_close(c, true, 0);
@@ -531,7 +531,7 @@ static void sc_on_eof(pconn *c)
 
 static void sc_on_close(pconn *c, int err)
 {
-    srv_conn *sc = c->user;
+    srv_conn *sc = PARLEY_CONTAINER_OF(c, srv_conn, c);
     phttpd *s = sc->srv;
     if (sc->mode == SC_WS) {
         wsconn_lost(&sc->u.ws, err);

@@ -29,17 +29,16 @@ int wsconn_init(wsconn *w, pconn *c, bool client, const wsconn_opts *opts, const
     w->opts = opts;
     w->client = client;
     ws_parser_init(&w->parser, !client);
-    w->parser.max_frame = opts->max_frame;
-    w->parser.max_message = opts->max_message;
+    w->parser.max_frame = (uint32_t)PARLEY_MIN(opts->max_frame, (uint64_t)UINT32_MAX);
+    w->parser.max_message = (uint32_t)PARLEY_MIN(opts->max_message, (uint64_t)UINT32_MAX);
     ptimer_init(&w->timer, on_timer);
     if (pmd) {
         w->deflater = pmd_deflater_new(pmd, cfg, !client);
-        w->inflater = pmd_inflater_new(pmd, !client);
-        if (!w->deflater || !w->inflater) {
+        w->parser.inflater = pmd_inflater_new(pmd, !client);
+        if (!w->deflater || !w->parser.inflater) {
             wsconn_free(w);
             return PARLEY_ENOMEM;
         }
-        w->parser.inflater = w->inflater;
     }
     if (opts->ping_interval_ms) ploop_timer_start(c->loop, &w->timer, opts->ping_interval_ms);
     return 0;
@@ -50,8 +49,8 @@ void wsconn_free(wsconn *w)
     if (w->conn) ploop_timer_stop(w->conn->loop, &w->timer);
     ws_parser_free(&w->parser);
     pmd_stream_free(w->deflater);
-    pmd_stream_free(w->inflater);
-    w->deflater = w->inflater = NULL;
+    pmd_stream_free(w->parser.inflater);
+    w->deflater = NULL;
     w->parser.inflater = NULL;
 }
 
@@ -69,19 +68,12 @@ void wsconn_lost(wsconn *w, int err)
     report(w, WS_CLOSE_ABNORMAL, NULL, 0, err ? err : PARLEY_ECLOSED);
 }
 
-/* Returns a fresh masking key from the CSPRNG pool. */
+/* A fresh masking key from the loop's CSPRNG pool (RFC 6455 5.3: keys
+ * must be unpredictable). NULL only if the CSPRNG fails, in which case a
+ * predictable key would break the guarantee: the send is refused. */
 static const uint8_t *next_mask(wsconn *w)
 {
-    if (w->mask_left < 4) {
-        if (prand_bytes(w->masks, sizeof w->masks) != 0) {
-            /* RAND_bytes does not fail on a seeded system; if it does, a
-             * predictable key would break the RFC's guarantee: refuse. */
-            return NULL;
-        }
-        w->mask_left = sizeof w->masks;
-    }
-    w->mask_left -= 4;
-    return w->masks + w->mask_left;
+    return ploop_random(w->conn->loop, 4);
 }
 
 static int send_raw(wsconn *w, int opcode, bool fin, const void *data, size_t len, bool compress)

@@ -623,12 +623,17 @@ static size_t ss_on_data(pconn *c, uint8_t *data, size_t len)
     return len;
 }
 
+typedef struct ss_conn {
+    pconn c;
+    shared_srv *s;
+} ss_conn;
+
 static void ss_on_close(pconn *c, int err)
 {
     (void)err;
-    shared_srv *s = c->user;
-    s->closed = true;
-    free(c);
+    ss_conn *x = PARLEY_CONTAINER_OF(c, ss_conn, c);
+    x->s->closed = true;
+    free(x);
 }
 
 static const pconn_cbs ss_cbs = {.on_data = ss_on_data, .on_close = ss_on_close};
@@ -637,10 +642,11 @@ static pconn *ss_accept(plistener *l, void *user)
 {
     (void)l;
     shared_srv *s = user;
-    pconn *c = malloc(sizeof *c);
-    pconn_init(c, s->loop, &ss_cbs, s, 64u << 20);
-    s->conn = c;
-    return c;
+    ss_conn *x = malloc(sizeof *x);
+    pconn_init(&x->c, s->loop, &ss_cbs, 64u << 20);
+    x->s = s;
+    s->conn = &x->c;
+    return &x->c;
 }
 
 static void test_shared_output(void **state)
