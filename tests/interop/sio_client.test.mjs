@@ -390,6 +390,8 @@ describe('socket.io-client against parleyd --protocol-test', () => {
          * timeout), whatever the server. All 500 are connected together. */
         const peers = [];
         const auths = [];
+        const t0 = Date.now();
+        const phase = {};
         for (let first = 0; first < N; first += BATCH) {
           const batch = Array.from({ length: BATCH }, (_, k) => new SioPeer(`http://127.0.0.1:${srv.port}/`, {
             transports: mode.transports, auth: { i: first + k },
@@ -397,6 +399,7 @@ describe('socket.io-client against parleyd --protocol-test', () => {
           peers.push(...batch);
           auths.push(...await Promise.all(batch.map((p) => p.connected(30000))));
         }
+        phase.connected = Date.now() - t0;
         assert.deepEqual(auths, peers.map((_, i) => ({ i })));
         assert.equal(new Set(peers.map((p) => p.id)).size, N, 'distinct socket ids');
         /* All alive at the same time: one round trip each (in batches too,
@@ -408,9 +411,16 @@ describe('socket.io-client against parleyd --protocol-test', () => {
         };
         const back = await inBatches((p) => p.echo([p.label], 30000));
         assert.deepEqual(back, peers.map((p) => [p.label]));
+        phase.echoed = Date.now() - t0;
         for (const p of peers) await p.assertTransport(mode.final, 30000);
+        phase.closing = Date.now() - t0;
         await inBatches((p) => p.close());
-        for (const p of peers) assert.deepEqual(p.log.filter((e) => e.name === 'disconnect').map((e) => e.args[0]), ['io client disconnect'], p.label);
+        phase.closed = Date.now() - t0;
+        for (const p of peers) {
+          const d = p.log.filter((e) => e.name === 'disconnect');
+          const why = d.map((e) => `${e.args[0]} at +${e.at - t0} ms (${e.args[1]?.description?.message ?? e.args[1]?.description ?? ''}${e.args[1]?.context?.status ? ` HTTP ${e.args[1].context.status}` : ''})`);
+          assert.deepEqual(d.map((e) => e.args[0]), ['io client disconnect'], `${p.label}: ${why.join('; ')}; phases: ${JSON.stringify(phase)}`);
+        }
         assert.ok(srv.alive(), `parleyd died${srv.stderr()}`);
       });
     });

@@ -263,13 +263,14 @@ describe('parleyd --protocol-test with malformed Engine.IO and Socket.IO input',
       ['a CONNECT whose auth is a string', '0/custom,"str"', [], 'close'],
       ['a CONNECT_ERROR from the client', '4{"message":"m"}', [], 'close'],
       ['a CONNECT_ERROR string from the client', '4"str"', [], 'close'],
-      /* What the reference tolerates. */
+      /* What the reference tolerates. Not asserted, as they look like
+       * accidents of the reference rather than protocol: an EVENT without
+       * data ("2") and an ack id beyond 2^53 are ignored; a placeholder num
+       * of 0.5 becomes null. */
       ['an ack for an unknown id', '35["x"]', [], []],
       ['an ack without an id', '3["x"]', [], []],
-      ['an ack id beyond 2^53', '399999999999999999999["x"]', [], []],
       ['an event named by a number', '2[1,"numeric"]', [], []],
       ['an event nobody listens to', '2["unknown-event"]', [], []],
-      ['an event without data', '2', [], []],
       ['a plain event with a placeholder object (not reconstructed)', `2["message",${P(0)}]`, [], [`42["message-back",${P(0)}]`]],
       ['a placeholder without _placeholder:true (attachment dropped)', `51-["message",{"_placeholder":false,"num":0}]`, [Buffer.from([1])], ['42["message-back",{"_placeholder":false,"num":0}]']],
       ['a CONNECT to an invalid namespace', '0/nope,', [], ['44/nope,{"message":"Invalid namespace"}']],
