@@ -5,9 +5,9 @@
 // one with a timeout, in order.
 
 import assert from 'node:assert/strict';
-import { loadPinned, onCleanup, Queue, scaled, sleep, startParleyd, withTimeout } from './harness.mjs';
+import { loadPinned, onCleanup, Queue, scaled, sleep, startParleyd } from './harness.mjs';
 
-export const { io, Manager } = await loadPinned('socket.io-client');
+export const { io } = await loadPinned('socket.io-client');
 export const eioClient = await loadPinned('engine.io-client');
 
 /** The contract's timings of `parleyd --protocol-test`. */
@@ -174,9 +174,4 @@ export async function connectPeer(server, mode, { nsp = '/', label, ...opts } = 
   const auth = await p.connected();
   p.auth = auth;
   return p;
-}
-
-/** Resolves with the next event named `name` from an emitter. */
-export function once(emitter, name, ms = 5000, what = `"${name}"`) {
-  return withTimeout(new Promise((resolve) => emitter.once(name, (...a) => resolve(a))), ms, what);
 }
