@@ -27,6 +27,10 @@ const PAGE = `<!doctype html>
   window.open_ = async (url, opts) => {
     const s = io(url, { forceNew: true, reconnection: false, ...opts });
     window.sockets = (window.sockets || []).concat(s);
+    /* The transport the Engine.IO session opened on: an upgrade can be
+     * over before the connect event. */
+    s.io.once('open', () => { s.firstTransport = s.io.engine.transport.name; });
+    s.io.engine.once('upgrade', (t) => { s.upgradedTo = t.name; });
     const auth = window.nextEvent(s, 'auth', 10000);
     await new Promise((resolve, reject) => {
       s.once('connect', resolve);
@@ -132,16 +136,17 @@ describe('Chromium + socket.io-client bundle against parleyd --protocol-test', (
     const page = await newPage();
     const r = await run(page, async (url) => {
       const { s, auth } = await window.open_(url, { auth: { browser: 'chromium', n: 1 } });
-      const first = s.io.engine.transport.name;
+      const first = s.firstTransport;
       s.emit('message', 'hello', { nested: [1, 'two', null] }, 3.5);
       const back = await window.nextEvent(s, 'message-back');
       const acked = await s.timeout(5000).emitWithAck('message-with-ack', { q: 'ack?' });
       const transport = await window.waitTransport(s, 'websocket');
+      const upgradedTo = s.upgradedTo;
       s.emit('message', 'after upgrade');
       const back2 = await window.nextEvent(s, 'message-back');
       const id = typeof s.id;
       s.disconnect();
-      return { auth, first, back, acked, transport, back2, id };
+      return { auth, first, back, acked, transport, upgradedTo, back2, id };
     }, sioUrl);
     assert.deepEqual(r, {
       auth: { browser: 'chromium', n: 1 },
@@ -149,6 +154,7 @@ describe('Chromium + socket.io-client bundle against parleyd --protocol-test', (
       back: ['hello', { nested: [1, 'two', null] }, 3.5],
       acked: { q: 'ack?' },
       transport: 'websocket',
+      upgradedTo: 'websocket',
       back2: ['after upgrade'],
       id: 'string',
     });
