@@ -23,17 +23,31 @@ const BOOTSTRAP_HINT = 'run scripts/bootstrap from the repository root (it runs 
  * Loads the npm `ws` package. A static `import 'ws'` would fail at link time
  * with a bare "Cannot find package" error; this fails with instructions.
  */
-export async function loadWs() {
-  const pkgFile = path.join(interopDir, 'node_modules', 'ws', 'package.json');
+export function loadWs() {
+  return loadPinned('ws');
+}
+
+/**
+ * Loads the npm package `name` after checking that the version pinned in
+ * package.json is the one installed, failing with instructions otherwise.
+ */
+export async function loadPinned(name) {
+  checkPinned(name);
+  return import(name);
+}
+
+/** Throws with instructions unless node_modules has the pinned `name`. */
+export function checkPinned(name) {
+  const pkgFile = path.join(interopDir, 'node_modules', name, 'package.json');
   if (!existsSync(pkgFile)) {
-    throw new Error(`interop: tests/interop/node_modules/ws is missing: ${BOOTSTRAP_HINT}`);
+    throw new Error(`interop: tests/interop/node_modules/${name} is missing: ${BOOTSTRAP_HINT}`);
   }
-  const wanted = JSON.parse(readFileSync(path.join(interopDir, 'package.json'), 'utf8')).dependencies.ws;
+  const wanted = JSON.parse(readFileSync(path.join(interopDir, 'package.json'), 'utf8')).dependencies[name];
   const installed = JSON.parse(readFileSync(pkgFile, 'utf8')).version;
   if (installed !== wanted) {
-    throw new Error(`interop: ws ${installed} is installed but package.json pins ${wanted}: ${BOOTSTRAP_HINT}`);
+    throw new Error(`interop: ${name} ${installed} is installed but package.json pins ${wanted}: ${BOOTSTRAP_HINT}`);
   }
-  return import('ws');
+  return path.dirname(pkgFile);
 }
 
 /** Path of a program under test, from the environment variable `name`. */
@@ -219,12 +233,14 @@ export function stderrTail(child, lines = 30) {
 const READY_RE = /^parleyd listening on 127\.0\.0\.1:(\d+)\r?$/m;
 
 /**
- * Starts `parleyd --listen 127.0.0.1:0 --ws-echo <wsPath> ...args` and waits
- * for its ready line. Returns { port, child, args, stop() }.
+ * Starts `parleyd --listen <listen> --ws-echo <wsPath> ...args` and waits
+ * for its ready line (wsPath null: no --ws-echo; listen defaults to any
+ * free port, a fixed one is for restarting on the same port). Returns
+ * { port, child, args, stop() }.
  */
-export async function startParleyd(args = [], { wsPath = '/echo' } = {}) {
+export async function startParleyd(args = [], { wsPath = '/echo', listen = '127.0.0.1:0' } = {}) {
   const bin = program('PARLEYD');
-  const fullArgs = ['--listen', '127.0.0.1:0', '--ws-echo', wsPath, ...args];
+  const fullArgs = ['--listen', listen, ...(wsPath === null ? [] : ['--ws-echo', wsPath]), ...args];
   const child = spawnTracked(bin, fullArgs, `parleyd ${fullArgs.join(' ')}`);
   const ready = new Promise((resolve, reject) => {
     const look = () => {
