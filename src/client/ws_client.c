@@ -48,6 +48,8 @@ struct parley_ws {
     char close_reason[124];
 };
 
+static const wsconn_cbs wsc_ws_cbs;
+
 static void ws_destroy(parley_ws *ws)
 {
     ploop_timer_stop(ws->loop, &ws->timer);
@@ -163,6 +165,7 @@ int parley_ws_new(parley_loop *loop, const parley_ws_opts *o, parley_ws **out)
     if (o->max_message)
         ws->wsopts.max_frame = ws->wsopts.max_message = PARLEY_MIN(o->max_message, (uint64_t)UINT32_MAX);
     ws->wsopts.ping_interval_ms = o->ping_interval_ms;
+    ws->wsopts.cbs = &wsc_ws_cbs;
     if (o->ping_timeout_ms) ws->wsopts.ping_timeout_ms = o->ping_timeout_ms;
     *out = ws;
     return 0;
@@ -321,7 +324,7 @@ static size_t handshake_step(parley_ws *ws, uint8_t *data, size_t len)
         snprintf(proto, sizeof proto, "%.*s", (int)PARLEY_MIN(res.protocol_len, 255),
                  res.protocol);
     int rc = wsconn_init(&ws->ws, &ws->c, true, &ws->wsopts, use_pmd ? &params : NULL, &ws->pmd,
-                         &wsc_ws_cbs, ws);
+                         ws);
     if (rc) {
         abort_attempt(ws, rc);
         return len;

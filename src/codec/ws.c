@@ -46,12 +46,46 @@ uint64_t ws_parser_frame_need(const ws_parser *p)
     return p->hdr_len + p->frame_len;
 }
 
+/* Failure reasons are kept as an index into this table (one byte in the
+ * parser instead of a pointer). */
+static const char *const reasons[] = {
+    "protocol error",
+    "RSV1 on a continuation frame",
+    "RSV1 on a control frame",
+    "RSV1 without a negotiated extension",
+    "RSV2/RSV3 set",
+    "close frame of 1 byte",
+    "continuation without a message",
+    "control frame over 125 bytes",
+    "corrupt deflate stream",
+    "fragmented control frame",
+    "frame length top bit set",
+    "frame too big",
+    "inflate failed",
+    "invalid UTF-8 in close reason",
+    "invalid UTF-8 in text message",
+    "invalid close code",
+    "message too big",
+    "new message inside a fragmented message",
+    "non-minimal frame length",
+    "out of memory",
+    "reserved opcode",
+    "truncated UTF-8 in text message",
+};
+
+const char *ws_parser_error(const ws_parser *p)
+{
+    return p->state == ST_FAILED ? reasons[p->error_id] : NULL;
+}
+
 static long fail(ws_parser *p, int err, uint16_t code, const char *why)
 {
     p->state = ST_FAILED;
-    p->fail_rc = err;
+    p->fail_rc = (int8_t)err;
     p->close_code = code;
-    p->error = why;
+    p->error_id = 0;
+    for (size_t i = 1; i < sizeof reasons / sizeof reasons[0]; i++)
+        if (strcmp(reasons[i], why) == 0) p->error_id = (uint8_t)i;
     return err;
 }
 
@@ -139,7 +173,7 @@ static long parse_header(ws_parser *p, const uint8_t *d, size_t len)
     p->frame_rsv1 = rsv1;
     p->frame_masked = masked;
     if (masked) memcpy(p->mask, d + hl - 4, 4);
-    p->frame_len = plen;
+    p->frame_len = (uint32_t)plen; /* <= max_frame, checked above */
     p->frame_done = 0;
     if (!control && op != WS_OP_CONT) {
         p->msg_opcode = op;

@@ -85,23 +85,21 @@ typedef struct ws_event {
     bool was_compressed;
 } ws_event;
 
-/* 80 bytes, laid out for size: every WebSocket connection holds one. */
+/* 64 bytes, laid out for size: every WebSocket connection holds one. */
 typedef struct ws_parser {
     /* Configuration: set before the first ws_parse. */
     uint32_t max_frame;   /* payload bytes per frame; default 16 MiB */
     uint32_t max_message; /* bytes per (inflated) message; default 16 MiB */
     pmd_stream *inflater; /* non-NULL when permessage-deflate is negotiated */
 
-    /* When ws_parse fails: a short static reason (close code below). */
-    const char *error;
-
     /* Private state. */
-    uint64_t frame_len;  /* payload length of the current frame */
-    uint64_t frame_done; /* payload bytes of it already unmasked/checked */
+    uint32_t frame_len;  /* payload length of the current frame (<= max_frame) */
+    uint32_t frame_done; /* payload bytes of it already unmasked/checked */
     pbuf msg;            /* assembly buffer */
     uint32_t utf8;       /* UTF-8 state of the text message in progress */
     uint16_t close_code; /* when ws_parse fails: the close code to send */
     int8_t fail_rc;      /* returned again after a failure */
+    uint8_t error_id;    /* when ws_parse fails: see ws_parser_error */
     uint8_t state;
     uint8_t mask[4];
     uint8_t hdr_len; /* header bytes of the current frame */
@@ -114,6 +112,9 @@ typedef struct ws_parser {
     bool msg_compressed;
     bool msg_assembling; /* payload goes to `msg` */
 } ws_parser;
+
+/* Why ws_parse failed (a short static text), NULL if it did not. */
+const char *ws_parser_error(const ws_parser *p);
 
 /* Sets defaults (client role, 16 MiB limits, no extension). */
 void ws_parser_init(ws_parser *p, bool server);
@@ -128,7 +129,7 @@ void ws_parser_trim(ws_parser *p, size_t keep);
 
 /* Parses. Returns the number of bytes consumed (>= 0) with *ev set
  * (ev->type == WS_EV_NONE when more input is needed), or PARLEY_EPROTO /
- * PARLEY_ELIMIT with p->close_code and p->error set: the caller sends a
+ * PARLEY_ELIMIT with p->close_code and ws_parser_error(p) set: the caller sends a
  * close frame with that code and stops parsing. After a WS_EV_CLOSE event
  * the caller should stop parsing too. */
 long ws_parse(ws_parser *p, uint8_t *data, size_t len, ws_event *ev);

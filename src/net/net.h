@@ -119,6 +119,7 @@ enum {
     PCONN_REOPENING = 1u << 10, /* connect: old socket closing before the next address */
     PCONN_SHUT_SENT = 1u << 11, /* lingering: FIN sent, draining input until EOF */
     PCONN_REDELIVER = 1u << 12, /* hand buffered input to on_data again */
+    PCONN_OWNER1 = 1u << 24,    /* bits 24-31 belong to the owner */
 };
 
 /* 328 bytes, 248 of them libuv's uv_tcp_t: an idle connection holds no

@@ -373,7 +373,7 @@ static size_t bc_on_data(pconn *c, uint8_t *data, size_t len)
         ws_event ev;
         long n = ws_parse(&x->wp, data + off, len - off, &ev);
         if (n < 0) {
-            fprintf(stderr, "bench: bad frame from server: %s\n", x->wp.error);
+            fprintf(stderr, "bench: bad frame from server: %s\n", ws_parser_error(&x->wp));
             b->errors++;
             pconn_close(c, false, PARLEY_EPROTO);
             return len;

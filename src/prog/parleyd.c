@@ -443,7 +443,8 @@ int main(int argc, char **argv)
     pmd_config pmd;
     pmd_config_init(&pmd);
     pmd.enabled = c.deflate;
-    phttpd_ws_endpoint echo = {.ws_opts = &c.ws, .pmd = &pmd, .cbs = &echo_cbs};
+    c.ws.cbs = &echo_cbs;
+    phttpd_ws_endpoint echo = {.ws_opts = &c.ws, .pmd = &pmd};
     if ((c.ws_echo && phttpd_route_ws(http, c.ws_echo, &echo) != 0) ||
         phttpd_route(http, "/", route_root, NULL) != 0 ||
         phttpd_route(http, "/healthz", route_health, NULL) != 0 ||

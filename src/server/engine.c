@@ -786,7 +786,8 @@ int engine_attach(phttpd *http, const char *path, const engine_opts *o, const en
     wsconn_opts_init(&e->wsopts);
     e->wsopts.max_frame = e->wsopts.max_message = e->o.max_payload;
     e->wsopts.ping_interval_ms = 0; /* Engine.IO has its own heartbeat */
-    e->ep = (phttpd_ws_endpoint){.ws_opts = &e->wsopts, .pmd = e->o.pmd, .cbs = &ws_cbs};
+    e->wsopts.cbs = &ws_cbs;
+    e->ep = (phttpd_ws_endpoint){.ws_opts = &e->wsopts, .pmd = e->o.pmd};
     snprintf(e->open_tail, sizeof e->open_tail,
              "\"pingInterval\":%u,\"pingTimeout\":%u,\"maxPayload\":%zu}", e->o.ping_interval_ms,
              e->o.ping_timeout_ms, e->o.max_payload);

@@ -19,7 +19,9 @@ typedef struct route {
     const phttpd_ws_endpoint *ws;
 } route;
 
-enum { SC_HTTP = 0, SC_WS = 1 };
+/* The connection's mode lives in a pconn flag bit reserved for owners. */
+#define SC_WS_FLAG PCONN_OWNER1
+#define IS_WS(sc)  (((sc)->c.flags & SC_WS_FLAG) != 0)
 
 typedef struct srv_conn srv_conn;
 
@@ -31,14 +33,16 @@ struct phttpd {
     plistener *listeners[MAX_LISTENERS];
     size_t nlisteners;
     http_header *hdrs; /* scratch for parsing heads (single-threaded) */
-    srv_conn *conns;   /* every open connection */
-    unsigned nconns;
+    unsigned nconns; /* open connections (found with uv_walk at shutdown) */
     bool shutting_down;
     void (*done)(phttpd *s, void *user);
     void *done_user;
 };
 
+/* HTTP state, allocated while the connection speaks HTTP (not kept by
+ * WebSocket sessions, which need a third of it). */
 typedef struct sc_http {
+    srv_conn *sc;
     http_parser parser;
     http_body body;
     ptimer timer;
@@ -52,13 +56,13 @@ typedef struct sc_http {
     void *abort_user;
 } sc_http;
 
+/* 464 bytes: an idle WebSocket connection costs one allocation (480
+ * bytes with malloc's header) and nothing else. */
 struct srv_conn {
     pconn c;
     phttpd *srv;
-    srv_conn *prev, *next;
-    uint8_t mode;
     union {
-        sc_http http;
+        sc_http *http;
         wsconn ws;
     } u;
 };
@@ -137,7 +141,7 @@ int phttpd_route_prefix(phttpd *s, const char *prefix, phttpd_handler h, void *u
 
 int phttpd_route_ws(phttpd *s, const char *path, const phttpd_ws_endpoint *ep)
 {
-    if (!ep || !ep->ws_opts || !ep->cbs) return PARLEY_EINVAL;
+    if (!ep || !ep->ws_opts || !ep->ws_opts->cbs) return PARLEY_EINVAL;
     return add_route(s, path, NULL, NULL, ep, false);
 }
 
@@ -177,7 +181,7 @@ static const pconn_cbs sc_cbs = {
 static void on_http_timeout(ptimer *t)
 {
     sc_http *h = PARLEY_CONTAINER_OF(t, sc_http, timer);
-    srv_conn *sc = PARLEY_CONTAINER_OF(h, srv_conn, u.http);
+    srv_conn *sc = h->sc;
     char peer[64];
     pconn_peer_name(&sc->c, peer, sizeof peer);
     if (h->idle) {
@@ -193,7 +197,7 @@ static void on_http_timeout(ptimer *t)
 
 static void http_start_request(srv_conn *sc, bool first)
 {
-    sc_http *h = &sc->u.http;
+    sc_http *h = sc->u.http;
     h->head_len = h->raw_pos = h->decoded = 0;
     http_parser_reset(&h->parser, false);
     if (first) {
@@ -211,16 +215,19 @@ static pconn *on_accept(plistener *l, void *user)
     phttpd *s = user;
     if (s->shutting_down) return NULL;
     srv_conn *sc = pcalloc(1, sizeof *sc);
-    if (!sc) return NULL;
+    sc_http *h = pcalloc(1, sizeof *h);
+    if (!sc || !h) {
+        free(sc);
+        free(h);
+        return NULL;
+    }
     sc->srv = s;
+    sc->u.http = h;
+    h->sc = sc;
     pconn_init(&sc->c, s->loop, &sc_cbs, s->opts.max_output);
-    sc->mode = SC_HTTP;
-    http_parser_init(&sc->u.http.parser, false, &s->opts.limits);
-    ptimer_init(&sc->u.http.timer, on_http_timeout);
+    http_parser_init(&h->parser, false, &s->opts.limits);
+    ptimer_init(&h->timer, on_http_timeout);
     http_start_request(sc, true);
-    sc->next = s->conns;
-    if (s->conns) s->conns->prev = sc;
-    s->conns = sc;
     s->nconns++;
     return &sc->c;
 }
@@ -287,12 +294,12 @@ int phttpd_respond(phttpd_req *req, int status, const char *content_type, const 
 phttpd_deferred *phttpd_defer(phttpd_req *req, phttpd_abort_fn on_abort, void *user)
 {
     srv_conn *sc = PARLEY_CONTAINER_OF(req->conn, srv_conn, c);
-    if (req->responded || sc->mode != SC_HTTP) return NULL;
+    if (req->responded || IS_WS(sc)) return NULL;
     req->responded = true;
-    sc->u.http.awaiting = true;
-    sc->u.http.keep = req->head->keep_alive;
-    sc->u.http.on_abort = on_abort;
-    sc->u.http.abort_user = user;
+    sc->u.http->awaiting = true;
+    sc->u.http->keep = req->head->keep_alive;
+    sc->u.http->on_abort = on_abort;
+    sc->u.http->abort_user = user;
     return (phttpd_deferred *)sc;
 }
 
@@ -307,8 +314,8 @@ int phttpd_deferred_respond(phttpd_deferred *d, int status, const char *content_
                             const http_header *hdrs, size_t n, const void *body, size_t len)
 {
     srv_conn *sc = (srv_conn *)d;
-    sc_http *h = &sc->u.http;
-    if (sc->mode != SC_HTTP || !h->awaiting) return PARLEY_ESTATE;
+    sc_http *h = sc->u.http;
+    if (IS_WS(sc) || !h->awaiting) return PARLEY_ESTATE;
     h->awaiting = false;
     h->on_abort = NULL;
     int rc = respond(sc, h->keep, status, content_type, hdrs, n, body, len);
@@ -323,8 +330,8 @@ int phttpd_deferred_respond(phttpd_deferred *d, int status, const char *content_
 /* The client went away while a deferred response was pending. */
 static void abort_deferred(srv_conn *sc)
 {
-    sc_http *h = &sc->u.http;
-    if (sc->mode != SC_HTTP || !h->awaiting) return;
+    sc_http *h = sc->u.http;
+    if (IS_WS(sc) || !h->awaiting) return;
     h->awaiting = false;
     phttpd_abort_fn fn = h->on_abort;
     h->on_abort = NULL;
@@ -383,32 +390,33 @@ static wsconn *upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *
         return NULL;
     }
     pconn_wrote(&sc->c);
-    /* The HTTP state shares memory with the session: retire it first. */
-    ploop_timer_stop(sc->c.loop, &sc->u.http.timer);
-    sc->mode = SC_WS;
+    /* The session takes the HTTP state's place: retire that first. */
+    sc_http *h = sc->u.http;
+    ploop_timer_stop(sc->c.loop, &h->timer);
+    sc->c.flags |= SC_WS_FLAG;
     rc = wsconn_init(&sc->u.ws, &sc->c, false, ep->ws_opts, use_pmd ? &params : NULL, ep->pmd,
-                     ep->cbs, user);
+                     user);
     if (rc) {
-        sc->mode = SC_HTTP;
-        memset(&sc->u.http, 0, sizeof sc->u.http);
-        ptimer_init(&sc->u.http.timer, on_http_timeout);
+        sc->c.flags &= ~SC_WS_FLAG;
+        sc->u.http = h;
         pconn_close(&sc->c, false, rc);
         return NULL;
     }
+    free(h);
     return &sc->u.ws;
 }
 
 wsconn *phttpd_upgrade(phttpd_req *req, const phttpd_ws_endpoint *ep, void *user)
 {
     srv_conn *sc = PARLEY_CONTAINER_OF(req->conn, srv_conn, c);
-    if (req->responded || sc->mode != SC_HTTP) return NULL;
+    if (req->responded || IS_WS(sc)) return NULL;
     return upgrade(sc, req, ep, user, false);
 }
 
 static void dispatch(srv_conn *sc, const http_head *head, const uint8_t *body, size_t body_len)
 {
     phttpd *s = sc->srv;
-    sc_http *h = &sc->u.http;
+    sc_http *h = sc->u.http;
     /* The request is complete: its deadline no longer applies. */
     ploop_timer_stop(sc->c.loop, &h->timer);
     phttpd_req req = {.head = head, .body = body, .body_len = body_len, .conn = &sc->c};
@@ -430,7 +438,7 @@ static void dispatch(srv_conn *sc, const http_head *head, const uint8_t *body, s
         return;
     }
     /* Upgraded, deferred or closing: not ready for the next request. */
-    if (sc->mode != SC_HTTP || sc->u.http.awaiting || (sc->c.flags & PCONN_CLOSING)) return;
+    if (IS_WS(sc) || sc->u.http->awaiting || (sc->c.flags & PCONN_CLOSING)) return;
     http_start_request(sc, false);
 }
 
@@ -439,7 +447,7 @@ static void dispatch(srv_conn *sc, const http_head *head, const uint8_t *body, s
 static size_t http_step(srv_conn *sc, uint8_t *data, size_t len)
 {
     phttpd *s = sc->srv;
-    sc_http *h = &sc->u.http;
+    sc_http *h = sc->u.http;
     if (h->idle) {
         /* First byte of the next request: its deadline starts now. */
         h->idle = false;
@@ -498,11 +506,11 @@ static size_t sc_on_data(pconn *c, uint8_t *data, size_t len)
     srv_conn *sc = PARLEY_CONTAINER_OF(c, srv_conn, c);
     size_t off = 0;
     while (off < len && !(c->flags & PCONN_CLOSING)) {
-        if (sc->mode == SC_WS) {
+        if (IS_WS(sc)) {
             off += wsconn_feed(&sc->u.ws, data + off, len - off);
             break;
         }
-        if (sc->u.http.awaiting) {
+        if (sc->u.http->awaiting) {
             /* Pipelined requests wait for the deferred answer, within the
              * bounds of one request. */
             const http_limits *l = &sc->srv->opts.limits;
@@ -524,7 +532,7 @@ static size_t sc_on_data(pconn *c, uint8_t *data, size_t len)
 static void sc_on_eof(pconn *c)
 {
     srv_conn *sc = PARLEY_CONTAINER_OF(c, srv_conn, c);
-    if (sc->mode == SC_WS) wsconn_lost(&sc->u.ws, PARLEY_ECLOSED);
+    if (IS_WS(sc)) wsconn_lost(&sc->u.ws, PARLEY_ECLOSED);
     else abort_deferred(sc);
     pconn_close(c, true, 0);
 }
@@ -533,24 +541,38 @@ static void sc_on_close(pconn *c, int err)
 {
     srv_conn *sc = PARLEY_CONTAINER_OF(c, srv_conn, c);
     phttpd *s = sc->srv;
-    if (sc->mode == SC_WS) {
+    if (IS_WS(sc)) {
         wsconn_lost(&sc->u.ws, err);
         wsconn_free(&sc->u.ws);
     } else {
         abort_deferred(sc);
-        ploop_timer_stop(c->loop, &sc->u.http.timer);
+        ploop_timer_stop(c->loop, &sc->u.http->timer);
+        free(sc->u.http);
     }
-    if (sc->prev)
-        sc->prev->next = sc->next;
-    else
-        s->conns = sc->next;
-    if (sc->next) sc->next->prev = sc->prev;
     s->nconns--;
     free(sc);
     if (s->shutting_down && s->nconns == 0 && s->done) {
         void (*done)(phttpd *, void *) = s->done;
         s->done = NULL;
         done(s, s->done_user);
+    }
+}
+
+/* Connections are not kept in a list (16 bytes each): shutdown visits the
+ * loop's handles and picks this server's. */
+static void shutdown_one(uv_handle_t *h, void *arg)
+{
+    phttpd *s = arg;
+    if (h->type != UV_TCP || uv_is_closing(h) || !h->data) return;
+    pconn *c = h->data;
+    if (&c->tcp != (uv_tcp_t *)h || c->cbs != &sc_cbs) return;
+    srv_conn *sc = PARLEY_CONTAINER_OF(c, srv_conn, c);
+    if (sc->srv != s) return;
+    if (IS_WS(sc)) {
+        if (wsconn_close(&sc->u.ws, WS_CLOSE_GOING_AWAY, "server shutting down") != 0)
+            pconn_close(&sc->c, true, 0);
+    } else {
+        pconn_close(&sc->c, true, 0);
     }
 }
 
@@ -561,15 +583,7 @@ void phttpd_shutdown(phttpd *s, void (*done)(phttpd *s, void *user), void *user)
     s->done_user = user;
     for (size_t i = 0; i < s->nlisteners; i++) plistener_close(s->listeners[i]);
     s->nlisteners = 0;
-    for (srv_conn *sc = s->conns, *next; sc; sc = next) {
-        next = sc->next;
-        if (sc->mode == SC_WS) {
-            if (wsconn_close(&sc->u.ws, WS_CLOSE_GOING_AWAY, "server shutting down") != 0)
-                pconn_close(&sc->c, true, 0);
-        } else {
-            pconn_close(&sc->c, true, 0);
-        }
-    }
+    uv_walk(s->loop->uv, shutdown_one, s);
     if (s->nconns == 0 && s->done) {
         s->done = NULL;
         done(s, user);

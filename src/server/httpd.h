@@ -53,9 +53,8 @@ typedef struct phttpd_req {
 typedef void (*phttpd_handler)(phttpd_req *req, void *user);
 
 typedef struct phttpd_ws_endpoint {
-    const wsconn_opts *ws_opts; /* must outlive the server */
+    const wsconn_opts *ws_opts; /* with the session callbacks; must outlive the server */
     const pmd_config *pmd;      /* NULL or !enabled: no permessage-deflate */
-    const wsconn_cbs *cbs;
     /* Optional: accept (return 0, optionally choosing one of the offered
      * subprotocols into *protocol) or refuse with an HTTP status (e.g. 403
      * for a bad Origin). */

@@ -20,11 +20,10 @@ void wsconn_opts_init(wsconn_opts *o)
 static void on_timer(ptimer *t);
 
 int wsconn_init(wsconn *w, pconn *c, bool client, const wsconn_opts *opts, const pmd_params *pmd,
-                const pmd_config *cfg, const wsconn_cbs *cbs, void *user)
+                const pmd_config *cfg, void *user)
 {
     memset(w, 0, sizeof *w);
     w->conn = c;
-    w->cbs = cbs;
     w->user = user;
     w->opts = opts;
     w->client = client;
@@ -60,7 +59,7 @@ static void report(wsconn *w, uint16_t code, const uint8_t *reason, size_t len, 
     w->reported = true;
     w->state = WSCONN_CLOSED;
     ploop_timer_stop(w->conn->loop, &w->timer);
-    if (w->cbs->on_closed) w->cbs->on_closed(w, code, reason, len, err);
+    if (w->opts->cbs->on_closed) w->opts->cbs->on_closed(w, code, reason, len, err);
 }
 
 void wsconn_lost(wsconn *w, int err)
@@ -229,7 +228,7 @@ size_t wsconn_feed(wsconn *w, uint8_t *data, size_t len)
         ws_event ev;
         long n = ws_parse(&w->parser, data + off, len - off, &ev);
         if (n < 0) {
-            fail(w, w->parser.close_code, w->parser.error, (int)n);
+            fail(w, w->parser.close_code, ws_parser_error(&w->parser), (int)n);
             return len;
         }
         off += (size_t)n;
@@ -245,19 +244,19 @@ size_t wsconn_feed(wsconn *w, uint8_t *data, size_t len)
         case WS_EV_MESSAGE:
             /* Messages still count after we sent close: the peer may have
              * sent them before it saw our close frame. */
-            if (w->cbs->on_message)
-                w->cbs->on_message(w, ev.opcode, ev.data, ev.len);
+            if (w->opts->cbs->on_message)
+                w->opts->cbs->on_message(w, ev.opcode, ev.data, ev.len);
             break;
         case WS_EV_PING:
             if (w->state == WSCONN_OPEN) send_raw(w, WS_OP_PONG, true, ev.data, ev.len, false);
-            if (w->cbs->on_ping) w->cbs->on_ping(w, ev.data, ev.len);
+            if (w->opts->cbs->on_ping) w->opts->cbs->on_ping(w, ev.data, ev.len);
             break;
         case WS_EV_PONG:
             if (w->awaiting_pong && w->state == WSCONN_OPEN) {
                 w->awaiting_pong = false;
                 ploop_timer_start(w->conn->loop, &w->timer, w->opts->ping_interval_ms);
             }
-            if (w->cbs->on_pong) w->cbs->on_pong(w, ev.data, ev.len);
+            if (w->opts->cbs->on_pong) w->opts->cbs->on_pong(w, ev.data, ev.len);
             break;
         case WS_EV_CLOSE: on_peer_close(w, &ev); break;
         default: break;

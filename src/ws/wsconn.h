@@ -46,6 +46,7 @@ typedef struct wsconn_cbs {
 } wsconn_cbs;
 
 typedef struct wsconn_opts {
+    const wsconn_cbs *cbs;      /* the session's callbacks (required) */
     uint64_t max_frame;         /* default 16 MiB */
     uint64_t max_message;       /* default 16 MiB */
     uint32_t ping_interval_ms;  /* 0 = no keepalive pings (default) */
@@ -62,12 +63,11 @@ enum wsconn_state {
     WSCONN_CLOSED,        /* handshake done or failed: waiting for TCP to end */
 };
 
-/* 152 bytes: every WebSocket connection holds one. */
+/* 128 bytes: every WebSocket connection holds one. */
 struct wsconn {
     pconn *conn;
-    const wsconn_cbs *cbs;
     void *user;
-    const wsconn_opts *opts; /* shared; must outlive the session */
+    const wsconn_opts *opts; /* shared, with the callbacks; must outlive the session */
     ws_parser parser;        /* its inflater is ours (permessage-deflate) */
     pmd_stream *deflater;
     ptimer timer; /* keepalive and close deadlines */
@@ -81,7 +81,7 @@ struct wsconn {
  * permessage-deflate parameters or NULL. cfg: our deflate config (level,
  * memory) when pmd != NULL. 0 or PARLEY_ENOMEM. */
 int wsconn_init(wsconn *w, pconn *c, bool client, const wsconn_opts *opts, const pmd_params *pmd,
-                const pmd_config *cfg, const wsconn_cbs *cbs, void *user);
+                const pmd_config *cfg, void *user);
 
 /* Consumes received bytes; returns how many (see pconn_cbs.on_data). */
 size_t wsconn_feed(wsconn *w, uint8_t *data, size_t len);

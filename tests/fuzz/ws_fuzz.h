@@ -121,7 +121,7 @@ static void wf_parse(const wf_opts *o, const uint8_t *in, size_t len, unsigned m
             long n = ws_parse(&p, buf.ptr, buf.len, &ev);
             if (n < 0) {
                 WF_CHECK(n == PARLEY_EPROTO || n == PARLEY_ELIMIT);
-                WF_CHECK(p.error != NULL);
+                WF_CHECK(ws_parser_error(&p) != NULL);
                 WF_CHECK(p.close_code == WS_CLOSE_PROTOCOL || p.close_code == WS_CLOSE_TOO_BIG ||
                          p.close_code == WS_CLOSE_INVALID_DATA);
                 WF_CHECK((n == PARLEY_ELIMIT) == (p.close_code == WS_CLOSE_TOO_BIG));

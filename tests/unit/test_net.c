@@ -80,7 +80,8 @@ static void srv_start(srv *s, ptls_ctx *tls, size_t max_output)
     assert_int_equal(phttpd_new(s->loop, &o, &s->httpd), 0);
     wsconn_opts_init(&s->wopts);
     pmd_config_init(&s->pmd);
-    s->ep = (phttpd_ws_endpoint){.ws_opts = &s->wopts, .pmd = &s->pmd, .cbs = &srv_cbs, .user = s};
+    s->wopts.cbs = &srv_cbs;
+    s->ep = (phttpd_ws_endpoint){.ws_opts = &s->wopts, .pmd = &s->pmd, .user = s};
     assert_int_equal(phttpd_route_ws(s->httpd, "/echo", &s->ep), 0);
     assert_int_equal(phttpd_route(s->httpd, "/hello", route_hello, NULL), 0);
     assert_int_equal(phttpd_listen(s->httpd, "127.0.0.1", 0, tls, &s->port), 0);

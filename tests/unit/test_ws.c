@@ -79,7 +79,7 @@ static void run(const pconf *pc, const uint8_t *in, size_t len, chopper *c, run_
             if (n < 0) {
                 r->err = n;
                 r->close_code = p.close_code;
-                assert_non_null(p.error);
+                assert_non_null(ws_parser_error(&p));
                 /* Failure is sticky. */
                 assert_int_equal(ws_parse(&p, buf.ptr, buf.len, &ev), n);
                 goto out;
@@ -212,7 +212,7 @@ static void test_init_defaults(void **state)
     assert_null(p.inflater);
     assert_null(p.msg.ptr);
     assert_int_equal(p.close_code, 0);
-    assert_null(p.error);
+    assert_null(ws_parser_error(&p));
     ws_parser_free(&p);
     ws_parser_init(&p, false);
     assert_false(p.server);
