@@ -14,6 +14,16 @@ void *pcalloc(size_t n, size_t size)
     return calloc(n ? n : 1, size ? size : 1);
 }
 
+char *pmemdup_str(const void *p, size_t n)
+{
+    if (n == SIZE_MAX) return NULL;
+    char *s = malloc(n + 1);
+    if (!s) return NULL;
+    if (n) memcpy(s, p, n);
+    s[n] = 0;
+    return s;
+}
+
 static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 size_t base64_encoded_len(size_t n)

@@ -14,6 +14,10 @@
 /* calloc with overflow check on n*size. */
 void *pcalloc(size_t n, size_t size);
 
+/* A NUL-terminated copy of p[0, n) (p need not be terminated: unlike
+ * strndup, nothing past n is read). NULL when out of memory. */
+char *pmemdup_str(const void *p, size_t n);
+
 /* Base64 (RFC 4648, standard alphabet, with padding). */
 size_t base64_encoded_len(size_t n);
 /* Writes base64_encoded_len(n) bytes plus a NUL to out. Returns the length. */

@@ -102,7 +102,7 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
     (void)event_len;
     (void)user;
     /* Re-emitted arguments need a NUL-terminated copy. */
-    char *json = strndup(a->json, a->json_len);
+    char *json = pmemdup_str(a->json, a->json_len);
     if (!json) return;
     split sp;
     memset(&sp, 0, sizeof sp);

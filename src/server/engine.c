@@ -651,7 +651,7 @@ static void handshake(engine *e, phttpd_req *req, int transport, bool upgrade)
         http_header hd[4];
         size_t n = cors_headers(e, req->head, hd, 0);
         for (size_t i = 0; i < n; i++)
-            if (hd[i].name_len == 27) s->origin = strndup(hd[i].value, hd[i].value_len);
+            if (hd[i].name_len == 27) s->origin = pmemdup_str(hd[i].value, hd[i].value_len);
     }
     if (transport == ENGINE_WEBSOCKET) {
         wsconn *w = phttpd_upgrade(req, &e->ep, s);
