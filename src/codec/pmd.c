@@ -538,8 +538,11 @@ static int inflate_feed(pmd_stream *s, const uint8_t *in, size_t len, pbuf *out,
         size_t produced = step - s->z.avail_out;
         out->len += produced;
         if (zr == Z_MEM_ERROR) return PARLEY_ENOMEM;
-        if (zr != Z_OK && zr != Z_BUF_ERROR && zr != Z_STREAM_END) return PARLEY_EPROTO;
+        /* Over the limit wins over a corrupt stream found in the same call:
+         * fed in small pieces, the limit would have been hit first, and the
+         * verdict must not depend on how the input was chopped. */
         if (out->len > max_out) return PARLEY_ELIMIT;
+        if (zr != Z_OK && zr != Z_BUF_ERROR && zr != Z_STREAM_END) return PARLEY_EPROTO;
         if (zr == Z_STREAM_END) {
             rc = restart_after_final(s);
             if (rc) return rc;
