@@ -131,7 +131,7 @@ static void test_map(void **state)
 {
     (void)state;
     enum { N = 5000 };
-    static char keys[N][16];
+    static char keys[N][24];
     static bool present[N];
     pmap m = {0};
     assert_null(pmap_get(&m, "x", 1));

@@ -21,8 +21,8 @@ export const CONNECT_TIMEOUT = 1000;
  * unless given, to restart a server on the port of a previous one), with
  * connection-state recovery when asked.
  */
-export function startProtocolServer({ recovery = false, port = 0 } = {}) {
-  return startParleyd(['--protocol-test', ...(recovery ? ['--recovery'] : [])], {
+export function startProtocolServer({ recovery = false, port = 0, extra = [] } = {}) {
+  return startParleyd(['--protocol-test', ...(recovery ? ['--recovery'] : []), ...extra], {
     wsPath: null,
     listen: `127.0.0.1:${port}`,
   });
