@@ -98,6 +98,17 @@ PARLEY_API int parley_loop_run(parley_loop *loop);
 /* Makes parley_loop_run return after the current iteration. Loop thread only. */
 PARLEY_API void parley_loop_stop(parley_loop *loop);
 
+/* Runs an owned loop on a thread of its own, until parley_loop_join. All
+ * callbacks of objects on this loop then run on that thread; the clients'
+ * public calls may be made from any thread. 0, PARLEY_EINVAL (a wrapped
+ * loop), PARLEY_ESTATE (already started), PARLEY_ENOMEM. */
+PARLEY_API int parley_loop_start(parley_loop *loop);
+
+/* Stops a loop started with parley_loop_start and waits for its thread to
+ * end. Call from another thread, after freeing (or closing) what runs on
+ * the loop. */
+PARLEY_API void parley_loop_join(parley_loop *loop);
+
 /* Frees the loop. Every object created on it must have been freed and the
  * loop run until their handles closed. For a wrapped loop the libuv loop is
  * left alone (but this call runs it briefly to close the loop's own handles). */

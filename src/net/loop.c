@@ -109,6 +109,139 @@ static void on_check(uv_check_t *h)
     ploop_flush(h->data);
 }
 
+/* ---- calls from other threads ---- */
+
+struct pcall {
+    struct pcall *next;
+    void (*fn)(void *arg);
+    void *arg;
+    bool done;
+};
+
+bool ploop_on_thread(parley_loop *l)
+{
+    uv_thread_t self = uv_thread_self();
+    uv_mutex_lock(&l->mu);
+    bool on = uv_thread_equal(&self, &l->loop_thread) != 0;
+    uv_mutex_unlock(&l->mu);
+    return on;
+}
+
+static void run_calls(parley_loop *l)
+{
+    uv_mutex_lock(&l->mu);
+    struct pcall *c = l->calls;
+    l->calls = NULL;
+    uv_mutex_unlock(&l->mu);
+    /* Oldest first: the list was built newest first. */
+    struct pcall *rev = NULL;
+    while (c) {
+        struct pcall *next = c->next;
+        c->next = rev;
+        rev = c;
+        c = next;
+    }
+    for (c = rev; c;) {
+        struct pcall *next = c->next; /* c lives on a waiting thread's stack */
+        c->fn(c->arg);
+        uv_mutex_lock(&l->mu);
+        c->done = true;
+        uv_cond_broadcast(&l->cond);
+        uv_mutex_unlock(&l->mu);
+        c = next;
+    }
+}
+
+static void on_async(uv_async_t *h)
+{
+    parley_loop *l = h->data;
+    run_calls(l);
+    uv_mutex_lock(&l->mu);
+    bool stop = l->stopping;
+    uv_mutex_unlock(&l->mu);
+    if (stop) {
+        uv_unref((uv_handle_t *)&l->async);
+        uv_stop(l->uv);
+    }
+}
+
+int ploop_call(parley_loop *l, void (*fn)(void *arg), void *arg)
+{
+    if (ploop_on_thread(l)) {
+        fn(arg);
+        return 0;
+    }
+    struct pcall c = {.fn = fn, .arg = arg};
+    uv_mutex_lock(&l->mu);
+    if (l->stopping) {
+        uv_mutex_unlock(&l->mu);
+        return PARLEY_ECLOSED;
+    }
+    c.next = l->calls;
+    l->calls = &c;
+    uv_mutex_unlock(&l->mu);
+    uv_async_send(&l->async);
+    uv_mutex_lock(&l->mu);
+    while (!c.done) uv_cond_wait(&l->cond, &l->mu);
+    uv_mutex_unlock(&l->mu);
+    return 0;
+}
+
+typedef struct start_arg {
+    parley_loop *l;
+    uv_sem_t ready;
+} start_arg;
+
+static void loop_thread_main(void *arg)
+{
+    start_arg *sa = arg;
+    parley_loop *l = sa->l;
+    uv_mutex_lock(&l->mu);
+    l->loop_thread = uv_thread_self();
+    uv_mutex_unlock(&l->mu);
+    uv_sem_post(&sa->ready); /* sa is gone after this */
+    uv_run(l->uv, UV_RUN_DEFAULT);
+    /* Calls that raced with the stop still get their answer. */
+    run_calls(l);
+}
+
+int parley_loop_start(parley_loop *loop)
+{
+    if (!loop->owned) return PARLEY_EINVAL;
+    if (loop->started) return PARLEY_ESTATE;
+    start_arg sa = {.l = loop};
+    if (uv_sem_init(&sa.ready, 0) != 0) return PARLEY_ENOMEM;
+    /* The async handle keeps the thread's loop alive while idle. */
+    uv_ref((uv_handle_t *)&loop->async);
+    loop->started = true;
+    if (uv_thread_create(&loop->own_thread, loop_thread_main, &sa) != 0) {
+        uv_unref((uv_handle_t *)&loop->async);
+        loop->started = false;
+        uv_sem_destroy(&sa.ready);
+        return PARLEY_ENOMEM;
+    }
+    /* From here on ploop_on_thread is true only on the loop's thread. */
+    uv_sem_wait(&sa.ready);
+    uv_sem_destroy(&sa.ready);
+    return 0;
+}
+
+void parley_loop_join(parley_loop *loop)
+{
+    if (!loop->started) return;
+    uv_mutex_lock(&loop->mu);
+    loop->stopping = true;
+    uv_mutex_unlock(&loop->mu);
+    uv_async_send(&loop->async);
+    uv_thread_join(&loop->own_thread);
+    uv_mutex_lock(&loop->mu);
+    loop->started = false;
+    loop->stopping = false;
+    /* The loop is driven from this thread from now on (parley_loop_free). */
+    loop->loop_thread = uv_thread_self();
+    uv_mutex_unlock(&loop->mu);
+}
+
 static int loop_setup(parley_loop *l)
 {
     l->rbuf = malloc(PNET_READ_BUF_SIZE);
@@ -121,6 +254,13 @@ static int loop_setup(parley_loop *l)
     l->timer.data = l->prepare.data = l->check.data = l;
     uv_prepare_start(&l->prepare, on_prepare);
     uv_check_start(&l->check, on_check);
+    if (uv_mutex_init(&l->mu) != 0) return PARLEY_ENOMEM;
+    if (uv_cond_init(&l->cond) != 0) return PARLEY_ENOMEM;
+    uv_async_init(l->uv, &l->async, on_async);
+    l->async.data = l;
+    uv_unref((uv_handle_t *)&l->async);
+    /* A loop is created on the thread that will run it, unless started. */
+    l->loop_thread = uv_thread_self();
     /* The flush hooks never keep the loop alive; the timer does while any
      * ptimer is armed, because an armed timer is pending work. */
     uv_unref((uv_handle_t *)&l->prepare);
@@ -170,7 +310,10 @@ void *parley_loop_uv(parley_loop *loop)
 
 int parley_loop_run(parley_loop *loop)
 {
-    if (!loop->owned) return PARLEY_EINVAL;
+    if (!loop->owned || loop->started) return PARLEY_EINVAL;
+    uv_mutex_lock(&loop->mu);
+    loop->loop_thread = uv_thread_self();
+    uv_mutex_unlock(&loop->mu);
     uv_run(loop->uv, UV_RUN_DEFAULT);
     return 0;
 }
@@ -183,10 +326,12 @@ void parley_loop_stop(parley_loop *loop)
 void parley_loop_free(parley_loop *loop)
 {
     if (!loop) return;
+    parley_loop_join(loop);
     if (loop->nconns) plog_warn("parley_loop_free: %u connections still open", loop->nconns);
     uv_close((uv_handle_t *)&loop->timer, NULL);
     uv_close((uv_handle_t *)&loop->prepare, NULL);
     uv_close((uv_handle_t *)&loop->check, NULL);
+    uv_close((uv_handle_t *)&loop->async, NULL);
     /* Let the close callbacks run (they are NULL, but libuv must unlink the
      * handles before the memory goes away). */
     uv_run(loop->uv, UV_RUN_NOWAIT);
@@ -195,6 +340,8 @@ void parley_loop_free(parley_loop *loop)
         if (uv_loop_close(loop->uv) != 0) plog_warn("parley_loop_free: libuv loop still busy");
     }
     ptimer_heap_free(&loop->timers);
+    uv_mutex_destroy(&loop->mu);
+    uv_cond_destroy(&loop->cond);
     free(loop->rbuf);
     free(loop->pbuf);
     free(loop);

@@ -54,10 +54,28 @@ struct parley_loop {
     uint8_t *pbuf; /* shared TLS plaintext buffer */
     pconn *flush_head;
     pdefer *defer_head;
-    unsigned nconns;
+    unsigned nconns;  /* live connections (for diagnostics and shutdown) */
     uint8_t rnd[256]; /* CSPRNG bytes, handed out from the end */
-    unsigned rnd_left; /* live connections (for diagnostics and shutdown) */
+    unsigned rnd_left;
+    /* Calls from other threads (ploop_call). */
+    uv_async_t async;
+    uv_mutex_t mu;
+    uv_cond_t cond;
+    struct pcall *calls;
+    uv_thread_t loop_thread; /* the thread that runs the loop */
+    uv_thread_t own_thread;  /* parley_loop_start */
+    bool started;
+    bool stopping;
 };
+
+/* True on the thread that runs the loop. */
+bool ploop_on_thread(parley_loop *l);
+
+/* Runs fn(arg) on the loop's thread and returns when it has run: directly
+ * when called on that thread, else through the loop's async handle (the
+ * caller blocks until the loop gets to it). 0, or PARLEY_ECLOSED when the
+ * loop is shutting down (fn not run). */
+int ploop_call(parley_loop *l, void (*fn)(void *arg), void *arg);
 
 /* Milliseconds on the loop clock (libuv's cached time). */
 static inline uint64_t ploop_now(parley_loop *l)
