@@ -10,6 +10,7 @@
 
 #include "base/buf.h"
 #include "base/map.h"
+#include "client/backoff.h"
 #include "base/theap.h"
 #include "base/util.h"
 #include "chop.h"
@@ -176,6 +177,33 @@ static void test_map(void **state)
     pmap_free(&m);
 }
 
+static void test_backoff(void **state)
+{
+    (void)state;
+    /* socket.io-client's defaults: 1 s growing to 5 s, randomization 0.5. */
+    backoff b = {.base_ms = 1000, .max_ms = 5000, .jitter = 0.5};
+    assert_int_equal(backoff_next(&b, 0.5), 1000); /* r = 0.5: no deviation */
+    assert_int_equal(backoff_next(&b, 0.5), 2000);
+    assert_int_equal(backoff_next(&b, 0.5), 4000);
+    assert_int_equal(backoff_next(&b, 0.5), 5000); /* capped */
+    assert_int_equal(backoff_next(&b, 0.0), 2500); /* 5000 - 50% */
+    assert_int_equal(backoff_next(&b, 0.999999), 5000); /* never above max */
+    backoff_reset(&b);
+    assert_int_equal(backoff_next(&b, 0.0), 500);
+    /* Full jitter: uniform in [0, d]. */
+    backoff f = {.base_ms = 100, .max_ms = 10000, .full_jitter = true};
+    uint64_t rng = 42;
+    for (int i = 0; i < 20; i++) {
+        double r = (double)(test_rand(&rng) >> 11) / 9007199254740992.0;
+        uint32_t d = backoff_next(&f, r);
+        uint64_t cap = 100ull << (i < 7 ? i : 7);
+        assert_true(d <= (cap < 10000 ? cap : 10000));
+    }
+    /* Many attempts do not overflow. */
+    backoff big = {.base_ms = 1000, .max_ms = 30000, .attempts = 4000000000u};
+    assert_int_equal(backoff_next(&big, 0.5), 30000);
+}
+
 static void test_strerror(void **state)
 {
     (void)state;
@@ -192,6 +220,7 @@ int main(void)
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_theap),
         cmocka_unit_test(test_map),
+        cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_strerror),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,261 @@
+/*
+ * libparley Socket.IO client (Engine.IO v4 / Socket.IO v5), for parleyd and
+ * any Socket.IO 4.x server.
+ *
+ *     parley_client_opts o;
+ *     parley_client_opts_init(&o);
+ *     o.url = "https://chat.example.com";
+ *     parley_client *c;
+ *     parley_client_new(&o, &c);            // own loop thread, connects
+ *     parley_sock *s = parley_client_socket(c, "/", NULL);
+ *     parley_sock_on(s, "new_message", on_message, app);
+ *     parley_sock_emit(s, "hello", "[\"world\"]", NULL, 0);
+ *
+ * A parley_client is what socket.io-client calls a Manager: one Engine.IO
+ * connection (HTTP long-polling, WebSocket, or polling upgraded to
+ * WebSocket), reconnecting by its policy. A parley_sock is one namespace
+ * on it; several share the connection.
+ *
+ * Threads: by default the client runs its own loop on a thread of its own
+ * (opts.loop == NULL); with opts.loop it runs on that loop. Every function
+ * here may be called from any thread: a call made off the loop thread runs
+ * on it and returns when done (it blocks until the loop gets to it; do not
+ * call from a thread the loop waits on). Every callback runs on the loop
+ * thread; pointers passed to callbacks are valid only during the call.
+ * Callbacks may call any function here, including the free functions
+ * (freeing then happens after the callback returns).
+ *
+ * Arguments are JSON text, as in server.h: one JSON array per event, binary
+ * values written {"_placeholder":true,"num":N} referring to bins[N].
+ */
+#ifndef PARLEY_CLIENT_H
+#define PARLEY_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "parley/parley.h"
+#include "parley/server.h" /* parley_args, parley_bin */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct parley_client parley_client;
+typedef struct parley_sock parley_sock;
+
+enum parley_transport {
+    PARLEY_TRANSPORT_POLLING = 1,
+    PARLEY_TRANSPORT_WEBSOCKET = 2,
+};
+
+/* Connection events of a client (the Manager's events). */
+typedef enum parley_client_event_type {
+    PARLEY_CLIENT_CONNECTING = 1,  /* an attempt starts */
+    PARLEY_CLIENT_OPEN,            /* the Engine.IO session is open */
+    PARLEY_CLIENT_UPGRADE,         /* now on WebSocket (after polling) */
+    PARLEY_CLIENT_CLOSE,           /* the session ended: reason */
+    PARLEY_CLIENT_RECONNECTING,    /* attempt `attempt` in delay_ms */
+    PARLEY_CLIENT_RECONNECTED,     /* open again after `attempt` attempts */
+    PARLEY_CLIENT_RECONNECT_FAILED, /* reconnection_attempts exhausted, or a
+                                       non-retryable answer (HTTP 401, 403,
+                                       404): no more attempts until
+                                       parley_client_connect */
+    PARLEY_CLIENT_ERROR,           /* err, http_status, message */
+} parley_client_event_type;
+
+typedef struct parley_client_event {
+    parley_client_event_type type;
+    const char *reason; /* CLOSE: "transport close", "ping timeout", ... */
+    int err;            /* a parley_err, for ERROR and failed attempts */
+    int http_status;    /* when the server answered an HTTP error */
+    unsigned attempt;
+    uint32_t delay_ms;
+    const char *transport; /* "polling" or "websocket" (OPEN, UPGRADE) */
+} parley_client_event;
+
+typedef struct parley_client_opts {
+    /* http://, https://, ws:// or wss:// host[:port], optional query (its
+     * path is ignored: the endpoint is `path`; namespaces are sockets). */
+    const char *url;
+    const char *path;         /* default "/socket.io/" */
+    const char *query;        /* extra query parameters, "a=1&b=2" */
+    const char *const *headers; /* extra request headers "Name: value" */
+    size_t nheaders;
+    unsigned transports;      /* PARLEY_TRANSPORT_* bits; default both */
+    int upgrade;              /* polling -> websocket upgrade (default 1) */
+    int websocket_first;      /* with both transports: try WebSocket first,
+                                 falling back to polling when its handshake
+                                 is refused (default 0: polling, then
+                                 upgrade) */
+    const char *ca_file;      /* TLS trust (default: the system store) */
+    int insecure;             /* skip certificate checks (tests only) */
+    uint32_t timeout_ms;      /* each connection attempt (default 20000) */
+    /* Reconnection, with socket.io-client's names and defaults. */
+    int reconnection;                  /* default 1 */
+    unsigned reconnection_attempts;    /* 0 = unlimited (default) */
+    uint32_t reconnection_delay_ms;    /* default 1000 */
+    uint32_t reconnection_delay_max_ms; /* default 5000 */
+    double randomization_factor;       /* default 0.5 */
+    int auto_connect;                  /* default 1 */
+    /* The loop to run on; NULL = a loop of its own on a thread of its own. */
+    parley_loop *loop;
+    void (*on_event)(parley_client *c, const parley_client_event *ev, void *user);
+    void *user;
+} parley_client_opts;
+
+PARLEY_API void parley_client_opts_init(parley_client_opts *o);
+
+/* Creates a client (copies the options) and, with auto_connect, starts
+ * connecting. Errors: PARLEY_EINVAL, PARLEY_EURL, PARLEY_ETLS (CA file),
+ * PARLEY_ENOMEM. */
+PARLEY_API int parley_client_new(const parley_client_opts *o, parley_client **out);
+
+/* Connects (again): also after RECONNECT_FAILED or parley_client_close. */
+PARLEY_API int parley_client_connect(parley_client *c);
+
+/* Closes the connection and stops reconnecting; sockets stay and connect
+ * again on parley_client_connect. */
+PARLEY_API int parley_client_close(parley_client *c);
+
+/* Closes, frees the sockets and the client, and stops its own thread. No
+ * callbacks after it returns (when called off the loop thread). */
+PARLEY_API void parley_client_free(parley_client *c);
+
+/* The current transport ("polling", "websocket") or NULL when not open. */
+PARLEY_API const char *parley_client_transport(parley_client *c);
+
+typedef struct parley_client_stats {
+    uint64_t connects;          /* sessions opened */
+    uint64_t reconnects;        /* of which after a loss */
+    uint64_t errors;
+    uint64_t packets_in, packets_out; /* Engine.IO messages */
+    uint64_t bytes_in, bytes_out;     /* payload bytes */
+    uint64_t uptime_ms;         /* of the current session, 0 when down */
+    uint64_t total_uptime_ms;   /* all sessions */
+    uint32_t last_rtt_ms;       /* the last acknowledgement's round trip */
+} parley_client_stats;
+
+PARLEY_API void parley_client_get_stats(parley_client *c, parley_client_stats *out);
+
+/* Sockets. */
+
+typedef struct parley_sock_opts {
+    /* The CONNECT auth payload (a JSON object), asked for on every
+     * (re)connection so that a token can be refreshed: return a malloc'ed
+     * string (the library frees it) or NULL for none. */
+    char *(*auth)(parley_sock *s, void *user);
+    void (*on_connect)(parley_sock *s, int recovered, void *user);
+    void (*on_disconnect)(parley_sock *s, const char *reason, void *user);
+    /* The server refused the CONNECT (middleware): message and optional
+     * data (JSON). */
+    void (*on_connect_error)(parley_sock *s, const char *message, const char *data_json,
+                             void *user);
+    void *user;
+    /* Reliable sends (parley_sock_send): the outbound queue's limits and
+     * optional SQLite file (a process restarted with the same file sends
+     * what it had queued). */
+    size_t queue_max_count;   /* default 1000 */
+    size_t queue_max_bytes;   /* default 8 MiB */
+    const char *queue_path;   /* NULL = memory only */
+} parley_sock_opts;
+
+PARLEY_API void parley_sock_opts_init(parley_sock_opts *o);
+
+/* The socket for namespace nsp ("/" when NULL), created on first call (with
+ * o, or defaults when NULL), connected when the client is. Returns NULL on
+ * PARLEY_ENOMEM/EINVAL or when the queue file cannot be opened. */
+PARLEY_API parley_sock *parley_client_socket(parley_client *c, const char *nsp,
+                                             const parley_sock_opts *o);
+
+PARLEY_API int parley_sock_connect(parley_sock *s);
+/* Leaves the namespace (DISCONNECT); the connection stays for others. */
+PARLEY_API int parley_sock_disconnect(parley_sock *s);
+
+/* 1 when connected to its namespace. */
+PARLEY_API int parley_sock_connected(parley_sock *s);
+/* 1 when the last connection was a connection-state recovery. */
+PARLEY_API int parley_sock_recovered(parley_sock *s);
+/* The socket id given by the server (copied into out, 32 bytes), or "". */
+PARLEY_API void parley_sock_id(parley_sock *s, char out[32]);
+
+/* An event from the server. ack_id >= 0: the server wants an
+ * acknowledgement (parley_sock_ack). */
+typedef void (*parley_event_fn)(parley_sock *s, const char *event, const parley_args *args,
+                                int64_t ack_id, void *user);
+
+/* Handlers: on (every time), once (next time only), any (every event).
+ * Return a handler id (> 0) for parley_sock_off, or a negative error. */
+PARLEY_API int parley_sock_on(parley_sock *s, const char *event, parley_event_fn fn, void *user);
+PARLEY_API int parley_sock_once(parley_sock *s, const char *event, parley_event_fn fn, void *user);
+PARLEY_API int parley_sock_on_any(parley_sock *s, parley_event_fn fn, void *user);
+PARLEY_API int parley_sock_off(parley_sock *s, int handler_id);
+
+PARLEY_API int parley_sock_ack(parley_sock *s, int64_t ack_id, const char *args_json,
+                               const parley_bin *bins, size_t nbins);
+
+/* Emits. While the socket is not connected, emits are buffered and sent in
+ * order once it is (as socket.io-client's sendBuffer); volatile emits are
+ * dropped instead. Errors: PARLEY_EINVAL (args, reserved event name),
+ * PARLEY_ENOMEM. */
+PARLEY_API int parley_sock_emit(parley_sock *s, const char *event, const char *args_json,
+                                const parley_bin *bins, size_t nbins);
+PARLEY_API int parley_sock_emit_volatile(parley_sock *s, const char *event, const char *args_json,
+                                         const parley_bin *bins, size_t nbins);
+
+/* The server's acknowledgement (err 0, args), or err PARLEY_ETIMEDOUT
+ * (timeout_ms passed; 0 = no timeout), or PARLEY_ECLOSED (the socket
+ * disconnected before it came). */
+typedef void (*parley_ack_result_fn)(parley_sock *s, int err, const parley_args *args,
+                                     void *user);
+PARLEY_API int parley_sock_emit_ack(parley_sock *s, const char *event, const char *args_json,
+                                    const parley_bin *bins, size_t nbins, uint32_t timeout_ms,
+                                    parley_ack_result_fn fn, void *user);
+
+/* Reliable sends through the outbound queue. The message is queued (even
+ * while offline; persisted when queue_path is set), sent in priority order
+ * (PARLEY_PRIORITY_*: urgent > high > normal > low, FIFO within one) with
+ * an acknowledgement request, resent after a reconnection until the server
+ * acknowledges it, and leaves the queue only then. id: the idempotency id
+ * (36 characters, e.g. from parley_new_id, which the application puts in
+ * its arguments so that the server can drop duplicates), or NULL to have
+ * one generated. ttl_ms 0 = no expiry; an expired message is reported
+ * failed and never sent. status reports each step. Errors: PARLEY_EFULL
+ * (queue limits: nothing is dropped silently), PARLEY_EINVAL, PARLEY_EIO
+ * (the queue file), PARLEY_ENOMEM. */
+enum parley_priority {
+    PARLEY_PRIORITY_LOW = 0,
+    PARLEY_PRIORITY_NORMAL = 1,
+    PARLEY_PRIORITY_HIGH = 2,
+    PARLEY_PRIORITY_URGENT = 3,
+};
+enum parley_send_status {
+    PARLEY_SEND_QUEUED = 1, /* accepted, waiting for the connection */
+    PARLEY_SEND_SENT,       /* on the wire, waiting for the acknowledgement */
+    PARLEY_SEND_ACKED,      /* the server acknowledged (args = its answer) */
+    PARLEY_SEND_FAILED,     /* expired (err PARLEY_ETIMEDOUT) */
+};
+typedef void (*parley_send_status_fn)(parley_sock *s, const char *id, int status, int err,
+                                      const parley_args *ack_args, void *user);
+PARLEY_API int parley_sock_send(parley_sock *s, const char *event, const char *args_json,
+                                int priority, uint32_t ttl_ms, const char *id,
+                                parley_send_status_fn status, void *user);
+
+/* Messages still queued (pending or waiting for their acknowledgement). */
+PARLEY_API size_t parley_sock_queued(parley_sock *s);
+
+/* A fresh idempotency id (UUID v4 text) into out (37 bytes). 0 or
+ * PARLEY_EIO. */
+PARLEY_API int parley_new_id(char out[37]);
+
+/* Per-event counts of this socket: cb is called for each event name seen
+ * or sent, with the counts in and out. */
+PARLEY_API void parley_sock_event_counts(parley_sock *s,
+                                         void (*cb)(const char *event, uint64_t in,
+                                                    uint64_t out, void *user),
+                                         void *user);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
