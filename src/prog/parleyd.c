@@ -16,8 +16,6 @@
 #include "server/httpd.h"
 #include "ws/wsconn.h"
 
-phttpd *parley_server__http(parley_server *s);
-
 typedef struct config {
     char host[256];
     unsigned port;
@@ -448,7 +446,7 @@ int main(int argc, char **argv)
     if ((c.ws_echo && phttpd_route_ws(http, c.ws_echo, &echo) != 0) ||
         phttpd_route(http, "/", route_root, NULL) != 0 ||
         phttpd_route(http, "/healthz", route_health, NULL) != 0 ||
-        (c.protocol_test && protocol_test_setup(a.srv, &c.sio, &a.echo_engine) != 0)) {
+        (c.protocol_test && protocol_test_setup(a.srv, &a.echo_engine) != 0)) {
         fprintf(stderr, "parleyd: cannot set up routes\n");
         return 1;
     }

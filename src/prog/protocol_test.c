@@ -175,9 +175,7 @@ static void eio_close(esession *s, const char *reason)
 static const engine_cbs eio_echo = {.on_open = eio_open, .on_message = eio_message,
                                     .on_close = eio_close};
 
-phttpd *parley_server__http(parley_server *s);
-
-int protocol_test_setup(parley_server *srv, const parley_server_opts *o, engine **echo)
+int protocol_test_setup(parley_server *srv, engine **echo)
 {
     parley_nsp_handlers root = {.on_connection = on_connection, .on_event = on_event};
     parley_nsp *n = parley_server_of(srv, "/");
@@ -190,13 +188,5 @@ int protocol_test_setup(parley_server *srv, const parley_server_opts *o, engine 
     parley_nsp_handlers mh = {.on_connect_check = check_token, .on_connection = on_connection};
     parley_nsp_set_handlers(mw, &mh);
 
-    engine_opts eo;
-    engine_opts_init(&eo);
-    eo.ping_interval_ms = o->ping_interval_ms;
-    eo.ping_timeout_ms = o->ping_timeout_ms;
-    eo.upgrade_timeout_ms = o->upgrade_timeout_ms;
-    eo.max_payload = o->max_payload;
-    eo.cors_origin = o->cors_origin;
-    eo.cors_credentials = o->cors_credentials;
-    return engine_attach(parley_server__http(srv), "/engine.io/", &eo, &eio_echo, NULL, echo);
+    return parley_server__engine(srv, "/engine.io/", &eio_echo, NULL, echo);
 }

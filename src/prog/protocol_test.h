@@ -6,7 +6,8 @@
 #include "server/engine.h"
 
 /* Installs the namespaces and handlers on srv and attaches the plain
- * Engine.IO echo at /engine.io/ (*echo, to free at shutdown). */
-int protocol_test_setup(parley_server *srv, const parley_server_opts *o, engine **echo);
+ * Engine.IO echo at /engine.io/ with srv's Engine.IO options (*echo, to
+ * free at shutdown). */
+int protocol_test_setup(parley_server *srv, engine **echo);
 
 #endif

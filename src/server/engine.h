@@ -73,6 +73,14 @@ unsigned engine_sessions(const engine *e);
  * they are gone (at the end of the loop iteration). */
 void engine_free(engine *e);
 
+/* Internal to Parley's programs (declared here, defined by the Socket.IO
+ * server): the HTTP server under a parley_server, and a plain Engine.IO
+ * endpoint on it at `path` with the server's Engine.IO options. */
+typedef struct parley_server parley_server;
+phttpd *parley_server__http(parley_server *s);
+int parley_server__engine(parley_server *s, const char *path, const engine_cbs *cbs, void *user,
+                          engine **out);
+
 /* Sends a message. 0, PARLEY_ECLOSED (session over), PARLEY_EFULL (the
  * client is not reading; the session is being dropped), PARLEY_ENOMEM. */
 int esession_send(esession *s, bool binary, const void *data, size_t len);

@@ -136,6 +136,7 @@ struct parley_server {
 };
 
 static void socket_gone(parley_socket *s, const char *reason, bool persist);
+static const engine_cbs eng_cbs;
 static void client_close(sio_client *c);
 
 /* ---- options and lifetime ---- */
@@ -1277,20 +1278,8 @@ int parley_server_new(parley_loop *loop, const parley_server_opts *o, parley_ser
     /* A polling POST may carry max_payload bytes. */
     if (hopts.limits.max_body < o->max_payload) hopts.limits.max_body = o->max_payload;
     if (rc == 0) rc = phttpd_new(loop, &hopts, &s->http);
-    engine_opts eo;
-    engine_opts_init(&eo);
-    eo.ping_interval_ms = o->ping_interval_ms;
-    eo.ping_timeout_ms = o->ping_timeout_ms;
-    eo.upgrade_timeout_ms = o->upgrade_timeout_ms;
-    eo.max_payload = o->max_payload;
-    eo.transports = (o->polling ? ENGINE_POLLING : 0) | (o->websocket ? ENGINE_WEBSOCKET : 0);
-    eo.cors_origin = s->cors;
-    eo.cors_credentials = o->cors_credentials != 0;
-    if (o->permessage_deflate) {
-        pmd_config_init(&s->pmd);
-        eo.pmd = &s->pmd;
-    }
-    if (rc == 0) rc = engine_attach(s->http, s->path, &eo, &eng_cbs, s, &s->eng);
+    if (o->permessage_deflate) pmd_config_init(&s->pmd);
+    if (rc == 0) rc = parley_server__engine(s, s->path, &eng_cbs, s, &s->eng);
     if (rc == 0 && !parley_server_of(s, "/")) rc = PARLEY_ENOMEM;
     if (rc == 0 && o->recovery) {
         uint8_t r[3];
@@ -1308,10 +1297,26 @@ int parley_server_new(parley_loop *loop, const parley_server_opts *o, parley_ser
 
 /* Lets an embedder add plain HTTP routes next to Socket.IO (parleyd's
  * status page). Not in the public header: internal to Parley's programs. */
-phttpd *parley_server__http(parley_server *s);
 phttpd *parley_server__http(parley_server *s)
 {
     return s->http;
+}
+
+int parley_server__engine(parley_server *s, const char *path, const engine_cbs *cbs, void *user,
+                          engine **out)
+{
+    const parley_server_opts *o = &s->o;
+    engine_opts eo;
+    engine_opts_init(&eo);
+    eo.ping_interval_ms = o->ping_interval_ms;
+    eo.ping_timeout_ms = o->ping_timeout_ms;
+    eo.upgrade_timeout_ms = o->upgrade_timeout_ms;
+    eo.max_payload = o->max_payload;
+    eo.transports = (o->polling ? ENGINE_POLLING : 0) | (o->websocket ? ENGINE_WEBSOCKET : 0);
+    eo.cors_origin = s->cors;
+    eo.cors_credentials = o->cors_credentials != 0;
+    if (o->permessage_deflate) eo.pmd = &s->pmd;
+    return engine_attach(s->http, path, &eo, cbs, user, out);
 }
 
 int parley_server_listen(parley_server *s, const char *host, unsigned port, unsigned *bound)
