@@ -6,8 +6,10 @@
  * Re-entrancy: user callbacks run only from loop callbacks (I/O, timers,
  * the end-of-iteration defer), never inside a public call. A public call
  * that has something to report (the CONNECTING event of parley_ws_connect,
- * ACKED after parley_ws_ack, queued messages to send) queues it on `kick`,
- * which runs at the end of the loop iteration. That keeps callers from
+ * ACKED after parley_ws_ack, queued messages to send) arms `kick`, a
+ * timer due at once, which runs in the next loop iteration. (A timer, not
+ * a ploop_defer: an armed timer keeps the loop alive, so a call made while
+ * the loop has nothing else to do is still acted on.) That keeps callers from
  * other threads, which wait inside ploop_call, from meeting their own
  * callbacks while they hold locks.
  *
@@ -100,8 +102,7 @@ struct parley_ws {
 
     /* Outbound queue (opened on first use unless persistent). */
     outq *q;
-    pdefer kick;
-    ptimer expiry_timer, pump_timer, drain_timer;
+    ptimer kick, expiry_timer, pump_timer, drain_timer;
     pbuf acked; /* ids acknowledged by parley_ws_ack, OUTQ_ID_LEN each, to report */
 };
 
@@ -130,7 +131,12 @@ static void stop_timers(parley_ws *ws)
     stop_timer(ws, &ws->expiry_timer);
     stop_timer(ws, &ws->pump_timer);
     stop_timer(ws, &ws->drain_timer);
-    if (ws->kick.queued) ploop_defer_cancel(ws->loop, &ws->kick);
+    stop_timer(ws, &ws->kick);
+}
+
+static void kick_soon(parley_ws *ws)
+{
+    if (!ptimer_armed(&ws->kick)) ploop_timer_start(ws->loop, &ws->kick, 0);
 }
 
 static void reap_main(void *arg)
@@ -288,7 +294,7 @@ static void on_hb(ptimer *t);
 static void on_expiry(ptimer *t);
 static void on_pump(ptimer *t);
 static void on_drain(ptimer *t);
-static void on_kick(pdefer *d);
+static void on_kick(ptimer *t);
 
 int parley_ws_new(parley_loop *loop, const parley_ws_opts *o, parley_ws **out)
 {
@@ -307,7 +313,7 @@ int parley_ws_new(parley_loop *loop, const parley_ws_opts *o, parley_ws **out)
     ptimer_init(&ws->expiry_timer, on_expiry);
     ptimer_init(&ws->pump_timer, on_pump);
     ptimer_init(&ws->drain_timer, on_drain);
-    ws->kick.cb = on_kick;
+    ptimer_init(&ws->kick, on_kick);
     int rc = purl_parse(o->url, &ws->url);
     if (rc == 0 && strcmp(ws->url.scheme, "ws") != 0 && strcmp(ws->url.scheme, "wss") != 0)
         rc = PARLEY_EURL;
@@ -430,7 +436,7 @@ static void start_attempt(parley_ws *ws, bool from_api)
     }
     if (from_api) {
         ws->connecting_pending = true;
-        ploop_defer(ws->loop, &ws->kick);
+        kick_soon(ws);
     } else {
         emit_connecting(ws);
     }
@@ -653,10 +659,10 @@ static void on_drain(ptimer *t)
     pbuf_free(&ids);
 }
 
-/* End of the loop iteration: what public calls left to report or send. */
-static void on_kick(pdefer *d)
+/* Next loop iteration: what public calls left to report or send. */
+static void on_kick(ptimer *t)
 {
-    parley_ws *ws = PARLEY_CONTAINER_OF(d, parley_ws, kick);
+    parley_ws *ws = PARLEY_CONTAINER_OF(t, parley_ws, kick);
     if (ws->free_pending) return;
     if (ws->connecting_pending && emit_connecting(ws)) return;
     if (ws->acked.len) {
@@ -763,8 +769,6 @@ static size_t handshake_step(parley_ws *ws, uint8_t *data, size_t len)
     ws->attempt = 0;
     backoff_reset(&ws->bo);
     hb_start(ws);
-    /* Replay what waited, from the loop (after the callbacks below). */
-    if (ws->q && outq_count(ws->q)) ploop_defer(ws->loop, &ws->kick);
     if (ws->connecting_pending && emit_connecting(ws)) return len;
     parley_ws_event ev = {.type = PARLEY_WS_EV_CONNECTED,
                           .attempt = attempt,
@@ -773,9 +777,11 @@ static size_t handshake_step(parley_ws *ws, uint8_t *data, size_t len)
     if (ws->o.on_open) {
         ws->depth++;
         ws->o.on_open(ws, res.protocol ? proto : NULL, ws->o.user);
-        leave_cb(ws);
+        if (leave_cb(ws)) return len;
     }
-    return (size_t)r;
+    /* Replay what waited, behind what on_open sent. */
+    pump(ws);
+    return ws->free_pending ? len : (size_t)r;
 }
 
 static size_t wsc_on_data(pconn *c, uint8_t *data, size_t len)
@@ -1118,7 +1124,7 @@ static void do_send_queued(void *arg)
     if (a->rc) return;
     if (a->id_out) memcpy(a->id_out, e->id, OUTQ_ID_LEN + 1);
     if (e->expires_ms) arm_expiry(ws);
-    if (ws->state == WSC_OPEN) ploop_defer(ws->loop, &ws->kick);
+    if (ws->state == WSC_OPEN) kick_soon(ws);
 }
 
 static int send_queued(parley_ws *ws, parley_ws_type type, const void *data, size_t len,
@@ -1162,7 +1168,7 @@ static void do_ack(void *arg)
     }
     if (pbuf_append(&ws->acked, a->str, OUTQ_ID_LEN) != 0)
         plog_warn("ws: out of memory: the acknowledgement of %s is not reported", a->str);
-    ploop_defer(ws->loop, &ws->kick);
+    kick_soon(ws);
 }
 
 int parley_ws_ack(parley_ws *ws, const char *id)
@@ -1213,6 +1219,10 @@ static void do_free(void *arg)
     ws->freed = a->freed; /* NULL unless joined from another thread */
     /* Nothing may fire between now and the memory going. */
     stop_timers(ws);
+    /* The queue file is released now, not when the connection has closed,
+     * so that a new client may open it at once. */
+    outq_close(ws->q);
+    ws->q = NULL;
     if (ws->conn_live) {
         pconn_close(&ws->c, false, PARLEY_ECLOSED);
         return; /* wsc_on_close finishes */
