@@ -870,6 +870,9 @@ static void schedule_retry(parley_ws *ws)
     uint32_t delay = backoff_next(&ws->bo, r);
     ws->attempt++;
     plog_info("ws %s: reconnecting in %u ms (attempt %u)", ws->url.host_header, delay, ws->attempt);
+    /* The loop's clock is from the start of the iteration; the delay is a
+     * promise of spacing between attempts, so count it from now. */
+    uv_update_time(ws->loop->uv);
     ploop_timer_start(ws->loop, &ws->retry_timer, delay);
     parley_ws_event ev = {
         .type = PARLEY_WS_EV_RECONNECTING, .attempt = ws->attempt, .delay_ms = delay};
