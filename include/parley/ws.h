@@ -97,7 +97,8 @@ typedef struct parley_ws_event {
     int code;
     const char *close_reason;
     size_t close_reason_len;
-    /* DISCONNECTED, ERROR: 1 when RECONNECTING follows. */
+    /* DISCONNECTED, ERROR: 1 when RECONNECTING follows (unless the callback
+     * calls parley_ws_close or parley_ws_connect). */
     int will_retry;
     /* CONNECTED: the server's subprotocol or NULL. */
     const char *protocol;
