@@ -3,8 +3,8 @@
  * the resilience layer: heartbeat, reconnection with backoff, and the
  * outbound queue.
  *
- * Re-entrancy: user callbacks run only from loop callbacks (I/O, timers,
- * the end-of-iteration defer), never inside a public call. A public call
+ * Re-entrancy: user callbacks run only from loop callbacks (I/O and
+ * timers), never inside a public call. A public call
  * that has something to report (the CONNECTING event of parley_ws_connect,
  * ACKED after parley_ws_ack, queued messages to send) arms `kick`, a
  * timer due at once, which runs in the next loop iteration. (A timer, not
