@@ -9,6 +9,9 @@
 
 #include <uv.h>
 
+#include "base/buf.h"
+#include "base/util.h"
+#include "codec/json.h"
 #include "parley/parley.h"
 #include "parley/ws.h"
 #include "prog/bench.h"
@@ -18,7 +21,10 @@
 typedef struct cli {
     parley_loop *loop;
     parley_ws *ws;
-    bool echo; /* ws-echo mode */
+    bool echo;     /* ws-echo mode */
+    bool queue;    /* ws-queue mode */
+    bool ack_echo; /* ws-queue: an echoed id acknowledges its message */
+    uint64_t t0;
     int exit_code;
     uv_pipe_t in_pipe;
     uv_tty_t in_tty;
@@ -30,26 +36,50 @@ typedef struct cli {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: parley COMMAND [options] URL\n"
-            "\n"
-            "commands:\n"
-            "  ws-echo URL   connect and echo every message back until the peer closes;\n"
-            "                exit 0 after a clean close, 1 otherwise\n"
-            "  ws URL        send each line of stdin as a text message, print what arrives;\n"
-            "                end of input closes the connection (code 1000)\n"
-            "  bench SCENARIO [options]\n"
-            "                load generator (parley bench --help)\n"
-            "\n"
-            "options:\n"
-            "  --header 'Name: value'   extra request header (repeatable)\n"
-            "  --protocol NAME          offer a subprotocol (repeatable)\n"
-            "  --no-deflate             do not offer permessage-deflate\n"
-            "  --ca-file FILE           trust this CA bundle for wss:// (default: system store)\n"
-            "  --insecure               do not verify the server certificate\n"
-            "  --timeout MS             connect deadline (default 10000)\n"
-            "  --max-message BYTES      largest message accepted (default 16777216)\n"
-            "  --verbose                log connection details to stderr\n");
+    fprintf(
+        f, "usage: parley COMMAND [options] URL\n"
+           "\n"
+           "commands:\n"
+           "  ws-echo URL   connect and echo every message back until the peer closes;\n"
+           "                exit 0 after a clean close, 1 otherwise\n"
+           "  ws URL        send each line of stdin as a text message, print what arrives;\n"
+           "                end of input closes the connection (code 1000)\n"
+           "  ws-queue URL  scriptable client with reconnection and the outbound queue:\n"
+           "                commands on stdin, events as JSON lines on stdout (see below)\n"
+           "  bench SCENARIO [options]\n"
+           "                load generator (parley bench --help)\n"
+           "\n"
+           "options:\n"
+           "  --header 'Name: value'   extra request header (repeatable)\n"
+           "  --protocol NAME          offer a subprotocol (repeatable)\n"
+           "  --no-deflate             do not offer permessage-deflate\n"
+           "  --ca-file FILE           trust this CA bundle for wss:// (default: system store)\n"
+           "  --insecure               do not verify the server certificate\n"
+           "  --timeout MS             connect deadline (default 10000)\n"
+           "  --max-message BYTES      largest message accepted (default 16777216)\n"
+           "  --verbose                log connection details to stderr\n"
+           "\n"
+           "ws-queue options:\n"
+           "  --reconnect              reconnect automatically (full-jitter backoff)\n"
+           "  --reconnect-delay MS     first delay (default 1000)\n"
+           "  --reconnect-delay-max MS largest delay (default 30000)\n"
+           "  --reconnect-attempts N   give up after N failed attempts (default 0 = never)\n"
+           "  --ping-interval MS       heartbeat ping interval (default 0 = off)\n"
+           "  --ping-timeout MS        no pong within this: the link is dead (default 10000)\n"
+           "  --queue-file FILE        keep the outbound queue in this SQLite file\n"
+           "  --queue-max-count N      queue limit in messages (default 1000)\n"
+           "  --queue-max-bytes N      queue limit in bytes (default 8388608)\n"
+           "  --ack-on-write           a message leaves the queue once written\n"
+           "  --ack-echo               a text message starting with a queued message's id\n"
+           "                           acknowledges it (for echo servers)\n"
+           "\n"
+           "ws-queue commands (one per line):\n"
+           "  send PRIORITY TTL_MS ID TEXT  queue TEXT (rest of the line); PRIORITY low,\n"
+           "                           normal, high or urgent; TTL_MS 0 = none; ID 36 characters\n"
+           "                           [A-Za-z0-9_-] or - for a generated one\n"
+           "  ack ID | connect | close [CODE] | stats | quit (also end of input)\n"
+           "ws-queue events: {\"ev\":NAME,...} with NAME connecting, connected, disconnected,\n"
+           "  reconnecting, reconnect_failed, error, message, status, queued, send_error, stats\n");
 }
 
 static int start_stdin(cli *c);
@@ -68,8 +98,7 @@ static void on_open(parley_ws *ws, const char *protocol, void *user)
     }
 }
 
-static void on_message(parley_ws *ws, parley_ws_type type, const void *data, size_t len,
-                       void *user)
+static void on_message(parley_ws *ws, parley_ws_type type, const void *data, size_t len, void *user)
 {
     cli *c = user;
     if (c->echo) {
@@ -99,11 +128,192 @@ static void on_close(parley_ws *ws, int code, const char *reason, size_t reason_
             fprintf(stderr, "parley: connection ended: %s (code %d)\n", parley_strerror(err), code);
         c->exit_code = 1;
     } else {
-        if (!c->echo)
-            fprintf(stderr, "closed: %d %.*s\n", code, (int)reason_len, reason);
+        if (!c->echo) fprintf(stderr, "closed: %d %.*s\n", code, (int)reason_len, reason);
         c->exit_code = 0;
     }
     if (c->in && !uv_is_closing((uv_handle_t *)c->in)) uv_close((uv_handle_t *)c->in, NULL);
+}
+
+/* ---- ws-queue ---- */
+
+/* Writes one JSON line: {"ev":NAME,"t":MS<fields>}. fields is JSON text
+ * starting with a comma, or "". */
+static void emit_line(cli *c, const char *name, pbuf *fields)
+{
+    pbuf b = {0};
+    pbuf_appendf(&b, "{\"ev\":\"%s\",\"t\":%llu", name, (unsigned long long)(ptime_ms() - c->t0));
+    if (fields && fields->len) pbuf_append(&b, fields->ptr, fields->len);
+    pbuf_append(&b, "}\n", 2);
+    fwrite(b.ptr, 1, b.len, stdout);
+    fflush(stdout);
+    pbuf_free(&b);
+    if (fields) pbuf_free(fields);
+}
+
+static void add_str(pbuf *b, const char *key, const char *s, size_t len)
+{
+    pbuf_appendf(b, ",\"%s\":", key);
+    if (json_append_string(b, s, len) != 0) pbuf_append_str(b, "null");
+}
+
+static const char *const ev_names[] = {
+    [PARLEY_WS_EV_CONNECTING] = "connecting",
+    [PARLEY_WS_EV_CONNECTED] = "connected",
+    [PARLEY_WS_EV_DISCONNECTED] = "disconnected",
+    [PARLEY_WS_EV_RECONNECTING] = "reconnecting",
+    [PARLEY_WS_EV_RECONNECT_FAILED] = "reconnect_failed",
+    [PARLEY_WS_EV_MESSAGE] = "message",
+    [PARLEY_WS_EV_ERROR] = "error",
+};
+
+static void q_event(parley_ws *ws, const parley_ws_event *ev, void *user)
+{
+    cli *c = user;
+    pbuf f = {0};
+    if (ev->type != PARLEY_WS_EV_MESSAGE) pbuf_appendf(&f, ",\"attempt\":%u", ev->attempt);
+    switch (ev->type) {
+    case PARLEY_WS_EV_RECONNECTING:
+        pbuf_appendf(&f, ",\"delay\":%u", ev->delay_ms);
+        break;
+    case PARLEY_WS_EV_DISCONNECTED:
+    case PARLEY_WS_EV_ERROR:
+        add_str(&f, "reason", ev->reason, strlen(ev->reason));
+        pbuf_appendf(&f, ",\"err\":\"%s\",\"code\":%d,\"status\":%d,\"will_retry\":%s",
+                     ev->err ? parley_strerror(ev->err) : "", ev->code, ev->http_status,
+                     ev->will_retry ? "true" : "false");
+        break;
+    case PARLEY_WS_EV_RECONNECT_FAILED:
+        pbuf_appendf(&f, ",\"status\":%d", ev->http_status);
+        break;
+    case PARLEY_WS_EV_MESSAGE:
+        if (ev->msg_type == PARLEY_WS_TEXT) {
+            add_str(&f, "data", ev->data, ev->len);
+        } else {
+            pbuf_appendf(&f, ",\"binary\":%zu", ev->len);
+        }
+        break;
+    default:
+        break;
+    }
+    emit_line(c, ev_names[ev->type], &f);
+    if (ev->type == PARLEY_WS_EV_MESSAGE && c->ack_echo && ev->msg_type == PARLEY_WS_TEXT &&
+        ev->len >= 36) {
+        char id[37];
+        memcpy(id, ev->data, 36);
+        id[36] = 0;
+        parley_ws_ack(ws, id); /* a duplicate echo is refused: harmless */
+    }
+}
+
+static void q_status(parley_ws *ws, const char *id, parley_ws_send_status status, int err,
+                     void *user)
+{
+    (void)ws;
+    static const char *const names[] = {"", "queued", "sent", "acked", "failed"};
+    pbuf f = {0};
+    add_str(&f, "id", id, strlen(id));
+    pbuf_appendf(&f, ",\"status\":\"%s\",\"err\":\"%s\"", names[status],
+                 err ? parley_strerror(err) : "");
+    emit_line(user, "status", &f);
+}
+
+static int parse_priority(const char *s)
+{
+    static const char *const names[] = {"low", "normal", "high", "urgent"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i])) return i;
+    if (s[0] >= '0' && s[0] <= '3' && !s[1]) return s[0] - '0';
+    return -1;
+}
+
+/* Splits the next space-separated word off *p (NUL-terminating it). */
+static char *word(char **p)
+{
+    char *s = *p;
+    while (*s == ' ') s++;
+    if (!*s) return NULL;
+    char *e = strchr(s, ' ');
+    if (e) {
+        *e = 0;
+        *p = e + 1;
+    } else {
+        *p = s + strlen(s);
+    }
+    return s;
+}
+
+static void q_stop(cli *c)
+{
+    if (c->in && !uv_is_closing((uv_handle_t *)c->in)) uv_close((uv_handle_t *)c->in, NULL);
+    c->in = NULL;
+    if (c->ws) parley_ws_free(c->ws);
+    c->ws = NULL;
+    c->exit_code = 0;
+}
+
+static void q_command(cli *c, char *line)
+{
+    char *p = line;
+    char *cmd = word(&p);
+    if (!cmd || !c->ws) return;
+    pbuf f = {0};
+    if (!strcmp(cmd, "send")) {
+        char *prio = word(&p), *ttl = word(&p), *id = word(&p);
+        char *text = p, *end;
+        int pr = prio ? parse_priority(prio) : -1;
+        unsigned long t = ttl ? strtoul(ttl, &end, 10) : 0;
+        char out[37] = "";
+        int rc = PARLEY_EINVAL;
+        if (pr >= 0 && ttl && !*end && t <= UINT32_MAX && id) {
+            if (!strcmp(id, "-"))
+                rc = parley_ws_send_queued(c->ws, PARLEY_WS_TEXT, text, strlen(text), pr,
+                                           (uint32_t)t, out);
+            else
+                rc = parley_ws_send_queued_id(c->ws, PARLEY_WS_TEXT, text, strlen(text), pr,
+                                              (uint32_t)t, id);
+            if (rc == 0 && !out[0]) snprintf(out, sizeof out, "%s", id);
+        }
+        if (rc == 0) {
+            add_str(&f, "id", out, strlen(out));
+            emit_line(c, "queued", &f);
+        } else {
+            if (id) add_str(&f, "id", id, strlen(id));
+            pbuf_appendf(&f, ",\"err\":\"%s\"", parley_strerror(rc));
+            emit_line(c, "send_error", &f);
+        }
+    } else if (!strcmp(cmd, "ack")) {
+        char *id = word(&p);
+        int rc = id ? parley_ws_ack(c->ws, id) : PARLEY_EINVAL;
+        if (rc) {
+            pbuf_appendf(&f, ",\"err\":\"%s\"", parley_strerror(rc));
+            emit_line(c, "ack_error", &f);
+        }
+    } else if (!strcmp(cmd, "connect")) {
+        parley_ws_connect(c->ws);
+    } else if (!strcmp(cmd, "close")) {
+        char *code = word(&p);
+        parley_ws_close(c->ws, code ? atoi(code) : 1000, NULL);
+    } else if (!strcmp(cmd, "stats")) {
+        parley_ws_stats st;
+        parley_ws_get_stats(c->ws, &st);
+        pbuf_appendf(&f,
+                     ",\"connections\":%llu,\"reconnects\":%llu,\"attempts\":%llu,\"errors\":%llu,"
+                     "\"messages_in\":%llu,\"messages_out\":%llu,\"bytes_in\":%llu,"
+                     "\"bytes_out\":%llu,\"uptime_ms\":%llu,\"total_uptime_ms\":%llu,"
+                     "\"last_rtt_us\":%llu,\"queued\":%llu",
+                     (unsigned long long)st.connections, (unsigned long long)st.reconnects,
+                     (unsigned long long)st.attempts, (unsigned long long)st.errors,
+                     (unsigned long long)st.messages_in, (unsigned long long)st.messages_out,
+                     (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
+                     (unsigned long long)st.uptime_ms, (unsigned long long)st.total_uptime_ms,
+                     (unsigned long long)st.last_rtt_us, (unsigned long long)st.queued);
+        emit_line(c, "stats", &f);
+    } else if (!strcmp(cmd, "quit")) {
+        q_stop(c);
+    } else {
+        add_str(&f, "command", cmd, strlen(cmd));
+        emit_line(c, "unknown_command", &f);
+    }
 }
 
 /* stdin for `parley ws`. */
@@ -119,6 +329,10 @@ static void on_stdin(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     (void)buf;
     cli *c = s->data;
     if (n < 0) {
+        if (c->queue) {
+            q_stop(c);
+            return;
+        }
         uv_close((uv_handle_t *)s, NULL);
         c->in = NULL;
         parley_ws_close(c->ws, 1000, "end of input");
@@ -129,7 +343,11 @@ static void on_stdin(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     while ((nl = memchr(start, '\n', c->line_len - (size_t)(start - c->line)))) {
         size_t len = (size_t)(nl - start);
         if (len && start[len - 1] == '\r') len--;
-        if (c->open) {
+        if (c->queue) {
+            start[len] = 0;
+            q_command(c, start);
+            if (!c->in) return; /* quit */
+        } else if (c->open) {
             int rc = parley_ws_send(c->ws, PARLEY_WS_TEXT, start, len);
             if (rc) fprintf(stderr, "parley: send: %s\n", parley_strerror(rc));
         } else {
@@ -178,6 +396,8 @@ int main(int argc, char **argv)
     cli c = {.exit_code = 1};
     if (!strcmp(cmd, "ws-echo")) {
         c.echo = true;
+    } else if (!strcmp(cmd, "ws-queue")) {
+        c.queue = true;
     } else if (strcmp(cmd, "ws") != 0) {
         fprintf(stderr, "parley: unknown command '%s'\n", cmd);
         usage(stderr);
@@ -186,8 +406,27 @@ int main(int argc, char **argv)
     parley_ws_opts o;
     parley_ws_opts_init(&o);
     const char *headers[MAX_LIST], *protocols[MAX_LIST];
-    enum { OPT_HEADER = 256, OPT_PROTO, OPT_NO_DEFLATE, OPT_CA, OPT_INSECURE, OPT_TIMEOUT,
-           OPT_MAX_MSG, OPT_VERBOSE };
+    enum {
+        OPT_HEADER = 256,
+        OPT_PROTO,
+        OPT_NO_DEFLATE,
+        OPT_CA,
+        OPT_INSECURE,
+        OPT_TIMEOUT,
+        OPT_MAX_MSG,
+        OPT_VERBOSE,
+        OPT_RECONNECT,
+        OPT_RC_DELAY,
+        OPT_RC_DELAY_MAX,
+        OPT_RC_ATTEMPTS,
+        OPT_PING_INTERVAL,
+        OPT_PING_TIMEOUT,
+        OPT_QUEUE_FILE,
+        OPT_Q_COUNT,
+        OPT_Q_BYTES,
+        OPT_ACK_ON_WRITE,
+        OPT_ACK_ECHO
+    };
     static const struct option longopts[] = {
         {"header", required_argument, 0, OPT_HEADER},
         {"protocol", required_argument, 0, OPT_PROTO},
@@ -197,6 +436,17 @@ int main(int argc, char **argv)
         {"timeout", required_argument, 0, OPT_TIMEOUT},
         {"max-message", required_argument, 0, OPT_MAX_MSG},
         {"verbose", no_argument, 0, OPT_VERBOSE},
+        {"reconnect", no_argument, 0, OPT_RECONNECT},
+        {"reconnect-delay", required_argument, 0, OPT_RC_DELAY},
+        {"reconnect-delay-max", required_argument, 0, OPT_RC_DELAY_MAX},
+        {"reconnect-attempts", required_argument, 0, OPT_RC_ATTEMPTS},
+        {"ping-interval", required_argument, 0, OPT_PING_INTERVAL},
+        {"ping-timeout", required_argument, 0, OPT_PING_TIMEOUT},
+        {"queue-file", required_argument, 0, OPT_QUEUE_FILE},
+        {"queue-max-count", required_argument, 0, OPT_Q_COUNT},
+        {"queue-max-bytes", required_argument, 0, OPT_Q_BYTES},
+        {"ack-on-write", no_argument, 0, OPT_ACK_ON_WRITE},
+        {"ack-echo", no_argument, 0, OPT_ACK_ECHO},
         {0, 0, 0, 0},
     };
     parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
@@ -219,9 +469,15 @@ int main(int argc, char **argv)
             }
             protocols[o.nprotocols++] = optarg;
             break;
-        case OPT_NO_DEFLATE: o.permessage_deflate = 0; break;
-        case OPT_CA: o.ca_file = optarg; break;
-        case OPT_INSECURE: o.insecure = 1; break;
+        case OPT_NO_DEFLATE:
+            o.permessage_deflate = 0;
+            break;
+        case OPT_CA:
+            o.ca_file = optarg;
+            break;
+        case OPT_INSECURE:
+            o.insecure = 1;
+            break;
         case OPT_TIMEOUT:
             errno = 0;
             o.connect_timeout_ms = (uint32_t)strtoul(optarg, &end, 10);
@@ -238,8 +494,51 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
-        case OPT_VERBOSE: parley_log_set(PARLEY_LOG_DEBUG, NULL, NULL); break;
-        default: usage(stderr); return 2;
+        case OPT_VERBOSE:
+            parley_log_set(PARLEY_LOG_DEBUG, NULL, NULL);
+            break;
+        case OPT_RECONNECT:
+            o.reconnect = 1;
+            break;
+        case OPT_ACK_ON_WRITE:
+            o.ack_on_write = 1;
+            break;
+        case OPT_ACK_ECHO:
+            c.ack_echo = true;
+            break;
+        case OPT_QUEUE_FILE:
+            o.queue_path = optarg;
+            break;
+        case OPT_RC_DELAY:
+        case OPT_RC_DELAY_MAX:
+        case OPT_RC_ATTEMPTS:
+        case OPT_PING_INTERVAL:
+        case OPT_PING_TIMEOUT:
+        case OPT_Q_COUNT:
+        case OPT_Q_BYTES: {
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            bool wide = ch == OPT_Q_COUNT || ch == OPT_Q_BYTES;
+            if (errno || *end || !*optarg || (!wide && v > UINT32_MAX)) {
+                fprintf(stderr, "parley: bad value for --%s\n", longopts[ch - OPT_HEADER].name);
+                return 2;
+            }
+            if (ch == OPT_RC_DELAY) o.reconnect_delay_ms = (uint32_t)v;
+            if (ch == OPT_RC_DELAY_MAX) o.reconnect_delay_max_ms = (uint32_t)v;
+            if (ch == OPT_RC_ATTEMPTS) o.reconnect_attempts = (unsigned)v;
+            if (ch == OPT_PING_INTERVAL) o.ping_interval_ms = (uint32_t)v;
+            if (ch == OPT_PING_TIMEOUT) o.ping_timeout_ms = (uint32_t)v;
+            if (ch == OPT_Q_COUNT) o.queue_max_count = (size_t)v;
+            if (ch == OPT_Q_BYTES) o.queue_max_bytes = (size_t)v;
+            break;
+        }
+        default:
+            usage(stderr);
+            return 2;
+        }
+        if (ch >= OPT_RECONNECT && !c.queue) {
+            fprintf(stderr, "parley: --%s is a ws-queue option\n", longopts[ch - OPT_HEADER].name);
+            return 2;
         }
     }
     if (optind != argc - 1) {
@@ -249,12 +548,18 @@ int main(int argc, char **argv)
     o.url = argv[optind];
     o.headers = headers;
     o.protocols = protocols;
-    o.on_open = on_open;
-    o.on_message = on_message;
-    o.on_close = on_close;
+    if (c.queue) {
+        o.on_event = q_event;
+        o.on_send_status = q_status;
+    } else {
+        o.on_open = on_open;
+        o.on_message = on_message;
+        o.on_close = on_close;
+    }
     o.user = &c;
     signal(SIGPIPE, SIG_IGN);
 
+    c.t0 = ptime_ms();
     c.loop = parley_loop_new();
     if (!c.loop) return 1;
     int rc = parley_ws_new(c.loop, &o, &c.ws);
@@ -262,6 +567,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "parley: %s: %s\n", o.url, parley_strerror(rc));
         parley_loop_free(c.loop);
         return rc == PARLEY_EURL || rc == PARLEY_EINVAL ? 2 : 1;
+    }
+    if (c.queue && start_stdin(&c) != 0) {
+        fprintf(stderr, "parley: cannot read stdin\n");
+        parley_ws_free(c.ws);
+        parley_loop_free(c.loop);
+        return 1;
     }
     parley_ws_connect(c.ws);
     parley_loop_run(c.loop);
