@@ -913,7 +913,7 @@ static void req_receipt(msg_service *svc, msess *ms, const json_val *obj, const 
         return;
     }
     msg_conv_parse(&c, r.conversation, strlen(r.conversation));
-    if (c.kind == MSG_CONV_DM && !check_member(svc, ms, ack_id, &c)) return;
+    if (!check_member(svc, ms, ack_id, &c)) return;
     int64_t last = mstore_last_seq(svc->store, c.id);
     if (last < 0) {
         reply_internal(svc, ms, ack_id);
