@@ -40,10 +40,10 @@
 #include "services/media.h"
 #include "services/msg_store.h"
 
-#define ROOM_NAME_MAX   80          /* "u:" + user, "c:" + conversation id */
-#define SYNC_PAGE_BYTES (256 << 10) /* soft limit of one sync answer */
-#define OUTBOX_FREE_MAX 256         /* recycled outbox entries kept */
-#define OUTBOX_KEEP_CAP 4096        /* bytes a recycled entry keeps */
+#define ROOM_NAME_MAX   (2 + MSG_CONV_MAX + 1) /* "u:" + user, "c:" + conversation id */
+#define SYNC_PAGE_BYTES (256 << 10)            /* soft limit of one sync answer */
+#define OUTBOX_FREE_MAX 256                    /* recycled outbox entries kept */
+#define OUTBOX_KEEP_CAP 4096                   /* bytes a recycled entry keeps */
 
 typedef struct msess msess;
 
@@ -182,14 +182,23 @@ static bool user_online(msg_service *svc, const char *id)
     return false;
 }
 
+static void prefixed(char out[ROOM_NAME_MAX], char tag, const char *name)
+{
+    size_t n = strnlen(name, ROOM_NAME_MAX - 3);
+    out[0] = tag;
+    out[1] = ':';
+    memcpy(out + 2, name, n);
+    out[2 + n] = 0;
+}
+
 static void room_of_user(char out[ROOM_NAME_MAX], const char *user)
 {
-    snprintf(out, ROOM_NAME_MAX, "u:%s", user);
+    prefixed(out, 'u', user);
 }
 
 static void room_of_conv(char out[ROOM_NAME_MAX], const char *conv)
 {
-    snprintf(out, ROOM_NAME_MAX, "c:%s", conv);
+    prefixed(out, 'c', conv);
 }
 
 /* ---- outbox ---- */
@@ -790,6 +799,38 @@ static const char *media_family(msg_type t)
 typedef void (*req_fn)(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
                        int64_t ack_id);
 
+/* A resend: the stored message answers it, whatever the resend says.
+ * True when answered (the duplicate, or a storage error). */
+static bool answer_duplicate(msg_service *svc, msess *ms, int64_t ack_id, const char *user,
+                             const char *client_id)
+{
+    mstore_msg stored;
+    int found = mstore_find(svc->store, user, client_id, &stored);
+    if (found < 0) reply_internal(svc, ms, ack_id);
+    if (found <= 0) return found < 0;
+    svc->stats.duplicates++;
+    pbuf *ack = &svc->scratch2;
+    ack->len = 0;
+    int rc = pbuf_append_str(ack, "{\"ok\":true,\"duplicate\":true,\"message\":");
+    if (rc == 0) rc = msg_encode_message(ack, &stored.m, stored.content_json, stored.content_len);
+    if (rc == 0) rc = pbuf_append(ack, "}", 1);
+    /* The original may be in the open batch: then the answer waits for it. */
+    if (rc == 0)
+        queue_ack_json(svc, ms, ack_id, (char *)ack->ptr, ack->len, mstore_in_batch(svc->store));
+    else
+        reply_internal(svc, ms, ack_id);
+    return true;
+}
+
+/* Refusals that depend on the server's state (membership, media) are
+ * not given to a resend of a message stored while they did not hold. */
+static void refuse_send(msg_service *svc, msess *ms, int64_t ack_id, const msg_send *m,
+                        const msg_error *err)
+{
+    if (!answer_duplicate(svc, ms, ack_id, ms->user->id, m->client_id))
+        reply_error(svc, ms, ack_id, err);
+}
+
 static void req_send(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
                      int64_t ack_id)
 {
@@ -802,44 +843,40 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
         reply_error(svc, ms, ack_id, &err);
         return;
     }
-    pbuf *msg = &svc->scratch, *ack = &svc->scratch2;
-    msg->len = ack->len = 0;
-    mstore_msg stored;
-    int found = mstore_find(svc->store, user, m.client_id, &stored);
-    if (found < 0) {
-        reply_internal(svc, ms, ack_id);
-        return;
-    }
-    if (found) {
-        /* A resend: the stored message answers it, whatever it says. */
-        svc->stats.duplicates++;
-        int rc = pbuf_append_str(ack, "{\"ok\":true,\"duplicate\":true,\"message\":");
-        if (rc == 0)
-            rc = msg_encode_message(ack, &stored.m, stored.content_json, stored.content_len);
-        if (rc == 0) rc = pbuf_append(ack, "}", 1);
-        if (rc == 0)
-            queue_ack_json(svc, ms, ack_id, (char *)ack->ptr, ack->len,
-                           mstore_in_batch(svc->store));
-        return;
-    }
     if (m.type == MSG_SYSTEM && !ms->admin) {
         reply_fail(svc, ms, ack_id, MSG_E_FORBIDDEN, "type",
                    "system messages need a token with the admin role");
         return;
     }
-    if (c.kind == MSG_CONV_ROOM && !check_member(svc, ms, ack_id, &c)) return;
+    if (c.kind == MSG_CONV_ROOM) {
+        int p = mstore_is_participant(svc->store, c.id, user);
+        if (p != 1) {
+            if (p < 0) {
+                reply_internal(svc, ms, ack_id);
+                return;
+            }
+            msg_fail(&err, MSG_E_NOT_MEMBER, "room", "you are not a member of room %s", c.a);
+            refuse_send(svc, ms, ack_id, &m, &err);
+            return;
+        }
+    }
     const char *media = NULL;
     if (msg_type_has_media(m.type)) {
         media = m.content.media;
         int64_t size = 0;
         int r = mstore_media_get(svc->store, media, &size, m.content.mime);
-        if (r < 0) {
+        int v = r == 1 ? mstore_media_visible(svc->store, media, user) : 0;
+        if (r < 0 || v < 0) {
             reply_internal(svc, ms, ack_id);
             return;
         }
-        if (r == 0) {
-            reply_fail(svc, ms, ack_id, MSG_E_NOT_FOUND, "content.media",
-                       "no media with this id: upload it first");
+        if (r == 0 || v == 0) {
+            if (r == 0)
+                msg_fail(&err, MSG_E_NOT_FOUND, "content.media",
+                         "no media with this id: upload it first");
+            else
+                msg_fail(&err, MSG_E_FORBIDDEN, "content.media", "you may not use this media");
+            refuse_send(svc, ms, ack_id, &m, &err);
             return;
         }
         const char *fam = media_family(m.type);
@@ -850,23 +887,22 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
             reply_error(svc, ms, ack_id, &err);
             return;
         }
-        r = mstore_media_visible(svc->store, media, user);
-        if (r != 1) {
-            if (r < 0)
-                reply_internal(svc, ms, ack_id);
-            else
-                reply_fail(svc, ms, ack_id, MSG_E_FORBIDDEN, "content.media",
-                           "you may not use this media");
-            return;
-        }
         m.content.size = size;
     }
-    if (msg_encode_content(ack, m.type, &m.content) != 0) {
+    pbuf *msg = &svc->scratch, *content = &svc->scratch2;
+    msg->len = content->len = 0;
+    if (msg_encode_content(content, m.type, &m.content) != 0) {
         reply_internal(svc, ms, ack_id);
         return;
     }
+    /* Insert first: a resend is rare, and the unique index finds it. */
+    mstore_msg stored;
     int rc = mstore_insert(svc->store, &c, user, m.client_id, m.type, m.priority,
-                           (const char *)ack->ptr, ack->len, media, wall_ms(), &stored);
+                           (const char *)content->ptr, content->len, media, wall_ms(), &stored);
+    if (rc == MSTORE_DUPLICATE) {
+        if (!answer_duplicate(svc, ms, ack_id, user, m.client_id)) reply_internal(svc, ms, ack_id);
+        return;
+    }
     if (rc == PARLEY_ESTATE) {
         reply_fail(svc, ms, ack_id, MSG_E_NOT_MEMBER, "room", "no such room");
         return;
@@ -877,6 +913,7 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
         return;
     }
     svc->stats.messages++;
+    pbuf *ack = content;
     ack->len = 0;
     rc = pbuf_append_str(ack, "{\"ok\":true,\"duplicate\":false,\"message\":");
     if (rc == 0) rc = pbuf_append(ack, msg->ptr, msg->len);

@@ -597,6 +597,13 @@ int mstore_find(mstore *s, const char *sender, const char *client_id, mstore_msg
     return 1;
 }
 
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = 0;
+}
+
 int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *client_id,
                   msg_type type, msg_priority prio, const char *content_json, size_t content_len,
                   const char *media, int64_t now_ms, mstore_msg *out)
@@ -624,7 +631,15 @@ int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *
     sqlite3_bind_int(st, 6, prio);
     sqlite3_bind_int64(st, 7, now_ms);
     sqlite3_bind_text(st, 8, content_json, (int)content_len, SQLITE_STATIC);
-    if ((rc = run(s, st, "storing a message"))) return rc;
+    rc = sqlite3_step(st);
+    done(st);
+    /* The only unique key a correct caller can hit: (sender, client_id). */
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) return MSTORE_DUPLICATE;
+    if (rc != SQLITE_DONE) {
+        rc = db_err(s, "storing a message");
+        check_lost(s);
+        return rc;
+    }
     sc->last_seq = seq;
     int64_t id = sqlite3_last_insert_rowid(s->db);
     if (media) {
@@ -639,9 +654,9 @@ int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *
     out->m.ts = now_ms;
     out->m.type = type;
     out->m.priority = prio;
-    snprintf(out->m.conversation, sizeof out->m.conversation, "%s", c->id);
-    snprintf(out->m.from, sizeof out->m.from, "%s", sender);
-    snprintf(out->m.client_id, sizeof out->m.client_id, "%s", client_id);
+    copy_str(out->m.conversation, sizeof out->m.conversation, c->id);
+    copy_str(out->m.from, sizeof out->m.from, sender);
+    copy_str(out->m.client_id, sizeof out->m.client_id, client_id);
     out->content_json = content_json;
     out->content_len = content_len;
     return 0;

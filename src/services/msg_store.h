@@ -64,8 +64,10 @@ int mstore_find(mstore *s, const char *sender, const char *client_id, mstore_msg
  * participants are created on first use; a room must exist). Assigns id,
  * seq (last + 1) and ts = now_ms; media (NULL or a media id) is recorded
  * as referenced by the conversation. The caller has checked that the
- * sender may post there and that client_id is new. 0, PARLEY_EIO,
- * PARLEY_ENOMEM, PARLEY_ESTATE (room does not exist). */
+ * sender may post there. 0; MSTORE_DUPLICATE when the sender already
+ * stored client_id (nothing is written: look it up with mstore_find);
+ * PARLEY_EIO, PARLEY_ENOMEM, PARLEY_ESTATE (room does not exist). */
+#define MSTORE_DUPLICATE 1
 int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *client_id,
                   msg_type type, msg_priority prio, const char *content_json, size_t content_len,
                   const char *media, int64_t now_ms, mstore_msg *out);

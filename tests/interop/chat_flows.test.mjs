@@ -152,6 +152,10 @@ describe('messaging flows', () => {
     const m4 = await a.text({ room }, 'after ben left');
     assert.deepEqual(await c.next('new_message'), m4);
     await b.fails('send_message', { client_id: nextClientId(), room, type: 'text', content: { text: 'x' } }, 'not_member');
+    // A resend of what ben stored while a member is still answered.
+    const resent = await b.send({ room }, { text: 'first' }, { clientId: m1.client_id });
+    assert.equal(resent.duplicate, true);
+    assert.deepEqual(resent.message, m1);
     await b.fails('history', { conversation: conv }, 'not_member');
     await b.fails('receipt', { conversation: conv, status: 'read', seq: 1 }, 'not_member');
     await b.ok('history', { conversation: dm(amy, ben) }); // an empty DM is fine

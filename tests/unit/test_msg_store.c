@@ -112,20 +112,29 @@ static void test_dm_sequence_and_find(void **state)
     assert_int_equal(mstore_find(st, "bob", "c1", &m), 1);
     assert_int_equal(m.m.seq, 2);
     assert_int_equal(mstore_find(st, "carol", "c1", &m), 0);
-    /* The same client id from the same sender is a constraint error: the
-     * service looks it up first. */
+    /* The same client id from the same sender stores nothing, gives out
+     * no seq, and leaves the batch intact. */
     static const char content[] = "{\"text\":\"again\"}";
+    assert_int_equal(put_text(st, &ab, "bob", "c7", NULL), 4);
     assert_int_equal(mstore_insert(st, &ab, "alice", "c1", MSG_TEXT, MSG_PRIO_NORMAL, content,
                                    sizeof content - 1, NULL, T0, &m),
-                     PARLEY_EIO);
+                     MSTORE_DUPLICATE);
+    assert_int_equal(mstore_insert(st, &ab, "bob", "c7", MSG_TEXT, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, NULL, T0, &m),
+                     MSTORE_DUPLICATE);
+    assert_true(mstore_in_batch(st));
     assert_int_equal(mstore_commit(st), 0);
-    assert_int_equal(mstore_last_seq(st, ab.id), 3);
+    assert_int_equal(mstore_last_seq(st, ab.id), 4);
+    assert_int_equal(mstore_find(st, "bob", "c7", &m), 1);
+    assert_int_equal(m.m.seq, 4);
+    assert_int_equal(mstore_find(st, "alice", "c1", &m), 1);
+    assert_memory_equal(m.content_json, "{\"text\":\"hello\"}", 16);
     mstore_close(st);
 
     /* Reopened: seq continues. */
     st = open_store(sc.path);
-    assert_int_equal(mstore_last_seq(st, ab.id), 3);
-    assert_int_equal(put_text(st, &ab, "bob", "c9", NULL), 4);
+    assert_int_equal(mstore_last_seq(st, ab.id), 4);
+    assert_int_equal(put_text(st, &ab, "bob", "c9", NULL), 5);
     assert_int_equal(mstore_commit(st), 0);
     mstore_close(st);
     scratch_free(&sc);
