@@ -483,6 +483,8 @@ static void on_flush(pdefer *d)
             break;
         case OB_JOIN:
         case OB_LEAVE:
+            /* Held broadcasts go to the members of the time they were sent. */
+            flush_low(svc);
             if (!bad) apply_room_change(svc, e);
             break;
         case OB_NOTIFY:
@@ -690,8 +692,8 @@ static void typing_relay(mtyping *t)
         to.except = &x;
         to.nexcept = 1;
     }
-    /* Volatile: a typing indicator that cannot leave now is stale anyway. */
-    to.volatile_ = 1;
+    /* Not volatile: a dropped stop would leave others seeing a typist
+     * (polling clients between two GETs cannot take anything at once). */
     parley_broadcast(svc->nsp, &to, MSG_EV_TYPING_OUT, (const char *)b->ptr, NULL, 0);
     t->shown = t->typing;
     t->relayed = true;

@@ -86,6 +86,12 @@ describe('messaging flows', () => {
       assert.deepEqual(await a1.next('new_message'), reply);
       assert.deepEqual(await a2.next('new_message'), reply);
       assert.deepEqual(await b2.next('new_message'), reply);
+      // Typing reaches the other user's devices (whatever the transport),
+      // not the typist's own.
+      await a1.ok('typing', { conversation: conv, state: 'start' });
+      for (const x of [b1, b2]) assert.deepEqual(await x.next('typing'), { conversation: conv, user: alice, state: 'start' });
+      await a1.ok('typing', { conversation: conv, state: 'stop' });
+      for (const x of [b1, b2]) assert.deepEqual(await x.next('typing'), { conversation: conv, user: alice, state: 'stop' });
       await a1.ok('history', { conversation: conv });
       for (const c of [a1, a2, b1, b2]) c.assertIdle();
       for (const c of [a1, a2, b1, b2]) c.close();
