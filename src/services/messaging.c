@@ -1696,6 +1696,12 @@ void msg_service_free(msg_service *svc)
         /* What was stored stays stored: a client that got no acknowledgement
          * resends and is answered from the store. */
         if (mstore_commit(svc->store) != 0) plog_error("messaging: final commit failed");
+        plog_info("messaging: %llu messages stored (%llu resends answered) in %llu commits, "
+                  "%llu failed",
+                  (unsigned long long)svc->stats.messages,
+                  (unsigned long long)svc->stats.duplicates,
+                  (unsigned long long)mstore_commits(svc->store),
+                  (unsigned long long)svc->stats.commit_failures);
     }
     ploop_timer_stop(svc->loop, &svc->low_timer);
     obx *lists[2] = {svc->out_head, svc->low_head};
