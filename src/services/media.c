@@ -117,7 +117,14 @@ int media_put(media_store *m, const void *data, size_t len, char id[MSG_MEDIA_ID
     char sub[4096], file[4200], tmp[4096];
     path_of(m, id, sub, sizeof sub, file, sizeof file);
     struct stat st;
-    if (stat(file, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == len) return 0;
+    if (stat(file, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == len) {
+        /* Stored already, if the bytes still hash right; a damaged file is
+         * replaced by this upload. */
+        pbuf check = {0};
+        rc = media_get(m, id, len, &check);
+        pbuf_free(&check);
+        if (rc == 0) return 0;
+    }
     if ((rc = make_dir(sub))) return rc;
     snprintf(tmp, sizeof tmp, "%s/" TMP_PREFIX "XXXXXX", m->dir);
     int fd = mkstemp(tmp);

@@ -5,8 +5,9 @@
  * Writes go to a temporary file in the same directory and are renamed
  * into place, so a file under its final name is always complete (a crash
  * leaves at most a stray temporary, removed by media_open). Content that
- * is already stored is not written again. The index (size, type, who may
- * see it) lives in the messaging store, not here.
+ * is already stored, and still hashes to its name, is not written again;
+ * a damaged copy is replaced. The index (size, type, who may see it)
+ * lives in the messaging store, not here.
  *
  * Synchronous file I/O: uploads are bounded by the caller's limit
  * (--max-media-bytes).

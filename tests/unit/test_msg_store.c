@@ -499,6 +499,10 @@ static void test_foreign_files(void **state)
     scratch sc;
     scratch_init(&sc);
     mstore *st = NULL;
+    assert_int_equal(mstore_open("", false, &st), PARLEY_EINVAL);
+    assert_int_equal(mstore_open(NULL, false, &st), PARLEY_EINVAL);
+    assert_int_equal(mstore_open("/nonexistent-dir/x/m.db", false, &st), PARLEY_EIO);
+    assert_null(st);
     /* Another application's database. */
     sqlite3 *db;
     assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
