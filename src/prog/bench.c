@@ -13,6 +13,12 @@
  *                  receipt, and lost deliveries (must be 0).
  *   connect        Socket.IO session establishments per second (TCP,
  *                  upgrade, open packet, CONNECT, close), N in parallel.
+ *   chat           the messaging service of parleyd: N users in pairs on /chat
+ *                  (websocket), each keeping K send_message requests in
+ *                  flight to its partner; every delivered message is
+ *                  counted and every R-th one answered with a read receipt,
+ *                  whose status event goes back to the sender. Acknowledged
+ *                  (committed) messages/s and acknowledgement latency.
  *   idle           N WebSocket connections or Socket.IO sessions held open
  *                  (answering the server's pings) for a while; the server's
  *                  RSS growth per connection from /proc/PID/status, measured
@@ -33,9 +39,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/url.h"
 #include "base/util.h"
+#include "services/jwt.h"
 #include "codec/http.h"
 #include "codec/ws.h"
 #include "codec/ws_handshake.h"
@@ -88,7 +96,7 @@ static uint64_t hist_pct(const hist *h, double pct)
 
 /* ---- connections ---- */
 
-enum { SC_WS_ECHO, SC_SIO_ECHO, SC_SIO_BCAST, SC_CONNECT, SC_IDLE };
+enum { SC_WS_ECHO, SC_SIO_ECHO, SC_SIO_BCAST, SC_CONNECT, SC_IDLE, SC_CHAT };
 enum { BC_CONNECTING, BC_HANDSHAKE, BC_EIO_OPEN, BC_SIO_CONNECT, BC_READY, BC_DEAD };
 
 #define BCAST_WINDOW 64
@@ -106,6 +114,8 @@ typedef struct bconn {
     uint64_t sent_ns;
     uint32_t waiting;
     int64_t ack_id;
+    uint64_t sent_msgs; /* chat: client ids */
+    uint64_t *ring;     /* chat: send times by ack id % pipeline */
 } bconn;
 
 typedef struct bcast_slot {
@@ -140,6 +150,11 @@ struct bench {
     uint32_t *outstanding;
     uint64_t *next_seq;
     hist lat;
+    /* chat */
+    const char *jwt_secret;
+    unsigned receipt_every;
+    uint64_t run_id, acked, deliveries, receipts, statuses;
+    uint64_t *rings;
     long rss_before, rss_after;
     unsigned first_step; /* idle: connections open when rss_before was read */
     uv_timer_t timer;
@@ -161,6 +176,7 @@ static void ws_send_text(bconn *x, const char *text, size_t len)
 }
 
 static void start_connect(bench *b, bconn *x);
+static void all_ready_check(bench *b);
 
 static void sio_emit_ack(bconn *x)
 {
@@ -195,6 +211,117 @@ static void bcast_send(bconn *x)
     }
 }
 
+/* ---- chat ---- */
+
+#define CHAT_NSP "/chat"
+
+static void chat_user(char *out, size_t cap, unsigned idx)
+{
+    snprintf(out, cap, "bu%u", idx);
+}
+
+static void chat_send(bconn *x)
+{
+    bench *b = x->b;
+    char to[32], buf[4400];
+    chat_user(to, sizeof to, x->idx ^ 1u);
+    int64_t id = x->ack_id++;
+    x->ring[(uint64_t)id % b->pipeline] = ptime_ns();
+    int n = snprintf(buf, sizeof buf,
+                     "42" CHAT_NSP ",%lld[\"send_message\",{\"client_id\":\"%llx-%u-%llu\",\"to\":"
+                     "\"%s\",\"type\":\"text\",\"content\":{\"text\":\"%s\"}}]",
+                     (long long)id, (unsigned long long)b->run_id, x->idx,
+                     (unsigned long long)x->sent_msgs++, to, b->payload);
+    ws_send_text(x, buf, (size_t)n);
+}
+
+static void chat_start(bconn *x)
+{
+    for (unsigned k = 0; k < x->b->pipeline; k++) chat_send(x);
+}
+
+/* The CONNECT auth payload: a token when a secret is given, else the
+ * development mode's {"user"}. */
+static int chat_connect(bconn *x)
+{
+    bench *b = x->b;
+    char user[32];
+    chat_user(user, sizeof user, x->idx);
+    pbuf out = {0};
+    int rc = pbuf_append_str(&out, "40" CHAT_NSP ",");
+    if (b->jwt_secret) {
+        char claims[128];
+        snprintf(claims, sizeof claims, "{\"sub\":\"%s\",\"exp\":%lld}", user,
+                 (long long)time(NULL) + 86400);
+        if (rc == 0) rc = pbuf_append_str(&out, "{\"token\":\"");
+        if (rc == 0)
+            rc =
+                jwt_sign(&out, NULL, claims, (const uint8_t *)b->jwt_secret, strlen(b->jwt_secret));
+        if (rc == 0) rc = pbuf_append_str(&out, "\"}");
+    } else if (rc == 0) {
+        rc = pbuf_appendf(&out, "{\"user\":\"%s\"}", user);
+    }
+    if (rc == 0) ws_send_text(x, (const char *)out.ptr, out.len);
+    pbuf_free(&out);
+    return rc;
+}
+
+/* An event or acknowledgement on /chat: p points after "4". */
+static void chat_packet(bconn *x, const uint8_t *p, size_t len)
+{
+    bench *b = x->b;
+    static const char nsp[] = CHAT_NSP ",";
+    if (len < 1 + sizeof nsp - 1 || memcmp(p + 1, nsp, sizeof nsp - 1) != 0) return;
+    const char *q = (const char *)p + sizeof nsp, *end = (const char *)p + len;
+    if (p[0] == '3') {
+        char *after;
+        long long id = strtoll(q, &after, 10);
+        if (after == q || end - after < 11) return;
+        bool ok = memcmp(after, "[{\"ok\":true", 11) == 0;
+        if (!ok) {
+            if (b->errors++ == 0)
+                fprintf(stderr, "bench: chat request failed: %.*s\n",
+                        (int)PARLEY_MIN(end - after, 300), after);
+            return;
+        }
+        if (!x->joined) {
+            /* The sync answer: this user now receives live events. */
+            x->joined = true;
+            if (b->started < b->limit) start_connect(b, &b->bc[b->started++]);
+            all_ready_check(b);
+            return;
+        }
+        if (b->measuring) {
+            hist_add(&b->lat, ptime_ns() - x->ring[(uint64_t)id % b->pipeline], 1);
+            b->msgs++;
+        }
+        b->acked++;
+        if (!b->done && !b->draining) chat_send(x);
+        return;
+    }
+    if (p[0] != '2') return;
+    static const char nm[] = "[\"new_message\",", st[] = "[\"status\",";
+    if ((size_t)(end - q) > sizeof nm && memcmp(q, nm, sizeof nm - 1) == 0) {
+        b->deliveries++;
+        const char *s = strstr(q, "\"seq\":");
+        long long seq = s ? strtoll(s + 6, NULL, 10) : 0;
+        if (b->receipt_every && seq % b->receipt_every == 0 && !b->done) {
+            char me[32], peer[32], buf[200];
+            chat_user(me, sizeof me, x->idx);
+            chat_user(peer, sizeof peer, x->idx ^ 1u);
+            bool lt = strcmp(me, peer) < 0;
+            int n = snprintf(buf, sizeof buf,
+                             "42" CHAT_NSP ",[\"receipt\",{\"conversation\":\"dm:%s:%s\","
+                             "\"status\":\"read\",\"seq\":%lld}]",
+                             lt ? me : peer, lt ? peer : me, seq);
+            ws_send_text(x, buf, (size_t)n);
+            b->receipts++;
+        }
+    } else if ((size_t)(end - q) > sizeof st && memcmp(q, st, sizeof st - 1) == 0) {
+        b->statuses++;
+    }
+}
+
 static void start_load(bench *b)
 {
     if (b->load_started) return;
@@ -211,6 +338,9 @@ static void start_load(bench *b)
         case SC_SIO_ECHO: sio_emit_ack(x); break;
         case SC_SIO_BCAST:
             if (!x->receiver) bcast_send(x);
+            break;
+        case SC_CHAT:
+            chat_start(x);
             break;
         default: break;
         }
@@ -233,6 +363,20 @@ static void on_ready(bconn *x)
         ws_send_text(x, "420[\"join\",\"bench\"]", 19);
         return;
     }
+    if (b->scenario == SC_CHAT) {
+        /* Live delivery starts with sync; its answer makes the user ready.
+         * Earlier runs' history is skipped: since = the largest seq. */
+        char me[32], peer[32], sync[256];
+        chat_user(me, sizeof me, x->idx);
+        chat_user(peer, sizeof peer, x->idx ^ 1u);
+        bool lt = strcmp(me, peer) < 0;
+        int n = snprintf(sync, sizeof sync,
+                         "42" CHAT_NSP ",0[\"sync\",{\"since\":{\"dm:%s:%s\":9007199254740992}}]",
+                         lt ? me : peer, lt ? peer : me);
+        ws_send_text(x, sync, (size_t)n);
+        x->ack_id = 1;
+        return;
+    }
     /* Ramp: start the next connection. */
     if (b->started < b->limit) start_connect(b, &b->bc[b->started++]);
 }
@@ -240,9 +384,9 @@ static void on_ready(bconn *x)
 static void all_ready_check(bench *b)
 {
     unsigned receivers_joined = 0, needed = 0;
-    if (b->scenario == SC_SIO_BCAST) {
+    if (b->scenario == SC_SIO_BCAST || b->scenario == SC_CHAT) {
         for (unsigned i = 0; i < b->conns; i++) {
-            if (b->bc[i].receiver) {
+            if (b->bc[i].receiver || b->scenario == SC_CHAT) {
                 needed++;
                 if (b->bc[i].joined) receivers_joined++;
             }
@@ -250,7 +394,8 @@ static void all_ready_check(bench *b)
         if (receivers_joined < needed) return;
     }
     if (b->ready + b->dead < b->conns) return;
-    if (b->scenario == SC_WS_ECHO || b->scenario == SC_SIO_ECHO || b->scenario == SC_SIO_BCAST)
+    if (b->scenario == SC_WS_ECHO || b->scenario == SC_SIO_ECHO || b->scenario == SC_SIO_BCAST ||
+        b->scenario == SC_CHAT)
         start_load(b);
 }
 
@@ -298,14 +443,22 @@ static void on_sio_text(bconn *x, const uint8_t *p, size_t len)
     if (x->state == BC_EIO_OPEN) {
         if (len > 0 && p[0] == '0') {
             x->state = BC_SIO_CONNECT;
-            ws_send_text(x, "40", 2);
+            if (b->scenario == SC_CHAT) {
+                if (chat_connect(x) != 0) b->errors++;
+            } else {
+                ws_send_text(x, "40", 2);
+            }
         } else {
             b->errors++;
         }
         return;
     }
     if (x->state == BC_SIO_CONNECT) {
-        if (len >= 2 && p[0] == '4' && p[1] == '0') {
+        if (len >= 2 && p[0] == '4' && p[1] == '4') {
+            fprintf(stderr, "bench: CONNECT refused: %.*s\n", (int)PARLEY_MIN(len, 300), p);
+            b->errors++;
+            pconn_close(&x->c, false, PARLEY_EHANDSHAKE);
+        } else if (len >= 2 && p[0] == '4' && p[1] == '0') {
             on_ready(x);
             all_ready_check(b);
         } else if (len >= 2 && p[0] == '4') {
@@ -316,6 +469,10 @@ static void on_sio_text(bconn *x, const uint8_t *p, size_t len)
         return;
     }
     if (len < 2 || p[0] != '4') return;
+    if (b->scenario == SC_CHAT) {
+        chat_packet(x, p + 1, len - 1);
+        return;
+    }
     if (p[1] == '3') {
         /* An acknowledgement. */
         if (b->scenario == SC_SIO_BCAST) {
@@ -608,7 +765,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: parley bench SCENARIO --url URL [options]\n"
-            "scenarios: ws-echo, sio-echo, sio-broadcast, connect, idle\n"
+            "scenarios: ws-echo, sio-echo, sio-broadcast, connect, idle, chat\n"
             "  --url URL            ws://HOST:PORT/PATH (ws-echo, idle) or\n"
             "                       http://HOST:PORT/socket.io/ (Socket.IO; loopback only)\n"
             "  --connections N      connections / sessions (default 100)\n"
@@ -620,6 +777,11 @@ static void usage(FILE *f)
             "  --sources N          spread connections over N source addresses 127.0.0.x\n"
             "  --ramp N             open at most N connections at a time (default 256)\n"
             "  --json               one JSON object instead of text\n"
+            "chat (against parleyd's messaging service):\n"
+            "  --jwt-secret SECRET  sign tokens with SECRET (default: parleyd --dev-auth)\n"
+            "  --receipt-every R    answer every R-th delivered message with a read\n"
+            "                       receipt (default 10; 0 = none)\n"
+            "                       (--connections must be even: users are in pairs)\n"
             "idle:\n"
             "  --pid PID            the server process whose RSS is measured (required)\n"
             "  --hold SECONDS       how long connections are held (default 5)\n");
@@ -633,7 +795,8 @@ static bool is_loopback(const char *host)
 
 static const char *scenario_name(int s)
 {
-    static const char *const names[] = {"ws-echo", "sio-echo", "sio-broadcast", "connect", "idle"};
+    static const char *const names[] = {"ws-echo", "sio-echo", "sio-broadcast",
+                                        "connect", "idle",     "chat"};
     return names[s];
 }
 
@@ -663,6 +826,18 @@ static void report(bench *b, const char *url)
         return;
     }
     uint64_t lost = b->expected > b->delivered ? b->expected - b->delivered : 0;
+    if (b->json && b->scenario == SC_CHAT) {
+        printf("{\"scenario\":\"chat\",\"url\":\"%s\",\"connections\":%u,\"size\":%zu,"
+               "\"pipeline\":%u,\"seconds\":%.3f,\"messages\":%llu,\"msg_per_s\":%.0f,"
+               "\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f,\"acknowledged\":%llu,"
+               "\"delivered\":%llu,\"receipts\":%llu,\"statuses\":%llu,\"errors\":%llu}\n",
+               url, b->conns, b->size, b->pipeline, secs, (unsigned long long)b->msgs, rate,
+               (double)hist_pct(&b->lat, 50) * us, (double)hist_pct(&b->lat, 99) * us,
+               (double)b->lat.max * us, (unsigned long long)b->acked,
+               (unsigned long long)b->deliveries, (unsigned long long)b->receipts,
+               (unsigned long long)b->statuses, (unsigned long long)b->errors);
+        return;
+    }
     if (b->json) {
         printf("{\"scenario\":\"%s\",\"url\":\"%s\",\"connections\":%u,\"size\":%zu,"
                "\"pipeline\":%u,\"senders\":%u,\"seconds\":%.3f,\"messages\":%llu,"
@@ -672,6 +847,19 @@ static void report(bench *b, const char *url)
                (unsigned long long)b->msgs, rate, (double)hist_pct(&b->lat, 50) * us,
                (double)hist_pct(&b->lat, 99) * us, (double)b->lat.max * us,
                (unsigned long long)lost, (unsigned long long)b->errors);
+        return;
+    }
+    if (b->scenario == SC_CHAT) {
+        printf("chat %s: %u users in pairs, %u in flight each, %zu-byte texts, %.1f s\n"
+               "  %.0f acknowledged (stored) messages/s\n"
+               "  ack latency: p50 %.1f us, p99 %.1f us, max %.1f us\n"
+               "  acknowledged %llu, delivered %llu, read receipts %llu, status events %llu\n"
+               "  errors: %llu\n",
+               url, b->conns, b->pipeline, b->size, secs, rate, (double)hist_pct(&b->lat, 50) * us,
+               (double)hist_pct(&b->lat, 99) * us, (double)b->lat.max * us,
+               (unsigned long long)b->acked, (unsigned long long)b->deliveries,
+               (unsigned long long)b->receipts, (unsigned long long)b->statuses,
+               (unsigned long long)b->errors);
         return;
     }
     printf("%s %s: %u connections, %zu-byte payloads, %.1f s\n", scenario_name(b->scenario), url,
@@ -705,15 +893,25 @@ static int run(int argc, char **argv, int scenario)
     b.warmup_s = 1;
     b.hold_s = 5;
     b.ramp = 256;
+    b.receipt_every = 10;
     const char *url = NULL;
     static const struct option longopts[] = {
-        {"url", required_argument, 0, 'u'},      {"connections", required_argument, 0, 'c'},
-        {"size", required_argument, 0, 's'},     {"pipeline", required_argument, 0, 'k'},
-        {"duration", required_argument, 0, 'd'}, {"warmup", required_argument, 0, 'w'},
-        {"json", no_argument, 0, 'j'},           {"help", no_argument, 0, 'h'},
-        {"pid", required_argument, 0, 'p'},      {"hold", required_argument, 0, 'o'},
-        {"senders", required_argument, 0, 'm'},  {"sources", required_argument, 0, 'r'},
-        {"ramp", required_argument, 0, 'a'},     {0, 0, 0, 0},
+        {"url", required_argument, 0, 'u'},
+        {"connections", required_argument, 0, 'c'},
+        {"size", required_argument, 0, 's'},
+        {"pipeline", required_argument, 0, 'k'},
+        {"duration", required_argument, 0, 'd'},
+        {"warmup", required_argument, 0, 'w'},
+        {"json", no_argument, 0, 'j'},
+        {"help", no_argument, 0, 'h'},
+        {"pid", required_argument, 0, 'p'},
+        {"hold", required_argument, 0, 'o'},
+        {"senders", required_argument, 0, 'm'},
+        {"sources", required_argument, 0, 'r'},
+        {"ramp", required_argument, 0, 'a'},
+        {"jwt-secret", required_argument, 0, 'J'},
+        {"receipt-every", required_argument, 0, 'R'},
+        {0, 0, 0, 0},
     };
     int ch;
     optind = 1;
@@ -731,6 +929,12 @@ static int run(int argc, char **argv, int scenario)
         case 'm': b.senders = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'r': b.sources = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'a': b.ramp = (unsigned)strtoul(optarg, NULL, 10); break;
+        case 'J':
+            b.jwt_secret = optarg;
+            break;
+        case 'R':
+            b.receipt_every = (unsigned)strtoul(optarg, NULL, 10);
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -739,7 +943,8 @@ static int run(int argc, char **argv, int scenario)
         b.duration_s <= 0 || b.warmup_s < 0 || b.ramp == 0 ||
         (scenario == SC_WS_ECHO ? b.size > (16u << 20) : b.size > 4000) ||
         (scenario == SC_IDLE && (b.pid == 0 || b.hold_s <= 0)) ||
-        (scenario == SC_SIO_BCAST && (b.senders == 0 || b.senders >= b.conns))) {
+        (scenario == SC_SIO_BCAST && (b.senders == 0 || b.senders >= b.conns)) ||
+        (scenario == SC_CHAT && b.conns % 2 != 0)) {
         usage(stderr);
         return 2;
     }
@@ -756,7 +961,9 @@ static int run(int argc, char **argv, int scenario)
         fprintf(stderr, "bench: ws-echo wants a ws:// URL\n");
         return 2;
     }
-    if ((scenario == SC_SIO_ECHO || scenario == SC_SIO_BCAST || scenario == SC_CONNECT) && !b.sio) {
+    if ((scenario == SC_SIO_ECHO || scenario == SC_SIO_BCAST || scenario == SC_CONNECT ||
+         scenario == SC_CHAT) &&
+        !b.sio) {
         fprintf(stderr, "bench: %s wants an http://HOST:PORT/socket.io/ URL\n",
                 scenario_name(scenario));
         return 2;
@@ -769,7 +976,14 @@ static int run(int argc, char **argv, int scenario)
         b.outstanding = pcalloc(b.senders, sizeof *b.outstanding);
         b.next_seq = pcalloc(b.senders, sizeof *b.next_seq);
     }
-    if (!b.loop || !b.bc || (scenario == SC_SIO_BCAST && (!b.slots || !b.outstanding || !b.next_seq)))
+    if (scenario == SC_CHAT) {
+        b.rings = pcalloc((size_t)b.conns * b.pipeline, sizeof *b.rings);
+        /* Client ids unique across runs on the same data directory. */
+        b.run_id = ptime_ns() ^ ((uint64_t)time(NULL) << 20);
+    }
+    if (!b.loop || !b.bc ||
+        (scenario == SC_SIO_BCAST && (!b.slots || !b.outstanding || !b.next_seq)) ||
+        (scenario == SC_CHAT && !b.rings))
         return 1;
     for (unsigned i = 0; i < b.conns; i++) {
         b.bc[i].b = &b;
@@ -777,6 +991,7 @@ static int run(int argc, char **argv, int scenario)
         /* The first M connections send, the others receive. */
         b.bc[i].receiver = scenario == SC_SIO_BCAST && i >= b.senders;
         b.bc[i].state = BC_DEAD;
+        if (b.rings) b.bc[i].ring = b.rings + (size_t)i * b.pipeline;
     }
     b.limit = b.conns;
     if (scenario == SC_IDLE) {
@@ -807,6 +1022,7 @@ static int run(int argc, char **argv, int scenario)
     free(b.slots);
     free(b.outstanding);
     free(b.next_seq);
+    free(b.rings);
     parley_loop_free(b.loop);
     uint64_t lost = b.expected > b.delivered ? b.expected - b.delivered : 0;
     return b.errors || lost ? 1 : 0;
@@ -821,8 +1037,8 @@ int bench_main(int argc, char **argv)
     static const struct {
         const char *name;
         int sc;
-    } sc[] = {{"ws-echo", SC_WS_ECHO},   {"sio-echo", SC_SIO_ECHO}, {"sio-broadcast", SC_SIO_BCAST},
-              {"connect", SC_CONNECT},   {"idle", SC_IDLE}};
+    } sc[] = {{"ws-echo", SC_WS_ECHO}, {"sio-echo", SC_SIO_ECHO}, {"sio-broadcast", SC_SIO_BCAST},
+              {"connect", SC_CONNECT}, {"idle", SC_IDLE},         {"chat", SC_CHAT}};
     for (size_t i = 0; i < PARLEY_ARRAY_LEN(sc); i++)
         if (!strcmp(argv[1], sc[i].name)) return run(argc - 1, argv + 1, sc[i].sc);
     fprintf(stderr, "bench: unknown scenario '%s'\n", argv[1]);

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <openssl/crypto.h>
 #include <string.h>
 
 #include "base/log.h"
@@ -14,6 +15,7 @@
 #include "prog/protocol_test.h"
 #include "server/engine.h"
 #include "server/httpd.h"
+#include "services/messaging.h"
 #include "ws/wsconn.h"
 
 typedef struct config {
@@ -27,6 +29,11 @@ typedef struct config {
     wsconn_opts ws;
     parley_log_level level;
     phttpd_opts http; /* limits and deadlines of the HTTP side */
+    bool messaging;   /* the messaging service (on unless --no-messaging / --protocol-test) */
+    bool max_body_set;
+    msg_service_opts msg;
+    const char *jwt_secret;
+    const char *jwt_secret_file;
     char *strings[64]; /* option values read from a config file */
     size_t nstrings;
 } config;
@@ -60,7 +67,24 @@ static void usage(FILE *f)
             "  --recovery                connection-state recovery\n"
             "  --max-disconnection MS    recovery window (default 120000)\n"
             "  --max-attachments N       binary attachments per packet (default 10)\n"
-            "  --protocol-test           the reference test server's behaviour (see README)\n"
+            "  --protocol-test           the reference test server's behaviour (see README);\n"
+            "                            turns the messaging service off\n"
+            "\n"
+            "Messaging (namespace /chat, HTTP /media; see docs/PROTOCOL.md):\n"
+            "  --no-messaging            do not serve the messaging service\n"
+            "  --jwt-secret SECRET       HS256 key that signs clients' tokens (prefer the file)\n"
+            "  --jwt-secret-file FILE    read the HS256 key from FILE (trailing newline dropped)\n"
+            "  --jwt-leeway SECONDS      clock skew allowed for exp/nbf (default 30)\n"
+            "  --dev-auth                INSECURE development mode: accept {\"user\": id}\n"
+            "                            without a token (off by default; logged)\n"
+            "  --data-dir DIR            database and media files (default ./data)\n"
+            "  --fsync                   fsync every commit and media file (power-loss safe;\n"
+            "                            a killed process loses nothing acknowledged either way)\n"
+            "  --max-media-bytes BYTES   largest media upload (default 8388608); raises the\n"
+            "                            default --max-body to match, for POST /media\n"
+            "  --max-text-bytes BYTES    largest text message (default 8192)\n"
+            "  --typing-timeout MS       typing indicator expiry without refresh (default 5000)\n"
+            "  --low-delay MS            batching delay of low-priority messages (default 500)\n"
             "\n"
             "WebSocket echo and limits:\n"
             "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
@@ -118,6 +142,21 @@ enum {
     OPT_MAX_ATT, OPT_PROTOCOL_TEST, OPT_VERSION, OPT_HELP
 };
 
+/* The messaging service's options. */
+enum {
+    OPT_NO_MESSAGING = OPT_HELP + 1,
+    OPT_JWT_SECRET,
+    OPT_JWT_SECRET_FILE,
+    OPT_JWT_LEEWAY,
+    OPT_DEV_AUTH,
+    OPT_DATA_DIR,
+    OPT_FSYNC,
+    OPT_MAX_MEDIA,
+    OPT_MAX_TEXT,
+    OPT_TYPING_TO,
+    OPT_LOW_DELAY
+};
+
 static const struct option longopts[] = {
     {"listen", required_argument, 0, OPT_LISTEN},
     {"config", required_argument, 0, OPT_CONFIG},
@@ -146,6 +185,17 @@ static const struct option longopts[] = {
     {"max-disconnection", required_argument, 0, OPT_MAX_DISC},
     {"max-attachments", required_argument, 0, OPT_MAX_ATT},
     {"protocol-test", no_argument, 0, OPT_PROTOCOL_TEST},
+    {"no-messaging", no_argument, 0, OPT_NO_MESSAGING},
+    {"jwt-secret", required_argument, 0, OPT_JWT_SECRET},
+    {"jwt-secret-file", required_argument, 0, OPT_JWT_SECRET_FILE},
+    {"jwt-leeway", required_argument, 0, OPT_JWT_LEEWAY},
+    {"dev-auth", no_argument, 0, OPT_DEV_AUTH},
+    {"data-dir", required_argument, 0, OPT_DATA_DIR},
+    {"fsync", no_argument, 0, OPT_FSYNC},
+    {"max-media-bytes", required_argument, 0, OPT_MAX_MEDIA},
+    {"max-text-bytes", required_argument, 0, OPT_MAX_TEXT},
+    {"typing-timeout", required_argument, 0, OPT_TYPING_TO},
+    {"low-delay", required_argument, 0, OPT_LOW_DELAY},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -186,6 +236,7 @@ static const char *apply(config *c, int ch, const char *arg)
     case OPT_MAX_BODY:
         if (parse_u64(arg, UINT32_MAX, &v)) return "bad --max-body";
         c->http.limits.max_body = v;
+        c->max_body_set = true;
         return NULL;
     case OPT_MAX_OUT:
         if (parse_u64(arg, UINT32_MAX, &v) || v < 1024) return "bad --max-output";
@@ -248,6 +299,46 @@ static const char *apply(config *c, int ch, const char *arg)
         c->sio.max_attachments = (unsigned)v;
         return NULL;
     case OPT_PROTOCOL_TEST: c->protocol_test = true; return NULL;
+    case OPT_NO_MESSAGING:
+        c->messaging = false;
+        return NULL;
+    case OPT_JWT_SECRET:
+        if (!*arg) return "--jwt-secret must not be empty";
+        c->jwt_secret = arg;
+        return NULL;
+    case OPT_JWT_SECRET_FILE:
+        c->jwt_secret_file = arg;
+        return NULL;
+    case OPT_JWT_LEEWAY:
+        if (parse_u64(arg, 86400, &v)) return "bad --jwt-leeway (seconds, at most 86400)";
+        c->msg.jwt_leeway_ms = (uint32_t)v * 1000;
+        return NULL;
+    case OPT_DEV_AUTH:
+        c->msg.dev_auth = true;
+        return NULL;
+    case OPT_DATA_DIR:
+        if (!*arg) return "--data-dir must not be empty";
+        c->msg.data_dir = arg;
+        return NULL;
+    case OPT_FSYNC:
+        c->msg.full_sync = true;
+        return NULL;
+    case OPT_MAX_MEDIA:
+        if (parse_u64(arg, UINT32_MAX - 65536, &v) || v == 0) return "bad --max-media-bytes";
+        c->msg.max_media_bytes = (size_t)v;
+        return NULL;
+    case OPT_MAX_TEXT:
+        if (parse_u64(arg, 1u << 20, &v) || v == 0) return "bad --max-text-bytes (1 to 1048576)";
+        c->msg.limits.max_text = (size_t)v;
+        return NULL;
+    case OPT_TYPING_TO:
+        if (parse_u64(arg, 600000, &v) || v == 0) return "bad --typing-timeout";
+        c->msg.typing_timeout_ms = (uint32_t)v;
+        return NULL;
+    case OPT_LOW_DELAY:
+        if (parse_u64(arg, 60000, &v)) return "bad --low-delay";
+        c->msg.low_delay_ms = (uint32_t)v;
+        return NULL;
     default: return "unknown option";
     }
 }
@@ -316,6 +407,39 @@ static int apply_config(config *c, const char *path)
     return rc;
 }
 
+/* The HS256 key from a file: its bytes, without trailing line ends. */
+static int read_secret(const char *path, char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "parleyd: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char *buf = malloc(4097);
+    size_t n = buf ? fread(buf, 1, 4097, f) : 0;
+    bool bad = !buf || ferror(f) || n > 4096;
+    fclose(f);
+    while (!bad && n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
+    if (bad || n == 0) {
+        fprintf(stderr, "parleyd: %s: the JWT secret must be 1 to 4096 bytes\n", path);
+        free(buf);
+        return -1;
+    }
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+/* The notification service's seam: until it exists, urgent messages are
+ * logged. */
+static void log_urgent(const msg_notice *n, void *user)
+{
+    (void)user;
+    plog_info("messaging: urgent message %lld in %s from %s for %s (%s)", (long long)n->message->id,
+              n->message->conversation, n->message->from, n->recipient,
+              n->online ? "online" : "offline");
+}
+
 /* The echo endpoint. */
 static void echo_message(wsconn *w, int opcode, uint8_t *data, size_t len)
 {
@@ -344,6 +468,7 @@ static void route_health(phttpd_req *req, void *user)
 typedef struct app {
     parley_loop *loop;
     parley_server *srv;
+    msg_service *msg;
     engine *echo_engine;
     uv_signal_t sigint, sigterm;
     bool stopping;
@@ -353,6 +478,9 @@ static void on_shutdown_done(parley_server *s, void *user)
 {
     (void)s;
     app *a = user;
+    /* Every socket is gone: the service commits and lets go of its timers. */
+    msg_service_free(a->msg);
+    a->msg = NULL;
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
 }
@@ -383,6 +511,8 @@ int main(int argc, char **argv)
     wsconn_opts_init(&c.ws);
     c.ws.ping_interval_ms = 30000;
     phttpd_opts_init(&c.http);
+    c.messaging = true;
+    msg_service_opts_init(&c.msg);
 
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -421,6 +551,23 @@ int main(int argc, char **argv)
         c.sio.max_payload = 1000000;
         if (c.sio.recovery) c.sio.max_disconnection_ms = 120000;
     }
+    if (c.jwt_secret && c.jwt_secret_file) {
+        fprintf(stderr, "parleyd: give --jwt-secret or --jwt-secret-file, not both\n");
+        return 2;
+    }
+    if (c.protocol_test) c.messaging = false;
+    char *secret_buf = NULL;
+    if (c.messaging && c.jwt_secret_file) {
+        if (read_secret(c.jwt_secret_file, &secret_buf, &c.msg.jwt_secret_len) != 0) return 2;
+        c.msg.jwt_secret = (const uint8_t *)secret_buf;
+    } else if (c.messaging && c.jwt_secret) {
+        c.msg.jwt_secret = (const uint8_t *)c.jwt_secret;
+        c.msg.jwt_secret_len = strlen(c.jwt_secret);
+    }
+    /* HTTP uploads carry up to --max-media-bytes in one body. */
+    if (c.messaging && !c.max_body_set && c.http.limits.max_body < c.msg.max_media_bytes)
+        c.http.limits.max_body = c.msg.max_media_bytes;
+    c.msg.notifier.urgent = log_urgent;
     parley_log_set(c.level, NULL, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -450,6 +597,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: cannot set up routes\n");
         return 1;
     }
+    if (c.messaging) {
+        rc = msg_service_new(a.srv, &c.msg, &a.msg);
+        if (secret_buf) OPENSSL_cleanse(secret_buf, c.msg.jwt_secret_len);
+        free(secret_buf);
+        if (rc) {
+            fprintf(stderr, "parleyd: messaging: %s (data directory %s)\n", parley_strerror(rc),
+                    c.msg.data_dir);
+            return 1;
+        }
+    }
     unsigned port = 0;
     rc = parley_server_listen(a.srv, c.host, c.port, &port);
     if (rc) {
@@ -466,11 +623,14 @@ int main(int argc, char **argv)
     printf(strchr(c.host, ':') ? "parleyd listening on [%s]:%u\n" : "parleyd listening on %s:%u\n",
            c.host, port);
     fflush(stdout);
-    plog_info("parleyd %s: socket.io at %s%s%s%s%s", parley_version(), c.sio.path,
+    plog_info("parleyd %s: socket.io at %s%s%s%s%s%s%s%s", parley_version(), c.sio.path,
               c.sio.tls_cert ? ", TLS" : "", c.protocol_test ? ", protocol-test mode" : "",
-              c.ws_echo ? ", ws echo at " : "", c.ws_echo ? c.ws_echo : "");
+              c.ws_echo ? ", ws echo at " : "", c.ws_echo ? c.ws_echo : "",
+              c.messaging ? ", messaging at " MSG_NAMESPACE " (data in " : "",
+              c.messaging ? c.msg.data_dir : "", c.messaging ? ")" : "");
 
     parley_loop_run(a.loop);
+    msg_service_free(a.msg);
     parley_server_free(a.srv);
     parley_loop_free(a.loop);
     for (size_t i = 0; i < c.nstrings; i++) free(c.strings[i]);

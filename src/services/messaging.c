@@ -1,0 +1,1755 @@
+/*
+ * The messaging service (see messaging.h and docs/PROTOCOL.md).
+ *
+ * Everything a handler wants to say goes into the outbox; one deferred
+ * callback per loop iteration commits the store's batch and then works
+ * through the outbox in order: acknowledgements, broadcasts, Socket.IO
+ * room changes, notifications, HTTP answers, and finally sync answers.
+ * Entries made while the batch was open are `dep`: when the commit fails
+ * they turn into `internal` errors (acknowledgements, HTTP) or are
+ * dropped (broadcasts, room changes), so nothing unstored is ever
+ * announced.
+ *
+ * Live delivery uses Socket.IO rooms of the namespace: "u:<user>" holds
+ * the live sockets of a user (direct messages, and all devices of a
+ * sender), "c:room:<name>" the live sockets of a room's members. A socket
+ * joins them when its sync completes, after the iteration's broadcasts,
+ * so a message committed before the sync read is in the sync answer and
+ * one committed after it arrives live: never both, never neither.
+ * Low-priority broadcasts wait in a queue (at most low_delay_ms); every
+ * other broadcast and every sync flushes that queue first, which keeps
+ * the order within a conversation and the exactly-once rule above.
+ */
+#include "services/messaging.h"
+
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "base/log.h"
+#include "base/map.h"
+#include "base/util.h"
+#include "codec/http.h"
+#include "net/net.h"
+#include "server/engine.h"
+#include "server/httpd.h"
+#include "services/jwt.h"
+#include "services/media.h"
+#include "services/msg_store.h"
+
+#define ROOM_NAME_MAX   (2 + MSG_CONV_MAX + 1) /* "u:" + user, "c:" + conversation id */
+#define SYNC_PAGE_BYTES (256 << 10)            /* soft limit of one sync answer */
+#define OUTBOX_FREE_MAX 256                    /* recycled outbox entries kept */
+#define OUTBOX_KEEP_CAP 4096                   /* bytes a recycled entry keeps */
+
+typedef struct msess msess;
+
+typedef struct muser {
+    char id[MSG_USER_MAX + 1];
+    size_t len;
+    msess *socks;
+    unsigned n;
+} muser;
+
+struct msess {
+    msg_service *svc;
+    parley_socket *sock; /* NULL once disconnected */
+    muser *user;         /* NULL once disconnected */
+    msess *next;         /* in user->socks */
+    ptimer expiry;       /* the token's exp */
+    uint32_t refs;       /* outbox entries pointing here */
+    bool admin, dev, live;
+};
+
+enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP };
+
+typedef struct obx {
+    struct obx *next;
+    uint8_t kind;
+    bool dep;  /* made while the batch was open: fails with it */
+    bool low;  /* a broadcast that may wait */
+    msess *ms; /* acknowledged socket; a broadcast's sender (left out) */
+    int64_t ack_id;
+    const char *event;
+    char rooms[2][ROOM_NAME_MAX];
+    unsigned nrooms;
+    char except_room[ROOM_NAME_MAX];
+    char user[MSG_USER_MAX + 1]; /* JOIN/LEAVE: whose sockets; NOTIFY: the sender */
+    msg_message meta;            /* NOTIFY */
+    pbuf json;                   /* NUL-terminated: args array, or a request object */
+    phttpd_deferred *http;
+    int http_status;
+} obx;
+
+typedef struct mtyping {
+    msg_service *svc;
+    char key[MSG_CONV_MAX + MSG_USER_MAX + 2];
+    size_t klen;
+    msg_conv conv;
+    char user[MSG_USER_MAX + 1];
+    bool typing;  /* as last said by the user (or expired) */
+    bool shown;   /* as last relayed */
+    bool relayed; /* something was relayed (last_relay is set) */
+    uint64_t last_relay;
+    ptimer expire, throttle;
+} mtyping;
+
+struct msg_service {
+    parley_server *srv;
+    parley_nsp *nsp;
+    parley_loop *loop;
+    msg_service_opts o;
+    uint8_t *secret;
+    char *data_dir;
+    mstore *store;
+    media_store *media;
+    pmap users;  /* id -> muser */
+    pmap typing; /* "conv\nuser" -> mtyping */
+    obx *out_head, *out_tail;
+    obx *low_head, *low_tail;
+    obx *free_list;
+    unsigned nfree;
+    pdefer flush;
+    ptimer low_timer;
+    /* The connect check's verdict, picked up by on_connection (which the
+     * server calls right after a successful check, in the same call). */
+    parley_socket *pending_sock;
+    jwt_claims pending;
+    bool pending_dev;
+    char cerr_message[160];
+    pbuf cerr_data;
+    pbuf scratch, scratch2;
+    msg_service_stats stats;
+    bool disabled; /* no secret and no dev auth: no store, every connection refused */
+};
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void msg_service_opts_init(msg_service_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->data_dir = "./data";
+    o->jwt_leeway_ms = 30000;
+    o->max_media_bytes = 8u << 20;
+    msg_limits_init(&o->limits);
+    o->typing_timeout_ms = 5000;
+    o->typing_throttle_ms = 500;
+    o->low_delay_ms = 500;
+}
+
+void msg_service_stats_get(const msg_service *m, msg_service_stats *st)
+{
+    *st = m->stats;
+    st->commits = m->store ? mstore_commits(m->store) : 0;
+}
+
+/* ---- sessions and users ---- */
+
+static void ms_release(msess *ms)
+{
+    if (--ms->refs == 0 && !ms->sock) free(ms);
+}
+
+static muser *user_get(msg_service *svc, const char *id, bool create)
+{
+    size_t len = strlen(id);
+    muser *u = pmap_get(&svc->users, id, len);
+    if (u || !create) return u;
+    u = pcalloc(1, sizeof *u);
+    if (!u) return NULL;
+    memcpy(u->id, id, len + 1);
+    u->len = len;
+    if (pmap_put(&svc->users, u->id, u->len, u) != 0) {
+        free(u);
+        return NULL;
+    }
+    return u;
+}
+
+static bool user_online(msg_service *svc, const char *id)
+{
+    muser *u = user_get(svc, id, false);
+    for (msess *ms = u ? u->socks : NULL; ms; ms = ms->next)
+        if (ms->live) return true;
+    return false;
+}
+
+static void prefixed(char out[ROOM_NAME_MAX], char tag, const char *name)
+{
+    size_t n = strnlen(name, ROOM_NAME_MAX - 3);
+    out[0] = tag;
+    out[1] = ':';
+    memcpy(out + 2, name, n);
+    out[2 + n] = 0;
+}
+
+static void room_of_user(char out[ROOM_NAME_MAX], const char *user)
+{
+    prefixed(out, 'u', user);
+}
+
+static void room_of_conv(char out[ROOM_NAME_MAX], const char *conv)
+{
+    prefixed(out, 'c', conv);
+}
+
+/* ---- outbox ---- */
+
+static void schedule(msg_service *svc)
+{
+    ploop_defer(svc->loop, &svc->flush);
+}
+
+static obx *obx_new(msg_service *svc, int kind, msess *ms, bool dep)
+{
+    obx *e = svc->free_list;
+    if (e) {
+        svc->free_list = e->next;
+        svc->nfree--;
+        pbuf keep = e->json;
+        memset(e, 0, sizeof *e);
+        e->json = keep;
+        e->json.len = 0;
+    } else if (!(e = pcalloc(1, sizeof *e))) {
+        return NULL;
+    }
+    e->kind = (uint8_t)kind;
+    e->dep = dep;
+    e->ms = ms;
+    e->ack_id = -1;
+    if (ms) ms->refs++;
+    return e;
+}
+
+static void obx_push(msg_service *svc, obx *e)
+{
+    e->next = NULL;
+    if (svc->out_tail)
+        svc->out_tail->next = e;
+    else
+        svc->out_head = e;
+    svc->out_tail = e;
+    schedule(svc);
+}
+
+static void obx_release(msg_service *svc, obx *e)
+{
+    if (e->ms) ms_release(e->ms);
+    e->ms = NULL;
+    if (svc->nfree < OUTBOX_FREE_MAX) {
+        pbuf_reset(&e->json, OUTBOX_KEEP_CAP);
+        e->next = svc->free_list;
+        svc->free_list = e;
+        svc->nfree++;
+    } else {
+        pbuf_free(&e->json);
+        free(e);
+    }
+}
+
+/* Terminates json and reports whether everything fitted in memory. */
+static bool json_done(pbuf *b, int rc)
+{
+    return rc == 0 && pbuf_append(b, "", 1) == 0 && b->len-- > 0;
+}
+
+/* Queues the acknowledgement [<obj>] where obj is already in e->json. */
+static void queue_ack_json(msg_service *svc, msess *ms, int64_t ack_id, const char *obj, size_t len,
+                           bool dep)
+{
+    if (ack_id < 0) return;
+    obx *e = obx_new(svc, OB_ACK, ms, dep);
+    if (!e) return;
+    e->ack_id = ack_id;
+    int rc = pbuf_append(&e->json, "[", 1);
+    if (rc == 0) rc = pbuf_append(&e->json, obj, len);
+    if (rc == 0) rc = pbuf_append(&e->json, "]", 1);
+    if (!json_done(&e->json, rc)) {
+        obx_release(svc, e);
+        return;
+    }
+    obx_push(svc, e);
+}
+
+static void reply_error(msg_service *svc, msess *ms, int64_t ack_id, const msg_error *err)
+{
+    if (ack_id < 0) return;
+    pbuf *b = &svc->scratch2;
+    b->len = 0;
+    if (msg_encode_error(b, err) == 0)
+        queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, false);
+}
+
+static void reply_fail(msg_service *svc, msess *ms, int64_t ack_id, msg_errcode code,
+                       const char *field, const char *message)
+{
+    msg_error err;
+    msg_fail(&err, code, field, "%s", message);
+    reply_error(svc, ms, ack_id, &err);
+}
+
+static void reply_internal(msg_service *svc, msess *ms, int64_t ack_id)
+{
+    reply_fail(svc, ms, ack_id, MSG_E_INTERNAL, NULL, "storage failure: nothing was changed");
+}
+
+/* A broadcast of event [obj] to the live sockets of a conversation. */
+static obx *queue_bcast(msg_service *svc, msess *sender, const msg_conv *c, const char *event,
+                        const char *obj, size_t len, bool dep)
+{
+    obx *e = obx_new(svc, OB_BCAST, sender, dep);
+    if (!e) return NULL;
+    e->event = event;
+    if (c->kind == MSG_CONV_DM) {
+        room_of_user(e->rooms[0], c->a);
+        room_of_user(e->rooms[1], c->b);
+        e->nrooms = 2;
+    } else {
+        room_of_conv(e->rooms[0], c->id);
+        e->nrooms = 1;
+    }
+    int rc = pbuf_append(&e->json, "[", 1);
+    if (rc == 0) rc = pbuf_append(&e->json, obj, len);
+    if (rc == 0) rc = pbuf_append(&e->json, "]", 1);
+    if (!json_done(&e->json, rc)) {
+        obx_release(svc, e);
+        return NULL;
+    }
+    obx_push(svc, e);
+    return e;
+}
+
+static void queue_room_change(msg_service *svc, int kind, const char *user, const char *conv,
+                              bool dep)
+{
+    obx *e = obx_new(svc, kind, NULL, dep);
+    if (!e) return;
+    snprintf(e->user, sizeof e->user, "%s", user);
+    room_of_conv(e->rooms[0], conv);
+    obx_push(svc, e);
+}
+
+static void do_bcast(msg_service *svc, obx *e)
+{
+    const char *rooms[2] = {e->rooms[0], e->rooms[1]};
+    const char *except = e->except_room;
+    parley_target t = {.rooms = rooms, .nrooms = e->nrooms};
+    if (except[0]) {
+        t.except = &except;
+        t.nexcept = 1;
+    }
+    if (e->ms && e->ms->sock) t.except_socket = e->ms->sock;
+    int rc = parley_broadcast(svc->nsp, &t, e->event, (const char *)e->json.ptr, NULL, 0);
+    if (rc < 0) plog_error("messaging: broadcast of %s failed: %s", e->event, parley_strerror(rc));
+}
+
+static void flush_low(msg_service *svc)
+{
+    ploop_timer_stop(svc->loop, &svc->low_timer);
+    obx *e = svc->low_head;
+    svc->low_head = svc->low_tail = NULL;
+    while (e) {
+        obx *next = e->next;
+        do_bcast(svc, e);
+        obx_release(svc, e);
+        e = next;
+    }
+}
+
+static void on_low_timer(ptimer *t)
+{
+    flush_low(PARLEY_CONTAINER_OF(t, msg_service, low_timer));
+}
+
+static void hold_low(msg_service *svc, obx *e)
+{
+    e->next = NULL;
+    if (svc->low_tail)
+        svc->low_tail->next = e;
+    else {
+        svc->low_head = e;
+        ploop_timer_start(svc->loop, &svc->low_timer, svc->o.low_delay_ms);
+    }
+    svc->low_tail = e;
+}
+
+static void apply_room_change(msg_service *svc, obx *e)
+{
+    muser *u = user_get(svc, e->user, false);
+    for (msess *ms = u ? u->socks : NULL; ms; ms = ms->next) {
+        if (!ms->live) continue;
+        if (e->kind == OB_JOIN)
+            parley_join(ms->sock, e->rooms[0]);
+        else
+            parley_leave(ms->sock, e->rooms[0]);
+    }
+}
+
+typedef struct notify_ctx {
+    msg_service *svc;
+    obx *e;
+} notify_ctx;
+
+static int notify_one(const char *user, int64_t d, int64_t r, void *arg)
+{
+    (void)d;
+    (void)r;
+    notify_ctx *n = arg;
+    if (strcmp(user, n->e->user) == 0) return 0;
+    msg_notice notice = {.recipient = user,
+                         .online = user_online(n->svc, user),
+                         .message = &n->e->meta,
+                         .message_json = (const char *)n->e->json.ptr + 1,
+                         .message_len = n->e->json.len - 2};
+    n->svc->o.notifier.urgent(&notice, n->svc->o.notifier.user);
+    return 0;
+}
+
+static void do_notify(msg_service *svc, obx *e)
+{
+    notify_ctx n = {svc, e};
+    msg_conv c;
+    if (!msg_conv_parse(&c, e->meta.conversation, strlen(e->meta.conversation))) return;
+    if (c.kind == MSG_CONV_DM) {
+        notify_one(msg_conv_peer(&c, e->user), 0, 0, &n);
+    } else if (mstore_participants(svc->store, c.id, notify_one, &n) < 0) {
+        plog_error("messaging: cannot list the recipients of urgent message %lld",
+                   (long long)e->meta.id);
+    }
+}
+
+static void do_http(obx *e, bool failed)
+{
+    if (!e->http) return;
+    static const char fail[] = "{\"code\":\"internal\",\"message\":\"storage failure\"}";
+    if (failed)
+        phttpd_deferred_respond(e->http, 500, "application/json", NULL, 0, fail, sizeof fail - 1);
+    else
+        phttpd_deferred_respond(e->http, e->http_status, "application/json", NULL, 0, e->json.ptr,
+                                e->json.len);
+    e->http = NULL;
+}
+
+static void on_http_abort(phttpd_deferred *d, void *user)
+{
+    (void)d;
+    obx *e = user;
+    e->http = NULL;
+}
+
+static void do_sync(msg_service *svc, obx *e);
+
+static void on_flush(pdefer *d)
+{
+    msg_service *svc = PARLEY_CONTAINER_OF(d, msg_service, flush);
+    bool failed = false;
+    if (mstore_in_batch(svc->store) && mstore_commit(svc->store) != 0) {
+        failed = true;
+        svc->stats.commit_failures++;
+        plog_error("messaging: commit failed: the batch's requests get `internal` errors");
+    }
+    obx *e = svc->out_head, *syncs = NULL, **sync_tail = &syncs;
+    svc->out_head = svc->out_tail = NULL;
+    while (e) {
+        obx *next = e->next;
+        bool bad = e->dep && failed;
+        switch (e->kind) {
+        case OB_ACK:
+            if (e->ms->sock) {
+                if (bad)
+                    reply_internal(svc, e->ms, e->ack_id);
+                else if (parley_ack(e->ms->sock, e->ack_id, (const char *)e->json.ptr, NULL, 0) ==
+                         PARLEY_EINVAL)
+                    plog_error("messaging: bad acknowledgement: %s", (const char *)e->json.ptr);
+            }
+            break;
+        case OB_BCAST:
+            if (bad) break;
+            if (e->low) {
+                hold_low(svc, e);
+                e = next;
+                continue;
+            }
+            flush_low(svc);
+            do_bcast(svc, e);
+            break;
+        case OB_JOIN:
+        case OB_LEAVE:
+            /* Held broadcasts go to the members of the time they were sent. */
+            flush_low(svc);
+            if (!bad) apply_room_change(svc, e);
+            break;
+        case OB_NOTIFY:
+            if (!bad && svc->o.notifier.urgent) do_notify(svc, e);
+            break;
+        case OB_HTTP:
+            do_http(e, bad);
+            break;
+        case OB_SYNC:
+            *sync_tail = e;
+            sync_tail = &e->next;
+            e->next = NULL;
+            e = next;
+            continue;
+        }
+        obx_release(svc, e);
+        e = next;
+    }
+    if (syncs) flush_low(svc);
+    while (syncs) {
+        obx *next = syncs->next;
+        do_sync(svc, syncs);
+        obx_release(svc, syncs);
+        syncs = next;
+    }
+}
+
+/* ---- sync ---- */
+
+typedef struct convlist {
+    char (*id)[MSG_CONV_MAX + 1];
+    size_t n, cap;
+} convlist;
+
+static int collect_conv(const char *conv, void *arg)
+{
+    convlist *l = arg;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        void *v = realloc(l->id, cap * sizeof *l->id);
+        if (!v) return PARLEY_ENOMEM;
+        l->id = v;
+        l->cap = cap;
+    }
+    memcpy(l->id[l->n++], conv, strlen(conv) + 1);
+    return 0;
+}
+
+typedef struct page {
+    pbuf *out;
+    unsigned left;
+    bool first;
+    int64_t last_sent;
+} page;
+
+static int page_add(const mstore_msg *m, void *arg)
+{
+    page *p = arg;
+    if (!p->first && p->out->len > SYNC_PAGE_BYTES) return 1;
+    int rc = p->first ? 0 : pbuf_append(p->out, ",", 1);
+    if (rc == 0) rc = msg_encode_message(p->out, &m->m, m->content_json, m->content_len);
+    if (rc) return rc;
+    p->first = false;
+    p->left--;
+    p->last_sent = m->m.seq;
+    return 0;
+}
+
+static int receipt_add(const char *user, int64_t d, int64_t r, void *arg)
+{
+    pbuf *out = arg;
+    int rc = out->ptr[out->len - 1] == '[' ? 0 : pbuf_append(out, ",", 1);
+    if (rc == 0) rc = pbuf_append_str(out, "{\"user\":");
+    if (rc == 0) rc = json_append_string(out, user, strlen(user));
+    if (rc == 0)
+        rc = pbuf_appendf(out, ",\"delivered\":%lld,\"read\":%lld}", (long long)d, (long long)r);
+    return rc;
+}
+
+static void go_live(msess *ms, const convlist *convs)
+{
+    char room[ROOM_NAME_MAX];
+    room_of_user(room, ms->user->id);
+    parley_join(ms->sock, room);
+    for (size_t i = 0; i < convs->n; i++) {
+        if (strncmp(convs->id[i], "room:", 5) != 0) continue;
+        room_of_conv(room, convs->id[i]);
+        parley_join(ms->sock, room);
+    }
+    ms->live = true;
+}
+
+static void do_sync(msg_service *svc, obx *e)
+{
+    msess *ms = e->ms;
+    if (!ms->sock) return;
+    json_val obj;
+    msg_sync req;
+    msg_error err;
+    if (json_parse((const char *)e->json.ptr, e->json.len, svc->o.limits.max_depth, &obj, NULL) !=
+            0 ||
+        msg_parse_sync(&obj, &req, &err) != MSG_OK) {
+        reply_internal(svc, ms, e->ack_id);
+        return;
+    }
+    convlist convs = {0};
+    char(*since_ids)[MSG_CONV_MAX + 1] = NULL;
+    int64_t *since_seq = NULL;
+    pmap since = {0};
+    pbuf *out = &svc->scratch;
+    out->len = 0;
+    int rc = mstore_user_convs(svc->store, ms->user->id, collect_conv, &convs);
+    if (rc == 0 && req.nsince) {
+        since_ids = pcalloc(req.nsince, sizeof *since_ids);
+        since_seq = pcalloc(req.nsince, sizeof *since_seq);
+        if (!since_ids || !since_seq) rc = PARLEY_ENOMEM;
+        json_iter it;
+        msg_sync_iter_init(&req, &it);
+        for (size_t i = 0; rc == 0 && i < req.nsince; i++) {
+            if (!msg_sync_iter_next(&it, since_ids[i], &since_seq[i])) break;
+            size_t len = strlen(since_ids[i]);
+            if (pmap_get(&since, since_ids[i], len)) {
+                msg_fail(&err, MSG_E_INVALID_FIELD, "since", "since names %s twice", since_ids[i]);
+                rc = 1;
+            } else if (pmap_put(&since, since_ids[i], len, &since_seq[i]) != 0) {
+                rc = PARLEY_ENOMEM;
+            }
+        }
+    }
+    bool more = false;
+    if (rc == 0) rc = pbuf_append_str(out, "[{\"ok\":true,\"messages\":[");
+    page pg = {.out = out, .left = req.limit, .first = true};
+    for (size_t i = 0; rc == 0 && i < convs.n; i++) {
+        const char *id = convs.id[i];
+        int64_t *s = pmap_get(&since, id, strlen(id));
+        int64_t after = s ? *s : 0, last = mstore_last_seq(svc->store, id);
+        if (last < 0) rc = (int)last;
+        if (rc || last <= after) continue;
+        if (pg.left == 0 || out->len > SYNC_PAGE_BYTES) {
+            more = true;
+            continue;
+        }
+        pg.last_sent = after;
+        rc = mstore_messages_after(svc->store, id, after, pg.left, page_add, &pg);
+        if (rc == 1) rc = 0; /* the page is full */
+        if (pg.last_sent < last) more = true;
+    }
+    if (rc == 0) rc = pbuf_append_str(out, "],\"conversations\":[");
+    for (size_t i = 0; rc == 0 && i < convs.n; i++) {
+        int64_t last = mstore_last_seq(svc->store, convs.id[i]);
+        if (last < 0) rc = (int)last;
+        if (rc == 0 && i) rc = pbuf_append(out, ",", 1);
+        if (rc == 0) rc = pbuf_append_str(out, "{\"id\":");
+        if (rc == 0) rc = json_append_string(out, convs.id[i], strlen(convs.id[i]));
+        if (rc == 0) rc = pbuf_appendf(out, ",\"last_seq\":%lld,\"receipts\":[", (long long)last);
+        if (rc == 0) rc = mstore_participants(svc->store, convs.id[i], receipt_add, out);
+        if (rc == 0) rc = pbuf_append_str(out, "]}");
+    }
+    if (rc == 0) rc = pbuf_appendf(out, "],\"more\":%s}]", more ? "true" : "false");
+    if (rc == 1) {
+        reply_error(svc, ms, e->ack_id, &err);
+    } else if (!json_done(out, rc)) {
+        reply_internal(svc, ms, e->ack_id);
+    } else {
+        if (e->ack_id >= 0) parley_ack(ms->sock, e->ack_id, (const char *)out->ptr, NULL, 0);
+        if (!more && !ms->live) go_live(ms, &convs);
+    }
+    pmap_free(&since);
+    free(since_ids);
+    free(since_seq);
+    free(convs.id);
+}
+
+/* ---- typing ---- */
+
+static void typing_maybe_free(mtyping *t)
+{
+    if (t->typing || t->shown || ptimer_armed(&t->expire) || ptimer_armed(&t->throttle)) return;
+    pmap_del(&t->svc->typing, t->key, t->klen);
+    free(t);
+}
+
+static void typing_relay(mtyping *t)
+{
+    msg_service *svc = t->svc;
+    msg_typing mt;
+    memset(&mt, 0, sizeof mt);
+    memcpy(mt.conversation, t->conv.id, sizeof mt.conversation);
+    memcpy(mt.user, t->user, sizeof mt.user);
+    mt.start = t->typing;
+    pbuf *b = &svc->scratch2;
+    b->len = 0;
+    int rc = pbuf_append(b, "[", 1);
+    if (rc == 0) rc = msg_encode_typing(b, &mt);
+    if (rc == 0) rc = pbuf_append(b, "]", 1);
+    if (!json_done(b, rc)) return;
+    char rooms[2][ROOM_NAME_MAX], except[ROOM_NAME_MAX];
+    const char *r[1] = {rooms[0]}, *x = except;
+    parley_target to = {.rooms = r, .nrooms = 1};
+    if (t->conv.kind == MSG_CONV_DM) {
+        room_of_user(rooms[0], msg_conv_peer(&t->conv, t->user));
+    } else {
+        room_of_conv(rooms[0], t->conv.id);
+        room_of_user(except, t->user);
+        to.except = &x;
+        to.nexcept = 1;
+    }
+    /* Not volatile: a dropped stop would leave others seeing a typist
+     * (polling clients between two GETs cannot take anything at once). */
+    parley_broadcast(svc->nsp, &to, MSG_EV_TYPING_OUT, (const char *)b->ptr, NULL, 0);
+    t->shown = t->typing;
+    t->relayed = true;
+    t->last_relay = ploop_now(svc->loop);
+}
+
+/* Brings what others see in line with t->typing, at most one change per
+ * throttle interval; frees t when there is nothing left to do. */
+static void typing_update(mtyping *t)
+{
+    msg_service *svc = t->svc;
+    if (t->typing != t->shown && !ptimer_armed(&t->throttle)) {
+        uint64_t now = ploop_now(svc->loop);
+        uint64_t next = t->relayed ? t->last_relay + svc->o.typing_throttle_ms : now;
+        if (next <= now)
+            typing_relay(t);
+        else
+            ploop_timer_start(svc->loop, &t->throttle, next - now);
+    }
+    typing_maybe_free(t);
+}
+
+static void on_typing_expire(ptimer *p)
+{
+    mtyping *t = PARLEY_CONTAINER_OF(p, mtyping, expire);
+    t->typing = false;
+    typing_update(t);
+}
+
+static void on_typing_throttle(ptimer *p)
+{
+    typing_update(PARLEY_CONTAINER_OF(p, mtyping, throttle));
+}
+
+static void typing_set(msg_service *svc, const msg_conv *c, const char *user, bool start)
+{
+    char key[MSG_CONV_MAX + MSG_USER_MAX + 2];
+    int klen = snprintf(key, sizeof key, "%s\n%s", c->id, user);
+    mtyping *t = pmap_get(&svc->typing, key, (size_t)klen);
+    if (!t) {
+        if (!start) return; /* nothing shown, nothing to stop */
+        t = pcalloc(1, sizeof *t);
+        if (!t) return;
+        t->svc = svc;
+        memcpy(t->key, key, (size_t)klen + 1);
+        t->klen = (size_t)klen;
+        t->conv = *c;
+        snprintf(t->user, sizeof t->user, "%s", user);
+        ptimer_init(&t->expire, on_typing_expire);
+        ptimer_init(&t->throttle, on_typing_throttle);
+        if (pmap_put(&svc->typing, t->key, t->klen, t) != 0) {
+            free(t);
+            return;
+        }
+    }
+    t->typing = start;
+    if (start)
+        ploop_timer_start(svc->loop, &t->expire, svc->o.typing_timeout_ms);
+    else
+        ploop_timer_stop(svc->loop, &t->expire);
+    typing_update(t);
+}
+
+/* ---- request helpers ---- */
+
+/* Is the user part of conversation c? DMs by their id, rooms by the
+ * store. Answers not_member (or internal) itself when not. */
+static bool check_member(msg_service *svc, msess *ms, int64_t ack_id, const msg_conv *c)
+{
+    const char *user = ms->user->id;
+    if (c->kind == MSG_CONV_DM) {
+        if (msg_conv_peer(c, user)) return true;
+        reply_fail(svc, ms, ack_id, MSG_E_NOT_MEMBER, "conversation",
+                   "you are not a participant of this conversation");
+        return false;
+    }
+    int p = mstore_is_participant(svc->store, c->id, user);
+    if (p == 1) return true;
+    if (p < 0)
+        reply_internal(svc, ms, ack_id);
+    else {
+        msg_error err;
+        msg_fail(&err, MSG_E_NOT_MEMBER, "room", "you are not a member of room %s", c->a);
+        reply_error(svc, ms, ack_id, &err);
+    }
+    return false;
+}
+
+static const char *media_family(msg_type t)
+{
+    switch (t) {
+    case MSG_IMAGE:
+        return "image/";
+    case MSG_AUDIO:
+        return "audio/";
+    case MSG_VIDEO:
+        return "video/";
+    default:
+        return NULL;
+    }
+}
+
+/* ---- requests ---- */
+
+typedef void (*req_fn)(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                       int64_t ack_id);
+
+/* A resend: the stored message answers it, whatever the resend says.
+ * True when answered (the duplicate, or a storage error). */
+static bool answer_duplicate(msg_service *svc, msess *ms, int64_t ack_id, const char *user,
+                             const char *client_id)
+{
+    mstore_msg stored;
+    int found = mstore_find(svc->store, user, client_id, &stored);
+    if (found < 0) reply_internal(svc, ms, ack_id);
+    if (found <= 0) return found < 0;
+    svc->stats.duplicates++;
+    pbuf *ack = &svc->scratch2;
+    ack->len = 0;
+    int rc = pbuf_append_str(ack, "{\"ok\":true,\"duplicate\":true,\"message\":");
+    if (rc == 0) rc = msg_encode_message(ack, &stored.m, stored.content_json, stored.content_len);
+    if (rc == 0) rc = pbuf_append(ack, "}", 1);
+    /* The original may be in the open batch: then the answer waits for it. */
+    if (rc == 0)
+        queue_ack_json(svc, ms, ack_id, (char *)ack->ptr, ack->len, mstore_in_batch(svc->store));
+    else
+        reply_internal(svc, ms, ack_id);
+    return true;
+}
+
+/* Refusals that depend on the server's state (membership, media) are
+ * not given to a resend of a message stored while they did not hold. */
+static void refuse_send(msg_service *svc, msess *ms, int64_t ack_id, const msg_send *m,
+                        const msg_error *err)
+{
+    if (!answer_duplicate(svc, ms, ack_id, ms->user->id, m->client_id))
+        reply_error(svc, ms, ack_id, err);
+}
+
+static void req_send(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                     int64_t ack_id)
+{
+    (void)a;
+    const char *user = ms->user->id;
+    msg_send m;
+    msg_error err;
+    msg_conv c;
+    if (msg_parse_send(obj, &svc->o.limits, &m, &err) || msg_send_resolve(&m, user, &c, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    if (m.type == MSG_SYSTEM && !ms->admin) {
+        reply_fail(svc, ms, ack_id, MSG_E_FORBIDDEN, "type",
+                   "system messages need a token with the admin role");
+        return;
+    }
+    if (c.kind == MSG_CONV_ROOM) {
+        int p = mstore_is_participant(svc->store, c.id, user);
+        if (p != 1) {
+            if (p < 0) {
+                reply_internal(svc, ms, ack_id);
+                return;
+            }
+            msg_fail(&err, MSG_E_NOT_MEMBER, "room", "you are not a member of room %s", c.a);
+            refuse_send(svc, ms, ack_id, &m, &err);
+            return;
+        }
+    }
+    const char *media = NULL;
+    if (msg_type_has_media(m.type)) {
+        media = m.content.media;
+        int64_t size = 0;
+        int r = mstore_media_get(svc->store, media, &size, m.content.mime);
+        int v = r == 1 ? mstore_media_visible(svc->store, media, user) : 0;
+        if (r < 0 || v < 0) {
+            reply_internal(svc, ms, ack_id);
+            return;
+        }
+        if (r == 0 || v == 0) {
+            if (r == 0)
+                msg_fail(&err, MSG_E_NOT_FOUND, "content.media",
+                         "no media with this id: upload it first");
+            else
+                msg_fail(&err, MSG_E_FORBIDDEN, "content.media", "you may not use this media");
+            refuse_send(svc, ms, ack_id, &m, &err);
+            return;
+        }
+        const char *fam = media_family(m.type);
+        if (fam && strncmp(m.content.mime, fam, strlen(fam)) != 0) {
+            msg_fail(&err, MSG_E_INVALID_FIELD, "content.media",
+                     "an %s message needs %s* media, not %s", msg_type_name(m.type), fam,
+                     m.content.mime);
+            reply_error(svc, ms, ack_id, &err);
+            return;
+        }
+        m.content.size = size;
+    }
+    pbuf *msg = &svc->scratch, *content = &svc->scratch2;
+    msg->len = content->len = 0;
+    if (msg_encode_content(content, m.type, &m.content) != 0) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    /* Insert first: a resend is rare, and the unique index finds it. */
+    mstore_msg stored;
+    int rc = mstore_insert(svc->store, &c, user, m.client_id, m.type, m.priority,
+                           (const char *)content->ptr, content->len, media, wall_ms(), &stored);
+    if (rc == MSTORE_DUPLICATE) {
+        if (!answer_duplicate(svc, ms, ack_id, user, m.client_id)) reply_internal(svc, ms, ack_id);
+        return;
+    }
+    if (rc == PARLEY_ESTATE) {
+        reply_fail(svc, ms, ack_id, MSG_E_NOT_MEMBER, "room", "no such room");
+        return;
+    }
+    if (rc == 0) rc = msg_encode_message(msg, &stored.m, stored.content_json, stored.content_len);
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    svc->stats.messages++;
+    pbuf *ack = content;
+    ack->len = 0;
+    rc = pbuf_append_str(ack, "{\"ok\":true,\"duplicate\":false,\"message\":");
+    if (rc == 0) rc = pbuf_append(ack, msg->ptr, msg->len);
+    if (rc == 0) rc = pbuf_append(ack, "}", 1);
+    if (rc == 0) queue_ack_json(svc, ms, ack_id, (char *)ack->ptr, ack->len, true);
+    obx *b = queue_bcast(svc, ms, &c, MSG_EV_NEW_MESSAGE, (char *)msg->ptr, msg->len, true);
+    if (b) b->low = m.priority == MSG_PRIO_LOW && svc->o.low_delay_ms > 0;
+    if (m.priority == MSG_PRIO_URGENT && svc->o.notifier.urgent) {
+        obx *n = obx_new(svc, OB_NOTIFY, NULL, true);
+        if (!n) return;
+        n->meta = stored.m;
+        snprintf(n->user, sizeof n->user, "%s", user);
+        rc = pbuf_append(&n->json, "[", 1);
+        if (rc == 0) rc = pbuf_append(&n->json, msg->ptr, msg->len);
+        if (rc == 0) rc = pbuf_append(&n->json, "]", 1);
+        if (!json_done(&n->json, rc)) {
+            obx_release(svc, n);
+            return;
+        }
+        obx_push(svc, n);
+    }
+}
+
+static void req_receipt(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                        int64_t ack_id)
+{
+    (void)a;
+    const char *user = ms->user->id;
+    msg_receipt r;
+    msg_error err;
+    msg_conv c;
+    if (msg_parse_receipt(obj, &r, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    msg_conv_parse(&c, r.conversation, strlen(r.conversation));
+    if (!check_member(svc, ms, ack_id, &c)) return;
+    int64_t last = mstore_last_seq(svc->store, c.id);
+    if (last < 0) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    if (r.seq > last) {
+        msg_fail(&err, MSG_E_INVALID_FIELD, "seq", "seq %lld is beyond the last message (%lld)",
+                 (long long)r.seq, (long long)last);
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    int64_t d, rd;
+    bool changed;
+    int rc = mstore_receipt(svc->store, c.id, user, r.status == MSG_DELIVERED ? r.seq : 0,
+                            r.status == MSG_READ ? r.seq : 0, &d, &rd, &changed);
+    if (rc == PARLEY_ESTATE) {
+        reply_fail(svc, ms, ack_id, MSG_E_NOT_MEMBER, "conversation",
+                   "you are not a participant of this conversation");
+        return;
+    }
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    msg_status st = {.delivered = d, .read = rd};
+    memcpy(st.conversation, c.id, sizeof st.conversation);
+    snprintf(st.user, sizeof st.user, "%s", user);
+    pbuf *st_json = &svc->scratch, *b = &svc->scratch2;
+    st_json->len = b->len = 0;
+    rc = msg_encode_status(st_json, &st);
+    /* The acknowledgement is the status object with "ok" in front. */
+    if (rc == 0) rc = pbuf_append_str(b, "{\"ok\":true,");
+    if (rc == 0) rc = pbuf_append(b, st_json->ptr + 1, st_json->len - 1);
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, changed || mstore_in_batch(svc->store));
+    if (changed) queue_bcast(svc, ms, &c, MSG_EV_STATUS, (char *)st_json->ptr, st_json->len, true);
+}
+
+static void req_typing(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                       int64_t ack_id)
+{
+    (void)a;
+    msg_typing t;
+    msg_error err;
+    msg_conv c;
+    if (msg_parse_typing(obj, false, &t, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    msg_conv_parse(&c, t.conversation, strlen(t.conversation));
+    if (!check_member(svc, ms, ack_id, &c)) return;
+    typing_set(svc, &c, ms->user->id, t.start);
+    static const char ok[] = "{\"ok\":true}";
+    queue_ack_json(svc, ms, ack_id, ok, sizeof ok - 1, false);
+}
+
+static void req_sync(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                     int64_t ack_id)
+{
+    (void)a;
+    msg_sync s;
+    msg_error err;
+    if (msg_parse_sync(obj, &s, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    /* Answered after the iteration's commit and broadcasts (see the top). */
+    obx *e = obx_new(svc, OB_SYNC, ms, false);
+    if (!e) return;
+    e->ack_id = ack_id;
+    if (!json_done(&e->json, pbuf_append(&e->json, obj->p, obj->len))) {
+        obx_release(svc, e);
+        return;
+    }
+    obx_push(svc, e);
+}
+
+typedef struct hist_page {
+    pbuf *out;
+    int64_t first_seq; /* 0 while empty */
+} hist_page;
+
+static int append_msg(const mstore_msg *m, void *arg)
+{
+    hist_page *h = arg;
+    int rc = h->first_seq ? pbuf_append(h->out, ",", 1) : 0;
+    if (!h->first_seq) h->first_seq = m->m.seq;
+    return rc ? rc : msg_encode_message(h->out, &m->m, m->content_json, m->content_len);
+}
+
+static void req_history(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                        int64_t ack_id)
+{
+    (void)a;
+    msg_history h;
+    msg_error err;
+    msg_conv c;
+    if (msg_parse_history(obj, &h, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    msg_conv_parse(&c, h.conversation, strlen(h.conversation));
+    if (!check_member(svc, ms, ack_id, &c)) return;
+    pbuf *b = &svc->scratch;
+    b->len = 0;
+    int rc = pbuf_append_str(b, "{\"ok\":true,\"conversation\":");
+    if (rc == 0) rc = json_append_string(b, c.id, strlen(c.id));
+    if (rc == 0) rc = pbuf_append_str(b, ",\"messages\":[");
+    hist_page hp = {b, 0};
+    if (rc == 0) rc = mstore_messages_before(svc->store, c.id, h.before, h.limit, append_msg, &hp);
+    /* Seqs have no gaps: older messages exist when the first one is not 1. */
+    bool more = hp.first_seq > 1;
+    if (rc == 0) rc = pbuf_appendf(b, "],\"more\":%s}", more ? "true" : "false");
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, mstore_in_batch(svc->store));
+}
+
+static int append_user(const char *user, int64_t d, int64_t r, void *arg)
+{
+    (void)d;
+    (void)r;
+    pbuf *out = arg;
+    int rc = out->ptr[out->len - 1] == '[' ? 0 : pbuf_append(out, ",", 1);
+    return rc ? rc : json_append_string(out, user, strlen(user));
+}
+
+static void req_room(msg_service *svc, msess *ms, const json_val *obj, int64_t ack_id, int which)
+{
+    const char *user = ms->user->id;
+    char room[MSG_ROOM_MAX + 1];
+    msg_error err;
+    if (msg_parse_room_req(obj, room, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    msg_conv c;
+    msg_conv_room(&c, room);
+    bool added = false;
+    int rc = 0;
+    if (which == OB_JOIN) {
+        rc = mstore_join(svc->store, room, user, wall_ms(), &added);
+    } else if (which == OB_LEAVE) {
+        rc = mstore_leave(svc->store, room, user);
+        if (rc == PARLEY_ESTATE) {
+            msg_fail(&err, MSG_E_NOT_MEMBER, "room", "you are not a member of room %s", room);
+            reply_error(svc, ms, ack_id, &err);
+            return;
+        }
+    } else if (!check_member(svc, ms, ack_id, &c)) {
+        return;
+    }
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    pbuf *b = &svc->scratch;
+    b->len = 0;
+    rc = pbuf_append_str(b, "{\"ok\":true,\"room\":");
+    if (rc == 0) rc = json_append_string(b, room, strlen(room));
+    if (which == OB_JOIN) {
+        int64_t last = mstore_last_seq(svc->store, c.id);
+        if (rc == 0) rc = last < 0 ? (int)last : 0;
+        if (rc == 0) rc = pbuf_append_str(b, ",\"conversation\":");
+        if (rc == 0) rc = json_append_string(b, c.id, strlen(c.id));
+        if (rc == 0) rc = pbuf_appendf(b, ",\"last_seq\":%lld", (long long)last);
+    }
+    if (which != OB_LEAVE) {
+        if (rc == 0) rc = pbuf_append_str(b, ",\"members\":[");
+        if (rc == 0) rc = mstore_participants(svc->store, c.id, append_user, b);
+        if (rc == 0) rc = pbuf_append(b, "]", 1);
+    }
+    if (rc == 0) rc = pbuf_append(b, "}", 1);
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, mstore_in_batch(svc->store));
+    if (which == OB_JOIN && !added) return;
+    if (which == OB_JOIN || which == OB_LEAVE) {
+        pbuf *ev = &svc->scratch2;
+        ev->len = 0;
+        rc = pbuf_append_str(ev, "{\"room\":");
+        if (rc == 0) rc = json_append_string(ev, room, strlen(room));
+        if (rc == 0) rc = pbuf_append_str(ev, ",\"conversation\":");
+        if (rc == 0) rc = json_append_string(ev, c.id, strlen(c.id));
+        if (rc == 0) rc = pbuf_append_str(ev, ",\"user\":");
+        if (rc == 0) rc = json_append_string(ev, user, strlen(user));
+        if (rc == 0) rc = pbuf_append(ev, "}", 1);
+        if (rc) return;
+        /* Joining: the user's live sockets enter first, so that their other
+         * devices hear of it; leaving: they hear of it, then leave. */
+        if (which == OB_JOIN) queue_room_change(svc, OB_JOIN, user, c.id, true);
+        queue_bcast(svc, ms, &c, which == OB_JOIN ? MSG_EV_MEMBER_JOINED : MSG_EV_MEMBER_LEFT,
+                    (char *)ev->ptr, ev->len, true);
+        if (which == OB_LEAVE) queue_room_change(svc, OB_LEAVE, user, c.id, true);
+    }
+}
+
+static void req_join(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                     int64_t ack_id)
+{
+    (void)a;
+    req_room(svc, ms, obj, ack_id, OB_JOIN);
+}
+
+static void req_leave(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                      int64_t ack_id)
+{
+    (void)a;
+    req_room(svc, ms, obj, ack_id, OB_LEAVE);
+}
+
+static void req_members(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                        int64_t ack_id)
+{
+    (void)a;
+    req_room(svc, ms, obj, ack_id, -1);
+}
+
+/* Records uploaded bytes; fills the media object {"id","mime","size"}. */
+static int store_media(msg_service *svc, const char *user, const void *data, size_t len,
+                       const char *mime, pbuf *out, bool *existed)
+{
+    char id[MSG_MEDIA_ID_LEN + 1], stored_mime[MSG_MIME_MAX + 1];
+    int rc = media_put(svc->media, data, len, id);
+    if (rc == 0)
+        rc = mstore_media_put(svc->store, id, (int64_t)len, mime, user, wall_ms(), existed);
+    int64_t size = (int64_t)len;
+    /* The first upload named the type: later ones of the same bytes get it. */
+    if (rc == 0 && *existed && mstore_media_get(svc->store, id, &size, stored_mime) == 1)
+        mime = stored_mime;
+    if (rc == 0) rc = pbuf_append_str(out, "{\"id\":");
+    if (rc == 0) rc = json_append_string(out, id, strlen(id));
+    if (rc == 0) rc = pbuf_append_str(out, ",\"mime\":");
+    if (rc == 0) rc = json_append_string(out, mime, strlen(mime));
+    if (rc == 0) rc = pbuf_appendf(out, ",\"size\":%lld}", (long long)size);
+    return rc;
+}
+
+static void req_upload(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                       int64_t ack_id)
+{
+    char mime[MSG_MIME_MAX + 1];
+    unsigned num;
+    msg_error err;
+    if (msg_parse_upload(obj, mime, &num, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    if (num >= a->nbins || a->bins[num].len == 0) {
+        reply_fail(svc, ms, ack_id, MSG_E_INVALID_FIELD, "data",
+                   "data must be a non-empty binary attachment");
+        return;
+    }
+    if (a->bins[num].len > svc->o.max_media_bytes) {
+        msg_fail(&err, MSG_E_TOO_LARGE, "data", "%zu bytes, the limit is %zu", a->bins[num].len,
+                 svc->o.max_media_bytes);
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    pbuf *b = &svc->scratch;
+    b->len = 0;
+    bool existed;
+    int rc = pbuf_append_str(b, "{\"ok\":true,\"media\":");
+    if (rc == 0)
+        rc = store_media(svc, ms->user->id, a->bins[num].data, a->bins[num].len, mime, b, &existed);
+    if (rc == 0) rc = pbuf_append(b, "}", 1);
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, true);
+}
+
+static const struct {
+    const char *name;
+    req_fn fn;
+} requests[] = {
+    {MSG_EV_SEND, req_send},           {MSG_EV_RECEIPT, req_receipt},
+    {MSG_EV_TYPING, req_typing},       {MSG_EV_SYNC, req_sync},
+    {MSG_EV_HISTORY, req_history},     {MSG_EV_JOIN_ROOM, req_join},
+    {MSG_EV_LEAVE_ROOM, req_leave},    {MSG_EV_ROOM_MEMBERS, req_members},
+    {MSG_EV_UPLOAD_MEDIA, req_upload},
+};
+
+/* ---- namespace handlers ---- */
+
+static void on_event(parley_socket *s, const char *event, size_t event_len, const parley_args *a,
+                     int64_t ack_id, void *user)
+{
+    msg_service *svc = user;
+    msess *ms = parley_socket_data(s);
+    if (!ms) return;
+    req_fn fn = NULL;
+    for (size_t i = 0; i < PARLEY_ARRAY_LEN(requests) && !fn; i++)
+        if (strlen(requests[i].name) == event_len &&
+            memcmp(requests[i].name, event, event_len) == 0)
+            fn = requests[i].fn;
+    msg_error err;
+    if (!fn) {
+        char shown[40];
+        size_t n = PARLEY_MIN(event_len, sizeof shown - 1);
+        for (size_t i = 0; i < n; i++)
+            shown[i] =
+                (unsigned char)event[i] < 0x20 || (unsigned char)event[i] >= 0x7f ? '?' : event[i];
+        shown[n] = 0;
+        msg_fail(&err, MSG_E_UNKNOWN_EVENT, NULL, "unknown event %s", shown);
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    json_val obj;
+    if (msg_args_object(a->json, a->json_len, &svc->o.limits, &obj, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    fn(svc, ms, &obj, a, ack_id);
+}
+
+/* Identity from the CONNECT auth payload. */
+static msg_errcode authenticate(msg_service *svc, const char *auth, size_t len, jwt_claims *c,
+                                bool *dev, msg_error *err)
+{
+    *dev = false;
+    memset(c, 0, sizeof *c);
+    json_val obj, tok, u, role;
+    bool has_obj = auth && json_parse(auth, len, 4, &obj, NULL) == 0 && obj.type == JSON_OBJECT;
+    if (has_obj && json_object_get(&obj, "token", &tok)) {
+        if (!svc->secret)
+            return msg_fail(err, MSG_E_AUTH_UNAVAILABLE, NULL,
+                            "this server has no JWT secret configured");
+        char buf[JWT_MAX_TOKEN + 1];
+        long n = tok.type == JSON_STRING ? json_string_decode(&tok, buf, JWT_MAX_TOKEN + 1) : -1;
+        if (tok.type != JSON_STRING)
+            return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "token must be a string");
+        if (n < 0)
+            return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "token longer than %d bytes",
+                            JWT_MAX_TOKEN);
+        jwt_key k = {svc->secret, svc->o.jwt_secret_len, svc->o.jwt_leeway_ms};
+        return jwt_verify(&k, buf, (size_t)n, wall_ms(), c, err);
+    }
+    if (svc->o.dev_auth && has_obj && json_object_get(&obj, "user", &u)) {
+        long n = u.type == JSON_STRING ? json_string_decode(&u, c->sub, sizeof c->sub - 1) : -1;
+        if (n < 0 || !msg_valid_user(c->sub, (size_t)n)) {
+            c->sub[0] = 0;
+            return msg_fail(err, MSG_E_INVALID_USER, NULL, "user is not a valid user id");
+        }
+        c->sub[n] = 0;
+        c->admin = json_object_get(&obj, "role", &role) && json_string_eq(&role, "admin");
+        *dev = true;
+        return MSG_OK;
+    }
+    if (!svc->secret && !svc->o.dev_auth)
+        return msg_fail(err, MSG_E_AUTH_UNAVAILABLE, NULL,
+                        "this server has no JWT secret configured");
+    return msg_fail(err, MSG_E_AUTH_REQUIRED, NULL, "a token is required: auth {\"token\": JWT}");
+}
+
+static int on_connect_check(parley_socket *s, const char *auth, size_t len,
+                            parley_connect_error *ce, void *user)
+{
+    msg_service *svc = user;
+    msg_error err;
+    memset(&err, 0, sizeof err);
+    jwt_claims c;
+    bool dev;
+    if (authenticate(svc, auth, len, &c, &dev, &err) == MSG_OK) {
+        svc->pending_sock = s;
+        svc->pending = c;
+        svc->pending_dev = dev;
+        return 0;
+    }
+    snprintf(svc->cerr_message, sizeof svc->cerr_message, "%s", err.message);
+    svc->cerr_data.len = 0;
+    ce->message = svc->cerr_message;
+    ce->data_json = NULL;
+    if (json_done(&svc->cerr_data, msg_encode_connect_error(&svc->cerr_data, &err)))
+        ce->data_json = (const char *)svc->cerr_data.ptr;
+    plog_info("messaging: refused a connection: %s (%s)", msg_errcode_name(err.code), err.message);
+    return 1;
+}
+
+static void on_token_expired(ptimer *t)
+{
+    msess *ms = PARLEY_CONTAINER_OF(t, msess, expiry);
+    if (!ms->sock) return;
+    plog_info("messaging: token of %s expired: disconnecting socket %s", ms->user->id,
+              parley_socket_id(ms->sock));
+    parley_disconnect(ms->sock, 0); /* ms may be freed here */
+}
+
+static void on_connection(parley_socket *s, void *user)
+{
+    msg_service *svc = user;
+    if (svc->pending_sock != s) {
+        /* Connection-state recovery skips the connect check: such a socket
+         * has no identity here and must connect again. */
+        plog_warn("messaging: socket %s arrived without authentication: disconnected",
+                  parley_socket_id(s));
+        parley_disconnect(s, 0);
+        return;
+    }
+    svc->pending_sock = NULL;
+    msess *ms = pcalloc(1, sizeof *ms);
+    muser *u = ms ? user_get(svc, svc->pending.sub, true) : NULL;
+    if (!u) {
+        free(ms);
+        parley_disconnect(s, 1);
+        return;
+    }
+    ms->svc = svc;
+    ms->sock = s;
+    ms->user = u;
+    ms->admin = svc->pending.admin;
+    ms->dev = svc->pending_dev;
+    ms->next = u->socks;
+    u->socks = ms;
+    u->n++;
+    ptimer_init(&ms->expiry, on_token_expired);
+    parley_socket_set_data(s, ms);
+    svc->stats.sockets++;
+    if (ms->dev) {
+        plog_warn("messaging: INSECURE --dev-auth: socket %s is user %s%s without a token",
+                  parley_socket_id(s), u->id, ms->admin ? " (admin)" : "");
+    } else {
+        int64_t left = svc->pending.exp_ms + svc->o.jwt_leeway_ms - wall_ms();
+        ploop_timer_start(svc->loop, &ms->expiry, left > 0 ? (uint64_t)left : 1);
+    }
+}
+
+static void on_disconnect(parley_socket *s, const char *reason, void *user)
+{
+    (void)reason;
+    msg_service *svc = user;
+    msess *ms = parley_socket_data(s);
+    if (!ms) return;
+    parley_socket_set_data(s, NULL);
+    ploop_timer_stop(svc->loop, &ms->expiry);
+    muser *u = ms->user;
+    for (msess **pp = &u->socks; *pp; pp = &(*pp)->next) {
+        if (*pp == ms) {
+            *pp = ms->next;
+            break;
+        }
+    }
+    if (--u->n == 0) {
+        pmap_del(&svc->users, u->id, u->len);
+        free(u);
+    }
+    svc->stats.sockets--;
+    ms->sock = NULL;
+    ms->user = NULL;
+    ms->live = false;
+    if (ms->refs == 0) free(ms);
+}
+
+/* ---- HTTP: media upload and download ---- */
+
+static void http_error(phttpd_req *req, int status, msg_errcode code, const char *message)
+{
+    msg_error err;
+    msg_fail(&err, code, NULL, "%s", message);
+    pbuf b = {0};
+    http_header h[1] = {{"WWW-Authenticate", 16, "Bearer", 6}};
+    size_t nh = status == 401 ? 1 : 0;
+    if (msg_encode_connect_error(&b, &err) == 0)
+        phttpd_respond(req, status, "application/json", h, nh, b.ptr, b.len);
+    else
+        phttpd_respond(req, 500, NULL, NULL, 0, NULL, 0);
+    pbuf_free(&b);
+}
+
+/* The user of an HTTP request (Authorization: Bearer <JWT>, or Dev <user>
+ * with --dev-auth). Answers 401 itself and returns false when there is
+ * none. */
+static bool http_user(msg_service *svc, phttpd_req *req, char user[MSG_USER_MAX + 1])
+{
+    const http_header *h = http_find_header(req->head, "authorization");
+    if (svc->disabled) {
+        http_error(req, 401, MSG_E_AUTH_UNAVAILABLE, "this server has no JWT secret configured");
+        return false;
+    }
+    if (!h) {
+        http_error(req, 401, MSG_E_AUTH_REQUIRED, "Authorization: Bearer <token> is required");
+        return false;
+    }
+    const char *v = h->value;
+    size_t n = h->value_len;
+    if (svc->o.dev_auth && n > 4 && pstr_ieq(v, 4, "Dev ", 4)) {
+        if (!msg_valid_user(v + 4, n - 4)) {
+            http_error(req, 401, MSG_E_INVALID_USER, "not a valid user id");
+            return false;
+        }
+        memcpy(user, v + 4, n - 4);
+        user[n - 4] = 0;
+        plog_warn("messaging: INSECURE --dev-auth: HTTP request as %s without a token", user);
+        return true;
+    }
+    if (n < 7 || !pstr_ieq(v, 7, "Bearer ", 7)) {
+        http_error(req, 401, MSG_E_AUTH_REQUIRED, "Authorization: Bearer <token> is required");
+        return false;
+    }
+    if (!svc->secret) {
+        http_error(req, 401, MSG_E_AUTH_UNAVAILABLE, "this server has no JWT secret configured");
+        return false;
+    }
+    jwt_key k = {svc->secret, svc->o.jwt_secret_len, svc->o.jwt_leeway_ms};
+    jwt_claims c;
+    msg_error err;
+    size_t off = 7;
+    while (off < n && v[off] == ' ') off++;
+    if (jwt_verify(&k, v + off, n - off, wall_ms(), &c, &err) != MSG_OK) {
+        http_error(req, 401, err.code, err.message);
+        return false;
+    }
+    memcpy(user, c.sub, sizeof c.sub);
+    return true;
+}
+
+static void route_upload(phttpd_req *req, void *arg)
+{
+    msg_service *svc = arg;
+    const http_head *hd = req->head;
+    if (hd->method_len != 4 || memcmp(hd->method, "POST", 4) != 0) {
+        http_header allow = {"Allow", 5, "POST", 4};
+        phttpd_respond(req, 405, "text/plain", &allow, 1, "method not allowed\n", 19);
+        return;
+    }
+    char user[MSG_USER_MAX + 1];
+    if (!http_user(svc, req, user)) return;
+    const http_header *ct = http_find_header(hd, "content-type");
+    char mime[MSG_MIME_MAX + 1];
+    size_t ml = 0;
+    if (ct) {
+        const char *semi = memchr(ct->value, ';', ct->value_len);
+        ml = semi ? (size_t)(semi - ct->value) : ct->value_len;
+        while (ml && (ct->value[ml - 1] == ' ' || ct->value[ml - 1] == '\t')) ml--;
+    }
+    if (!ct || !msg_valid_mime(ct->value, ml)) {
+        http_error(req, 415, MSG_E_INVALID_FIELD, "Content-Type must name the media type");
+        return;
+    }
+    memcpy(mime, ct->value, ml);
+    mime[ml] = 0;
+    for (size_t i = 0; i < ml; i++)
+        if (mime[i] >= 'A' && mime[i] <= 'Z') mime[i] = (char)(mime[i] - 'A' + 'a');
+    if (req->body_len == 0) {
+        http_error(req, 400, MSG_E_INVALID_FIELD, "the body is empty");
+        return;
+    }
+    if (req->body_len > svc->o.max_media_bytes) {
+        http_error(req, 413, MSG_E_TOO_LARGE, "larger than --max-media-bytes");
+        return;
+    }
+    obx *e = obx_new(svc, OB_HTTP, NULL, true);
+    bool existed = false;
+    if (!e || !json_done(&e->json, store_media(svc, user, req->body, req->body_len, mime, &e->json,
+                                               &existed))) {
+        if (e) obx_release(svc, e);
+        http_error(req, 500, MSG_E_INTERNAL, "storage failure");
+        return;
+    }
+    e->http_status = existed ? 200 : 201;
+    /* Answered after the commit, like an acknowledgement. */
+    e->http = phttpd_defer(req, on_http_abort, e);
+    if (!e->http) {
+        obx_release(svc, e);
+        return;
+    }
+    obx_push(svc, e);
+}
+
+static void route_download(phttpd_req *req, void *arg)
+{
+    msg_service *svc = arg;
+    const http_head *hd = req->head;
+    if (hd->method_len != 3 || memcmp(hd->method, "GET", 3) != 0) {
+        http_header allow = {"Allow", 5, "GET", 3};
+        phttpd_respond(req, 405, "text/plain", &allow, 1, "method not allowed\n", 19);
+        return;
+    }
+    char user[MSG_USER_MAX + 1];
+    if (!http_user(svc, req, user)) return;
+    static const char prefix[] = "/media/";
+    char id[MSG_MEDIA_ID_LEN + 1];
+    size_t idlen = req->path_len - (sizeof prefix - 1);
+    int64_t size = 0;
+    char mime[MSG_MIME_MAX + 1];
+    int r = 0;
+    if (idlen == MSG_MEDIA_ID_LEN && msg_valid_media_id(req->path + sizeof prefix - 1, idlen)) {
+        memcpy(id, req->path + sizeof prefix - 1, idlen);
+        id[idlen] = 0;
+        r = mstore_media_get(svc->store, id, &size, mime);
+    }
+    if (r < 0) {
+        http_error(req, 500, MSG_E_INTERNAL, "storage failure");
+        return;
+    }
+    if (r == 0) {
+        http_error(req, 404, MSG_E_NOT_FOUND, "no such media");
+        return;
+    }
+    r = mstore_media_visible(svc->store, id, user);
+    if (r != 1) {
+        if (r < 0)
+            http_error(req, 500, MSG_E_INTERNAL, "storage failure");
+        else
+            http_error(req, 403, MSG_E_FORBIDDEN, "you may not see this media");
+        return;
+    }
+    pbuf body = {0};
+    int rc = media_get(svc->media, id, svc->o.max_media_bytes, &body);
+    if (rc) {
+        pbuf_free(&body);
+        if (rc == PARLEY_EAGAIN)
+            http_error(req, 404, MSG_E_NOT_FOUND, "no such media");
+        else
+            http_error(req, 500, MSG_E_INTERNAL, "cannot read the media");
+        return;
+    }
+    char etag[MSG_MEDIA_ID_LEN + 3];
+    snprintf(etag, sizeof etag, "\"%s\"", id);
+    /* Uploaded content is served as data, never as a page of this origin. */
+    http_header h[4] = {
+        {"ETag", 4, etag, strlen(etag)},
+        {"Cache-Control", 13, "private, max-age=31536000, immutable", 36},
+        {"X-Content-Type-Options", 22, "nosniff", 7},
+        {"Content-Security-Policy", 23, "sandbox", 7},
+    };
+    phttpd_respond(req, 200, mime, h, 4, body.ptr, body.len);
+    pbuf_free(&body);
+}
+
+/* ---- lifetime ---- */
+
+static int make_data_dir(const char *dir)
+{
+    char p[4096];
+    if (strlen(dir) >= sizeof p - 32) return PARLEY_EINVAL;
+    snprintf(p, sizeof p, "%s", dir);
+    /* mkdir -p */
+    for (char *q = p + 1; *q; q++) {
+        if (*q != '/') continue;
+        *q = 0;
+        mkdir(p, 0750);
+        *q = '/';
+    }
+    if (mkdir(p, 0750) != 0) {
+        struct stat st;
+        if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            plog_error("messaging: cannot use data directory %s", dir);
+            return PARLEY_EIO;
+        }
+    }
+    return 0;
+}
+
+int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service **out)
+{
+    *out = NULL;
+    if (!srv || !o || !o->data_dir || !*o->data_dir || o->max_media_bytes == 0 ||
+        o->max_media_bytes >= PBUF_MAX || (o->jwt_secret && o->jwt_secret_len == 0) ||
+        o->limits.max_text == 0 || o->typing_timeout_ms == 0)
+        return PARLEY_EINVAL;
+    msg_service *svc = pcalloc(1, sizeof *svc);
+    if (!svc) return PARLEY_ENOMEM;
+    svc->srv = srv;
+    svc->o = *o;
+    svc->loop = phttpd_loop(parley_server__http(srv));
+    svc->flush.cb = on_flush;
+    ptimer_init(&svc->low_timer, on_low_timer);
+    int rc = 0;
+    svc->data_dir = strdup(o->data_dir);
+    svc->o.data_dir = svc->data_dir;
+    if (!svc->data_dir) rc = PARLEY_ENOMEM;
+    if (rc == 0 && o->jwt_secret) {
+        svc->secret = malloc(o->jwt_secret_len);
+        if (!svc->secret)
+            rc = PARLEY_ENOMEM;
+        else
+            memcpy(svc->secret, o->jwt_secret, o->jwt_secret_len);
+    }
+    svc->o.jwt_secret = NULL; /* svc->secret is the copy */
+    /* Without a way to tell who anyone is, nobody gets in: the data
+     * directory is not even opened. */
+    svc->disabled = !svc->secret && !o->dev_auth;
+    if (rc == 0 && !svc->disabled) rc = make_data_dir(svc->data_dir);
+    char path[4200];
+    if (rc == 0 && !svc->disabled) {
+        snprintf(path, sizeof path, "%s/messages.db", svc->data_dir);
+        rc = mstore_open(path, o->full_sync, &svc->store);
+    }
+    if (rc == 0 && !svc->disabled) {
+        snprintf(path, sizeof path, "%s/media", svc->data_dir);
+        rc = media_open(path, o->full_sync, &svc->media);
+    }
+    if (rc == 0) {
+        svc->nsp = parley_server_of(srv, MSG_NAMESPACE);
+        phttpd *http = parley_server__http(srv);
+        if (!svc->nsp || phttpd_route(http, "/media", route_upload, svc) != 0 ||
+            phttpd_route_prefix(http, "/media/", route_download, svc) != 0)
+            rc = PARLEY_ENOMEM;
+    }
+    if (rc) {
+        msg_service_free(svc);
+        return rc;
+    }
+    parley_nsp_handlers h = {.on_connect_check = on_connect_check,
+                             .on_connection = on_connection,
+                             .on_event = on_event,
+                             .on_disconnect = on_disconnect,
+                             .user = svc};
+    parley_nsp_set_handlers(svc->nsp, &h);
+    if (o->dev_auth)
+        plog_warn("messaging: INSECURE --dev-auth is on: anyone can connect as any user with "
+                  "{\"user\": id}; never use it in production");
+    if (svc->disabled)
+        plog_warn("messaging: no --jwt-secret (and no --dev-auth): every connection to %s is "
+                  "refused",
+                  MSG_NAMESPACE);
+    else if (!svc->secret)
+        plog_warn("messaging: no --jwt-secret: connections with tokens are refused");
+    else if (o->jwt_secret_len < 32)
+        plog_warn("messaging: the JWT secret is %zu bytes; HS256 wants at least 32",
+                  o->jwt_secret_len);
+    *out = svc;
+    return 0;
+}
+
+void msg_service_free(msg_service *svc)
+{
+    if (!svc) return;
+    if (svc->nsp) parley_nsp_set_handlers(svc->nsp, NULL);
+    ploop_defer_cancel(svc->loop, &svc->flush);
+    if (svc->store) {
+        /* What was stored stays stored: a client that got no acknowledgement
+         * resends and is answered from the store. */
+        if (mstore_commit(svc->store) != 0) plog_error("messaging: final commit failed");
+        plog_info("messaging: %llu messages stored (%llu resends answered) in %llu commits, "
+                  "%llu failed",
+                  (unsigned long long)svc->stats.messages,
+                  (unsigned long long)svc->stats.duplicates,
+                  (unsigned long long)mstore_commits(svc->store),
+                  (unsigned long long)svc->stats.commit_failures);
+    }
+    ploop_timer_stop(svc->loop, &svc->low_timer);
+    obx *lists[2] = {svc->out_head, svc->low_head};
+    for (int i = 0; i < 2; i++) {
+        for (obx *e = lists[i]; e;) {
+            obx *next = e->next;
+            if (e->kind == OB_HTTP) do_http(e, true);
+            if (e->ms) ms_release(e->ms);
+            pbuf_free(&e->json);
+            free(e);
+            e = next;
+        }
+    }
+    while (svc->free_list) {
+        obx *e = svc->free_list;
+        svc->free_list = e->next;
+        pbuf_free(&e->json);
+        free(e);
+    }
+    size_t pos = 0;
+    pmap_entry *pe;
+    while ((pe = pmap_next(&svc->typing, &pos))) {
+        mtyping *t = pe->val;
+        ploop_timer_stop(svc->loop, &t->expire);
+        ploop_timer_stop(svc->loop, &t->throttle);
+        free(t);
+    }
+    pmap_free(&svc->typing);
+    pos = 0;
+    while ((pe = pmap_next(&svc->users, &pos))) {
+        muser *u = pe->val;
+        for (msess *ms = u->socks; ms;) {
+            msess *next = ms->next;
+            ploop_timer_stop(svc->loop, &ms->expiry);
+            if (ms->sock) parley_socket_set_data(ms->sock, NULL);
+            free(ms);
+            ms = next;
+        }
+        free(u);
+    }
+    pmap_free(&svc->users);
+    media_close(svc->media);
+    mstore_close(svc->store);
+    pbuf_free(&svc->scratch);
+    pbuf_free(&svc->scratch2);
+    pbuf_free(&svc->cerr_data);
+    if (svc->secret) OPENSSL_cleanse(svc->secret, svc->o.jwt_secret_len);
+    free(svc->secret);
+    free(svc->data_dir);
+    free(svc);
+}

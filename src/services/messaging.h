@@ -1,0 +1,88 @@
+/*
+ * The messaging service, server half: the protocol of docs/PROTOCOL.md
+ * ("Messaging") on a parley_server, over the namespace MSG_NAMESPACE, with
+ * the store (msg_store.h), JWT identities (jwt.h) and media files
+ * (media.h), plus the HTTP routes POST /media and GET /media/<id>.
+ *
+ * Request handling: every handler validates, reads and writes the store
+ * (the writes of one loop iteration share one transaction) and queues its
+ * answers; at the end of the iteration the batch is committed and then
+ * the queued acknowledgements and broadcasts go out in order. A failed
+ * commit turns the acknowledgements of that batch into `internal` errors
+ * and drops its broadcasts. After the broadcasts, sync requests are
+ * answered and their sockets start receiving live events, so that every
+ * message reaches a socket exactly once (see "Live delivery starts with
+ * sync" in the protocol).
+ *
+ * Threads: the loop's thread only, like the server it is attached to.
+ */
+#ifndef PARLEY_SERVICES_MESSAGING_H
+#define PARLEY_SERVICES_MESSAGING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "parley/server.h"
+#include "services/msg_schema.h"
+
+typedef struct msg_service msg_service;
+
+/* The seam for the notification service (a later addition): called for
+ * every recipient of an urgent message once the message is committed,
+ * whether or not the recipient is online (live delivery happens anyway;
+ * the notifier decides whether to push). On the loop thread: it must not
+ * block (queue the work). Pointers are valid during the call. */
+typedef struct msg_notice {
+    const char *recipient; /* user id */
+    bool online;           /* the recipient has a socket that receives live events */
+    const msg_message
+        *message;             /* id, seq, ts, conversation, from, type, priority (content unset) */
+    const char *message_json; /* the Message object as sent in new_message */
+    size_t message_len;
+} msg_notice;
+
+typedef struct msg_notifier {
+    void (*urgent)(const msg_notice *n, void *user); /* NULL: urgent is like high */
+    void *user;
+} msg_notifier;
+
+typedef struct msg_service_opts {
+    const char *data_dir;      /* database and media; default "./data" (created) */
+    const uint8_t *jwt_secret; /* HS256 key; NULL: tokens cannot be checked */
+    size_t jwt_secret_len;
+    uint32_t jwt_leeway_ms;      /* clock skew allowed for exp/nbf; default 30000 */
+    bool dev_auth;               /* INSECURE: accept {"user": id} without a token */
+    bool full_sync;              /* fsync commits and media (power-loss safe); default off */
+    size_t max_media_bytes;      /* largest upload; default 8 MiB */
+    msg_limits limits;           /* text and field limits (msg_limits_init) */
+    uint32_t typing_timeout_ms;  /* typing expires without a refresh; default 5000 */
+    uint32_t typing_throttle_ms; /* relayed typing changes per user and conversation; default 500 */
+    uint32_t low_delay_ms;       /* live delivery of low-priority messages batched; default 500 */
+    msg_notifier notifier;
+} msg_service_opts;
+
+void msg_service_opts_init(msg_service_opts *o);
+
+/* Attaches the service to srv: namespace MSG_NAMESPACE and the /media
+ * routes. Opens (creating) the store under o->data_dir. Options and the
+ * secret are copied. Errors: PARLEY_EINVAL, PARLEY_EIO (data directory or
+ * database unusable, e.g. locked by another server), PARLEY_ENOMEM. */
+int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service **out);
+
+/* Commits what is pending and frees the service; after the server has
+ * shut down (its sockets are gone) and before it is freed. */
+void msg_service_free(msg_service *m);
+
+/* Counters, for tests and metrics. */
+typedef struct msg_service_stats {
+    uint64_t messages;   /* stored */
+    uint64_t duplicates; /* resends answered from the store */
+    uint64_t commits;    /* batches committed */
+    uint64_t commit_failures;
+    unsigned sockets; /* connected */
+} msg_service_stats;
+
+void msg_service_stats_get(const msg_service *m, msg_service_stats *st);
+
+#endif

@@ -1,0 +1,131 @@
+/*
+ * The messaging store: conversations, participants with their receipt
+ * watermarks, messages, and the media index, in one SQLite database.
+ *
+ * Batches (group commit): the first write opens a transaction and every
+ * later write joins it until mstore_commit(); the service commits once per
+ * loop iteration and sends acknowledgements only after the commit
+ * returned. mstore_rollback() undoes the whole batch. Reads see the
+ * batch's own uncommitted writes (one connection).
+ *
+ * Durability: WAL mode; synchronous=NORMAL by default, which survives the
+ * process being killed at any point (committed transactions sit in the
+ * WAL in the page cache) but not power loss; `full_sync` selects
+ * synchronous=FULL for that. The database is locked exclusively while
+ * open: a second server on the same data directory fails to open it.
+ *
+ * Schema versioned (PRAGMA user_version, application_id "PMSG"); older
+ * versions are migrated inside the opening transaction, newer ones are
+ * refused. Rows read back are checked like any input.
+ *
+ * Single-threaded: one loop thread uses a store. Row pointers passed to
+ * callbacks are valid during the call only.
+ */
+#ifndef PARLEY_SERVICES_MSG_STORE_H
+#define PARLEY_SERVICES_MSG_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "services/msg_schema.h"
+
+typedef struct mstore mstore;
+
+/* Opens (creating) the database file at path. 0, PARLEY_EIO (cannot open,
+ * locked by another process, not our database, newer schema), or
+ * PARLEY_ENOMEM. */
+int mstore_open(const char *path, bool full_sync, mstore **out);
+/* Rolls back an open batch and closes. NULL is a no-op. */
+void mstore_close(mstore *s);
+
+bool mstore_in_batch(const mstore *s);
+/* Commits the open batch (no-op without one). 0, or PARLEY_EIO after
+ * which the batch has been rolled back. */
+int mstore_commit(mstore *s);
+void mstore_rollback(mstore *s);
+/* Writes made since the store was opened and committed batches; for
+ * tests and metrics. */
+uint64_t mstore_commits(const mstore *s);
+
+/* A stored message as read back; strings valid during the callback (or
+ * until the next store call for mstore_insert / mstore_find). */
+typedef struct mstore_msg {
+    msg_message m; /* content not parsed: see content_json */
+    const char *content_json;
+    size_t content_len;
+} mstore_msg;
+
+/* The message `sender` stored with client_id, if any: 1 found (*out
+ * filled), 0 not found, or PARLEY_EIO. */
+int mstore_find(mstore *s, const char *sender, const char *client_id, mstore_msg *out);
+
+/* Stores a message in conversation c (DM conversations and their two
+ * participants are created on first use; a room must exist). Assigns id,
+ * seq (last + 1) and ts = now_ms; media (NULL or a media id) is recorded
+ * as referenced by the conversation. The caller has checked that the
+ * sender may post there. 0; MSTORE_DUPLICATE when the sender already
+ * stored client_id (nothing is written: look it up with mstore_find);
+ * PARLEY_EIO, PARLEY_ENOMEM, PARLEY_ESTATE (room does not exist). */
+#define MSTORE_DUPLICATE 1
+int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *client_id,
+                  msg_type type, msg_priority prio, const char *content_json, size_t content_len,
+                  const char *media, int64_t now_ms, mstore_msg *out);
+
+/* The conversation's last seq (0 when it has no messages or does not
+ * exist). Negative on error. */
+int64_t mstore_last_seq(mstore *s, const char *conv);
+
+/* 1 when user takes part in conv (a room member; one of a DM's two users
+ * once the DM has a message), 0 when not, negative on error. */
+int mstore_is_participant(mstore *s, const char *conv, const char *user);
+/* 1 when the conversation exists (a room ever joined, a DM with a
+ * message), 0 when not, negative on error. */
+int mstore_conv_exists(mstore *s, const char *conv);
+
+/* Raises user's watermarks in conv: delivered to at least `delivered`,
+ * read to at least `read` (read also raises delivered). *d and *r get the
+ * values after; *changed whether they moved. 0, PARLEY_ESTATE (not a
+ * participant), PARLEY_EIO. */
+int mstore_receipt(mstore *s, const char *conv, const char *user, int64_t delivered, int64_t read,
+                   int64_t *d, int64_t *r, bool *changed);
+
+/* Room membership. join: *added = false when already a member (the room
+ * is created with its first member). leave: PARLEY_ESTATE when not a
+ * member. */
+int mstore_join(mstore *s, const char *room, const char *user, int64_t now_ms, bool *added);
+int mstore_leave(mstore *s, const char *room, const char *user);
+
+/* Iterations: the callback returns 0 to continue, anything else to stop
+ * (returned by the iteration). PARLEY_EIO on storage errors. */
+typedef int (*mstore_user_fn)(const char *user, int64_t delivered, int64_t read, void *arg);
+/* Participants of conv in user order, with their watermarks. */
+int mstore_participants(mstore *s, const char *conv, mstore_user_fn fn, void *arg);
+
+typedef int (*mstore_conv_fn)(const char *conv, void *arg);
+/* Conversations user takes part in, in id order. */
+int mstore_user_convs(mstore *s, const char *user, mstore_conv_fn fn, void *arg);
+
+typedef int (*mstore_msg_fn)(const mstore_msg *m, void *arg);
+/* Messages of conv with seq > after, ascending, at most limit. */
+int mstore_messages_after(mstore *s, const char *conv, int64_t after, unsigned limit,
+                          mstore_msg_fn fn, void *arg);
+/* Messages of conv with seq < before (0: all), the newest `limit` of
+ * them, ascending. */
+int mstore_messages_before(mstore *s, const char *conv, int64_t before, unsigned limit,
+                           mstore_msg_fn fn, void *arg);
+
+/* Media index. get: 1 found (size, mime filled), 0 unknown, negative on
+ * error. put: records the upload by `user` (the content is already on
+ * disk); *existed when the media was known before. */
+int mstore_media_get(mstore *s, const char *id, int64_t *size, char mime[MSG_MIME_MAX + 1]);
+int mstore_media_put(mstore *s, const char *id, int64_t size, const char *mime, const char *user,
+                     int64_t now_ms, bool *existed);
+/* 1 when user may see media id: they uploaded it, or take part in a
+ * conversation where a message references it. 0 otherwise. */
+int mstore_media_visible(mstore *s, const char *id, const char *user);
+
+/* The SQLite handle, for tests that need to reach under the store. */
+void *mstore__db(mstore *s);
+
+#endif

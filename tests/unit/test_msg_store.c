@@ -1,0 +1,721 @@
+/* Unit tests for the messaging store: sequence numbers, idempotency
+ * lookups, rooms, receipts, paging, media access, batches (commit,
+ * rollback, a transaction SQLite abandons), foreign and newer files, and
+ * processes killed mid-traffic losing nothing they committed. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "base/buf.h"
+#include "base/util.h"
+#include "chop.h"
+#include "parley/parley.h"
+#include "services/msg_store.h"
+
+#define T0 1767225600000LL
+
+typedef struct scratch {
+    char dir[64];
+    char path[96];
+} scratch;
+
+static void scratch_init(scratch *s)
+{
+    snprintf(s->dir, sizeof s->dir, "/tmp/mstore-test-XXXXXX");
+    assert_non_null(mkdtemp(s->dir));
+    snprintf(s->path, sizeof s->path, "%s/m.db", s->dir);
+}
+
+static void scratch_free(const scratch *s)
+{
+    static const char *const suffix[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < 4; i++) {
+        char p[128];
+        snprintf(p, sizeof p, "%s%s", s->path, suffix[i]);
+        unlink(p);
+    }
+    assert_int_equal(rmdir(s->dir), 0);
+}
+
+static mstore *open_store(const char *path)
+{
+    mstore *st = NULL;
+    assert_int_equal(mstore_open(path, false, &st), 0);
+    assert_non_null(st);
+    return st;
+}
+
+static int64_t put_text(mstore *st, const msg_conv *c, const char *from, const char *cid,
+                        mstore_msg *out)
+{
+    static const char content[] = "{\"text\":\"hello\"}";
+    mstore_msg tmp;
+    if (!out) out = &tmp;
+    int rc = mstore_insert(st, c, from, cid, MSG_TEXT, MSG_PRIO_NORMAL, content, sizeof content - 1,
+                           NULL, T0, out);
+    assert_int_equal(rc, 0);
+    return out->m.seq;
+}
+
+/* ---- messages ---- */
+
+static void test_dm_sequence_and_find(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    msg_conv ab, ac;
+    msg_conv_dm(&ab, "alice", "bob");
+    msg_conv_dm(&ac, "carol", "alice");
+    assert_int_equal(mstore_conv_exists(st, ab.id), 0);
+    assert_int_equal(mstore_last_seq(st, ab.id), 0);
+    assert_int_equal(mstore_is_participant(st, ab.id, "alice"), 0);
+    assert_false(mstore_in_batch(st));
+
+    mstore_msg m;
+    assert_int_equal(put_text(st, &ab, "alice", "c1", &m), 1);
+    assert_true(mstore_in_batch(st));
+    int64_t id1 = m.m.id;
+    assert_true(id1 > 0);
+    assert_string_equal(m.m.conversation, "dm:alice:bob");
+    assert_string_equal(m.m.from, "alice");
+    assert_int_equal(m.m.ts, T0);
+    assert_int_equal(put_text(st, &ab, "bob", "c1", &m), 2); /* client ids are per sender */
+    assert_true(m.m.id > id1);
+    assert_int_equal(put_text(st, &ac, "carol", "x", NULL), 1);
+    assert_int_equal(put_text(st, &ab, "alice", "c2", NULL), 3);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_false(mstore_in_batch(st));
+    assert_int_equal(mstore_commits(st), 1);
+    assert_int_equal(mstore_is_participant(st, ab.id, "alice"), 1);
+    assert_int_equal(mstore_is_participant(st, ab.id, "bob"), 1);
+    assert_int_equal(mstore_is_participant(st, ab.id, "carol"), 0);
+    assert_int_equal(mstore_conv_exists(st, ab.id), 1);
+
+    assert_int_equal(mstore_find(st, "alice", "c1", &m), 1);
+    assert_int_equal(m.m.id, id1);
+    assert_int_equal(m.m.seq, 1);
+    assert_string_equal(m.m.client_id, "c1");
+    assert_int_equal(m.content_len, 16);
+    assert_memory_equal(m.content_json, "{\"text\":\"hello\"}", 16);
+    assert_int_equal(mstore_find(st, "bob", "c1", &m), 1);
+    assert_int_equal(m.m.seq, 2);
+    assert_int_equal(mstore_find(st, "carol", "c1", &m), 0);
+    /* The same client id from the same sender stores nothing, gives out
+     * no seq, and leaves the batch intact. */
+    static const char content[] = "{\"text\":\"again\"}";
+    assert_int_equal(put_text(st, &ab, "bob", "c7", NULL), 4);
+    assert_int_equal(mstore_insert(st, &ab, "alice", "c1", MSG_TEXT, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, NULL, T0, &m),
+                     MSTORE_DUPLICATE);
+    assert_int_equal(mstore_insert(st, &ab, "bob", "c7", MSG_TEXT, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, NULL, T0, &m),
+                     MSTORE_DUPLICATE);
+    assert_true(mstore_in_batch(st));
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_last_seq(st, ab.id), 4);
+    assert_int_equal(mstore_find(st, "bob", "c7", &m), 1);
+    assert_int_equal(m.m.seq, 4);
+    assert_int_equal(mstore_find(st, "alice", "c1", &m), 1);
+    assert_memory_equal(m.content_json, "{\"text\":\"hello\"}", 16);
+    mstore_close(st);
+
+    /* Reopened: seq continues. */
+    st = open_store(sc.path);
+    assert_int_equal(mstore_last_seq(st, ab.id), 4);
+    assert_int_equal(put_text(st, &ab, "bob", "c9", NULL), 5);
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+typedef struct collected {
+    int64_t seq[64];
+    char from[64][MSG_USER_MAX + 1];
+    size_t n;
+    size_t stop_at; /* stop the iteration after this many (0: never) */
+} collected;
+
+static int collect(const mstore_msg *m, void *arg)
+{
+    collected *c = arg;
+    assert_true(c->n < 64);
+    c->seq[c->n] = m->m.seq;
+    snprintf(c->from[c->n], sizeof c->from[c->n], "%s", m->m.from);
+    c->n++;
+    return c->stop_at && c->n == c->stop_at ? 7 : 0;
+}
+
+static void test_paging(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    msg_conv c;
+    msg_conv_dm(&c, "a", "b");
+    for (int i = 0; i < 30; i++) {
+        char cid[16];
+        snprintf(cid, sizeof cid, "m%d", i);
+        put_text(st, &c, i % 2 ? "a" : "b", cid, NULL);
+    }
+    assert_int_equal(mstore_commit(st), 0);
+    collected got = {0};
+    assert_int_equal(mstore_messages_after(st, c.id, 0, 10, collect, &got), 0);
+    assert_int_equal(got.n, 10);
+    for (size_t i = 0; i < 10; i++) assert_int_equal(got.seq[i], (int64_t)i + 1);
+    memset(&got, 0, sizeof got);
+    assert_int_equal(mstore_messages_after(st, c.id, 25, 10, collect, &got), 0);
+    assert_int_equal(got.n, 5);
+    assert_int_equal(got.seq[0], 26);
+    assert_int_equal(got.seq[4], 30);
+    assert_string_equal(got.from[4], "a");
+    memset(&got, 0, sizeof got);
+    assert_int_equal(mstore_messages_after(st, c.id, 30, 10, collect, &got), 0);
+    assert_int_equal(got.n, 0);
+    /* Newest first in selection, ascending in delivery. */
+    memset(&got, 0, sizeof got);
+    assert_int_equal(mstore_messages_before(st, c.id, 0, 4, collect, &got), 0);
+    assert_int_equal(got.n, 4);
+    assert_int_equal(got.seq[0], 27);
+    assert_int_equal(got.seq[3], 30);
+    memset(&got, 0, sizeof got);
+    assert_int_equal(mstore_messages_before(st, c.id, 3, 50, collect, &got), 0);
+    assert_int_equal(got.n, 2);
+    assert_int_equal(got.seq[0], 1);
+    assert_int_equal(got.seq[1], 2);
+    /* A callback can stop the iteration with its own value. */
+    memset(&got, 0, sizeof got);
+    got.stop_at = 3;
+    assert_int_equal(mstore_messages_after(st, c.id, 0, 50, collect, &got), 7);
+    assert_int_equal(got.n, 3);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* ---- rooms and receipts ---- */
+
+typedef struct users {
+    char name[8][MSG_USER_MAX + 1];
+    int64_t d[8], r[8];
+    size_t n;
+} users;
+
+static int collect_user(const char *user, int64_t d, int64_t r, void *arg)
+{
+    users *u = arg;
+    assert_true(u->n < 8);
+    snprintf(u->name[u->n], sizeof u->name[u->n], "%s", user);
+    u->d[u->n] = d;
+    u->r[u->n] = r;
+    u->n++;
+    return 0;
+}
+
+typedef struct convs {
+    char id[8][MSG_CONV_MAX + 1];
+    size_t n;
+} convs;
+
+static int collect_conv(const char *conv, void *arg)
+{
+    convs *c = arg;
+    assert_true(c->n < 8);
+    snprintf(c->id[c->n++], MSG_CONV_MAX + 1, "%s", conv);
+    return 0;
+}
+
+static void test_rooms_and_receipts(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    msg_conv room;
+    msg_conv_room(&room, "general");
+    mstore_msg m;
+    static const char content[] = "{\"text\":\"x\"}";
+    /* A room must exist before anything is posted in it. */
+    assert_int_equal(mstore_insert(st, &room, "amy", "r0", MSG_TEXT, MSG_PRIO_LOW, content,
+                                   sizeof content - 1, NULL, T0, &m),
+                     PARLEY_ESTATE);
+    bool added = false;
+    assert_int_equal(mstore_join(st, "general", "bob", T0, &added), 0);
+    assert_true(added);
+    assert_int_equal(mstore_join(st, "general", "amy", T0, &added), 0);
+    assert_true(added);
+    assert_int_equal(mstore_join(st, "general", "amy", T0, &added), 0);
+    assert_false(added);
+    assert_int_equal(mstore_conv_exists(st, room.id), 1);
+    assert_int_equal(put_text(st, &room, "amy", "r1", NULL), 1);
+    assert_int_equal(put_text(st, &room, "bob", "r2", NULL), 2);
+    assert_int_equal(mstore_commit(st), 0);
+
+    users u = {0};
+    assert_int_equal(mstore_participants(st, room.id, collect_user, &u), 0);
+    assert_int_equal(u.n, 2);
+    assert_string_equal(u.name[0], "amy");
+    assert_string_equal(u.name[1], "bob");
+
+    int64_t d, r;
+    bool changed;
+    assert_int_equal(mstore_receipt(st, room.id, "bob", 1, 0, &d, &r, &changed), 0);
+    assert_true(changed);
+    assert_int_equal(d, 1);
+    assert_int_equal(r, 0);
+    /* Watermarks never go back. */
+    assert_int_equal(mstore_receipt(st, room.id, "bob", 0, 0, &d, &r, &changed), 0);
+    assert_false(changed);
+    assert_int_equal(d, 1);
+    /* read raises delivered */
+    assert_int_equal(mstore_receipt(st, room.id, "bob", 0, 2, &d, &r, &changed), 0);
+    assert_true(changed);
+    assert_int_equal(d, 2);
+    assert_int_equal(r, 2);
+    assert_int_equal(mstore_receipt(st, room.id, "bob", 2, 1, &d, &r, &changed), 0);
+    assert_false(changed);
+    assert_int_equal(r, 2);
+    assert_int_equal(mstore_receipt(st, room.id, "zed", 1, 0, &d, &r, &changed), PARLEY_ESTATE);
+    assert_int_equal(mstore_commit(st), 0);
+
+    memset(&u, 0, sizeof u);
+    assert_int_equal(mstore_participants(st, room.id, collect_user, &u), 0);
+    assert_int_equal(u.d[1], 2);
+    assert_int_equal(u.r[1], 2);
+    assert_int_equal(u.d[0], 0);
+
+    msg_conv dm;
+    msg_conv_dm(&dm, "bob", "amy");
+    put_text(st, &dm, "bob", "d1", NULL);
+    convs cv = {0};
+    assert_int_equal(mstore_user_convs(st, "bob", collect_conv, &cv), 0);
+    assert_int_equal(cv.n, 2);
+    assert_string_equal(cv.id[0], "dm:amy:bob");
+    assert_string_equal(cv.id[1], "room:general");
+
+    assert_int_equal(mstore_leave(st, "general", "bob"), 0);
+    assert_int_equal(mstore_leave(st, "general", "bob"), PARLEY_ESTATE);
+    assert_int_equal(mstore_leave(st, "nowhere", "bob"), PARLEY_ESTATE);
+    assert_int_equal(mstore_is_participant(st, room.id, "bob"), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    memset(&cv, 0, sizeof cv);
+    assert_int_equal(mstore_user_convs(st, "bob", collect_conv, &cv), 0);
+    assert_int_equal(cv.n, 1);
+    /* The room outlives its members: history stays for those who rejoin. */
+    assert_int_equal(mstore_leave(st, "general", "amy"), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_conv_exists(st, room.id), 1);
+    assert_int_equal(mstore_last_seq(st, room.id), 2);
+    assert_int_equal(mstore_join(st, "general", "amy", T0, &added), 0);
+    assert_int_equal(put_text(st, &room, "amy", "r3", NULL), 3);
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* ---- batches ---- */
+
+static void test_rollback(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    msg_conv c;
+    msg_conv_dm(&c, "a", "b");
+    put_text(st, &c, "a", "keep", NULL);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(put_text(st, &c, "a", "drop1", NULL), 2);
+    assert_int_equal(put_text(st, &c, "b", "drop2", NULL), 3);
+    bool added;
+    assert_int_equal(mstore_join(st, "r", "a", T0, &added), 0);
+    mstore_rollback(st);
+    assert_false(mstore_in_batch(st));
+    mstore_msg m;
+    assert_int_equal(mstore_find(st, "a", "drop1", &m), 0);
+    assert_int_equal(mstore_find(st, "a", "keep", &m), 1);
+    assert_int_equal(mstore_last_seq(st, c.id), 1);
+    msg_conv r;
+    msg_conv_room(&r, "r");
+    assert_int_equal(mstore_conv_exists(st, r.id), 0);
+    /* The seq given out in the rolled-back batch is given again. */
+    assert_int_equal(put_text(st, &c, "a", "drop1", NULL), 2);
+    assert_int_equal(mstore_commit(st), 0);
+    /* Commit without a batch is a no-op. */
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_commits(st), 2);
+    /* Closing with an open batch rolls it back. */
+    put_text(st, &c, "a", "lost", NULL);
+    mstore_close(st);
+    st = open_store(sc.path);
+    assert_int_equal(mstore_find(st, "a", "lost", &m), 0);
+    assert_int_equal(mstore_last_seq(st, c.id), 2);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* A disk that fills up in the middle of a batch: whatever SQLite does
+ * with the transaction, the commit either keeps every write that
+ * succeeded or reports failure and keeps none, and the store works again
+ * once there is room. */
+static int count_batch(mstore *st, int n)
+{
+    int found = 0;
+    for (int i = 0; i < n; i++) {
+        char cid[16];
+        snprintf(cid, sizeof cid, "b%d", i);
+        mstore_msg m;
+        int rc = mstore_find(st, "a", cid, &m);
+        assert_true(rc == 0 || rc == 1);
+        found += rc;
+    }
+    return found;
+}
+
+static void test_full_disk(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    msg_conv c;
+    msg_conv_dm(&c, "a", "b");
+    put_text(st, &c, "a", "first", NULL);
+    assert_int_equal(mstore_commit(st), 0);
+    sqlite3 *db = mstore__db(st);
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA page_count", -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    int pages = sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA max_page_count = %d", pages + 3);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+
+    char big[3000];
+    memset(big, 'x', sizeof big);
+    memcpy(big, "{\"text\":\"", 9);
+    memcpy(big + sizeof big - 2, "\"}", 2);
+    int ok = 0, failed = 0;
+    for (int i = 0; i < 40; i++) {
+        char cid[16];
+        snprintf(cid, sizeof cid, "b%d", i);
+        mstore_msg m;
+        int rc = mstore_insert(st, &c, "a", cid, MSG_TEXT, MSG_PRIO_NORMAL, big, sizeof big, NULL,
+                               T0, &m);
+        if (rc == 0 && !failed)
+            ok++;
+        else if (rc)
+            failed++;
+    }
+    assert_true(ok > 0);
+    assert_true(failed > 0);
+    int rc = mstore_commit(st);
+    assert_false(mstore_in_batch(st));
+    int found = count_batch(st, 40);
+    if (rc == 0)
+        assert_int_equal(found, ok);
+    else
+        assert_int_equal(found, 0);
+    int64_t last = mstore_last_seq(st, c.id);
+    assert_int_equal(last, 1 + found);
+
+    /* Room again: the store carries on with consistent seqs. */
+    assert_int_equal(sqlite3_exec(db, "PRAGMA max_page_count = 1000000", NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(put_text(st, &c, "b", "after", NULL), last + 1);
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_close(st);
+    st = open_store(sc.path);
+    assert_int_equal(mstore_last_seq(st, c.id), last + 1);
+    assert_int_equal(count_batch(st, 40), found);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* ---- media ---- */
+
+static void test_media(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    const char *id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    int64_t size = 0;
+    char mime[MSG_MIME_MAX + 1];
+    assert_int_equal(mstore_media_get(st, id, &size, mime), 0);
+    assert_int_equal(mstore_media_visible(st, id, "amy"), 0);
+    bool existed = true;
+    assert_int_equal(mstore_media_put(st, id, 1234, "image/png", "amy", T0, &existed), 0);
+    assert_false(existed);
+    assert_int_equal(mstore_media_put(st, id, 1234, "image/png", "bob", T0, &existed), 0);
+    assert_true(existed);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_media_get(st, id, &size, mime), 1);
+    assert_int_equal(size, 1234);
+    assert_string_equal(mime, "image/png");
+    /* Uploaders see it; others only through a conversation. */
+    assert_int_equal(mstore_media_visible(st, id, "amy"), 1);
+    assert_int_equal(mstore_media_visible(st, id, "bob"), 1);
+    assert_int_equal(mstore_media_visible(st, id, "cat"), 0);
+    bool added;
+    mstore_join(st, "pics", "amy", T0, &added);
+    mstore_join(st, "pics", "cat", T0, &added);
+    msg_conv room;
+    msg_conv_room(&room, "pics");
+    static const char content[] = "{\"media\":\"x\"}";
+    mstore_msg m;
+    assert_int_equal(mstore_insert(st, &room, "amy", "p1", MSG_IMAGE, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, id, T0, &m),
+                     0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_media_visible(st, id, "cat"), 1);
+    assert_int_equal(mstore_media_visible(st, id, "dan"), 0);
+    /* Leaving the room takes the access away. */
+    assert_int_equal(mstore_leave(st, "pics", "cat"), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_media_visible(st, id, "cat"), 0);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* ---- files that are not ours ---- */
+
+static void test_foreign_files(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = NULL;
+    assert_int_equal(mstore_open("", false, &st), PARLEY_EINVAL);
+    assert_int_equal(mstore_open(NULL, false, &st), PARLEY_EINVAL);
+    assert_int_equal(mstore_open("/nonexistent-dir/x/m.db", false, &st), PARLEY_EIO);
+    assert_null(st);
+    /* Another application's database. */
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "CREATE TABLE t(x)", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(mstore_open(sc.path, false, &st), PARLEY_EIO);
+    assert_null(st);
+    unlink(sc.path);
+    /* A newer schema version of ours. */
+    st = open_store(sc.path);
+    mstore_close(st);
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(mstore_open(sc.path, false, &st), PARLEY_EIO);
+    unlink(sc.path);
+    unlink(sc.path);
+    /* Not a database at all. */
+    FILE *f = fopen(sc.path, "w");
+    assert_non_null(f);
+    fputs("this is not a database, just some text that is long enough for a header......\n"
+          "................................................................................\n",
+          f);
+    fclose(f);
+    assert_int_equal(mstore_open(sc.path, false, &st), PARLEY_EIO);
+    unlink(sc.path);
+    /* Rows that break the rules are refused when read, not trusted. */
+    st = open_store(sc.path);
+    msg_conv c;
+    msg_conv_dm(&c, "a", "b");
+    put_text(st, &c, "a", "ok", NULL);
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_close(st);
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "INSERT INTO messages(conv, seq, sender, client_id, type, "
+                                  "priority, ts, content) VALUES ('dm:a:b', 2, 'a b', 'bad', 1, 1, "
+                                  "0, '{}'); INSERT INTO messages(conv, seq, sender, client_id, "
+                                  "type, priority, ts, content) VALUES ('dm:a:b', 3, 'a', 'bad2', "
+                                  "1, 1, 0, '{\"text\":');",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    st = open_store(sc.path);
+    mstore_msg m;
+    assert_int_equal(mstore_find(st, "a", "ok", &m), 1);
+    assert_int_equal(mstore_find(st, "a b", "bad", &m), PARLEY_EIO);
+    assert_int_equal(mstore_find(st, "a", "bad2", &m), PARLEY_EIO);
+    collected got = {0};
+    assert_int_equal(mstore_messages_after(st, c.id, 0, 10, collect, &got), PARLEY_EIO);
+    assert_int_equal(got.n, 1);
+    mstore_close(st);
+    /* A second store on the same file is refused while the first is open. */
+    st = open_store(sc.path);
+    mstore *second = NULL;
+    assert_int_equal(mstore_open(sc.path, false, &second), PARLEY_EIO);
+    assert_null(second);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* ---- crashes ---- */
+
+/* The child commits batches forever and reports each commit (number of
+ * messages committed so far, 4 bytes) on fd; it is killed at a random
+ * moment. Messages are numbered globally: message k has client id "k<k>"
+ * and goes to conversation k % 5. */
+static void crash_child(const char *path, uint32_t start, uint64_t seed, int fd)
+{
+    mstore *st = NULL;
+    if (mstore_open(path, false, &st) != 0) _exit(3);
+    uint64_t rng = seed;
+    uint32_t k = start;
+    static const char content[] = "{\"text\":\"crash test\"}";
+    for (;;) {
+        uint32_t batch = 1 + (uint32_t)(test_rand(&rng) % 40);
+        for (uint32_t i = 0; i < batch; i++, k++) {
+            msg_conv c;
+            char other[8], cid[16];
+            snprintf(other, sizeof other, "u%u", k % 5);
+            msg_conv_dm(&c, "me", other);
+            snprintf(cid, sizeof cid, "k%u", k);
+            mstore_msg m;
+            if (mstore_insert(st, &c, "me", cid, MSG_TEXT, MSG_PRIO_NORMAL, content,
+                              sizeof content - 1, NULL, T0 + k, &m) != 0)
+                _exit(4);
+            int64_t d, r;
+            bool changed;
+            if (m.m.seq > 1 &&
+                mstore_receipt(st, c.id, other, m.m.seq - 1, m.m.seq / 2, &d, &r, &changed) != 0)
+                _exit(5);
+        }
+        if (mstore_commit(st) != 0) _exit(6);
+        if (write(fd, &k, sizeof k) != (ssize_t)sizeof k) _exit(7);
+    }
+}
+
+typedef struct seqcheck {
+    int64_t next;
+    bool ok;
+} seqcheck;
+
+static int check_seq(const mstore_msg *m, void *arg)
+{
+    seqcheck *c = arg;
+    if (m->m.seq != c->next) c->ok = false;
+    c->next++;
+    return 0;
+}
+
+static void test_killed_mid_traffic(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    uint64_t rng = chop_seed() ^ 0x6b696c6cull;
+    uint32_t committed = 0;
+    for (int round = 0; round < 12; round++) {
+        int pfd[2];
+        assert_int_equal(pipe(pfd), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            close(pfd[0]);
+            crash_child(sc.path, committed, test_rand(&rng), pfd[1]);
+            _exit(99);
+        }
+        close(pfd[1]);
+        /* Let it commit a random number of batches, then kill it wherever
+         * it is (usually in the middle of the next batch). */
+        uint32_t want = 1 + (uint32_t)(test_rand(&rng) % 20), seen = 0, last = committed;
+        while (seen < want) {
+            uint32_t v;
+            ssize_t n = read(pfd[0], &v, sizeof v);
+            if (n < 0 && errno == EINTR) continue;
+            assert_int_equal(n, (ssize_t)sizeof v);
+            assert_true(v > last);
+            last = v;
+            seen++;
+        }
+        uint64_t until = ptime_ns() + test_rand(&rng) % 200000;
+        while (ptime_ns() < until) continue;
+        assert_int_equal(kill(pid, SIGKILL), 0);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        if (WIFEXITED(status)) fail_msg("child exited with %d", WEXITSTATUS(status));
+        assert_int_equal(WTERMSIG(status), SIGKILL);
+        for (;;) {
+            uint32_t v;
+            ssize_t n = read(pfd[0], &v, sizeof v);
+            if (n < 0 && errno == EINTR) continue;
+            if (n == 0) break;
+            assert_int_equal(n, (ssize_t)sizeof v);
+            last = v;
+        }
+        close(pfd[0]);
+
+        /* Everything reported committed is there; the batch in flight is
+         * there whole or not at all; seqs have no gaps. */
+        mstore *st = open_store(sc.path);
+        mstore_msg m;
+        for (uint32_t k = 0; k < last; k++) {
+            char cid[16];
+            snprintf(cid, sizeof cid, "k%u", k);
+            if (mstore_find(st, "me", cid, &m) != 1) fail_msg("round %d: k%u lost", round, k);
+        }
+        uint32_t total = last;
+        for (;;) {
+            char cid[16];
+            snprintf(cid, sizeof cid, "k%u", total);
+            if (mstore_find(st, "me", cid, &m) != 1) break;
+            total++;
+        }
+        for (uint32_t k = total; k < total + 50; k++) {
+            char cid[16];
+            snprintf(cid, sizeof cid, "k%u", k);
+            assert_int_equal(mstore_find(st, "me", cid, &m), 0);
+        }
+        int64_t sum = 0;
+        for (int u = 0; u < 5; u++) {
+            msg_conv c;
+            char other[8];
+            snprintf(other, sizeof other, "u%d", u);
+            msg_conv_dm(&c, "me", other);
+            int64_t lastseq = mstore_last_seq(st, c.id);
+            seqcheck chk = {1, true};
+            int64_t from = 0;
+            while (from < lastseq) {
+                assert_int_equal(mstore_messages_after(st, c.id, from, 1000, check_seq, &chk), 0);
+                from = chk.next - 1;
+            }
+            assert_true(chk.ok);
+            sum += lastseq;
+        }
+        assert_int_equal(sum, (int64_t)total);
+        mstore_close(st);
+        committed = total;
+    }
+    assert_true(committed > 12);
+    scratch_free(&sc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dm_sequence_and_find),
+        cmocka_unit_test(test_paging),
+        cmocka_unit_test(test_rooms_and_receipts),
+        cmocka_unit_test(test_rollback),
+        cmocka_unit_test(test_full_disk),
+        cmocka_unit_test(test_media),
+        cmocka_unit_test(test_foreign_files),
+        cmocka_unit_test(test_killed_mid_traffic),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
