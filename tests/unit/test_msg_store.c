@@ -684,7 +684,7 @@ static void test_killed_mid_traffic(void **state)
         int64_t sum = 0;
         for (int u = 0; u < 5; u++) {
             msg_conv c;
-            char other[8];
+            char other[16];
             snprintf(other, sizeof other, "u%d", u);
             msg_conv_dm(&c, "me", other);
             int64_t lastseq = mstore_last_seq(st, c.id);
