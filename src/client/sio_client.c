@@ -1160,8 +1160,7 @@ static void eio_on_close_in(eio_client *e, const char *reason, int err, int http
         uint64_t now = ploop_now(c->loop);
         c->st.total_uptime_ms += now - c->open_at;
         c->open_at = 0;
-        if (err && err != PARLEY_ECLOSED && strcmp(reason, "ping timeout") != 0 &&
-            strcmp(reason, "parse error") != 0) {
+        if (err && err != PARLEY_ECLOSED && strcmp(reason, "ping timeout") != 0) {
             parley_client_event eev = {.type = PARLEY_CLIENT_ERROR,
                                        .err = err,
                                        .http_status = http_status,

@@ -43,6 +43,7 @@ struct engine {
     phttpd_ws_endpoint ep;
     pdefer reap; /* frees closed sessions at the end of the iteration */
     esession *dead;
+    unsigned detached; /* let-go websockets still closing (they use wsopts) */
     bool freeing;
     char open_tail[160]; /* the constant end of every open packet */
 };
@@ -55,12 +56,12 @@ struct esession {
     uint8_t transport; /* ENGINE_POLLING / ENGINE_WEBSOCKET */
     uint8_t state;
     bool awaiting_pong;
-    bool upgrading;     /* a probe websocket answered 3probe */
-    bool poll_closing;  /* a close packet waits for the next GET */
-    ptimer timer;       /* heartbeat */
-    ptimer aux;         /* upgrade deadline, or the polling close deadline */
-    uint64_t last_rx;   /* loop time of the last packet received */
-    char *origin;       /* allowed Origin to reflect in long-poll answers (CORS list mode) */
+    bool upgrading;    /* a probe websocket answered 3probe */
+    bool poll_closing; /* a close packet waits for the next GET */
+    ptimer timer;      /* heartbeat */
+    ptimer aux;        /* upgrade deadline, or the polling close deadline */
+    uint64_t last_rx;  /* loop time of the last packet received */
+    char *origin;      /* allowed Origin to reflect in long-poll answers (CORS list mode) */
     /* polling */
     phttpd_deferred *get; /* pending long-poll */
     pbuf pollq;           /* payload waiting for a GET */
@@ -215,8 +216,8 @@ static void poll_answer(esession *s, const void *body, size_t len)
         } else {
             h[n++] = (http_header){"Vary", 4, "Origin", 6};
             if (s->origin)
-                h[n++] = (http_header){"Access-Control-Allow-Origin", 27, s->origin,
-                                       strlen(s->origin)};
+                h[n++] =
+                    (http_header){"Access-Control-Allow-Origin", 27, s->origin, strlen(s->origin)};
         }
         if (e->o.cors_credentials)
             h[n++] = (http_header){"Access-Control-Allow-Credentials", 32, "true", 4};
@@ -347,7 +348,8 @@ static bool on_packet(esession *s, const eio_packet *p)
     case EIO_CLOSE:
         session_closed(s, "transport close");
         return false;
-    default: return true; /* open, upgrade, noop: nothing to do */
+    default:
+        return true; /* open, upgrade, noop: nothing to do */
     }
 }
 
@@ -365,17 +367,25 @@ static void reap(pdefer *d)
         free(s->origin);
         free(s);
     }
-    if (e->freeing && e->sessions.n == 0) {
+    if (e->freeing && e->sessions.n == 0 && e->detached == 0) {
         pmap_free(&e->sessions);
         free(e->cors_origin);
         free(e);
     }
 }
 
+/* The user of a websocket the engine let go of while its closing
+ * handshake runs. Such a socket still points at e->wsopts (its callbacks),
+ * so the engine counts it and is not freed before it is gone. */
+static char detached_tag;
+#define DETACHED ((void *)&detached_tag)
+
 static void detach_ws(wsconn *w)
 {
     if (!w) return;
-    w->user = NULL; /* its callbacks no longer reach the session */
+    if (!w->reported && w->user != DETACHED)
+        PARLEY_CONTAINER_OF(w->opts, engine, wsopts)->detached++;
+    w->user = DETACHED; /* its callbacks no longer reach the session */
     wsconn_close(w, 0, NULL);
 }
 
@@ -486,7 +496,7 @@ static int write_open(engine *e, esession *s, pbuf *out, bool ws_only)
 static void ws_message(wsconn *w, int opcode, uint8_t *data, size_t len)
 {
     esession *s = w->user;
-    if (!s || s->state != ES_OPEN) return;
+    if (!s || s == DETACHED || s->state != ES_OPEN) return;
     eio_packet p;
     if (opcode == WS_OP_BINARY) {
         p = (eio_packet){.type = EIO_MESSAGE, .binary = true, .data = data, .len = len};
@@ -530,7 +540,8 @@ static void ws_message(wsconn *w, int opcode, uint8_t *data, size_t len)
                 eio_payload it;
                 eio_payload_init(&it, s->pollq.ptr, s->pollq.len);
                 eio_packet q;
-                while (eio_payload_next(&it, &q) == 1) send_packet(s, q.type, q.binary, q.data, q.len);
+                while (eio_payload_next(&it, &q) == 1)
+                    send_packet(s, q.type, q.binary, q.data, q.len);
                 s->pollq.len = 0;
             }
             pbuf_free(&s->pollq);
@@ -552,6 +563,12 @@ static void ws_closed(wsconn *w, uint16_t code, const uint8_t *reason, size_t le
     esession *s = w->user;
     if (!s) return;
     w->user = NULL;
+    if (s == DETACHED) {
+        engine *e = PARLEY_CONTAINER_OF(w->opts, engine, wsopts);
+        e->detached--;
+        if (e->freeing) ploop_defer(e->loop, &e->reap);
+        return;
+    }
     if (w == s->probe) {
         s->probe = NULL;
         s->upgrading = false;
@@ -690,8 +707,8 @@ static void handle(phttpd_req *req, void *user)
         /* CORS preflight, answered like the `cors` middleware does. */
         http_header hd[8];
         size_t n = cors_headers(e, h, hd, 0);
-        hd[n++] = (http_header){"Access-Control-Allow-Methods", 28, "GET,HEAD,PUT,PATCH,POST,DELETE",
-                                30};
+        hd[n++] =
+            (http_header){"Access-Control-Allow-Methods", 28, "GET,HEAD,PUT,PATCH,POST,DELETE", 30};
         const http_header *rh = http_find_header(h, "Access-Control-Request-Headers");
         if (rh) {
             hd[n++] = (http_header){"Access-Control-Allow-Headers", 28, rh->value, rh->value_len};
@@ -729,8 +746,7 @@ static void handle(phttpd_req *req, void *user)
             if (s->transport != ENGINE_POLLING || s->probe || !e->o.allow_upgrades ||
                 s->state != ES_OPEN) {
                 /* Already upgraded or upgrading: the new socket goes. */
-                w->user = NULL;
-                wsconn_close(w, 0, NULL);
+                detach_ws(w);
                 return;
             }
             s->probe = w;

@@ -360,4 +360,132 @@ static inline void fake_stop(fake_srv *s)
     pthread_mutex_destroy(&s->mu);
 }
 
+/* ---- a TCP proxy that can cut every connection (transport loss) ---- */
+
+#define PROXY_MAX 32
+
+typedef struct th_proxy {
+    int lfd;
+    unsigned port, upstream;
+    pthread_t th;
+    atomic_bool stop;
+    atomic_int drop;    /* bumped to cut every connection */
+    atomic_bool refuse; /* new connections are closed at once */
+    atomic_int accepted;
+    int a[PROXY_MAX], b[PROXY_MAX];
+    int n;
+} th_proxy;
+
+static inline void proxy_close_pair(th_proxy *p, int i)
+{
+    close(p->a[i]);
+    close(p->b[i]);
+    p->a[i] = p->a[p->n - 1];
+    p->b[i] = p->b[p->n - 1];
+    p->n--;
+}
+
+static inline void *proxy_main(void *arg)
+{
+    th_proxy *p = arg;
+    int seen_drop = 0;
+    char buf[65536];
+    while (!atomic_load(&p->stop)) {
+        int d = atomic_load(&p->drop);
+        if (d != seen_drop) {
+            seen_drop = d;
+            while (p->n) {
+                /* RST rather than FIN: a transport error, as a killed link. */
+                struct linger lg = {1, 0};
+                setsockopt(p->a[0], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+                setsockopt(p->b[0], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+                proxy_close_pair(p, 0);
+            }
+        }
+        struct pollfd pf[1 + 2 * PROXY_MAX];
+        int k = 0;
+        pf[k++] = (struct pollfd){.fd = p->lfd, .events = POLLIN};
+        for (int i = 0; i < p->n; i++) {
+            pf[k++] = (struct pollfd){.fd = p->a[i], .events = POLLIN};
+            pf[k++] = (struct pollfd){.fd = p->b[i], .events = POLLIN};
+        }
+        int polled = p->n; /* pairs accepted below were not polled */
+        if (poll(pf, (nfds_t)k, 10) <= 0) continue;
+        if (pf[0].revents & POLLIN) {
+            int fd = accept(p->lfd, NULL, NULL);
+            if (fd >= 0) {
+                atomic_fetch_add(&p->accepted, 1);
+                int up = -1;
+                if (!atomic_load(&p->refuse) && p->n < PROXY_MAX) {
+                    up = socket(AF_INET, SOCK_STREAM, 0);
+                    struct sockaddr_in a = {.sin_family = AF_INET,
+                                            .sin_port = htons((uint16_t)p->upstream),
+                                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+                    if (connect(up, (struct sockaddr *)&a, sizeof a) != 0) {
+                        close(up);
+                        up = -1;
+                    }
+                }
+                if (up < 0) {
+                    close(fd);
+                } else {
+                    int one = 1;
+                    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    setsockopt(up, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    p->a[p->n] = fd;
+                    p->b[p->n] = up;
+                    p->n++;
+                }
+            }
+        }
+        for (int i = 0, j = 1; i < polled && i < p->n; i++, j += 2) {
+            bool dead = false;
+            for (int side = 0; side < 2 && !dead; side++) {
+                if (!(pf[j + side].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+                int from = side ? p->b[i] : p->a[i], to = side ? p->a[i] : p->b[i];
+                ssize_t r = recv(from, buf, sizeof buf, 0);
+                if (r <= 0) {
+                    dead = true;
+                    break;
+                }
+                for (ssize_t off = 0; off < r;) {
+                    ssize_t w = send(to, buf + off, (size_t)(r - off), MSG_NOSIGNAL);
+                    if (w <= 0) {
+                        dead = true;
+                        break;
+                    }
+                    off += w;
+                }
+            }
+            if (dead) {
+                proxy_close_pair(p, i);
+                break; /* indexes moved: poll again */
+            }
+        }
+    }
+    while (p->n) proxy_close_pair(p, 0);
+    return NULL;
+}
+
+static inline int proxy_start(th_proxy *p, unsigned upstream)
+{
+    memset(p, 0, sizeof *p);
+    p->upstream = upstream;
+    p->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    if (bind(p->lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(p->lfd, 64) != 0 ||
+        getsockname(p->lfd, (struct sockaddr *)&a, &alen) != 0)
+        return -1;
+    p->port = ntohs(a.sin_port);
+    return pthread_create(&p->th, NULL, proxy_main, p);
+}
+
+static inline void proxy_stop(th_proxy *p)
+{
+    atomic_store(&p->stop, true);
+    pthread_join(p->th, NULL);
+    close(p->lfd);
+}
+
 #endif
