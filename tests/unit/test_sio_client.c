@@ -8,6 +8,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -1200,6 +1204,107 @@ static void test_threads_and_free(void **state)
     th_server_stop(&srv);
 }
 
+/* ---- TLS: https:// and wss:// ---- */
+
+static void write_cert(const char *cert_path, const char *key_path)
+{
+    EVP_PKEY *pkey = EVP_EC_gen("P-256");
+    assert_non_null(pkey);
+    X509 *x = X509_new();
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_set_pubkey(x, pkey);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
+                               0);
+    X509_set_issuer_name(x, name);
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
+    X509_EXTENSION *ext =
+        X509V3_EXT_conf_nid(NULL, &ctx, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
+    assert_non_null(ext);
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    assert_true(X509_sign(x, pkey, EVP_sha256()) > 0);
+    FILE *f = fopen(cert_path, "w");
+    assert_non_null(f);
+    PEM_write_X509(f, x);
+    fclose(f);
+    f = fopen(key_path, "w");
+    assert_non_null(f);
+    PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL);
+    fclose(f);
+    X509_free(x);
+    EVP_PKEY_free(pkey);
+}
+
+static void test_tls(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/parley-sio-tls-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char cert[128], key[128];
+    snprintf(cert, sizeof cert, "%s/cert.pem", dir);
+    snprintf(key, sizeof key, "%s/key.pem", dir);
+    write_cert(cert, key);
+    parley_server_opts so;
+    parley_server_opts_init(&so);
+    so.ping_interval_ms = 300;
+    so.ping_timeout_ms = 200;
+    so.tls_cert = cert;
+    so.tls_key = key;
+    th_server srv;
+    assert_int_equal(th_server_start(&srv, &so, 0, setup_handlers, NULL, 0), 0);
+    static const char *const schemes[] = {"https", "wss", "https"};
+    for (size_t m = 0; m < PARLEY_ARRAY_LEN(modes); m++) {
+        tc t;
+        tc_init(&t);
+        parley_client_opts o;
+        client_opts(&o, &t, srv.port, modes[m].transports);
+        char url[64];
+        snprintf(url, sizeof url, "%s://localhost:%u", schemes[m], srv.port);
+        o.url = url;
+        o.ca_file = cert;
+        assert_int_equal(parley_client_new(&o, &t.c), 0);
+        parley_sock *s = make_sock(&t, "/", NULL);
+        assert_true(parley_sock_on(s, "message-back", on_event, &t) > 0);
+        assert_int_equal(parley_client_connect(t.c), 0);
+        int at = 0;
+        char line[256];
+        WAIT(&t.log, &at, "event auth", 5000);
+        assert_int_equal(parley_sock_emit(s, "message", "[\"over tls\"]", NULL, 0), 0);
+        WAITL(&t.log, &at, "event message-back", 3000, line);
+        assert_string_equal(line, "event message-back [\"over tls\"]");
+        for (int k = 0; k < 300 && strcmp(parley_client_transport(t.c), modes[m].final); k++)
+            usleep(10000);
+        assert_string_equal(parley_client_transport(t.c), modes[m].final);
+        tc_done(&t);
+    }
+    /* Without the CA the certificate is refused. */
+    tc t;
+    tc_init(&t);
+    parley_client_opts o;
+    client_opts(&o, &t, srv.port, PARLEY_TRANSPORT_WEBSOCKET);
+    char url[64];
+    snprintf(url, sizeof url, "wss://localhost:%u", srv.port);
+    o.url = url;
+    o.reconnection = 0;
+    assert_int_equal(parley_client_new(&o, &t.c), 0);
+    make_sock(&t, "/", NULL);
+    assert_int_equal(parley_client_connect(t.c), 0);
+    int at = 0;
+    char line[256];
+    WAITL(&t.log, &at, "ev ERROR", 5000, line);
+    assert_string_equal(line, "ev ERROR -10 0");
+    tc_done(&t);
+    th_server_stop(&srv);
+    unlink(cert);
+    unlink(key);
+    rmdir(dir);
+}
+
 int main(void)
 {
     if (getenv("PARLEY_TEST_LOG")) parley_log_set(PARLEY_LOG_DEBUG, NULL, NULL);
@@ -1210,7 +1315,7 @@ int main(void)
         cmocka_unit_test(test_features),         cmocka_unit_test(test_restart),
         cmocka_unit_test(test_recovery),         cmocka_unit_test(test_fake_servers),
         cmocka_unit_test(test_reliable),         cmocka_unit_test(test_reliable_crash),
-        cmocka_unit_test(test_threads_and_free),
+        cmocka_unit_test(test_threads_and_free), cmocka_unit_test(test_tls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
