@@ -28,6 +28,7 @@
 #include "client/backoff.h"
 #include "client/eio_client.h"
 #include "client/outq.h"
+#include "client/sio_internal.h"
 #include "codec/json.h"
 #include "codec/sio.h"
 #include "codec/utf8.h"
@@ -2129,4 +2130,14 @@ void parley_sock_event_counts(parley_sock *s,
     if (!s || !cb) return;
     counts_arg a = {.s = s, .cb = cb, .user = user};
     ploop_call(s->c->loop, do_counts, &a);
+}
+
+void parley_client__feed(parley_client *c, bool binary, const uint8_t *data, size_t len)
+{
+    if (c->free_pending) return;
+    int state = c->state;
+    c->state = CL_OPEN;
+    enter(c);
+    eio_on_message_in(c->eio, binary, data, len);
+    if (!leave(c) && c->state == CL_OPEN) c->state = state;
 }
