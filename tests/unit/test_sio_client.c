@@ -1035,9 +1035,12 @@ static void test_reliable_crash(void **state)
     unlink(path);
     const int N = 400;
     atomic_store(&px.refuse, true);
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        close(ready[0]);
         tc t;
         tc_init(&t);
         parley_client_opts o;
@@ -1051,11 +1054,16 @@ static void test_reliable_crash(void **state)
             snprintf(args, sizeof args, "[\"%s\",%d,%d]", id, i % 4, i);
             if (parley_sock_send(s, "reliable", args, i % 4, 0, id, NULL, NULL) != 0) _exit(3);
         }
+        /* Everything is in the queue file: tell the parent. */
+        if (write(ready[1], "r", 1) != 1) _exit(4);
         for (;;) pause();
     }
     /* Once the child has queued everything, let some go out before the
      * kill. */
-    usleep(300000);
+    close(ready[1]);
+    char r;
+    assert_int_equal(read(ready[0], &r, 1), 1);
+    close(ready[0]);
     atomic_store(&px.refuse, false);
     for (int k = 0; k < 50000; k++) {
         int d, tot, dup;
@@ -1077,7 +1085,7 @@ static void test_reliable_crash(void **state)
     assert_int_equal(parley_client_new(&o, &t.c), 0);
     parley_sock *s = make_sock(&t, "/", path);
     assert_int_equal(parley_client_connect(t.c), 0);
-    for (int k = 0; k < 500 && parley_sock_queued(s) > 0; k++) usleep(10000);
+    for (int k = 0; k < 3000 && parley_sock_queued(s) > 0; k++) usleep(10000);
     assert_int_equal(parley_sock_queued(s), 0);
     int distinct, total, dups;
     srv_counts(&distinct, &total, &dups);
