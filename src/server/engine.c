@@ -43,6 +43,7 @@ struct engine {
     phttpd_ws_endpoint ep;
     pdefer reap; /* frees closed sessions at the end of the iteration */
     esession *dead;
+    unsigned detached; /* let-go websockets still closing (they use wsopts) */
     bool freeing;
     char open_tail[160]; /* the constant end of every open packet */
 };
@@ -365,17 +366,25 @@ static void reap(pdefer *d)
         free(s->origin);
         free(s);
     }
-    if (e->freeing && e->sessions.n == 0) {
+    if (e->freeing && e->sessions.n == 0 && e->detached == 0) {
         pmap_free(&e->sessions);
         free(e->cors_origin);
         free(e);
     }
 }
 
+/* The user of a websocket the engine let go of while its closing
+ * handshake runs. Such a socket still points at e->wsopts (its callbacks),
+ * so the engine counts it and is not freed before it is gone. */
+static char detached_tag;
+#define DETACHED ((void *)&detached_tag)
+
 static void detach_ws(wsconn *w)
 {
     if (!w) return;
-    w->user = NULL; /* its callbacks no longer reach the session */
+    if (!w->reported && w->user != DETACHED)
+        PARLEY_CONTAINER_OF(w->opts, engine, wsopts)->detached++;
+    w->user = DETACHED; /* its callbacks no longer reach the session */
     wsconn_close(w, 0, NULL);
 }
 
@@ -486,7 +495,7 @@ static int write_open(engine *e, esession *s, pbuf *out, bool ws_only)
 static void ws_message(wsconn *w, int opcode, uint8_t *data, size_t len)
 {
     esession *s = w->user;
-    if (!s || s->state != ES_OPEN) return;
+    if (!s || s == DETACHED || s->state != ES_OPEN) return;
     eio_packet p;
     if (opcode == WS_OP_BINARY) {
         p = (eio_packet){.type = EIO_MESSAGE, .binary = true, .data = data, .len = len};
@@ -552,6 +561,12 @@ static void ws_closed(wsconn *w, uint16_t code, const uint8_t *reason, size_t le
     esession *s = w->user;
     if (!s) return;
     w->user = NULL;
+    if (s == DETACHED) {
+        engine *e = PARLEY_CONTAINER_OF(w->opts, engine, wsopts);
+        e->detached--;
+        if (e->freeing) ploop_defer(e->loop, &e->reap);
+        return;
+    }
     if (w == s->probe) {
         s->probe = NULL;
         s->upgrading = false;
@@ -729,8 +744,7 @@ static void handle(phttpd_req *req, void *user)
             if (s->transport != ENGINE_POLLING || s->probe || !e->o.allow_upgrades ||
                 s->state != ES_OPEN) {
                 /* Already upgraded or upgrading: the new socket goes. */
-                w->user = NULL;
-                wsconn_close(w, 0, NULL);
+                detach_ws(w);
                 return;
             }
             s->probe = w;
