@@ -7,8 +7,12 @@
  *     o.url = "https://chat.example.com";
  *     parley_client *c;
  *     parley_client_new(&o, &c);            // own loop thread, connects
- *     parley_sock *s = parley_client_socket(c, "/", NULL);
+ *     parley_sock_opts so;
+ *     parley_sock_opts_init(&so);
+ *     so.auto_connect = 0;                  // register handlers first
+ *     parley_sock *s = parley_client_socket(c, "/", &so);
  *     parley_sock_on(s, "new_message", on_message, app);
+ *     parley_sock_connect(s);
  *     parley_sock_emit(s, "hello", "[\"world\"]", NULL, 0);
  *
  * A parley_client is what socket.io-client calls a Manager: one Engine.IO
@@ -158,6 +162,12 @@ typedef struct parley_sock_opts {
     size_t queue_max_count;   /* default 1000 */
     size_t queue_max_bytes;   /* default 8 MiB */
     const char *queue_path;   /* NULL = memory only */
+    /* 1 (default): connect to the namespace as soon as the client is
+     * connected. 0: wait for parley_sock_connect — the way to register
+     * handlers first when the client already runs on its own thread,
+     * since events the server sends right after CONNECT (a greeting, say)
+     * could otherwise arrive before the handlers exist. */
+    int auto_connect;
 } parley_sock_opts;
 
 PARLEY_API void parley_sock_opts_init(parley_sock_opts *o);

@@ -1229,6 +1229,7 @@ void parley_sock_opts_init(parley_sock_opts *o)
     memset(o, 0, sizeof *o);
     o->queue_max_count = 1000;
     o->queue_max_bytes = 8u << 20;
+    o->auto_connect = 1;
 }
 
 static void free_sock(parley_sock *s)
@@ -1619,11 +1620,12 @@ static void do_socket_in(void *arg)
         free_sock(s);
         return;
     }
-    s->active = true;
+    /* Without auto_connect the socket waits for parley_sock_connect. */
+    s->active = s->o.auto_connect != 0;
     c->socks[c->nsocks++] = s;
     a->out = s;
     arm_expiry(s);
-    if (c->state == CL_OPEN) send_connect(s);
+    if (s->active && c->state == CL_OPEN) send_connect(s);
 }
 
 static void do_socket(void *arg)

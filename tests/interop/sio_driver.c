@@ -12,6 +12,7 @@
  */
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@ static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
 static parley_client *client;
 static dsock socks[MAX_SOCKS];
 static int nsocks;
+static bool client_started; /* the `connect` command ran */
 static pthread_mutex_t auth_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- output ---- */
@@ -343,6 +345,10 @@ static int cmd_socket(const json_val *o)
     so.on_connect_error = on_connect_error;
     so.user = d;
     so.queue_path = qp;
+    /* Handlers first, then CONNECT: the server greets right after it.
+     * Before the `connect` command the client is not running, so a socket
+     * made then can join by itself when it starts. */
+    so.auto_connect = !client_started;
     nsocks++;
     d->s = parley_client_socket(client, d->nsp, &so);
     free(qp);
@@ -350,7 +356,8 @@ static int cmd_socket(const json_val *o)
         nsocks--;
         return PARLEY_EINVAL;
     }
-    return parley_sock_on_any(d->s, on_any, d) > 0 ? 0 : PARLEY_ENOMEM;
+    if (parley_sock_on_any(d->s, on_any, d) <= 0) return PARLEY_ENOMEM;
+    return client_started ? parley_sock_connect(d->s) : 0;
 }
 
 static int cmd_emit(const json_val *o, dsock *d)
@@ -407,6 +414,7 @@ static void run(const char *line, size_t len)
     } else if (!strcmp(cmd, "socket")) {
         rc = cmd_socket(&o);
     } else if (!strcmp(cmd, "connect")) {
+        client_started = true;
         rc = parley_client_connect(client);
     } else if (!strcmp(cmd, "close")) {
         rc = parley_client_close(client);
@@ -414,6 +422,7 @@ static void run(const char *line, size_t len)
         parley_client_free(client);
         client = NULL;
         nsocks = 0;
+        client_started = false;
     } else if (!strcmp(cmd, "stats")) {
         parley_client_stats st;
         parley_client_get_stats(client, &st);

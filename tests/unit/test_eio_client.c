@@ -192,7 +192,7 @@ static void test_echo_modes(void **state)
         assert_true(wait_msgs(&x, sent, 5000));
         assert_int_equal(x.nmsgs, sent);
         for (int i = 0; i < 3; i++) {
-            char b[16];
+            char b[24];
             snprintf(b, sizeof b, "early%d", i);
             assert_false(x.msgs[i].binary);
             assert_string_equal((char *)x.msgs[i].data, b);
