@@ -162,6 +162,11 @@ typedef struct parley_sock_opts {
     size_t queue_max_count;   /* default 1000 */
     size_t queue_max_bytes;   /* default 8 MiB */
     const char *queue_path;   /* NULL = memory only */
+    /* Status of reliable sends made without a callback of their own,
+     * including those a restarted process finds in queue_path (user is
+     * the user above). */
+    void (*on_send_status)(parley_sock *s, const char *id, int status, int err,
+                           const struct parley_args *ack_args, void *user);
     /* 1 (default): connect to the namespace as soon as the client is
      * connected. 0: wait for parley_sock_connect — the way to register
      * handlers first when the client already runs on its own thread,

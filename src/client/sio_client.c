@@ -384,12 +384,13 @@ static bool report(parley_sock *s, const char *id, int status, int err, const pa
 {
     parley_client *c = s->c;
     send_status *ss = status_of(s, id);
-    if (!ss) return true;
-    parley_send_status_fn fn = ss->fn;
-    void *user = ss->user;
+    /* Sends without a callback of their own (those restored from the queue
+     * file too) report to the socket's. */
+    parley_send_status_fn fn = ss ? ss->fn : s->o.on_send_status;
+    void *user = ss ? ss->user : s->o.user;
     char idcopy[OUTQ_ID_LEN + 1];
     memcpy(idcopy, id, sizeof idcopy);
-    if (status == PARLEY_SEND_ACKED || status == PARLEY_SEND_FAILED) {
+    if (ss && (status == PARLEY_SEND_ACKED || status == PARLEY_SEND_FAILED)) {
         pmap_del(&s->statuses, ss->id, OUTQ_ID_LEN);
         free(ss);
     }
@@ -2063,6 +2064,8 @@ static void do_send_in(void *arg)
             ss->user = a->user;
             if (pmap_put(&s->statuses, ss->id, OUTQ_ID_LEN, ss) != 0) free(ss);
         }
+    }
+    if (a->fn || s->o.on_send_status) {
         char id[OUTQ_ID_LEN + 1];
         memcpy(id, e->id, sizeof id);
         if (!report(s, id, PARLEY_SEND_QUEUED, 0, NULL)) return;
@@ -2132,6 +2135,11 @@ void parley_sock_event_counts(parley_sock *s,
     if (!s || !cb) return;
     counts_arg a = {.s = s, .cb = cb, .user = user};
     ploop_call(s->c->loop, do_counts, &a);
+}
+
+parley_loop *parley_client__loop(parley_client *c)
+{
+    return c->loop;
 }
 
 void parley_client__feed(parley_client *c, bool binary, const uint8_t *data, size_t len)

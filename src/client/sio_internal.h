@@ -14,4 +14,7 @@
  * the loop thread only. */
 void parley_client__feed(parley_client *c, bool binary, const uint8_t *data, size_t len);
 
+/* The loop the client runs on (its own or the application's). */
+parley_loop *parley_client__loop(parley_client *c);
+
 #endif

@@ -15,6 +15,7 @@
 #include "parley/parley.h"
 #include "parley/ws.h"
 #include "prog/bench.h"
+#include "prog/chat_cli.h"
 
 #define MAX_LIST 32
 
@@ -46,6 +47,8 @@ static void usage(FILE *f)
            "                end of input closes the connection (code 1000)\n"
            "  ws-queue URL  scriptable client with reconnection and the outbound queue:\n"
            "                commands on stdin, events as JSON lines on stdout (see below)\n"
+           "  chat URL --user ID [options]\n"
+           "                the messaging client (parley chat --help)\n"
            "  bench SCENARIO [options]\n"
            "                load generator (parley bench --help)\n"
            "\n"
@@ -393,6 +396,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "bench")) return bench_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "chat")) return chat_main(argc - 1, argv + 1);
     cli c = {.exit_code = 1};
     if (!strcmp(cmd, "ws-echo")) {
         c.echo = true;

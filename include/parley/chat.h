@@ -1,0 +1,256 @@
+/*
+ * libparley messaging client: the client half of parleyd's messaging
+ * protocol (docs/PROTOCOL.md, "Messaging"), on the Socket.IO client
+ * (parley/client.h) and its outbound queue.
+ *
+ *     char *token(parley_chat *c, void *app) { return strdup(app_jwt(app)); }
+ *
+ *     parley_chat_opts o;
+ *     parley_chat_opts_init(&o);
+ *     o.url = "https://chat.example.com";
+ *     o.user_id = "alice";              // the token's subject
+ *     o.token = token;                  // asked on every (re)connection
+ *     o.queue_path = "alice.queue";     // unsent messages survive a restart
+ *     o.on_message = show_message;      // every message, live or synced
+ *     o.on_status = show_status;        // sending -> sent -> delivered -> read / failed
+ *     parley_chat *chat;
+ *     parley_chat_new(&o, &chat);       // connects, syncs, stays connected
+ *     char id[37];
+ *     parley_chat_send_text(chat, "bob", "hi", id);
+ *
+ * What it does for the application:
+ * - Sends go through the persistent outbound queue: a message sent while
+ *   offline is SENDING and goes out on reconnection, exactly once (the
+ *   client id is the idempotency key the server de-duplicates on).
+ * - After every (re)connection it syncs from the last seq it has per
+ *   conversation, so messages arrive in order, with no gap and no
+ *   duplicate, whether they came live or while the device was away; and
+ *   the receipts in the answer tell a sender that was offline what was
+ *   delivered or read meanwhile.
+ * - Received messages are acknowledged as delivered automatically
+ *   (auto_delivered); read receipts are the application's call
+ *   (parley_chat_mark_read).
+ * - A typing indicator is refreshed while on and stopped on request.
+ *
+ * Threads: like parley_client (it runs on the client's loop: its own
+ * thread by default, or opts.loop). Every function may be called from any
+ * thread except parley_chat_free, which must not be called from a
+ * callback. Callbacks run on the loop thread; pointers passed to them are
+ * valid only during the call.
+ */
+#ifndef PARLEY_CHAT_H
+#define PARLEY_CHAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "parley/client.h"
+#include "parley/parley.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct parley_chat parley_chat;
+
+/* Status of a message this client sends. */
+typedef enum parley_msg_status {
+    PARLEY_MSG_SENDING = 1, /* queued or on the wire, not yet stored */
+    PARLEY_MSG_SENT,        /* the server stored it (seq known) */
+    PARLEY_MSG_DELIVERED,   /* another participant's device received it */
+    PARLEY_MSG_READ,        /* another participant read it */
+    PARLEY_MSG_FAILED,      /* refused by the server, or expired unsent */
+} parley_msg_status;
+
+/* Connection state of the chat. */
+typedef enum parley_chat_state {
+    PARLEY_CHAT_OFFLINE = 1, /* not connected (reconnecting unless closed) */
+    PARLEY_CHAT_CONNECTING,
+    PARLEY_CHAT_SYNCING, /* connected, catching up */
+    PARLEY_CHAT_ONLINE,  /* caught up; events arrive live */
+    PARLEY_CHAT_REFUSED, /* the server refused the identity (code says
+                            why: token_expired, invalid_token, ...);
+                            parley_chat_connect tries again */
+} parley_chat_state;
+
+/* A protocol error: code as in docs/PROTOCOL.md ("invalid_field", ...),
+ * the offending field's path or "", and a message for humans. */
+typedef struct parley_chat_error {
+    char code[32];
+    char field[48];
+    char message[160];
+} parley_chat_error;
+
+/* A message (received, synced, or from history). */
+typedef struct parley_chat_message {
+    int64_t id;               /* server id */
+    int64_t seq;              /* position in the conversation: 1, 2, ... */
+    int64_t ts;               /* server time, ms since the epoch */
+    const char *conversation; /* "dm:alice:bob", "room:general" */
+    const char *from;         /* the sender's user id */
+    const char *client_id;    /* the sender's idempotency id */
+    const char *type;         /* "text", "image", "file", "audio", "video", "location", "system" */
+    const char *priority;     /* "low", "normal", "high", "urgent" */
+    const char *content_json; /* the content object, compact JSON */
+    size_t content_len;
+    const char *text; /* text/system body, caption, file name or
+                         location label, decoded; "" when none */
+    int mine;         /* sent by this user (from any device) */
+} parley_chat_message;
+
+/* A step in the life of a message this client sent. */
+typedef struct parley_chat_status {
+    const char *client_id;
+    parley_msg_status status;
+    const char *conversation;       /* "" until SENT */
+    int64_t seq;                    /* 0 until SENT */
+    int64_t id;                     /* server id; 0 until SENT */
+    int duplicate;                  /* SENT: the server had it already (a resend) */
+    const parley_chat_error *error; /* FAILED: why ("expired" when its
+                                       time to live passed unsent) */
+} parley_chat_status;
+
+typedef void (*parley_chat_status_fn)(parley_chat *c, const parley_chat_status *st, void *user);
+
+typedef struct parley_chat_opts {
+    const char *url;     /* http(s):// or ws(s):// server */
+    const char *path;    /* Socket.IO path; default "/socket.io/" */
+    const char *user_id; /* the user id the token is for (DM ids, "mine") */
+    /* The JWT for the CONNECT, asked for on every (re)connection: a
+     * malloc'ed string (freed by the library), or NULL for none. */
+    char *(*token)(parley_chat *c, void *user);
+    int dev_auth; /* no token: {"user": user_id} (parleyd --dev-auth only) */
+    /* Outbound queue (messages and receipts): limits and optional file. */
+    const char *queue_path;
+    size_t queue_max_count;     /* default 1000 */
+    size_t queue_max_bytes;     /* default 8 MiB */
+    int auto_delivered;         /* send delivered receipts (default 1) */
+    uint32_t typing_refresh_ms; /* re-send "start" while typing; default 3000 */
+    size_t max_tracked;         /* own messages followed to READ; default 10000 */
+    size_t max_text_bytes;      /* the server's --max-text-bytes; default 8192 */
+    /* Transport, as in parley_client_opts. */
+    unsigned transports;
+    int websocket_first;
+    const char *ca_file;
+    int insecure;
+    uint32_t reconnection_delay_ms;     /* default 1000 */
+    uint32_t reconnection_delay_max_ms; /* default 5000 */
+    parley_loop *loop;                  /* NULL: a thread of its own */
+    int auto_connect;                   /* default 1 */
+
+    /* Callbacks (all optional). */
+    void (*on_state)(parley_chat *c, parley_chat_state state, const parley_chat_error *why,
+                     void *user);
+    void (*on_message)(parley_chat *c, const parley_chat_message *m, void *user);
+    /* Every status step of every message sent by this client, including
+     * messages a restarted process found in its queue file. */
+    parley_chat_status_fn on_status;
+    /* A participant's watermarks moved (delivered/read up to seq). */
+    void (*on_receipt)(parley_chat *c, const char *conversation, const char *user_id,
+                       int64_t delivered, int64_t read, void *user);
+    void (*on_typing)(parley_chat *c, const char *conversation, const char *user_id, int typing,
+                      void *user);
+    void (*on_member)(parley_chat *c, const char *room, const char *user_id, int joined,
+                      void *user);
+    void *user;
+} parley_chat_opts;
+
+PARLEY_API void parley_chat_opts_init(parley_chat_opts *o);
+
+/* Creates the chat and (with auto_connect) connects. Errors:
+ * PARLEY_EINVAL (no url, or user_id missing or invalid), PARLEY_EURL, PARLEY_ETLS,
+ * PARLEY_EIO (the queue file), PARLEY_ENOMEM. */
+PARLEY_API int parley_chat_new(const parley_chat_opts *o, parley_chat **out);
+
+/* Connects again (after REFUSED with a fresh token, or after close). */
+PARLEY_API int parley_chat_connect(parley_chat *c);
+/* Disconnects and stops reconnecting; sends keep queuing. */
+PARLEY_API int parley_chat_close(parley_chat *c);
+/* Frees everything; queued messages stay in the queue file if any. Not
+ * from a callback. */
+PARLEY_API void parley_chat_free(parley_chat *c);
+
+PARLEY_API parley_chat_state parley_chat_get_state(parley_chat *c);
+/* The underlying Socket.IO client (statistics, transport). */
+PARLEY_API parley_client *parley_chat_client(parley_chat *c);
+
+/* A message to send. Exactly one of to, room and conversation. */
+typedef struct parley_chat_send_opts {
+    const char *to;                  /* a user: the direct conversation */
+    const char *room;                /* a room you are a member of */
+    const char *conversation;        /* a conversation id you take part in */
+    const char *type;                /* default "text" */
+    const char *text;                /* shorthand content for text/system: {"text": text} */
+    const char *content_json;        /* the content object (see PROTOCOL.md) */
+    int priority;                    /* PARLEY_PRIORITY_*; default NORMAL */
+    uint32_t ttl_ms;                 /* not stored within this: FAILED "expired"; 0 = never */
+    const char *client_id;           /* 36 characters (parley_new_id); NULL: generated */
+    parley_chat_status_fn on_status; /* this message's steps (besides opts.on_status) */
+    void *user;
+} parley_chat_send_opts;
+
+PARLEY_API void parley_chat_send_opts_init(parley_chat_send_opts *o);
+
+/* Validates the message as the server would (types, fields, limits) and
+ * queues it: SENDING is reported before this returns. client_id_out (37
+ * bytes, may be NULL) gets its client id. Errors: PARLEY_EINVAL (err
+ * says which field and why; nothing queued), PARLEY_EFULL (queue limits),
+ * PARLEY_EIO, PARLEY_ENOMEM. */
+PARLEY_API int parley_chat_send(parley_chat *c, const parley_chat_send_opts *o,
+                                char client_id_out[37], parley_chat_error *err);
+/* A text message to a user (normal priority). */
+PARLEY_API int parley_chat_send_text(parley_chat *c, const char *to_user, const char *text,
+                                     char client_id_out[37]);
+
+/* Marks conversation read up to seq (a watermark; reliable). */
+PARLEY_API int parley_chat_mark_read(parley_chat *c, const char *conversation, int64_t seq);
+/* Marks it delivered up to seq (done by itself with auto_delivered). */
+PARLEY_API int parley_chat_mark_delivered(parley_chat *c, const char *conversation, int64_t seq);
+
+/* Typing indicator on (refreshed until turned off) or off. */
+PARLEY_API int parley_chat_typing(parley_chat *c, const char *conversation, int typing);
+
+/* The last seq this client has of a conversation (0 when none). */
+PARLEY_API int64_t parley_chat_last_seq(parley_chat *c, const char *conversation);
+/* Tells the client that the application already has conversation up to
+ * seq (e.g. from its own store), so that sync starts there. */
+PARLEY_API int parley_chat_set_last_seq(parley_chat *c, const char *conversation, int64_t seq);
+
+/* The direct conversation id of users a and b into out (133 bytes).
+ * 0 or PARLEY_EINVAL. */
+PARLEY_API int parley_chat_dm_id(const char *a, const char *b, char out[133]);
+
+/* Requests answered by the server. err: 0, PARLEY_EPROTO (the server
+ * refused: e says why), PARLEY_ETIMEDOUT, PARLEY_ECLOSED. */
+typedef void (*parley_chat_history_fn)(parley_chat *c, int err, const parley_chat_error *e,
+                                       const parley_chat_message *msgs, size_t n, int more,
+                                       void *user);
+/* Messages of a conversation before seq `before` (0: the newest), at most
+ * limit (0: the server's default), in ascending seq. */
+PARLEY_API int parley_chat_history(parley_chat *c, const char *conversation, int64_t before,
+                                   unsigned limit, parley_chat_history_fn fn, void *user);
+
+/* Rooms: join, leave, list members. members is the member list (join,
+ * members) or NULL. */
+typedef void (*parley_chat_room_fn)(parley_chat *c, int err, const parley_chat_error *e,
+                                    const char *room, const char *const *members, size_t nmembers,
+                                    void *user);
+PARLEY_API int parley_chat_join(parley_chat *c, const char *room, parley_chat_room_fn fn,
+                                void *user);
+PARLEY_API int parley_chat_leave(parley_chat *c, const char *room, parley_chat_room_fn fn,
+                                 void *user);
+PARLEY_API int parley_chat_members(parley_chat *c, const char *room, parley_chat_room_fn fn,
+                                   void *user);
+
+/* Uploads media (a binary attachment); fn gets the media id to put in
+ * content_json ({"media": id, ...}). */
+typedef void (*parley_chat_upload_fn)(parley_chat *c, int err, const parley_chat_error *e,
+                                      const char *media_id, const char *mime, int64_t size,
+                                      void *user);
+PARLEY_API int parley_chat_upload(parley_chat *c, const char *mime, const void *data, size_t len,
+                                  parley_chat_upload_fn fn, void *user);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

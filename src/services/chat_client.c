@@ -1,0 +1,1380 @@
+/*
+ * The messaging service, client half (include/parley/chat.h): the
+ * protocol of docs/PROTOCOL.md ("Messaging") on a parley_client, with the
+ * wire schema shared with the server (msg_schema.h).
+ *
+ * Everything here runs on the client's loop thread: public calls hop onto
+ * it with ploop_call, and the Socket.IO client's callbacks already run
+ * there, so the state below has no lock.
+ *
+ * State: per conversation the last seq received (what sync starts from),
+ * the delivered watermark asked for and sent, the other participants'
+ * highest watermarks, and this client's own stored messages not yet read
+ * (ascending seq), which move to DELIVERED/READ as watermarks arrive.
+ * Messages being sent are keyed by client id (which is also the outbound
+ * queue's idempotency id) until they are READ or FAILED.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/buf.h"
+#include "base/log.h"
+#include "base/map.h"
+#include "base/util.h"
+#include "client/sio_internal.h"
+#include "codec/json.h"
+#include "net/net.h"
+#include "parley/chat.h"
+#include "services/msg_schema.h"
+
+#define SYNC_TIMEOUT_MS    30000
+#define REQUEST_TIMEOUT_MS 30000
+#define RECEIPT_PREFIX     "rcpt-" /* queue ids of receipts: never a UUID */
+#define ID_LEN             36
+
+typedef struct sent_msg {
+    char client_id[ID_LEN + 1];
+    parley_msg_status status;
+    struct conv *conv; /* once SENT */
+    int64_t seq, id;
+    parley_chat_status_fn fn;
+    void *user;
+} sent_msg;
+
+typedef struct conv {
+    char id[MSG_CONV_MAX + 1];
+    int64_t last_seq;       /* received, in order */
+    int64_t delivered_want; /* our delivered watermark to send */
+    int64_t delivered_sent;
+    int64_t read_sent;
+    int64_t peer_delivered; /* highest of the other participants */
+    int64_t peer_read;
+    sent_msg **mine; /* SENT, not READ, ascending seq */
+    size_t nmine, capmine;
+    size_t ndelivered; /* mine[0, ndelivered) are DELIVERED */
+    bool dirty; /* on the receipt list */
+    struct conv *next_dirty;
+    bool typing;
+    ptimer typing_timer;
+    parley_chat *chat;
+} conv;
+
+struct parley_chat {
+    parley_chat_opts o;
+    char *url, *path, *user, *queue_path, *ca_file;
+    parley_client *client;
+    parley_sock *sock;
+    parley_loop *loop;
+    parley_chat_state state;
+    unsigned sync_gen; /* bumps per connection: stale answers are dropped */
+    bool syncing;
+    pmap convs; /* id -> conv */
+    pmap sent;  /* client id -> sent_msg */
+    size_t ntracked;
+    conv *dirty;
+    pdefer receipts;
+    msg_limits limits;      /* reading the server's objects */
+    msg_limits send_limits; /* checking ours as the server will */
+};
+
+/* ---- small helpers ---- */
+
+static char *dupstr(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void set_error(parley_chat_error *e, const char *code, const char *field, const char *msg)
+{
+    if (!e) return;
+    snprintf(e->code, sizeof e->code, "%s", code ? code : "");
+    snprintf(e->field, sizeof e->field, "%s", field ? field : "");
+    snprintf(e->message, sizeof e->message, "%s", msg ? msg : "");
+}
+
+static void from_msg_error(parley_chat_error *e, const msg_error *me)
+{
+    const char *code = msg_errcode_name(me->code);
+    set_error(e, code ? code : "unknown", me->field, me->message);
+}
+
+static void set_state(parley_chat *c, parley_chat_state st, const parley_chat_error *why)
+{
+    if (c->state == st && !why) return;
+    c->state = st;
+    if (c->o.on_state) c->o.on_state(c, st, why, c->o.user);
+}
+
+static void on_typing_timer(ptimer *t);
+
+static conv *conv_get(parley_chat *c, const char *id, bool create)
+{
+    size_t len = strlen(id);
+    conv *v = pmap_get(&c->convs, id, len);
+    if (v || !create) return v;
+    msg_conv parsed;
+    if (!msg_conv_parse(&parsed, id, len)) return NULL;
+    v = pcalloc(1, sizeof *v);
+    if (!v) return NULL;
+    memcpy(v->id, id, len + 1);
+    v->chat = c;
+    ptimer_init(&v->typing_timer, on_typing_timer);
+    if (pmap_put(&c->convs, v->id, len, v) != 0) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+static void report(parley_chat *c, sent_msg *m, const parley_chat_error *err, bool duplicate)
+{
+    parley_chat_status st = {
+        .client_id = m->client_id,
+        .status = m->status,
+        .conversation = m->conv ? m->conv->id : "",
+        .seq = m->seq,
+        .id = m->id,
+        .duplicate = duplicate,
+        .error = err,
+    };
+    if (m->fn) m->fn(c, &st, m->user);
+    if (c->o.on_status) c->o.on_status(c, &st, c->o.user);
+}
+
+static void sent_forget(parley_chat *c, sent_msg *m)
+{
+    pmap_del(&c->sent, m->client_id, ID_LEN);
+    if (m->conv) c->ntracked--;
+    free(m);
+}
+
+/* Moves the conversation's own messages to DELIVERED / READ as far as the
+ * other participants' watermarks go (mine[0, ndelivered) are DELIVERED). */
+static void conv_advance(parley_chat *c, conv *v)
+{
+    while (v->ndelivered < v->nmine && v->mine[v->ndelivered]->seq <= v->peer_delivered) {
+        sent_msg *m = v->mine[v->ndelivered++];
+        if (m->status < PARLEY_MSG_DELIVERED) {
+            m->status = PARLEY_MSG_DELIVERED;
+            report(c, m, NULL, false);
+        }
+    }
+    size_t drop = 0;
+    while (drop < v->nmine && v->mine[drop]->seq <= v->peer_read) {
+        sent_msg *m = v->mine[drop++];
+        m->status = PARLEY_MSG_READ; /* DELIVERED was reported: read implies delivered */
+        report(c, m, NULL, false);
+        sent_forget(c, m);
+    }
+    if (drop) {
+        memmove(v->mine, v->mine + drop, (v->nmine - drop) * sizeof *v->mine);
+        v->nmine -= drop;
+        v->ndelivered = v->ndelivered > drop ? v->ndelivered - drop : 0;
+    }
+}
+
+static void peer_watermarks(parley_chat *c, conv *v, int64_t delivered, int64_t read)
+{
+    if (read > delivered) delivered = read;
+    if (delivered > v->peer_delivered) v->peer_delivered = delivered;
+    if (read > v->peer_read) v->peer_read = read;
+    conv_advance(c, v);
+}
+
+/* A message of ours is stored: SENT, then followed until READ. */
+static void mark_sent(parley_chat *c, sent_msg *m, conv *v, int64_t seq, int64_t id, bool dup)
+{
+    if (m->status != PARLEY_MSG_SENDING) return;
+    m->status = PARLEY_MSG_SENT;
+    m->seq = seq;
+    m->id = id;
+    m->conv = v;
+    report(c, m, NULL, dup);
+    /* Follow it: ascending seq (acks come in commit order, so appending
+     * is nearly always right; insert otherwise). */
+    if (v->nmine == v->capmine) {
+        size_t cap = v->capmine ? v->capmine * 2 : 8;
+        sent_msg **p = realloc(v->mine, cap * sizeof *p);
+        if (!p) {
+            sent_forget(c, m);
+            return;
+        }
+        v->mine = p;
+        v->capmine = cap;
+    }
+    size_t at = v->nmine;
+    while (at > 0 && v->mine[at - 1]->seq > seq) at--;
+    memmove(v->mine + at + 1, v->mine + at, (v->nmine - at) * sizeof *v->mine);
+    v->mine[at] = m;
+    v->nmine++;
+    if (at < v->ndelivered) v->ndelivered = at; /* rescanned; reported once */
+    c->ntracked++;
+    if (c->ntracked > c->o.max_tracked && v->nmine > 1) {
+        /* Too many followed: stop following this conversation's oldest. */
+        sent_msg *old = v->mine[0];
+        memmove(v->mine, v->mine + 1, (v->nmine - 1) * sizeof *v->mine);
+        v->nmine--;
+        if (v->ndelivered) v->ndelivered--;
+        sent_forget(c, old);
+    }
+    conv_advance(c, v);
+}
+
+/* ---- receipts (coalesced per loop iteration, sent through the queue) ---- */
+
+static void receipt_id(char out[ID_LEN + 1])
+{
+    char uuid[37];
+    if (parley_new_id(uuid) != 0) memset(uuid, '0', 36);
+    memcpy(out, RECEIPT_PREFIX, 5);
+    size_t o = 5;
+    for (size_t i = 0; i < 36 && o < ID_LEN; i++)
+        if (uuid[i] != '-') out[o++] = uuid[i];
+    out[ID_LEN] = 0;
+}
+
+static int send_receipt(parley_chat *c, const char *conv_id, msg_receipt_kind kind, int64_t seq)
+{
+    msg_receipt r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.conversation, sizeof r.conversation, "%s", conv_id);
+    r.status = kind;
+    r.seq = seq;
+    pbuf b = {0};
+    int rc = pbuf_append(&b, "[", 1);
+    if (rc == 0) rc = msg_encode_receipt(&b, &r);
+    if (rc == 0) rc = pbuf_append(&b, "]\0", 2);
+    char id[ID_LEN + 1];
+    receipt_id(id);
+    if (rc == 0)
+        rc = parley_sock_send(c->sock, MSG_EV_RECEIPT, (const char *)b.ptr, PARLEY_PRIORITY_NORMAL,
+                              0, id, NULL, NULL);
+    pbuf_free(&b);
+    return rc;
+}
+
+static void flush_receipts(pdefer *d)
+{
+    parley_chat *c = PARLEY_CONTAINER_OF(d, parley_chat, receipts);
+    conv *v = c->dirty;
+    c->dirty = NULL;
+    while (v) {
+        conv *next = v->next_dirty;
+        v->dirty = false;
+        v->next_dirty = NULL;
+        if (v->delivered_want > v->delivered_sent &&
+            send_receipt(c, v->id, MSG_DELIVERED, v->delivered_want) == 0)
+            v->delivered_sent = v->delivered_want;
+        v = next;
+    }
+}
+
+static void want_delivered(parley_chat *c, conv *v, int64_t seq)
+{
+    if (seq <= v->delivered_want) return;
+    v->delivered_want = seq;
+    if (!v->dirty) {
+        v->dirty = true;
+        v->next_dirty = c->dirty;
+        c->dirty = v;
+    }
+    ploop_defer(c->loop, &c->receipts);
+}
+
+/* ---- incoming messages ---- */
+
+static void start_sync(parley_chat *c);
+
+/* Fills a view of m for the application; text gets the decoded text. */
+static void message_view(parley_chat *c, const msg_message *m, const json_val *obj,
+                         parley_chat_message *out, char *text, size_t textcap)
+{
+    memset(out, 0, sizeof *out);
+    out->id = m->id;
+    out->seq = m->seq;
+    out->ts = m->ts;
+    out->conversation = m->conversation;
+    out->from = m->from;
+    out->client_id = m->client_id;
+    out->type = msg_type_name(m->type);
+    out->priority = msg_priority_name(m->priority);
+    json_val content;
+    if (json_object_get(obj, "content", &content)) {
+        out->content_json = content.p;
+        out->content_len = content.len;
+    } else {
+        out->content_json = "{}";
+        out->content_len = 2;
+    }
+    const json_val *t = m->content.text.type == JSON_STRING      ? &m->content.text
+                        : m->content.caption.type == JSON_STRING ? &m->content.caption
+                        : m->content.name.type == JSON_STRING    ? &m->content.name
+                        : m->content.label.type == JSON_STRING   ? &m->content.label
+                                                                 : NULL;
+    text[0] = 0;
+    if (t) {
+        long n = json_string_decode(t, text, textcap - 1);
+        text[n > 0 ? n : 0] = 0;
+    }
+    out->text = text;
+    out->mine = strcmp(m->from, c->user) == 0;
+}
+
+/* A message from new_message or a sync answer; false when it does not
+ * follow what the client has (a gap: sync instead). */
+static bool take_message(parley_chat *c, const json_val *obj, bool live)
+{
+    msg_message m;
+    msg_error me;
+    if (msg_parse_message(obj, &c->limits, &m, &me) != MSG_OK) {
+        plog_warn("chat: a malformed message from the server (%s): ignored", me.message);
+        return true;
+    }
+    conv *v = conv_get(c, m.conversation, true);
+    if (!v) return true;
+    if (m.seq <= v->last_seq) return true; /* had it */
+    if (m.seq != v->last_seq + 1 && live) {
+        /* Live events follow the sync without gaps; one missing means the
+         * client's idea of the conversation is off: catch up. */
+        start_sync(c);
+        return false;
+    }
+    v->last_seq = m.seq;
+    bool mine = strcmp(m.from, c->user) == 0;
+    if (mine) {
+        /* Ours, from another device, or this one's whose answer was lost. */
+        sent_msg *s =
+            strlen(m.client_id) == ID_LEN ? pmap_get(&c->sent, m.client_id, ID_LEN) : NULL;
+        if (s) mark_sent(c, s, v, m.seq, m.id, false);
+    }
+    if (c->o.on_message) {
+        size_t cap = m.content.text.len + m.content.caption.len + m.content.name.len +
+                     m.content.label.len + 1;
+        char stackbuf[1024];
+        char *text = cap <= sizeof stackbuf ? stackbuf : malloc(cap);
+        if (text) {
+            parley_chat_message view;
+            message_view(c, &m, obj, &view, text, cap <= sizeof stackbuf ? sizeof stackbuf : cap);
+            c->o.on_message(c, &view, c->o.user);
+            if (text != stackbuf) free(text);
+        }
+    }
+    if (!mine && c->o.auto_delivered) want_delivered(c, v, m.seq);
+    return true;
+}
+
+/* ---- sync ---- */
+
+typedef struct sync_ctx {
+    parley_chat *c;
+    unsigned gen;
+} sync_ctx;
+
+static void on_sync_answer(parley_sock *s, int err, const parley_args *args, void *user);
+
+static void send_sync(parley_chat *c)
+{
+    pbuf b = {0};
+    int rc = pbuf_append_str(&b, "[{\"since\":{");
+    size_t pos = 0;
+    bool first = true;
+    pmap_entry *e;
+    unsigned n = 0;
+    while (rc == 0 && (e = pmap_next(&c->convs, &pos)) && n < MSG_SYNC_MAX_SINCE) {
+        conv *v = e->val;
+        if (v->last_seq <= 0) continue;
+        if (!first) rc = pbuf_append(&b, ",", 1);
+        first = false;
+        if (rc == 0) rc = json_append_string(&b, v->id, strlen(v->id));
+        if (rc == 0) rc = pbuf_appendf(&b, ":%lld", (long long)v->last_seq);
+        n++;
+    }
+    if (rc == 0) rc = pbuf_appendf(&b, "},\"limit\":%u}]", MSG_SYNC_MAX_LIMIT);
+    if (rc == 0) rc = pbuf_append(&b, "", 1);
+    sync_ctx *x = rc == 0 ? pcalloc(1, sizeof *x) : NULL;
+    if (x) {
+        x->c = c;
+        x->gen = c->sync_gen;
+        rc = parley_sock_emit_ack(c->sock, MSG_EV_SYNC, (const char *)b.ptr, NULL, 0,
+                                  SYNC_TIMEOUT_MS, on_sync_answer, x);
+        if (rc != 0) free(x);
+    }
+    if (rc != 0) plog_warn("chat: cannot send sync (%d)", rc);
+    c->syncing = rc == 0;
+    pbuf_free(&b);
+}
+
+static void start_sync(parley_chat *c)
+{
+    if (c->syncing || !parley_sock_connected(c->sock)) return;
+    set_state(c, PARLEY_CHAT_SYNCING, NULL);
+    send_sync(c);
+}
+
+static void apply_conversations(parley_chat *c, const json_val *list)
+{
+    json_iter it;
+    json_val cv;
+    json_iter_init(&it, list);
+    while (json_array_next(&it, &cv)) {
+        json_val idv, receipts;
+        char id[MSG_CONV_MAX + 1];
+        if (cv.type != JSON_OBJECT || !json_object_get(&cv, "id", &idv) || idv.type != JSON_STRING)
+            continue;
+        long n = json_string_decode(&idv, id, sizeof id - 1);
+        if (n <= 0) continue;
+        id[n] = 0;
+        conv *v = conv_get(c, id, true);
+        if (!v || !json_object_get(&cv, "receipts", &receipts) || receipts.type != JSON_ARRAY)
+            continue;
+        json_iter rit;
+        json_val r;
+        json_iter_init(&rit, &receipts);
+        while (json_array_next(&rit, &r)) {
+            json_val uv, dv, rv;
+            char u[MSG_USER_MAX + 1];
+            int64_t d = 0, rd = 0;
+            if (r.type != JSON_OBJECT || !json_object_get(&r, "user", &uv) ||
+                uv.type != JSON_STRING)
+                continue;
+            long un = json_string_decode(&uv, u, sizeof u - 1);
+            if (un <= 0) continue;
+            u[un] = 0;
+            if (json_object_get(&r, "delivered", &dv)) json_int(&dv, &d);
+            if (json_object_get(&r, "read", &rv)) json_int(&rv, &rd);
+            if (strcmp(u, c->user) == 0) {
+                /* Our own devices' watermarks: nothing to send again. */
+                if (d > v->delivered_sent) v->delivered_sent = d;
+                if (rd > v->read_sent) v->read_sent = rd;
+                continue;
+            }
+            peer_watermarks(c, v, d, rd);
+            if (c->o.on_receipt) c->o.on_receipt(c, v->id, u, d, rd, c->o.user);
+        }
+    }
+}
+
+static void on_sync_answer(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    sync_ctx *x = user;
+    parley_chat *c = x->c;
+    unsigned gen = x->gen;
+    free(x);
+    if (gen != c->sync_gen) return; /* an earlier connection's */
+    c->syncing = false;
+    if (err == PARLEY_ETIMEDOUT) {
+        start_sync(c);
+        return;
+    }
+    if (err) return; /* disconnected: the next connection syncs */
+    json_val obj, v;
+    msg_error me;
+    bool ok = false;
+    if (msg_args_object(args->json, args->json_len, &c->limits, &obj, &me) != MSG_OK ||
+        !msg_parse_ack(&obj, &ok, &me) || !ok) {
+        plog_warn("chat: sync refused or malformed: %s", ok ? "" : me.message);
+        return;
+    }
+    if (json_object_get(&obj, "messages", &v) && v.type == JSON_ARRAY) {
+        json_iter it;
+        json_val m;
+        json_iter_init(&it, &v);
+        while (json_array_next(&it, &m)) take_message(c, &m, false);
+    }
+    if (json_object_get(&obj, "conversations", &v) && v.type == JSON_ARRAY)
+        apply_conversations(c, &v);
+    bool more = json_object_get(&obj, "more", &v) && v.type == JSON_TRUE;
+    if (more) {
+        c->syncing = true;
+        send_sync(c);
+        return;
+    }
+    set_state(c, PARLEY_CHAT_ONLINE, NULL);
+}
+
+/* ---- Socket.IO callbacks ---- */
+
+static char *auth_payload(parley_sock *s, void *user)
+{
+    (void)s;
+    parley_chat *c = user;
+    pbuf b = {0};
+    int rc = 0;
+    char *tok = c->o.token ? c->o.token(c, c->o.user) : NULL;
+    if (tok) {
+        rc = pbuf_append_str(&b, "{\"token\":");
+        if (rc == 0) rc = json_append_string(&b, tok, strlen(tok));
+        free(tok);
+    } else if (c->o.dev_auth) {
+        rc = pbuf_append_str(&b, "{\"user\":");
+        if (rc == 0) rc = json_append_string(&b, c->user, strlen(c->user));
+    } else {
+        return NULL;
+    }
+    if (rc == 0) rc = pbuf_append(&b, "}", 2);
+    if (rc != 0) {
+        pbuf_free(&b);
+        return NULL;
+    }
+    return (char *)b.ptr;
+}
+
+static void on_connect(parley_sock *s, int recovered, void *user)
+{
+    (void)s;
+    (void)recovered;
+    parley_chat *c = user;
+    c->sync_gen++;
+    c->syncing = false;
+    /* Receipts asked for and not yet acknowledged are in the queue; what
+     * was only wanted goes now. */
+    start_sync(c);
+}
+
+static void on_disconnect(parley_sock *s, const char *reason, void *user)
+{
+    parley_chat *c = user;
+    c->sync_gen++;
+    c->syncing = false;
+    set_state(c, PARLEY_CHAT_OFFLINE, NULL);
+    /* The server ends the session when the token expires: connect again
+     * at once with a fresh one (a refusal then stops it). */
+    if (reason && !strcmp(reason, "io server disconnect")) parley_sock_connect(s);
+}
+
+static void on_connect_error(parley_sock *s, const char *message, const char *data_json, void *user)
+{
+    (void)s;
+    parley_chat *c = user;
+    parley_chat_error e;
+    set_error(&e, "refused", "", message);
+    json_val d, code, msg;
+    if (data_json && json_parse(data_json, strlen(data_json), 4, &d, NULL) == 0 &&
+        d.type == JSON_OBJECT) {
+        if (json_object_get(&d, "code", &code) && code.type == JSON_STRING) {
+            long n = json_string_decode(&code, e.code, sizeof e.code - 1);
+            e.code[n > 0 ? n : 0] = 0;
+        }
+        if (json_object_get(&d, "message", &msg) && msg.type == JSON_STRING) {
+            long n = json_string_decode(&msg, e.message, sizeof e.message - 1);
+            e.message[n > 0 ? n : 0] = 0;
+        }
+    }
+    set_state(c, PARLEY_CHAT_REFUSED, &e);
+}
+
+static void on_client_event(parley_client *cl, const parley_client_event *ev, void *user)
+{
+    (void)cl;
+    parley_chat *c = user;
+    if (c->state == PARLEY_CHAT_REFUSED) return;
+    if (ev->type == PARLEY_CLIENT_CONNECTING)
+        set_state(c, PARLEY_CHAT_CONNECTING, NULL);
+    else if (ev->type == PARLEY_CLIENT_CLOSE || ev->type == PARLEY_CLIENT_RECONNECT_FAILED)
+        set_state(c, PARLEY_CHAT_OFFLINE, NULL);
+}
+
+/* The outbound queue's reports: send_message answers and expiries. */
+static void on_send_status(parley_sock *s, const char *id, int status, int err,
+                           const parley_args *ack, void *user)
+{
+    (void)s;
+    parley_chat *c = user;
+    if (!strncmp(id, RECEIPT_PREFIX, 5)) return; /* receipts are watermarks: nothing to tell */
+    sent_msg *m = pmap_get(&c->sent, id, ID_LEN);
+    if (status == PARLEY_SEND_FAILED) {
+        if (!m || m->status != PARLEY_MSG_SENDING) return;
+        parley_chat_error e;
+        set_error(&e, err == PARLEY_ETIMEDOUT ? "expired" : "failed", "",
+                  err == PARLEY_ETIMEDOUT ? "the message's time to live passed before it was stored"
+                                          : "the message could not be sent");
+        m->status = PARLEY_MSG_FAILED;
+        report(c, m, &e, false);
+        sent_forget(c, m);
+        return;
+    }
+    if (status != PARLEY_SEND_ACKED || !ack) return;
+    json_val obj, mv;
+    msg_error me;
+    bool ok = false;
+    if (msg_args_object(ack->json, ack->json_len, &c->limits, &obj, &me) != MSG_OK ||
+        !msg_parse_ack(&obj, &ok, &me)) {
+        me.code = MSG_E_BAD_REQUEST;
+        snprintf(me.message, sizeof me.message, "the server's answer is not an acknowledgement");
+        me.field[0] = 0;
+        ok = false;
+    }
+    if (!m) {
+        /* Sent by an earlier run of the process (the queue file): follow it
+         * from here. */
+        m = pcalloc(1, sizeof *m);
+        if (!m) return;
+        memcpy(m->client_id, id, ID_LEN);
+        m->status = PARLEY_MSG_SENDING;
+        if (pmap_put(&c->sent, m->client_id, ID_LEN, m) != 0) {
+            free(m);
+            return;
+        }
+    }
+    if (!ok) {
+        if (m->status != PARLEY_MSG_SENDING) return;
+        parley_chat_error e;
+        from_msg_error(&e, &me);
+        m->status = PARLEY_MSG_FAILED;
+        report(c, m, &e, false);
+        sent_forget(c, m);
+        return;
+    }
+    msg_message msg;
+    json_val dup;
+    bool duplicate = json_object_get(&obj, "duplicate", &dup) && dup.type == JSON_TRUE;
+    conv *v = NULL;
+    if (json_object_get(&obj, "message", &mv) &&
+        msg_parse_message(&mv, &c->limits, &msg, &me) == MSG_OK)
+        v = conv_get(c, msg.conversation, true);
+    if (!v) {
+        plog_warn("chat: send_message answer without a usable message");
+        sent_forget(c, m);
+        return;
+    }
+    /* Our own message is part of the conversation: it extends what we
+     * have when it is the next one (otherwise the next sync brings it). */
+    if (msg.seq == v->last_seq + 1) v->last_seq = msg.seq;
+    mark_sent(c, m, v, msg.seq, msg.id, duplicate);
+}
+
+static bool first_object(const parley_args *args, const msg_limits *l, json_val *obj)
+{
+    msg_error me;
+    return msg_args_object(args->json, args->json_len, l, obj, &me) == MSG_OK;
+}
+
+static void on_event(parley_sock *s, const char *event, const parley_args *args, int64_t ack_id,
+                     void *user)
+{
+    (void)s;
+    (void)ack_id;
+    parley_chat *c = user;
+    json_val obj;
+    if (!first_object(args, &c->limits, &obj)) return;
+    msg_error me;
+    if (!strcmp(event, MSG_EV_NEW_MESSAGE)) {
+        take_message(c, &obj, true);
+    } else if (!strcmp(event, MSG_EV_STATUS)) {
+        msg_status st;
+        if (msg_parse_status(&obj, &st, &me) != MSG_OK) return;
+        conv *v = conv_get(c, st.conversation, true);
+        if (!v) return;
+        if (strcmp(st.user, c->user) != 0) peer_watermarks(c, v, st.delivered, st.read);
+        if (c->o.on_receipt)
+            c->o.on_receipt(c, st.conversation, st.user, st.delivered, st.read, c->o.user);
+    } else if (!strcmp(event, MSG_EV_TYPING_OUT)) {
+        msg_typing t;
+        if (msg_parse_typing(&obj, true, &t, &me) != MSG_OK) return;
+        if (c->o.on_typing) c->o.on_typing(c, t.conversation, t.user, t.start, c->o.user);
+    } else if (!strcmp(event, MSG_EV_MEMBER_JOINED) || !strcmp(event, MSG_EV_MEMBER_LEFT)) {
+        json_val rv, uv;
+        char room[MSG_ROOM_MAX + 1], u[MSG_USER_MAX + 1];
+        if (!json_object_get(&obj, "room", &rv) || !json_object_get(&obj, "user", &uv) ||
+            rv.type != JSON_STRING || uv.type != JSON_STRING)
+            return;
+        long rn = json_string_decode(&rv, room, sizeof room - 1);
+        long un = json_string_decode(&uv, u, sizeof u - 1);
+        if (rn <= 0 || un <= 0) return;
+        room[rn] = 0;
+        u[un] = 0;
+        if (c->o.on_member)
+            c->o.on_member(c, room, u, !strcmp(event, MSG_EV_MEMBER_JOINED), c->o.user);
+    }
+}
+
+/* ---- life cycle ---- */
+
+void parley_chat_opts_init(parley_chat_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->queue_max_count = 1000;
+    o->queue_max_bytes = 8u << 20;
+    o->auto_delivered = 1;
+    o->typing_refresh_ms = 3000;
+    o->max_tracked = 10000;
+    o->reconnection_delay_ms = 1000;
+    o->reconnection_delay_max_ms = 5000;
+    o->auto_connect = 1;
+}
+
+static void chat_destroy(parley_chat *c)
+{
+    size_t pos = 0;
+    pmap_entry *e;
+    while ((e = pmap_next(&c->sent, &pos))) free(e->val);
+    pmap_free(&c->sent);
+    pos = 0;
+    while ((e = pmap_next(&c->convs, &pos))) {
+        conv *v = e->val;
+        free(v->mine);
+        free(v);
+    }
+    pmap_free(&c->convs);
+    free(c->url);
+    free(c->path);
+    free(c->user);
+    free(c->queue_path);
+    free(c->ca_file);
+    free(c);
+}
+
+int parley_chat_new(const parley_chat_opts *o, parley_chat **out)
+{
+    *out = NULL;
+    if (!o || !o->url || !o->user_id || !msg_valid_user(o->user_id, strlen(o->user_id)))
+        return PARLEY_EINVAL;
+    parley_chat *c = pcalloc(1, sizeof *c);
+    if (!c) return PARLEY_ENOMEM;
+    c->o = *o;
+    if (!c->o.max_tracked) c->o.max_tracked = 10000;
+    if (!c->o.typing_refresh_ms) c->o.typing_refresh_ms = 3000;
+    c->url = dupstr(o->url);
+    c->path = dupstr(o->path);
+    c->user = dupstr(o->user_id);
+    c->queue_path = dupstr(o->queue_path);
+    c->ca_file = dupstr(o->ca_file);
+    if (!c->url || !c->user || (o->path && !c->path) || (o->queue_path && !c->queue_path) ||
+        (o->ca_file && !c->ca_file)) {
+        chat_destroy(c);
+        return PARLEY_ENOMEM;
+    }
+    c->state = PARLEY_CHAT_OFFLINE;
+    c->receipts.cb = flush_receipts;
+    msg_limits_init(&c->limits);
+    /* Answers carry whole messages: the server's text limit may be raised. */
+    c->limits.max_text = 1u << 20;
+    msg_limits_init(&c->send_limits);
+    if (o->max_text_bytes) c->send_limits.max_text = o->max_text_bytes;
+
+    parley_client_opts co;
+    parley_client_opts_init(&co);
+    co.url = c->url;
+    if (c->path) co.path = c->path;
+    if (o->transports) co.transports = o->transports;
+    co.websocket_first = o->websocket_first;
+    co.ca_file = c->ca_file;
+    co.insecure = o->insecure;
+    co.reconnection_delay_ms = o->reconnection_delay_ms;
+    co.reconnection_delay_max_ms = o->reconnection_delay_max_ms;
+    co.loop = o->loop;
+    co.auto_connect = 0;
+    co.on_event = on_client_event;
+    co.user = c;
+    int rc = parley_client_new(&co, &c->client);
+    if (rc != 0) {
+        chat_destroy(c);
+        return rc;
+    }
+    c->loop = parley_client__loop(c->client);
+
+    parley_sock_opts so;
+    parley_sock_opts_init(&so);
+    so.auth = auth_payload;
+    so.on_connect = on_connect;
+    so.on_disconnect = on_disconnect;
+    so.on_connect_error = on_connect_error;
+    so.on_send_status = on_send_status;
+    so.user = c;
+    so.queue_max_count = o->queue_max_count;
+    so.queue_max_bytes = o->queue_max_bytes;
+    so.queue_path = c->queue_path;
+    so.auto_connect = 0;
+    c->sock = parley_client_socket(c->client, MSG_NAMESPACE, &so);
+    if (!c->sock) {
+        parley_client_free(c->client);
+        chat_destroy(c);
+        return c->queue_path ? PARLEY_EIO : PARLEY_ENOMEM;
+    }
+    if (parley_sock_on_any(c->sock, on_event, c) <= 0) {
+        parley_client_free(c->client);
+        chat_destroy(c);
+        return PARLEY_ENOMEM;
+    }
+    *out = c;
+    if (o->auto_connect) return parley_chat_connect(c);
+    return 0;
+}
+
+static void do_unrefuse(void *arg)
+{
+    parley_chat *c = arg;
+    if (c->state == PARLEY_CHAT_REFUSED) set_state(c, PARLEY_CHAT_CONNECTING, NULL);
+}
+
+int parley_chat_connect(parley_chat *c)
+{
+    if (!c) return PARLEY_EINVAL;
+    int rc = ploop_call(c->loop, do_unrefuse, c);
+    /* parley_sock_connect opens the connection when it is closed. */
+    return rc ? rc : parley_sock_connect(c->sock);
+}
+
+int parley_chat_close(parley_chat *c)
+{
+    if (!c) return PARLEY_EINVAL;
+    return parley_client_close(c->client);
+}
+
+static void stop_timers(void *arg)
+{
+    parley_chat *c = arg;
+    ploop_defer_cancel(c->loop, &c->receipts);
+    size_t pos = 0;
+    pmap_entry *e;
+    while ((e = pmap_next(&c->convs, &pos))) {
+        conv *v = e->val;
+        ploop_timer_stop(c->loop, &v->typing_timer);
+    }
+}
+
+void parley_chat_free(parley_chat *c)
+{
+    if (!c) return;
+    ploop_call(c->loop, stop_timers, c);
+    parley_client_free(c->client);
+    chat_destroy(c);
+}
+
+typedef struct state_arg {
+    parley_chat *c;
+    parley_chat_state st;
+} state_arg;
+
+static void do_get_state(void *arg)
+{
+    state_arg *a = arg;
+    a->st = a->c->state;
+}
+
+parley_chat_state parley_chat_get_state(parley_chat *c)
+{
+    state_arg a = {.c = c, .st = PARLEY_CHAT_OFFLINE};
+    if (c) ploop_call(c->loop, do_get_state, &a);
+    return a.st;
+}
+
+parley_client *parley_chat_client(parley_chat *c)
+{
+    return c ? c->client : NULL;
+}
+
+/* ---- sending ---- */
+
+void parley_chat_send_opts_init(parley_chat_send_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->priority = PARLEY_PRIORITY_NORMAL;
+}
+
+static bool valid_id(const char *id)
+{
+    if (strlen(id) != ID_LEN || !strncmp(id, RECEIPT_PREFIX, 5)) return false;
+    return msg_valid_client_id(id, ID_LEN);
+}
+
+/* The send_message object for o, validated as the server will. */
+static int build_send(parley_chat *c, const parley_chat_send_opts *o, const char *client_id,
+                      pbuf *out, parley_chat_error *err)
+{
+    int targets = (o->to != NULL) + (o->room != NULL) + (o->conversation != NULL);
+    if (targets != 1) {
+        set_error(err, "missing_field", "to", "give exactly one of to, room and conversation");
+        return PARLEY_EINVAL;
+    }
+    if (o->priority < PARLEY_PRIORITY_LOW || o->priority > PARLEY_PRIORITY_URGENT) {
+        set_error(err, "invalid_field", "priority", "priority must be one of PARLEY_PRIORITY_*");
+        return PARLEY_EINVAL;
+    }
+    const char *type = o->type ? o->type : "text";
+    const char *key = o->to ? "to" : o->room ? "room" : "conversation";
+    const char *target = o->to ? o->to : o->room ? o->room : o->conversation;
+    int rc = pbuf_append_str(out, "[{\"client_id\":");
+    if (rc == 0) rc = json_append_string(out, client_id, strlen(client_id));
+    if (rc == 0) rc = pbuf_appendf(out, ",\"%s\":", key);
+    if (rc == 0) rc = json_append_string(out, target, strlen(target));
+    if (rc == 0) rc = pbuf_append_str(out, ",\"type\":");
+    if (rc == 0) rc = json_append_string(out, type, strlen(type));
+    if (rc == 0)
+        rc = pbuf_appendf(
+            out, ",\"priority\":\"%s\",\"content\":", msg_priority_name((msg_priority)o->priority));
+    if (rc == 0) {
+        if (o->content_json) {
+            rc = pbuf_append_str(out, o->content_json);
+        } else if (o->text) {
+            rc = pbuf_append_str(out, "{\"text\":");
+            if (rc == 0) rc = json_append_string(out, o->text, strlen(o->text));
+            if (rc == 0) rc = pbuf_append(out, "}", 1);
+        } else {
+            rc = pbuf_append(out, "{}", 2);
+        }
+    }
+    if (rc == 0) rc = pbuf_append(out, "}]", 2);
+    if (rc == PARLEY_EINVAL) {
+        set_error(err, "invalid_field", "", "a string is not valid UTF-8");
+        return rc;
+    }
+    if (rc != 0) return rc;
+    json_val obj;
+    msg_error me;
+    msg_send ms;
+    if (msg_args_object((const char *)out->ptr, out->len, &c->send_limits, &obj, &me) != MSG_OK ||
+        msg_parse_send(&obj, &c->send_limits, &ms, &me) != MSG_OK) {
+        from_msg_error(err, &me);
+        return PARLEY_EINVAL;
+    }
+    if (ms.target_kind == MSG_CONV_DM && !ms.target_is_conv && !strcmp(ms.target, c->user)) {
+        set_error(err, "invalid_field", "to", "a direct message to oneself");
+        return PARLEY_EINVAL;
+    }
+    return pbuf_append(out, "", 1); /* NUL for the C string API */
+}
+
+typedef struct send_arg {
+    parley_chat *c;
+    const parley_chat_send_opts *o;
+    char *id_out;
+    parley_chat_error *err;
+    int rc;
+} send_arg;
+
+static void do_send(void *arg)
+{
+    send_arg *a = arg;
+    parley_chat *c = a->c;
+    const parley_chat_send_opts *o = a->o;
+    char id[ID_LEN + 1];
+    if (o->client_id) {
+        if (!valid_id(o->client_id)) {
+            set_error(a->err, "invalid_field", "client_id",
+                      "client_id must be 36 characters of [A-Za-z0-9._:-]");
+            a->rc = PARLEY_EINVAL;
+            return;
+        }
+        memcpy(id, o->client_id, ID_LEN + 1);
+    } else if (parley_new_id(id) != 0) {
+        a->rc = PARLEY_EIO;
+        return;
+    }
+    if (pmap_get(&c->sent, id, ID_LEN)) {
+        set_error(a->err, "invalid_field", "client_id", "a message with this id is being sent");
+        a->rc = PARLEY_EINVAL;
+        return;
+    }
+    pbuf b = {0};
+    int rc = build_send(c, o, id, &b, a->err);
+    sent_msg *m = rc == 0 ? pcalloc(1, sizeof *m) : NULL;
+    if (rc == 0 && !m) rc = PARLEY_ENOMEM;
+    if (rc == 0) {
+        memcpy(m->client_id, id, sizeof id);
+        m->status = PARLEY_MSG_SENDING;
+        m->fn = o->on_status;
+        m->user = o->user;
+        rc = pmap_put(&c->sent, m->client_id, ID_LEN, m);
+        if (rc != 0) free(m);
+    }
+    if (rc == 0) {
+        if (a->id_out) memcpy(a->id_out, id, sizeof id);
+        rc = parley_sock_send(c->sock, MSG_EV_SEND, (const char *)b.ptr, o->priority, o->ttl_ms, id,
+                              NULL, NULL);
+        if (rc != 0) {
+            if (rc == PARLEY_EFULL)
+                set_error(a->err, "queue_full", "", "the outbound queue is full");
+            sent_forget(c, m);
+        } else if (m == pmap_get(&c->sent, id, ID_LEN) && m->status == PARLEY_MSG_SENDING) {
+            report(c, m, NULL, false); /* SENDING */
+        }
+    }
+    pbuf_free(&b);
+    a->rc = rc;
+}
+
+int parley_chat_send(parley_chat *c, const parley_chat_send_opts *o, char client_id_out[37],
+                     parley_chat_error *err)
+{
+    parley_chat_error scratch;
+    if (!err) err = &scratch;
+    set_error(err, "", "", "");
+    if (!c || !o) return PARLEY_EINVAL;
+    send_arg a = {.c = c, .o = o, .id_out = client_id_out, .err = err};
+    int rc = ploop_call(c->loop, do_send, &a);
+    return rc ? rc : a.rc;
+}
+
+int parley_chat_send_text(parley_chat *c, const char *to_user, const char *text,
+                          char client_id_out[37])
+{
+    parley_chat_send_opts o;
+    parley_chat_send_opts_init(&o);
+    o.to = to_user;
+    o.text = text;
+    return parley_chat_send(c, &o, client_id_out, NULL);
+}
+
+/* ---- receipts, typing, seqs ---- */
+
+typedef struct conv_arg {
+    parley_chat *c;
+    const char *conv;
+    int64_t seq;
+    int flag;
+    int rc;
+} conv_arg;
+
+static void do_mark(void *arg)
+{
+    conv_arg *a = arg;
+    parley_chat *c = a->c;
+    conv *v = conv_get(c, a->conv, true);
+    if (!v || a->seq <= 0) {
+        a->rc = PARLEY_EINVAL;
+        return;
+    }
+    if (a->flag) { /* read */
+        if (a->seq <= v->read_sent) return;
+        a->rc = send_receipt(c, v->id, MSG_READ, a->seq);
+        if (a->rc == 0) {
+            v->read_sent = a->seq;
+            if (a->seq > v->delivered_sent) v->delivered_sent = v->delivered_want = a->seq;
+        }
+    } else {
+        want_delivered(c, v, a->seq);
+    }
+}
+
+int parley_chat_mark_read(parley_chat *c, const char *conversation, int64_t seq)
+{
+    if (!c || !conversation) return PARLEY_EINVAL;
+    conv_arg a = {.c = c, .conv = conversation, .seq = seq, .flag = 1};
+    int rc = ploop_call(c->loop, do_mark, &a);
+    return rc ? rc : a.rc;
+}
+
+int parley_chat_mark_delivered(parley_chat *c, const char *conversation, int64_t seq)
+{
+    if (!c || !conversation) return PARLEY_EINVAL;
+    conv_arg a = {.c = c, .conv = conversation, .seq = seq, .flag = 0};
+    int rc = ploop_call(c->loop, do_mark, &a);
+    return rc ? rc : a.rc;
+}
+
+static int emit_typing(parley_chat *c, conv *v, bool start)
+{
+    msg_typing t;
+    memset(&t, 0, sizeof t);
+    snprintf(t.conversation, sizeof t.conversation, "%s", v->id);
+    t.start = start;
+    pbuf b = {0};
+    int rc = pbuf_append(&b, "[", 1);
+    if (rc == 0) rc = msg_encode_typing(&b, &t);
+    if (rc == 0) rc = pbuf_append(&b, "]", 2);
+    /* Volatile: a typing state is only worth something now. */
+    if (rc == 0)
+        rc = parley_sock_emit_volatile(c->sock, MSG_EV_TYPING, (const char *)b.ptr, NULL, 0);
+    pbuf_free(&b);
+    return rc;
+}
+
+static void on_typing_timer(ptimer *t)
+{
+    conv *v = PARLEY_CONTAINER_OF(t, conv, typing_timer);
+    parley_chat *c = v->chat;
+    if (!v->typing) return;
+    emit_typing(c, v, true);
+    ploop_timer_start(c->loop, &v->typing_timer, c->o.typing_refresh_ms);
+}
+
+static void do_typing(void *arg)
+{
+    conv_arg *a = arg;
+    parley_chat *c = a->c;
+    conv *v = conv_get(c, a->conv, true);
+    if (!v) {
+        a->rc = PARLEY_EINVAL;
+        return;
+    }
+    bool on = a->flag != 0;
+    if (on == v->typing) {
+        return; /* the timer refreshes it */
+    }
+    v->typing = on;
+    if (on)
+        ploop_timer_start(c->loop, &v->typing_timer, c->o.typing_refresh_ms);
+    else
+        ploop_timer_stop(c->loop, &v->typing_timer);
+    a->rc = emit_typing(c, v, on);
+}
+
+int parley_chat_typing(parley_chat *c, const char *conversation, int typing)
+{
+    if (!c || !conversation) return PARLEY_EINVAL;
+    conv_arg a = {.c = c, .conv = conversation, .flag = typing};
+    int rc = ploop_call(c->loop, do_typing, &a);
+    return rc ? rc : a.rc;
+}
+
+static void do_last_seq(void *arg)
+{
+    conv_arg *a = arg;
+    conv *v = conv_get(a->c, a->conv, a->flag != 0);
+    if (a->flag) {
+        if (!v || a->seq < 0)
+            a->rc = PARLEY_EINVAL;
+        else
+            v->last_seq = a->seq;
+    } else {
+        a->seq = v ? v->last_seq : 0;
+    }
+}
+
+int64_t parley_chat_last_seq(parley_chat *c, const char *conversation)
+{
+    if (!c || !conversation) return 0;
+    conv_arg a = {.c = c, .conv = conversation};
+    if (ploop_call(c->loop, do_last_seq, &a) != 0) return 0;
+    return a.seq;
+}
+
+int parley_chat_set_last_seq(parley_chat *c, const char *conversation, int64_t seq)
+{
+    if (!c || !conversation) return PARLEY_EINVAL;
+    conv_arg a = {.c = c, .conv = conversation, .seq = seq, .flag = 1};
+    int rc = ploop_call(c->loop, do_last_seq, &a);
+    return rc ? rc : a.rc;
+}
+
+int parley_chat_dm_id(const char *a, const char *b, char out[133])
+{
+    if (!a || !b || !msg_valid_user(a, strlen(a)) || !msg_valid_user(b, strlen(b)) || !strcmp(a, b))
+        return PARLEY_EINVAL;
+    msg_conv cv;
+    msg_conv_dm(&cv, a, b);
+    snprintf(out, 133, "%s", cv.id);
+    return 0;
+}
+
+/* ---- requests with answers ---- */
+
+typedef struct req {
+    parley_chat *c;
+    parley_chat_history_fn hist;
+    parley_chat_room_fn room_fn;
+    parley_chat_upload_fn up;
+    void *user;
+    char room[MSG_ROOM_MAX + 1];
+} req;
+
+/* The answer object, or an error in e (err as documented). */
+static int answer_object(parley_chat *c, int err, const parley_args *args, json_val *obj,
+                         parley_chat_error *e)
+{
+    set_error(e, "", "", "");
+    if (err == PARLEY_ETIMEDOUT) {
+        set_error(e, "timeout", "", "no answer from the server in time");
+        return err;
+    }
+    if (err) {
+        set_error(e, "disconnected", "", "the connection closed before the answer");
+        return err;
+    }
+    msg_error me;
+    bool ok = false;
+    if (msg_args_object(args->json, args->json_len, &c->limits, obj, &me) != MSG_OK ||
+        !msg_parse_ack(obj, &ok, &me)) {
+        set_error(e, "bad_request", "", "the server's answer is not an acknowledgement");
+        return PARLEY_EPROTO;
+    }
+    if (!ok) {
+        from_msg_error(e, &me);
+        return PARLEY_EPROTO;
+    }
+    return 0;
+}
+
+static void on_history(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    req *r = user;
+    parley_chat *c = r->c;
+    json_val obj, list, mv;
+    parley_chat_error e;
+    int rc = answer_object(c, err, args, &obj, &e);
+    size_t n = 0;
+    msg_message *msgs = NULL;
+    parley_chat_message *views = NULL;
+    char **texts = NULL;
+    bool more = false;
+    if (rc == 0 && json_object_get(&obj, "messages", &list) && list.type == JSON_ARRAY) {
+        size_t cap = json_count(&list);
+        msgs = cap ? calloc(cap, sizeof *msgs) : NULL;
+        views = cap ? calloc(cap, sizeof *views) : NULL;
+        texts = cap ? calloc(cap, sizeof *texts) : NULL;
+        if (cap && (!msgs || !views || !texts)) {
+            rc = PARLEY_ENOMEM;
+            set_error(&e, "internal", "", "out of memory");
+        } else {
+            json_iter it;
+            json_iter_init(&it, &list);
+            msg_error me;
+            while (json_array_next(&it, &mv) && n < cap) {
+                if (msg_parse_message(&mv, &c->limits, &msgs[n], &me) != MSG_OK) continue;
+                msg_content *ct = &msgs[n].content;
+                size_t tc = ct->text.len + ct->caption.len + ct->name.len + ct->label.len + 1;
+                texts[n] = malloc(tc);
+                if (!texts[n]) continue;
+                message_view(c, &msgs[n], &mv, &views[n], texts[n], tc);
+                n++;
+            }
+        }
+        json_val mo;
+        more = json_object_get(&obj, "more", &mo) && mo.type == JSON_TRUE;
+    }
+    if (r->hist) r->hist(c, rc, rc ? &e : NULL, views, n, more, r->user);
+    for (size_t i = 0; texts && i < n; i++) free(texts[i]);
+    free(texts);
+    free(views);
+    free(msgs);
+    free(r);
+}
+
+static int request(parley_chat *c, const char *event, const char *args, const parley_bin *bins,
+                   size_t nbins, parley_ack_result_fn fn, req *r)
+{
+    int rc = parley_sock_emit_ack(c->sock, event, args, bins, nbins, REQUEST_TIMEOUT_MS, fn, r);
+    if (rc != 0) free(r);
+    return rc;
+}
+
+int parley_chat_history(parley_chat *c, const char *conversation, int64_t before, unsigned limit,
+                        parley_chat_history_fn fn, void *user)
+{
+    if (!c || !conversation || before < 0 || limit > MSG_HISTORY_MAX_LIMIT) return PARLEY_EINVAL;
+    msg_conv cv;
+    if (!msg_conv_parse(&cv, conversation, strlen(conversation))) return PARLEY_EINVAL;
+    char args[MSG_CONV_MAX + 96];
+    int len = snprintf(args, sizeof args, "[{\"conversation\":\"%s\"", conversation);
+    if (before > 0)
+        len +=
+            snprintf(args + len, sizeof args - (size_t)len, ",\"before\":%lld", (long long)before);
+    if (limit > 0) len += snprintf(args + len, sizeof args - (size_t)len, ",\"limit\":%u", limit);
+    snprintf(args + len, sizeof args - (size_t)len, "}]");
+    req *r = pcalloc(1, sizeof *r);
+    if (!r) return PARLEY_ENOMEM;
+    r->c = c;
+    r->hist = fn;
+    r->user = user;
+    return request(c, MSG_EV_HISTORY, args, NULL, 0, on_history, r);
+}
+
+static void on_room(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    req *r = user;
+    parley_chat *c = r->c;
+    json_val obj, list, mv;
+    parley_chat_error e;
+    int rc = answer_object(c, err, args, &obj, &e);
+    char **members = NULL;
+    size_t n = 0;
+    if (rc == 0 && json_object_get(&obj, "members", &list) && list.type == JSON_ARRAY) {
+        size_t cap = json_count(&list);
+        members = cap ? calloc(cap, sizeof *members) : NULL;
+        json_iter it;
+        json_iter_init(&it, &list);
+        while (members && json_array_next(&it, &mv) && n < cap) {
+            if (mv.type != JSON_STRING) continue;
+            char *u = malloc(mv.len);
+            if (!u) continue;
+            long k = json_string_decode(&mv, u, mv.len - 1);
+            u[k > 0 ? k : 0] = 0;
+            members[n++] = u;
+        }
+    }
+    if (r->room_fn)
+        r->room_fn(c, rc, rc ? &e : NULL, r->room, (const char *const *)members, n, r->user);
+    for (size_t i = 0; i < n; i++) free(members[i]);
+    free(members);
+    free(r);
+}
+
+static int room_request(parley_chat *c, const char *event, const char *room, parley_chat_room_fn fn,
+                        void *user)
+{
+    if (!c || !room || !msg_valid_room(room, strlen(room))) return PARLEY_EINVAL;
+    req *r = pcalloc(1, sizeof *r);
+    if (!r) return PARLEY_ENOMEM;
+    r->c = c;
+    r->room_fn = fn;
+    r->user = user;
+    snprintf(r->room, sizeof r->room, "%s", room);
+    char args[MSG_ROOM_MAX + 32];
+    snprintf(args, sizeof args, "[{\"room\":\"%s\"}]", room);
+    return request(c, event, args, NULL, 0, on_room, r);
+}
+
+int parley_chat_join(parley_chat *c, const char *room, parley_chat_room_fn fn, void *user)
+{
+    return room_request(c, MSG_EV_JOIN_ROOM, room, fn, user);
+}
+
+int parley_chat_leave(parley_chat *c, const char *room, parley_chat_room_fn fn, void *user)
+{
+    return room_request(c, MSG_EV_LEAVE_ROOM, room, fn, user);
+}
+
+int parley_chat_members(parley_chat *c, const char *room, parley_chat_room_fn fn, void *user)
+{
+    return room_request(c, MSG_EV_ROOM_MEMBERS, room, fn, user);
+}
+
+static void on_upload(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    req *r = user;
+    parley_chat *c = r->c;
+    json_val obj, media, idv, mimev, sizev;
+    parley_chat_error e;
+    int rc = answer_object(c, err, args, &obj, &e);
+    char id[MSG_MEDIA_ID_LEN + 1] = "", mime[MSG_MIME_MAX + 1] = "";
+    int64_t size = -1;
+    if (rc == 0) {
+        if (!json_object_get(&obj, "media", &media) || media.type != JSON_OBJECT ||
+            !json_object_get(&media, "id", &idv) || idv.type != JSON_STRING ||
+            idv.len != MSG_MEDIA_ID_LEN + 2) {
+            rc = PARLEY_EPROTO;
+            set_error(&e, "bad_request", "", "the server's answer has no media id");
+        } else {
+            memcpy(id, idv.p + 1, MSG_MEDIA_ID_LEN);
+            if (json_object_get(&media, "mime", &mimev) && mimev.type == JSON_STRING) {
+                long k = json_string_decode(&mimev, mime, sizeof mime - 1);
+                mime[k > 0 ? k : 0] = 0;
+            }
+            if (json_object_get(&media, "size", &sizev)) json_int(&sizev, &size);
+        }
+    }
+    if (r->up) r->up(c, rc, rc ? &e : NULL, rc ? NULL : id, mime, size, r->user);
+    free(r);
+}
+
+int parley_chat_upload(parley_chat *c, const char *mime, const void *data, size_t len,
+                       parley_chat_upload_fn fn, void *user)
+{
+    if (!c || !mime || (!data && len) || !msg_valid_mime(mime, strlen(mime))) return PARLEY_EINVAL;
+    char args[MSG_MIME_MAX + 96];
+    snprintf(args, sizeof args, "[{\"mime\":\"%s\",\"data\":{\"_placeholder\":true,\"num\":0}}]",
+             mime);
+    parley_bin bin = {.data = data, .len = len};
+    req *r = pcalloc(1, sizeof *r);
+    if (!r) return PARLEY_ENOMEM;
+    r->c = c;
+    r->up = fn;
+    r->user = user;
+    return request(c, MSG_EV_UPLOAD_MEDIA, args, &bin, 1, on_upload, r);
+}
