@@ -183,7 +183,8 @@ typedef struct parley_chat_send_opts {
     const char *text;                /* shorthand content for text/system: {"text": text} */
     const char *content_json;        /* the content object (see PROTOCOL.md) */
     int priority;                    /* PARLEY_PRIORITY_*; default NORMAL */
-    uint32_t ttl_ms;                 /* not stored within this: FAILED "expired"; 0 = never */
+    uint32_t ttl_ms;                 /* still queued when it passes: FAILED "expired" (one on
+                                        the wire waits for the server's answer); 0 = never */
     const char *client_id;           /* 36 characters (parley_new_id); NULL: generated */
     parley_chat_status_fn on_status; /* this message's steps (besides opts.on_status) */
     void *user;

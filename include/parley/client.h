@@ -234,8 +234,10 @@ PARLEY_API int parley_sock_emit_ack(parley_sock *s, const char *event, const cha
  * acknowledges it, and leaves the queue only then. id: the idempotency id
  * (36 characters, e.g. from parley_new_id, which the application puts in
  * its arguments so that the server can drop duplicates), or NULL to have
- * one generated. ttl_ms 0 = no expiry; an expired message is reported
- * failed and never sent. status reports each step. Errors: PARLEY_EFULL
+ * one generated. ttl_ms 0 = no expiry; a message whose time to live
+ * passes while it waits is reported failed and never sent (one on the
+ * wire then waits for its acknowledgement, and fails only if the
+ * connection drops first). status reports each step. Errors: PARLEY_EFULL
  * (queue limits: nothing is dropped silently), PARLEY_EINVAL, PARLEY_EIO
  * (the queue file), PARLEY_ENOMEM. */
 enum parley_priority {

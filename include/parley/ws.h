@@ -268,7 +268,9 @@ PARLEY_API int parley_ws_http_status(const parley_ws *ws);
  * after a connection loss unacknowledged messages are sent again, so a
  * server may see one twice: put the id in the message if it must drop
  * duplicates. ttl_ms 0 = no expiry; a message whose time to live passes
- * is reported FAILED and never sent (again). Queued and direct
+ * while it waits is reported FAILED and never sent (again); one sent and
+ * not yet acknowledged at that moment waits for parley_ws_ack, and fails
+ * only if the connection drops first. Queued and direct
  * (parley_ws_send) messages are not ordered with respect to each other.
  * priority: a parley_ws_priority. id_out: NULL, or 37 bytes receiving the
  * generated id (a UUID v4, NUL-terminated). Errors: PARLEY_EINVAL (bad

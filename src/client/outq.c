@@ -657,6 +657,10 @@ void outq_requeue(outq *q)
             if (!x->e.in_flight) continue;
             x->e.in_flight = false;
             l->pending++;
+            /* A deadline that passed in flight applies now. */
+            if (x->e.expires_ms && !ptimer_armed(&x->timer) &&
+                ptimer_heap_add(&q->expiry, &x->timer, x->e.expires_ms) != 0)
+                plog_warn("outq: out of memory re-arming an expiry");
         }
         l->cursor = l->head;
     }
@@ -680,6 +684,11 @@ size_t outq_expire(outq *q, uint64_t now_ms, void (*cb)(const outq_entry *e, voi
          t = ptimer_heap_peek(&q->expiry)) {
         ptimer_heap_remove(&q->expiry, t);
         qent *x = PARLEY_CONTAINER_OF(t, qent, timer);
+        /* On the wire: the server may store it, so only its answer (ack)
+         * or the loss of the connection (requeue, which re-arms the
+         * deadline) decides. Reporting it failed here could contradict
+         * what the server did. */
+        if (x->e.in_flight) continue;
         x->gone = NULL;
         *tail = x;
         tail = &x->gone;

@@ -13,7 +13,7 @@
  * Limits: a push that would exceed max_count entries or max_bytes of
  * payload is refused with PARLEY_EFULL; nothing is ever dropped silently.
  * Entries with a time-to-live expire (outq_expire reports them, they are
- * never sent afterwards).
+ * never sent afterwards) unless they are in flight at their deadline.
  *
  * Persistence (optional): with a path, every change is written to a SQLite
  * database in WAL mode before the call returns, so a process killed at any
@@ -91,8 +91,11 @@ int outq_ack(outq *q, const char *id);
 /* The connection dropped: in-flight entries become pending again. */
 void outq_requeue(outq *q);
 
-/* Removes entries expired at now_ms (pending or in flight), calling cb for
- * each before it is freed. Returns how many. */
+/* Removes pending entries expired at now_ms, calling cb for each before it
+ * is freed. Returns how many. In-flight entries do not expire: they were
+ * sent, the server may have stored them, and its acknowledgement decides;
+ * one whose deadline passed in flight expires once outq_requeue makes it
+ * pending again (outq_next_expiry then reports its deadline). */
 size_t outq_expire(outq *q, uint64_t now_ms, void (*cb)(const outq_entry *e, void *user),
                    void *user);
 

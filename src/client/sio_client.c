@@ -543,7 +543,10 @@ static void sock_onclose(parley_sock *s, const char *reason)
     s->connect_sent = false;
     s->id[0] = 0;
     clear_rbuf(s);
-    if (s->q) outq_requeue(s->q);
+    if (s->q) {
+        outq_requeue(s->q);
+        arm_expiry(s); /* deadlines that passed in flight apply now */
+    }
     /* Sent and unanswered: ECLOSED; still buffered ones wait. */
     pending_ack **pp = &s->acks;
     pending_ack *failed = NULL;

@@ -907,6 +907,7 @@ static void wsc_on_close(pconn *c, int err)
     if (ws->q && outq_in_flight(ws->q)) {
         outq_foreach(ws->q, collect_in_flight, &requeued);
         outq_requeue(ws->q);
+        arm_expiry(ws); /* deadlines that passed in flight apply now */
     }
     bool auto_on = ws->o.reconnect && !ws->app_closed;
     bool retry = auto_on && retryable(ws) &&

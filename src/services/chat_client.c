@@ -33,6 +33,13 @@
 #define RECEIPT_PREFIX     "rcpt-" /* queue ids of receipts: never a UUID */
 #define ID_LEN             36
 
+/* A request waiting for its answer (the first member of sync_ctx and
+ * req): listed so that parley_chat_free can let go of those the Socket.IO
+ * client will never answer (it calls no callback once freed). */
+typedef struct pending {
+    struct pending *next, **pprev;
+} pending;
+
 typedef struct sent_msg {
     char client_id[ID_LEN + 1];
     parley_msg_status status;
@@ -53,7 +60,7 @@ typedef struct conv {
     sent_msg **mine; /* SENT, not READ, ascending seq */
     size_t nmine, capmine;
     size_t ndelivered; /* mine[0, ndelivered) are DELIVERED */
-    bool dirty; /* on the receipt list */
+    bool dirty;        /* on the receipt list */
     struct conv *next_dirty;
     bool typing;
     ptimer typing_timer;
@@ -69,11 +76,13 @@ struct parley_chat {
     parley_chat_state state;
     unsigned sync_gen; /* bumps per connection: stale answers are dropped */
     bool syncing;
-    pmap convs; /* id -> conv */
-    pmap sent;  /* client id -> sent_msg */
+    bool freeing; /* parley_chat_free has begun: queue no deferred work */
+    pmap convs;   /* id -> conv */
+    pmap sent;    /* client id -> sent_msg */
     size_t ntracked;
     conv *dirty;
     pdefer receipts;
+    pending *pending;       /* requests not answered yet */
     msg_limits limits;      /* reading the server's objects */
     msg_limits send_limits; /* checking ours as the server will */
 };
@@ -107,6 +116,20 @@ static void set_state(parley_chat *c, parley_chat_state st, const parley_chat_er
 }
 
 static void on_typing_timer(ptimer *t);
+
+static void pending_add(parley_chat *c, pending *p)
+{
+    p->next = c->pending;
+    if (p->next) p->next->pprev = &p->next;
+    p->pprev = &c->pending;
+    c->pending = p;
+}
+
+static void pending_del(pending *p)
+{
+    *p->pprev = p->next;
+    if (p->next) p->next->pprev = p->pprev;
+}
 
 static conv *conv_get(parley_chat *c, const char *id, bool create)
 {
@@ -279,7 +302,10 @@ static void want_delivered(parley_chat *c, conv *v, int64_t seq)
         v->next_dirty = c->dirty;
         c->dirty = v;
     }
-    ploop_defer(c->loop, &c->receipts);
+    /* Not once parley_chat_free cancelled it: until the client is gone its
+     * events still come, and a flush queued then would run after c and
+     * the client are freed. */
+    if (!c->freeing) ploop_defer(c->loop, &c->receipts);
 }
 
 /* ---- incoming messages ---- */
@@ -342,13 +368,16 @@ static bool take_message(parley_chat *c, const json_val *obj, bool live)
     }
     v->last_seq = m.seq;
     bool mine = strcmp(m.from, c->user) == 0;
+    sent_msg *s = NULL;
     if (mine) {
-        /* Ours, from another device, or this one's whose answer was lost. */
-        sent_msg *s =
-            strlen(m.client_id) == ID_LEN ? pmap_get(&c->sent, m.client_id, ID_LEN) : NULL;
+        /* Ours, from another device, or this one's whose answer was lost
+         * or came before the sync that brings it. */
+        s = strlen(m.client_id) == ID_LEN ? pmap_get(&c->sent, m.client_id, ID_LEN) : NULL;
         if (s) mark_sent(c, s, v, m.seq, m.id, false);
     }
-    if (c->o.on_message) {
+    /* What this client sent is the application's through on_status; live,
+     * the server never hands it back, so a sync must not either. */
+    if (c->o.on_message && !s) {
         size_t cap = m.content.text.len + m.content.caption.len + m.content.name.len +
                      m.content.label.len + 1;
         char stackbuf[1024];
@@ -367,6 +396,7 @@ static bool take_message(parley_chat *c, const json_val *obj, bool live)
 /* ---- sync ---- */
 
 typedef struct sync_ctx {
+    pending link; /* first: chat_destroy frees it through the list */
     parley_chat *c;
     unsigned gen;
 } sync_ctx;
@@ -393,12 +423,17 @@ static void send_sync(parley_chat *c)
     if (rc == 0) rc = pbuf_appendf(&b, "},\"limit\":%u}]", MSG_SYNC_MAX_LIMIT);
     if (rc == 0) rc = pbuf_append(&b, "", 1);
     sync_ctx *x = rc == 0 ? pcalloc(1, sizeof *x) : NULL;
+    if (rc == 0 && !x) rc = PARLEY_ENOMEM;
     if (x) {
         x->c = c;
         x->gen = c->sync_gen;
+        pending_add(c, &x->link);
         rc = parley_sock_emit_ack(c->sock, MSG_EV_SYNC, (const char *)b.ptr, NULL, 0,
                                   SYNC_TIMEOUT_MS, on_sync_answer, x);
-        if (rc != 0) free(x);
+        if (rc != 0) {
+            pending_del(&x->link);
+            free(x);
+        }
     }
     if (rc != 0) plog_warn("chat: cannot send sync (%d)", rc);
     c->syncing = rc == 0;
@@ -461,6 +496,7 @@ static void on_sync_answer(parley_sock *s, int err, const parley_args *args, voi
     sync_ctx *x = user;
     parley_chat *c = x->c;
     unsigned gen = x->gen;
+    pending_del(&x->link);
     free(x);
     if (gen != c->sync_gen) return; /* an earlier connection's */
     c->syncing = false;
@@ -585,14 +621,23 @@ static void on_send_status(parley_sock *s, const char *id, int status, int err,
     if (!strncmp(id, RECEIPT_PREFIX, 5)) return; /* receipts are watermarks: nothing to tell */
     sent_msg *m = pmap_get(&c->sent, id, ID_LEN);
     if (status == PARLEY_SEND_FAILED) {
-        if (!m || m->status != PARLEY_MSG_SENDING) return;
+        /* One inherited from an earlier run (the queue file) is unknown
+         * here but reported all the same: on_status promises those too. */
+        sent_msg inherited;
+        if (!m) {
+            memset(&inherited, 0, sizeof inherited);
+            memcpy(inherited.client_id, id, ID_LEN);
+            inherited.status = PARLEY_MSG_SENDING;
+        }
+        sent_msg *f = m ? m : &inherited;
+        if (f->status != PARLEY_MSG_SENDING) return;
         parley_chat_error e;
         set_error(&e, err == PARLEY_ETIMEDOUT ? "expired" : "failed", "",
                   err == PARLEY_ETIMEDOUT ? "the message's time to live passed before it was stored"
                                           : "the message could not be sent");
-        m->status = PARLEY_MSG_FAILED;
-        report(c, m, &e, false);
-        sent_forget(c, m);
+        f->status = PARLEY_MSG_FAILED;
+        report(c, f, &e, false);
+        if (m) sent_forget(c, m);
         return;
     }
     if (status != PARLEY_SEND_ACKED || !ack) return;
@@ -707,6 +752,12 @@ void parley_chat_opts_init(parley_chat_opts *o)
 
 static void chat_destroy(parley_chat *c)
 {
+    /* The client is gone: nothing will answer these any more. */
+    while (c->pending) {
+        pending *p = c->pending;
+        pending_del(p);
+        free(p);
+    }
     size_t pos = 0;
     pmap_entry *e;
     while ((e = pmap_next(&c->sent, &pos))) free(e->val);
@@ -789,9 +840,11 @@ int parley_chat_new(const parley_chat_opts *o, parley_chat **out)
     so.auto_connect = 0;
     c->sock = parley_client_socket(c->client, MSG_NAMESPACE, &so);
     if (!c->sock) {
+        /* Decided before chat_destroy frees c. */
+        rc = c->queue_path ? PARLEY_EIO : PARLEY_ENOMEM;
         parley_client_free(c->client);
         chat_destroy(c);
-        return c->queue_path ? PARLEY_EIO : PARLEY_ENOMEM;
+        return rc;
     }
     if (parley_sock_on_any(c->sock, on_event, c) <= 0) {
         parley_client_free(c->client);
@@ -826,6 +879,7 @@ int parley_chat_close(parley_chat *c)
 static void stop_timers(void *arg)
 {
     parley_chat *c = arg;
+    c->freeing = true;
     ploop_defer_cancel(c->loop, &c->receipts);
     size_t pos = 0;
     pmap_entry *e;
@@ -885,8 +939,15 @@ static int build_send(parley_chat *c, const parley_chat_send_opts *o, const char
                       pbuf *out, parley_chat_error *err)
 {
     int targets = (o->to != NULL) + (o->room != NULL) + (o->conversation != NULL);
-    if (targets != 1) {
-        set_error(err, "missing_field", "to", "give exactly one of to, room and conversation");
+    /* The server's codes (msg_parse_send): none is a missing field, two
+     * are an invalid one. */
+    if (targets == 0) {
+        set_error(err, "missing_field", "to", "one of to, room or conversation is required");
+        return PARLEY_EINVAL;
+    }
+    if (targets > 1) {
+        set_error(err, "invalid_field", o->to ? "to" : "room",
+                  "give only one of to, room and conversation");
         return PARLEY_EINVAL;
     }
     if (o->priority < PARLEY_PRIORITY_LOW || o->priority > PARLEY_PRIORITY_URGENT) {
@@ -1163,6 +1224,7 @@ int parley_chat_dm_id(const char *a, const char *b, char out[133])
 /* ---- requests with answers ---- */
 
 typedef struct req {
+    pending link; /* first: chat_destroy frees it through the list */
     parley_chat *c;
     parley_chat_history_fn hist;
     parley_chat_room_fn room_fn;
@@ -1203,6 +1265,7 @@ static void on_history(parley_sock *s, int err, const parley_args *args, void *u
     (void)s;
     req *r = user;
     parley_chat *c = r->c;
+    pending_del(&r->link);
     json_val obj, list, mv;
     parley_chat_error e;
     int rc = answer_object(c, err, args, &obj, &e);
@@ -1244,10 +1307,33 @@ static void on_history(parley_sock *s, int err, const parley_args *args, void *u
     free(r);
 }
 
+typedef struct request_arg {
+    parley_chat *c;
+    const char *event, *args;
+    const parley_bin *bins;
+    size_t nbins;
+    parley_ack_result_fn fn;
+    req *r;
+    int rc;
+} request_arg;
+
+/* On the loop thread: the list of pending requests is the loop's. */
+static void do_request(void *arg)
+{
+    request_arg *a = arg;
+    pending_add(a->c, &a->r->link);
+    a->rc = parley_sock_emit_ack(a->c->sock, a->event, a->args, a->bins, a->nbins,
+                                 REQUEST_TIMEOUT_MS, a->fn, a->r);
+    if (a->rc != 0) pending_del(&a->r->link);
+}
+
 static int request(parley_chat *c, const char *event, const char *args, const parley_bin *bins,
                    size_t nbins, parley_ack_result_fn fn, req *r)
 {
-    int rc = parley_sock_emit_ack(c->sock, event, args, bins, nbins, REQUEST_TIMEOUT_MS, fn, r);
+    request_arg a = {
+        .c = c, .event = event, .args = args, .bins = bins, .nbins = nbins, .fn = fn, .r = r};
+    int rc = ploop_call(c->loop, do_request, &a);
+    if (rc == 0) rc = a.rc;
     if (rc != 0) free(r);
     return rc;
 }
@@ -1278,6 +1364,7 @@ static void on_room(parley_sock *s, int err, const parley_args *args, void *user
     (void)s;
     req *r = user;
     parley_chat *c = r->c;
+    pending_del(&r->link);
     json_val obj, list, mv;
     parley_chat_error e;
     int rc = answer_object(c, err, args, &obj, &e);
@@ -1339,6 +1426,7 @@ static void on_upload(parley_sock *s, int err, const parley_args *args, void *us
     (void)s;
     req *r = user;
     parley_chat *c = r->c;
+    pending_del(&r->link);
     json_val obj, media, idv, mimev, sizev;
     parley_chat_error e;
     int rc = answer_object(c, err, args, &obj, &e);

@@ -164,6 +164,7 @@ typedef struct ment {
     size_t len;
     uint32_t attempts;
     bool in_flight;
+    bool parked; /* in flight past its deadline: off the expiry heap */
 } ment;
 
 /* Live entries in push order; the send order is derived from it, which is
@@ -240,7 +241,8 @@ static uint64_t model_next_expiry(const model *m)
 {
     uint64_t t = 0;
     for (size_t i = 0; i < m->n; i++)
-        if (m->v[i].expires_ms && (t == 0 || m->v[i].expires_ms < t)) t = m->v[i].expires_ms;
+        if (m->v[i].expires_ms && !m->v[i].parked && (t == 0 || m->v[i].expires_ms < t))
+            t = m->v[i].expires_ms;
     return t;
 }
 
@@ -282,7 +284,7 @@ static void model_remove(model *m, size_t i)
 /* After a restart: nothing in flight, seq continues after the largest. */
 static void model_reopened(model *m)
 {
-    for (size_t i = 0; i < m->n; i++) m->v[i].in_flight = false;
+    for (size_t i = 0; i < m->n; i++) m->v[i].in_flight = m->v[i].parked = false;
     m->next_seq = m->n ? m->v[m->n - 1].seq + 1 : 1;
 }
 
@@ -549,18 +551,22 @@ static void run_model(const char *path, uint64_t seed, int ops)
             }
         } else if (r < 85) {
             outq_requeue(q);
-            for (size_t i = 0; i < m.n; i++) m.v[i].in_flight = false;
+            for (size_t i = 0; i < m.n; i++) m.v[i].in_flight = m.v[i].parked = false;
             counts[6]++;
         } else if (r < 95) {
             now += test_rand(&rng) % 60;
-            /* Expected: everything due, by deadline, then push order. */
+            /* Expected: everything due and pending, by deadline, then push
+             * order; what is due in flight waits for its answer. */
             char want[64][OUTQ_ID_LEN + 1];
             size_t nw = 0;
+            for (size_t i = 0; i < m.n; i++)
+                if (m.v[i].in_flight && m.v[i].expires_ms && m.v[i].expires_ms <= now)
+                    m.v[i].parked = true;
             for (;;) {
                 long best = -1;
                 for (size_t i = 0; i < m.n; i++) {
                     const ment *e = &m.v[i];
-                    if (!e->expires_ms || e->expires_ms > now) continue;
+                    if (!e->expires_ms || e->expires_ms > now || e->in_flight) continue;
                     if (best < 0 || e->expires_ms < m.v[best].expires_ms) best = (long)i;
                 }
                 if (best < 0) break;
@@ -757,14 +763,31 @@ static void test_ttl(void **state)
     /* Reported once: a second pass at the same time finds nothing. */
     assert_int_equal(outq_expire(q, 1050, reenter_cb, &r), 0);
     assert_int_equal(r.calls, 1);
-    /* In-flight entries expire too. */
+    /* In-flight entries do not expire: the server's answer decides. */
     assert_int_equal(outq_in_flight(q), 1);
     char aid[OUTQ_ID_LEN + 1];
     strcpy(aid, a->id);
+    assert_int_equal(outq_expire(q, 5000, NULL, NULL), 0);
+    assert_int_equal(outq_in_flight(q), 1);
+    assert_ptr_equal(outq_find(q, aid), a);
+    assert_int_equal(outq_next_expiry(q), 0); /* nothing to wake up for */
+    /* Back to pending (the connection dropped): the passed deadline applies. */
+    outq_requeue(q);
+    assert_int_equal(outq_next_expiry(q), 1100);
+    assert_ptr_equal(outq_next(q, 5000), c); /* a is never sent again */
     assert_int_equal(outq_expire(q, 5000, NULL, NULL), 1);
-    assert_int_equal(outq_in_flight(q), 0);
     assert_null(outq_find(q, aid));
     assert_int_equal(outq_ack(q, aid), PARLEY_EINVAL);
+    assert_int_equal(outq_next_expiry(q), 0);
+    /* An in-flight entry past its deadline that is acknowledged just leaves. */
+    outq_entry *d;
+    assert_int_equal(outq_push(q, OUTQ_URGENT, "ev", "d", 1, 100, 5000, NULL, &d), 0);
+    assert_ptr_equal(outq_next(q, 5000), d);
+    outq_sent(q, d);
+    assert_int_equal(outq_expire(q, 5200, NULL, NULL), 0);
+    char did[OUTQ_ID_LEN + 1];
+    strcpy(did, d->id);
+    assert_int_equal(outq_ack(q, did), 0);
     assert_int_equal(outq_next_expiry(q), 0);
     outq_requeue(q);
     assert_ptr_equal(outq_next(q, UINT64_MAX - 1), c);

@@ -142,10 +142,13 @@ export class ChatCli {
     return this.all('status', (e) => e.client_id === id).map((e) => e.status);
   }
 
+  /** Ends the process cleanly; it must exit 0 (a sanitizer report would not). */
   async quit() {
     this.cmd('quit');
     this.child.stdin.end();
-    return this.exited;
+    const r = await this.exited;
+    if (r.code !== 0) throw new Error(`${this.label} exited with ${JSON.stringify(r)}${stderrTail(this.child)}`);
+    return r;
   }
 
   kill() {
