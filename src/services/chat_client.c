@@ -852,7 +852,11 @@ int parley_chat_new(const parley_chat_opts *o, parley_chat **out)
         return PARLEY_ENOMEM;
     }
     *out = c;
-    if (o->auto_connect) return parley_chat_connect(c);
+    if (o->auto_connect && (rc = parley_chat_connect(c)) != 0) {
+        parley_chat_free(c); /* an error leaves nothing behind */
+        *out = NULL;
+        return rc;
+    }
     return 0;
 }
 
