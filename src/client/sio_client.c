@@ -1288,34 +1288,7 @@ static void destroy_client(parley_client *c)
 
 static int copy_headers(parley_client *c, const char *const *h, size_t n)
 {
-    if (n == 0) return 0;
-    if (n > SIO_MAX_HEADERS || !h) return PARLEY_EINVAL;
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!h[i]) return PARLEY_EINVAL;
-        total += strlen(h[i]) + 1;
-    }
-    c->hdr_text = malloc(total);
-    c->hdrs = pcalloc(n, sizeof *c->hdrs);
-    if (!c->hdr_text || !c->hdrs) return PARLEY_ENOMEM;
-    char *p = c->hdr_text;
-    for (size_t i = 0; i < n; i++) {
-        size_t len = strlen(h[i]);
-        memcpy(p, h[i], len + 1);
-        char *colon = memchr(p, ':', len);
-        if (!colon || colon == p) return PARLEY_EINVAL;
-        const char *v = colon + 1;
-        while (*v == ' ' || *v == '\t') v++;
-        size_t vlen = (size_t)(p + len - v);
-        while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) vlen--;
-        c->hdrs[i] = (http_header){p, (size_t)(colon - p), v, vlen};
-        p += len + 1;
-    }
-    /* Let the HTTP writer judge the characters now rather than later. */
-    pbuf probe = {0};
-    int rc = http_write_request_head(&probe, "GET", "/", "h", c->hdrs, n, -1);
-    pbuf_free(&probe);
-    return rc;
+    return http_headers_from_lines(h, n, SIO_MAX_HEADERS, &c->hdr_text, &c->hdrs);
 }
 
 typedef struct call_arg {

@@ -248,34 +248,8 @@ void parley_ws_opts_init(parley_ws_opts *o)
 /* Splits "Name: value" strings into header structs, validating them. */
 static int copy_headers(parley_ws *ws, const char *const *h, size_t n)
 {
-    if (n == 0) return 0;
-    if (n > WSC_MAX_HEADERS) return PARLEY_EINVAL;
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!h[i]) return PARLEY_EINVAL;
-        total += strlen(h[i]) + 1;
-    }
-    ws->hdr_text = malloc(total);
-    ws->headers = pcalloc(n, sizeof *ws->headers);
-    if (!ws->hdr_text || !ws->headers) return PARLEY_ENOMEM;
-    char *p = ws->hdr_text;
-    for (size_t i = 0; i < n; i++) {
-        size_t len = strlen(h[i]);
-        memcpy(p, h[i], len + 1);
-        char *colon = memchr(p, ':', len);
-        if (!colon || colon == p) return PARLEY_EINVAL;
-        const char *v = colon + 1;
-        while (*v == ' ' || *v == '\t') v++;
-        size_t vlen = (size_t)(p + len - v);
-        while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) vlen--;
-        ws->headers[i] = (http_header){p, (size_t)(colon - p), v, vlen};
-        p += len + 1;
-    }
-    ws->nheaders = n;
-    /* Let the HTTP writer judge the characters now rather than at connect. */
-    pbuf probe = {0};
-    int rc = http_write_request_head(&probe, "GET", "/", "h", ws->headers, n, -1);
-    pbuf_free(&probe);
+    int rc = http_headers_from_lines(h, n, WSC_MAX_HEADERS, &ws->hdr_text, &ws->headers);
+    if (rc == 0) ws->nheaders = n;
     return rc;
 }
 

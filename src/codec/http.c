@@ -2,6 +2,7 @@
 
 #include <assert.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/util.h"
@@ -915,4 +916,52 @@ long http_pct_decode(const char *src, size_t src_len, char *dst, bool form)
         }
     }
     return (long)o;
+}
+
+static int header_lines(const char *const *lines, size_t n, size_t max, char **text,
+                        http_header **hdrs)
+{
+    if (n > max || !lines) return PARLEY_EINVAL;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!lines[i]) return PARLEY_EINVAL;
+        total += strlen(lines[i]) + 1;
+    }
+    *text = malloc(total);
+    *hdrs = pcalloc(n, sizeof **hdrs);
+    if (!*text || !*hdrs) return PARLEY_ENOMEM;
+    char *p = *text;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(lines[i]);
+        memcpy(p, lines[i], len + 1);
+        char *colon = memchr(p, ':', len);
+        if (!colon || colon == p) return PARLEY_EINVAL;
+        const char *v = colon + 1;
+        while (*v == ' ' || *v == '\t') v++;
+        size_t vlen = (size_t)(p + len - v);
+        while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) vlen--;
+        (*hdrs)[i] = (http_header){p, (size_t)(colon - p), v, vlen};
+        p += len + 1;
+    }
+    /* Let the writer judge the characters now rather than at connect. */
+    pbuf probe = {0};
+    int rc = http_write_request_head(&probe, "GET", "/", "h", *hdrs, n, -1);
+    pbuf_free(&probe);
+    return rc;
+}
+
+int http_headers_from_lines(const char *const *lines, size_t n, size_t max, char **text,
+                            http_header **hdrs)
+{
+    *text = NULL;
+    *hdrs = NULL;
+    if (n == 0) return 0;
+    int rc = header_lines(lines, n, max, text, hdrs);
+    if (rc != 0) {
+        free(*text);
+        free(*hdrs);
+        *text = NULL;
+        *hdrs = NULL;
+    }
+    return rc;
 }

@@ -164,6 +164,15 @@ int http_write_response(pbuf *out, int status, const char *content_type, const h
 int http_write_request_head(pbuf *out, const char *method, const char *target, const char *host,
                             const http_header *hdrs, size_t n, int64_t content_length);
 
+/* Headers an application hands over as "Name: value" lines (at most max):
+ * one copy of the text in *text and an array of n headers in *hdrs
+ * pointing into it (both malloc'ed, the caller frees them), values
+ * trimmed of blanks and checked by the request writer. n == 0 gives two
+ * NULLs. PARLEY_EINVAL (no colon, empty name, a bad character, too many)
+ * or PARLEY_ENOMEM leave both NULL. */
+int http_headers_from_lines(const char *const *lines, size_t n, size_t max, char **text,
+                            http_header **hdrs);
+
 /* Request-target helpers (origin-form "/path?query"). */
 
 /* The path part (before '?'), not decoded. */

@@ -1264,15 +1264,22 @@ static int answer_object(parley_chat *c, int err, const parley_args *args, json_
     return 0;
 }
 
+/* A request's answer arrived (or failed): it is no longer pending. */
+static int request_answer(req *r, int err, const parley_args *args, json_val *obj,
+                          parley_chat_error *e)
+{
+    pending_del(&r->link);
+    return answer_object(r->c, err, args, obj, e);
+}
+
 static void on_history(parley_sock *s, int err, const parley_args *args, void *user)
 {
     (void)s;
     req *r = user;
     parley_chat *c = r->c;
-    pending_del(&r->link);
     json_val obj, list, mv;
     parley_chat_error e;
-    int rc = answer_object(c, err, args, &obj, &e);
+    int rc = request_answer(r, err, args, &obj, &e);
     size_t n = 0;
     msg_message *msgs = NULL;
     parley_chat_message *views = NULL;
@@ -1368,10 +1375,9 @@ static void on_room(parley_sock *s, int err, const parley_args *args, void *user
     (void)s;
     req *r = user;
     parley_chat *c = r->c;
-    pending_del(&r->link);
     json_val obj, list, mv;
     parley_chat_error e;
-    int rc = answer_object(c, err, args, &obj, &e);
+    int rc = request_answer(r, err, args, &obj, &e);
     char **members = NULL;
     size_t n = 0;
     if (rc == 0 && json_object_get(&obj, "members", &list) && list.type == JSON_ARRAY) {
@@ -1430,10 +1436,9 @@ static void on_upload(parley_sock *s, int err, const parley_args *args, void *us
     (void)s;
     req *r = user;
     parley_chat *c = r->c;
-    pending_del(&r->link);
     json_val obj, media, idv, mimev, sizev;
     parley_chat_error e;
-    int rc = answer_object(c, err, args, &obj, &e);
+    int rc = request_answer(r, err, args, &obj, &e);
     char id[MSG_MEDIA_ID_LEN + 1] = "", mime[MSG_MIME_MAX + 1] = "";
     int64_t size = -1;
     if (rc == 0) {

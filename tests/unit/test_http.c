@@ -1208,6 +1208,38 @@ static void test_pct_decode(void **state)
     assert_int_equal(http_pct_decode("%41%4", 5, out, false), -1);
 }
 
+/* Application header lines: trimmed, copied, and refused when malformed. */
+static void test_header_lines(void **state)
+{
+    (void)state;
+    char *text;
+    http_header *h;
+    const char *ok[] = {"X-One:  a b \t", "Authorization:Bearer t"};
+    assert_int_equal(http_headers_from_lines(ok, 2, 8, &text, &h), 0);
+    assert_int_equal((int)h[0].name_len, 5);
+    assert_memory_equal(h[0].name, "X-One", 5);
+    assert_int_equal((int)h[0].value_len, 3);
+    assert_memory_equal(h[0].value, "a b", 3);
+    assert_memory_equal(h[1].value, "Bearer t", 8);
+    assert_true(h[0].name >= text && h[0].name < text + 64); /* points into the copy */
+    free(text);
+    free(h);
+    assert_int_equal(http_headers_from_lines(NULL, 0, 8, &text, &h), 0);
+    assert_null(text);
+    assert_null(h);
+    const char *bad[][1] = {
+        {"no colon"}, {": empty name"}, {"X-Bad: a\r\nInjected: 1"}, {"Bad Name: x"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(http_headers_from_lines(bad[i], 1, 8, &text, &h), PARLEY_EINVAL);
+        assert_null(text);
+        assert_null(h);
+    }
+    const char *null_line[] = {NULL};
+    assert_int_equal(http_headers_from_lines(null_line, 1, 8, &text, &h), PARLEY_EINVAL);
+    assert_int_equal(http_headers_from_lines(ok, 2, 1, &text, &h), PARLEY_EINVAL); /* over max */
+    assert_null(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1234,6 +1266,7 @@ int main(void)
         cmocka_unit_test(test_writers),
         cmocka_unit_test(test_query),
         cmocka_unit_test(test_pct_decode),
+        cmocka_unit_test(test_header_lines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,13 +16,9 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
-#include <openssl/x509v3.h>
-
 #include "base/util.h"
 #include "chop.h"
+#include "tls_cert.h"
 #include "net/net.h"
 #include "parley/ws.h"
 #include "server/httpd.h"
@@ -267,41 +263,6 @@ static void test_echo_plain(void **state)
     srv_stop(&s);
 }
 
-/* A self-signed certificate for 127.0.0.1 and localhost, written as PEM. */
-static void make_cert(const char *cert_path, const char *key_path)
-{
-    EVP_PKEY *pkey = EVP_EC_gen("P-256");
-    assert_non_null(pkey);
-    X509 *x = X509_new();
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-    X509_set_pubkey(x, pkey);
-    X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
-                               0);
-    X509_set_issuer_name(x, name);
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-    X509_EXTENSION *ext =
-        X509V3_EXT_conf_nid(NULL, &ctx, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
-    assert_non_null(ext);
-    X509_add_ext(x, ext, -1);
-    X509_EXTENSION_free(ext);
-    assert_true(X509_sign(x, pkey, EVP_sha256()) > 0);
-    FILE *f = fopen(cert_path, "w");
-    assert_non_null(f);
-    PEM_write_X509(f, x);
-    fclose(f);
-    f = fopen(key_path, "w");
-    assert_non_null(f);
-    PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL);
-    fclose(f);
-    X509_free(x);
-    EVP_PKEY_free(pkey);
-}
-
 static void test_echo_tls(void **state)
 {
     (void)state;
@@ -499,9 +460,10 @@ typedef struct writer {
 static void *flood(void *arg)
 {
     writer *w = arg;
-    static const char req[] = "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                              "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                              "Sec-WebSocket-Version: 13\r\n\r\n";
+    static const char req[] =
+        "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n";
     if (write(w->fd, req, sizeof req - 1) < 0) return NULL;
     uint8_t frame[4 + 4 + 65535 - 4];
     size_t plen = sizeof frame - 8;
@@ -550,9 +512,10 @@ static void test_http_routes_and_deadline(void **state)
     srv_start(&s, NULL, 0);
     int fd = raw_connect(s.port);
     /* Two pipelined requests, the second with a chunked body. */
-    static const char req[] = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
-                              "POST /hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                              "3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n";
+    static const char req[] =
+        "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+        "POST /hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n";
     assert_int_equal(write(fd, req, sizeof req - 1), (ssize_t)(sizeof req - 1));
     char buf[2048];
     size_t got = 0;

@@ -9,13 +9,11 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
-#include <openssl/x509v3.h>
 #include <signal.h>
 #include <sys/wait.h>
 
 #include "client_helpers.h"
+#include "tls_cert.h"
 #include "codec/json.h"
 #include "parley/client.h"
 
@@ -1214,40 +1212,6 @@ static void test_threads_and_free(void **state)
 
 /* ---- TLS: https:// and wss:// ---- */
 
-static void write_cert(const char *cert_path, const char *key_path)
-{
-    EVP_PKEY *pkey = EVP_EC_gen("P-256");
-    assert_non_null(pkey);
-    X509 *x = X509_new();
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-    X509_set_pubkey(x, pkey);
-    X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
-                               0);
-    X509_set_issuer_name(x, name);
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-    X509_EXTENSION *ext =
-        X509V3_EXT_conf_nid(NULL, &ctx, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
-    assert_non_null(ext);
-    X509_add_ext(x, ext, -1);
-    X509_EXTENSION_free(ext);
-    assert_true(X509_sign(x, pkey, EVP_sha256()) > 0);
-    FILE *f = fopen(cert_path, "w");
-    assert_non_null(f);
-    PEM_write_X509(f, x);
-    fclose(f);
-    f = fopen(key_path, "w");
-    assert_non_null(f);
-    PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL);
-    fclose(f);
-    X509_free(x);
-    EVP_PKEY_free(pkey);
-}
-
 static void test_tls(void **state)
 {
     (void)state;
@@ -1256,7 +1220,7 @@ static void test_tls(void **state)
     char cert[128], key[128];
     snprintf(cert, sizeof cert, "%s/cert.pem", dir);
     snprintf(key, sizeof key, "%s/key.pem", dir);
-    write_cert(cert, key);
+    make_cert(cert, key);
     parley_server_opts so;
     parley_server_opts_init(&so);
     so.ping_interval_ms = 300;
