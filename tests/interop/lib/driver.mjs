@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { checkPinned, onCleanup, program, scaled, stderrTail, withTimeout } from './harness.mjs';
+import { checkPinned, lowFreePort, onCleanup, program, scaled, stderrTail, withTimeout } from './harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -162,6 +162,7 @@ export const unb64 = (s) => Buffer.from(s, 'base64');
  * receipt of a reliable message) are in .child.lines.
  */
 export async function startRefServer({ port = 0, recovery = false } = {}) {
+  if (port === 0) port = await lowFreePort(); /* restarted on it by some tests */
   checkPinned('socket.io');
   const child = spawnLines(process.execPath, [path.join(here, 'ref_server.mjs'), String(port), recovery ? 'recovery' : ''],
     `socket.io reference server${recovery ? ' (recovery)' : ''}`);

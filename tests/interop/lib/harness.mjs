@@ -7,6 +7,7 @@ import { spawn, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, accessSync, constants as fsc } from 'node:fs';
 import { tmpdir } from 'node:os';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -238,7 +239,27 @@ const READY_RE = /^parleyd listening on 127\.0\.0\.1:(\d+)\r?$/m;
  * free port, a fixed one is for restarting on the same port). Returns
  * { port, child, args, stop() }.
  */
+/**
+ * A free loopback port below the kernel's ephemeral range (32768 and up by
+ * default). Servers that a test restarts "on the same port" take one: a
+ * port from the ephemeral range could meanwhile become the source port of
+ * another test's outgoing connection, and the restart would fail to bind.
+ */
+export async function lowFreePort() {
+  for (let i = 0; i < 200; i++) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const ok = await new Promise((resolve) => {
+      const srv = net.createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (ok) return port;
+  }
+  throw new Error('no free port below 32000');
+}
+
 export async function startParleyd(args = [], { wsPath = '/echo', listen = '127.0.0.1:0' } = {}) {
+  if (listen.endsWith(':0')) listen = `${listen.slice(0, -2)}:${await lowFreePort()}`;
   const bin = program('PARLEYD');
   const fullArgs = ['--listen', listen, ...(wsPath === null ? [] : ['--ws-echo', wsPath]), ...args];
   const child = spawnTracked(bin, fullArgs, `parleyd ${fullArgs.join(' ')}`);
