@@ -1076,8 +1076,8 @@ static void subs_free(msess *ms)
     ms->nsubs = 0;
 }
 
-/* A device is gone; u is its user (already without it), n its remaining
- * device count. */
+/* A device is gone: `user` is its user, `left` how many devices the user
+ * still has (ms is already off the user's list). */
 static void pres_disconnected(msg_service *svc, msess *ms, const char *user, unsigned left)
 {
     ploop_timer_stop(svc->loop, &ms->idle_timer);
