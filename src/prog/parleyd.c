@@ -85,6 +85,10 @@ static void usage(FILE *f)
             "  --max-text-bytes BYTES    largest text message (default 8192)\n"
             "  --typing-timeout MS       typing indicator expiry without refresh (default 5000)\n"
             "  --low-delay MS            batching delay of low-priority messages (default 500)\n"
+            "  --away-after MS           a connected device without events for MS counts as\n"
+            "                            away (default 300000; 0: never)\n"
+            "  --presence-interval MS    presence updates per user at most every MS; changes\n"
+            "                            in between are coalesced (default 1000; 0: no window)\n"
             "\n"
             "WebSocket echo and limits:\n"
             "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
@@ -154,7 +158,9 @@ enum {
     OPT_MAX_MEDIA,
     OPT_MAX_TEXT,
     OPT_TYPING_TO,
-    OPT_LOW_DELAY
+    OPT_LOW_DELAY,
+    OPT_AWAY_AFTER,
+    OPT_PRESENCE_INTERVAL
 };
 
 static const struct option longopts[] = {
@@ -196,6 +202,8 @@ static const struct option longopts[] = {
     {"max-text-bytes", required_argument, 0, OPT_MAX_TEXT},
     {"typing-timeout", required_argument, 0, OPT_TYPING_TO},
     {"low-delay", required_argument, 0, OPT_LOW_DELAY},
+    {"away-after", required_argument, 0, OPT_AWAY_AFTER},
+    {"presence-interval", required_argument, 0, OPT_PRESENCE_INTERVAL},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -338,6 +346,14 @@ static const char *apply(config *c, int ch, const char *arg)
     case OPT_LOW_DELAY:
         if (parse_u64(arg, 60000, &v)) return "bad --low-delay";
         c->msg.low_delay_ms = (uint32_t)v;
+        return NULL;
+    case OPT_AWAY_AFTER:
+        if (parse_u64(arg, 86400000, &v)) return "bad --away-after (0 to 86400000)";
+        c->msg.away_after_ms = (uint32_t)v;
+        return NULL;
+    case OPT_PRESENCE_INTERVAL:
+        if (parse_u64(arg, 600000, &v)) return "bad --presence-interval (0 to 600000)";
+        c->msg.presence_interval_ms = (uint32_t)v;
         return NULL;
     default: return "unknown option";
     }

@@ -19,6 +19,16 @@
  * Low-priority broadcasts wait in a queue (at most low_delay_ms); every
  * other broadcast and every sync flushes that queue first, which keeps
  * the order within a conversation and the exactly-once rule above.
+ *
+ * Presence uses rooms of its own, joined at connection (sync is not
+ * needed): "pu:<user>" the user's sockets, "ps:<user>" the sockets
+ * subscribed to the user, "pr:<room>" the sockets of the room's members.
+ * One update is one broadcast to pu:, ps: and the pr: rooms of the
+ * user's rooms, so the server's de-duplication gives each socket at most
+ * one copy. Changes only mark the user dirty; after the commit the dirty
+ * users are compared with what was last sent and sent at once, unless a
+ * send happened less than presence_interval_ms ago: then the window's
+ * timer sends the latest state when it ends, if it differs.
  */
 #include "services/messaging.h"
 
@@ -44,8 +54,10 @@
 #define SYNC_PAGE_BYTES (256 << 10)            /* soft limit of one sync answer */
 #define OUTBOX_FREE_MAX 256                    /* recycled outbox entries kept */
 #define OUTBOX_KEEP_CAP 4096                   /* bytes a recycled entry keeps */
+#define PROOM_MAX       (3 + MSG_USER_MAX + 1) /* "pu:"/"ps:" + user, "pr:" + room name */
 
 typedef struct msess msess;
+typedef struct mpres mpres;
 
 typedef struct muser {
     char id[MSG_USER_MAX + 1];
@@ -62,6 +74,37 @@ struct msess {
     ptimer expiry;       /* the token's exp */
     uint32_t refs;       /* outbox entries pointing here */
     bool admin, dev, live;
+    /* presence: this device's chosen status, and idleness */
+    bool idle;         /* no event for away_after_ms */
+    uint8_t pstatus;   /* msg_pstatus chosen by presence_set; online by default */
+    uint64_t last_act; /* loop time of its last event */
+    ptimer idle_timer; /* may fire early: it checks last_act (no re-arm per event) */
+    pmap subs;         /* user id -> psub: presence subscriptions */
+    unsigned nsubs;
+};
+
+typedef struct psub {
+    char id[MSG_USER_MAX + 1];
+} psub;
+
+/* A user's presence while it matters: connected, or inside a coalescing
+ * window, or marked for the end of this iteration. Otherwise the store
+ * has everything (last seen, text). */
+struct mpres {
+    msg_service *svc;
+    char id[MSG_USER_MAX + 1];
+    size_t len;
+    char text[MSG_PRESENCE_TEXT_MAX + 1];
+    int64_t last_seen; /* -1: never */
+    /* What was last broadcast; at creation, the offline state the store
+     * implies (which is what anyone was last told, or would be told). */
+    uint8_t sent_status;
+    unsigned sent_devices;
+    char sent_text[MSG_PRESENCE_TEXT_MAX + 1];
+    ptimer window; /* armed for presence_interval_ms after each send */
+    bool dirty;
+    mpres *next_dirty;
+    msess *trigger; /* the socket whose own action is this iteration's change (pres_mark) */
 };
 
 enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP };
@@ -108,6 +151,12 @@ struct msg_service {
     media_store *media;
     pmap users;  /* id -> muser */
     pmap typing; /* "conv\nuser" -> mtyping */
+    pmap pres;   /* user id -> mpres */
+    mpres *dirty;
+    char (*bnames)[PROOM_MAX]; /* presence broadcast targets, reused */
+    const char **bptrs;
+    size_t bn, bcap;
+    pbuf pjson;
     obx *out_head, *out_tail;
     obx *low_head, *low_tail;
     obx *free_list;
@@ -143,6 +192,8 @@ void msg_service_opts_init(msg_service_opts *o)
     o->typing_timeout_ms = 5000;
     o->typing_throttle_ms = 500;
     o->low_delay_ms = 500;
+    o->away_after_ms = 300000;
+    o->presence_interval_ms = 1000;
 }
 
 void msg_service_stats_get(const msg_service *m, msg_service_stats *st)
@@ -199,6 +250,17 @@ static void room_of_user(char out[ROOM_NAME_MAX], const char *user)
 static void room_of_conv(char out[ROOM_NAME_MAX], const char *conv)
 {
     prefixed(out, 'c', conv);
+}
+
+/* Presence rooms: "pu:<user>", "ps:<user>", "pr:<room name>". */
+static void proom(char out[PROOM_MAX], char tag, const char *name)
+{
+    size_t n = strnlen(name, PROOM_MAX - 4);
+    out[0] = 'p';
+    out[1] = tag;
+    out[2] = ':';
+    memcpy(out + 3, name, n);
+    out[3 + n] = 0;
 }
 
 /* ---- outbox ---- */
@@ -384,7 +446,15 @@ static void hold_low(msg_service *svc, obx *e)
 static void apply_room_change(msg_service *svc, obx *e)
 {
     muser *u = user_get(svc, e->user, false);
+    /* rooms[0] is "c:room:<name>"; presence follows every socket of the
+     * user, messages only the live ones. */
+    char pr[PROOM_MAX];
+    proom(pr, 'r', e->rooms[0] + 7);
     for (msess *ms = u ? u->socks : NULL; ms; ms = ms->next) {
+        if (e->kind == OB_JOIN)
+            parley_join(ms->sock, pr);
+        else
+            parley_leave(ms->sock, pr);
         if (!ms->live) continue;
         if (e->kind == OB_JOIN)
             parley_join(ms->sock, e->rooms[0]);
@@ -446,6 +516,7 @@ static void on_http_abort(phttpd_deferred *d, void *user)
 }
 
 static void do_sync(msg_service *svc, obx *e);
+static void pres_flush(msg_service *svc);
 
 static void on_flush(pdefer *d)
 {
@@ -510,6 +581,7 @@ static void on_flush(pdefer *d)
         obx_release(svc, syncs);
         syncs = next;
     }
+    pres_flush(svc);
 }
 
 /* ---- sync ---- */
@@ -755,6 +827,270 @@ static void typing_set(msg_service *svc, const msg_conv *c, const char *user, bo
     else
         ploop_timer_stop(svc->loop, &t->expire);
     typing_update(t);
+}
+
+/* ---- presence ---- */
+
+static void on_pres_window(ptimer *t);
+
+/* The user's presence record, created (from the store) when asked to.
+ * NULL when absent and not created, or on failure. */
+static mpres *pres_get(msg_service *svc, const char *id, bool create)
+{
+    size_t len = strlen(id);
+    mpres *p = pmap_get(&svc->pres, id, len);
+    if (p || !create) return p;
+    p = pcalloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->svc = svc;
+    memcpy(p->id, id, len + 1);
+    p->len = len;
+    if (mstore_presence_get(svc->store, id, &p->last_seen, p->text) < 0 ||
+        pmap_put(&svc->pres, p->id, p->len, p) != 0) {
+        free(p);
+        return NULL;
+    }
+    p->sent_status = MSG_PS_OFFLINE;
+    memcpy(p->sent_text, p->text, sizeof p->text);
+    ptimer_init(&p->window, on_pres_window);
+    return p;
+}
+
+static msg_pstatus ms_status(const msess *ms)
+{
+    return ms->pstatus == MSG_PS_ONLINE && ms->idle ? MSG_PS_AWAY : (msg_pstatus)ms->pstatus;
+}
+
+/* The user's presence now. 0, or negative when the store fails. */
+static int pres_compute(msg_service *svc, const char *id, msg_presence *out)
+{
+    memset(out, 0, sizeof *out);
+    snprintf(out->user, sizeof out->user, "%s", id);
+    mpres *p = pres_get(svc, id, false);
+    if (p) {
+        memcpy(out->text, p->text, sizeof out->text);
+        out->last_seen = p->last_seen;
+    } else if (mstore_presence_get(svc->store, id, &out->last_seen, out->text) < 0) {
+        return PARLEY_EIO;
+    }
+    muser *u = user_get(svc, id, false);
+    out->status = MSG_PS_OFFLINE;
+    if (!u || u->n == 0) return 0;
+    for (msess *ms = u->socks; ms; ms = ms->next)
+        if (ms_status(ms) > out->status) out->status = ms_status(ms);
+    out->devices = u->n;
+    out->last_seen = wall_ms(); /* online: seen now */
+    return 0;
+}
+
+static void pres_maybe_free(msg_service *svc, mpres *p)
+{
+    muser *u = user_get(svc, p->id, false);
+    if (p->dirty || ptimer_armed(&p->window) || (u && u->n)) return;
+    pmap_del(&svc->pres, p->id, p->len);
+    free(p);
+}
+
+/* Marks the user's presence for the end of the iteration. trigger: the
+ * socket whose own action (connecting, presence_set, activity after
+ * idleness) is the change; an update sent at once leaves it out, since
+ * it knows (presence_set has it in the acknowledgement). An update held
+ * by the window goes to every socket: it may carry other changes. */
+static void pres_mark(msg_service *svc, mpres *p, msess *trigger)
+{
+    if (!p->dirty) {
+        p->dirty = true;
+        p->trigger = trigger;
+        p->next_dirty = svc->dirty;
+        svc->dirty = p;
+        schedule(svc);
+    } else if (p->trigger != trigger) {
+        p->trigger = NULL; /* several causes: everyone hears of it */
+    }
+}
+
+static int add_target(msg_service *svc, const char *name)
+{
+    if (svc->bn == svc->bcap) {
+        size_t cap = svc->bcap ? svc->bcap * 2 : 16;
+        void *n = realloc(svc->bnames, cap * sizeof *svc->bnames);
+        if (!n) return PARLEY_ENOMEM;
+        svc->bnames = n;
+        void *q = realloc(svc->bptrs, cap * sizeof *svc->bptrs);
+        if (!q) return PARLEY_ENOMEM;
+        svc->bptrs = q;
+        svc->bcap = cap;
+    }
+    snprintf(svc->bnames[svc->bn++], PROOM_MAX, "%s", name);
+    return 0;
+}
+
+static int add_room_target(const char *conv, void *arg)
+{
+    msg_service *svc = arg;
+    if (strncmp(conv, "room:", 5) != 0) return 0;
+    char r[PROOM_MAX];
+    proom(r, 'r', conv + 5);
+    return add_target(svc, r);
+}
+
+static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *except)
+{
+    char r[PROOM_MAX];
+    svc->bn = 0;
+    proom(r, 'u', cur->user);
+    int rc = add_target(svc, r);
+    proom(r, 's', cur->user);
+    if (rc == 0) rc = add_target(svc, r);
+    if (rc == 0) rc = mstore_user_convs(svc->store, cur->user, add_room_target, svc);
+    pbuf *b = &svc->pjson;
+    b->len = 0;
+    if (rc == 0) rc = pbuf_append(b, "[", 1);
+    if (rc == 0) rc = msg_encode_presence(b, cur);
+    if (rc == 0) rc = pbuf_append(b, "]", 1);
+    if (!json_done(b, rc)) {
+        plog_error("messaging: presence of %s not sent: %s", cur->user, parley_strerror(rc));
+        return;
+    }
+    /* The names moved while the array grew: pointers are taken last. */
+    for (size_t i = 0; i < svc->bn; i++) svc->bptrs[i] = svc->bnames[i];
+    parley_target t = {.rooms = svc->bptrs, .nrooms = svc->bn};
+    if (except && except->sock) t.except_socket = except->sock;
+    rc = parley_broadcast(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0);
+    if (rc < 0) plog_error("messaging: presence broadcast failed: %s", parley_strerror(rc));
+    svc->stats.presence_updates++;
+}
+
+/* Sends the user's presence if it differs from what was last sent, and
+ * opens a coalescing window when it did. */
+static void pres_send_if_changed(msg_service *svc, mpres *p, msess *except)
+{
+    msg_presence cur;
+    if (pres_compute(svc, p->id, &cur) != 0) return;
+    /* last_seen moves by itself while online: it is not a change. */
+    if (cur.status == p->sent_status && cur.devices == p->sent_devices &&
+        strcmp(cur.text, p->sent_text) == 0)
+        return;
+    pres_broadcast(svc, &cur, except);
+    p->sent_status = (uint8_t)cur.status;
+    p->sent_devices = cur.devices;
+    memcpy(p->sent_text, cur.text, sizeof p->sent_text);
+    if (svc->o.presence_interval_ms)
+        ploop_timer_start(svc->loop, &p->window, svc->o.presence_interval_ms);
+}
+
+static void on_pres_window(ptimer *t)
+{
+    mpres *p = PARLEY_CONTAINER_OF(t, mpres, window);
+    msg_service *svc = p->svc;
+    /* Only the latest state, and only if it differs from the last sent:
+     * a connect and disconnect inside the window send nothing. */
+    pres_send_if_changed(svc, p, NULL);
+    pres_maybe_free(svc, p);
+}
+
+/* After the commit: every user whose presence may have changed. */
+static void pres_flush(msg_service *svc)
+{
+    mpres *p = svc->dirty;
+    svc->dirty = NULL;
+    while (p) {
+        mpres *next = p->next_dirty;
+        msess *trigger = p->trigger;
+        p->dirty = false;
+        p->trigger = NULL;
+        if (!ptimer_armed(&p->window)) pres_send_if_changed(svc, p, trigger);
+        pres_maybe_free(svc, p);
+        p = next;
+    }
+}
+
+static void on_idle(ptimer *t)
+{
+    msess *ms = PARLEY_CONTAINER_OF(t, msess, idle_timer);
+    msg_service *svc = ms->svc;
+    if (!ms->sock) return;
+    uint64_t idle_for = ploop_now(svc->loop) - ms->last_act;
+    if (idle_for < svc->o.away_after_ms) {
+        ploop_timer_start(svc->loop, &ms->idle_timer, svc->o.away_after_ms - idle_for);
+        return;
+    }
+    ms->idle = true;
+    mpres *p = pres_get(svc, ms->user->id, true);
+    if (p && ms->pstatus == MSG_PS_ONLINE) pres_mark(svc, p, NULL);
+}
+
+/* Any event from a device is activity. Cheap on the hot path: a store of
+ * the time, and timer work only when the device was idle. */
+static void pres_activity(msg_service *svc, msess *ms)
+{
+    ms->last_act = ploop_now(svc->loop);
+    if (!ms->idle) return;
+    ms->idle = false;
+    ploop_timer_start(svc->loop, &ms->idle_timer, svc->o.away_after_ms);
+    mpres *p = pres_get(svc, ms->user->id, true);
+    if (p && ms->pstatus == MSG_PS_ONLINE) pres_mark(svc, p, ms);
+}
+
+static int join_room_presence(const char *conv, void *arg)
+{
+    msess *ms = arg;
+    if (strncmp(conv, "room:", 5) != 0) return 0;
+    char r[PROOM_MAX];
+    proom(r, 'r', conv + 5);
+    parley_join(ms->sock, r);
+    return 0;
+}
+
+/* A device connected (the user's sockets list has it already). */
+static void pres_connected(msg_service *svc, msess *ms)
+{
+    ms->pstatus = MSG_PS_ONLINE;
+    ms->last_act = ploop_now(svc->loop);
+    ptimer_init(&ms->idle_timer, on_idle);
+    if (svc->o.away_after_ms) ploop_timer_start(svc->loop, &ms->idle_timer, svc->o.away_after_ms);
+    char r[PROOM_MAX];
+    proom(r, 'u', ms->user->id);
+    parley_join(ms->sock, r);
+    if (mstore_user_convs(svc->store, ms->user->id, join_room_presence, ms) < 0)
+        plog_error("messaging: cannot list the rooms of %s for presence", ms->user->id);
+    mpres *p = pres_get(svc, ms->user->id, true);
+    if (!p) return;
+    /* Recorded at connection too, so that a server killed while the user
+     * is connected still knows roughly when they were last there. */
+    if (ms->user->n == 1) {
+        p->last_seen = wall_ms();
+        if (mstore_presence_seen(svc->store, p->id, p->last_seen) != 0)
+            plog_error("messaging: cannot store when %s was last seen", p->id);
+    }
+    pres_mark(svc, p, ms);
+}
+
+static void subs_free(msess *ms)
+{
+    size_t pos = 0;
+    pmap_entry *e;
+    while ((e = pmap_next(&ms->subs, &pos))) free(e->val);
+    pmap_free(&ms->subs);
+    memset(&ms->subs, 0, sizeof ms->subs);
+    ms->nsubs = 0;
+}
+
+/* A device is gone: `user` is its user, `left` how many devices the user
+ * still has (ms is already off the user's list). */
+static void pres_disconnected(msg_service *svc, msess *ms, const char *user, unsigned left)
+{
+    ploop_timer_stop(svc->loop, &ms->idle_timer);
+    subs_free(ms);
+    mpres *p = pres_get(svc, user, true);
+    if (!p) return;
+    if (p->trigger == ms) p->trigger = NULL;
+    if (left == 0) {
+        p->last_seen = wall_ms();
+        if (mstore_presence_seen(svc->store, p->id, p->last_seen) != 0)
+            plog_error("messaging: cannot store when %s was last seen", p->id);
+    }
+    pres_mark(svc, p, NULL);
 }
 
 /* ---- request helpers ---- */
@@ -1233,15 +1569,202 @@ static void req_upload(msg_service *svc, msess *ms, const json_val *obj, const p
     queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, true);
 }
 
+/* ---- presence requests ---- */
+
+static void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                             int64_t ack_id)
+{
+    (void)a;
+    msg_pstatus st;
+    bool has_text;
+    char text[MSG_PRESENCE_TEXT_MAX + 1];
+    msg_error err;
+    if (msg_parse_presence_set(obj, &st, &has_text, text, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    mpres *p = pres_get(svc, ms->user->id, true);
+    if (!p) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    if (has_text && strcmp(text, p->text) != 0) {
+        if (mstore_presence_text(svc->store, p->id, text) != 0) {
+            reply_internal(svc, ms, ack_id);
+            return;
+        }
+        memcpy(p->text, text, sizeof p->text);
+    }
+    ms->pstatus = (uint8_t)st;
+    pres_mark(svc, p, ms);
+    msg_presence cur;
+    pbuf *b = &svc->scratch;
+    b->len = 0;
+    int rc = pres_compute(svc, p->id, &cur);
+    if (rc == 0) rc = pbuf_append_str(b, "{\"ok\":true,\"presence\":");
+    if (rc == 0) rc = msg_encode_presence(b, &cur);
+    if (rc == 0) rc = pbuf_append(b, "}", 1);
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    /* A new text is acknowledged once it is stored. */
+    queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, mstore_in_batch(svc->store));
+}
+
+/* Appends the Presence objects of users[] (comma-separated). */
+static int append_presences(msg_service *svc, pbuf *b, char users[][MSG_USER_MAX + 1], size_t n)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        msg_presence cur;
+        rc = pres_compute(svc, users[i], &cur);
+        if (rc == 0 && i) rc = pbuf_append(b, ",", 1);
+        if (rc == 0) rc = msg_encode_presence(b, &cur);
+    }
+    return rc;
+}
+
+static void req_presence_sub(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                             int64_t ack_id)
+{
+    (void)a;
+    char users[MSG_PRESENCE_USERS_MAX][MSG_USER_MAX + 1];
+    size_t n;
+    msg_error err;
+    if (msg_parse_presence_users(obj, users, &n, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    /* The limit first, so that a refused request changes nothing. */
+    size_t fresh = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool seen = pmap_get(&ms->subs, users[i], strlen(users[i])) != NULL;
+        for (size_t j = 0; j < i && !seen; j++) seen = strcmp(users[i], users[j]) == 0;
+        fresh += !seen;
+    }
+    if (ms->nsubs + fresh > MSG_PRESENCE_SUBS_MAX) {
+        msg_fail(&err, MSG_E_TOO_LARGE, "users",
+                 "a socket may subscribe to at most %d users (%u now)", MSG_PRESENCE_SUBS_MAX,
+                 ms->nsubs);
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(users[i]);
+        if (pmap_get(&ms->subs, users[i], len)) continue;
+        psub *sub = pcalloc(1, sizeof *sub);
+        if (!sub) break;
+        memcpy(sub->id, users[i], len + 1);
+        if (pmap_put(&ms->subs, sub->id, len, sub) != 0) {
+            free(sub);
+            break;
+        }
+        ms->nsubs++;
+        char r[PROOM_MAX];
+        proom(r, 's', sub->id);
+        parley_join(ms->sock, r);
+    }
+    pbuf *b = &svc->scratch;
+    b->len = 0;
+    int rc = pbuf_append_str(b, "{\"ok\":true,\"presences\":[");
+    if (rc == 0) rc = append_presences(svc, b, users, n);
+    if (rc == 0) rc = pbuf_append_str(b, "]}");
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, false);
+}
+
+static void req_presence_unsub(msg_service *svc, msess *ms, const json_val *obj,
+                               const parley_args *a, int64_t ack_id)
+{
+    (void)a;
+    char users[MSG_PRESENCE_USERS_MAX][MSG_USER_MAX + 1];
+    size_t n;
+    msg_error err;
+    if (msg_parse_presence_users(obj, users, &n, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        psub *sub = pmap_del(&ms->subs, users[i], strlen(users[i]));
+        if (!sub) continue;
+        char r[PROOM_MAX];
+        proom(r, 's', sub->id);
+        parley_leave(ms->sock, r);
+        free(sub);
+        ms->nsubs--;
+    }
+    static const char ok[] = "{\"ok\":true}";
+    queue_ack_json(svc, ms, ack_id, ok, sizeof ok - 1, false);
+}
+
+typedef struct pres_list {
+    msg_service *svc;
+    pbuf *out;
+    bool first;
+} pres_list;
+
+static int append_member_presence(const char *user, int64_t d, int64_t r, void *arg)
+{
+    (void)d;
+    (void)r;
+    pres_list *l = arg;
+    msg_presence cur;
+    int rc = pres_compute(l->svc, user, &cur);
+    if (rc == 0 && !l->first) rc = pbuf_append(l->out, ",", 1);
+    if (rc == 0) rc = msg_encode_presence(l->out, &cur);
+    l->first = false;
+    return rc;
+}
+
+static void req_presence_room(msg_service *svc, msess *ms, const json_val *obj,
+                              const parley_args *a, int64_t ack_id)
+{
+    (void)a;
+    char room[MSG_ROOM_MAX + 1];
+    msg_error err;
+    if (msg_parse_room_req(obj, room, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    msg_conv c;
+    msg_conv_room(&c, room);
+    if (!check_member(svc, ms, ack_id, &c)) return;
+    pbuf *b = &svc->scratch;
+    b->len = 0;
+    int rc = pbuf_append_str(b, "{\"ok\":true,\"room\":");
+    if (rc == 0) rc = json_append_string(b, room, strlen(room));
+    if (rc == 0) rc = pbuf_append_str(b, ",\"presences\":[");
+    pres_list l = {svc, b, true};
+    if (rc == 0) rc = mstore_participants(svc->store, c.id, append_member_presence, &l);
+    if (rc == 0) rc = pbuf_append_str(b, "]}");
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, mstore_in_batch(svc->store));
+}
+
 static const struct {
     const char *name;
     req_fn fn;
 } requests[] = {
-    {MSG_EV_SEND, req_send},           {MSG_EV_RECEIPT, req_receipt},
-    {MSG_EV_TYPING, req_typing},       {MSG_EV_SYNC, req_sync},
-    {MSG_EV_HISTORY, req_history},     {MSG_EV_JOIN_ROOM, req_join},
-    {MSG_EV_LEAVE_ROOM, req_leave},    {MSG_EV_ROOM_MEMBERS, req_members},
+    {MSG_EV_SEND, req_send},
+    {MSG_EV_RECEIPT, req_receipt},
+    {MSG_EV_TYPING, req_typing},
+    {MSG_EV_SYNC, req_sync},
+    {MSG_EV_HISTORY, req_history},
+    {MSG_EV_JOIN_ROOM, req_join},
+    {MSG_EV_LEAVE_ROOM, req_leave},
+    {MSG_EV_ROOM_MEMBERS, req_members},
     {MSG_EV_UPLOAD_MEDIA, req_upload},
+    {MSG_EV_PRESENCE_SET, req_presence_set},
+    {MSG_EV_PRESENCE_SUB, req_presence_sub},
+    {MSG_EV_PRESENCE_UNSUB, req_presence_unsub},
+    {MSG_EV_PRESENCE_ROOM, req_presence_room},
 };
 
 /* ---- namespace handlers ---- */
@@ -1252,6 +1775,7 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
     msg_service *svc = user;
     msess *ms = parley_socket_data(s);
     if (!ms) return;
+    pres_activity(svc, ms);
     req_fn fn = NULL;
     for (size_t i = 0; i < PARLEY_ARRAY_LEN(requests) && !fn; i++)
         if (strlen(requests[i].name) == event_len &&
@@ -1379,6 +1903,7 @@ static void on_connection(parley_socket *s, void *user)
     ptimer_init(&ms->expiry, on_token_expired);
     parley_socket_set_data(s, ms);
     svc->stats.sockets++;
+    pres_connected(svc, ms);
     if (ms->dev) {
         plog_warn("messaging: INSECURE --dev-auth: socket %s is user %s%s without a token",
                   parley_socket_id(s), u->id, ms->admin ? " (admin)" : "");
@@ -1403,7 +1928,8 @@ static void on_disconnect(parley_socket *s, const char *reason, void *user)
             break;
         }
     }
-    if (--u->n == 0) {
+    pres_disconnected(svc, ms, u->id, --u->n);
+    if (u->n == 0) {
         pmap_del(&svc->users, u->id, u->len);
         free(u);
     }
@@ -1731,11 +2257,23 @@ void msg_service_free(msg_service *svc)
     }
     pmap_free(&svc->typing);
     pos = 0;
+    while ((pe = pmap_next(&svc->pres, &pos))) {
+        mpres *p = pe->val;
+        ploop_timer_stop(svc->loop, &p->window);
+        free(p);
+    }
+    pmap_free(&svc->pres);
+    free(svc->bnames);
+    free(svc->bptrs);
+    pbuf_free(&svc->pjson);
+    pos = 0;
     while ((pe = pmap_next(&svc->users, &pos))) {
         muser *u = pe->val;
         for (msess *ms = u->socks; ms;) {
             msess *next = ms->next;
             ploop_timer_stop(svc->loop, &ms->expiry);
+            ploop_timer_stop(svc->loop, &ms->idle_timer);
+            subs_free(ms);
             if (ms->sock) parley_socket_set_data(ms->sock, NULL);
             free(ms);
             ms = next;

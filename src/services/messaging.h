@@ -14,6 +14,10 @@
  * message reaches a socket exactly once (see "Live delivery starts with
  * sync" in the protocol).
  *
+ * Presence (docs/PROTOCOL.md, "Presence") lives in the same service: every
+ * authenticated socket is a device of its user; per-user aggregates are
+ * broadcast after the iteration's commit, coalesced per user.
+ *
  * Threads: the loop's thread only, like the server it is attached to.
  */
 #ifndef PARLEY_SERVICES_MESSAGING_H
@@ -59,6 +63,8 @@ typedef struct msg_service_opts {
     uint32_t typing_timeout_ms;  /* typing expires without a refresh; default 5000 */
     uint32_t typing_throttle_ms; /* relayed typing changes per user and conversation; default 500 */
     uint32_t low_delay_ms;       /* live delivery of low-priority messages batched; default 500 */
+    uint32_t away_after_ms;      /* an idle online device counts as away; default 300000, 0 off */
+    uint32_t presence_interval_ms; /* presence updates per user at most this often; default 1000 */
     msg_notifier notifier;
 } msg_service_opts;
 
@@ -80,7 +86,8 @@ typedef struct msg_service_stats {
     uint64_t duplicates; /* resends answered from the store */
     uint64_t commits;    /* batches committed */
     uint64_t commit_failures;
-    unsigned sockets; /* connected */
+    unsigned sockets;          /* connected */
+    uint64_t presence_updates; /* presence events broadcast (one per user update) */
 } msg_service_stats;
 
 void msg_service_stats_get(const msg_service *m, msg_service_stats *st);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/util.h"
 #include "codec/utf8.h"
 #include "parley/parley.h"
 
@@ -1108,5 +1109,155 @@ msg_errcode msg_args_object(const char *json, size_t len, const msg_limits *l, j
         obj->type = JSON_INVALID;
         return msg_fail(err, MSG_E_BAD_REQUEST, "", "one argument expected");
     }
+    return MSG_OK;
+}
+
+/* ---- presence ---- */
+
+static const char *const pstatus_names[] = {
+    [MSG_PS_OFFLINE] = "offline",
+    [MSG_PS_BUSY] = "busy",
+    [MSG_PS_AWAY] = "away",
+    [MSG_PS_ONLINE] = "online",
+};
+
+const char *msg_pstatus_name(msg_pstatus s)
+{
+    return (unsigned)s < PARLEY_ARRAY_LEN(pstatus_names) ? pstatus_names[s] : NULL;
+}
+
+int msg_pstatus_from_name(const char *s, size_t len)
+{
+    for (size_t i = 0; i < PARLEY_ARRAY_LEN(pstatus_names); i++)
+        if (strlen(pstatus_names[i]) == len && memcmp(pstatus_names[i], s, len) == 0) return (int)i;
+    return -1;
+}
+
+int msg_encode_presence(pbuf *out, const msg_presence *p)
+{
+    bool first = true;
+    const char *st = msg_pstatus_name(p->status);
+    if (!st) return PARLEY_EINVAL;
+    int rc = pbuf_append(out, "{", 1);
+    if (rc == 0) rc = put_str(out, &first, "user", p->user);
+    if (rc == 0) rc = put_str(out, &first, "status", st);
+    if (rc == 0) rc = put_str(out, &first, "text", p->text);
+    if (rc == 0 && p->last_seen >= 0) rc = put_int(out, &first, "last_seen", p->last_seen);
+    if (rc == 0 && p->last_seen < 0) rc = pbuf_append_str(out, ",\"last_seen\":null");
+    if (rc == 0) rc = put_int(out, &first, "devices", p->devices);
+    if (rc == 0) rc = pbuf_append(out, "}", 1);
+    return rc;
+}
+
+/* Status text: bounded before it is decoded, one line of printable text. */
+static msg_errcode get_status_text(const field *f, char out[MSG_PRESENCE_TEXT_MAX + 1],
+                                   msg_error *err)
+{
+    json_val v;
+    msg_errcode rc = get_text(f, "text", 0, MSG_PRESENCE_TEXT_MAX, &v, err);
+    if (rc) return rc;
+    long n = json_string_decode(&v, out, MSG_PRESENCE_TEXT_MAX);
+    if (n < 0) /* cannot happen after the length check; stay safe */
+        return msg_fail(err, MSG_E_TOO_LARGE, "text", "text is over %d bytes",
+                        MSG_PRESENCE_TEXT_MAX);
+    for (long i = 0; i < n; i++) {
+        if ((unsigned char)out[i] < 0x20 || out[i] == 0x7f) {
+            out[0] = 0;
+            return msg_fail(err, MSG_E_INVALID_FIELD, "text",
+                            "text must not contain control characters");
+        }
+    }
+    out[n] = 0;
+    return MSG_OK;
+}
+
+msg_errcode msg_parse_presence_set(const json_val *obj, msg_pstatus *status, bool *has_text,
+                                   char text[MSG_PRESENCE_TEXT_MAX + 1], msg_error *err)
+{
+    *status = MSG_PS_ONLINE;
+    *has_text = false;
+    text[0] = 0;
+    msg_errcode rc = need_object(obj, err);
+    if (rc) return rc;
+    field f[2] = {{"status", {0}}, {"text", {0}}};
+    if ((rc = scan(obj, f, 2, "", FROM_CLIENT, err))) return rc;
+    if (!has(&f[0])) return msg_fail(err, MSG_E_MISSING_FIELD, "status", "status is required");
+    int s = -1;
+    if (f[0].v.type == JSON_STRING) {
+        char name[8];
+        long n = json_string_decode(&f[0].v, name, sizeof name - 1);
+        if (n >= 0) s = msg_pstatus_from_name(name, (size_t)n);
+    }
+    /* Offline is what the server says when no device is connected. */
+    if (s < 0 || s == MSG_PS_OFFLINE)
+        return msg_fail(err, MSG_E_INVALID_FIELD, "status", "status must be online, away or busy");
+    *status = (msg_pstatus)s;
+    if (!has(&f[1])) return MSG_OK;
+    if ((rc = get_status_text(&f[1], text, err))) return rc;
+    *has_text = true;
+    return MSG_OK;
+}
+
+msg_errcode msg_parse_presence_users(const json_val *obj,
+                                     char users[MSG_PRESENCE_USERS_MAX][MSG_USER_MAX + 1],
+                                     size_t *n, msg_error *err)
+{
+    *n = 0;
+    msg_errcode rc = need_object(obj, err);
+    if (rc) return rc;
+    field f[1] = {{"users", {0}}};
+    if ((rc = scan(obj, f, 1, "", FROM_CLIENT, err))) return rc;
+    if (!has(&f[0])) return msg_fail(err, MSG_E_MISSING_FIELD, "users", "users is required");
+    if (f[0].v.type != JSON_ARRAY)
+        return msg_fail(err, MSG_E_INVALID_FIELD, "users", "users must be an array of user ids");
+    json_iter it;
+    json_val v;
+    json_iter_init(&it, &f[0].v);
+    size_t count = 0;
+    /* Counted first: nothing is decoded from an array over the limit. */
+    while (json_array_next(&it, &v))
+        if (++count > MSG_PRESENCE_USERS_MAX)
+            return msg_fail(err, MSG_E_TOO_LARGE, "users", "at most %d users per request",
+                            MSG_PRESENCE_USERS_MAX);
+    if (count == 0) return msg_fail(err, MSG_E_INVALID_FIELD, "users", "users must not be empty");
+    json_iter_init(&it, &f[0].v);
+    while (json_array_next(&it, &v)) {
+        field one = {"users", v};
+        if ((rc = get_ident(&one, "users", users[*n], MSG_USER_MAX + 1, msg_valid_user, "user id",
+                            err))) {
+            *n = 0;
+            return rc;
+        }
+        (*n)++;
+    }
+    return MSG_OK;
+}
+
+msg_errcode msg_parse_presence(const json_val *obj, msg_presence *p, msg_error *err)
+{
+    memset(p, 0, sizeof *p);
+    msg_errcode rc = need_object(obj, err);
+    if (rc) return rc;
+    field f[5] = {
+        {"user", {0}}, {"status", {0}}, {"text", {0}}, {"last_seen", {0}}, {"devices", {0}}};
+    if ((rc = scan(obj, f, 5, "", FROM_SERVER, err))) return rc;
+    for (int i = 0; i < 5; i++)
+        if (!has(&f[i]))
+            return msg_fail(err, MSG_E_MISSING_FIELD, f[i].name, "%s is required", f[i].name);
+    if ((rc = get_ident(&f[0], "user", p->user, sizeof p->user, msg_valid_user, "user id", err)))
+        return rc;
+    char name[8];
+    long n = f[1].v.type == JSON_STRING ? json_string_decode(&f[1].v, name, sizeof name - 1) : -1;
+    int s = n >= 0 ? msg_pstatus_from_name(name, (size_t)n) : -1;
+    if (s < 0) return msg_fail(err, MSG_E_INVALID_FIELD, "status", "unknown status");
+    p->status = (msg_pstatus)s;
+    if ((rc = get_status_text(&f[2], p->text, err))) return rc;
+    p->last_seen = -1;
+    if (f[3].v.type != JSON_NULL &&
+        (rc = get_int(&f[3], "last_seen", 0, MSG_SEQ_MAX, &p->last_seen, err)))
+        return rc;
+    int64_t d;
+    if ((rc = get_int(&f[4], "devices", 0, UINT32_MAX, &d, err))) return rc;
+    p->devices = (unsigned)d;
     return MSG_OK;
 }

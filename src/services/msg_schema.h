@@ -30,15 +30,19 @@
 #define MSG_NAMESPACE "/chat"
 
 /* client -> server; each takes one object and answers through the ack */
-#define MSG_EV_SEND         "send_message"
-#define MSG_EV_RECEIPT      "receipt"
-#define MSG_EV_TYPING       "typing"
-#define MSG_EV_SYNC         "sync"
-#define MSG_EV_HISTORY      "history"
-#define MSG_EV_JOIN_ROOM    "join_room"
-#define MSG_EV_LEAVE_ROOM   "leave_room"
-#define MSG_EV_ROOM_MEMBERS "room_members"
-#define MSG_EV_UPLOAD_MEDIA "upload_media"
+#define MSG_EV_SEND           "send_message"
+#define MSG_EV_RECEIPT        "receipt"
+#define MSG_EV_TYPING         "typing"
+#define MSG_EV_SYNC           "sync"
+#define MSG_EV_HISTORY        "history"
+#define MSG_EV_JOIN_ROOM      "join_room"
+#define MSG_EV_LEAVE_ROOM     "leave_room"
+#define MSG_EV_ROOM_MEMBERS   "room_members"
+#define MSG_EV_UPLOAD_MEDIA   "upload_media"
+#define MSG_EV_PRESENCE_SET   "presence_set"
+#define MSG_EV_PRESENCE_SUB   "presence_subscribe"
+#define MSG_EV_PRESENCE_UNSUB "presence_unsubscribe"
+#define MSG_EV_PRESENCE_ROOM  "presence_room"
 
 /* server -> client */
 #define MSG_EV_NEW_MESSAGE   "new_message"
@@ -46,6 +50,7 @@
 #define MSG_EV_TYPING_OUT    "typing" /* same name both ways */
 #define MSG_EV_MEMBER_JOINED "member_joined"
 #define MSG_EV_MEMBER_LEFT   "member_left"
+#define MSG_EV_PRESENCE      "presence"
 
 /* ---- identifiers ---- */
 
@@ -320,6 +325,50 @@ msg_errcode msg_parse_room_req(const json_val *obj, char room[MSG_ROOM_MAX + 1],
  * attachment the placeholder refers to. */
 msg_errcode msg_parse_upload(const json_val *obj, char mime[MSG_MIME_MAX + 1], unsigned *num,
                              msg_error *err);
+
+/* ---- presence ---- */
+
+#define MSG_PRESENCE_TEXT_MAX  128  /* status text, UTF-8 bytes */
+#define MSG_PRESENCE_USERS_MAX 100  /* users named in one (un)subscribe */
+#define MSG_PRESENCE_SUBS_MAX  1000 /* subscriptions one socket may hold */
+
+/* Ordered by availability: a larger value is more available, so the
+ * aggregate of several devices is their maximum. */
+typedef enum msg_pstatus {
+    MSG_PS_OFFLINE = 0,
+    MSG_PS_BUSY = 1,
+    MSG_PS_AWAY = 2,
+    MSG_PS_ONLINE = 3,
+} msg_pstatus;
+
+const char *msg_pstatus_name(msg_pstatus s);          /* "online", ...; NULL out of range */
+int msg_pstatus_from_name(const char *s, size_t len); /* -1 when unknown */
+
+/* The Presence object (server -> client). */
+typedef struct msg_presence {
+    char user[MSG_USER_MAX + 1];
+    msg_pstatus status;
+    char text[MSG_PRESENCE_TEXT_MAX + 1]; /* "" when none */
+    int64_t last_seen;                    /* ms since the epoch; -1: null (never seen) */
+    unsigned devices;                     /* connected sockets */
+} msg_presence;
+
+int msg_encode_presence(pbuf *out, const msg_presence *p);
+/* Lenient (unknown members skipped), for the client half. */
+msg_errcode msg_parse_presence(const json_val *obj, msg_presence *p, msg_error *err);
+
+/* presence_set: {"status": "online"|"away"|"busy", "text"?: string}. A
+ * client cannot choose offline. The text is decoded into text (at most
+ * MSG_PRESENCE_TEXT_MAX bytes; no control characters); *has_text says
+ * whether it was given ("" clears). */
+msg_errcode msg_parse_presence_set(const json_val *obj, msg_pstatus *status, bool *has_text,
+                                   char text[MSG_PRESENCE_TEXT_MAX + 1], msg_error *err);
+
+/* presence_subscribe / presence_unsubscribe: {"users": [ids, 1..100]}.
+ * The ids are decoded into users[]; *n gets their count (repeats kept). */
+msg_errcode msg_parse_presence_users(const json_val *obj,
+                                     char users[MSG_PRESENCE_USERS_MAX][MSG_USER_MAX + 1],
+                                     size_t *n, msg_error *err);
 
 /* ---- helpers ---- */
 

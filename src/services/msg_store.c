@@ -26,7 +26,7 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 
-#define MSTORE_SCHEMA_VERSION 1
+#define MSTORE_SCHEMA_VERSION 2
 #define MSTORE_APP_ID         0x504d5347 /* "PMSG" */
 #define MSTORE_BUSY_MS        1000
 #define MSTORE_CACHE_MAX      65536 /* conversations kept in the seq cache */
@@ -50,6 +50,9 @@ enum {
     ST_MEDIA_UP,
     ST_MEDIA_REF,
     ST_MEDIA_VIS,
+    ST_PRES_GET,
+    ST_PRES_SEEN,
+    ST_PRES_TEXT,
     ST_BEGIN,
     ST_COMMIT,
     ST_ROLLBACK,
@@ -86,6 +89,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MEDIA_VIS] = "SELECT EXISTS (SELECT 1 FROM media_uploaders WHERE media = ?1 AND user = ?2) "
                      "OR EXISTS (SELECT 1 FROM media_refs r JOIN participants p ON p.conv = r.conv "
                      "WHERE r.media = ?1 AND p.user = ?2)",
+    [ST_PRES_GET] = "SELECT last_seen, text FROM presence WHERE user = ?1",
+    [ST_PRES_SEEN] = "INSERT INTO presence(user, last_seen, text) VALUES (?1, ?2, '') "
+                     "ON CONFLICT(user) DO UPDATE SET last_seen = excluded.last_seen",
+    [ST_PRES_TEXT] = "INSERT INTO presence(user, last_seen, text) VALUES (?1, NULL, ?2) "
+                     "ON CONFLICT(user) DO UPDATE SET text = excluded.text",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -136,6 +144,13 @@ static const char *const migrations[MSTORE_SCHEMA_VERSION] = {
     " media TEXT NOT NULL,"
     " conv TEXT NOT NULL,"
     " PRIMARY KEY (media, conv)"
+    ") WITHOUT ROWID;",
+    /* 1 -> 2: presence. Only what must outlive the connections: when the
+     * user was last connected (NULL: never) and their status text. */
+    "CREATE TABLE presence ("
+    " user TEXT PRIMARY KEY,"
+    " last_seen INTEGER,"
+    " text TEXT NOT NULL"
     ") WITHOUT ROWID;",
 };
 
@@ -853,4 +868,58 @@ int mstore_media_visible(mstore *s, const char *id, const char *user)
         ret = db_err(s, "checking media access");
     done(st);
     return ret;
+}
+
+/* ---- presence ---- */
+
+int mstore_presence_get(mstore *s, const char *user, int64_t *last_seen,
+                        char text[MSG_PRESENCE_TEXT_MAX + 1])
+{
+    *last_seen = -1;
+    text[0] = 0;
+    sqlite3_stmt *st = stmt(s, ST_PRES_GET);
+    bind_text(st, 1, user);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW) {
+        int t0 = sqlite3_column_type(st, 0);
+        const char *t = (const char *)sqlite3_column_text(st, 1);
+        int tlen = sqlite3_column_bytes(st, 1);
+        int64_t seen = t0 == SQLITE_INTEGER ? sqlite3_column_int64(st, 0) : -1;
+        /* Checked like input: a row that breaks the rules is not passed on. */
+        if ((t0 != SQLITE_NULL && (t0 != SQLITE_INTEGER || seen < 0)) || !t || tlen < 0 ||
+            tlen > MSG_PRESENCE_TEXT_MAX || memchr(t, 0, (size_t)tlen)) {
+            plog_error("store %s: bad presence row for %s", s->path, user);
+            ret = PARLEY_EIO;
+        } else {
+            *last_seen = seen;
+            memcpy(text, t, (size_t)tlen);
+            text[tlen] = 0;
+            ret = 1;
+        }
+    } else if (rc != SQLITE_DONE) {
+        ret = db_err(s, "reading presence");
+    }
+    done(st);
+    return ret;
+}
+
+int mstore_presence_seen(mstore *s, const char *user, int64_t now_ms)
+{
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = stmt(s, ST_PRES_SEEN);
+    bind_text(st, 1, user);
+    sqlite3_bind_int64(st, 2, now_ms);
+    return run(s, st, "storing last seen");
+}
+
+int mstore_presence_text(mstore *s, const char *user, const char *text)
+{
+    if (strlen(text) > MSG_PRESENCE_TEXT_MAX) return PARLEY_EINVAL;
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = stmt(s, ST_PRES_TEXT);
+    bind_text(st, 1, user);
+    bind_text(st, 2, text);
+    return run(s, st, "storing a status text");
 }

@@ -1,6 +1,7 @@
 /*
  * The messaging store: conversations, participants with their receipt
- * watermarks, messages, and the media index, in one SQLite database.
+ * watermarks, messages, the media index, and presence (last seen and
+ * status text per user), in one SQLite database.
  *
  * Batches (group commit): the first write opens a transaction and every
  * later write joins it until mstore_commit(); the service commits once per
@@ -124,6 +125,15 @@ int mstore_media_put(mstore *s, const char *id, int64_t size, const char *mime, 
 /* 1 when user may see media id: they uploaded it, or take part in a
  * conversation where a message references it. 0 otherwise. */
 int mstore_media_visible(mstore *s, const char *id, const char *user);
+
+/* Presence: what outlives the connections. get: 1 found (*last_seen,
+ * -1 when never set, and text filled), 0 unknown user (-1 and ""),
+ * negative on error. seen: records when the user was last connected.
+ * text: the user's status text ("" clears). Both join the batch. */
+int mstore_presence_get(mstore *s, const char *user, int64_t *last_seen,
+                        char text[MSG_PRESENCE_TEXT_MAX + 1]);
+int mstore_presence_seen(mstore *s, const char *user, int64_t now_ms);
+int mstore_presence_text(mstore *s, const char *user, const char *text);
 
 /* The SQLite handle, for tests that need to reach under the store. */
 void *mstore__db(mstore *s);

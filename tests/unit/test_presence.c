@@ -1,0 +1,384 @@
+/* Unit tests for presence below the service: the wire schema (presence_set,
+ * the user lists of presence_subscribe / presence_unsubscribe, the
+ * Presence object both ways) with each documented error, and the store
+ * (last seen and status text per user, in the batch, across reopening,
+ * and the migration of a version 1 database). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/buf.h"
+#include "codec/json.h"
+#include "parley/parley.h"
+#include "services/msg_schema.h"
+#include "services/msg_store.h"
+
+static json_val obj_of(const char *s)
+{
+    json_val v;
+    assert_int_equal(json_parse(s, strlen(s), 32, &v, NULL), 0);
+    return v;
+}
+
+/* presence_set: the error code, and the field at fault. */
+static msg_errcode set_rc(const char *s, msg_pstatus *st, bool *has_text,
+                          char text[MSG_PRESENCE_TEXT_MAX + 1], msg_error *err)
+{
+    json_val v = obj_of(s);
+    memset(err, 0, sizeof *err);
+    msg_errcode rc = msg_parse_presence_set(&v, st, has_text, text, err);
+    assert_int_equal(rc, err->code);
+    return rc;
+}
+
+static void expect_set_error(const char *s, msg_errcode code, const char *field)
+{
+    msg_pstatus st;
+    bool has_text;
+    char text[MSG_PRESENCE_TEXT_MAX + 1];
+    msg_error err;
+    assert_int_equal(set_rc(s, &st, &has_text, text, &err), code);
+    assert_string_equal(err.field, field);
+    assert_true(err.message[0] != 0);
+}
+
+static void test_presence_set(void **state)
+{
+    (void)state;
+    msg_pstatus st;
+    bool has_text;
+    char text[MSG_PRESENCE_TEXT_MAX + 1];
+    msg_error err;
+    assert_int_equal(set_rc("{\"status\":\"busy\"}", &st, &has_text, text, &err), MSG_OK);
+    assert_int_equal(st, MSG_PS_BUSY);
+    assert_false(has_text);
+    assert_int_equal(
+        set_rc("{\"text\":\"at lunch \\u00e9\",\"status\":\"away\"}", &st, &has_text, text, &err),
+        MSG_OK);
+    assert_int_equal(st, MSG_PS_AWAY);
+    assert_true(has_text);
+    assert_string_equal(text, "at lunch \xc3\xa9");
+    assert_int_equal(set_rc("{\"status\":\"online\",\"text\":\"\"}", &st, &has_text, text, &err),
+                     MSG_OK);
+    assert_int_equal(st, MSG_PS_ONLINE);
+    assert_true(has_text);
+    assert_string_equal(text, "");
+
+    /* 128 UTF-8 bytes pass (64 two-byte characters, escaped or not); 129 do not. */
+    char buf[1024];
+    pbuf b = {0};
+    pbuf_append_str(&b, "{\"status\":\"online\",\"text\":\"");
+    for (int i = 0; i < 64; i++) pbuf_append_str(&b, i % 2 ? "\\u00e9" : "\xc3\xa9");
+    pbuf_append_str(&b, "\"}");
+    pbuf_append(&b, "", 1);
+    assert_int_equal(set_rc((char *)b.ptr, &st, &has_text, text, &err), MSG_OK);
+    assert_int_equal(strlen(text), 128);
+    snprintf(buf, sizeof buf, "{\"status\":\"online\",\"text\":\"%0129d\"}", 0);
+    expect_set_error(buf, MSG_E_TOO_LARGE, "text");
+    snprintf(buf, sizeof buf, "{\"status\":\"online\",\"text\":\"%0128d\"}", 0);
+    assert_int_equal(set_rc(buf, &st, &has_text, text, &err), MSG_OK);
+    pbuf_free(&b);
+
+    expect_set_error("{}", MSG_E_MISSING_FIELD, "status");
+    expect_set_error("{\"status\":\"offline\"}", MSG_E_INVALID_FIELD, "status");
+    expect_set_error("{\"status\":\"sleeping\"}", MSG_E_INVALID_FIELD, "status");
+    expect_set_error("{\"status\":\"Online\"}", MSG_E_INVALID_FIELD, "status");
+    expect_set_error("{\"status\":\"online\\u0000\"}", MSG_E_INVALID_FIELD, "status");
+    expect_set_error("{\"status\":1}", MSG_E_INVALID_FIELD, "status");
+    expect_set_error("{\"status\":\"online\",\"text\":null}", MSG_E_INVALID_FIELD, "text");
+    expect_set_error("{\"status\":\"online\",\"text\":\"a\\nb\"}", MSG_E_INVALID_FIELD, "text");
+    expect_set_error("{\"status\":\"online\",\"text\":\"a\\u0000b\"}", MSG_E_INVALID_FIELD, "text");
+    expect_set_error("{\"status\":\"online\",\"mood\":\"x\"}", MSG_E_UNKNOWN_FIELD, "mood");
+    expect_set_error("{\"status\":\"online\",\"status\":\"busy\"}", MSG_E_INVALID_FIELD, "status");
+    expect_set_error("{\"status\":\"online\",\"user\":\"x\"}", MSG_E_UNKNOWN_FIELD, "user");
+    expect_set_error("{\"status\":\"online\",\"from\":\"x\"}", MSG_E_SENDER_FORBIDDEN, "from");
+    expect_set_error("[]", MSG_E_BAD_REQUEST, "");
+}
+
+static msg_errcode users_rc(const char *s, char users[MSG_PRESENCE_USERS_MAX][MSG_USER_MAX + 1],
+                            size_t *n, msg_error *err)
+{
+    json_val v = obj_of(s);
+    memset(err, 0, sizeof *err);
+    return msg_parse_presence_users(&v, users, n, err);
+}
+
+static void test_presence_users(void **state)
+{
+    (void)state;
+    static char users[MSG_PRESENCE_USERS_MAX][MSG_USER_MAX + 1];
+    size_t n = 99;
+    msg_error err;
+    assert_int_equal(users_rc("{\"users\":[\"amy\",\"b.o-b@x\",\"amy\"]}", users, &n, &err),
+                     MSG_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(users[0], "amy");
+    assert_string_equal(users[1], "b.o-b@x");
+    assert_string_equal(users[2], "amy"); /* repeats are kept: harmless */
+
+    pbuf b = {0};
+    for (int count = 100; count <= 101; count++) {
+        b.len = 0;
+        pbuf_append_str(&b, "{\"users\":[");
+        for (int i = 0; i < count; i++) pbuf_appendf(&b, "%s\"u%d\"", i ? "," : "", i);
+        pbuf_append_str(&b, "]}");
+        pbuf_append(&b, "", 1);
+        msg_errcode rc = users_rc((char *)b.ptr, users, &n, &err);
+        if (count == 100) {
+            assert_int_equal(rc, MSG_OK);
+            assert_int_equal(n, 100);
+            assert_string_equal(users[99], "u99");
+        } else {
+            assert_int_equal(rc, MSG_E_TOO_LARGE);
+            assert_string_equal(err.field, "users");
+            assert_int_equal(n, 0);
+        }
+    }
+    pbuf_free(&b);
+    static const struct {
+        const char *in;
+        msg_errcode code;
+        const char *field;
+    } bad[] = {
+        {"{}", MSG_E_MISSING_FIELD, "users"},
+        {"{\"users\":[]}", MSG_E_INVALID_FIELD, "users"},
+        {"{\"users\":\"amy\"}", MSG_E_INVALID_FIELD, "users"},
+        {"{\"users\":[\"amy\",\"not valid\"]}", MSG_E_INVALID_FIELD, "users"},
+        {"{\"users\":[\"amy\",7]}", MSG_E_INVALID_FIELD, "users"},
+        {"{\"users\":[\"\"]}", MSG_E_INVALID_FIELD, "users"},
+        {"{\"users\":[\"amy\"],\"room\":\"x\"}", MSG_E_UNKNOWN_FIELD, "room"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(users_rc(bad[i].in, users, &n, &err), bad[i].code);
+        assert_string_equal(err.field, bad[i].field);
+        assert_int_equal(n, 0);
+    }
+    /* 65 bytes: one over the user id limit. */
+    char buf[256];
+    snprintf(buf, sizeof buf, "{\"users\":[\"%065d\"]}", 0);
+    assert_int_equal(users_rc(buf, users, &n, &err), MSG_E_INVALID_FIELD);
+}
+
+static void test_presence_object(void **state)
+{
+    (void)state;
+    msg_presence p = {.status = MSG_PS_AWAY, .last_seen = 1767225600123LL, .devices = 2};
+    snprintf(p.user, sizeof p.user, "amy");
+    snprintf(p.text, sizeof p.text, "say \"hi\" \xc3\xa9");
+    pbuf b = {0};
+    assert_int_equal(msg_encode_presence(&b, &p), 0);
+    static const char want[] = "{\"user\":\"amy\",\"status\":\"away\",\"text\":\"say \\\"hi\\\" "
+                               "\xc3\xa9\",\"last_seen\":1767225600123,\"devices\":2}";
+    assert_int_equal(b.len, sizeof want - 1);
+    assert_memory_equal(b.ptr, want, b.len);
+    json_val v;
+    assert_int_equal(json_parse((char *)b.ptr, b.len, 8, &v, NULL), 0);
+    msg_presence q;
+    msg_error err;
+    assert_int_equal(msg_parse_presence(&v, &q, &err), MSG_OK);
+    assert_memory_equal(&p, &q, sizeof p);
+
+    /* Never seen: last_seen is null, and reads back as -1. */
+    msg_presence off = {.status = MSG_PS_OFFLINE, .last_seen = -1};
+    snprintf(off.user, sizeof off.user, "bob");
+    b.len = 0;
+    assert_int_equal(msg_encode_presence(&b, &off), 0);
+    static const char want2[] =
+        "{\"user\":\"bob\",\"status\":\"offline\",\"text\":\"\",\"last_seen\":null,\"devices\":0}";
+    assert_int_equal(b.len, sizeof want2 - 1);
+    assert_memory_equal(b.ptr, want2, b.len);
+    assert_int_equal(json_parse((char *)b.ptr, b.len, 8, &v, NULL), 0);
+    assert_int_equal(msg_parse_presence(&v, &q, &err), MSG_OK);
+    assert_int_equal(q.last_seen, -1);
+    assert_int_equal(q.status, MSG_PS_OFFLINE);
+
+    /* From the server, unknown members are skipped; bad values are not. */
+    v = obj_of("{\"user\":\"c\",\"status\":\"busy\",\"text\":\"\",\"last_seen\":5,\"devices\":1,"
+               "\"mood\":\"new in v2\"}");
+    assert_int_equal(msg_parse_presence(&v, &q, &err), MSG_OK);
+    assert_int_equal(q.status, MSG_PS_BUSY);
+    v = obj_of("{\"user\":\"c\",\"status\":\"gone\",\"text\":\"\",\"last_seen\":5,\"devices\":1}");
+    assert_int_equal(msg_parse_presence(&v, &q, &err), MSG_E_INVALID_FIELD);
+    v = obj_of("{\"user\":\"c\",\"status\":\"busy\",\"text\":\"\",\"last_seen\":-5,\"devices\":1}");
+    assert_int_equal(msg_parse_presence(&v, &q, &err), MSG_E_INVALID_FIELD);
+    v = obj_of("{\"user\":\"c\",\"status\":\"busy\",\"text\":\"\",\"devices\":1}");
+    assert_int_equal(msg_parse_presence(&v, &q, &err), MSG_E_MISSING_FIELD);
+    assert_string_equal(err.field, "last_seen");
+    /* An out-of-range status is not encoded. */
+    p.status = (msg_pstatus)9;
+    assert_int_equal(msg_encode_presence(&b, &p), PARLEY_EINVAL);
+    assert_null(msg_pstatus_name((msg_pstatus)4));
+    assert_int_equal(msg_pstatus_from_name("online", 6), MSG_PS_ONLINE);
+    assert_int_equal(msg_pstatus_from_name("onlin", 5), -1);
+    /* Availability order, which the aggregation relies on. */
+    assert_true(MSG_PS_ONLINE > MSG_PS_AWAY && MSG_PS_AWAY > MSG_PS_BUSY &&
+                MSG_PS_BUSY > MSG_PS_OFFLINE);
+    pbuf_free(&b);
+}
+
+/* ---- store ---- */
+
+typedef struct scratch {
+    char dir[64];
+    char path[96];
+} scratch;
+
+static void scratch_init(scratch *s)
+{
+    snprintf(s->dir, sizeof s->dir, "/tmp/presence-test-XXXXXX");
+    assert_non_null(mkdtemp(s->dir));
+    snprintf(s->path, sizeof s->path, "%s/m.db", s->dir);
+}
+
+static void scratch_free(const scratch *s)
+{
+    static const char *const suffix[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < 4; i++) {
+        char p[128];
+        snprintf(p, sizeof p, "%s%s", s->path, suffix[i]);
+        unlink(p);
+    }
+    assert_int_equal(rmdir(s->dir), 0);
+}
+
+static mstore *open_store(const char *path)
+{
+    mstore *st = NULL;
+    assert_int_equal(mstore_open(path, false, &st), 0);
+    assert_non_null(st);
+    return st;
+}
+
+static void test_store_presence(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    int64_t seen = 99;
+    char text[MSG_PRESENCE_TEXT_MAX + 1] = "junk";
+    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 0);
+    assert_int_equal(seen, -1);
+    assert_string_equal(text, "");
+
+    /* Text first: last seen stays unknown. */
+    assert_int_equal(mstore_presence_text(st, "amy", "hello"), 0);
+    assert_true(mstore_in_batch(st));
+    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1); /* the batch is visible */
+    assert_int_equal(seen, -1);
+    assert_string_equal(text, "hello");
+    assert_int_equal(mstore_commit(st), 0);
+    /* Seen: the text stays. */
+    assert_int_equal(mstore_presence_seen(st, "amy", 1000), 0);
+    assert_int_equal(mstore_presence_seen(st, "amy", 2000), 0);
+    assert_int_equal(mstore_presence_seen(st, "bob", 3000), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1);
+    assert_int_equal(seen, 2000);
+    assert_string_equal(text, "hello");
+    assert_int_equal(mstore_presence_get(st, "bob", &seen, text), 1);
+    assert_int_equal(seen, 3000);
+    assert_string_equal(text, "");
+    /* A rolled-back batch leaves nothing. */
+    assert_int_equal(mstore_presence_text(st, "amy", "never"), 0);
+    assert_int_equal(mstore_presence_seen(st, "amy", 5000), 0);
+    mstore_rollback(st);
+    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1);
+    assert_int_equal(seen, 2000);
+    assert_string_equal(text, "hello");
+    /* Over the limit: refused before anything is written. */
+    char big[MSG_PRESENCE_TEXT_MAX + 2];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    assert_int_equal(mstore_presence_text(st, "amy", big), PARLEY_EINVAL);
+    assert_false(mstore_in_batch(st));
+    assert_int_equal(mstore_presence_text(st, "amy", ""), 0);
+    mstore_close(st); /* uncommitted: rolled back */
+
+    st = open_store(sc.path);
+    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1);
+    assert_int_equal(seen, 2000);
+    assert_string_equal(text, "hello");
+    mstore_close(st);
+
+    /* Rows that break the rules are refused when read. */
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "INSERT INTO presence VALUES ('neg', -1, '');"
+                                  "INSERT INTO presence VALUES ('str', 'x', '');"
+                                  "INSERT INTO presence VALUES ('long', 1, printf('%.*c', 129, "
+                                  "'x'));",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    st = open_store(sc.path);
+    assert_int_equal(mstore_presence_get(st, "neg", &seen, text), PARLEY_EIO);
+    assert_int_equal(mstore_presence_get(st, "str", &seen, text), PARLEY_EIO);
+    assert_int_equal(mstore_presence_get(st, "long", &seen, text), PARLEY_EIO);
+    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* A database written by the version before presence (schema 1) is
+ * migrated when opened: its messages stay, the presence table appears. */
+static void test_store_migration(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    msg_conv c;
+    msg_conv_dm(&c, "amy", "bob");
+    static const char content[] = "{\"text\":\"hi\"}";
+    mstore_msg m;
+    assert_int_equal(mstore_insert(st, &c, "amy", "c1", MSG_TEXT, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, NULL, 1000, &m),
+                     0);
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_close(st);
+    /* Back to what version 1 wrote. */
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db, "DROP TABLE presence; PRAGMA user_version = 1;", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+
+    st = open_store(sc.path);
+    assert_int_equal(mstore_find(st, "amy", "c1", &m), 1);
+    int64_t seen;
+    char text[MSG_PRESENCE_TEXT_MAX + 1];
+    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 0);
+    assert_int_equal(mstore_presence_seen(st, "amy", 42), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1);
+    assert_int_equal(seen, 42);
+    mstore_close(st);
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(q, 0), 2);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    scratch_free(&sc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_presence_set),    cmocka_unit_test(test_presence_users),
+        cmocka_unit_test(test_presence_object), cmocka_unit_test(test_store_presence),
+        cmocka_unit_test(test_store_migration),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
