@@ -69,9 +69,13 @@
  * parley_store_new, before connecting, so a store created offline shows
  * them; the chat then syncs from the newest cached seq of each
  * conversation. "connection" and "typing/..." are live state, not cached.
+ * A cached unsent message is resent from the chat's queue file
+ * (chat.queue_path) and goes on from "sending"; without a queue file it is
+ * "failed" (nothing will send it).
  *
  * Threads: every function may be called from any thread, except
- * parley_store_free (not from a store or chat callback). Watch callbacks
+ * parley_store_free (not from a store or chat callback, and not while
+ * parley_store_dispatch runs on another thread). Watch callbacks
  * run on the loop thread (default) or the thread calling
  * parley_store_dispatch, never inside another store call, one at a time;
  * they may call any store function but parley_store_free. key and json

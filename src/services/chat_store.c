@@ -1047,8 +1047,13 @@ int parley_store_new(const parley_store_opts *o, parley_store **out)
     while (rc == 0 && (pe = pmap_next(&s->entries, &pos))) {
         entry *e = pe->val;
         int64_t last = 0;
-        for (size_t i = 0; i < e->n; i++)
-            if (e->items[i].seq > last) last = e->items[i].seq;
+        for (size_t i = 0; i < e->n; i++) {
+            item *it = &e->items[i];
+            if (it->seq > last) last = it->seq;
+            /* Cached as unsent: without a queue file nothing sends it now. */
+            if (it->seq == 0 && it->status == PARLEY_MSG_SENDING && !o->chat->queue_path)
+                it->status = PARLEY_MSG_FAILED;
+        }
         if (e->kind == K_MESSAGES && last > 0)
             rc = parley_chat_set_last_seq(s->chat, e->key + 9, last);
     }

@@ -573,6 +573,15 @@ static void test_cache_reload(void **state)
     assert_null(strstr(conn, "online")); /* live state is not cached */
     free(conn);
 
+    /* Sent offline: "sending" (the chat queued it); cached so; and after a
+     * restart without a queue file nothing will send it: "failed". */
+    store_send(&bob, "alice", "lost");
+    wait_value(&bob, "messages/dm:alice:bob", "\"status\":\"sending\"", 1);
+    ts_close(&bob);
+    ts_open(&bob);
+    wait_value(&bob, "messages/dm:alice:bob", "\"status\":\"failed\"", 1);
+    wait_value(&bob, "messages/dm:alice:bob", "\"status\":\"sending\"", 0);
+
     /* Back online it syncs from the cached seq: one new message, no
      * duplicate of the cached ones. */
     srv_start(&s);
@@ -581,7 +590,9 @@ static void test_cache_reload(void **state)
     store_send(&alice, "bob", "four");
     wait_value(&bob, "messages/dm:alice:bob", "\"from\":\"alice\"", 3);
     char *now = get(&bob, "messages/dm:alice:bob");
-    assert_int_equal(count_of(now), 4);
+    assert_int_equal(count_of(now), 5);
+    assert_int_equal(occurrences(now, "\"seq\":0,"), 1); /* the lost one, last */
+    assert_non_null(strstr(now, "},\"text\":\"lost\",\"status\":\"failed\"}]"));
     assert_int_equal(occurrences(now, "\"seq\":4,"), 1);
     assert_int_equal(occurrences(now, "},\"text\":\"one\""), 1);
     free(now);
