@@ -656,9 +656,9 @@ static void cb_receipt(parley_chat *c, const char *conversation, const char *use
         pthread_mutex_lock(&s->mu);
         entry *e = conv_entry(s, "messages/", conversation);
         if (e) {
-            if (read > delivered) delivered = read;
-            bool moved = delivered > e->peer_delivered || read > e->peer_read;
-            if (delivered > e->peer_delivered) e->peer_delivered = delivered;
+            int64_t d = read > delivered ? read : delivered; /* read implies delivered */
+            bool moved = d > e->peer_delivered || read > e->peer_read;
+            if (d > e->peer_delivered) e->peer_delivered = d;
             if (read > e->peer_read) e->peer_read = read;
             if (moved) {
                 /* A change only when a message of this user moved: statuses

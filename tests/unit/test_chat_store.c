@@ -686,14 +686,123 @@ static void test_bounds_and_keys(void **state)
     srv_done(&s);
 }
 
+/* ---- 5. the application's chat callbacks still run, after the store ---- */
+
+typedef struct app {
+    tstore *t;
+    atomic_int states, messages, statuses, receipts, typings;
+    atomic_int saw_in_store; /* on_message: the snapshot had it already */
+    atomic_int wrong_user;
+} app;
+
+static void app_state(parley_chat *c, parley_chat_state st, const parley_chat_error *why,
+                      void *user)
+{
+    (void)c;
+    (void)st;
+    (void)why;
+    app *a = user;
+    atomic_fetch_add(&a->states, 1);
+}
+
+static void app_message(parley_chat *c, const parley_chat_message *m, void *user)
+{
+    app *a = user;
+    if (c != parley_store_chat(a->t->st)) atomic_fetch_add(&a->wrong_user, 1);
+    char key[160], needle[64];
+    snprintf(key, sizeof key, "messages/%s", m->conversation);
+    snprintf(needle, sizeof needle, "\"seq\":%lld,", (long long)m->seq);
+    char *v = parley_store_get(a->t->st, key, NULL);
+    if (v && strstr(v, needle)) atomic_fetch_add(&a->saw_in_store, 1);
+    free(v);
+    atomic_fetch_add(&a->messages, 1);
+}
+
+static void app_status(parley_chat *c, const parley_chat_status *st, void *user)
+{
+    (void)c;
+    (void)st;
+    app *a = user;
+    atomic_fetch_add(&a->statuses, 1);
+}
+
+static void app_receipt(parley_chat *c, const char *conv, const char *u, int64_t d, int64_t r,
+                        void *user)
+{
+    (void)c;
+    (void)conv;
+    (void)u;
+    (void)d;
+    (void)r;
+    app *a = user;
+    atomic_fetch_add(&a->receipts, 1);
+}
+
+static void app_typing(parley_chat *c, const char *conv, const char *u, int typing, void *user)
+{
+    (void)c;
+    (void)conv;
+    (void)u;
+    (void)typing;
+    app *a = user;
+    atomic_fetch_add(&a->typings, 1);
+}
+
+static int wait_atomic(atomic_int *v, int n)
+{
+    uint64_t end = ptime_ms() + WAIT_MS;
+    while (atomic_load(v) < n && ptime_ms() < end) usleep(2000);
+    usleep(QUIET_MS * 1000);
+    return atomic_load(v);
+}
+
+static void test_app_callbacks(void **state)
+{
+    (void)state;
+    srv s;
+    srv_init(&s);
+    srv_start(&s);
+    tstore alice, bob;
+    ts_init(&alice, "alice", &s);
+    ts_init(&bob, "bob", &s);
+    app a;
+    memset(&a, 0, sizeof a);
+    a.t = &alice;
+    alice.co.on_state = app_state;
+    alice.co.on_message = app_message;
+    alice.co.on_status = app_status;
+    alice.co.on_receipt = app_receipt;
+    alice.co.on_typing = app_typing;
+    alice.co.user = &a;
+    ts_open(&alice);
+    ts_open(&bob);
+    wait_state(&alice, "online");
+    wait_state(&bob, "online");
+    assert_int_equal(wait_atomic(&a.states, 3), 3); /* connecting, syncing, online */
+
+    store_send(&bob, "alice", "to alice");
+    assert_int_equal(wait_atomic(&a.messages, 1), 1);
+    assert_int_equal(atomic_load(&a.saw_in_store), 1);
+    store_send(&alice, "bob", "to bob");
+    wait_value(&alice, "messages/dm:alice:bob", "\"status\":\"delivered\"", 1);
+    assert_int_equal(wait_atomic(&a.statuses, 3), 3); /* sending, sent, delivered */
+    assert_true(wait_atomic(&a.receipts, 1) >= 1);
+    assert_int_equal(parley_chat_typing(parley_store_chat(bob.st), "dm:alice:bob", 1), 0);
+    assert_int_equal(wait_atomic(&a.typings, 1), 1);
+    assert_int_equal(atomic_load(&a.wrong_user), 0);
+
+    ts_close(&alice);
+    ts_close(&bob);
+    srv_done(&s);
+}
+
 int main(void)
 {
     parley_log_set(getenv("PARLEY_TEST_LOG") ? PARLEY_LOG_DEBUG : PARLEY_LOG_WARN, log_sink, NULL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fd_burst),
-        cmocka_unit_test(test_loop_sequences),
-        cmocka_unit_test(test_cache_reload),
-        cmocka_unit_test(test_bounds_and_keys),
+        cmocka_unit_test(test_fd_burst),      cmocka_unit_test(test_loop_sequences),
+        cmocka_unit_test(test_cache_reload),  cmocka_unit_test(test_bounds_and_keys),
+        cmocka_unit_test(test_app_callbacks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
