@@ -1,0 +1,165 @@
+/*
+ * libparley reactive state store: the messaging client's state as
+ * observable values, for UIs and FFI hosts (the C counterpart of a
+ * Riverpod/Redux store).
+ *
+ *     void show(parley_store *s, const char *key, const char *json, size_t len, void *ui)
+ *     {
+ *         ui_render(ui, key, json);      // the latest value, JSON text
+ *     }
+ *
+ *     parley_chat_opts co;               // as for parley_chat_new
+ *     parley_chat_opts_init(&co);
+ *     co.url = "https://chat.example.com";
+ *     co.user_id = "alice";
+ *     ...
+ *     parley_store_opts so;
+ *     parley_store_opts_init(&so);
+ *     so.chat = &co;
+ *     so.cache_path = "alice.store";    // the last known state, offline
+ *     so.dispatch_fd = 1;               // deliver on my thread
+ *     parley_store *st;
+ *     parley_store_new(&so, &st);
+ *     parley_store_watch(st, "connection", show, ui);
+ *     parley_store_watch(st, "messages/dm:alice:bob", show, ui);
+ *     // in the GUI loop: poll(parley_store_fd(st)) readable ->
+ *     parley_store_dispatch(st);
+ *
+ * Ownership of the chat: the store creates the parley_chat from so.chat
+ * and observes it by taking its callbacks; the application's callbacks in
+ * so.chat still run, after the store has taken the event in (so a
+ * snapshot taken inside them already shows it). parley_store_chat gives
+ * the chat for everything else (history, rooms, receipts); the store
+ * frees it. Send through parley_store_send for this device's messages to
+ * appear in the message lists with their status: the chat reports them
+ * by status only, without their content.
+ *
+ * Keys and values (JSON text, compact):
+ * - "connection": {"state": "offline"|"connecting"|"syncing"|"online"|
+ *   "refused"} plus "code" and "message" when refused.
+ * - "typing/<conversation>": the other users typing there, sorted:
+ *   ["bob","carol"]. Emptied when the connection drops (the server's stop
+ *   events cannot arrive then).
+ * - "messages/<conversation>": the last max_messages messages, ascending
+ *   seq, then this device's unsent ones in send order. Each is
+ *   {"id","seq","ts","from","client_id","mine","type","priority",
+ *   "content","text"} as in parley_chat_message, plus for messages of this
+ *   user "status": "sending"|"sent"|"delivered"|"read"|"failed" (delivered
+ *   and read follow the other participants' receipts). An unsent message
+ *   has "id" and "seq" 0 and "ts" the local send time (ms since the epoch);
+ *   a sent one keeps that local "ts" (the server's time is not reported to
+ *   the sender).
+ * Conversations are ids as in PROTOCOL.md ("dm:alice:bob", "room:general");
+ * any other key is PARLEY_EINVAL. Every valid key has a value from the
+ * start ({"state":"offline"}, [], []).
+ *
+ * Change notifications are coalesced: a watcher is called with the value
+ * as it is when delivery runs, once, however many changes came since its
+ * last call; a watcher is called once soon after watch with the current
+ * value.
+ *
+ * Delivery: by default on the chat's loop thread at the end of the loop
+ * iteration in which values changed. With dispatch_fd, parley_store_fd is
+ * readable while deliveries are pending and parley_store_dispatch runs
+ * them on the caller's thread (a GUI loop, a Dart isolate, Python).
+ *
+ * Cache (cache_path): "messages/..." values are written to SQLite behind
+ * the loop (a writer thread, batched every cache_flush_ms in one
+ * transaction, and once more by parley_store_free) and loaded by
+ * parley_store_new, before connecting, so a store created offline shows
+ * them; the chat then syncs from the newest cached seq of each
+ * conversation. "connection" and "typing/..." are live state, not cached.
+ * A cached unsent message is resent from the chat's queue file
+ * (chat.queue_path) and goes on from "sending"; without a queue file it is
+ * "failed" (nothing will send it).
+ *
+ * Threads: every function may be called from any thread, except
+ * parley_store_free (not from a store or chat callback, and not while
+ * parley_store_dispatch runs on another thread). Watch callbacks
+ * run on the loop thread (default) or the thread calling
+ * parley_store_dispatch, never inside another store call, one at a time;
+ * they may call any store function but parley_store_free. key and json
+ * passed to them are valid during the call only.
+ */
+#ifndef PARLEY_STORE_H
+#define PARLEY_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "parley/chat.h"
+#include "parley/parley.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct parley_store parley_store;
+
+/* A key's value changed (or, the first time, its current value). json is
+ * json[0, len), NUL-terminated. */
+typedef void (*parley_store_fn)(parley_store *s, const char *key, const char *json, size_t len,
+                                void *user);
+
+typedef struct parley_store_opts {
+    /* The chat to create (required; copied as parley_chat_new does). Its
+     * callbacks run after the store's. */
+    const parley_chat_opts *chat;
+    size_t max_messages; /* kept per conversation; default 200 */
+    /* 0: callbacks on the loop thread. 1: on the thread calling
+     * parley_store_dispatch when parley_store_fd is readable. */
+    int dispatch_fd;
+    const char *cache_path;  /* SQLite file for the last known state; NULL: none */
+    uint32_t cache_flush_ms; /* how long changes gather before a write; default 250 */
+} parley_store_opts;
+
+PARLEY_API void parley_store_opts_init(parley_store_opts *o);
+
+/* Creates the store and its chat: loads the cache, then (with the chat's
+ * auto_connect) connects. Errors: PARLEY_EINVAL (no chat options, or as
+ * parley_chat_new), PARLEY_EIO (the cache file cannot be opened or is not
+ * a store cache), the errors of parley_chat_new, PARLEY_ENOMEM. */
+PARLEY_API int parley_store_new(const parley_store_opts *o, parley_store **out);
+
+/* Frees the chat and the store (the cache gets its last write first).
+ * Not from a callback. */
+PARLEY_API void parley_store_free(parley_store *s);
+
+/* The chat (owned by the store): history, rooms, receipts, typing. */
+PARLEY_API parley_chat *parley_store_chat(parley_store *s);
+
+/* Calls fn(s, key, value, user) with the current value soon, then after
+ * changes (coalesced). Returns the watch id (> 0), or PARLEY_EINVAL (key
+ * not a store key, fn NULL), PARLEY_ENOMEM. */
+PARLEY_API int64_t parley_store_watch(parley_store *s, const char *key, parley_store_fn fn,
+                                      void *user);
+
+/* Stops a watch: no call for it starts after this returns, and when
+ * called from another thread than the one delivering, a call in progress
+ * has finished (so user may be freed). 0, or PARLEY_EINVAL (unknown id). */
+PARLEY_API int parley_store_unwatch(parley_store *s, int64_t id);
+
+/* The current value of key as a malloc'ed NUL-terminated string (the
+ * caller frees it), its length in *len (may be NULL); NULL when key is not
+ * a store key or memory ran out. */
+PARLEY_API char *parley_store_get(parley_store *s, const char *key, size_t *len);
+
+/* dispatch_fd mode: a descriptor that polls readable while deliveries are
+ * pending (owned by the store; only poll it). -1 in the default mode. */
+PARLEY_API int parley_store_fd(parley_store *s);
+
+/* dispatch_fd mode: runs the pending callbacks on this thread and clears
+ * the readiness. Returns how many callbacks ran, or PARLEY_ESTATE in the
+ * default mode. */
+PARLEY_API int parley_store_dispatch(parley_store *s);
+
+/* parley_chat_send, and the message enters "messages/<conversation>" at
+ * once as "sending" (then sent, delivered, read or failed). Same
+ * arguments and errors; on an error nothing is added. */
+PARLEY_API int parley_store_send(parley_store *s, const parley_chat_send_opts *o,
+                                 char client_id_out[37], parley_chat_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
