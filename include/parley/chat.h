@@ -112,6 +112,25 @@ typedef struct parley_chat_status {
 
 typedef void (*parley_chat_status_fn)(parley_chat *c, const parley_chat_status *st, void *user);
 
+/* A user's presence status (docs/PROTOCOL.md, "Presence"). The values are
+ * ordered by availability; OFFLINE is only ever reported, never chosen. */
+typedef enum parley_presence {
+    PARLEY_PRESENCE_OFFLINE = 0, /* no device connected */
+    PARLEY_PRESENCE_BUSY = 1,
+    PARLEY_PRESENCE_AWAY = 2, /* chosen, or an idle online device */
+    PARLEY_PRESENCE_ONLINE = 3,
+} parley_presence;
+
+/* A user's presence as the server computed it: the aggregate over the
+ * user's devices. */
+typedef struct parley_chat_presence {
+    const char *user;
+    parley_presence status;
+    const char *text;  /* the user's status text; "" when none */
+    int64_t last_seen; /* ms since the epoch (now while online); -1: never connected */
+    unsigned devices;  /* connected sockets of the user */
+} parley_chat_presence;
+
 typedef struct parley_chat_opts {
     const char *url;     /* http(s):// or ws(s):// server */
     const char *path;    /* Socket.IO path; default "/socket.io/" */
@@ -152,6 +171,11 @@ typedef struct parley_chat_opts {
                       void *user);
     void (*on_member)(parley_chat *c, const char *room, const char *user_id, int joined,
                       void *user);
+    /* A user's presence: every `presence` event, and every Presence in
+     * the answers to parley_chat_presence_set (this user's own aggregate),
+     * _subscribe and _room. Treat it as the user's current state; not
+     * every intermediate state is seen (the server coalesces). */
+    void (*on_presence)(parley_chat *c, const parley_chat_presence *p, void *user);
     void *user;
 } parley_chat_opts;
 
@@ -250,6 +274,47 @@ typedef void (*parley_chat_upload_fn)(parley_chat *c, int err, const parley_chat
                                       void *user);
 PARLEY_API int parley_chat_upload(parley_chat *c, const char *mime, const void *data, size_t len,
                                   parley_chat_upload_fn fn, void *user);
+
+/* ---- presence (docs/PROTOCOL.md, "Presence") ----
+ *
+ * Every connection of this chat is a device of its user, online from its
+ * CONNECT. The chat keeps what the application chose and what it
+ * subscribed to, and re-establishes both after every (re)connection,
+ * because the server keeps them per socket: a new socket starts online
+ * and subscribed to nobody. Results reach opts.on_presence. */
+
+/* Chooses this device's status (ONLINE, AWAY or BUSY) and, when text is
+ * not NULL, the user's status text ("" clears it; at most 128 UTF-8 bytes,
+ * no control characters; NULL keeps the current one). Sent at once when
+ * connected, otherwise at the next connection; the status is sent again
+ * after every reconnection, the text only until the server acknowledged
+ * it (it is the user's, stored by the server, and another device may have
+ * changed it since). The answer's Presence goes to on_presence. Errors:
+ * PARLEY_EINVAL (status OFFLINE or unknown, text invalid), PARLEY_ENOMEM. */
+PARLEY_API int parley_chat_presence_set(parley_chat *c, parley_presence status, const char *text);
+
+/* Follows the presence of users (n >= 1 valid user ids): `presence`
+ * events for them from now on, and their current state at once (through
+ * on_presence) when connected. Subscriptions are kept by the chat and
+ * renewed after every reconnection (whose answers report the current
+ * states again). Errors: PARLEY_EINVAL (n 0, an invalid id), PARLEY_EFULL
+ * (more than 1000 subscriptions in all: the server's limit; nothing is
+ * added), PARLEY_ENOMEM. */
+PARLEY_API int parley_chat_presence_subscribe(parley_chat *c, const char *const *users, size_t n);
+/* Stops following users (ids not followed are ignored). Same errors
+ * except PARLEY_EFULL. */
+PARLEY_API int parley_chat_presence_unsubscribe(parley_chat *c, const char *const *users, size_t n);
+
+/* The presence of every member of a room (members only), in user id
+ * order. Each also goes to on_presence, before fn runs. err: 0,
+ * PARLEY_EPROTO (e says why: not_member, ...), PARLEY_ETIMEDOUT,
+ * PARLEY_ECLOSED; list is NULL when err. Returns 0 or PARLEY_EINVAL (room
+ * invalid), PARLEY_ENOMEM. */
+typedef void (*parley_chat_presence_fn)(parley_chat *c, int err, const parley_chat_error *e,
+                                        const char *room, const parley_chat_presence *list,
+                                        size_t n, void *user);
+PARLEY_API int parley_chat_presence_room(parley_chat *c, const char *room,
+                                         parley_chat_presence_fn fn, void *user);
 
 #ifdef __cplusplus
 }

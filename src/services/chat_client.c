@@ -13,6 +13,11 @@
  * (ascending seq), which move to DELIVERED/READ as watermarks arrive.
  * Messages being sent are keyed by client id (which is also the outbound
  * queue's idempotency id) until they are READ or FAILED.
+ *
+ * Presence: the server keeps a device's chosen status and its
+ * subscriptions per socket, so the chat keeps what the application asked
+ * for (the status, a text not yet acknowledged, the subscribed users) and
+ * sends it again on every connection.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +90,14 @@ struct parley_chat {
     pending *pending;       /* requests not answered yet */
     msg_limits limits;      /* reading the server's objects */
     msg_limits send_limits; /* checking ours as the server will */
+
+    /* presence */
+    bool pres_chosen; /* the application called parley_chat_presence_set */
+    msg_pstatus pres_status;
+    char pres_text[MSG_PRESENCE_TEXT_MAX + 1];
+    bool pres_text_pending; /* not acknowledged yet: sent with every set */
+    unsigned pres_gen;      /* bumps per parley_chat_presence_set */
+    pmap subs;              /* user id -> its malloc'ed copy (also the key) */
 };
 
 /* ---- small helpers ---- */
@@ -557,6 +570,8 @@ static char *auth_payload(parley_sock *s, void *user)
     return (char *)b.ptr;
 }
 
+static void presence_on_connect(parley_chat *c);
+
 static void on_connect(parley_sock *s, int recovered, void *user)
 {
     (void)s;
@@ -564,6 +579,9 @@ static void on_connect(parley_sock *s, int recovered, void *user)
     parley_chat *c = user;
     c->sync_gen++;
     c->syncing = false;
+    /* The new socket is online and subscribed to nobody (even when the
+     * Socket.IO session was recovered, presence state is the socket's). */
+    presence_on_connect(c);
     /* Receipts asked for and not yet acknowledged are in the queue; what
      * was only wanted goes now. */
     start_sync(c);
@@ -690,6 +708,8 @@ static void on_send_status(parley_sock *s, const char *id, int status, int err,
     mark_sent(c, m, v, msg.seq, msg.id, duplicate);
 }
 
+static void take_presence(parley_chat *c, const json_val *obj);
+
 static bool first_object(const parley_args *args, const msg_limits *l, json_val *obj)
 {
     msg_error me;
@@ -732,6 +752,8 @@ static void on_event(parley_sock *s, const char *event, const parley_args *args,
         u[un] = 0;
         if (c->o.on_member)
             c->o.on_member(c, room, u, !strcmp(event, MSG_EV_MEMBER_JOINED), c->o.user);
+    } else if (!strcmp(event, MSG_EV_PRESENCE)) {
+        take_presence(c, &obj);
     }
 }
 
@@ -769,6 +791,9 @@ static void chat_destroy(parley_chat *c)
         free(v);
     }
     pmap_free(&c->convs);
+    pos = 0;
+    while ((e = pmap_next(&c->subs, &pos))) free(e->val);
+    pmap_free(&c->subs);
     free(c->url);
     free(c->path);
     free(c->user);
@@ -1233,8 +1258,11 @@ typedef struct req {
     parley_chat_history_fn hist;
     parley_chat_room_fn room_fn;
     parley_chat_upload_fn up;
+    parley_chat_presence_fn pres_fn;
     void *user;
     char room[MSG_ROOM_MAX + 1];
+    unsigned gen;   /* presence_set: c->pres_gen when sent */
+    bool with_text; /* presence_set: carried the text */
 } req;
 
 /* The answer object, or an error in e (err as documented). */
@@ -1328,14 +1356,21 @@ typedef struct request_arg {
     int rc;
 } request_arg;
 
-/* On the loop thread: the list of pending requests is the loop's. */
+/* Emits a request whose answer goes to fn(r). On the loop thread: the
+ * list of pending requests is the loop's. */
+static int emit_request(parley_chat *c, const char *event, const char *args, const parley_bin *bins,
+                        size_t nbins, parley_ack_result_fn fn, req *r)
+{
+    pending_add(c, &r->link);
+    int rc = parley_sock_emit_ack(c->sock, event, args, bins, nbins, REQUEST_TIMEOUT_MS, fn, r);
+    if (rc != 0) pending_del(&r->link);
+    return rc;
+}
+
 static void do_request(void *arg)
 {
     request_arg *a = arg;
-    pending_add(a->c, &a->r->link);
-    a->rc = parley_sock_emit_ack(a->c->sock, a->event, a->args, a->bins, a->nbins,
-                                 REQUEST_TIMEOUT_MS, a->fn, a->r);
-    if (a->rc != 0) pending_del(&a->r->link);
+    a->rc = emit_request(a->c, a->event, a->args, a->bins, a->nbins, a->fn, a->r);
 }
 
 static int request(parley_chat *c, const char *event, const char *args, const parley_bin *bins,
@@ -1474,4 +1509,317 @@ int parley_chat_upload(parley_chat *c, const char *mime, const void *data, size_
     r->up = fn;
     r->user = user;
     return request(c, MSG_EV_UPLOAD_MEDIA, args, &bin, 1, on_upload, r);
+}
+
+/* ---- presence ---- */
+
+static void presence_view(const msg_presence *mp, parley_chat_presence *out)
+{
+    out->user = mp->user;
+    out->status = (parley_presence)mp->status;
+    out->text = mp->text;
+    out->last_seen = mp->last_seen;
+    out->devices = mp->devices;
+}
+
+/* A Presence object from the server (event or answer) to on_presence;
+ * false when it is malformed. */
+static bool parse_presence(parley_chat *c, const json_val *obj, msg_presence *mp)
+{
+    msg_error me;
+    if (msg_parse_presence(obj, mp, &me) != MSG_OK) {
+        plog_warn("chat: a malformed presence from the server (%s): ignored", me.message);
+        return false;
+    }
+    if (c->o.on_presence) {
+        parley_chat_presence p;
+        presence_view(mp, &p);
+        c->o.on_presence(c, &p, c->o.user);
+    }
+    return true;
+}
+
+static void take_presence(parley_chat *c, const json_val *obj)
+{
+    msg_presence mp;
+    parse_presence(c, obj, &mp);
+}
+
+/* Every Presence of the answer's "presences" to on_presence; the parsed
+ * ones into a malloc'ed array when out is not NULL (*n: how many). */
+static int take_presences(parley_chat *c, const json_val *ans, msg_presence **out, size_t *n)
+{
+    json_val list, pv;
+    *n = 0;
+    if (out) *out = NULL;
+    if (!json_object_get(ans, "presences", &list) || list.type != JSON_ARRAY) return 0;
+    size_t cap = json_count(&list);
+    msg_presence one, *all = out && cap ? calloc(cap, sizeof *all) : NULL;
+    if (out && cap && !all) return PARLEY_ENOMEM;
+    json_iter it;
+    json_iter_init(&it, &list);
+    while (json_array_next(&it, &pv) && *n < cap)
+        if (parse_presence(c, &pv, all ? &all[*n] : &one)) (*n)++;
+    if (out) *out = all;
+    return 0;
+}
+
+static void on_presence_set(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    req *r = user;
+    parley_chat *c = r->c;
+    json_val obj, pv;
+    parley_chat_error e;
+    int rc = request_answer(r, err, args, &obj, &e);
+    if (rc == 0) {
+        /* The text is the server's now: a reconnection must not send it
+         * again over what another device may set meanwhile. A later set
+         * (gen moved on) still carries it until its own answer. */
+        if (r->with_text && r->gen == c->pres_gen) c->pres_text_pending = false;
+        if (json_object_get(&obj, "presence", &pv)) take_presence(c, &pv);
+    } else if (rc == PARLEY_EPROTO) {
+        plog_warn("chat: presence_set refused: %s (%s)", e.code, e.message);
+    }
+    /* Disconnected or timed out: the next connection sends it again. */
+    free(r);
+}
+
+static void send_presence_set(parley_chat *c)
+{
+    pbuf b = {0};
+    int rc = pbuf_appendf(&b, "[{\"status\":\"%s\"", msg_pstatus_name(c->pres_status));
+    if (rc == 0 && c->pres_text_pending) {
+        rc = pbuf_append_str(&b, ",\"text\":");
+        if (rc == 0) rc = json_append_string(&b, c->pres_text, strlen(c->pres_text));
+    }
+    if (rc == 0) rc = pbuf_append(&b, "}]", 3);
+    req *r = rc == 0 ? pcalloc(1, sizeof *r) : NULL;
+    if (r) {
+        r->c = c;
+        r->gen = c->pres_gen;
+        r->with_text = c->pres_text_pending;
+        rc = emit_request(c, MSG_EV_PRESENCE_SET, (const char *)b.ptr, NULL, 0, on_presence_set, r);
+        if (rc != 0) free(r);
+    }
+    if (!r || rc != 0) plog_warn("chat: cannot send presence_set (%d)", rc ? rc : PARLEY_ENOMEM);
+    pbuf_free(&b);
+}
+
+static void on_presence_sub(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    req *r = user;
+    json_val obj;
+    parley_chat_error e;
+    int rc = request_answer(r, err, args, &obj, &e);
+    size_t n;
+    if (rc == 0)
+        take_presences(r->c, &obj, NULL, &n);
+    else if (rc == PARLEY_EPROTO)
+        plog_warn("chat: presence_subscribe refused: %s (%s)", e.code, e.message);
+    free(r);
+}
+
+/* presence_subscribe / presence_unsubscribe for users[0, n), in requests
+ * of at most MSG_PRESENCE_USERS_MAX (the server's limit per request). */
+static int send_presence_users(parley_chat *c, const char *event, const char *const *users,
+                               size_t n)
+{
+    bool sub = !strcmp(event, MSG_EV_PRESENCE_SUB);
+    for (size_t at = 0; at < n; at += MSG_PRESENCE_USERS_MAX) {
+        size_t k = n - at < MSG_PRESENCE_USERS_MAX ? n - at : MSG_PRESENCE_USERS_MAX;
+        pbuf b = {0};
+        int rc = pbuf_append_str(&b, "[{\"users\":[");
+        for (size_t i = 0; rc == 0 && i < k; i++) {
+            if (i) rc = pbuf_append(&b, ",", 1);
+            if (rc == 0) rc = json_append_string(&b, users[at + i], strlen(users[at + i]));
+        }
+        if (rc == 0) rc = pbuf_append(&b, "]}]", 4);
+        if (rc == 0 && sub) {
+            req *r = pcalloc(1, sizeof *r);
+            if (!r) rc = PARLEY_ENOMEM;
+            if (r) {
+                r->c = c;
+                rc = emit_request(c, event, (const char *)b.ptr, NULL, 0, on_presence_sub, r);
+                if (rc != 0) free(r);
+            }
+        } else if (rc == 0) {
+            /* Nothing to learn from the answer of an unsubscribe. */
+            rc = parley_sock_emit(c->sock, event, (const char *)b.ptr, NULL, 0);
+        }
+        pbuf_free(&b);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+static void presence_on_connect(parley_chat *c)
+{
+    /* A new socket starts online, so only another status (or a text the
+     * server has not acknowledged) needs saying. */
+    if (c->pres_chosen && (c->pres_status != MSG_PS_ONLINE || c->pres_text_pending))
+        send_presence_set(c);
+    size_t n = c->subs.n;
+    if (!n) return;
+    const char **users = malloc(n * sizeof *users);
+    if (!users) {
+        plog_warn("chat: out of memory renewing presence subscriptions");
+        return;
+    }
+    size_t pos = 0, k = 0;
+    pmap_entry *e;
+    while ((e = pmap_next(&c->subs, &pos)) && k < n) users[k++] = e->val;
+    int rc = send_presence_users(c, MSG_EV_PRESENCE_SUB, users, k);
+    if (rc != 0) plog_warn("chat: cannot renew presence subscriptions (%d)", rc);
+    free(users);
+}
+
+typedef struct pres_arg {
+    parley_chat *c;
+    msg_pstatus status;
+    const char *text;
+    const char *const *users;
+    size_t n;
+    bool sub;
+    int rc;
+} pres_arg;
+
+static void do_presence_set(void *arg)
+{
+    pres_arg *a = arg;
+    parley_chat *c = a->c;
+    c->pres_chosen = true;
+    c->pres_status = a->status;
+    c->pres_gen++;
+    if (a->text) {
+        snprintf(c->pres_text, sizeof c->pres_text, "%s", a->text);
+        c->pres_text_pending = true;
+    }
+    if (parley_sock_connected(c->sock)) send_presence_set(c);
+}
+
+int parley_chat_presence_set(parley_chat *c, parley_presence status, const char *text)
+{
+    if (!c || status < PARLEY_PRESENCE_BUSY || status > PARLEY_PRESENCE_ONLINE)
+        return PARLEY_EINVAL;
+    if (text) {
+        /* Checked as the server will (length, UTF-8, control characters),
+         * so that a refusal cannot come back on every reconnection. */
+        pbuf b = {0};
+        int rc = pbuf_append_str(&b, "{\"status\":\"online\",\"text\":");
+        if (rc == 0) rc = json_append_string(&b, text, strlen(text));
+        if (rc == 0) rc = pbuf_append(&b, "}", 1);
+        json_val obj;
+        msg_pstatus st;
+        bool has_text;
+        char decoded[MSG_PRESENCE_TEXT_MAX + 1];
+        msg_error me;
+        bool ok = rc == 0 && json_parse((const char *)b.ptr, b.len, 4, &obj, NULL) == 0 &&
+                  msg_parse_presence_set(&obj, &st, &has_text, decoded, &me) == MSG_OK;
+        pbuf_free(&b);
+        if (!ok) return rc == PARLEY_ENOMEM ? rc : PARLEY_EINVAL;
+    }
+    pres_arg a = {.c = c, .status = (msg_pstatus)status, .text = text};
+    return ploop_call(c->loop, do_presence_set, &a);
+}
+
+static void do_presence_users(void *arg)
+{
+    pres_arg *a = arg;
+    parley_chat *c = a->c;
+    if (a->sub) {
+        size_t fresh = 0;
+        for (size_t i = 0; i < a->n; i++) {
+            bool repeat = pmap_get(&c->subs, a->users[i], strlen(a->users[i])) != NULL;
+            for (size_t j = 0; j < i && !repeat; j++) repeat = !strcmp(a->users[i], a->users[j]);
+            fresh += !repeat;
+        }
+        if (c->subs.n + fresh > MSG_PRESENCE_SUBS_MAX) {
+            a->rc = PARLEY_EFULL;
+            return;
+        }
+        for (size_t i = 0; i < a->n; i++) {
+            size_t len = strlen(a->users[i]);
+            if (pmap_get(&c->subs, a->users[i], len)) continue;
+            char *u = strdup(a->users[i]);
+            if (!u || pmap_put(&c->subs, u, len, u) != 0) {
+                free(u);
+                a->rc = PARLEY_ENOMEM;
+                return;
+            }
+        }
+    } else {
+        for (size_t i = 0; i < a->n; i++)
+            free(pmap_del(&c->subs, a->users[i], strlen(a->users[i])));
+    }
+    /* Offline, the next connection subscribes to the whole set. */
+    if (parley_sock_connected(c->sock))
+        a->rc = send_presence_users(c, a->sub ? MSG_EV_PRESENCE_SUB : MSG_EV_PRESENCE_UNSUB,
+                                    a->users, a->n);
+}
+
+static int presence_users(parley_chat *c, const char *const *users, size_t n, bool sub)
+{
+    if (!c || !users || n == 0) return PARLEY_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!users[i] || !msg_valid_user(users[i], strlen(users[i]))) return PARLEY_EINVAL;
+    pres_arg a = {.c = c, .users = users, .n = n, .sub = sub};
+    int rc = ploop_call(c->loop, do_presence_users, &a);
+    return rc ? rc : a.rc;
+}
+
+int parley_chat_presence_subscribe(parley_chat *c, const char *const *users, size_t n)
+{
+    return presence_users(c, users, n, true);
+}
+
+int parley_chat_presence_unsubscribe(parley_chat *c, const char *const *users, size_t n)
+{
+    return presence_users(c, users, n, false);
+}
+
+static void on_presence_room(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    req *r = user;
+    parley_chat *c = r->c;
+    json_val obj;
+    parley_chat_error e;
+    int rc = request_answer(r, err, args, &obj, &e);
+    msg_presence *all = NULL;
+    parley_chat_presence *views = NULL;
+    size_t n = 0;
+    if (rc == 0 && take_presences(c, &obj, &all, &n) != 0) {
+        rc = PARLEY_ENOMEM;
+        set_error(&e, "internal", "", "out of memory");
+    }
+    if (rc == 0 && n) {
+        views = calloc(n, sizeof *views);
+        if (!views) {
+            rc = PARLEY_ENOMEM;
+            set_error(&e, "internal", "", "out of memory");
+        }
+        for (size_t i = 0; views && i < n; i++) presence_view(&all[i], &views[i]);
+    }
+    if (r->pres_fn)
+        r->pres_fn(c, rc, rc ? &e : NULL, r->room, rc ? NULL : views, rc ? 0 : n, r->user);
+    free(views);
+    free(all);
+    free(r);
+}
+
+int parley_chat_presence_room(parley_chat *c, const char *room, parley_chat_presence_fn fn,
+                              void *user)
+{
+    if (!c || !room || !msg_valid_room(room, strlen(room))) return PARLEY_EINVAL;
+    req *r = pcalloc(1, sizeof *r);
+    if (!r) return PARLEY_ENOMEM;
+    r->c = c;
+    r->pres_fn = fn;
+    r->user = user;
+    snprintf(r->room, sizeof r->room, "%s", room);
+    char args[MSG_ROOM_MAX + 32];
+    snprintf(args, sizeof args, "[{\"room\":\"%s\"}]", room);
+    return request(c, MSG_EV_PRESENCE_ROOM, args, NULL, 0, on_presence_room, r);
 }
