@@ -49,9 +49,24 @@
  *   has "id" and "seq" 0 and "ts" the local send time (ms since the epoch);
  *   a sent one keeps that local "ts" (the server's time is not reported to
  *   the sender).
- * Conversations are ids as in PROTOCOL.md ("dm:alice:bob", "room:general");
- * any other key is PARLEY_EINVAL. Every valid key has a value from the
- * start ({"state":"offline"}, [], []).
+ * - "presence/<user>": the user's Presence as the server last reported
+ *   it (an event, or the answer of parley_chat_presence_set, _subscribe or
+ *   _room): {"user","status": "online"|"away"|"busy"|"offline","text",
+ *   "last_seen": ms or null,"devices"}. A user nothing was heard of has
+ *   the object the server itself gives a user id nobody used:
+ *   {"user":id,"status":"offline","text":"","last_seen":null,
+ *   "devices":0}; so "offline" may mean "not known yet": subscribe
+ *   (parley_chat_presence_subscribe) to learn and follow the real state.
+ *   Values are the last known: they stay while this client is
+ *   disconnected (subscriptions are renewed, and their answers refresh
+ *   the values, on reconnection; room members' are not: ask with
+ *   parley_chat_presence_room). A report equal to the value is no change.
+ * - "presence": every user reported so far (the same objects), keyed by
+ *   user id in id order: {"alice":{...},"bob":{...}}; {} at first.
+ * Conversations are ids as in PROTOCOL.md ("dm:alice:bob", "room:general")
+ * and users valid user ids; any other key is PARLEY_EINVAL. Every valid
+ * key has a value from the start ({"state":"offline"}, [], [], the
+ * unknown-user object, {}).
  *
  * Change notifications are coalesced: a watcher is called with the value
  * as it is when delivery runs, once, however many changes came since its
@@ -68,7 +83,8 @@
  * transaction, and once more by parley_store_free) and loaded by
  * parley_store_new, before connecting, so a store created offline shows
  * them; the chat then syncs from the newest cached seq of each
- * conversation. "connection" and "typing/..." are live state, not cached.
+ * conversation. "connection", "typing/..." and "presence..." are live
+ * state, not cached.
  * A cached unsent message is resent from the chat's queue file
  * (chat.queue_path) and goes on from "sending"; without a queue file it is
  * "failed" (nothing will send it).

@@ -51,7 +51,7 @@
 #define CACHE_BUSY_MS        2000
 #define ID_LEN               36
 
-typedef enum kind { K_CONNECTION, K_TYPING, K_MESSAGES } kind;
+typedef enum kind { K_CONNECTION, K_TYPING, K_MESSAGES, K_PRESENCE, K_PRESENCE_ALL } kind;
 
 /* A message in a list. The members that never change after it is known
  * ("type", "priority", "content", "text", and whatever a newer cache
@@ -84,6 +84,12 @@ typedef struct entry {
     item *items; /* seq > 0 ascending, then the unsent (seq 0) in send order */
     size_t n, cap;
     int64_t peer_delivered, peer_read;
+    /* K_PRESENCE (the user is key + 9) */
+    bool known; /* the server told us: listed in "presence" */
+    parley_presence pstatus;
+    char ptext[MSG_PRESENCE_TEXT_MAX + 1];
+    int64_t last_seen; /* -1: null */
+    unsigned devices;
 } entry;
 
 typedef struct watcher {
@@ -135,6 +141,11 @@ static bool key_kind(const char *key, kind *k, const char **conv)
     } else if (!strncmp(key, "messages/", 9)) {
         *k = K_MESSAGES;
         c = key + 9;
+    } else if (!strcmp(key, "presence")) {
+        *k = K_PRESENCE_ALL;
+    } else if (!strncmp(key, "presence/", 9)) {
+        *k = K_PRESENCE;
+        if (!msg_valid_user(key + 9, strlen(key + 9))) return false;
     } else {
         return false;
     }
@@ -177,6 +188,7 @@ static entry *entry_get(parley_store *s, const char *key, bool create)
     e->klen = klen;
     e->kind = k;
     e->state = PARLEY_CHAT_OFFLINE;
+    e->last_seen = -1;
     e->version = 1;
     if (!e->key || pmap_put(&s->entries, e->key, klen, e) != 0) {
         entry_free(e);
@@ -220,6 +232,61 @@ static int status_from_name(const char *p, size_t len)
     return 0;
 }
 
+static const char *const presence_names[] = {"offline", "busy", "away", "online"};
+
+/* {"user","status","text","last_seen","devices"}, as the protocol's
+ * Presence object. */
+static int render_presence(pbuf *b, const entry *e)
+{
+    const char *user = e->key + 9;
+    int rc = pbuf_append_str(b, "{\"user\":");
+    if (rc == 0) rc = json_append_string(b, user, strlen(user));
+    if (rc == 0) rc = pbuf_appendf(b, ",\"status\":\"%s\",\"text\":", presence_names[e->pstatus]);
+    if (rc == 0) rc = json_append_string(b, e->ptext, strlen(e->ptext));
+    if (rc == 0 && e->last_seen < 0) rc = pbuf_append_str(b, ",\"last_seen\":null");
+    if (rc == 0 && e->last_seen >= 0)
+        rc = pbuf_appendf(b, ",\"last_seen\":%lld", (long long)e->last_seen);
+    if (rc == 0) rc = pbuf_appendf(b, ",\"devices\":%u}", e->devices);
+    return rc;
+}
+
+static int cmp_entry_key(const void *a, const void *b)
+{
+    return strcmp((*(entry *const *)a)->key, (*(entry *const *)b)->key);
+}
+
+/* "presence": every known user's Presence, keyed by user id, in id order
+ * (sorted here: the registry is a hash map). Locked. */
+static int render_presence_all(parley_store *s, pbuf *b)
+{
+    size_t n = 0, pos = 0;
+    pmap_entry *pe;
+    while ((pe = pmap_next(&s->entries, &pos))) {
+        entry *e = pe->val;
+        n += e->kind == K_PRESENCE && e->known;
+    }
+    entry **list = n ? malloc(n * sizeof *list) : NULL;
+    if (n && !list) return PARLEY_ENOMEM;
+    size_t k = 0;
+    pos = 0;
+    while ((pe = pmap_next(&s->entries, &pos)) && k < n) {
+        entry *e = pe->val;
+        if (e->kind == K_PRESENCE && e->known) list[k++] = e;
+    }
+    if (k > 1) qsort(list, k, sizeof *list, cmp_entry_key);
+    int rc = pbuf_append(b, "{", 1);
+    for (size_t i = 0; rc == 0 && i < k; i++) {
+        const char *user = list[i]->key + 9;
+        if (i) rc = pbuf_append(b, ",", 1);
+        if (rc == 0) rc = json_append_string(b, user, strlen(user));
+        if (rc == 0) rc = pbuf_append(b, ":", 1);
+        if (rc == 0) rc = render_presence(b, list[i]);
+    }
+    if (rc == 0) rc = pbuf_append(b, "}", 1);
+    free(list);
+    return rc;
+}
+
 static int render_item(pbuf *b, const item *it)
 {
     int rc = pbuf_appendf(b, "{\"id\":%lld,\"seq\":%lld,\"ts\":%lld,\"from\":", (long long)it->id,
@@ -234,7 +301,7 @@ static int render_item(pbuf *b, const item *it)
 }
 
 /* Renders e into e->json when stale. Locked. */
-static int entry_render(entry *e)
+static int entry_render(parley_store *s, entry *e)
 {
     if (e->json) return 0;
     pbuf b = {0};
@@ -266,6 +333,12 @@ static int entry_render(entry *e)
             if (rc == 0) rc = render_item(&b, &e->items[i]);
         }
         if (rc == 0) rc = pbuf_append(&b, "]", 1);
+        break;
+    case K_PRESENCE:
+        rc = render_presence(&b, e);
+        break;
+    case K_PRESENCE_ALL:
+        rc = render_presence_all(s, &b);
         break;
     }
     if (rc == 0) rc = pbuf_append(&b, "", 1);
@@ -360,7 +433,7 @@ static int deliver(parley_store *s)
     size_t n = 0;
     for (size_t i = 0; jobs && i < s->nwatchers; i++) {
         watcher *w = &s->watchers[i];
-        if (w->seen == w->e->version || entry_render(w->e) != 0) continue;
+        if (w->seen == w->e->version || entry_render(s, w->e) != 0) continue;
         job *j = &jobs[n];
         j->key = strdup(w->e->key);
         j->json = malloc(w->e->len + 1);
@@ -718,6 +791,34 @@ static void cb_member(parley_chat *c, const char *room, const char *user_id, int
     if (s->app.on_member) s->app.on_member(c, room, user_id, joined, s->app.user);
 }
 
+static void cb_presence(parley_chat *c, const parley_chat_presence *p, void *user)
+{
+    parley_store *s = user;
+    pthread_mutex_lock(&s->mu);
+    char key[9 + MSG_USER_MAX + 1];
+    snprintf(key, sizeof key, "presence/%s", p->user);
+    entry *e = entry_get(s, key, true);
+    /* Answers repeat what events said: only a difference is a change
+     * (last_seen included: "now" while online, the disconnection after).
+     * A first report equal to the unknown-user value changes nothing in
+     * "presence/<user>" but lists the user in "presence". */
+    parley_presence st = p->status <= PARLEY_PRESENCE_ONLINE ? p->status : PARLEY_PRESENCE_OFFLINE;
+    bool differs = e && (e->pstatus != st || strcmp(e->ptext, p->text) != 0 ||
+                         e->last_seen != p->last_seen || e->devices != p->devices);
+    if (e && (differs || !e->known)) {
+        e->known = true;
+        e->pstatus = st;
+        snprintf(e->ptext, sizeof e->ptext, "%s", p->text);
+        e->last_seen = p->last_seen;
+        e->devices = p->devices;
+        if (differs) changed(s, e);
+        entry *all = entry_get(s, "presence", true);
+        if (all) changed(s, all);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (s->app.on_presence) s->app.on_presence(c, p, s->app.user);
+}
+
 static char *cb_token(parley_chat *c, void *user)
 {
     parley_store *s = user;
@@ -865,7 +966,7 @@ static kv *collect_dirty(parley_store *s, size_t *n)
     pmap_entry *pe;
     while ((pe = pmap_next(&s->entries, &pos)) && *n < s->ndirty) {
         entry *e = pe->val;
-        if (!e->cache_dirty || entry_render(e) != 0) continue;
+        if (!e->cache_dirty || entry_render(s, e) != 0) continue;
         out[*n].key = strdup(e->key);
         out[*n].json = strdup(e->json);
         if (!out[*n].key || !out[*n].json) {
@@ -1033,6 +1134,7 @@ int parley_store_new(const parley_store_opts *o, parley_store **out)
     co.on_receipt = cb_receipt;
     co.on_typing = cb_typing;
     co.on_member = cb_member;
+    co.on_presence = cb_presence;
     co.token = o->chat->token ? cb_token : NULL;
     co.user = s;
     co.auto_connect = 0;
@@ -1165,10 +1267,12 @@ char *parley_store_get(parley_store *s, const char *key, size_t *len)
         memset(&tmp, 0, sizeof tmp);
         tmp.kind = k;
         tmp.state = PARLEY_CHAT_OFFLINE;
+        tmp.last_seen = -1;
+        tmp.key = (char *)key; /* presence renders the user from it */
         e = &tmp;
     }
     char *out = NULL;
-    if (entry_render(e) == 0) {
+    if (entry_render(s, e) == 0) {
         out = malloc(e->len + 1);
         if (out) memcpy(out, e->json, e->len + 1);
         if (out && len) *len = e->len;
