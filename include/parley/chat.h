@@ -112,6 +112,28 @@ typedef struct parley_chat_status {
 
 typedef void (*parley_chat_status_fn)(parley_chat *c, const parley_chat_status *st, void *user);
 
+/* A notification (the Notification object of the notifications
+ * protocol). Strings are decoded; optional ones are NULL when null. */
+typedef struct parley_chat_notification {
+    int64_t id;           /* the server's, increasing */
+    const char *type;     /* "message", "mention", "assignment", "deadline", "system",
+                             "achievement", "reminder", "alert" */
+    const char *priority; /* "low", "normal", "high", "urgent" */
+    const char *title;
+    const char *body;         /* "" when none */
+    const char *image;        /* http(s) URL, or NULL */
+    const char *actions_json; /* [{"id","label"}, ...] compact JSON; "[]" when none */
+    size_t actions_len;
+    const char *from;       /* the sender's user id; NULL when sent through the HTTP API */
+    int64_t created;        /* ms since the epoch */
+    int64_t expires;        /* ms since the epoch; 0: never */
+    const char *dedupe_key; /* or NULL */
+    int delivered, read;    /* as the server had them when it sent this */
+    int live;               /* 1: pushed (a `notification` event); 0: from a sync */
+    const char *json;       /* the whole object as the server sent it (compact JSON) */
+    size_t json_len;
+} parley_chat_notification;
+
 /* A user's presence status (docs/PROTOCOL.md, "Presence"). The values are
  * ordered by availability; OFFLINE is only ever reported, never chosen. */
 typedef enum parley_presence {
@@ -176,6 +198,20 @@ typedef struct parley_chat_opts {
      * _subscribe and _room. Treat it as the user's current state; not
      * every intermediate state is seen (the server coalesces). */
     void (*on_presence)(parley_chat *c, const parley_chat_presence *p, void *user);
+    /* A notification: pushed live (acknowledged to the server after this
+     * returns, which marks it delivered), or returned by a sync (after
+     * every connection, and parley_chat_notifications_sync). Each id is
+     * reported once, whichever way it came first (ids that came live are
+     * remembered, up to 1000, until a sync has passed them). */
+    void (*on_notification)(parley_chat *c, const parley_chat_notification *n, void *user);
+    /* The user's unread count: from the server's `unread` events, sync
+     * answers and read answers; called when it differs from the last
+     * one reported (first report: any value, 0 included). */
+    void (*on_unread)(parley_chat *c, int64_t count, void *user);
+    /* The server acknowledged that this device marked ids[0, n) read, or
+     * all of them (all 1, ids NULL). */
+    void (*on_notifications_read)(parley_chat *c, const int64_t *ids, size_t n, int all,
+                                  void *user);
     void *user;
 } parley_chat_opts;
 
@@ -315,6 +351,42 @@ typedef void (*parley_chat_presence_fn)(parley_chat *c, int err, const parley_ch
                                         size_t n, void *user);
 PARLEY_API int parley_chat_presence_room(parley_chat *c, const char *room,
                                          parley_chat_presence_fn fn, void *user);
+
+/* ---- notifications ----
+ *
+ * After every (re)connection the chat syncs the notifications newer than
+ * the highest id an earlier sync returned (so that notifications the
+ * server held back while this device was online, which no event brought,
+ * are fetched too), all pages, to on_notification; live ones arrive
+ * through it in between. */
+
+/* Syncs now (e.g. when on_unread grew and no notification came: the
+ * server held it back, quiet hours or muting). When not connected, the
+ * next connection syncs anyway. 0 or PARLEY_EINVAL. */
+PARLEY_API int parley_chat_notifications_sync(parley_chat *c);
+
+/* Marks notifications read: ids[0, n), 1 <= n <= 500 (ids this user does
+ * not have are ignored by the server). The answer's count goes to on_unread
+ * and the ids to on_notifications_read. Not queued: when not connected it
+ * fails (PARLEY_ESTATE) and the application tries again later. Errors:
+ * PARLEY_EINVAL, PARLEY_ESTATE, PARLEY_ENOMEM. */
+PARLEY_API int parley_chat_notifications_read(parley_chat *c, const int64_t *ids, size_t n);
+/* Marks every notification of the user read. As above. */
+PARLEY_API int parley_chat_notifications_read_all(parley_chat *c);
+
+/* Notification preferences, JSON in and out (the protocol's P object:
+ * in_app, push, types, quiet_hours, muted_users, muted_rooms). fn gets
+ * err 0 and the whole stored P, or err PARLEY_EPROTO (e: the server's
+ * code and field, e.g. invalid_field "quiet_hours.tz"), PARLEY_ETIMEDOUT,
+ * PARLEY_ECLOSED, with prefs_json NULL. */
+typedef void (*parley_chat_prefs_fn)(parley_chat *c, int err, const parley_chat_error *e,
+                                     const char *prefs_json, size_t len, void *user);
+PARLEY_API int parley_chat_notification_prefs_get(parley_chat *c, parley_chat_prefs_fn fn,
+                                                  void *user);
+/* changes_json: an object with any subset of P's fields. Errors:
+ * PARLEY_EINVAL (not a JSON object), PARLEY_ENOMEM. */
+PARLEY_API int parley_chat_notification_prefs_set(parley_chat *c, const char *changes_json,
+                                                  parley_chat_prefs_fn fn, void *user);
 
 #ifdef __cplusplus
 }

@@ -38,6 +38,17 @@
 #define RECEIPT_PREFIX     "rcpt-" /* queue ids of receipts: never a UUID */
 #define ID_LEN             36
 
+/* The notifications protocol (docs/PROTOCOL.md, "Notifications"). */
+#define EV_NOTIFICATION    "notification" /* server -> client, with an ack request */
+#define EV_UNREAD          "unread"
+#define EV_NOTIF_SYNC      "notifications_sync"
+#define EV_NOTIF_READ      "notifications_read"
+#define EV_NOTIF_PREFS_GET "notification_prefs_get"
+#define EV_NOTIF_PREFS_SET "notification_prefs_set"
+#define NOTIF_SYNC_LIMIT   100
+#define NOTIF_READ_MAX     500
+#define NOTIF_LIVE_MAX     1000 /* live ids remembered until a sync passes them */
+
 /* A request waiting for its answer (the first member of sync_ctx and
  * req): listed so that parley_chat_free can let go of those the Socket.IO
  * client will never answer (it calls no callback once freed). */
@@ -98,6 +109,16 @@ struct parley_chat {
     bool pres_text_pending; /* not acknowledged yet: sent with every set */
     unsigned pres_gen;      /* bumps per parley_chat_presence_set */
     pmap subs;              /* user id -> its malloc'ed copy (also the key) */
+
+    /* notifications */
+    int64_t notif_since; /* the highest id a sync returned: the next sync's since */
+    int64_t *notif_live; /* ids reported live above notif_since, ascending */
+    size_t nlive, caplive;
+    bool notif_syncing; /* a sync is out on this connection */
+    bool notif_again;   /* asked for while one was out: another after it */
+    bool notif_off;     /* the server has no notifications (unknown_event) */
+    bool unread_known;
+    int64_t unread;
 };
 
 /* ---- small helpers ---- */
@@ -571,6 +592,7 @@ static char *auth_payload(parley_sock *s, void *user)
 }
 
 static void presence_on_connect(parley_chat *c);
+static void notif_on_connect(parley_chat *c);
 
 static void on_connect(parley_sock *s, int recovered, void *user)
 {
@@ -582,6 +604,7 @@ static void on_connect(parley_sock *s, int recovered, void *user)
     /* The new socket is online and subscribed to nobody (even when the
      * Socket.IO session was recovered, presence state is the socket's). */
     presence_on_connect(c);
+    notif_on_connect(c);
     /* Receipts asked for and not yet acknowledged are in the queue; what
      * was only wanted goes now. */
     start_sync(c);
@@ -709,6 +732,8 @@ static void on_send_status(parley_sock *s, const char *id, int status, int err,
 }
 
 static void take_presence(parley_chat *c, const json_val *obj);
+static void take_live_notification(parley_chat *c, const json_val *obj);
+static void report_unread(parley_chat *c, int64_t count);
 
 static bool first_object(const parley_args *args, const msg_limits *l, json_val *obj)
 {
@@ -719,11 +744,18 @@ static bool first_object(const parley_args *args, const msg_limits *l, json_val 
 static void on_event(parley_sock *s, const char *event, const parley_args *args, int64_t ack_id,
                      void *user)
 {
-    (void)s;
-    (void)ack_id;
     parley_chat *c = user;
     json_val obj;
-    if (!first_object(args, &c->limits, &obj)) return;
+    bool ok = first_object(args, &c->limits, &obj);
+    if (!strcmp(event, EV_NOTIFICATION)) {
+        if (ok) take_live_notification(c, &obj);
+        /* Acknowledged once the application has it (and even when it is
+         * malformed: asking again would bring the same bytes): the server
+         * marks it delivered. */
+        if (ack_id >= 0) parley_sock_ack(s, ack_id, "[]", NULL, 0);
+        return;
+    }
+    if (!ok) return;
     msg_error me;
     if (!strcmp(event, MSG_EV_NEW_MESSAGE)) {
         take_message(c, &obj, true);
@@ -754,6 +786,10 @@ static void on_event(parley_sock *s, const char *event, const parley_args *args,
             c->o.on_member(c, room, u, !strcmp(event, MSG_EV_MEMBER_JOINED), c->o.user);
     } else if (!strcmp(event, MSG_EV_PRESENCE)) {
         take_presence(c, &obj);
+    } else if (!strcmp(event, EV_UNREAD)) {
+        json_val cv;
+        int64_t n;
+        if (json_object_get(&obj, "count", &cv) && json_int(&cv, &n) && n >= 0) report_unread(c, n);
     }
 }
 
@@ -794,6 +830,7 @@ static void chat_destroy(parley_chat *c)
     pos = 0;
     while ((e = pmap_next(&c->subs, &pos))) free(e->val);
     pmap_free(&c->subs);
+    free(c->notif_live);
     free(c->url);
     free(c->path);
     free(c->user);
@@ -1261,8 +1298,11 @@ typedef struct req {
     parley_chat_presence_fn pres_fn;
     void *user;
     char room[MSG_ROOM_MAX + 1];
-    unsigned gen;   /* presence_set: c->pres_gen when sent */
+    unsigned gen;   /* presence_set: c->pres_gen when sent; notifications: c->sync_gen */
     bool with_text; /* presence_set: carried the text */
+    parley_chat_prefs_fn prefs_fn;
+    int64_t *ids; /* notifications_read: the ids (NULL: all) */
+    size_t nids;
 } req;
 
 /* The answer object, or an error in e (err as documented). */
@@ -1822,4 +1862,382 @@ int parley_chat_presence_room(parley_chat *c, const char *room, parley_chat_pres
     char args[MSG_ROOM_MAX + 32];
     snprintf(args, sizeof args, "[{\"room\":\"%s\"}]", room);
     return request(c, MSG_EV_PRESENCE_ROOM, args, NULL, 0, on_presence_room, r);
+}
+
+/* ---- notifications ---- */
+
+static void report_unread(parley_chat *c, int64_t count)
+{
+    if (c->unread_known && c->unread == count) return;
+    c->unread_known = true;
+    c->unread = count;
+    if (c->o.on_unread) c->o.on_unread(c, count, c->o.user);
+}
+
+/* The decoded string member name of obj into the arena at *p; NULL when
+ * absent or null (or not a string). */
+static const char *arena_string(const json_val *obj, const char *name, char **p)
+{
+    json_val v;
+    if (!json_object_get(obj, name, &v) || v.type != JSON_STRING) return NULL;
+    long n = json_string_decode(&v, *p, v.len - 1);
+    if (n < 0) return NULL;
+    char *out = *p;
+    out[n] = 0;
+    *p += n + 1;
+    return out;
+}
+
+/* A Notification object into a view whose strings live in *arena (the
+ * caller frees it). Lenient like the other server objects: unknown
+ * members are skipped; false when a required one is missing or wrong. */
+static bool parse_notification(const json_val *obj, parley_chat_notification *n, char **arena)
+{
+    memset(n, 0, sizeof *n);
+    *arena = NULL;
+    if (obj->type != JSON_OBJECT) return false;
+    /* Decoded strings are shorter than their JSON (quotes, escapes), so
+     * the object's length bounds them all, NULs included. */
+    char *p = *arena = malloc(obj->len + 1);
+    if (!p) return false;
+    json_val v;
+    n->type = arena_string(obj, "type", &p);
+    n->priority = arena_string(obj, "priority", &p);
+    n->title = arena_string(obj, "title", &p);
+    n->body = arena_string(obj, "body", &p);
+    n->image = arena_string(obj, "image", &p);
+    n->from = arena_string(obj, "from", &p);
+    n->dedupe_key = arena_string(obj, "dedupe_key", &p);
+    if (!n->body) n->body = "";
+    n->actions_json = "[]";
+    n->actions_len = 2;
+    if (json_object_get(obj, "actions", &v) && v.type == JSON_ARRAY) {
+        n->actions_json = v.p;
+        n->actions_len = v.len;
+    }
+    if (json_object_get(obj, "expires", &v) && v.type != JSON_NULL && !json_int(&v, &n->expires))
+        n->expires = 0;
+    n->delivered = json_object_get(obj, "delivered", &v) && v.type == JSON_TRUE;
+    n->read = json_object_get(obj, "read", &v) && v.type == JSON_TRUE;
+    n->json = obj->p;
+    n->json_len = obj->len;
+    bool ok = json_object_get(obj, "id", &v) && json_int(&v, &n->id) && n->id > 0 &&
+              json_object_get(obj, "created", &v) && json_int(&v, &n->created) && n->type &&
+              n->priority && n->title;
+    if (!ok) {
+        free(*arena);
+        *arena = NULL;
+    }
+    return ok;
+}
+
+/* Index of id in the live list, or where it goes (*found says which). */
+static size_t live_slot(const parley_chat *c, int64_t id, bool *found)
+{
+    size_t lo = 0, hi = c->nlive;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->notif_live[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = lo < c->nlive && c->notif_live[lo] == id;
+    return lo;
+}
+
+static void take_live_notification(parley_chat *c, const json_val *obj)
+{
+    parley_chat_notification n;
+    char *arena;
+    if (!parse_notification(obj, &n, &arena)) {
+        plog_warn("chat: a malformed notification from the server: ignored");
+        return;
+    }
+    bool found;
+    size_t at = live_slot(c, n.id, &found);
+    if (n.id > c->notif_since && !found) {
+        /* Remembered so that the next sync, which starts below it, does
+         * not report it again. */
+        if (c->nlive == NOTIF_LIVE_MAX) {
+            memmove(c->notif_live, c->notif_live + 1, (c->nlive - 1) * sizeof *c->notif_live);
+            c->nlive--;
+            at = at ? at - 1 : 0;
+        }
+        if (c->nlive == c->caplive) {
+            size_t cap = c->caplive ? c->caplive * 2 : 16;
+            int64_t *p = realloc(c->notif_live, cap * sizeof *p);
+            if (p) {
+                c->notif_live = p;
+                c->caplive = cap;
+            }
+        }
+        if (c->nlive < c->caplive) {
+            memmove(c->notif_live + at + 1, c->notif_live + at,
+                    (c->nlive - at) * sizeof *c->notif_live);
+            c->notif_live[at] = n.id;
+            c->nlive++;
+        }
+        n.live = 1;
+        if (c->o.on_notification) c->o.on_notification(c, &n, c->o.user);
+    }
+    free(arena);
+}
+
+static void send_notif_sync(parley_chat *c);
+
+static void on_notif_sync(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    req *r = user;
+    parley_chat *c = r->c;
+    json_val obj, list, nv;
+    parley_chat_error e;
+    int rc = request_answer(r, err, args, &obj, &e);
+    bool stale = r->gen != c->sync_gen;
+    free(r);
+    if (stale) return; /* an earlier connection's: this one has its own */
+    c->notif_syncing = false;
+    if (rc == PARLEY_EPROTO && !strcmp(e.code, "unknown_event")) {
+        /* A server without notifications: nothing to sync, not an error. */
+        plog_debug("notifications: not offered by the server");
+        c->notif_off = true;
+        return;
+    }
+    if (rc == PARLEY_ETIMEDOUT) {
+        send_notif_sync(c);
+        return;
+    }
+    if (rc != 0) {
+        if (rc == PARLEY_EPROTO)
+            plog_warn("chat: notifications_sync refused: %s (%s)", e.code, e.message);
+        return; /* disconnected: the next connection syncs */
+    }
+    int64_t top = c->notif_since;
+    if (json_object_get(&obj, "notifications", &list) && list.type == JSON_ARRAY) {
+        json_iter it;
+        json_iter_init(&it, &list);
+        while (json_array_next(&it, &nv)) {
+            parley_chat_notification n;
+            char *arena;
+            if (!parse_notification(&nv, &n, &arena)) {
+                plog_warn("chat: a malformed notification from the server: ignored");
+                continue;
+            }
+            bool found;
+            live_slot(c, n.id, &found);
+            if (n.id > c->notif_since && !found && c->o.on_notification)
+                c->o.on_notification(c, &n, c->o.user);
+            if (n.id > top) top = n.id;
+            free(arena);
+        }
+    }
+    /* Live ids the sync has passed are never asked for again. */
+    c->notif_since = top;
+    size_t drop = 0;
+    while (drop < c->nlive && c->notif_live[drop] <= top) drop++;
+    if (drop) {
+        memmove(c->notif_live, c->notif_live + drop, (c->nlive - drop) * sizeof *c->notif_live);
+        c->nlive -= drop;
+    }
+    json_val uv;
+    int64_t unread;
+    if (json_object_get(&obj, "unread", &uv) && json_int(&uv, &unread) && unread >= 0)
+        report_unread(c, unread);
+    bool more = json_object_get(&obj, "more", &uv) && uv.type == JSON_TRUE;
+    if (more || c->notif_again) {
+        c->notif_again = false;
+        send_notif_sync(c);
+    }
+}
+
+static void send_notif_sync(parley_chat *c)
+{
+    if (c->notif_off || !parley_sock_connected(c->sock)) return;
+    if (c->notif_syncing) {
+        c->notif_again = true;
+        return;
+    }
+    char args[96];
+    snprintf(args, sizeof args, "[{\"since\":%lld,\"limit\":%d}]", (long long)c->notif_since,
+             NOTIF_SYNC_LIMIT);
+    req *r = pcalloc(1, sizeof *r);
+    int rc = r ? 0 : PARLEY_ENOMEM;
+    if (r) {
+        r->c = c;
+        r->gen = c->sync_gen;
+        rc = emit_request(c, EV_NOTIF_SYNC, args, NULL, 0, on_notif_sync, r);
+        if (rc != 0) free(r);
+    }
+    if (rc != 0)
+        plog_warn("chat: cannot send notifications_sync (%d)", rc);
+    else
+        c->notif_syncing = true;
+}
+
+static void notif_on_connect(parley_chat *c)
+{
+    /* A new connection may reach an upgraded server: ask again. */
+    c->notif_off = false;
+    c->notif_syncing = false;
+    c->notif_again = false;
+    send_notif_sync(c);
+}
+
+static void do_notif_sync(void *arg)
+{
+    send_notif_sync(arg);
+}
+
+int parley_chat_notifications_sync(parley_chat *c)
+{
+    if (!c) return PARLEY_EINVAL;
+    return ploop_call(c->loop, do_notif_sync, c);
+}
+
+static void on_notif_read(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    req *r = user;
+    parley_chat *c = r->c;
+    json_val obj, uv;
+    parley_chat_error e;
+    int rc = request_answer(r, err, args, &obj, &e);
+    int64_t unread;
+    if (rc == 0) {
+        if (c->o.on_notifications_read)
+            c->o.on_notifications_read(c, r->ids, r->nids, r->ids == NULL, c->o.user);
+        if (json_object_get(&obj, "unread", &uv) && json_int(&uv, &unread) && unread >= 0)
+            report_unread(c, unread);
+    } else if (rc == PARLEY_EPROTO) {
+        plog_warn("chat: notifications_read refused: %s (%s)", e.code, e.message);
+    }
+    free(r->ids);
+    free(r);
+}
+
+typedef struct notif_arg {
+    parley_chat *c;
+    const char *args;
+    req *r;
+    int rc;
+} notif_arg;
+
+static void do_notif_read(void *arg)
+{
+    notif_arg *a = arg;
+    if (!parley_sock_connected(a->c->sock)) {
+        a->rc = PARLEY_ESTATE;
+        return;
+    }
+    a->rc = emit_request(a->c, EV_NOTIF_READ, a->args, NULL, 0, on_notif_read, a->r);
+}
+
+static int notif_read(parley_chat *c, const int64_t *ids, size_t n)
+{
+    pbuf b = {0};
+    int rc = 0;
+    req *r = pcalloc(1, sizeof *r);
+    if (!r) return PARLEY_ENOMEM;
+    r->c = c;
+    if (ids) {
+        r->ids = malloc(n * sizeof *ids);
+        if (!r->ids) {
+            free(r);
+            return PARLEY_ENOMEM;
+        }
+        memcpy(r->ids, ids, n * sizeof *ids);
+        r->nids = n;
+        rc = pbuf_append_str(&b, "[{\"ids\":[");
+        for (size_t i = 0; rc == 0 && i < n; i++)
+            rc = pbuf_appendf(&b, "%s%lld", i ? "," : "", (long long)ids[i]);
+        if (rc == 0) rc = pbuf_append(&b, "]}]", 4);
+    } else {
+        rc = pbuf_append(&b, "[{\"all\":true}]", 15);
+    }
+    notif_arg a = {.c = c, .args = (const char *)b.ptr, .r = r};
+    if (rc == 0) rc = ploop_call(c->loop, do_notif_read, &a);
+    if (rc == 0) rc = a.rc;
+    if (rc != 0) {
+        free(r->ids);
+        free(r);
+    }
+    pbuf_free(&b);
+    return rc;
+}
+
+int parley_chat_notifications_read(parley_chat *c, const int64_t *ids, size_t n)
+{
+    if (!c || !ids || n == 0 || n > NOTIF_READ_MAX) return PARLEY_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] <= 0) return PARLEY_EINVAL;
+    return notif_read(c, ids, n);
+}
+
+int parley_chat_notifications_read_all(parley_chat *c)
+{
+    if (!c) return PARLEY_EINVAL;
+    return notif_read(c, NULL, 0);
+}
+
+static void on_prefs(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    req *r = user;
+    parley_chat *c = r->c;
+    json_val obj, pv;
+    parley_chat_error e;
+    int rc = request_answer(r, err, args, &obj, &e);
+    char *json = NULL;
+    if (rc == 0 && (!json_object_get(&obj, "prefs", &pv) || pv.type != JSON_OBJECT)) {
+        rc = PARLEY_EPROTO;
+        set_error(&e, "bad_request", "prefs", "the server's answer has no prefs object");
+    }
+    if (rc == 0) {
+        json = malloc(pv.len + 1);
+        if (!json) {
+            rc = PARLEY_ENOMEM;
+            set_error(&e, "internal", "", "out of memory");
+        } else {
+            memcpy(json, pv.p, pv.len);
+            json[pv.len] = 0;
+        }
+    }
+    if (r->prefs_fn) r->prefs_fn(c, rc, rc ? &e : NULL, json, json ? pv.len : 0, r->user);
+    free(json);
+    free(r);
+}
+
+static int prefs_request(parley_chat *c, const char *event, const char *args,
+                         parley_chat_prefs_fn fn, void *user)
+{
+    req *r = pcalloc(1, sizeof *r);
+    if (!r) return PARLEY_ENOMEM;
+    r->c = c;
+    r->prefs_fn = fn;
+    r->user = user;
+    return request(c, event, args, NULL, 0, on_prefs, r);
+}
+
+int parley_chat_notification_prefs_get(parley_chat *c, parley_chat_prefs_fn fn, void *user)
+{
+    if (!c) return PARLEY_EINVAL;
+    return prefs_request(c, EV_NOTIF_PREFS_GET, "[{}]", fn, user);
+}
+
+int parley_chat_notification_prefs_set(parley_chat *c, const char *changes_json,
+                                       parley_chat_prefs_fn fn, void *user)
+{
+    json_val v;
+    if (!c || !changes_json ||
+        json_parse(changes_json, strlen(changes_json), JSON_DEFAULT_MAX_DEPTH, &v, NULL) != 0 ||
+        v.type != JSON_OBJECT)
+        return PARLEY_EINVAL;
+    pbuf b = {0};
+    int rc = pbuf_append(&b, "[", 1);
+    if (rc == 0) rc = pbuf_append(&b, changes_json, strlen(changes_json));
+    if (rc == 0) rc = pbuf_append(&b, "]", 2);
+    if (rc == 0) rc = prefs_request(c, EV_NOTIF_PREFS_SET, (const char *)b.ptr, fn, user);
+    pbuf_free(&b);
+    return rc;
 }
