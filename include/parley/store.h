@@ -63,10 +63,21 @@
  *   parley_chat_presence_room). A report equal to the value is no change.
  * - "presence": every user reported so far (the same objects), keyed by
  *   user id in id order: {"alice":{...},"bob":{...}}; {} at first.
+ * - "notifications": the newest max_notifications notifications the chat
+ *   reported (live or synced), ascending id, each the server's
+ *   Notification object ({"id","type","priority","title","body","image",
+ *   "actions","from","created","expires","dedupe_key", ...}) with
+ *   "delivered" and "read" last. "read" becomes true when this device's
+ *   parley_chat_notifications_read / _read_all is acknowledged, or for
+ *   all of them when the unread count drops to 0 (the server tells other
+ *   devices' reads only as a count). One already expired when it arrives
+ *   is not listed. [] at first.
+ * - "notifications/unread": the user's unread count, a number (the
+ *   server's `unread` events and the sync and read answers); 0 at first.
  * Conversations are ids as in PROTOCOL.md ("dm:alice:bob", "room:general")
  * and users valid user ids; any other key is PARLEY_EINVAL. Every valid
  * key has a value from the start ({"state":"offline"}, [], [], the
- * unknown-user object, {}).
+ * unknown-user object, {}, [], 0).
  *
  * Change notifications are coalesced: a watcher is called with the value
  * as it is when delivery runs, once, however many changes came since its
@@ -83,8 +94,9 @@
  * transaction, and once more by parley_store_free) and loaded by
  * parley_store_new, before connecting, so a store created offline shows
  * them; the chat then syncs from the newest cached seq of each
- * conversation. "connection", "typing/..." and "presence..." are live
- * state, not cached.
+ * conversation. "connection", "typing/...", "presence..." and
+ * "notifications..." are live state, not cached (the chat syncs
+ * notifications after connecting).
  * A cached unsent message is resent from the chat's queue file
  * (chat.queue_path) and goes on from "sending"; without a queue file it is
  * "failed" (nothing will send it).
@@ -125,8 +137,9 @@ typedef struct parley_store_opts {
     /* 0: callbacks on the loop thread. 1: on the thread calling
      * parley_store_dispatch when parley_store_fd is readable. */
     int dispatch_fd;
-    const char *cache_path;  /* SQLite file for the last known state; NULL: none */
-    uint32_t cache_flush_ms; /* how long changes gather before a write; default 250 */
+    const char *cache_path;   /* SQLite file for the last known state; NULL: none */
+    uint32_t cache_flush_ms;  /* how long changes gather before a write; default 250 */
+    size_t max_notifications; /* kept in "notifications" (the newest); default 100 */
 } parley_store_opts;
 
 PARLEY_API void parley_store_opts_init(parley_store_opts *o);

@@ -51,7 +51,23 @@
 #define CACHE_BUSY_MS        2000
 #define ID_LEN               36
 
-typedef enum kind { K_CONNECTION, K_TYPING, K_MESSAGES, K_PRESENCE, K_PRESENCE_ALL } kind;
+typedef enum kind {
+    K_CONNECTION,
+    K_TYPING,
+    K_MESSAGES,
+    K_PRESENCE,
+    K_PRESENCE_ALL,
+    K_NOTIFS,
+    K_UNREAD,
+} kind;
+
+/* A notification in "notifications": what can change (delivered, read)
+ * apart, the rest of the server's object is kept rendered. */
+typedef struct nitem {
+    int64_t id;
+    bool delivered, read;
+    char *rest; /* ,"type":...  (leading comma; every member but id, delivered, read) */
+} nitem;
 
 /* A message in a list. The members that never change after it is known
  * ("type", "priority", "content", "text", and whatever a newer cache
@@ -90,6 +106,11 @@ typedef struct entry {
     char ptext[MSG_PRESENCE_TEXT_MAX + 1];
     int64_t last_seen; /* -1: null */
     unsigned devices;
+    /* K_NOTIFS: ascending id */
+    nitem *notifs;
+    size_t nnotifs, capnotifs;
+    /* K_UNREAD */
+    int64_t unread;
 } entry;
 
 typedef struct watcher {
@@ -141,6 +162,10 @@ static bool key_kind(const char *key, kind *k, const char **conv)
     } else if (!strncmp(key, "messages/", 9)) {
         *k = K_MESSAGES;
         c = key + 9;
+    } else if (!strcmp(key, "notifications")) {
+        *k = K_NOTIFS;
+    } else if (!strcmp(key, "notifications/unread")) {
+        *k = K_UNREAD;
     } else if (!strcmp(key, "presence")) {
         *k = K_PRESENCE_ALL;
     } else if (!strncmp(key, "presence/", 9)) {
@@ -169,6 +194,8 @@ static void entry_free(entry *e)
     free(e->users);
     for (size_t i = 0; i < e->n; i++) item_free(&e->items[i]);
     free(e->items);
+    for (size_t i = 0; i < e->nnotifs; i++) free(e->notifs[i].rest);
+    free(e->notifs);
     free(e->json);
     free(e->key);
     free(e);
@@ -339,6 +366,19 @@ static int entry_render(parley_store *s, entry *e)
         break;
     case K_PRESENCE_ALL:
         rc = render_presence_all(s, &b);
+        break;
+    case K_NOTIFS:
+        rc = pbuf_append(&b, "[", 1);
+        for (size_t i = 0; rc == 0 && i < e->nnotifs; i++) {
+            const nitem *n = &e->notifs[i];
+            rc = pbuf_appendf(&b, "%s{\"id\":%lld%s,\"delivered\":%s,\"read\":%s}", i ? "," : "",
+                              (long long)n->id, n->rest, n->delivered ? "true" : "false",
+                              n->read ? "true" : "false");
+        }
+        if (rc == 0) rc = pbuf_append(&b, "]", 1);
+        break;
+    case K_UNREAD:
+        rc = pbuf_appendf(&b, "%lld", (long long)e->unread);
         break;
     }
     if (rc == 0) rc = pbuf_append(&b, "", 1);
@@ -819,6 +859,135 @@ static void cb_presence(parley_chat *c, const parley_chat_presence *p, void *use
     if (s->app.on_presence) s->app.on_presence(c, p, s->app.user);
 }
 
+/* ---- notifications ---- */
+
+static int64_t wall_ms(void);
+
+/* The members of the server's object but id, delivered and read, as
+ * ,"name":value text (leading comma). */
+static char *notif_rest(const char *json, size_t len)
+{
+    json_val obj, k, v;
+    if (json_parse(json, len, JSON_DEFAULT_MAX_DEPTH, &obj, NULL) != 0 || obj.type != JSON_OBJECT)
+        return NULL;
+    pbuf b = {0};
+    int rc = 0;
+    json_iter it;
+    json_iter_init(&it, &obj);
+    while (rc == 0 && json_object_next(&it, &k, &v)) {
+        if (json_string_eq(&k, "id") || json_string_eq(&k, "delivered") ||
+            json_string_eq(&k, "read"))
+            continue;
+        rc = pbuf_append(&b, ",", 1);
+        if (rc == 0) rc = pbuf_append(&b, k.p, k.len);
+        if (rc == 0) rc = pbuf_append(&b, ":", 1);
+        if (rc == 0) rc = pbuf_append(&b, v.p, v.len);
+    }
+    if (rc == 0) rc = pbuf_append(&b, "", 1);
+    if (rc != 0) {
+        pbuf_free(&b);
+        return NULL;
+    }
+    return (char *)b.ptr;
+}
+
+static void cb_notification(parley_chat *c, const parley_chat_notification *n, void *user)
+{
+    parley_store *s = user;
+    pthread_mutex_lock(&s->mu);
+    entry *e = entry_get(s, "notifications", true);
+    /* One that expired on the way is not shown (the server no longer
+     * counts it). */
+    if (e && !(n->expires > 0 && n->expires <= wall_ms())) {
+        size_t lo = 0, hi = e->nnotifs;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (e->notifs[mid].id < n->id)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        /* A live one is acknowledged by the chat once this returns. */
+        bool delivered = n->delivered || n->live, read = n->read;
+        if (lo < e->nnotifs && e->notifs[lo].id == n->id) {
+            nitem *it = &e->notifs[lo];
+            if ((delivered && !it->delivered) || (read && !it->read)) {
+                it->delivered |= delivered;
+                it->read |= read;
+                changed(s, e);
+            }
+        } else if (e->nnotifs < s->o.max_notifications || lo > 0) {
+            nitem it = {.id = n->id, .delivered = delivered, .read = read};
+            it.rest = notif_rest(n->json, n->json_len);
+            if (e->nnotifs == e->capnotifs) {
+                size_t cap = e->capnotifs ? e->capnotifs * 2 : 16;
+                nitem *p = realloc(e->notifs, cap * sizeof *p);
+                if (p) {
+                    e->notifs = p;
+                    e->capnotifs = cap;
+                }
+            }
+            if (it.rest && e->nnotifs < e->capnotifs) {
+                memmove(e->notifs + lo + 1, e->notifs + lo, (e->nnotifs - lo) * sizeof *e->notifs);
+                e->notifs[lo] = it;
+                e->nnotifs++;
+                /* Bounded: the oldest go. */
+                size_t drop =
+                    e->nnotifs > s->o.max_notifications ? e->nnotifs - s->o.max_notifications : 0;
+                for (size_t i = 0; i < drop; i++) free(e->notifs[i].rest);
+                memmove(e->notifs, e->notifs + drop, (e->nnotifs - drop) * sizeof *e->notifs);
+                e->nnotifs -= drop;
+                changed(s, e);
+            } else {
+                free(it.rest);
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (s->app.on_notification) s->app.on_notification(c, n, s->app.user);
+}
+
+/* Marks ids read (all of them when ids is NULL). Locked. */
+static void notifs_read(parley_store *s, const int64_t *ids, size_t n)
+{
+    entry *e = entry_get(s, "notifications", true);
+    if (!e) return;
+    bool moved = false;
+    for (size_t i = 0; i < e->nnotifs; i++) {
+        nitem *it = &e->notifs[i];
+        if (it->read) continue;
+        bool hit = !ids;
+        for (size_t k = 0; k < n && !hit; k++) hit = ids[k] == it->id;
+        if (hit) it->read = it->delivered = moved = true;
+    }
+    if (moved) changed(s, e);
+}
+
+static void cb_unread(parley_chat *c, int64_t count, void *user)
+{
+    parley_store *s = user;
+    pthread_mutex_lock(&s->mu);
+    entry *e = entry_get(s, "notifications/unread", true);
+    if (e && e->unread != count) {
+        e->unread = count;
+        changed(s, e);
+    }
+    /* Nothing unread: whatever is listed was read (on another device, the
+     * only way this device learns it). */
+    if (count == 0) notifs_read(s, NULL, 0);
+    pthread_mutex_unlock(&s->mu);
+    if (s->app.on_unread) s->app.on_unread(c, count, s->app.user);
+}
+
+static void cb_notifications_read(parley_chat *c, const int64_t *ids, size_t n, int all, void *user)
+{
+    parley_store *s = user;
+    pthread_mutex_lock(&s->mu);
+    notifs_read(s, all ? NULL : ids, n);
+    pthread_mutex_unlock(&s->mu);
+    if (s->app.on_notifications_read) s->app.on_notifications_read(c, ids, n, all, s->app.user);
+}
+
 static char *cb_token(parley_chat *c, void *user)
 {
     parley_store *s = user;
@@ -1049,6 +1218,7 @@ void parley_store_opts_init(parley_store_opts *o)
     memset(o, 0, sizeof *o);
     o->max_messages = 200;
     o->cache_flush_ms = 250;
+    o->max_notifications = 100;
 }
 
 static void store_destroy(parley_store *s)
@@ -1105,6 +1275,7 @@ int parley_store_new(const parley_store_opts *o, parley_store **out)
     s->o.chat = NULL;
     if (!s->o.max_messages) s->o.max_messages = 200;
     if (!s->o.cache_flush_ms) s->o.cache_flush_ms = 250;
+    if (!s->o.max_notifications) s->o.max_notifications = 100;
     s->app = *o->chat;
     s->fd_read = s->fd_write = -1;
     s->next_watch = 1;
@@ -1135,6 +1306,9 @@ int parley_store_new(const parley_store_opts *o, parley_store **out)
     co.on_typing = cb_typing;
     co.on_member = cb_member;
     co.on_presence = cb_presence;
+    co.on_notification = cb_notification;
+    co.on_unread = cb_unread;
+    co.on_notifications_read = cb_notifications_read;
     co.token = o->chat->token ? cb_token : NULL;
     co.user = s;
     co.auto_connect = 0;
