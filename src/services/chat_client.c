@@ -1301,7 +1301,7 @@ typedef struct req {
     unsigned gen;   /* presence_set: c->pres_gen when sent; notifications: c->sync_gen */
     bool with_text; /* presence_set: carried the text */
     parley_chat_prefs_fn prefs_fn;
-    int64_t *ids; /* notifications_read: the ids (NULL: all) */
+    int64_t *ids; /* notifications_read: the ids after the struct (NULL: all) */
     size_t nids;
 } req;
 
@@ -2112,7 +2112,6 @@ static void on_notif_read(parley_sock *s, int err, const parley_args *args, void
     } else if (rc == PARLEY_EPROTO) {
         plog_warn("chat: notifications_read refused: %s (%s)", e.code, e.message);
     }
-    free(r->ids);
     free(r);
 }
 
@@ -2137,15 +2136,13 @@ static int notif_read(parley_chat *c, const int64_t *ids, size_t n)
 {
     pbuf b = {0};
     int rc = 0;
-    req *r = pcalloc(1, sizeof *r);
+    /* The ids live in the same block as the request: a request still
+     * pending at parley_chat_free is freed whole through the list. */
+    req *r = pcalloc(1, sizeof *r + n * sizeof *ids);
     if (!r) return PARLEY_ENOMEM;
     r->c = c;
     if (ids) {
-        r->ids = malloc(n * sizeof *ids);
-        if (!r->ids) {
-            free(r);
-            return PARLEY_ENOMEM;
-        }
+        r->ids = (int64_t *)(r + 1);
         memcpy(r->ids, ids, n * sizeof *ids);
         r->nids = n;
         rc = pbuf_append_str(&b, "[{\"ids\":[");
@@ -2158,10 +2155,7 @@ static int notif_read(parley_chat *c, const int64_t *ids, size_t n)
     notif_arg a = {.c = c, .args = (const char *)b.ptr, .r = r};
     if (rc == 0) rc = ploop_call(c->loop, do_notif_read, &a);
     if (rc == 0) rc = a.rc;
-    if (rc != 0) {
-        free(r->ids);
-        free(r);
-    }
+    if (rc != 0) free(r);
     pbuf_free(&b);
     return rc;
 }
