@@ -50,6 +50,7 @@
 #include "services/jwt.h"
 #include "services/media.h"
 #include "services/msg_store.h"
+#include "services/tz.h"
 
 #define ROOM_NAME_MAX   (2 + MSG_CONV_MAX + 1) /* "u:" + user, "c:" + conversation id */
 #define SYNC_PAGE_BYTES (256 << 10)            /* soft limit of one sync answer */
@@ -184,7 +185,8 @@ struct msg_service {
     uint8_t (*api_keys)[32]; /* SHA-256 of each API key */
     size_t n_api_keys;
     pbuf nprefs_buf;
-    pmap tzs; /* zone name -> tzent: loaded zones */
+    pmap tzs;     /* zone name -> tzent: loaded zones */
+    char *tz_dir; /* NULL: the system's */
 };
 
 static int64_t wall_ms(void)
@@ -2377,23 +2379,64 @@ static void route_api_notify(phttpd_req *req, void *arg)
 
 /* ---- quiet hours ---- */
 
+#define TZ_CACHE_MAX 1024 /* the IANA database has about 600 names */
+
+typedef struct tzent {
+    char name[MSG_TZ_MAX + 1];
+    tz_zone *z;
+} tzent;
+
 static void tz_cache_free(msg_service *svc)
 {
+    size_t pos = 0;
+    pmap_entry *pe;
+    while ((pe = pmap_next(&svc->tzs, &pos))) {
+        tzent *t = pe->val;
+        tz_free(t->z);
+        free(t);
+    }
     pmap_free(&svc->tzs);
+}
+
+/* Zones are loaded (a file read) when preferences name them, or on first
+ * use after a restart, and kept per name: never per notification. */
+static const tz_zone *tz_get(msg_service *svc, const char *name)
+{
+    size_t len = strlen(name);
+    tzent *t = pmap_get(&svc->tzs, name, len);
+    if (t) return t->z;
+    if (len > MSG_TZ_MAX || svc->tzs.n >= TZ_CACHE_MAX) return NULL;
+    tz_zone *z = NULL;
+    int rc = tz_load(svc->tz_dir, name, &z);
+    if (rc) {
+        plog_info("messaging: time zone %s: %s", name, parley_strerror(rc));
+        return NULL;
+    }
+    if (!(t = pcalloc(1, sizeof *t))) {
+        tz_free(z);
+        return NULL;
+    }
+    memcpy(t->name, name, len + 1);
+    t->z = z;
+    if (pmap_put(&svc->tzs, t->name, len, t) != 0) {
+        tz_free(z);
+        free(t);
+        return NULL;
+    }
+    return z;
 }
 
 static bool tz_known(msg_service *svc, const char *name)
 {
-    (void)svc;
-    return msg_valid_tz_name(name, strlen(name));
+    return tz_get(svc, name) != NULL;
 }
 
+/* A zone that cannot be loaded any more (the database changed under a
+ * running server) means no quiet hours: pushing is the safe side. */
 static bool notif_quiet_now(msg_service *svc, const msg_nprefs *p, int64_t now)
 {
-    (void)svc;
-    (void)p;
-    (void)now;
-    return false;
+    const tz_zone *z = tz_get(svc, p->tz);
+    return z && tz_in_quiet_hours(z, p->q_start, p->q_end, now);
 }
 
 static const struct {
@@ -2819,6 +2862,8 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
             SHA256((const unsigned char *)o->api_keys[i], strlen(o->api_keys[i]), svc->api_keys[i]);
         if (rc == 0) svc->n_api_keys = o->n_api_keys;
     }
+    if (rc == 0 && o->tz_dir && !(svc->tz_dir = strdup(o->tz_dir))) rc = PARLEY_ENOMEM;
+    svc->o.tz_dir = NULL; /* svc->tz_dir is the copy */
     svc->o.api_keys = NULL; /* svc->api_keys holds their digests */
     svc->o.n_api_keys = 0;
     svc->data_dir = strdup(o->data_dir);
@@ -2908,6 +2953,7 @@ void msg_service_free(msg_service *svc)
     }
     pmap_free(&svc->nunread);
     tz_cache_free(svc);
+    free(svc->tz_dir);
     pbuf_free(&svc->nprefs_buf);
     if (svc->api_keys) OPENSSL_cleanse(svc->api_keys, svc->n_api_keys * sizeof *svc->api_keys);
     free(svc->api_keys);

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "base/util.h"
+#include "codec/tzif.h"
 #include "codec/utf8.h"
 #include "parley/parley.h"
 
@@ -1298,21 +1299,9 @@ bool msg_valid_http_url(const char *s, size_t len)
 
 bool msg_valid_tz_name(const char *s, size_t len)
 {
-    if (len == 0 || len > MSG_TZ_MAX || s[0] == '/' || s[len - 1] == '/') return false;
-    size_t comp = 0;
-    for (size_t i = 0; i <= len; i++) {
-        if (i == len || s[i] == '/') {
-            /* No empty, "." or ".." component: the name becomes a path. */
-            if (comp == 0) return false;
-            if (s[i - 1] == '.' && (comp == 1 || (comp == 2 && s[i - 2] == '.'))) return false;
-            comp = 0;
-            continue;
-        }
-        unsigned char c = (unsigned char)s[i];
-        if (!alnum(c) && !strchr("._+-", c)) return false;
-        comp++;
-    }
-    return true;
+    /* One rule for the schema and the loader: a valid name is safe to
+     * join to the zoneinfo directory. */
+    return tz_valid_name(s, len);
 }
 
 /* A string decoded into out (a C string: U+0000 refused), len min..max

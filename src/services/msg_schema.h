@@ -484,8 +484,8 @@ msg_errcode msg_parse_nprefs(const json_val *obj, msg_nprefs *p, unsigned *given
 int msg_encode_nprefs(pbuf *out, const msg_nprefs *p);
 /* Is id (a C string) in a muted list? */
 bool msg_nprefs_has(const json_val *list, const char *id);
-/* IANA-style names: 1..64 bytes of [A-Za-z0-9._+-/], no empty, "." or
- * ".." component, not starting or ending with '/'. */
+/* IANA-style names (tz_valid_name): 1..64 bytes of [A-Za-z0-9_+-] in
+ * '/'-separated parts, none empty, not starting or ending with '/'. */
 bool msg_valid_tz_name(const char *s, size_t len);
 
 /* ---- helpers ---- */

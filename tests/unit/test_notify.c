@@ -477,7 +477,7 @@ static void test_prefs(void **state)
     assert_false(msg_valid_tz_name("a//b", 4));
     assert_false(msg_valid_tz_name("a/./b", 5));
     assert_false(msg_valid_tz_name("a/../b", 6));
-    assert_true(msg_valid_tz_name("a/.b", 4));
+    assert_false(msg_valid_tz_name("a/.b", 4));
     assert_false(msg_valid_tz_name("a b", 3));
 }
 
