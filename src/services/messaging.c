@@ -1792,7 +1792,8 @@ static void req_presence_room(msg_service *svc, msess *ms, const json_val *obj,
 
 /* ---- notifications ---- */
 
-#define NOTIF_ACK_TIMEOUT_MS 60000  /* a device that never acknowledges: delivered comes from sync \
+#define NOTIF_ACK_TIMEOUT_MS                                                                       \
+    60000                           /* a device that never acknowledges: delivered comes from sync \
                                      */
 #define NOTIF_SWEEP_MAX_MS  3600000 /* the expiry timer re-checks at least hourly (clock jumps) */
 #define NOTIF_HTTP_MAX_BODY 65536
@@ -2863,7 +2864,7 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
         if (rc == 0) svc->n_api_keys = o->n_api_keys;
     }
     if (rc == 0 && o->tz_dir && !(svc->tz_dir = strdup(o->tz_dir))) rc = PARLEY_ENOMEM;
-    svc->o.tz_dir = NULL; /* svc->tz_dir is the copy */
+    svc->o.tz_dir = NULL;   /* svc->tz_dir is the copy */
     svc->o.api_keys = NULL; /* svc->api_keys holds their digests */
     svc->o.n_api_keys = 0;
     svc->data_dir = strdup(o->data_dir);
