@@ -34,6 +34,7 @@ typedef struct config {
     msg_service_opts msg;
     const char *jwt_secret;
     const char *jwt_secret_file;
+    const char *api_key_file;
     char *strings[64]; /* option values read from a config file */
     size_t nstrings;
 } config;
@@ -89,6 +90,11 @@ static void usage(FILE *f)
             "                            away (default 300000; 0: never)\n"
             "  --presence-interval MS    presence updates per user at most every MS; changes\n"
             "                            in between are coalesced (default 1000; 0: no window)\n"
+            "  --api-key-file FILE       API keys for POST /api/notifications, one per line\n"
+            "                            (blank lines and lines starting with # skipped);\n"
+            "                            without it the route answers 503\n"
+            "  --tz-dir DIR              IANA zoneinfo for notification quiet hours\n"
+            "                            (default /usr/share/zoneinfo)\n"
             "\n"
             "WebSocket echo and limits:\n"
             "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
@@ -160,7 +166,9 @@ enum {
     OPT_TYPING_TO,
     OPT_LOW_DELAY,
     OPT_AWAY_AFTER,
-    OPT_PRESENCE_INTERVAL
+    OPT_PRESENCE_INTERVAL,
+    OPT_API_KEY_FILE,
+    OPT_TZ_DIR
 };
 
 static const struct option longopts[] = {
@@ -204,6 +212,8 @@ static const struct option longopts[] = {
     {"low-delay", required_argument, 0, OPT_LOW_DELAY},
     {"away-after", required_argument, 0, OPT_AWAY_AFTER},
     {"presence-interval", required_argument, 0, OPT_PRESENCE_INTERVAL},
+    {"api-key-file", required_argument, 0, OPT_API_KEY_FILE},
+    {"tz-dir", required_argument, 0, OPT_TZ_DIR},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -316,6 +326,14 @@ static const char *apply(config *c, int ch, const char *arg)
         return NULL;
     case OPT_JWT_SECRET_FILE:
         c->jwt_secret_file = arg;
+        return NULL;
+    case OPT_API_KEY_FILE:
+        if (!*arg) return "--api-key-file must not be empty";
+        c->api_key_file = arg;
+        return NULL;
+    case OPT_TZ_DIR:
+        if (!*arg) return "--tz-dir must not be empty";
+        c->msg.tz_dir = arg;
         return NULL;
     case OPT_JWT_LEEWAY:
         if (parse_u64(arg, 86400, &v)) return "bad --jwt-leeway (seconds, at most 86400)";
@@ -446,8 +464,65 @@ static int read_secret(const char *path, char **out, size_t *len)
     return 0;
 }
 
-/* The notification service's seam: until it exists, urgent messages are
- * logged. */
+#define API_KEYS_MAX     1024
+#define API_KEY_FILE_MAX (1 << 20)
+
+/* API keys, one per line; blank lines and # comments skipped, spaces and
+ * CR around a key dropped. The file's buffer holds the keys (*buf). */
+static int read_api_keys(const char *path, char **buf, const char ***keys, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "parleyd: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char *b = malloc(API_KEY_FILE_MAX + 1);
+    size_t len = b ? fread(b, 1, API_KEY_FILE_MAX + 1, f) : 0;
+    bool bad = !b || ferror(f) || len > API_KEY_FILE_MAX;
+    fclose(f);
+    const char **k = bad ? NULL : calloc(API_KEYS_MAX, sizeof *k);
+    if (bad || !k) {
+        fprintf(stderr, "parleyd: %s: cannot read the API keys (at most %d bytes)\n", path,
+                API_KEY_FILE_MAX);
+        free(b);
+        return -1;
+    }
+    b[len] = 0;
+    size_t count = 0;
+    for (char *line = b; line < b + len;) {
+        char *end = memchr(line, '\n', (size_t)(b + len - line));
+        if (!end) end = b + len;
+        *end = 0;
+        char *e = end;
+        while (*line == ' ' || *line == '\t') line++;
+        while (e > line && (e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t')) *--e = 0;
+        if (*line && *line != '#') {
+            if (count == API_KEYS_MAX || memchr(line, 0, (size_t)(e - line))) {
+                fprintf(stderr, "parleyd: %s: at most %d API keys\n", path, API_KEYS_MAX);
+                free(k);
+                free(b);
+                return -1;
+            }
+            if (e - line < 16)
+                fprintf(stderr, "parleyd: warning: %s: an API key under 16 bytes\n", path);
+            k[count++] = line;
+        }
+        line = end + 1;
+    }
+    if (count == 0) {
+        fprintf(stderr, "parleyd: %s: no API key in the file\n", path);
+        free(k);
+        free(b);
+        return -1;
+    }
+    *buf = b;
+    *keys = k;
+    *n = count;
+    return 0;
+}
+
+/* Urgent messages raise notifications inside the messaging service;
+ * this extra hook of the seam logs them. */
 static void log_urgent(const msg_notice *n, void *user)
 {
     (void)user;
@@ -580,6 +655,12 @@ int main(int argc, char **argv)
         c.msg.jwt_secret = (const uint8_t *)c.jwt_secret;
         c.msg.jwt_secret_len = strlen(c.jwt_secret);
     }
+    char *keys_buf = NULL;
+    const char **keys = NULL;
+    if (c.messaging && c.api_key_file) {
+        if (read_api_keys(c.api_key_file, &keys_buf, &keys, &c.msg.n_api_keys) != 0) return 2;
+        c.msg.api_keys = keys;
+    }
     /* HTTP uploads carry up to --max-media-bytes in one body. */
     if (c.messaging && !c.max_body_set && c.http.limits.max_body < c.msg.max_media_bytes)
         c.http.limits.max_body = c.msg.max_media_bytes;
@@ -617,6 +698,10 @@ int main(int argc, char **argv)
         rc = msg_service_new(a.srv, &c.msg, &a.msg);
         if (secret_buf) OPENSSL_cleanse(secret_buf, c.msg.jwt_secret_len);
         free(secret_buf);
+        /* The service keeps digests of the keys. */
+        if (keys_buf) OPENSSL_cleanse(keys_buf, API_KEY_FILE_MAX + 1);
+        free(keys_buf);
+        free(keys);
         if (rc) {
             fprintf(stderr, "parleyd: messaging: %s (data directory %s)\n", parley_strerror(rc),
                     c.msg.data_dir);

@@ -163,6 +163,7 @@ msg_errcode jwt_verify(const jwt_key *k, const char *token, size_t len, int64_t 
     }
     c->sub[n] = 0;
     c->admin = json_object_get(&p, "role", &v) && json_string_eq(&v, "admin");
+    c->notifier = json_object_get(&p, "role", &v) && json_string_eq(&v, "notifier");
     c->exp_ms = exp;
     return MSG_OK;
 }

@@ -11,7 +11,8 @@
  * Claims: `sub` (required) is the user id and must be a valid messaging
  * user id; `exp` (required) and `nbf` (optional) are NumericDates checked
  * against the caller's clock with a leeway; `role` "admin" marks an
- * administrator. Other claims are ignored.
+ * administrator, "notifier" a sender of notifications. Other claims are
+ * ignored.
  *
  * Sans-I/O: the clock is passed in. Limits: a token is at most
  * JWT_MAX_TOKEN bytes; nothing is allocated.
@@ -37,6 +38,7 @@ typedef struct jwt_key {
 typedef struct jwt_claims {
     char sub[MSG_USER_MAX + 1];
     bool admin;
+    bool notifier;  /* role "notifier": may send notifications (so may admin) */
     int64_t exp_ms; /* exp as milliseconds since the epoch (truncated) */
 } jwt_claims;
 

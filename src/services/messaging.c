@@ -33,6 +33,7 @@
 #include "services/messaging.h"
 
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,7 @@
 #include "services/jwt.h"
 #include "services/media.h"
 #include "services/msg_store.h"
+#include "services/tz.h"
 
 #define ROOM_NAME_MAX   (2 + MSG_CONV_MAX + 1) /* "u:" + user, "c:" + conversation id */
 #define SYNC_PAGE_BYTES (256 << 10)            /* soft limit of one sync answer */
@@ -74,6 +76,7 @@ struct msess {
     ptimer expiry;       /* the token's exp */
     uint32_t refs;       /* outbox entries pointing here */
     bool admin, dev, live;
+    bool notifier; /* role notifier or admin: may send `notify` */
     /* presence: this device's chosen status, and idleness */
     bool idle;         /* no event for away_after_ms */
     uint8_t pstatus;   /* msg_pstatus chosen by presence_set; online by default */
@@ -107,7 +110,7 @@ struct mpres {
     msess *trigger; /* the socket whose own action is this iteration's change (pres_mark) */
 };
 
-enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP };
+enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP, OB_NPUSH };
 
 typedef struct obx {
     struct obx *next;
@@ -120,9 +123,10 @@ typedef struct obx {
     char rooms[2][ROOM_NAME_MAX];
     unsigned nrooms;
     char except_room[ROOM_NAME_MAX];
-    char user[MSG_USER_MAX + 1]; /* JOIN/LEAVE: whose sockets; NOTIFY: the sender */
-    msg_message meta;            /* NOTIFY */
-    pbuf json;                   /* NUL-terminated: args array, or a request object */
+    char user[MSG_USER_MAX +
+              1];     /* JOIN/LEAVE: whose sockets; NOTIFY: the sender; NPUSH: the recipient */
+    msg_message meta; /* NOTIFY; NPUSH: id */
+    pbuf json;        /* NUL-terminated: args array, or a request object */
     phttpd_deferred *http;
     int http_status;
 } obx;
@@ -173,6 +177,16 @@ struct msg_service {
     pbuf scratch, scratch2;
     msg_service_stats stats;
     bool disabled; /* no secret and no dev auth: no store, every connection refused */
+    /* notifications */
+    pmap nunread; /* user id -> nuser: the unread count may have changed */
+    struct nuser *nunread_head;
+    ptimer nexp_timer;       /* the earliest expiry: sweep */
+    int64_t nexp_at;         /* wall ms it is armed for */
+    uint8_t (*api_keys)[32]; /* SHA-256 of each API key */
+    size_t n_api_keys;
+    pbuf nprefs_buf;
+    pmap tzs;     /* zone name -> tzent: loaded zones */
+    char *tz_dir; /* NULL: the system's */
 };
 
 static int64_t wall_ms(void)
@@ -463,37 +477,61 @@ static void apply_room_change(msg_service *svc, obx *e)
     }
 }
 
+static void do_npush(msg_service *svc, obx *e);
+static void unread_flush(msg_service *svc);
+static void notif_from_message(msg_service *svc, const obx *e, const char *recipient);
+
 typedef struct notify_ctx {
     msg_service *svc;
     obx *e;
+    char (*users)[MSG_USER_MAX + 1];
+    size_t n, cap;
 } notify_ctx;
 
-static int notify_one(const char *user, int64_t d, int64_t r, void *arg)
+/* Recipients are gathered first: the notifications they get are written
+ * while no read of the store is in progress. */
+static int notify_collect(const char *user, int64_t d, int64_t r, void *arg)
 {
     (void)d;
     (void)r;
     notify_ctx *n = arg;
     if (strcmp(user, n->e->user) == 0) return 0;
+    if (n->n == n->cap) {
+        size_t cap = n->cap ? n->cap * 2 : 8;
+        void *v = realloc(n->users, cap * sizeof *n->users);
+        if (!v) return PARLEY_ENOMEM;
+        n->users = v;
+        n->cap = cap;
+    }
+    snprintf(n->users[n->n++], MSG_USER_MAX + 1, "%s", user);
+    return 0;
+}
+
+static void notify_one(notify_ctx *n, const char *user)
+{
     msg_notice notice = {.recipient = user,
                          .online = user_online(n->svc, user),
                          .message = &n->e->meta,
                          .message_json = (const char *)n->e->json.ptr + 1,
                          .message_len = n->e->json.len - 2};
-    n->svc->o.notifier.urgent(&notice, n->svc->o.notifier.user);
-    return 0;
+    notif_from_message(n->svc, n->e, user);
+    if (n->svc->o.notifier.urgent) n->svc->o.notifier.urgent(&notice, n->svc->o.notifier.user);
 }
 
 static void do_notify(msg_service *svc, obx *e)
 {
-    notify_ctx n = {svc, e};
+    notify_ctx n = {svc, e, NULL, 0, 0};
     msg_conv c;
     if (!msg_conv_parse(&c, e->meta.conversation, strlen(e->meta.conversation))) return;
     if (c.kind == MSG_CONV_DM) {
-        notify_one(msg_conv_peer(&c, e->user), 0, 0, &n);
-    } else if (mstore_participants(svc->store, c.id, notify_one, &n) < 0) {
+        notify_one(&n, msg_conv_peer(&c, e->user));
+        return;
+    }
+    if (mstore_participants(svc->store, c.id, notify_collect, &n) < 0)
         plog_error("messaging: cannot list the recipients of urgent message %lld",
                    (long long)e->meta.id);
-    }
+    for (size_t i = 0; i < n.n; i++) notify_one(&n, n.users[i]);
+    free(n.users);
 }
 
 static void do_http(obx *e, bool failed)
@@ -559,10 +597,13 @@ static void on_flush(pdefer *d)
             if (!bad) apply_room_change(svc, e);
             break;
         case OB_NOTIFY:
-            if (!bad && svc->o.notifier.urgent) do_notify(svc, e);
+            if (!bad) do_notify(svc, e);
             break;
         case OB_HTTP:
             do_http(e, bad);
+            break;
+        case OB_NPUSH:
+            if (!bad) do_npush(svc, e);
             break;
         case OB_SYNC:
             *sync_tail = e;
@@ -582,6 +623,7 @@ static void on_flush(pdefer *d)
         syncs = next;
     }
     pres_flush(svc);
+    unread_flush(svc);
 }
 
 /* ---- sync ---- */
@@ -1259,7 +1301,7 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
     if (rc == 0) queue_ack_json(svc, ms, ack_id, (char *)ack->ptr, ack->len, true);
     obx *b = queue_bcast(svc, ms, &c, MSG_EV_NEW_MESSAGE, (char *)msg->ptr, msg->len, true);
     if (b) b->low = m.priority == MSG_PRIO_LOW && svc->o.low_delay_ms > 0;
-    if (m.priority == MSG_PRIO_URGENT && svc->o.notifier.urgent) {
+    if (m.priority == MSG_PRIO_URGENT) {
         obx *n = obx_new(svc, OB_NOTIFY, NULL, true);
         if (!n) return;
         n->meta = stored.m;
@@ -1748,6 +1790,656 @@ static void req_presence_room(msg_service *svc, msess *ms, const json_val *obj,
     queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, mstore_in_batch(svc->store));
 }
 
+/* ---- notifications ---- */
+
+#define NOTIF_ACK_TIMEOUT_MS                                                                       \
+    60000                           /* a device that never acknowledges: delivered comes from sync \
+                                     */
+#define NOTIF_SWEEP_MAX_MS  3600000 /* the expiry timer re-checks at least hourly (clock jumps) */
+#define NOTIF_HTTP_MAX_BODY 65536
+#define NOTIF_BODY_CUT      256 /* urgent message text in a notification body */
+
+/* A user whose unread count may have changed in this iteration. */
+typedef struct nuser {
+    struct nuser *next;
+    char id[MSG_USER_MAX + 1];
+} nuser;
+
+static void unread_mark(msg_service *svc, const char *user)
+{
+    size_t len = strlen(user);
+    if (pmap_get(&svc->nunread, user, len)) return;
+    nuser *u = pcalloc(1, sizeof *u);
+    if (!u) return;
+    memcpy(u->id, user, len + 1);
+    if (pmap_put(&svc->nunread, u->id, len, u) != 0) {
+        free(u);
+        return;
+    }
+    u->next = svc->nunread_head;
+    svc->nunread_head = u;
+    schedule(svc);
+}
+
+/* After the commit: `unread` to every socket of each marked user (the
+ * presence room pu:<user> holds all of them, synced or not). */
+static void unread_flush(msg_service *svc)
+{
+    int64_t now = wall_ms();
+    nuser *u;
+    while ((u = svc->nunread_head)) {
+        svc->nunread_head = u->next;
+        pmap_del(&svc->nunread, u->id, strlen(u->id));
+        int64_t n = user_get(svc, u->id, false) ? mstore_notif_unread(svc->store, u->id, now) : -1;
+        if (n >= 0) {
+            char args[48], r[PROOM_MAX];
+            snprintf(args, sizeof args, "[{\"count\":%lld}]", (long long)n);
+            proom(r, 'u', u->id);
+            const char *rooms[1] = {r};
+            parley_target t = {.rooms = rooms, .nrooms = 1};
+            if (parley_broadcast(svc->nsp, &t, MSG_EV_UNREAD, args, NULL, 0) < 0)
+                plog_error("messaging: unread count for %s not sent", u->id);
+        }
+        free(u);
+    }
+}
+
+typedef struct nack {
+    msg_service *svc;
+    int64_t id;
+    char user[MSG_USER_MAX + 1];
+} nack;
+
+/* The first acknowledgement from any device marks the notification
+ * delivered (later ones find it delivered and change nothing). */
+static void on_notif_ack(parley_socket *s, int err, const parley_args *a, void *user)
+{
+    (void)s;
+    (void)a;
+    nack *k = user;
+    /* err != 0 also comes while the server shuts down: touch nothing. */
+    if (err == 0) {
+        if (mstore_notif_delivered(k->svc->store, k->user, k->id - 1, k->id) == 0)
+            schedule(k->svc);
+        else
+            plog_error("messaging: cannot mark notification %lld delivered", (long long)k->id);
+    }
+    free(k);
+}
+
+static void do_npush(msg_service *svc, obx *e)
+{
+    muser *u = user_get(svc, e->user, false);
+    for (msess *ms = u ? u->socks : NULL; ms; ms = ms->next) {
+        nack *k = pcalloc(1, sizeof *k);
+        if (!k) return;
+        k->svc = svc;
+        k->id = e->meta.id;
+        memcpy(k->user, e->user, sizeof k->user);
+        parley_emit_opts o = {
+            .ack = on_notif_ack, .ack_user = k, .timeout_ms = NOTIF_ACK_TIMEOUT_MS};
+        if (parley_emit_opts_send(ms->sock, &o, MSG_EV_NOTIFICATION, (const char *)e->json.ptr,
+                                  NULL, 0) != 0)
+            free(k);
+        else
+            svc->stats.notif_pushed++;
+    }
+}
+
+/* The user's preferences; the muted lists point into buf. 1 stored, 0
+ * defaults, negative on error (defaults in *p). */
+static int nprefs_load(msg_service *svc, const char *user, pbuf *buf, msg_nprefs *p)
+{
+    msg_nprefs_default(p);
+    int r = mstore_nprefs_get(svc->store, user, buf);
+    if (r <= 0) return r;
+    json_val obj;
+    unsigned given;
+    msg_error err;
+    if (json_parse((const char *)buf->ptr, buf->len, 4, &obj, NULL) != 0 ||
+        msg_parse_nprefs(&obj, p, &given, &err) != MSG_OK) {
+        plog_error("messaging: bad stored notification preferences of %s", user);
+        msg_nprefs_default(p);
+        return PARLEY_EIO;
+    }
+    return 1;
+}
+
+static bool notif_quiet_now(msg_service *svc, const msg_nprefs *p, int64_t now);
+
+/* The suppression rule of docs/PROTOCOL.md ("Notifications"): urgent is
+ * always pushed; otherwise not when in_app is off, the type is off, the
+ * sender is muted, a message/mention came from a muted room, or the
+ * recipient's local time is inside quiet hours. */
+static bool notif_suppressed(msg_service *svc, const msg_notification *n, const char *room,
+                             int64_t now)
+{
+    if (n->priority == MSG_PRIO_URGENT) return false;
+    msg_nprefs p;
+    /* Unreadable preferences push (defaults): losing a notification is
+     * worse than an unwanted one. */
+    nprefs_load(svc, n->to, &svc->nprefs_buf, &p);
+    if (!p.in_app) return true;
+    if (p.types_off & (1u << n->type)) return true;
+    if (n->from[0] && msg_nprefs_has(&p.muted_users, n->from)) return true;
+    if (room && (n->type == MSG_NT_MESSAGE || n->type == MSG_NT_MENTION) &&
+        msg_nprefs_has(&p.muted_rooms, room))
+        return true;
+    return p.quiet && notif_quiet_now(svc, &p, now);
+}
+
+static void nexp_arm(msg_service *svc, int64_t at)
+{
+    if (ptimer_armed(&svc->nexp_timer) && svc->nexp_at <= at) return;
+    ploop_timer_stop(svc->loop, &svc->nexp_timer);
+    svc->nexp_at = at;
+    int64_t d = at - wall_ms() + 1; /* expired means expires <= now */
+    if (d < 1) d = 1;
+    if (d > NOTIF_SWEEP_MAX_MS) d = NOTIF_SWEEP_MAX_MS;
+    ploop_timer_start(svc->loop, &svc->nexp_timer, (uint64_t)d);
+}
+
+static int sweep_user(const char *user, void *arg)
+{
+    unread_mark(arg, user);
+    return 0;
+}
+
+static void on_nexp(ptimer *t)
+{
+    msg_service *svc = PARLEY_CONTAINER_OF(t, msg_service, nexp_timer);
+    int64_t now = wall_ms();
+    if (mstore_notif_sweep(svc->store, now, sweep_user, svc) != 0) {
+        plog_error("messaging: notification sweep failed; retrying in a minute");
+        svc->nexp_at = now + 60000;
+        ploop_timer_start(svc->loop, &svc->nexp_timer, 60000);
+        return;
+    }
+    schedule(svc);
+    int64_t next = mstore_notif_next_expiry(svc->store);
+    if (next >= 0) nexp_arm(svc, next);
+}
+
+/* Stores n (a parsed request: recipient, fields, from) and queues its
+ * consequences: the live push unless suppressed, the unread update, the
+ * expiry. *dup: n was a dedupe hit and is now the stored notification. */
+static int notif_create(msg_service *svc, msg_notification *n, const char *room, bool *dup)
+{
+    int64_t now = wall_ms();
+    *dup = false;
+    int rc = mstore_notif_insert(svc->store, n, now);
+    if (rc == MSTORE_DUPLICATE) {
+        *dup = true;
+        svc->stats.notif_duplicates++;
+        return 0;
+    }
+    if (rc) return rc;
+    svc->stats.notifications++;
+    unread_mark(svc, n->to);
+    if (n->expires >= 0) nexp_arm(svc, n->expires);
+    if (notif_suppressed(svc, n, room, now)) {
+        svc->stats.notif_suppressed++;
+        return 0;
+    }
+    obx *e = obx_new(svc, OB_NPUSH, NULL, true);
+    if (!e) return 0; /* stored; it arrives with the next sync */
+    snprintf(e->user, sizeof e->user, "%s", n->to);
+    e->meta.id = n->id;
+    rc = pbuf_append(&e->json, "[", 1);
+    if (rc == 0) rc = msg_encode_notification(&e->json, n);
+    if (rc == 0) rc = pbuf_append(&e->json, "]", 1);
+    if (!json_done(&e->json, rc)) {
+        obx_release(svc, e);
+        return 0;
+    }
+    obx_push(svc, e);
+    return 0;
+}
+
+static void req_notify(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                       int64_t ack_id)
+{
+    (void)a;
+    msg_error err;
+    if (!ms->notifier) {
+        reply_fail(svc, ms, ack_id, MSG_E_FORBIDDEN, NULL,
+                   "notify needs a token with the notifier or admin role");
+        return;
+    }
+    msg_notification *n = malloc(sizeof *n);
+    if (!n) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    bool dup;
+    if (msg_parse_notify(obj, wall_ms(), n, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+    } else {
+        snprintf(n->from, sizeof n->from, "%s", ms->user->id);
+        pbuf *b = &svc->scratch;
+        b->len = 0;
+        int rc = notif_create(svc, n, NULL, &dup);
+        if (rc == 0)
+            rc = pbuf_append_str(b, dup ? "{\"ok\":true,\"duplicate\":true,\"notification\":"
+                                        : "{\"ok\":true,\"duplicate\":false,\"notification\":");
+        if (rc == 0) rc = msg_encode_notification(b, n);
+        if (rc == 0) rc = pbuf_append(b, "}", 1);
+        if (rc)
+            reply_internal(svc, ms, ack_id);
+        else
+            queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, mstore_in_batch(svc->store));
+    }
+    free(n);
+}
+
+typedef struct npage {
+    pbuf *b;
+    unsigned n, limit;
+    int64_t last;
+    bool more;
+} npage;
+
+static int npage_add(const msg_notification *n, void *arg)
+{
+    npage *p = arg;
+    if (p->n == p->limit) {
+        p->more = true;
+        return 1;
+    }
+    /* What the answer carries is delivered by this very answer. */
+    msg_notification *m = (msg_notification *)n;
+    m->delivered = true;
+    int rc = p->n ? pbuf_append(p->b, ",", 1) : 0;
+    if (rc == 0) rc = msg_encode_notification(p->b, m);
+    p->n++;
+    p->last = n->id;
+    return rc;
+}
+
+static void req_nsync(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                      int64_t ack_id)
+{
+    (void)a;
+    msg_error err;
+    int64_t since;
+    unsigned limit;
+    if (msg_parse_nsync(obj, &since, &limit, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    const char *user = ms->user->id;
+    int64_t now = wall_ms();
+    pbuf *b = &svc->scratch;
+    b->len = 0;
+    npage p = {b, 0, limit, since, false};
+    int rc = pbuf_append_str(b, "{\"ok\":true,\"notifications\":[");
+    if (rc == 0) rc = mstore_notif_list(svc->store, user, since, limit + 1, now, npage_add, &p);
+    if (rc == 1) rc = 0;
+    if (rc == 0 && p.last > since) rc = mstore_notif_delivered(svc->store, user, since, p.last);
+    int64_t unread = rc == 0 ? mstore_notif_unread(svc->store, user, now) : -1;
+    char tail[64];
+    snprintf(tail, sizeof tail, "],\"more\":%s,\"unread\":%lld}", p.more ? "true" : "false",
+             (long long)unread);
+    if (rc == 0 && unread >= 0) rc = pbuf_append_str(b, tail);
+    if (rc || unread < 0) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, mstore_in_batch(svc->store));
+}
+
+static void req_nread(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                      int64_t ack_id)
+{
+    (void)a;
+    msg_error err;
+    int64_t *ids = malloc(MSG_NOTIF_READ_MAX * sizeof *ids);
+    size_t n = 0;
+    bool all;
+    if (!ids) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    if (msg_parse_nread(obj, ids, &n, &all, &err)) {
+        free(ids);
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    const char *user = ms->user->id;
+    int64_t now = wall_ms();
+    unsigned changed = 0;
+    int rc = mstore_notif_read(svc->store, user, ids, n, all, now, &changed);
+    free(ids);
+    int64_t unread = rc == 0 ? mstore_notif_unread(svc->store, user, now) : -1;
+    if (unread < 0) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    if (changed) unread_mark(svc, user);
+    char out[64];
+    int len = snprintf(out, sizeof out, "{\"ok\":true,\"unread\":%lld}", (long long)unread);
+    queue_ack_json(svc, ms, ack_id, out, (size_t)len, mstore_in_batch(svc->store));
+}
+
+static void reply_prefs(msg_service *svc, msess *ms, int64_t ack_id, const msg_nprefs *p, bool dep)
+{
+    pbuf *b = &svc->scratch;
+    b->len = 0;
+    int rc = pbuf_append_str(b, "{\"ok\":true,\"prefs\":");
+    if (rc == 0) rc = msg_encode_nprefs(b, p);
+    if (rc == 0) rc = pbuf_append(b, "}", 1);
+    if (rc)
+        reply_internal(svc, ms, ack_id);
+    else
+        queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, dep);
+}
+
+static void req_nprefs_get(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                           int64_t ack_id)
+{
+    (void)a;
+    msg_error err;
+    msg_nprefs p;
+    /* {} only. */
+    if (obj->type != JSON_OBJECT || json_count(obj) != 0) {
+        if (obj->type != JSON_OBJECT)
+            msg_fail(&err, MSG_E_BAD_REQUEST, NULL, "the argument must be a JSON object");
+        else
+            msg_fail(&err, MSG_E_UNKNOWN_FIELD, NULL,
+                     "notification_prefs_get takes an empty object");
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    if (nprefs_load(svc, ms->user->id, &svc->nprefs_buf, &p) < 0) {
+        reply_internal(svc, ms, ack_id);
+        return;
+    }
+    reply_prefs(svc, ms, ack_id, &p, mstore_in_batch(svc->store));
+}
+
+static bool tz_known(msg_service *svc, const char *name);
+static void tz_cache_free(msg_service *svc);
+
+static void req_nprefs_set(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
+                           int64_t ack_id)
+{
+    (void)a;
+    msg_error err;
+    msg_nprefs p;
+    unsigned given;
+    pbuf cur = {0}, enc = {0};
+    if (nprefs_load(svc, ms->user->id, &cur, &p) < 0) {
+        reply_internal(svc, ms, ack_id);
+    } else if (msg_parse_nprefs(obj, &p, &given, &err)) {
+        reply_error(svc, ms, ack_id, &err);
+    } else if ((given & MSG_NP_QUIET) && p.quiet && !tz_known(svc, p.tz)) {
+        reply_fail(svc, ms, ack_id, MSG_E_INVALID_FIELD, "quiet_hours.tz",
+                   "quiet_hours.tz is not a time zone of this server's IANA database");
+    } else if (msg_encode_nprefs(&enc, &p) != 0 ||
+               mstore_nprefs_set(svc->store, ms->user->id, (const char *)enc.ptr, enc.len) != 0) {
+        reply_internal(svc, ms, ack_id);
+    } else {
+        reply_prefs(svc, ms, ack_id, &p, true);
+    }
+    pbuf_free(&cur);
+    pbuf_free(&enc);
+}
+
+/* The built-in half of the msg_notifier seam: an urgent message raises a
+ * notification for the recipient (after the message's commit; stored in
+ * the next batch, deduplicated by message id). */
+static void notif_from_message(msg_service *svc, const obx *e, const char *recipient)
+{
+    msg_notification *n = calloc(1, sizeof *n);
+    if (!n) return;
+    snprintf(n->to, sizeof n->to, "%s", recipient);
+    n->type = MSG_NT_MESSAGE;
+    n->priority = MSG_PRIO_URGENT;
+    n->expires = -1;
+    snprintf(n->title, sizeof n->title, "%s", e->user);
+    snprintf(n->from, sizeof n->from, "%s", e->user);
+    snprintf(n->dedupe, sizeof n->dedupe, "message:%lld", (long long)e->meta.id);
+    const char *tag = NULL;
+    switch (e->meta.type) {
+    case MSG_IMAGE:
+        tag = "[image]";
+        break;
+    case MSG_FILE:
+        tag = "[file]";
+        break;
+    case MSG_AUDIO:
+        tag = "[audio]";
+        break;
+    case MSG_VIDEO:
+        tag = "[video]";
+        break;
+    case MSG_LOCATION:
+        tag = "[location]";
+        break;
+    default:
+        break;
+    }
+    if (tag) {
+        snprintf(n->body, sizeof n->body, "%s", tag);
+    } else {
+        /* e->json is [<Message>]: its content.text, cut at a character
+         * boundary (and at a U+0000, which a C string cannot hold). */
+        json_val arr, msg, content, text;
+        json_iter it;
+        if (json_parse((const char *)e->json.ptr, e->json.len, svc->o.limits.max_depth + 2, &arr,
+                       NULL) == 0 &&
+            arr.type == JSON_ARRAY && (json_iter_init(&it, &arr), json_array_next(&it, &msg)) &&
+            json_object_get(&msg, "content", &content) && content.type == JSON_OBJECT &&
+            json_object_get(&content, "text", &text) && text.type == JSON_STRING) {
+            char *buf = malloc(text.len);
+            long len = buf ? json_string_decode(&text, buf, text.len) : -1;
+            if (len >= 0) {
+                size_t k = strnlen(buf, (size_t)len);
+                if (k > NOTIF_BODY_CUT) {
+                    k = NOTIF_BODY_CUT;
+                    while (k > 0 && ((unsigned char)buf[k] & 0xc0) == 0x80) k--;
+                }
+                memcpy(n->body, buf, k);
+                n->body[k] = 0;
+            }
+            free(buf);
+        }
+    }
+    const char *conv = e->meta.conversation;
+    const char *room = strncmp(conv, "room:", 5) == 0 ? conv + 5 : NULL;
+    bool dup;
+    if (notif_create(svc, n, room, &dup) != 0)
+        plog_error("messaging: cannot store the notification of urgent message %lld for %s",
+                   (long long)e->meta.id, recipient);
+    free(n);
+}
+
+/* ---- HTTP: POST /api/notifications ---- */
+
+static void http_json(phttpd_req *req, int status, const pbuf *b)
+{
+    http_header h[1] = {{"WWW-Authenticate", 16, "Bearer", 6}};
+    phttpd_respond(req, status, "application/json", h, status == 401 ? 1 : 0, b->ptr, b->len);
+}
+
+/* {"code","message","field"?}: the API's error body. */
+static void http_fail(phttpd_req *req, int status, const char *code, const msg_error *err)
+{
+    pbuf b = {0};
+    int rc = pbuf_append_str(&b, "{\"code\":");
+    if (rc == 0) rc = json_append_string(&b, code, strlen(code));
+    if (rc == 0) rc = pbuf_append_str(&b, ",\"message\":");
+    if (rc == 0) rc = json_append_string(&b, err->message, strlen(err->message));
+    if (rc == 0 && err->field[0]) rc = pbuf_append_str(&b, ",\"field\":");
+    if (rc == 0 && err->field[0]) rc = json_append_string(&b, err->field, strlen(err->field));
+    if (rc == 0) rc = pbuf_append(&b, "}", 1);
+    if (rc == 0)
+        http_json(req, status, &b);
+    else
+        phttpd_respond(req, 500, NULL, NULL, 0, NULL, 0);
+    pbuf_free(&b);
+}
+
+static void http_fail_msg(phttpd_req *req, int status, const char *code, const char *message)
+{
+    msg_error err;
+    msg_fail(&err, MSG_E_BAD_REQUEST, NULL, "%s", message);
+    http_fail(req, status, code, &err);
+}
+
+/* Constant time in the key: every configured key is compared (digests,
+ * so that lengths do not leak either). */
+static bool api_key_ok(msg_service *svc, const char *key, size_t len)
+{
+    uint8_t d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)key, len, d);
+    int match = 0;
+    for (size_t i = 0; i < svc->n_api_keys; i++)
+        match |= CRYPTO_memcmp(d, svc->api_keys[i], sizeof d) == 0;
+    return match != 0;
+}
+
+static void route_api_notify(phttpd_req *req, void *arg)
+{
+    msg_service *svc = arg;
+    const http_head *hd = req->head;
+    if (hd->method_len != 4 || memcmp(hd->method, "POST", 4) != 0) {
+        http_header allow = {"Allow", 5, "POST", 4};
+        phttpd_respond(req, 405, "text/plain", &allow, 1, "method not allowed\n", 19);
+        return;
+    }
+    if (svc->disabled || svc->n_api_keys == 0) {
+        http_fail_msg(req, 503, "unavailable", "no API key is configured (--api-key-file)");
+        return;
+    }
+    const http_header *h = http_find_header(hd, "authorization");
+    size_t off = 7;
+    if (h && h->value_len > 7 && pstr_ieq(h->value, 7, "Bearer ", 7))
+        while (off < h->value_len && h->value[off] == ' ') off++;
+    if (!h || h->value_len <= 7 || !pstr_ieq(h->value, 7, "Bearer ", 7) ||
+        !api_key_ok(svc, h->value + off, h->value_len - off)) {
+        http_fail_msg(req, 401, h ? "invalid_token" : "auth_required",
+                      "Authorization: Bearer <API key> is required");
+        return;
+    }
+    if (req->body_len > NOTIF_HTTP_MAX_BODY) {
+        http_fail_msg(req, 413, "too_large", "the body is over 65536 bytes");
+        return;
+    }
+    const http_header *ct = http_find_header(hd, "content-type");
+    size_t ml = 0;
+    if (ct) {
+        const char *semi = memchr(ct->value, ';', ct->value_len);
+        ml = semi ? (size_t)(semi - ct->value) : ct->value_len;
+        while (ml && (ct->value[ml - 1] == ' ' || ct->value[ml - 1] == '\t')) ml--;
+    }
+    if (!ct || !pstr_ieq(ct->value, ml, "application/json", 16)) {
+        http_fail_msg(req, 415, "invalid_field", "Content-Type must be application/json");
+        return;
+    }
+    msg_error err;
+    json_val obj;
+    if (json_parse((const char *)req->body, req->body_len, svc->o.limits.max_depth, &obj, NULL) !=
+        0) {
+        http_fail_msg(req, 400, "bad_request", "the body is not JSON");
+        return;
+    }
+    msg_notification *n = malloc(sizeof *n);
+    if (!n) {
+        http_fail_msg(req, 500, "internal", "out of memory");
+        return;
+    }
+    if (msg_parse_notify(&obj, wall_ms(), n, &err)) {
+        http_fail(req, 400, msg_errcode_name(err.code), &err);
+        free(n);
+        return;
+    }
+    bool dup;
+    obx *e = NULL;
+    int rc = notif_create(svc, n, NULL, &dup);
+    if (rc == 0 && !(e = obx_new(svc, OB_HTTP, NULL, mstore_in_batch(svc->store)))) rc = -1;
+    if (rc == 0) rc = pbuf_append_str(&e->json, "{\"notification\":");
+    if (rc == 0) rc = msg_encode_notification(&e->json, n);
+    if (rc == 0)
+        rc = pbuf_append_str(&e->json, dup ? ",\"duplicate\":true}" : ",\"duplicate\":false}");
+    free(n);
+    if (!e || !json_done(&e->json, rc)) {
+        if (e) obx_release(svc, e);
+        http_fail_msg(req, 500, "internal", "storage failure");
+        return;
+    }
+    e->http_status = dup ? 200 : 201;
+    /* Answered after the commit, like an acknowledgement. */
+    e->http = phttpd_defer(req, on_http_abort, e);
+    if (!e->http) {
+        obx_release(svc, e);
+        return;
+    }
+    obx_push(svc, e);
+}
+
+/* ---- quiet hours ---- */
+
+#define TZ_CACHE_MAX 1024 /* the IANA database has about 600 names */
+
+typedef struct tzent {
+    char name[MSG_TZ_MAX + 1];
+    tz_zone *z;
+} tzent;
+
+static void tz_cache_free(msg_service *svc)
+{
+    size_t pos = 0;
+    pmap_entry *pe;
+    while ((pe = pmap_next(&svc->tzs, &pos))) {
+        tzent *t = pe->val;
+        tz_free(t->z);
+        free(t);
+    }
+    pmap_free(&svc->tzs);
+}
+
+/* Zones are loaded (a file read) when preferences name them, or on first
+ * use after a restart, and kept per name: never per notification. */
+static const tz_zone *tz_get(msg_service *svc, const char *name)
+{
+    size_t len = strlen(name);
+    tzent *t = pmap_get(&svc->tzs, name, len);
+    if (t) return t->z;
+    if (len > MSG_TZ_MAX || svc->tzs.n >= TZ_CACHE_MAX) return NULL;
+    tz_zone *z = NULL;
+    int rc = tz_load(svc->tz_dir, name, &z);
+    if (rc) {
+        plog_info("messaging: time zone %s: %s", name, parley_strerror(rc));
+        return NULL;
+    }
+    if (!(t = pcalloc(1, sizeof *t))) {
+        tz_free(z);
+        return NULL;
+    }
+    memcpy(t->name, name, len + 1);
+    t->z = z;
+    if (pmap_put(&svc->tzs, t->name, len, t) != 0) {
+        tz_free(z);
+        free(t);
+        return NULL;
+    }
+    return z;
+}
+
+static bool tz_known(msg_service *svc, const char *name)
+{
+    return tz_get(svc, name) != NULL;
+}
+
+/* A zone that cannot be loaded any more (the database changed under a
+ * running server) means no quiet hours: pushing is the safe side. */
+static bool notif_quiet_now(msg_service *svc, const msg_nprefs *p, int64_t now)
+{
+    const tz_zone *z = tz_get(svc, p->tz);
+    return z && tz_in_quiet_hours(z, p->q_start, p->q_end, now);
+}
+
 static const struct {
     const char *name;
     req_fn fn;
@@ -1765,6 +2457,11 @@ static const struct {
     {MSG_EV_PRESENCE_SUB, req_presence_sub},
     {MSG_EV_PRESENCE_UNSUB, req_presence_unsub},
     {MSG_EV_PRESENCE_ROOM, req_presence_room},
+    {MSG_EV_NOTIFY, req_notify},
+    {MSG_EV_NOTIF_SYNC, req_nsync},
+    {MSG_EV_NOTIF_READ, req_nread},
+    {MSG_EV_NOTIF_PREFS_GET, req_nprefs_get},
+    {MSG_EV_NOTIF_PREFS_SET, req_nprefs_set},
 };
 
 /* ---- namespace handlers ---- */
@@ -1831,6 +2528,7 @@ static msg_errcode authenticate(msg_service *svc, const char *auth, size_t len, 
         }
         c->sub[n] = 0;
         c->admin = json_object_get(&obj, "role", &role) && json_string_eq(&role, "admin");
+        c->notifier = json_object_get(&obj, "role", &role) && json_string_eq(&role, "notifier");
         *dev = true;
         return MSG_OK;
     }
@@ -1896,6 +2594,7 @@ static void on_connection(parley_socket *s, void *user)
     ms->sock = s;
     ms->user = u;
     ms->admin = svc->pending.admin;
+    ms->notifier = svc->pending.admin || svc->pending.notifier;
     ms->dev = svc->pending_dev;
     ms->next = u->socks;
     u->socks = ms;
@@ -2155,7 +2854,19 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
     svc->loop = phttpd_loop(parley_server__http(srv));
     svc->flush.cb = on_flush;
     ptimer_init(&svc->low_timer, on_low_timer);
+    ptimer_init(&svc->nexp_timer, on_nexp);
     int rc = 0;
+    if (o->n_api_keys) {
+        svc->api_keys = calloc(o->n_api_keys, sizeof *svc->api_keys);
+        if (!svc->api_keys) rc = PARLEY_ENOMEM;
+        for (size_t i = 0; rc == 0 && i < o->n_api_keys; i++)
+            SHA256((const unsigned char *)o->api_keys[i], strlen(o->api_keys[i]), svc->api_keys[i]);
+        if (rc == 0) svc->n_api_keys = o->n_api_keys;
+    }
+    if (rc == 0 && o->tz_dir && !(svc->tz_dir = strdup(o->tz_dir))) rc = PARLEY_ENOMEM;
+    svc->o.tz_dir = NULL;   /* svc->tz_dir is the copy */
+    svc->o.api_keys = NULL; /* svc->api_keys holds their digests */
+    svc->o.n_api_keys = 0;
     svc->data_dir = strdup(o->data_dir);
     svc->o.data_dir = svc->data_dir;
     if (!svc->data_dir) rc = PARLEY_ENOMEM;
@@ -2180,11 +2891,16 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
         snprintf(path, sizeof path, "%s/media", svc->data_dir);
         rc = media_open(path, o->full_sync, &svc->media);
     }
+    if (rc == 0 && !svc->disabled) {
+        int64_t next = mstore_notif_next_expiry(svc->store);
+        if (next >= 0) nexp_arm(svc, next);
+    }
     if (rc == 0) {
         svc->nsp = parley_server_of(srv, MSG_NAMESPACE);
         phttpd *http = parley_server__http(srv);
         if (!svc->nsp || phttpd_route(http, "/media", route_upload, svc) != 0 ||
-            phttpd_route_prefix(http, "/media/", route_download, svc) != 0)
+            phttpd_route_prefix(http, "/media/", route_download, svc) != 0 ||
+            phttpd_route(http, "/api/notifications", route_api_notify, svc) != 0)
             rc = PARLEY_ENOMEM;
     }
     if (rc) {
@@ -2230,6 +2946,18 @@ void msg_service_free(msg_service *svc)
                   (unsigned long long)svc->stats.commit_failures);
     }
     ploop_timer_stop(svc->loop, &svc->low_timer);
+    ploop_timer_stop(svc->loop, &svc->nexp_timer);
+    while (svc->nunread_head) {
+        struct nuser *u = svc->nunread_head;
+        svc->nunread_head = u->next;
+        free(u);
+    }
+    pmap_free(&svc->nunread);
+    tz_cache_free(svc);
+    free(svc->tz_dir);
+    pbuf_free(&svc->nprefs_buf);
+    if (svc->api_keys) OPENSSL_cleanse(svc->api_keys, svc->n_api_keys * sizeof *svc->api_keys);
+    free(svc->api_keys);
     obx *lists[2] = {svc->out_head, svc->low_head};
     for (int i = 0; i < 2; i++) {
         for (obx *e = lists[i]; e;) {

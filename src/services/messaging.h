@@ -32,7 +32,7 @@
 
 typedef struct msg_service msg_service;
 
-/* The seam for the notification service (a later addition): called for
+/* A seam for urgent messages, called for
  * every recipient of an urgent message once the message is committed,
  * whether or not the recipient is online (live delivery happens anyway;
  * the notifier decides whether to push). On the loop thread: it must not
@@ -65,7 +65,15 @@ typedef struct msg_service_opts {
     uint32_t low_delay_ms;       /* live delivery of low-priority messages batched; default 500 */
     uint32_t away_after_ms;      /* an idle online device counts as away; default 300000, 0 off */
     uint32_t presence_interval_ms; /* presence updates per user at most this often; default 1000 */
+    /* Called in addition to the built-in notifications (an urgent message
+     * always raises a notification for each recipient; see "Notifications"
+     * in docs/PROTOCOL.md). */
     msg_notifier notifier;
+    /* POST /api/notifications: accepted API keys (copied as digests);
+     * none: the route answers 503. */
+    const char *const *api_keys;
+    size_t n_api_keys;
+    const char *tz_dir; /* zoneinfo for quiet hours; NULL: /usr/share/zoneinfo */
 } msg_service_opts;
 
 void msg_service_opts_init(msg_service_opts *o);
@@ -88,6 +96,10 @@ typedef struct msg_service_stats {
     uint64_t commit_failures;
     unsigned sockets;          /* connected */
     uint64_t presence_updates; /* presence events broadcast (one per user update) */
+    uint64_t notifications;    /* stored */
+    uint64_t notif_duplicates; /* dedupe hits */
+    uint64_t notif_suppressed; /* stored but not pushed (preferences) */
+    uint64_t notif_pushed;     /* `notification` emits (one per socket) */
 } msg_service_stats;
 
 void msg_service_stats_get(const msg_service *m, msg_service_stats *st);

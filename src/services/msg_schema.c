@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "base/util.h"
+#include "codec/tzif.h"
 #include "codec/utf8.h"
 #include "parley/parley.h"
 
@@ -1260,4 +1261,463 @@ msg_errcode msg_parse_presence(const json_val *obj, msg_presence *p, msg_error *
     if ((rc = get_int(&f[4], "devices", 0, UINT32_MAX, &d, err))) return rc;
     p->devices = (unsigned)d;
     return MSG_OK;
+}
+
+/* ---- notifications ---- */
+
+static const char *const ntype_names[] = {NULL,          "message",  "mention",
+                                          "assignment",  "deadline", "system",
+                                          "achievement", "reminder", "alert"};
+
+const char *msg_ntype_name(msg_ntype t)
+{
+    return t >= MSG_NT_MESSAGE && t <= MSG_NT_LAST ? ntype_names[t] : NULL;
+}
+
+int msg_ntype_from_name(const char *s, size_t len)
+{
+    for (int t = MSG_NT_MESSAGE; t <= MSG_NT_LAST; t++)
+        if (name_is(s, len, ntype_names[t])) return t;
+    return 0;
+}
+
+bool msg_valid_http_url(const char *s, size_t len)
+{
+    size_t skip;
+    if (len > 7 && pstr_ieq(s, 7, "http://", 7))
+        skip = 7;
+    else if (len > 8 && pstr_ieq(s, 8, "https://", 8))
+        skip = 8;
+    else
+        return false;
+    /* A host must follow the scheme. */
+    if (s[skip] == '/' || s[skip] == '?' || s[skip] == '#') return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f) return false;
+    return true;
+}
+
+bool msg_valid_tz_name(const char *s, size_t len)
+{
+    /* One rule for the schema and the loader: a valid name is safe to
+     * join to the zoneinfo directory. */
+    return tz_valid_name(s, len);
+}
+
+/* A string decoded into out (a C string: U+0000 refused), len min..max
+ * UTF-8 bytes; the bound is checked before anything is decoded. */
+static msg_errcode get_cstr(const field *f, const char *path, size_t min, size_t max, char *out,
+                            msg_error *err)
+{
+    json_val span;
+    msg_errcode rc = get_text(f, path, min, max, &span, err);
+    if (rc) return rc;
+    long n = json_string_decode(&span, out, max + 1);
+    if (n < 0 || memchr(out, 0, (size_t)n)) {
+        out[0] = 0;
+        return msg_fail(err, MSG_E_INVALID_FIELD, path, "%s must not contain U+0000", path);
+    }
+    out[n] = 0;
+    return MSG_OK;
+}
+
+static bool action_id_ok(const char *s, size_t len)
+{
+    return chars_ok(s, len, MSG_NOTIF_ACTION_ID_MAX, "._-");
+}
+
+msg_errcode msg_parse_nactions(const json_val *arr, msg_naction *a, unsigned *n, msg_error *err)
+{
+    *n = 0;
+    if (arr->type != JSON_ARRAY)
+        return msg_fail(err, MSG_E_INVALID_FIELD, "actions", "actions must be an array");
+    if (json_count(arr) > MSG_NOTIF_ACTIONS_MAX)
+        return msg_fail(err, MSG_E_TOO_LARGE, "actions", "at most %d actions",
+                        MSG_NOTIF_ACTIONS_MAX);
+    json_iter it;
+    json_val v;
+    json_iter_init(&it, arr);
+    unsigned i = 0;
+    char path[32];
+    msg_errcode rc;
+    while (json_array_next(&it, &v)) {
+        snprintf(path, sizeof path, "actions[%u]", i);
+        if (v.type != JSON_OBJECT)
+            return msg_fail(err, MSG_E_INVALID_FIELD, path, "%s must be an object", path);
+        field f[2] = {{"id", {0}}, {"label", {0}}};
+        if ((rc = scan(&v, f, 2, path, FROM_CLIENT, err))) return rc;
+        char fp[48];
+        snprintf(fp, sizeof fp, "%s.id", path);
+        if (!has(&f[0])) return msg_fail(err, MSG_E_MISSING_FIELD, fp, "%s is required", fp);
+        if ((rc = get_ident(&f[0], fp, a[i].id, sizeof a[i].id, action_id_ok,
+                            "action id ([A-Za-z0-9._-], 1 to 64 bytes)", err)))
+            return rc;
+        for (unsigned j = 0; j < i; j++)
+            if (strcmp(a[j].id, a[i].id) == 0)
+                return msg_fail(err, MSG_E_INVALID_FIELD, fp, "%s repeats an action id", fp);
+        snprintf(fp, sizeof fp, "%s.label", path);
+        if (!has(&f[1])) return msg_fail(err, MSG_E_MISSING_FIELD, fp, "%s is required", fp);
+        if ((rc = get_cstr(&f[1], fp, 1, MSG_NOTIF_ACTION_LABEL_MAX, a[i].label, err))) return rc;
+        i++;
+    }
+    *n = i;
+    return MSG_OK;
+}
+
+enum {
+    NF_TO,
+    NF_TYPE,
+    NF_PRIO,
+    NF_TITLE,
+    NF_BODY,
+    NF_IMAGE,
+    NF_ACTIONS,
+    NF_EXPIRES,
+    NF_DEDUPE,
+    NF_N
+};
+
+msg_errcode msg_parse_notify(const json_val *obj, int64_t now_ms, msg_notification *n,
+                             msg_error *err)
+{
+    memset(n, 0, sizeof *n);
+    n->priority = MSG_PRIO_NORMAL;
+    n->expires = -1;
+    msg_errcode rc = need_object(obj, err);
+    if (rc) return rc;
+    field f[NF_N] = {{"to", {0}},      {"type", {0}},       {"priority", {0}},
+                     {"title", {0}},   {"body", {0}},       {"image", {0}},
+                     {"actions", {0}}, {"expires_at", {0}}, {"dedupe_key", {0}}};
+    if ((rc = scan(obj, f, NF_N, "", FROM_CLIENT, err))) return rc;
+    static const int required[] = {NF_TO, NF_TYPE, NF_TITLE};
+    for (size_t i = 0; i < PARLEY_ARRAY_LEN(required); i++)
+        if (!has(&f[required[i]]))
+            return msg_fail(err, MSG_E_MISSING_FIELD, f[required[i]].name, "%s is required",
+                            f[required[i]].name);
+    if ((rc = get_ident(&f[NF_TO], "to", n->to, sizeof n->to, msg_valid_user, "user id", err)))
+        return rc;
+    char name[16];
+    long len = f[NF_TYPE].v.type == JSON_STRING
+                   ? json_string_decode(&f[NF_TYPE].v, name, sizeof name - 1)
+                   : -1;
+    int t = len >= 0 ? msg_ntype_from_name(name, (size_t)len) : 0;
+    if (!t)
+        return msg_fail(err, MSG_E_INVALID_FIELD, "type",
+                        "type must be one of message, mention, assignment, deadline, system, "
+                        "achievement, reminder, alert");
+    n->type = (msg_ntype)t;
+    if (has(&f[NF_PRIO])) {
+        len = f[NF_PRIO].v.type == JSON_STRING
+                  ? json_string_decode(&f[NF_PRIO].v, name, sizeof name - 1)
+                  : -1;
+        int p = len >= 0 ? msg_priority_from_name(name, (size_t)len) : -1;
+        if (p < 0)
+            return msg_fail(err, MSG_E_INVALID_FIELD, "priority",
+                            "priority must be low, normal, high or urgent");
+        n->priority = (msg_priority)p;
+    }
+    if ((rc = get_cstr(&f[NF_TITLE], "title", 1, MSG_NOTIF_TITLE_MAX, n->title, err))) return rc;
+    if (has(&f[NF_BODY]) &&
+        (rc = get_cstr(&f[NF_BODY], "body", 0, MSG_NOTIF_BODY_MAX, n->body, err)))
+        return rc;
+    if (has(&f[NF_IMAGE]) && f[NF_IMAGE].v.type != JSON_NULL) {
+        if ((rc = get_cstr(&f[NF_IMAGE], "image", 1, MSG_NOTIF_IMAGE_MAX, n->image, err)))
+            return rc;
+        if (!msg_valid_http_url(n->image, strlen(n->image))) {
+            n->image[0] = 0;
+            return msg_fail(err, MSG_E_INVALID_FIELD, "image", "image must be an http(s) URL");
+        }
+    }
+    if (has(&f[NF_ACTIONS]) &&
+        (rc = msg_parse_nactions(&f[NF_ACTIONS].v, n->actions, &n->nactions, err)))
+        return rc;
+    if (has(&f[NF_EXPIRES])) {
+        if ((rc = get_int(&f[NF_EXPIRES], "expires_at", 0, MSG_SEQ_MAX, &n->expires, err)))
+            return rc;
+        if (n->expires <= now_ms) {
+            n->expires = -1;
+            return msg_fail(err, MSG_E_INVALID_FIELD, "expires_at",
+                            "expires_at must be in the future");
+        }
+    }
+    if (has(&f[NF_DEDUPE]) &&
+        (rc = get_cstr(&f[NF_DEDUPE], "dedupe_key", 1, MSG_NOTIF_DEDUPE_MAX, n->dedupe, err)))
+        return rc;
+    return MSG_OK;
+}
+
+int msg_encode_nactions(pbuf *out, const msg_naction *a, unsigned n)
+{
+    int rc = pbuf_append(out, "[", 1);
+    for (unsigned i = 0; rc == 0 && i < n; i++) {
+        bool first = true;
+        if (i) rc = pbuf_append(out, ",", 1);
+        if (rc == 0) rc = pbuf_append(out, "{", 1);
+        if (rc == 0) rc = put_str(out, &first, "id", a[i].id);
+        if (rc == 0) rc = put_str(out, &first, "label", a[i].label);
+        if (rc == 0) rc = pbuf_append(out, "}", 1);
+    }
+    if (rc == 0) rc = pbuf_append(out, "]", 1);
+    return rc;
+}
+
+static int put_nullable(pbuf *out, bool *first, const char *key, const char *s)
+{
+    if (s[0]) return put_str(out, first, key, s);
+    int rc = put_key(out, first, key);
+    return rc ? rc : pbuf_append_str(out, "null");
+}
+
+int msg_encode_notification(pbuf *out, const msg_notification *n)
+{
+    bool first = true;
+    const char *t = msg_ntype_name(n->type), *p = msg_priority_name(n->priority);
+    if (!t || !p) return PARLEY_EINVAL;
+    int rc = pbuf_append(out, "{", 1);
+    if (rc == 0) rc = put_int(out, &first, "id", n->id);
+    if (rc == 0) rc = put_str(out, &first, "type", t);
+    if (rc == 0) rc = put_str(out, &first, "priority", p);
+    if (rc == 0) rc = put_str(out, &first, "title", n->title);
+    if (rc == 0) rc = put_str(out, &first, "body", n->body);
+    if (rc == 0) rc = put_nullable(out, &first, "image", n->image);
+    if (rc == 0) rc = put_key(out, &first, "actions");
+    if (rc == 0) rc = msg_encode_nactions(out, n->actions, n->nactions);
+    if (rc == 0) rc = put_nullable(out, &first, "from", n->from);
+    if (rc == 0) rc = put_int(out, &first, "created", n->created);
+    if (rc == 0 && n->expires >= 0) rc = put_int(out, &first, "expires", n->expires);
+    if (rc == 0 && n->expires < 0) rc = pbuf_append_str(out, ",\"expires\":null");
+    if (rc == 0) rc = put_nullable(out, &first, "dedupe_key", n->dedupe);
+    if (rc == 0)
+        rc = pbuf_append_str(out, n->delivered ? ",\"delivered\":true" : ",\"delivered\":false");
+    if (rc == 0) rc = pbuf_append_str(out, n->read ? ",\"read\":true}" : ",\"read\":false}");
+    return rc;
+}
+
+msg_errcode msg_parse_nsync(const json_val *obj, int64_t *since, unsigned *limit, msg_error *err)
+{
+    *since = 0;
+    *limit = MSG_NOTIF_SYNC_DEF;
+    msg_errcode rc = need_object(obj, err);
+    if (rc) return rc;
+    field f[2] = {{"since", {0}}, {"limit", {0}}};
+    if ((rc = scan(obj, f, 2, "", FROM_CLIENT, err))) return rc;
+    if (has(&f[0]) && (rc = get_int(&f[0], "since", 0, MSG_SEQ_MAX, since, err))) return rc;
+    int64_t l = MSG_NOTIF_SYNC_DEF;
+    if (has(&f[1]) && (rc = get_int(&f[1], "limit", 1, MSG_NOTIF_SYNC_MAX, &l, err))) return rc;
+    *limit = (unsigned)l;
+    return MSG_OK;
+}
+
+msg_errcode msg_parse_nread(const json_val *obj, int64_t ids[MSG_NOTIF_READ_MAX], size_t *n,
+                            bool *all, msg_error *err)
+{
+    *n = 0;
+    *all = false;
+    msg_errcode rc = need_object(obj, err);
+    if (rc) return rc;
+    field f[2] = {{"ids", {0}}, {"all", {0}}};
+    if ((rc = scan(obj, f, 2, "", FROM_CLIENT, err))) return rc;
+    if (has(&f[0]) && has(&f[1]))
+        return msg_fail(err, MSG_E_INVALID_FIELD, "all", "give ids or all, not both");
+    if (has(&f[1])) {
+        if (f[1].v.type != JSON_TRUE)
+            return msg_fail(err, MSG_E_INVALID_FIELD, "all", "all must be true");
+        *all = true;
+        return MSG_OK;
+    }
+    if (!has(&f[0])) return msg_fail(err, MSG_E_MISSING_FIELD, "ids", "ids (or all) is required");
+    if (f[0].v.type != JSON_ARRAY)
+        return msg_fail(err, MSG_E_INVALID_FIELD, "ids", "ids must be an array of ids");
+    size_t count = json_count(&f[0].v);
+    if (count > MSG_NOTIF_READ_MAX)
+        return msg_fail(err, MSG_E_TOO_LARGE, "ids", "at most %d ids", MSG_NOTIF_READ_MAX);
+    if (count == 0) return msg_fail(err, MSG_E_INVALID_FIELD, "ids", "ids must not be empty");
+    json_iter it;
+    json_val v;
+    json_iter_init(&it, &f[0].v);
+    while (json_array_next(&it, &v)) {
+        field one = {"ids", v};
+        if ((rc = get_int(&one, "ids", 1, MSG_SEQ_MAX, &ids[*n], err))) {
+            *n = 0;
+            return rc;
+        }
+        (*n)++;
+    }
+    return MSG_OK;
+}
+
+void msg_nprefs_default(msg_nprefs *p)
+{
+    memset(p, 0, sizeof *p);
+    p->in_app = p->push = true;
+    p->muted_users.type = p->muted_rooms.type = JSON_INVALID;
+}
+
+/* "HH:MM" -> minutes after midnight, or -1. */
+static int hhmm(const json_val *v)
+{
+    if (v->type != JSON_STRING || v->len != 7) return -1;
+    const char *s = v->p + 1;
+    for (int i = 0; i < 5; i++)
+        if (i == 2 ? s[i] != ':' : (s[i] < '0' || s[i] > '9')) return -1;
+    int h = (s[0] - '0') * 10 + (s[1] - '0'), m = (s[3] - '0') * 10 + (s[4] - '0');
+    return h < 24 && m < 60 ? h * 60 + m : -1;
+}
+
+static msg_errcode parse_quiet(const json_val *v, msg_nprefs *p, msg_error *err)
+{
+    if (v->type == JSON_NULL) {
+        p->quiet = false;
+        p->tz[0] = 0;
+        p->q_start = p->q_end = 0;
+        return MSG_OK;
+    }
+    if (v->type != JSON_OBJECT)
+        return msg_fail(err, MSG_E_INVALID_FIELD, "quiet_hours",
+                        "quiet_hours must be an object or null");
+    field f[3] = {{"start", {0}}, {"end", {0}}, {"tz", {0}}};
+    msg_errcode rc = scan(v, f, 3, "quiet_hours", FROM_CLIENT, err);
+    if (rc) return rc;
+    static const char *const paths[3] = {"quiet_hours.start", "quiet_hours.end", "quiet_hours.tz"};
+    for (int i = 0; i < 3; i++)
+        if (!has(&f[i]))
+            return msg_fail(err, MSG_E_MISSING_FIELD, paths[i], "%s is required", paths[i]);
+    int s = hhmm(&f[0].v), e = hhmm(&f[1].v);
+    if (s < 0) return msg_fail(err, MSG_E_INVALID_FIELD, paths[0], "%s must be HH:MM", paths[0]);
+    if (e < 0) return msg_fail(err, MSG_E_INVALID_FIELD, paths[1], "%s must be HH:MM", paths[1]);
+    if (s == e)
+        return msg_fail(err, MSG_E_INVALID_FIELD, paths[1],
+                        "quiet hours must not start and end at the same time");
+    char tz[MSG_TZ_MAX + 1];
+    if ((rc = get_ident(&f[2], paths[2], tz, sizeof tz, msg_valid_tz_name, "time zone name", err)))
+        return rc;
+    p->quiet = true;
+    p->q_start = s;
+    p->q_end = e;
+    memcpy(p->tz, tz, sizeof tz);
+    return MSG_OK;
+}
+
+static msg_errcode parse_muted(const field *f, bool (*valid)(const char *, size_t),
+                               const char *what, json_val *out, msg_error *err)
+{
+    if (f->v.type != JSON_ARRAY)
+        return msg_fail(err, MSG_E_INVALID_FIELD, f->name, "%s must be an array of %ss", f->name,
+                        what);
+    if (json_count(&f->v) > MSG_NOTIF_MUTED_MAX)
+        return msg_fail(err, MSG_E_TOO_LARGE, f->name, "at most %d entries in %s",
+                        MSG_NOTIF_MUTED_MAX, f->name);
+    json_iter it;
+    json_val v;
+    json_iter_init(&it, &f->v);
+    char id[MSG_USER_MAX + 1];
+    while (json_array_next(&it, &v)) {
+        field one = {f->name, v};
+        msg_errcode rc = get_ident(&one, f->name, id, sizeof id, valid, what, err);
+        if (rc) return rc;
+    }
+    *out = f->v;
+    return MSG_OK;
+}
+
+enum { PF_IN_APP, PF_PUSH, PF_TYPES, PF_QUIET, PF_MU, PF_MR, PF_N };
+
+msg_errcode msg_parse_nprefs(const json_val *obj, msg_nprefs *p, unsigned *given, msg_error *err)
+{
+    *given = 0;
+    msg_errcode rc = need_object(obj, err);
+    if (rc) return rc;
+    field f[PF_N] = {{"in_app", {0}},      {"push", {0}},        {"types", {0}},
+                     {"quiet_hours", {0}}, {"muted_users", {0}}, {"muted_rooms", {0}}};
+    if ((rc = scan(obj, f, PF_N, "", FROM_CLIENT, err))) return rc;
+    for (int i = PF_IN_APP; i <= PF_PUSH; i++) {
+        if (!has(&f[i])) continue;
+        if (f[i].v.type != JSON_TRUE && f[i].v.type != JSON_FALSE)
+            return msg_fail(err, MSG_E_INVALID_FIELD, f[i].name, "%s must be true or false",
+                            f[i].name);
+        *(i == PF_IN_APP ? &p->in_app : &p->push) = f[i].v.type == JSON_TRUE;
+    }
+    if (has(&f[PF_TYPES])) {
+        if (f[PF_TYPES].v.type != JSON_OBJECT)
+            return msg_fail(err, MSG_E_INVALID_FIELD, "types", "types must be an object");
+        unsigned off = 0, seen = 0;
+        json_iter it;
+        json_val k, v;
+        json_iter_init(&it, &f[PF_TYPES].v);
+        while (json_object_next(&it, &k, &v)) {
+            char name[16];
+            long n = json_string_decode(&k, name, sizeof name - 1);
+            int t = n >= 0 ? msg_ntype_from_name(name, (size_t)n) : 0;
+            if (!t)
+                return msg_fail(err, MSG_E_INVALID_FIELD, "types", "types names an unknown type");
+            if (seen & (1u << t))
+                return msg_fail(err, MSG_E_INVALID_FIELD, "types", "types repeats %s", name);
+            seen |= 1u << t;
+            if (v.type != JSON_TRUE && v.type != JSON_FALSE)
+                return msg_fail(err, MSG_E_INVALID_FIELD, "types", "types.%s must be true or false",
+                                name);
+            if (v.type == JSON_FALSE) off |= 1u << t;
+        }
+        p->types_off = off;
+    }
+    if (has(&f[PF_QUIET]) && (rc = parse_quiet(&f[PF_QUIET].v, p, err))) return rc;
+    if (has(&f[PF_MU]) &&
+        (rc = parse_muted(&f[PF_MU], msg_valid_user, "user id", &p->muted_users, err)))
+        return rc;
+    if (has(&f[PF_MR]) &&
+        (rc = parse_muted(&f[PF_MR], msg_valid_room, "room name", &p->muted_rooms, err)))
+        return rc;
+    for (int i = 0; i < PF_N; i++)
+        if (has(&f[i])) *given |= 1u << i;
+    return MSG_OK;
+}
+
+static int put_list(pbuf *out, bool *first, const char *key, const json_val *v)
+{
+    int rc = put_key(out, first, key);
+    if (rc) return rc;
+    return v->type == JSON_ARRAY ? json_compact(out, v) : pbuf_append_str(out, "[]");
+}
+
+int msg_encode_nprefs(pbuf *out, const msg_nprefs *p)
+{
+    bool first = true;
+    int rc = pbuf_append(out, "{", 1);
+    if (rc == 0) rc = put_key(out, &first, "in_app");
+    if (rc == 0) rc = pbuf_append_str(out, p->in_app ? "true" : "false");
+    if (rc == 0) rc = put_key(out, &first, "push");
+    if (rc == 0) rc = pbuf_append_str(out, p->push ? "true" : "false");
+    if (rc == 0) rc = put_key(out, &first, "types");
+    for (int t = MSG_NT_MESSAGE; rc == 0 && t <= MSG_NT_LAST; t++) {
+        rc = pbuf_append_str(out, t == MSG_NT_MESSAGE ? "{\"" : ",\"");
+        if (rc == 0) rc = pbuf_append_str(out, ntype_names[t]);
+        if (rc == 0) rc = pbuf_append_str(out, p->types_off & (1u << t) ? "\":false" : "\":true");
+    }
+    if (rc == 0) rc = pbuf_append(out, "}", 1);
+    if (rc == 0) rc = put_key(out, &first, "quiet_hours");
+    if (rc == 0 && !p->quiet) rc = pbuf_append_str(out, "null");
+    if (rc == 0 && p->quiet) {
+        char q[80];
+        snprintf(q, sizeof q,
+                 "{\"start\":\"%02d:%02d\",\"end\":\"%02d:%02d\",\"tz\":", p->q_start / 60,
+                 p->q_start % 60, p->q_end / 60, p->q_end % 60);
+        rc = pbuf_append_str(out, q);
+        if (rc == 0) rc = json_append_string(out, p->tz, strlen(p->tz));
+        if (rc == 0) rc = pbuf_append(out, "}", 1);
+    }
+    if (rc == 0) rc = put_list(out, &first, "muted_users", &p->muted_users);
+    if (rc == 0) rc = put_list(out, &first, "muted_rooms", &p->muted_rooms);
+    if (rc == 0) rc = pbuf_append(out, "}", 1);
+    return rc;
+}
+
+bool msg_nprefs_has(const json_val *list, const char *id)
+{
+    if (list->type != JSON_ARRAY) return false;
+    json_iter it;
+    json_val v;
+    json_iter_init(&it, list);
+    while (json_array_next(&it, &v))
+        if (json_string_eq(&v, id)) return true;
+    return false;
 }

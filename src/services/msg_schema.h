@@ -370,6 +370,124 @@ msg_errcode msg_parse_presence_users(const json_val *obj,
                                      char users[MSG_PRESENCE_USERS_MAX][MSG_USER_MAX + 1],
                                      size_t *n, msg_error *err);
 
+/* ---- notifications ---- */
+
+/* client -> server */
+#define MSG_EV_NOTIFY          "notify"
+#define MSG_EV_NOTIF_SYNC      "notifications_sync"
+#define MSG_EV_NOTIF_READ      "notifications_read"
+#define MSG_EV_NOTIF_PREFS_GET "notification_prefs_get"
+#define MSG_EV_NOTIF_PREFS_SET "notification_prefs_set"
+/* server -> client */
+#define MSG_EV_NOTIFICATION "notification" /* emitted with an acknowledgement request */
+#define MSG_EV_UNREAD       "unread"
+
+#define MSG_NOTIF_TITLE_MAX        256
+#define MSG_NOTIF_BODY_MAX         4096
+#define MSG_NOTIF_IMAGE_MAX        2048
+#define MSG_NOTIF_ACTIONS_MAX      5
+#define MSG_NOTIF_ACTION_ID_MAX    64 /* [A-Za-z0-9._-] */
+#define MSG_NOTIF_ACTION_LABEL_MAX 64
+#define MSG_NOTIF_DEDUPE_MAX       128
+#define MSG_NOTIF_SYNC_MAX         500
+#define MSG_NOTIF_SYNC_DEF         100
+#define MSG_NOTIF_READ_MAX         500
+#define MSG_NOTIF_MUTED_MAX        1000
+#define MSG_TZ_MAX                 64 /* IANA zone names: "Area/City" */
+
+/* Notification types; bit (1 << t) in msg_nprefs.types_off. */
+typedef enum msg_ntype {
+    MSG_NT_MESSAGE = 1,
+    MSG_NT_MENTION,
+    MSG_NT_ASSIGNMENT,
+    MSG_NT_DEADLINE,
+    MSG_NT_SYSTEM,
+    MSG_NT_ACHIEVEMENT,
+    MSG_NT_REMINDER,
+    MSG_NT_ALERT,
+} msg_ntype;
+#define MSG_NT_LAST MSG_NT_ALERT
+
+const char *msg_ntype_name(msg_ntype t);            /* NULL out of range */
+int msg_ntype_from_name(const char *s, size_t len); /* 0 when unknown */
+
+typedef struct msg_naction {
+    char id[MSG_NOTIF_ACTION_ID_MAX + 1];
+    char label[MSG_NOTIF_ACTION_LABEL_MAX + 1]; /* no NUL inside (checked) */
+} msg_naction;
+
+/* The Notification object, and the parsed `notify` request (which leaves
+ * id, from, created, delivered and read to the server). Text is decoded:
+ * a notification is stored, so it is copied anyway. Title, body and
+ * dedupe key may not contain U+0000, so they are C strings. */
+typedef struct msg_notification {
+    int64_t id;
+    char to[MSG_USER_MAX + 1]; /* the recipient (not part of the object) */
+    msg_ntype type;
+    msg_priority priority;
+    char title[MSG_NOTIF_TITLE_MAX + 1];
+    char body[MSG_NOTIF_BODY_MAX + 1];
+    char image[MSG_NOTIF_IMAGE_MAX + 1]; /* "" = null */
+    msg_naction actions[MSG_NOTIF_ACTIONS_MAX];
+    unsigned nactions;
+    char from[MSG_USER_MAX + 1];           /* "" = null (HTTP API) */
+    int64_t created;                       /* ms since the epoch */
+    int64_t expires;                       /* ms since the epoch; -1 = null */
+    char dedupe[MSG_NOTIF_DEDUPE_MAX + 1]; /* "" = null */
+    bool delivered, read;
+} msg_notification;
+
+/* `notify` / the HTTP API body: {"to", "type", "priority"?, "title",
+ * "body"?, "image"?, "actions"?, "expires_at"?, "dedupe_key"?}. expires_at
+ * must be after now_ms. Strict like every client object. */
+msg_errcode msg_parse_notify(const json_val *obj, int64_t now_ms, msg_notification *n,
+                             msg_error *err);
+/* The actions array alone (also how the store reads its column back). */
+msg_errcode msg_parse_nactions(const json_val *arr, msg_naction *a, unsigned *n, msg_error *err);
+int msg_encode_nactions(pbuf *out, const msg_naction *a, unsigned n);
+int msg_encode_notification(pbuf *out, const msg_notification *n);
+/* true for an absolute http:// or https:// URL of printable ASCII with a host. */
+bool msg_valid_http_url(const char *s, size_t len);
+
+/* notifications_sync: {"since"?: id (default 0), "limit"?: 1..500 (default 100)} */
+msg_errcode msg_parse_nsync(const json_val *obj, int64_t *since, unsigned *limit, msg_error *err);
+/* notifications_read: {"ids": [1..500 ids]} or {"all": true}. */
+msg_errcode msg_parse_nread(const json_val *obj, int64_t ids[MSG_NOTIF_READ_MAX], size_t *n,
+                            bool *all, msg_error *err);
+
+/* Preferences. Muted lists stay spans (arrays of validated ids) of the
+ * JSON they were parsed from, which must outlive the struct. */
+typedef struct msg_nprefs {
+    bool in_app, push;
+    unsigned types_off; /* bit (1 << type) for every type switched off */
+    bool quiet;         /* quiet hours set */
+    int q_start, q_end; /* minutes after midnight, local time; start != end */
+    char tz[MSG_TZ_MAX + 1];
+    json_val muted_users, muted_rooms; /* JSON_INVALID: empty */
+} msg_nprefs;
+
+void msg_nprefs_default(msg_nprefs *p);
+/* Bits of the fields a notification_prefs_set gave. */
+enum {
+    MSG_NP_IN_APP = 1,
+    MSG_NP_PUSH = 2,
+    MSG_NP_TYPES = 4,
+    MSG_NP_QUIET = 8,
+    MSG_NP_MUTED_USERS = 16,
+    MSG_NP_MUTED_ROOMS = 32,
+};
+/* Overwrites the fields of *p that obj names (any subset of P); *given
+ * gets their bits. A field replaces the stored one whole (types too). On
+ * error *p may be partly changed. tz is checked for its shape only
+ * (msg_valid_tz_name): whether the zone exists is the server's business. */
+msg_errcode msg_parse_nprefs(const json_val *obj, msg_nprefs *p, unsigned *given, msg_error *err);
+int msg_encode_nprefs(pbuf *out, const msg_nprefs *p);
+/* Is id (a C string) in a muted list? */
+bool msg_nprefs_has(const json_val *list, const char *id);
+/* IANA-style names (tz_valid_name): 1..64 bytes of [A-Za-z0-9_+-] in
+ * '/'-separated parts, none empty, not starting or ending with '/'. */
+bool msg_valid_tz_name(const char *s, size_t len);
+
 /* ---- helpers ---- */
 
 /* The single object in an event's argument array (`[ {...} ]`). */

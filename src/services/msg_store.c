@@ -26,7 +26,7 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 
-#define MSTORE_SCHEMA_VERSION 2
+#define MSTORE_SCHEMA_VERSION 3
 #define MSTORE_APP_ID         0x504d5347 /* "PMSG" */
 #define MSTORE_BUSY_MS        1000
 #define MSTORE_CACHE_MAX      65536 /* conversations kept in the seq cache */
@@ -53,11 +53,31 @@ enum {
     ST_PRES_GET,
     ST_PRES_SEEN,
     ST_PRES_TEXT,
+    ST_NOTIF_ADD,
+    ST_NOTIF_DEDUPE,
+    ST_NOTIF_LIST,
+    ST_NOTIF_UNREAD,
+    ST_NOTIF_DELIVERED,
+    ST_NOTIF_DELIVER_RANGE,
+    ST_NOTIF_READ_ONE,
+    ST_NOTIF_READ_ALL,
+    ST_NOTIF_EXPIRED_USERS,
+    ST_NOTIF_SWEEP,
+    ST_NOTIF_NEXT_EXPIRY,
+    ST_NPREFS_GET,
+    ST_NPREFS_SET,
     ST_BEGIN,
     ST_COMMIT,
     ST_ROLLBACK,
     ST_COUNT
 };
+
+#define NOTIF_COLS                                                                                 \
+    "id, recipient, type, priority, title, body, image, actions, sender, created, expires, "       \
+    "dedupe_key, delivered, read"
+/* Not expired at time t: expired rows are never returned nor counted,
+ * whether or not the sweep has deleted them yet. */
+#define NOTIF_LIVE(t) "(expires IS NULL OR expires > " t ")"
 
 #define MSG_COLS "id, conv, seq, sender, client_id, type, priority, ts, content"
 
@@ -94,6 +114,31 @@ static const char *const stmt_sql[ST_COUNT] = {
                      "ON CONFLICT(user) DO UPDATE SET last_seen = excluded.last_seen",
     [ST_PRES_TEXT] = "INSERT INTO presence(user, last_seen, text) VALUES (?1, NULL, ?2) "
                      "ON CONFLICT(user) DO UPDATE SET text = excluded.text",
+    [ST_NOTIF_ADD] = "INSERT INTO notifications(recipient, type, priority, title, body, image, "
+                     "actions, sender, created, expires, dedupe_key) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    [ST_NOTIF_DEDUPE] = "SELECT " NOTIF_COLS " FROM notifications WHERE recipient = ?1 AND "
+                        "dedupe_key = ?2 AND " NOTIF_LIVE("?3") " ORDER BY id DESC LIMIT 1",
+    [ST_NOTIF_LIST] = "SELECT " NOTIF_COLS " FROM notifications WHERE recipient = ?1 AND id > ?2 "
+                      "AND " NOTIF_LIVE("?3") " ORDER BY id LIMIT ?4",
+    [ST_NOTIF_UNREAD] =
+        "SELECT count(*) FROM notifications WHERE recipient = ?1 AND read = 0 AND " NOTIF_LIVE(
+            "?2"),
+    [ST_NOTIF_DELIVERED] = "UPDATE notifications SET delivered = 1 WHERE id = ?1 AND "
+                           "recipient = ?2 AND delivered = 0",
+    [ST_NOTIF_DELIVER_RANGE] = "UPDATE notifications SET delivered = 1 WHERE recipient = ?1 AND "
+                               "id > ?2 AND id <= ?3 AND delivered = 0",
+    [ST_NOTIF_READ_ONE] = "UPDATE notifications SET read = 1, delivered = 1 WHERE id = ?1 AND "
+                          "recipient = ?2 AND read = 0 AND " NOTIF_LIVE("?3"),
+    [ST_NOTIF_READ_ALL] = "UPDATE notifications SET read = 1, delivered = 1 WHERE recipient = ?1 "
+                          "AND read = 0 AND " NOTIF_LIVE("?2"),
+    [ST_NOTIF_EXPIRED_USERS] = "SELECT DISTINCT recipient FROM notifications WHERE expires <= ?1 "
+                               "AND read = 0 ORDER BY recipient",
+    [ST_NOTIF_SWEEP] = "DELETE FROM notifications WHERE expires <= ?1",
+    [ST_NOTIF_NEXT_EXPIRY] = "SELECT min(expires) FROM notifications WHERE expires IS NOT NULL",
+    [ST_NPREFS_GET] = "SELECT prefs FROM notification_prefs WHERE user = ?1",
+    [ST_NPREFS_SET] = "INSERT INTO notification_prefs(user, prefs) VALUES (?1, ?2) "
+                      "ON CONFLICT(user) DO UPDATE SET prefs = excluded.prefs",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -151,6 +196,33 @@ static const char *const migrations[MSTORE_SCHEMA_VERSION] = {
     " user TEXT PRIMARY KEY,"
     " last_seen INTEGER,"
     " text TEXT NOT NULL"
+    ") WITHOUT ROWID;",
+    /* 2 -> 3: notifications (AUTOINCREMENT: ids are never reused after the
+     * sweep deletes the newest rows) and per-user preferences, kept as the
+     * Preferences object's JSON (read back through the same parser). */
+    "CREATE TABLE notifications ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " recipient TEXT NOT NULL,"
+    " type INTEGER NOT NULL,"
+    " priority INTEGER NOT NULL,"
+    " title TEXT NOT NULL,"
+    " body TEXT NOT NULL,"
+    " image TEXT,"
+    " actions TEXT NOT NULL,"
+    " sender TEXT,"
+    " created INTEGER NOT NULL,"
+    " expires INTEGER,"
+    " dedupe_key TEXT,"
+    " delivered INTEGER NOT NULL DEFAULT 0,"
+    " read INTEGER NOT NULL DEFAULT 0"
+    ");"
+    "CREATE INDEX notifications_by_recipient ON notifications(recipient, id);"
+    "CREATE INDEX notifications_by_dedupe ON notifications(recipient, dedupe_key)"
+    " WHERE dedupe_key IS NOT NULL;"
+    "CREATE INDEX notifications_by_expiry ON notifications(expires) WHERE expires IS NOT NULL;"
+    "CREATE TABLE notification_prefs ("
+    " user TEXT PRIMARY KEY,"
+    " prefs TEXT NOT NULL"
     ") WITHOUT ROWID;",
 };
 
@@ -922,4 +994,232 @@ int mstore_presence_text(mstore *s, const char *user, const char *text)
     bind_text(st, 1, user);
     bind_text(st, 2, text);
     return run(s, st, "storing a status text");
+}
+
+/* ---- notifications ---- */
+
+/* A text column copied into out (cap bytes incl. NUL), at most max bytes,
+ * no NUL inside; NULL allowed only when nullable (gives ""). */
+static bool col_cstr(sqlite3_stmt *st, int col, char *out, size_t max, bool nullable, size_t min)
+{
+    out[0] = 0;
+    int t = sqlite3_column_type(st, col);
+    if (t == SQLITE_NULL) return nullable;
+    if (t != SQLITE_TEXT) return false;
+    const char *v = (const char *)sqlite3_column_text(st, col);
+    int n = sqlite3_column_bytes(st, col);
+    if (!v || n < 0 || (size_t)n > max || (size_t)n < min || memchr(v, 0, (size_t)n)) return false;
+    memcpy(out, v, (size_t)n);
+    out[n] = 0;
+    return true;
+}
+
+static int read_notif(const mstore *s, sqlite3_stmt *st, msg_notification *n)
+{
+    memset(n, 0, sizeof *n);
+    n->id = sqlite3_column_int64(st, 0);
+    int64_t type = sqlite3_column_int64(st, 2), prio = sqlite3_column_int64(st, 3);
+    n->type = (msg_ntype)type;
+    n->priority = (msg_priority)prio;
+    n->created = sqlite3_column_int64(st, 9);
+    n->expires = sqlite3_column_type(st, 10) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 10);
+    n->delivered = sqlite3_column_int64(st, 12) != 0;
+    n->read = sqlite3_column_int64(st, 13) != 0;
+    const char *aj = (const char *)sqlite3_column_text(st, 7);
+    int alen = sqlite3_column_bytes(st, 7);
+    json_val arr;
+    msg_error err;
+    /* Checked like input: a row that breaks the rules is not passed on. */
+    bool ok = n->id > 0 && type >= MSG_NT_MESSAGE && type <= MSG_NT_LAST && prio >= MSG_PRIO_LOW &&
+              prio <= MSG_PRIO_URGENT && n->created >= 0 &&
+              col_cstr(st, 1, n->to, MSG_USER_MAX, false, 1) &&
+              col_cstr(st, 4, n->title, MSG_NOTIF_TITLE_MAX, false, 1) &&
+              col_cstr(st, 5, n->body, MSG_NOTIF_BODY_MAX, false, 0) &&
+              col_cstr(st, 6, n->image, MSG_NOTIF_IMAGE_MAX, true, 1) &&
+              col_cstr(st, 8, n->from, MSG_USER_MAX, true, 1) &&
+              col_cstr(st, 11, n->dedupe, MSG_NOTIF_DEDUPE_MAX, true, 1) && aj && alen >= 0 &&
+              json_parse(aj, (size_t)alen, 4, &arr, NULL) == 0 &&
+              msg_parse_nactions(&arr, n->actions, &n->nactions, &err) == MSG_OK;
+    if (!ok) {
+        plog_error("store %s: bad notification row %lld", s->path, (long long)n->id);
+        return PARLEY_EIO;
+    }
+    return 0;
+}
+
+static void bind_opt(sqlite3_stmt *st, int i, const char *v)
+{
+    if (v[0])
+        bind_text(st, i, v);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+int mstore_notif_insert(mstore *s, msg_notification *n, int64_t now_ms)
+{
+    if (n->dedupe[0]) {
+        sqlite3_stmt *st = stmt(s, ST_NOTIF_DEDUPE);
+        bind_text(st, 1, n->to);
+        bind_text(st, 2, n->dedupe);
+        sqlite3_bind_int64(st, 3, now_ms);
+        int rc = sqlite3_step(st), ret = 0;
+        if (rc == SQLITE_ROW)
+            ret = read_notif(s, st, n) == 0 ? MSTORE_DUPLICATE : PARLEY_EIO;
+        else if (rc != SQLITE_DONE)
+            ret = db_err(s, "finding a notification by dedupe key");
+        done(st);
+        if (ret) return ret;
+    }
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    pbuf actions = {0};
+    if (msg_encode_nactions(&actions, n->actions, n->nactions) != 0) {
+        pbuf_free(&actions);
+        return PARLEY_ENOMEM;
+    }
+    sqlite3_stmt *st = stmt(s, ST_NOTIF_ADD);
+    bind_text(st, 1, n->to);
+    sqlite3_bind_int(st, 2, (int)n->type);
+    sqlite3_bind_int(st, 3, (int)n->priority);
+    bind_text(st, 4, n->title);
+    bind_text(st, 5, n->body);
+    bind_opt(st, 6, n->image);
+    sqlite3_bind_text(st, 7, (const char *)actions.ptr, (int)actions.len, SQLITE_STATIC);
+    bind_opt(st, 8, n->from);
+    sqlite3_bind_int64(st, 9, now_ms);
+    if (n->expires >= 0)
+        sqlite3_bind_int64(st, 10, n->expires);
+    else
+        sqlite3_bind_null(st, 10);
+    bind_opt(st, 11, n->dedupe);
+    rc = run(s, st, "storing a notification");
+    pbuf_free(&actions);
+    if (rc) return rc;
+    n->id = sqlite3_last_insert_rowid(s->db);
+    n->created = now_ms;
+    n->delivered = n->read = false;
+    return 0;
+}
+
+int mstore_notif_list(mstore *s, const char *user, int64_t since, unsigned limit, int64_t now_ms,
+                      mstore_notif_fn fn, void *arg)
+{
+    sqlite3_stmt *st = stmt(s, ST_NOTIF_LIST);
+    bind_text(st, 1, user);
+    sqlite3_bind_int64(st, 2, since);
+    sqlite3_bind_int64(st, 3, now_ms);
+    sqlite3_bind_int64(st, 4, limit);
+    msg_notification *n = malloc(sizeof *n);
+    int rc, ret = n ? 0 : PARLEY_ENOMEM;
+    while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        ret = read_notif(s, st, n);
+        if (ret == 0) ret = fn(n, arg);
+    }
+    if (ret == 0 && rc != SQLITE_DONE) ret = db_err(s, "listing notifications");
+    done(st);
+    free(n);
+    return ret;
+}
+
+int64_t mstore_notif_unread(mstore *s, const char *user, int64_t now_ms)
+{
+    sqlite3_stmt *st = stmt(s, ST_NOTIF_UNREAD);
+    bind_text(st, 1, user);
+    sqlite3_bind_int64(st, 2, now_ms);
+    int64_t ret = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0)
+                                                 : db_err(s, "counting unread notifications");
+    done(st);
+    return ret;
+}
+
+int mstore_notif_delivered(mstore *s, const char *user, int64_t after, int64_t upto)
+{
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = stmt(s, ST_NOTIF_DELIVER_RANGE);
+    bind_text(st, 1, user);
+    sqlite3_bind_int64(st, 2, after);
+    sqlite3_bind_int64(st, 3, upto);
+    return run(s, st, "marking notifications delivered");
+}
+
+int mstore_notif_read(mstore *s, const char *user, const int64_t *ids, size_t n, bool all,
+                      int64_t now_ms, unsigned *changed)
+{
+    *changed = 0;
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    for (size_t i = 0; rc == 0 && (all ? i < 1 : i < n); i++) {
+        sqlite3_stmt *st = stmt(s, all ? ST_NOTIF_READ_ALL : ST_NOTIF_READ_ONE);
+        int k = 1;
+        if (!all) sqlite3_bind_int64(st, k++, ids[i]);
+        bind_text(st, k++, user);
+        sqlite3_bind_int64(st, k, now_ms);
+        rc = run(s, st, "marking notifications read");
+        if (rc == 0) *changed += (unsigned)sqlite3_changes(s->db);
+    }
+    return rc;
+}
+
+int mstore_notif_sweep(mstore *s, int64_t now_ms, mstore_user_list_fn fn, void *arg)
+{
+    sqlite3_stmt *st = stmt(s, ST_NOTIF_EXPIRED_USERS);
+    sqlite3_bind_int64(st, 1, now_ms);
+    char user[MSG_USER_MAX + 1];
+    int rc, ret = 0;
+    while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (!col_cstr(st, 0, user, MSG_USER_MAX, false, 1)) continue;
+        ret = fn(user, arg);
+    }
+    if (ret == 0 && rc != SQLITE_DONE) ret = db_err(s, "listing expired notifications");
+    done(st);
+    if (ret) return ret;
+    if ((ret = ensure_tx(s))) return ret;
+    st = stmt(s, ST_NOTIF_SWEEP);
+    sqlite3_bind_int64(st, 1, now_ms);
+    return run(s, st, "deleting expired notifications");
+}
+
+int64_t mstore_notif_next_expiry(mstore *s)
+{
+    sqlite3_stmt *st = stmt(s, ST_NOTIF_NEXT_EXPIRY);
+    int rc = sqlite3_step(st);
+    int64_t ret = -1;
+    if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_INTEGER)
+        ret = sqlite3_column_int64(st, 0);
+    else if (rc != SQLITE_ROW)
+        ret = db_err(s, "finding the next expiry") - 1; /* below -1: an error */
+    done(st);
+    return ret;
+}
+
+int mstore_nprefs_get(mstore *s, const char *user, pbuf *out)
+{
+    out->len = 0;
+    sqlite3_stmt *st = stmt(s, ST_NPREFS_GET);
+    bind_text(st, 1, user);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW) {
+        const char *v = (const char *)sqlite3_column_text(st, 0);
+        int n = sqlite3_column_bytes(st, 0);
+        if (!v || n <= 0)
+            ret = PARLEY_EIO;
+        else
+            ret = pbuf_append(out, v, (size_t)n) == 0 ? 1 : PARLEY_ENOMEM;
+    } else if (rc != SQLITE_DONE) {
+        ret = db_err(s, "reading notification preferences");
+    }
+    done(st);
+    return ret;
+}
+
+int mstore_nprefs_set(mstore *s, const char *user, const char *json, size_t len)
+{
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    if (len > INT_MAX) return PARLEY_EINVAL;
+    sqlite3_stmt *st = stmt(s, ST_NPREFS_SET);
+    bind_text(st, 1, user);
+    sqlite3_bind_text(st, 2, json, (int)len, SQLITE_STATIC);
+    return run(s, st, "storing notification preferences");
 }

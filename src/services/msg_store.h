@@ -1,7 +1,8 @@
 /*
  * The messaging store: conversations, participants with their receipt
- * watermarks, messages, the media index, and presence (last seen and
- * status text per user), in one SQLite database.
+ * watermarks, messages, the media index, presence (last seen and status
+ * text per user), notifications and notification preferences, in one
+ * SQLite database.
  *
  * Batches (group commit): the first write opens a transaction and every
  * later write joins it until mstore_commit(); the service commits once per
@@ -134,6 +135,36 @@ int mstore_presence_get(mstore *s, const char *user, int64_t *last_seen,
                         char text[MSG_PRESENCE_TEXT_MAX + 1]);
 int mstore_presence_seen(mstore *s, const char *user, int64_t now_ms);
 int mstore_presence_text(mstore *s, const char *user, const char *text);
+
+/* Notifications (schema 3). Expired rows (expires <= now_ms) are never
+ * returned nor counted, swept or not.
+ * insert: n holds the request (to, type, ..., dedupe); fills id and
+ * created. When n->dedupe names an unexpired notification of the same
+ * recipient nothing is written, *n becomes the stored one and the result
+ * is MSTORE_DUPLICATE. Joins the batch. */
+int mstore_notif_insert(mstore *s, msg_notification *n, int64_t now_ms);
+typedef int (*mstore_notif_fn)(const msg_notification *n, void *arg);
+/* user's notifications with id > since, ascending, at most limit. */
+int mstore_notif_list(mstore *s, const char *user, int64_t since, unsigned limit, int64_t now_ms,
+                      mstore_notif_fn fn, void *arg);
+/* Unread count, or negative on error. */
+int64_t mstore_notif_unread(mstore *s, const char *user, int64_t now_ms);
+/* Marks user's notifications with after < id <= upto delivered. */
+int mstore_notif_delivered(mstore *s, const char *user, int64_t after, int64_t upto);
+/* Marks ids (or all) of user's unexpired notifications read; foreign and
+ * unknown ids are ignored; *changed counts rows that became read. */
+int mstore_notif_read(mstore *s, const char *user, const int64_t *ids, size_t n, bool all,
+                      int64_t now_ms, unsigned *changed);
+/* Deletes expired notifications; first calls fn for every user who had
+ * unread ones among them (their count changes). */
+typedef int (*mstore_user_list_fn)(const char *user, void *arg);
+int mstore_notif_sweep(mstore *s, int64_t now_ms, mstore_user_list_fn fn, void *arg);
+/* The earliest expiry stored, -1 when none, below -1 on error. */
+int64_t mstore_notif_next_expiry(mstore *s);
+/* Preferences as stored JSON (the Preferences object): 1 found (out
+ * holds it), 0 none, negative on error. set joins the batch. */
+int mstore_nprefs_get(mstore *s, const char *user, pbuf *out);
+int mstore_nprefs_set(mstore *s, const char *user, const char *json, size_t len);
 
 /* The SQLite handle, for tests that need to reach under the store. */
 void *mstore__db(mstore *s);
