@@ -7,7 +7,10 @@
  * events, reads, preferences) on a plain Socket.IO namespace: the sync
  * after every connection, acknowledgements, held-back notifications,
  * no repeats across a reconnection, reads here and elsewhere, pages and
- * the store's bound, preferences and their errors.
+ * the store's bound, preferences and their errors. Then the same client
+ * against the real messaging service (its notifications half): `notify`
+ * from a notifier-role socket, in_app off holding notifications back,
+ * urgent messages pushed anyway, reads, a second device, preferences.
  *
  * PARLEY_TEST_LOG=1 prints the library's log.
  */
@@ -21,6 +24,7 @@
 #include "client_helpers.h"
 #include "codec/json.h"
 #include "parley/store.h"
+#include "services/messaging.h"
 
 #define WAIT_MS  5000 /* upper bound for anything that should happen "soon" */
 #define QUIET_MS 200  /* how long nothing more must happen for "exactly" */
@@ -359,11 +363,11 @@ static void app_unread(parley_chat *c, int64_t count, void *user)
     pthread_mutex_unlock(&t->mu);
 }
 
-static void ts_init(tstore *t, const char *user, const fsrv *s)
+static void ts_init(tstore *t, const char *user, unsigned port)
 {
     memset(t, 0, sizeof *t);
     snprintf(t->user, sizeof t->user, "%s", user);
-    snprintf(t->url, sizeof t->url, "http://127.0.0.1:%u", s->port);
+    snprintf(t->url, sizeof t->url, "http://127.0.0.1:%u", port);
     parley_chat_opts_init(&t->co);
     t->co.url = t->url;
     t->co.user_id = t->user;
@@ -492,7 +496,7 @@ static void test_flow(void **state)
     fs_start(&f);
     fs_add(&f, 3, false); /* stored while alice was away */
     tstore alice;
-    ts_init(&alice, "alice", &f);
+    ts_init(&alice, "alice", f.port);
     ts_open(&alice);
     wait_state(&alice, "online");
 
@@ -591,7 +595,7 @@ static void test_pages(void **state)
     fs_start(&f);
     fs_add(&f, 250, false);
     tstore alice;
-    ts_init(&alice, "alice", &f);
+    ts_init(&alice, "alice", f.port);
     alice.so.max_notifications = 50;
     ts_open(&alice);
     wait_state(&alice, "online");
@@ -666,7 +670,7 @@ static void test_prefs(void **state)
     fsrv f;
     fs_start(&f);
     tstore alice;
-    ts_init(&alice, "alice", &f);
+    ts_init(&alice, "alice", f.port);
     ts_open(&alice);
     wait_state(&alice, "online");
     wait_unread(&alice, "0");
@@ -703,6 +707,234 @@ static void test_prefs(void **state)
     fs_stop(&f);
 }
 
+/* ---- 4. against the real service ---- */
+
+typedef struct rsrv {
+    th_server th; /* first */
+    msg_service_opts mo;
+    msg_service *svc;
+    int svc_rc;
+    char dir[64];
+} rsrv;
+
+static void rs_setup(th_server *t, void *user)
+{
+    (void)t;
+    rsrv *r = user;
+    r->svc_rc = msg_service_new(r->th.srv, &r->mo, &r->svc);
+}
+
+static void rs_down(parley_server *ps, void *user)
+{
+    (void)ps;
+    rsrv *r = user;
+    msg_service_free(r->svc);
+    atomic_store(&r->th.down, true);
+}
+
+static void rs_shutdown_call(void *arg)
+{
+    rsrv *r = arg;
+    if (r->th.echo) engine_free(r->th.echo);
+    r->th.echo = NULL;
+    parley_server_shutdown(r->th.srv, rs_down, r);
+}
+
+static void rm_dir(const char *dir)
+{
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A socket with the notifier role (development identity). */
+typedef struct notifier {
+    parley_client *cl;
+    parley_sock *sock;
+    pthread_mutex_t mu;
+    int answers;
+    char last[2048];
+} notifier;
+
+static char *notifier_auth(parley_sock *s, void *user)
+{
+    (void)s;
+    (void)user;
+    return strdup("{\"user\":\"svc\",\"role\":\"notifier\"}");
+}
+
+static void on_notify_ack(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    notifier *n = user;
+    pthread_mutex_lock(&n->mu);
+    snprintf(n->last, sizeof n->last, "%d %.*s", err, args ? (int)args->json_len : 0,
+             args ? args->json : "");
+    n->answers++;
+    pthread_mutex_unlock(&n->mu);
+}
+
+static void notify(notifier *n, const char *obj)
+{
+    pthread_mutex_lock(&n->mu);
+    int before = n->answers;
+    pthread_mutex_unlock(&n->mu);
+    char args[1024];
+    snprintf(args, sizeof args, "[%s]", obj);
+    assert_int_equal(
+        parley_sock_emit_ack(n->sock, "notify", args, NULL, 0, WAIT_MS, on_notify_ack, n), 0);
+    uint64_t end = ptime_ms() + WAIT_MS;
+    for (;;) {
+        pthread_mutex_lock(&n->mu);
+        bool done = n->answers > before;
+        pthread_mutex_unlock(&n->mu);
+        if (done) break;
+        if (ptime_ms() >= end) fail_msg("no answer to notify");
+        usleep(2000);
+    }
+    assert_non_null(strstr(n->last, "0 [{\"ok\":true"));
+}
+
+static void test_real_server(void **state)
+{
+    (void)state;
+    rsrv r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.dir, sizeof r.dir, "/tmp/parley-notify-XXXXXX");
+    assert_non_null(mkdtemp(r.dir));
+    msg_service_opts_init(&r.mo);
+    r.mo.data_dir = r.dir;
+    r.mo.dev_auth = true;
+    parley_server_opts so;
+    parley_server_opts_init(&so);
+    so.ping_interval_ms = 2000;
+    so.ping_timeout_ms = 2000;
+    assert_int_equal(th_server_start(&r.th, &so, 0, rs_setup, &r, 0), 0);
+    assert_int_equal(r.svc_rc, 0);
+
+    tstore alice, bob, phone;
+    ts_init(&alice, "alice", r.th.port);
+    ts_init(&bob, "bob", r.th.port);
+    ts_init(&phone, "alice", r.th.port);
+    ts_open(&alice);
+    ts_open(&bob);
+    wait_state(&alice, "online");
+    wait_state(&bob, "online");
+    wait_unread(&alice, "0");
+    char *v = get(&alice, "notifications");
+    assert_string_equal(v, "[]");
+    free(v);
+
+    notifier n;
+    memset(&n, 0, sizeof n);
+    pthread_mutex_init(&n.mu, NULL);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", r.th.port);
+    parley_client_opts co;
+    parley_client_opts_init(&co);
+    co.url = url;
+    assert_int_equal(parley_client_new(&co, &n.cl), 0);
+    parley_sock_opts sopt;
+    parley_sock_opts_init(&sopt);
+    sopt.auth = notifier_auth;
+    n.sock = parley_client_socket(n.cl, "/chat", &sopt);
+    assert_non_null(n.sock);
+    uint64_t end = ptime_ms() + WAIT_MS;
+    while (!parley_sock_connected(n.sock) && ptime_ms() < end) usleep(2000);
+    assert_true(parley_sock_connected(n.sock));
+
+    /* Live: reported, acknowledged, listed, counted. */
+    notify(&n, "{\"to\":\"alice\",\"type\":\"mention\",\"title\":\"hello\",\"body\":\"you\"}");
+    wait_seen(&alice, "1:1;");
+    wait_unread(&alice, "1");
+    wait_value(&alice, "notifications", "\"title\":\"hello\",\"body\":\"you\"", 1);
+    wait_value(&alice, "notifications", "\"delivered\":true,\"read\":false}", 1);
+
+    /* in_app off: held back (counted only) until a sync. */
+    prefs_ans a;
+    memset(&a, 0, sizeof a);
+    pthread_mutex_init(&a.mu, NULL);
+    assert_int_equal(
+        parley_chat_notification_prefs_set(chat_of(&alice), "{\"in_app\":false}", on_prefs, &a), 0);
+    prefs_wait(&a);
+    assert_int_equal(a.err, 0);
+    assert_non_null(strstr(a.json, "\"in_app\":false"));
+    notify(&n, "{\"to\":\"alice\",\"type\":\"reminder\",\"title\":\"later\"}");
+    wait_unread(&alice, "2");
+    usleep(QUIET_MS * 1000);
+    assert_int_equal(seen_has(&alice, "2:"), 0);
+    assert_int_equal(parley_chat_notifications_sync(chat_of(&alice)), 0);
+    wait_seen(&alice, "2:0;");
+    wait_value(&alice, "notifications", "\"title\":\"later\"", 1);
+
+    /* An urgent message is pushed all the same. */
+    parley_chat_send_opts mo;
+    parley_chat_send_opts_init(&mo);
+    mo.to = "alice";
+    mo.text = "call me";
+    mo.priority = PARLEY_PRIORITY_URGENT;
+    char cid[37];
+    assert_int_equal(parley_store_send(bob.st, &mo, cid, NULL), 0);
+    wait_seen(&alice, "3:1;");
+    wait_unread(&alice, "3");
+    wait_value(
+        &alice, "notifications",
+        "\"type\":\"message\",\"priority\":\"urgent\",\"title\":\"bob\",\"body\":\"call me\"", 1);
+
+    /* Preferences: the server's refusal comes back with its field. */
+    a.done = false;
+    assert_int_equal(parley_chat_notification_prefs_set(
+                         chat_of(&alice),
+                         "{\"quiet_hours\":{\"start\":\"22:00\",\"end\":\"07:00\",\"tz\":\"Mars/"
+                         "Olympus\"}}",
+                         on_prefs, &a),
+                     0);
+    prefs_wait(&a);
+    assert_int_equal(a.err, PARLEY_EPROTO);
+    assert_string_equal(a.code, "invalid_field");
+    assert_string_equal(a.field, "quiet_hours.tz");
+
+    /* Reads. */
+    int64_t one = 1;
+    assert_int_equal(parley_chat_notifications_read(chat_of(&alice), &one, 1), 0);
+    wait_unread(&alice, "2");
+    wait_value(&alice, "notifications", "\"read\":true", 1);
+
+    /* A second device: its sync brings all three, once, with the read. */
+    ts_open(&phone);
+    wait_state(&phone, "online");
+    wait_seen(&phone, "3:0;");
+    assert_string_equal(phone.seen, "1:0;2:0;3:0;");
+    wait_unread(&phone, "2");
+    wait_value(&phone, "notifications", "\"read\":true", 1);
+    /* Read everything there: this device learns it from the count. */
+    assert_int_equal(parley_chat_notifications_read_all(chat_of(&phone)), 0);
+    wait_unread(&phone, "0");
+    wait_unread(&alice, "0");
+    wait_value(&alice, "notifications", "\"read\":true", 3);
+
+    /* A reconnection repeats nothing. */
+    assert_int_equal(parley_chat_close(chat_of(&alice)), 0);
+    wait_state(&alice, "offline");
+    assert_int_equal(parley_chat_connect(chat_of(&alice)), 0);
+    wait_state(&alice, "online");
+    usleep(QUIET_MS * 1000);
+    assert_string_equal(alice.seen, "1:1;2:0;3:1;");
+
+    parley_client_free(n.cl);
+    ts_close(&alice);
+    ts_close(&bob);
+    ts_close(&phone);
+    ploop_call(r.th.loop, rs_shutdown_call, &r);
+    for (int i = 0; i < 500 && !atomic_load(&r.th.down); i++) usleep(10000);
+    assert_true(atomic_load(&r.th.down));
+    parley_loop_join(r.th.loop);
+    parley_server_free(r.th.srv);
+    parley_loop_free(r.th.loop);
+    rm_dir(r.dir);
+    assert_int_equal(atomic_load(&warnings), 0);
+}
+
 int main(void)
 {
     parley_log_set(getenv("PARLEY_TEST_LOG") ? PARLEY_LOG_DEBUG : PARLEY_LOG_WARN, log_sink, NULL);
@@ -710,6 +942,7 @@ int main(void)
         cmocka_unit_test(test_flow),
         cmocka_unit_test(test_pages),
         cmocka_unit_test(test_prefs),
+        cmocka_unit_test(test_real_server),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
