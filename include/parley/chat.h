@@ -112,8 +112,8 @@ typedef struct parley_chat_status {
 
 typedef void (*parley_chat_status_fn)(parley_chat *c, const parley_chat_status *st, void *user);
 
-/* A notification (the Notification object of the notifications
- * protocol). Strings are decoded; optional ones are NULL when null. */
+/* A notification (docs/PROTOCOL.md, "Notifications": the Notification
+ * object). Strings are decoded; optional ones are NULL when null. */
 typedef struct parley_chat_notification {
     int64_t id;           /* the server's, increasing */
     const char *type;     /* "message", "mention", "assignment", "deadline", "system",

@@ -38,16 +38,10 @@
 #define RECEIPT_PREFIX     "rcpt-" /* queue ids of receipts: never a UUID */
 #define ID_LEN             36
 
-/* The notifications protocol (docs/PROTOCOL.md, "Notifications"). */
-#define EV_NOTIFICATION    "notification" /* server -> client, with an ack request */
-#define EV_UNREAD          "unread"
-#define EV_NOTIF_SYNC      "notifications_sync"
-#define EV_NOTIF_READ      "notifications_read"
-#define EV_NOTIF_PREFS_GET "notification_prefs_get"
-#define EV_NOTIF_PREFS_SET "notification_prefs_set"
-#define NOTIF_SYNC_LIMIT   100
-#define NOTIF_READ_MAX     500
-#define NOTIF_LIVE_MAX     1000 /* live ids remembered until a sync passes them */
+/* The notifications protocol (docs/PROTOCOL.md, "Notifications"); event
+ * names from msg_schema.h. */
+#define NOTIF_SYNC_LIMIT MSG_NOTIF_SYNC_DEF
+#define NOTIF_LIVE_MAX   1000 /* live ids remembered until a sync passes them */
 
 /* A request waiting for its answer (the first member of sync_ctx and
  * req): listed so that parley_chat_free can let go of those the Socket.IO
@@ -747,7 +741,7 @@ static void on_event(parley_sock *s, const char *event, const parley_args *args,
     parley_chat *c = user;
     json_val obj;
     bool ok = first_object(args, &c->limits, &obj);
-    if (!strcmp(event, EV_NOTIFICATION)) {
+    if (!strcmp(event, MSG_EV_NOTIFICATION)) {
         if (ok) take_live_notification(c, &obj);
         /* Acknowledged once the application has it (and even when it is
          * malformed: asking again would bring the same bytes): the server
@@ -786,7 +780,7 @@ static void on_event(parley_sock *s, const char *event, const parley_args *args,
             c->o.on_member(c, room, u, !strcmp(event, MSG_EV_MEMBER_JOINED), c->o.user);
     } else if (!strcmp(event, MSG_EV_PRESENCE)) {
         take_presence(c, &obj);
-    } else if (!strcmp(event, EV_UNREAD)) {
+    } else if (!strcmp(event, MSG_EV_UNREAD)) {
         json_val cv;
         int64_t n;
         if (json_object_get(&obj, "count", &cv) && json_int(&cv, &n) && n >= 0) report_unread(c, n);
@@ -2066,7 +2060,7 @@ static void send_notif_sync(parley_chat *c)
     if (r) {
         r->c = c;
         r->gen = c->sync_gen;
-        rc = emit_request(c, EV_NOTIF_SYNC, args, NULL, 0, on_notif_sync, r);
+        rc = emit_request(c, MSG_EV_NOTIF_SYNC, args, NULL, 0, on_notif_sync, r);
         if (rc != 0) free(r);
     }
     if (rc != 0)
@@ -2129,7 +2123,7 @@ static void do_notif_read(void *arg)
         a->rc = PARLEY_ESTATE;
         return;
     }
-    a->rc = emit_request(a->c, EV_NOTIF_READ, a->args, NULL, 0, on_notif_read, a->r);
+    a->rc = emit_request(a->c, MSG_EV_NOTIF_READ, a->args, NULL, 0, on_notif_read, a->r);
 }
 
 static int notif_read(parley_chat *c, const int64_t *ids, size_t n)
@@ -2162,7 +2156,7 @@ static int notif_read(parley_chat *c, const int64_t *ids, size_t n)
 
 int parley_chat_notifications_read(parley_chat *c, const int64_t *ids, size_t n)
 {
-    if (!c || !ids || n == 0 || n > NOTIF_READ_MAX) return PARLEY_EINVAL;
+    if (!c || !ids || n == 0 || n > MSG_NOTIF_READ_MAX) return PARLEY_EINVAL;
     for (size_t i = 0; i < n; i++)
         if (ids[i] <= 0) return PARLEY_EINVAL;
     return notif_read(c, ids, n);
@@ -2216,7 +2210,7 @@ static int prefs_request(parley_chat *c, const char *event, const char *args,
 int parley_chat_notification_prefs_get(parley_chat *c, parley_chat_prefs_fn fn, void *user)
 {
     if (!c) return PARLEY_EINVAL;
-    return prefs_request(c, EV_NOTIF_PREFS_GET, "[{}]", fn, user);
+    return prefs_request(c, MSG_EV_NOTIF_PREFS_GET, "[{}]", fn, user);
 }
 
 int parley_chat_notification_prefs_set(parley_chat *c, const char *changes_json,
@@ -2231,7 +2225,7 @@ int parley_chat_notification_prefs_set(parley_chat *c, const char *changes_json,
     int rc = pbuf_append(&b, "[", 1);
     if (rc == 0) rc = pbuf_append(&b, changes_json, strlen(changes_json));
     if (rc == 0) rc = pbuf_append(&b, "]", 2);
-    if (rc == 0) rc = prefs_request(c, EV_NOTIF_PREFS_SET, (const char *)b.ptr, fn, user);
+    if (rc == 0) rc = prefs_request(c, MSG_EV_NOTIF_PREFS_SET, (const char *)b.ptr, fn, user);
     pbuf_free(&b);
     return rc;
 }
