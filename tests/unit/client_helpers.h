@@ -31,6 +31,31 @@
 
 phttpd *parley_server__http(parley_server *s);
 
+/* A free loopback port below the kernel's ephemeral range (32768 and up
+ * by default), for servers a test restarts on the same port: a port from
+ * the ephemeral range could meanwhile become the source port of another
+ * test's outgoing connection, and the restart would fail to bind. Drawn
+ * from the CSPRNG, so that tests starting in the same millisecond do not
+ * pick the same one. */
+static inline unsigned th_low_port(void)
+{
+    for (int i = 0; i < 200; i++) {
+        uint32_t r = 0;
+        if (prand_bytes(&r, sizeof r) != 0) return 0;
+        unsigned p = 20000 + r % 12000;
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0) return 0;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int rc = bind(fd, (struct sockaddr *)&a, sizeof a);
+        close(fd);
+        if (rc == 0) return p;
+    }
+    return 0;
+}
+
 /* ---- waiting on a loop driven by the test thread ---- */
 
 static inline void th_tick(uv_timer_t *t)

@@ -68,27 +68,9 @@ static void srv_init(srv *s)
     s->mo.dev_auth = true;
 }
 
-/* A free port below the ephemeral range: the server restarts on it. */
-static unsigned free_port(void)
-{
-    for (int i = 0; i < 200; i++) {
-        unsigned p = 20000 + (unsigned)(ptime_ms() * 7919 + (uint64_t)i * 104729) % 12000;
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        assert_true(fd >= 0);
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        int rc = bind(fd, (struct sockaddr *)&a, sizeof a);
-        close(fd);
-        if (rc == 0) return p;
-    }
-    return 0;
-}
-
 static void srv_start(srv *s)
 {
-    if (s->port == 0) s->port = free_port();
+    if (s->port == 0) s->port = th_low_port();
     parley_server_opts so;
     parley_server_opts_init(&so);
     so.ping_interval_ms = 2000;
