@@ -300,6 +300,14 @@ enum { FROM_CLIENT, FROM_SERVER };
 /* Reads the members of obj into fields[]. Returns MSG_OK, or (from a
  * client) the error of the first sender member, unknown member (reported
  * with prefix) or repeated member. */
+/* e->field = "prefix.name" (or "name"), cut to the buffer: a path is
+ * for humans and logs, and a long unknown name must not hide the error. */
+static void field_path(msg_error *e, const char *prefix, const char *name)
+{
+    int n = snprintf(e->field, sizeof e->field, "%s%s%s", prefix, prefix[0] ? "." : "", name);
+    if (n < 0) e->field[0] = 0;
+}
+
 static msg_errcode scan(const json_val *obj, field *f, size_t nf, const char *prefix, int mode,
                         msg_error *err)
 {
@@ -330,11 +338,11 @@ static msg_errcode scan(const json_val *obj, field *f, size_t nf, const char *pr
                     shown[j] = '?';
             first = msg_fail(&tmp, MSG_E_UNKNOWN_FIELD, "", "unknown field %s%s%s", prefix,
                              prefix[0] ? "." : "", shown);
-            snprintf(tmp.field, sizeof tmp.field, "%s%s%s", prefix, prefix[0] ? "." : "", shown);
+            field_path(&tmp, prefix, shown);
         } else if (f[i].v.type != JSON_INVALID) {
             first = msg_fail(&tmp, MSG_E_INVALID_FIELD, "", "%s%s%s given twice", prefix,
                              prefix[0] ? "." : "", name);
-            snprintf(tmp.field, sizeof tmp.field, "%s%s%s", prefix, prefix[0] ? "." : "", name);
+            field_path(&tmp, prefix, name);
         } else {
             f[i].v = v;
         }
@@ -1257,7 +1265,7 @@ msg_errcode msg_parse_presence(const json_val *obj, msg_presence *p, msg_error *
     if (f[3].v.type != JSON_NULL &&
         (rc = get_int(&f[3], "last_seen", 0, MSG_SEQ_MAX, &p->last_seen, err)))
         return rc;
-    int64_t d;
+    int64_t d = 0;
     if ((rc = get_int(&f[4], "devices", 0, UINT32_MAX, &d, err))) return rc;
     p->devices = (unsigned)d;
     return MSG_OK;
