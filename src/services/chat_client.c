@@ -1470,19 +1470,29 @@ static void on_room(parley_sock *s, int err, const parley_args *args, void *user
     free(r);
 }
 
-static int room_request(parley_chat *c, const char *event, const char *room, parley_chat_room_fn fn,
-                        void *user)
+/* A request whose one argument is {"room": room}. */
+static int room_call(parley_chat *c, const char *event, const char *room,
+                     parley_ack_result_fn on_answer, req *r)
 {
-    if (!c || !room || !msg_valid_room(room, strlen(room))) return PARLEY_EINVAL;
-    req *r = pcalloc(1, sizeof *r);
-    if (!r) return PARLEY_ENOMEM;
+    if (!c || !room || !msg_valid_room(room, strlen(room))) {
+        free(r);
+        return PARLEY_EINVAL;
+    }
     r->c = c;
-    r->room_fn = fn;
-    r->user = user;
     snprintf(r->room, sizeof r->room, "%s", room);
     char args[MSG_ROOM_MAX + 32];
     snprintf(args, sizeof args, "[{\"room\":\"%s\"}]", room);
-    return request(c, event, args, NULL, 0, on_room, r);
+    return request(c, event, args, NULL, 0, on_answer, r);
+}
+
+static int room_request(parley_chat *c, const char *event, const char *room, parley_chat_room_fn fn,
+                        void *user)
+{
+    req *r = pcalloc(1, sizeof *r);
+    if (!r) return PARLEY_ENOMEM;
+    r->room_fn = fn;
+    r->user = user;
+    return room_call(c, event, room, on_room, r);
 }
 
 int parley_chat_join(parley_chat *c, const char *room, parley_chat_room_fn fn, void *user)
@@ -1846,16 +1856,11 @@ static void on_presence_room(parley_sock *s, int err, const parley_args *args, v
 int parley_chat_presence_room(parley_chat *c, const char *room, parley_chat_presence_fn fn,
                               void *user)
 {
-    if (!c || !room || !msg_valid_room(room, strlen(room))) return PARLEY_EINVAL;
     req *r = pcalloc(1, sizeof *r);
     if (!r) return PARLEY_ENOMEM;
-    r->c = c;
     r->pres_fn = fn;
     r->user = user;
-    snprintf(r->room, sizeof r->room, "%s", room);
-    char args[MSG_ROOM_MAX + 32];
-    snprintf(args, sizeof args, "[{\"room\":\"%s\"}]", room);
-    return request(c, MSG_EV_PRESENCE_ROOM, args, NULL, 0, on_presence_room, r);
+    return room_call(c, MSG_EV_PRESENCE_ROOM, room, on_presence_room, r);
 }
 
 /* ---- notifications ---- */

@@ -553,6 +553,19 @@ static void on_http_abort(phttpd_deferred *d, void *user)
     e->http = NULL;
 }
 
+/* An HTTP request answered like an acknowledgement: after the commit of
+ * the batch it joined (status when the commit succeeds). */
+static void obx_push_http(msg_service *svc, obx *e, phttpd_req *req, int status)
+{
+    e->http_status = status;
+    e->http = phttpd_defer(req, on_http_abort, e);
+    if (!e->http) {
+        obx_release(svc, e);
+        return;
+    }
+    obx_push(svc, e);
+}
+
 static void do_sync(msg_service *svc, obx *e);
 static void pres_flush(msg_service *svc);
 
@@ -2368,14 +2381,7 @@ static void route_api_notify(phttpd_req *req, void *arg)
         http_fail_msg(req, 500, "internal", "storage failure");
         return;
     }
-    e->http_status = dup ? 200 : 201;
-    /* Answered after the commit, like an acknowledgement. */
-    e->http = phttpd_defer(req, on_http_abort, e);
-    if (!e->http) {
-        obx_release(svc, e);
-        return;
-    }
-    obx_push(svc, e);
+    obx_push_http(svc, e, req, dup ? 200 : 201);
 }
 
 /* ---- quiet hours ---- */
@@ -2745,14 +2751,7 @@ static void route_upload(phttpd_req *req, void *arg)
         http_error(req, 500, MSG_E_INTERNAL, "storage failure");
         return;
     }
-    e->http_status = existed ? 200 : 201;
-    /* Answered after the commit, like an acknowledgement. */
-    e->http = phttpd_defer(req, on_http_abort, e);
-    if (!e->http) {
-        obx_release(svc, e);
-        return;
-    }
-    obx_push(svc, e);
+    obx_push_http(svc, e, req, existed ? 200 : 201);
 }
 
 static void route_download(phttpd_req *req, void *arg)
