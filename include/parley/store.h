@@ -89,14 +89,23 @@
  * readable while deliveries are pending and parley_store_dispatch runs
  * them on the caller's thread (a GUI loop, a Dart isolate, Python).
  *
- * Cache (cache_path): "messages/..." values are written to SQLite behind
- * the loop (a writer thread, batched every cache_flush_ms in one
- * transaction, and once more by parley_store_free) and loaded by
- * parley_store_new, before connecting, so a store created offline shows
- * them; the chat then syncs from the newest cached seq of each
- * conversation. "connection", "typing/...", "presence..." and
- * "notifications..." are live state, not cached (the chat syncs
- * notifications after connecting).
+ * Cache (cache_path): "messages/...", "presence/<user>" of every user
+ * listed in "presence", "notifications" and "notifications/unread" are
+ * written to SQLite behind the loop (a writer thread, batched every
+ * cache_flush_ms in one transaction, and once more by parley_store_free)
+ * and loaded by parley_store_new, before connecting, so a store created
+ * offline shows them as they were (snapshots and first watch calls,
+ * "presence" included); the chat then syncs from the newest cached seq of
+ * each conversation. "connection" and "typing/..." are live state, not
+ * cached. Once online, cached values stay until the server says
+ * otherwise: a cached presence (status, text, last_seen, devices) until a
+ * report on that user (subscribe again to follow it); cached
+ * notifications are merged by id with the sync after connecting and live
+ * ones (new ids added, "delivered" and "read" only ever set), bounded by
+ * max_notifications; the unread count is replaced by the server's.
+ * Rows are checked when loaded (with the protocol's parsers): one that is
+ * not a valid value of its key is skipped with a warning and deleted.
+ * Cache files written by earlier versions (messages only) load as before.
  * A cached unsent message is resent from the chat's queue file
  * (chat.queue_path) and goes on from "sending"; without a queue file it is
  * "failed" (nothing will send it).
@@ -137,7 +146,9 @@ typedef struct parley_store_opts {
     /* 0: callbacks on the loop thread. 1: on the thread calling
      * parley_store_dispatch when parley_store_fd is readable. */
     int dispatch_fd;
-    const char *cache_path;   /* SQLite file for the last known state; NULL: none */
+    /* SQLite file for the last known state (messages, presence,
+     * notifications, unread); NULL: none */
+    const char *cache_path;
     uint32_t cache_flush_ms;  /* how long changes gather before a write; default 250 */
     size_t max_notifications; /* kept in "notifications" (the newest); default 100 */
 } parley_store_opts;

@@ -17,10 +17,12 @@
  * loop (default) or one write to an eventfd (dispatch_fd mode), so a burst
  * costs one wake-up either way.
  *
- * Cache: entries that persist (messages) get a dirty mark; a writer
- * thread waits for marks, lets changes gather for cache_flush_ms, renders
- * the dirty entries under the mutex and writes them outside it in one
- * SQLite transaction. The loop thread never touches the file.
+ * Cache: entries that persist (messages, known presences, notifications,
+ * the unread count) get a dirty mark; a writer thread waits for marks,
+ * lets changes gather for cache_flush_ms, renders the dirty entries under
+ * the mutex and writes them outside it in one SQLite transaction. The
+ * loop thread never touches the file. Loading validates every row and
+ * deletes the ones it skips.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -430,6 +432,23 @@ static void defer_on_loop(void *arg)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Whether e's value is kept in the cache: the message lists, the
+ * presence of every user the server reported ("presence" is made of
+ * those rows), the notification list and the unread count. */
+static bool cached_kind(const entry *e)
+{
+    return e->kind == K_MESSAGES || e->kind == K_NOTIFS || e->kind == K_UNREAD ||
+           (e->kind == K_PRESENCE && e->known);
+}
+
+/* Marks e for the cache writer. Locked. */
+static void mark_dirty(parley_store *s, entry *e)
+{
+    if (!s->db || e->cache_dirty || !cached_kind(e)) return;
+    e->cache_dirty = true;
+    if (s->ndirty++ == 0) pthread_cond_broadcast(&s->cond);
+}
+
 /* An entry changed: new version, stale rendering, cache and watchers told.
  * Locked. Returns true when the caller, not on the loop thread, must hop
  * there to queue the delivery (after unlocking: see defer_on_loop). */
@@ -438,10 +457,7 @@ static bool changed(parley_store *s, entry *e)
     e->version++;
     free(e->json);
     e->json = NULL;
-    if (e->kind == K_MESSAGES && s->db && !e->cache_dirty) {
-        e->cache_dirty = true;
-        if (s->ndirty++ == 0) pthread_cond_broadcast(&s->cond);
-    }
+    mark_dirty(s, e);
     return has_watcher(s, e) && request_delivery(s);
 }
 
@@ -851,7 +867,10 @@ static void cb_presence(parley_chat *c, const parley_chat_presence *p, void *use
         snprintf(e->ptext, sizeof e->ptext, "%s", p->text);
         e->last_seen = p->last_seen;
         e->devices = p->devices;
-        if (differs) changed(s, e);
+        if (differs)
+            changed(s, e);
+        else
+            mark_dirty(s, e); /* listed now: its row makes it known after a restart */
         entry *all = entry_get(s, "presence", true);
         if (all) changed(s, all);
     }
@@ -1054,19 +1073,13 @@ static bool item_from_json(const json_val *obj, item *it)
     return true;
 }
 
-static void load_value(parley_store *s, const char *key, const char *json, size_t len)
+static void load_messages(parley_store *s, const char *key, const json_val *arr)
 {
-    kind k;
-    json_val arr, v;
-    if (!key_kind(key, &k, NULL) || k != K_MESSAGES ||
-        json_parse(json, len, JSON_DEFAULT_MAX_DEPTH, &arr, NULL) != 0 || arr.type != JSON_ARRAY) {
-        plog_warn("store: cache: %s is not a message list: ignored", key);
-        return;
-    }
     entry *e = entry_get(s, key, true);
     if (!e) return;
     json_iter it;
-    json_iter_init(&it, &arr);
+    json_val v;
+    json_iter_init(&it, arr);
     while (json_array_next(&it, &v)) {
         item m;
         if (!item_from_json(&v, &m)) continue;
@@ -1078,6 +1091,170 @@ static void load_value(parley_store *s, const char *key, const char *json, size_
             insert_at(e, pos, &m);
     }
     trim(s, e);
+}
+
+/* A cached Presence, checked as the chat checks the server's
+ * (msg_parse_presence), and for the user of its key. */
+static bool load_presence(parley_store *s, const char *key, const json_val *obj)
+{
+    msg_presence p;
+    msg_error err;
+    if (msg_parse_presence(obj, &p, &err) != MSG_OK) {
+        plog_warn("store: cache: %s: %s (%s): skipped", key, err.message, err.field);
+        return false;
+    }
+    if (strcmp(p.user, key + 9) != 0) {
+        plog_warn("store: cache: %s holds the presence of %s: skipped", key, p.user);
+        return false;
+    }
+    entry *e = entry_get(s, key, true);
+    if (!e) return false;
+    e->known = true;
+    e->pstatus = (parley_presence)p.status;
+    memcpy(e->ptext, p.text, sizeof e->ptext);
+    e->last_seen = p.last_seen;
+    e->devices = p.devices;
+    return true;
+}
+
+/* The decoded string v into buf[cap]; false when not a string or longer. */
+static bool short_string(const json_val *v, char *buf, size_t cap, size_t *len)
+{
+    if (v->type != JSON_STRING) return false;
+    long n = json_string_decode(v, buf, cap - 1);
+    if (n < 0) return false;
+    buf[n] = 0;
+    *len = (size_t)n;
+    return true;
+}
+
+/* A cached Notification (as "notifications" renders it) back into an
+ * nitem: the members the protocol fixes are checked with msg_schema's
+ * names and the actions parser; the rest is kept as it was. */
+static bool nitem_from_json(const json_val *obj, nitem *out)
+{
+    memset(out, 0, sizeof *out);
+    if (obj->type != JSON_OBJECT) return false;
+    json_val v, d, r;
+    char name[32];
+    size_t n;
+    int64_t created;
+    msg_naction actions[MSG_NOTIF_ACTIONS_MAX];
+    unsigned nactions;
+    msg_error err;
+    bool ok = json_object_get(obj, "id", &v) && json_int(&v, &out->id) && out->id > 0 &&
+              json_object_get(obj, "created", &v) && json_int(&v, &created) &&
+              json_object_get(obj, "title", &v) && v.type == JSON_STRING &&
+              json_object_get(obj, "type", &v) && short_string(&v, name, sizeof name, &n) &&
+              msg_ntype_from_name(name, n) != 0 && json_object_get(obj, "priority", &v) &&
+              short_string(&v, name, sizeof name, &n) && msg_priority_from_name(name, n) >= 0 &&
+              json_object_get(obj, "delivered", &d) &&
+              (d.type == JSON_TRUE || d.type == JSON_FALSE) && json_object_get(obj, "read", &r) &&
+              (r.type == JSON_TRUE || r.type == JSON_FALSE);
+    if (ok && json_object_get(obj, "actions", &v) && v.type != JSON_NULL)
+        ok = msg_parse_nactions(&v, actions, &nactions, &err) == MSG_OK;
+    if (!ok) return false;
+    out->delivered = d.type == JSON_TRUE;
+    out->read = r.type == JSON_TRUE;
+    out->rest = notif_rest(obj->p, obj->len);
+    return out->rest != NULL;
+}
+
+static void load_notifications(parley_store *s, const char *key, const json_val *arr)
+{
+    entry *e = entry_get(s, key, true);
+    if (!e) return;
+    json_iter it;
+    json_val v;
+    json_iter_init(&it, arr);
+    bool skipped = false;
+    for (size_t i = 0; json_array_next(&it, &v); i++) {
+        nitem ni;
+        if (!nitem_from_json(&v, &ni)) {
+            plog_warn("store: cache: %s[%zu] is not a notification: skipped", key, i);
+            free(ni.rest);
+            skipped = true;
+            continue;
+        }
+        size_t lo = 0, hi = e->nnotifs;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (e->notifs[mid].id < ni.id)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < e->nnotifs && e->notifs[lo].id == ni.id) {
+            free(ni.rest); /* a repeat: the first one stays */
+            continue;
+        }
+        if (e->nnotifs == e->capnotifs) {
+            size_t cap = e->capnotifs ? e->capnotifs * 2 : 16;
+            nitem *p = realloc(e->notifs, cap * sizeof *p);
+            if (!p) {
+                free(ni.rest);
+                continue;
+            }
+            e->notifs = p;
+            e->capnotifs = cap;
+        }
+        memmove(e->notifs + lo + 1, e->notifs + lo, (e->nnotifs - lo) * sizeof *e->notifs);
+        e->notifs[lo] = ni;
+        e->nnotifs++;
+    }
+    /* A smaller max_notifications than the run that wrote it: the newest. */
+    size_t drop = e->nnotifs > s->o.max_notifications ? e->nnotifs - s->o.max_notifications : 0;
+    for (size_t i = 0; i < drop; i++) free(e->notifs[i].rest);
+    memmove(e->notifs, e->notifs + drop, (e->nnotifs - drop) * sizeof *e->notifs);
+    e->nnotifs -= drop;
+    if (skipped) mark_dirty(s, e); /* the writer rewrites the row without them */
+}
+
+/* One row of the cache into its entry. Rows are checked: false for one
+ * that is not what its key holds (skipped with a warning; the caller
+ * deletes it). */
+static bool load_value(parley_store *s, const char *key, const char *json, size_t len)
+{
+    kind k;
+    json_val v;
+    if (!key_kind(key, &k, NULL)) {
+        plog_warn("store: cache: %s is not a store key: skipped", key);
+        return false;
+    }
+    if (json_parse(json, len, JSON_DEFAULT_MAX_DEPTH, &v, NULL) != 0) {
+        plog_warn("store: cache: %s is not JSON: skipped", key);
+        return false;
+    }
+    int64_t count;
+    switch (k) {
+    case K_MESSAGES:
+        if (v.type == JSON_ARRAY) {
+            load_messages(s, key, &v);
+            return true;
+        }
+        break;
+    case K_PRESENCE:
+        return load_presence(s, key, &v);
+    case K_NOTIFS:
+        if (v.type == JSON_ARRAY) {
+            load_notifications(s, key, &v);
+            return true;
+        }
+        break;
+    case K_UNREAD:
+        if (json_int(&v, &count) && count >= 0) {
+            entry *e = entry_get(s, key, true);
+            if (e) e->unread = count;
+            return true;
+        }
+        break;
+    case K_CONNECTION:
+    case K_TYPING:
+    case K_PRESENCE_ALL:
+        break; /* live state, or made of other rows: never written */
+    }
+    plog_warn("store: cache: %s is not a value of that key: skipped", key);
+    return false;
 }
 
 static int cache_open(parley_store *s)
@@ -1110,13 +1287,34 @@ static int cache_open(parley_store *s)
     if (sqlite3_prepare_v2(s->db, "SELECT key, value FROM store_values", -1, &st, NULL) !=
         SQLITE_OK)
         return PARLEY_EIO;
+    /* Rows skipped are deleted afterwards (not while the SELECT runs), so
+     * that each is warned about once. */
+    char **bad = NULL;
+    size_t nbad = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
         const char *key = (const char *)sqlite3_column_text(st, 0);
         const char *val = (const char *)sqlite3_column_text(st, 1);
         int len = sqlite3_column_bytes(st, 1);
-        if (key && val) load_value(s, key, val, (size_t)len);
+        if (!key || (val && load_value(s, key, val, (size_t)len))) continue;
+        char **p = realloc(bad, (nbad + 1) * sizeof *p);
+        if (!p) continue;
+        bad = p;
+        if ((bad[nbad] = strdup(key))) nbad++;
     }
     sqlite3_finalize(st);
+    st = NULL;
+    if (nbad && sqlite3_prepare_v2(s->db, "DELETE FROM store_values WHERE key = ?", -1, &st,
+                                   NULL) == SQLITE_OK) {
+        for (size_t i = 0; i < nbad; i++) {
+            sqlite3_bind_text(st, 1, bad[i], -1, SQLITE_STATIC);
+            if (sqlite3_step(st) != SQLITE_DONE)
+                plog_warn("store: cache: cannot delete %s: %s", bad[i], sqlite3_errmsg(s->db));
+            sqlite3_reset(st);
+        }
+    }
+    sqlite3_finalize(st);
+    for (size_t i = 0; i < nbad; i++) free(bad[i]);
+    free(bad);
     return 0;
 }
 

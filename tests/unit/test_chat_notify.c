@@ -11,6 +11,8 @@
  * against the real messaging service (its notifications half): `notify`
  * from a notifier-role socket, in_app off holding notifications back,
  * urgent messages pushed anyway, reads, a second device, preferences.
+ * Last, the store's cache of presence, notifications and the unread
+ * count: reloaded with the server down, bad rows, a messages-only file.
  *
  * PARLEY_TEST_LOG=1 prints the library's log.
  */
@@ -23,6 +25,8 @@
 #include "base/buf.h"
 #include "client_helpers.h"
 #include "codec/json.h"
+#include <sqlite3.h>
+
 #include "parley/store.h"
 #include "services/messaging.h"
 
@@ -83,6 +87,10 @@ static void fs_render(pbuf *b, const fnotif *x)
                  (long long)x->id, (long long)x->id, x->delivered ? "true" : "false",
                  x->read ? "true" : "false");
 }
+
+#define FS_BOB                                                                                     \
+    "{\"user\":\"bob\",\"status\":\"away\",\"text\":\"at lunch\",\"last_seen\":1767225600000,"     \
+    "\"devices\":2}"
 
 static void fs_emit_unread(fsrv *f)
 {
@@ -170,6 +178,11 @@ static void fs_event(parley_socket *s, const char *event, size_t event_len, cons
         char a[64];
         snprintf(a, sizeof a, "{\"ok\":true,\"unread\":%lld}", (long long)fs_unread(f));
         fs_answer(s, ack_id, a);
+    } else if (!strcmp(event, "presence_subscribe")) {
+        /* Whoever is asked for: bob away, carol never seen. */
+        fs_answer(s, ack_id,
+                  "{\"ok\":true,\"presences\":[" FS_BOB ",{\"user\":\"carol\",\"status\":"
+                  "\"offline\",\"text\":\"\",\"last_seen\":null,\"devices\":0}]}");
     } else if (!strcmp(event, "notification_prefs_get")) {
         char a[600];
         snprintf(a, sizeof a, "{\"ok\":true,\"prefs\":%s}", f->prefs);
@@ -935,14 +948,210 @@ static void test_real_server(void **state)
     assert_int_equal(atomic_load(&warnings), 0);
 }
 
+/* ---- 4. the cache: presence, notifications and unread, offline ---- */
+
+static const char *const cache_keys[] = {"presence/bob", "presence/carol", "presence/dave",
+                                         "presence",     "notifications",  "notifications/unread"};
+#define NCACHE_KEYS (sizeof cache_keys / sizeof *cache_keys)
+
+static void on_first(parley_store *s, const char *key, const char *json, size_t len, void *user)
+{
+    (void)s;
+    char **slot = user;
+    assert_non_null(key);
+    assert_int_equal(strlen(json), len);
+    free(*slot);
+    *slot = strdup(json);
+}
+
+static void db_run(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    if (rc != SQLITE_OK) fail_msg("%s: %s", sql, err ? err : "?");
+    sqlite3_close(db);
+}
+
+static int db_version(const char *path)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* Offline (dispatch_fd mode): every key's snapshot and first watch
+ * call are want[]. */
+static void expect_offline(tstore *t, char *const *want)
+{
+    for (size_t i = 0; i < NCACHE_KEYS; i++) {
+        char *v = get(t, cache_keys[i]);
+        assert_string_equal(v, want[i]);
+        free(v);
+    }
+    char *first[NCACHE_KEYS] = {0};
+    for (size_t i = 0; i < NCACHE_KEYS; i++)
+        assert_true(parley_store_watch(t->st, cache_keys[i], on_first, &first[i]) > 0);
+    assert_int_equal(parley_store_dispatch(t->st), (int)NCACHE_KEYS);
+    for (size_t i = 0; i < NCACHE_KEYS; i++) {
+        assert_non_null(first[i]);
+        assert_string_equal(first[i], want[i]);
+        free(first[i]);
+    }
+    char *conn = get(t, "connection");
+    assert_null(strstr(conn, "online")); /* live state, not cached */
+    free(conn);
+}
+
+static void test_cache(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/parley-notify-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    fsrv f;
+    fs_start(&f);
+    fs_add(&f, 3, false);
+    tstore alice;
+    ts_init(&alice, "alice", f.port);
+    snprintf(alice.cache, sizeof alice.cache, "%s/alice.store", dir);
+    alice.so.cache_path = alice.cache;
+    alice.so.cache_flush_ms = 50;
+    ts_open(&alice);
+    wait_state(&alice, "online");
+    wait_value(&alice, "notifications", "\"title\":", 3);
+    fs_add(&f, 1, true);
+    wait_value(&alice, "notifications", "\"title\":", 4);
+    int64_t two = 2;
+    assert_int_equal(parley_chat_notifications_read(chat_of(&alice), &two, 1), 0);
+    wait_value(&alice, "notifications", "\"read\":true", 1);
+    wait_unread(&alice, "3");
+    const char *users[] = {"bob", "carol"};
+    assert_int_equal(parley_chat_presence_subscribe(chat_of(&alice), users, 2), 0);
+    wait_value(&alice, "presence", "\"user\":", 2);
+
+    /* The values, exactly. */
+    char *want[NCACHE_KEYS];
+    for (size_t i = 0; i < NCACHE_KEYS; i++) want[i] = get(&alice, cache_keys[i]);
+    assert_string_equal(want[0], FS_BOB);
+    const char *carol =
+        "{\"user\":\"carol\",\"status\":\"offline\",\"text\":\"\",\"last_seen\":null,"
+        "\"devices\":0}";
+    assert_string_equal(want[1], carol);
+    assert_string_equal(want[2], "{\"user\":\"dave\",\"status\":\"offline\",\"text\":\"\","
+                                 "\"last_seen\":null,\"devices\":0}");
+    char all[512];
+    snprintf(all, sizeof all, "{\"bob\":%s,\"carol\":%s}", FS_BOB, carol);
+    assert_string_equal(want[3], all);
+    pbuf b = {0};
+    pbuf_append(&b, "[", 1);
+    for (int64_t id = 1; id <= 4; id++) {
+        fnotif x = {.id = id, .delivered = true, .read = id == 2};
+        if (id > 1) pbuf_append(&b, ",", 1);
+        fs_render(&b, &x);
+    }
+    pbuf_append(&b, "]", 2);
+    assert_string_equal(want[4], (const char *)b.ptr);
+    pbuf_free(&b);
+    assert_string_equal(want[5], "3");
+    ts_close(&alice);
+    fs_stop(&f);
+
+    /* The server is down: the same values, from the cache. */
+    alice.so.dispatch_fd = 1;
+    ts_open(&alice);
+    expect_offline(&alice, want);
+    ts_close(&alice);
+    assert_int_equal(atomic_load(&warnings), 0);
+
+    /* Bad rows and a bad list element are skipped, each with a warning;
+     * the rest loads as before. */
+    db_run(alice.cache,
+           "INSERT INTO store_values VALUES ('presence/eve', '{\"user\":\"eve\",\"status\":"
+           "\"sleeping\",\"text\":\"\",\"last_seen\":null,\"devices\":0}');"
+           "INSERT INTO store_values VALUES ('presence/frank', '" FS_BOB "');"
+           "INSERT INTO store_values VALUES ('presence/gina', '{\"user\":');"
+           "INSERT INTO store_values VALUES ('typing/dm:alice:bob', '[\"bob\"]');"
+           "INSERT INTO store_values VALUES ('no such key', '1');"
+           "UPDATE store_values SET value = '[{\"id\":0,\"type\":\"mention\"},' || substr(value, 2)"
+           " WHERE key = 'notifications';");
+    ts_open(&alice);
+    expect_offline(&alice, want);
+    char *eve = get(&alice, "presence/eve");
+    assert_string_equal(eve, "{\"user\":\"eve\",\"status\":\"offline\",\"text\":\"\",\"last_seen\":"
+                             "null,\"devices\":0}");
+    free(eve);
+    ts_close(&alice);
+    assert_int_equal(atomic_load(&warnings), 6);
+    atomic_store(&warnings, 0);
+    /* Warned about once: the bad rows are gone, the list rewritten. */
+    ts_open(&alice);
+    expect_offline(&alice, want);
+    ts_close(&alice);
+    assert_int_equal(atomic_load(&warnings), 0);
+    /* A bad unread count: 0, the value of nothing known. */
+    db_run(alice.cache,
+           "UPDATE store_values SET value = '\"three\"' WHERE key = 'notifications/unread';");
+    ts_open(&alice);
+    char *unread = get(&alice, "notifications/unread");
+    assert_string_equal(unread, "0");
+    free(unread);
+    ts_close(&alice);
+    assert_int_equal(atomic_load(&warnings), 1);
+    atomic_store(&warnings, 0);
+
+    /* A cache written before presence and notifications were cached
+     * (messages only) loads as it did. */
+    char old[128];
+    snprintf(old, sizeof old, "%s/old.store", dir);
+    const char *msg = "{\"id\":7,\"seq\":3,\"ts\":1767225600000,\"from\":\"bob\",\"client_id\":"
+                      "\"0b6f2c1e-8f0a-4c51-9d3e-2a7b5c9e1f40\",\"mine\":false,\"type\":\"text\","
+                      "\"priority\":\"normal\",\"content\":{\"text\":\"hi\"},\"text\":\"hi\"}";
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE store_values (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+             "PRAGMA user_version = 1;"
+             "INSERT INTO store_values VALUES ('messages/dm:alice:bob', '[%s]');",
+             msg);
+    db_run(old, sql);
+    alice.so.cache_path = old;
+    ts_open(&alice);
+    char list[512];
+    snprintf(list, sizeof list, "[%s]", msg);
+    char *msgs = get(&alice, "messages/dm:alice:bob");
+    assert_string_equal(msgs, list);
+    free(msgs);
+    assert_int_equal(parley_chat_last_seq(chat_of(&alice), "dm:alice:bob"), 3);
+    char *empty[NCACHE_KEYS] = {want[2], want[2], want[2], "{}", "[]", "0"};
+    empty[0] = strdup("{\"user\":\"bob\",\"status\":\"offline\",\"text\":\"\",\"last_seen\":null,"
+                      "\"devices\":0}");
+    empty[1] = strdup(carol);
+    expect_offline(&alice, empty);
+    free(empty[0]);
+    free(empty[1]);
+    ts_close(&alice);
+    assert_int_equal(db_version(old), 1);
+    assert_int_equal(db_version(alice.cache), 1);
+    assert_int_equal(atomic_load(&warnings), 0);
+
+    for (size_t i = 0; i < NCACHE_KEYS; i++) free(want[i]);
+    pthread_mutex_destroy(&alice.mu);
+    rm_dir(dir);
+}
+
 int main(void)
 {
     parley_log_set(getenv("PARLEY_TEST_LOG") ? PARLEY_LOG_DEBUG : PARLEY_LOG_WARN, log_sink, NULL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_flow),
-        cmocka_unit_test(test_pages),
-        cmocka_unit_test(test_prefs),
-        cmocka_unit_test(test_real_server),
+        cmocka_unit_test(test_flow),  cmocka_unit_test(test_pages),
+        cmocka_unit_test(test_prefs), cmocka_unit_test(test_real_server),
+        cmocka_unit_test(test_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
