@@ -170,6 +170,9 @@ static const char *const err_names[MSG_E_COUNT] = {
     [MSG_E_NOT_FOUND] = "not_found",
     [MSG_E_UNKNOWN_EVENT] = "unknown_event",
     [MSG_E_INTERNAL] = "internal",
+    [MSG_E_RATE_LIMITED] = "rate_limited",
+    [MSG_E_QUOTA_EXCEEDED] = "quota_exceeded",
+    [MSG_E_STORAGE_FULL] = "storage_full",
     [MSG_E_AUTH_REQUIRED] = "auth_required",
     [MSG_E_INVALID_TOKEN] = "invalid_token",
     [MSG_E_TOKEN_EXPIRED] = "token_expired",
@@ -239,6 +242,7 @@ msg_errcode msg_fail(msg_error *err, msg_errcode code, const char *field, const 
 {
     if (!err) return code;
     err->code = code;
+    err->retry_after_ms = 0;
     snprintf(err->field, sizeof err->field, "%s", field ? field : "");
     va_list ap;
     va_start(ap, fmt);
@@ -263,6 +267,8 @@ static int append_err_body(pbuf *out, const msg_error *err)
         rc = pbuf_append_str(out, ",\"field\":");
         if (rc == 0) rc = json_append_string(out, err->field, strlen(err->field));
     }
+    if (rc == 0 && err->retry_after_ms > 0)
+        rc = pbuf_appendf(out, ",\"retry_after_ms\":%lld", (long long)err->retry_after_ms);
     return rc;
 }
 
@@ -1095,6 +1101,11 @@ bool msg_parse_ack(const json_val *obj, bool *ok, msg_error *err)
         n = json_string_decode(&f, err->field, sizeof err->field - 1);
         err->field[n < 0 ? 0 : n] = 0;
     }
+    json_val ra;
+    int64_t ms;
+    if (json_object_get(&e, "retry_after_ms", &ra) && json_int(&ra, &ms) && ms > 0 &&
+        ms <= 86400000)
+        err->retry_after_ms = ms;
     return true;
 }
 

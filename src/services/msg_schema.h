@@ -157,6 +157,9 @@ typedef enum msg_errcode {
     MSG_E_NOT_FOUND,        /* unknown media, room or conversation */
     MSG_E_UNKNOWN_EVENT,    /* an event the namespace does not define */
     MSG_E_INTERNAL,         /* storage failure: nothing was stored, retry later */
+    MSG_E_RATE_LIMITED,     /* over a rate limit: retry after retry_after_ms */
+    MSG_E_QUOTA_EXCEEDED,   /* over a quota (daily uploads, storage, rooms) */
+    MSG_E_STORAGE_FULL,     /* the server's disk is below its reserve: writes refused */
     /* connect_error data */
     MSG_E_AUTH_REQUIRED,       /* no token in the CONNECT auth payload */
     MSG_E_INVALID_TOKEN,       /* malformed, wrong algorithm, bad signature */
@@ -174,13 +177,16 @@ typedef struct msg_error {
     msg_errcode code;
     char field[48];    /* path of the offending field ("content.lat"), or "" */
     char message[160]; /* for humans */
+    /* > 0: the request may succeed when retried after this many ms
+     * (rate_limited, quota_exceeded, storage_full); 0: not said. */
+    int64_t retry_after_ms;
 } msg_error;
 
 /* Fills err (printf-style message). Returns code, for `return msg_fail(..)`. */
 msg_errcode msg_fail(msg_error *err, msg_errcode code, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* {"ok":false,"error":{"code":…,"message":…[,"field":…]}} */
+/* {"ok":false,"error":{"code":…,"message":…[,"field":…][,"retry_after_ms":…]}} */
 int msg_encode_error(pbuf *out, const msg_error *err);
 /* The connect_error data: {"code":…,"message":…}. */
 int msg_encode_connect_error(pbuf *out, const msg_error *err);

@@ -722,7 +722,32 @@ static void test_errors_and_acks(void **state)
     assert_int_equal(back.code, MSG_E_NOT_MEMBER);
     assert_string_equal(back.message, "not in general");
     assert_string_equal(back.field, "room");
+    assert_int_equal(back.retry_after_ms, 0);
     pbuf_free(&out);
+
+    /* Limits say when to come back. */
+    msg_fail(&e, MSG_E_RATE_LIMITED, NULL, "slow down");
+    e.retry_after_ms = 1250;
+    assert_int_equal(msg_encode_error(&out, &e), 0);
+    pbuf_append(&out, "", 1);
+    assert_string_equal((char *)out.ptr, "{\"ok\":false,\"error\":{\"code\":\"rate_limited\","
+                                         "\"message\":\"slow down\",\"retry_after_ms\":1250}}");
+    v = obj_of((char *)out.ptr);
+    assert_true(msg_parse_ack(&v, &ok, &back));
+    assert_int_equal(back.code, MSG_E_RATE_LIMITED);
+    assert_int_equal(back.retry_after_ms, 1250);
+    pbuf_free(&out);
+    /* Out of range or not an integer: not said. */
+    v = obj_of("{\"ok\":false,\"error\":{\"code\":\"quota_exceeded\",\"message\":\"m\","
+               "\"retry_after_ms\":-5}}");
+    assert_true(msg_parse_ack(&v, &ok, &back));
+    assert_int_equal(back.code, MSG_E_QUOTA_EXCEEDED);
+    assert_int_equal(back.retry_after_ms, 0);
+    v = obj_of("{\"ok\":false,\"error\":{\"code\":\"storage_full\",\"message\":\"m\","
+               "\"retry_after_ms\":1.5}}");
+    assert_true(msg_parse_ack(&v, &ok, &back));
+    assert_int_equal(back.code, MSG_E_STORAGE_FULL);
+    assert_int_equal(back.retry_after_ms, 0);
 
     /* A message cut inside a character stays valid UTF-8. */
     msg_fail(&e, MSG_E_TOO_LARGE, NULL, "%s", "");
