@@ -834,6 +834,12 @@ int http_write_response_head(pbuf *out, int status, const char *reason, const ht
     return write_response(out, status, reason, NULL, hdrs, n, content_length, NULL, 0);
 }
 
+int http_write_response_head_ct(pbuf *out, int status, const char *content_type,
+                                const http_header *hdrs, size_t n, int64_t content_length)
+{
+    return write_response(out, status, NULL, content_type, hdrs, n, content_length, NULL, 0);
+}
+
 int http_write_response(pbuf *out, int status, const char *content_type, const http_header *hdrs,
                         size_t n, const void *body, size_t body_len)
 {

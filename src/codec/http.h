@@ -155,6 +155,11 @@ const char *http_status_text(int status);
 int http_write_response_head(pbuf *out, int status, const char *reason, const http_header *hdrs,
                              size_t n, int64_t content_length);
 
+/* The head of http_write_response (Content-Type, then the headers, then
+ * Content-Length) without the body: for HEAD answers. */
+int http_write_response_head_ct(pbuf *out, int status, const char *content_type,
+                                const http_header *hdrs, size_t n, int64_t content_length);
+
 /* A whole response with a body (Content-Length set from body_len). */
 int http_write_response(pbuf *out, int status, const char *content_type, const http_header *hdrs,
                         size_t n, const void *body, size_t body_len);

@@ -875,8 +875,14 @@ struct plistener {
     parley_loop *loop;
     ptls_ctx *tls;
     plisten_accept_fn accept;
+    plisten_admit_fn admit;
     void *user;
 };
+
+void plisten_set_admit(plistener *l, plisten_admit_fn admit)
+{
+    l->admit = admit;
+}
 
 static void on_connection(uv_stream_t *server, int status)
 {
@@ -901,6 +907,16 @@ static void on_connection(uv_stream_t *server, int status)
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         pconn_close(c, false, PARLEY_EIO);
         return;
+    }
+    if (l->admit) {
+        struct sockaddr_storage ss;
+        int len = sizeof ss;
+        memset(&ss, 0, sizeof ss);
+        if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0 ||
+            !l->admit(l, c, (const struct sockaddr *)&ss, l->user)) {
+            pconn_close(c, false, PARLEY_ELIMIT);
+            return;
+        }
     }
     if (begin_session(c, l->tls, NULL) != 0) pconn_close(c, false, PARLEY_ENOMEM);
 }

@@ -231,6 +231,12 @@ typedef struct plistener plistener;
  * and starts reading (and the TLS handshake when the listener has TLS). */
 typedef pconn *(*plisten_accept_fn)(plistener *l, void *user);
 
+/* Optional admission check after accept, before any read or TLS work:
+ * peer is the client's address. Returning false closes the connection at
+ * once (its on_close runs with PARLEY_ELIMIT). */
+typedef bool (*plisten_admit_fn)(plistener *l, pconn *c, const struct sockaddr *peer, void *user);
+void plisten_set_admit(plistener *l, plisten_admit_fn admit);
+
 /* Binds and listens on host:port (port 0 = any). tls may be NULL. */
 int plisten(parley_loop *loop, const char *host, unsigned port, ptls_ctx *tls,
             plisten_accept_fn accept, void *user, plistener **out);

@@ -15,6 +15,23 @@
  * request get their HTTP status (400, 404, 405, 413, 414, 426, 431, 501,
  * 505) with `Connection: close`, and the connection is closed after the
  * response is flushed; other connections are not affected.
+ *
+ * Bodies: a route sees the head before any body byte is read (on_head) and
+ * may answer at once (401, 413, 415, ...): the body is then read and
+ * dropped (up to max_discard bytes, else the connection closes) and never
+ * stored, and `100 Continue` is sent only to requests that go on. A
+ * route's body limit is checked against Content-Length on the head. Bodies
+ * are either buffered whole (counted against a server-wide in-flight
+ * budget: a request that does not fit gets 503) or streamed to the route
+ * piece by piece (uploads to files).
+ *
+ * HEAD requests are answered with the head a GET would get and no body.
+ * Methods are case-sensitive (RFC 9110): `get` is not GET.
+ *
+ * Per client address (IPv4 address, or IPv6 /64): at most
+ * max_conns_per_ip open connections (more are closed at accept, before any
+ * TLS work), and a token bucket that session-creating requests draw from
+ * (phttpd_ip_take; WebSocket routes draw one per upgrade).
  */
 #ifndef PARLEY_SERVER_HTTPD_H
 #define PARLEY_SERVER_HTTPD_H
@@ -23,6 +40,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/ratelimit.h"
 #include "codec/http.h"
 #include "codec/pmd.h"
 #include "codec/ws_handshake.h"
@@ -32,11 +50,25 @@
 typedef struct phttpd phttpd;
 
 typedef struct phttpd_opts {
-    http_limits limits;            /* header bytes/count, body size */
+    http_limits limits;            /* header bytes/count, body size (routes may say other) */
     uint32_t head_timeout_ms;      /* complete request within this (default 10000) */
     uint32_t keepalive_timeout_ms; /* idle keep-alive connections (default 60000) */
     size_t max_output;             /* per-connection unsent output (default 8 MiB) */
+    uint64_t
+        max_body_inflight;     /* buffered body bytes, all connections (default 64 MiB; 0 = none) */
+    uint64_t max_discard;      /* body bytes dropped after an early answer (default 256 KiB) */
+    uint32_t max_conns_per_ip; /* open connections per address (default 0 = no limit) */
+    prate_cfg ip_rate;         /* phttpd_ip_take's bucket per address (default: no limit) */
 } phttpd_opts;
+
+typedef struct phttpd_stats {
+    uint64_t refused_conns_ip; /* connections closed at accept: over max_conns_per_ip */
+    uint64_t refused_rate_ip;  /* phttpd_ip_take refusals */
+    uint64_t refused_budget;   /* 503: the body did not fit max_body_inflight */
+    uint64_t early_answers;    /* requests answered before their body was read */
+    uint64_t body_inflight;    /* buffered body bytes now */
+    unsigned addresses;        /* client addresses tracked now */
+} phttpd_stats;
 
 void phttpd_opts_init(phttpd_opts *o);
 
@@ -44,13 +76,36 @@ typedef struct phttpd_req {
     const http_head *head; /* valid during the handler call only */
     const char *path;      /* path part of the target, not decoded */
     size_t path_len;
-    const uint8_t *body; /* decoded body (chunked framing removed) */
-    size_t body_len;
+    const uint8_t *body; /* decoded body (chunked framing removed); NULL when streamed */
+    size_t body_len;     /* bytes of the body (streamed ones too) */
     pconn *conn;
     bool responded;
+    /* Streaming routes: set `stream` in on_head to receive the body through
+     * on_body instead of whole; `state` is the route's, kept from on_head
+     * to the handler (or on_abort). body_error is on_body's non-zero
+     * return when it stopped the body (the handler then answers). */
+    bool stream;
+    void *state;
+    int body_error;
 } phttpd_req;
 
 typedef void (*phttpd_handler)(phttpd_req *req, void *user);
+
+typedef struct phttpd_route_opts {
+    phttpd_handler handler; /* the whole request (required) */
+    uint64_t max_body;      /* 0: the server's limits.max_body */
+    /* Optional: the head is complete and no body byte was read. Answer
+     * req here to refuse early; set req->stream (and req->state) to stream
+     * the body. The head is valid during the call only. */
+    void (*on_head)(phttpd_req *req, void *user);
+    /* Streaming: decoded body bytes as they arrive. 0 goes on; anything
+     * else stops reading the body and runs the handler with body_error. */
+    int (*on_body)(void *state, const uint8_t *data, size_t len, void *user);
+    /* Streaming: the request ended before the handler ran (client gone,
+     * deadline, bad framing): release state. */
+    void (*on_abort)(void *state, void *user);
+    void *user;
+} phttpd_route_opts;
 
 typedef struct phttpd_ws_endpoint {
     const wsconn_opts *ws_opts; /* with the session callbacks; must outlive the server */
@@ -75,6 +130,20 @@ int phttpd_set_opts(phttpd *s, const phttpd_opts *opts);
 int phttpd_route(phttpd *s, const char *path, phttpd_handler h, void *user);
 int phttpd_route_prefix(phttpd *s, const char *prefix, phttpd_handler h, void *user);
 int phttpd_route_ws(phttpd *s, const char *path, const phttpd_ws_endpoint *ep);
+/* A route with options (copied). */
+int phttpd_route_ex(phttpd *s, const char *path, bool prefix, const phttpd_route_opts *o);
+
+/* True when the request's method is one of `allowed` (exact, e.g.
+ * "GET, HEAD"); otherwise answers 405 with that Allow header and returns
+ * false. */
+bool phttpd_allow(phttpd_req *req, const char *allowed);
+
+/* Takes one token from the bucket of the connection's client address
+ * (opts.ip_rate). False when it is empty, with *retry_ms; true when there
+ * is no limit. */
+bool phttpd_ip_take(phttpd *s, pconn *c, uint64_t *retry_ms);
+
+void phttpd_stats_get(const phttpd *s, phttpd_stats *st);
 
 /* Listens on host:port (0 = any; the bound port is stored in *bound). tls
  * may be NULL. May be called several times. */
