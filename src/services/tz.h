@@ -18,5 +18,8 @@
  * TZ_MAX_FILE) and tzif_parse's errors (PARLEY_EPROTO, PARLEY_ELIMIT,
  * PARLEY_ENOMEM). */
 int tz_load(const char *dir, const char *name, tz_zone **out);
+/* The same, with a sentence for the log in why[0, cap) on failure (what
+ * was wrong and with which file). */
+int tz_load_why(const char *dir, const char *name, tz_zone **out, char *why, size_t cap);
 
 #endif

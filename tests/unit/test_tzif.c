@@ -274,6 +274,17 @@ static void test_names(void **state)
     fputs("not a tzif file at all, but long enough to hold a header.....", f);
     fclose(f);
     assert_int_equal(tz_load(dir, "Bad", &z), PARLEY_EPROTO);
+    /* Each failure says what was wrong, for the log (not "I/O error"). */
+    char why[256];
+    assert_int_equal(tz_load_why(dir, "Bad", &z, why, sizeof why), PARLEY_EPROTO);
+    assert_non_null(strstr(why, "not a valid TZif file"));
+    assert_non_null(strstr(why, "/Bad"));
+    assert_int_equal(tz_load_why(dir, "No/Such_Zone", &z, why, sizeof why), PARLEY_EIO);
+    assert_non_null(strstr(why, "no such zone"));
+    assert_int_equal(tz_load_why(NULL, "Europe", &z, why, sizeof why), PARLEY_EIO);
+    assert_non_null(strstr(why, "not a regular file"));
+    assert_int_equal(tz_load_why(NULL, "../x", &z, why, sizeof why), PARLEY_EINVAL);
+    assert_string_equal(why, "not a valid zone name");
     unlink(path);
     rmdir(dir);
 }
