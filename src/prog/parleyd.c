@@ -31,6 +31,7 @@ typedef struct config {
     phttpd_opts http; /* limits and deadlines of the HTTP side */
     bool messaging;   /* the messaging service (on unless --no-messaging / --protocol-test) */
     bool max_body_set;
+    bool limits_off; /* --limits off: every rate limit and quota lifted */
     msg_service_opts msg;
     const char *jwt_secret;
     const char *jwt_secret_file;
@@ -95,6 +96,32 @@ static void usage(FILE *f)
             "                            without it the route answers 503\n"
             "  --tz-dir DIR              IANA zoneinfo for notification quiet hours\n"
             "                            (default /usr/share/zoneinfo)\n"
+            "\n"
+            "Limits (docs/PROTOCOL.md, \"Limits\"; over one: error rate_limited or\n"
+            "quota_exceeded with retry_after_ms, HTTP 429/503):\n"
+            "  --limits on|off           off lifts every limit below (benchmarks; default on)\n"
+            "  --max-conns-per-ip N      open connections per client address, IPv6 per /64\n"
+            "                            (default 256; 0 = none; behind a proxy: 0)\n"
+            "  --handshake-rate N        new sessions and WebSocket upgrades per address per\n"
+            "                            second (default 20, bursts of 5x; 0 = none)\n"
+            "  --max-body-inflight BYTES buffered request bodies, all connections (default\n"
+            "                            67108864; uploads stream to disk, not counted)\n"
+            "  --rate-events N           events per socket per second (default 50, burst 2x)\n"
+            "  --rate-messages N         messages per user per second (default 20, burst 2x)\n"
+            "  --rate-message-bytes B    message bytes per user per second (default 262144,\n"
+            "                            burst 4x)\n"
+            "  --rate-presence N         presence_set per user per second (default 1, burst 10)\n"
+            "  --rate-joins N            join_room per user per second (default 1, burst 20)\n"
+            "  --rate-notify N           notifications per sender and recipient per minute\n"
+            "                            (default 30, burst 10)\n"
+            "  --rate-urgent N           urgent messages per sender and recipient (or room)\n"
+            "                            per hour (default 10, burst 3)\n"
+            "  --max-rooms N             rooms a user may be a member of (default 500)\n"
+            "  --uploads-per-day N       media uploads per user per UTC day (default 500)\n"
+            "  --upload-bytes-per-day B  media bytes per user per UTC day (default 1 GiB)\n"
+            "  --storage-per-user BYTES  stored bytes per user (default 2 GiB; 0 = none)\n"
+            "  --disk-reserve BYTES      refuse writes (storage_full) when the data directory's\n"
+            "                            free space is below (default 268435456; 0 = never)\n"
             "\n"
             "WebSocket echo and limits:\n"
             "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
@@ -171,6 +198,26 @@ enum {
     OPT_TZ_DIR
 };
 
+/* Limits. */
+enum {
+    OPT_LIMITS = OPT_TZ_DIR + 1,
+    OPT_CONNS_PER_IP,
+    OPT_HS_RATE,
+    OPT_BODY_INFLIGHT,
+    OPT_RATE_EVENTS,
+    OPT_RATE_MESSAGES,
+    OPT_RATE_MSG_BYTES,
+    OPT_RATE_PRESENCE,
+    OPT_RATE_JOINS,
+    OPT_RATE_NOTIFY,
+    OPT_RATE_URGENT,
+    OPT_MAX_ROOMS,
+    OPT_UPLOADS_DAY,
+    OPT_UPLOAD_BYTES_DAY,
+    OPT_STORAGE_USER,
+    OPT_DISK_RESERVE
+};
+
 static const struct option longopts[] = {
     {"listen", required_argument, 0, OPT_LISTEN},
     {"config", required_argument, 0, OPT_CONFIG},
@@ -214,6 +261,22 @@ static const struct option longopts[] = {
     {"presence-interval", required_argument, 0, OPT_PRESENCE_INTERVAL},
     {"api-key-file", required_argument, 0, OPT_API_KEY_FILE},
     {"tz-dir", required_argument, 0, OPT_TZ_DIR},
+    {"limits", required_argument, 0, OPT_LIMITS},
+    {"max-conns-per-ip", required_argument, 0, OPT_CONNS_PER_IP},
+    {"handshake-rate", required_argument, 0, OPT_HS_RATE},
+    {"max-body-inflight", required_argument, 0, OPT_BODY_INFLIGHT},
+    {"rate-events", required_argument, 0, OPT_RATE_EVENTS},
+    {"rate-messages", required_argument, 0, OPT_RATE_MESSAGES},
+    {"rate-message-bytes", required_argument, 0, OPT_RATE_MSG_BYTES},
+    {"rate-presence", required_argument, 0, OPT_RATE_PRESENCE},
+    {"rate-joins", required_argument, 0, OPT_RATE_JOINS},
+    {"rate-notify", required_argument, 0, OPT_RATE_NOTIFY},
+    {"rate-urgent", required_argument, 0, OPT_RATE_URGENT},
+    {"max-rooms", required_argument, 0, OPT_MAX_ROOMS},
+    {"uploads-per-day", required_argument, 0, OPT_UPLOADS_DAY},
+    {"upload-bytes-per-day", required_argument, 0, OPT_UPLOAD_BYTES_DAY},
+    {"storage-per-user", required_argument, 0, OPT_STORAGE_USER},
+    {"disk-reserve", required_argument, 0, OPT_DISK_RESERVE},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -373,6 +436,67 @@ static const char *apply(config *c, int ch, const char *arg)
         if (parse_u64(arg, 600000, &v)) return "bad --presence-interval (0 to 600000)";
         c->msg.presence_interval_ms = (uint32_t)v;
         return NULL;
+    case OPT_LIMITS:
+        if (!strcmp(arg, "on")) c->limits_off = false;
+        else if (!strcmp(arg, "off")) c->limits_off = true;
+        else return "--limits wants on or off";
+        return NULL;
+    case OPT_CONNS_PER_IP:
+        if (parse_u64(arg, 1000000, &v)) return "bad --max-conns-per-ip (0 to 1000000)";
+        c->http.max_conns_per_ip = (uint32_t)v;
+        return NULL;
+    case OPT_HS_RATE:
+        if (parse_u64(arg, 100000, &v)) return "bad --handshake-rate (0 to 100000)";
+        c->http.ip_rate = prate_limit(v, 1000, 5 * v);
+        return NULL;
+    case OPT_BODY_INFLIGHT:
+        if (parse_u64(arg, 1ull << 40, &v)) return "bad --max-body-inflight";
+        c->http.max_body_inflight = v;
+        return NULL;
+    case OPT_RATE_EVENTS:
+    case OPT_RATE_MESSAGES:
+    case OPT_RATE_PRESENCE:
+    case OPT_RATE_JOINS: {
+        if (parse_u64(arg, 1000000, &v)) return "bad rate (0 to 1000000 per second; 0 = none)";
+        mquota_opts *q = &c->msg.quota;
+        if (ch == OPT_RATE_EVENTS) q->events = prate_limit(v, 1000, 2 * v);
+        if (ch == OPT_RATE_MESSAGES) q->messages = prate_limit(v, 1000, 2 * v);
+        if (ch == OPT_RATE_PRESENCE) q->presence = prate_limit(v, 1000, 10 * v);
+        if (ch == OPT_RATE_JOINS) q->joins = prate_limit(v, 1000, 20 * v);
+        return NULL;
+    }
+    case OPT_RATE_MSG_BYTES:
+        if (parse_u64(arg, 1ull << 30, &v)) return "bad --rate-message-bytes (0 to 2^30)";
+        c->msg.quota.message_bytes = prate_limit(v, 1000, 4 * v);
+        return NULL;
+    case OPT_RATE_NOTIFY:
+        if (parse_u64(arg, 1000000, &v)) return "bad --rate-notify (per minute; 0 = none)";
+        c->msg.quota.notify = prate_limit(v, 60000, v < 3 ? v : (v + 2) / 3);
+        return NULL;
+    case OPT_RATE_URGENT:
+        if (parse_u64(arg, 1000000, &v)) return "bad --rate-urgent (per hour; 0 = none)";
+        c->msg.quota.urgent = prate_limit(v, 3600000, v < 3 ? v : 3);
+        return NULL;
+    case OPT_MAX_ROOMS:
+        if (parse_u64(arg, UINT32_MAX, &v)) return "bad --max-rooms";
+        c->msg.quota.max_rooms = (uint32_t)v;
+        return NULL;
+    case OPT_UPLOADS_DAY:
+        if (parse_u64(arg, UINT32_MAX, &v)) return "bad --uploads-per-day";
+        c->msg.quota.uploads_per_day = (uint32_t)v;
+        return NULL;
+    case OPT_UPLOAD_BYTES_DAY:
+        if (parse_u64(arg, 1ull << 50, &v)) return "bad --upload-bytes-per-day";
+        c->msg.quota.upload_bytes_per_day = v;
+        return NULL;
+    case OPT_STORAGE_USER:
+        if (parse_u64(arg, 1ull << 50, &v)) return "bad --storage-per-user";
+        c->msg.quota.storage_per_user = v;
+        return NULL;
+    case OPT_DISK_RESERVE:
+        if (parse_u64(arg, 1ull << 50, &v)) return "bad --disk-reserve";
+        c->msg.quota.disk_reserve = v;
+        return NULL;
     default: return "unknown option";
     }
 }
@@ -522,11 +646,12 @@ static int read_api_keys(const char *path, char **buf, const char ***keys, size_
 }
 
 /* Urgent messages raise notifications inside the messaging service;
- * this extra hook of the seam logs them. */
+ * this extra hook of the seam logs them at debug level (one line per
+ * message and recipient is too much for info on a hot path). */
 static void log_urgent(const msg_notice *n, void *user)
 {
     (void)user;
-    plog_info("messaging: urgent message %lld in %s from %s for %s (%s)", (long long)n->message->id,
+    plog_debug("messaging: urgent message %lld in %s from %s for %s (%s)", (long long)n->message->id,
               n->message->conversation, n->message->from, n->recipient,
               n->online ? "online" : "offline");
 }
@@ -542,6 +667,7 @@ static const wsconn_cbs echo_cbs = {.on_message = echo_message};
 static void route_root(phttpd_req *req, void *user)
 {
     (void)user;
+    if (!phttpd_allow(req, "GET, HEAD")) return;
     char body[512];
     int n = snprintf(body, sizeof body,
                      "<!doctype html><meta charset=utf-8><title>parleyd</title>"
@@ -553,6 +679,7 @@ static void route_root(phttpd_req *req, void *user)
 static void route_health(phttpd_req *req, void *user)
 {
     (void)user;
+    if (!phttpd_allow(req, "GET, HEAD")) return;
     phttpd_respond(req, 200, "text/plain; charset=utf-8", NULL, 0, "ok\n", 3);
 }
 
@@ -602,6 +729,10 @@ int main(int argc, char **argv)
     wsconn_opts_init(&c.ws);
     c.ws.ping_interval_ms = 30000;
     phttpd_opts_init(&c.http);
+    /* The library's HTTP server tracks no addresses by default; a server
+     * on the internet should. */
+    c.http.max_conns_per_ip = 256;
+    c.http.ip_rate = prate_limit(20, 1000, 100);
     c.messaging = true;
     msg_service_opts_init(&c.msg);
 
@@ -661,9 +792,12 @@ int main(int argc, char **argv)
         if (read_api_keys(c.api_key_file, &keys_buf, &keys, &c.msg.n_api_keys) != 0) return 2;
         c.msg.api_keys = keys;
     }
-    /* HTTP uploads carry up to --max-media-bytes in one body. */
-    if (c.messaging && !c.max_body_set && c.http.limits.max_body < c.msg.max_media_bytes)
-        c.http.limits.max_body = c.msg.max_media_bytes;
+    if (c.limits_off) {
+        mquota_opts_unlimited(&c.msg.quota);
+        c.http.max_conns_per_ip = 0;
+        c.http.ip_rate = prate_limit(0, 1000, 0);
+        c.http.max_body_inflight = 0;
+    }
     c.msg.notifier.urgent = log_urgent;
     parley_log_set(c.level, NULL, NULL);
     signal(SIGPIPE, SIG_IGN);

@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #include "base/log.h"
@@ -84,6 +85,10 @@ struct msess {
     ptimer idle_timer; /* may fire early: it checks last_act (no re-arm per event) */
     pmap subs;         /* user id -> psub: presence subscriptions */
     unsigned nsubs;
+    prate events;  /* every event of this socket */
+    uint64_t send_hold; /* loop ms until which send_message is refused (order) */
+    prate strikes; /* refusals over limits: empty means hammering */
+    bool kick;     /* disconnect at the end of the current event */
 };
 
 typedef struct psub {
@@ -187,6 +192,12 @@ struct msg_service {
     pbuf nprefs_buf;
     pmap tzs;     /* zone name -> tzent: loaded zones */
     char *tz_dir; /* NULL: the system's */
+    /* limits */
+    mquota *quota;
+    uint64_t disk_checked; /* loop ms of the last statvfs */
+    bool disk_low;         /* free space below the reserve at that time */
+    plog_limit log_refused, log_kicked, log_connect, log_disk;
+    char *origins; /* allowed_origins, copied */
 };
 
 static int64_t wall_ms(void)
@@ -208,6 +219,7 @@ void msg_service_opts_init(msg_service_opts *o)
     o->low_delay_ms = 500;
     o->away_after_ms = 300000;
     o->presence_interval_ms = 1000;
+    mquota_opts_init(&o->quota);
 }
 
 void msg_service_stats_get(const msg_service *m, msg_service_stats *st)
@@ -378,6 +390,96 @@ static void reply_internal(msg_service *svc, msess *ms, int64_t ack_id)
 }
 
 /* A broadcast of event [obj] to the live sockets of a conversation. */
+/* ---- limits ---- */
+
+#define LOG_EVERY_MS 10000
+
+/* Refuses a request over a limit or quota: the error acknowledgement with
+ * its retry hint, and for rate limits a strike against the socket; a
+ * socket whose strikes run out (it keeps sending after being told) is
+ * disconnected at the end of the event (ms->kick). */
+static void refuse_limit(msg_service *svc, msess *ms, int64_t ack_id, msg_errcode code,
+                         uint64_t retry_ms, const char *field, const char *what)
+{
+    msg_error err;
+    msg_fail(&err, code, field, "%s", what);
+    err.retry_after_ms = (int64_t)retry_ms;
+    reply_error(svc, ms, ack_id, &err);
+    uint64_t now = ploop_now(svc->loop), held;
+    if (code == MSG_E_RATE_LIMITED) svc->stats.rate_limited++;
+    else if (code == MSG_E_QUOTA_EXCEEDED) svc->stats.quota_exceeded++;
+    else svc->stats.storage_full++;
+    if (plog_limit_ok(&svc->log_refused, now, LOG_EVERY_MS, &held))
+        plog_info("messaging: %s for %s: %s (%llu more refusals since the last line)",
+                  msg_errcode_name(code), ms->user ? ms->user->id : "?", what,
+                  (unsigned long long)held);
+    if (code == MSG_E_RATE_LIMITED &&
+        !prate_take(&ms->strikes, &mquota_opts_of(svc->quota)->strikes, now, 1, NULL))
+        ms->kick = true;
+}
+
+/* The socket kept sending over its limits: it is told why, then
+ * disconnected ("io server disconnect" for Socket.IO clients). */
+static void kick(msg_service *svc, msess *ms)
+{
+    if (!ms->sock) return;
+    svc->stats.kicked++;
+    uint64_t held;
+    if (plog_limit_ok(&svc->log_kicked, ploop_now(svc->loop), LOG_EVERY_MS, &held))
+        plog_warn("messaging: socket %s of %s kept sending over its limits: disconnected (%llu "
+                  "more since the last line)",
+                  parley_socket_id(ms->sock), ms->user->id, (unsigned long long)held);
+    static const char why[] = "[{\"code\":\"rate_limited\",\"message\":\"kept sending over "
+                              "the rate limits after being told: disconnected\"}]";
+    parley_emit(ms->sock, MSG_EV_DISCONNECT_REASON, why, NULL, 0);
+    parley_disconnect(ms->sock, 0); /* ms may be freed here */
+}
+
+/* True when free disk space is below the reserve (checked at most once a
+ * second): writes that add data are then refused with storage_full,
+ * reads go on. */
+static bool disk_low(msg_service *svc)
+{
+    uint64_t reserve = mquota_opts_of(svc->quota)->disk_reserve;
+    if (!reserve || !svc->data_dir) return false;
+    uint64_t now = ploop_now(svc->loop);
+    if (svc->disk_checked && now - svc->disk_checked < 1000) return svc->disk_low;
+    svc->disk_checked = now;
+    struct statvfs v;
+    bool low = statvfs(svc->data_dir, &v) == 0 && (uint64_t)v.f_bavail * v.f_frsize < reserve;
+    uint64_t held;
+    if (low != svc->disk_low || (low && plog_limit_ok(&svc->log_disk, now, 60000, &held))) {
+        if (low)
+            plog_error("messaging: free space in %s is below the reserve of %llu bytes: writes "
+                       "are refused (storage_full) until there is room",
+                       svc->data_dir, (unsigned long long)reserve);
+        else
+            plog_warn("messaging: free space in %s is back above the reserve: writes accepted",
+                      svc->data_dir);
+    }
+    svc->disk_low = low;
+    return low;
+}
+
+/* Refuses a write when the disk is low; true when refused. */
+static bool refuse_if_disk_low(msg_service *svc, msess *ms, int64_t ack_id)
+{
+    if (!disk_low(svc)) return false;
+    refuse_limit(svc, ms, ack_id, MSG_E_STORAGE_FULL, 60000, NULL,
+                 "the server is low on storage: writes are refused for now, reads work");
+    return true;
+}
+
+/* A per-user rate: true when the request may go on, otherwise refused. */
+static bool user_rate_ok(msg_service *svc, msess *ms, int64_t ack_id, mquota_user_kind kind,
+                         uint64_t cost, const char *what)
+{
+    uint64_t retry = 0;
+    if (mquota_user_take(svc->quota, ms->user->id, kind, cost, &retry)) return true;
+    refuse_limit(svc, ms, ack_id, MSG_E_RATE_LIMITED, retry, NULL, what);
+    return false;
+}
+
 static obx *queue_bcast(msg_service *svc, msess *sender, const msg_conv *c, const char *event,
                         const char *obj, size_t len, bool dep)
 {
@@ -643,12 +745,17 @@ static void on_flush(pdefer *d)
 
 typedef struct convlist {
     char (*id)[MSG_CONV_MAX + 1];
-    size_t n, cap;
+    size_t n, cap, max;
+    const char *from; /* ids before this one are skipped */
 } convlist;
+
+#define CONVS_ENOUGH 2 /* collect_conv's "stop": not an error */
 
 static int collect_conv(const char *conv, void *arg)
 {
     convlist *l = arg;
+    if (l->from[0] && strcmp(conv, l->from) < 0) return 0;
+    if (l->n == l->max) return CONVS_ENOUGH;
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 16;
         void *v = realloc(l->id, cap * sizeof *l->id);
@@ -680,10 +787,17 @@ static int page_add(const mstore_msg *m, void *arg)
     return 0;
 }
 
+typedef struct rcpt {
+    pbuf *out;
+    unsigned n;
+} rcpt;
+
 static int receipt_add(const char *user, int64_t d, int64_t r, void *arg)
 {
-    pbuf *out = arg;
-    int rc = out->ptr[out->len - 1] == '[' ? 0 : pbuf_append(out, ",", 1);
+    rcpt *rc_ = arg;
+    if (rc_->n == MSG_SYNC_MAX_RECEIPTS) return CONVS_ENOUGH;
+    pbuf *out = rc_->out;
+    int rc = rc_->n++ ? pbuf_append(out, ",", 1) : 0;
     if (rc == 0) rc = pbuf_append_str(out, "{\"user\":");
     if (rc == 0) rc = json_append_string(out, user, strlen(user));
     if (rc == 0)
@@ -691,19 +805,70 @@ static int receipt_add(const char *user, int64_t d, int64_t r, void *arg)
     return rc;
 }
 
-static void go_live(msess *ms, const convlist *convs)
+static int join_conv_room(const char *conv, void *arg)
+{
+    msess *ms = arg;
+    if (strncmp(conv, "room:", 5) != 0) return 0;
+    char room[ROOM_NAME_MAX];
+    room_of_conv(room, conv);
+    parley_join(ms->sock, room);
+    return 0;
+}
+
+/* The last page of a sync was answered: the socket receives live events
+ * from now on (its user's room, and the rooms of its room conversations). */
+static int go_live(msg_service *svc, msess *ms)
 {
     char room[ROOM_NAME_MAX];
     room_of_user(room, ms->user->id);
     parley_join(ms->sock, room);
-    for (size_t i = 0; i < convs->n; i++) {
-        if (strncmp(convs->id[i], "room:", 5) != 0) continue;
-        room_of_conv(room, convs->id[i]);
-        parley_join(ms->sock, room);
-    }
-    ms->live = true;
+    int rc = mstore_user_convs(svc->store, ms->user->id, join_conv_room, ms);
+    if (rc == 0) ms->live = true;
+    return rc;
 }
 
+/* New messages of every conversation of the user, in conversation id
+ * order, until the page is full. */
+typedef struct msgscan {
+    msg_service *svc;
+    const pmap *since;
+    page pg;
+    bool cut; /* some conversation has messages that did not fit */
+    int err;
+} msgscan;
+
+static int scan_conv(const char *id, void *arg)
+{
+    msgscan *sc = arg;
+    int64_t *sp = pmap_get(sc->since, id, strlen(id));
+    int64_t after = sp ? *sp : 0, last = mstore_last_seq(sc->svc->store, id);
+    if (last < 0) return (int)last;
+    if (last <= after) return 0;
+    if (sc->pg.left == 0 || sc->pg.out->len > SYNC_PAGE_BYTES) {
+        sc->cut = true;
+        return CONVS_ENOUGH;
+    }
+    sc->pg.last_sent = after;
+    int rc = mstore_messages_after(sc->svc->store, id, after, sc->pg.left, page_add, &sc->pg);
+    if (rc == 1) rc = 0; /* the page is full */
+    if (rc) return rc;
+    if (sc->pg.last_sent < last) {
+        sc->cut = true;
+        return CONVS_ENOUGH;
+    }
+    return 0;
+}
+
+/* A sync answer has two parts. `messages`: what is new in every
+ * conversation of the user after `since`, in conversation id order, at
+ * most `limit` and about SYNC_PAGE_BYTES (cut: `more`). `conversations`:
+ * a page of the user's conversations from `from` in id order, at most
+ * MSG_SYNC_MAX_CONVS, with their last seq and receipts (at most
+ * MSG_SYNC_MAX_RECEIPTS each). While either part is incomplete, `more` is
+ * true and `next` is the `from` of the next request. Live delivery
+ * starts with the answer that completes both: that one looked at every
+ * conversation for messages in the same loop iteration, so nothing
+ * committed earlier is missing and nothing later arrives twice. */
 static void do_sync(msg_service *svc, obx *e)
 {
     msess *ms = e->ms;
@@ -717,14 +882,14 @@ static void do_sync(msg_service *svc, obx *e)
         reply_internal(svc, ms, e->ack_id);
         return;
     }
-    convlist convs = {0};
+    convlist convs = {.max = MSG_SYNC_MAX_CONVS + 1, .from = req.from};
     char(*since_ids)[MSG_CONV_MAX + 1] = NULL;
     int64_t *since_seq = NULL;
     pmap since = {0};
     pbuf *out = &svc->scratch;
     out->len = 0;
-    int rc = mstore_user_convs(svc->store, ms->user->id, collect_conv, &convs);
-    if (rc == 0 && req.nsince) {
+    int rc = 0;
+    if (req.nsince) {
         since_ids = pcalloc(req.nsince, sizeof *since_ids);
         since_seq = pcalloc(req.nsince, sizeof *since_seq);
         if (!since_ids || !since_seq) rc = PARLEY_ENOMEM;
@@ -741,43 +906,50 @@ static void do_sync(msg_service *svc, obx *e)
             }
         }
     }
-    bool more = false;
     if (rc == 0) rc = pbuf_append_str(out, "[{\"ok\":true,\"messages\":[");
-    page pg = {.out = out, .left = req.limit, .first = true};
-    for (size_t i = 0; rc == 0 && i < convs.n; i++) {
-        const char *id = convs.id[i];
-        int64_t *s = pmap_get(&since, id, strlen(id));
-        int64_t after = s ? *s : 0, last = mstore_last_seq(svc->store, id);
-        if (last < 0) rc = (int)last;
-        if (rc || last <= after) continue;
-        if (pg.left == 0 || out->len > SYNC_PAGE_BYTES) {
-            more = true;
-            continue;
-        }
-        pg.last_sent = after;
-        rc = mstore_messages_after(svc->store, id, after, pg.left, page_add, &pg);
-        if (rc == 1) rc = 0; /* the page is full */
-        if (pg.last_sent < last) more = true;
-    }
+    msgscan ms_scan = {.svc = svc, .since = &since, .pg = {.out = out, .left = req.limit, .first = true}};
+    if (rc == 0) rc = mstore_user_convs(svc->store, ms->user->id, scan_conv, &ms_scan);
+    if (rc == CONVS_ENOUGH) rc = 0;
+    if (rc == 0) rc = mstore_user_convs(svc->store, ms->user->id, collect_conv, &convs);
+    if (rc == CONVS_ENOUGH) rc = 0;
+    size_t end = PARLEY_MIN(convs.n, (size_t)MSG_SYNC_MAX_CONVS);
+    /* Where the conversations part goes on; NULL when it is complete. */
+    const char *list_next = convs.n > MSG_SYNC_MAX_CONVS ? convs.id[MSG_SYNC_MAX_CONVS] : NULL;
     if (rc == 0) rc = pbuf_append_str(out, "],\"conversations\":[");
-    for (size_t i = 0; rc == 0 && i < convs.n; i++) {
+    for (size_t i = 0; rc == 0 && i < end; i++) {
         int64_t last = mstore_last_seq(svc->store, convs.id[i]);
         if (last < 0) rc = (int)last;
         if (rc == 0 && i) rc = pbuf_append(out, ",", 1);
         if (rc == 0) rc = pbuf_append_str(out, "{\"id\":");
         if (rc == 0) rc = json_append_string(out, convs.id[i], strlen(convs.id[i]));
         if (rc == 0) rc = pbuf_appendf(out, ",\"last_seq\":%lld,\"receipts\":[", (long long)last);
-        if (rc == 0) rc = mstore_participants(svc->store, convs.id[i], receipt_add, out);
+        rcpt rr = {.out = out};
+        if (rc == 0) rc = mstore_participants(svc->store, convs.id[i], receipt_add, &rr);
+        if (rc == CONVS_ENOUGH) rc = 0;
         if (rc == 0) rc = pbuf_append_str(out, "]}");
+        if (rc == 0 && i + 1 < end && out->len > 2 * SYNC_PAGE_BYTES) {
+            /* Large rooms' receipts: the rest in the next answer. */
+            end = i + 1;
+            list_next = convs.id[end];
+        }
     }
-    if (rc == 0) rc = pbuf_appendf(out, "],\"more\":%s}]", more ? "true" : "false");
+    /* Messages cut with the list complete: the next request lists the
+     * same page again (it is the last one). */
+    const char *next = list_next ? list_next : ms_scan.cut ? req.from : NULL;
+    if (rc == 0) rc = pbuf_appendf(out, "],\"more\":%s", next ? "true" : "false");
+    if (rc == 0 && next) {
+        rc = pbuf_append_str(out, ",\"next\":");
+        if (rc == 0) rc = json_append_string(out, next, strlen(next));
+    }
+    if (rc == 0) rc = pbuf_append_str(out, "}]");
     if (rc == 1) {
         reply_error(svc, ms, e->ack_id, &err);
     } else if (!json_done(out, rc)) {
         reply_internal(svc, ms, e->ack_id);
     } else {
         if (e->ack_id >= 0) parley_ack(ms->sock, e->ack_id, (const char *)out->ptr, NULL, 0);
-        if (!more && !ms->live) go_live(ms, &convs);
+        if (!next && !ms->live && go_live(svc, ms) != 0)
+            plog_error("messaging: cannot list the conversations of %s", ms->user->id);
     }
     pmap_free(&since);
     free(since_ids);
@@ -1241,6 +1413,40 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
                    "system messages need a token with the admin role");
         return;
     }
+    /* Limits before any store work; the request's size stands for the
+     * message's bytes. After one refusal every send of this socket is
+     * refused until the hint has passed, so that a client resending in
+     * order cannot have a later message stored before an earlier one. */
+    uint64_t now = ploop_now(svc->loop), retry = 0;
+    if (ms->send_hold > now) {
+        refuse_limit(svc, ms, ack_id, MSG_E_RATE_LIMITED, ms->send_hold - now, NULL,
+                     "too many messages: slow down");
+        return;
+    }
+    bool ok = mquota_user_take(svc->quota, user, MQ_MESSAGES, 1, &retry);
+    if (ok && !mquota_user_take(svc->quota, user, MQ_BYTES, obj->len, &retry)) {
+        mquota_user_refund(svc->quota, user, MQ_MESSAGES, 1);
+        ok = false;
+    }
+    if (!ok) {
+        ms->send_hold = now + retry;
+        refuse_limit(svc, ms, ack_id, MSG_E_RATE_LIMITED, retry, NULL,
+                     "too many messages: slow down");
+        return;
+    }
+    if (refuse_if_disk_low(svc, ms, ack_id)) return;
+    if (m.priority == MSG_PRIO_URGENT) {
+        /* Urgent is what a recipient cannot easily tune out: few per
+         * sender and recipient (per room for rooms); beyond that the
+         * message goes on as high (stored so, said in the answer). */
+        char to[MSG_CONV_MAX + 2];
+        const char *peer = c.kind == MSG_CONV_DM ? msg_conv_peer(&c, user) : NULL;
+        snprintf(to, sizeof to, "%s%s", peer ? "@" : "#", peer ? peer : c.id);
+        if (!mquota_pair_take(svc->quota, user, to, MQ_URGENT, &retry)) {
+            m.priority = MSG_PRIO_HIGH;
+            svc->stats.urgent_downgraded++;
+        }
+    }
     if (c.kind == MSG_CONV_ROOM) {
         int p = mstore_is_participant(svc->store, c.id, user);
         if (p != 1) {
@@ -1490,6 +1696,9 @@ static void req_room(msg_service *svc, msess *ms, const json_val *obj, int64_t a
     bool added = false;
     int rc = 0;
     if (which == OB_JOIN) {
+        if (!user_rate_ok(svc, ms, ack_id, MQ_JOINS, 1, "too many rooms joined: slow down") ||
+            refuse_if_disk_low(svc, ms, ack_id))
+            return;
         rc = mstore_join(svc->store, room, user, wall_ms(), &added);
     } else if (which == OB_LEAVE) {
         rc = mstore_leave(svc->store, room, user);
@@ -1599,6 +1808,7 @@ static void req_upload(msg_service *svc, msess *ms, const json_val *obj, const p
         reply_error(svc, ms, ack_id, &err);
         return;
     }
+    if (refuse_if_disk_low(svc, ms, ack_id)) return;
     if (num >= a->nbins || a->bins[num].len == 0) {
         reply_fail(svc, ms, ack_id, MSG_E_INVALID_FIELD, "data",
                    "data must be a non-empty binary attachment");
@@ -1638,6 +1848,9 @@ static void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, c
         reply_error(svc, ms, ack_id, &err);
         return;
     }
+    if (!user_rate_ok(svc, ms, ack_id, MQ_PRESENCE, 1, "too many presence changes: slow down"))
+        return;
+    if (has_text && refuse_if_disk_low(svc, ms, ack_id)) return;
     mpres *p = pres_get(svc, ms->user->id, true);
     if (!p) {
         reply_internal(svc, ms, ack_id);
@@ -1920,24 +2133,26 @@ static int nprefs_load(msg_service *svc, const char *user, pbuf *buf, msg_nprefs
 
 static bool notif_quiet_now(msg_service *svc, const msg_nprefs *p, int64_t now);
 
-/* The suppression rule of docs/PROTOCOL.md ("Notifications"): urgent is
- * always pushed; otherwise not when in_app is off, the type is off, the
- * sender is muted, a message/mention came from a muted room, or the
- * recipient's local time is inside quiet hours. */
+/* The suppression rule of docs/PROTOCOL.md ("Notifications"): the
+ * recipient stays in control. Suppressed when the sender is muted, a
+ * message/mention came from a muted room, in_app is off or the type is
+ * off; otherwise pushed, except inside quiet hours — which only urgent
+ * notifications pass (and an urgent message from someone who is not a
+ * contact is made high before it gets here). */
 static bool notif_suppressed(msg_service *svc, const msg_notification *n, const char *room,
                              int64_t now)
 {
-    if (n->priority == MSG_PRIO_URGENT) return false;
     msg_nprefs p;
     /* Unreadable preferences push (defaults): losing a notification is
      * worse than an unwanted one. */
     nprefs_load(svc, n->to, &svc->nprefs_buf, &p);
-    if (!p.in_app) return true;
-    if (p.types_off & (1u << n->type)) return true;
     if (n->from[0] && msg_nprefs_has(&p.muted_users, n->from)) return true;
     if (room && (n->type == MSG_NT_MESSAGE || n->type == MSG_NT_MENTION) &&
         msg_nprefs_has(&p.muted_rooms, room))
         return true;
+    if (!p.in_app) return true;
+    if (p.types_off & (1u << n->type)) return true;
+    if (n->priority == MSG_PRIO_URGENT) return false;
     return p.quiet && notif_quiet_now(svc, &p, now);
 }
 
@@ -2025,8 +2240,14 @@ static void req_notify(msg_service *svc, msess *ms, const json_val *obj, const p
         return;
     }
     bool dup;
+    uint64_t retry = 0;
     if (msg_parse_notify(obj, wall_ms(), n, &err)) {
         reply_error(svc, ms, ack_id, &err);
+    } else if (!mquota_pair_take(svc->quota, ms->user->id, n->to, MQ_NOTIFY, &retry)) {
+        refuse_limit(svc, ms, ack_id, MSG_E_RATE_LIMITED, retry, "to",
+                     "too many notifications to this recipient: slow down");
+    } else if (refuse_if_disk_low(svc, ms, ack_id)) {
+        /* refused */
     } else {
         snprintf(n->from, sizeof n->from, "%s", ms->user->id);
         pbuf *b = &svc->scratch;
@@ -2414,9 +2635,10 @@ static const tz_zone *tz_get(msg_service *svc, const char *name)
     if (t) return t->z;
     if (len > MSG_TZ_MAX || svc->tzs.n >= TZ_CACHE_MAX) return NULL;
     tz_zone *z = NULL;
-    int rc = tz_load(svc->tz_dir, name, &z);
+    char why[256];
+    int rc = tz_load_why(svc->tz_dir, name, &z, why, sizeof why);
     if (rc) {
-        plog_info("messaging: time zone %s: %s", name, parley_strerror(rc));
+        plog_warn("messaging: time zone %s: %s", name, why);
         return NULL;
     }
     if (!(t = pcalloc(1, sizeof *t))) {
@@ -2479,6 +2701,14 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
     msess *ms = parley_socket_data(s);
     if (!ms) return;
     pres_activity(svc, ms);
+    uint64_t retry = 0;
+    if (!prate_take(&ms->events, &mquota_opts_of(svc->quota)->events, ploop_now(svc->loop), 1,
+                    &retry)) {
+        refuse_limit(svc, ms, ack_id, MSG_E_RATE_LIMITED, retry, NULL,
+                     "too many events from this connection: slow down");
+        if (ms->kick) kick(svc, ms);
+        return;
+    }
     req_fn fn = NULL;
     for (size_t i = 0; i < PARLEY_ARRAY_LEN(requests) && !fn; i++)
         if (strlen(requests[i].name) == event_len &&
@@ -2502,6 +2732,7 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
         return;
     }
     fn(svc, ms, &obj, a, ack_id);
+    if (ms->kick) kick(svc, ms);
 }
 
 /* Identity from the CONNECT auth payload. */
@@ -2564,7 +2795,10 @@ static int on_connect_check(parley_socket *s, const char *auth, size_t len,
     ce->data_json = NULL;
     if (json_done(&svc->cerr_data, msg_encode_connect_error(&svc->cerr_data, &err)))
         ce->data_json = (const char *)svc->cerr_data.ptr;
-    plog_info("messaging: refused a connection: %s (%s)", msg_errcode_name(err.code), err.message);
+    uint64_t held;
+    if (plog_limit_ok(&svc->log_connect, ploop_now(svc->loop), LOG_EVERY_MS, &held))
+        plog_info("messaging: refused a connection: %s (%s); %llu more refused since the last line",
+                  msg_errcode_name(err.code), err.message, (unsigned long long)held);
     return 1;
 }
 
@@ -2863,6 +3097,10 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
         if (rc == 0) svc->n_api_keys = o->n_api_keys;
     }
     if (rc == 0 && o->tz_dir && !(svc->tz_dir = strdup(o->tz_dir))) rc = PARLEY_ENOMEM;
+    if (rc == 0) rc = mquota_new(svc->loop, &o->quota, &svc->quota);
+    if (rc == 0 && o->allowed_origins && !(svc->origins = strdup(o->allowed_origins)))
+        rc = PARLEY_ENOMEM;
+    svc->o.allowed_origins = NULL; /* svc->origins is the copy */
     svc->o.tz_dir = NULL;   /* svc->tz_dir is the copy */
     svc->o.api_keys = NULL; /* svc->api_keys holds their digests */
     svc->o.n_api_keys = 0;
@@ -2897,7 +3135,9 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
     if (rc == 0) {
         svc->nsp = parley_server_of(srv, MSG_NAMESPACE);
         phttpd *http = parley_server__http(srv);
-        if (!svc->nsp || phttpd_route(http, "/media", route_upload, svc) != 0 ||
+        phttpd_route_opts up = {
+            .handler = route_upload, .max_body = svc->o.max_media_bytes, .user = svc};
+        if (!svc->nsp || phttpd_route_ex(http, "/media", false, &up) != 0 ||
             phttpd_route_prefix(http, "/media/", route_download, svc) != 0 ||
             phttpd_route(http, "/api/notifications", route_api_notify, svc) != 0)
             rc = PARLEY_ENOMEM;
@@ -2954,6 +3194,8 @@ void msg_service_free(msg_service *svc)
     pmap_free(&svc->nunread);
     tz_cache_free(svc);
     free(svc->tz_dir);
+    mquota_free(svc->quota);
+    free(svc->origins);
     pbuf_free(&svc->nprefs_buf);
     if (svc->api_keys) OPENSSL_cleanse(svc->api_keys, svc->n_api_keys * sizeof *svc->api_keys);
     free(svc->api_keys);

@@ -29,6 +29,7 @@
 
 #include "parley/server.h"
 #include "services/msg_schema.h"
+#include "services/quota.h"
 
 typedef struct msg_service msg_service;
 
@@ -74,6 +75,11 @@ typedef struct msg_service_opts {
     const char *const *api_keys;
     size_t n_api_keys;
     const char *tz_dir; /* zoneinfo for quiet hours; NULL: /usr/share/zoneinfo */
+    mquota_opts quota;  /* rate limits and quotas (mquota_opts_init's defaults) */
+    /* Origins allowed to use /media and /api/notifications from a browser
+     * (CORS preflight, and a foreign Origin refused with 403): "*", or a
+     * comma-separated list; NULL = no CORS, and no Origin check. */
+    const char *allowed_origins;
 } msg_service_opts;
 
 void msg_service_opts_init(msg_service_opts *o);
@@ -100,6 +106,11 @@ typedef struct msg_service_stats {
     uint64_t notif_duplicates; /* dedupe hits */
     uint64_t notif_suppressed; /* stored but not pushed (preferences) */
     uint64_t notif_pushed;     /* `notification` emits (one per socket) */
+    uint64_t rate_limited;     /* requests refused over a rate limit */
+    uint64_t quota_exceeded;   /* requests refused over a quota */
+    uint64_t storage_full;     /* writes refused below the disk reserve */
+    uint64_t kicked;           /* sockets disconnected for hammering over the limits */
+    uint64_t urgent_downgraded; /* urgent notifications from non-contacts treated as high */
 } msg_service_stats;
 
 void msg_service_stats_get(const msg_service *m, msg_service_stats *st);

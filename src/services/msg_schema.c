@@ -961,13 +961,18 @@ msg_errcode msg_parse_sync(const json_val *obj, msg_sync *s, msg_error *err)
     s->limit = MSG_SYNC_DEF_LIMIT;
     msg_errcode rc = need_object(obj, err);
     if (rc) return rc;
-    field f[2] = {{"since", {0}}, {"limit", {0}}};
-    if ((rc = scan(obj, f, 2, "", FROM_CLIENT, err))) return rc;
+    field f[3] = {{"since", {0}}, {"limit", {0}}, {"from", {0}}};
+    if ((rc = scan(obj, f, 3, "", FROM_CLIENT, err))) return rc;
     if (has(&f[1])) {
         int64_t v = 0;
         if ((rc = get_int(&f[1], "limit", 1, MSG_SYNC_MAX_LIMIT, &v, err))) return rc;
         s->limit = (unsigned)v;
     }
+    /* "" is the start (what `next` says when only messages were cut on the
+     * first page). */
+    if (has(&f[2]) && !(f[2].v.type == JSON_STRING && f[2].v.len == 2) &&
+        (rc = get_conv_id(&f[2], "from", s->from, err)))
+        return rc;
     if (!has(&f[0])) return MSG_OK;
     if (f[0].v.type != JSON_OBJECT)
         return msg_fail(err, MSG_E_INVALID_FIELD, "since",

@@ -51,6 +51,9 @@
 #define MSG_EV_MEMBER_JOINED "member_joined"
 #define MSG_EV_MEMBER_LEFT   "member_left"
 #define MSG_EV_PRESENCE      "presence"
+/* Sent once, just before the server disconnects a socket that kept
+ * sending over its limits: {"code": "rate_limited", "message": ...}. */
+#define MSG_EV_DISCONNECT_REASON "disconnect_reason"
 
 /* ---- identifiers ---- */
 
@@ -135,6 +138,8 @@ void msg_limits_init(msg_limits *l);
 #define MSG_MAX_DURATION_MS   86400000 /* audio/video duration: one day */
 #define MSG_SYNC_MAX_LIMIT    1000     /* messages per sync answer */
 #define MSG_SYNC_DEF_LIMIT    200
+#define MSG_SYNC_MAX_CONVS    200 /* conversations per sync answer (then `next`) */
+#define MSG_SYNC_MAX_RECEIPTS 256 /* receipts listed per conversation in a sync answer */
 #define MSG_HISTORY_MAX_LIMIT 200
 #define MSG_HISTORY_DEF_LIMIT 50
 #define MSG_SYNC_MAX_SINCE    10000              /* conversations named in one sync */
@@ -305,6 +310,7 @@ typedef struct msg_sync {
     json_val since; /* object conversation id -> seq (validated), or JSON_INVALID */
     size_t nsince;
     unsigned limit;
+    char from[MSG_CONV_MAX + 1]; /* start at this conversation id (the answer's `next`); "" */
 } msg_sync;
 
 msg_errcode msg_parse_sync(const json_val *obj, msg_sync *s, msg_error *err);

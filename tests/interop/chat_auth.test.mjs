@@ -79,8 +79,10 @@ describe('messaging authentication', () => {
     c.socket.auth = undefined;
     const { data } = await c.refused();
     assert.equal(data.code, 'auth_required');
-    // The refusals are logged, and nothing was stored or connected.
-    assert.match(srv.child.stderrText, /refused a connection: token_expired/);
+    // The refusals are logged as a summary (at most a line per 10 s,
+    // counting the ones in between), not a line per connection.
+    const lines = srv.child.stderrText.split('\n').filter((l) => /refused a connection:/.test(l));
+    assert.ok(lines.length >= 1 && lines.length <= 3, `${lines.length} log lines for ${cases.length + 1} refusals`);
   });
 
   test('the leeway tolerates small clock skew either way', async () => {

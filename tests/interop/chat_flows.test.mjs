@@ -27,7 +27,7 @@ describe('messaging flows', () => {
   before(async () => {
     [srv, fast] = await Promise.all([
       startChatServer(),
-      startChatServer({ extra: ['--typing-timeout', '600', '--low-delay', '300', '--jwt-leeway', '0'] }),
+      startChatServer({ extra: ['--typing-timeout', '600', '--low-delay', '300', '--jwt-leeway', '0', '--log-level', 'debug'] }),
     ]);
   });
 

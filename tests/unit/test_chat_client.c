@@ -197,6 +197,7 @@ static void srv_init(srv *s, bool jwt)
     snprintf(s->dir, sizeof s->dir, "/tmp/parley-chat-XXXXXX");
     assert_non_null(mkdtemp(s->dir));
     msg_service_opts_init(&s->mo);
+    mquota_opts_unlimited(&s->mo.quota); /* functional tests: bursts */
     s->mo.data_dir = s->dir;
     s->mo.typing_throttle_ms = 20;
     if (jwt) {

@@ -38,12 +38,12 @@ export function makeToken(sub, { claims = {}, header = { alg: 'HS256', typ: 'JWT
  * (or `port`, to restart in place). Returns the parleyd handle plus
  * { dataDir }.
  */
-export async function startChatServer({ secret = SECRET, dev = false, dataDir, port = 0, extra = [] } = {}) {
+export async function startChatServer({ secret = SECRET, dev = false, dataDir, port = 0, extra = [], limits = 'off' } = {}) {
   const dir = dataDir ?? path.join(tempDir(), 'data');
   const args = ['--data-dir', dir, '--log-level', 'info'];
   if (secret) args.push('--jwt-secret', secret);
   if (dev) args.push('--dev-auth');
-  const srv = await startParleyd([...args, ...extra], { wsPath: null, listen: `127.0.0.1:${port}` });
+  const srv = await startParleyd([...args, ...extra], { wsPath: null, listen: `127.0.0.1:${port}`, limits });
   srv.dataDir = dir;
   return srv;
 }

@@ -236,8 +236,8 @@ const READY_RE = /^parleyd listening on 127\.0\.0\.1:(\d+)\r?$/m;
 /**
  * Starts `parleyd --listen <listen> --ws-echo <wsPath> ...args` and waits
  * for its ready line (wsPath null: no --ws-echo; listen defaults to any
- * free port, a fixed one is for restarting on the same port). Returns
- * { port, child, args, stop() }.
+ * free port, a fixed one is for restarting on the same port; limits 'off'
+ * (default) adds `--limits off`). Returns { port, child, args, stop() }.
  */
 /**
  * A free loopback port below the kernel's ephemeral range (32768 and up by
@@ -258,10 +258,14 @@ export async function lowFreePort() {
   throw new Error('no free port below 32000');
 }
 
-export async function startParleyd(args = [], { wsPath = '/echo', listen = '127.0.0.1:0' } = {}) {
+export async function startParleyd(args = [], { wsPath = '/echo', listen = '127.0.0.1:0', limits = 'off' } = {}) {
   if (listen.endsWith(':0')) listen = `${listen.slice(0, -2)}:${await lowFreePort()}`;
   const bin = program('PARLEYD');
-  const fullArgs = ['--listen', listen, ...(wsPath === null ? [] : ['--ws-echo', wsPath]), ...args];
+  /* Functional tests run with the abuse limits lifted (hundreds of
+   * clients from one address, bursts of messages); hostile.test.mjs runs
+   * the defaults (limits: 'on'). */
+  const fullArgs = ['--listen', listen, ...(wsPath === null ? [] : ['--ws-echo', wsPath]),
+    ...(limits === 'off' ? ['--limits', 'off'] : []), ...args];
   const child = spawnTracked(bin, fullArgs, `parleyd ${fullArgs.join(' ')}`);
   const ready = new Promise((resolve, reject) => {
     const look = () => {
