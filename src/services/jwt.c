@@ -1,10 +1,10 @@
 /* HS256 JSON Web Tokens (see jwt.h). */
 #include "services/jwt.h"
 
-#include <math.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/util.h"
@@ -13,6 +13,16 @@
 
 #define JWT_MAX_HEADER 1024 /* decoded header bytes */
 #define SIG_LEN        32
+
+/* NumericDates outside years 0001..9999 are refused: such a value is a
+ * bug or an attack (exp 1e300 would never expire), and within these
+ * bounds a date in ms fits an int64 with room to spare. */
+#define DATE_MIN (-62135596800.0)
+#define DATE_MAX 253402300799.0
+/* The caller's clock and leeway are clamped so that no sum or difference
+ * below can overflow (dates are below 2^48 ms). */
+#define CLOCK_CLAMP ((int64_t)1 << 52)
+#define SPAN_CLAMP  ((int64_t)1 << 50)
 
 static const char b64url_chars[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -83,20 +93,65 @@ static int hmac256(const uint8_t *key, size_t klen, const char *data, size_t len
     return 0;
 }
 
-/* A NumericDate member as milliseconds. */
+typedef struct span {
+    const char *p;
+    size_t n;
+} span;
+
+static int span_cmp(const void *a, const void *b)
+{
+    const span *x = a, *y = b;
+    size_t n = x->n < y->n ? x->n : y->n;
+    int c = n ? memcmp(x->p, y->p, n) : 0;
+    if (c) return c;
+    return (x->n > y->n) - (x->n < y->n);
+}
+
+/* Whether the members of a JSON object have distinct names (compared
+ * unescaped): a repeat is refused, so that no two parsers can disagree
+ * about which one counts. scratch must hold obj->len bytes (names never
+ * unescape to more than their text), spans one entry per member. Also
+ * false when either is too small. */
+static bool members_unique(const json_val *obj, char *scratch, size_t scratch_cap, span *spans,
+                           size_t max_spans)
+{
+    size_t count = 0, used = 0;
+    json_iter it;
+    json_val k, v;
+    json_iter_init(&it, obj);
+    while (json_object_next(&it, &k, &v)) {
+        long n =
+            count < max_spans ? json_string_decode(&k, scratch + used, scratch_cap - used) : -1;
+        if (n < 0) return false; /* refuse rather than miss a repeat */
+        spans[count].p = scratch + used;
+        spans[count].n = (size_t)n;
+        count++;
+        used += (size_t)n;
+    }
+    if (count < 2) return true;
+    qsort(spans, count, sizeof *spans, span_cmp);
+    for (size_t i = 1; i < count; i++)
+        if (span_cmp(&spans[i - 1], &spans[i]) == 0) return false;
+    return true;
+}
+
+/* A NumericDate member as milliseconds: false when present but not a
+ * number within DATE_MIN..DATE_MAX (NaN fails both comparisons). */
 static bool numeric_date(const json_val *obj, const char *name, bool *present, int64_t *ms)
 {
     json_val v;
     *present = json_object_get(obj, name, &v);
     if (!*present) return true;
     double d;
-    if (v.type != JSON_NUMBER || !json_double(&v, &d) || !isfinite(d)) return false;
-    /* Clamped: dates beyond +-2^53 ms are "never" / "always" anyway. */
-    double m = d * 1000.0;
-    if (m > 9007199254740992.0) m = 9007199254740992.0;
-    if (m < -9007199254740992.0) m = -9007199254740992.0;
-    *ms = (int64_t)m;
+    if (v.type != JSON_NUMBER || !json_double(&v, &d) || !(d >= DATE_MIN && d <= DATE_MAX))
+        return false;
+    *ms = (int64_t)(d * 1000.0);
     return true;
+}
+
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
 }
 
 msg_errcode jwt_verify(const jwt_key *k, const char *token, size_t len, int64_t now_ms,
@@ -112,6 +167,10 @@ msg_errcode jwt_verify(const jwt_key *k, const char *token, size_t len, int64_t 
         return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "not a JWS compact token (3 parts)");
     size_t hl = (size_t)(d1 - token), pl = (size_t)(d2 - d1 - 1),
            sl = len - (size_t)(d2 + 1 - token);
+    /* For the repeated-member checks: each member takes at least 4 bytes
+     * of text ("":0 and a comma or brace). */
+    char scratch[JWT_MAX_TOKEN];
+    span spans[JWT_MAX_TOKEN / 4 + 1];
 
     /* Header: only to check that the algorithm is ours. */
     char header[JWT_MAX_HEADER];
@@ -119,6 +178,8 @@ msg_errcode jwt_verify(const jwt_key *k, const char *token, size_t len, int64_t 
     json_val h, v;
     if (n <= 0 || json_parse(header, (size_t)n, 4, &h, NULL) != 0 || h.type != JSON_OBJECT)
         return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "malformed token header");
+    if (!members_unique(&h, scratch, sizeof scratch, spans, PARLEY_ARRAY_LEN(spans)))
+        return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "token header has a repeated member");
     if (!json_object_get(&h, "alg", &v) || !json_string_eq(&v, "HS256"))
         return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "token algorithm must be HS256");
     if (json_object_get(&h, "crit", &v))
@@ -144,14 +205,19 @@ msg_errcode jwt_verify(const jwt_key *k, const char *token, size_t len, int64_t 
     json_val p;
     if (n <= 0 || json_parse(claims, (size_t)n, 8, &p, NULL) != 0 || p.type != JSON_OBJECT)
         return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "malformed token claims");
-    bool has_exp, has_nbf;
-    int64_t exp = 0, nbf = 0;
-    if (!numeric_date(&p, "exp", &has_exp, &exp) || !numeric_date(&p, "nbf", &has_nbf, &nbf))
-        return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "exp and nbf must be numbers");
+    if (!members_unique(&p, scratch, sizeof scratch, spans, PARLEY_ARRAY_LEN(spans)))
+        return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "token claims have a repeated member");
+    bool has_exp, has_nbf, has_iat;
+    int64_t exp = 0, nbf = 0, iat = 0;
+    if (!numeric_date(&p, "exp", &has_exp, &exp) || !numeric_date(&p, "nbf", &has_nbf, &nbf) ||
+        !numeric_date(&p, "iat", &has_iat, &iat))
+        return msg_fail(err, MSG_E_INVALID_TOKEN, NULL,
+                        "exp, nbf and iat must be numbers within years 0001 to 9999");
     if (!has_exp) return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "the token has no exp");
-    if (now_ms > exp && now_ms - exp > k->leeway_ms)
-        return msg_fail(err, MSG_E_TOKEN_EXPIRED, NULL, "token expired");
-    if (has_nbf && nbf > now_ms && nbf - now_ms > k->leeway_ms)
+    int64_t now = clamp64(now_ms, -CLOCK_CLAMP, CLOCK_CLAMP);
+    int64_t leeway = clamp64(k->leeway_ms, 0, SPAN_CLAMP);
+    if (now > exp + leeway) return msg_fail(err, MSG_E_TOKEN_EXPIRED, NULL, "token expired");
+    if (has_nbf && nbf > now + leeway)
         return msg_fail(err, MSG_E_TOKEN_NOT_YET_VALID, NULL, "token not valid yet (nbf)");
     if (!json_object_get(&p, "sub", &v) || v.type != JSON_STRING)
         return msg_fail(err, MSG_E_INVALID_USER, NULL, "the token has no sub");

@@ -8,11 +8,17 @@
  * attacks). A `crit` header is refused (no extension is understood). The
  * signature is checked, in constant time, before any claim is read.
  *
+ * Strictness: a header or claims object with a repeated member (any
+ * name, compared after unescaping) is refused, so no two parsers can
+ * disagree about which one counts.
+ *
  * Claims: `sub` (required) is the user id and must be a valid messaging
- * user id; `exp` (required) and `nbf` (optional) are NumericDates checked
- * against the caller's clock with a leeway; `role` "admin" marks an
- * administrator, "notifier" a sender of notifications. Other claims are
- * ignored.
+ * user id; `exp` (required), `nbf` and `iat` (optional) are NumericDates
+ * that must be finite numbers within years 0001 to 9999
+ * (-62135596800 to 253402300799), else the token is invalid; exp and nbf
+ * are checked against the caller's clock with a leeway. `role` "admin"
+ * marks an administrator, "notifier" a sender of notifications. Other
+ * claims, and members of nested objects, are ignored.
  *
  * Sans-I/O: the clock is passed in. Limits: a token is at most
  * JWT_MAX_TOKEN bytes; nothing is allocated.
@@ -44,7 +50,8 @@ typedef struct jwt_claims {
 
 /* Verifies token[0, len) at wall-clock time now_ms (ms since the epoch).
  * Returns MSG_OK and fills *c, or one of MSG_E_INVALID_TOKEN (malformed,
- * wrong alg, crit, bad signature, exp missing or not a number),
+ * repeated member, wrong alg, crit, bad signature, exp missing, exp/nbf/iat
+ * not a NumericDate in range),
  * MSG_E_TOKEN_EXPIRED, MSG_E_TOKEN_NOT_YET_VALID, MSG_E_INVALID_USER (sub
  * missing or invalid), with err filled. */
 msg_errcode jwt_verify(const jwt_key *k, const char *token, size_t len, int64_t now_ms,

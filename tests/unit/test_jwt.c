@@ -112,8 +112,25 @@ static void test_times(void **state)
     expect_claims("{\"sub\":\"a\",\"exp\":1767225570}", MSG_OK);
     expect_claims("{\"sub\":\"a\",\"exp\":1767225569.9}", MSG_E_TOKEN_EXPIRED);
     expect_claims("{\"sub\":\"a\",\"exp\":1000}", MSG_E_TOKEN_EXPIRED);
-    expect_claims("{\"sub\":\"a\",\"exp\":-1e300}", MSG_E_TOKEN_EXPIRED);
-    expect_claims("{\"sub\":\"a\",\"exp\":1e300}", MSG_OK);
+    /* NumericDates beyond years 0001..9999 are invalid, not "never"
+     * expiring (or long expired). */
+    expect_claims("{\"sub\":\"a\",\"exp\":-1e300}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":1e300}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":1e20}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":1e400}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":9223372036854775807}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":253402300799}", MSG_OK);
+    expect_claims("{\"sub\":\"a\",\"exp\":253402300799.5}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":253402300800}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":-62135596800}", MSG_E_TOKEN_EXPIRED);
+    expect_claims("{\"sub\":\"a\",\"exp\":-62135596801}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":1767229200,\"nbf\":1e300}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":1767229200,\"nbf\":-1e20}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":1767229200,\"nbf\":0}", MSG_OK);
+    /* iat, when present, is a NumericDate too. */
+    expect_claims("{\"sub\":\"a\",\"exp\":1767229200,\"iat\":1e300}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":1767229200,\"iat\":\"1767225600\"}", MSG_E_INVALID_TOKEN);
+    expect_claims("{\"sub\":\"a\",\"exp\":1767229200,\"iat\":1767225600.25}", MSG_OK);
     expect_claims("{\"sub\":\"a\"}", MSG_E_INVALID_TOKEN);
     expect_claims("{\"sub\":\"a\",\"exp\":\"1767229200\"}", MSG_E_INVALID_TOKEN);
     expect_claims("{\"sub\":\"a\",\"exp\":null}", MSG_E_INVALID_TOKEN);
@@ -124,6 +141,22 @@ static void test_times(void **state)
     expect_claims("{\"sub\":\"a\",\"exp\":1767229200,\"nbf\":1767300000}",
                   MSG_E_TOKEN_NOT_YET_VALID);
     expect_claims("{\"sub\":\"a\",\"exp\":1767229200,\"nbf\":true}", MSG_E_INVALID_TOKEN);
+    /* Extreme clocks and leeways cannot overflow the arithmetic (UBSan
+     * watches): a clock beyond any date is after exp or before nbf, even
+     * with the largest leeway. */
+    char *x = make(NULL, "{\"sub\":\"a\",\"exp\":253402300799,\"nbf\":-62135596800}", SECRET);
+    jwt_claims xc;
+    msg_error xe;
+    jwt_key wide = {key.secret, key.len, INT64_MAX};
+    assert_int_equal(jwt_verify(&wide, x, strlen(x), INT64_MAX, &xc, &xe), MSG_E_TOKEN_EXPIRED);
+    assert_int_equal(jwt_verify(&wide, x, strlen(x), INT64_MIN, &xc, &xe),
+                     MSG_E_TOKEN_NOT_YET_VALID);
+    assert_int_equal(jwt_verify(&wide, x, strlen(x), NOW, &xc, &xe), MSG_OK);
+    wide.leeway_ms = INT64_MIN; /* taken as 0 */
+    assert_int_equal(jwt_verify(&wide, x, strlen(x), INT64_MAX, &xc, &xe), MSG_E_TOKEN_EXPIRED);
+    assert_int_equal(jwt_verify(&wide, x, strlen(x), INT64_MIN, &xc, &xe),
+                     MSG_E_TOKEN_NOT_YET_VALID);
+    free(x);
     /* A zero leeway is exact. */
     jwt_key strict = key;
     strict.leeway_ms = 0;
@@ -319,6 +352,66 @@ static void test_signature_is_hmac(void **state)
     free(t);
 }
 
+/* ---- repeated members ---- */
+
+static void test_repeated_members(void **state)
+{
+    (void)state;
+    const char *claims = "{\"sub\":\"alice\",\"exp\":1767229200}";
+    static const char *const headers[] = {
+        "{\"alg\":\"HS256\",\"alg\":\"HS256\"}",
+        "{\"alg\":\"HS256\",\"alg\":\"none\"}",
+        "{\"alg\":\"none\",\"alg\":\"HS256\"}",
+        "{\"alg\":\"HS256\",\"\\u0061lg\":\"HS256\"}",
+        "{\"typ\":\"JWT\",\"alg\":\"HS256\",\"typ\":\"JWT\"}",
+        "{\"alg\":\"HS256\",\"x\":1,\"y\":2,\"x\":3}",
+        "{\"alg\":\"HS256\",\"\":1,\"\":2}",
+    };
+    for (size_t i = 0; i < sizeof headers / sizeof *headers; i++) {
+        char *t = make(headers[i], claims, SECRET);
+        jwt_claims c;
+        msg_error e;
+        assert_int_equal(verify(t, &c, &e), MSG_E_INVALID_TOKEN);
+        if (!strstr(e.message, "repeated")) fail_msg("%s: %s", headers[i], e.message);
+        free(t);
+    }
+    static const char *const bad[] = {
+        "{\"sub\":\"alice\",\"sub\":\"admin\",\"exp\":1767229200}",
+        "{\"sub\":\"alice\",\"exp\":1767229200,\"exp\":1}",
+        "{\"sub\":\"alice\",\"exp\":1,\"exp\":1767229200}",
+        "{\"sub\":\"alice\",\"exp\":1767229200,\"role\":\"x\",\"role\":\"admin\"}",
+        "{\"sub\":\"alice\",\"exp\":1767229200,\"nbf\":0,\"n\\u0062f\":9e9}",
+        "{\"sub\":\"alice\",\"exp\":1767229200,\"custom\":1,\"custom\":1}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *t = make(NULL, bad[i], SECRET);
+        jwt_claims c;
+        msg_error e;
+        assert_int_equal(verify(t, &c, &e), MSG_E_INVALID_TOKEN);
+        if (!strstr(e.message, "repeated")) fail_msg("%s: %s", bad[i], e.message);
+        free(t);
+    }
+    /* Names that only look alike, and repeats inside nested values, are
+     * fine. */
+    expect_claims("{\"sub\":\"a\",\"exp\":1767229200,\"Sub\":1,\"sub \":2,\"x\":{\"k\":1,\"k\":2}}",
+                  MSG_OK);
+    expect_claims("{\"sub\":\"a\",\"exp\":1767229200,\"l\":[{\"a\":1},{\"a\":1}]}", MSG_OK);
+    /* Many members, none repeated (the sort sees them all). */
+    pbuf big = {0};
+    pbuf_append_str(&big, "{\"sub\":\"a\",\"exp\":1767229200");
+    for (int i = 0; i < 250; i++) {
+        char m[24];
+        snprintf(m, sizeof m, ",\"%d\":0", i);
+        pbuf_append_str(&big, m);
+    }
+    pbuf_append(&big, "}", 2);
+    expect_claims((char *)big.ptr, MSG_OK);
+    big.len -= 2;
+    pbuf_append(&big, ",\"217\":1}", 10);
+    expect_claims((char *)big.ptr, MSG_E_INVALID_TOKEN);
+    pbuf_free(&big);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -329,6 +422,7 @@ int main(void)
         cmocka_unit_test(test_shape),
         cmocka_unit_test(test_base64url),
         cmocka_unit_test(test_signature_is_hmac),
+        cmocka_unit_test(test_repeated_members),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
