@@ -185,6 +185,13 @@ static void alg_list(const verifier *vf, char *out, size_t cap)
     if (n == 3) snprintf(out, cap, "%s, %s or %s", names[0], names[1], names[2]);
 }
 
+/* The key's kid is kid[0, kl) (kl < 0: no kid given). */
+static bool kid_is(const jwt_pubkey *k, const char *kid, long kl)
+{
+    return kl >= 0 && k->has_kid && k->kid_len == (size_t)kl &&
+           memcmp(k->kid, kid, k->kid_len) == 0;
+}
+
 static bool digest_verify(EVP_PKEY *pk, const char *data, size_t len, const uint8_t *sig, size_t sl)
 {
     EVP_MD_CTX *m = EVP_MD_CTX_new();
@@ -297,21 +304,14 @@ static msg_errcode verify(const verifier *vf, const char *token, size_t len, int
             return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "malformed token signature");
         /* Candidates: the key named by kid, else the keys without kid. */
         bool by_kid = false;
-        if (kl >= 0)
-            for (size_t i = 0; i < vf->nkeys && !by_kid; i++) {
-                const jwt_pubkey *k = &vf->keys[i];
-                by_kid = k->type == want && k->has_kid && k->kid_len == (size_t)kl &&
-                         memcmp(k->kid, kid, (size_t)kl) == 0;
-            }
+        for (size_t i = 0; kl >= 0 && i < vf->nkeys && !by_kid; i++)
+            by_kid = vf->keys[i].type == want && kid_is(&vf->keys[i], kid, kl);
         size_t tried = 0, fitting = 0;
         bool ok = false;
         for (size_t i = 0; i < vf->nkeys && !ok; i++) {
             const jwt_pubkey *k = &vf->keys[i];
             if (k->type != want) continue;
-            if (by_kid &&
-                !(k->has_kid && k->kid_len == (size_t)kl && memcmp(k->kid, kid, (size_t)kl) == 0))
-                continue;
-            if (!by_kid && kl >= 0 && k->has_kid) continue;
+            if (by_kid ? !kid_is(k, kid, kl) : kl >= 0 && k->has_kid) continue;
             fitting++;
             if (k->sig_len != (size_t)sn) continue;
             tried++;

@@ -4,8 +4,8 @@
  *
  * Algorithms: HS256 (HMAC-SHA256 under a shared secret), RS256 (RSASSA
  * PKCS#1 v1.5 with SHA-256, RSA keys of 2048 to 8192 bits) and ES256
- * (ECDSA on P-256 with SHA-256, the signature being the raw 64-byte r||s
- * of RFC 7518 section 3.4). The token's `alg` must match the type of the
+ * (ECDSA on P-256 with SHA-256, the signature being exactly the raw
+ * 64-byte r||s of RFC 7518 section 3.4, not DER). The token's `alg` must match the type of the
  * key it is checked against exactly: HS256 only against the secret, RS256
  * only against RSA public keys, ES256 only against P-256 public keys. So
  * an HS256 token "signed" with a public key's bytes as the HMAC secret is
@@ -33,16 +33,16 @@
  * that must be finite numbers within years 0001 to 9999
  * (-62135596800 to 253402300799), else the token is invalid; exp and nbf
  * are checked against the caller's clock with a leeway. With a maximum
- * lifetime set, a token whose exp lies more than the maximum (plus the
+ * lifetime set (key sets only), a token whose exp lies more than the maximum (plus the
  * leeway) after now is refused, and so is one whose exp - iat exceeds the
  * maximum (exactly: both come from the issuer's clock). `role` "admin"
  * marks an administrator, "notifier" a sender of notifications. Other
  * claims, and members of nested objects, are ignored.
  *
- * Sans-I/O: the clock is passed in. Limits: a token is at most
- * JWT_MAX_TOKEN bytes, its decoded header JWT_MAX_HEADER. Verification
- * keeps no state of its own (OpenSSL allocates while it checks a
- * signature).
+ * Verification is sans-I/O (the clock is passed in; only the *_file
+ * loaders read files) and keeps no state of its own (OpenSSL allocates
+ * while it checks a signature). Limits: a token is at most JWT_MAX_TOKEN
+ * bytes, its decoded header JWT_MAX_HEADER.
  */
 #ifndef PARLEY_SERVICES_JWT_H
 #define PARLEY_SERVICES_JWT_H

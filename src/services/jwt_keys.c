@@ -191,8 +191,8 @@ static int classify(EVP_PKEY *pk, jwt_ktype *type, size_t *sig_len, const char *
         return 0;
     }
     if (EVP_PKEY_is_a(pk, "EC"))
-        return fail(err, cap, PARLEY_EINVAL, "%s: EC key not on curve P-256 (ES256 needs P-256)",
-                    where);
+        return fail(err, cap, PARLEY_EINVAL,
+                    "%s: EC key on a curve other than P-256 (ES256 needs P-256)", where);
     const char *name = EVP_PKEY_get0_type_name(pk);
     return fail(err, cap, PARLEY_EINVAL,
                 "%s: key type %s is not supported (RSA for RS256, EC P-256 for ES256)", where,
