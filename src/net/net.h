@@ -221,6 +221,16 @@ typedef struct ptls_client_opts {
 /* Server context from PEM certificate (chain) and key files. On failure
  * returns NULL and writes a reason into err (256 bytes). */
 ptls_ctx *ptls_ctx_server(const char *cert_file, const char *key_file, char *err, size_t errcap);
+/* Replaces the certificate chain and key of a server context (e.g. on
+ * SIGHUP): a new OpenSSL context is built from the files and, only when
+ * that succeeded, used for the connections accepted from then on;
+ * connections already open go on with the old one, which lives until the
+ * last of them closes. On failure nothing changes and err (256 bytes)
+ * says why. Call on the thread of the loop(s) that accept with ctx. 0,
+ * PARLEY_EINVAL (a client context), PARLEY_ETLS (unreadable or invalid
+ * files, key not matching the certificate). */
+int ptls_ctx_server_reload(ptls_ctx *ctx, const char *cert_file, const char *key_file, char *err,
+                           size_t errcap);
 ptls_ctx *ptls_ctx_client(const ptls_client_opts *o, char *err, size_t errcap);
 void ptls_ctx_free(ptls_ctx *ctx);
 

@@ -40,32 +40,61 @@ static SSL_CTX *ctx_common(const SSL_METHOD *m)
     return ctx;
 }
 
+/* A server SSL_CTX holding the certificate chain and its key. */
+static SSL_CTX *server_ssl_ctx(const char *cert_file, const char *key_file, char *err,
+                               size_t errcap)
+{
+    SSL_CTX *ctx = ctx_common(TLS_server_method());
+    if (!ctx) {
+        set_err(err, errcap, "SSL_CTX_new");
+        return NULL;
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+        set_err(err, errcap, cert_file);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+        set_err(err, errcap, key_file);
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        set_err(err, errcap, "key does not match certificate");
+        goto fail;
+    }
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
 ptls_ctx *ptls_ctx_server(const char *cert_file, const char *key_file, char *err, size_t errcap)
 {
     ptls_ctx *t = pcalloc(1, sizeof *t);
     if (!t) return NULL;
     t->server = true;
-    t->ctx = ctx_common(TLS_server_method());
+    t->ctx = server_ssl_ctx(cert_file, key_file, err, errcap);
     if (!t->ctx) {
-        set_err(err, errcap, "SSL_CTX_new");
-        goto fail;
-    }
-    if (SSL_CTX_use_certificate_chain_file(t->ctx, cert_file) != 1) {
-        set_err(err, errcap, cert_file);
-        goto fail;
-    }
-    if (SSL_CTX_use_PrivateKey_file(t->ctx, key_file, SSL_FILETYPE_PEM) != 1) {
-        set_err(err, errcap, key_file);
-        goto fail;
-    }
-    if (SSL_CTX_check_private_key(t->ctx) != 1) {
-        set_err(err, errcap, "key does not match certificate");
-        goto fail;
+        free(t);
+        return NULL;
     }
     return t;
-fail:
-    ptls_ctx_free(t);
-    return NULL;
+}
+
+int ptls_ctx_server_reload(ptls_ctx *t, const char *cert_file, const char *key_file, char *err,
+                           size_t errcap)
+{
+    if (!t->server) {
+        if (err && errcap) snprintf(err, errcap, "not a server TLS context");
+        return PARLEY_EINVAL;
+    }
+    SSL_CTX *fresh = server_ssl_ctx(cert_file, key_file, err, errcap);
+    if (!fresh) return PARLEY_ETLS;
+    /* Every SSL made from the old context holds a reference to it
+     * (SSL_new), so open connections keep it alive; ptls__new reads t->ctx
+     * afresh for each new connection. */
+    SSL_CTX_free(t->ctx);
+    t->ctx = fresh;
+    return 0;
 }
 
 ptls_ctx *ptls_ctx_client(const ptls_client_opts *o, char *err, size_t errcap)
@@ -165,7 +194,8 @@ int ptls__drain(ptls *t)
     while ((pending = BIO_ctrl_pending(t->wbio)) > 0) {
         int rc = pbuf_reserve(&t->wire, pending);
         if (rc) return rc;
-        int n = BIO_read(t->wbio, t->wire.ptr + t->wire.len, (int)PARLEY_MIN(pending, (size_t)INT32_MAX));
+        int n = BIO_read(t->wbio, t->wire.ptr + t->wire.len,
+                         (int)PARLEY_MIN(pending, (size_t)INT32_MAX));
         if (n <= 0) break;
         t->wire.len += (size_t)n;
     }
