@@ -48,7 +48,7 @@ typedef struct outq_opts {
 void outq_opts_init(outq_opts *o);
 
 typedef struct outq_entry {
-    uint64_t seq;     /* push order, kept across restarts */
+    uint64_t seq; /* push order, kept across restarts */
     char id[OUTQ_ID_LEN + 1];
     int priority;
     uint64_t created_ms; /* wall-clock ms (caller's clock) */
