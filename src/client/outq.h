@@ -91,6 +91,12 @@ int outq_ack(outq *q, const char *id);
 /* The connection dropped: in-flight entries become pending again. */
 void outq_requeue(outq *q);
 
+/* The server answered e but asked for it again later (a rate limit): e,
+ * in flight, becomes pending again at its place in the order, its attempt
+ * still counted. A deadline that passed while it was in flight applies
+ * now, as after outq_requeue. No-op for an entry not in flight. */
+void outq_requeue_entry(outq *q, outq_entry *e);
+
 /* Removes pending entries expired at now_ms, calling cb for each before it
  * is freed. Returns how many. In-flight entries do not expire: they were
  * sent, the server may have stored them, and its acknowledgement decides;
