@@ -138,6 +138,8 @@ typedef struct parley_client_stats {
     uint64_t uptime_ms;               /* of the current session, 0 when down */
     uint64_t total_uptime_ms;         /* all sessions */
     uint32_t last_rtt_ms;             /* the last acknowledgement's round trip */
+    uint64_t send_retries;            /* reliable sends whose answer send_retry
+                                         turned into a wait (every socket) */
 } parley_client_stats;
 
 PARLEY_API void parley_client_get_stats(parley_client *c, parley_client_stats *out);
@@ -173,6 +175,26 @@ typedef struct parley_sock_opts {
      * since events the server sends right after CONNECT (a greeting, say)
      * could otherwise arrive before the handlers exist. */
     int auto_connect;
+    /* Reliable sends that the server answers "not now" (a rate limit, a
+     * quota that frees up): called with every acknowledgement of a
+     * reliable send, before anything is reported, with the send's id and
+     * the acknowledgement's arguments (valid during the call; user is the
+     * user above). Return 0 to take the answer as final (ACKED, as when
+     * this is NULL, the default), or a delay in ms (> 0; at most a day
+     * counts) to keep the send: it goes back to its place in the queue
+     * (reported QUEUED again, with these arguments) and the socket's
+     * queue sends nothing for that delay plus up to 10% of random
+     * jitter, so that everything behind it waits too and the order
+     * holds. Then the queue resumes with that entry alone (the first in
+     * the order), and sends the rest once the server answers it, so that
+     * a server that is still refusing gets one request per wait, not the
+     * whole queue. The wait is kept across a reconnection (the replay
+     * waits for it), entries keep expiring by their ttl_ms while it runs,
+     * and parley_client_stats.send_retries counts the kept answers. Sends
+     * that were already on the wire when the answer came are answered on
+     * their own. Any function here may be called from it. */
+    int (*send_retry)(parley_sock *s, const char *id, const struct parley_args *ack_args,
+                      void *user);
 } parley_sock_opts;
 
 PARLEY_API void parley_sock_opts_init(parley_sock_opts *o);
@@ -236,7 +258,9 @@ PARLEY_API int parley_sock_emit_ack(parley_sock *s, const char *event, const cha
  * one generated. ttl_ms 0 = no expiry; a message whose time to live
  * passes while it waits is reported failed and never sent (one on the
  * wire then waits for its acknowledgement, and fails only if the
- * connection drops first). status reports each step. Errors: PARLEY_EFULL
+ * connection drops first or send_retry puts it back). The socket's
+ * send_retry option can turn an answer into a wait and a resend.
+ * status reports each step. Errors: PARLEY_EFULL
  * (queue limits: nothing is dropped silently), PARLEY_EINVAL, PARLEY_EIO
  * (the queue file), PARLEY_ENOMEM. */
 enum parley_priority {
@@ -246,7 +270,9 @@ enum parley_priority {
     PARLEY_PRIORITY_URGENT = 3,
 };
 enum parley_send_status {
-    PARLEY_SEND_QUEUED = 1, /* accepted, waiting for the connection */
+    PARLEY_SEND_QUEUED = 1, /* accepted, waiting for the connection; again
+                               when send_retry kept an answered send
+                               (args: that answer) */
     PARLEY_SEND_SENT,       /* on the wire, waiting for the acknowledgement */
     PARLEY_SEND_ACKED,      /* the server acknowledged (args = its answer) */
     PARLEY_SEND_FAILED,     /* expired (err PARLEY_ETIMEDOUT) */
