@@ -128,12 +128,14 @@ static void set_error(parley_chat_error *e, const char *code, const char *field,
     snprintf(e->code, sizeof e->code, "%s", code ? code : "");
     snprintf(e->field, sizeof e->field, "%s", field ? field : "");
     snprintf(e->message, sizeof e->message, "%s", msg ? msg : "");
+    e->retry_after_ms = 0;
 }
 
 static void from_msg_error(parley_chat_error *e, const msg_error *me)
 {
     const char *code = msg_errcode_name(me->code);
     set_error(e, code ? code : "unknown", me->field, me->message);
+    if (e) e->retry_after_ms = me->retry_after_ms;
 }
 
 static void set_state(parley_chat *c, parley_chat_state st, const parley_chat_error *why)
