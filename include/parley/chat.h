@@ -22,6 +22,13 @@
  * - Sends go through the persistent outbound queue: a message sent while
  *   offline is SENDING and goes out on reconnection, exactly once (the
  *   client id is the idempotency key the server de-duplicates on).
+ * - A queued send (message or receipt) that the server refuses for now
+ *   (rate_limited, or quota_exceeded / storage_full, with retry_after_ms)
+ *   does not fail: it stays SENDING in its place, the queue sends nothing
+ *   for retry_after_ms plus up to 10% of jitter (also across a
+ *   reconnection), then resends it, alone, and the rest once it is
+ *   answered, so order holds. Its time to live still runs meanwhile
+ *   (FAILED "expired"). Other refusals make it FAILED.
  * - After every (re)connection it syncs from the last seq it has per
  *   conversation, so messages arrive in order, with no gap and no
  *   duplicate, whether they came live or while the device was away; and
