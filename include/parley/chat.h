@@ -22,6 +22,13 @@
  * - Sends go through the persistent outbound queue: a message sent while
  *   offline is SENDING and goes out on reconnection, exactly once (the
  *   client id is the idempotency key the server de-duplicates on).
+ * - A queued send (message or receipt) that the server refuses for now
+ *   (rate_limited, or quota_exceeded / storage_full, with retry_after_ms)
+ *   does not fail: it stays SENDING in its place, the queue sends nothing
+ *   for retry_after_ms plus up to 10% of jitter (also across a
+ *   reconnection), then resends it, alone, and the rest once it is
+ *   answered, so order holds. Its time to live still runs meanwhile
+ *   (FAILED "expired"). Other refusals make it FAILED.
  * - After every (re)connection it syncs from the last seq it has per
  *   conversation, so messages arrive in order, with no gap and no
  *   duplicate, whether they came live or while the device was away; and
@@ -79,6 +86,10 @@ typedef struct parley_chat_error {
     char code[32];
     char field[48];
     char message[160];
+    /* > 0: the server's hint that the same request may succeed when made
+     * again after this many ms (rate_limited, quota_exceeded,
+     * storage_full); 0 when it gave none (and for client-side errors). */
+    int64_t retry_after_ms;
 } parley_chat_error;
 
 /* A message (received, synced, or from history). */
@@ -282,7 +293,11 @@ PARLEY_API int parley_chat_set_last_seq(parley_chat *c, const char *conversation
 PARLEY_API int parley_chat_dm_id(const char *a, const char *b, char out[133]);
 
 /* Requests answered by the server. err: 0, PARLEY_EPROTO (the server
- * refused: e says why), PARLEY_ETIMEDOUT, PARLEY_ECLOSED. */
+ * refused: e says why), PARLEY_ETIMEDOUT, PARLEY_ECLOSED. These requests
+ * (history, rooms, upload, presence_room, notification preferences) are
+ * not queued and never retried by the chat: a refusal over a limit comes
+ * to fn with e->retry_after_ms set when the server gave it, and trying
+ * again (after that delay) is the application's call. */
 typedef void (*parley_chat_history_fn)(parley_chat *c, int err, const parley_chat_error *e,
                                        const parley_chat_message *msgs, size_t n, int more,
                                        void *user);
@@ -325,8 +340,10 @@ PARLEY_API int parley_chat_upload(parley_chat *c, const char *mime, const void *
  * connected, otherwise at the next connection; the status is sent again
  * after every reconnection, the text only until the server acknowledged
  * it (it is the user's, stored by the server, and another device may have
- * changed it since). The answer's Presence goes to on_presence. Errors:
- * PARLEY_EINVAL (status OFFLINE or unknown, text invalid), PARLEY_ENOMEM. */
+ * changed it since). The answer's Presence goes to on_presence; a
+ * refusal (a rate limit too) is logged, not retried, and reaches no
+ * callback. Errors: PARLEY_EINVAL (status OFFLINE or unknown, text
+ * invalid), PARLEY_ENOMEM. */
 PARLEY_API int parley_chat_presence_set(parley_chat *c, parley_presence status, const char *text);
 
 /* Follows the presence of users (n >= 1 valid user ids): `presence`
@@ -368,7 +385,9 @@ PARLEY_API int parley_chat_notifications_sync(parley_chat *c);
 /* Marks notifications read: ids[0, n), 1 <= n <= 500 (ids this user does
  * not have are ignored by the server). The answer's count goes to on_unread
  * and the ids to on_notifications_read. Not queued: when not connected it
- * fails (PARLEY_ESTATE) and the application tries again later. Errors:
+ * fails (PARLEY_ESTATE) and the application tries again later; a refusal
+ * (a rate limit too) is logged, not retried, and reaches no callback
+ * (on_notifications_read is not called). Errors:
  * PARLEY_EINVAL, PARLEY_ESTATE, PARLEY_ENOMEM. */
 PARLEY_API int parley_chat_notifications_read(parley_chat *c, const int64_t *ids, size_t n);
 /* Marks every notification of the user read. As above. */

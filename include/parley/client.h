@@ -55,17 +55,17 @@ enum parley_transport {
 
 /* Connection events of a client (the Manager's events). */
 typedef enum parley_client_event_type {
-    PARLEY_CLIENT_CONNECTING = 1,  /* an attempt starts */
-    PARLEY_CLIENT_OPEN,            /* the Engine.IO session is open */
-    PARLEY_CLIENT_UPGRADE,         /* now on WebSocket (after polling) */
-    PARLEY_CLIENT_CLOSE,           /* the session ended: reason */
-    PARLEY_CLIENT_RECONNECTING,    /* attempt `attempt` in delay_ms */
-    PARLEY_CLIENT_RECONNECTED,     /* open again after `attempt` attempts */
+    PARLEY_CLIENT_CONNECTING = 1,   /* an attempt starts */
+    PARLEY_CLIENT_OPEN,             /* the Engine.IO session is open */
+    PARLEY_CLIENT_UPGRADE,          /* now on WebSocket (after polling) */
+    PARLEY_CLIENT_CLOSE,            /* the session ended: reason */
+    PARLEY_CLIENT_RECONNECTING,     /* attempt `attempt` in delay_ms */
+    PARLEY_CLIENT_RECONNECTED,      /* open again after `attempt` attempts */
     PARLEY_CLIENT_RECONNECT_FAILED, /* reconnection_attempts exhausted, or a
                                        non-retryable answer (HTTP 401, 403,
                                        404): no more attempts until
                                        parley_client_connect */
-    PARLEY_CLIENT_ERROR,           /* err, http_status, message */
+    PARLEY_CLIENT_ERROR,            /* err, http_status, message */
 } parley_client_event_type;
 
 typedef struct parley_client_event {
@@ -82,26 +82,26 @@ typedef struct parley_client_opts {
     /* http://, https://, ws:// or wss:// host[:port], optional query (its
      * path is ignored: the endpoint is `path`; namespaces are sockets). */
     const char *url;
-    const char *path;         /* default "/socket.io/" */
-    const char *query;        /* extra query parameters, "a=1&b=2" */
+    const char *path;           /* default "/socket.io/" */
+    const char *query;          /* extra query parameters, "a=1&b=2" */
     const char *const *headers; /* extra request headers "Name: value" */
     size_t nheaders;
-    unsigned transports;      /* PARLEY_TRANSPORT_* bits; default both */
-    int upgrade;              /* polling -> websocket upgrade (default 1) */
-    int websocket_first;      /* with both transports: try WebSocket first,
-                                 falling back to polling when its handshake
-                                 is refused (default 0: polling, then
-                                 upgrade) */
-    const char *ca_file;      /* TLS trust (default: the system store) */
-    int insecure;             /* skip certificate checks (tests only) */
-    uint32_t timeout_ms;      /* each connection attempt (default 20000) */
+    unsigned transports; /* PARLEY_TRANSPORT_* bits; default both */
+    int upgrade;         /* polling -> websocket upgrade (default 1) */
+    int websocket_first; /* with both transports: try WebSocket first,
+                            falling back to polling when its handshake
+                            is refused (default 0: polling, then
+                            upgrade) */
+    const char *ca_file; /* TLS trust (default: the system store) */
+    int insecure;        /* skip certificate checks (tests only) */
+    uint32_t timeout_ms; /* each connection attempt (default 20000) */
     /* Reconnection, with socket.io-client's names and defaults. */
-    int reconnection;                  /* default 1 */
-    unsigned reconnection_attempts;    /* 0 = unlimited (default) */
-    uint32_t reconnection_delay_ms;    /* default 1000 */
+    int reconnection;                   /* default 1 */
+    unsigned reconnection_attempts;     /* 0 = unlimited (default) */
+    uint32_t reconnection_delay_ms;     /* default 1000 */
     uint32_t reconnection_delay_max_ms; /* default 5000 */
-    double randomization_factor;       /* default 0.5 */
-    int auto_connect;                  /* default 1 */
+    double randomization_factor;        /* default 0.5 */
+    int auto_connect;                   /* default 1 */
     /* The loop to run on; NULL = a loop of its own on a thread of its own. */
     parley_loop *loop;
     void (*on_event)(parley_client *c, const parley_client_event *ev, void *user);
@@ -130,14 +130,16 @@ PARLEY_API void parley_client_free(parley_client *c);
 PARLEY_API const char *parley_client_transport(parley_client *c);
 
 typedef struct parley_client_stats {
-    uint64_t connects;          /* sessions opened */
-    uint64_t reconnects;        /* of which after a loss */
+    uint64_t connects;   /* sessions opened */
+    uint64_t reconnects; /* of which after a loss */
     uint64_t errors;
     uint64_t packets_in, packets_out; /* Engine.IO messages */
     uint64_t bytes_in, bytes_out;     /* payload bytes */
-    uint64_t uptime_ms;         /* of the current session, 0 when down */
-    uint64_t total_uptime_ms;   /* all sessions */
-    uint32_t last_rtt_ms;       /* the last acknowledgement's round trip */
+    uint64_t uptime_ms;               /* of the current session, 0 when down */
+    uint64_t total_uptime_ms;         /* all sessions */
+    uint32_t last_rtt_ms;             /* the last acknowledgement's round trip */
+    uint64_t send_retries;            /* reliable sends whose answer send_retry
+                                         turned into a wait (every socket) */
 } parley_client_stats;
 
 PARLEY_API void parley_client_get_stats(parley_client *c, parley_client_stats *out);
@@ -159,9 +161,9 @@ typedef struct parley_sock_opts {
     /* Reliable sends (parley_sock_send): the outbound queue's limits and
      * optional SQLite file (a process restarted with the same file sends
      * what it had queued). */
-    size_t queue_max_count;   /* default 1000 */
-    size_t queue_max_bytes;   /* default 8 MiB */
-    const char *queue_path;   /* NULL = memory only */
+    size_t queue_max_count; /* default 1000 */
+    size_t queue_max_bytes; /* default 8 MiB */
+    const char *queue_path; /* NULL = memory only */
     /* Status of reliable sends made without a callback of their own,
      * including those a restarted process finds in queue_path (user is
      * the user above). */
@@ -173,6 +175,26 @@ typedef struct parley_sock_opts {
      * since events the server sends right after CONNECT (a greeting, say)
      * could otherwise arrive before the handlers exist. */
     int auto_connect;
+    /* Reliable sends that the server answers "not now" (a rate limit, a
+     * quota that frees up): called with every acknowledgement of a
+     * reliable send, before anything is reported, with the send's id and
+     * the acknowledgement's arguments (valid during the call; user is the
+     * user above). Return 0 to take the answer as final (ACKED, as when
+     * this is NULL, the default), or a delay in ms (> 0; at most a day
+     * counts) to keep the send: it goes back to its place in the queue
+     * (reported QUEUED again, with these arguments) and the socket's
+     * queue sends nothing for that delay plus up to 10% of random
+     * jitter, so that everything behind it waits too and the order
+     * holds. Then the queue resumes with that entry alone (the first in
+     * the order), and sends the rest once the server answers it, so that
+     * a server that is still refusing gets one request per wait, not the
+     * whole queue. The wait is kept across a reconnection (the replay
+     * waits for it), entries keep expiring by their ttl_ms while it runs,
+     * and parley_client_stats.send_retries counts the kept answers. Sends
+     * that were already on the wire when the answer came are answered on
+     * their own. Any function here may be called from it. */
+    int (*send_retry)(parley_sock *s, const char *id, const struct parley_args *ack_args,
+                      void *user);
 } parley_sock_opts;
 
 PARLEY_API void parley_sock_opts_init(parley_sock_opts *o);
@@ -221,8 +243,7 @@ PARLEY_API int parley_sock_emit_volatile(parley_sock *s, const char *event, cons
 /* The server's acknowledgement (err 0, args), or err PARLEY_ETIMEDOUT
  * (timeout_ms passed; 0 = no timeout), or PARLEY_ECLOSED (the socket
  * disconnected before it came). */
-typedef void (*parley_ack_result_fn)(parley_sock *s, int err, const parley_args *args,
-                                     void *user);
+typedef void (*parley_ack_result_fn)(parley_sock *s, int err, const parley_args *args, void *user);
 PARLEY_API int parley_sock_emit_ack(parley_sock *s, const char *event, const char *args_json,
                                     const parley_bin *bins, size_t nbins, uint32_t timeout_ms,
                                     parley_ack_result_fn fn, void *user);
@@ -237,7 +258,9 @@ PARLEY_API int parley_sock_emit_ack(parley_sock *s, const char *event, const cha
  * one generated. ttl_ms 0 = no expiry; a message whose time to live
  * passes while it waits is reported failed and never sent (one on the
  * wire then waits for its acknowledgement, and fails only if the
- * connection drops first). status reports each step. Errors: PARLEY_EFULL
+ * connection drops first or send_retry puts it back). The socket's
+ * send_retry option can turn an answer into a wait and a resend.
+ * status reports each step. Errors: PARLEY_EFULL
  * (queue limits: nothing is dropped silently), PARLEY_EINVAL, PARLEY_EIO
  * (the queue file), PARLEY_ENOMEM. */
 enum parley_priority {
@@ -247,7 +270,9 @@ enum parley_priority {
     PARLEY_PRIORITY_URGENT = 3,
 };
 enum parley_send_status {
-    PARLEY_SEND_QUEUED = 1, /* accepted, waiting for the connection */
+    PARLEY_SEND_QUEUED = 1, /* accepted, waiting for the connection; again
+                               when send_retry kept an answered send
+                               (args: that answer) */
     PARLEY_SEND_SENT,       /* on the wire, waiting for the acknowledgement */
     PARLEY_SEND_ACKED,      /* the server acknowledged (args = its answer) */
     PARLEY_SEND_FAILED,     /* expired (err PARLEY_ETIMEDOUT) */
@@ -268,8 +293,8 @@ PARLEY_API int parley_new_id(char out[37]);
 /* Per-event counts of this socket: cb is called for each event name seen
  * or sent, with the counts in and out. */
 PARLEY_API void parley_sock_event_counts(parley_sock *s,
-                                         void (*cb)(const char *event, uint64_t in,
-                                                    uint64_t out, void *user),
+                                         void (*cb)(const char *event, uint64_t in, uint64_t out,
+                                                    void *user),
                                          void *user);
 
 #ifdef __cplusplus

@@ -667,6 +667,24 @@ void outq_requeue(outq *q)
     q->in_flight = 0;
 }
 
+void outq_requeue_entry(outq *q, outq_entry *e)
+{
+    if (!q || !e || !e->in_flight) return;
+    qent *x = (qent *)e;
+    assert(pmap_get(&q->ids, e->id, OUTQ_ID_LEN) == x);
+    plist *l = &q->prio[e->priority];
+    e->in_flight = false;
+    assert(q->in_flight > 0);
+    q->in_flight--;
+    l->pending++;
+    /* A list is in push order: the cursor moves back to x unless it is
+     * already before it. */
+    if (!l->cursor || l->cursor->e.seq > e->seq) l->cursor = x;
+    if (e->expires_ms && !ptimer_armed(&x->timer) &&
+        ptimer_heap_add(&q->expiry, &x->timer, e->expires_ms) != 0)
+        plog_warn("outq: out of memory re-arming an expiry");
+}
+
 static int by_expiry(const void *a, const void *b)
 {
     const qent *x = *(qent *const *)a, *y = *(qent *const *)b;

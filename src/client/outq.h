@@ -48,7 +48,7 @@ typedef struct outq_opts {
 void outq_opts_init(outq_opts *o);
 
 typedef struct outq_entry {
-    uint64_t seq;     /* push order, kept across restarts */
+    uint64_t seq; /* push order, kept across restarts */
     char id[OUTQ_ID_LEN + 1];
     int priority;
     uint64_t created_ms; /* wall-clock ms (caller's clock) */
@@ -90,6 +90,12 @@ int outq_ack(outq *q, const char *id);
 
 /* The connection dropped: in-flight entries become pending again. */
 void outq_requeue(outq *q);
+
+/* The server answered e but asked for it again later (a rate limit): e,
+ * in flight, becomes pending again at its place in the order, its attempt
+ * still counted. A deadline that passed while it was in flight applies
+ * now, as after outq_requeue. No-op for an entry not in flight. */
+void outq_requeue_entry(outq *q, outq_entry *e);
 
 /* Removes pending entries expired at now_ms, calling cb for each before it
  * is freed. Returns how many. In-flight entries do not expire: they were

@@ -14,6 +14,16 @@
  * with an ack id when the socket is connected; the server's ACK removes it
  * (outq_ack); a disconnect puts in-flight entries back (outq_requeue) so
  * they are sent again, in their place, on the next connection.
+ *
+ * Waits (send_retry): an answer the callback turns into a delay puts its
+ * entry back in its place (outq_requeue_entry) and pauses the socket's
+ * queue until a deadline on the precise monotonic clock (the loop's clock
+ * is cached and may run a little behind it: a resend a millisecond early
+ * would only be refused again). The deadline belongs to the socket, not
+ * the connection, so a replay after a reconnection waits for it too.
+ * After a wait the queue is "probing": one entry goes out alone and the
+ * rest follow its answer, so that a server still over its limit gets one
+ * request per wait rather than the whole queue again.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -39,6 +49,7 @@
 #define SIO_MAX_NSP       256
 #define SIO_MAX_HEADERS   64
 #define SIO_MAX_EVENT_LEN 4096
+#define SIO_MAX_RETRY_MS  86400000u /* send_retry's longest wait: a day */
 
 enum { CL_CLOSED = 0, CL_OPENING, CL_OPEN };
 
@@ -107,7 +118,11 @@ struct parley_sock {
     int64_t next_ack;
     outq *q;
     ptimer expiry;
-    pmap statuses; /* id -> send_status */
+    ptimer pause;                /* send_retry's wait */
+    uint64_t pause_until;        /* ptime_ms deadline of the wait; 0: none */
+    bool probing;                /* after a wait: one entry at a time */
+    char probe[OUTQ_ID_LEN + 1]; /* that entry, while on the wire; "" */
+    pmap statuses;               /* id -> send_status */
     evcount *counts;
     size_t ncounts, capcounts;
 };
@@ -150,6 +165,7 @@ static void send_connect(parley_sock *s);
 static void pump_queue(parley_sock *s);
 static void arm_expiry(parley_sock *s);
 static void destroy_client(parley_client *c);
+static double rand01(parley_client *c);
 
 /* ---- helpers ---- */
 
@@ -458,11 +474,39 @@ static void arm_expiry(parley_sock *s)
     ploop_timer_start(s->c->loop, &s->expiry, due > now ? due - now : 0);
 }
 
-/* Sends every pending queue entry (connected sockets only). */
+static void on_pause_in(ptimer *t)
+{
+    pump_queue(PARLEY_CONTAINER_OF(t, parley_sock, pause));
+}
+
+static void on_pause(ptimer *t)
+{
+    parley_client *c = PARLEY_CONTAINER_OF(t, parley_sock, pause)->c;
+    enter(c);
+    on_pause_in(t);
+    leave(c);
+}
+
+/* True while send_retry's wait runs (its timer armed for the rest). */
+static bool paused(parley_sock *s)
+{
+    if (!s->pause_until) return false;
+    uint64_t now = ptime_ms();
+    if (now >= s->pause_until) {
+        s->pause_until = 0;
+        return false;
+    }
+    ploop_timer_start(s->c->loop, &s->pause, s->pause_until - now);
+    return true;
+}
+
+/* Sends every pending queue entry (connected sockets only); after a wait,
+ * the first one alone. */
 static void pump_queue(parley_sock *s)
 {
     parley_client *c = s->c;
-    while (s->q && s->connected && c->state == CL_OPEN && !c->free_pending) {
+    if (!s->q || !s->connected || c->state != CL_OPEN || c->free_pending || paused(s)) return;
+    while (s->q && s->connected && c->state == CL_OPEN && !c->free_pending && !s->probe[0]) {
         outq_entry *e = outq_next(s->q, wall_ms());
         if (!e) break;
         int64_t id = s->next_ack++;
@@ -495,6 +539,7 @@ static void pump_queue(parley_sock *s)
         a->next = s->acks;
         s->acks = a;
         outq_sent(s->q, e);
+        if (s->probing) memcpy(s->probe, e->id, sizeof s->probe);
         evcount *ec = count_for(s, e->event);
         if (ec) ec->out++;
         if (!report(s, a->qid, PARLEY_SEND_SENT, 0, NULL)) return;
@@ -547,6 +592,8 @@ static void sock_onclose(parley_sock *s, const char *reason)
         outq_requeue(s->q);
         arm_expiry(s); /* deadlines that passed in flight apply now */
     }
+    /* Still probing: the next connection sends one entry first again. */
+    s->probe[0] = 0;
     /* Sent and unanswered: ECLOSED; still buffered ones wait. */
     pending_ack **pp = &s->acks;
     pending_ack *failed = NULL;
@@ -820,6 +867,57 @@ static void parse_error(parley_client *c, const char *why)
     if (c->state != CL_CLOSED) close_engine(c, "parse error");
 }
 
+/* Keeps an answered entry for a resend after delay_ms (send_retry). */
+static void wait_and_resend(parley_sock *s, const char *qid, int delay_ms, const parley_args *pa)
+{
+    parley_client *c = s->c;
+    uint64_t delay = (uint64_t)delay_ms > SIO_MAX_RETRY_MS ? SIO_MAX_RETRY_MS : (uint64_t)delay_ms;
+    /* Jitter, so that clients refused together do not return together. */
+    delay += (uint64_t)((double)(delay / 10) * rand01(c));
+    uint64_t until = ptime_ms() + delay;
+    if (until > s->pause_until) s->pause_until = until;
+    /* The entry sent alone after the last wait (this one or another still
+     * on the wire) no longer ends the probing: after this wait, another
+     * goes alone first. */
+    s->probing = true;
+    s->probe[0] = 0;
+    c->st.send_retries++;
+    outq_requeue_entry(s->q, outq_find(s->q, qid));
+    arm_expiry(s); /* a deadline passed on the wire applies now */
+    if (!report(s, qid, PARLEY_SEND_QUEUED, 0, pa)) return;
+    pump_queue(s); /* arms the wait's timer */
+}
+
+/* The answer to a reliable send: final (the entry leaves the queue), or
+ * a wait when send_retry says so. */
+static void reliable_answer(parley_sock *s, const char *qid, const parley_args *pa)
+{
+    parley_client *c = s->c;
+    if (!outq_find(s->q, qid)) return; /* expired meanwhile, or a duplicate answer */
+    int delay = 0;
+    if (s->o.send_retry) {
+        enter(c);
+        delay = s->o.send_retry(s, qid, pa, s->o.user);
+        if (leave(c)) return;
+        if (!outq_find(s->q, qid)) return;
+    }
+    if (delay > 0) {
+        wait_and_resend(s, qid, delay, pa);
+        return;
+    }
+    bool probe = !strcmp(s->probe, qid);
+    if (outq_ack(s->q, qid) != 0) return;
+    if (probe) {
+        /* The server took the entry sent alone after a wait: the rest can
+         * follow. */
+        s->probing = false;
+        s->probe[0] = 0;
+    }
+    arm_expiry(s);
+    if (!report(s, qid, PARLEY_SEND_ACKED, 0, pa)) return;
+    if (probe) pump_queue(s);
+}
+
 static void on_ack_packet(parley_sock *s, const sio_packet *pk, const parley_bin *bins,
                           size_t nbins)
 {
@@ -839,10 +937,7 @@ static void on_ack_packet(parley_sock *s, const sio_packet *pk, const parley_bin
         char qid[OUTQ_ID_LEN + 1];
         memcpy(qid, a->qid, sizeof qid);
         free(a);
-        if (s->q && outq_ack(s->q, qid) == 0) {
-            arm_expiry(s);
-            report(s, qid, PARLEY_SEND_ACKED, 0, &pa);
-        }
+        reliable_answer(s, qid, &pa);
     } else {
         ack_call(s, a, 0, &pa);
     }
@@ -1252,6 +1347,7 @@ static void free_sock(parley_sock *s)
     }
     clear_rbuf(s);
     ploop_timer_stop(c->loop, &s->expiry);
+    ploop_timer_stop(c->loop, &s->pause);
     if (s->q) outq_close(s->q);
     size_t pos = 0;
     pmap_entry *e;
@@ -1586,6 +1682,7 @@ static void do_socket_in(void *arg)
     s->sb_tail = &s->sb_head;
     s->rb_tail = &s->rb_head;
     ptimer_init(&s->expiry, on_expiry);
+    ptimer_init(&s->pause, on_pause);
     outq_opts qo;
     outq_opts_init(&qo);
     if (s->o.queue_max_count) qo.max_count = s->o.queue_max_count;

@@ -128,12 +128,14 @@ static void set_error(parley_chat_error *e, const char *code, const char *field,
     snprintf(e->code, sizeof e->code, "%s", code ? code : "");
     snprintf(e->field, sizeof e->field, "%s", field ? field : "");
     snprintf(e->message, sizeof e->message, "%s", msg ? msg : "");
+    e->retry_after_ms = 0;
 }
 
 static void from_msg_error(parley_chat_error *e, const msg_error *me)
 {
     const char *code = msg_errcode_name(me->code);
     set_error(e, code ? code : "unknown", me->field, me->message);
+    if (e) e->retry_after_ms = me->retry_after_ms;
 }
 
 static void set_state(parley_chat *c, parley_chat_state st, const parley_chat_error *why)
@@ -725,6 +727,34 @@ static void on_send_status(parley_sock *s, const char *id, int status, int err,
     mark_sent(c, m, v, msg.seq, msg.id, duplicate);
 }
 
+/* The outbound queue asks whether an answer is final. A refusal that says
+ * when to try again (rate_limited, quota_exceeded, storage_full with
+ * retry_after_ms) is not: the entry waits in its place, the message stays
+ * SENDING, and the queue resends it (the same client id: never stored
+ * twice). Receipts take the same path. Every other answer is final, and
+ * on_send_status turns a refusal into FAILED. */
+static int on_send_retry(parley_sock *s, const char *id, const parley_args *ack, void *user)
+{
+    (void)s;
+    (void)id;
+    parley_chat *c = user;
+    json_val obj;
+    msg_error me;
+    bool ok = false;
+    if (msg_args_object(ack->json, ack->json_len, &c->limits, &obj, &me) != MSG_OK ||
+        !msg_parse_ack(&obj, &ok, &me) || ok || me.retry_after_ms <= 0)
+        return 0;
+    switch (me.code) {
+    case MSG_E_RATE_LIMITED:
+    case MSG_E_QUOTA_EXCEEDED:
+    case MSG_E_STORAGE_FULL:
+        /* msg_parse_ack bounds it to a day. */
+        return (int)me.retry_after_ms;
+    default:
+        return 0;
+    }
+}
+
 static void take_presence(parley_chat *c, const json_val *obj);
 static void take_live_notification(parley_chat *c, const json_val *obj);
 static void report_unread(parley_chat *c, int64_t count);
@@ -889,6 +919,7 @@ int parley_chat_new(const parley_chat_opts *o, parley_chat **out)
     so.on_disconnect = on_disconnect;
     so.on_connect_error = on_connect_error;
     so.on_send_status = on_send_status;
+    so.send_retry = on_send_retry;
     so.user = c;
     so.queue_max_count = o->queue_max_count;
     so.queue_max_bytes = o->queue_max_bytes;

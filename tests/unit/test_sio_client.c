@@ -123,6 +123,54 @@ typedef struct srv_state {
 
 static srv_state g_srv;
 
+/* "limited" sends ([id, refusals, wait]): the first `refusals` attempts
+ * of an id are answered ["wait", wait], later ones ["ok", id]; every
+ * attempt is recorded with its time on the server. */
+#define LIM_MAX 64
+
+typedef struct lim_state {
+    pthread_mutex_t mu;
+    struct {
+        char id[40];
+        uint64_t at;
+    } log[LIM_MAX];
+    int n;
+} lim_state;
+
+static lim_state g_lim;
+
+static void lim_reset(void)
+{
+    pthread_mutex_lock(&g_lim.mu);
+    g_lim.n = 0;
+    pthread_mutex_unlock(&g_lim.mu);
+}
+
+/* Attempts of id so far; their server times into at (up to cap). */
+static int lim_attempts(const char *id, uint64_t *at, int cap)
+{
+    int k = 0;
+    pthread_mutex_lock(&g_lim.mu);
+    for (int i = 0; i < g_lim.n; i++) {
+        if (strcmp(g_lim.log[i].id, id) != 0) continue;
+        if (at && k < cap) at[k] = g_lim.log[i].at;
+        k++;
+    }
+    pthread_mutex_unlock(&g_lim.mu);
+    return k;
+}
+
+/* Position of the n-th (0-based) attempt of id in the server's log; -1. */
+static int lim_pos(const char *id, int n)
+{
+    int pos = -1;
+    pthread_mutex_lock(&g_lim.mu);
+    for (int i = 0; i < g_lim.n && pos < 0; i++)
+        if (!strcmp(g_lim.log[i].id, id) && n-- == 0) pos = i;
+    pthread_mutex_unlock(&g_lim.mu);
+    return pos;
+}
+
 static void emit_auth(parley_socket *s)
 {
     size_t len;
@@ -191,6 +239,31 @@ static void h_event(parley_socket *s, const char *event, size_t event_len, const
             parley_broadcast(parley_socket_nsp(s), &to, "pushed", "[\"while away\"]", NULL, 0);
         }
         if (ack_id >= 0) parley_ack(s, ack_id, "[]", NULL, 0);
+    } else if (!strcmp(event, "limited")) {
+        char id[40];
+        json_val arr, e;
+        int64_t refusals = 0, wait = 0;
+        if (first_string(a, id, sizeof id, &arr)) {
+            json_iter it;
+            json_iter_init(&it, &arr);
+            json_array_next(&it, &e);
+            if (json_array_next(&it, &e)) json_int(&e, &refusals);
+            if (json_array_next(&it, &e)) json_int(&e, &wait);
+            pthread_mutex_lock(&g_lim.mu);
+            int k = 0;
+            for (int i = 0; i < g_lim.n; i++) k += !strcmp(g_lim.log[i].id, id);
+            if (g_lim.n < LIM_MAX) {
+                snprintf(g_lim.log[g_lim.n].id, sizeof g_lim.log[g_lim.n].id, "%s", id);
+                g_lim.log[g_lim.n++].at = ptime_ms();
+            }
+            pthread_mutex_unlock(&g_lim.mu);
+            char ack[128];
+            if (k < refusals)
+                snprintf(ack, sizeof ack, "[\"wait\",%lld]", (long long)wait);
+            else
+                snprintf(ack, sizeof ack, "[\"ok\",\"%s\"]", id);
+            if (ack_id >= 0) parley_ack(s, ack_id, ack, NULL, 0);
+        }
     } else if (!strcmp(event, "reliable")) {
         /* args: [id, priority] */
         char id[64];
@@ -1016,6 +1089,159 @@ static void test_reliable(void **state)
     th_server_stop(&srv);
 }
 
+/* send_retry: ["wait", ms] answers keep the send (a wait, then a resend,
+ * alone first); any other answer, and a wait of 0 or less, is final. */
+static int retry_cb(parley_sock *s, const char *id, const parley_args *a, void *user)
+{
+    (void)s;
+    tc *t = user;
+    char first[16];
+    json_val arr, e;
+    int64_t ms = 0;
+    if (first_string(a, first, sizeof first, &arr) && !strcmp(first, "wait")) {
+        json_iter it;
+        json_iter_init(&it, &arr);
+        json_array_next(&it, &e);
+        if (json_array_next(&it, &e)) json_int(&e, &ms);
+    }
+    tlogf(&t->log, "retry %s %lld", id, (long long)ms);
+    return (int)ms;
+}
+
+/* Sends a "limited" message refused `refusals` times with ["wait", wait]. */
+static void limited_send(parley_sock *s, tc *t, char id[37], int refusals, int wait,
+                         uint32_t ttl_ms)
+{
+    char args[128];
+    assert_int_equal(parley_new_id(id), 0);
+    snprintf(args, sizeof args, "[\"%s\",%d,%d]", id, refusals, wait);
+    assert_int_equal(
+        parley_sock_send(s, "limited", args, PARLEY_PRIORITY_NORMAL, ttl_ms, id, on_status, t), 0);
+}
+
+/* The status codes one send went through, e.g. "1213" (QUEUED, SENT,
+ * QUEUED again, ACKED). */
+static void status_trail(tlog *l, const char *id, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = 0;
+    pthread_mutex_lock(&l->mu);
+    for (int i = 0; i < l->n && o + 2 < cap; i++) {
+        int st;
+        char sid[40];
+        if (sscanf(l->lines[i], "status %d %39s", &st, sid) == 2 && !strcmp(sid, id))
+            out[o++] = (char)('0' + st), out[o] = 0;
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
+static void test_send_retry(void **state)
+{
+    (void)state;
+    lim_reset();
+    th_server srv;
+    start_server(&srv, false, 0);
+    th_proxy px;
+    assert_int_equal(proxy_start(&px, srv.port), 0);
+    tc t;
+    tc_init(&t);
+    parley_client_opts o;
+    client_opts(&o, &t, px.port, PARLEY_TRANSPORT_POLLING | PARLEY_TRANSPORT_WEBSOCKET);
+    assert_int_equal(parley_client_new(&o, &t.c), 0);
+    parley_sock_opts so;
+    parley_sock_opts_init(&so);
+    so.auth = auth_cb;
+    so.on_connect = on_connect;
+    so.on_disconnect = on_disconnect;
+    so.send_retry = retry_cb;
+    so.user = &t;
+    parley_sock *s = parley_client_socket(t.c, "/", &so);
+    assert_non_null(s);
+    assert_int_equal(parley_client_connect(t.c), 0);
+    int at = 0;
+    WAIT(&t.log, &at, "connect 0", 5000);
+    char want[128];
+
+    /* Kept twice, then accepted; B and C, sent during the first wait,
+     * go out only after A's accepted resend (the resend after a wait
+     * goes alone, and A's second attempt is refused too). */
+    char a[37], b[37], c[37];
+    limited_send(s, &t, a, 2, 300, 0);
+    snprintf(want, sizeof want, "retry %s 300", a);
+    WAIT(&t.log, &at, want, 3000);
+    limited_send(s, &t, b, 0, 0, 0);
+    limited_send(s, &t, c, 0, 0, 0);
+    snprintf(want, sizeof want, "status 3 %s", c);
+    WAIT(&t.log, &at, want, 5000);
+    uint64_t ta[4];
+    assert_int_equal(lim_attempts(a, ta, 4), 3);
+    assert_true(ta[1] - ta[0] >= 300);
+    assert_true(ta[2] - ta[1] >= 300);
+    assert_int_equal(lim_attempts(b, NULL, 0), 1);
+    assert_int_equal(lim_attempts(c, NULL, 0), 1);
+    assert_true(lim_pos(a, 2) < lim_pos(b, 0));
+    assert_true(lim_pos(b, 0) < lim_pos(c, 0));
+    char trail[32];
+    status_trail(&t.log, a, trail, sizeof trail);
+    assert_string_equal(trail, "1212123");
+    snprintf(want, sizeof want, "status 1 %s 0 [\"wait\",300]", a);
+    assert_int_equal(tlog_count(&t.log, want), 2);
+    status_trail(&t.log, b, trail, sizeof trail);
+    assert_string_equal(trail, "123");
+    parley_client_stats st;
+    parley_client_get_stats(t.c, &st);
+    assert_int_equal(st.send_retries, 2);
+
+    /* Accepted as final: a wait of 0 (or less) from the callback. */
+    char d[37], e[37];
+    limited_send(s, &t, d, 1, 0, 0);
+    limited_send(s, &t, e, 1, -5, 0);
+    snprintf(want, sizeof want, "status 3 %s 0 [\"wait\",0]", d);
+    WAIT(&t.log, &at, want, 3000);
+    snprintf(want, sizeof want, "status 3 %s 0 [\"wait\",-5]", e);
+    WAIT(&t.log, &at, want, 3000);
+    assert_int_equal(lim_attempts(d, NULL, 0), 1);
+    assert_int_equal(lim_attempts(e, NULL, 0), 1);
+
+    /* A wait spans a lost connection: the replay after the reconnection
+     * waits for its end. */
+    char f[37];
+    limited_send(s, &t, f, 1, 600, 0);
+    snprintf(want, sizeof want, "retry %s 600", f);
+    WAIT(&t.log, &at, want, 3000);
+    atomic_fetch_add(&px.drop, 1);
+    WAIT(&t.log, &at, "connect 0", 3000);
+    uint64_t reconnected = ptime_ms();
+    snprintf(want, sizeof want, "status 3 %s", f);
+    WAIT(&t.log, &at, want, 5000);
+    uint64_t tf[2];
+    assert_int_equal(lim_attempts(f, tf, 2), 2);
+    assert_true(reconnected < tf[0] + 600); /* the wait was still on */
+    assert_true(tf[1] - tf[0] >= 600);
+
+    /* The time to live runs during a wait: it expires unsent. */
+    char g[37];
+    limited_send(s, &t, g, 1, 800, 200);
+    snprintf(want, sizeof want, "status 4 %s -7", g);
+    WAIT(&t.log, &at, want, 3000);
+    status_trail(&t.log, g, trail, sizeof trail);
+    assert_string_equal(trail, "1214");
+    assert_int_equal(lim_attempts(g, NULL, 0), 1);
+    assert_int_equal(parley_sock_queued(s), 0);
+    parley_client_get_stats(t.c, &st);
+    assert_int_equal(st.send_retries, 4);
+    /* Nothing sent after the expiry, and the queue works after the wait. */
+    char h[37];
+    limited_send(s, &t, h, 0, 0, 0);
+    snprintf(want, sizeof want, "status 3 %s", h);
+    WAIT(&t.log, &at, want, 3000);
+    usleep(200 * 1000);
+    assert_int_equal(lim_attempts(g, NULL, 0), 1);
+    tc_done(&t);
+    proxy_stop(&px);
+    th_server_stop(&srv);
+}
+
 /* A process killed with SIGKILL restarts with the same queue file:
  * nothing lost, nothing duplicated. */
 static void test_reliable_crash(void **state)
@@ -1283,11 +1509,13 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     if (getenv("PARLEY_TEST_ONLY")) cmocka_set_test_filter(getenv("PARLEY_TEST_ONLY"));
     pthread_mutex_init(&g_srv.mu, NULL);
+    pthread_mutex_init(&g_lim.mu, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_features),         cmocka_unit_test(test_restart),
         cmocka_unit_test(test_recovery),         cmocka_unit_test(test_fake_servers),
         cmocka_unit_test(test_reliable),         cmocka_unit_test(test_reliable_crash),
         cmocka_unit_test(test_threads_and_free), cmocka_unit_test(test_tls),
+        cmocka_unit_test(test_send_retry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
