@@ -15,6 +15,7 @@
 #include "prog/protocol_test.h"
 #include "server/engine.h"
 #include "server/httpd.h"
+#include "services/jwt.h"
 #include "services/messaging.h"
 #include "ws/wsconn.h"
 
@@ -35,6 +36,10 @@ typedef struct config {
     msg_service_opts msg;
     const char *jwt_secret;
     const char *jwt_secret_file;
+    const char *jwt_pem[8]; /* --jwt-public-key-file, repeatable */
+    size_t n_jwt_pem;
+    const char *jwks_file;
+    uint64_t jwt_max_lifetime_s;
     const char *api_key_file;
     char *strings[64]; /* option values read from a config file */
     size_t nstrings;
@@ -77,6 +82,11 @@ static void usage(FILE *f)
             "  --jwt-secret SECRET       HS256 key that signs clients' tokens (prefer the file)\n"
             "  --jwt-secret-file FILE    read the HS256 key from FILE (trailing newline dropped)\n"
             "  --jwt-leeway SECONDS      clock skew allowed for exp/nbf (default 30)\n"
+            "  --jwt-public-key-file F   RS256/ES256 tokens: PEM public keys or certificates\n"
+            "                            (repeatable, up to 8 files)\n"
+            "  --jwks-file FILE          RS256/ES256 tokens: a JWKS file; `kid` picks the key\n"
+            "                            (keys, secret and TLS certificate reloaded on SIGHUP)\n"
+            "  --jwt-max-lifetime SECS   refuse tokens valid for longer (default 0 = no limit)\n"
             "  --dev-auth                INSECURE development mode: accept {\"user\": id}\n"
             "                            without a token (off by default; logged)\n"
             "  --data-dir DIR            database and media files (default ./data)\n"
@@ -172,11 +182,35 @@ static int parse_listen(const char *s, config *c)
 }
 
 enum {
-    OPT_LISTEN = 256, OPT_CONFIG, OPT_WS_ECHO, OPT_CERT, OPT_KEY, OPT_NO_DEFLATE, OPT_MAX_MSG,
-    OPT_MAX_FRAME, OPT_MAX_HDR_BYTES, OPT_MAX_HDRS, OPT_MAX_BODY, OPT_MAX_OUT, OPT_HS_TIMEOUT,
-    OPT_PING_INT, OPT_PING_TO, OPT_LOG, OPT_PATH, OPT_MAX_PAYLOAD, OPT_UPGRADE_TO,
-    OPT_CONNECT_TO, OPT_TRANSPORTS, OPT_CORS, OPT_CORS_CRED, OPT_RECOVERY, OPT_MAX_DISC,
-    OPT_MAX_ATT, OPT_PROTOCOL_TEST, OPT_VERSION, OPT_HELP
+    OPT_LISTEN = 256,
+    OPT_CONFIG,
+    OPT_WS_ECHO,
+    OPT_CERT,
+    OPT_KEY,
+    OPT_NO_DEFLATE,
+    OPT_MAX_MSG,
+    OPT_MAX_FRAME,
+    OPT_MAX_HDR_BYTES,
+    OPT_MAX_HDRS,
+    OPT_MAX_BODY,
+    OPT_MAX_OUT,
+    OPT_HS_TIMEOUT,
+    OPT_PING_INT,
+    OPT_PING_TO,
+    OPT_LOG,
+    OPT_PATH,
+    OPT_MAX_PAYLOAD,
+    OPT_UPGRADE_TO,
+    OPT_CONNECT_TO,
+    OPT_TRANSPORTS,
+    OPT_CORS,
+    OPT_CORS_CRED,
+    OPT_RECOVERY,
+    OPT_MAX_DISC,
+    OPT_MAX_ATT,
+    OPT_PROTOCOL_TEST,
+    OPT_VERSION,
+    OPT_HELP
 };
 
 /* The messaging service's options. */
@@ -198,9 +232,12 @@ enum {
     OPT_TZ_DIR
 };
 
+/* Identity. */
+enum { OPT_JWT_PEM = OPT_TZ_DIR + 1, OPT_JWKS, OPT_JWT_MAX_LIFE };
+
 /* Limits. */
 enum {
-    OPT_LIMITS = OPT_TZ_DIR + 1,
+    OPT_LIMITS = OPT_JWT_MAX_LIFE + 1,
     OPT_CONNS_PER_IP,
     OPT_HS_RATE,
     OPT_BODY_INFLIGHT,
@@ -261,6 +298,9 @@ static const struct option longopts[] = {
     {"presence-interval", required_argument, 0, OPT_PRESENCE_INTERVAL},
     {"api-key-file", required_argument, 0, OPT_API_KEY_FILE},
     {"tz-dir", required_argument, 0, OPT_TZ_DIR},
+    {"jwt-public-key-file", required_argument, 0, OPT_JWT_PEM},
+    {"jwks-file", required_argument, 0, OPT_JWKS},
+    {"jwt-max-lifetime", required_argument, 0, OPT_JWT_MAX_LIFE},
     {"limits", required_argument, 0, OPT_LIMITS},
     {"max-conns-per-ip", required_argument, 0, OPT_CONNS_PER_IP},
     {"handshake-rate", required_argument, 0, OPT_HS_RATE},
@@ -289,15 +329,23 @@ static const char *apply(config *c, int ch, const char *arg)
 {
     uint64_t v = 0;
     switch (ch) {
-    case OPT_LISTEN: return parse_listen(arg, c) ? "--listen wants HOST:PORT" : NULL;
-    case OPT_CONFIG: return apply_config(c, arg) ? "cannot use the --config file" : NULL;
+    case OPT_LISTEN:
+        return parse_listen(arg, c) ? "--listen wants HOST:PORT" : NULL;
+    case OPT_CONFIG:
+        return apply_config(c, arg) ? "cannot use the --config file" : NULL;
     case OPT_WS_ECHO:
         if (arg[0] != '/') return "--ws-echo wants a path starting with /";
         c->ws_echo = arg;
         return NULL;
-    case OPT_CERT: c->sio.tls_cert = arg; return NULL;
-    case OPT_KEY: c->sio.tls_key = arg; return NULL;
-    case OPT_NO_DEFLATE: c->deflate = false; return NULL;
+    case OPT_CERT:
+        c->sio.tls_cert = arg;
+        return NULL;
+    case OPT_KEY:
+        c->sio.tls_key = arg;
+        return NULL;
+    case OPT_NO_DEFLATE:
+        c->deflate = false;
+        return NULL;
     case OPT_MAX_MSG:
         if (parse_u64(arg, UINT32_MAX, &v) || v == 0) return "bad --max-message";
         c->ws.max_message = v;
@@ -340,11 +388,16 @@ static const char *apply(config *c, int ch, const char *arg)
         c->ping_timeout_set = true;
         return NULL;
     case OPT_LOG:
-        if (!strcmp(arg, "debug")) c->level = PARLEY_LOG_DEBUG;
-        else if (!strcmp(arg, "info")) c->level = PARLEY_LOG_INFO;
-        else if (!strcmp(arg, "warn")) c->level = PARLEY_LOG_WARN;
-        else if (!strcmp(arg, "error")) c->level = PARLEY_LOG_ERROR;
-        else return "--log-level wants debug, info, warn or error";
+        if (!strcmp(arg, "debug"))
+            c->level = PARLEY_LOG_DEBUG;
+        else if (!strcmp(arg, "info"))
+            c->level = PARLEY_LOG_INFO;
+        else if (!strcmp(arg, "warn"))
+            c->level = PARLEY_LOG_WARN;
+        else if (!strcmp(arg, "error"))
+            c->level = PARLEY_LOG_ERROR;
+        else
+            return "--log-level wants debug, info, warn or error";
         return NULL;
     case OPT_PATH:
         if (arg[0] != '/') return "--path wants a path starting with /";
@@ -368,9 +421,17 @@ static const char *apply(config *c, int ch, const char *arg)
         c->sio.websocket = strstr(arg, "websocket") != NULL;
         return c->sio.polling || c->sio.websocket ? NULL
                                                   : "--transports wants polling and/or websocket";
-    case OPT_CORS: c->sio.cors_origin = arg; c->cors_set = true; return NULL;
-    case OPT_CORS_CRED: c->sio.cors_credentials = 1; return NULL;
-    case OPT_RECOVERY: c->sio.recovery = 1; c->recovery_set = true; return NULL;
+    case OPT_CORS:
+        c->sio.cors_origin = arg;
+        c->cors_set = true;
+        return NULL;
+    case OPT_CORS_CRED:
+        c->sio.cors_credentials = 1;
+        return NULL;
+    case OPT_RECOVERY:
+        c->sio.recovery = 1;
+        c->recovery_set = true;
+        return NULL;
     case OPT_MAX_DISC:
         if (parse_u64(arg, 86400000, &v) || v == 0) return "bad --max-disconnection";
         c->sio.max_disconnection_ms = (uint32_t)v;
@@ -379,7 +440,9 @@ static const char *apply(config *c, int ch, const char *arg)
         if (parse_u64(arg, 64, &v)) return "bad --max-attachments (at most 64)";
         c->sio.max_attachments = (unsigned)v;
         return NULL;
-    case OPT_PROTOCOL_TEST: c->protocol_test = true; return NULL;
+    case OPT_PROTOCOL_TEST:
+        c->protocol_test = true;
+        return NULL;
     case OPT_NO_MESSAGING:
         c->messaging = false;
         return NULL;
@@ -436,10 +499,26 @@ static const char *apply(config *c, int ch, const char *arg)
         if (parse_u64(arg, 600000, &v)) return "bad --presence-interval (0 to 600000)";
         c->msg.presence_interval_ms = (uint32_t)v;
         return NULL;
+    case OPT_JWT_PEM:
+        if (!*arg) return "--jwt-public-key-file must not be empty";
+        if (c->n_jwt_pem == PARLEY_ARRAY_LEN(c->jwt_pem)) return "at most 8 --jwt-public-key-file";
+        c->jwt_pem[c->n_jwt_pem++] = arg;
+        return NULL;
+    case OPT_JWKS:
+        if (!*arg) return "--jwks-file must not be empty";
+        c->jwks_file = arg;
+        return NULL;
+    case OPT_JWT_MAX_LIFE:
+        if (parse_u64(arg, 10ull * 365 * 86400, &v)) return "bad --jwt-max-lifetime (seconds)";
+        c->jwt_max_lifetime_s = v;
+        return NULL;
     case OPT_LIMITS:
-        if (!strcmp(arg, "on")) c->limits_off = false;
-        else if (!strcmp(arg, "off")) c->limits_off = true;
-        else return "--limits wants on or off";
+        if (!strcmp(arg, "on"))
+            c->limits_off = false;
+        else if (!strcmp(arg, "off"))
+            c->limits_off = true;
+        else
+            return "--limits wants on or off";
         return NULL;
     case OPT_CONNS_PER_IP:
         if (parse_u64(arg, 1000000, &v)) return "bad --max-conns-per-ip (0 to 1000000)";
@@ -497,7 +576,8 @@ static const char *apply(config *c, int ch, const char *arg)
         if (parse_u64(arg, 1ull << 50, &v)) return "bad --disk-reserve";
         c->msg.quota.disk_reserve = v;
         return NULL;
-    default: return "unknown option";
+    default:
+        return "unknown option";
     }
 }
 
@@ -645,15 +725,64 @@ static int read_api_keys(const char *path, char **buf, const char ***keys, size_
     return 0;
 }
 
+/* The key set tokens are verified with: the HS256 secret (from its file,
+ * read again, or the flag) and the public keys of the PEM and JWKS files.
+ * NULL with a message on stderr when a file is unusable; a set with
+ * nothing in it is NULL too (no way to check tokens). */
+static jwt_keyset *load_keys(const config *c)
+{
+    jwt_keyset_opts ko;
+    jwt_keyset_opts_init(&ko);
+    ko.leeway_ms = c->msg.jwt_leeway_ms;
+    ko.max_lifetime_ms = (int64_t)c->jwt_max_lifetime_s * 1000;
+    jwt_keyset *ks = NULL;
+    if (jwt_keyset_new(&ko, &ks) != 0) {
+        fprintf(stderr, "parleyd: out of memory\n");
+        return NULL;
+    }
+    char err[256];
+    int rc = 0;
+    if (c->jwt_secret_file) {
+        char *buf = NULL;
+        size_t len = 0;
+        rc = read_secret(c->jwt_secret_file, &buf, &len);
+        if (rc == 0) {
+            rc = jwt_keyset_set_secret(ks, (const uint8_t *)buf, len);
+            if (len < 32)
+                fprintf(stderr,
+                        "parleyd: warning: the JWT secret is %zu bytes; HS256 wants at "
+                        "least 32\n",
+                        len);
+            OPENSSL_cleanse(buf, len);
+            free(buf);
+        }
+    } else if (c->jwt_secret) {
+        rc = jwt_keyset_set_secret(ks, (const uint8_t *)c->jwt_secret, strlen(c->jwt_secret));
+    }
+    for (size_t i = 0; rc == 0 && i < c->n_jwt_pem; i++) {
+        rc = jwt_keyset_add_pem_file(ks, c->jwt_pem[i], err, sizeof err);
+        if (rc) fprintf(stderr, "parleyd: %s\n", err);
+    }
+    if (rc == 0 && c->jwks_file) {
+        rc = jwt_keyset_add_jwks_file(ks, c->jwks_file, err, sizeof err);
+        if (rc) fprintf(stderr, "parleyd: %s\n", err);
+    }
+    if (rc || (!jwt_keyset_has_secret(ks) && jwt_keyset_count(ks) == 0)) {
+        jwt_keyset_unref(ks);
+        return NULL;
+    }
+    return ks;
+}
+
 /* Urgent messages raise notifications inside the messaging service;
  * this extra hook of the seam logs them at debug level (one line per
  * message and recipient is too much for info on a hot path). */
 static void log_urgent(const msg_notice *n, void *user)
 {
     (void)user;
-    plog_debug("messaging: urgent message %lld in %s from %s for %s (%s)", (long long)n->message->id,
-              n->message->conversation, n->message->from, n->recipient,
-              n->online ? "online" : "offline");
+    plog_debug("messaging: urgent message %lld in %s from %s for %s (%s)",
+               (long long)n->message->id, n->message->conversation, n->message->from, n->recipient,
+               n->online ? "online" : "offline");
 }
 
 /* The echo endpoint. */
@@ -669,10 +798,11 @@ static void route_root(phttpd_req *req, void *user)
     (void)user;
     if (!phttpd_allow(req, "GET, HEAD")) return;
     char body[512];
-    int n = snprintf(body, sizeof body,
-                     "<!doctype html><meta charset=utf-8><title>parleyd</title>"
-                     "<h1>parleyd %s</h1><p>Running. Health: <a href=\"/healthz\">/healthz</a></p>\n",
-                     parley_version());
+    int n =
+        snprintf(body, sizeof body,
+                 "<!doctype html><meta charset=utf-8><title>parleyd</title>"
+                 "<h1>parleyd %s</h1><p>Running. Health: <a href=\"/healthz\">/healthz</a></p>\n",
+                 parley_version());
     phttpd_respond(req, 200, "text/html; charset=utf-8", NULL, 0, body, (size_t)n);
 }
 
@@ -684,13 +814,44 @@ static void route_health(phttpd_req *req, void *user)
 }
 
 typedef struct app {
+    const config *c;
     parley_loop *loop;
     parley_server *srv;
     msg_service *msg;
     engine *echo_engine;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     bool stopping;
 } app;
+
+/* SIGHUP: the token keys and the TLS certificate are read again; what
+ * fails to load leaves the old one in place (and says why). */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    app *a = h->data;
+    const config *c = a->c;
+    if (a->msg && (c->jwt_secret || c->jwt_secret_file || c->n_jwt_pem || c->jwks_file)) {
+        jwt_keyset *ks = load_keys(c);
+        if (ks) {
+            plog_info("SIGHUP: token keys reloaded (%zu public keys%s)", jwt_keyset_count(ks),
+                      jwt_keyset_has_secret(ks) ? " and a secret" : "");
+            msg_service_set_keys(a->msg, ks);
+            jwt_keyset_unref(ks);
+        } else {
+            plog_error("SIGHUP: the token keys did not load: the old ones stay in use");
+        }
+    }
+    if (c->sio.tls_cert) {
+        char err[256];
+        ptls_ctx *tls = parley_server__tls(a->srv);
+        if (tls &&
+            ptls_ctx_server_reload(tls, c->sio.tls_cert, c->sio.tls_key, err, sizeof err) == 0)
+            plog_info("SIGHUP: TLS certificate reloaded from %s", c->sio.tls_cert);
+        else
+            plog_error("SIGHUP: TLS certificate not reloaded (%s): the old one stays in use",
+                       tls ? err : "no TLS context");
+    }
+}
 
 static void on_shutdown_done(parley_server *s, void *user)
 {
@@ -701,6 +862,7 @@ static void on_shutdown_done(parley_server *s, void *user)
     a->msg = NULL;
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
+    uv_close((uv_handle_t *)&a->sighup, NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -778,13 +940,15 @@ int main(int argc, char **argv)
         return 2;
     }
     if (c.protocol_test) c.messaging = false;
-    char *secret_buf = NULL;
-    if (c.messaging && c.jwt_secret_file) {
-        if (read_secret(c.jwt_secret_file, &secret_buf, &c.msg.jwt_secret_len) != 0) return 2;
-        c.msg.jwt_secret = (const uint8_t *)secret_buf;
-    } else if (c.messaging && c.jwt_secret) {
-        c.msg.jwt_secret = (const uint8_t *)c.jwt_secret;
-        c.msg.jwt_secret_len = strlen(c.jwt_secret);
+    jwt_keyset *jwt_keys = NULL;
+    bool want_keys = c.jwt_secret || c.jwt_secret_file || c.n_jwt_pem || c.jwks_file;
+    if (c.messaging && want_keys) {
+        jwt_keys = load_keys(&c);
+        if (!jwt_keys) {
+            fprintf(stderr, "parleyd: cannot load the keys tokens are checked with\n");
+            return 2;
+        }
+        c.msg.jwt_keys = jwt_keys;
     }
     char *keys_buf = NULL;
     const char **keys = NULL;
@@ -803,57 +967,62 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     app a = {0};
+    a.c = &c;
     a.loop = parley_loop_new();
     if (!a.loop) return 1;
     int rc = parley_server_new(a.loop, &c.sio, &a.srv);
-    if (rc) {
-        fprintf(stderr, "parleyd: %s\n", parley_strerror(rc));
-        return 1;
-    }
-    phttpd *http = parley_server__http(a.srv);
-    rc = phttpd_set_opts(http, &c.http);
-    if (rc) {
-        fprintf(stderr, "parleyd: %s\n", parley_strerror(rc));
-        return 1;
-    }
+    phttpd *http = rc ? NULL : parley_server__http(a.srv);
+    if (rc == 0) rc = phttpd_set_opts(http, &c.http);
+    if (rc) fprintf(stderr, "parleyd: %s\n", parley_strerror(rc));
     pmd_config pmd;
     pmd_config_init(&pmd);
     pmd.enabled = c.deflate;
     c.ws.cbs = &echo_cbs;
     phttpd_ws_endpoint echo = {.ws_opts = &c.ws, .pmd = &pmd};
-    if ((c.ws_echo && phttpd_route_ws(http, c.ws_echo, &echo) != 0) ||
-        phttpd_route(http, "/", route_root, NULL) != 0 ||
-        phttpd_route(http, "/healthz", route_health, NULL) != 0 ||
-        (c.protocol_test && protocol_test_setup(a.srv, &a.echo_engine) != 0)) {
+    if (rc == 0 && ((c.ws_echo && phttpd_route_ws(http, c.ws_echo, &echo) != 0) ||
+                    phttpd_route(http, "/", route_root, NULL) != 0 ||
+                    phttpd_route(http, "/healthz", route_health, NULL) != 0 ||
+                    (c.protocol_test && protocol_test_setup(a.srv, &a.echo_engine) != 0))) {
         fprintf(stderr, "parleyd: cannot set up routes\n");
-        return 1;
+        rc = PARLEY_ENOMEM;
     }
-    if (c.messaging) {
+    if (rc == 0 && c.messaging) {
         rc = msg_service_new(a.srv, &c.msg, &a.msg);
-        if (secret_buf) OPENSSL_cleanse(secret_buf, c.msg.jwt_secret_len);
-        free(secret_buf);
-        /* The service keeps digests of the keys. */
-        if (keys_buf) OPENSSL_cleanse(keys_buf, API_KEY_FILE_MAX + 1);
-        free(keys_buf);
-        free(keys);
-        if (rc) {
-            fprintf(stderr, "parleyd: messaging: %s (data directory %s)\n", parley_strerror(rc),
-                    c.msg.data_dir);
-            return 1;
-        }
+        if (rc)
+            fprintf(stderr, "parleyd: messaging: %s (data directory %s; the log above says what)\n",
+                    parley_strerror(rc), c.msg.data_dir);
     }
+    /* The service keeps digests of the API keys, and its own reference
+     * to the key set. */
+    if (keys_buf) OPENSSL_cleanse(keys_buf, API_KEY_FILE_MAX + 1);
+    free(keys_buf);
+    free(keys);
+    jwt_keyset_unref(jwt_keys);
     unsigned port = 0;
-    rc = parley_server_listen(a.srv, c.host, c.port, &port);
+    if (rc == 0) {
+        rc = parley_server_listen(a.srv, c.host, c.port, &port);
+        if (rc)
+            fprintf(stderr, "parleyd: cannot listen on %s:%u: %s\n", c.host, c.port,
+                    parley_strerror(rc));
+    }
     if (rc) {
-        fprintf(stderr, "parleyd: cannot listen on %s:%u: %s\n", c.host, c.port,
-                parley_strerror(rc));
+        /* Nothing listens yet: free what was made, so that a refused start
+         * leaves nothing behind (and leak checkers see none). */
+        if (a.echo_engine) engine_free(a.echo_engine);
+        msg_service_free(a.msg);
+        parley_server_free(a.srv);
+        parley_loop_run(a.loop); /* closes handles the frees started */
+        parley_loop_free(a.loop);
+        for (size_t i = 0; i < c.nstrings; i++) free(c.strings[i]);
         return 1;
     }
     uv_signal_init(a.loop->uv, &a.sigint);
     uv_signal_init(a.loop->uv, &a.sigterm);
-    a.sigint.data = a.sigterm.data = &a;
+    uv_signal_init(a.loop->uv, &a.sighup);
+    a.sigint.data = a.sigterm.data = a.sighup.data = &a;
     uv_signal_start(&a.sigint, on_signal, SIGINT);
     uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a.sighup, on_sighup, SIGHUP);
 
     printf(strchr(c.host, ':') ? "parleyd listening on [%s]:%u\n" : "parleyd listening on %s:%u\n",
            c.host, port);

@@ -78,6 +78,8 @@ void engine_free(engine *e);
  * endpoint on it at `path` with the server's Engine.IO options. */
 typedef struct parley_server parley_server;
 phttpd *parley_server__http(parley_server *s);
+/* Its TLS context (NULL without TLS): parleyd reloads it on SIGHUP. */
+ptls_ctx *parley_server__tls(parley_server *s);
 int parley_server__engine(parley_server *s, const char *path, const engine_cbs *cbs, void *user,
                           engine **out);
 

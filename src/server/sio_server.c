@@ -1302,6 +1302,11 @@ phttpd *parley_server__http(parley_server *s)
     return s->http;
 }
 
+ptls_ctx *parley_server__tls(parley_server *s)
+{
+    return s->tls;
+}
+
 int parley_server__engine(parley_server *s, const char *path, const engine_cbs *cbs, void *user,
                           engine **out)
 {

@@ -154,7 +154,7 @@ struct msg_service {
     parley_nsp *nsp;
     parley_loop *loop;
     msg_service_opts o;
-    uint8_t *secret;
+    jwt_keyset *keys; /* NULL: no tokens can be checked */
     char *data_dir;
     mstore *store;
     media_store *media;
@@ -2744,9 +2744,9 @@ static msg_errcode authenticate(msg_service *svc, const char *auth, size_t len, 
     json_val obj, tok, u, role;
     bool has_obj = auth && json_parse(auth, len, 4, &obj, NULL) == 0 && obj.type == JSON_OBJECT;
     if (has_obj && json_object_get(&obj, "token", &tok)) {
-        if (!svc->secret)
+        if (!svc->keys)
             return msg_fail(err, MSG_E_AUTH_UNAVAILABLE, NULL,
-                            "this server has no JWT secret configured");
+                            "this server has no JWT keys configured");
         char buf[JWT_MAX_TOKEN + 1];
         long n = tok.type == JSON_STRING ? json_string_decode(&tok, buf, JWT_MAX_TOKEN + 1) : -1;
         if (tok.type != JSON_STRING)
@@ -2754,8 +2754,7 @@ static msg_errcode authenticate(msg_service *svc, const char *auth, size_t len, 
         if (n < 0)
             return msg_fail(err, MSG_E_INVALID_TOKEN, NULL, "token longer than %d bytes",
                             JWT_MAX_TOKEN);
-        jwt_key k = {svc->secret, svc->o.jwt_secret_len, svc->o.jwt_leeway_ms};
-        return jwt_verify(&k, buf, (size_t)n, wall_ms(), c, err);
+        return jwt_verify_set(svc->keys, buf, (size_t)n, wall_ms(), c, err);
     }
     if (svc->o.dev_auth && has_obj && json_object_get(&obj, "user", &u)) {
         long n = u.type == JSON_STRING ? json_string_decode(&u, c->sub, sizeof c->sub - 1) : -1;
@@ -2769,9 +2768,9 @@ static msg_errcode authenticate(msg_service *svc, const char *auth, size_t len, 
         *dev = true;
         return MSG_OK;
     }
-    if (!svc->secret && !svc->o.dev_auth)
+    if (!svc->keys && !svc->o.dev_auth)
         return msg_fail(err, MSG_E_AUTH_UNAVAILABLE, NULL,
-                        "this server has no JWT secret configured");
+                        "this server has no JWT keys configured");
     return msg_fail(err, MSG_E_AUTH_REQUIRED, NULL, "a token is required: auth {\"token\": JWT}");
 }
 
@@ -2925,16 +2924,15 @@ static bool http_user(msg_service *svc, phttpd_req *req, char user[MSG_USER_MAX 
         http_error(req, 401, MSG_E_AUTH_REQUIRED, "Authorization: Bearer <token> is required");
         return false;
     }
-    if (!svc->secret) {
-        http_error(req, 401, MSG_E_AUTH_UNAVAILABLE, "this server has no JWT secret configured");
+    if (!svc->keys) {
+        http_error(req, 401, MSG_E_AUTH_UNAVAILABLE, "this server has no JWT keys configured");
         return false;
     }
-    jwt_key k = {svc->secret, svc->o.jwt_secret_len, svc->o.jwt_leeway_ms};
     jwt_claims c;
     msg_error err;
     size_t off = 7;
     while (off < n && v[off] == ' ') off++;
-    if (jwt_verify(&k, v + off, n - off, wall_ms(), &c, &err) != MSG_OK) {
+    if (jwt_verify_set(svc->keys, v + off, n - off, wall_ms(), &c, &err) != MSG_OK) {
         http_error(req, 401, err.code, err.message);
         return false;
     }
@@ -3107,17 +3105,21 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
     svc->data_dir = strdup(o->data_dir);
     svc->o.data_dir = svc->data_dir;
     if (!svc->data_dir) rc = PARLEY_ENOMEM;
-    if (rc == 0 && o->jwt_secret) {
-        svc->secret = malloc(o->jwt_secret_len);
-        if (!svc->secret)
-            rc = PARLEY_ENOMEM;
-        else
-            memcpy(svc->secret, o->jwt_secret, o->jwt_secret_len);
+    if (rc == 0 && o->jwt_keys) {
+        svc->keys = jwt_keyset_ref(o->jwt_keys);
+    } else if (rc == 0 && o->jwt_secret) {
+        jwt_keyset_opts ko;
+        jwt_keyset_opts_init(&ko);
+        ko.leeway_ms = o->jwt_leeway_ms;
+        ko.max_lifetime_ms = (int64_t)o->jwt_max_lifetime_s * 1000;
+        rc = jwt_keyset_new(&ko, &svc->keys);
+        if (rc == 0) rc = jwt_keyset_set_secret(svc->keys, o->jwt_secret, o->jwt_secret_len);
     }
-    svc->o.jwt_secret = NULL; /* svc->secret is the copy */
+    svc->o.jwt_secret = NULL; /* the key set holds its copy */
+    svc->o.jwt_keys = NULL;
     /* Without a way to tell who anyone is, nobody gets in: the data
      * directory is not even opened. */
-    svc->disabled = !svc->secret && !o->dev_auth;
+    svc->disabled = !svc->keys && !o->dev_auth;
     if (rc == 0 && !svc->disabled) rc = make_data_dir(svc->data_dir);
     char path[4200];
     if (rc == 0 && !svc->disabled) {
@@ -3159,13 +3161,21 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
         plog_warn("messaging: no --jwt-secret (and no --dev-auth): every connection to %s is "
                   "refused",
                   MSG_NAMESPACE);
-    else if (!svc->secret)
+    else if (!svc->keys)
         plog_warn("messaging: no --jwt-secret: connections with tokens are refused");
-    else if (o->jwt_secret_len < 32)
+    else if (o->jwt_secret && o->jwt_secret_len < 32)
         plog_warn("messaging: the JWT secret is %zu bytes; HS256 wants at least 32",
                   o->jwt_secret_len);
     *out = svc;
     return 0;
+}
+
+void msg_service_set_keys(msg_service *svc, jwt_keyset *keys)
+{
+    if (svc->disabled || !keys) return;
+    jwt_keyset *old = svc->keys;
+    svc->keys = jwt_keyset_ref(keys);
+    jwt_keyset_unref(old);
 }
 
 void msg_service_free(msg_service *svc)
@@ -3255,8 +3265,7 @@ void msg_service_free(msg_service *svc)
     pbuf_free(&svc->scratch);
     pbuf_free(&svc->scratch2);
     pbuf_free(&svc->cerr_data);
-    if (svc->secret) OPENSSL_cleanse(svc->secret, svc->o.jwt_secret_len);
-    free(svc->secret);
+    jwt_keyset_unref(svc->keys);
     free(svc->data_dir);
     free(svc);
 }

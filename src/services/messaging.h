@@ -57,6 +57,11 @@ typedef struct msg_service_opts {
     const uint8_t *jwt_secret; /* HS256 key; NULL: tokens cannot be checked */
     size_t jwt_secret_len;
     uint32_t jwt_leeway_ms;      /* clock skew allowed for exp/nbf; default 30000 */
+    /* Tokens verified with this key set (RS256/ES256 public keys, an
+     * HS256 secret; services/jwt.h) instead of jwt_secret: the service
+     * takes a reference. Its own leeway and maximum lifetime apply. */
+    struct jwt_keyset *jwt_keys;
+    uint32_t jwt_max_lifetime_s; /* with jwt_secret: longest token lifetime; 0 = none */
     bool dev_auth;               /* INSECURE: accept {"user": id} without a token */
     bool full_sync;              /* fsync commits and media (power-loss safe); default off */
     size_t max_media_bytes;      /* largest upload; default 8 MiB */
@@ -93,6 +98,12 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
 /* Commits what is pending and frees the service; after the server has
  * shut down (its sockets are gone) and before it is freed. */
 void msg_service_free(msg_service *m);
+
+/* Replaces the key set tokens are verified with (a reload, e.g. on
+ * SIGHUP): new connections and HTTP requests use `keys` (the service
+ * takes a reference); sockets already connected keep their identity. A
+ * service started without any way to check tokens stays so. */
+void msg_service_set_keys(msg_service *m, struct jwt_keyset *keys);
 
 /* Counters, for tests and metrics. */
 typedef struct msg_service_stats {
