@@ -1,7 +1,9 @@
 /* Unit tests for the messaging store: sequence numbers, idempotency
- * lookups, rooms, receipts, paging, media access, batches (commit,
- * rollback, a transaction SQLite abandons), foreign and newer files, and
- * processes killed mid-traffic losing nothing they committed. */
+ * lookups, rooms, receipts, paging, media access and MIME types per
+ * upload and conversation, usage counts, batches (commit, rollback, a
+ * transaction SQLite abandons), migration from schema 3, foreign and
+ * newer files, and processes killed mid-traffic losing nothing they
+ * committed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -62,7 +64,7 @@ static int64_t put_text(mstore *st, const msg_conv *c, const char *from, const c
     mstore_msg tmp;
     if (!out) out = &tmp;
     int rc = mstore_insert(st, c, from, cid, MSG_TEXT, MSG_PRIO_NORMAL, content, sizeof content - 1,
-                           NULL, T0, out);
+                           NULL, NULL, T0, out);
     assert_int_equal(rc, 0);
     return out->m.seq;
 }
@@ -117,10 +119,10 @@ static void test_dm_sequence_and_find(void **state)
     static const char content[] = "{\"text\":\"again\"}";
     assert_int_equal(put_text(st, &ab, "bob", "c7", NULL), 4);
     assert_int_equal(mstore_insert(st, &ab, "alice", "c1", MSG_TEXT, MSG_PRIO_NORMAL, content,
-                                   sizeof content - 1, NULL, T0, &m),
+                                   sizeof content - 1, NULL, NULL, T0, &m),
                      MSTORE_DUPLICATE);
     assert_int_equal(mstore_insert(st, &ab, "bob", "c7", MSG_TEXT, MSG_PRIO_NORMAL, content,
-                                   sizeof content - 1, NULL, T0, &m),
+                                   sizeof content - 1, NULL, NULL, T0, &m),
                      MSTORE_DUPLICATE);
     assert_true(mstore_in_batch(st));
     assert_int_equal(mstore_commit(st), 0);
@@ -248,7 +250,7 @@ static void test_rooms_and_receipts(void **state)
     static const char content[] = "{\"text\":\"x\"}";
     /* A room must exist before anything is posted in it. */
     assert_int_equal(mstore_insert(st, &room, "amy", "r0", MSG_TEXT, MSG_PRIO_LOW, content,
-                                   sizeof content - 1, NULL, T0, &m),
+                                   sizeof content - 1, NULL, NULL, T0, &m),
                      PARLEY_ESTATE);
     bool added = false;
     assert_int_equal(mstore_join(st, "general", "bob", T0, &added), 0);
@@ -413,7 +415,7 @@ static void test_full_disk(void **state)
         snprintf(cid, sizeof cid, "b%d", i);
         mstore_msg m;
         int rc = mstore_insert(st, &c, "a", cid, MSG_TEXT, MSG_PRIO_NORMAL, big, sizeof big, NULL,
-                               T0, &m);
+                               NULL, T0, &m);
         if (rc == 0 && !failed)
             ok++;
         else if (rc)
@@ -430,6 +432,11 @@ static void test_full_disk(void **state)
         assert_int_equal(found, 0);
     int64_t last = mstore_last_seq(st, c.id);
     assert_int_equal(last, 1 + found);
+    /* The stored bytes agree with what was kept. */
+    int64_t want = 16 + MSTORE_MSG_OVERHEAD + found * (int64_t)(sizeof big + MSTORE_MSG_OVERHEAD);
+    int64_t bytes = -1;
+    assert_int_equal(mstore_storage_bytes(st, "a", &bytes), 0);
+    assert_int_equal(bytes, want);
 
     /* Room again: the store carries on with consistent seqs. */
     assert_int_equal(sqlite3_exec(db, "PRAGMA max_page_count = 1000000", NULL, NULL, NULL),
@@ -440,6 +447,8 @@ static void test_full_disk(void **state)
     st = open_store(sc.path);
     assert_int_equal(mstore_last_seq(st, c.id), last + 1);
     assert_int_equal(count_batch(st, 40), found);
+    assert_int_equal(mstore_storage_bytes(st, "a", &bytes), 0);
+    assert_int_equal(bytes, want);
     mstore_close(st);
     scratch_free(&sc);
 }
@@ -478,7 +487,7 @@ static void test_media(void **state)
     static const char content[] = "{\"media\":\"x\"}";
     mstore_msg m;
     assert_int_equal(mstore_insert(st, &room, "amy", "p1", MSG_IMAGE, MSG_PRIO_NORMAL, content,
-                                   sizeof content - 1, id, T0, &m),
+                                   sizeof content - 1, id, "image/png", T0, &m),
                      0);
     assert_int_equal(mstore_commit(st), 0);
     assert_int_equal(mstore_media_visible(st, id, "cat"), 1);
@@ -487,6 +496,390 @@ static void test_media(void **state)
     assert_int_equal(mstore_leave(st, "pics", "cat"), 0);
     assert_int_equal(mstore_commit(st), 0);
     assert_int_equal(mstore_media_visible(st, id, "cat"), 0);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* ---- per-upload MIME types (schema 4) ---- */
+
+#define BLOB "aaaabbbbccccddddaaaabbbbccccddddaaaabbbbccccddddaaaabbbbccccdddd"
+
+static void post_media(mstore *st, const msg_conv *c, const char *from, const char *cid,
+                       const char *media, const char *mime)
+{
+    static const char content[] = "{\"media\":\"m\"}";
+    mstore_msg m;
+    assert_int_equal(mstore_insert(st, c, from, cid, MSG_IMAGE, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, media, mime, T0, &m),
+                     0);
+}
+
+static void assert_media_for(mstore *st, const char *user, int want, const char *want_mime)
+{
+    int64_t size = -1;
+    char mime[MSG_MIME_MAX + 1] = "";
+    assert_int_equal(mstore_media_for(st, BLOB, user, &size, mime), want);
+    if (want == 1) {
+        assert_int_equal(size, 777);
+        assert_string_equal(mime, want_mime);
+    }
+}
+
+static void test_media_mime_per_upload(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    /* Unknown media: the same answer as media nobody showed this user. */
+    assert_media_for(st, "vic", 0, NULL);
+    /* A squatter uploads the victim's bytes first, as a page. */
+    bool existed = true;
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "text/html", "sam", T0, &existed), 0);
+    assert_false(existed);
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/png", "vic", T0, &existed), 0);
+    assert_true(existed);
+    assert_int_equal(mstore_commit(st), 0);
+    /* Each uploader gets their own type; the first upload no longer
+     * decides for everyone (mstore_media_get still reports it). */
+    assert_media_for(st, "vic", 1, "image/png");
+    assert_media_for(st, "sam", 1, "text/html");
+    assert_media_for(st, "tom", 0, NULL);
+    int64_t size;
+    char mime[MSG_MIME_MAX + 1];
+    assert_int_equal(mstore_media_get(st, BLOB, &size, mime), 1);
+    assert_string_equal(mime, "text/html");
+    assert_int_equal(mstore_media_for(st, BLOB + 1, "vic", &size, mime), 0);
+
+    /* The squatter's message carries text/html only in its conversation;
+     * the victim's room gets image/png. */
+    msg_conv dm, room;
+    msg_conv_dm(&dm, "sam", "tom");
+    msg_conv_room(&room, "r");
+    bool added;
+    assert_int_equal(mstore_join(st, "r", "vic", T0, &added), 0);
+    assert_int_equal(mstore_join(st, "r", "una", T0, &added), 0);
+    assert_int_equal(mstore_join(st, "r", "tom", T0, &added), 0);
+    post_media(st, &dm, "sam", "s1", BLOB, "text/html");
+    post_media(st, &room, "vic", "v1", BLOB, "image/png");
+    /* A later message of another type does not change a conversation's. */
+    post_media(st, &dm, "tom", "t1", BLOB, "image/gif");
+    assert_int_equal(mstore_commit(st), 0);
+    assert_media_for(st, "una", 1, "image/png");
+    /* In both: the earliest reference among the user's conversations. */
+    assert_media_for(st, "tom", 1, "text/html");
+    assert_media_for(st, "zed", 0, NULL);
+    sqlite3 *db = mstore__db(st);
+    sqlite3_stmt *q;
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT conv, mime FROM media_refs ORDER BY conv", -1, &q, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(q, 0), "dm:sam:tom");
+    assert_string_equal((const char *)sqlite3_column_text(q, 1), "text/html");
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(q, 0), "room:r");
+    assert_string_equal((const char *)sqlite3_column_text(q, 1), "image/png");
+    assert_int_equal(sqlite3_step(q), SQLITE_DONE);
+    sqlite3_finalize(q);
+    /* Leaving takes the room's type (and access) away. */
+    assert_int_equal(mstore_leave(st, "r", "una"), 0);
+    assert_media_for(st, "una", 0, NULL);
+    /* An uploader's own type wins over references, and a re-upload by the
+     * same user with another type replaces theirs only. */
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/webp", "vic", T0, &existed), 0);
+    assert_true(existed);
+    assert_media_for(st, "vic", 1, "image/webp");
+    assert_media_for(st, "sam", 1, "text/html");
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_close(st);
+    st = open_store(sc.path);
+    assert_media_for(st, "vic", 1, "image/webp");
+    assert_media_for(st, "tom", 1, "text/html");
+    /* A media message needs the type it carries. */
+    mstore_msg m;
+    assert_int_equal(mstore_insert(st, &dm, "sam", "s2", MSG_IMAGE, MSG_PRIO_NORMAL, "{}", 2, BLOB,
+                                   NULL, T0, &m),
+                     PARLEY_EINVAL);
+    assert_int_equal(mstore_insert(st, &dm, "sam", "s2", MSG_IMAGE, MSG_PRIO_NORMAL, "{}", 2, BLOB,
+                                   "not a type", T0, &m),
+                     PARLEY_EINVAL);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* The schema of version 3, as it was, to check the migration to 4. */
+static const char v3_schema[] =
+    "CREATE TABLE conversations (id TEXT PRIMARY KEY, kind INTEGER NOT NULL, created_ms INTEGER "
+    "NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE participants (conv TEXT NOT NULL, user TEXT NOT NULL, delivered INTEGER NOT "
+    "NULL, read INTEGER NOT NULL, joined_ms INTEGER NOT NULL, PRIMARY KEY (conv, user)) WITHOUT "
+    "ROWID;"
+    "CREATE INDEX participants_by_user ON participants(user, conv);"
+    "CREATE TABLE messages (id INTEGER PRIMARY KEY, conv TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "sender TEXT NOT NULL, client_id TEXT NOT NULL, type INTEGER NOT NULL, priority INTEGER NOT "
+    "NULL, ts INTEGER NOT NULL, content TEXT NOT NULL, UNIQUE (conv, seq), UNIQUE (sender, "
+    "client_id));"
+    "CREATE TABLE media (id TEXT PRIMARY KEY, size INTEGER NOT NULL, mime TEXT NOT NULL, "
+    "created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE media_uploaders (media TEXT NOT NULL, user TEXT NOT NULL, PRIMARY KEY (media, "
+    "user)) WITHOUT ROWID;"
+    "CREATE TABLE media_refs (media TEXT NOT NULL, conv TEXT NOT NULL, PRIMARY KEY (media, conv)) "
+    "WITHOUT ROWID;"
+    "CREATE TABLE presence (user TEXT PRIMARY KEY, last_seen INTEGER, text TEXT NOT NULL) WITHOUT "
+    "ROWID;"
+    "CREATE TABLE notifications (id INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL, "
+    "type INTEGER NOT NULL, priority INTEGER NOT NULL, title TEXT NOT NULL, body TEXT NOT NULL, "
+    "image TEXT, actions TEXT NOT NULL, sender TEXT, created INTEGER NOT NULL, expires INTEGER, "
+    "dedupe_key TEXT, delivered INTEGER NOT NULL DEFAULT 0, read INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX notifications_by_recipient ON notifications(recipient, id);"
+    "CREATE INDEX notifications_by_dedupe ON notifications(recipient, dedupe_key) WHERE "
+    "dedupe_key IS NOT NULL;"
+    "CREATE INDEX notifications_by_expiry ON notifications(expires) WHERE expires IS NOT NULL;"
+    "CREATE TABLE notification_prefs (user TEXT PRIMARY KEY, prefs TEXT NOT NULL) WITHOUT ROWID;"
+    "PRAGMA application_id = 1347244871; PRAGMA user_version = 3;";
+
+static int64_t user_version(mstore *st)
+{
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_prepare_v2(mstore__db(st), "PRAGMA user_version", -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return v;
+}
+
+static void test_migration_v3(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, v3_schema, NULL, NULL, NULL), SQLITE_OK);
+    /* amy uploaded the blob and sent it to bob (2 messages of 13 bytes
+     * each: "é" is two bytes and counted as such); cat uploaded it too;
+     * dan has a room but no messages. */
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "INSERT INTO conversations VALUES ('dm:amy:bob', 1, 0), ('room:x', 2, 0);"
+                     "INSERT INTO participants VALUES ('dm:amy:bob', 'amy', 0, 0, 0), "
+                     "('dm:amy:bob', 'bob', 0, 0, 0), ('room:x', 'dan', 0, 0, 0);"
+                     "INSERT INTO messages(conv, seq, sender, client_id, type, priority, ts, "
+                     "content) VALUES ('dm:amy:bob', 1, 'amy', 'c1', 1, 1, 0, '{\"text\":\"é\"}'), "
+                     "('dm:amy:bob', 2, 'amy', 'c2', 2, 1, 0, '{\"media\":\"m\"}');"
+                     "INSERT INTO media VALUES ('" BLOB "', 777, 'image/png', 0);"
+                     "INSERT INTO media_uploaders VALUES ('" BLOB "', 'amy'), ('" BLOB "', 'cat');"
+                     "INSERT INTO media_refs VALUES ('" BLOB "', 'dm:amy:bob');",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+
+    mstore *st = open_store(sc.path);
+    assert_int_equal(user_version(st), 4);
+    assert_media_for(st, "amy", 1, "image/png");
+    assert_media_for(st, "cat", 1, "image/png");
+    assert_media_for(st, "bob", 1, "image/png");
+    assert_media_for(st, "dan", 0, NULL);
+    int64_t bytes = -1;
+    assert_int_equal(mstore_storage_bytes(st, "amy", &bytes), 0);
+    assert_int_equal(bytes, 13 + 13 + 2 * MSTORE_MSG_OVERHEAD + 777);
+    assert_int_equal(mstore_storage_bytes(st, "cat", &bytes), 0);
+    assert_int_equal(bytes, 777);
+    assert_int_equal(mstore_storage_bytes(st, "bob", &bytes), 0);
+    assert_int_equal(bytes, 0);
+    assert_int_equal(mstore_user_rooms(st, "dan"), 1);
+    /* Migrated data works with the new rules. */
+    msg_conv c;
+    msg_conv_dm(&c, "amy", "bob");
+    mstore_msg m;
+    assert_int_equal(mstore_find(st, "amy", "c1", &m), 1);
+    assert_int_equal(put_text(st, &c, "bob", "b1", NULL), 3);
+    bool existed;
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "text/plain", "cat", T0, &existed), 0);
+    assert_true(existed);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_media_for(st, "cat", 1, "text/plain");
+    assert_media_for(st, "amy", 1, "image/png");
+    assert_int_equal(mstore_storage_bytes(st, "cat", &bytes), 0);
+    assert_int_equal(bytes, 777);
+    mstore_close(st);
+    st = open_store(sc.path);
+    assert_int_equal(user_version(st), 4);
+    assert_int_equal(mstore_storage_bytes(st, "bob", &bytes), 0);
+    assert_int_equal(bytes, 16 + MSTORE_MSG_OVERHEAD);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* ---- usage ---- */
+
+static void assert_day(mstore *st, const char *user, int64_t day, int64_t n, int64_t b)
+{
+    int64_t uploads = -1, bytes = -1;
+    assert_int_equal(mstore_usage_day(st, user, day, &uploads, &bytes), 0);
+    assert_int_equal(uploads, n);
+    assert_int_equal(bytes, b);
+}
+
+static void test_usage_days(void **state)
+{
+    (void)state;
+    assert_int_equal(mstore_utc_day(0), 0);
+    assert_int_equal(mstore_utc_day(86399999), 0);
+    assert_int_equal(mstore_utc_day(86400000), 1);
+    assert_int_equal(mstore_utc_day(-1), -1);
+    assert_int_equal(mstore_utc_day(-86400000), -1);
+    assert_int_equal(mstore_utc_day(-86400001), -2);
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    int64_t d = mstore_utc_day(T0);
+    assert_day(st, "amy", d, 0, 0);
+    assert_int_equal(mstore_usage_add_upload(st, "amy", d, 100), 0);
+    assert_true(mstore_in_batch(st));
+    assert_int_equal(mstore_usage_add_upload(st, "amy", d, 50), 0);
+    assert_int_equal(mstore_usage_add_upload(st, "bob", d, 7), 0);
+    assert_day(st, "amy", d, 2, 150); /* the batch's own writes */
+    assert_int_equal(mstore_commit(st), 0);
+    assert_day(st, "amy", d, 2, 150);
+    assert_day(st, "bob", d, 1, 7);
+    assert_int_equal(mstore_usage_add_upload(st, "amy", d, -1), PARLEY_EINVAL);
+    /* Rolled back: not counted. */
+    assert_int_equal(mstore_usage_add_upload(st, "amy", d, 1000), 0);
+    mstore_rollback(st);
+    assert_day(st, "amy", d, 2, 150);
+    /* The next day starts at zero; yesterday stays. */
+    assert_int_equal(mstore_usage_add_upload(st, "amy", d + 1, 10), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_day(st, "amy", d + 1, 1, 10);
+    assert_day(st, "amy", d, 2, 150);
+    /* Two days on, the first is gone, for everyone. */
+    assert_int_equal(mstore_usage_add_upload(st, "cat", d + 2, 1), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_day(st, "amy", d, 0, 0);
+    assert_day(st, "bob", d, 0, 0);
+    assert_day(st, "amy", d + 1, 1, 10);
+    /* A rolled-back sweep is done again by the next upload. */
+    assert_int_equal(mstore_usage_add_upload(st, "cat", d + 3, 1), 0);
+    mstore_rollback(st);
+    assert_day(st, "amy", d + 1, 1, 10);
+    assert_int_equal(mstore_usage_add_upload(st, "cat", d + 3, 1), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_day(st, "amy", d + 1, 0, 0);
+    assert_day(st, "cat", d + 2, 1, 1);
+    assert_day(st, "cat", d + 3, 1, 1);
+    mstore_close(st);
+    /* Kept across a restart. */
+    st = open_store(sc.path);
+    assert_day(st, "cat", d + 3, 1, 1);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+static int64_t stored(mstore *st, const char *user)
+{
+    int64_t b = -1;
+    assert_int_equal(mstore_storage_bytes(st, user, &b), 0);
+    return b;
+}
+
+static void test_storage_bytes(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    const int64_t text = 16 + MSTORE_MSG_OVERHEAD; /* put_text's message */
+    int64_t b = 0;
+    assert_int_equal(mstore_storage_bytes(st, "", &b), PARLEY_EINVAL);
+    assert_int_equal(stored(st, "amy"), 0);
+    msg_conv c;
+    msg_conv_dm(&c, "amy", "bob");
+    put_text(st, &c, "amy", "a1", NULL);
+    put_text(st, &c, "amy", "a2", NULL);
+    put_text(st, &c, "bob", "b1", NULL);
+    assert_int_equal(stored(st, "amy"), 2 * text); /* before the commit */
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(stored(st, "amy"), 2 * text);
+    assert_int_equal(stored(st, "bob"), text);
+    /* Duplicates and refused messages store nothing. */
+    mstore_msg m;
+    assert_int_equal(
+        mstore_insert(st, &c, "amy", "a1", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL, NULL, T0, &m),
+        MSTORE_DUPLICATE);
+    msg_conv room;
+    msg_conv_room(&room, "nowhere");
+    assert_int_equal(mstore_insert(st, &room, "amy", "a9", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
+                                   NULL, T0, &m),
+                     PARLEY_ESTATE);
+    assert_int_equal(stored(st, "amy"), 2 * text);
+    /* A blob counts once per user who uploaded it. */
+    bool existed;
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/png", "amy", T0, &existed), 0);
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/gif", "amy", T0, &existed), 0);
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/png", "bob", T0, &existed), 0);
+    assert_int_equal(stored(st, "amy"), 2 * text + 777);
+    assert_int_equal(stored(st, "bob"), text + 777);
+    assert_int_equal(mstore_commit(st), 0);
+    /* Rolled back: the batch's bytes go, committed ones stay, and the
+     * store goes on counting from there. */
+    put_text(st, &c, "amy", "a3", NULL);
+    put_text(st, &c, "cat-never", "x", NULL); /* not a participant: the store does not check */
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/png", "dan", T0, &existed), 0);
+    assert_int_equal(stored(st, "amy"), 3 * text + 777);
+    assert_int_equal(stored(st, "dan"), 777);
+    mstore_rollback(st);
+    assert_int_equal(stored(st, "amy"), 2 * text + 777);
+    assert_int_equal(stored(st, "dan"), 0);
+    assert_int_equal(stored(st, "cat-never"), 0);
+    assert_int_equal(stored(st, "bob"), text + 777);
+    put_text(st, &c, "amy", "a3", NULL);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(stored(st, "amy"), 3 * text + 777);
+    /* Closing with a batch open drops it. */
+    put_text(st, &c, "bob", "b2", NULL);
+    mstore_close(st);
+    st = open_store(sc.path);
+    assert_int_equal(stored(st, "amy"), 3 * text + 777);
+    assert_int_equal(stored(st, "bob"), text + 777);
+    assert_int_equal(stored(st, "dan"), 0);
+    /* One row per user, written at the commit. */
+    sqlite3_stmt *q;
+    assert_int_equal(
+        sqlite3_prepare_v2(mstore__db(st), "SELECT count(*) FROM usage_storage", -1, &q, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(q, 0), 2);
+    sqlite3_finalize(q);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+static void test_user_rooms(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    assert_int_equal(mstore_user_rooms(st, "amy"), 0);
+    bool added;
+    assert_int_equal(mstore_join(st, "a", "amy", T0, &added), 0);
+    assert_int_equal(mstore_join(st, "b", "amy", T0, &added), 0);
+    assert_int_equal(mstore_join(st, "b", "bob", T0, &added), 0);
+    msg_conv c;
+    msg_conv_dm(&c, "amy", "zed");
+    put_text(st, &c, "amy", "d1", NULL); /* a DM is not a room */
+    msg_conv_dm(&c, "amy", "aaa");       /* sorts before "room:" */
+    put_text(st, &c, "amy", "d2", NULL);
+    assert_int_equal(mstore_user_rooms(st, "amy"), 2);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_user_rooms(st, "amy"), 2);
+    assert_int_equal(mstore_user_rooms(st, "bob"), 1);
+    assert_int_equal(mstore_user_rooms(st, "zed"), 0);
+    assert_int_equal(mstore_leave(st, "a", "amy"), 0);
+    assert_int_equal(mstore_user_rooms(st, "amy"), 1);
     mstore_close(st);
     scratch_free(&sc);
 }
@@ -587,7 +980,7 @@ static void crash_child(const char *path, uint32_t start, uint64_t seed, int fd)
             snprintf(cid, sizeof cid, "k%u", k);
             mstore_msg m;
             if (mstore_insert(st, &c, "me", cid, MSG_TEXT, MSG_PRIO_NORMAL, content,
-                              sizeof content - 1, NULL, T0 + k, &m) != 0)
+                              sizeof content - 1, NULL, NULL, T0 + k, &m) != 0)
                 _exit(4);
             int64_t d, r;
             bool changed;
@@ -714,6 +1107,11 @@ int main(void)
         cmocka_unit_test(test_rollback),
         cmocka_unit_test(test_full_disk),
         cmocka_unit_test(test_media),
+        cmocka_unit_test(test_media_mime_per_upload),
+        cmocka_unit_test(test_migration_v3),
+        cmocka_unit_test(test_usage_days),
+        cmocka_unit_test(test_storage_bytes),
+        cmocka_unit_test(test_user_rooms),
         cmocka_unit_test(test_foreign_files),
         cmocka_unit_test(test_killed_mid_traffic),
     };
