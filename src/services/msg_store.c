@@ -20,11 +20,15 @@
  */
 #include "services/msg_store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "base/map.h"
@@ -574,13 +578,184 @@ static int check_schema(mstore *s)
     return migrate(s, ver);
 }
 
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The size of path's write-ahead log (0 when there is none), or
+ * PARLEY_EIO / PARLEY_ENOMEM. */
+static int64_t wal_size(const char *path)
+{
+    size_t n = strlen(path);
+    char *wal = malloc(n + 5);
+    if (!wal) return PARLEY_ENOMEM;
+    memcpy(wal, path, n);
+    memcpy(wal + n, "-wal", 5);
+    struct stat st;
+    int64_t ret = 0;
+    if (stat(wal, &st) == 0)
+        ret = S_ISREG(st.st_mode) ? (int64_t)st.st_size : 0;
+    else if (errno != ENOENT) {
+        plog_error("store %s: %s", wal, strerror(errno));
+        ret = PARLEY_EIO;
+    }
+    free(wal);
+    return ret;
+}
+
+/* What SQLite would start on silently: looked at before it opens the
+ * file (https://sqlite.org/fileformat.html, "The Database Header"). 0 to
+ * go on, or the error; *fresh names why a new database is about to be
+ * made (NULL: there is one). */
+static int check_file(const char *path, const char **fresh)
+{
+    *fresh = NULL;
+    struct stat st;
+    bool absent = false;
+    if (stat(path, &st) != 0) {
+        if (errno != ENOENT) {
+            plog_error("store %s: %s", path, strerror(errno));
+            return PARLEY_EIO;
+        }
+        absent = true;
+    } else if (!S_ISREG(st.st_mode)) {
+        plog_error("store %s: not a regular file", path);
+        return PARLEY_EIO;
+    }
+    int64_t wal = wal_size(path);
+    if (wal < 0) return (int)wal;
+    if (absent || st.st_size == 0) {
+        /* SQLite deletes the log of an empty database: what it holds would
+         * be lost without a word. Entering WAL mode writes page 1, so the
+         * store never leaves an empty file beside its log by itself. */
+        if (wal > 0) {
+            plog_error("store %s: %s but the write-ahead log %s-wal holds %lld bytes: not "
+                       "starting a new database over it (restore the database file or move "
+                       "both away)",
+                       path, absent ? "no such file" : "empty file", path, (long long)wal);
+            return PARLEY_EIO;
+        }
+        *fresh = absent ? "no such file" : "empty file (0 bytes)";
+        return 0;
+    }
+    uint8_t h[100];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : pread(fd, h, sizeof h, 0);
+    int err = errno;
+    if (fd >= 0) close(fd);
+    if (n < 0) {
+        plog_error("store %s: cannot read: %s", path, strerror(err));
+        return PARLEY_EIO;
+    }
+    if ((size_t)n < sizeof h || memcmp(h, "SQLite format 3", 16) != 0) {
+        plog_error("store %s: not an SQLite database (%s)", path,
+                   (size_t)n < sizeof h ? "shorter than a database header" : "no SQLite header");
+        return PARLEY_EIO;
+    }
+    uint32_t psize = (uint32_t)h[16] << 8 | h[17];
+    if (psize == 1) psize = 65536;
+    if (psize < 512 || (psize & (psize - 1)) != 0) {
+        plog_error("store %s: damaged database header (page size %u)", path, psize);
+        return PARLEY_EIO;
+    }
+    /* The in-header size counts only when the version-valid-for number
+     * matches the change counter (a writer older than 3.7.0 leaves it
+     * stale). */
+    uint32_t pages = be32(h + 28);
+    uint64_t want = (uint64_t)pages * psize;
+    if (pages == 0 || be32(h + 24) != be32(h + 92) || (uint64_t)st.st_size >= want) return 0;
+    if (wal > 0) {
+        /* A checkpoint killed midway: it writes page 1, with the new size,
+         * before the pages that make the file that long. Recovery from the
+         * log completes it; the quick check tells whether that worked. */
+        plog_info("store %s: %lld of %llu bytes, the rest to come from the write-ahead log", path,
+                  (long long)st.st_size, (unsigned long long)want);
+        return 0;
+    }
+    plog_error("store %s: truncated: the header says %u pages of %u bytes (%llu bytes), the "
+               "file has %lld bytes",
+               path, pages, psize, (unsigned long long)want, (long long)st.st_size);
+    return PARLEY_EIO;
+}
+
+/* Runs a quick_check pragma: 0 when it answers "ok". */
+static int run_check(mstore *s, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    int ret = 0;
+    if (rc != SQLITE_ROW) {
+        plog_error("store %s: damaged: %s", s->path, sqlite3_errmsg(s->db));
+        ret = PARLEY_EIO;
+    } else {
+        const char *v = (const char *)sqlite3_column_text(st, 0);
+        if (!v || strcmp(v, "ok") != 0) {
+            plog_error("store %s: damaged: quick_check: %s", s->path, v ? v : "(null)");
+            ret = PARLEY_EIO;
+        }
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int64_t mstore__check_max = MSTORE_QUICK_CHECK_MAX;
+
+/* PRAGMA quick_check reads every page: O(file size), see msg_store.h.
+ * Above mstore__check_max the bulk (messages and its indexes) is left
+ * out: every other table is checked with its indexes, the schema too. */
+static int quick_check(mstore *s)
+{
+    sqlite3_int64 pages = 0, psize = 0;
+    int rc = db_int(s, "PRAGMA page_count", &pages);
+    if (!rc) rc = db_int(s, "PRAGMA page_size", &psize);
+    if (rc) return rc;
+    uint64_t t0 = ptime_ms();
+    if (pages * psize <= mstore__check_max) {
+        rc = run_check(s, "PRAGMA quick_check(1)");
+    } else {
+        plog_info("store %s: %lld MiB: the startup check leaves out the messages table (above "
+                  "%lld MiB; check offline with sqlite3 FILE 'PRAGMA quick_check')",
+                  s->path, (long long)(pages * psize >> 20), (long long)(mstore__check_max >> 20));
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(s->db,
+                               "SELECT 'sqlite_schema' UNION ALL SELECT name FROM (SELECT "
+                               "name FROM sqlite_schema WHERE type = 'table' AND name <> "
+                               "'messages' ORDER BY name)",
+                               -1, &st, NULL) != SQLITE_OK) {
+            plog_error("store %s: damaged: %s", s->path, sqlite3_errmsg(s->db));
+            return PARLEY_EIO;
+        }
+        int step = SQLITE_DONE;
+        while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+            char *sql = sqlite3_mprintf("PRAGMA quick_check(\"%w\")",
+                                        (const char *)sqlite3_column_text(st, 0));
+            rc = sql ? run_check(s, sql) : PARLEY_ENOMEM;
+            sqlite3_free(sql);
+        }
+        if (rc == 0 && step != SQLITE_DONE) {
+            plog_error("store %s: damaged: %s", s->path, sqlite3_errmsg(s->db));
+            rc = PARLEY_EIO;
+        }
+        sqlite3_finalize(st);
+    }
+    uint64_t ms = ptime_ms() - t0;
+    if (ms >= 1000) plog_info("store %s: checked in %.1f s", s->path, (double)ms / 1000);
+    return rc;
+}
+
 static int db_open(mstore *s, const char *path, bool full_sync)
 {
+    const char *fresh;
+    int rc = check_file(path, &fresh);
+    if (rc) return rc;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
         if (!s->db) return PARLEY_ENOMEM;
         return db_err(s, "cannot open");
     }
+    if (fresh) plog_warn("store %s: %s: creating a new database", path, fresh);
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
     sqlite3_db_config(s->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, (int *)NULL);
@@ -588,7 +763,7 @@ static int db_open(mstore *s, const char *path, bool full_sync)
     /* Exclusive before WAL: no -shm file, and the lock taken by the first
      * transaction below is held until close, so a second server on the
      * same directory cannot interleave its writes with ours. */
-    int rc = db_exec(s, "PRAGMA locking_mode = EXCLUSIVE", "locking mode");
+    rc = db_exec(s, "PRAGMA locking_mode = EXCLUSIVE", "locking mode");
     if (rc) return rc;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK)
@@ -615,7 +790,8 @@ static int db_open(mstore *s, const char *path, bool full_sync)
      * store's cost per message by a fifth in the chat benchmark. */
     if ((rc = db_exec(s, "PRAGMA wal_autocheckpoint = 8192", "checkpoint interval"))) return rc;
     if ((rc = db_exec(s, "BEGIN EXCLUSIVE", "locking the store"))) return rc;
-    rc = check_schema(s);
+    rc = quick_check(s);
+    if (!rc) rc = check_schema(s);
     if (!rc) rc = db_exec(s, "COMMIT", "commit");
     if (rc) {
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);

@@ -1,9 +1,9 @@
 /* Unit tests for the messaging store: sequence numbers, idempotency
  * lookups, rooms, receipts, paging, media access and MIME types per
  * upload and conversation, usage counts, batches (commit, rollback, a
- * transaction SQLite abandons), migration from schema 3, foreign and
- * newer files, and processes killed mid-traffic losing nothing they
- * committed. */
+ * transaction SQLite abandons), migration from schema 3, foreign, newer
+ * and damaged files, and processes killed mid-traffic losing nothing
+ * they committed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -957,6 +958,232 @@ static void test_foreign_files(void **state)
     scratch_free(&sc);
 }
 
+/* ---- damaged files ---- */
+
+typedef struct logged {
+    char last[512]; /* the last warning or error */
+    parley_log_level level;
+    unsigned n;
+} logged;
+
+static void log_sink(parley_log_level level, const char *msg, void *user)
+{
+    logged *l = user;
+    if (level < PARLEY_LOG_WARN) return;
+    snprintf(l->last, sizeof l->last, "%s", msg);
+    l->level = level;
+    l->n++;
+}
+
+static void write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    if (len) assert_int_equal(fwrite(data, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    long n = ftell(f);
+    assert_true(n > 0);
+    rewind(f);
+    uint8_t *p = malloc((size_t)n);
+    assert_non_null(p);
+    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return p;
+}
+
+/* Opens a copy of `data` (len bytes) at path: the result, and the
+ * message logged must name the file and contain `what`. */
+static void open_copy(const scratch *sc, const void *data, size_t len, int want, const char *what)
+{
+    char wal[128];
+    snprintf(wal, sizeof wal, "%s-wal", sc->path);
+    unlink(wal);
+    write_file(sc->path, data, len);
+    logged l = {0};
+    parley_log_set(PARLEY_LOG_INFO, log_sink, &l);
+    mstore *st = NULL;
+    int rc = mstore_open(sc->path, false, &st);
+    parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
+    if (rc != want) fail_msg("%s: %d, want %d (%s)", what, rc, want, l.last);
+    if (!strstr(l.last, sc->path) || !strstr(l.last, what))
+        fail_msg("logged \"%s\", want the file and \"%s\"", l.last, what);
+    if (want == 0) {
+        assert_non_null(st);
+        assert_int_equal(l.level, PARLEY_LOG_WARN);
+        assert_int_equal(mstore_last_seq(st, "dm:a:b"), 0); /* a new, empty database */
+        assert_int_equal(user_version(st), 4);
+        mstore_close(st);
+    } else {
+        assert_null(st);
+        assert_int_equal(l.level, PARLEY_LOG_ERROR);
+    }
+}
+
+static int collect_none(const mstore_msg *m, void *arg)
+{
+    (void)m;
+    (void)arg;
+    return 0;
+}
+
+static void test_damaged_files(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    /* A real store, a few hundred pages. */
+    mstore *st = open_store(sc.path);
+    for (int i = 0; i < 3000; i++) {
+        msg_conv c;
+        char other[16], cid[16];
+        snprintf(other, sizeof other, "u%d", i % 17);
+        snprintf(cid, sizeof cid, "c%d", i);
+        msg_conv_dm(&c, "me", other);
+        put_text(st, &c, "me", cid, NULL);
+    }
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_close(st);
+    size_t len;
+    uint8_t *orig = read_file(sc.path, &len);
+    const size_t page = 4096;
+    assert_int_equal(len % page, 0);
+    assert_true(len / page > 40);
+    uint8_t *bad = malloc(len);
+    assert_non_null(bad);
+    uint64_t rng = chop_seed();
+
+    /* Truncated: the header says more pages than there are. */
+    open_copy(&sc, orig, len / 2, PARLEY_EIO, "truncated");
+    open_copy(&sc, orig, len / 2 + 1000, PARLEY_EIO, "truncated");
+    open_copy(&sc, orig, len - page, PARLEY_EIO, "truncated");
+    open_copy(&sc, orig, len - 1, PARLEY_EIO, "truncated");
+    open_copy(&sc, orig, page, PARLEY_EIO, "truncated");
+    open_copy(&sc, orig, 100, PARLEY_EIO, "truncated"); /* the header only */
+    open_copy(&sc, orig, 99, PARLEY_EIO, "not an SQLite database");
+    /* Not a database at all. */
+    for (size_t i = 0; i < len; i++) bad[i] = (uint8_t)test_rand(&rng);
+    open_copy(&sc, bad, len, PARLEY_EIO, "not an SQLite database");
+    /* A page of junk in the middle, then one in the header page. */
+    memcpy(bad, orig, len);
+    for (size_t i = 0; i < page; i++) bad[len / page / 2 * page + i] = (uint8_t)test_rand(&rng);
+    open_copy(&sc, bad, len, PARLEY_EIO, "damaged");
+    memcpy(bad, orig, len);
+    for (size_t i = 0; i < page; i++) bad[i] = (uint8_t)test_rand(&rng);
+    open_copy(&sc, bad, len, PARLEY_EIO, "not an SQLite database");
+    /* A page size the format does not allow. */
+    memcpy(bad, orig, len);
+    bad[16] = 0x03;
+    bad[17] = 0x00;
+    open_copy(&sc, bad, len, PARLEY_EIO, "page size");
+    /* Another application's database, sound but not ours. */
+    unlink(sc.path);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "PRAGMA application_id = 42; CREATE TABLE t(x); INSERT INTO t "
+                                  "VALUES (randomblob(100000));",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    size_t olen;
+    uint8_t *other = read_file(sc.path, &olen);
+    open_copy(&sc, other, olen, PARLEY_EIO, "not a messaging database");
+    free(other);
+    /* Empty: a new database, with a warning. */
+    open_copy(&sc, orig, 0, 0, "empty file");
+    unlink(sc.path);
+    open_copy(&sc, NULL, 0, 0, "empty file");
+    /* ... but not over a write-ahead log that holds something: SQLite would
+     * delete it. */
+    char wal[128];
+    snprintf(wal, sizeof wal, "%s-wal", sc.path);
+    write_file(sc.path, "", 0);
+    write_file(wal, orig, 5000);
+    logged l = {0};
+    parley_log_set(PARLEY_LOG_INFO, log_sink, &l);
+    assert_int_equal(mstore_open(sc.path, false, &st), PARLEY_EIO);
+    unlink(sc.path);
+    assert_int_equal(mstore_open(sc.path, false, &st), PARLEY_EIO);
+    parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
+    assert_non_null(strstr(l.last, "write-ahead log"));
+    assert_int_equal(access(sc.path, F_OK), -1);
+    struct stat sb;
+    assert_int_equal(stat(wal, &sb), 0);
+    assert_int_equal(sb.st_size, 5000);
+    /* A short file with a log that cannot complete it (not a log at all)
+     * is left to SQLite and refused by the quick check. */
+    write_file(sc.path, orig, len - page);
+    write_file(wal, bad, 5000);
+    memset(&l, 0, sizeof l);
+    parley_log_set(PARLEY_LOG_INFO, log_sink, &l);
+    assert_int_equal(mstore_open(sc.path, false, &st), PARLEY_EIO);
+    parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
+    assert_null(st);
+    if (!strstr(l.last, sc.path) || (!strstr(l.last, "damaged") && !strstr(l.last, "malformed")))
+        fail_msg("%s", l.last);
+    unlink(wal);
+
+    /* A store above the size checked in full: every table but messages
+     * (and the schema) still is. */
+    mstore__check_max = 0;
+    int64_t root_conv = 0, root_msgs = 0;
+    write_file(sc.path, orig, len);
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT (SELECT rootpage FROM sqlite_schema WHERE name = "
+                                        "'conversations'), (SELECT rootpage FROM sqlite_schema "
+                                        "WHERE name = 'messages')",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    root_conv = sqlite3_column_int64(q, 0);
+    root_msgs = sqlite3_column_int64(q, 1);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    assert_true(root_conv > 1 && root_msgs > 1);
+    memcpy(bad, orig, len);
+    memset(bad + (root_conv - 1) * page, 0x5a, page);
+    open_copy(&sc, bad, len, PARLEY_EIO, "damaged");
+    memcpy(bad, orig, len);
+    memset(bad + (root_msgs - 1) * page, 0x5a, page);
+    unlink(wal);
+    write_file(sc.path, bad, len);
+    memset(&l, 0, sizeof l);
+    parley_log_set(PARLEY_LOG_INFO, log_sink, &l);
+    assert_int_equal(mstore_open(sc.path, false, &st), 0); /* the price of starting in time */
+    parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
+    assert_int_equal(l.n, 0);
+    assert_int_equal(mstore_messages_after(st, "dm:me:u3", 0, 10, collect_none, NULL), PARLEY_EIO);
+    mstore_close(st);
+    mstore__check_max = MSTORE_QUICK_CHECK_MAX;
+
+    /* The original is fine. */
+    write_file(sc.path, orig, len);
+    memset(&l, 0, sizeof l);
+    parley_log_set(PARLEY_LOG_INFO, log_sink, &l);
+    st = open_store(sc.path);
+    parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
+    assert_int_equal(l.n, 0);
+    msg_conv c;
+    msg_conv_dm(&c, "me", "u3");
+    assert_int_equal(mstore_last_seq(st, c.id), 3000 / 17 + 1);
+    mstore_msg m;
+    assert_int_equal(mstore_find(st, "me", "c2999", &m), 1);
+    mstore_close(st);
+    free(bad);
+    free(orig);
+    scratch_free(&sc);
+}
+
 /* ---- crashes ---- */
 
 /* The child commits batches forever and reports each commit (number of
@@ -1113,6 +1340,7 @@ int main(void)
         cmocka_unit_test(test_storage_bytes),
         cmocka_unit_test(test_user_rooms),
         cmocka_unit_test(test_foreign_files),
+        cmocka_unit_test(test_damaged_files),
         cmocka_unit_test(test_killed_mid_traffic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
