@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -16,10 +17,24 @@
 #include "parley/parley.h"
 
 #define TMP_PREFIX "tmp-"
+#define TMP_RANDOM 16    /* random bytes in a temporary's name, as hex */
+#define DIR_MAX    3000  /* longest media directory path */
+#define SUB_CAP    4096  /* dir/ab */
+#define PATH_CAP   4200  /* any path below it: dir/ab/<64 hex digits> */
+#define READ_CHUNK 65536 /* bytes read at a time to hash a stored file */
 
 struct media_store {
     char *dir;
     bool full_sync;
+};
+
+struct media_writer {
+    media_store *m;
+    EVP_MD_CTX *md;
+    int fd;
+    int err; /* sticky: once failed, only abort is left */
+    uint64_t len, max;
+    char tmp[PATH_CAP];
 };
 
 static int make_dir(const char *path)
@@ -37,7 +52,7 @@ static void remove_temporaries(const char *dir)
     struct dirent *e;
     while ((e = readdir(d))) {
         if (strncmp(e->d_name, TMP_PREFIX, strlen(TMP_PREFIX)) != 0) continue;
-        char p[4096];
+        char p[PATH_CAP];
         if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, e->d_name) < sizeof p) unlink(p);
     }
     closedir(d);
@@ -46,9 +61,19 @@ static void remove_temporaries(const char *dir)
 int media_open(const char *dir, bool full_sync, media_store **out)
 {
     *out = NULL;
-    if (strlen(dir) > 3000) return PARLEY_EINVAL;
+    if (strlen(dir) > DIR_MAX) return PARLEY_EINVAL;
     int rc = make_dir(dir);
     if (rc) return rc;
+    /* EEXIST above is also what a file of that name gives. */
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        plog_error("media: %s: %s", dir, strerror(errno));
+        return PARLEY_EIO;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        plog_error("media: %s exists and is not a directory", dir);
+        return PARLEY_EIO;
+    }
     media_store *m = pcalloc(1, sizeof *m);
     if (!m || !(m->dir = strdup(dir))) {
         free(m);
@@ -67,18 +92,23 @@ void media_close(media_store *m)
     free(m);
 }
 
-int media_hash(const void *data, size_t len, char id[MSG_MEDIA_ID_LEN + 1])
+static void to_hex(const uint8_t *p, size_t n, char *out)
 {
     static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[p[i] >> 4];
+        out[2 * i + 1] = hex[p[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+int media_hash(const void *data, size_t len, char id[MSG_MEDIA_ID_LEN + 1])
+{
     uint8_t md[32];
     unsigned int mdlen = 0;
     if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) || mdlen != sizeof md)
         return PARLEY_EIO;
-    for (size_t i = 0; i < sizeof md; i++) {
-        id[2 * i] = hex[md[i] >> 4];
-        id[2 * i + 1] = hex[md[i] & 15];
-    }
-    id[MSG_MEDIA_ID_LEN] = 0;
+    to_hex(md, sizeof md, id);
     return 0;
 }
 
@@ -103,18 +133,57 @@ static int write_all(int fd, const uint8_t *p, size_t len)
 
 static void sync_dir(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY);
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
         fsync(fd);
         close(fd);
     }
 }
 
+/* A new temporary in the top directory, under a name nobody can guess
+ * (so nobody can plant a file or link there first: O_EXCL). */
+static int tmp_open(const media_store *m, char path[PATH_CAP])
+{
+    for (int tries = 0; tries < 4; tries++) {
+        uint8_t r[TMP_RANDOM];
+        char hex[2 * TMP_RANDOM + 1];
+        if (prand_bytes(r, sizeof r) != 0) return PARLEY_EIO;
+        to_hex(r, sizeof r, hex);
+        snprintf(path, PATH_CAP, "%s/" TMP_PREFIX "%s", m->dir, hex);
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0640);
+        if (fd >= 0) return fd;
+        if (errno != EEXIST) break;
+    }
+    plog_error("media: cannot create a file in %s: %s", m->dir, strerror(errno));
+    return PARLEY_EIO;
+}
+
+/* Moves the complete temporary `tmp` to media id's name. */
+static int install(media_store *m, const char *tmp, const char *id)
+{
+    char sub[SUB_CAP], file[PATH_CAP];
+    path_of(m, id, sub, sizeof sub, file, sizeof file);
+    int rc = make_dir(sub);
+    if (rc == 0 && rename(tmp, file) != 0) {
+        plog_error("media: cannot store %s: %s", id, strerror(errno));
+        rc = PARLEY_EIO;
+    }
+    if (rc) {
+        unlink(tmp);
+        return rc;
+    }
+    if (m->full_sync) {
+        sync_dir(sub);
+        sync_dir(m->dir);
+    }
+    return 0;
+}
+
 int media_put(media_store *m, const void *data, size_t len, char id[MSG_MEDIA_ID_LEN + 1])
 {
     int rc = media_hash(data, len, id);
     if (rc) return rc;
-    char sub[4096], file[4200], tmp[4096];
+    char sub[SUB_CAP], file[PATH_CAP], tmp[PATH_CAP];
     path_of(m, id, sub, sizeof sub, file, sizeof file);
     struct stat st;
     if (stat(file, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == len) {
@@ -125,32 +194,22 @@ int media_put(media_store *m, const void *data, size_t len, char id[MSG_MEDIA_ID
         pbuf_free(&check);
         if (rc == 0) return 0;
     }
-    if ((rc = make_dir(sub))) return rc;
-    snprintf(tmp, sizeof tmp, "%s/" TMP_PREFIX "XXXXXX", m->dir);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        plog_error("media: cannot create a file in %s: %s", m->dir, strerror(errno));
-        return PARLEY_EIO;
-    }
+    int fd = tmp_open(m, tmp);
+    if (fd < 0) return fd;
     bool ok = write_all(fd, data, len) == 0 && (!m->full_sync || fsync(fd) == 0);
     ok = close(fd) == 0 && ok;
-    if (ok) ok = rename(tmp, file) == 0;
     if (!ok) {
         plog_error("media: cannot store %s: %s", id, strerror(errno));
         unlink(tmp);
         return PARLEY_EIO;
     }
-    if (m->full_sync) {
-        sync_dir(sub);
-        sync_dir(m->dir);
-    }
-    return 0;
+    return install(m, tmp, id);
 }
 
 int media_get(media_store *m, const char *id, size_t max, pbuf *out)
 {
     if (!msg_valid_media_id(id, strlen(id))) return PARLEY_EINVAL;
-    char sub[4096], file[4200];
+    char sub[SUB_CAP], file[PATH_CAP];
     path_of(m, id, sub, sizeof sub, file, sizeof file);
     int fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return errno == ENOENT ? PARLEY_EAGAIN : PARLEY_EIO;
@@ -182,5 +241,138 @@ int media_get(media_store *m, const char *id, size_t max, pbuf *out)
         return PARLEY_EIO;
     }
     out->len += (uint32_t)got;
+    return 0;
+}
+
+/* ---- streamed uploads ---- */
+
+int media_begin(media_store *m, uint64_t max_bytes, media_writer **out)
+{
+    *out = NULL;
+    media_writer *w = pcalloc(1, sizeof *w);
+    if (!w || !(w->md = EVP_MD_CTX_new())) {
+        free(w);
+        return PARLEY_ENOMEM;
+    }
+    w->m = m;
+    w->max = max_bytes;
+    w->fd = -1;
+    if (!EVP_DigestInit_ex(w->md, EVP_sha256(), NULL)) {
+        media_abort(w);
+        return PARLEY_EIO;
+    }
+    if ((w->fd = tmp_open(m, w->tmp)) < 0) {
+        int rc = w->fd;
+        w->tmp[0] = 0; /* nothing to delete */
+        media_abort(w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
+
+int media_write(media_writer *w, const void *data, size_t len)
+{
+    if (w->err) return w->err;
+    if (len > w->max - w->len) return w->err = PARLEY_ELIMIT;
+    if (len == 0) return 0;
+    if (!EVP_DigestUpdate(w->md, data, len)) return w->err = PARLEY_EIO;
+    if (write_all(w->fd, data, len) != 0) {
+        plog_error("media: cannot write %s: %s", w->tmp, strerror(errno));
+        return w->err = PARLEY_EIO;
+    }
+    w->len += len;
+    return 0;
+}
+
+/* 1 when the file at path holds exactly `size` bytes hashing to id. */
+static int stored_as(const char *path, uint64_t size, const char *id)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    uint8_t *buf = NULL;
+    EVP_MD_CTX *md = NULL;
+    int ret = 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != size ||
+        !(buf = malloc(READ_CHUNK)) || !(md = EVP_MD_CTX_new()) ||
+        !EVP_DigestInit_ex(md, EVP_sha256(), NULL))
+        goto out;
+    uint64_t left = size;
+    while (left) {
+        ssize_t n = read(fd, buf, READ_CHUNK);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0 || (uint64_t)n > left || !EVP_DigestUpdate(md, buf, (size_t)n)) goto out;
+        left -= (uint64_t)n;
+    }
+    uint8_t d[32];
+    unsigned int dlen = 0;
+    char check[MSG_MEDIA_ID_LEN + 1];
+    if (EVP_DigestFinal_ex(md, d, &dlen) && dlen == sizeof d) {
+        to_hex(d, sizeof d, check);
+        ret = strcmp(check, id) == 0;
+    }
+out:
+    EVP_MD_CTX_free(md);
+    free(buf);
+    close(fd);
+    return ret;
+}
+
+int media_finish(media_writer *w, char id[MSG_MEDIA_ID_LEN + 1], bool *existed)
+{
+    *existed = false;
+    id[0] = 0;
+    int rc = w->err;
+    uint8_t d[32];
+    unsigned int dlen = 0;
+    if (rc == 0 && (!EVP_DigestFinal_ex(w->md, d, &dlen) || dlen != sizeof d)) rc = PARLEY_EIO;
+    if (rc == 0 && w->m->full_sync && fsync(w->fd) != 0) {
+        plog_error("media: cannot sync %s: %s", w->tmp, strerror(errno));
+        rc = PARLEY_EIO;
+    }
+    int fd = w->fd;
+    w->fd = -1;
+    if (close(fd) != 0 && rc == 0) {
+        plog_error("media: cannot write %s: %s", w->tmp, strerror(errno));
+        rc = PARLEY_EIO;
+    }
+    if (rc) {
+        media_abort(w);
+        return rc;
+    }
+    to_hex(d, sizeof d, id);
+    char sub[SUB_CAP], file[PATH_CAP];
+    path_of(w->m, id, sub, sizeof sub, file, sizeof file);
+    if (stored_as(file, w->len, id)) {
+        *existed = true;
+        media_abort(w); /* deletes the temporary */
+        return 0;
+    }
+    rc = install(w->m, w->tmp, id);
+    w->tmp[0] = 0; /* moved, or deleted by install */
+    media_abort(w);
+    if (rc) id[0] = 0;
+    return rc;
+}
+
+void media_abort(media_writer *w)
+{
+    if (!w) return;
+    if (w->fd >= 0) close(w->fd);
+    if (w->tmp[0]) unlink(w->tmp);
+    EVP_MD_CTX_free(w->md);
+    free(w);
+}
+
+int media_disk_free(media_store *m, uint64_t *bytes_avail)
+{
+    struct statvfs v;
+    if (statvfs(m->dir, &v) != 0) {
+        plog_error("media: statvfs %s: %s", m->dir, strerror(errno));
+        return PARLEY_EIO;
+    }
+    uint64_t blocks = v.f_bavail, unit = v.f_frsize ? v.f_frsize : v.f_bsize;
+    *bytes_avail = unit && blocks > UINT64_MAX / unit ? UINT64_MAX : blocks * unit;
     return 0;
 }

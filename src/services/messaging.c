@@ -1497,7 +1497,8 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
     /* Insert first: a resend is rare, and the unique index finds it. */
     mstore_msg stored;
     int rc = mstore_insert(svc->store, &c, user, m.client_id, m.type, m.priority,
-                           (const char *)content->ptr, content->len, media, wall_ms(), &stored);
+                           (const char *)content->ptr, content->len, media, m.content.mime,
+                           wall_ms(), &stored);
     if (rc == MSTORE_DUPLICATE) {
         if (!answer_duplicate(svc, ms, ack_id, user, m.client_id)) reply_internal(svc, ms, ack_id);
         return;

@@ -6,6 +6,12 @@
  * reflects the open batch; a rollback drops it whole (it is reloaded from
  * the file on demand), which is simpler and safer than undoing entries.
  *
+ * Stored bytes per user (quotas) work the same way: a cache of per-user
+ * counters, loaded from usage_storage on first use, moved by every insert
+ * and upload without a statement, and written back with one UPSERT per
+ * user the batch changed just before the COMMIT. A rollback drops the
+ * changed counters (the table still holds their committed values).
+ *
  * SQLite rolls a transaction back by itself after some errors (disk full,
  * I/O error, out of memory). The batch then no longer exists although
  * earlier writes in it reported success: `lost` records that, every later
@@ -14,11 +20,15 @@
  */
 #include "services/msg_store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "base/map.h"
@@ -26,10 +36,13 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 
-#define MSTORE_SCHEMA_VERSION 3
+#define MSTORE_SCHEMA_VERSION 4
 #define MSTORE_APP_ID         0x504d5347 /* "PMSG" */
 #define MSTORE_BUSY_MS        1000
-#define MSTORE_CACHE_MAX      65536 /* conversations kept in the seq cache */
+#define MSTORE_CACHE_MAX      65536 /* conversations kept in the seq cache, users in theirs */
+#define STR_(x)               #x
+#define STR(x)                STR_(x)
+#define OVERHEAD_SQL          STR(MSTORE_MSG_OVERHEAD)
 
 enum {
     ST_FIND,
@@ -47,9 +60,17 @@ enum {
     ST_MSG_BEFORE,
     ST_MEDIA_GET,
     ST_MEDIA_ADD,
-    ST_MEDIA_UP,
+    ST_MEDIA_UP_ADD,
+    ST_MEDIA_UP_SET,
     ST_MEDIA_REF,
     ST_MEDIA_VIS,
+    ST_MEDIA_FOR,
+    ST_USAGE_DAY_GET,
+    ST_USAGE_DAY_ADD,
+    ST_USAGE_DAY_SWEEP,
+    ST_STORAGE_GET,
+    ST_STORAGE_SET,
+    ST_USER_ROOMS,
     ST_PRES_GET,
     ST_PRES_SEEN,
     ST_PRES_TEXT,
@@ -104,11 +125,35 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MEDIA_GET] = "SELECT size, mime FROM media WHERE id = ?1",
     [ST_MEDIA_ADD] =
         "INSERT OR IGNORE INTO media(id, size, mime, created_ms) VALUES (?1, ?2, ?3, ?4)",
-    [ST_MEDIA_UP] = "INSERT OR IGNORE INTO media_uploaders(media, user) VALUES (?1, ?2)",
-    [ST_MEDIA_REF] = "INSERT OR IGNORE INTO media_refs(media, conv) VALUES (?1, ?2)",
+    [ST_MEDIA_UP_ADD] =
+        "INSERT OR IGNORE INTO media_uploaders(media, user, mime) VALUES (?1, ?2, ?3)",
+    [ST_MEDIA_UP_SET] =
+        "UPDATE media_uploaders SET mime = ?3 WHERE media = ?1 AND user = ?2 AND mime IS NOT ?3",
+    [ST_MEDIA_REF] =
+        "INSERT OR IGNORE INTO media_refs(media, conv, mime, msg) VALUES (?1, ?2, ?3, ?4)",
     [ST_MEDIA_VIS] = "SELECT EXISTS (SELECT 1 FROM media_uploaders WHERE media = ?1 AND user = ?2) "
                      "OR EXISTS (SELECT 1 FROM media_refs r JOIN participants p ON p.conv = r.conv "
                      "WHERE r.media = ?1 AND p.user = ?2)",
+    /* The user's own upload first, then the earliest reference (by the
+     * message that made it; conv breaks the ties of pre-schema-4 rows,
+     * which all carry the one type media.mime had). */
+    [ST_MEDIA_FOR] = "SELECT m.size, x.mime FROM media m JOIN ("
+                     "SELECT 0 AS k, 0 AS o, '' AS c, mime FROM media_uploaders "
+                     "WHERE media = ?1 AND user = ?2 "
+                     "UNION ALL SELECT 1, r.msg, r.conv, r.mime FROM media_refs r "
+                     "JOIN participants p ON p.conv = r.conv WHERE r.media = ?1 AND p.user = ?2"
+                     ") x WHERE m.id = ?1 ORDER BY x.k, x.o, x.c LIMIT 1",
+    [ST_USAGE_DAY_GET] = "SELECT uploads, bytes FROM usage_days WHERE user = ?1 AND day = ?2",
+    [ST_USAGE_DAY_ADD] = "INSERT INTO usage_days(user, day, uploads, bytes) VALUES (?1, ?2, 1, ?3) "
+                         "ON CONFLICT(user, day) DO UPDATE SET uploads = uploads + 1, "
+                         "bytes = bytes + excluded.bytes",
+    [ST_USAGE_DAY_SWEEP] = "DELETE FROM usage_days WHERE day < ?1",
+    [ST_STORAGE_GET] = "SELECT bytes FROM usage_storage WHERE user = ?1",
+    [ST_STORAGE_SET] = "INSERT INTO usage_storage(user, bytes) VALUES (?1, ?2) "
+                       "ON CONFLICT(user) DO UPDATE SET bytes = excluded.bytes",
+    /* A range on participants_by_user(user, conv): ';' follows ':'. */
+    [ST_USER_ROOMS] = "SELECT count(*) FROM participants WHERE user = ?1 AND conv >= 'room:' "
+                      "AND conv < 'room;'",
     [ST_PRES_GET] = "SELECT last_seen, text FROM presence WHERE user = ?1",
     [ST_PRES_SEEN] = "INSERT INTO presence(user, last_seen, text) VALUES (?1, ?2, '') "
                      "ON CONFLICT(user) DO UPDATE SET last_seen = excluded.last_seen",
@@ -224,6 +269,56 @@ static const char *const migrations[MSTORE_SCHEMA_VERSION] = {
     " user TEXT PRIMARY KEY,"
     " prefs TEXT NOT NULL"
     ") WITHOUT ROWID;",
+    /* 3 -> 4: the MIME type per upload and per referencing conversation,
+     * no longer one per blob decided by whoever uploaded the bytes first
+     * (media.mime stays: the backfill's source, and mstore_media_get's);
+     * usage for quotas. The media tables are rebuilt with the new column
+     * (SQLite cannot add a NOT NULL column without a default), uploads and
+     * references backfilled with media.mime, references with msg 0 (older
+     * than any later one). Stored bytes are counted from the data once,
+     * here. Uploads per day start empty: uploaders had no time before.
+     * Everything this step makes is derived from version-3 tables, so it
+     * also runs on a database whose version was set back by hand (tests of
+     * older steps do that): hence the DROP ... IF EXISTS. */
+    "CREATE TABLE media_uploaders_4 ("
+    " media TEXT NOT NULL,"
+    " user TEXT NOT NULL,"
+    " mime TEXT NOT NULL,"
+    " PRIMARY KEY (media, user)"
+    ") WITHOUT ROWID;"
+    "INSERT INTO media_uploaders_4(media, user, mime)"
+    " SELECT u.media, u.user, m.mime FROM media_uploaders u JOIN media m ON m.id = u.media;"
+    "DROP TABLE media_uploaders;"
+    "ALTER TABLE media_uploaders_4 RENAME TO media_uploaders;"
+    "CREATE TABLE media_refs_4 ("
+    " media TEXT NOT NULL,"
+    " conv TEXT NOT NULL,"
+    " mime TEXT NOT NULL,"
+    " msg INTEGER NOT NULL," /* the message that made the reference */
+    " PRIMARY KEY (media, conv)"
+    ") WITHOUT ROWID;"
+    "INSERT INTO media_refs_4(media, conv, mime, msg)"
+    " SELECT r.media, r.conv, m.mime, 0 FROM media_refs r JOIN media m ON m.id = r.media;"
+    "DROP TABLE media_refs;"
+    "ALTER TABLE media_refs_4 RENAME TO media_refs;"
+    "DROP TABLE IF EXISTS usage_days;"
+    "CREATE TABLE usage_days ("
+    " user TEXT NOT NULL,"
+    " day INTEGER NOT NULL,"
+    " uploads INTEGER NOT NULL,"
+    " bytes INTEGER NOT NULL,"
+    " PRIMARY KEY (user, day)"
+    ") WITHOUT ROWID;"
+    "DROP TABLE IF EXISTS usage_storage;"
+    "CREATE TABLE usage_storage ("
+    " user TEXT PRIMARY KEY,"
+    " bytes INTEGER NOT NULL"
+    ") WITHOUT ROWID;"
+    "INSERT INTO usage_storage(user, bytes)"
+    " SELECT user, sum(b) FROM ("
+    "  SELECT sender AS user, length(CAST(content AS BLOB)) + " OVERHEAD_SQL " AS b FROM messages"
+    "  UNION ALL SELECT u.user, m.size FROM media_uploaders u JOIN media m ON m.id = u.media"
+    " ) GROUP BY user;",
 };
 
 typedef struct sconv {
@@ -233,11 +328,23 @@ typedef struct sconv {
     bool exists;
 } sconv;
 
+/* A user's stored bytes; on the dirty list while the batch changed them. */
+typedef struct suser {
+    char id[MSG_USER_MAX + 1];
+    size_t len;
+    int64_t bytes;
+    bool dirty;
+    struct suser *next_dirty;
+} suser;
+
 struct mstore {
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
     char *path;
-    pmap convs; /* id -> sconv */
+    pmap convs;        /* id -> sconv */
+    pmap users;        /* id -> suser */
+    suser *dirty;      /* users whose bytes the batch changed */
+    int64_t swept_day; /* usage_days holds nothing older than the day before this */
     bool in_tx;
     bool lost; /* SQLite ended the batch's transaction by itself */
     uint64_t commits;
@@ -267,13 +374,44 @@ static void cache_clear(mstore *s)
     memset(&s->convs, 0, sizeof s->convs);
 }
 
+static void users_clear(mstore *s)
+{
+    size_t pos = 0;
+    pmap_entry *e;
+    while ((e = pmap_next(&s->users, &pos))) free(e->val);
+    pmap_free(&s->users);
+    memset(&s->users, 0, sizeof s->users);
+    s->dirty = NULL;
+}
+
+/* The batch is gone: its counters are wrong, the others still right. */
+static void users_drop_dirty(mstore *s)
+{
+    suser *u = s->dirty;
+    while (u) {
+        suser *next = u->next_dirty;
+        pmap_del(&s->users, u->id, u->len);
+        free(u);
+        u = next;
+    }
+    s->dirty = NULL;
+}
+
+/* Everything cached about the batch's writes, after it ended unsaved. */
+static void batch_forget(mstore *s)
+{
+    cache_clear(s);
+    users_drop_dirty(s);
+    s->swept_day = INT64_MIN;
+}
+
 /* After a failed statement: did SQLite abandon the transaction? */
 static void check_lost(mstore *s)
 {
     if (s->in_tx && sqlite3_get_autocommit(s->db)) {
         plog_error("store %s: the batch was rolled back by SQLite", s->path);
         s->lost = true;
-        cache_clear(s);
+        batch_forget(s);
     }
 }
 
@@ -345,13 +483,33 @@ void mstore_rollback(mstore *s)
     }
     s->in_tx = false;
     s->lost = false;
-    cache_clear(s);
+    batch_forget(s);
+}
+
+/* The batch's counters, written back just before its COMMIT. No
+ * check_lost here: a failure rolls the whole batch back, which drops the
+ * dirty list this walks. */
+static int users_flush(mstore *s)
+{
+    for (suser *u = s->dirty; u; u = u->next_dirty) {
+        sqlite3_stmt *st = stmt(s, ST_STORAGE_SET);
+        sqlite3_bind_text(st, 1, u->id, (int)u->len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, u->bytes);
+        int rc = sqlite3_step(st);
+        done(st);
+        if (rc != SQLITE_DONE) return db_err(s, "storing usage");
+    }
+    return 0;
 }
 
 int mstore_commit(mstore *s)
 {
     if (!s->in_tx) return 0;
     if (s->lost) {
+        mstore_rollback(s);
+        return PARLEY_EIO;
+    }
+    if (users_flush(s) != 0) {
         mstore_rollback(s);
         return PARLEY_EIO;
     }
@@ -364,7 +522,10 @@ int mstore_commit(mstore *s)
     }
     s->in_tx = false;
     s->commits++;
+    for (suser *u = s->dirty; u; u = u->next_dirty) u->dirty = false;
+    s->dirty = NULL;
     if (s->convs.n > MSTORE_CACHE_MAX) cache_clear(s);
+    if (s->users.n > MSTORE_CACHE_MAX) users_clear(s);
     return 0;
 }
 
@@ -417,13 +578,184 @@ static int check_schema(mstore *s)
     return migrate(s, ver);
 }
 
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The size of path's write-ahead log (0 when there is none), or
+ * PARLEY_EIO / PARLEY_ENOMEM. */
+static int64_t wal_size(const char *path)
+{
+    size_t n = strlen(path);
+    char *wal = malloc(n + 5);
+    if (!wal) return PARLEY_ENOMEM;
+    memcpy(wal, path, n);
+    memcpy(wal + n, "-wal", 5);
+    struct stat st;
+    int64_t ret = 0;
+    if (stat(wal, &st) == 0)
+        ret = S_ISREG(st.st_mode) ? (int64_t)st.st_size : 0;
+    else if (errno != ENOENT) {
+        plog_error("store %s: %s", wal, strerror(errno));
+        ret = PARLEY_EIO;
+    }
+    free(wal);
+    return ret;
+}
+
+/* What SQLite would start on silently: looked at before it opens the
+ * file (https://sqlite.org/fileformat.html, "The Database Header"). 0 to
+ * go on, or the error; *fresh names why a new database is about to be
+ * made (NULL: there is one). */
+static int check_file(const char *path, const char **fresh)
+{
+    *fresh = NULL;
+    struct stat st;
+    bool absent = false;
+    if (stat(path, &st) != 0) {
+        if (errno != ENOENT) {
+            plog_error("store %s: %s", path, strerror(errno));
+            return PARLEY_EIO;
+        }
+        absent = true;
+    } else if (!S_ISREG(st.st_mode)) {
+        plog_error("store %s: not a regular file", path);
+        return PARLEY_EIO;
+    }
+    int64_t wal = wal_size(path);
+    if (wal < 0) return (int)wal;
+    if (absent || st.st_size == 0) {
+        /* SQLite deletes the log of an empty database: what it holds would
+         * be lost without a word. Entering WAL mode writes page 1, so the
+         * store never leaves an empty file beside its log by itself. */
+        if (wal > 0) {
+            plog_error("store %s: %s but the write-ahead log %s-wal holds %lld bytes: not "
+                       "starting a new database over it (restore the database file or move "
+                       "both away)",
+                       path, absent ? "no such file" : "empty file", path, (long long)wal);
+            return PARLEY_EIO;
+        }
+        *fresh = absent ? "no such file" : "empty file (0 bytes)";
+        return 0;
+    }
+    uint8_t h[100];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : pread(fd, h, sizeof h, 0);
+    int err = errno;
+    if (fd >= 0) close(fd);
+    if (n < 0) {
+        plog_error("store %s: cannot read: %s", path, strerror(err));
+        return PARLEY_EIO;
+    }
+    if ((size_t)n < sizeof h || memcmp(h, "SQLite format 3", 16) != 0) {
+        plog_error("store %s: not an SQLite database (%s)", path,
+                   (size_t)n < sizeof h ? "shorter than a database header" : "no SQLite header");
+        return PARLEY_EIO;
+    }
+    uint32_t psize = (uint32_t)h[16] << 8 | h[17];
+    if (psize == 1) psize = 65536;
+    if (psize < 512 || (psize & (psize - 1)) != 0) {
+        plog_error("store %s: damaged database header (page size %u)", path, psize);
+        return PARLEY_EIO;
+    }
+    /* The in-header size counts only when the version-valid-for number
+     * matches the change counter (a writer older than 3.7.0 leaves it
+     * stale). */
+    uint32_t pages = be32(h + 28);
+    uint64_t want = (uint64_t)pages * psize;
+    if (pages == 0 || be32(h + 24) != be32(h + 92) || (uint64_t)st.st_size >= want) return 0;
+    if (wal > 0) {
+        /* A checkpoint killed midway: it writes page 1, with the new size,
+         * before the pages that make the file that long. Recovery from the
+         * log completes it; the quick check tells whether that worked. */
+        plog_info("store %s: %lld of %llu bytes, the rest to come from the write-ahead log", path,
+                  (long long)st.st_size, (unsigned long long)want);
+        return 0;
+    }
+    plog_error("store %s: truncated: the header says %u pages of %u bytes (%llu bytes), the "
+               "file has %lld bytes",
+               path, pages, psize, (unsigned long long)want, (long long)st.st_size);
+    return PARLEY_EIO;
+}
+
+/* Runs a quick_check pragma: 0 when it answers "ok". */
+static int run_check(mstore *s, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    int ret = 0;
+    if (rc != SQLITE_ROW) {
+        plog_error("store %s: damaged: %s", s->path, sqlite3_errmsg(s->db));
+        ret = PARLEY_EIO;
+    } else {
+        const char *v = (const char *)sqlite3_column_text(st, 0);
+        if (!v || strcmp(v, "ok") != 0) {
+            plog_error("store %s: damaged: quick_check: %s", s->path, v ? v : "(null)");
+            ret = PARLEY_EIO;
+        }
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int64_t mstore__check_max = MSTORE_QUICK_CHECK_MAX;
+
+/* PRAGMA quick_check reads every page: O(file size), see msg_store.h.
+ * Above mstore__check_max the bulk (messages and its indexes) is left
+ * out: every other table is checked with its indexes, the schema too. */
+static int quick_check(mstore *s)
+{
+    sqlite3_int64 pages = 0, psize = 0;
+    int rc = db_int(s, "PRAGMA page_count", &pages);
+    if (!rc) rc = db_int(s, "PRAGMA page_size", &psize);
+    if (rc) return rc;
+    uint64_t t0 = ptime_ms();
+    if (pages * psize <= mstore__check_max) {
+        rc = run_check(s, "PRAGMA quick_check(1)");
+    } else {
+        plog_info("store %s: %lld MiB: the startup check leaves out the messages table (above "
+                  "%lld MiB; check offline with sqlite3 FILE 'PRAGMA quick_check')",
+                  s->path, (long long)(pages * psize >> 20), (long long)(mstore__check_max >> 20));
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(s->db,
+                               "SELECT 'sqlite_schema' UNION ALL SELECT name FROM (SELECT "
+                               "name FROM sqlite_schema WHERE type = 'table' AND name <> "
+                               "'messages' ORDER BY name)",
+                               -1, &st, NULL) != SQLITE_OK) {
+            plog_error("store %s: damaged: %s", s->path, sqlite3_errmsg(s->db));
+            return PARLEY_EIO;
+        }
+        int step = SQLITE_DONE;
+        while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+            char *sql = sqlite3_mprintf("PRAGMA quick_check(\"%w\")",
+                                        (const char *)sqlite3_column_text(st, 0));
+            rc = sql ? run_check(s, sql) : PARLEY_ENOMEM;
+            sqlite3_free(sql);
+        }
+        if (rc == 0 && step != SQLITE_DONE) {
+            plog_error("store %s: damaged: %s", s->path, sqlite3_errmsg(s->db));
+            rc = PARLEY_EIO;
+        }
+        sqlite3_finalize(st);
+    }
+    uint64_t ms = ptime_ms() - t0;
+    if (ms >= 1000) plog_info("store %s: checked in %.1f s", s->path, (double)ms / 1000);
+    return rc;
+}
+
 static int db_open(mstore *s, const char *path, bool full_sync)
 {
+    const char *fresh;
+    int rc = check_file(path, &fresh);
+    if (rc) return rc;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
         if (!s->db) return PARLEY_ENOMEM;
         return db_err(s, "cannot open");
     }
+    if (fresh) plog_warn("store %s: %s: creating a new database", path, fresh);
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
     sqlite3_db_config(s->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, (int *)NULL);
@@ -431,7 +763,7 @@ static int db_open(mstore *s, const char *path, bool full_sync)
     /* Exclusive before WAL: no -shm file, and the lock taken by the first
      * transaction below is held until close, so a second server on the
      * same directory cannot interleave its writes with ours. */
-    int rc = db_exec(s, "PRAGMA locking_mode = EXCLUSIVE", "locking mode");
+    rc = db_exec(s, "PRAGMA locking_mode = EXCLUSIVE", "locking mode");
     if (rc) return rc;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK)
@@ -458,7 +790,8 @@ static int db_open(mstore *s, const char *path, bool full_sync)
      * store's cost per message by a fifth in the chat benchmark. */
     if ((rc = db_exec(s, "PRAGMA wal_autocheckpoint = 8192", "checkpoint interval"))) return rc;
     if ((rc = db_exec(s, "BEGIN EXCLUSIVE", "locking the store"))) return rc;
-    rc = check_schema(s);
+    rc = quick_check(s);
+    if (!rc) rc = check_schema(s);
     if (!rc) rc = db_exec(s, "COMMIT", "commit");
     if (rc) {
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
@@ -477,6 +810,7 @@ int mstore_open(const char *path, bool full_sync, mstore **out)
     if (!path || !*path) return PARLEY_EINVAL;
     mstore *s = pcalloc(1, sizeof *s);
     if (!s) return PARLEY_ENOMEM;
+    s->swept_day = INT64_MIN;
     s->path = strdup(path);
     int rc = s->path ? db_open(s, path, full_sync) : PARLEY_ENOMEM;
     if (rc) {
@@ -492,6 +826,7 @@ void mstore_close(mstore *s)
     if (!s) return;
     if (s->db) mstore_rollback(s);
     cache_clear(s);
+    users_clear(s);
     pbuf_free(&s->found);
     for (int i = 0; i < ST_COUNT; i++) sqlite3_finalize(s->st[i]);
     if (s->db && sqlite3_close(s->db) != SQLITE_OK) db_err(s, "close");
@@ -696,15 +1031,73 @@ static void copy_str(char *dst, size_t cap, const char *src)
     dst[n] = 0;
 }
 
+/* user's counter, loaded on first use (one lookup; no row: nothing
+ * stored yet). */
+static suser *get_user(mstore *s, const char *user, int *err)
+{
+    size_t len = strlen(user);
+    *err = 0;
+    suser *u = pmap_get(&s->users, user, len);
+    if (u) return u;
+    if (len == 0 || len > MSG_USER_MAX) {
+        *err = PARLEY_EINVAL;
+        return NULL;
+    }
+    sqlite3_stmt *st = stmt(s, ST_STORAGE_GET);
+    bind_text(st, 1, user);
+    int rc = sqlite3_step(st);
+    int64_t bytes = 0;
+    if (rc == SQLITE_ROW) {
+        bytes = sqlite3_column_int64(st, 0);
+        if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || bytes < 0) *err = -1;
+    }
+    done(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        *err = db_err(s, "reading usage");
+        return NULL;
+    }
+    if (*err) {
+        *err = corrupt(s, "stored bytes");
+        return NULL;
+    }
+    if (!(u = pcalloc(1, sizeof *u))) {
+        *err = PARLEY_ENOMEM;
+        return NULL;
+    }
+    memcpy(u->id, user, len + 1);
+    u->len = len;
+    u->bytes = bytes;
+    if (pmap_put(&s->users, u->id, u->len, u) != 0) {
+        free(u);
+        *err = PARLEY_ENOMEM;
+        return NULL;
+    }
+    return u;
+}
+
+static void user_add(mstore *s, suser *u, int64_t n)
+{
+    u->bytes = n > INT64_MAX - u->bytes ? INT64_MAX : u->bytes + n;
+    if (u->dirty) return;
+    u->dirty = true;
+    u->next_dirty = s->dirty;
+    s->dirty = u;
+}
+
 int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *client_id,
                   msg_type type, msg_priority prio, const char *content_json, size_t content_len,
-                  const char *media, int64_t now_ms, mstore_msg *out)
+                  const char *media, const char *media_mime, int64_t now_ms, mstore_msg *out)
 {
     if (content_len > INT_MAX) return PARLEY_EINVAL;
+    if (media && (!media_mime || !msg_valid_mime(media_mime, strlen(media_mime))))
+        return PARLEY_EINVAL;
     int rc = ensure_tx(s);
     if (rc) return rc;
     sconv *sc = get_conv(s, c->id, &rc);
     if (!sc) return rc;
+    /* Before anything is written: a message stored is a message counted. */
+    suser *su = get_user(s, sender, &rc);
+    if (!su) return rc;
     if (!sc->exists) {
         if (c->kind != MSG_CONV_DM) return PARLEY_ESTATE;
         rc = add_conv(s, sc, MSG_CONV_DM, now_ms);
@@ -734,10 +1127,13 @@ int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *
     }
     sc->last_seq = seq;
     int64_t id = sqlite3_last_insert_rowid(s->db);
+    user_add(s, su, (int64_t)content_len + MSTORE_MSG_OVERHEAD);
     if (media) {
         st = stmt(s, ST_MEDIA_REF);
         bind_text(st, 1, media);
         bind_text(st, 2, c->id);
+        bind_text(st, 3, media_mime);
+        sqlite3_bind_int64(st, 4, id);
         if ((rc = run(s, st, "recording a media reference"))) return rc;
     }
     memset(out, 0, sizeof *out);
@@ -913,8 +1309,11 @@ int mstore_media_get(mstore *s, const char *id, int64_t *size, char mime[MSG_MIM
 int mstore_media_put(mstore *s, const char *id, int64_t size, const char *mime, const char *user,
                      int64_t now_ms, bool *existed)
 {
+    if (size < 0) return PARLEY_EINVAL;
     int rc = ensure_tx(s);
     if (rc) return rc;
+    suser *u = get_user(s, user, &rc);
+    if (!u) return rc;
     sqlite3_stmt *st = stmt(s, ST_MEDIA_ADD);
     bind_text(st, 1, id);
     sqlite3_bind_int64(st, 2, size);
@@ -922,10 +1321,21 @@ int mstore_media_put(mstore *s, const char *id, int64_t size, const char *mime, 
     sqlite3_bind_int64(st, 4, now_ms);
     if ((rc = run(s, st, "recording media"))) return rc;
     *existed = sqlite3_changes(s->db) == 0;
-    st = stmt(s, ST_MEDIA_UP);
+    st = stmt(s, ST_MEDIA_UP_ADD);
     bind_text(st, 1, id);
     bind_text(st, 2, user);
-    return run(s, st, "recording an uploader");
+    bind_text(st, 3, mime);
+    if ((rc = run(s, st, "recording an uploader"))) return rc;
+    if (sqlite3_changes(s->db) == 1) {
+        user_add(s, u, size);
+        return 0;
+    }
+    /* An upload of theirs again: their type is the latest they gave. */
+    st = stmt(s, ST_MEDIA_UP_SET);
+    bind_text(st, 1, id);
+    bind_text(st, 2, user);
+    bind_text(st, 3, mime);
+    return run(s, st, "recording an uploader's type");
 }
 
 int mstore_media_visible(mstore *s, const char *id, const char *user)
@@ -938,6 +1348,93 @@ int mstore_media_visible(mstore *s, const char *id, const char *user)
         ret = sqlite3_column_int(st, 0) != 0;
     else
         ret = db_err(s, "checking media access");
+    done(st);
+    return ret;
+}
+
+int mstore_media_for(mstore *s, const char *id, const char *user, int64_t *size,
+                     char mime[MSG_MIME_MAX + 1])
+{
+    sqlite3_stmt *st = stmt(s, ST_MEDIA_FOR);
+    bind_text(st, 1, id);
+    bind_text(st, 2, user);
+    int rc = sqlite3_step(st), ret;
+    if (rc == SQLITE_DONE)
+        ret = 0;
+    else if (rc != SQLITE_ROW)
+        ret = db_err(s, "reading media");
+    else if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || sqlite3_column_int64(st, 0) < 0)
+        ret = corrupt(s, "media size");
+    else {
+        *size = sqlite3_column_int64(st, 0);
+        ret = copy_ident(s, st, 1, mime, MSG_MIME_MAX + 1, msg_valid_mime, "media type");
+        if (ret == 0) ret = 1;
+    }
+    done(st);
+    return ret;
+}
+
+/* ---- usage ---- */
+
+int mstore_usage_day(mstore *s, const char *user, int64_t day, int64_t *uploads, int64_t *bytes)
+{
+    *uploads = *bytes = 0;
+    sqlite3_stmt *st = stmt(s, ST_USAGE_DAY_GET);
+    bind_text(st, 1, user);
+    sqlite3_bind_int64(st, 2, day);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW) {
+        int64_t n = sqlite3_column_int64(st, 0), b = sqlite3_column_int64(st, 1);
+        if (sqlite3_column_type(st, 0) != SQLITE_INTEGER ||
+            sqlite3_column_type(st, 1) != SQLITE_INTEGER || n < 0 || b < 0) {
+            ret = corrupt(s, "uploads of a day");
+        } else {
+            *uploads = n;
+            *bytes = b;
+        }
+    } else if (rc != SQLITE_DONE) {
+        ret = db_err(s, "reading uploads of a day");
+    }
+    done(st);
+    return ret;
+}
+
+int mstore_usage_add_upload(mstore *s, const char *user, int64_t day, int64_t bytes)
+{
+    if (bytes < 0 || day <= INT64_MIN + 1) return PARLEY_EINVAL;
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    sqlite3_stmt *st;
+    if (day > s->swept_day) {
+        /* Once per day (and after a rollback): the rows nobody asks for
+         * any more, a handful per user. */
+        st = stmt(s, ST_USAGE_DAY_SWEEP);
+        sqlite3_bind_int64(st, 1, day - 1);
+        if ((rc = run(s, st, "deleting old uploads"))) return rc;
+        s->swept_day = day;
+    }
+    st = stmt(s, ST_USAGE_DAY_ADD);
+    bind_text(st, 1, user);
+    sqlite3_bind_int64(st, 2, day);
+    sqlite3_bind_int64(st, 3, bytes);
+    return run(s, st, "counting an upload");
+}
+
+int mstore_storage_bytes(mstore *s, const char *user, int64_t *bytes)
+{
+    int rc;
+    suser *u = get_user(s, user, &rc);
+    if (!u) return rc;
+    *bytes = u->bytes;
+    return 0;
+}
+
+int64_t mstore_user_rooms(mstore *s, const char *user)
+{
+    sqlite3_stmt *st = stmt(s, ST_USER_ROOMS);
+    bind_text(st, 1, user);
+    int64_t ret =
+        sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : db_err(s, "counting rooms");
     done(st);
     return ret;
 }

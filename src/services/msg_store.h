@@ -20,6 +20,11 @@
  * versions are migrated inside the opening transaction, newer ones are
  * refused. Rows read back are checked like any input.
  *
+ * Usage for quotas: uploads per user and UTC day, and the bytes each
+ * user stores (schema 4). The stored bytes are kept up to date by
+ * mstore_insert and mstore_media_put themselves, counted in memory and
+ * written once per user and batch just before the commit.
+ *
  * Single-threaded: one loop thread uses a store. Row pointers passed to
  * callbacks are valid during the call only.
  */
@@ -35,8 +40,20 @@
 typedef struct mstore mstore;
 
 /* Opens (creating) the database file at path. 0, PARLEY_EIO (cannot open,
- * locked by another process, not our database, newer schema), or
- * PARLEY_ENOMEM. */
+ * locked by another process, not our database, newer schema, damaged),
+ * or PARLEY_ENOMEM.
+ *
+ * An absent or zero-byte file becomes a new database, with a warning
+ * naming it (an empty file beside a non-empty write-ahead log is refused:
+ * SQLite would delete the log). Refused with an error naming the file and
+ * the problem: not an SQLite database, shorter than its header says
+ * (without a write-ahead log that may complete it), failing PRAGMA
+ * quick_check. The quick check reads every page: about 1.6 s per GiB from
+ * the page cache (0.04 s for 200,000 messages, 28 MB; 0.45 s for 2
+ * million, 290 MB), several times that from a cold disk. Above
+ * MSTORE_QUICK_CHECK_MAX bytes it leaves out the messages table (the
+ * bulk) and says so, so that a store of many GiB starts in seconds. */
+#define MSTORE_QUICK_CHECK_MAX ((int64_t)1 << 30)
 int mstore_open(const char *path, bool full_sync, mstore **out);
 /* Rolls back an open batch and closes. NULL is a no-op. */
 void mstore_close(mstore *s);
@@ -65,14 +82,18 @@ int mstore_find(mstore *s, const char *sender, const char *client_id, mstore_msg
 /* Stores a message in conversation c (DM conversations and their two
  * participants are created on first use; a room must exist). Assigns id,
  * seq (last + 1) and ts = now_ms; media (NULL or a media id) is recorded
- * as referenced by the conversation. The caller has checked that the
- * sender may post there. 0; MSTORE_DUPLICATE when the sender already
- * stored client_id (nothing is written: look it up with mstore_find);
- * PARLEY_EIO, PARLEY_ENOMEM, PARLEY_ESTATE (room does not exist). */
+ * as referenced by the conversation with media_mime, the MIME type the
+ * message carries (ignored without media; the first message of a
+ * conversation to reference a media decides its type there). The
+ * sender's stored bytes grow by content_len + MSTORE_MSG_OVERHEAD. The
+ * caller has checked that the sender may post there. 0; MSTORE_DUPLICATE
+ * when the sender already stored client_id (nothing is written: look it
+ * up with mstore_find); PARLEY_EIO, PARLEY_ENOMEM, PARLEY_ESTATE (room
+ * does not exist), PARLEY_EINVAL (media without a valid media_mime). */
 #define MSTORE_DUPLICATE 1
 int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *client_id,
                   msg_type type, msg_priority prio, const char *content_json, size_t content_len,
-                  const char *media, int64_t now_ms, mstore_msg *out);
+                  const char *media, const char *media_mime, int64_t now_ms, mstore_msg *out);
 
 /* The conversation's last seq (0 when it has no messages or does not
  * exist). Negative on error. */
@@ -117,15 +138,54 @@ int mstore_messages_after(mstore *s, const char *conv, int64_t after, unsigned l
 int mstore_messages_before(mstore *s, const char *conv, int64_t before, unsigned limit,
                            mstore_msg_fn fn, void *arg);
 
-/* Media index. get: 1 found (size, mime filled), 0 unknown, negative on
- * error. put: records the upload by `user` (the content is already on
- * disk); *existed when the media was known before. */
+/* Media index. get: 1 found (size, and the MIME type of the first upload
+ * ever, whoever made it), 0 unknown, negative on error. put: records the
+ * upload by `user` with its own MIME type (the content is already on
+ * disk; the same user uploading the same bytes again with another type
+ * changes their type); *existed when the media was known before. A
+ * user's first upload of a blob adds its size to their stored bytes
+ * (once per user and blob). Joins the batch. */
 int mstore_media_get(mstore *s, const char *id, int64_t *size, char mime[MSG_MIME_MAX + 1]);
 int mstore_media_put(mstore *s, const char *id, int64_t size, const char *mime, const char *user,
                      int64_t now_ms, bool *existed);
 /* 1 when user may see media id: they uploaded it, or take part in a
  * conversation where a message references it. 0 otherwise. */
 int mstore_media_visible(mstore *s, const char *id, const char *user);
+/* Media id as `user` sees it: 1 when it exists and is visible to them
+ * (the rule of mstore_media_visible), with its size and the MIME type for
+ * them: their own upload's type when they uploaded it, otherwise the type
+ * of the earliest reference from a conversation they take part in. 0 when
+ * it does not exist or is not visible (one answer for both, so that
+ * callers cannot become an existence oracle); negative on error. */
+int mstore_media_for(mstore *s, const char *id, const char *user, int64_t *size,
+                     char mime[MSG_MIME_MAX + 1]);
+
+/* ---- usage, for quotas ---- */
+
+/* The UTC day of a Unix time in ms: days since 1970-01-01. */
+static inline int64_t mstore_utc_day(int64_t unix_ms)
+{
+    int64_t d = unix_ms / 86400000;
+    return unix_ms < 0 && d * 86400000 != unix_ms ? d - 1 : d;
+}
+/* Media uploads by user on UTC day `day` (mstore_utc_day): their number
+ * and bytes, 0 and 0 when none. Days before yesterday (relative to the
+ * latest day added) may have been deleted. 0 or PARLEY_EIO. */
+int mstore_usage_day(mstore *s, const char *user, int64_t day, int64_t *uploads, int64_t *bytes);
+/* Counts one upload of `bytes` (>= 0) by user on `day`; the first upload
+ * of a later day than any before deletes the rows older than the day
+ * before it. Joins the batch. 0, PARLEY_EINVAL, PARLEY_EIO. */
+int mstore_usage_add_upload(mstore *s, const char *user, int64_t day, int64_t bytes);
+
+/* The bytes a user stores: content_len + MSTORE_MSG_OVERHEAD per message
+ * they sent (the overhead stands for the row, its keys and indexes),
+ * plus the size of each distinct blob they uploaded. Reflects the open
+ * batch. 0, PARLEY_EINVAL (not a user id), PARLEY_EIO, PARLEY_ENOMEM. */
+#define MSTORE_MSG_OVERHEAD 128
+int mstore_storage_bytes(mstore *s, const char *user, int64_t *bytes);
+
+/* The number of rooms (not DMs) user is a member of; negative on error. */
+int64_t mstore_user_rooms(mstore *s, const char *user);
 
 /* Presence: what outlives the connections. get: 1 found (*last_seen,
  * -1 when never set, and text filled), 0 unknown user (-1 and ""),
@@ -168,5 +228,7 @@ int mstore_nprefs_set(mstore *s, const char *user, const char *json, size_t len)
 
 /* The SQLite handle, for tests that need to reach under the store. */
 void *mstore__db(mstore *s);
+/* MSTORE_QUICK_CHECK_MAX, lowered by tests of the larger stores' check. */
+extern int64_t mstore__check_max;
 
 #endif

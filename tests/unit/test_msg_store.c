@@ -1,7 +1,9 @@
 /* Unit tests for the messaging store: sequence numbers, idempotency
- * lookups, rooms, receipts, paging, media access, batches (commit,
- * rollback, a transaction SQLite abandons), foreign and newer files, and
- * processes killed mid-traffic losing nothing they committed. */
+ * lookups, rooms, receipts, paging, media access and MIME types per
+ * upload and conversation, usage counts, batches (commit, rollback, a
+ * transaction SQLite abandons), migration from schema 3, foreign, newer
+ * and damaged files, and processes killed mid-traffic losing nothing
+ * they committed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -62,7 +65,7 @@ static int64_t put_text(mstore *st, const msg_conv *c, const char *from, const c
     mstore_msg tmp;
     if (!out) out = &tmp;
     int rc = mstore_insert(st, c, from, cid, MSG_TEXT, MSG_PRIO_NORMAL, content, sizeof content - 1,
-                           NULL, T0, out);
+                           NULL, NULL, T0, out);
     assert_int_equal(rc, 0);
     return out->m.seq;
 }
@@ -117,10 +120,10 @@ static void test_dm_sequence_and_find(void **state)
     static const char content[] = "{\"text\":\"again\"}";
     assert_int_equal(put_text(st, &ab, "bob", "c7", NULL), 4);
     assert_int_equal(mstore_insert(st, &ab, "alice", "c1", MSG_TEXT, MSG_PRIO_NORMAL, content,
-                                   sizeof content - 1, NULL, T0, &m),
+                                   sizeof content - 1, NULL, NULL, T0, &m),
                      MSTORE_DUPLICATE);
     assert_int_equal(mstore_insert(st, &ab, "bob", "c7", MSG_TEXT, MSG_PRIO_NORMAL, content,
-                                   sizeof content - 1, NULL, T0, &m),
+                                   sizeof content - 1, NULL, NULL, T0, &m),
                      MSTORE_DUPLICATE);
     assert_true(mstore_in_batch(st));
     assert_int_equal(mstore_commit(st), 0);
@@ -248,7 +251,7 @@ static void test_rooms_and_receipts(void **state)
     static const char content[] = "{\"text\":\"x\"}";
     /* A room must exist before anything is posted in it. */
     assert_int_equal(mstore_insert(st, &room, "amy", "r0", MSG_TEXT, MSG_PRIO_LOW, content,
-                                   sizeof content - 1, NULL, T0, &m),
+                                   sizeof content - 1, NULL, NULL, T0, &m),
                      PARLEY_ESTATE);
     bool added = false;
     assert_int_equal(mstore_join(st, "general", "bob", T0, &added), 0);
@@ -413,7 +416,7 @@ static void test_full_disk(void **state)
         snprintf(cid, sizeof cid, "b%d", i);
         mstore_msg m;
         int rc = mstore_insert(st, &c, "a", cid, MSG_TEXT, MSG_PRIO_NORMAL, big, sizeof big, NULL,
-                               T0, &m);
+                               NULL, T0, &m);
         if (rc == 0 && !failed)
             ok++;
         else if (rc)
@@ -430,6 +433,11 @@ static void test_full_disk(void **state)
         assert_int_equal(found, 0);
     int64_t last = mstore_last_seq(st, c.id);
     assert_int_equal(last, 1 + found);
+    /* The stored bytes agree with what was kept. */
+    int64_t want = 16 + MSTORE_MSG_OVERHEAD + found * (int64_t)(sizeof big + MSTORE_MSG_OVERHEAD);
+    int64_t bytes = -1;
+    assert_int_equal(mstore_storage_bytes(st, "a", &bytes), 0);
+    assert_int_equal(bytes, want);
 
     /* Room again: the store carries on with consistent seqs. */
     assert_int_equal(sqlite3_exec(db, "PRAGMA max_page_count = 1000000", NULL, NULL, NULL),
@@ -440,6 +448,8 @@ static void test_full_disk(void **state)
     st = open_store(sc.path);
     assert_int_equal(mstore_last_seq(st, c.id), last + 1);
     assert_int_equal(count_batch(st, 40), found);
+    assert_int_equal(mstore_storage_bytes(st, "a", &bytes), 0);
+    assert_int_equal(bytes, want);
     mstore_close(st);
     scratch_free(&sc);
 }
@@ -478,7 +488,7 @@ static void test_media(void **state)
     static const char content[] = "{\"media\":\"x\"}";
     mstore_msg m;
     assert_int_equal(mstore_insert(st, &room, "amy", "p1", MSG_IMAGE, MSG_PRIO_NORMAL, content,
-                                   sizeof content - 1, id, T0, &m),
+                                   sizeof content - 1, id, "image/png", T0, &m),
                      0);
     assert_int_equal(mstore_commit(st), 0);
     assert_int_equal(mstore_media_visible(st, id, "cat"), 1);
@@ -487,6 +497,390 @@ static void test_media(void **state)
     assert_int_equal(mstore_leave(st, "pics", "cat"), 0);
     assert_int_equal(mstore_commit(st), 0);
     assert_int_equal(mstore_media_visible(st, id, "cat"), 0);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* ---- per-upload MIME types (schema 4) ---- */
+
+#define BLOB "aaaabbbbccccddddaaaabbbbccccddddaaaabbbbccccddddaaaabbbbccccdddd"
+
+static void post_media(mstore *st, const msg_conv *c, const char *from, const char *cid,
+                       const char *media, const char *mime)
+{
+    static const char content[] = "{\"media\":\"m\"}";
+    mstore_msg m;
+    assert_int_equal(mstore_insert(st, c, from, cid, MSG_IMAGE, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, media, mime, T0, &m),
+                     0);
+}
+
+static void assert_media_for(mstore *st, const char *user, int want, const char *want_mime)
+{
+    int64_t size = -1;
+    char mime[MSG_MIME_MAX + 1] = "";
+    assert_int_equal(mstore_media_for(st, BLOB, user, &size, mime), want);
+    if (want == 1) {
+        assert_int_equal(size, 777);
+        assert_string_equal(mime, want_mime);
+    }
+}
+
+static void test_media_mime_per_upload(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    /* Unknown media: the same answer as media nobody showed this user. */
+    assert_media_for(st, "vic", 0, NULL);
+    /* A squatter uploads the victim's bytes first, as a page. */
+    bool existed = true;
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "text/html", "sam", T0, &existed), 0);
+    assert_false(existed);
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/png", "vic", T0, &existed), 0);
+    assert_true(existed);
+    assert_int_equal(mstore_commit(st), 0);
+    /* Each uploader gets their own type; the first upload no longer
+     * decides for everyone (mstore_media_get still reports it). */
+    assert_media_for(st, "vic", 1, "image/png");
+    assert_media_for(st, "sam", 1, "text/html");
+    assert_media_for(st, "tom", 0, NULL);
+    int64_t size;
+    char mime[MSG_MIME_MAX + 1];
+    assert_int_equal(mstore_media_get(st, BLOB, &size, mime), 1);
+    assert_string_equal(mime, "text/html");
+    assert_int_equal(mstore_media_for(st, BLOB + 1, "vic", &size, mime), 0);
+
+    /* The squatter's message carries text/html only in its conversation;
+     * the victim's room gets image/png. */
+    msg_conv dm, room;
+    msg_conv_dm(&dm, "sam", "tom");
+    msg_conv_room(&room, "r");
+    bool added;
+    assert_int_equal(mstore_join(st, "r", "vic", T0, &added), 0);
+    assert_int_equal(mstore_join(st, "r", "una", T0, &added), 0);
+    assert_int_equal(mstore_join(st, "r", "tom", T0, &added), 0);
+    post_media(st, &dm, "sam", "s1", BLOB, "text/html");
+    post_media(st, &room, "vic", "v1", BLOB, "image/png");
+    /* A later message of another type does not change a conversation's. */
+    post_media(st, &dm, "tom", "t1", BLOB, "image/gif");
+    assert_int_equal(mstore_commit(st), 0);
+    assert_media_for(st, "una", 1, "image/png");
+    /* In both: the earliest reference among the user's conversations. */
+    assert_media_for(st, "tom", 1, "text/html");
+    assert_media_for(st, "zed", 0, NULL);
+    sqlite3 *db = mstore__db(st);
+    sqlite3_stmt *q;
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT conv, mime FROM media_refs ORDER BY conv", -1, &q, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(q, 0), "dm:sam:tom");
+    assert_string_equal((const char *)sqlite3_column_text(q, 1), "text/html");
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(q, 0), "room:r");
+    assert_string_equal((const char *)sqlite3_column_text(q, 1), "image/png");
+    assert_int_equal(sqlite3_step(q), SQLITE_DONE);
+    sqlite3_finalize(q);
+    /* Leaving takes the room's type (and access) away. */
+    assert_int_equal(mstore_leave(st, "r", "una"), 0);
+    assert_media_for(st, "una", 0, NULL);
+    /* An uploader's own type wins over references, and a re-upload by the
+     * same user with another type replaces theirs only. */
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/webp", "vic", T0, &existed), 0);
+    assert_true(existed);
+    assert_media_for(st, "vic", 1, "image/webp");
+    assert_media_for(st, "sam", 1, "text/html");
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_close(st);
+    st = open_store(sc.path);
+    assert_media_for(st, "vic", 1, "image/webp");
+    assert_media_for(st, "tom", 1, "text/html");
+    /* A media message needs the type it carries. */
+    mstore_msg m;
+    assert_int_equal(mstore_insert(st, &dm, "sam", "s2", MSG_IMAGE, MSG_PRIO_NORMAL, "{}", 2, BLOB,
+                                   NULL, T0, &m),
+                     PARLEY_EINVAL);
+    assert_int_equal(mstore_insert(st, &dm, "sam", "s2", MSG_IMAGE, MSG_PRIO_NORMAL, "{}", 2, BLOB,
+                                   "not a type", T0, &m),
+                     PARLEY_EINVAL);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* The schema of version 3, as it was, to check the migration to 4. */
+static const char v3_schema[] =
+    "CREATE TABLE conversations (id TEXT PRIMARY KEY, kind INTEGER NOT NULL, created_ms INTEGER "
+    "NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE participants (conv TEXT NOT NULL, user TEXT NOT NULL, delivered INTEGER NOT "
+    "NULL, read INTEGER NOT NULL, joined_ms INTEGER NOT NULL, PRIMARY KEY (conv, user)) WITHOUT "
+    "ROWID;"
+    "CREATE INDEX participants_by_user ON participants(user, conv);"
+    "CREATE TABLE messages (id INTEGER PRIMARY KEY, conv TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "sender TEXT NOT NULL, client_id TEXT NOT NULL, type INTEGER NOT NULL, priority INTEGER NOT "
+    "NULL, ts INTEGER NOT NULL, content TEXT NOT NULL, UNIQUE (conv, seq), UNIQUE (sender, "
+    "client_id));"
+    "CREATE TABLE media (id TEXT PRIMARY KEY, size INTEGER NOT NULL, mime TEXT NOT NULL, "
+    "created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE media_uploaders (media TEXT NOT NULL, user TEXT NOT NULL, PRIMARY KEY (media, "
+    "user)) WITHOUT ROWID;"
+    "CREATE TABLE media_refs (media TEXT NOT NULL, conv TEXT NOT NULL, PRIMARY KEY (media, conv)) "
+    "WITHOUT ROWID;"
+    "CREATE TABLE presence (user TEXT PRIMARY KEY, last_seen INTEGER, text TEXT NOT NULL) WITHOUT "
+    "ROWID;"
+    "CREATE TABLE notifications (id INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL, "
+    "type INTEGER NOT NULL, priority INTEGER NOT NULL, title TEXT NOT NULL, body TEXT NOT NULL, "
+    "image TEXT, actions TEXT NOT NULL, sender TEXT, created INTEGER NOT NULL, expires INTEGER, "
+    "dedupe_key TEXT, delivered INTEGER NOT NULL DEFAULT 0, read INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX notifications_by_recipient ON notifications(recipient, id);"
+    "CREATE INDEX notifications_by_dedupe ON notifications(recipient, dedupe_key) WHERE "
+    "dedupe_key IS NOT NULL;"
+    "CREATE INDEX notifications_by_expiry ON notifications(expires) WHERE expires IS NOT NULL;"
+    "CREATE TABLE notification_prefs (user TEXT PRIMARY KEY, prefs TEXT NOT NULL) WITHOUT ROWID;"
+    "PRAGMA application_id = 1347244871; PRAGMA user_version = 3;";
+
+static int64_t user_version(mstore *st)
+{
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_prepare_v2(mstore__db(st), "PRAGMA user_version", -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return v;
+}
+
+static void test_migration_v3(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, v3_schema, NULL, NULL, NULL), SQLITE_OK);
+    /* amy uploaded the blob and sent it to bob (2 messages of 13 bytes
+     * each: "é" is two bytes and counted as such); cat uploaded it too;
+     * dan has a room but no messages. */
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "INSERT INTO conversations VALUES ('dm:amy:bob', 1, 0), ('room:x', 2, 0);"
+                     "INSERT INTO participants VALUES ('dm:amy:bob', 'amy', 0, 0, 0), "
+                     "('dm:amy:bob', 'bob', 0, 0, 0), ('room:x', 'dan', 0, 0, 0);"
+                     "INSERT INTO messages(conv, seq, sender, client_id, type, priority, ts, "
+                     "content) VALUES ('dm:amy:bob', 1, 'amy', 'c1', 1, 1, 0, '{\"text\":\"é\"}'), "
+                     "('dm:amy:bob', 2, 'amy', 'c2', 2, 1, 0, '{\"media\":\"m\"}');"
+                     "INSERT INTO media VALUES ('" BLOB "', 777, 'image/png', 0);"
+                     "INSERT INTO media_uploaders VALUES ('" BLOB "', 'amy'), ('" BLOB "', 'cat');"
+                     "INSERT INTO media_refs VALUES ('" BLOB "', 'dm:amy:bob');",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+
+    mstore *st = open_store(sc.path);
+    assert_int_equal(user_version(st), 4);
+    assert_media_for(st, "amy", 1, "image/png");
+    assert_media_for(st, "cat", 1, "image/png");
+    assert_media_for(st, "bob", 1, "image/png");
+    assert_media_for(st, "dan", 0, NULL);
+    int64_t bytes = -1;
+    assert_int_equal(mstore_storage_bytes(st, "amy", &bytes), 0);
+    assert_int_equal(bytes, 13 + 13 + 2 * MSTORE_MSG_OVERHEAD + 777);
+    assert_int_equal(mstore_storage_bytes(st, "cat", &bytes), 0);
+    assert_int_equal(bytes, 777);
+    assert_int_equal(mstore_storage_bytes(st, "bob", &bytes), 0);
+    assert_int_equal(bytes, 0);
+    assert_int_equal(mstore_user_rooms(st, "dan"), 1);
+    /* Migrated data works with the new rules. */
+    msg_conv c;
+    msg_conv_dm(&c, "amy", "bob");
+    mstore_msg m;
+    assert_int_equal(mstore_find(st, "amy", "c1", &m), 1);
+    assert_int_equal(put_text(st, &c, "bob", "b1", NULL), 3);
+    bool existed;
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "text/plain", "cat", T0, &existed), 0);
+    assert_true(existed);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_media_for(st, "cat", 1, "text/plain");
+    assert_media_for(st, "amy", 1, "image/png");
+    assert_int_equal(mstore_storage_bytes(st, "cat", &bytes), 0);
+    assert_int_equal(bytes, 777);
+    mstore_close(st);
+    st = open_store(sc.path);
+    assert_int_equal(user_version(st), 4);
+    assert_int_equal(mstore_storage_bytes(st, "bob", &bytes), 0);
+    assert_int_equal(bytes, 16 + MSTORE_MSG_OVERHEAD);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+/* ---- usage ---- */
+
+static void assert_day(mstore *st, const char *user, int64_t day, int64_t n, int64_t b)
+{
+    int64_t uploads = -1, bytes = -1;
+    assert_int_equal(mstore_usage_day(st, user, day, &uploads, &bytes), 0);
+    assert_int_equal(uploads, n);
+    assert_int_equal(bytes, b);
+}
+
+static void test_usage_days(void **state)
+{
+    (void)state;
+    assert_int_equal(mstore_utc_day(0), 0);
+    assert_int_equal(mstore_utc_day(86399999), 0);
+    assert_int_equal(mstore_utc_day(86400000), 1);
+    assert_int_equal(mstore_utc_day(-1), -1);
+    assert_int_equal(mstore_utc_day(-86400000), -1);
+    assert_int_equal(mstore_utc_day(-86400001), -2);
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    int64_t d = mstore_utc_day(T0);
+    assert_day(st, "amy", d, 0, 0);
+    assert_int_equal(mstore_usage_add_upload(st, "amy", d, 100), 0);
+    assert_true(mstore_in_batch(st));
+    assert_int_equal(mstore_usage_add_upload(st, "amy", d, 50), 0);
+    assert_int_equal(mstore_usage_add_upload(st, "bob", d, 7), 0);
+    assert_day(st, "amy", d, 2, 150); /* the batch's own writes */
+    assert_int_equal(mstore_commit(st), 0);
+    assert_day(st, "amy", d, 2, 150);
+    assert_day(st, "bob", d, 1, 7);
+    assert_int_equal(mstore_usage_add_upload(st, "amy", d, -1), PARLEY_EINVAL);
+    /* Rolled back: not counted. */
+    assert_int_equal(mstore_usage_add_upload(st, "amy", d, 1000), 0);
+    mstore_rollback(st);
+    assert_day(st, "amy", d, 2, 150);
+    /* The next day starts at zero; yesterday stays. */
+    assert_int_equal(mstore_usage_add_upload(st, "amy", d + 1, 10), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_day(st, "amy", d + 1, 1, 10);
+    assert_day(st, "amy", d, 2, 150);
+    /* Two days on, the first is gone, for everyone. */
+    assert_int_equal(mstore_usage_add_upload(st, "cat", d + 2, 1), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_day(st, "amy", d, 0, 0);
+    assert_day(st, "bob", d, 0, 0);
+    assert_day(st, "amy", d + 1, 1, 10);
+    /* A rolled-back sweep is done again by the next upload. */
+    assert_int_equal(mstore_usage_add_upload(st, "cat", d + 3, 1), 0);
+    mstore_rollback(st);
+    assert_day(st, "amy", d + 1, 1, 10);
+    assert_int_equal(mstore_usage_add_upload(st, "cat", d + 3, 1), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_day(st, "amy", d + 1, 0, 0);
+    assert_day(st, "cat", d + 2, 1, 1);
+    assert_day(st, "cat", d + 3, 1, 1);
+    mstore_close(st);
+    /* Kept across a restart. */
+    st = open_store(sc.path);
+    assert_day(st, "cat", d + 3, 1, 1);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+static int64_t stored(mstore *st, const char *user)
+{
+    int64_t b = -1;
+    assert_int_equal(mstore_storage_bytes(st, user, &b), 0);
+    return b;
+}
+
+static void test_storage_bytes(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    const int64_t text = 16 + MSTORE_MSG_OVERHEAD; /* put_text's message */
+    int64_t b = 0;
+    assert_int_equal(mstore_storage_bytes(st, "", &b), PARLEY_EINVAL);
+    assert_int_equal(stored(st, "amy"), 0);
+    msg_conv c;
+    msg_conv_dm(&c, "amy", "bob");
+    put_text(st, &c, "amy", "a1", NULL);
+    put_text(st, &c, "amy", "a2", NULL);
+    put_text(st, &c, "bob", "b1", NULL);
+    assert_int_equal(stored(st, "amy"), 2 * text); /* before the commit */
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(stored(st, "amy"), 2 * text);
+    assert_int_equal(stored(st, "bob"), text);
+    /* Duplicates and refused messages store nothing. */
+    mstore_msg m;
+    assert_int_equal(
+        mstore_insert(st, &c, "amy", "a1", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL, NULL, T0, &m),
+        MSTORE_DUPLICATE);
+    msg_conv room;
+    msg_conv_room(&room, "nowhere");
+    assert_int_equal(mstore_insert(st, &room, "amy", "a9", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
+                                   NULL, T0, &m),
+                     PARLEY_ESTATE);
+    assert_int_equal(stored(st, "amy"), 2 * text);
+    /* A blob counts once per user who uploaded it. */
+    bool existed;
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/png", "amy", T0, &existed), 0);
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/gif", "amy", T0, &existed), 0);
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/png", "bob", T0, &existed), 0);
+    assert_int_equal(stored(st, "amy"), 2 * text + 777);
+    assert_int_equal(stored(st, "bob"), text + 777);
+    assert_int_equal(mstore_commit(st), 0);
+    /* Rolled back: the batch's bytes go, committed ones stay, and the
+     * store goes on counting from there. */
+    put_text(st, &c, "amy", "a3", NULL);
+    put_text(st, &c, "cat-never", "x", NULL); /* not a participant: the store does not check */
+    assert_int_equal(mstore_media_put(st, BLOB, 777, "image/png", "dan", T0, &existed), 0);
+    assert_int_equal(stored(st, "amy"), 3 * text + 777);
+    assert_int_equal(stored(st, "dan"), 777);
+    mstore_rollback(st);
+    assert_int_equal(stored(st, "amy"), 2 * text + 777);
+    assert_int_equal(stored(st, "dan"), 0);
+    assert_int_equal(stored(st, "cat-never"), 0);
+    assert_int_equal(stored(st, "bob"), text + 777);
+    put_text(st, &c, "amy", "a3", NULL);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(stored(st, "amy"), 3 * text + 777);
+    /* Closing with a batch open drops it. */
+    put_text(st, &c, "bob", "b2", NULL);
+    mstore_close(st);
+    st = open_store(sc.path);
+    assert_int_equal(stored(st, "amy"), 3 * text + 777);
+    assert_int_equal(stored(st, "bob"), text + 777);
+    assert_int_equal(stored(st, "dan"), 0);
+    /* One row per user, written at the commit. */
+    sqlite3_stmt *q;
+    assert_int_equal(
+        sqlite3_prepare_v2(mstore__db(st), "SELECT count(*) FROM usage_storage", -1, &q, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(q, 0), 2);
+    sqlite3_finalize(q);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
+static void test_user_rooms(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    assert_int_equal(mstore_user_rooms(st, "amy"), 0);
+    bool added;
+    assert_int_equal(mstore_join(st, "a", "amy", T0, &added), 0);
+    assert_int_equal(mstore_join(st, "b", "amy", T0, &added), 0);
+    assert_int_equal(mstore_join(st, "b", "bob", T0, &added), 0);
+    msg_conv c;
+    msg_conv_dm(&c, "amy", "zed");
+    put_text(st, &c, "amy", "d1", NULL); /* a DM is not a room */
+    msg_conv_dm(&c, "amy", "aaa");       /* sorts before "room:" */
+    put_text(st, &c, "amy", "d2", NULL);
+    assert_int_equal(mstore_user_rooms(st, "amy"), 2);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_user_rooms(st, "amy"), 2);
+    assert_int_equal(mstore_user_rooms(st, "bob"), 1);
+    assert_int_equal(mstore_user_rooms(st, "zed"), 0);
+    assert_int_equal(mstore_leave(st, "a", "amy"), 0);
+    assert_int_equal(mstore_user_rooms(st, "amy"), 1);
     mstore_close(st);
     scratch_free(&sc);
 }
@@ -564,6 +958,232 @@ static void test_foreign_files(void **state)
     scratch_free(&sc);
 }
 
+/* ---- damaged files ---- */
+
+typedef struct logged {
+    char last[512]; /* the last warning or error */
+    parley_log_level level;
+    unsigned n;
+} logged;
+
+static void log_sink(parley_log_level level, const char *msg, void *user)
+{
+    logged *l = user;
+    if (level < PARLEY_LOG_WARN) return;
+    snprintf(l->last, sizeof l->last, "%s", msg);
+    l->level = level;
+    l->n++;
+}
+
+static void write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    if (len) assert_int_equal(fwrite(data, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    long n = ftell(f);
+    assert_true(n > 0);
+    rewind(f);
+    uint8_t *p = malloc((size_t)n);
+    assert_non_null(p);
+    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return p;
+}
+
+/* Opens a copy of `data` (len bytes) at path: the result, and the
+ * message logged must name the file and contain `what`. */
+static void open_copy(const scratch *sc, const void *data, size_t len, int want, const char *what)
+{
+    char wal[128];
+    snprintf(wal, sizeof wal, "%s-wal", sc->path);
+    unlink(wal);
+    write_file(sc->path, data, len);
+    logged l = {0};
+    parley_log_set(PARLEY_LOG_INFO, log_sink, &l);
+    mstore *st = NULL;
+    int rc = mstore_open(sc->path, false, &st);
+    parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
+    if (rc != want) fail_msg("%s: %d, want %d (%s)", what, rc, want, l.last);
+    if (!strstr(l.last, sc->path) || !strstr(l.last, what))
+        fail_msg("logged \"%s\", want the file and \"%s\"", l.last, what);
+    if (want == 0) {
+        assert_non_null(st);
+        assert_int_equal(l.level, PARLEY_LOG_WARN);
+        assert_int_equal(mstore_last_seq(st, "dm:a:b"), 0); /* a new, empty database */
+        assert_int_equal(user_version(st), 4);
+        mstore_close(st);
+    } else {
+        assert_null(st);
+        assert_int_equal(l.level, PARLEY_LOG_ERROR);
+    }
+}
+
+static int collect_none(const mstore_msg *m, void *arg)
+{
+    (void)m;
+    (void)arg;
+    return 0;
+}
+
+static void test_damaged_files(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    /* A real store, a few hundred pages. */
+    mstore *st = open_store(sc.path);
+    for (int i = 0; i < 3000; i++) {
+        msg_conv c;
+        char other[16], cid[16];
+        snprintf(other, sizeof other, "u%d", i % 17);
+        snprintf(cid, sizeof cid, "c%d", i);
+        msg_conv_dm(&c, "me", other);
+        put_text(st, &c, "me", cid, NULL);
+    }
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_close(st);
+    size_t len;
+    uint8_t *orig = read_file(sc.path, &len);
+    const size_t page = 4096;
+    assert_int_equal(len % page, 0);
+    assert_true(len / page > 40);
+    uint8_t *bad = malloc(len);
+    assert_non_null(bad);
+    uint64_t rng = chop_seed();
+
+    /* Truncated: the header says more pages than there are. */
+    open_copy(&sc, orig, len / 2, PARLEY_EIO, "truncated");
+    open_copy(&sc, orig, len / 2 + 1000, PARLEY_EIO, "truncated");
+    open_copy(&sc, orig, len - page, PARLEY_EIO, "truncated");
+    open_copy(&sc, orig, len - 1, PARLEY_EIO, "truncated");
+    open_copy(&sc, orig, page, PARLEY_EIO, "truncated");
+    open_copy(&sc, orig, 100, PARLEY_EIO, "truncated"); /* the header only */
+    open_copy(&sc, orig, 99, PARLEY_EIO, "not an SQLite database");
+    /* Not a database at all. */
+    for (size_t i = 0; i < len; i++) bad[i] = (uint8_t)test_rand(&rng);
+    open_copy(&sc, bad, len, PARLEY_EIO, "not an SQLite database");
+    /* A page of junk in the middle, then one in the header page. */
+    memcpy(bad, orig, len);
+    for (size_t i = 0; i < page; i++) bad[len / page / 2 * page + i] = (uint8_t)test_rand(&rng);
+    open_copy(&sc, bad, len, PARLEY_EIO, "damaged");
+    memcpy(bad, orig, len);
+    for (size_t i = 0; i < page; i++) bad[i] = (uint8_t)test_rand(&rng);
+    open_copy(&sc, bad, len, PARLEY_EIO, "not an SQLite database");
+    /* A page size the format does not allow. */
+    memcpy(bad, orig, len);
+    bad[16] = 0x03;
+    bad[17] = 0x00;
+    open_copy(&sc, bad, len, PARLEY_EIO, "page size");
+    /* Another application's database, sound but not ours. */
+    unlink(sc.path);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "PRAGMA application_id = 42; CREATE TABLE t(x); INSERT INTO t "
+                                  "VALUES (randomblob(100000));",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    size_t olen;
+    uint8_t *other = read_file(sc.path, &olen);
+    open_copy(&sc, other, olen, PARLEY_EIO, "not a messaging database");
+    free(other);
+    /* Empty: a new database, with a warning. */
+    open_copy(&sc, orig, 0, 0, "empty file");
+    unlink(sc.path);
+    open_copy(&sc, NULL, 0, 0, "empty file");
+    /* ... but not over a write-ahead log that holds something: SQLite would
+     * delete it. */
+    char wal[128];
+    snprintf(wal, sizeof wal, "%s-wal", sc.path);
+    write_file(sc.path, "", 0);
+    write_file(wal, orig, 5000);
+    logged l = {0};
+    parley_log_set(PARLEY_LOG_INFO, log_sink, &l);
+    assert_int_equal(mstore_open(sc.path, false, &st), PARLEY_EIO);
+    unlink(sc.path);
+    assert_int_equal(mstore_open(sc.path, false, &st), PARLEY_EIO);
+    parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
+    assert_non_null(strstr(l.last, "write-ahead log"));
+    assert_int_equal(access(sc.path, F_OK), -1);
+    struct stat sb;
+    assert_int_equal(stat(wal, &sb), 0);
+    assert_int_equal(sb.st_size, 5000);
+    /* A short file with a log that cannot complete it (not a log at all)
+     * is left to SQLite and refused by the quick check. */
+    write_file(sc.path, orig, len - page);
+    write_file(wal, bad, 5000);
+    memset(&l, 0, sizeof l);
+    parley_log_set(PARLEY_LOG_INFO, log_sink, &l);
+    assert_int_equal(mstore_open(sc.path, false, &st), PARLEY_EIO);
+    parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
+    assert_null(st);
+    if (!strstr(l.last, sc.path) || (!strstr(l.last, "damaged") && !strstr(l.last, "malformed")))
+        fail_msg("%s", l.last);
+    unlink(wal);
+
+    /* A store above the size checked in full: every table but messages
+     * (and the schema) still is. */
+    mstore__check_max = 0;
+    int64_t root_conv = 0, root_msgs = 0;
+    write_file(sc.path, orig, len);
+    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT (SELECT rootpage FROM sqlite_schema WHERE name = "
+                                        "'conversations'), (SELECT rootpage FROM sqlite_schema "
+                                        "WHERE name = 'messages')",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    root_conv = sqlite3_column_int64(q, 0);
+    root_msgs = sqlite3_column_int64(q, 1);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    assert_true(root_conv > 1 && root_msgs > 1);
+    memcpy(bad, orig, len);
+    memset(bad + (root_conv - 1) * page, 0x5a, page);
+    open_copy(&sc, bad, len, PARLEY_EIO, "damaged");
+    memcpy(bad, orig, len);
+    memset(bad + (root_msgs - 1) * page, 0x5a, page);
+    unlink(wal);
+    write_file(sc.path, bad, len);
+    memset(&l, 0, sizeof l);
+    parley_log_set(PARLEY_LOG_INFO, log_sink, &l);
+    assert_int_equal(mstore_open(sc.path, false, &st), 0); /* the price of starting in time */
+    parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
+    assert_int_equal(l.n, 0);
+    assert_int_equal(mstore_messages_after(st, "dm:me:u3", 0, 10, collect_none, NULL), PARLEY_EIO);
+    mstore_close(st);
+    mstore__check_max = MSTORE_QUICK_CHECK_MAX;
+
+    /* The original is fine. */
+    write_file(sc.path, orig, len);
+    memset(&l, 0, sizeof l);
+    parley_log_set(PARLEY_LOG_INFO, log_sink, &l);
+    st = open_store(sc.path);
+    parley_log_set(PARLEY_LOG_WARN, NULL, NULL);
+    assert_int_equal(l.n, 0);
+    msg_conv c;
+    msg_conv_dm(&c, "me", "u3");
+    assert_int_equal(mstore_last_seq(st, c.id), 3000 / 17 + 1);
+    mstore_msg m;
+    assert_int_equal(mstore_find(st, "me", "c2999", &m), 1);
+    mstore_close(st);
+    free(bad);
+    free(orig);
+    scratch_free(&sc);
+}
+
 /* ---- crashes ---- */
 
 /* The child commits batches forever and reports each commit (number of
@@ -587,7 +1207,7 @@ static void crash_child(const char *path, uint32_t start, uint64_t seed, int fd)
             snprintf(cid, sizeof cid, "k%u", k);
             mstore_msg m;
             if (mstore_insert(st, &c, "me", cid, MSG_TEXT, MSG_PRIO_NORMAL, content,
-                              sizeof content - 1, NULL, T0 + k, &m) != 0)
+                              sizeof content - 1, NULL, NULL, T0 + k, &m) != 0)
                 _exit(4);
             int64_t d, r;
             bool changed;
@@ -714,7 +1334,13 @@ int main(void)
         cmocka_unit_test(test_rollback),
         cmocka_unit_test(test_full_disk),
         cmocka_unit_test(test_media),
+        cmocka_unit_test(test_media_mime_per_upload),
+        cmocka_unit_test(test_migration_v3),
+        cmocka_unit_test(test_usage_days),
+        cmocka_unit_test(test_storage_bytes),
+        cmocka_unit_test(test_user_rooms),
         cmocka_unit_test(test_foreign_files),
+        cmocka_unit_test(test_damaged_files),
         cmocka_unit_test(test_killed_mid_traffic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
