@@ -41,23 +41,23 @@ typedef struct parley_nsp parley_nsp;
 typedef struct parley_socket parley_socket;
 
 typedef struct parley_server_opts {
-    const char *path;             /* default "/socket.io/" */
-    uint32_t ping_interval_ms;    /* default 25000 */
-    uint32_t ping_timeout_ms;     /* default 20000 */
-    uint32_t upgrade_timeout_ms;  /* default 10000 */
-    uint32_t connect_timeout_ms;  /* CONNECT to a namespace within; default 45000 */
-    size_t max_payload;           /* bytes per HTTP body or WebSocket message; default 1000000 */
-    int polling;                  /* allow HTTP long-polling (default 1) */
-    int websocket;                /* allow WebSocket (default 1) */
+    const char *path;            /* default "/socket.io/" */
+    uint32_t ping_interval_ms;   /* default 25000 */
+    uint32_t ping_timeout_ms;    /* default 20000 */
+    uint32_t upgrade_timeout_ms; /* default 10000 */
+    uint32_t connect_timeout_ms; /* CONNECT to a namespace within; default 45000 */
+    size_t max_payload;          /* bytes per HTTP body or WebSocket message; default 1000000 */
+    int polling;                 /* allow HTTP long-polling (default 1) */
+    int websocket;               /* allow WebSocket (default 1) */
     /* CORS: NULL = no CORS headers (default); "*" = any origin; otherwise a
      * comma-separated list of allowed origins. */
     const char *cors_origin;
-    int cors_credentials;         /* Access-Control-Allow-Credentials: true */
+    int cors_credentials; /* Access-Control-Allow-Credentials: true */
     /* Connection-state recovery (Socket.IO 4.6+): default 0 = off. */
     int recovery;
     uint32_t max_disconnection_ms; /* how long a session can be recovered; default 120000 */
-    unsigned max_attachments;     /* binary attachments per packet; default 10 */
-    int permessage_deflate;       /* WebSocket compression; default 0 (as the reference) */
+    unsigned max_attachments;      /* binary attachments per packet; default 10 */
+    int permessage_deflate;        /* WebSocket compression; default 0 (as the reference) */
     /* TLS: certificate chain and key (PEM) for listeners; NULL = plain. */
     const char *tls_cert;
     const char *tls_key;
@@ -114,8 +114,8 @@ typedef struct parley_nsp_handlers {
     void (*on_connection)(parley_socket *s, void *user);
     /* An event. ack_id >= 0 when the client wants an acknowledgement:
      * answer with parley_ack (now or later, while the socket lives). */
-    void (*on_event)(parley_socket *s, const char *event, size_t event_len,
-                     const parley_args *args, int64_t ack_id, void *user);
+    void (*on_event)(parley_socket *s, const char *event, size_t event_len, const parley_args *args,
+                     int64_t ack_id, void *user);
     /* The socket is gone. reason: "client namespace disconnect", "server
      * namespace disconnect", "transport close", "transport error", "ping
      * timeout", "parse error", "forced close", "server shutting down". */
@@ -142,15 +142,14 @@ PARLEY_API int parley_emit(parley_socket *s, const char *event, const char *args
 typedef void (*parley_ack_fn)(parley_socket *s, int err, const parley_args *args, void *user);
 
 typedef struct parley_emit_opts {
-    int volatile_;        /* drop rather than queue when the client cannot take it now */
-    parley_ack_fn ack;    /* ask for an acknowledgement */
+    int volatile_;     /* drop rather than queue when the client cannot take it now */
+    parley_ack_fn ack; /* ask for an acknowledgement */
     void *ack_user;
-    uint32_t timeout_ms;  /* for the acknowledgement; 0 = none */
+    uint32_t timeout_ms; /* for the acknowledgement; 0 = none */
 } parley_emit_opts;
 
-PARLEY_API int parley_emit_opts_send(parley_socket *s, const parley_emit_opts *o,
-                                     const char *event, const char *args_json,
-                                     const parley_bin *bins, size_t nbins);
+PARLEY_API int parley_emit_opts_send(parley_socket *s, const parley_emit_opts *o, const char *event,
+                                     const char *args_json, const parley_bin *bins, size_t nbins);
 
 /* Acknowledges event ack_id of socket s with arguments (a JSON array or
  * NULL). PARLEY_EINVAL for an unknown or already answered id is not

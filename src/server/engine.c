@@ -56,12 +56,12 @@ struct esession {
     uint8_t transport; /* ENGINE_POLLING / ENGINE_WEBSOCKET */
     uint8_t state;
     bool awaiting_pong;
-    bool upgrading;     /* a probe websocket answered 3probe */
-    bool poll_closing;  /* a close packet waits for the next GET */
-    ptimer timer;       /* heartbeat */
-    ptimer aux;         /* upgrade deadline, or the polling close deadline */
-    uint64_t last_rx;   /* loop time of the last packet received */
-    char *origin;       /* allowed Origin to reflect in long-poll answers (CORS list mode) */
+    bool upgrading;    /* a probe websocket answered 3probe */
+    bool poll_closing; /* a close packet waits for the next GET */
+    ptimer timer;      /* heartbeat */
+    ptimer aux;        /* upgrade deadline, or the polling close deadline */
+    uint64_t last_rx;  /* loop time of the last packet received */
+    char *origin;      /* allowed Origin to reflect in long-poll answers (CORS list mode) */
     /* polling */
     phttpd_deferred *get; /* pending long-poll */
     pbuf pollq;           /* payload waiting for a GET */
@@ -216,8 +216,8 @@ static void poll_answer(esession *s, const void *body, size_t len)
         } else {
             h[n++] = (http_header){"Vary", 4, "Origin", 6};
             if (s->origin)
-                h[n++] = (http_header){"Access-Control-Allow-Origin", 27, s->origin,
-                                       strlen(s->origin)};
+                h[n++] =
+                    (http_header){"Access-Control-Allow-Origin", 27, s->origin, strlen(s->origin)};
         }
         if (e->o.cors_credentials)
             h[n++] = (http_header){"Access-Control-Allow-Credentials", 32, "true", 4};
@@ -348,7 +348,8 @@ static bool on_packet(esession *s, const eio_packet *p)
     case EIO_CLOSE:
         session_closed(s, "transport close");
         return false;
-    default: return true; /* open, upgrade, noop: nothing to do */
+    default:
+        return true; /* open, upgrade, noop: nothing to do */
     }
 }
 
@@ -539,7 +540,8 @@ static void ws_message(wsconn *w, int opcode, uint8_t *data, size_t len)
                 eio_payload it;
                 eio_payload_init(&it, s->pollq.ptr, s->pollq.len);
                 eio_packet q;
-                while (eio_payload_next(&it, &q) == 1) send_packet(s, q.type, q.binary, q.data, q.len);
+                while (eio_payload_next(&it, &q) == 1)
+                    send_packet(s, q.type, q.binary, q.data, q.len);
                 s->pollq.len = 0;
             }
             pbuf_free(&s->pollq);
@@ -705,8 +707,8 @@ static void handle(phttpd_req *req, void *user)
         /* CORS preflight, answered like the `cors` middleware does. */
         http_header hd[8];
         size_t n = cors_headers(e, h, hd, 0);
-        hd[n++] = (http_header){"Access-Control-Allow-Methods", 28, "GET,HEAD,PUT,PATCH,POST,DELETE",
-                                30};
+        hd[n++] =
+            (http_header){"Access-Control-Allow-Methods", 28, "GET,HEAD,PUT,PATCH,POST,DELETE", 30};
         const http_header *rh = http_find_header(h, "Access-Control-Request-Headers");
         if (rh) {
             hd[n++] = (http_header){"Access-Control-Allow-Headers", 28, rh->value, rh->value_len};

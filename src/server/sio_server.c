@@ -102,7 +102,7 @@ typedef struct stored_packet {
     size_t nrooms;
     char **except;
     size_t nexcept;
-    pbuf text;    /* the Socket.IO packet */
+    pbuf text; /* the Socket.IO packet */
     pbuf *bins;
     size_t nbins;
 } stored_packet;
@@ -404,10 +404,10 @@ static int send_packet(sio_client *c, const char *text, size_t len, const parley
                        size_t nbins)
 {
     int rc = esession_send(c->es, false, text, len);
-    for (size_t i = 0; rc == 0 && i < nbins; i++) rc = esession_send(c->es, true, bins[i].data, bins[i].len);
+    for (size_t i = 0; rc == 0 && i < nbins; i++)
+        rc = esession_send(c->es, true, bins[i].data, bins[i].len);
     return rc;
 }
-
 
 /* ---- recovery store ---- */
 
@@ -501,7 +501,8 @@ static stored_packet *store_packet(parley_server *srv, parley_nsp *n, const parl
     if (ok && nex) {
         p->except = pcalloc(nex, sizeof *p->except);
         ok = p->except != NULL;
-        for (size_t i = 0; ok && i < to->nexcept; i++) ok = (p->except[p->nexcept++] = strdup(to->except[i])) != NULL;
+        for (size_t i = 0; ok && i < to->nexcept; i++)
+            ok = (p->except[p->nexcept++] = strdup(to->except[i])) != NULL;
         if (ok && to->except_socket)
             ok = (p->except[p->nexcept++] = strdup(to->except_socket->id)) != NULL;
     }
@@ -556,7 +557,8 @@ static void persist_session(parley_socket *s)
     ss->nrooms = (size_t)s->nrooms + 1;
     ss->rooms = pcalloc(ss->nrooms, sizeof *ss->rooms);
     bool ok = ss->rooms && (ss->rooms[0] = strdup(s->id));
-    for (uint16_t i = 0; ok && i < s->nrooms; i++) ok = (ss->rooms[i + 1] = strdup(s->rooms[i].r->name)) != NULL;
+    for (uint16_t i = 0; ok && i < s->nrooms; i++)
+        ok = (ss->rooms[i + 1] = strdup(s->rooms[i].r->name)) != NULL;
     ss->expires = ploop_now(srv->loop) + srv->o.max_disconnection_ms;
     if (!ok) {
         saved_free(ss);
@@ -582,7 +584,8 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
     if (rc) return rc;
     bool volatile_ = to && to->volatile_;
     char offbuf[32];
-    const char *offset = srv->o.recovery && !volatile_ ? next_offset(srv, offbuf, sizeof offbuf) : NULL;
+    const char *offset =
+        srv->o.recovery && !volatile_ ? next_offset(srv, offbuf, sizeof offbuf) : NULL;
     rc = encode_event(&srv->scratch, n, -1, event, args_json ? &args : NULL, nbins, offset);
     if (rc) return rc;
     if (offset) store_packet(srv, n, to, offset, &srv->scratch, bins, nbins);
@@ -615,8 +618,7 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
 #define DELIVER(sock)                                                                              \
     do {                                                                                           \
         parley_socket *x_ = (sock);                                                                \
-        if (x_->gen != gen && x_->connected &&                                                     \
-            (!volatile_ || esession_writable(x_->c->es))) {                                        \
+        if (x_->gen != gen && x_->connected && (!volatile_ || esession_writable(x_->c->es))) {     \
             x_->gen = gen;                                                                         \
             for (size_t f_ = 0; f_ < nframes; f_++) esession_send_frame(x_->c->es, &frames[f_]);   \
             count++;                                                                               \
@@ -686,7 +688,8 @@ static int emit_one(parley_socket *s, const parley_emit_opts *o, const char *eve
         ptimer_init(&a->timer, ack_timeout);
     }
     rc = encode_event(&srv->scratch, s->nsp, id, event, args_json ? &args : NULL, nbins, NULL);
-    if (rc == 0) rc = send_packet(s->c, (const char *)srv->scratch.ptr, srv->scratch.len, bins, nbins);
+    if (rc == 0)
+        rc = send_packet(s->c, (const char *)srv->scratch.ptr, srv->scratch.len, bins, nbins);
     if (rc) {
         free(a);
         return rc;
@@ -857,7 +860,8 @@ static void on_connect_packet(sio_client *c, const sio_packet *pk)
         client_close(c);
         return;
     }
-    parley_nsp *n = pk->nsp_len <= MAX_ROOM_NAME ? pmap_get(&srv->nsps, pk->nsp, pk->nsp_len) : NULL;
+    parley_nsp *n =
+        pk->nsp_len <= MAX_ROOM_NAME ? pmap_get(&srv->nsps, pk->nsp, pk->nsp_len) : NULL;
     if (!n) {
         send_connect_error(c, pk->nsp, pk->nsp_len, "Invalid namespace", NULL);
         return;
@@ -1051,7 +1055,8 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
             return;
         }
         parley_args a = {(const char *)args->ptr, args->len, ncanon ? canon : NULL, ncanon};
-        if (s->nsp->h.on_event) s->nsp->h.on_event(s, ev, (size_t)evlen, &a, pk->id, s->nsp->h.user);
+        if (s->nsp->h.on_event)
+            s->nsp->h.on_event(s, ev, (size_t)evlen, &a, pk->id, s->nsp->h.user);
         return;
     }
     /* ACK / BINARY_ACK */
@@ -1061,7 +1066,7 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
         *pp = a->next;
         ploop_timer_stop(srv->loop, &a->timer);
         int rc = pk->data.type == JSON_INVALID ? pbuf_append(args, "[]", 2)
-                                                : json_compact(args, &pk->data);
+                                               : json_compact(args, &pk->data);
         parley_bin canon[MAX_ATTACHMENTS];
         size_t ncanon = 0;
         if (rc == 0 && nbins) rc = canonical_bins(srv, args, bins, nbins, canon, &ncanon);
@@ -1091,7 +1096,9 @@ static void bin_reset(sio_client *c)
 static void handle_packet(sio_client *c, const sio_packet *pk, const parley_bin *bins, size_t nbins)
 {
     switch (pk->type) {
-    case SIO_CONNECT: on_connect_packet(c, pk); return;
+    case SIO_CONNECT:
+        on_connect_packet(c, pk);
+        return;
     case SIO_DISCONNECT: {
         parley_socket *s = client_socket(c, pk->nsp, pk->nsp_len);
         if (!s) {
@@ -1104,7 +1111,9 @@ static void handle_packet(sio_client *c, const sio_packet *pk, const parley_bin 
     case SIO_EVENT:
     case SIO_BINARY_EVENT:
     case SIO_ACK:
-    case SIO_BINARY_ACK: dispatch(c, pk, bins, nbins); return;
+    case SIO_BINARY_ACK:
+        dispatch(c, pk, bins, nbins);
+        return;
     default:
         /* CONNECT_ERROR from a client is invalid: the reference closes. */
         client_close(c);
@@ -1225,8 +1234,8 @@ static void eng_close(esession *es, const char *reason)
     esession_set_user(es, NULL);
 }
 
-static const engine_cbs eng_cbs = {.on_open = eng_open, .on_message = eng_message,
-                                   .on_close = eng_close};
+static const engine_cbs eng_cbs = {
+    .on_open = eng_open, .on_message = eng_message, .on_close = eng_close};
 
 /* ---- server ---- */
 
@@ -1331,7 +1340,8 @@ static void on_http_done(phttpd *h, void *user)
     if (s->done) s->done(s, s->done_user);
 }
 
-void parley_server_shutdown(parley_server *s, void (*done)(parley_server *s, void *user), void *user)
+void parley_server_shutdown(parley_server *s, void (*done)(parley_server *s, void *user),
+                            void *user)
 {
     s->shutting_down = true;
     s->done = done;
