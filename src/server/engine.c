@@ -346,6 +346,13 @@ static bool on_packet(esession *s, const eio_packet *p)
         e->cbs->on_message(s, p->binary, p->data, p->len);
         return s->state == ES_OPEN;
     case EIO_CLOSE:
+        if (s->get) {
+            /* The client asked to close: its pending long-poll ends with a
+             * noop, not a close packet (as the reference's polling
+             * transport does). */
+            const char noop = '0' + EIO_NOOP;
+            poll_answer(s, &noop, 1);
+        }
         session_closed(s, "transport close");
         return false;
     default:
