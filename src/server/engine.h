@@ -106,6 +106,18 @@ phttpd *parley_server__http(parley_server *s);
 int parley_server__engine(parley_server *s, const char *path, const engine_cbs *cbs, void *user,
                           engine **out);
 
+/* Counters of a parley_server's guards (internal until the metrics work
+ * exports them). */
+typedef struct parley_server_stats {
+    uint64_t origin_refused;          /* Engine.IO requests refused for their Origin (403) */
+    uint64_t auth_timeout_closes;     /* sessions closed by the require_auth deadline */
+    uint64_t attachment_limit_closes; /* sessions closed by an attachment byte cap */
+    size_t pending_attachment_bytes;  /* held now for binary packets awaiting attachments */
+    size_t pending_attachment_peak;   /* the most ever held at once */
+} parley_server_stats;
+
+void parley_server__stats(const parley_server *s, parley_server_stats *out);
+
 /* Sends a message. 0, PARLEY_ECLOSED (session over), PARLEY_EFULL (the
  * client is not reading; the session is being dropped), PARLEY_ENOMEM. */
 int esession_send(esession *s, bool binary, const void *data, size_t len);

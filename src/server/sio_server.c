@@ -133,6 +133,11 @@ struct parley_server {
     char offset_prefix[8];
     ptimer prune;
     pmd_config pmd;
+    /* guards */
+    char *allowed;      /* our copy of o.allowed_origins */
+    size_t max_att;     /* per session (max_attachment_bytes resolved) */
+    size_t max_pending; /* server-wide (max_pending_attachment_bytes resolved) */
+    parley_server_stats stats;
 };
 
 static void socket_gone(parley_socket *s, const char *reason, bool persist);
@@ -1326,6 +1331,11 @@ int parley_server__engine(parley_server *s, const char *path, const engine_cbs *
     eo.cors_credentials = o->cors_credentials != 0;
     if (o->permessage_deflate) eo.pmd = &s->pmd;
     return engine_attach(s->http, path, &eo, cbs, user, out);
+}
+
+void parley_server__stats(const parley_server *s, parley_server_stats *out)
+{
+    *out = s->stats;
 }
 
 int parley_server_listen(parley_server *s, const char *host, unsigned port, unsigned *bound)
