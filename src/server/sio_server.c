@@ -1206,6 +1206,14 @@ static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
         return;
     }
     if (pk.type == SIO_BINARY_EVENT || pk.type == SIO_BINARY_ACK) {
+        if (!client_socket(c, pk.nsp, pk.nsp_len)) {
+            /* Refused now, as a plain packet for a namespace not joined
+             * is: waiting for its attachments would hold memory for a
+             * packet bound to be refused (the reference would buffer). */
+            plog_debug("socket.io %s: binary packet for a namespace not joined", esession_id(es));
+            client_close(c);
+            return;
+        }
         if (sio_check_placeholders(&pk.data, pk.attachments, srv->lim.max_depth, NULL, NULL,
                                    &why) != 0) {
             plog_debug("socket.io %s: bad placeholders: %s", esession_id(es), why ? why : "?");
