@@ -61,6 +61,18 @@ typedef struct parley_server_opts {
     /* TLS: certificate chain and key (PEM) for listeners; NULL = plain. */
     const char *tls_cert;
     const char *tls_key;
+    /* Binary packets wait for their attachments in memory. What one
+     * session holds for its packet in progress (its text and the
+     * attachments received so far) may not exceed max_attachment_bytes
+     * (0, the default: 4 x max_payload, i.e. 4000000, room for four
+     * full-size attachments: larger uploads belong in HTTP), and what all
+     * sessions hold together may not exceed max_pending_attachment_bytes
+     * (0, the default: 64 MiB). A message that would exceed either closes
+     * that session ("parse error"), no other. SIZE_MAX: no limit. A binary
+     * packet for a namespace the client has not joined closes the session
+     * when its text arrives, before any attachment is held. */
+    size_t max_attachment_bytes;
+    size_t max_pending_attachment_bytes;
 } parley_server_opts;
 
 /* Fills in the defaults documented above. */

@@ -4,6 +4,7 @@
  * attachments, rooms and broadcasts encoded once, volatile emits, and
  * connection-state recovery.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +73,7 @@ struct sio_client {
     pbuf bin_text;
     pbuf *bins;
     unsigned bins_want, bins_got;
+    size_t bin_bytes; /* held for it (text and attachments), counted in the stats */
 };
 
 struct parley_nsp {
@@ -143,6 +145,7 @@ struct parley_server {
 static void socket_gone(parley_socket *s, const char *reason, bool persist);
 static const engine_cbs eng_cbs;
 static void client_close(sio_client *c);
+static void client_close_why(sio_client *c, const char *reason);
 
 /* ---- options and lifetime ---- */
 
@@ -1089,6 +1092,7 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
      * as the reference does. */
 }
 
+/* Lets go of a binary packet in progress (the bytes leave the stats). */
 static void bin_reset(sio_client *c)
 {
     for (unsigned i = 0; i < c->bins_got; i++) pbuf_free(&c->bins[i]);
@@ -1096,6 +1100,47 @@ static void bin_reset(sio_client *c)
     c->bins = NULL;
     c->bins_want = c->bins_got = 0;
     pbuf_free(&c->bin_text);
+    assert(c->srv->stats.pending_attachment_bytes >= c->bin_bytes);
+    c->srv->stats.pending_attachment_bytes -= c->bin_bytes;
+    c->bin_bytes = 0;
+}
+
+/* Counts n more bytes held for the client's binary packet in progress,
+ * within the per-session and server-wide caps. False (nothing counted)
+ * when n would exceed one of them: the session has been closed. */
+static bool bin_take(sio_client *c, size_t n)
+{
+    parley_server *srv = c->srv;
+    parley_server_stats *st = &srv->stats;
+    bool session = n > srv->max_att - c->bin_bytes;
+    if (session || n > srv->max_pending - st->pending_attachment_bytes) {
+        st->attachment_limit_closes++;
+        plog_warn("socket.io %s: %zu more attachment bytes exceed the %s limit (%zu, %zu held): "
+                  "closing",
+                  esession_id(c->es), n, session ? "session" : "server-wide",
+                  session ? srv->max_att : srv->max_pending,
+                  session ? c->bin_bytes : st->pending_attachment_bytes);
+        client_close_why(c, "parse error");
+        return false;
+    }
+    c->bin_bytes += n;
+    st->pending_attachment_bytes += n;
+    if (st->pending_attachment_bytes > st->pending_attachment_peak)
+        st->pending_attachment_peak = st->pending_attachment_bytes;
+    return true;
+}
+
+/* An empty buffer holding a copy of data, allocated to size (what the
+ * stats count is what is held). */
+static int pbuf_exact(pbuf *b, const void *data, size_t len)
+{
+    if (len == 0) return 0;
+    if (len > PBUF_MAX) return PARLEY_ENOMEM;
+    b->ptr = malloc(len);
+    if (!b->ptr) return PARLEY_ENOMEM;
+    memcpy(b->ptr, data, len);
+    b->len = b->cap = (uint32_t)len;
+    return 0;
 }
 
 static void handle_packet(sio_client *c, const sio_packet *pk, const parley_bin *bins, size_t nbins)
@@ -1136,7 +1181,15 @@ static void on_connect_timeout(ptimer *t)
 
 static void client_close(sio_client *c)
 {
-    if (!esession_closed(c->es)) esession_close(c->es);
+    client_close_why(c, "forced close");
+}
+
+/* Closes the client's session. A binary packet in progress is let go of
+ * now: a polling session may take a while to finish closing. */
+static void client_close_why(sio_client *c, const char *reason)
+{
+    bin_reset(c);
+    if (!esession_closed(c->es)) esession_close_why(c->es, reason);
 }
 
 static void eng_open(esession *es, const phttpd_req *req)
@@ -1167,7 +1220,8 @@ static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
             client_close(c);
             return;
         }
-        if (pbuf_append(&c->bins[c->bins_got], data, len) != 0) {
+        if (!bin_take(c, len)) return;
+        if (pbuf_exact(&c->bins[c->bins_got], data, len) != 0) {
             client_close(c);
             return;
         }
@@ -1186,13 +1240,16 @@ static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
         pbuf text = c->bin_text;
         pbuf *parts = c->bins;
         unsigned got = c->bins_got;
+        size_t held = c->bin_bytes;
         memset(&c->bin_text, 0, sizeof c->bin_text);
         c->bins = NULL;
         c->bins_want = c->bins_got = 0;
-        handle_packet(c, &pk, bins, n);
+        c->bin_bytes = 0;
+        handle_packet(c, &pk, bins, n); /* may free c */
         pbuf_free(&text);
         for (unsigned i = 0; i < got; i++) pbuf_free(&parts[i]);
         free(parts);
+        srv->stats.pending_attachment_bytes -= held;
         return;
     }
     if (c->bins_want) {
@@ -1221,9 +1278,9 @@ static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
             return;
         }
         if (pk.attachments > 0) {
+            if (!bin_take(c, len)) return;
             c->bins = pcalloc(pk.attachments, sizeof *c->bins);
-            if (!c->bins || pbuf_append(&c->bin_text, data, len) != 0) {
-                bin_reset(c);
+            if (!c->bins || pbuf_exact(&c->bin_text, data, len) != 0) {
                 client_close(c);
                 return;
             }
@@ -1286,6 +1343,11 @@ int parley_server_new(parley_loop *loop, const parley_server_opts *o, parley_ser
         if (!s->cors) rc = PARLEY_ENOMEM;
         s->o.cors_origin = s->cors;
     }
+    s->max_att = o->max_attachment_bytes;
+    if (s->max_att == 0)
+        s->max_att = o->max_payload <= SIZE_MAX / 4 ? 4 * o->max_payload : SIZE_MAX;
+    s->max_pending = o->max_pending_attachment_bytes ? o->max_pending_attachment_bytes
+                                                     : (size_t)64 * 1024 * 1024;
     s->o.tls_cert = s->o.tls_key = NULL;
     if (rc == 0 && o->tls_cert) {
         char err[256];
