@@ -73,6 +73,18 @@ typedef struct parley_server_opts {
      * when its text arrives, before any attachment is held. */
     size_t max_attachment_bytes;
     size_t max_pending_attachment_bytes;
+    /* Authentication deadline: with require_auth set (default 0, as the
+     * reference), connect_timeout_ms, counted from the session's open,
+     * applies until the client has a socket in an authenticated namespace,
+     * one whose handlers had an on_connect_check when the socket connected
+     * (whatever the check decided, a socket exists only when it accepted;
+     * a socket recovered by connection-state recovery counts too). A socket
+     * in a namespace without a check (such as an open "/") does not stop
+     * the deadline. When the client's last authenticated socket goes away
+     * while the session lives, the deadline starts again, connect_timeout_ms
+     * from then. A session it closes: reason "auth timeout", an info log
+     * line "no authenticated namespace", counted in the server's stats. */
+    int require_auth;
 } parley_server_opts;
 
 /* Fills in the defaults documented above. */
@@ -130,7 +142,8 @@ typedef struct parley_nsp_handlers {
                      int64_t ack_id, void *user);
     /* The socket is gone. reason: "client namespace disconnect", "server
      * namespace disconnect", "transport close", "transport error", "ping
-     * timeout", "parse error", "forced close", "server shutting down". */
+     * timeout", "parse error", "forced close", "auth timeout" (see
+     * require_auth), "server shutting down". */
     void (*on_disconnect)(parley_socket *s, const char *reason, void *user);
     void *user;
 } parley_nsp_handlers;

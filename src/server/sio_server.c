@@ -53,6 +53,7 @@ struct parley_socket {
     uint16_t nrooms, rooms_cap;
     bool connected;
     bool recovered;
+    bool authed; /* its namespace had a connect check (see require_auth) */
     pending_ack *acks;
     int64_t next_ack;
     uint64_t gen; /* broadcast de-duplication */
@@ -74,6 +75,7 @@ struct sio_client {
     pbuf *bins;
     unsigned bins_want, bins_got;
     size_t bin_bytes; /* held for it (text and attachments), counted in the stats */
+    uint8_t nauth;    /* sockets in authenticated namespaces */
 };
 
 struct parley_nsp {
@@ -783,6 +785,11 @@ static void socket_gone(parley_socket *s, const char *reason, bool persist)
     pmap_del(&s->nsp->sockets, s->id, 20);
     while (s->nrooms) leave_member(s, (uint16_t)(s->nrooms - 1));
     client_remove_socket(s->c, s);
+    if (s->authed && --s->c->nauth == 0 && srv->o.require_auth && !esession_closed(s->c->es)) {
+        /* The last authenticated socket left a live session: the
+         * authentication deadline starts again. */
+        ploop_timer_start(srv->loop, &s->c->connect_timer, srv->o.connect_timeout_ms);
+    }
     pending_ack *a = s->acks;
     s->acks = NULL;
     while (a) {
@@ -928,7 +935,9 @@ static void on_connect_packet(sio_client *c, const sio_packet *pk)
     }
     c->socks[c->nsocks++] = s;
     s->connected = true;
-    ploop_timer_stop(srv->loop, &c->connect_timer);
+    s->authed = n->h.on_connect_check != NULL;
+    if (s->authed) c->nauth++;
+    if (!srv->o.require_auth || c->nauth) ploop_timer_stop(srv->loop, &c->connect_timer);
     if (ss) {
         for (size_t i = 0; i < ss->nrooms; i++)
             if (strcmp(ss->rooms[i], s->id) != 0) join_room(s, ss->rooms[i], strlen(ss->rooms[i]));
@@ -1176,7 +1185,16 @@ static void handle_packet(sio_client *c, const sio_packet *pk, const parley_bin 
 static void on_connect_timeout(ptimer *t)
 {
     sio_client *c = PARLEY_CONTAINER_OF(t, sio_client, connect_timer);
-    if (c->nsocks == 0) client_close(c);
+    parley_server *srv = c->srv;
+    if (!srv->o.require_auth) {
+        if (c->nsocks == 0) client_close(c);
+        return;
+    }
+    if (c->nauth || esession_closed(c->es)) return;
+    srv->stats.auth_timeout_closes++;
+    plog_info("socket.io %s: no authenticated namespace within %u ms (%u sockets): closing",
+              esession_id(c->es), srv->o.connect_timeout_ms, (unsigned)c->nsocks);
+    client_close_why(c, "auth timeout");
 }
 
 static void client_close(sio_client *c)
@@ -1296,8 +1314,8 @@ static void eng_close(esession *es, const char *reason)
     sio_client *c = esession_user(es);
     if (!c) return;
     parley_server *srv = c->srv;
-    ploop_timer_stop(srv->loop, &c->connect_timer);
     while (c->nsocks) socket_gone(c->socks[c->nsocks - 1], reason, true);
+    ploop_timer_stop(srv->loop, &c->connect_timer); /* after the sockets: see socket_gone */
     bin_reset(c);
     free(c->socks);
     free(c);
