@@ -156,6 +156,14 @@ PARLEY_API parley_nsp *parley_server_of(parley_server *s, const char *name);
 /* Sets the handlers (copied). */
 PARLEY_API void parley_nsp_set_handlers(parley_nsp *n, const parley_nsp_handlers *h);
 
+/* Turns a namespace off (closed != 0) or on again (0; namespaces start
+ * on). A CONNECT to a closed namespace is answered exactly like one to a
+ * namespace that does not exist (connect_error "Invalid namespace"), and
+ * the connection stays; sockets already connected are not affected. E.g.
+ * parley_nsp_set_closed(parley_server_of(srv, "/"), 1) when only other
+ * namespaces are served. */
+PARLEY_API void parley_nsp_set_closed(parley_nsp *n, int closed);
+
 /* Sending to one socket. args_json NULL means no arguments. Errors:
  * PARLEY_EINVAL (args not a JSON array, bad placeholder, reserved event
  * name), PARLEY_ECLOSED, PARLEY_ENOMEM, PARLEY_EFULL. */

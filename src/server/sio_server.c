@@ -85,6 +85,7 @@ struct parley_nsp {
     parley_nsp_handlers h;
     pmap sockets; /* id -> socket */
     pmap rooms;   /* name -> room */
+    bool closed;  /* CONNECTs answered "Invalid namespace" */
 };
 
 /* Connection-state recovery. */
@@ -228,6 +229,11 @@ parley_nsp *parley_server_of(parley_server *s, const char *name)
         return NULL;
     }
     return n;
+}
+
+void parley_nsp_set_closed(parley_nsp *n, int closed)
+{
+    n->closed = closed != 0;
 }
 
 void parley_nsp_set_handlers(parley_nsp *n, const parley_nsp_handlers *h)
@@ -877,7 +883,8 @@ static void on_connect_packet(sio_client *c, const sio_packet *pk)
     }
     parley_nsp *n =
         pk->nsp_len <= MAX_ROOM_NAME ? pmap_get(&srv->nsps, pk->nsp, pk->nsp_len) : NULL;
-    if (!n) {
+    if (!n || n->closed) {
+        /* A closed namespace is indistinguishable from a missing one. */
         send_connect_error(c, pk->nsp, pk->nsp_len, "Invalid namespace", NULL);
         return;
     }
