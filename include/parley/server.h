@@ -85,6 +85,15 @@ typedef struct parley_server_opts {
      * from then. A session it closes: reason "auth timeout", an info log
      * line "no authenticated namespace", counted in the server's stats. */
     int require_auth;
+    /* Origin allow-list, checked on every Engine.IO request (handshake,
+     * polling, WebSocket upgrade): NULL = no check (default); otherwise a
+     * comma-separated list of origins ("https://app.example,http://
+     * localhost:8080"; "null" only if listed; scheme and host compared
+     * case-insensitively, the port is significant, "*" allows all). A
+     * request whose Origin header is present and not listed gets 403;
+     * requests without Origin (native clients) pass. Independent of
+     * cors_origin, except that a refused origin never gets CORS headers. */
+    const char *allowed_origins;
 } parley_server_opts;
 
 /* Fills in the defaults documented above. */

@@ -1368,6 +1368,11 @@ int parley_server_new(parley_loop *loop, const parley_server_opts *o, parley_ser
         if (!s->cors) rc = PARLEY_ENOMEM;
         s->o.cors_origin = s->cors;
     }
+    if (rc == 0 && o->allowed_origins) {
+        s->allowed = strdup(o->allowed_origins);
+        if (!s->allowed) rc = PARLEY_ENOMEM;
+        s->o.allowed_origins = s->allowed;
+    }
     s->max_att = o->max_attachment_bytes;
     if (s->max_att == 0)
         s->max_att = o->max_payload <= SIZE_MAX / 4 ? 4 * o->max_payload : SIZE_MAX;
@@ -1424,6 +1429,8 @@ int parley_server__engine(parley_server *s, const char *path, const engine_cbs *
     eo.transports = (o->polling ? ENGINE_POLLING : 0) | (o->websocket ? ENGINE_WEBSOCKET : 0);
     eo.cors_origin = s->cors;
     eo.cors_credentials = o->cors_credentials != 0;
+    eo.allowed_origins = s->allowed;
+    eo.origin_refused = &s->stats.origin_refused;
     if (o->permessage_deflate) eo.pmd = &s->pmd;
     return engine_attach(s->http, path, &eo, cbs, user, out);
 }
@@ -1498,5 +1505,6 @@ void parley_server_free(parley_server *s)
     pbuf_free(&s->scratch2);
     free(s->path);
     free(s->cors);
+    free(s->allowed);
     free(s);
 }
