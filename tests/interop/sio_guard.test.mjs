@@ -255,9 +255,22 @@ describe('a binary packet for a namespace not joined', () => {
       return { port: g.port, pid: g.pid, nsp: '/auth', alive: g.alive, stderr: g.stderr, witness: () => w.echo('witness'), stats: () => g.stats() };
     }],
   ];
+  /* Under AddressSanitizer freed memory waits in a quarantine (256 MiB by
+   * default) that RSS would count, although nothing holds it: these
+   * servers run with a small one. Builds without the sanitizer ignore it. */
+  async function smallQuarantine(start) {
+    const saved = process.env.ASAN_OPTIONS;
+    process.env.ASAN_OPTIONS = `${saved ? `${saved}:` : ''}quarantine_size_mb=1`;
+    try {
+      return await start();
+    } finally {
+      if (saved === undefined) delete process.env.ASAN_OPTIONS;
+      else process.env.ASAN_OPTIONS = saved;
+    }
+  }
   for (const [name, start] of targets) {
     test(`${name}: ${ATTACK.sessions} sessions announcing 10 attachments for a namespace not joined and sending 9 x ~1 MB are closed at the header; RSS grows less than 24 MiB; a well-behaved client keeps working`, async (t) => {
-      const target = await start();
+      const target = await smallQuarantine(start);
       const blob = Buffer.alloc(ATTACK.size, 0x5a);
       const header = `4510-${target.nsp},["upload",${Array.from({ length: 10 }, (_, i) => P(i)).join(',')}]`;
       let open = 0;
