@@ -73,17 +73,19 @@ typedef struct parley_server_opts {
      * when its text arrives, before any attachment is held. */
     size_t max_attachment_bytes;
     size_t max_pending_attachment_bytes;
-    /* Authentication deadline: with require_auth set (default 0, as the
-     * reference), connect_timeout_ms, counted from the session's open,
-     * applies until the client has a socket in an authenticated namespace,
-     * one whose handlers had an on_connect_check when the socket connected
-     * (whatever the check decided, a socket exists only when it accepted;
-     * a socket recovered by connection-state recovery counts too). A socket
-     * in a namespace without a check (such as an open "/") does not stop
-     * the deadline. When the client's last authenticated socket goes away
-     * while the session lives, the deadline starts again, connect_timeout_ms
-     * from then. A session it closes: reason "auth timeout", an info log
-     * line "no authenticated namespace", counted in the server's stats. */
+    /* Authentication deadline. With require_auth set (default 0: the
+     * reference's behaviour, where any CONNECT stops the connect timeout),
+     * connect_timeout_ms, counted from the session's open, keeps applying
+     * until the client has a socket in an authenticated namespace: one
+     * whose handlers had an on_connect_check when the socket connected
+     * (so the check accepted it; a socket restored by connection-state
+     * recovery, which skips checks as the reference does, counts too). A
+     * socket in a namespace without a check, such as an open "/", does not
+     * stop the deadline. When the client's last authenticated socket goes
+     * away while the session lives, the deadline starts again,
+     * connect_timeout_ms from then. A session the deadline closes: reason
+     * "auth timeout" for its sockets, an info log line "socket.io <sid>: no
+     * authenticated namespace within <ms> ms", and a counter. */
     int require_auth;
     /* Origin allow-list, checked on every Engine.IO request (handshake,
      * polling, WebSocket upgrade): NULL = no check (default); otherwise a
