@@ -41,26 +41,61 @@ typedef struct parley_nsp parley_nsp;
 typedef struct parley_socket parley_socket;
 
 typedef struct parley_server_opts {
-    const char *path;             /* default "/socket.io/" */
-    uint32_t ping_interval_ms;    /* default 25000 */
-    uint32_t ping_timeout_ms;     /* default 20000 */
-    uint32_t upgrade_timeout_ms;  /* default 10000 */
-    uint32_t connect_timeout_ms;  /* CONNECT to a namespace within; default 45000 */
-    size_t max_payload;           /* bytes per HTTP body or WebSocket message; default 1000000 */
-    int polling;                  /* allow HTTP long-polling (default 1) */
-    int websocket;                /* allow WebSocket (default 1) */
+    const char *path;            /* default "/socket.io/" */
+    uint32_t ping_interval_ms;   /* default 25000 */
+    uint32_t ping_timeout_ms;    /* default 20000 */
+    uint32_t upgrade_timeout_ms; /* default 10000 */
+    uint32_t connect_timeout_ms; /* CONNECT to a namespace within; default 45000 */
+    size_t max_payload;          /* bytes per HTTP body or WebSocket message; default 1000000 */
+    int polling;                 /* allow HTTP long-polling (default 1) */
+    int websocket;               /* allow WebSocket (default 1) */
     /* CORS: NULL = no CORS headers (default); "*" = any origin; otherwise a
      * comma-separated list of allowed origins. */
     const char *cors_origin;
-    int cors_credentials;         /* Access-Control-Allow-Credentials: true */
+    int cors_credentials; /* Access-Control-Allow-Credentials: true */
     /* Connection-state recovery (Socket.IO 4.6+): default 0 = off. */
     int recovery;
     uint32_t max_disconnection_ms; /* how long a session can be recovered; default 120000 */
-    unsigned max_attachments;     /* binary attachments per packet; default 10 */
-    int permessage_deflate;       /* WebSocket compression; default 0 (as the reference) */
+    unsigned max_attachments;      /* binary attachments per packet; default 10 */
+    int permessage_deflate;        /* WebSocket compression; default 0 (as the reference) */
     /* TLS: certificate chain and key (PEM) for listeners; NULL = plain. */
     const char *tls_cert;
     const char *tls_key;
+    /* Binary packets wait for their attachments in memory. What one
+     * session holds for its packet in progress (its text and the
+     * attachments received so far) may not exceed max_attachment_bytes
+     * (0, the default: 4 x max_payload, i.e. 4000000, room for four
+     * full-size attachments: larger uploads belong in HTTP), and what all
+     * sessions hold together may not exceed max_pending_attachment_bytes
+     * (0, the default: 64 MiB). A message that would exceed either closes
+     * that session ("parse error"), no other. SIZE_MAX: no limit. A binary
+     * packet for a namespace the client has not joined closes the session
+     * when its text arrives, before any attachment is held. */
+    size_t max_attachment_bytes;
+    size_t max_pending_attachment_bytes;
+    /* Authentication deadline. With require_auth set (default 0: the
+     * reference's behaviour, where any CONNECT stops the connect timeout),
+     * connect_timeout_ms, counted from the session's open, keeps applying
+     * until the client has a socket in an authenticated namespace: one
+     * whose handlers had an on_connect_check when the socket connected
+     * (so the check accepted it; a socket restored by connection-state
+     * recovery, which skips checks as the reference does, counts too). A
+     * socket in a namespace without a check, such as an open "/", does not
+     * stop the deadline. When the client's last authenticated socket goes
+     * away while the session lives, the deadline starts again,
+     * connect_timeout_ms from then. A session the deadline closes: reason
+     * "auth timeout" for its sockets, an info log line "socket.io <sid>: no
+     * authenticated namespace within <ms> ms", and a counter. */
+    int require_auth;
+    /* Origin allow-list, checked on every Engine.IO request (handshake,
+     * polling, WebSocket upgrade): NULL = no check (default); otherwise a
+     * comma-separated list of origins ("https://app.example,http://
+     * localhost:8080"; "null" only if listed; scheme and host compared
+     * case-insensitively, the port is significant, "*" allows all). A
+     * request whose Origin header is present and not listed gets 403;
+     * requests without Origin (native clients) pass. Independent of
+     * cors_origin, except that a refused origin never gets CORS headers. */
+    const char *allowed_origins;
 } parley_server_opts;
 
 /* Fills in the defaults documented above. */
@@ -114,11 +149,12 @@ typedef struct parley_nsp_handlers {
     void (*on_connection)(parley_socket *s, void *user);
     /* An event. ack_id >= 0 when the client wants an acknowledgement:
      * answer with parley_ack (now or later, while the socket lives). */
-    void (*on_event)(parley_socket *s, const char *event, size_t event_len,
-                     const parley_args *args, int64_t ack_id, void *user);
+    void (*on_event)(parley_socket *s, const char *event, size_t event_len, const parley_args *args,
+                     int64_t ack_id, void *user);
     /* The socket is gone. reason: "client namespace disconnect", "server
      * namespace disconnect", "transport close", "transport error", "ping
-     * timeout", "parse error", "forced close", "server shutting down". */
+     * timeout", "parse error", "forced close", "auth timeout" (see
+     * require_auth), "server shutting down". */
     void (*on_disconnect)(parley_socket *s, const char *reason, void *user);
     void *user;
 } parley_nsp_handlers;
@@ -131,6 +167,14 @@ PARLEY_API parley_nsp *parley_server_of(parley_server *s, const char *name);
 /* Sets the handlers (copied). */
 PARLEY_API void parley_nsp_set_handlers(parley_nsp *n, const parley_nsp_handlers *h);
 
+/* Turns a namespace off (closed != 0) or on again (0; namespaces start
+ * on). A CONNECT to a closed namespace is answered exactly like one to a
+ * namespace that does not exist (connect_error "Invalid namespace"), and
+ * the connection stays; sockets already connected are not affected. E.g.
+ * parley_nsp_set_closed(parley_server_of(srv, "/"), 1) when only other
+ * namespaces are served. */
+PARLEY_API void parley_nsp_set_closed(parley_nsp *n, int closed);
+
 /* Sending to one socket. args_json NULL means no arguments. Errors:
  * PARLEY_EINVAL (args not a JSON array, bad placeholder, reserved event
  * name), PARLEY_ECLOSED, PARLEY_ENOMEM, PARLEY_EFULL. */
@@ -142,15 +186,14 @@ PARLEY_API int parley_emit(parley_socket *s, const char *event, const char *args
 typedef void (*parley_ack_fn)(parley_socket *s, int err, const parley_args *args, void *user);
 
 typedef struct parley_emit_opts {
-    int volatile_;        /* drop rather than queue when the client cannot take it now */
-    parley_ack_fn ack;    /* ask for an acknowledgement */
+    int volatile_;     /* drop rather than queue when the client cannot take it now */
+    parley_ack_fn ack; /* ask for an acknowledgement */
     void *ack_user;
-    uint32_t timeout_ms;  /* for the acknowledgement; 0 = none */
+    uint32_t timeout_ms; /* for the acknowledgement; 0 = none */
 } parley_emit_opts;
 
-PARLEY_API int parley_emit_opts_send(parley_socket *s, const parley_emit_opts *o,
-                                     const char *event, const char *args_json,
-                                     const parley_bin *bins, size_t nbins);
+PARLEY_API int parley_emit_opts_send(parley_socket *s, const parley_emit_opts *o, const char *event,
+                                     const char *args_json, const parley_bin *bins, size_t nbins);
 
 /* Acknowledges event ack_id of socket s with arguments (a JSON array or
  * NULL). PARLEY_EINVAL for an unknown or already answered id is not

@@ -36,6 +36,7 @@ struct engine {
     parley_loop *loop;
     engine_opts o;
     char *cors_origin;
+    char *allowed_origins; /* our copy of o.allowed_origins */
     const engine_cbs *cbs;
     void *user;
     pmap sessions; /* sid -> esession */
@@ -56,12 +57,13 @@ struct esession {
     uint8_t transport; /* ENGINE_POLLING / ENGINE_WEBSOCKET */
     uint8_t state;
     bool awaiting_pong;
-    bool upgrading;     /* a probe websocket answered 3probe */
-    bool poll_closing;  /* a close packet waits for the next GET */
-    ptimer timer;       /* heartbeat */
-    ptimer aux;         /* upgrade deadline, or the polling close deadline */
-    uint64_t last_rx;   /* loop time of the last packet received */
-    char *origin;       /* allowed Origin to reflect in long-poll answers (CORS list mode) */
+    bool upgrading;           /* a probe websocket answered 3probe */
+    bool poll_closing;        /* a close packet waits for the next GET */
+    ptimer timer;             /* heartbeat */
+    ptimer aux;               /* upgrade deadline, or the polling close deadline */
+    uint64_t last_rx;         /* loop time of the last packet received */
+    char *origin;             /* allowed Origin to reflect in long-poll answers (CORS list mode) */
+    const char *close_reason; /* for on_close once a server-side close completes */
     /* polling */
     phttpd_deferred *get; /* pending long-poll */
     pbuf pollq;           /* payload waiting for a GET */
@@ -136,6 +138,109 @@ engine *esession_engine(const esession *s)
     return s->eng;
 }
 
+/* ---- origins ---- */
+
+typedef struct origin_parts {
+    const char *scheme, *host;
+    size_t scheme_len, host_len;
+    long port; /* -1: none (a scheme without a default port) */
+} origin_parts;
+
+static bool is_alpha(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static bool is_scheme_char(char c)
+{
+    return is_alpha(c) || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.';
+}
+
+/* Splits a serialized origin, scheme "://" host [ ":" port ]; false for
+ * anything else (a path, user info, an empty host, a bad port, "null"). */
+static bool origin_parse(const char *s, size_t len, origin_parts *o)
+{
+    size_t i = 0;
+    if (len == 0 || !is_alpha(s[0])) return false;
+    while (i < len && is_scheme_char(s[i])) i++;
+    if (len - i < 3 || memcmp(s + i, "://", 3) != 0) return false;
+    o->scheme = s;
+    o->scheme_len = i;
+    size_t h = i + 3, end = h;
+    if (end < len && s[end] == '[') {
+        while (end < len && s[end] != ']') end++;
+        if (end == len) return false;
+        end++;
+    } else {
+        while (end < len && s[end] != ':') end++;
+    }
+    o->host = s + h;
+    o->host_len = end - h;
+    if (o->host_len == 0) return false;
+    for (size_t k = h; k < end; k++) {
+        char c = s[k];
+        if (c == '/' || c == '?' || c == '#' || c == '@' || c == '\\' || (unsigned char)c <= ' ')
+            return false;
+    }
+    o->port = -1;
+    if (end < len) {
+        /* s[end] is ':' */
+        size_t d = end + 1;
+        if (d == len || len - d > 5) return false;
+        long port = 0;
+        for (; d < len; d++) {
+            if (s[d] < '0' || s[d] > '9') return false;
+            port = port * 10 + (s[d] - '0');
+        }
+        if (port > 65535) return false;
+        o->port = port;
+    } else if (pstr_ieqz(o->scheme, o->scheme_len, "http") ||
+               pstr_ieqz(o->scheme, o->scheme_len, "ws")) {
+        o->port = 80;
+    } else if (pstr_ieqz(o->scheme, o->scheme_len, "https") ||
+               pstr_ieqz(o->scheme, o->scheme_len, "wss")) {
+        o->port = 443;
+    }
+    return true;
+}
+
+bool engine_origin_allowed(const char *list, const char *origin, size_t origin_len)
+{
+    origin_parts want;
+    bool parsed = origin_parse(origin, origin_len, &want);
+    const char *p = list;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        const char *next = p + len + (comma ? 1 : 0);
+        while (len && (*p == ' ' || *p == '\t')) {
+            p++;
+            len--;
+        }
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) len--;
+        origin_parts have;
+        if (len == 1 && *p == '*') return true;
+        if (parsed && origin_parse(p, len, &have)) {
+            if (pstr_ieq(have.scheme, have.scheme_len, want.scheme, want.scheme_len) &&
+                pstr_ieq(have.host, have.host_len, want.host, want.host_len) &&
+                have.port == want.port)
+                return true;
+        } else if (len && len == origin_len && memcmp(p, origin, len) == 0) {
+            return true;
+        }
+        p = next;
+    }
+    return false;
+}
+
+/* False when an allow-list is configured and the request's Origin is
+ * present and not in it. */
+static bool origin_ok(const engine *e, const http_header *origin)
+{
+    return !e->allowed_origins || !origin ||
+           engine_origin_allowed(e->allowed_origins, origin->value, origin->value_len);
+}
+
 /* ---- HTTP answers ---- */
 
 /* CORS headers for a request, per the `cors` middleware the reference uses:
@@ -144,11 +249,13 @@ static size_t cors_headers(engine *e, const http_head *head, http_header *h, siz
 {
     if (!e->cors_origin) return n;
     const http_header *origin = http_find_header(head, "Origin");
+    /* An origin the allow-list refuses is never told that it may read. */
+    bool refused = !origin_ok(e, origin);
     if (strcmp(e->cors_origin, "*") == 0) {
-        h[n++] = (http_header){"Access-Control-Allow-Origin", 27, "*", 1};
+        if (!refused) h[n++] = (http_header){"Access-Control-Allow-Origin", 27, "*", 1};
     } else {
         h[n++] = (http_header){"Vary", 4, "Origin", 6};
-        if (origin) {
+        if (origin && !refused) {
             const char *p = e->cors_origin;
             while (*p) {
                 const char *comma = strchr(p, ',');
@@ -162,7 +269,7 @@ static size_t cors_headers(engine *e, const http_head *head, http_header *h, siz
             }
         }
     }
-    if (e->o.cors_credentials)
+    if (e->o.cors_credentials && !refused)
         h[n++] = (http_header){"Access-Control-Allow-Credentials", 32, "true", 4};
     return n;
 }
@@ -193,7 +300,7 @@ static void respond_upgrade_error(phttpd_req *req, int code)
 {
     const char *msg = eerr_text[code];
     const http_header h[] = {{"Connection", 10, "close", 5}};
-    phttpd_respond(req, 400, "text/html", h, 1, msg, strlen(msg));
+    phttpd_respond(req, code == EERR_FORBIDDEN ? 403 : 400, "text/html", h, 1, msg, strlen(msg));
 }
 
 /* ---- sending ---- */
@@ -216,8 +323,8 @@ static void poll_answer(esession *s, const void *body, size_t len)
         } else {
             h[n++] = (http_header){"Vary", 4, "Origin", 6};
             if (s->origin)
-                h[n++] = (http_header){"Access-Control-Allow-Origin", 27, s->origin,
-                                       strlen(s->origin)};
+                h[n++] =
+                    (http_header){"Access-Control-Allow-Origin", 27, s->origin, strlen(s->origin)};
         }
         if (e->o.cors_credentials)
             h[n++] = (http_header){"Access-Control-Allow-Credentials", 32, "true", 4};
@@ -234,7 +341,7 @@ static void flush_poll(pdefer *d)
     pbuf_reset(&s->pollq, 4096);
     if (s->poll_closing) {
         /* The close packet went out: the session is over. */
-        session_closed(s, "forced close");
+        session_closed(s, s->close_reason);
     }
 }
 
@@ -346,9 +453,17 @@ static bool on_packet(esession *s, const eio_packet *p)
         e->cbs->on_message(s, p->binary, p->data, p->len);
         return s->state == ES_OPEN;
     case EIO_CLOSE:
+        if (s->get) {
+            /* The client asked to close: its pending long-poll ends with a
+             * noop, not a close packet (as the reference's polling
+             * transport does). */
+            const char noop = '0' + EIO_NOOP;
+            poll_answer(s, &noop, 1);
+        }
         session_closed(s, "transport close");
         return false;
-    default: return true; /* open, upgrade, noop: nothing to do */
+    default:
+        return true; /* open, upgrade, noop: nothing to do */
     }
 }
 
@@ -369,6 +484,7 @@ static void reap(pdefer *d)
     if (e->freeing && e->sessions.n == 0 && e->detached == 0) {
         pmap_free(&e->sessions);
         free(e->cors_origin);
+        free(e->allowed_origins);
         free(e);
     }
 }
@@ -415,16 +531,22 @@ static void session_closed(esession *s, const char *reason)
 
 void esession_close(esession *s)
 {
+    esession_close_why(s, "forced close");
+}
+
+void esession_close_why(esession *s, const char *reason)
+{
     if (s->state != ES_OPEN) return;
     engine *e = s->eng;
+    s->close_reason = reason;
     if (s->transport == ENGINE_WEBSOCKET && s->ws) {
         /* Queued frames are ahead of the close frame in the same buffer. */
-        session_closed(s, "forced close");
+        session_closed(s, reason);
         return;
     }
     s->state = ES_CLOSING;
     if (queue_poll(s, EIO_CLOSE, false, NULL, 0) != 0) {
-        session_closed(s, "forced close");
+        session_closed(s, reason);
         return;
     }
     s->poll_closing = true;
@@ -440,7 +562,7 @@ static void on_aux_timer(ptimer *t)
 {
     esession *s = PARLEY_CONTAINER_OF(t, esession, aux);
     if (s->state == ES_CLOSING) {
-        session_closed(s, "forced close");
+        session_closed(s, s->close_reason);
         return;
     }
     if (s->probe) {
@@ -539,7 +661,8 @@ static void ws_message(wsconn *w, int opcode, uint8_t *data, size_t len)
                 eio_payload it;
                 eio_payload_init(&it, s->pollq.ptr, s->pollq.len);
                 eio_packet q;
-                while (eio_payload_next(&it, &q) == 1) send_packet(s, q.type, q.binary, q.data, q.len);
+                while (eio_payload_next(&it, &q) == 1)
+                    send_packet(s, q.type, q.binary, q.data, q.len);
                 s->pollq.len = 0;
             }
             pbuf_free(&s->pollq);
@@ -705,14 +828,27 @@ static void handle(phttpd_req *req, void *user)
         /* CORS preflight, answered like the `cors` middleware does. */
         http_header hd[8];
         size_t n = cors_headers(e, h, hd, 0);
-        hd[n++] = (http_header){"Access-Control-Allow-Methods", 28, "GET,HEAD,PUT,PATCH,POST,DELETE",
-                                30};
+        hd[n++] =
+            (http_header){"Access-Control-Allow-Methods", 28, "GET,HEAD,PUT,PATCH,POST,DELETE", 30};
         const http_header *rh = http_find_header(h, "Access-Control-Request-Headers");
         if (rh) {
             hd[n++] = (http_header){"Access-Control-Allow-Headers", 28, rh->value, rh->value_len};
             hd[n++] = (http_header){"Vary", 4, "Access-Control-Request-Headers", 30};
         }
         phttpd_respond(req, 204, NULL, hd, n, NULL, 0);
+        return;
+    }
+    const http_header *origin = http_find_header(h, "Origin");
+    if (!origin_ok(e, origin)) {
+        /* Before anything else: a refused page learns nothing, not even
+         * whether a sid exists. */
+        if (e->o.origin_refused) (*e->o.origin_refused)++;
+        plog_debug("engine.io: Origin %.*s refused", (int)PARLEY_MIN(origin->value_len, 200),
+                   origin->value);
+        if (upgrade)
+            respond_upgrade_error(req, EERR_FORBIDDEN);
+        else
+            respond_error(e, req, EERR_FORBIDDEN);
         return;
     }
     int transport = 0;
@@ -794,6 +930,15 @@ int engine_attach(phttpd *http, const char *path, const engine_opts *o, const en
         }
         e->o.cors_origin = e->cors_origin;
     }
+    if (e->o.allowed_origins) {
+        e->allowed_origins = strdup(e->o.allowed_origins);
+        if (!e->allowed_origins) {
+            free(e->cors_origin);
+            free(e);
+            return PARLEY_ENOMEM;
+        }
+        e->o.allowed_origins = e->allowed_origins;
+    }
     e->cbs = cbs;
     e->user = user;
     e->reap.cb = reap;
@@ -808,6 +953,7 @@ int engine_attach(phttpd *http, const char *path, const engine_opts *o, const en
     int rc = phttpd_route_prefix(http, path, handle, e);
     if (rc) {
         free(e->cors_origin);
+        free(e->allowed_origins);
         free(e);
         return rc;
     }

@@ -43,9 +43,34 @@ typedef struct engine_opts {
     bool cors_credentials;
     /* WebSocket permessage-deflate; NULL = off (the reference's default). */
     const pmd_config *pmd;
+    /* Origin allow-list: NULL = no check (default). Otherwise a comma-
+     * separated list of origins (e.g. "https://app.example,http://
+     * localhost:8080"); every request (handshake, polling GET/POST, the
+     * WebSocket upgrade, with or without sid) whose Origin header is
+     * present and not listed is refused with 403: {"code":4,"message":
+     * "Forbidden"} on polling and handshakes, a plain 403 on an upgrade.
+     * Requests without Origin (native clients) pass. See
+     * engine_origin_allowed for the matching rule. A refused origin never
+     * gets Access-Control-Allow-Origin, whatever cors_origin says. */
+    const char *allowed_origins;
+    /* NULL, or a counter incremented for every request refused for its
+     * Origin (it must outlive the engine). */
+    uint64_t *origin_refused;
 } engine_opts;
 
 void engine_opts_init(engine_opts *o);
+
+/* True when `origin` (an Origin header value, origin_len bytes) is in the
+ * comma-separated `list`. An entry of the form scheme://host[:port]
+ * matches an origin of that form with the same scheme and host compared
+ * case-insensitively and the same port number (a missing port stands for
+ * the scheme's default, 80 for http and ws, 443 for https and wss, so
+ * "https://a.example:443" is "https://a.example"; for other schemes a
+ * missing port matches only a missing port). Anything else, such as
+ * "null", matches only itself, byte for byte; an entry "*" matches every
+ * origin. Spaces around entries are ignored; entries with a path never
+ * match. */
+bool engine_origin_allowed(const char *list, const char *origin, size_t origin_len);
 
 typedef struct engine_cbs {
     /* A session opened; req is the handshake request (valid during the
@@ -83,6 +108,18 @@ ptls_ctx *parley_server__tls(parley_server *s);
 int parley_server__engine(parley_server *s, const char *path, const engine_cbs *cbs, void *user,
                           engine **out);
 
+/* Counters of a parley_server's guards (internal until the metrics work
+ * exports them). */
+typedef struct parley_server_stats {
+    uint64_t origin_refused;          /* Engine.IO requests refused for their Origin (403) */
+    uint64_t auth_timeout_closes;     /* sessions closed by the require_auth deadline */
+    uint64_t attachment_limit_closes; /* sessions closed by an attachment byte cap */
+    size_t pending_attachment_bytes;  /* held now for binary packets awaiting attachments */
+    size_t pending_attachment_peak;   /* the most ever held at once */
+} parley_server_stats;
+
+void parley_server__stats(const parley_server *s, parley_server_stats *out);
+
 /* Sends a message. 0, PARLEY_ECLOSED (session over), PARLEY_EFULL (the
  * client is not reading; the session is being dropped), PARLEY_ENOMEM. */
 int esession_send(esession *s, bool binary, const void *data, size_t len);
@@ -103,6 +140,9 @@ int esession_send_frame(esession *s, const eframe *f);
 /* Ends the session from the server side ("forced close"): queued messages
  * are delivered first, polling clients get a close packet. */
 void esession_close(esession *s);
+
+/* The same, with the reason on_close reports (a static string). */
+void esession_close_why(esession *s, const char *reason);
 
 /* True when a message sent now would leave at once (no backlog on a
  * WebSocket, a pending long-poll on polling): the test for volatile

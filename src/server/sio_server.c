@@ -4,6 +4,7 @@
  * attachments, rooms and broadcasts encoded once, volatile emits, and
  * connection-state recovery.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,7 @@ struct parley_socket {
     uint16_t nrooms, rooms_cap;
     bool connected;
     bool recovered;
+    bool authed; /* its namespace had a connect check (see require_auth) */
     pending_ack *acks;
     int64_t next_ack;
     uint64_t gen; /* broadcast de-duplication */
@@ -72,6 +74,8 @@ struct sio_client {
     pbuf bin_text;
     pbuf *bins;
     unsigned bins_want, bins_got;
+    size_t bin_bytes; /* held for it (text and attachments), counted in the stats */
+    uint8_t nauth;    /* sockets in authenticated namespaces */
 };
 
 struct parley_nsp {
@@ -81,6 +85,7 @@ struct parley_nsp {
     parley_nsp_handlers h;
     pmap sockets; /* id -> socket */
     pmap rooms;   /* name -> room */
+    bool closed;  /* CONNECTs answered "Invalid namespace" */
 };
 
 /* Connection-state recovery. */
@@ -102,7 +107,7 @@ typedef struct stored_packet {
     size_t nrooms;
     char **except;
     size_t nexcept;
-    pbuf text;    /* the Socket.IO packet */
+    pbuf text; /* the Socket.IO packet */
     pbuf *bins;
     size_t nbins;
 } stored_packet;
@@ -133,11 +138,17 @@ struct parley_server {
     char offset_prefix[8];
     ptimer prune;
     pmd_config pmd;
+    /* guards */
+    char *allowed;      /* our copy of o.allowed_origins */
+    size_t max_att;     /* per session (max_attachment_bytes resolved) */
+    size_t max_pending; /* server-wide (max_pending_attachment_bytes resolved) */
+    parley_server_stats stats;
 };
 
 static void socket_gone(parley_socket *s, const char *reason, bool persist);
 static const engine_cbs eng_cbs;
 static void client_close(sio_client *c);
+static void client_close_why(sio_client *c, const char *reason);
 
 /* ---- options and lifetime ---- */
 
@@ -218,6 +229,11 @@ parley_nsp *parley_server_of(parley_server *s, const char *name)
         return NULL;
     }
     return n;
+}
+
+void parley_nsp_set_closed(parley_nsp *n, int closed)
+{
+    n->closed = closed != 0;
 }
 
 void parley_nsp_set_handlers(parley_nsp *n, const parley_nsp_handlers *h)
@@ -404,10 +420,10 @@ static int send_packet(sio_client *c, const char *text, size_t len, const parley
                        size_t nbins)
 {
     int rc = esession_send(c->es, false, text, len);
-    for (size_t i = 0; rc == 0 && i < nbins; i++) rc = esession_send(c->es, true, bins[i].data, bins[i].len);
+    for (size_t i = 0; rc == 0 && i < nbins; i++)
+        rc = esession_send(c->es, true, bins[i].data, bins[i].len);
     return rc;
 }
-
 
 /* ---- recovery store ---- */
 
@@ -501,7 +517,8 @@ static stored_packet *store_packet(parley_server *srv, parley_nsp *n, const parl
     if (ok && nex) {
         p->except = pcalloc(nex, sizeof *p->except);
         ok = p->except != NULL;
-        for (size_t i = 0; ok && i < to->nexcept; i++) ok = (p->except[p->nexcept++] = strdup(to->except[i])) != NULL;
+        for (size_t i = 0; ok && i < to->nexcept; i++)
+            ok = (p->except[p->nexcept++] = strdup(to->except[i])) != NULL;
         if (ok && to->except_socket)
             ok = (p->except[p->nexcept++] = strdup(to->except_socket->id)) != NULL;
     }
@@ -556,7 +573,8 @@ static void persist_session(parley_socket *s)
     ss->nrooms = (size_t)s->nrooms + 1;
     ss->rooms = pcalloc(ss->nrooms, sizeof *ss->rooms);
     bool ok = ss->rooms && (ss->rooms[0] = strdup(s->id));
-    for (uint16_t i = 0; ok && i < s->nrooms; i++) ok = (ss->rooms[i + 1] = strdup(s->rooms[i].r->name)) != NULL;
+    for (uint16_t i = 0; ok && i < s->nrooms; i++)
+        ok = (ss->rooms[i + 1] = strdup(s->rooms[i].r->name)) != NULL;
     ss->expires = ploop_now(srv->loop) + srv->o.max_disconnection_ms;
     if (!ok) {
         saved_free(ss);
@@ -582,7 +600,8 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
     if (rc) return rc;
     bool volatile_ = to && to->volatile_;
     char offbuf[32];
-    const char *offset = srv->o.recovery && !volatile_ ? next_offset(srv, offbuf, sizeof offbuf) : NULL;
+    const char *offset =
+        srv->o.recovery && !volatile_ ? next_offset(srv, offbuf, sizeof offbuf) : NULL;
     rc = encode_event(&srv->scratch, n, -1, event, args_json ? &args : NULL, nbins, offset);
     if (rc) return rc;
     if (offset) store_packet(srv, n, to, offset, &srv->scratch, bins, nbins);
@@ -615,8 +634,7 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
 #define DELIVER(sock)                                                                              \
     do {                                                                                           \
         parley_socket *x_ = (sock);                                                                \
-        if (x_->gen != gen && x_->connected &&                                                     \
-            (!volatile_ || esession_writable(x_->c->es))) {                                        \
+        if (x_->gen != gen && x_->connected && (!volatile_ || esession_writable(x_->c->es))) {     \
             x_->gen = gen;                                                                         \
             for (size_t f_ = 0; f_ < nframes; f_++) esession_send_frame(x_->c->es, &frames[f_]);   \
             count++;                                                                               \
@@ -686,7 +704,8 @@ static int emit_one(parley_socket *s, const parley_emit_opts *o, const char *eve
         ptimer_init(&a->timer, ack_timeout);
     }
     rc = encode_event(&srv->scratch, s->nsp, id, event, args_json ? &args : NULL, nbins, NULL);
-    if (rc == 0) rc = send_packet(s->c, (const char *)srv->scratch.ptr, srv->scratch.len, bins, nbins);
+    if (rc == 0)
+        rc = send_packet(s->c, (const char *)srv->scratch.ptr, srv->scratch.len, bins, nbins);
     if (rc) {
         free(a);
         return rc;
@@ -772,6 +791,11 @@ static void socket_gone(parley_socket *s, const char *reason, bool persist)
     pmap_del(&s->nsp->sockets, s->id, 20);
     while (s->nrooms) leave_member(s, (uint16_t)(s->nrooms - 1));
     client_remove_socket(s->c, s);
+    if (s->authed && --s->c->nauth == 0 && srv->o.require_auth && !esession_closed(s->c->es)) {
+        /* The last authenticated socket left a live session: the
+         * authentication deadline starts again. */
+        ploop_timer_start(srv->loop, &s->c->connect_timer, srv->o.connect_timeout_ms);
+    }
     pending_ack *a = s->acks;
     s->acks = NULL;
     while (a) {
@@ -857,8 +881,10 @@ static void on_connect_packet(sio_client *c, const sio_packet *pk)
         client_close(c);
         return;
     }
-    parley_nsp *n = pk->nsp_len <= MAX_ROOM_NAME ? pmap_get(&srv->nsps, pk->nsp, pk->nsp_len) : NULL;
-    if (!n) {
+    parley_nsp *n =
+        pk->nsp_len <= MAX_ROOM_NAME ? pmap_get(&srv->nsps, pk->nsp, pk->nsp_len) : NULL;
+    if (!n || n->closed) {
+        /* A closed namespace is indistinguishable from a missing one. */
         send_connect_error(c, pk->nsp, pk->nsp_len, "Invalid namespace", NULL);
         return;
     }
@@ -916,7 +942,9 @@ static void on_connect_packet(sio_client *c, const sio_packet *pk)
     }
     c->socks[c->nsocks++] = s;
     s->connected = true;
-    ploop_timer_stop(srv->loop, &c->connect_timer);
+    s->authed = n->h.on_connect_check != NULL;
+    if (s->authed) c->nauth++;
+    if (!srv->o.require_auth || c->nauth) ploop_timer_stop(srv->loop, &c->connect_timer);
     if (ss) {
         for (size_t i = 0; i < ss->nrooms; i++)
             if (strcmp(ss->rooms[i], s->id) != 0) join_room(s, ss->rooms[i], strlen(ss->rooms[i]));
@@ -1051,7 +1079,8 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
             return;
         }
         parley_args a = {(const char *)args->ptr, args->len, ncanon ? canon : NULL, ncanon};
-        if (s->nsp->h.on_event) s->nsp->h.on_event(s, ev, (size_t)evlen, &a, pk->id, s->nsp->h.user);
+        if (s->nsp->h.on_event)
+            s->nsp->h.on_event(s, ev, (size_t)evlen, &a, pk->id, s->nsp->h.user);
         return;
     }
     /* ACK / BINARY_ACK */
@@ -1061,7 +1090,7 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
         *pp = a->next;
         ploop_timer_stop(srv->loop, &a->timer);
         int rc = pk->data.type == JSON_INVALID ? pbuf_append(args, "[]", 2)
-                                                : json_compact(args, &pk->data);
+                                               : json_compact(args, &pk->data);
         parley_bin canon[MAX_ATTACHMENTS];
         size_t ncanon = 0;
         if (rc == 0 && nbins) rc = canonical_bins(srv, args, bins, nbins, canon, &ncanon);
@@ -1079,6 +1108,7 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
      * as the reference does. */
 }
 
+/* Lets go of a binary packet in progress (the bytes leave the stats). */
 static void bin_reset(sio_client *c)
 {
     for (unsigned i = 0; i < c->bins_got; i++) pbuf_free(&c->bins[i]);
@@ -1086,12 +1116,55 @@ static void bin_reset(sio_client *c)
     c->bins = NULL;
     c->bins_want = c->bins_got = 0;
     pbuf_free(&c->bin_text);
+    assert(c->srv->stats.pending_attachment_bytes >= c->bin_bytes);
+    c->srv->stats.pending_attachment_bytes -= c->bin_bytes;
+    c->bin_bytes = 0;
+}
+
+/* Counts n more bytes held for the client's binary packet in progress,
+ * within the per-session and server-wide caps. False (nothing counted)
+ * when n would exceed one of them: the session has been closed. */
+static bool bin_take(sio_client *c, size_t n)
+{
+    parley_server *srv = c->srv;
+    parley_server_stats *st = &srv->stats;
+    bool session = n > srv->max_att - c->bin_bytes;
+    if (session || n > srv->max_pending - st->pending_attachment_bytes) {
+        st->attachment_limit_closes++;
+        plog_warn("socket.io %s: %zu more attachment bytes exceed the %s limit (%zu, %zu held): "
+                  "closing",
+                  esession_id(c->es), n, session ? "session" : "server-wide",
+                  session ? srv->max_att : srv->max_pending,
+                  session ? c->bin_bytes : st->pending_attachment_bytes);
+        client_close_why(c, "parse error");
+        return false;
+    }
+    c->bin_bytes += n;
+    st->pending_attachment_bytes += n;
+    if (st->pending_attachment_bytes > st->pending_attachment_peak)
+        st->pending_attachment_peak = st->pending_attachment_bytes;
+    return true;
+}
+
+/* An empty buffer holding a copy of data, allocated to size (what the
+ * stats count is what is held). */
+static int pbuf_exact(pbuf *b, const void *data, size_t len)
+{
+    if (len == 0) return 0;
+    if (len > PBUF_MAX) return PARLEY_ENOMEM;
+    b->ptr = malloc(len);
+    if (!b->ptr) return PARLEY_ENOMEM;
+    memcpy(b->ptr, data, len);
+    b->len = b->cap = (uint32_t)len;
+    return 0;
 }
 
 static void handle_packet(sio_client *c, const sio_packet *pk, const parley_bin *bins, size_t nbins)
 {
     switch (pk->type) {
-    case SIO_CONNECT: on_connect_packet(c, pk); return;
+    case SIO_CONNECT:
+        on_connect_packet(c, pk);
+        return;
     case SIO_DISCONNECT: {
         parley_socket *s = client_socket(c, pk->nsp, pk->nsp_len);
         if (!s) {
@@ -1104,7 +1177,9 @@ static void handle_packet(sio_client *c, const sio_packet *pk, const parley_bin 
     case SIO_EVENT:
     case SIO_BINARY_EVENT:
     case SIO_ACK:
-    case SIO_BINARY_ACK: dispatch(c, pk, bins, nbins); return;
+    case SIO_BINARY_ACK:
+        dispatch(c, pk, bins, nbins);
+        return;
     default:
         /* CONNECT_ERROR from a client is invalid: the reference closes. */
         client_close(c);
@@ -1117,12 +1192,29 @@ static void handle_packet(sio_client *c, const sio_packet *pk, const parley_bin 
 static void on_connect_timeout(ptimer *t)
 {
     sio_client *c = PARLEY_CONTAINER_OF(t, sio_client, connect_timer);
-    if (c->nsocks == 0) client_close(c);
+    parley_server *srv = c->srv;
+    if (!srv->o.require_auth) {
+        if (c->nsocks == 0) client_close(c);
+        return;
+    }
+    if (c->nauth || esession_closed(c->es)) return;
+    srv->stats.auth_timeout_closes++;
+    plog_info("socket.io %s: no authenticated namespace within %u ms (%u sockets): closing",
+              esession_id(c->es), srv->o.connect_timeout_ms, (unsigned)c->nsocks);
+    client_close_why(c, "auth timeout");
 }
 
 static void client_close(sio_client *c)
 {
-    if (!esession_closed(c->es)) esession_close(c->es);
+    client_close_why(c, "forced close");
+}
+
+/* Closes the client's session. A binary packet in progress is let go of
+ * now: a polling session may take a while to finish closing. */
+static void client_close_why(sio_client *c, const char *reason)
+{
+    bin_reset(c);
+    if (!esession_closed(c->es)) esession_close_why(c->es, reason);
 }
 
 static void eng_open(esession *es, const phttpd_req *req)
@@ -1153,7 +1245,8 @@ static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
             client_close(c);
             return;
         }
-        if (pbuf_append(&c->bins[c->bins_got], data, len) != 0) {
+        if (!bin_take(c, len)) return;
+        if (pbuf_exact(&c->bins[c->bins_got], data, len) != 0) {
             client_close(c);
             return;
         }
@@ -1172,13 +1265,16 @@ static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
         pbuf text = c->bin_text;
         pbuf *parts = c->bins;
         unsigned got = c->bins_got;
+        size_t held = c->bin_bytes;
         memset(&c->bin_text, 0, sizeof c->bin_text);
         c->bins = NULL;
         c->bins_want = c->bins_got = 0;
-        handle_packet(c, &pk, bins, n);
+        c->bin_bytes = 0;
+        handle_packet(c, &pk, bins, n); /* may free c */
         pbuf_free(&text);
         for (unsigned i = 0; i < got; i++) pbuf_free(&parts[i]);
         free(parts);
+        srv->stats.pending_attachment_bytes -= held;
         return;
     }
     if (c->bins_want) {
@@ -1192,6 +1288,14 @@ static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
         return;
     }
     if (pk.type == SIO_BINARY_EVENT || pk.type == SIO_BINARY_ACK) {
+        if (!client_socket(c, pk.nsp, pk.nsp_len)) {
+            /* Refused now, as a plain packet for a namespace not joined
+             * is: waiting for its attachments would hold memory for a
+             * packet bound to be refused (the reference would buffer). */
+            plog_debug("socket.io %s: binary packet for a namespace not joined", esession_id(es));
+            client_close(c);
+            return;
+        }
         if (sio_check_placeholders(&pk.data, pk.attachments, srv->lim.max_depth, NULL, NULL,
                                    &why) != 0) {
             plog_debug("socket.io %s: bad placeholders: %s", esession_id(es), why ? why : "?");
@@ -1199,9 +1303,9 @@ static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
             return;
         }
         if (pk.attachments > 0) {
+            if (!bin_take(c, len)) return;
             c->bins = pcalloc(pk.attachments, sizeof *c->bins);
-            if (!c->bins || pbuf_append(&c->bin_text, data, len) != 0) {
-                bin_reset(c);
+            if (!c->bins || pbuf_exact(&c->bin_text, data, len) != 0) {
                 client_close(c);
                 return;
             }
@@ -1217,16 +1321,16 @@ static void eng_close(esession *es, const char *reason)
     sio_client *c = esession_user(es);
     if (!c) return;
     parley_server *srv = c->srv;
-    ploop_timer_stop(srv->loop, &c->connect_timer);
     while (c->nsocks) socket_gone(c->socks[c->nsocks - 1], reason, true);
+    ploop_timer_stop(srv->loop, &c->connect_timer); /* after the sockets: see socket_gone */
     bin_reset(c);
     free(c->socks);
     free(c);
     esession_set_user(es, NULL);
 }
 
-static const engine_cbs eng_cbs = {.on_open = eng_open, .on_message = eng_message,
-                                   .on_close = eng_close};
+static const engine_cbs eng_cbs = {
+    .on_open = eng_open, .on_message = eng_message, .on_close = eng_close};
 
 /* ---- server ---- */
 
@@ -1264,6 +1368,16 @@ int parley_server_new(parley_loop *loop, const parley_server_opts *o, parley_ser
         if (!s->cors) rc = PARLEY_ENOMEM;
         s->o.cors_origin = s->cors;
     }
+    if (rc == 0 && o->allowed_origins) {
+        s->allowed = strdup(o->allowed_origins);
+        if (!s->allowed) rc = PARLEY_ENOMEM;
+        s->o.allowed_origins = s->allowed;
+    }
+    s->max_att = o->max_attachment_bytes;
+    if (s->max_att == 0)
+        s->max_att = o->max_payload <= SIZE_MAX / 4 ? 4 * o->max_payload : SIZE_MAX;
+    s->max_pending = o->max_pending_attachment_bytes ? o->max_pending_attachment_bytes
+                                                     : (size_t)64 * 1024 * 1024;
     s->o.tls_cert = s->o.tls_key = NULL;
     if (rc == 0 && o->tls_cert) {
         char err[256];
@@ -1320,8 +1434,15 @@ int parley_server__engine(parley_server *s, const char *path, const engine_cbs *
     eo.transports = (o->polling ? ENGINE_POLLING : 0) | (o->websocket ? ENGINE_WEBSOCKET : 0);
     eo.cors_origin = s->cors;
     eo.cors_credentials = o->cors_credentials != 0;
+    eo.allowed_origins = s->allowed;
+    eo.origin_refused = &s->stats.origin_refused;
     if (o->permessage_deflate) eo.pmd = &s->pmd;
     return engine_attach(s->http, path, &eo, cbs, user, out);
+}
+
+void parley_server__stats(const parley_server *s, parley_server_stats *out)
+{
+    *out = s->stats;
 }
 
 int parley_server_listen(parley_server *s, const char *host, unsigned port, unsigned *bound)
@@ -1336,7 +1457,8 @@ static void on_http_done(phttpd *h, void *user)
     if (s->done) s->done(s, s->done_user);
 }
 
-void parley_server_shutdown(parley_server *s, void (*done)(parley_server *s, void *user), void *user)
+void parley_server_shutdown(parley_server *s, void (*done)(parley_server *s, void *user),
+                            void *user)
 {
     s->shutting_down = true;
     s->done = done;
@@ -1388,5 +1510,6 @@ void parley_server_free(parley_server *s)
     pbuf_free(&s->scratch2);
     free(s->path);
     free(s->cors);
+    free(s->allowed);
     free(s);
 }
