@@ -59,6 +59,7 @@ struct esession {
     bool awaiting_pong;
     bool upgrading;           /* a probe websocket answered 3probe */
     bool poll_closing;        /* a close packet waits for the next GET */
+    bool posting;             /* a POST's body is being read */
     ptimer timer;             /* heartbeat */
     ptimer aux;               /* upgrade deadline, or the polling close deadline */
     uint64_t last_rx;         /* loop time of the last packet received */
@@ -818,9 +819,37 @@ static void handshake(engine *e, phttpd_req *req, int transport, bool upgrade)
     e->cbs->on_open(s, req);
 }
 
+/* A POST names its session on the head: the reference refuses a second
+ * one while the first one's body is still being read ("data request
+ * overlap"), with 400, and ends the session. The token remembers which
+ * session's flag to clear when the request ends either way. */
+typedef struct post_token {
+    engine *e;
+    char sid[21];
+} post_token;
+
+static void post_end(post_token *t)
+{
+    esession *s = pmap_get(&t->e->sessions, t->sid, 20);
+    if (s) s->posting = false;
+    free(t);
+}
+
+static void handle_request(phttpd_req *req, engine *e);
+
 static void handle(phttpd_req *req, void *user)
 {
     engine *e = user;
+    post_token *t = req->state;
+    /* The body is in: a later POST may come (the token is cleared first,
+     * so that the handler's own answer does not see this one as open). */
+    if (t) post_end(t);
+    req->state = NULL;
+    handle_request(req, e);
+}
+
+static void handle_request(phttpd_req *req, engine *e)
+{
     const http_head *h = req->head;
     bool upgrade = http_header_has_token(h, "Upgrade", "websocket");
     bool is_get = h->method_len == 3 && memcmp(h->method, "GET", 3) == 0;
@@ -908,7 +937,59 @@ static void handle(phttpd_req *req, void *user)
         respond_error(e, req, EERR_BAD_REQUEST);
         return;
     }
+    uint64_t retry_ms = 0;
+    if (!phttpd_ip_take(e->http, req->conn, &retry_ms)) {
+        /* New sessions per client address: a flood of handshakes costs
+         * the flooder, not the server. */
+        char ra[24], body[112];
+        int rl = snprintf(ra, sizeof ra, "%llu", (unsigned long long)(retry_ms + 999) / 1000);
+        int bl = snprintf(body, sizeof body,
+                          "{\"code\":%d,\"message\":\"Too many new sessions from this address: "
+                          "retry later\"}",
+                          EERR_BAD_REQUEST);
+        http_header hd[8];
+        size_t n = cors_headers(e, req->head, hd, 0);
+        hd[n++] = (http_header){"Retry-After", 11, ra, (size_t)rl};
+        if (upgrade) hd[n++] = (http_header){"Connection", 10, "close", 5};
+        phttpd_respond(req, 429, "application/json", hd, n, body, (size_t)bl);
+        return;
+    }
     handshake(e, req, transport, upgrade);
+}
+
+static void engine_head(phttpd_req *req, void *user)
+{
+    engine *e = user;
+    const http_head *h = req->head;
+    if (h->method_len != 4 || memcmp(h->method, "POST", 4) != 0) return;
+    const char *sid;
+    size_t sid_len;
+    if (!http_query_get(h->target, h->target_len, "sid", &sid, &sid_len) || sid_len != 20) return;
+    esession *s = pmap_get(&e->sessions, sid, 20);
+    if (!s || s->state == ES_CLOSED || s->transport != ENGINE_POLLING) return;
+    if (!origin_ok(e, http_find_header(h, "Origin"))) return; /* refused by handle() */
+    if (h->body_kind == HTTP_BODY_LENGTH && h->content_length > e->o.max_payload) {
+        /* Before the body, with the CORS headers; the session lives on. */
+        respond(e, req, 413, NULL, NULL, 0);
+        return;
+    }
+    if (s->posting) {
+        respond(e, req, 400, NULL, NULL, 0);
+        session_closed(s, "transport error");
+        return;
+    }
+    post_token *t = malloc(sizeof *t);
+    if (!t) return;
+    t->e = e;
+    memcpy(t->sid, s->sid, sizeof t->sid);
+    s->posting = true;
+    req->state = t;
+}
+
+static void engine_abort(void *state, void *user)
+{
+    (void)user;
+    post_end(state);
 }
 
 int engine_attach(phttpd *http, const char *path, const engine_opts *o, const engine_cbs *cbs,
@@ -950,7 +1031,17 @@ int engine_attach(phttpd *http, const char *path, const engine_opts *o, const en
     snprintf(e->open_tail, sizeof e->open_tail,
              "\"pingInterval\":%u,\"pingTimeout\":%u,\"maxPayload\":%zu}", e->o.ping_interval_ms,
              e->o.ping_timeout_ms, e->o.max_payload);
-    int rc = phttpd_route_prefix(http, path, handle, e);
+    /* POST bodies are limited to max_payload on their head (413), and
+     * the head marks the session's POST in progress. */
+    /* A chunked body is only known to be too large once read: room for
+     * one byte more than allowed lets poll_post answer it the engine's
+     * way (413 with the CORS headers, the session going on). */
+    phttpd_route_opts ro = {.handler = handle,
+                            .max_body = (uint64_t)e->o.max_payload + 1,
+                            .on_head = engine_head,
+                            .on_abort = engine_abort,
+                            .user = e};
+    int rc = phttpd_route_ex(http, path, true, &ro);
     if (rc) {
         free(e->cors_origin);
         free(e->allowed_origins);

@@ -365,7 +365,7 @@ static void body_release(srv_conn *sc, bool aborted)
     phttpd *s = sc->srv;
     s->st.body_inflight -= h->reserved;
     h->reserved = 0;
-    if (aborted && h->phase == PH_STREAM && h->route && h->route->o.on_abort)
+    if (aborted && h->state && h->route && h->route->o.on_abort)
         h->route->o.on_abort(h->state, h->route->o.user);
     h->state = NULL;
     free(h->head_copy);
@@ -642,7 +642,7 @@ wsconn *phttpd_upgrade(phttpd_req *req, const phttpd_ws_endpoint *ep, void *user
 
 /* Runs the route's handler for a complete request. */
 static void dispatch(srv_conn *sc, const route *r, const http_head *head, const uint8_t *body,
-                     size_t body_len, void *state, int body_error)
+                     size_t body_len, void *state, bool stream, int body_error)
 {
     sc_http *h = sc->u.http;
     /* The request is complete: its deadline no longer applies. */
@@ -652,7 +652,7 @@ static void dispatch(srv_conn *sc, const route *r, const http_head *head, const 
                       .body_len = body_len,
                       .conn = &sc->c,
                       .state = state,
-                      .stream = state != NULL,
+                      .stream = stream,
                       .body_error = body_error};
     http_target_path(head->target, head->target_len, &req.path, &req.path_len);
     if (r->ws) {
@@ -731,8 +731,10 @@ static size_t begin_request(srv_conn *sc, uint8_t *data, size_t len, size_t r, h
         state = req.state;
     }
     if (!has_body || rt->ws) {
-        if (stream && rt->o.on_abort) rt->o.on_abort(state, rt->o.user);
-        if (rt->ws || !stream) state = NULL;
+        /* Nothing to stream: the handler gets the state (a WebSocket
+         * route has no use for it). */
+        if (rt->ws && state && rt->o.on_abort) rt->o.on_abort(state, rt->o.user);
+        if (rt->ws) state = NULL;
         bool get = head->method_len == 3 && memcmp(head->method, "GET", 3) == 0;
         if (has_body && get) {
             /* An upgrade with a body: what follows the head would be taken
@@ -742,15 +744,15 @@ static size_t begin_request(srv_conn *sc, uint8_t *data, size_t len, size_t r, h
         }
         if (has_body) {
             /* Refused by the upgrade's checks (405), body unread. */
-            dispatch(sc, rt, head, NULL, 0, NULL, 0);
+            dispatch(sc, rt, head, NULL, 0, NULL, false, 0);
             if (!(sc->c.flags & PCONN_CLOSING)) pconn_close(&sc->c, true, 0);
             return len;
         }
-        dispatch(sc, rt, head, NULL, 0, state, 0);
+        dispatch(sc, rt, head, NULL, 0, state, false, 0);
         return r;
     }
     if (head->body_kind == HTTP_BODY_LENGTH && head->content_length > max_body) {
-        if (stream && rt->o.on_abort) rt->o.on_abort(state, rt->o.user);
+        if (state && rt->o.on_abort) rt->o.on_abort(state, rt->o.user);
         send_error(sc, 413, "request body too large");
         return len;
     }
@@ -758,7 +760,7 @@ static size_t begin_request(srv_conn *sc, uint8_t *data, size_t len, size_t r, h
     if (stream) {
         h->head_copy = malloc(r);
         if (!h->head_copy) {
-            if (rt->o.on_abort) rt->o.on_abort(state, rt->o.user);
+            if (state && rt->o.on_abort) rt->o.on_abort(state, rt->o.user);
             h->route = NULL;
             send_error(sc, 500, NULL);
             return len;
@@ -775,9 +777,11 @@ static size_t begin_request(srv_conn *sc, uint8_t *data, size_t len, size_t r, h
             want > s->opts.max_body_inflight -
                        PARLEY_MIN(s->st.body_inflight, s->opts.max_body_inflight)) {
             h->route = NULL;
+            if (state && rt->o.on_abort) rt->o.on_abort(state, rt->o.user);
             busy(sc);
             return len;
         }
+        h->state = state;
         h->head_len = r;
         h->raw_pos = r;
         h->decoded = 0;
@@ -867,7 +871,7 @@ static size_t http_step(srv_conn *sc, uint8_t *data, size_t len)
             return len;
         }
         bool more = rc == 0;
-        dispatch(sc, rt, &head, NULL, (size_t)h->body.total, state, stop);
+        dispatch(sc, rt, &head, NULL, (size_t)h->body.total, state, true, stop);
         free(copy);
         if (more && !(sc->c.flags & PCONN_CLOSING)) {
             /* Stopped mid-body: the rest is not read. */
@@ -882,7 +886,7 @@ static size_t http_step(srv_conn *sc, uint8_t *data, size_t len)
     h->decoded += out_len;
     h->raw_pos += consumed;
     if (rc < 0) {
-        body_release(sc, false);
+        body_release(sc, true);
         send_error(sc, h->body.error_status ? h->body.error_status : 400, h->body.error);
         return len;
     }
@@ -890,7 +894,7 @@ static size_t http_step(srv_conn *sc, uint8_t *data, size_t len)
         /* What is held is the body's raw bytes so far. */
         uint64_t more = h->raw_pos - h->head_len - h->reserved;
         if (s->opts.max_body_inflight && s->st.body_inflight + more > s->opts.max_body_inflight) {
-            body_release(sc, false);
+            body_release(sc, true);
             busy(sc);
             return len;
         }
@@ -901,17 +905,19 @@ static size_t http_step(srv_conn *sc, uint8_t *data, size_t len)
     size_t used = h->raw_pos;
     const route *rt = h->route;
     if (!reparse_head(sc, data, h->head_len, &head)) {
-        body_release(sc, false);
+        body_release(sc, true);
         send_error(sc, 500, NULL);
         return len;
     }
     size_t head_len = h->head_len;
     size_t decoded = h->decoded;
+    void *state = h->state;
+    h->state = NULL; /* the handler's now */
     /* The body stays where it is until this returns: its share of the
      * budget goes back now, since nothing can arrive in between. */
     body_release(sc, false);
     h->head_len = 0;
-    dispatch(sc, rt, &head, data + head_len, decoded, NULL, 0);
+    dispatch(sc, rt, &head, data + head_len, decoded, state, false, 0);
     return used;
 }
 

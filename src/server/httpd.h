@@ -80,10 +80,12 @@ typedef struct phttpd_req {
     size_t body_len;     /* bytes of the body (streamed ones too) */
     pconn *conn;
     bool responded;
-    /* Streaming routes: set `stream` in on_head to receive the body through
-     * on_body instead of whole; `state` is the route's, kept from on_head
-     * to the handler (or on_abort). body_error is on_body's non-zero
-     * return when it stopped the body (the handler then answers). */
+    /* Set in on_head: `state` is the route's, kept from on_head to the
+     * handler, or given to on_abort when the request ends before its
+     * handler runs (client gone, deadline, bad framing, a limit); `stream`
+     * receives the body through on_body instead of whole. body_error is
+     * on_body's non-zero return when it stopped the body (the handler then
+     * answers at once). */
     bool stream;
     void *state;
     int body_error;
@@ -101,8 +103,8 @@ typedef struct phttpd_route_opts {
     /* Streaming: decoded body bytes as they arrive. 0 goes on; anything
      * else stops reading the body and runs the handler with body_error. */
     int (*on_body)(void *state, const uint8_t *data, size_t len, void *user);
-    /* Streaming: the request ended before the handler ran (client gone,
-     * deadline, bad framing): release state. */
+    /* The request ended before the handler ran (client gone, deadline,
+     * bad framing, a limit): release the state on_head set. */
     void (*on_abort)(void *state, void *user);
     void *user;
 } phttpd_route_opts;

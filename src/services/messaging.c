@@ -85,10 +85,10 @@ struct msess {
     ptimer idle_timer; /* may fire early: it checks last_act (no re-arm per event) */
     pmap subs;         /* user id -> psub: presence subscriptions */
     unsigned nsubs;
-    prate events;  /* every event of this socket */
+    prate events;       /* every event of this socket */
     uint64_t send_hold; /* loop ms until which send_message is refused (order) */
-    prate strikes; /* refusals over limits: empty means hammering */
-    bool kick;     /* disconnect at the end of the current event */
+    prate strikes;      /* refusals over limits: empty means hammering */
+    bool kick;          /* disconnect at the end of the current event */
 };
 
 typedef struct psub {
@@ -134,6 +134,7 @@ typedef struct obx {
     pbuf json;        /* NUL-terminated: args array, or a request object */
     phttpd_deferred *http;
     int http_status;
+    char *origin; /* OB_HTTP: the allowed Origin the answer grants (CORS) */
 } obx;
 
 typedef struct mtyping {
@@ -332,6 +333,8 @@ static void obx_release(msg_service *svc, obx *e)
 {
     if (e->ms) ms_release(e->ms);
     e->ms = NULL;
+    free(e->origin);
+    e->origin = NULL;
     if (svc->nfree < OUTBOX_FREE_MAX) {
         pbuf_reset(&e->json, OUTBOX_KEEP_CAP);
         e->next = svc->free_list;
@@ -406,9 +409,12 @@ static void refuse_limit(msg_service *svc, msess *ms, int64_t ack_id, msg_errcod
     err.retry_after_ms = (int64_t)retry_ms;
     reply_error(svc, ms, ack_id, &err);
     uint64_t now = ploop_now(svc->loop), held;
-    if (code == MSG_E_RATE_LIMITED) svc->stats.rate_limited++;
-    else if (code == MSG_E_QUOTA_EXCEEDED) svc->stats.quota_exceeded++;
-    else svc->stats.storage_full++;
+    if (code == MSG_E_RATE_LIMITED)
+        svc->stats.rate_limited++;
+    else if (code == MSG_E_QUOTA_EXCEEDED)
+        svc->stats.quota_exceeded++;
+    else
+        svc->stats.storage_full++;
     if (plog_limit_ok(&svc->log_refused, now, LOG_EVERY_MS, &held))
         plog_info("messaging: %s for %s: %s (%llu more refusals since the last line)",
                   msg_errcode_name(code), ms->user ? ms->user->id : "?", what,
@@ -640,10 +646,14 @@ static void do_http(obx *e, bool failed)
 {
     if (!e->http) return;
     static const char fail[] = "{\"code\":\"internal\",\"message\":\"storage failure\"}";
+    http_header h[2] = {
+        {"Access-Control-Allow-Origin", 27, e->origin, e->origin ? strlen(e->origin) : 0},
+        {"Vary", 4, "Origin", 6}};
+    size_t n = e->origin ? 2 : 0;
     if (failed)
-        phttpd_deferred_respond(e->http, 500, "application/json", NULL, 0, fail, sizeof fail - 1);
+        phttpd_deferred_respond(e->http, 500, "application/json", h, n, fail, sizeof fail - 1);
     else
-        phttpd_deferred_respond(e->http, e->http_status, "application/json", NULL, 0, e->json.ptr,
+        phttpd_deferred_respond(e->http, e->http_status, "application/json", h, n, e->json.ptr,
                                 e->json.len);
     e->http = NULL;
 }
@@ -657,9 +667,15 @@ static void on_http_abort(phttpd_deferred *d, void *user)
 
 /* An HTTP request answered like an acknowledgement: after the commit of
  * the batch it joined (status when the commit succeeds). */
+static bool req_origin(const phttpd_req *req, const char **o, size_t *n);
+
 static void obx_push_http(msg_service *svc, obx *e, phttpd_req *req, int status)
 {
     e->http_status = status;
+    const char *o = NULL;
+    size_t on = 0;
+    if (svc->origins && req_origin(req, &o, &on) && engine_origin_allowed(svc->origins, o, on))
+        e->origin = pmemdup_str(o, on); /* without it the answer lacks CORS: no harm */
     e->http = phttpd_defer(req, on_http_abort, e);
     if (!e->http) {
         obx_release(svc, e);
@@ -907,7 +923,8 @@ static void do_sync(msg_service *svc, obx *e)
         }
     }
     if (rc == 0) rc = pbuf_append_str(out, "[{\"ok\":true,\"messages\":[");
-    msgscan ms_scan = {.svc = svc, .since = &since, .pg = {.out = out, .left = req.limit, .first = true}};
+    msgscan ms_scan = {
+        .svc = svc, .since = &since, .pg = {.out = out, .left = req.limit, .first = true}};
     if (rc == 0) rc = mstore_user_convs(svc->store, ms->user->id, scan_conv, &ms_scan);
     if (rc == CONVS_ENOUGH) rc = 0;
     if (rc == 0) rc = mstore_user_convs(svc->store, ms->user->id, collect_conv, &convs);
@@ -1435,6 +1452,14 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
         return;
     }
     if (refuse_if_disk_low(svc, ms, ack_id)) return;
+    uint64_t quota = mquota_opts_of(svc->quota)->storage_per_user;
+    int64_t used = 0;
+    if (quota && mstore_storage_bytes(svc->store, user, &used) == 0 &&
+        (uint64_t)used + obj->len > quota) {
+        refuse_limit(svc, ms, ack_id, MSG_E_QUOTA_EXCEEDED, 0, NULL,
+                     "your storage quota is used up");
+        return;
+    }
     if (m.priority == MSG_PRIO_URGENT) {
         /* Urgent is what a recipient cannot easily tune out: few per
          * sender and recipient (per room for rooms); beyond that the
@@ -1463,18 +1488,17 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
     if (msg_type_has_media(m.type)) {
         media = m.content.media;
         int64_t size = 0;
-        int r = mstore_media_get(svc->store, media, &size, m.content.mime);
-        int v = r == 1 ? mstore_media_visible(svc->store, media, user) : 0;
-        if (r < 0 || v < 0) {
+        /* The type this user knows the media by (their upload's, or the
+         * one of the conversation they saw it in): never another user's.
+         * Absent and not visible are one answer. */
+        int r = mstore_media_for(svc->store, media, user, &size, m.content.mime);
+        if (r < 0) {
             reply_internal(svc, ms, ack_id);
             return;
         }
-        if (r == 0 || v == 0) {
-            if (r == 0)
-                msg_fail(&err, MSG_E_NOT_FOUND, "content.media",
-                         "no media with this id: upload it first");
-            else
-                msg_fail(&err, MSG_E_FORBIDDEN, "content.media", "you may not use this media");
+        if (r == 0) {
+            msg_fail(&err, MSG_E_NOT_FOUND, "content.media",
+                     "no media with this id: upload it first");
             refuse_send(svc, ms, ack_id, &m, &err);
             return;
         }
@@ -1700,6 +1724,21 @@ static void req_room(msg_service *svc, msess *ms, const json_val *obj, int64_t a
         if (!user_rate_ok(svc, ms, ack_id, MQ_JOINS, 1, "too many rooms joined: slow down") ||
             refuse_if_disk_low(svc, ms, ack_id))
             return;
+        uint32_t max = mquota_opts_of(svc->quota)->max_rooms;
+        if (max && mstore_is_participant(svc->store, c.id, user) != 1) {
+            int64_t n = mstore_user_rooms(svc->store, user);
+            if (n < 0) {
+                reply_internal(svc, ms, ack_id);
+                return;
+            }
+            if ((uint64_t)n >= max) {
+                char why[96];
+                snprintf(why, sizeof why, "you are a member of %lld rooms, the most there may be",
+                         (long long)n);
+                refuse_limit(svc, ms, ack_id, MSG_E_QUOTA_EXCEEDED, 0, "room", why);
+                return;
+            }
+        }
         rc = mstore_join(svc->store, room, user, wall_ms(), &added);
     } else if (which == OB_LEAVE) {
         rc = mstore_leave(svc->store, room, user);
@@ -1779,23 +1818,53 @@ static void req_members(msg_service *svc, msess *ms, const json_val *obj, const 
     req_room(svc, ms, obj, ack_id, -1);
 }
 
-/* Records uploaded bytes; fills the media object {"id","mime","size"}. */
-static int store_media(msg_service *svc, const char *user, const void *data, size_t len,
-                       const char *mime, pbuf *out, bool *existed)
+/* The upload quotas of `user` for `bytes` more: 0, or the error code
+ * with err filled (quota_exceeded; daily ones with the time until the UTC
+ * day ends as the retry hint). */
+static msg_errcode upload_quota(msg_service *svc, const char *user, uint64_t bytes, msg_error *err)
 {
-    char id[MSG_MEDIA_ID_LEN + 1], stored_mime[MSG_MIME_MAX + 1];
-    int rc = media_put(svc->media, data, len, id);
+    const mquota_opts *q = mquota_opts_of(svc->quota);
+    int64_t now = wall_ms(), day = mstore_utc_day(now), uploads = 0, today = 0, used = 0;
+    if ((q->uploads_per_day || q->upload_bytes_per_day) &&
+        mstore_usage_day(svc->store, user, day, &uploads, &today) != 0)
+        return msg_fail(err, MSG_E_INTERNAL, NULL, "storage failure");
+    if ((q->uploads_per_day && (uint64_t)uploads >= q->uploads_per_day) ||
+        (q->upload_bytes_per_day && (uint64_t)today + bytes > q->upload_bytes_per_day)) {
+        msg_fail(err, MSG_E_QUOTA_EXCEEDED, NULL,
+                 "your uploads for today are used up (%u uploads, %llu bytes a day)",
+                 q->uploads_per_day, (unsigned long long)q->upload_bytes_per_day);
+        err->retry_after_ms = (day + 1) * 86400000 - now;
+        return MSG_E_QUOTA_EXCEEDED;
+    }
+    if (q->storage_per_user && mstore_storage_bytes(svc->store, user, &used) == 0 &&
+        (uint64_t)used + bytes > q->storage_per_user)
+        return msg_fail(err, MSG_E_QUOTA_EXCEEDED, NULL, "your storage quota is used up");
+    return MSG_OK;
+}
+
+/* Records an upload stored as `id` (its usage counted); fills the media
+ * object {"id","mime","size"} with the type this user gave. */
+static int record_upload(msg_service *svc, const char *user, const char *id, size_t len,
+                         const char *mime, pbuf *out, bool *existed)
+{
+    int rc = mstore_media_put(svc->store, id, (int64_t)len, mime, user, wall_ms(), existed);
     if (rc == 0)
-        rc = mstore_media_put(svc->store, id, (int64_t)len, mime, user, wall_ms(), existed);
-    int64_t size = (int64_t)len;
-    /* The first upload named the type: later ones of the same bytes get it. */
-    if (rc == 0 && *existed && mstore_media_get(svc->store, id, &size, stored_mime) == 1)
-        mime = stored_mime;
+        rc = mstore_usage_add_upload(svc->store, user, mstore_utc_day(wall_ms()), (int64_t)len);
     if (rc == 0) rc = pbuf_append_str(out, "{\"id\":");
     if (rc == 0) rc = json_append_string(out, id, strlen(id));
     if (rc == 0) rc = pbuf_append_str(out, ",\"mime\":");
     if (rc == 0) rc = json_append_string(out, mime, strlen(mime));
-    if (rc == 0) rc = pbuf_appendf(out, ",\"size\":%lld}", (long long)size);
+    if (rc == 0) rc = pbuf_appendf(out, ",\"size\":%lld}", (long long)len);
+    return rc;
+}
+
+/* Stores uploaded bytes; fills the media object. */
+static int store_media(msg_service *svc, const char *user, const void *data, size_t len,
+                       const char *mime, pbuf *out, bool *existed)
+{
+    char id[MSG_MEDIA_ID_LEN + 1];
+    int rc = media_put(svc->media, data, len, id);
+    if (rc == 0) rc = record_upload(svc, user, id, len, mime, out, existed);
     return rc;
 }
 
@@ -1819,6 +1888,15 @@ static void req_upload(msg_service *svc, msess *ms, const json_val *obj, const p
         msg_fail(&err, MSG_E_TOO_LARGE, "data", "%zu bytes, the limit is %zu", a->bins[num].len,
                  svc->o.max_media_bytes);
         reply_error(svc, ms, ack_id, &err);
+        return;
+    }
+    msg_errcode q = upload_quota(svc, ms->user->id, a->bins[num].len, &err);
+    if (q == MSG_E_QUOTA_EXCEEDED) {
+        refuse_limit(svc, ms, ack_id, q, (uint64_t)err.retry_after_ms, NULL, err.message);
+        return;
+    }
+    if (q) {
+        reply_internal(svc, ms, ack_id);
         return;
     }
     pbuf *b = &svc->scratch;
@@ -2482,128 +2560,18 @@ static void notif_from_message(msg_service *svc, const obx *e, const char *recip
     }
     const char *conv = e->meta.conversation;
     const char *room = strncmp(conv, "room:", 5) == 0 ? conv + 5 : NULL;
+    /* Urgent comes through quiet hours only from a contact: someone the
+     * recipient wrote to, or shares a room with (a room's members do). A
+     * stranger's urgent DM is high. */
+    if (!room && mstore_contact(svc->store, recipient, e->user) != 1) {
+        n->priority = MSG_PRIO_HIGH;
+        svc->stats.urgent_downgraded++;
+    }
     bool dup;
     if (notif_create(svc, n, room, &dup) != 0)
         plog_error("messaging: cannot store the notification of urgent message %lld for %s",
                    (long long)e->meta.id, recipient);
     free(n);
-}
-
-/* ---- HTTP: POST /api/notifications ---- */
-
-static void http_json(phttpd_req *req, int status, const pbuf *b)
-{
-    http_header h[1] = {{"WWW-Authenticate", 16, "Bearer", 6}};
-    phttpd_respond(req, status, "application/json", h, status == 401 ? 1 : 0, b->ptr, b->len);
-}
-
-/* {"code","message","field"?}: the API's error body. */
-static void http_fail(phttpd_req *req, int status, const char *code, const msg_error *err)
-{
-    pbuf b = {0};
-    int rc = pbuf_append_str(&b, "{\"code\":");
-    if (rc == 0) rc = json_append_string(&b, code, strlen(code));
-    if (rc == 0) rc = pbuf_append_str(&b, ",\"message\":");
-    if (rc == 0) rc = json_append_string(&b, err->message, strlen(err->message));
-    if (rc == 0 && err->field[0]) rc = pbuf_append_str(&b, ",\"field\":");
-    if (rc == 0 && err->field[0]) rc = json_append_string(&b, err->field, strlen(err->field));
-    if (rc == 0) rc = pbuf_append(&b, "}", 1);
-    if (rc == 0)
-        http_json(req, status, &b);
-    else
-        phttpd_respond(req, 500, NULL, NULL, 0, NULL, 0);
-    pbuf_free(&b);
-}
-
-static void http_fail_msg(phttpd_req *req, int status, const char *code, const char *message)
-{
-    msg_error err;
-    msg_fail(&err, MSG_E_BAD_REQUEST, NULL, "%s", message);
-    http_fail(req, status, code, &err);
-}
-
-/* Constant time in the key: every configured key is compared (digests,
- * so that lengths do not leak either). */
-static bool api_key_ok(msg_service *svc, const char *key, size_t len)
-{
-    uint8_t d[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)key, len, d);
-    int match = 0;
-    for (size_t i = 0; i < svc->n_api_keys; i++)
-        match |= CRYPTO_memcmp(d, svc->api_keys[i], sizeof d) == 0;
-    return match != 0;
-}
-
-static void route_api_notify(phttpd_req *req, void *arg)
-{
-    msg_service *svc = arg;
-    const http_head *hd = req->head;
-    if (hd->method_len != 4 || memcmp(hd->method, "POST", 4) != 0) {
-        http_header allow = {"Allow", 5, "POST", 4};
-        phttpd_respond(req, 405, "text/plain", &allow, 1, "method not allowed\n", 19);
-        return;
-    }
-    if (svc->disabled || svc->n_api_keys == 0) {
-        http_fail_msg(req, 503, "unavailable", "no API key is configured (--api-key-file)");
-        return;
-    }
-    const http_header *h = http_find_header(hd, "authorization");
-    size_t off = 7;
-    if (h && h->value_len > 7 && pstr_ieq(h->value, 7, "Bearer ", 7))
-        while (off < h->value_len && h->value[off] == ' ') off++;
-    if (!h || h->value_len <= 7 || !pstr_ieq(h->value, 7, "Bearer ", 7) ||
-        !api_key_ok(svc, h->value + off, h->value_len - off)) {
-        http_fail_msg(req, 401, h ? "invalid_token" : "auth_required",
-                      "Authorization: Bearer <API key> is required");
-        return;
-    }
-    if (req->body_len > NOTIF_HTTP_MAX_BODY) {
-        http_fail_msg(req, 413, "too_large", "the body is over 65536 bytes");
-        return;
-    }
-    const http_header *ct = http_find_header(hd, "content-type");
-    size_t ml = 0;
-    if (ct) {
-        const char *semi = memchr(ct->value, ';', ct->value_len);
-        ml = semi ? (size_t)(semi - ct->value) : ct->value_len;
-        while (ml && (ct->value[ml - 1] == ' ' || ct->value[ml - 1] == '\t')) ml--;
-    }
-    if (!ct || !pstr_ieq(ct->value, ml, "application/json", 16)) {
-        http_fail_msg(req, 415, "invalid_field", "Content-Type must be application/json");
-        return;
-    }
-    msg_error err;
-    json_val obj;
-    if (json_parse((const char *)req->body, req->body_len, svc->o.limits.max_depth, &obj, NULL) !=
-        0) {
-        http_fail_msg(req, 400, "bad_request", "the body is not JSON");
-        return;
-    }
-    msg_notification *n = malloc(sizeof *n);
-    if (!n) {
-        http_fail_msg(req, 500, "internal", "out of memory");
-        return;
-    }
-    if (msg_parse_notify(&obj, wall_ms(), n, &err)) {
-        http_fail(req, 400, msg_errcode_name(err.code), &err);
-        free(n);
-        return;
-    }
-    bool dup;
-    obx *e = NULL;
-    int rc = notif_create(svc, n, NULL, &dup);
-    if (rc == 0 && !(e = obx_new(svc, OB_HTTP, NULL, mstore_in_batch(svc->store)))) rc = -1;
-    if (rc == 0) rc = pbuf_append_str(&e->json, "{\"notification\":");
-    if (rc == 0) rc = msg_encode_notification(&e->json, n);
-    if (rc == 0)
-        rc = pbuf_append_str(&e->json, dup ? ",\"duplicate\":true}" : ",\"duplicate\":false}");
-    free(n);
-    if (!e || !json_done(&e->json, rc)) {
-        if (e) obx_release(svc, e);
-        http_fail_msg(req, 500, "internal", "storage failure");
-        return;
-    }
-    obx_push_http(svc, e, req, dup ? 200 : 201);
 }
 
 /* ---- quiet hours ---- */
@@ -2879,20 +2847,111 @@ static void on_disconnect(parley_socket *s, const char *reason, void *user)
     if (ms->refs == 0) free(ms);
 }
 
-/* ---- HTTP: media upload and download ---- */
+/* ---- HTTP: POST /media, GET /media/<id>, POST /api/notifications ---- */
 
-static void http_error(phttpd_req *req, int status, msg_errcode code, const char *message)
+/* The request's Origin header, when there is one. */
+static bool req_origin(const phttpd_req *req, const char **o, size_t *n)
 {
-    msg_error err;
-    msg_fail(&err, code, NULL, "%s", message);
+    const http_header *h = http_find_header(req->head, "origin");
+    if (!h) return false;
+    *o = h->value;
+    *n = h->value_len;
+    return true;
+}
+
+/* Answers with a JSON body: CORS for an allowed Origin, WWW-Authenticate
+ * on 401, Retry-After when there is a hint. */
+static void http_answer(msg_service *svc, phttpd_req *req, int status, const void *body, size_t len,
+                        int64_t retry_ms)
+{
+    http_header h[4];
+    size_t n = 0;
+    const char *o = NULL;
+    size_t on = 0;
+    char ra[24];
+    if (svc->origins && req_origin(req, &o, &on) && engine_origin_allowed(svc->origins, o, on)) {
+        h[n++] = (http_header){"Access-Control-Allow-Origin", 27, o, on};
+        h[n++] = (http_header){"Vary", 4, "Origin", 6};
+    }
+    if (status == 401) h[n++] = (http_header){"WWW-Authenticate", 16, "Bearer", 6};
+    if (retry_ms > 0) {
+        int rl = snprintf(ra, sizeof ra, "%lld", (long long)((retry_ms + 999) / 1000));
+        h[n++] = (http_header){"Retry-After", 11, ra, (size_t)rl};
+    }
+    phttpd_respond(req, status, "application/json", h, n, body, len);
+}
+
+/* {"code","message"[,"field"][,"retry_after_ms"]} with the HTTP status. */
+static void http_err(msg_service *svc, phttpd_req *req, int status, const msg_error *err)
+{
     pbuf b = {0};
-    http_header h[1] = {{"WWW-Authenticate", 16, "Bearer", 6}};
-    size_t nh = status == 401 ? 1 : 0;
-    if (msg_encode_connect_error(&b, &err) == 0)
-        phttpd_respond(req, status, "application/json", h, nh, b.ptr, b.len);
+    if (msg_encode_connect_error(&b, err) == 0)
+        http_answer(svc, req, status, b.ptr, b.len, err->retry_after_ms);
     else
         phttpd_respond(req, 500, NULL, NULL, 0, NULL, 0);
     pbuf_free(&b);
+}
+
+static void http_error(msg_service *svc, phttpd_req *req, int status, msg_errcode code,
+                       const char *message)
+{
+    msg_error err;
+    msg_fail(&err, code, NULL, "%s", message);
+    http_err(svc, req, status, &err);
+}
+
+/* For codes that are not the protocol's (`unavailable`). */
+static void http_error_code(msg_service *svc, phttpd_req *req, int status, const char *code,
+                            const char *message)
+{
+    pbuf b = {0};
+    int rc = pbuf_append_str(&b, "{\"code\":");
+    if (rc == 0) rc = json_append_string(&b, code, strlen(code));
+    if (rc == 0) rc = pbuf_append_str(&b, ",\"message\":");
+    if (rc == 0) rc = json_append_string(&b, message, strlen(message));
+    if (rc == 0) rc = pbuf_append(&b, "}", 1);
+    if (rc == 0)
+        http_answer(svc, req, status, b.ptr, b.len, 0);
+    else
+        phttpd_respond(req, 500, NULL, NULL, 0, NULL, 0);
+    pbuf_free(&b);
+}
+
+/* The HTTP status of a refusal over a limit. */
+static int limit_status(msg_errcode code)
+{
+    return code == MSG_E_STORAGE_FULL ? 507 : 429;
+}
+
+/* Browsers from allowed origins may call these routes: a present Origin
+ * that is not allowed is refused (403), and a preflight (OPTIONS) from
+ * an allowed one is answered here. True when the request was answered. */
+static bool cors_gate(msg_service *svc, phttpd_req *req, const char *methods)
+{
+    const char *o = NULL;
+    size_t n = 0;
+    bool has = req_origin(req, &o, &n);
+    if (has && svc->origins && !engine_origin_allowed(svc->origins, o, n)) {
+        http_error(svc, req, 403, MSG_E_FORBIDDEN, "this origin is not allowed");
+        return true;
+    }
+    const http_head *h = req->head;
+    if (h->method_len != 7 || memcmp(h->method, "OPTIONS", 7) != 0) return false;
+    if (!svc->origins || !has) {
+        http_header allow = {"Allow", 5, methods, strlen(methods)};
+        phttpd_respond(req, 405, "text/plain; charset=utf-8", &allow, 1, "method not allowed\n",
+                       19);
+        return true;
+    }
+    http_header hd[5] = {
+        {"Access-Control-Allow-Origin", 27, o, n},
+        {"Access-Control-Allow-Methods", 28, methods, strlen(methods)},
+        {"Access-Control-Allow-Headers", 28, "Authorization, Content-Type", 27},
+        {"Access-Control-Max-Age", 22, "600", 3},
+        {"Vary", 4, "Origin", 6},
+    };
+    phttpd_respond(req, 204, NULL, hd, 5, NULL, 0);
+    return true;
 }
 
 /* The user of an HTTP request (Authorization: Bearer <JWT>, or Dev <user>
@@ -2902,31 +2961,30 @@ static bool http_user(msg_service *svc, phttpd_req *req, char user[MSG_USER_MAX 
 {
     const http_header *h = http_find_header(req->head, "authorization");
     if (svc->disabled) {
-        http_error(req, 401, MSG_E_AUTH_UNAVAILABLE, "this server has no JWT secret configured");
+        http_error(svc, req, 401, MSG_E_AUTH_UNAVAILABLE, "this server has no JWT keys configured");
         return false;
     }
     if (!h) {
-        http_error(req, 401, MSG_E_AUTH_REQUIRED, "Authorization: Bearer <token> is required");
+        http_error(svc, req, 401, MSG_E_AUTH_REQUIRED, "Authorization: Bearer <token> is required");
         return false;
     }
     const char *v = h->value;
     size_t n = h->value_len;
     if (svc->o.dev_auth && n > 4 && pstr_ieq(v, 4, "Dev ", 4)) {
         if (!msg_valid_user(v + 4, n - 4)) {
-            http_error(req, 401, MSG_E_INVALID_USER, "not a valid user id");
+            http_error(svc, req, 401, MSG_E_INVALID_USER, "not a valid user id");
             return false;
         }
         memcpy(user, v + 4, n - 4);
         user[n - 4] = 0;
-        plog_warn("messaging: INSECURE --dev-auth: HTTP request as %s without a token", user);
         return true;
     }
     if (n < 7 || !pstr_ieq(v, 7, "Bearer ", 7)) {
-        http_error(req, 401, MSG_E_AUTH_REQUIRED, "Authorization: Bearer <token> is required");
+        http_error(svc, req, 401, MSG_E_AUTH_REQUIRED, "Authorization: Bearer <token> is required");
         return false;
     }
     if (!svc->keys) {
-        http_error(req, 401, MSG_E_AUTH_UNAVAILABLE, "this server has no JWT keys configured");
+        http_error(svc, req, 401, MSG_E_AUTH_UNAVAILABLE, "this server has no JWT keys configured");
         return false;
     }
     jwt_claims c;
@@ -2934,26 +2992,32 @@ static bool http_user(msg_service *svc, phttpd_req *req, char user[MSG_USER_MAX 
     size_t off = 7;
     while (off < n && v[off] == ' ') off++;
     if (jwt_verify_set(svc->keys, v + off, n - off, wall_ms(), &c, &err) != MSG_OK) {
-        http_error(req, 401, err.code, err.message);
+        http_err(svc, req, 401, &err);
         return false;
     }
     memcpy(user, c.sub, sizeof c.sub);
     return true;
 }
 
-static void route_upload(phttpd_req *req, void *arg)
+/* An upload being streamed to a temporary file. */
+typedef struct upload {
+    media_writer *w;
+    char user[MSG_USER_MAX + 1];
+    char mime[MSG_MIME_MAX + 1];
+    uint64_t bytes;
+    int error; /* 413: over --max-media-bytes; 500: the file could not be written */
+} upload;
+
+/* Everything that can be said on the head is said before a byte of the
+ * body is read: origin, method, identity, type, size, disk and quotas. */
+static void upload_head(phttpd_req *req, void *arg)
 {
     msg_service *svc = arg;
-    const http_head *hd = req->head;
-    if (hd->method_len != 4 || memcmp(hd->method, "POST", 4) != 0) {
-        http_header allow = {"Allow", 5, "POST", 4};
-        phttpd_respond(req, 405, "text/plain", &allow, 1, "method not allowed\n", 19);
-        return;
-    }
+    if (cors_gate(svc, req, "POST") || !phttpd_allow(req, "POST")) return;
     char user[MSG_USER_MAX + 1];
     if (!http_user(svc, req, user)) return;
+    const http_head *hd = req->head;
     const http_header *ct = http_find_header(hd, "content-type");
-    char mime[MSG_MIME_MAX + 1];
     size_t ml = 0;
     if (ct) {
         const char *semi = memchr(ct->value, ';', ct->value_len);
@@ -2961,41 +3025,113 @@ static void route_upload(phttpd_req *req, void *arg)
         while (ml && (ct->value[ml - 1] == ' ' || ct->value[ml - 1] == '\t')) ml--;
     }
     if (!ct || !msg_valid_mime(ct->value, ml)) {
-        http_error(req, 415, MSG_E_INVALID_FIELD, "Content-Type must name the media type");
+        http_error(svc, req, 415, MSG_E_INVALID_FIELD, "Content-Type must name the media type");
         return;
     }
-    memcpy(mime, ct->value, ml);
-    mime[ml] = 0;
+    bool sized = hd->body_kind == HTTP_BODY_LENGTH;
+    if (hd->body_kind == HTTP_BODY_NONE || (sized && hd->content_length == 0)) {
+        http_error(svc, req, 400, MSG_E_INVALID_FIELD, "the body is empty");
+        return;
+    }
+    if (sized && hd->content_length > svc->o.max_media_bytes) {
+        http_error(svc, req, 413, MSG_E_TOO_LARGE, "larger than --max-media-bytes");
+        return;
+    }
+    msg_error err;
+    if (disk_low(svc)) {
+        msg_fail(&err, MSG_E_STORAGE_FULL, NULL,
+                 "the server is low on storage: uploads are refused for now");
+        err.retry_after_ms = 60000;
+        svc->stats.storage_full++;
+        http_err(svc, req, 507, &err);
+        return;
+    }
+    msg_errcode q = upload_quota(svc, user, sized ? hd->content_length : 0, &err);
+    if (q) {
+        if (q == MSG_E_QUOTA_EXCEEDED) svc->stats.quota_exceeded++;
+        http_err(svc, req, q == MSG_E_QUOTA_EXCEEDED ? limit_status(q) : 500, &err);
+        return;
+    }
+    upload *u = pcalloc(1, sizeof *u);
+    if (!u || media_begin(svc->media, svc->o.max_media_bytes, &u->w) != 0) {
+        free(u);
+        http_error(svc, req, 500, MSG_E_INTERNAL, "storage failure");
+        return;
+    }
+    memcpy(u->user, user, sizeof u->user);
+    memcpy(u->mime, ct->value, ml);
+    u->mime[ml] = 0;
     for (size_t i = 0; i < ml; i++)
-        if (mime[i] >= 'A' && mime[i] <= 'Z') mime[i] = (char)(mime[i] - 'A' + 'a');
-    if (req->body_len == 0) {
-        http_error(req, 400, MSG_E_INVALID_FIELD, "the body is empty");
+        if (u->mime[i] >= 'A' && u->mime[i] <= 'Z') u->mime[i] = (char)(u->mime[i] - 'A' + 'a');
+    req->stream = true;
+    req->state = u;
+}
+
+static int upload_body(void *state, const uint8_t *data, size_t len, void *arg)
+{
+    (void)arg;
+    upload *u = state;
+    int rc = media_write(u->w, data, len);
+    if (rc) {
+        u->error = rc == PARLEY_ELIMIT ? 413 : 500;
+        return 1;
+    }
+    u->bytes += len;
+    return 0;
+}
+
+static void upload_abort(void *state, void *arg)
+{
+    (void)arg;
+    upload *u = state;
+    media_abort(u->w);
+    free(u);
+}
+
+static void upload_done(phttpd_req *req, void *arg)
+{
+    msg_service *svc = arg;
+    upload *u = req->state;
+    msg_error err;
+    if (u->error || req->body_error || u->bytes == 0) {
+        if (u->error == 413)
+            http_error(svc, req, 413, MSG_E_TOO_LARGE, "larger than --max-media-bytes");
+        else if (u->bytes == 0 && !u->error)
+            http_error(svc, req, 400, MSG_E_INVALID_FIELD, "the body is empty");
+        else
+            http_error(svc, req, 500, MSG_E_INTERNAL, "cannot write the media");
+        upload_abort(u, arg);
         return;
     }
-    if (req->body_len > svc->o.max_media_bytes) {
-        http_error(req, 413, MSG_E_TOO_LARGE, "larger than --max-media-bytes");
+    /* A chunked body's size is known only now. */
+    msg_errcode q = req->head->body_kind == HTTP_BODY_CHUNKED
+                        ? upload_quota(svc, u->user, u->bytes, &err)
+                        : MSG_OK;
+    if (q) {
+        http_err(svc, req, q == MSG_E_QUOTA_EXCEEDED ? limit_status(q) : 500, &err);
+        upload_abort(u, arg);
         return;
     }
-    obx *e = obx_new(svc, OB_HTTP, NULL, true);
-    bool existed = false;
-    if (!e || !json_done(&e->json, store_media(svc, user, req->body, req->body_len, mime, &e->json,
-                                               &existed))) {
+    char id[MSG_MEDIA_ID_LEN + 1];
+    bool file_existed = false, existed = false;
+    int rc = media_finish(u->w, id, &file_existed);
+    u->w = NULL;
+    obx *e = rc == 0 ? obx_new(svc, OB_HTTP, NULL, true) : NULL;
+    if (!e || !json_done(&e->json,
+                         record_upload(svc, u->user, id, u->bytes, u->mime, &e->json, &existed))) {
         if (e) obx_release(svc, e);
-        http_error(req, 500, MSG_E_INTERNAL, "storage failure");
+        http_error(svc, req, 500, MSG_E_INTERNAL, "storage failure");
+        free(u);
         return;
     }
+    free(u);
     obx_push_http(svc, e, req, existed ? 200 : 201);
 }
 
 static void route_download(phttpd_req *req, void *arg)
 {
     msg_service *svc = arg;
-    const http_head *hd = req->head;
-    if (hd->method_len != 3 || memcmp(hd->method, "GET", 3) != 0) {
-        http_header allow = {"Allow", 5, "GET", 3};
-        phttpd_respond(req, 405, "text/plain", &allow, 1, "method not allowed\n", 19);
-        return;
-    }
+    if (cors_gate(svc, req, "GET, HEAD") || !phttpd_allow(req, "GET, HEAD")) return;
     char user[MSG_USER_MAX + 1];
     if (!http_user(svc, req, user)) return;
     static const char prefix[] = "/media/";
@@ -3007,22 +3143,16 @@ static void route_download(phttpd_req *req, void *arg)
     if (idlen == MSG_MEDIA_ID_LEN && msg_valid_media_id(req->path + sizeof prefix - 1, idlen)) {
         memcpy(id, req->path + sizeof prefix - 1, idlen);
         id[idlen] = 0;
-        r = mstore_media_get(svc->store, id, &size, mime);
+        /* Absent and not visible to this user are one answer (no oracle),
+         * and the type is the one this user knows it by. */
+        r = mstore_media_for(svc->store, id, user, &size, mime);
     }
     if (r < 0) {
-        http_error(req, 500, MSG_E_INTERNAL, "storage failure");
+        http_error(svc, req, 500, MSG_E_INTERNAL, "storage failure");
         return;
     }
     if (r == 0) {
-        http_error(req, 404, MSG_E_NOT_FOUND, "no such media");
-        return;
-    }
-    r = mstore_media_visible(svc->store, id, user);
-    if (r != 1) {
-        if (r < 0)
-            http_error(req, 500, MSG_E_INTERNAL, "storage failure");
-        else
-            http_error(req, 403, MSG_E_FORBIDDEN, "you may not see this media");
+        http_error(svc, req, 404, MSG_E_NOT_FOUND, "no such media");
         return;
     }
     pbuf body = {0};
@@ -3030,22 +3160,130 @@ static void route_download(phttpd_req *req, void *arg)
     if (rc) {
         pbuf_free(&body);
         if (rc == PARLEY_EAGAIN)
-            http_error(req, 404, MSG_E_NOT_FOUND, "no such media");
+            http_error(svc, req, 404, MSG_E_NOT_FOUND, "no such media");
         else
-            http_error(req, 500, MSG_E_INTERNAL, "cannot read the media");
+            http_error(svc, req, 500, MSG_E_INTERNAL, "cannot read the media");
         return;
     }
     char etag[MSG_MEDIA_ID_LEN + 3];
     snprintf(etag, sizeof etag, "\"%s\"", id);
     /* Uploaded content is served as data, never as a page of this origin. */
-    http_header h[4] = {
+    http_header h[6] = {
         {"ETag", 4, etag, strlen(etag)},
         {"Cache-Control", 13, "private, max-age=31536000, immutable", 36},
         {"X-Content-Type-Options", 22, "nosniff", 7},
         {"Content-Security-Policy", 23, "sandbox", 7},
     };
-    phttpd_respond(req, 200, mime, h, 4, body.ptr, body.len);
+    size_t nh = 4;
+    const char *o = NULL;
+    size_t on = 0;
+    if (svc->origins && req_origin(req, &o, &on)) {
+        h[nh++] = (http_header){"Access-Control-Allow-Origin", 27, o, on};
+        h[nh++] = (http_header){"Vary", 4, "Origin", 6};
+    }
+    phttpd_respond(req, 200, mime, h, nh, body.ptr, body.len);
     pbuf_free(&body);
+}
+
+static bool api_key_ok(msg_service *svc, const char *key, size_t len)
+{
+    uint8_t d[32];
+    SHA256((const unsigned char *)key, len, d);
+    bool ok = false;
+    /* Every key is compared, in constant time: no early exit. */
+    for (size_t i = 0; i < svc->n_api_keys; i++) ok |= CRYPTO_memcmp(d, svc->api_keys[i], 32) == 0;
+    return ok;
+}
+
+/* POST /api/notifications: keys, type and size are checked on the head. */
+static void api_head(phttpd_req *req, void *arg)
+{
+    msg_service *svc = arg;
+    if (cors_gate(svc, req, "POST") || !phttpd_allow(req, "POST")) return;
+    if (svc->disabled || svc->n_api_keys == 0) {
+        http_error_code(svc, req, 503, "unavailable", "no API key is configured (--api-key-file)");
+        return;
+    }
+    const http_head *hd = req->head;
+    const http_header *h = http_find_header(hd, "authorization");
+    size_t off = 7;
+    if (h && h->value_len > 7 && pstr_ieq(h->value, 7, "Bearer ", 7))
+        while (off < h->value_len && h->value[off] == ' ') off++;
+    if (!h || h->value_len <= 7 || !pstr_ieq(h->value, 7, "Bearer ", 7) ||
+        !api_key_ok(svc, h->value + off, h->value_len - off)) {
+        http_error(svc, req, 401, h ? MSG_E_INVALID_TOKEN : MSG_E_AUTH_REQUIRED,
+                   "Authorization: Bearer <API key> is required");
+        return;
+    }
+    if (hd->body_kind == HTTP_BODY_LENGTH && hd->content_length > NOTIF_HTTP_MAX_BODY) {
+        http_error(svc, req, 413, MSG_E_TOO_LARGE, "the body is over 65536 bytes");
+        return;
+    }
+    const http_header *ct = http_find_header(hd, "content-type");
+    size_t ml = 0;
+    if (ct) {
+        const char *semi = memchr(ct->value, ';', ct->value_len);
+        ml = semi ? (size_t)(semi - ct->value) : ct->value_len;
+        while (ml && (ct->value[ml - 1] == ' ' || ct->value[ml - 1] == '\t')) ml--;
+    }
+    if (!ct || !pstr_ieq(ct->value, ml, "application/json", 16)) {
+        http_error(svc, req, 415, MSG_E_INVALID_FIELD, "Content-Type must be application/json");
+        return;
+    }
+    if (disk_low(svc)) {
+        msg_error err;
+        msg_fail(&err, MSG_E_STORAGE_FULL, NULL, "the server is low on storage: writes refused");
+        err.retry_after_ms = 60000;
+        svc->stats.storage_full++;
+        http_err(svc, req, 507, &err);
+    }
+}
+
+static void route_api_notify(phttpd_req *req, void *arg)
+{
+    msg_service *svc = arg;
+    json_val obj;
+    if (json_parse((const char *)req->body, req->body_len, svc->o.limits.max_depth, &obj, NULL) !=
+        0) {
+        http_error(svc, req, 400, MSG_E_BAD_REQUEST, "the body is not JSON");
+        return;
+    }
+    msg_notification *n = malloc(sizeof *n);
+    if (!n) {
+        http_error(svc, req, 500, MSG_E_INTERNAL, "out of memory");
+        return;
+    }
+    msg_error err;
+    if (msg_parse_notify(&obj, wall_ms(), n, &err)) {
+        http_err(svc, req, 400, &err);
+        free(n);
+        return;
+    }
+    uint64_t retry = 0;
+    /* The API's notifications count as one sender ('#' is no user id). */
+    if (!mquota_pair_take(svc->quota, "#api", n->to, MQ_NOTIFY, &retry)) {
+        msg_fail(&err, MSG_E_RATE_LIMITED, "to", "too many notifications to this recipient");
+        err.retry_after_ms = (int64_t)retry;
+        svc->stats.rate_limited++;
+        http_err(svc, req, 429, &err);
+        free(n);
+        return;
+    }
+    bool dup;
+    obx *e = NULL;
+    int rc = notif_create(svc, n, NULL, &dup);
+    if (rc == 0 && !(e = obx_new(svc, OB_HTTP, NULL, mstore_in_batch(svc->store)))) rc = -1;
+    if (rc == 0) rc = pbuf_append_str(&e->json, "{\"notification\":");
+    if (rc == 0) rc = msg_encode_notification(&e->json, n);
+    if (rc == 0)
+        rc = pbuf_append_str(&e->json, dup ? ",\"duplicate\":true}" : ",\"duplicate\":false}");
+    free(n);
+    if (!e || !json_done(&e->json, rc)) {
+        if (e) obx_release(svc, e);
+        http_error(svc, req, 500, MSG_E_INTERNAL, "storage failure");
+        return;
+    }
+    obx_push_http(svc, e, req, dup ? 200 : 201);
 }
 
 /* ---- lifetime ---- */
@@ -3100,8 +3338,8 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
     if (rc == 0 && o->allowed_origins && !(svc->origins = strdup(o->allowed_origins)))
         rc = PARLEY_ENOMEM;
     svc->o.allowed_origins = NULL; /* svc->origins is the copy */
-    svc->o.tz_dir = NULL;   /* svc->tz_dir is the copy */
-    svc->o.api_keys = NULL; /* svc->api_keys holds their digests */
+    svc->o.tz_dir = NULL;          /* svc->tz_dir is the copy */
+    svc->o.api_keys = NULL;        /* svc->api_keys holds their digests */
     svc->o.n_api_keys = 0;
     svc->data_dir = strdup(o->data_dir);
     svc->o.data_dir = svc->data_dir;
@@ -3138,11 +3376,21 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
     if (rc == 0) {
         svc->nsp = parley_server_of(srv, MSG_NAMESPACE);
         phttpd *http = parley_server__http(srv);
-        phttpd_route_opts up = {
-            .handler = route_upload, .max_body = svc->o.max_media_bytes, .user = svc};
+        /* Uploads stream to a file: the server's body budget does not
+         * hold them. */
+        phttpd_route_opts up = {.handler = upload_done,
+                                .max_body = svc->o.max_media_bytes,
+                                .on_head = upload_head,
+                                .on_body = upload_body,
+                                .on_abort = upload_abort,
+                                .user = svc};
+        phttpd_route_opts api = {.handler = route_api_notify,
+                                 .max_body = NOTIF_HTTP_MAX_BODY,
+                                 .on_head = api_head,
+                                 .user = svc};
         if (!svc->nsp || phttpd_route_ex(http, "/media", false, &up) != 0 ||
             phttpd_route_prefix(http, "/media/", route_download, svc) != 0 ||
-            phttpd_route(http, "/api/notifications", route_api_notify, svc) != 0)
+            phttpd_route_ex(http, "/api/notifications", false, &api) != 0)
             rc = PARLEY_ENOMEM;
     }
     if (rc) {
@@ -3216,6 +3464,7 @@ void msg_service_free(msg_service *svc)
             obx *next = e->next;
             if (e->kind == OB_HTTP) do_http(e, true);
             if (e->ms) ms_release(e->ms);
+            free(e->origin);
             pbuf_free(&e->json);
             free(e);
             e = next;

@@ -71,6 +71,7 @@ enum {
     ST_STORAGE_GET,
     ST_STORAGE_SET,
     ST_USER_ROOMS,
+    ST_CONTACT,
     ST_PRES_GET,
     ST_PRES_SEEN,
     ST_PRES_TEXT,
@@ -154,6 +155,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     /* A range on participants_by_user(user, conv): ';' follows ':'. */
     [ST_USER_ROOMS] = "SELECT count(*) FROM participants WHERE user = ?1 AND conv >= 'room:' "
                       "AND conv < 'room;'",
+    /* ?2 wrote in their direct conversation ?1 with ?3, or the two share a
+     * room (a range on participants_by_user for ?2's rooms). */
+    [ST_CONTACT] = "SELECT EXISTS (SELECT 1 FROM messages WHERE conv = ?1 AND sender = ?2) OR "
+                   "EXISTS (SELECT 1 FROM participants a JOIN participants b ON b.conv = a.conv "
+                   "AND b.user = ?3 WHERE a.user = ?2 AND a.conv >= 'room:' AND a.conv < 'room;')",
     [ST_PRES_GET] = "SELECT last_seen, text FROM presence WHERE user = ?1",
     [ST_PRES_SEEN] = "INSERT INTO presence(user, last_seen, text) VALUES (?1, ?2, '') "
                      "ON CONFLICT(user) DO UPDATE SET last_seen = excluded.last_seen",
@@ -1435,6 +1441,21 @@ int64_t mstore_user_rooms(mstore *s, const char *user)
     bind_text(st, 1, user);
     int64_t ret =
         sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : db_err(s, "counting rooms");
+    done(st);
+    return ret;
+}
+
+int mstore_contact(mstore *s, const char *user, const char *other)
+{
+    if (!strcmp(user, other)) return 1;
+    msg_conv c;
+    msg_conv_dm(&c, user, other);
+    sqlite3_stmt *st = stmt(s, ST_CONTACT);
+    bind_text(st, 1, c.id);
+    bind_text(st, 2, user);
+    bind_text(st, 3, other);
+    int ret = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) != 0
+                                             : db_err(s, "looking up a contact");
     done(st);
     return ret;
 }

@@ -187,6 +187,11 @@ int mstore_storage_bytes(mstore *s, const char *user, int64_t *bytes);
 /* The number of rooms (not DMs) user is a member of; negative on error. */
 int64_t mstore_user_rooms(mstore *s, const char *user);
 
+/* Whether `other` is a contact of `user`: user wrote in their direct
+ * conversation, or the two are members of a common room. 1, 0, or
+ * negative on error. (Who may raise urgent notifications for user.) */
+int mstore_contact(mstore *s, const char *user, const char *other);
+
 /* Presence: what outlives the connections. get: 1 found (*last_seen,
  * -1 when never set, and text filled), 0 unknown user (-1 and ""),
  * negative on error. seen: records when the user was last connected.

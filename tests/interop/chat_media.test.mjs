@@ -1,8 +1,8 @@
 // Media on the messaging service: upload as a Socket.IO binary attachment
 // and over HTTP, content addressing (SHA-256), messages that reference
 // media, and who may download it: 401 without a valid token, 404 for
-// unknown ids, 403 for users who are neither the uploader nor in a
-// conversation where it was sent.
+// unknown ids and, the same, for users who are neither the uploader nor in
+// a conversation where it was sent; the MIME type per upload.
 
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
@@ -44,10 +44,35 @@ describe('messaging: media', () => {
     assert.equal(dl.headers.etag, `"${res.media.id}"`);
     assert.equal(dl.headers['x-content-type-options'], 'nosniff');
     assert.ok(dl.body.equals(bytes));
-    // The same bytes again: same id; the first upload's type stays.
+    // The same bytes again: same id, stored once; the type is recorded
+    // per upload (the uploader's latest word for their own upload).
     const again = await a.ok('upload_media', { mime: 'application/octet-stream', data: bytes });
-    assert.deepEqual(again.media, res.media);
+    assert.deepEqual(again.media, { ...res.media, mime: 'application/octet-stream' });
+    assert.equal((await get(res.media.id, bearer(alice))).headers['content-type'], 'application/octet-stream');
     a.close();
+  });
+
+  test('a squatter who uploads the same bytes first does not decide their type for others', async () => {
+    const [eve, vic, pal] = [fresh('eve'), fresh('vic'), fresh('pal')];
+    const e = await online(srv, eve);
+    const v = await online(srv, vic);
+    const bytes = randomBytes(5000);
+    const squat = await post(bytes, { ...bearer(eve), 'Content-Type': 'text/html' });
+    assert.equal(squat.status, 201);
+    const mine = await post(bytes, { ...bearer(vic), 'Content-Type': 'image/png' });
+    assert.equal(mine.status, 200, 'the bytes were there already');
+    assert.deepEqual(JSON.parse(mine.body), { id: sha256(bytes), mime: 'image/png', size: 5000 });
+    const id = sha256(bytes);
+    assert.equal((await get(id, bearer(vic))).headers['content-type'], 'image/png');
+    assert.equal((await get(id, bearer(eve))).headers['content-type'], 'text/html');
+    // vic's message carries vic's type; its recipient downloads it so.
+    const sent = await v.ok('send_message', { client_id: nextClientId(), to: pal, type: 'image', content: { media: id } });
+    assert.equal(sent.message.content.mime, 'image/png');
+    assert.equal((await get(id, bearer(pal))).headers['content-type'], 'image/png');
+    // eve may not send it as an image: hers is text/html.
+    await e.fails('send_message', { client_id: nextClientId(), to: pal, type: 'image', content: { media: id } }, 'invalid_field', 'content.media');
+    e.close();
+    v.close();
   });
 
   test('upload over HTTP with a bearer token', async () => {
@@ -95,15 +120,16 @@ describe('messaging: media', () => {
     const id = media.id;
     // Before anyone is sent it: only amy.
     assert.equal((await get(id, bearer(amy))).status, 200);
-    assert.equal((await get(id, bearer(ben))).status, 403);
-    assert.equal(JSON.parse((await get(id, bearer(ben))).body).code, 'forbidden');
+    // Not visible and absent are one answer: no existence oracle.
+    assert.equal((await get(id, bearer(ben))).status, 404);
+    assert.equal(JSON.parse((await get(id, bearer(ben))).body).code, 'not_found');
     assert.equal((await get(id)).status, 401);
     assert.equal((await get(id, bearer(ben, { claims: { exp: 1000 } }))).status, 401);
     assert.equal((await get('f'.repeat(64), bearer(amy))).status, 404);
     assert.equal((await get('not-an-id', bearer(amy))).status, 404);
     assert.equal((await get(id.toUpperCase(), bearer(amy))).status, 404);
     // ben may not use it in a message either.
-    await b.fails('send_message', { client_id: nextClientId(), to: cat, type: 'image', content: { media: id } }, 'forbidden', 'content.media');
+    await b.fails('send_message', { client_id: nextClientId(), to: cat, type: 'image', content: { media: id } }, 'not_found', 'content.media');
 
     // amy sends it to ben: ben may download, cat still not.
     const sent = await a.ok('send_message', { client_id: nextClientId(), to: ben, type: 'image', content: { media: id, caption: 'look', width: 4, height: 3 } });
@@ -112,7 +138,7 @@ describe('messaging: media', () => {
     const dl = await get(id, bearer(ben));
     assert.equal(dl.status, 200);
     assert.ok(dl.body.equals(bytes));
-    assert.equal((await get(id, bearer(cat))).status, 403);
+    assert.equal((await get(id, bearer(cat))).status, 404);
 
     // ben forwards it into a room: its members (cat) may download; a
     // user outside (dan) may not; leaving takes the access away.
@@ -121,9 +147,9 @@ describe('messaging: media', () => {
     await c.ok('join_room', { room });
     await b.ok('send_message', { client_id: nextClientId(), room, type: 'file', content: { media: id, name: 'photo.jpg' } });
     assert.equal((await get(id, bearer(cat))).status, 200);
-    assert.equal((await get(id, bearer(dan))).status, 403);
+    assert.equal((await get(id, bearer(dan))).status, 404);
     await c.ok('leave_room', { room });
-    assert.equal((await get(id, bearer(cat))).status, 403);
+    assert.equal((await get(id, bearer(cat))).status, 404);
 
     // The type must match the media: an image is image/*.
     await a.fails('send_message', { client_id: nextClientId(), to: ben, type: 'audio', content: { media: id } }, 'invalid_field', 'content.media');
@@ -147,7 +173,7 @@ describe('messaging: media', () => {
     assert.equal(up.status, 201);
     const { id } = JSON.parse(up.body);
     assert.equal((await httpRequest(dev.port, 'GET', `/media/${id}`, { headers: { Authorization: 'Dev devo' } })).status, 200);
-    assert.equal((await httpRequest(dev.port, 'GET', `/media/${id}`, { headers: { Authorization: 'Dev other' } })).status, 403);
+    assert.equal((await httpRequest(dev.port, 'GET', `/media/${id}`, { headers: { Authorization: 'Dev other' } })).status, 404);
     assert.equal((await httpRequest(dev.port, 'GET', `/media/${id}`, { headers: { Authorization: 'Dev bad user' } })).status, 401);
     // Without dev mode the scheme means nothing.
     assert.equal((await httpRequest(srv.port, 'GET', `/media/${id}`, { headers: { Authorization: 'Dev devo' } })).status, 401);
