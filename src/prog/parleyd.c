@@ -33,6 +33,8 @@ typedef struct config {
     bool messaging;   /* the messaging service (on unless --no-messaging / --protocol-test) */
     bool max_body_set;
     bool limits_off; /* --limits off: every rate limit and quota lifted */
+    const char *allowed_origins;
+    int root_nsp; /* ROOT_*: what `/` is when messaging is on */
     msg_service_opts msg;
     const char *jwt_secret;
     const char *jwt_secret_file;
@@ -71,6 +73,13 @@ static void usage(FILE *f)
             "  --transports LIST         polling,websocket (default both)\n"
             "  --cors-origin ORIGINS     '*' or a comma-separated list (default: no CORS)\n"
             "  --cors-credentials        allow credentials in CORS requests\n"
+            "  --allowed-origins LIST    refuse (403) WebSocket upgrades, Engine.IO requests and\n"
+            "                            /media, /api/notifications from browsers whose Origin\n"
+            "                            is not listed ('*' = any); requests without Origin pass.\n"
+            "                            Default: the --cors-origin list when it is not '*'\n"
+            "  --max-attachment-bytes N  binary attachments one session may hold pending\n"
+            "                            (default 4 x --max-payload)\n"
+            "  --max-pending-attachment-bytes N  the same for all sessions (default 64 MiB)\n"
             "  --recovery                connection-state recovery\n"
             "  --max-disconnection MS    recovery window (default 120000)\n"
             "  --max-attachments N       binary attachments per packet (default 10)\n"
@@ -79,6 +88,10 @@ static void usage(FILE *f)
             "\n"
             "Messaging (namespace /chat, HTTP /media; see docs/PROTOCOL.md):\n"
             "  --no-messaging            do not serve the messaging service\n"
+            "  --root-namespace MODE     the Socket.IO namespace `/` beside /chat: off (default:\n"
+            "                            'Invalid namespace'), auth (the same tokens as /chat),\n"
+            "                            or open; either way a session must join an\n"
+            "                            authenticated namespace within --connect-timeout\n"
             "  --jwt-secret SECRET       HS256 key that signs clients' tokens (prefer the file)\n"
             "  --jwt-secret-file FILE    read the HS256 key from FILE (trailing newline dropped)\n"
             "  --jwt-leeway SECONDS      clock skew allowed for exp/nbf (default 30)\n"
@@ -232,12 +245,21 @@ enum {
     OPT_TZ_DIR
 };
 
-/* Identity. */
-enum { OPT_JWT_PEM = OPT_TZ_DIR + 1, OPT_JWKS, OPT_JWT_MAX_LIFE };
+/* Identity and exposure. */
+enum {
+    OPT_JWT_PEM = OPT_TZ_DIR + 1,
+    OPT_JWKS,
+    OPT_JWT_MAX_LIFE,
+    OPT_ALLOWED_ORIGINS,
+    OPT_ROOT_NSP,
+    OPT_MAX_ATT_BYTES,
+    OPT_MAX_PENDING_ATT
+};
+enum { ROOT_OFF, ROOT_AUTH, ROOT_OPEN };
 
 /* Limits. */
 enum {
-    OPT_LIMITS = OPT_JWT_MAX_LIFE + 1,
+    OPT_LIMITS = OPT_MAX_PENDING_ATT + 1,
     OPT_CONNS_PER_IP,
     OPT_HS_RATE,
     OPT_BODY_INFLIGHT,
@@ -301,6 +323,10 @@ static const struct option longopts[] = {
     {"jwt-public-key-file", required_argument, 0, OPT_JWT_PEM},
     {"jwks-file", required_argument, 0, OPT_JWKS},
     {"jwt-max-lifetime", required_argument, 0, OPT_JWT_MAX_LIFE},
+    {"allowed-origins", required_argument, 0, OPT_ALLOWED_ORIGINS},
+    {"root-namespace", required_argument, 0, OPT_ROOT_NSP},
+    {"max-attachment-bytes", required_argument, 0, OPT_MAX_ATT_BYTES},
+    {"max-pending-attachment-bytes", required_argument, 0, OPT_MAX_PENDING_ATT},
     {"limits", required_argument, 0, OPT_LIMITS},
     {"max-conns-per-ip", required_argument, 0, OPT_CONNS_PER_IP},
     {"handshake-rate", required_argument, 0, OPT_HS_RATE},
@@ -511,6 +537,28 @@ static const char *apply(config *c, int ch, const char *arg)
     case OPT_JWT_MAX_LIFE:
         if (parse_u64(arg, 10ull * 365 * 86400, &v)) return "bad --jwt-max-lifetime (seconds)";
         c->jwt_max_lifetime_s = v;
+        return NULL;
+    case OPT_ALLOWED_ORIGINS:
+        if (!*arg) return "--allowed-origins wants '*' or a comma-separated list";
+        c->allowed_origins = arg;
+        return NULL;
+    case OPT_ROOT_NSP:
+        if (!strcmp(arg, "off"))
+            c->root_nsp = ROOT_OFF;
+        else if (!strcmp(arg, "auth"))
+            c->root_nsp = ROOT_AUTH;
+        else if (!strcmp(arg, "open"))
+            c->root_nsp = ROOT_OPEN;
+        else
+            return "--root-namespace wants off, auth or open";
+        return NULL;
+    case OPT_MAX_ATT_BYTES:
+        if (parse_u64(arg, 1ull << 40, &v) || v == 0) return "bad --max-attachment-bytes";
+        c->sio.max_attachment_bytes = (size_t)v;
+        return NULL;
+    case OPT_MAX_PENDING_ATT:
+        if (parse_u64(arg, 1ull << 40, &v) || v == 0) return "bad --max-pending-attachment-bytes";
+        c->sio.max_pending_attachment_bytes = (size_t)v;
         return NULL;
     case OPT_LIMITS:
         if (!strcmp(arg, "on"))
@@ -962,6 +1010,17 @@ int main(int argc, char **argv)
         c.http.ip_rate = prate_limit(0, 1000, 0);
         c.http.max_body_inflight = 0;
     }
+    /* Browsers: the allow-list of origins, by default the CORS list. */
+    const char *origins = c.allowed_origins;
+    if (!origins && c.sio.cors_origin && strcmp(c.sio.cors_origin, "*") != 0)
+        origins = c.sio.cors_origin;
+    c.sio.allowed_origins = origins;
+    c.msg.allowed_origins = origins ? origins : c.sio.cors_origin;
+    if (c.messaging) {
+        /* Nothing unauthenticated keeps a session: every one must join an
+         * authenticated namespace (/chat, or an `auth` root) in time. */
+        c.sio.require_auth = 1;
+    }
     c.msg.notifier.urgent = log_urgent;
     parley_log_set(c.level, NULL, NULL);
     signal(SIGPIPE, SIG_IGN);
@@ -991,6 +1050,9 @@ int main(int argc, char **argv)
         if (rc)
             fprintf(stderr, "parleyd: messaging: %s (data directory %s; the log above says what)\n",
                     parley_strerror(rc), c.msg.data_dir);
+        parley_nsp *root = parley_server_of(a.srv, "/");
+        if (rc == 0 && c.root_nsp == ROOT_OFF) parley_nsp_set_closed(root, 1);
+        if (rc == 0 && c.root_nsp == ROOT_AUTH) rc = msg_service_guard(a.msg, root);
     }
     /* The service keeps digests of the API keys, and its own reference
      * to the key set. */

@@ -2770,6 +2770,25 @@ static int on_connect_check(parley_socket *s, const char *auth, size_t len,
     return 1;
 }
 
+/* Another namespace behind the same tokens (parleyd --root-namespace
+ * auth): the check only, nothing of the service runs there. */
+static int guard_check(parley_socket *s, const char *auth, size_t len, parley_connect_error *ce,
+                       void *user)
+{
+    msg_service *svc = user;
+    int rc = on_connect_check(s, auth, len, ce, user);
+    if (rc == 0 && svc->pending_sock == s) svc->pending_sock = NULL;
+    return rc;
+}
+
+int msg_service_guard(msg_service *svc, parley_nsp *nsp)
+{
+    if (!svc || !nsp || nsp == svc->nsp) return PARLEY_EINVAL;
+    parley_nsp_handlers h = {.on_connect_check = guard_check, .user = svc};
+    parley_nsp_set_handlers(nsp, &h);
+    return 0;
+}
+
 static void on_token_expired(ptimer *t)
 {
     msess *ms = PARLEY_CONTAINER_OF(t, msess, expiry);

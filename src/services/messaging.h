@@ -105,6 +105,12 @@ void msg_service_free(msg_service *m);
  * service started without any way to check tokens stays so. */
 void msg_service_set_keys(msg_service *m, struct jwt_keyset *keys);
 
+/* Puts namespace nsp behind the service's authentication (the same CONNECT
+ * auth and errors as MSG_NAMESPACE); nothing else of the service runs
+ * there. Its sockets' tokens are not watched for expiry. 0 or
+ * PARLEY_EINVAL. */
+int msg_service_guard(msg_service *m, parley_nsp *nsp);
+
 /* Counters, for tests and metrics. */
 typedef struct msg_service_stats {
     uint64_t messages;   /* stored */

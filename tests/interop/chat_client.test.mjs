@@ -237,13 +237,13 @@ describe('libparley chat client', () => {
     const img = b.synced.messages.find((m) => m.type === 'image') ?? (await b.nextOf('new_message'));
     assert.equal(img.type, 'image');
     assert.deepEqual(img.content, { media: up.media, mime: 'image/png', size: png.length, caption: 'look' });
-    // eve may not use alice's media.
+    // eve may not use alice's media (to eve it does not exist).
     const e = new ChatCli(srv, eve);
     await e.online();
     e.cmd(`send-json ${JSON.stringify({ to: alice, type: 'image', content: { media: up.media } })}`);
     const eid = (await e.nth('sent', 1)).client_id;
     const f = await e.nth('status', 1, (s) => s.client_id === eid && s.status === 'failed');
-    assert.equal(f.code, 'forbidden');
+    assert.equal(f.code, 'not_found');
     await Promise.all([a.quit(), e.quit()]);
   });
 

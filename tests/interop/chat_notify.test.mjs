@@ -175,7 +175,7 @@ describe('notifications', () => {
     [n, b].forEach((c) => c.close());
   });
 
-  test('preferences: defaults, set, errors; suppression by type, in_app and muted user; urgent always pushed', async () => {
+  test('preferences: defaults, set, errors; suppression by type, in_app and muted user, urgent too', async () => {
     const [noti, other, bob] = users('noti', 'other', 'bob');
     const n = await device(srv, noti, { role: 'notifier' });
     const o = await device(srv, other, { role: 'notifier' });
@@ -202,23 +202,24 @@ describe('notifications', () => {
     const on = (await n.ok('notify', { to: bob, type: 'alert', title: 'on' })).notification;
     await awaitUnread(b, 2);
     assert.deepEqual(pushed(b).map((x) => x.id), [on.id]);
-    // Urgent is pushed whatever the preferences say.
-    const urgent = (await n.ok('notify', { to: bob, type: 'reminder', priority: 'urgent', title: 'urgent' })).notification;
+    // The recipient stays in control: a type switched off is off for
+    // urgent notifications too (urgent passes quiet hours only).
+    await n.ok('notify', { to: bob, type: 'reminder', priority: 'urgent', title: 'urgent' });
     await awaitUnread(b, 3);
-    assert.deepEqual(pushed(b).map((x) => x.id), [on.id, urgent.id]);
-    // in_app off: nothing but urgent.
+    assert.deepEqual(pushed(b).map((x) => x.id), [on.id]);
+    // in_app off: nothing is pushed, urgent neither.
     await b.ok('notification_prefs_set', { in_app: false, types: {} });
-    await n.ok('notify', { to: bob, type: 'alert', title: 'quiet' });
+    await n.ok('notify', { to: bob, type: 'alert', priority: 'urgent', title: 'quiet' });
     await awaitUnread(b, 4);
-    assert.equal(pushed(b).length, 2);
-    // A muted sender; another one still gets through.
+    assert.equal(pushed(b).length, 1);
+    // A muted sender, urgent or not; another one still gets through.
     r = await b.ok('notification_prefs_set', { in_app: true, muted_users: [noti] });
     assert.deepEqual([r.prefs.in_app, r.prefs.muted_users, r.prefs.types], [true, [noti], all]);
-    await n.ok('notify', { to: bob, type: 'alert', title: 'muted' });
+    await n.ok('notify', { to: bob, type: 'alert', priority: 'urgent', title: 'muted' });
     await awaitUnread(b, 5);
     const fromOther = (await o.ok('notify', { to: bob, type: 'alert', title: 'not muted' })).notification;
     await awaitUnread(b, 6);
-    assert.deepEqual(pushed(b).map((x) => x.id), [on.id, urgent.id, fromOther.id]);
+    assert.deepEqual(pushed(b).map((x) => x.id), [on.id, fromOther.id]);
     const s = await b.ok('notifications_sync', {});
     assert.equal(s.notifications.length, 6, 'suppressed ones come with sync');
     assert.ok(s.notifications.some((x) => x.id === off.id));
@@ -251,11 +252,22 @@ describe('notifications', () => {
     [n, b].forEach((c) => c.close());
   });
 
-  test('an urgent message raises a notification for its recipient', async () => {
+  test('urgent messages: from a contact they pass quiet hours; from a stranger they are high; muted never', async () => {
     const [ann, bob] = users('ann', 'bob');
     const a = await device(srv, ann);
     const b = await device(srv, bob);
-    await b.ok('notification_prefs_set', { in_app: false, muted_users: [ann] }); // urgent beats both
+    // bob is inside quiet hours (a window of 23.5 h around now).
+    const now = kolkataMinutes();
+    await b.ok('notification_prefs_set', { quiet_hours: { start: hhmm(now + 60), end: hhmm(now + 30), tz: 'Asia/Kolkata' } });
+    // ann is a stranger to bob: her urgent DM notifies him as high, and
+    // quiet hours hold it back (it comes with sync).
+    const cold = await a.ok('send_message', { client_id: `c-${uniq}`, to: bob, type: 'text', content: { text: 'buy now' }, priority: 'urgent' });
+    await awaitUnread(b, 1);
+    assert.equal(pushed(b).length, 0);
+    let s = await b.ok('notifications_sync', {});
+    assert.deepEqual(s.notifications.map((x) => [x.priority, x.dedupe_key]), [['high', `message:${cold.message.id}`]]);
+    // bob writes to ann: she is a contact now, her urgent passes quiet hours.
+    await b.ok('send_message', { client_id: `r-${uniq}`, to: ann, type: 'text', content: { text: 'who is this?' } });
     const text = `${'é'.repeat(200)}`;
     const sent = await a.ok('send_message', { client_id: `u-${uniq}`, to: bob, type: 'text', content: { text }, priority: 'urgent' });
     await eventually(() => pushed(b).length === 1, 5000, 'notification of the urgent message');
@@ -263,12 +275,19 @@ describe('notifications', () => {
     assert.deepEqual({ ...got, id: 0, created: 0 }, { id: 0, created: 0, type: 'message', priority: 'urgent', title: ann,
       body: 'é'.repeat(128), image: null, actions: [], from: ann, expires: null, dedupe_key: `message:${sent.message.id}`,
       delivered: false, read: false });
-    await awaitUnread(b, 1);
+    await awaitUnread(b, 2);
     // A normal message raises nothing.
     await a.ok('send_message', { client_id: `n-${uniq}`, to: bob, type: 'text', content: { text: 'hi' } });
     await a.ok('send_message', { client_id: `l-${uniq}`, to: bob, type: 'location', content: { lat: 1, lng: 2 }, priority: 'urgent' });
     await eventually(() => pushed(b).length === 2, 5000, 'second urgent message');
     assert.equal(pushed(b)[1].body, '[location]');
+    // Muted: stored and counted, never pushed, urgent or not.
+    await b.ok('notification_prefs_set', { muted_users: [ann] });
+    await a.ok('send_message', { client_id: `m-${uniq}`, to: bob, type: 'text', content: { text: 'now!' }, priority: 'urgent' });
+    await awaitUnread(b, 4);
+    assert.equal(pushed(b).length, 2);
+    s = await b.ok('notifications_sync', {});
+    assert.equal(s.notifications.length, 4);
     [a, b].forEach((c) => c.close());
   });
 

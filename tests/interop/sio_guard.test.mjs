@@ -238,8 +238,8 @@ describe('a binary packet for a namespace not joined', () => {
    */
   const ATTACK = { sessions: 30, attachments: 9, size: 999000, budget: 24 * 1048576 };
   const targets = [
-    ['parleyd with /chat on (defaults)', async () => {
-      const srv = await startChatServer({ secret: null, dev: true });
+    ['parleyd with /chat on and `/` open (--root-namespace open; `/` is off by default)', async () => {
+      const srv = await startChatServer({ secret: null, dev: true, extra: ['--root-namespace', 'open'] });
       const alice = new ChatClient(srv, { auth: { user: 'alice' } });
       await alice.connected();
       await alice.ok('sync', { since: {} });
