@@ -34,6 +34,7 @@
 #include "services/msg_schema.h"
 
 #define SYNC_TIMEOUT_MS    30000
+#define KICK_WAIT_MS       30000 /* before reconnecting after a disconnect for abuse */
 #define REQUEST_TIMEOUT_MS 30000
 #define RECEIPT_PREFIX     "rcpt-" /* queue ids of receipts: never a UUID */
 #define ID_LEN             36
@@ -86,9 +87,13 @@ struct parley_chat {
     parley_chat_state state;
     unsigned sync_gen; /* bumps per connection: stale answers are dropped */
     bool syncing;
-    bool freeing; /* parley_chat_free has begun: queue no deferred work */
-    pmap convs;   /* id -> conv */
-    pmap sent;    /* client id -> sent_msg */
+    char sync_from[MSG_CONV_MAX + 1]; /* the server's `next`: where the next page starts */
+    ptimer sync_timer;                /* a sync the server refused with a retry hint goes again */
+    ptimer kick_timer;                /* reconnection after the server disconnected us for abuse */
+    bool kicked;                      /* the server said why it disconnects (disconnect_reason) */
+    bool freeing;                     /* parley_chat_free has begun: queue no deferred work */
+    pmap convs;                       /* id -> conv */
+    pmap sent;                        /* client id -> sent_msg */
     size_t ntracked;
     conv *dirty;
     pdefer receipts;
@@ -450,7 +455,12 @@ static void send_sync(parley_chat *c)
         if (rc == 0) rc = pbuf_appendf(&b, ":%lld", (long long)v->last_seq);
         n++;
     }
-    if (rc == 0) rc = pbuf_appendf(&b, "},\"limit\":%u}]", MSG_SYNC_MAX_LIMIT);
+    if (rc == 0) rc = pbuf_appendf(&b, "},\"limit\":%u", MSG_SYNC_MAX_LIMIT);
+    if (rc == 0 && c->sync_from[0]) {
+        rc = pbuf_append_str(&b, ",\"from\":");
+        if (rc == 0) rc = json_append_string(&b, c->sync_from, strlen(c->sync_from));
+    }
+    if (rc == 0) rc = pbuf_append_str(&b, "}]");
     if (rc == 0) rc = pbuf_append(&b, "", 1);
     sync_ctx *x = rc == 0 ? pcalloc(1, sizeof *x) : NULL;
     if (rc == 0 && !x) rc = PARLEY_ENOMEM;
@@ -473,8 +483,24 @@ static void send_sync(parley_chat *c)
 static void start_sync(parley_chat *c)
 {
     if (c->syncing || !parley_sock_connected(c->sock)) return;
+    ploop_timer_stop(c->loop, &c->sync_timer);
+    c->sync_from[0] = 0; /* a walk over every conversation, from the start */
     set_state(c, PARLEY_CHAT_SYNCING, NULL);
     send_sync(c);
+}
+
+/* The retry hint of a refused sync has passed: the walk goes on. */
+static void on_sync_timer(ptimer *t)
+{
+    parley_chat *c = PARLEY_CONTAINER_OF(t, parley_chat, sync_timer);
+    if (c->freeing || c->syncing || !parley_sock_connected(c->sock)) return;
+    send_sync(c);
+}
+
+static void on_kick_timer(ptimer *t)
+{
+    parley_chat *c = PARLEY_CONTAINER_OF(t, parley_chat, kick_timer);
+    if (!c->freeing) parley_sock_connect(c->sock);
 }
 
 static void apply_conversations(parley_chat *c, const json_val *list)
@@ -540,6 +566,11 @@ static void on_sync_answer(parley_sock *s, int err, const parley_args *args, voi
     bool ok = false;
     if (msg_args_object(args->json, args->json_len, &c->limits, &obj, &me) != MSG_OK ||
         !msg_parse_ack(&obj, &ok, &me) || !ok) {
+        if (!ok && me.retry_after_ms > 0) {
+            /* Over a limit: the same page again once the hint has passed. */
+            ploop_timer_start(c->loop, &c->sync_timer, (uint64_t)me.retry_after_ms);
+            return;
+        }
         plog_warn("chat: sync refused or malformed: %s", ok ? "" : me.message);
         return;
     }
@@ -553,6 +584,12 @@ static void on_sync_answer(parley_sock *s, int err, const parley_args *args, voi
         apply_conversations(c, &v);
     bool more = json_object_get(&obj, "more", &v) && v.type == JSON_TRUE;
     if (more) {
+        /* The next page starts where the server says (an older server says
+         * nothing: from the start, with `since` moved on). */
+        long n = json_object_get(&obj, "next", &v) && v.type == JSON_STRING
+                     ? json_string_decode(&v, c->sync_from, sizeof c->sync_from - 1)
+                     : -1;
+        c->sync_from[n > 0 ? n : 0] = 0;
         c->syncing = true;
         send_sync(c);
         return;
@@ -597,6 +634,7 @@ static void on_connect(parley_sock *s, int recovered, void *user)
     parley_chat *c = user;
     c->sync_gen++;
     c->syncing = false;
+    c->kicked = false;
     /* The new socket is online and subscribed to nobody (even when the
      * Socket.IO session was recovered, presence state is the socket's). */
     presence_on_connect(c);
@@ -612,9 +650,16 @@ static void on_disconnect(parley_sock *s, const char *reason, void *user)
     c->sync_gen++;
     c->syncing = false;
     set_state(c, PARLEY_CHAT_OFFLINE, NULL);
+    ploop_timer_stop(c->loop, &c->sync_timer);
     /* The server ends the session when the token expires: connect again
-     * at once with a fresh one (a refusal then stops it). */
-    if (reason && !strcmp(reason, "io server disconnect")) parley_sock_connect(s);
+     * at once with a fresh one (a refusal then stops it). One that kept
+     * sending over its limits was told why first: it waits a while. */
+    if (reason && !strcmp(reason, "io server disconnect")) {
+        if (c->kicked)
+            ploop_timer_start(c->loop, &c->kick_timer, KICK_WAIT_MS);
+        else
+            parley_sock_connect(s);
+    }
 }
 
 static void on_connect_error(parley_sock *s, const char *message, const char *data_json, void *user)
@@ -781,6 +826,18 @@ static void on_event(parley_sock *s, const char *event, const parley_args *args,
     }
     if (!ok) return;
     msg_error me;
+    if (!strcmp(event, MSG_EV_DISCONNECT_REASON)) {
+        /* The disconnect that follows is not to be answered at once. */
+        c->kicked = true;
+        json_val m;
+        char text[160] = "";
+        if (json_object_get(&obj, "message", &m) && m.type == JSON_STRING) {
+            long n = json_string_decode(&m, text, sizeof text - 1);
+            text[n > 0 ? n : 0] = 0;
+        }
+        plog_warn("chat: the server is disconnecting us: %s", text);
+        return;
+    }
     if (!strcmp(event, MSG_EV_NEW_MESSAGE)) {
         take_message(c, &obj, true);
     } else if (!strcmp(event, MSG_EV_STATUS)) {
@@ -911,6 +968,8 @@ int parley_chat_new(const parley_chat_opts *o, parley_chat **out)
         return rc;
     }
     c->loop = parley_client__loop(c->client);
+    ptimer_init(&c->sync_timer, on_sync_timer);
+    ptimer_init(&c->kick_timer, on_kick_timer);
 
     parley_sock_opts so;
     parley_sock_opts_init(&so);
@@ -978,6 +1037,8 @@ static void stop_timers(void *arg)
         conv *v = e->val;
         ploop_timer_stop(c->loop, &v->typing_timer);
     }
+    ploop_timer_stop(c->loop, &c->sync_timer);
+    ploop_timer_stop(c->loop, &c->kick_timer);
 }
 
 void parley_chat_free(parley_chat *c)
