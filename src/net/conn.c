@@ -16,10 +16,10 @@
 
 /* A piece of output: owned bytes or a slice of a shared block. */
 typedef struct pseg {
-    pshared *blk;  /* shared block, or NULL for owned bytes */
-    uint8_t *own;  /* owned allocation, freed when written */
-    size_t off;    /* first unwritten byte */
-    size_t len;    /* unwritten bytes */
+    pshared *blk; /* shared block, or NULL for owned bytes */
+    uint8_t *own; /* owned allocation, freed when written */
+    size_t off;   /* first unwritten byte */
+    size_t len;   /* unwritten bytes */
 } pseg;
 
 /* Output queued before the tail buffer `out`: exists only once a shared
@@ -114,12 +114,17 @@ static void connect_done(pconn *c, int status);
 static int uv_to_parley(int uverr)
 {
     switch (uverr) {
-    case UV_ECONNREFUSED: return PARLEY_ECONNREFUSED;
-    case UV_ETIMEDOUT: return PARLEY_ETIMEDOUT;
+    case UV_ECONNREFUSED:
+        return PARLEY_ECONNREFUSED;
+    case UV_ETIMEDOUT:
+        return PARLEY_ETIMEDOUT;
     case UV_ENOMEM:
-    case UV_ENOBUFS: return PARLEY_ENOMEM;
-    case UV_EOF: return PARLEY_ECLOSED;
-    default: return PARLEY_EIO;
+    case UV_ENOBUFS:
+        return PARLEY_ENOMEM;
+    case UV_EOF:
+        return PARLEY_ECLOSED;
+    default:
+        return PARLEY_EIO;
     }
 }
 
@@ -128,7 +133,8 @@ void pconn_init(pconn *c, parley_loop *loop, const pconn_cbs *cbs, size_t max_ou
     memset(c, 0, sizeof *c);
     c->loop = loop;
     c->cbs = cbs;
-    c->max_out = (uint32_t)PARLEY_MIN(max_out ? max_out : PCONN_DEFAULT_MAX_OUT, (size_t)UINT32_MAX);
+    c->max_out =
+        (uint32_t)PARLEY_MIN(max_out ? max_out : PCONN_DEFAULT_MAX_OUT, (size_t)UINT32_MAX);
     uv_tcp_init(loop->uv, &c->tcp);
     c->tcp.data = c;
     c->flags = PCONN_HAS_TCP;
@@ -202,9 +208,13 @@ static int check_limit(pconn *c)
 {
     if (pconn_pending(c) <= c->max_out) return 0;
     char peer[64];
-    pconn_peer_name(c, peer, sizeof peer);
-    plog_warn("closing %s: %zu bytes of output not taken by the peer (limit %zu)", peer,
-              pconn_pending(c), (size_t)c->max_out);
+    uint64_t held;
+    if (plog_limit_ok(&c->loop->log_out, ploop_now(c->loop), 10000, &held)) {
+        pconn_peer_name(c, peer, sizeof peer);
+        plog_warn("closing %s: %zu bytes of output not taken by the peer (limit %zu; %llu more "
+                  "since the last line)",
+                  peer, pconn_pending(c), (size_t)c->max_out, (unsigned long long)held);
+    }
     pconn_close(c, false, PARLEY_EFULL);
     return PARLEY_EFULL;
 }
@@ -416,8 +426,14 @@ int pconn_write_shared(pconn *c, pshared *blk, size_t off, size_t len)
 static void tls_fail(pconn *c, const char *what)
 {
     char buf[256], peer[64];
-    pconn_peer_name(c, peer, sizeof peer);
-    plog_info("TLS error with %s (%s): %s", peer, what, ptls__errstr(buf, sizeof buf));
+    uint64_t held;
+    /* The reason is taken off OpenSSL's error queue either way. */
+    ptls__errstr(buf, sizeof buf);
+    if (plog_limit_ok(&c->loop->log_tls, ploop_now(c->loop), 10000, &held)) {
+        pconn_peer_name(c, peer, sizeof peer);
+        plog_info("TLS error with %s (%s): %s (%llu more since the last line)", peer, what, buf,
+                  (unsigned long long)held);
+    }
     if (XCONN(c)) {
         connect_done(c, PARLEY_ETLS);
         return;
@@ -897,7 +913,8 @@ static void on_connection(uv_stream_t *server, int status)
          * does not keep waking us. */
         uv_tcp_t *tmp = malloc(sizeof *tmp);
         if (tmp && uv_tcp_init(l->loop->uv, tmp) == 0) {
-            if (uv_accept(server, (uv_stream_t *)tmp) == 0) {}
+            if (uv_accept(server, (uv_stream_t *)tmp) == 0) {
+            }
             uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
         } else {
             free(tmp);

@@ -31,6 +31,7 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "base/ratelimit.h"
 #include "base/theap.h"
 #include "parley/parley.h"
 
@@ -66,6 +67,8 @@ struct parley_loop {
     uv_thread_t own_thread;  /* parley_loop_start */
     bool started;
     bool stopping;
+    /* Lines a peer can cause (TLS errors, output limits): summaries. */
+    plog_limit log_tls, log_out;
 };
 
 /* True on the thread that runs the loop. */

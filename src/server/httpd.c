@@ -52,7 +52,7 @@ struct phttpd {
     pmap ips;        /* address key -> ipent, while tracked */
     ptimer ip_sweep; /* frees idle, full entries */
     phttpd_stats st;
-    plog_limit log_ip, log_budget;
+    plog_limit log_ip, log_budget, log_req;
 };
 
 /* Where a request is: reading its head, or its body one of three ways. */
@@ -379,11 +379,13 @@ static void on_http_timeout(ptimer *t)
     srv_conn *sc = h->sc;
     char peer[64];
     pconn_peer_name(&sc->c, peer, sizeof peer);
+    uint64_t held;
     if (h->idle) {
         plog_debug("http %s: keep-alive idle timeout", peer);
-    } else {
-        plog_info("http %s: request not complete within %u ms", peer,
-                  sc->srv->opts.head_timeout_ms);
+    } else if (plog_limit_ok(&sc->srv->log_req, ploop_now(sc->c.loop), LOG_INTERVAL_MS, &held)) {
+        plog_info("http %s: request not complete within %u ms (%llu more bad requests since the "
+                  "last line)",
+                  peer, sc->srv->opts.head_timeout_ms, (unsigned long long)held);
     }
     /* A request that is still arriving cannot be answered sensibly; the
      * peer is slow or hostile. */
@@ -820,9 +822,13 @@ static size_t http_step(srv_conn *sc, uint8_t *data, size_t len)
         if (r == 0) return 0;
         if (r < 0) {
             char peer[64];
-            pconn_peer_name(&sc->c, peer, sizeof peer);
-            plog_info("http %s: %d %s", peer, h->parser.error_status,
-                      h->parser.error ? h->parser.error : "");
+            uint64_t held;
+            if (plog_limit_ok(&s->log_req, ploop_now(sc->c.loop), LOG_INTERVAL_MS, &held)) {
+                pconn_peer_name(&sc->c, peer, sizeof peer);
+                plog_info("http %s: %d %s (%llu more bad requests since the last line)", peer,
+                          h->parser.error_status, h->parser.error ? h->parser.error : "",
+                          (unsigned long long)held);
+            }
             send_error(sc, h->parser.error_status ? h->parser.error_status : 400, h->parser.error);
             return len;
         }
@@ -935,7 +941,7 @@ static size_t sc_on_data(pconn *c, uint8_t *data, size_t len)
              * bounds of one request. */
             const http_limits *l = &sc->srv->opts.limits;
             if (len - off > l->max_header_bytes + l->max_body) {
-                plog_info("http: too much pipelined input behind a pending response");
+                plog_debug("http: too much pipelined input behind a pending response");
                 abort_deferred(sc);
                 pconn_close(c, false, PARLEY_ELIMIT);
                 return len;

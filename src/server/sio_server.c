@@ -138,6 +138,7 @@ struct parley_server {
     char offset_prefix[8];
     ptimer prune;
     pmd_config pmd;
+    plog_limit log_att, log_auth;
     /* guards */
     char *allowed;      /* our copy of o.allowed_origins */
     size_t max_att;     /* per session (max_attachment_bytes resolved) */
@@ -1131,11 +1132,14 @@ static bool bin_take(sio_client *c, size_t n)
     bool session = n > srv->max_att - c->bin_bytes;
     if (session || n > srv->max_pending - st->pending_attachment_bytes) {
         st->attachment_limit_closes++;
-        plog_warn("socket.io %s: %zu more attachment bytes exceed the %s limit (%zu, %zu held): "
-                  "closing",
-                  esession_id(c->es), n, session ? "session" : "server-wide",
-                  session ? srv->max_att : srv->max_pending,
-                  session ? c->bin_bytes : st->pending_attachment_bytes);
+        uint64_t held;
+        if (plog_limit_ok(&srv->log_att, ploop_now(srv->loop), 10000, &held))
+            plog_warn("socket.io %s: %zu more attachment bytes exceed the %s limit (%zu, %zu "
+                      "held): closing (%llu more since the last line)",
+                      esession_id(c->es), n, session ? "session" : "server-wide",
+                      session ? srv->max_att : srv->max_pending,
+                      session ? c->bin_bytes : st->pending_attachment_bytes,
+                      (unsigned long long)held);
         client_close_why(c, "parse error");
         return false;
     }
@@ -1199,8 +1203,12 @@ static void on_connect_timeout(ptimer *t)
     }
     if (c->nauth || esession_closed(c->es)) return;
     srv->stats.auth_timeout_closes++;
-    plog_info("socket.io %s: no authenticated namespace within %u ms (%u sockets): closing",
-              esession_id(c->es), srv->o.connect_timeout_ms, (unsigned)c->nsocks);
+    uint64_t held;
+    if (plog_limit_ok(&srv->log_auth, ploop_now(srv->loop), 10000, &held))
+        plog_info("socket.io %s: no authenticated namespace within %u ms (%u sockets): closing "
+                  "(%llu more since the last line)",
+                  esession_id(c->es), srv->o.connect_timeout_ms, (unsigned)c->nsocks,
+                  (unsigned long long)held);
     client_close_why(c, "auth timeout");
 }
 
