@@ -457,7 +457,7 @@ static void send_sync(parley_chat *c)
     }
     if (rc == 0) rc = pbuf_appendf(&b, "},\"limit\":%u", MSG_SYNC_MAX_LIMIT);
     if (rc == 0 && c->sync_from[0]) {
-        rc = pbuf_append_str(&b, ",\"from\":");
+        rc = pbuf_append_str(&b, ",\"cursor\":");
         if (rc == 0) rc = json_append_string(&b, c->sync_from, strlen(c->sync_from));
     }
     if (rc == 0) rc = pbuf_append_str(&b, "}]");

@@ -898,7 +898,7 @@ static void do_sync(msg_service *svc, obx *e)
         reply_internal(svc, ms, e->ack_id);
         return;
     }
-    convlist convs = {.max = MSG_SYNC_MAX_CONVS + 1, .from = req.from};
+    convlist convs = {.max = MSG_SYNC_MAX_CONVS + 1, .from = req.cursor};
     char(*since_ids)[MSG_CONV_MAX + 1] = NULL;
     int64_t *since_seq = NULL;
     pmap since = {0};
@@ -952,7 +952,7 @@ static void do_sync(msg_service *svc, obx *e)
     }
     /* Messages cut with the list complete: the next request lists the
      * same page again (it is the last one). */
-    const char *next = list_next ? list_next : ms_scan.cut ? req.from : NULL;
+    const char *next = list_next ? list_next : ms_scan.cut ? req.cursor : NULL;
     if (rc == 0) rc = pbuf_appendf(out, "],\"more\":%s", next ? "true" : "false");
     if (rc == 0 && next) {
         rc = pbuf_append_str(out, ",\"next\":");

@@ -961,7 +961,7 @@ msg_errcode msg_parse_sync(const json_val *obj, msg_sync *s, msg_error *err)
     s->limit = MSG_SYNC_DEF_LIMIT;
     msg_errcode rc = need_object(obj, err);
     if (rc) return rc;
-    field f[3] = {{"since", {0}}, {"limit", {0}}, {"from", {0}}};
+    field f[3] = {{"since", {0}}, {"limit", {0}}, {"cursor", {0}}};
     if ((rc = scan(obj, f, 3, "", FROM_CLIENT, err))) return rc;
     if (has(&f[1])) {
         int64_t v = 0;
@@ -971,7 +971,7 @@ msg_errcode msg_parse_sync(const json_val *obj, msg_sync *s, msg_error *err)
     /* "" is the start (what `next` says when only messages were cut on the
      * first page). */
     if (has(&f[2]) && !(f[2].v.type == JSON_STRING && f[2].v.len == 2) &&
-        (rc = get_conv_id(&f[2], "from", s->from, err)))
+        (rc = get_conv_id(&f[2], "cursor", s->cursor, err)))
         return rc;
     if (!has(&f[0])) return MSG_OK;
     if (f[0].v.type != JSON_OBJECT)

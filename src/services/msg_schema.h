@@ -310,7 +310,7 @@ typedef struct msg_sync {
     json_val since; /* object conversation id -> seq (validated), or JSON_INVALID */
     size_t nsince;
     unsigned limit;
-    char from[MSG_CONV_MAX + 1]; /* start at this conversation id (the answer's `next`); "" */
+    char cursor[MSG_CONV_MAX + 1]; /* start at this conversation id (the answer's `next`); "" */
 } msg_sync;
 
 msg_errcode msg_parse_sync(const json_val *obj, msg_sync *s, msg_error *err);

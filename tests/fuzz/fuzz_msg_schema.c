@@ -160,9 +160,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             n++;
         }
         CHECK(n == sy.nsince);
-        /* `from` is "" or a valid conversation id. */
+        /* `cursor` is "" or a valid conversation id. */
         msg_conv fc;
-        CHECK(!sy.from[0] || msg_conv_parse(&fc, sy.from, strlen(sy.from)));
+        CHECK(!sy.cursor[0] || msg_conv_parse(&fc, sy.cursor, strlen(sy.cursor)));
         break;
     }
     case 7: {

@@ -628,6 +628,14 @@ static void test_sync_history_rooms(void **state)
     assert_true(msg_sync_iter_next(&it, id, &seq));
     assert_true(msg_sync_iter_next(&it, id, &seq));
     assert_false(msg_sync_iter_next(&it, id, &seq));
+    assert_string_equal(s.cursor, "");
+    /* The answer's `next` comes back as `cursor`; "" is the start. */
+    v = obj_of("{\"cursor\":\"room:zoo\"}");
+    assert_int_equal(msg_parse_sync(&v, &s, &err), MSG_OK);
+    assert_string_equal(s.cursor, "room:zoo");
+    v = obj_of("{\"cursor\":\"\"}");
+    assert_int_equal(msg_parse_sync(&v, &s, &err), MSG_OK);
+    assert_string_equal(s.cursor, "");
     static const struct {
         const char *json;
         msg_errcode code;
@@ -641,6 +649,8 @@ static void test_sync_history_rooms(void **state)
         {"{\"since\":{\"room:a\":9007199254740993}}", MSG_E_INVALID_FIELD, "since"},
         {"{\"since\":{},\"from\":\"x\"}", MSG_E_SENDER_FORBIDDEN, "from"},
         {"{\"sinse\":{}}", MSG_E_UNKNOWN_FIELD, "sinse"},
+        {"{\"cursor\":\"nope\"}", MSG_E_INVALID_FIELD, "cursor"},
+        {"{\"cursor\":5}", MSG_E_INVALID_FIELD, "cursor"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         v = obj_of(bad[i].json);
