@@ -1893,6 +1893,59 @@ static void test_sync_paging(void **state)
     srv_done(&s);
 }
 
+/* A user in more rooms than one sync answer lists (200): the chat walks
+ * the pages (`next` back as `cursor`) and goes live only at the end, in
+ * every room, the last page's ones included. */
+static void test_sync_conversation_pages(void **state)
+{
+    (void)state;
+    srv s;
+    srv_init(&s, false);
+    srv_start(&s);
+    tc alice, bob;
+    tc_init(&alice, "alice", &s);
+    tc_init(&bob, "bob", &s);
+    tc_online(&alice);
+    tc_online(&bob);
+    enum { ROOMS = 450 };
+    char room[32];
+    answer a;
+    for (int i = 0; i < ROOMS; i++) {
+        snprintf(room, sizeof room, "r%03d", i);
+        join(&alice, room, &a);
+        assert_int_equal(a.err, 0);
+        answer_free(&a);
+    }
+    join(&bob, "r449", &a);
+    answer_free(&a);
+    tc_done(&alice);
+
+    /* alice's next device: three pages of conversations, then live. */
+    tc alice2;
+    tc_init(&alice2, "alice", &s);
+    tc_online(&alice2);
+    uint64_t syncs = 0;
+    parley_sock_event_counts(tc_sock(&alice2), count_syncs, &syncs);
+    assert_true(syncs >= 3);
+    assert_int_equal(tlog_count(&alice2.log, "state ONLINE"), 1);
+    /* A room of the last page is live. */
+    char id[37];
+    parley_chat_send_opts so;
+    parley_chat_send_opts_init(&so);
+    so.room = "r449";
+    so.text = "last page";
+    parley_chat_error err;
+    assert_int_equal(parley_chat_send(bob.chat, &so, id, &err), 0);
+    wait_status(&bob, id, "SENT room:r449 1");
+    int at = 0;
+    WAIT(&alice2.log, &at, "msg room:r449 1 bob text mine=0 last page", 0);
+    EXACTLY(&alice2.log, "msg ", 1);
+
+    tc_done(&alice2);
+    tc_done(&bob);
+    srv_done(&s);
+}
+
 /* ---- 16. chats on the application's loop ---- */
 
 static void test_app_loop(void **state)
@@ -2038,6 +2091,7 @@ int main(void)
         cmocka_unit_test(test_persisted_ttl),
         cmocka_unit_test(test_duplicate),
         cmocka_unit_test(test_sync_paging),
+        cmocka_unit_test(test_sync_conversation_pages),
         cmocka_unit_test(test_app_loop),
         cmocka_unit_test(test_api_edges),
     };
