@@ -1,0 +1,365 @@
+// "Safe to expose": parleyd with its real defaults (limits: 'on', the
+// configuration a deployment gets) under the attacks that used to take it
+// down or fill its disk, each with the bounded outcome asserted and a
+// well-behaved client (the witness: a ChatClient with a valid token, or a
+// plain GET /healthz from another address) served during and after it.
+// Where memory or disk is the point, the growth is measured (baseline
+// after one warm-up round) and printed ("hostile: ...") for the record.
+
+import assert from 'node:assert/strict';
+import { generateKeyPairSync, sign as cryptoSign, randomBytes } from 'node:crypto';
+import { mkdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { ChatClient, SECRET, bearer, dm, eventually, httpRequest, makeToken, nextClientId, online, startChatServer } from './lib/chat.mjs';
+import { packets, pollHandshake, q, request, startRequest, wsNext, wsSession } from './lib/eio_raw.mjs';
+import { cleanup, scaled, sleep, tempDir, withTimeout } from './lib/harness.mjs';
+import {
+  closesWithin, dirBytes, httpFrom, logLines, MB, parleydExit, parseResponse, rawConnect, rawHs256, rawResponse, rss, rssSampler,
+  smallQuarantine, upgradeRequest,
+} from './lib/hostile.mjs';
+
+const BASE = '/socket.io/';
+const P = (n) => `{"_placeholder":true,"num":${n}}`;
+let uniq = 0;
+const fresh = (name) => `${name}${++uniq}`;
+
+after(cleanup);
+
+/** parleyd with the messaging service and every limit at its default. */
+const start = (extra = [], opts = {}) => startChatServer({ limits: 'on', extra, ...opts });
+
+/** A synced device of a fresh user: the well-behaved client of a test. */
+async function witness(srv, name = 'witness') {
+  return online(srv, fresh(name));
+}
+
+/** The witness is still served: a sync and a stored message. */
+async function stillServed(w, what) {
+  const s = await w.req('sync', { since: {} });
+  assert.equal(s?.ok, true, `${what}: the witness's sync: ${JSON.stringify(s)}`);
+  const r = await w.send({ to: fresh('friend') }, { text: `still here (${what})` });
+  assert.equal(r?.ok, true, `${what}: the witness's message: ${JSON.stringify(r)}`);
+}
+
+async function healthz(port, localAddress = '127.0.0.2') {
+  const r = await httpFrom(port, 'GET', '/healthz', { localAddress });
+  assert.equal(r.status, 200, `GET /healthz from ${localAddress}`);
+}
+
+/**
+ * The next packet on a raw WebSocket session that is not a ping. (A ping
+ * that arrived with the open packet, in the same read, is queued before
+ * wsSession's automatic answer is in place: it is answered here.)
+ */
+async function nextNotPing(ws, ms = 5000) {
+  for (;;) {
+    const p = await wsNext(ws, ms);
+    if (p !== '2') return p;
+    ws.ws.send('3');
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* 1. Memory before authentication                                     */
+/* ------------------------------------------------------------------ */
+
+describe('1. sessions that never authenticate', () => {
+  const CONNECT_TIMEOUT = 1500;
+  const ATTACK = { sessions: 30, attachments: 9, size: 999000, budget: 24 * 1048576 };
+
+  test(`${ATTACK.sessions} sessions refused on "/" sending a binary header for /chat + ${ATTACK.attachments} x ~1 MB are closed at the header; RSS grows < 24 MiB; sessions that only answer pings are closed at --connect-timeout`, async () => {
+    const srv = await smallQuarantine(() => start(['--connect-timeout', String(CONNECT_TIMEOUT), '--ping-interval', '400']));
+    const w = await witness(srv);
+    const blob = Buffer.alloc(ATTACK.size, 0x5a);
+    const header = `4510-/chat,["upload",${Array.from({ length: 10 }, (_, i) => P(i)).join(',')}]`;
+    let open = 0;
+    async function hostile() {
+      const ws = await wsSession(srv.port, BASE);
+      ws.ws.send('40');
+      assert.equal(await nextNotPing(ws), '44{"message":"Invalid namespace"}', '`/` is off by default');
+      ws.ws.send(header);
+      for (let i = 0; i < ATTACK.attachments; i++) ws.ws.send(blob, { binary: true });
+      const closed = await closesWithin(ws, scaled(3000));
+      if (!closed) open++;
+    }
+    await hostile();
+    await sleep(200);
+    const before = rss(srv.child.pid);
+    const sampler = rssSampler(srv.child.pid);
+    let peak;
+    try {
+      await Promise.all(Array.from({ length: ATTACK.sessions }, hostile));
+      await sleep(300);
+    } finally {
+      peak = sampler.stop();
+    }
+    const afterRss = rss(srv.child.pid);
+    console.log(`hostile: ${ATTACK.sessions} unauthenticated sessions x binary header for /chat + ${ATTACK.attachments} x ${ATTACK.size} B: ` +
+      `RSS ${MB(before)} -> ${MB(afterRss)} (peak ${MB(peak)})`);
+    assert.ok(srv.alive(), `the server died${srv.stderr()}`);
+    assert.equal(open, 0, 'every hostile session was closed');
+    assert.ok(afterRss - before < ATTACK.budget, `RSS grew by ${MB(afterRss - before)} (before ${MB(before)}, after ${MB(afterRss)})`);
+    await stillServed(w, 'after the attachment flood');
+
+    /* Sessions that answer every ping but never join /chat: bare, refused
+     * on "/", refused on /chat (a bad token). */
+    const t0 = Date.now();
+    const idle = [];
+    for (const hello of [null, '40', `40/chat,{"token":"${makeToken('mallory', { secret: 'x'.repeat(40) })}"}`]) {
+      const ws = await wsSession(srv.port, BASE, { autoPong: false });
+      ws.pingsAnswered = 0;
+      const push = ws.messages.push.bind(ws.messages);
+      ws.messages.push = (m) => {
+        if (!m.isBinary && m.data.toString() === '2') {
+          ws.ws.send('3');
+          ws.pingsAnswered++;
+        } else push(m);
+      };
+      if (hello) ws.ws.send(hello);
+      idle.push({ ws, hello });
+    }
+    for (const { ws, hello } of idle) {
+      await ws.waitClosed(scaled(CONNECT_TIMEOUT + 3000), `the session (${hello ?? 'no CONNECT'}) to be closed at the connect timeout`);
+      const ms = Date.now() - t0;
+      assert.ok(ms >= CONNECT_TIMEOUT - 150, `${hello ?? 'no CONNECT'}: closed after ${ms} ms, before the connect timeout`);
+      assert.ok(ws.pingsAnswered >= 1, `${hello ?? 'no CONNECT'}: it answered pings (${ws.pingsAnswered}) and was closed all the same`);
+    }
+    const refusals = idle.slice(1).map(({ ws }) => ws.messages.items.map((m) => m.data.toString()).filter((p) => p !== '2'));
+    assert.deepEqual(refusals[0], ['44{"message":"Invalid namespace"}']);
+    assert.match(refusals[1][0], /^44\/chat,\{"message":.*"data":\{"code":"invalid_token"/);
+    console.log(`hostile: sessions answering pings without joining /chat closed after ${Date.now() - t0} ms (--connect-timeout ${CONNECT_TIMEOUT})`);
+    /* The witness, past the deadline, is served. */
+    await stillServed(w, 'past the connect timeout');
+    assert.deepEqual(w.log.filter((e) => e.name === 'disconnect'), [], 'the witness was never disconnected');
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 2. Uploads without credentials                                      */
+/* ------------------------------------------------------------------ */
+
+describe('2. POST /media without credentials', () => {
+  const ATTACK = { conns: 40, size: 8 * 1048576 - 1, budget: 32 * 1048576 };
+  const head = (len, { expect = false, auth } = {}) => `POST /media HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n` +
+    `Content-Length: ${len}\r\n${expect ? 'Expect: 100-continue\r\n' : ''}${auth ? `Authorization: Bearer ${auth}\r\n` : ''}\r\n`;
+
+  test(`${ATTACK.conns} connections declaring ${ATTACK.size} bytes get 401 on the head (no 100 Continue), are ended after the answer; RSS grows < 32 MiB`, async () => {
+    const srv = await smallQuarantine(() => start());
+    const w = await witness(srv);
+    const body = Buffer.alloc(ATTACK.size, 0x33);
+    async function hostile(i) {
+      const conn = rawConnect(srv.port);
+      await conn.connected;
+      const expect = i % 2 === 0;
+      conn.sock.write(head(ATTACK.size, { expect }));
+      const r = await rawResponse(conn, 5000, `the answer to unauthenticated POST /media #${i}`);
+      assert.equal(r.status, 401, `#${i}: ${r.head}`);
+      assert.equal(r.headers['www-authenticate'], 'Bearer');
+      assert.equal(JSON.parse(r.body).code, 'auth_required');
+      assert.ok(!conn.text().includes('100 Continue'), `#${i} (Expect: 100-continue ${expect}) was never told to go on: ${conn.text().slice(0, 200)}`);
+      /* The attacker sends its body all the same: the server has ended
+       * the connection instead of reading 8 MiB. */
+      conn.sock.write(body, () => {});
+      assert.ok(await closesWithin(conn, scaled(5000)), `#${i}: the connection is ended after the answer`);
+    }
+    await hostile(0);
+    await sleep(200);
+    const before = rss(srv.child.pid);
+    const sampler = rssSampler(srv.child.pid);
+    let peak;
+    try {
+      await Promise.all(Array.from({ length: ATTACK.conns }, (_, i) => hostile(i + 1)));
+      await healthz(srv.port);
+      await stillServed(w, 'during the upload flood');
+      await sleep(200);
+    } finally {
+      peak = sampler.stop();
+    }
+    const afterRss = rss(srv.child.pid);
+    console.log(`hostile: POST /media ${ATTACK.conns} x ${ATTACK.size} B unauthenticated: RSS ${MB(before)} -> ${MB(afterRss)} (peak ${MB(peak)})`);
+    assert.ok(srv.alive(), `the server died${srv.stderr()}`);
+    assert.ok(afterRss - before < ATTACK.budget, `RSS grew by ${MB(afterRss - before)}`);
+    assert.ok(peak - before < ATTACK.budget, `RSS peaked ${MB(peak - before)} above the baseline`);
+
+    /* A small refused body (<= 256 KiB) is read and dropped: the
+     * connection serves the next request. */
+    const small = rawConnect(srv.port);
+    await small.connected;
+    small.sock.write(head(100000) + 'x'.repeat(100000));
+    assert.equal((await rawResponse(small)).status, 401);
+    const seen = small.bytes().length;
+    small.sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    await eventually(() => small.bytes().length > seen, 3000, 'the answer to GET /healthz on the same connection');
+    assert.match(small.bytes().subarray(seen).toString(), /^HTTP\/1\.1 200 /);
+
+    /* With a valid token the same head is told to go on, and the upload
+     * streams to disk. */
+    const ok = rawConnect(srv.port);
+    await ok.connected;
+    const auth = makeToken(fresh('uploader'));
+    ok.sock.write(head(ATTACK.size, { expect: true, auth }));
+    await eventually(() => ok.text().startsWith('HTTP/1.1 100 Continue\r\n\r\n'), 3000, '100 Continue for an accepted head');
+    const cont = ok.bytes().length;
+    const rssBeforeUpload = rss(srv.child.pid);
+    ok.sock.write(body);
+    await eventually(() => ok.bytes().length > cont && ok.text().includes('\r\n\r\n', cont), 15000, 'the answer to the upload');
+    const created = parseResponse(ok.bytes().subarray(cont));
+    assert.equal(created.status, 201, created.head);
+    console.log(`hostile: one authenticated ${ATTACK.size} B upload: RSS ${MB(rssBeforeUpload)} -> ${MB(rss(srv.child.pid))}`);
+    await stillServed(w, 'after the uploads');
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 3. Storing messages as fast as possible                             */
+/* ------------------------------------------------------------------ */
+
+describe('3. one user storing messages as fast as it can', () => {
+  const RATE = 20; /* --rate-messages default, per second */
+  const BURST = 40;
+  const SECONDS = 3;
+  const TEXT = 4000;
+  const DISK_BUDGET = 16 * 1048576;
+
+  test(`pipelined sends ignoring the hints for ${SECONDS} s: rate_limited with retry_after_ms, at most burst + rate x seconds stored, the socket is told and disconnected; another user is served`, async () => {
+    const srv = await start();
+    const [mal, vic, wendy] = [fresh('mal'), fresh('vic'), fresh('wendy')];
+    const w = await online(srv, wendy);
+    const text = 'm'.repeat(TEXT);
+    const diskBefore = dirBytes(srv.dataDir);
+    const sockets = [];
+    let ok = 0;
+    const other = [];
+    let hints = 0;
+    const t0 = Date.now();
+    const until = t0 + SECONDS * 1000;
+    /* The witness sends one message every 100 ms meanwhile. */
+    const witnessSends = (async () => {
+      const answers = [];
+      while (Date.now() < until) {
+        answers.push(await w.send({ to: vic }, { text: `calm ${answers.length}` }));
+        await sleep(100);
+      }
+      return answers;
+    })();
+    while (Date.now() < until) {
+      const c = new ChatClient(srv, { user: mal });
+      const first = await c.events.next(10000, 'the attacker to connect or be refused');
+      if (first.name !== 'connect') {
+        /* Refused (e.g. too many new sessions): try again shortly. */
+        c.close();
+        await sleep(50);
+        continue;
+      }
+      const s = { c, results: [], reason: null };
+      sockets.push(s);
+      c.socket.on('disconnect_reason', (why) => {
+        s.reason = why;
+      });
+      while (c.socket.connected && Date.now() < until) {
+        for (let i = 0; i < 25; i++) {
+          c.socket.emit('send_message', { client_id: nextClientId(), to: vic, type: 'text', content: { text } }, (res) => {
+            s.results.push(res);
+            if (res?.ok) ok++;
+            else if (res?.error?.code === 'rate_limited' && res.error.retry_after_ms > 0) hints++;
+            else other.push(res);
+          });
+        }
+        await sleep(1);
+      }
+      c.close();
+    }
+    const answers = await witnessSends;
+    await sleep(300);
+    /* What was stored, as the recipient sees it. */
+    const v = await online(srv, vic);
+    const stored = v.synced.messages.filter((m) => m.from === mal).length;
+    const elapsed = (Date.now() - t0) / 1000;
+    const bound = BURST + RATE * elapsed + 5;
+    const grown = dirBytes(srv.dataDir) - diskBefore;
+    console.log(`hostile: pipelined sends of ${TEXT} B for ${SECONDS} s: ${stored} stored (bound ${bound.toFixed(0)}), ${hints} refused with a hint, ` +
+      `${sockets.length} sockets, ${sockets.filter((s) => s.reason).length} told and disconnected; data dir +${MB(grown)}`);
+    assert.deepEqual(other, [], 'every refusal is rate_limited with retry_after_ms');
+    assert.ok(hints > 0, 'refusals came');
+    assert.ok(stored >= BURST, `the burst was stored (${stored})`);
+    assert.ok(stored <= bound, `${stored} messages stored in ${elapsed.toFixed(1)} s, over burst + rate x seconds = ${bound.toFixed(0)}`);
+    /* A kicked socket may miss the acknowledgements of messages stored in
+     * its last loop iteration (a resend would be answered duplicate). */
+    assert.ok(ok <= stored, `${ok} acknowledged, ${stored} stored`);
+    assert.ok(grown < DISK_BUDGET, `the data directory grew by ${MB(grown)}`);
+    /* Told, then disconnected; never at the first refusal. */
+    const kicked = sockets.filter((s) => s.reason);
+    assert.ok(kicked.length >= 1, 'the attacker was disconnected');
+    for (const s of kicked) {
+      assert.deepEqual(Object.keys(s.reason).sort(), ['code', 'message']);
+      assert.equal(s.reason.code, 'rate_limited');
+      const gone = s.c.log.find((e) => e.name === 'disconnect');
+      assert.equal(gone?.args[0], 'io server disconnect');
+    }
+    assert.ok(sockets[0].results.slice(0, BURST).every((r) => r.ok), 'the first socket had its burst');
+    /* A first offence is no disconnect: one send over the limit is
+     * refused with a hint, and the socket stays. */
+    const m = await online(srv, mal);
+    let refused;
+    for (let i = 0; i < BURST + 10 && !refused; i++) {
+      const r = await m.send({ to: vic }, { text: 'once more' });
+      if (!r?.ok) refused = r;
+    }
+    assert.equal(refused?.error?.code, 'rate_limited', JSON.stringify(refused));
+    await sleep(refused.error.retry_after_ms + 20);
+    const later = await m.send({ to: vic }, { text: 'after the hint' });
+    assert.equal(later?.ok, true, JSON.stringify(later));
+    assert.deepEqual(m.log.filter((e) => e.name === 'disconnect' || e.name === 'disconnect_reason'), []);
+    /* The other user was served all along. */
+    assert.ok(answers.length >= 10);
+    assert.deepEqual(answers.filter((r) => !r?.ok), [], 'the witness was never refused');
+    await stillServed(w, 'after the flood');
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 4. Daily upload quotas                                              */
+/* ------------------------------------------------------------------ */
+
+describe('4. uploads', () => {
+  test('--uploads-per-day 3: the 4th upload is 429 quota_exceeded on its head, with Retry-After until UTC midnight; --upload-bytes-per-day likewise; others upload', async () => {
+    const srv = await start(['--uploads-per-day', '3', '--upload-bytes-per-day', '100000']);
+    const [ann, ben, cam] = [fresh('ann'), fresh('ben'), fresh('cam')];
+    const upload = (user, bytes) => httpRequest(srv.port, 'POST', '/media', { headers: { ...bearer(user), 'Content-Type': 'image/png' }, body: bytes });
+    for (let i = 0; i < 3; i++) {
+      const r = await upload(ann, randomBytes(1000));
+      assert.equal(r.status, 201, `upload ${i + 1}: ${r.body}`);
+    }
+    /* The 4th: the head alone is answered. */
+    const conn = rawConnect(srv.port);
+    await conn.connected;
+    conn.sock.write(`POST /media HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n` +
+      `Authorization: Bearer ${makeToken(ann)}\r\n\r\n`);
+    const r = await rawResponse(conn, 5000, 'the answer to the 4th upload');
+    const untilMidnight = 86400000 - (Date.now() % 86400000);
+    assert.equal(r.status, 429, r.head);
+    const body = JSON.parse(r.body);
+    assert.equal(body.code, 'quota_exceeded');
+    assert.ok(body.retry_after_ms > 0 && Math.abs(body.retry_after_ms - untilMidnight) < 60000,
+      `retry_after_ms ${body.retry_after_ms} is the time until UTC midnight (${untilMidnight})`);
+    const retryAfter = Number(r.headers['retry-after']);
+    assert.ok(Number.isInteger(retryAfter) && Math.abs(retryAfter - untilMidnight / 1000) < 60, `Retry-After: ${r.headers['retry-after']}`);
+    console.log(`hostile: the 4th upload of the day: 429 quota_exceeded, Retry-After ${retryAfter} s`);
+    /* The socket upload counts against the same quota. */
+    const a = await online(srv, ann);
+    const viaSocket = await a.req('upload_media', { mime: 'image/png', data: randomBytes(1000) });
+    assert.equal(viaSocket?.error?.code, 'quota_exceeded', JSON.stringify(viaSocket));
+    assert.ok(viaSocket.error.retry_after_ms > 0);
+    /* Bytes per day. */
+    assert.equal((await upload(ben, randomBytes(60000))).status, 201);
+    const over = await upload(ben, randomBytes(60000));
+    assert.equal(over.status, 429, over.body.toString());
+    assert.equal(JSON.parse(over.body).code, 'quota_exceeded');
+    assert.ok(Number(over.headers['retry-after']) > 0);
+    /* Another user is not affected. */
+    assert.equal((await upload(cam, randomBytes(1000))).status, 201);
+    await stillServed(await witness(srv), 'after the quota refusals');
+  });
+});
