@@ -363,3 +363,103 @@ describe('4. uploads', () => {
     await stillServed(await witness(srv), 'after the quota refusals');
   });
 });
+
+/* ------------------------------------------------------------------ */
+/* 5. Joining rooms                                                    */
+/* ------------------------------------------------------------------ */
+
+describe('5. joins', () => {
+  test('30 join_room in a row: the burst of 20 passes, the rest are rate_limited with retry_after_ms, the socket stays', async () => {
+    const srv = await start();
+    const u = await online(srv, fresh('joiner'));
+    const tag = fresh('r');
+    const results = [];
+    for (let i = 0; i < 30; i++) results.push(await u.req('join_room', { room: `${tag}-${i}` }));
+    const firstRefusal = results.findIndex((r) => !r?.ok);
+    const passed = results.filter((r) => r?.ok).length;
+    console.log(`hostile: 30 join_room in a row: ${passed} joined, first refusal at #${firstRefusal + 1}`);
+    assert.equal(firstRefusal, 20, `the burst of 20 passes: ${JSON.stringify(results[firstRefusal])}`);
+    assert.ok(passed <= 22, `${passed} joins passed`);
+    for (const r of results.slice(20).filter((x) => !x?.ok)) {
+      assert.equal(r.error.code, 'rate_limited', JSON.stringify(r));
+      assert.ok(r.error.retry_after_ms > 0 && r.error.retry_after_ms <= 1000, JSON.stringify(r));
+    }
+    assert.deepEqual(u.log.filter((e) => e.name === 'disconnect'), [], 'a few refusals are no disconnect');
+    await stillServed(u, 'the joiner after its refusals');
+    const other = await witness(srv);
+    await other.ok('join_room', { room: `${tag}-0` });
+  });
+
+  test('--max-rooms 5: the 6th distinct room is quota_exceeded (field room); after leaving one, a new one may be joined', async () => {
+    const srv = await start(['--max-rooms', '5']);
+    const u = await online(srv, fresh('joiner'));
+    const tag = fresh('q');
+    for (let i = 0; i < 5; i++) await u.ok('join_room', { room: `${tag}-${i}` });
+    const err = await u.fails('join_room', { room: `${tag}-5` }, 'quota_exceeded', 'room');
+    console.log(`hostile: --max-rooms 5, the 6th room: ${JSON.stringify(err)}`);
+    await u.ok('join_room', { room: `${tag}-4` }); /* joining twice is no new room */
+    await u.ok('leave_room', { room: `${tag}-0` });
+    await u.ok('join_room', { room: `${tag}-5` });
+    await u.fails('join_room', { room: `${tag}-6` }, 'quota_exceeded', 'room');
+    await stillServed(u, 'the joiner at its room quota');
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 6. The disk reserve                                                 */
+/* ------------------------------------------------------------------ */
+
+describe('6. disk reserve', () => {
+  test('free space below --disk-reserve: writes are storage_full with retry_after_ms 60000 (send, join, upload, notify, presence text; POST /media 507), reads work', async () => {
+    /* Data written while there was room (by a server without limits: it
+     * only makes the data directory). */
+    const first = await startChatServer();
+    const [alice, bob] = [fresh('alice'), fresh('bob')];
+    const a0 = await online(first, alice);
+    for (let i = 1; i <= 3; i++) await a0.text({ to: bob }, `before ${i}`);
+    await first.stop();
+
+    const keyFile = path.join(tempDir(), 'keys');
+    writeFileSync(keyFile, 'hostile-api-key-0123456789abcdef\n');
+    const srv = await start(['--disk-reserve', '1000000000000000', '--api-key-file', keyFile], { dataDir: first.dataDir });
+    const a = await online(srv, alice);
+    const b = await online(srv, bob);
+    assert.deepEqual(b.synced.messages.map((m) => m.content.text), ['before 1', 'before 2', 'before 3'], 'sync answers');
+    const h = await b.ok('history', { conversation: dm(alice, bob) });
+    assert.equal(h.messages.length, 3, 'history answers');
+    const full = (res, what) => {
+      assert.equal(res?.ok, false, `${what}: ${JSON.stringify(res)}`);
+      assert.equal(res.error.code, 'storage_full', `${what}: ${JSON.stringify(res)}`);
+      assert.equal(res.error.retry_after_ms, 60000, what);
+    };
+    full(await a.send({ to: bob }, { text: 'no room' }), 'send_message');
+    full(await a.req('join_room', { room: fresh('full') }), 'join_room');
+    full(await a.req('upload_media', { mime: 'image/png', data: randomBytes(100) }), 'upload_media');
+    full(await a.req('presence_set', { status: 'busy', text: 'a new text' }), 'presence_set with a text');
+    const n = new ChatClient(srv, { user: fresh('notifier'), token: makeToken(fresh('notifier'), { claims: { role: 'notifier' } }) });
+    await n.connected();
+    full(await n.req('notify', { to: bob, type: 'alert', title: 'disk' }), 'notify');
+    /* Refusals for room are no strikes: many of them keep the socket. */
+    for (let i = 0; i < 35; i++) full(await a.send({ to: bob }, { text: `no room ${i}` }), `send_message #${i}`);
+    assert.deepEqual(a.log.filter((e) => e.name === 'disconnect'), []);
+    /* Reads and state changes that add nothing still work. */
+    await a.ok('presence_set', { status: 'away' });
+    await b.ok('receipt', { conversation: dm(alice, bob), status: 'read', seq: 3 });
+    assert.equal((await b.ok('sync', { since: {} })).messages.length, 3);
+    /* HTTP: the upload and the API are 507 on the head. */
+    const conn = rawConnect(srv.port);
+    await conn.connected;
+    conn.sock.write(`POST /media HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000000\r\n` +
+      `Authorization: Bearer ${makeToken(alice)}\r\n\r\n`);
+    const r = await rawResponse(conn, 5000, 'the answer to POST /media');
+    assert.equal(r.status, 507, r.head);
+    assert.equal(JSON.parse(r.body).code, 'storage_full');
+    const api = await httpRequest(srv.port, 'POST', '/api/notifications', {
+      headers: { Authorization: 'Bearer hostile-api-key-0123456789abcdef', 'Content-Type': 'application/json' },
+      body: JSON.stringify({ to: bob, type: 'alert', title: 'disk' }),
+    });
+    assert.equal(api.status, 507, api.body.toString());
+    assert.match(srv.child.stderrText, /free space in \S+ is below the reserve of 1000000000000000 bytes/);
+    console.log('hostile: disk below the reserve: send, join, upload, notify, presence text refused storage_full; sync, history, receipts served; POST /media 507');
+  });
+});
