@@ -463,3 +463,263 @@ describe('6. disk reserve', () => {
     console.log('hostile: disk below the reserve: send, join, upload, notify, presence text refused storage_full; sync, history, receipts served; POST /media 507');
   });
 });
+
+/* ------------------------------------------------------------------ */
+/* 7. Urgent messages as a weapon                                      */
+/* ------------------------------------------------------------------ */
+
+describe('7. urgent abuse', () => {
+  /** The notification events `c` received (the Notification objects). */
+  const pushed = (c, from) => c.log.filter((e) => e.name === 'notification' && (!from || e.args[0].from === from)).map((e) => e.args[0]);
+  const urgent = (c, to, text) => c.send({ to }, { text }, { priority: 'urgent' });
+  /** Quiet hours around now in UTC. */
+  const quietNow = () => {
+    const m = Math.floor(Date.now() / 60000) % 1440;
+    const hhmm = (x) => `${String(Math.floor(((x + 1440) % 1440) / 60)).padStart(2, '0')}:${String((x + 1440) % 60).padStart(2, '0')}`;
+    return { start: hhmm(m - 30), end: hhmm(m + 30), tz: 'Etc/UTC' };
+  };
+
+  test('a stranger\'s urgent DM notifies as high (quiet hours hold it), a contact\'s as urgent (it passes them); a muted sender never pushes, urgent or not', async () => {
+    const srv = await start();
+    const [bob, eve, carol, mute, mutedContact, dan] = ['bob', 'eve', 'carol', 'mute', 'mutedc', 'dan'].map(fresh);
+    const b = await online(srv, bob);
+    for (const u of [carol, mutedContact, dan]) await b.text({ to: u }, `hello ${u}`); /* bob wrote to them: contacts */
+    const [e, c, m, mc, d] = await Promise.all([eve, carol, mute, mutedContact, dan].map((u) => online(srv, u)));
+    /* No quiet hours: both are pushed, the stranger's as high. */
+    const sent = await urgent(e, bob, 'from a stranger');
+    assert.equal(sent.message.priority, 'urgent', 'the message itself is stored as sent');
+    await eventually(() => pushed(b, eve).length === 1, 5000, 'the stranger\'s notification');
+    assert.equal(pushed(b, eve)[0].priority, 'high');
+    await urgent(c, bob, 'from a contact');
+    await eventually(() => pushed(b, carol).length === 1, 5000, 'the contact\'s notification');
+    assert.equal(pushed(b, carol)[0].priority, 'urgent');
+    /* Quiet hours now: the stranger's is held, the contact's passes. */
+    await b.ok('notification_prefs_set', { quiet_hours: quietNow(), muted_users: [mute, mutedContact] });
+    await urgent(e, bob, 'stranger in quiet hours');
+    await urgent(m, bob, 'muted stranger');
+    await urgent(mc, bob, 'muted contact');
+    await urgent(c, bob, 'contact in quiet hours');
+    await eventually(() => pushed(b, carol).length === 2, 5000, 'the contact\'s notification in quiet hours');
+    await urgent(d, bob, 'the last one');
+    await eventually(() => pushed(b, dan).length === 1, 5000, 'a later contact\'s notification');
+    await sleep(200);
+    assert.equal(pushed(b, eve).length, 1, 'quiet hours held the stranger\'s urgent message');
+    assert.deepEqual(pushed(b, mute), [], 'a muted stranger is never pushed');
+    assert.deepEqual(pushed(b, mutedContact), [], 'a muted contact is never pushed, urgent or not');
+    /* Held, not lost: the stranger's is in the next sync. */
+    const synced = (await b.ok('notifications_sync', {})).notifications;
+    assert.ok(synced.some((n) => n.from === eve && n.body === 'stranger in quiet hours' && n.priority === 'high'), 'the held one is stored');
+  });
+
+  test('more than 3 urgent messages from one sender to one recipient: the 4th is stored as high and notifies nobody; 200 urgent sends log fewer than 5 lines', async () => {
+    const srv = await start();
+    const [bob, frank] = [fresh('bob'), fresh('frank')];
+    const b = await online(srv, bob);
+    await b.text({ to: frank }, 'hello');
+    const f = await online(srv, frank);
+    const prios = [];
+    for (let i = 0; i < 5; i++) prios.push((await urgent(f, bob, `urgent ${i}`)).message.priority);
+    assert.deepEqual(prios, ['urgent', 'urgent', 'urgent', 'high', 'high']);
+    const hist = await b.ok('history', { conversation: dm(bob, frank) });
+    assert.deepEqual(hist.messages.map((m) => m.priority), ['normal', 'urgent', 'urgent', 'urgent', 'high', 'high'], 'stored so');
+    await eventually(() => pushed(b, frank).length >= 3, 5000, '3 notifications');
+    /* The flood: 10 senders x 20 urgent messages. */
+    const senders = await Promise.all(Array.from({ length: 10 }, () => online(srv, fresh('flood'))));
+    const logBefore = srv.child.stderrText.length;
+    const t0 = Date.now();
+    const acks = await Promise.all(senders.map(async (s) => {
+      const out = [];
+      for (let i = 0; i < 20; i++) out.push(await urgent(s, bob, `flood ${i}`));
+      return out;
+    }));
+    const all = acks.flat();
+    assert.equal(all.filter((r) => r?.ok).length, 200, 'every urgent message is stored');
+    assert.equal(all.filter((r) => r.message.priority === 'urgent').length, 30, '3 per sender stay urgent');
+    const flooders = new Set(senders.map((s) => s.user));
+    await eventually(() => b.log.filter((e) => e.name === 'notification' && flooders.has(e.args[0].from)).length >= 30, 5000, '30 notifications');
+    await sleep(200);
+    const notes = b.log.filter((e) => e.name === 'notification' && flooders.has(e.args[0].from)).length;
+    const lines = srv.child.stderrText.slice(logBefore).split('\n').filter((l) => l.length);
+    console.log(`hostile: 200 urgent messages from 10 strangers in ${Date.now() - t0} ms: ${notes} notifications pushed, ${lines.length} log lines`);
+    assert.equal(notes, 30, 'bob was notified 3 times per sender');
+    assert.ok(lines.length < 5, `log lines during the flood:\n${lines.join('\n')}`);
+    assert.ok(logLines(srv.child.stderrText, 'info').length < 10, 'no info line per urgent message');
+    await stillServed(b, 'the recipient after the flood');
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 8. HEAD                                                             */
+/* ------------------------------------------------------------------ */
+
+describe('8. HTTP heads', () => {
+  test('HEAD answers carry no body: HEAD then GET on one keep-alive socket both parse, the GET body intact; methods are case-sensitive (get: 405)', async () => {
+    const srv = await start();
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const ask = (method, p) => withTimeout(new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port: srv.port, method, path: p, agent }, (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks), reused: req.reusedSocket }));
+      });
+      req.on('error', reject);
+      req.end();
+    }), 5000, `${method} ${p}`);
+    try {
+      for (const p of ['/', '/healthz', '/', '/healthz']) {
+        const head = await ask('HEAD', p);
+        assert.equal(head.status, 200, `HEAD ${p}`);
+        assert.equal(head.body.length, 0);
+        const get = await ask('GET', p);
+        assert.equal(get.status, 200, `GET ${p} after HEAD`);
+        assert.equal(get.reused, true, 'the same connection');
+        assert.equal(get.body.length, Number(head.headers['content-length']), 'HEAD names the GET\'s length');
+        assert.equal(get.body.length, Number(get.headers['content-length']));
+      }
+    } finally {
+      agent.destroy();
+    }
+    /* Byte for byte: the GET's status line follows the HEAD's head at once. */
+    const raw = rawConnect(srv.port);
+    await raw.connected;
+    raw.sock.write('HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    await eventually(() => (raw.text().match(/HTTP\/1\.1 200/g) ?? []).length === 2 && raw.text().endsWith('ok\n'), 3000, 'both answers');
+    const first = parseResponse(raw.bytes());
+    assert.match(first.body.toString('latin1'), /^HTTP\/1\.1 200 OK\r\n/, 'nothing between the HEAD answer and the GET answer');
+    /* Methods are case-sensitive. */
+    const lower = rawConnect(srv.port);
+    await lower.connected;
+    lower.sock.write('get / HTTP/1.1\r\nHost: x\r\n\r\n');
+    const r = await rawResponse(lower);
+    assert.equal(r.status, 405, r.head);
+    assert.equal(r.headers.allow, 'GET, HEAD');
+    await healthz(srv.port);
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 9. Origins                                                          */
+/* ------------------------------------------------------------------ */
+
+describe('9. origins', () => {
+  const GOOD = 'http://good.example';
+  const EVIL = 'http://evil.example';
+
+  test('--cors-origin http://good.example: a foreign Origin is 403 for upgrades, polling and /media, /api/notifications (preflight too); the listed one and none pass', async () => {
+    const keyFile = path.join(tempDir(), 'keys');
+    writeFileSync(keyFile, 'hostile-api-key-0123456789abcdef\n');
+    const srv = await start(['--cors-origin', GOOD, '--api-key-file', keyFile]);
+    const w = await witness(srv);
+    const evilPoll = await request(srv.port, 'GET', `${BASE}${q('polling')}`, { headers: { Origin: EVIL } });
+    assert.equal(evilPoll.status, 403);
+    assert.deepEqual(JSON.parse(evilPoll.body), { code: 4, message: 'Forbidden' });
+    assert.equal(evilPoll.headers['access-control-allow-origin'], undefined);
+    const evilUp = await upgradeRequest(srv.port, `${BASE}${q('websocket')}`, { Origin: EVIL });
+    assert.equal(evilUp.status, 403);
+    for (const headers of [{ Origin: GOOD }, {}]) {
+      const what = headers.Origin ?? 'no Origin';
+      const hs = await request(srv.port, 'GET', `${BASE}${q('polling')}`, { headers });
+      assert.equal(hs.status, 200, `polling handshake from ${what}`);
+      if (headers.Origin) assert.equal(hs.headers['access-control-allow-origin'], GOOD);
+      assert.equal((await upgradeRequest(srv.port, `${BASE}${q('websocket')}`, headers)).status, 101, `upgrade from ${what}`);
+    }
+    for (const route of ['/media', '/api/notifications']) {
+      const pre = (origin) => httpRequest(srv.port, 'OPTIONS', route, {
+        headers: { Origin: origin, 'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'authorization, content-type' },
+      });
+      const good = await pre(GOOD);
+      assert.equal(good.status, 204, `OPTIONS ${route} from the listed origin`);
+      assert.equal(good.headers['access-control-allow-origin'], GOOD);
+      assert.match(good.headers['access-control-allow-methods'] ?? '', /\bPOST\b/);
+      assert.equal(good.headers['access-control-allow-headers'], 'Authorization, Content-Type');
+      const evil = await pre(EVIL);
+      assert.equal(evil.status, 403, `OPTIONS ${route} from a foreign origin`);
+      assert.equal(evil.headers['access-control-allow-origin'], undefined);
+    }
+    const user = fresh('browser');
+    const upload = (origin) => httpRequest(srv.port, 'POST', '/media', { headers: { Origin: origin, ...bearer(user), 'Content-Type': 'image/png' }, body: randomBytes(100) });
+    const ok = await upload(GOOD);
+    assert.equal(ok.status, 201, ok.body.toString());
+    assert.equal(ok.headers['access-control-allow-origin'], GOOD);
+    assert.equal((await upload(EVIL)).status, 403, 'a foreign page may not upload with a stolen token');
+    const api = await httpRequest(srv.port, 'POST', '/api/notifications', {
+      headers: { Origin: EVIL, Authorization: 'Bearer hostile-api-key-0123456789abcdef', 'Content-Type': 'application/json' },
+      body: JSON.stringify({ to: user, type: 'alert', title: 'x' }),
+    });
+    assert.equal(api.status, 403);
+    await stillServed(w, 'beside the foreign origins');
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 10. Tokens                                                          */
+/* ------------------------------------------------------------------ */
+
+describe('10. tokens', () => {
+  const now = () => Math.floor(Date.now() / 1000);
+  const b64u = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+  /** An ES256 or RS256 token signed with `key` (a private KeyObject). */
+  function signed(alg, key, kid, sub, claims = {}) {
+    const header = { alg, typ: 'JWT', ...(kid ? { kid } : {}) };
+    const signing = `${b64u(header)}.${b64u({ sub, iat: now(), exp: now() + 600, ...claims })}`;
+    const sig = cryptoSign('sha256', Buffer.from(signing), alg === 'ES256' ? { key, dsaEncoding: 'ieee-p1363' } : key);
+    return `${signing}.${sig.toString('base64url')}`;
+  }
+  const jwks = (...keys) => JSON.stringify({ keys: keys.map(([kid, k, alg]) => ({ ...k.publicKey.export({ format: 'jwk' }), kid, alg, use: 'sig' })) });
+
+  /** Connects with `token`: 'connected' or the connect_error data code. */
+  async function outcome(srv, token) {
+    const c = new ChatClient(srv, { token, label: 'token probe' });
+    const e = await c.events.next(10000, 'connect or connect_error');
+    c.close();
+    if (e.name === 'connect') return 'connected';
+    assert.equal(e.name, 'connect_error');
+    return e.args[0].data?.code ?? `no code: ${e.args[0].message}`;
+  }
+
+  test('duplicate members, exp 1e300, lifetimes over --jwt-max-lifetime are invalid_token; ES256 (JWKS) and RS256 (PEM) connect; SIGHUP rotates the JWKS', async () => {
+    const dir = tempDir();
+    const ec1 = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const ec2 = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const jwksFile = path.join(dir, 'jwks.json');
+    writeFileSync(jwksFile, jwks(['k1', ec1, 'ES256']));
+    const pemFile = path.join(dir, 'rsa.pem');
+    writeFileSync(pemFile, rsa.publicKey.export({ format: 'pem', type: 'spki' }));
+    const srv = await start(['--jwt-max-lifetime', '3600', '--jwks-file', jwksFile, '--jwt-public-key-file', pemFile]);
+    const w = await witness(srv);
+    const t = now();
+    const H = '{"alg":"HS256","typ":"JWT"}';
+    const cases = [
+      ['duplicate sub', rawHs256(H, `{"sub":"alice","sub":"admin","iat":${t},"exp":${t + 600}}`, SECRET)],
+      ['duplicate role', rawHs256(H, `{"sub":"alice","role":"user","role":"admin","iat":${t},"exp":${t + 600}}`, SECRET)],
+      ['duplicate alg', rawHs256('{"alg":"HS256","alg":"HS256","typ":"JWT"}', `{"sub":"alice","iat":${t},"exp":${t + 600}}`, SECRET)],
+      ['duplicate alg, none first', rawHs256('{"alg":"none","alg":"HS256","typ":"JWT"}', `{"sub":"alice","iat":${t},"exp":${t + 600}}`, SECRET)],
+      ['exp 1e300', rawHs256(H, `{"sub":"alice","iat":${t},"exp":1e300}`, SECRET)],
+      ['valid for 2 h (max 1 h)', makeToken('alice', { claims: { exp: t + 7200 } })],
+      ['ES256 with an unknown kid', signed('ES256', ec2.privateKey, 'k2', 'alice')],
+    ];
+    for (const [what, token] of cases) assert.equal(await outcome(srv, token), 'invalid_token', what);
+    assert.equal(await outcome(srv, makeToken('alice', { claims: { exp: t + 3000 } })), 'connected', 'HS256 within the lifetime');
+    assert.equal(await outcome(srv, signed('ES256', ec1.privateKey, 'k1', 'alice')), 'connected', 'ES256 from the JWKS');
+    assert.equal(await outcome(srv, signed('RS256', rsa.privateKey, null, 'alice')), 'connected', 'RS256 from the PEM file');
+    assert.equal(await outcome(srv, signed('RS256', rsa.privateKey, null, 'alice', { exp: t + 7200 })), 'invalid_token', 'RS256 over the lifetime');
+
+    /* Rotation: k1 is withdrawn, k2 added; SIGHUP. */
+    writeFileSync(jwksFile, jwks(['k2', ec2, 'ES256']));
+    const logged = srv.child.stderrText.length;
+    srv.child.kill('SIGHUP');
+    await eventually(() => /SIGHUP: token keys reloaded/.test(srv.child.stderrText.slice(logged)), 5000, 'the reload');
+    assert.equal(await outcome(srv, signed('ES256', ec2.privateKey, 'k2', 'alice')), 'connected', 'the new key');
+    assert.equal(await outcome(srv, signed('ES256', ec1.privateKey, 'k1', 'alice')), 'invalid_token', 'the withdrawn key');
+    assert.equal(await outcome(srv, makeToken('alice')), 'connected', 'the secret stays');
+    /* A JWKS that does not load leaves the keys in place. */
+    writeFileSync(jwksFile, '{"keys": [');
+    const logged2 = srv.child.stderrText.length;
+    srv.child.kill('SIGHUP');
+    await eventually(() => /SIGHUP: the token keys did not load/.test(srv.child.stderrText.slice(logged2)), 5000, 'the failed reload');
+    assert.equal(await outcome(srv, signed('ES256', ec2.privateKey, 'k2', 'alice')), 'connected', 'still the new key');
+    await stillServed(w, 'after the token probes');
+    assert.ok(srv.alive());
+  });
+});
