@@ -16,7 +16,7 @@ import { ChatClient, SECRET, bearer, dm, eventually, httpRequest, makeToken, nex
 import { packets, pollHandshake, q, request, startRequest, wsNext, wsSession } from './lib/eio_raw.mjs';
 import { cleanup, scaled, sleep, tempDir, withTimeout } from './lib/harness.mjs';
 import {
-  closesWithin, dirBytes, httpFrom, logLines, MB, parleydExit, parseResponse, rawConnect, rawHs256, rawResponse, rss, rssSampler,
+  closesWithin, dirBytes, httpFrom, logLines, MB, parleydExit, parseResponse, pollingChatSync, rawConnect, rawHs256, rawResponse, rss, rssSampler,
   smallQuarantine, upgradeRequest,
 } from './lib/hostile.mjs';
 
@@ -721,5 +721,159 @@ describe('10. tokens', () => {
     assert.equal(await outcome(srv, signed('ES256', ec2.privateKey, 'k2', 'alice')), 'connected', 'still the new key');
     await stillServed(w, 'after the token probes');
     assert.ok(srv.alive());
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 11. Per-address limits                                              */
+/* ------------------------------------------------------------------ */
+
+describe('11. per-address limits', () => {
+  test('--max-conns-per-ip 20: the 21st connection from 127.0.0.1 is closed without a byte; 127.0.0.2 is served; a slot freed is usable again', async () => {
+    const srv = await start(['--max-conns-per-ip', '20']);
+    const held = [];
+    for (let i = 0; i < 20; i++) {
+      const c = rawConnect(srv.port);
+      await c.connected;
+      c.sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      assert.equal((await rawResponse(c, 5000, `the answer on connection ${i + 1}`)).status, 200);
+      held.push(c);
+    }
+    const over = rawConnect(srv.port);
+    await over.connected;
+    over.sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    assert.ok(await closesWithin(over, scaled(3000)), 'the 21st connection is closed');
+    assert.equal(over.bytes().length, 0, `the 21st connection got no byte: ${JSON.stringify(over.text())}`);
+    /* Another address: plain HTTP and a chat client over polling. */
+    await healthz(srv.port, '127.0.0.2');
+    const sync = await pollingChatSync(srv.port, '127.0.0.2', makeToken(fresh('witness')));
+    assert.equal(sync.ok, true, JSON.stringify(sync));
+    /* Held connections are still served; one closed frees a slot. */
+    held[0].sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    await eventually(() => held[0].text().split('HTTP/1.1 200').length === 3, 3000, 'a held connection served again');
+    held[1].sock.destroy();
+    await eventually(async () => {
+      const c = rawConnect(srv.port);
+      await c.connected;
+      c.sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      const got = await rawResponse(c, 1000, 'an answer').then((r) => r.status === 200, () => false);
+      c.sock.destroy();
+      return got;
+    }, 3000, 'a connection from 127.0.0.1 once one was closed');
+    console.log('hostile: --max-conns-per-ip 20: the 21st connection closed with 0 bytes; 127.0.0.2 served');
+  });
+
+  test('--handshake-rate 2 (burst 10): beyond 10 new sessions at once from one address, 429 with Retry-After; other addresses connect; after the hint it passes again', async () => {
+    const srv = await start(['--handshake-rate', '2']);
+    const from = '127.0.0.3';
+    const poll = () => httpFrom(srv.port, 'GET', `${BASE}${q('polling')}`, { localAddress: from });
+    const answers = await Promise.all(Array.from({ length: 15 }, poll));
+    const passed = answers.filter((r) => r.status === 200).length;
+    const refused = answers.filter((r) => r.status !== 200);
+    console.log(`hostile: 15 handshakes at once with --handshake-rate 2: ${passed} sessions, ${refused.length} refused`);
+    assert.ok(passed >= 10 && passed <= 11, `${passed} handshakes passed`);
+    for (const r of refused) {
+      assert.equal(r.status, 429, r.body.toString());
+      const body = JSON.parse(r.body);
+      assert.equal(body.code, 3);
+      assert.match(body.message, /^Too many new sessions/);
+      assert.ok(Number(r.headers['retry-after']) >= 1, `Retry-After: ${r.headers['retry-after']}`);
+    }
+    /* WebSocket handshakes draw from the same bucket. */
+    assert.equal((await upgradeRequest(srv.port, `${BASE}${q('websocket')}`, {}, { localAddress: from })).status, 429);
+    /* Others: a socket.io-client from 127.0.0.1, a handshake from 127.0.0.2. */
+    const w = await witness(srv);
+    await stillServed(w, 'beside the handshake flood');
+    assert.equal((await httpFrom(srv.port, 'GET', `${BASE}${q('polling')}`, { localAddress: '127.0.0.2' })).status, 200);
+    /* After the hint, the address may open a session again. */
+    await sleep(Number(refused[0].headers['retry-after']) * 1000);
+    assert.equal((await poll()).status, 200);
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 12. The in-flight body budget                                       */
+/* ------------------------------------------------------------------ */
+
+describe('12. buffered bodies in flight', () => {
+  test('--max-body-inflight 2000000: two polling POSTs of 900000 bytes held two-thirds sent, a third is 503 with Retry-After: 1 before its body; once they end, a POST is accepted', async () => {
+    const srv = await start(['--max-body-inflight', '2000000', '--max-payload', '1000000']);
+    const w = await witness(srv);
+    const N = 900000;
+    const SENT = 600000;
+    const body = Buffer.from(`4${'x'.repeat(N - 1)}`);
+    const postHead = (sid, len = N) => `POST ${BASE}${q('polling', sid)} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: ${len}\r\n\r\n`;
+    async function openPost(len = N) {
+      const { sid } = await pollHandshake(srv.port, BASE);
+      const c = rawConnect(srv.port);
+      await c.connected;
+      c.sock.write(postHead(sid, len));
+      return c;
+    }
+    /* Two slow senders. */
+    const slow = [await openPost(), await openPost()];
+    for (let off = 0; off < SENT; off += 100000) {
+      for (const c of slow) c.sock.write(body.subarray(off, off + 100000));
+      await sleep(20);
+    }
+    /* A third declaring as much: refused on its head once the server
+     * holds their bytes (probes that got in hold nothing and are dropped). */
+    const refused = await eventually(async () => {
+      const c = await openPost();
+      const r = await rawResponse(c, 500, 'an answer to the head').catch(() => null);
+      c.sock.destroy();
+      return r;
+    }, 5000, 'a POST refused for the budget');
+    assert.equal(refused.status, 503, refused.head);
+    assert.equal(refused.headers['retry-after'], '1');
+    for (const c of slow) assert.equal(c.bytes().length, 0, 'the held POSTs are still being read');
+    await healthz(srv.port);
+    await stillServed(w, 'while the budget is held');
+    /* One completes, one is aborted: the budget is free again. */
+    slow[0].sock.write(body.subarray(SENT));
+    assert.equal((await rawResponse(slow[0], 5000, 'the completed POST')).status, 200);
+    slow[1].sock.destroy();
+    await eventually(async () => {
+      const { sid } = await pollHandshake(srv.port, BASE);
+      const r = await request(srv.port, 'POST', `${BASE}${q('polling', sid)}`, { body: body.toString(), headers: { 'Content-Type': 'text/plain;charset=UTF-8' } });
+      return r.status === 200;
+    }, 5000, 'a full-size POST accepted again');
+    console.log('hostile: --max-body-inflight 2000000: the third 900000-byte POST refused 503 (Retry-After: 1) on its head while two held 600000 each');
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 13. sync of a user in many rooms                                    */
+/* ------------------------------------------------------------------ */
+
+describe('13. sync paging', () => {
+  test('a user in 450 rooms: the sync answer is under 1,000,000 bytes with at most 200 conversations, more:true with next; no live event before more:false', async () => {
+    const srv = await start(['--max-rooms', '1000', '--rate-joins', '0']);
+    const [user, poster] = [fresh('roomy'), fresh('poster')];
+    const tag = fresh('many');
+    const ROOMS = 450;
+    /* Joined through 5 connections (each within its event burst). */
+    const joiners = await Promise.all(Array.from({ length: 5 }, () => new ChatClient(srv, { user }).connected()));
+    await Promise.all(joiners.map(async (j, k) => {
+      for (let i = k * 90; i < (k + 1) * 90; i++) await j.ok('join_room', { room: `${tag}-${i}` });
+    }));
+    for (const j of joiners) j.close();
+    const p = await online(srv, poster);
+    await p.ok('join_room', { room: `${tag}-0` });
+
+    const d = await new ChatClient(srv, { user }).connected();
+    const res = await d.ok('sync', { since: {} });
+    const bytes = Buffer.byteLength(JSON.stringify(res));
+    console.log(`hostile: sync of a user in ${ROOMS} rooms: the first answer ${bytes} bytes, ${res.conversations.length} conversations, more ${res.more}, next ${res.next}`);
+    assert.ok(bytes < 1000000, `${bytes} bytes`);
+    assert.ok(res.conversations.length > 0 && res.conversations.length <= 200, `${res.conversations.length} conversations`);
+    assert.equal(res.more, true);
+    assert.match(res.next, new RegExp(`^room:${tag}-\\d+$`), 'next names where the list goes on');
+    assert.ok(!res.conversations.some((c) => c.id === res.next), 'next is the first conversation not listed');
+    /* Not live yet: a message to one of the rooms is not pushed. */
+    const m = await p.text({ room: `${tag}-0` }, 'during the walk');
+    await d.req('typing', { conversation: `room:${tag}-0`, state: 'stop' }); /* a round trip */
+    await sleep(200);
+    assert.ok(!d.log.some((e) => e.name === 'new_message' && e.args[0].id === m.id), 'nothing live before the answer with more:false');
   });
 });

@@ -244,3 +244,46 @@ export function rawHs256(headerJson, claimsJson, secret) {
   const signing = `${b64u(headerJson)}.${b64u(claimsJson)}`;
   return `${signing}.${createHmac('sha256', secret).update(signing).digest('base64url')}`;
 }
+
+/* ------------------------------------------------------------------ */
+/* A chat client from another address                                 */
+/* ------------------------------------------------------------------ */
+
+/**
+ * A /chat client over hand-made Engine.IO polling requests from
+ * `localAddress` (socket.io-client has no say over its source address for
+ * polling): handshake, CONNECT /chat with `token`, one sync with its
+ * acknowledgement. Returns the sync answer.
+ */
+export async function pollingChatSync(port, localAddress, token) {
+  const url = (sid) => `/socket.io/?EIO=4&transport=polling${sid ? `&sid=${encodeURIComponent(sid)}` : ''}`;
+  const post = async (sid, body) => {
+    const r = await httpFrom(port, 'POST', url(sid), { localAddress, headers: { 'Content-Type': 'text/plain;charset=UTF-8' }, body });
+    if (r.status !== 200 || r.body.toString() !== 'ok') throw new Error(`POST from ${localAddress}: ${r.status} ${r.body}`);
+  };
+  const get = async (sid) => {
+    const r = await httpFrom(port, 'GET', url(sid), { localAddress });
+    if (r.status !== 200) throw new Error(`GET from ${localAddress}: ${r.status} ${r.body}`);
+    return r.body.toString().split('\x1e');
+  };
+  const [open] = await get();
+  if (open[0] !== '0') throw new Error(`not an open packet: ${open}`);
+  const { sid } = JSON.parse(open.slice(1));
+  /* Packets until `pred` matches one (pings answered). */
+  const until = async (pred, what) => {
+    for (let i = 0; i < 10; i++) {
+      const list = await get(sid);
+      for (const p of list) if (p === '2') await post(sid, '3');
+      const hit = list.find(pred);
+      if (hit) return hit;
+    }
+    throw new Error(`no ${what} from ${localAddress}`);
+  };
+  await post(sid, `40/chat,${JSON.stringify({ token })}`);
+  const connected = await until((p) => p.startsWith('40/chat,') || p.startsWith('44/chat,'), 'CONNECT answer');
+  if (!connected.startsWith('40/chat,{"sid"')) throw new Error(`CONNECT from ${localAddress} refused: ${connected}`);
+  await post(sid, '42/chat,1["sync",{"since":{}}]');
+  const ack = await until((p) => p.startsWith('43/chat,1'), 'sync acknowledgement');
+  await post(sid, '1');
+  return JSON.parse(ack.slice('43/chat,1'.length))[0];
+}
