@@ -877,3 +877,93 @@ describe('13. sync paging', () => {
     assert.ok(!d.log.some((e) => e.name === 'new_message' && e.args[0].id === m.id), 'nothing live before the answer with more:false');
   });
 });
+
+/* ------------------------------------------------------------------ */
+/* 14. Startup with a damaged data directory                           */
+/* ------------------------------------------------------------------ */
+
+describe('14. startup refusals', () => {
+  const args = (dataDir) => ['--listen', '127.0.0.1:0', '--data-dir', dataDir, '--jwt-secret', SECRET];
+  /** No sanitizer report in what a refused start wrote. */
+  const clean = (r) => assert.doesNotMatch(r.stderr, /Sanitizer|runtime error/, 'a refused start releases everything (no sanitizer report)');
+
+  test('a zero-byte messages.db starts a new database with a warning naming the file', async () => {
+    const dataDir = path.join(tempDir(), 'data');
+    mkdirSync(dataDir);
+    const db = path.join(dataDir, 'messages.db');
+    writeFileSync(db, '');
+    const srv = await start([], { dataDir });
+    const warning = new RegExp(` warn .*${db.replace(/[.]/g, '\\.')}.*0 bytes`);
+    await eventually(() => warning.test(srv.child.stderrText), 3000, `a warning naming ${db}`);
+    const w = await witness(srv);
+    await stillServed(w, 'on the new database');
+    assert.ok(statSync(db).size > 0);
+  });
+
+  test('a truncated messages.db: parleyd exits non-zero at once, naming the file', async () => {
+    /* A real database with some content, written by a clean run. */
+    const gen = await startChatServer();
+    const a = await online(gen, fresh('alice'));
+    for (let i = 0; i < 60; i++) await a.text({ to: 'bob' }, `message ${i} ${'x'.repeat(1000)}`);
+    a.close();
+    assert.deepEqual(await gen.stop(), { code: 0, signal: null });
+    const db = path.join(gen.dataDir, 'messages.db');
+    const size = statSync(db).size;
+    assert.ok(size >= 65536, `a database of ${size} bytes`);
+    truncateSync(db, Math.floor(size / 2));
+    const r = await parleydExit(args(gen.dataDir), scaled(10000));
+    console.log(`hostile: truncated messages.db (${size} -> ${Math.floor(size / 2)} bytes): exit ${r.code} after ${r.ms} ms`);
+    assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr}`);
+    assert.notEqual(r.code, 0, 'a non-zero exit');
+    assert.ok(r.stderr.includes(db), `the message names ${db}: ${r.stderr}`);
+    assert.doesNotMatch(r.stdout, /listening/, 'it never listened');
+    assert.ok(r.ms < scaled(5000), `exited after ${r.ms} ms`);
+    clean(r);
+  });
+
+  test('a media path that is a regular file: parleyd exits non-zero, naming it', async () => {
+    const dataDir = path.join(tempDir(), 'data');
+    mkdirSync(dataDir);
+    writeFileSync(path.join(dataDir, 'media'), 'not a directory');
+    const r = await parleydExit(args(dataDir), scaled(10000));
+    assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr}`);
+    assert.notEqual(r.code, 0, `a non-zero exit: ${r.stderr}`);
+    assert.ok(r.stderr.includes(path.join(dataDir, 'media')), `the message names the path: ${r.stderr}`);
+    assert.doesNotMatch(r.stdout, /listening/);
+    clean(r);
+  });
+});
+
+/* ------------------------------------------------------------------ */
+/* 15. Engine.IO: two POSTs at once                                    */
+/* ------------------------------------------------------------------ */
+
+describe('15. Engine.IO polling', () => {
+  test('a second POST while the first one\'s body is being read gets 400 and ends the session (a following GET: Session ID unknown)', async () => {
+    const srv = await start();
+    const w = await new ChatClient(srv, { user: fresh('poller'), transports: ['polling'] }).connected();
+    await w.ok('sync', { since: {} });
+    const { sid } = await pollHandshake(srv.port, BASE);
+    const path1 = `${BASE}${q('polling', sid)}`;
+    /* The first POST: chunked, one chunk sent, the request kept open. */
+    const first = rawConnect(srv.port);
+    await first.connected;
+    await new Promise((resolve) => first.sock.write(`POST ${path1} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain;charset=UTF-8\r\n` +
+      'Transfer-Encoding: chunked\r\n\r\n1\r\n3\r\n', resolve));
+    /* A round trip through the server's loop on another connection: the
+     * first POST's head has been read by then. */
+    await healthz(srv.port, '127.0.0.1');
+    await sleep(50);
+    assert.equal(first.bytes().length, 0, 'the first POST is still being read');
+    const second = await request(srv.port, 'POST', path1, { body: '3', headers: { 'Content-Type': 'text/plain;charset=UTF-8' } });
+    assert.equal(second.status, 400, `the second POST: ${second.body}`);
+    const after = await request(srv.port, 'GET', path1);
+    assert.equal(after.status, 400);
+    assert.deepEqual(JSON.parse(after.body), { code: 1, message: 'Session ID unknown' });
+    /* The first one ends whichever way; the server goes on. */
+    first.sock.write('0\r\n\r\n');
+    await Promise.race([rawResponse(first, 3000).catch(() => null), first.closed]);
+    assert.ok(srv.alive(), `the server died${srv.stderr()}`);
+    await stillServed(w, 'a polling client beside the broken session');
+  });
+});
