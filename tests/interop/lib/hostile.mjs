@@ -4,13 +4,12 @@
 // measurements that tell whether the server held: its resident memory,
 // the size of its data directory, the lines it logs.
 
-import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
-import { onCleanup, program, scaled, sleep, withTimeout } from './harness.mjs';
+import { onCleanup, scaled, sleep, withTimeout } from './harness.mjs';
 
 /* ------------------------------------------------------------------ */
 /* Measurements                                                        */
@@ -192,41 +191,6 @@ export function upgradeRequest(port, urlPath, headers = {}, { localAddress = '12
     req.on('error', reject);
     req.end();
   }), 5000, `the answer to an upgrade of ${urlPath}`);
-}
-
-/* ------------------------------------------------------------------ */
-/* parleyd that must not start                                         */
-/* ------------------------------------------------------------------ */
-
-/**
- * Runs parleyd with `args` expecting it to exit by itself; resolves to
- * { code, signal, stdout, stderr, ms } or rejects (after killing it) if
- * it still runs after `ms`.
- */
-export function parleydExit(args, ms = 10000) {
-  const child = spawn(program('PARLEYD'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8');
-  child.stderr.setEncoding('utf8');
-  child.stdout.on('data', (d) => {
-    stdout += d;
-  });
-  child.stderr.on('data', (d) => {
-    stderr += d;
-  });
-  const t0 = Date.now();
-  const done = new Promise((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr, ms: Date.now() - t0 }));
-  });
-  onCleanup(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  return withTimeout(done, ms, `parleyd ${args.join(' ')} to exit`).catch((err) => {
-    child.kill('SIGKILL');
-    throw new Error(`${err.message}; stdout ${JSON.stringify(stdout)}; stderr ${JSON.stringify(stderr)}`);
-  });
 }
 
 /* ------------------------------------------------------------------ */
