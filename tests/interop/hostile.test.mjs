@@ -938,3 +938,20 @@ describe('15. Engine.IO polling', () => {
     await stillServed(w, 'a polling client beside the broken session');
   });
 });
+
+/* ------------------------------------------------------------------ */
+/* 16. Quiet hours time zones                                          */
+/* ------------------------------------------------------------------ */
+
+describe('16. quiet hours time zones', () => {
+  test('an unknown zone is invalid_field quiet_hours.tz; with an empty --tz-dir every zone is, and the log says why', async () => {
+    const srv = await start(['--tz-dir', tempDir()]);
+    const a = await witness(srv);
+    const qh = (tz) => ({ quiet_hours: { start: '22:00', end: '07:00', tz } });
+    await a.fails('notification_prefs_set', qh('Nowhere/Atlantis'), 'invalid_field', 'quiet_hours.tz');
+    await a.fails('notification_prefs_set', qh('Europe/Berlin'), 'invalid_field', 'quiet_hours.tz');
+    await a.fails('notification_prefs_set', qh('../../etc/passwd'), 'invalid_field', 'quiet_hours.tz');
+    await eventually(() => /time zone Europe\/Berlin: no such zone/.test(srv.child.stderrText), 3000, 'the log line saying why');
+    await stillServed(a, 'after the refused zones');
+  });
+});
