@@ -21,9 +21,11 @@
  * is cached and may run a little behind it: a resend a millisecond early
  * would only be refused again). The deadline belongs to the socket, not
  * the connection, so a replay after a reconnection waits for it too.
- * After a wait the queue is "probing": one entry goes out alone and the
- * rest follow its answer, so that a server still over its limit gets one
- * request per wait rather than the whole queue again.
+ * After a wait the queue is "probing": entries go out one at a time, each
+ * after the previous one's answer, until the queue has drained, so that a
+ * server at its limit gets requests at the pace it accepts them rather
+ * than the whole queue again after every wait (which a server may take
+ * for hammering).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -908,10 +910,10 @@ static void reliable_answer(parley_sock *s, const char *qid, const parley_args *
     bool probe = !strcmp(s->probe, qid);
     if (outq_ack(s->q, qid) != 0) return;
     if (probe) {
-        /* The server took the entry sent alone after a wait: the rest can
-         * follow. */
-        s->probing = false;
+        /* The server took the entry sent alone: the next one goes alone
+         * too, until nothing is left (then sends go out together again). */
         s->probe[0] = 0;
+        if (outq_count(s->q) == 0) s->probing = false;
     }
     arm_expiry(s);
     if (!report(s, qid, PARLEY_SEND_ACKED, 0, pa)) return;

@@ -1073,6 +1073,7 @@ int main(int argc, char **argv)
         if (a.echo_engine) engine_free(a.echo_engine);
         msg_service_free(a.msg);
         parley_server_free(a.srv);
+        ploop_flush(a.loop);     /* deferred frees (the engines) */
         parley_loop_run(a.loop); /* closes handles the frees started */
         parley_loop_free(a.loop);
         for (size_t i = 0; i < c.nstrings; i++) free(c.strings[i]);

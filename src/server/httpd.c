@@ -247,7 +247,8 @@ static size_t ip_key(const struct sockaddr *sa, uint8_t key[8])
 static void ip_maybe_free(phttpd *s, ipent *e)
 {
     if (e->conns || !prate_full(&e->rate, &s->opts.ip_rate, ploop_now(s->loop))) {
-        if (!e->conns && !ptimer_armed(&s->ip_sweep))
+        /* No sweep keeps a server that is shutting down alive. */
+        if (!e->conns && !ptimer_armed(&s->ip_sweep) && !s->shutting_down)
             ploop_timer_start(s->loop, &s->ip_sweep, IP_SWEEP_MS);
         return;
     }
@@ -273,7 +274,7 @@ static void on_ip_sweep(ptimer *t)
             left = true;
         }
     }
-    if (left) ploop_timer_start(s->loop, &s->ip_sweep, IP_SWEEP_MS);
+    if (left && !s->shutting_down) ploop_timer_start(s->loop, &s->ip_sweep, IP_SWEEP_MS);
 }
 
 static bool on_admit(plistener *l, pconn *c, const struct sockaddr *peer, void *user)
@@ -1019,6 +1020,7 @@ void phttpd_shutdown(phttpd *s, void (*done)(phttpd *s, void *user), void *user)
     s->shutting_down = true;
     s->done = done;
     s->done_user = user;
+    ploop_timer_stop(s->loop, &s->ip_sweep);
     for (size_t i = 0; i < s->nlisteners; i++) plistener_close(s->listeners[i]);
     s->nlisteners = 0;
     uv_walk(s->loop->uv, shutdown_one, s);

@@ -85,10 +85,12 @@ struct msess {
     ptimer idle_timer; /* may fire early: it checks last_act (no re-arm per event) */
     pmap subs;         /* user id -> psub: presence subscriptions */
     unsigned nsubs;
-    prate events;       /* every event of this socket */
-    uint64_t send_hold; /* loop ms until which send_message is refused (order) */
-    prate strikes;      /* refusals over limits: empty means hammering */
-    bool kick;          /* disconnect at the end of the current event */
+    prate events;                        /* every event of this socket */
+    uint64_t send_hold;                  /* loop ms until which send_message is refused (order) */
+    uint64_t streak_since, last_refusal; /* the current run of refusals (strikes) */
+    msess *next_kick;                    /* on svc->kicks while kick is set */
+    prate strikes;                       /* refusals over limits: empty means hammering */
+    bool kick;                           /* disconnect at the end of the current event */
 };
 
 typedef struct psub {
@@ -197,7 +199,8 @@ struct msg_service {
     mquota *quota;
     uint64_t disk_checked; /* loop ms of the last statvfs */
     bool disk_low;         /* free space below the reserve at that time */
-    plog_limit log_refused, log_kicked, log_connect, log_disk;
+    plog_limit log_refused, log_kicked, log_connect, log_disk, log_tz;
+    msess *kicks;  /* sockets to disconnect once this iteration's answers are out */
     char *origins; /* allowed_origins, copied */
 };
 
@@ -395,7 +398,9 @@ static void reply_internal(msg_service *svc, msess *ms, int64_t ack_id)
 /* A broadcast of event [obj] to the live sockets of a conversation. */
 /* ---- limits ---- */
 
-#define LOG_EVERY_MS 10000
+#define LOG_EVERY_MS    10000
+#define STRIKE_GRACE_MS 1000 /* refusals this soon after a run began are not strikes */
+#define STRIKE_GAP_MS   2000 /* without a refusal for this long, a run ends */
 
 /* Refuses a request over a limit or quota: the error acknowledgement with
  * its retry hint, and for rate limits a strike against the socket; a
@@ -419,13 +424,29 @@ static void refuse_limit(msg_service *svc, msess *ms, int64_t ack_id, msg_errcod
         plog_info("messaging: %s for %s: %s (%llu more refusals since the last line)",
                   msg_errcode_name(code), ms->user ? ms->user->id : "?", what,
                   (unsigned long long)held);
-    if (code == MSG_E_RATE_LIMITED &&
-        !prate_take(&ms->strikes, &mquota_opts_of(svc->quota)->strikes, now, 1, NULL))
+    if (code != MSG_E_RATE_LIMITED) return;
+    /* Hammering is sending on and on after being told to wait. Refusals
+     * come in runs (a run ends after STRIKE_GAP_MS without one); the first
+     * STRIKE_GRACE_MS of a run are free — what was already on the wire
+     * when the first refusal left, a queue replayed at once — and after
+     * that each refusal takes a strike from a bucket that refills faster
+     * than a client that waits for each hint can be refused (about one
+     * refusal per message it gets through), so only floods empty it. */
+    if (!ms->last_refusal || now - ms->last_refusal > STRIKE_GAP_MS) ms->streak_since = now;
+    ms->last_refusal = now;
+    if (now > ms->streak_since + STRIKE_GRACE_MS && !ms->kick &&
+        !prate_take(&ms->strikes, &mquota_opts_of(svc->quota)->strikes, now, 1, NULL)) {
         ms->kick = true;
+        ms->refs++; /* until the kick is done */
+        ms->next_kick = svc->kicks;
+        svc->kicks = ms;
+        schedule(svc);
+    }
 }
 
-/* The socket kept sending over its limits: it is told why, then
- * disconnected ("io server disconnect" for Socket.IO clients). */
+/* The socket kept sending over its limits: once the iteration's answers
+ * are out, it is told why, then disconnected ("io server disconnect" for
+ * Socket.IO clients). */
 static void kick(msg_service *svc, msess *ms)
 {
     if (!ms->sock) return;
@@ -755,6 +776,13 @@ static void on_flush(pdefer *d)
     }
     pres_flush(svc);
     unread_flush(svc);
+    /* Kicks last: the acknowledgements (and refusals) above reached them. */
+    while (svc->kicks) {
+        msess *ms = svc->kicks;
+        svc->kicks = ms->next_kick;
+        kick(svc, ms);
+        ms_release(ms);
+    }
 }
 
 /* ---- sync ---- */
@@ -2481,7 +2509,9 @@ static void req_nprefs_set(msg_service *svc, msess *ms, const json_val *obj, con
     msg_nprefs p;
     unsigned given;
     pbuf cur = {0}, enc = {0};
-    if (nprefs_load(svc, ms->user->id, &cur, &p) < 0) {
+    if (refuse_if_disk_low(svc, ms, ack_id)) {
+        /* refused */
+    } else if (nprefs_load(svc, ms->user->id, &cur, &p) < 0) {
         reply_internal(svc, ms, ack_id);
     } else if (msg_parse_nprefs(obj, &p, &given, &err)) {
         reply_error(svc, ms, ack_id, &err);
@@ -2607,7 +2637,10 @@ static const tz_zone *tz_get(msg_service *svc, const char *name)
     char why[256];
     int rc = tz_load_why(svc->tz_dir, name, &z, why, sizeof why);
     if (rc) {
-        plog_warn("messaging: time zone %s: %s", name, why);
+        uint64_t held;
+        if (plog_limit_ok(&svc->log_tz, ploop_now(svc->loop), LOG_EVERY_MS, &held))
+            plog_warn("messaging: time zone %s: %s (%llu more unknown zones since the last line)",
+                      name, why, (unsigned long long)held);
         return NULL;
     }
     if (!(t = pcalloc(1, sizeof *t))) {
@@ -2675,7 +2708,6 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
                     &retry)) {
         refuse_limit(svc, ms, ack_id, MSG_E_RATE_LIMITED, retry, NULL,
                      "too many events from this connection: slow down");
-        if (ms->kick) kick(svc, ms);
         return;
     }
     req_fn fn = NULL;
@@ -2701,7 +2733,6 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
         return;
     }
     fn(svc, ms, &obj, a, ack_id);
-    if (ms->kick) kick(svc, ms);
 }
 
 /* Identity from the CONNECT auth payload. */
@@ -3494,6 +3525,11 @@ void msg_service_free(msg_service *svc)
         svc->free_list = e->next;
         pbuf_free(&e->json);
         free(e);
+    }
+    while (svc->kicks) {
+        msess *ms = svc->kicks;
+        svc->kicks = ms->next_kick;
+        ms_release(ms);
     }
     size_t pos = 0;
     pmap_entry *pe;

@@ -41,7 +41,7 @@ void mquota_opts_init(mquota_opts *o)
     o->joins = prate_limit(1, 1000, 20);
     o->notify = prate_limit(30, 60000, 10);
     o->urgent = prate_limit(10, 3600000, 3);
-    o->strikes = prate_limit(1, 1000, 30);
+    o->strikes = prate_limit(30, 1000, 300);
     o->max_rooms = 500;
     o->uploads_per_day = 500;
     o->upload_bytes_per_day = 1ull << 30;

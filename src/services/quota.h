@@ -29,7 +29,7 @@ typedef struct mquota_opts {
     prate_cfg joins;         /* per user: join_room (default 1/s, burst 20) */
     prate_cfg notify;   /* per sender and recipient: notifications (default 30/min, burst 10) */
     prate_cfg urgent;   /* per sender and recipient (DM) or room: urgent (default 10/h, burst 3) */
-    prate_cfg strikes;  /* refusals before a socket is disconnected (default 1/s, burst 30) */
+    prate_cfg strikes;  /* refusals past a run's first second (default 30/s, burst 300) */
     uint32_t max_rooms; /* rooms a user may be a member of (default 500; 0 = no limit) */
     uint32_t uploads_per_day;      /* media uploads per user per UTC day (default 500) */
     uint64_t upload_bytes_per_day; /* media bytes per user per UTC day (default 1 GiB) */

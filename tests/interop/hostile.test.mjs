@@ -8,13 +8,15 @@
 
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, sign as cryptoSign, randomBytes } from 'node:crypto';
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { ChatClient, SECRET, bearer, dm, eventually, httpRequest, makeToken, nextClientId, online, startChatServer } from './lib/chat.mjs';
 import { pollHandshake, q, request, wsNext, wsSession } from './lib/eio_raw.mjs';
-import { cleanup, scaled, sleep, tempDir, withTimeout } from './lib/harness.mjs';
+import { ChatCli } from './lib/chatcli.mjs';
+import { cleanup, program, scaled, sleep, tempDir, withTimeout } from './lib/harness.mjs';
 import {
   closesWithin, dirBytes, httpFrom, logLines, MB, parseResponse, pollingChatSync, rawConnect, rawHs256, rawResponse, rss, rssSampler,
   smallQuarantine, upgradeRequest,
@@ -322,6 +324,51 @@ describe('3. one user storing messages as fast as it can', () => {
   });
 });
 
+describe('3b. clients that honour the hints', () => {
+  test('a socket.io-client loop waiting out every retry_after_ms, and libparley\'s chat client with 150 messages queued at once: never disconnected, every message stored once, in order', async () => {
+    const srv = await start();
+    const [pol, lib, dst] = [fresh('polite'), fresh('lib'), fresh('dst')];
+    /* One message at a time, each hint waited out, for 3 s: over the rate
+     * all along, so refused about once per message that gets through. */
+    const c = await online(srv, pol);
+    let stored = 0;
+    let refused = 0;
+    const until = Date.now() + 3000;
+    while (Date.now() < until) {
+      const r = await c.send({ to: dst }, { text: `polite ${stored}` });
+      if (r?.ok) {
+        stored++;
+        continue;
+      }
+      assert.equal(r?.error?.code, 'rate_limited', JSON.stringify(r));
+      refused++;
+      await sleep(r.error.retry_after_ms);
+    }
+    assert.ok(refused > 5, `the loop went over the rate (${refused} refusals)`);
+    assert.ok(stored >= 40, `${stored} stored`);
+    assert.deepEqual(c.log.filter((e) => e.name === 'disconnect' || e.name === 'disconnect_reason'), [], 'never disconnected');
+    await sleep(1100); /* the bucket refills */
+    await stillServed(c, 'after the polite loop');
+
+    /* libparley: 150 sends queued at once go out together; the refused
+     * ones wait in the queue, in order, and nothing is disconnected. */
+    const N = 150;
+    const cli = new ChatCli(srv, lib);
+    await cli.online();
+    for (let i = 0; i < N; i++) cli.cmd(`send @${dst} n${i}`);
+    await cli.until(() => cli.all('sent').length >= N, 10000, `${N} sends queued`);
+    const ids = cli.all('sent').map((e) => e.client_id);
+    await cli.until(() => ids.every((id) => cli.statuses(id).includes('sent')), 30000, `all ${N} stored`);
+    assert.deepEqual(ids.filter((id) => cli.statuses(id).includes('failed')), [], 'none failed');
+    assert.deepEqual(cli.all('state').map((e) => e.state).filter((st) => st !== 'online' && st !== 'syncing' && st !== 'connecting'), [],
+      'the chat stayed connected');
+    const v = await online(srv, dst);
+    const got = v.synced.messages.filter((m) => m.from === lib).map((m) => m.content.text);
+    assert.deepEqual(got, Array.from({ length: N }, (_, i) => `n${i}`), 'each stored once, in order');
+    console.log(`hostile: a polite loop: ${stored} stored, ${refused} refused with a hint, never disconnected; libparley with ${N} queued: all stored once, in order`);
+  });
+});
+
 /* ------------------------------------------------------------------ */
 /* 4. Daily upload quotas                                              */
 /* ------------------------------------------------------------------ */
@@ -415,7 +462,7 @@ describe('5. joins', () => {
 /* ------------------------------------------------------------------ */
 
 describe('6. disk reserve', () => {
-  test('free space below --disk-reserve: writes are storage_full with retry_after_ms 60000 (send, join, upload, notify, presence text; POST /media 507), reads work', async () => {
+  test('free space below --disk-reserve: writes are storage_full with retry_after_ms 60000 (send, join, upload, notify, preferences, presence text; POST /media 507), reads work', async () => {
     /* Data written while there was room (by a server without limits: it
      * only makes the data directory). */
     const first = await startChatServer();
@@ -444,6 +491,7 @@ describe('6. disk reserve', () => {
     const n = new ChatClient(srv, { user: fresh('notifier'), token: makeToken(fresh('notifier'), { claims: { role: 'notifier' } }) });
     await n.connected();
     full(await n.req('notify', { to: bob, type: 'alert', title: 'disk' }), 'notify');
+    full(await a.req('notification_prefs_set', { muted_users: Array.from({ length: 1000 }, (_, i) => `m${i}`) }), 'notification_prefs_set');
     /* Refusals for room are no strikes: many of them keep the socket. */
     for (let i = 0; i < 35; i++) full(await a.send({ to: bob }, { text: `no room ${i}` }), `send_message #${i}`);
     assert.deepEqual(a.log.filter((e) => e.name === 'disconnect'), []);
@@ -883,6 +931,35 @@ describe('13. sync paging', () => {
     await d.req('typing', { conversation: `room:${tag}-0`, state: 'stop' }); /* a round trip */
     await sleep(200);
     assert.ok(!d.log.some((e) => e.name === 'new_message' && e.args[0].id === m.id), 'nothing live before the answer with more:false');
+
+    /* The walk: `next` back as `cursor`, `since` moved on, until more:false. */
+    const seen = new Set(res.conversations.map((c) => c.id));
+    const since = {};
+    let delivered = res.messages.filter((x) => x.id === m.id).length;
+    let page = res;
+    let pages = 1;
+    while (page.more) {
+      for (const x of page.messages) since[x.conversation] = Math.max(since[x.conversation] ?? 0, x.seq);
+      page = await d.ok('sync', { since, cursor: page.next });
+      pages++;
+      const n = Buffer.byteLength(JSON.stringify(page));
+      assert.ok(n < 1000000, `page ${pages}: ${n} bytes`);
+      assert.ok(page.conversations.length <= 200, `page ${pages}: ${page.conversations.length} conversations`);
+      for (const c of page.conversations) seen.add(c.id);
+      delivered += page.messages.filter((x) => x.id === m.id).length;
+      assert.ok(pages < 20, 'the walk ends');
+    }
+    assert.equal(seen.size, ROOMS, 'every conversation was listed');
+    assert.equal(delivered, 1, 'the message posted during the walk came in an answer, once');
+    /* Live now, in a room of the last page too, exactly once. */
+    await p.ok('join_room', { room: `${tag}-449` });
+    const m2 = await p.text({ room: `${tag}-449` }, 'after the walk');
+    await eventually(() => d.log.some((e) => e.name === 'new_message' && e.args[0].id === m2.id), 3000, 'the live message');
+    await d.req('typing', { conversation: `room:${tag}-449`, state: 'stop' });
+    await sleep(100);
+    assert.equal(d.log.filter((e) => e.name === 'new_message' && e.args[0].id === m2.id).length, 1);
+    assert.ok(!d.log.some((e) => e.name === 'new_message' && e.args[0].id === m.id), 'the earlier one was not pushed as well');
+    console.log(`hostile: sync of ${ROOMS} rooms walked in ${pages} pages; live afterwards`);
   });
 });
 
@@ -902,6 +979,42 @@ describe('14. startup with a damaged data directory', () => {
     const w = await witness(srv);
     await stillServed(w, 'on the new database');
     assert.ok(statSync(db).size > 0);
+  });
+
+  /* parleyd started by hand: it must exit by itself, 1, quickly, naming
+   * the file (and under ASan without a leak report, which would abort). */
+  function refusedStart(dataDir) {
+    const r = spawnSync(program('PARLEYD'), ['--listen', '127.0.0.1:0', '--jwt-secret', SECRET, '--data-dir', dataDir],
+      { encoding: 'utf8', timeout: scaled(20000) });
+    return { status: r.status, signal: r.signal, stderr: r.stderr ?? '' };
+  }
+
+  test('a truncated database, or a media path that is a regular file: parleyd refuses to start (exit 1) and says which file', async () => {
+    const dataDir = path.join(tempDir(), 'data');
+    const srv = await start([], { dataDir });
+    const w = await witness(srv);
+    for (let i = 0; i < 40; i++) await w.text({ to: fresh('peer') }, 'x'.repeat(3000));
+    await srv.stop();
+    const db = path.join(dataDir, 'messages.db');
+    for (const f of [`${db}-wal`, `${db}-shm`]) if (existsSync(f)) rmSync(f);
+    const size = statSync(db).size;
+    assert.ok(size > 8192, `${size} bytes`);
+    truncateSync(db, Math.floor(size / 2));
+    let r = refusedStart(dataDir);
+    assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr.slice(-2000)}`);
+    assert.equal(r.status, 1, r.stderr.slice(-2000));
+    assert.ok(r.stderr.includes(db), `the message names ${db}: ${r.stderr.slice(-1000)}`);
+    assert.doesNotMatch(r.stderr, /LeakSanitizer|AddressSanitizer/);
+
+    const other = path.join(tempDir(), 'data');
+    mkdirSync(other);
+    writeFileSync(path.join(other, 'media'), 'not a directory');
+    r = refusedStart(other);
+    assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr.slice(-2000)}`);
+    assert.equal(r.status, 1, r.stderr.slice(-2000));
+    assert.match(r.stderr, /media/);
+    assert.match(r.stderr, /not a directory/);
+    assert.doesNotMatch(r.stderr, /LeakSanitizer|AddressSanitizer/);
   });
 });
 
@@ -951,7 +1064,11 @@ describe('16. quiet hours time zones', () => {
     await a.fails('notification_prefs_set', qh('Nowhere/Atlantis'), 'invalid_field', 'quiet_hours.tz');
     await a.fails('notification_prefs_set', qh('Europe/Berlin'), 'invalid_field', 'quiet_hours.tz');
     await a.fails('notification_prefs_set', qh('../../etc/passwd'), 'invalid_field', 'quiet_hours.tz');
-    await eventually(() => /time zone Europe\/Berlin: no such zone/.test(srv.child.stderrText), 3000, 'the log line saying why');
+    await eventually(() => /time zone Nowhere\/Atlantis: no such zone/.test(srv.child.stderrText), 3000, 'the log line saying why');
+    /* A summary, not a line per request: a client cannot flood the log. */
+    for (let i = 0; i < 20; i++) await a.fails('notification_prefs_set', qh(`Nowhere/Place_${i}`), 'invalid_field', 'quiet_hours.tz');
+    const lines = srv.child.stderrText.split('\n').filter((l) => /time zone /.test(l));
+    assert.ok(lines.length <= 2, `${lines.length} log lines for 23 unknown zones`);
     await stillServed(a, 'after the refused zones');
   });
 });

@@ -158,16 +158,22 @@ export class ChatClient {
     let conversations;
     let pages = 0;
     const cur = { ...since };
+    let cursor;
     for (;;) {
-      const res = await this.ok('sync', limit ? { since: cur, limit } : { since: cur });
+      const req = limit ? { since: cur, limit } : { since: cur };
+      if (cursor) req.cursor = cursor;
+      const res = await this.ok('sync', req);
       pages++;
       for (const m of res.messages) {
         all.push(m);
         cur[m.conversation] = m.seq;
       }
-      conversations = res.conversations;
+      /* The conversations come in pages: all of them, across answers. */
+      conversations = cursor ? [...conversations, ...res.conversations.filter((c) => !conversations.some((x) => x.id === c.id))] : res.conversations;
       if (!res.more) break;
-      assert.ok(res.messages.length > 0, 'a page with more:true carries messages');
+      assert.equal(typeof res.next, 'string', 'more:true comes with next');
+      assert.ok(res.messages.length > 0 || res.next !== (cursor ?? ''), 'a page with more:true moves on');
+      cursor = res.next;
     }
     return { messages: all, conversations, pages, since: cur };
   }
