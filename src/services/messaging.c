@@ -3049,6 +3049,18 @@ static bool http_user(msg_service *svc, phttpd_req *req, char user[MSG_USER_MAX 
     return true;
 }
 
+/* The request's Content-Type without its parameters (NULL: none). */
+static const http_header *media_type_of(const http_head *hd, size_t *len)
+{
+    const http_header *ct = http_find_header(hd, "content-type");
+    if (!ct) return NULL;
+    const char *semi = memchr(ct->value, ';', ct->value_len);
+    size_t n = semi ? (size_t)(semi - ct->value) : ct->value_len;
+    while (n && (ct->value[n - 1] == ' ' || ct->value[n - 1] == '\t')) n--;
+    *len = n;
+    return ct;
+}
+
 /* An upload being streamed to a temporary file. */
 typedef struct upload {
     media_writer *w;
@@ -3067,13 +3079,8 @@ static void upload_head(phttpd_req *req, void *arg)
     char user[MSG_USER_MAX + 1];
     if (!http_user(svc, req, user)) return;
     const http_head *hd = req->head;
-    const http_header *ct = http_find_header(hd, "content-type");
     size_t ml = 0;
-    if (ct) {
-        const char *semi = memchr(ct->value, ';', ct->value_len);
-        ml = semi ? (size_t)(semi - ct->value) : ct->value_len;
-        while (ml && (ct->value[ml - 1] == ' ' || ct->value[ml - 1] == '\t')) ml--;
-    }
+    const http_header *ct = media_type_of(hd, &ml);
     if (!ct || !msg_valid_mime(ct->value, ml)) {
         http_error(svc, req, 415, MSG_E_INVALID_FIELD, "Content-Type must name the media type");
         return;
@@ -3269,13 +3276,8 @@ static void api_head(phttpd_req *req, void *arg)
         http_error(svc, req, 413, MSG_E_TOO_LARGE, "the body is over 65536 bytes");
         return;
     }
-    const http_header *ct = http_find_header(hd, "content-type");
     size_t ml = 0;
-    if (ct) {
-        const char *semi = memchr(ct->value, ';', ct->value_len);
-        ml = semi ? (size_t)(semi - ct->value) : ct->value_len;
-        while (ml && (ct->value[ml - 1] == ' ' || ct->value[ml - 1] == '\t')) ml--;
-    }
+    const http_header *ct = media_type_of(hd, &ml);
     if (!ct || !pstr_ieq(ct->value, ml, "application/json", 16)) {
         http_error(svc, req, 415, MSG_E_INVALID_FIELD, "Content-Type must be application/json");
         return;

@@ -19,6 +19,7 @@ import {
   packets, pollGet, pollHandshake, pollPost, pollUntil, q, request, startRequest, wsNext, wsSession,
 } from './lib/eio_raw.mjs';
 import { cleanup, loadPinned, onCleanup, program, Queue, scaled, sleep, withTimeout } from './lib/harness.mjs';
+import { upgradeRequest } from './lib/hostile.mjs';
 import { startProtocolServer } from './lib/sio.mjs';
 
 const { Manager } = await loadPinned('socket.io-client');
@@ -156,37 +157,6 @@ function manager(port, opts = {}) {
       };
     },
   };
-}
-
-/** A plain HTTP request with WebSocket upgrade headers; resolves to the answer (101 or an error). */
-function upgradeRequest(port, path, headers = {}) {
-  return withTimeout(new Promise((resolve, reject) => {
-    const req = http.request({
-      host: '127.0.0.1',
-      port,
-      path,
-      agent: false,
-      headers: {
-        Connection: 'Upgrade',
-        Upgrade: 'websocket',
-        'Sec-WebSocket-Version': '13',
-        'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==',
-        ...headers,
-      },
-    });
-    onCleanup(() => req.destroy());
-    req.on('upgrade', (res, socket) => {
-      socket.destroy();
-      resolve({ status: res.statusCode, headers: res.headers, body: '' });
-    });
-    req.on('response', (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString() }));
-    });
-    req.on('error', reject);
-    req.end();
-  }), 5000, `the answer to an upgrade of ${path}`);
 }
 
 /* ------------------------------------------------------------------ */
