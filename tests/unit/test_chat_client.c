@@ -491,7 +491,7 @@ static void send_text(tc *t, const char *to, const char *text, char id[37])
 /* The status steps of one message, "SENDING|SENT ...|...". */
 static void steps(tc *t, const char *id, char *out, size_t cap)
 {
-    char prefix[64];
+    char prefix[256];
     snprintf(prefix, sizeof prefix, "status %s ", id);
     tlog_join(&t->log, prefix, out, cap);
 }
