@@ -58,12 +58,10 @@ enum {
     ST_MSG_ADD,
     ST_MSG_AFTER,
     ST_MSG_BEFORE,
-    ST_MEDIA_GET,
     ST_MEDIA_ADD,
     ST_MEDIA_UP_ADD,
     ST_MEDIA_UP_SET,
     ST_MEDIA_REF,
-    ST_MEDIA_VIS,
     ST_MEDIA_FOR,
     ST_USAGE_DAY_GET,
     ST_USAGE_DAY_ADD,
@@ -123,7 +121,6 @@ static const char *const stmt_sql[ST_COUNT] = {
                      "ORDER BY seq LIMIT ?3",
     [ST_MSG_BEFORE] = "SELECT * FROM (SELECT " MSG_COLS " FROM messages WHERE conv = ?1 AND "
                       "seq < ?2 ORDER BY seq DESC LIMIT ?3) ORDER BY seq",
-    [ST_MEDIA_GET] = "SELECT size, mime FROM media WHERE id = ?1",
     [ST_MEDIA_ADD] =
         "INSERT OR IGNORE INTO media(id, size, mime, created_ms) VALUES (?1, ?2, ?3, ?4)",
     [ST_MEDIA_UP_ADD] =
@@ -132,10 +129,8 @@ static const char *const stmt_sql[ST_COUNT] = {
         "UPDATE media_uploaders SET mime = ?3 WHERE media = ?1 AND user = ?2 AND mime IS NOT ?3",
     [ST_MEDIA_REF] =
         "INSERT OR IGNORE INTO media_refs(media, conv, mime, msg) VALUES (?1, ?2, ?3, ?4)",
-    [ST_MEDIA_VIS] = "SELECT EXISTS (SELECT 1 FROM media_uploaders WHERE media = ?1 AND user = ?2) "
-                     "OR EXISTS (SELECT 1 FROM media_refs r JOIN participants p ON p.conv = r.conv "
-                     "WHERE r.media = ?1 AND p.user = ?2)",
-    /* The user's own upload first, then the earliest reference (by the
+    /* Visible to the user: they uploaded it, or take part in a conversation
+     * referencing it. The user's own upload first, then the earliest reference (by the
      * message that made it; conv breaks the ties of pre-schema-4 rows,
      * which all carry the one type media.mime had). */
     [ST_MEDIA_FOR] = "SELECT m.size, x.mime FROM media m JOIN ("
@@ -277,7 +272,7 @@ static const char *const migrations[MSTORE_SCHEMA_VERSION] = {
     ") WITHOUT ROWID;",
     /* 3 -> 4: the MIME type per upload and per referencing conversation,
      * no longer one per blob decided by whoever uploaded the bytes first
-     * (media.mime stays: the backfill's source, and mstore_media_get's);
+     * (media.mime stays: the backfill's source, and the first upload's type);
      * usage for quotas. The media tables are rebuilt with the new column
      * (SQLite cannot add a NOT NULL column without a default), uploads and
      * references backfilled with media.mime, references with msg 0 (older
@@ -1292,26 +1287,6 @@ int mstore_user_convs(mstore *s, const char *user, mstore_conv_fn fn, void *arg)
 
 /* ---- media ---- */
 
-int mstore_media_get(mstore *s, const char *id, int64_t *size, char mime[MSG_MIME_MAX + 1])
-{
-    sqlite3_stmt *st = stmt(s, ST_MEDIA_GET);
-    bind_text(st, 1, id);
-    int rc = sqlite3_step(st), ret;
-    if (rc == SQLITE_DONE)
-        ret = 0;
-    else if (rc != SQLITE_ROW)
-        ret = db_err(s, "reading media");
-    else if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || sqlite3_column_int64(st, 0) < 0)
-        ret = corrupt(s, "media size");
-    else {
-        *size = sqlite3_column_int64(st, 0);
-        ret = copy_ident(s, st, 1, mime, MSG_MIME_MAX + 1, msg_valid_mime, "media type");
-        if (ret == 0) ret = 1;
-    }
-    done(st);
-    return ret;
-}
-
 int mstore_media_put(mstore *s, const char *id, int64_t size, const char *mime, const char *user,
                      int64_t now_ms, bool *existed)
 {
@@ -1342,20 +1317,6 @@ int mstore_media_put(mstore *s, const char *id, int64_t size, const char *mime, 
     bind_text(st, 2, user);
     bind_text(st, 3, mime);
     return run(s, st, "recording an uploader's type");
-}
-
-int mstore_media_visible(mstore *s, const char *id, const char *user)
-{
-    sqlite3_stmt *st = stmt(s, ST_MEDIA_VIS);
-    bind_text(st, 1, id);
-    bind_text(st, 2, user);
-    int rc = sqlite3_step(st), ret;
-    if (rc == SQLITE_ROW)
-        ret = sqlite3_column_int(st, 0) != 0;
-    else
-        ret = db_err(s, "checking media access");
-    done(st);
-    return ret;
 }
 
 int mstore_media_for(mstore *s, const char *id, const char *user, int64_t *size,

@@ -138,21 +138,16 @@ int mstore_messages_after(mstore *s, const char *conv, int64_t after, unsigned l
 int mstore_messages_before(mstore *s, const char *conv, int64_t before, unsigned limit,
                            mstore_msg_fn fn, void *arg);
 
-/* Media index. get: 1 found (size, and the MIME type of the first upload
- * ever, whoever made it), 0 unknown, negative on error. put: records the
- * upload by `user` with its own MIME type (the content is already on
+/* Media index. put: records the upload by `user` with its own MIME type (the content is already on
  * disk; the same user uploading the same bytes again with another type
  * changes their type); *existed when the media was known before. A
  * user's first upload of a blob adds its size to their stored bytes
  * (once per user and blob). Joins the batch. */
-int mstore_media_get(mstore *s, const char *id, int64_t *size, char mime[MSG_MIME_MAX + 1]);
 int mstore_media_put(mstore *s, const char *id, int64_t size, const char *mime, const char *user,
                      int64_t now_ms, bool *existed);
-/* 1 when user may see media id: they uploaded it, or take part in a
- * conversation where a message references it. 0 otherwise. */
-int mstore_media_visible(mstore *s, const char *id, const char *user);
 /* Media id as `user` sees it: 1 when it exists and is visible to them
- * (the rule of mstore_media_visible), with its size and the MIME type for
+ * (they uploaded it, or take part in a conversation where a message
+ * references it), with its size and the MIME type for
  * them: their own upload's type when they uploaded it, otherwise the type
  * of the earliest reference from a conversation they take part in. 0 when
  * it does not exist or is not visible (one answer for both, so that

@@ -465,21 +465,20 @@ static void test_media(void **state)
     const char *id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     int64_t size = 0;
     char mime[MSG_MIME_MAX + 1];
-    assert_int_equal(mstore_media_get(st, id, &size, mime), 0);
-    assert_int_equal(mstore_media_visible(st, id, "amy"), 0);
+    assert_int_equal(mstore_media_for(st, id, "amy", &size, mime), 0);
     bool existed = true;
     assert_int_equal(mstore_media_put(st, id, 1234, "image/png", "amy", T0, &existed), 0);
     assert_false(existed);
     assert_int_equal(mstore_media_put(st, id, 1234, "image/png", "bob", T0, &existed), 0);
     assert_true(existed);
     assert_int_equal(mstore_commit(st), 0);
-    assert_int_equal(mstore_media_get(st, id, &size, mime), 1);
+    assert_int_equal(mstore_media_for(st, id, "amy", &size, mime), 1);
     assert_int_equal(size, 1234);
     assert_string_equal(mime, "image/png");
     /* Uploaders see it; others only through a conversation. */
-    assert_int_equal(mstore_media_visible(st, id, "amy"), 1);
-    assert_int_equal(mstore_media_visible(st, id, "bob"), 1);
-    assert_int_equal(mstore_media_visible(st, id, "cat"), 0);
+    assert_int_equal(mstore_media_for(st, id, "amy", &size, mime), 1);
+    assert_int_equal(mstore_media_for(st, id, "bob", &size, mime), 1);
+    assert_int_equal(mstore_media_for(st, id, "cat", &size, mime), 0);
     bool added;
     mstore_join(st, "pics", "amy", T0, &added);
     mstore_join(st, "pics", "cat", T0, &added);
@@ -491,12 +490,12 @@ static void test_media(void **state)
                                    sizeof content - 1, id, "image/png", T0, &m),
                      0);
     assert_int_equal(mstore_commit(st), 0);
-    assert_int_equal(mstore_media_visible(st, id, "cat"), 1);
-    assert_int_equal(mstore_media_visible(st, id, "dan"), 0);
+    assert_int_equal(mstore_media_for(st, id, "cat", &size, mime), 1);
+    assert_int_equal(mstore_media_for(st, id, "dan", &size, mime), 0);
     /* Leaving the room takes the access away. */
     assert_int_equal(mstore_leave(st, "pics", "cat"), 0);
     assert_int_equal(mstore_commit(st), 0);
-    assert_int_equal(mstore_media_visible(st, id, "cat"), 0);
+    assert_int_equal(mstore_media_for(st, id, "cat", &size, mime), 0);
     mstore_close(st);
     scratch_free(&sc);
 }
@@ -542,14 +541,12 @@ static void test_media_mime_per_upload(void **state)
     assert_true(existed);
     assert_int_equal(mstore_commit(st), 0);
     /* Each uploader gets their own type; the first upload no longer
-     * decides for everyone (mstore_media_get still reports it). */
+     * decides for everyone. */
     assert_media_for(st, "vic", 1, "image/png");
     assert_media_for(st, "sam", 1, "text/html");
     assert_media_for(st, "tom", 0, NULL);
     int64_t size;
     char mime[MSG_MIME_MAX + 1];
-    assert_int_equal(mstore_media_get(st, BLOB, &size, mime), 1);
-    assert_string_equal(mime, "text/html");
     assert_int_equal(mstore_media_for(st, BLOB + 1, "vic", &size, mime), 0);
 
     /* The squatter's message carries text/html only in its conversation;
