@@ -28,32 +28,7 @@
 
 #include "base/util.h"
 #include "net/net.h"
-
-/* A self-signed certificate with subject CN cn and its key, as PEM. */
-static void make_cert_cn(const char *cert_path, const char *key_path, const char *cn)
-{
-    EVP_PKEY *pkey = EVP_EC_gen("P-256");
-    assert_non_null(pkey);
-    X509 *x = X509_new();
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-    X509_set_pubkey(x, pkey);
-    X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_set_issuer_name(x, name);
-    assert_true(X509_sign(x, pkey, EVP_sha256()) > 0);
-    FILE *f = fopen(cert_path, "w");
-    assert_non_null(f);
-    PEM_write_X509(f, x);
-    fclose(f);
-    f = fopen(key_path, "w");
-    assert_non_null(f);
-    PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL);
-    fclose(f);
-    X509_free(x);
-    EVP_PKEY_free(pkey);
-}
+#include "tls_cert.h"
 
 /* ---- the echo server ---- */
 

@@ -13,8 +13,9 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-/* A self-signed certificate for 127.0.0.1 and localhost, written as PEM. */
-static inline void make_cert(const char *cert_path, const char *key_path)
+/* A self-signed certificate with subject CN cn for 127.0.0.1 and
+ * localhost, and its key, written as PEM. */
+static inline void make_cert_cn(const char *cert_path, const char *key_path, const char *cn)
 {
     EVP_PKEY *pkey = EVP_EC_gen("P-256");
     assert_non_null(pkey);
@@ -24,8 +25,7 @@ static inline void make_cert(const char *cert_path, const char *key_path)
     X509_gmtime_adj(X509_getm_notAfter(x), 3600);
     X509_set_pubkey(x, pkey);
     X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
-                               0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
     X509_set_issuer_name(x, name);
     X509V3_CTX ctx;
     X509V3_set_ctx_nodb(&ctx);
@@ -46,6 +46,11 @@ static inline void make_cert(const char *cert_path, const char *key_path)
     fclose(f);
     X509_free(x);
     EVP_PKEY_free(pkey);
+}
+
+static inline void make_cert(const char *cert_path, const char *key_path)
+{
+    make_cert_cn(cert_path, key_path, "localhost");
 }
 
 #endif
