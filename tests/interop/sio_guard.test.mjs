@@ -216,10 +216,12 @@ describe('a binary packet for a namespace not joined', () => {
       return { port: srv.port, pid: srv.child.pid, nsp: '/chat', alive: srv.alive, stderr: srv.stderr, witness: () => alice.ok('sync', { since: {} }) };
     }],
     ['sio_guard_server with the attachment caps off', async () => {
-      /* parleyd's heartbeat (25 s / 20 s), not the protocol-test one: a
-       * test process busy sending 270 MB must not miss pings. */
+      /* parleyd's heartbeat (25 s / 20 s) and a 10 s connect timeout, not
+       * the protocol-test ones (1 s to CONNECT): a test process busy sending
+       * 270 MB may take over a second to send a new session's CONNECT (CI
+       * saw a session closed for that before its CONNECT reply). */
       const g = await startGuard(['--max-attachment-bytes', '1000000000000', '--max-pending-attachment-bytes', '1000000000000',
-        '--ping-interval', '25000', '--ping-timeout', '20000']);
+        '--ping-interval', '25000', '--ping-timeout', '20000', '--connect-timeout', '10000']);
       const w = manager(g.port, { transports: ['websocket'] }).socket('/');
       await w.next('connect');
       return { port: g.port, pid: g.pid, nsp: '/auth', alive: g.alive, stderr: g.stderr, witness: () => w.echo('witness'), stats: () => g.stats() };
