@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include <openssl/crypto.h>
 #include <uv.h>
 
 #include "base/buf.h"
@@ -16,6 +18,7 @@
 #include "parley/ws.h"
 #include "prog/bench.h"
 #include "prog/chat_cli.h"
+#include "services/jwt.h"
 
 #define MAX_LIST 32
 
@@ -49,6 +52,9 @@ static void usage(FILE *f)
            "                commands on stdin, events as JSON lines on stdout (see below)\n"
            "  chat URL --user ID [options]\n"
            "                the messaging client (parley chat --help)\n"
+           "  token --secret-file FILE --user ID [--role admin|notifier] [--ttl SECONDS]\n"
+           "        [--kid KID]\n"
+           "                print a token for parleyd --jwt-secret-file (parley token --help)\n"
            "  bench SCENARIO [options]\n"
            "                load generator (parley bench --help)\n"
            "\n"
@@ -86,6 +92,125 @@ static void usage(FILE *f)
 }
 
 static int start_stdin(cli *c);
+
+/* ---- parley token ---- */
+
+static void token_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: parley token --secret-file FILE --user ID [--role admin|notifier]\n"
+            "                    [--ttl SECONDS] [--kid KID]\n"
+            "\n"
+            "Prints a JSON Web Token signed with HS256 under the secret in FILE, the file\n"
+            "parleyd reads with --jwt-secret-file (read the same way: its bytes, trailing\n"
+            "line ends dropped), followed by a newline. Claims: sub (the user id), iat (now),\n"
+            "exp (now + SECONDS) and role when given.\n"
+            "\n"
+            "options:\n"
+            "  --secret-file FILE  the HS256 secret (1 to %d bytes)\n"
+            "  --user ID           the user id: 1 to 64 bytes of A-Z a-z 0-9 . _ @ -\n"
+            "  --role ROLE         admin (may send system messages and notifications) or\n"
+            "                      notifier (may send notifications); default: none\n"
+            "  --ttl SECONDS       lifetime, 1 to %d (default 3600: one hour)\n"
+            "  --kid KID           a key id in the header (parleyd ignores it for HS256)\n"
+            "\n"
+            "example:\n"
+            "  parley chat http://127.0.0.1:8080 --user alice \\\n"
+            "      --token \"$(parley token --secret-file var/jwt.secret --user alice)\"\n",
+            JWT_SECRET_MAX, JWT_MINT_TTL_MAX);
+}
+
+static int token_main(int argc, char **argv)
+{
+    enum { OPT_SECRET = 256, OPT_USER, OPT_ROLE, OPT_TTL, OPT_KID, OPT_HELP };
+    static const struct option longopts[] = {
+        {"secret-file", required_argument, 0, OPT_SECRET},
+        {"user", required_argument, 0, OPT_USER},
+        {"role", required_argument, 0, OPT_ROLE},
+        {"ttl", required_argument, 0, OPT_TTL},
+        {"kid", required_argument, 0, OPT_KID},
+        {"help", no_argument, 0, OPT_HELP},
+        {0, 0, 0, 0},
+    };
+    const char *secret_file = NULL;
+    jwt_mint_opts mo = {.ttl_s = 3600};
+    optind = 1;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        switch (ch) {
+        case OPT_SECRET:
+            secret_file = optarg;
+            break;
+        case OPT_USER:
+            mo.sub = optarg;
+            break;
+        case OPT_ROLE:
+            mo.role = optarg;
+            break;
+        case OPT_KID:
+            mo.kid = optarg;
+            break;
+        case OPT_TTL: {
+            char *end;
+            errno = 0;
+            long long v = strtoll(optarg, &end, 10);
+            if (errno || *end || !*optarg || *optarg == '+' || *optarg == ' ' || v < 1 ||
+                v > JWT_MINT_TTL_MAX) {
+                fprintf(stderr,
+                        "parley token: --ttl must be a whole number of seconds from 1 to %d, "
+                        "not '%s'\n",
+                        JWT_MINT_TTL_MAX, optarg);
+                return 2;
+            }
+            mo.ttl_s = v;
+            break;
+        }
+        case OPT_HELP:
+            token_usage(stdout);
+            return 0;
+        case ':':
+            fprintf(stderr, "parley token: %s needs a value\n", argv[optind - 1]);
+            return 2;
+        default:
+            fprintf(stderr, "parley token: unknown option '%s' (parley token --help)\n",
+                    argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "parley token: unexpected argument '%s' (parley token --help)\n",
+                argv[optind]);
+        return 2;
+    }
+    if (!secret_file || !mo.sub) {
+        fprintf(stderr, "parley token: %s is required\n",
+                !secret_file ? "--secret-file FILE" : "--user ID");
+        token_usage(stderr);
+        return 2;
+    }
+    char err[512];
+    uint8_t *secret = NULL;
+    size_t len = 0;
+    int rc = jwt_read_secret_file(secret_file, &secret, &len, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "parley token: %s\n", err);
+        return rc == PARLEY_EINVAL ? 2 : 1;
+    }
+    mo.now_s = (int64_t)time(NULL);
+    pbuf tok = {0};
+    rc = jwt_mint_hs256(&tok, &mo, secret, len, err, sizeof err);
+    OPENSSL_cleanse(secret, len);
+    free(secret);
+    if (rc) {
+        fprintf(stderr, "parley token: %s\n", err);
+        pbuf_free(&tok);
+        return rc == PARLEY_EINVAL ? 2 : 1;
+    }
+    printf("%.*s\n", (int)tok.len, (const char *)tok.ptr);
+    pbuf_free(&tok);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
 
 static void on_open(parley_ws *ws, const char *protocol, void *user)
 {
@@ -397,6 +522,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "bench")) return bench_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "chat")) return chat_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "token")) return token_main(argc - 1, argv + 1);
     cli c = {.exit_code = 1};
     if (!strcmp(cmd, "ws-echo")) {
         c.echo = true;

@@ -7,6 +7,8 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -467,4 +469,106 @@ int jwt_sign_pkey(pbuf *out, const char *header_json, const char *claims_json, E
         out->len = start;
     }
     return rc;
+}
+
+/* ---- minting HS256 tokens ---- */
+
+static int mint_fail(char *err, size_t cap, int rc, const char *fmt, ...)
+{
+    if (cap) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, cap, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+int jwt_read_secret_file(const char *path, uint8_t **out, size_t *len, char *err, size_t errcap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return mint_fail(err, errcap, PARLEY_EIO, "%s: %s", path, strerror(errno));
+    uint8_t *buf = malloc(JWT_SECRET_MAX + 1);
+    if (!buf) {
+        fclose(f);
+        return mint_fail(err, errcap, PARLEY_ENOMEM, "%s: out of memory", path);
+    }
+    errno = 0;
+    size_t n = fread(buf, 1, JWT_SECRET_MAX + 1, f);
+    bool failed = ferror(f) != 0;
+    int read_errno = errno ? errno : EIO;
+    fclose(f);
+    int rc = 0;
+    if (failed) {
+        rc = mint_fail(err, errcap, PARLEY_EIO, "%s: cannot read: %s", path, strerror(read_errno));
+    } else if (n > JWT_SECRET_MAX) {
+        rc = mint_fail(err, errcap, PARLEY_EINVAL,
+                       "%s: the JWT secret is over %d bytes (it must be 1 to %d)", path,
+                       JWT_SECRET_MAX, JWT_SECRET_MAX);
+    } else {
+        while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
+        if (n == 0)
+            rc = mint_fail(err, errcap, PARLEY_EINVAL,
+                           "%s: the JWT secret file is empty (line ends do not count)", path);
+    }
+    if (rc) {
+        OPENSSL_cleanse(buf, JWT_SECRET_MAX + 1);
+        free(buf);
+        return rc;
+    }
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+int jwt_mint_hs256(pbuf *out, const jwt_mint_opts *o, const uint8_t *secret, size_t secret_len,
+                   char *err, size_t errcap)
+{
+    size_t sl = o->sub ? strlen(o->sub) : 0;
+    if (sl == 0) return mint_fail(err, errcap, PARLEY_EINVAL, "the user id must not be empty");
+    if (sl > MSG_USER_MAX)
+        return mint_fail(err, errcap, PARLEY_EINVAL,
+                         "the user id is %zu bytes; at most %d are allowed", sl, MSG_USER_MAX);
+    if (!msg_valid_user(o->sub, sl))
+        return mint_fail(err, errcap, PARLEY_EINVAL,
+                         "the user id may contain only letters, digits and . _ @ -");
+    if (o->role && strcmp(o->role, "admin") != 0 && strcmp(o->role, "notifier") != 0)
+        return mint_fail(err, errcap, PARLEY_EINVAL,
+                         "unknown role '%.64s': the role must be admin or notifier", o->role);
+    if (o->kid) {
+        size_t kl = strlen(o->kid);
+        if (kl == 0 || kl > JWT_MAX_KID)
+            return mint_fail(err, errcap, PARLEY_EINVAL, "the key id must be 1 to %d bytes",
+                             JWT_MAX_KID);
+        for (size_t i = 0; i < kl; i++)
+            if ((unsigned char)o->kid[i] < 0x20 || o->kid[i] == 0x7f)
+                return mint_fail(err, errcap, PARLEY_EINVAL,
+                                 "the key id must not contain control characters");
+    }
+    if (o->ttl_s < 1 || o->ttl_s > JWT_MINT_TTL_MAX)
+        return mint_fail(err, errcap, PARLEY_EINVAL,
+                         "the lifetime must be 1 to %d seconds (ten years)", JWT_MINT_TTL_MAX);
+    if (o->now_s < 0 || o->now_s > (int64_t)DATE_MAX - JWT_MINT_TTL_MAX)
+        return mint_fail(err, errcap, PARLEY_EINVAL, "the clock is out of range");
+    if (!secret || secret_len == 0)
+        return mint_fail(err, errcap, PARLEY_EINVAL, "the secret must not be empty");
+    pbuf h = {0}, c = {0};
+    int rc = pbuf_append_str(&h, "{\"alg\":\"HS256\",\"typ\":\"JWT\"");
+    if (rc == 0 && o->kid) {
+        rc = pbuf_append_str(&h, ",\"kid\":");
+        if (rc == 0) rc = json_append_string(&h, o->kid, strlen(o->kid));
+    }
+    if (rc == 0) rc = pbuf_append(&h, "}", 2); /* with the NUL */
+    if (rc == 0) rc = pbuf_append_str(&c, "{\"sub\":");
+    if (rc == 0) rc = json_append_string(&c, o->sub, sl);
+    if (rc == 0)
+        rc = pbuf_appendf(&c, ",\"iat\":%lld,\"exp\":%lld", (long long)o->now_s,
+                          (long long)(o->now_s + o->ttl_s));
+    if (rc == 0 && o->role) rc = pbuf_appendf(&c, ",\"role\":\"%s\"", o->role);
+    if (rc == 0) rc = pbuf_append(&c, "}", 2);
+    if (rc == 0) rc = jwt_sign(out, (const char *)h.ptr, (const char *)c.ptr, secret, secret_len);
+    pbuf_free(&h);
+    pbuf_free(&c);
+    if (rc) return mint_fail(err, errcap, rc, "cannot make the token: %s", parley_strerror(rc));
+    return 0;
 }

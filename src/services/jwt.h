@@ -189,6 +189,38 @@ int jwt_sign(pbuf *out, const char *header_json, const char *claims_json, const 
  * PARLEY_ENOMEM, PARLEY_EIO (signing failed). */
 int jwt_sign_pkey(pbuf *out, const char *header_json, const char *claims_json, EVP_PKEY *priv);
 
+/* ---- minting HS256 tokens (`parley token`) ---- */
+
+#define JWT_SECRET_MAX   4096               /* bytes of an HS256 secret file */
+#define JWT_MINT_TTL_MAX (10 * 365 * 86400) /* seconds: ten years */
+
+/* Reads an HS256 secret file the way parleyd's --jwt-secret-file does:
+ * its bytes, with every trailing '\n' and '\r' dropped (nothing else:
+ * spaces are part of the secret); the result must be 1 to JWT_SECRET_MAX
+ * bytes. *out is malloc'ed (the caller wipes it with OPENSSL_cleanse and
+ * frees it). 0, or PARLEY_EIO (cannot open or read), PARLEY_EINVAL (empty
+ * after dropping the line ends, or over JWT_SECRET_MAX bytes),
+ * PARLEY_ENOMEM, with a message naming the file in err (errcap bytes;
+ * 256 is ample for paths up to about 200 bytes). */
+int jwt_read_secret_file(const char *path, uint8_t **out, size_t *len, char *err, size_t errcap);
+
+typedef struct jwt_mint_opts {
+    const char *sub;  /* the user id: a valid messaging user id */
+    const char *role; /* NULL, "admin" or "notifier" */
+    const char *kid;  /* NULL, or 1 to JWT_MAX_KID bytes without control characters */
+    int64_t now_s;    /* iat, seconds since the epoch */
+    int64_t ttl_s;    /* exp = now_s + ttl_s; 1 to JWT_MINT_TTL_MAX */
+} jwt_mint_opts;
+
+/* Appends an HS256 token for o signed with the secret: header
+ * {"alg":"HS256","typ":"JWT"} (plus "kid"), claims {"sub","iat","exp"}
+ * (plus "role"). 0, or PARLEY_EINVAL with a message for the command line
+ * in err (sub empty, too long or with characters outside [A-Za-z0-9._@-],
+ * unknown role, bad kid, ttl out of range, empty secret), PARLEY_ENOMEM,
+ * PARLEY_EIO. */
+int jwt_mint_hs256(pbuf *out, const jwt_mint_opts *o, const uint8_t *secret, size_t secret_len,
+                   char *err, size_t errcap);
+
 /* base64url without padding (RFC 4648 section 5), strict: no '=', no
  * other alphabet, canonical trailing bits. Returns the decoded length or
  * -1 (malformed, or more than cap bytes). */

@@ -1458,6 +1458,223 @@ static void test_sign_pkey(void **state)
     pbuf_free(&out);
 }
 
+/* ---- minting (parley token) ---- */
+
+/* A minted token as a NUL-terminated string (caller frees), or NULL with
+ * the error in err. */
+static char *mint(const jwt_mint_opts *o, const char *secret, int *rc, char *err, size_t cap)
+{
+    pbuf out = {0};
+    *rc = jwt_mint_hs256(&out, o, (const uint8_t *)secret, strlen(secret), err, cap);
+    if (*rc) {
+        assert_int_equal(out.len, 0);
+        pbuf_free(&out);
+        return NULL;
+    }
+    pbuf_append(&out, "", 1);
+    return (char *)out.ptr;
+}
+
+/* The decoded JSON of part i (0 header, 1 claims) of a token. */
+static void part(const char *tok, int i, char *out, size_t cap)
+{
+    const char *p = tok;
+    for (int k = 0; k < i; k++) p = strchr(p, '.') + 1;
+    const char *e = strchr(p, '.');
+    long n = b64url_decode(p, (size_t)(e - p), (uint8_t *)out, cap - 1);
+    assert_true(n > 0);
+    out[n] = 0;
+}
+
+static void test_mint(void **state)
+{
+    (void)state;
+    char err[256], json[512];
+    int rc;
+    const int64_t now_s = NOW / 1000;
+    jwt_mint_opts o = {.sub = "alice@example.org", .now_s = now_s, .ttl_s = 3600};
+    char *t = mint(&o, SECRET, &rc, err, sizeof err);
+    assert_non_null(t);
+    part(t, 0, json, sizeof json);
+    assert_string_equal(json, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}");
+    part(t, 1, json, sizeof json);
+    assert_string_equal(json,
+                        "{\"sub\":\"alice@example.org\",\"iat\":1767225600,\"exp\":1767229200}");
+    /* It verifies, with the claims, until exp (+ the leeway), then expires. */
+    jwt_key k0 = key;
+    k0.leeway_ms = 0;
+    jwt_claims c;
+    msg_error e;
+    assert_int_equal(jwt_verify(&k0, t, strlen(t), NOW, &c, &e), MSG_OK);
+    assert_string_equal(c.sub, "alice@example.org");
+    assert_false(c.admin);
+    assert_false(c.notifier);
+    assert_int_equal(c.exp_ms, NOW + 3600 * 1000);
+    assert_int_equal(jwt_verify(&k0, t, strlen(t), NOW + 3600 * 1000, &c, &e), MSG_OK);
+    assert_int_equal(jwt_verify(&k0, t, strlen(t), NOW + 3600 * 1000 + 1, &c, &e),
+                     MSG_E_TOKEN_EXPIRED);
+    assert_int_equal(jwt_verify(&key, t, strlen(t), NOW + 3600 * 1000 + 31000, &c, &e),
+                     MSG_E_TOKEN_EXPIRED);
+    /* Under another secret it is refused. */
+    jwt_key other = {(const uint8_t *)"another-secret", 14, 0};
+    assert_int_equal(jwt_verify(&other, t, strlen(t), NOW, &c, &e), MSG_E_INVALID_TOKEN);
+    /* Byte for byte what jwt_sign makes of the same header and claims. */
+    char *same = make(NULL, json, SECRET);
+    assert_string_equal(t, same);
+    free(same);
+    free(t);
+
+    /* Roles, kid, ttl. */
+    o.sub = "bob";
+    o.role = "notifier";
+    o.kid = "key \"2\"";
+    o.ttl_s = 1;
+    t = mint(&o, SECRET, &rc, err, sizeof err);
+    assert_non_null(t);
+    part(t, 0, json, sizeof json);
+    assert_string_equal(json, "{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"key \\\"2\\\"\"}");
+    part(t, 1, json, sizeof json);
+    assert_string_equal(
+        json, "{\"sub\":\"bob\",\"iat\":1767225600,\"exp\":1767225601,\"role\":\"notifier\"}");
+    assert_int_equal(jwt_verify(&k0, t, strlen(t), NOW, &c, &e), MSG_OK);
+    assert_true(c.notifier);
+    assert_false(c.admin);
+    assert_int_equal(jwt_verify(&k0, t, strlen(t), NOW + 1001, &c, &e), MSG_E_TOKEN_EXPIRED);
+    free(t);
+    o.role = "admin";
+    o.kid = NULL;
+    o.ttl_s = JWT_MINT_TTL_MAX;
+    t = mint(&o, SECRET, &rc, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(jwt_verify(&k0, t, strlen(t), NOW, &c, &e), MSG_OK);
+    assert_true(c.admin);
+    assert_int_equal(c.exp_ms, NOW + (int64_t)JWT_MINT_TTL_MAX * 1000);
+    free(t);
+}
+
+static void test_mint_errors(void **state)
+{
+    (void)state;
+    char err[256], long_id[MSG_USER_MAX + 2], long_kid[JWT_MAX_KID + 2];
+    memset(long_id, 'a', sizeof long_id - 1);
+    long_id[sizeof long_id - 1] = 0;
+    memset(long_kid, 'k', sizeof long_kid - 1);
+    long_kid[sizeof long_kid - 1] = 0;
+    const int64_t now_s = NOW / 1000;
+    struct {
+        jwt_mint_opts o;
+        const char *secret;
+        const char *msg;
+    } cases[] = {
+        {{.sub = NULL, .now_s = now_s, .ttl_s = 60}, SECRET, "the user id must not be empty"},
+        {{.sub = "", .now_s = now_s, .ttl_s = 60}, SECRET, "the user id must not be empty"},
+        {{.sub = long_id, .now_s = now_s, .ttl_s = 60},
+         SECRET,
+         "the user id is 65 bytes; at most 64 are allowed"},
+        {{.sub = "a b", .now_s = now_s, .ttl_s = 60},
+         SECRET,
+         "the user id may contain only letters, digits and . _ @ -"},
+        {{.sub = "a", .role = "root", .now_s = now_s, .ttl_s = 60},
+         SECRET,
+         "unknown role 'root': the role must be admin or notifier"},
+        {{.sub = "a", .role = "", .now_s = now_s, .ttl_s = 60},
+         SECRET,
+         "unknown role '': the role must be admin or notifier"},
+        {{.sub = "a", .kid = "", .now_s = now_s, .ttl_s = 60},
+         SECRET,
+         "the key id must be 1 to 256 bytes"},
+        {{.sub = "a", .kid = long_kid, .now_s = now_s, .ttl_s = 60},
+         SECRET,
+         "the key id must be 1 to 256 bytes"},
+        {{.sub = "a", .kid = "k\n", .now_s = now_s, .ttl_s = 60},
+         SECRET,
+         "the key id must not contain control characters"},
+        {{.sub = "a", .now_s = now_s, .ttl_s = 0},
+         SECRET,
+         "the lifetime must be 1 to 315360000 seconds (ten years)"},
+        {{.sub = "a", .now_s = now_s, .ttl_s = -5},
+         SECRET,
+         "the lifetime must be 1 to 315360000 seconds (ten years)"},
+        {{.sub = "a", .now_s = now_s, .ttl_s = JWT_MINT_TTL_MAX + 1},
+         SECRET,
+         "the lifetime must be 1 to 315360000 seconds (ten years)"},
+        {{.sub = "a", .now_s = -1, .ttl_s = 60}, SECRET, "the clock is out of range"},
+        {{.sub = "a", .now_s = now_s, .ttl_s = 60}, "", "the secret must not be empty"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc;
+        err[0] = 0;
+        char *t = mint(&cases[i].o, cases[i].secret, &rc, err, sizeof err);
+        assert_null(t);
+        assert_int_equal(rc, PARLEY_EINVAL);
+        assert_string_equal(err, cases[i].msg);
+    }
+}
+
+/* The secret file is read as parleyd's --jwt-secret-file: bytes, trailing
+ * line ends dropped, 1 to 4096 bytes. */
+static void test_read_secret_file(void **state)
+{
+    (void)state;
+    char err[256];
+    uint8_t *s = NULL;
+    size_t len = 0;
+    static const struct {
+        const char *data;
+        size_t len;
+        const char *secret;
+    } ok[] = {
+        {"s3cret", 6, "s3cret"},
+        {"s3cret\n", 7, "s3cret"},
+        {"s3cret\r\n\n\r", 10, "s3cret"},
+        {" s3 cret \t\n", 11, " s3 cret \t"}, /* spaces belong to the secret */
+        {"a\nb\n", 4, "a\nb"},
+        {"x\0y\n", 4, "x\0y"},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        const char *path = write_file(ok[i].data, ok[i].len);
+        assert_int_equal(jwt_read_secret_file(path, &s, &len, err, sizeof err), 0);
+        size_t want = ok[i].len;
+        while (want && (ok[i].data[want - 1] == '\n' || ok[i].data[want - 1] == '\r')) want--;
+        assert_int_equal(len, want);
+        assert_memory_equal(s, ok[i].secret, len);
+        free(s);
+    }
+    /* Exactly 4096 bytes, and 4096 plus a newline, are fine; 4097 are not. */
+    char big[JWT_SECRET_MAX + 2];
+    memset(big, 'z', sizeof big);
+    const char *path = write_file(big, JWT_SECRET_MAX);
+    assert_int_equal(jwt_read_secret_file(path, &s, &len, err, sizeof err), 0);
+    assert_int_equal(len, JWT_SECRET_MAX);
+    free(s);
+    big[JWT_SECRET_MAX] = '\n';
+    path = write_file(big, JWT_SECRET_MAX + 1);
+    assert_int_equal(jwt_read_secret_file(path, &s, &len, err, sizeof err), PARLEY_EINVAL);
+    assert_non_null(strstr(err, "the JWT secret is over 4096 bytes"));
+    big[JWT_SECRET_MAX] = 'z';
+    path = write_file(big, JWT_SECRET_MAX + 2);
+    assert_int_equal(jwt_read_secret_file(path, &s, &len, err, sizeof err), PARLEY_EINVAL);
+    /* Empty. */
+    static const char *const empty[] = {"", "\n", "\r\n\n"};
+    for (size_t i = 0; i < 3; i++) {
+        path = write_file(empty[i], strlen(empty[i]));
+        assert_int_equal(jwt_read_secret_file(path, &s, &len, err, sizeof err), PARLEY_EINVAL);
+        char want[256];
+        snprintf(want, sizeof want, "%s: the JWT secret file is empty (line ends do not count)",
+                 path);
+        assert_string_equal(err, want);
+    }
+    /* Missing, and a directory. */
+    char missing[160];
+    snprintf(missing, sizeof missing, "%s/nope", K.dir);
+    assert_int_equal(jwt_read_secret_file(missing, &s, &len, err, sizeof err), PARLEY_EIO);
+    char want[256];
+    snprintf(want, sizeof want, "%s: No such file or directory", missing);
+    assert_string_equal(err, want);
+    assert_int_equal(jwt_read_secret_file(K.dir, &s, &len, err, sizeof err), PARLEY_EIO);
+    assert_non_null(strstr(err, "cannot read"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1478,6 +1695,9 @@ int main(void)
         cmocka_unit_test(test_pem_errors),
         cmocka_unit_test(test_max_lifetime),
         cmocka_unit_test(test_sign_pkey),
+        cmocka_unit_test(test_mint),
+        cmocka_unit_test(test_mint_errors),
+        cmocka_unit_test(test_read_secret_file),
     };
     return cmocka_run_group_tests(tests, keys_setup, keys_teardown);
 }
