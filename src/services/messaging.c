@@ -1533,7 +1533,7 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
         const char *fam = media_family(m.type);
         if (fam && strncmp(m.content.mime, fam, strlen(fam)) != 0) {
             msg_fail(&err, MSG_E_INVALID_FIELD, "content.media",
-                     "an %s message needs %s* media, not %s", msg_type_name(m.type), fam,
+                     "%s message needs %s* media, not %s", msg_type_with_article(m.type), fam,
                      m.content.mime);
             reply_error(svc, ms, ack_id, &err);
             return;

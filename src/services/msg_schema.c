@@ -191,6 +191,16 @@ const char *msg_type_name(msg_type t)
     return t >= MSG_TEXT && t <= MSG_SYSTEM ? type_names[t] : NULL;
 }
 
+const char *msg_type_with_article(msg_type t)
+{
+    static const char *const phrases[] = {
+        [MSG_TEXT] = "a text",     [MSG_IMAGE] = "an image", [MSG_FILE] = "a file",
+        [MSG_AUDIO] = "an audio",  [MSG_VIDEO] = "a video",  [MSG_LOCATION] = "a location",
+        [MSG_SYSTEM] = "a system",
+    };
+    return t >= MSG_TEXT && t <= MSG_SYSTEM ? phrases[t] : NULL;
+}
+
 int msg_type_from_name(const char *s, size_t len)
 {
     for (int t = MSG_TEXT; t <= MSG_SYSTEM; t++)
@@ -559,15 +569,15 @@ msg_errcode msg_parse_content(const json_val *obj, msg_type t, bool server_field
         snprintf(path, sizeof path, "content.%s", content_names[i]);
         if (has(&f[i]) && !(allowed & (1u << i)) && server_fields) f[i].v.type = JSON_INVALID;
         if (has(&f[i]) && !(allowed & (1u << i)))
-            return msg_fail(err, MSG_E_UNKNOWN_FIELD, path, "%s is not a field of a %s message",
-                            path, msg_type_name(t));
+            return msg_fail(err, MSG_E_UNKNOWN_FIELD, path, "%s is not a field of %s message", path,
+                            msg_type_with_article(t));
     }
     for (int i = 0; i < C_N; i++) {
         char path[40];
         snprintf(path, sizeof path, "content.%s", content_names[i]);
         if (!has(&f[i]) && (need & (1u << i)))
-            return msg_fail(err, MSG_E_MISSING_FIELD, path, "a %s message needs %s",
-                            msg_type_name(t), path);
+            return msg_fail(err, MSG_E_MISSING_FIELD, path, "%s message needs %s",
+                            msg_type_with_article(t), path);
     }
     if (has(&f[C_TEXT]) &&
         (rc = get_text(&f[C_TEXT], "content.text", 1, l->max_text, &c->text, err)))

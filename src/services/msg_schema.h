@@ -115,7 +115,9 @@ typedef enum msg_priority {
     MSG_PRIO_URGENT = 3,
 } msg_priority;
 
-const char *msg_type_name(msg_type t);             /* "text", ...; NULL when out of range */
+const char *msg_type_name(msg_type t); /* "text", ...; NULL when out of range */
+/* The name with its indefinite article for messages: "a video", "an image". */
+const char *msg_type_with_article(msg_type t);
 int msg_type_from_name(const char *s, size_t len); /* 0 when unknown */
 const char *msg_priority_name(msg_priority p);
 int msg_priority_from_name(const char *s, size_t len); /* -1 when unknown */
