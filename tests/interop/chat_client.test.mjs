@@ -163,11 +163,11 @@ describe('libparley chat client', () => {
       [{ to: bob, type: 'system', content: { text: 'x' } }, null], // passes locally; the server says forbidden
     ];
     for (const [obj, code, field] of cases) {
-      const before = a.all('error').length + a.all('sent').length;
+      const before = a.all('error').length + a.all('queued').length;
       a.cmd(`send-json ${JSON.stringify(obj)}`);
-      const e = await a.until(() => [...a.all('error'), ...a.all('sent')].sort((x, y) => x.at - y.at)[before], 5000, 'an answer');
+      const e = await a.until(() => [...a.all('error'), ...a.all('queued')].sort((x, y) => x.at - y.at)[before], 5000, 'an answer');
       if (code === null) {
-        assert.equal(e.ev, 'sent');
+        assert.equal(e.ev, 'queued');
         const st = await a.nth('status', 1, (s) => s.client_id === e.client_id && s.status === 'failed');
         assert.equal(st.code, 'forbidden');
         assert.ok(st.message.length > 0);
@@ -180,7 +180,7 @@ describe('libparley chat client', () => {
     }
     // Server-side refusal: a room alice is not in.
     a.cmd(`send-json ${JSON.stringify({ room: `nowhere${uniq}`, type: 'text', content: { text: 'x' } })}`);
-    const sentId = (await a.nth('sent', 2)).client_id;
+    const sentId = (await a.nth('queued', 2)).client_id;
     const f = await a.nth('status', 1, (s) => s.client_id === sentId && s.status === 'failed');
     assert.equal(f.code, 'not_member');
     // Still usable.
@@ -241,7 +241,7 @@ describe('libparley chat client', () => {
     const e = new ChatCli(srv, eve);
     await e.online();
     e.cmd(`send-json ${JSON.stringify({ to: alice, type: 'image', content: { media: up.media } })}`);
-    const eid = (await e.nth('sent', 1)).client_id;
+    const eid = (await e.nth('queued', 1)).client_id;
     const f = await e.nth('status', 1, (s) => s.client_id === eid && s.status === 'failed');
     assert.equal(f.code, 'not_found');
     await Promise.all([a.quit(), e.quit()]);
@@ -288,7 +288,7 @@ describe('libparley chat client: faults', () => {
       for (let i = 0; i < N; i++) a.cmd(`send @${bob} r${round}-${i}`);
       // Kill while the stream is being stored: some acknowledged, most not.
       const stored = () => {
-        const mine = new Set(a.all('sent').slice(round * N).map((e) => e.client_id));
+        const mine = new Set(a.all('queued').slice(round * N).map((e) => e.client_id));
         return a.all('status', (s) => s.status === 'sent' && mine.has(s.client_id)).length;
       };
       await a.until(() => stored() > 20, 10000, 'some of this round stored');
@@ -301,8 +301,8 @@ describe('libparley chat client: faults', () => {
       // Back online before the next round, so that it streams too.
       await a.until(() => a.all('state', (e) => e.state === 'online').length > onlines, 10000, 'online again');
     }
-    await a.until(() => a.all('sent').length === 2 * N, 10000, 'all queued');
-    ids.push(...a.all('sent').map((e) => e.client_id));
+    await a.until(() => a.all('queued').length === 2 * N, 10000, 'all queued');
+    ids.push(...a.all('queued').map((e) => e.client_id));
     assert.equal(ids.length, 2 * N);
     await a.until(() => ids.every((id) => a.statuses(id).includes('sent')), 30000, 'all stored');
     assertEachOnce(a, ids, 'sent');
@@ -329,8 +329,8 @@ describe('libparley chat client: faults', () => {
     await a.online();
     await srv.stop('SIGKILL');
     for (let i = 0; i < 100; i++) a.cmd(`send @${bob} q${i}`);
-    await a.until(() => a.all('sent').length === 100, 10000, '100 queued');
-    const ids = a.all('sent').map((e) => e.client_id);
+    await a.until(() => a.all('queued').length === 100, 10000, '100 queued');
+    const ids = a.all('queued').map((e) => e.client_id);
     assert.ok(ids.every((id) => a.statuses(id).join() === 'sending'), 'offline: sending only');
     await a.kill();
 

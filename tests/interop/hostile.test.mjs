@@ -356,8 +356,8 @@ describe('3b. clients that honour the hints', () => {
     const cli = new ChatCli(srv, lib);
     await cli.online();
     for (let i = 0; i < N; i++) cli.cmd(`send @${dst} n${i}`);
-    await cli.until(() => cli.all('sent').length >= N, 10000, `${N} sends queued`);
-    const ids = cli.all('sent').map((e) => e.client_id);
+    await cli.until(() => cli.all('queued').length >= N, 10000, `${N} sends queued`);
+    const ids = cli.all('queued').map((e) => e.client_id);
     await cli.until(() => ids.every((id) => cli.statuses(id).includes('sent')), 30000, `all ${N} stored`);
     assert.deepEqual(ids.filter((id) => cli.statuses(id).includes('failed')), [], 'none failed');
     assert.deepEqual(cli.all('state').map((e) => e.state).filter((st) => st !== 'online' && st !== 'syncing' && st !== 'connecting'), [],

@@ -120,14 +120,14 @@ export class ChatCli {
     return this.all('state').at(-1)?.state;
   }
 
-  /** Sends a text; resolves to its client id (from the "sent" event). */
+  /** Sends a text; resolves to its client id (from the "queued" event). */
   async send(target, text) {
-    const before = this.all('sent').length + this.all('error').length;
+    const before = this.all('queued').length + this.all('error').length;
     this.cmd(`send ${target} ${text}`);
-    await this.until(() => this.all('sent').length + this.all('error').length > before, 5000, 'the send to be queued');
-    const e = [...this.all('sent'), ...this.all('error')].sort((a, b) => a.at - b.at).at(-1);
+    await this.until(() => this.all('queued').length + this.all('error').length > before, 5000, 'the send to be queued');
+    const e = [...this.all('queued'), ...this.all('error')].sort((a, b) => a.at - b.at).at(-1);
     if (e.ev === 'error') throw new Error(`${this.label}: send refused: ${JSON.stringify(e)}`);
-    return this.all('sent').at(-1).client_id;
+    return this.all('queued').at(-1).client_id;
   }
 
   /** Issues a command whose answer is one event of kind ev; returns it. */
