@@ -1,24 +1,36 @@
 /*
- * Quick start: connect, listen to events, emit (with and without an
- * acknowledgement), follow reconnection, print statistics.
+ * Quick start with the Socket.IO client (include/parley/client.h): connect
+ * to parleyd's messaging namespace /chat with a token, listen to every
+ * event, emit with and without an acknowledgement, follow reconnection,
+ * print statistics.
  *
- * Run it against the protocol-test server:
+ * parleyd's /chat wants a token (an HS256 JWT whose sub is the user id).
+ * With the server that scripts/run starts (its secret in var/jwt.secret):
  *
- *     scripts/run --protocol-test --listen 127.0.0.1:8080   # one terminal
- *     build/examples/quickstart http://127.0.0.1:8080       # another
+ *     scripts/run                                                  # one terminal
+ *     export PARLEY_TOKEN=$(build/parley token --secret-file var/jwt.secret --user alice)
+ *     build/examples/quickstart http://127.0.0.1:8080              # another
  *
- * Stop the server with Ctrl-C and start it again: the client reports the
- * disconnection and the reconnection attempts, and the emits made while
- * it was away are delivered once it is back. Ctrl-C ends the example.
+ * It joins the room "quickstart" and sends a message there every second
+ * (acknowledged once stored), with a typing indicator before it (no
+ * acknowledgement). Run a second one as another user to see each other's
+ * messages. Stop the server with Ctrl-C and start it again: the client
+ * reports the disconnection and the reconnection attempts, and the emits
+ * made while it was away are delivered once it is back. A server that
+ * cannot be reached at first, or that refuses the token, ends the example
+ * with a message (exit status 1). Ctrl-C ends it.
  */
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "parley/client.h"
 
 static volatile sig_atomic_t stop;
+static volatile sig_atomic_t failed;    /* why it stops: 1 refused, 2 unreachable */
+static volatile sig_atomic_t connected; /* connected to /chat at least once */
 
 static void on_sigint(int sig)
 {
@@ -26,11 +38,37 @@ static void on_sigint(int sig)
     stop = 1;
 }
 
+static void usage(const char *prog)
+{
+    fprintf(
+        stderr,
+        "usage: %s [URL [TOKEN]]\n"
+        "\n"
+        "Connects to parleyd's /chat namespace (URL default http://127.0.0.1:8080) with\n"
+        "TOKEN, or the PARLEY_TOKEN environment variable: a JWT that the server accepts.\n"
+        "For a server started with --jwt-secret-file FILE (scripts/run: var/jwt.secret):\n"
+        "\n"
+        "    export PARLEY_TOKEN=$(build/parley token --secret-file var/jwt.secret --user alice)\n"
+        "    %s http://127.0.0.1:8080\n",
+        prog, prog);
+}
+
+/* The CONNECT payload, asked for on every (re)connection. */
+static char *auth(parley_sock *s, void *user)
+{
+    (void)s;
+    const char *token = user;
+    size_t n = strlen(token) + 16;
+    char *json = malloc(n);
+    if (json) snprintf(json, n, "{\"token\":\"%s\"}", token);
+    return json;
+}
+
 /* Callbacks run on the client's own thread. */
 static void on_client_event(parley_client *c, const parley_client_event *ev, void *user)
 {
     (void)c;
-    (void)user;
+    const char *url = user;
     switch (ev->type) {
     case PARLEY_CLIENT_OPEN:
         printf("open on %s\n", ev->transport);
@@ -52,6 +90,15 @@ static void on_client_event(parley_client *c, const parley_client_event *ev, voi
         break;
     case PARLEY_CLIENT_ERROR:
         printf("error: %s (HTTP %d)\n", parley_strerror(ev->err), ev->http_status);
+        if (!connected && !stop) {
+            /* Never connected: most likely nothing listens there. */
+            fprintf(stderr,
+                    "quickstart: cannot reach %s: %s%s\n"
+                    "quickstart: is parleyd running there? (scripts/run starts it)\n",
+                    url, parley_strerror(ev->err), ev->http_status ? " (HTTP error)" : "");
+            failed = 2;
+            stop = 1;
+        }
         break;
     default:
         break;
@@ -64,8 +111,26 @@ static void on_connect(parley_sock *s, int recovered, void *user)
     (void)user;
     char id[32];
     parley_sock_id(s, id);
-    printf("connected to / as %s%s\n", id, recovered ? " (recovered)" : "");
+    connected = 1;
+    printf("connected to /chat as %s%s\n", id, recovered ? " (recovered)" : "");
     fflush(stdout);
+}
+
+static void on_connect_error(parley_sock *s, const char *message, const char *data_json, void *user)
+{
+    (void)s;
+    (void)user;
+    /* data is {"code": ..., "message": ...}: token_expired, invalid_token, ... */
+    fprintf(stderr, "quickstart: the server refused the connection: %s%s%s\n", message,
+            data_json ? " " : "", data_json ? data_json : "");
+    if (data_json && strstr(data_json, "\"token_expired\""))
+        fprintf(stderr, "quickstart: the token has expired; make a fresh one with parley token\n");
+    else if (data_json && strstr(data_json, "\"invalid_token\""))
+        fprintf(stderr, "quickstart: the server does not accept this token (malformed, or not "
+                        "signed with its secret: parley token --secret-file must name the file "
+                        "parleyd reads)\n");
+    failed = 1;
+    stop = 1;
 }
 
 static void on_disconnect(parley_sock *s, const char *reason, void *user)
@@ -80,11 +145,11 @@ static void on_disconnect(parley_sock *s, const char *reason, void *user)
 static void on_event(parley_sock *s, const char *event, const parley_args *args, int64_t ack_id,
                      void *user)
 {
-    (void)s;
     (void)user;
-    printf("event %s %.*s%s\n", event, (int)args->json_len, args->json,
-           ack_id >= 0 ? " (wants an ack)" : "");
+    printf("event %s %.*s\n", event, (int)args->json_len, args->json);
     fflush(stdout);
+    /* Notifications ask for an acknowledgement (it marks them delivered). */
+    if (ack_id >= 0) parley_sock_ack(s, ack_id, "[]", NULL, 0);
 }
 
 static void on_ack(parley_sock *s, int err, const parley_args *args, void *user)
@@ -100,37 +165,65 @@ static void on_ack(parley_sock *s, int err, const parley_args *args, void *user)
 
 int main(int argc, char **argv)
 {
+    if (argc > 3 || (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")))) {
+        usage(argv[0]);
+        return argc > 3 ? 2 : 0;
+    }
     const char *url = argc > 1 ? argv[1] : "http://127.0.0.1:8080";
+    const char *token = argc > 2 ? argv[2] : getenv("PARLEY_TOKEN");
+    if (!token || !*token) {
+        fprintf(stderr, "%s: no token: give TOKEN or set PARLEY_TOKEN\n\n", argv[0]);
+        usage(argv[0]);
+        return 2;
+    }
+    for (const char *p = token; *p; p++)
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) {
+            fprintf(stderr, "%s: that is not a token (a JWT is base64url text and dots)\n",
+                    argv[0]);
+            return 2;
+        }
     signal(SIGINT, on_sigint);
+    signal(SIGTERM, on_sigint);
 
     parley_client_opts o;
     parley_client_opts_init(&o);
     o.url = url;
     o.on_event = on_client_event;
+    o.user = (void *)url;
     o.auto_connect = 0; /* sockets and handlers first, then connect */
     parley_client *c;
     int rc = parley_client_new(&o, &c);
     if (rc) {
-        fprintf(stderr, "quickstart: %s\n", parley_strerror(rc));
-        return 1;
+        fprintf(stderr, "quickstart: %s: %s\n", url, parley_strerror(rc));
+        return 2;
     }
 
     parley_sock_opts so;
     parley_sock_opts_init(&so);
+    so.auth = auth;
+    so.user = (void *)token;
     so.on_connect = on_connect;
+    so.on_connect_error = on_connect_error;
     so.on_disconnect = on_disconnect;
-    parley_sock *s = parley_client_socket(c, "/", &so);
+    parley_sock *s = parley_client_socket(c, "/chat", &so);
     parley_sock_on_any(s, on_event, NULL);
     parley_client_connect(c);
 
-    /* The protocol-test server echoes "message" as "message-back" and acks
-     * "message-with-ack" with its arguments. Emits made while offline wait
-     * in a buffer and leave in order. */
+    /* Emits made while offline wait in a buffer and leave in order, once
+     * connected. Requests on /chat take one object; the acknowledgement is
+     * {"ok": true, ...} or {"ok": false, "error": {...}} (docs/PROTOCOL.md). */
+    parley_sock_emit_ack(s, "join_room", "[{\"room\":\"quickstart\"}]", NULL, 0, 5000, on_ack,
+                         NULL);
     for (int i = 0; !stop; i++) {
-        char args[64];
-        snprintf(args, sizeof args, "[\"hello\",%d]", i);
-        parley_sock_emit(s, "message", args, NULL, 0);
-        parley_sock_emit_ack(s, "message-with-ack", args, NULL, 0, 2000, on_ack, NULL);
+        char args[256], id[37];
+        parley_sock_emit(s, "typing",
+                         "[{\"conversation\":\"room:quickstart\",\"state\":\"start\"}]", NULL, 0);
+        parley_new_id(id);
+        snprintf(args, sizeof args,
+                 "[{\"client_id\":\"%s\",\"room\":\"quickstart\",\"type\":\"text\","
+                 "\"content\":{\"text\":\"hello %d\"}}]",
+                 id, i);
+        parley_sock_emit_ack(s, "send_message", args, NULL, 0, 5000, on_ack, NULL);
         if (i % 5 == 4) {
             parley_client_stats st;
             parley_client_get_stats(c, &st);
@@ -141,8 +234,8 @@ int main(int argc, char **argv)
                    (unsigned long long)st.uptime_ms, st.last_rtt_ms);
             fflush(stdout);
         }
-        sleep(1);
+        for (int t = 0; t < 10 && !stop; t++) usleep(100000);
     }
     parley_client_free(c);
-    return 0;
+    return failed ? 1 : 0;
 }

@@ -2,14 +2,16 @@
 // checked here with Node's crypto (header, claims, HMAC), parleyd accepts
 // them for `parley chat --token` (and with the roles they carry), and
 // refuses expired ones and ones minted under another secret; bad input is
-// refused with clear messages.
+// refused with clear messages. Also examples/quickstart.c (QUICKSTART)
+// with such a token against such a server, and its clear failures.
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { cleanup, runParley, sleep, tempDir } from './lib/harness.mjs';
+import { cleanup, onCleanup, program, runParley, scaled, sleep, stderrTail, tempDir, withTimeout } from './lib/harness.mjs';
 import { ChatClient, startChatServer } from './lib/chat.mjs';
 import { ChatCli } from './lib/chatcli.mjs';
 
@@ -27,6 +29,22 @@ async function mint(...args) {
 }
 
 const decode = (part) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+
+/** Runs the quickstart example until it exits (or kills it after ms). */
+function quickstart(args, { env = {}, ms = 20000 } = {}) {
+  const child = spawn(program('QUICKSTART'), args, { env: { ...process.env, PARLEY_TOKEN: '', ...env } });
+  child.label = `quickstart ${args.join(' ')}`;
+  child.stdoutText = '';
+  child.stderrText = '';
+  child.stdout.setEncoding('utf8').on('data', (d) => { child.stdoutText += d; });
+  child.stderr.setEncoding('utf8').on('data', (d) => { child.stderrText += d; });
+  const exited = new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+  onCleanup(() => child.kill('SIGKILL'));
+  return {
+    child,
+    done: withTimeout(exited, ms, `${child.label} to exit`).then((r) => ({ ...r, stdout: child.stdoutText, stderr: child.stderrText })),
+  };
+}
 
 describe('parley token', () => {
   let dir;
@@ -138,5 +156,44 @@ describe('parley token', () => {
       assert.equal(r.stdout, '', 'no token on a failure');
       assert.ok(r.stderr.startsWith(`parley token: ${message}\n`), `${args.join(' ')}: ${JSON.stringify(r.stderr)}`);
     }
+  });
+
+  test('examples/quickstart: joins and sends with a minted token; clear failures otherwise', async () => {
+    const url = `http://127.0.0.1:${srv.port}`;
+    const t = await mint('--secret-file', secretFile, '--user', 'quick');
+    const q = quickstart([url], { env: { PARLEY_TOKEN: t } });
+    const deadline = Date.now() + scaled(10000);
+    while (!/"content":\{"text":"hello 1"\}/.test(q.child.stdoutText)) {
+      assert.ok(Date.now() < deadline, `quickstart sent nothing acknowledged:\n${q.child.stdoutText}${stderrTail(q.child)}`);
+      await sleep(50);
+    }
+    assert.match(q.child.stdoutText, /connected to \/chat as /);
+    assert.match(q.child.stdoutText, /acknowledged with \[\{"ok":true,"room":"quickstart"/);
+    q.child.kill('SIGINT');
+    const r = await q.done;
+    assert.equal(r.code, 0, `exit after Ctrl-C: ${JSON.stringify(r)}`);
+
+    // No token: the usage, which shows how to make one.
+    const none = await quickstart([url]).done;
+    assert.equal(none.code, 2);
+    assert.match(none.stderr, /no token: give TOKEN or set PARLEY_TOKEN/);
+    assert.match(none.stderr, /parley token --secret-file var\/jwt\.secret --user alice/);
+
+    // Refused (another secret): a message and exit 1, not a hang.
+    const otherFile = path.join(dir, 'other2.secret');
+    writeFileSync(otherFile, 'yet-another-secret-0123456789abcdef');
+    const bad = await quickstart([url, await mint('--secret-file', otherFile, '--user', 'quick')]).done;
+    assert.equal(bad.code, 1, bad.stderr);
+    assert.match(bad.stderr, /the server refused the connection: .*"code":"invalid_token"/);
+    assert.match(bad.stderr, /parley token --secret-file must name the file parleyd reads/);
+
+    // Nothing listening: a message and exit 1.
+    const srv2 = await startChatServer({ secret: null, extra: ['--jwt-secret-file', secretFile] });
+    const port = srv2.port;
+    await srv2.stop();
+    const gone = await quickstart([`http://127.0.0.1:${port}`, t]).done;
+    assert.equal(gone.code, 1, gone.stderr);
+    assert.match(gone.stderr, /cannot reach http:\/\/127\.0\.0\.1:\d+: connection refused/);
+    assert.match(gone.stderr, /is parleyd running there\? \(scripts\/run starts it\)/);
   });
 });
