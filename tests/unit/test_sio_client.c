@@ -593,7 +593,7 @@ static void test_features(void **state)
         /* JSON types and unicode, both ways. */
         for (size_t i = 0; i < PARLEY_ARRAY_LEN(json_cases); i++) {
             assert_int_equal(parley_sock_emit(s, "message", json_cases[i], NULL, 0), 0);
-            WAITL(&t.log, &at, "event message-back ", 3000, line);
+            WAITL(&t.log, &at, "event message-back ", 10000, line);
             char want[8192];
             json_val v;
             assert_int_equal(json_parse(json_cases[i], strlen(json_cases[i]), 32, &v, NULL), 0);
@@ -607,7 +607,7 @@ static void test_features(void **state)
         assert_int_equal(parley_sock_emit_ack(s, "message-with-ack", "[1,{\"x\":\"y\"}]", NULL, 0,
                                               2000, on_ack, &t),
                          0);
-        WAITL(&t.log, &at, "ackres ", 3000, line);
+        WAITL(&t.log, &at, "ackres ", 10000, line);
         assert_string_equal(line, "ackres 0 [1,{\"x\":\"y\"}]");
         /* Binary, nested, several attachments, an empty one. */
         static uint8_t big[300000];
@@ -634,26 +634,26 @@ static void test_features(void **state)
                                               "[{\"_placeholder\":true,\"num\":0}]", bins, 1, 2000,
                                               on_ack, &t),
                          0);
-        WAITL(&t.log, &at, "ackres ", 3000, line);
+        WAITL(&t.log, &at, "ackres ", 10000, line);
         parley_args one = {NULL, 0, bins, 1};
         hexsum(&one, sums, sizeof sums);
         snprintf(want, sizeof want, "ackres 0 [{\"_placeholder\":true,\"num\":0}]%s", sums);
         assert_string_equal(line, want);
         /* The server asks for an ack (binary in ours). */
         assert_int_equal(parley_sock_emit(s, "server-ack", "[\"q\"]", NULL, 0), 0);
-        WAITL(&t.log, &at, "event please-ack ", 3000, line);
+        WAITL(&t.log, &at, "event please-ack ", 10000, line);
         assert_string_equal(line, "event please-ack [\"q\"] ack");
-        WAITL(&t.log, &at, "event server-ack-result ", 3000, line);
+        WAITL(&t.log, &at, "event server-ack-result ", 10000, line);
         assert_string_equal(line, "event server-ack-result [{\"ok\":true,\"args\":[\"acked\","
                                   "{\"_placeholder\":true,\"num\":0}]}] bin0=2/00000021");
         /* Volatile while connected goes through. */
         assert_int_equal(parley_sock_emit_volatile(s, "volatile", "[\"v\"]", NULL, 0), 0);
-        WAITL(&t.log, &at, "event volatile-back ", 3000, line);
+        WAITL(&t.log, &at, "event volatile-back ", 10000, line);
         assert_string_equal(line, "event volatile-back [\"v\"]");
         /* Ack timeout: nobody answers "ignored". */
         uint64_t t0 = ptime_ms();
         assert_int_equal(parley_sock_emit_ack(s, "ignored", "[]", NULL, 0, 200, on_ack, &t), 0);
-        WAITL(&t.log, &at, "ackres ", 3000, line);
+        WAITL(&t.log, &at, "ackres ", 10000, line);
         assert_string_equal(line, "ackres -7 ");
         assert_true(ptime_ms() - t0 >= 190);
         /* Bad arguments. */
@@ -670,28 +670,28 @@ static void test_features(void **state)
          * catch-all handler, added first, is the one sure to see auth.) */
         parley_sock *cs = make_sock(&t, "/custom", NULL);
         assert_ptr_equal(parley_client_socket(t.c, "/custom", NULL), cs);
-        WAITL(&t.log, &at, "any auth ", 3000, line);
+        WAITL(&t.log, &at, "any auth ", 10000, line);
         assert_string_equal(line, "any auth [{}]");
         /* Middleware: refused, then accepted with a fresh token. */
         parley_sock *ms = make_sock(&t, "/middleware", NULL);
-        WAITL(&t.log, &at, "connect_error ", 3000, line);
+        WAITL(&t.log, &at, "connect_error ", 10000, line);
         assert_string_equal(line, "connect_error unauthorized {\"reason\":\"bad token\"}");
         assert_int_equal(parley_sock_connected(ms), 0);
         t.token = "ok";
         assert_int_equal(parley_sock_connect(ms), 0);
-        WAITL(&t.log, &at, "any auth ", 3000, line);
+        WAITL(&t.log, &at, "any auth ", 10000, line);
         assert_true(strstr(line, "\"token\":\"ok\"") != NULL);
         /* The namespace socket leaves; the others stay. */
         assert_int_equal(parley_sock_disconnect(cs), 0);
-        WAITL(&t.log, &at, "disconnect ", 3000, line);
+        WAITL(&t.log, &at, "disconnect ", 10000, line);
         assert_string_equal(line, "disconnect io client disconnect");
         assert_int_equal(parley_sock_connected(s), 1);
         /* Server-side namespace disconnect: pending acks fail with ECLOSED. */
         assert_int_equal(parley_sock_emit_ack(s, "ignored", "[]", NULL, 0, 0, on_ack, &t), 0);
         assert_int_equal(parley_sock_emit(s, "disconnect-me", NULL, NULL, 0), 0);
-        WAITL(&t.log, &at, "ackres ", 3000, line);
+        WAITL(&t.log, &at, "ackres ", 10000, line);
         assert_string_equal(line, "ackres -6 ");
-        WAITL(&t.log, &at, "disconnect ", 3000, line);
+        WAITL(&t.log, &at, "disconnect ", 10000, line);
         assert_string_equal(line, "disconnect io server disconnect");
         assert_int_equal(parley_sock_connected(s), 0);
         /* Not reconnected by itself; emits wait in the buffer. */
@@ -701,9 +701,9 @@ static void test_features(void **state)
         usleep(200000);
         assert_int_equal(tlog_count(&t.log, "event message-back [\"buffered"), 0);
         assert_int_equal(parley_sock_connect(s), 0);
-        WAITL(&t.log, &at, "event message-back ", 3000, line);
+        WAITL(&t.log, &at, "event message-back ", 10000, line);
         assert_string_equal(line, "event message-back [\"buffered 1\"]");
-        WAITL(&t.log, &at, "event message-back ", 3000, line);
+        WAITL(&t.log, &at, "event message-back ", 10000, line);
         assert_string_equal(line, "event message-back [\"buffered 2\"]");
         assert_int_equal(tlog_count(&t.log, "event volatile-back [\"dropped"), 0);
         /* The transport the session ended up on. */
@@ -769,7 +769,7 @@ static void test_restart(void **state)
         WAIT(&t.log, &at, "event auth", 5000);
         assert_int_equal(t.auth_calls, 1);
         th_server_stop(&srv);
-        WAITL(&t.log, &at, "disconnect ", 3000, line);
+        WAITL(&t.log, &at, "disconnect ", 10000, line);
         assert_true(!strcmp(line, "disconnect transport close") ||
                     !strcmp(line, "disconnect transport error"));
         WAIT(&t.log, &at, "ev RECONNECTING 1 ", 3000);
@@ -784,7 +784,7 @@ static void test_restart(void **state)
         for (int i = 0; i < 10; i++) {
             char want[64];
             snprintf(want, sizeof want, "event message-back [%d]", i);
-            WAITL(&t.log, &at, "event message-back", 3000, line);
+            WAITL(&t.log, &at, "event message-back", 10000, line);
             assert_string_equal(line, want);
         }
         usleep(200000);
@@ -840,7 +840,7 @@ static void test_recovery(void **state)
         parley_sock_id(s, id);
         if (m == 2) WAIT(&t.log, &at, "ev UPGRADE", 3000);
         atomic_fetch_add(&px.drop, 1);
-        WAITL(&t.log, &at, "disconnect ", 3000, line);
+        WAITL(&t.log, &at, "disconnect ", 10000, line);
         assert_true(!strcmp(line, "disconnect transport close") ||
                     !strcmp(line, "disconnect transport error"));
         /* While it is away, an event for it is stored. */
@@ -857,7 +857,7 @@ static void test_recovery(void **state)
         assert_string_equal(id, id2);
         assert_int_equal(parley_sock_recovered(s), 1);
         at = 0;
-        WAITL(&t.log, &at, "event pushed ", 3000, line);
+        WAITL(&t.log, &at, "event pushed ", 10000, line);
         assert_non_null(strstr(line, "[\"while away\",\""));
         /* The replayed event came before the connect callback. */
         int at2 = 0;
@@ -936,9 +936,9 @@ static void test_fake_servers(void **state)
         assert_int_equal(parley_client_connect(t.c), 0);
         int at = 0;
         char line[256];
-        WAITL(&t.log, &at, "ev ERROR", 3000, line);
+        WAITL(&t.log, &at, "ev ERROR", 10000, line);
         assert_string_equal(line, "ev ERROR -11 401");
-        WAITL(&t.log, &at, "ev RECONNECT_FAILED", 3000, line);
+        WAITL(&t.log, &at, "ev RECONNECT_FAILED", 10000, line);
         assert_string_equal(line, "ev RECONNECT_FAILED 401");
         usleep(800000);
         assert_int_equal(atomic_load(&f.handshakes), 1);
@@ -983,11 +983,11 @@ static void test_fake_servers(void **state)
         int at = 0;
         char line[256];
         WAIT(&t.log, &at, "connect 0 fakesock", 3000);
-        WAITL(&t.log, &at, "ev ", 3000, line);
+        WAITL(&t.log, &at, "ev ", 10000, line);
         if (strcmp(line, "ev ERROR -3 0") != 0) fail_msg("bad input %zu: %s", i, line);
-        WAITL(&t.log, &at, "ev CLOSE ", 3000, line);
+        WAITL(&t.log, &at, "ev CLOSE ", 10000, line);
         assert_string_equal(line, "ev CLOSE parse error");
-        WAITL(&t.log, &at, "disconnect ", 3000, line);
+        WAITL(&t.log, &at, "disconnect ", 10000, line);
         assert_string_equal(line, "disconnect parse error");
         WAIT(&t.log, &at, "ev RECONNECTED", 3000);
         WAIT(&t.log, &at, "connect 0 fakesock", 3000);
@@ -1473,7 +1473,7 @@ static void test_tls(void **state)
         char line[256];
         WAIT(&t.log, &at, "event auth", 5000);
         assert_int_equal(parley_sock_emit(s, "message", "[\"over tls\"]", NULL, 0), 0);
-        WAITL(&t.log, &at, "event message-back", 3000, line);
+        WAITL(&t.log, &at, "event message-back", 10000, line);
         assert_string_equal(line, "event message-back [\"over tls\"]");
         for (int k = 0; k < 300 && strcmp(parley_client_transport(t.c), modes[m].final); k++)
             usleep(10000);
