@@ -12,6 +12,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { ChatClient, eventually, makeToken, SECRET, startChatServer } from './lib/chat.mjs';
 import { cleanup, interopDir, program, startParleyd, tempDir, withTimeout } from './lib/harness.mjs';
+import { rawConnect } from './lib/hostile.mjs';
 
 after(cleanup);
 
@@ -166,6 +167,27 @@ describe('--log-format json', () => {
       assert.equal(err.status, 2);
       assert.match(err.stderr, /--log-format wants text or json/);
     }
+  });
+});
+
+describe('log lines a peer can repeat are summaries', () => {
+  test('30 WebSocket connections failed by their peers: one line, the others counted', async () => {
+    const srv = await startParleyd([], { wsPath: '/echo' });
+    await bannerOf(srv);
+    const before = srv.child.stderrText.length;
+    for (let i = 0; i < 30; i++) {
+      const conn = rawConnect(srv.port);
+      await conn.connected;
+      // The upgrade, then an unmasked frame: a protocol error (1002).
+      conn.sock.write('GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+      conn.sock.write(Buffer.from([0x81, 0x02, 0x68, 0x69]));
+      await withTimeout(conn.closed, 5000, `connection ${i} to be closed`);
+      assert.match(conn.text(), /^HTTP\/1\.1 101 /, `connection ${i} was upgraded`);
+    }
+    await healthz(srv.port);
+    const lines = srv.child.stderrText.slice(before).split('\n').filter((l) => /websocket .*closing with 1002/.test(l));
+    assert.equal(lines.length, 1, `one line for 30 failures:\n${srv.child.stderrText.slice(before)}`);
   });
 });
 
