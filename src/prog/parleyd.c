@@ -740,7 +740,7 @@ static int read_api_keys(const char *path, char **buf, const char ***keys, size_
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        fprintf(stderr, "parleyd: %s: %s\n", path, strerror(errno));
+        plog_error("%s: %s", path, strerror(errno));
         return -1;
     }
     char *b = malloc(API_KEY_FILE_MAX + 1);
@@ -749,7 +749,7 @@ static int read_api_keys(const char *path, char **buf, const char ***keys, size_
     fclose(f);
     const char **k = bad ? NULL : calloc(API_KEYS_MAX, sizeof *k);
     if (bad || !k) {
-        fprintf(stderr, "parleyd: %s: cannot read the API keys (at most %d bytes)\n", path,
+        plog_error("%s: cannot read the API keys (at most %d bytes)", path,
                 API_KEY_FILE_MAX);
         free(b);
         return -1;
@@ -765,7 +765,7 @@ static int read_api_keys(const char *path, char **buf, const char ***keys, size_
         while (e > line && (e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t')) *--e = 0;
         if (*line && *line != '#') {
             if (count == API_KEYS_MAX || memchr(line, 0, (size_t)(e - line))) {
-                fprintf(stderr, "parleyd: %s: at most %d API keys\n", path, API_KEYS_MAX);
+                plog_error("%s: at most %d API keys", path, API_KEYS_MAX);
                 free(k);
                 free(b);
                 return -1;
@@ -776,7 +776,7 @@ static int read_api_keys(const char *path, char **buf, const char ***keys, size_
         line = end + 1;
     }
     if (count == 0) {
-        fprintf(stderr, "parleyd: %s: no API key in the file\n", path);
+        plog_error("%s: no API key in the file", path);
         free(k);
         free(b);
         return -1;
@@ -1052,8 +1052,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: give --jwt-secret or --jwt-secret-file, not both\n");
         return 2;
     }
-    /* From here on, what parleyd says goes through the log (in the chosen
-     * format); only refused command lines above are plain text. */
+    /* From here on, what parleyd says goes through the log, in the chosen
+     * format (a log collector reading JSON gets JSON even for a failed
+     * start); only refused command lines above are plain text. */
     parley_log_set(c.level, NULL, NULL);
     plog_set_format(c.log_format);
     if (c.protocol_test) c.messaging = false;
@@ -1062,7 +1063,7 @@ int main(int argc, char **argv)
     if (c.messaging && want_keys) {
         jwt_keys = load_keys(&c);
         if (!jwt_keys) {
-            fprintf(stderr, "parleyd: cannot load the keys tokens are checked with\n");
+            plog_error("cannot load the keys tokens are checked with");
             return 2;
         }
         c.msg.jwt_keys = jwt_keys;
@@ -1100,7 +1101,7 @@ int main(int argc, char **argv)
     int rc = parley_server_new(a.loop, &c.sio, &a.srv);
     phttpd *http = rc ? NULL : parley_server__http(a.srv);
     if (rc == 0) rc = phttpd_set_opts(http, &c.http);
-    if (rc) fprintf(stderr, "parleyd: %s\n", parley_strerror(rc));
+    if (rc) plog_error("%s", parley_strerror(rc));
     pmd_config pmd;
     pmd_config_init(&pmd);
     pmd.enabled = c.deflate;
@@ -1110,13 +1111,13 @@ int main(int argc, char **argv)
                     phttpd_route(http, "/", route_root, NULL) != 0 ||
                     phttpd_route(http, "/healthz", route_health, NULL) != 0 ||
                     (c.protocol_test && protocol_test_setup(a.srv, &a.echo_engine) != 0))) {
-        fprintf(stderr, "parleyd: cannot set up routes\n");
+        plog_error("cannot set up routes");
         rc = PARLEY_ENOMEM;
     }
     if (rc == 0 && c.messaging) {
         rc = msg_service_new(a.srv, &c.msg, &a.msg);
         if (rc)
-            fprintf(stderr, "parleyd: messaging: %s (data directory %s; the log above says what)\n",
+            plog_error("messaging: %s (data directory %s; the log above says what)",
                     parley_strerror(rc), c.msg.data_dir);
         parley_nsp *root = parley_server_of(a.srv, "/");
         if (rc == 0 && c.root_nsp == ROOT_OFF) parley_nsp_set_closed(root, 1);
@@ -1132,7 +1133,7 @@ int main(int argc, char **argv)
     if (rc == 0) {
         rc = parley_server_listen(a.srv, c.host, c.port, &port);
         if (rc)
-            fprintf(stderr, "parleyd: cannot listen on %s:%u: %s\n", c.host, c.port,
+            plog_error("cannot listen on %s:%u: %s", c.host, c.port,
                     parley_strerror(rc));
     }
     if (rc) {

@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -146,6 +146,15 @@ describe('--log-format json', () => {
     assert.ok(msgs.includes(`parleyd ${version()}: Socket.IO at http://127.0.0.1:${srv.port}/socket.io/ (transports: polling websocket)`), msgs.join('\n'));
     assert.ok(msgs.some((m) => m.startsWith('messaging: refused a connection')), msgs.join('\n'));
     assert.ok(msgs.includes('parleyd: stopped'), msgs.join('\n'));
+  });
+
+  test('a failed start is JSON too', () => {
+    const r = spawnSync(program('PARLEYD'), ['--listen', '127.0.0.1:0', '--log-format', 'json', '--jwt-secret-file', '/nonexistent/jwt.secret'],
+      { encoding: 'utf8', timeout: 10000 });
+    assert.equal(r.status, 2, r.stderr);
+    const msgs = jsonLines(r.stderr).map((o) => `${o.level} ${o.msg}`);
+    assert.ok(msgs.includes('error /nonexistent/jwt.secret: No such file or directory'), msgs.join('\n'));
+    assert.ok(msgs.includes('error cannot load the keys tokens are checked with'), msgs.join('\n'));
   });
 
   test('from a config file; a bad value is refused with a clear error', async () => {
