@@ -904,7 +904,11 @@ static void on_connection(uv_stream_t *server, int status)
 {
     plistener *l = server->data;
     if (status < 0) {
-        plog_warn("accept failed: %s", uv_strerror(status));
+        /* EMFILE and the like repeat at every loop turn: a summary. */
+        uint64_t held;
+        if (plog_limit_ok(&l->loop->log_accept, ploop_now(l->loop), 10000, &held))
+            plog_warn("accept failed: %s (%llu more failures since the last line)",
+                      uv_strerror(status), (unsigned long long)held);
         return;
     }
     pconn *c = l->accept(l, l->user);

@@ -67,8 +67,9 @@ struct parley_loop {
     uv_thread_t own_thread;  /* parley_loop_start */
     bool started;
     bool stopping;
-    /* Lines a peer can cause (TLS errors, output limits): summaries. */
-    plog_limit log_tls, log_out;
+    /* Lines a peer can cause (TLS errors, output limits, WebSocket
+     * failures, accept errors such as EMFILE): summaries. */
+    plog_limit log_tls, log_out, log_ws, log_accept;
 };
 
 /* True on the thread that runs the loop. */

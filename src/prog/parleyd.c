@@ -29,6 +29,7 @@ typedef struct config {
     parley_server_opts sio;
     wsconn_opts ws;
     parley_log_level level;
+    plog_format log_format;
     phttpd_opts http; /* limits and deadlines of the HTTP side */
     bool messaging;   /* the messaging service (on unless --no-messaging / --protocol-test) */
     bool max_body_set;
@@ -61,6 +62,8 @@ static void usage(FILE *f)
             "  --tls-cert FILE           serve TLS (https/wss) with this PEM certificate chain\n"
             "  --tls-key FILE            ... and this PEM private key\n"
             "  --log-level LEVEL         debug, info, warn, error (default info)\n"
+            "  --log-format FORMAT       text (default) or json: one JSON object per line,\n"
+            "                            {\"ts\":...,\"level\":...,\"msg\":...}, on stderr\n"
             "\n"
             "Socket.IO / Engine.IO:\n"
             "  --path PATH               default /socket.io/\n"
@@ -277,6 +280,9 @@ enum {
     OPT_DISK_RESERVE
 };
 
+/* Operations. */
+enum { OPT_LOG_FORMAT = OPT_DISK_RESERVE + 1 };
+
 static const struct option longopts[] = {
     {"listen", required_argument, 0, OPT_LISTEN},
     {"config", required_argument, 0, OPT_CONFIG},
@@ -294,6 +300,7 @@ static const struct option longopts[] = {
     {"ping-interval", required_argument, 0, OPT_PING_INT},
     {"ping-timeout", required_argument, 0, OPT_PING_TO},
     {"log-level", required_argument, 0, OPT_LOG},
+    {"log-format", required_argument, 0, OPT_LOG_FORMAT},
     {"path", required_argument, 0, OPT_PATH},
     {"max-payload", required_argument, 0, OPT_MAX_PAYLOAD},
     {"upgrade-timeout", required_argument, 0, OPT_UPGRADE_TO},
@@ -424,6 +431,14 @@ static const char *apply(config *c, int ch, const char *arg)
             c->level = PARLEY_LOG_ERROR;
         else
             return "--log-level wants debug, info, warn or error";
+        return NULL;
+    case OPT_LOG_FORMAT:
+        if (!strcmp(arg, "text"))
+            c->log_format = PLOG_TEXT;
+        else if (!strcmp(arg, "json"))
+            c->log_format = PLOG_JSON;
+        else
+            return "--log-format wants text or json";
         return NULL;
     case OPT_PATH:
         if (arg[0] != '/') return "--path wants a path starting with /";
@@ -698,7 +713,7 @@ static int read_secret(const char *path, char **out, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        fprintf(stderr, "parleyd: %s: %s\n", path, strerror(errno));
+        plog_error("%s: %s", path, strerror(errno));
         return -1;
     }
     char *buf = malloc(4097);
@@ -707,7 +722,7 @@ static int read_secret(const char *path, char **out, size_t *len)
     fclose(f);
     while (!bad && n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
     if (bad || n == 0) {
-        fprintf(stderr, "parleyd: %s: the JWT secret must be 1 to 4096 bytes\n", path);
+        plog_error("%s: the JWT secret must be 1 to 4096 bytes", path);
         free(buf);
         return -1;
     }
@@ -725,7 +740,7 @@ static int read_api_keys(const char *path, char **buf, const char ***keys, size_
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        fprintf(stderr, "parleyd: %s: %s\n", path, strerror(errno));
+        plog_error("%s: %s", path, strerror(errno));
         return -1;
     }
     char *b = malloc(API_KEY_FILE_MAX + 1);
@@ -734,7 +749,7 @@ static int read_api_keys(const char *path, char **buf, const char ***keys, size_
     fclose(f);
     const char **k = bad ? NULL : calloc(API_KEYS_MAX, sizeof *k);
     if (bad || !k) {
-        fprintf(stderr, "parleyd: %s: cannot read the API keys (at most %d bytes)\n", path,
+        plog_error("%s: cannot read the API keys (at most %d bytes)", path,
                 API_KEY_FILE_MAX);
         free(b);
         return -1;
@@ -750,19 +765,18 @@ static int read_api_keys(const char *path, char **buf, const char ***keys, size_
         while (e > line && (e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t')) *--e = 0;
         if (*line && *line != '#') {
             if (count == API_KEYS_MAX || memchr(line, 0, (size_t)(e - line))) {
-                fprintf(stderr, "parleyd: %s: at most %d API keys\n", path, API_KEYS_MAX);
+                plog_error("%s: at most %d API keys", path, API_KEYS_MAX);
                 free(k);
                 free(b);
                 return -1;
             }
-            if (e - line < 16)
-                fprintf(stderr, "parleyd: warning: %s: an API key under 16 bytes\n", path);
+            if (e - line < 16) plog_warn("%s: an API key under 16 bytes", path);
             k[count++] = line;
         }
         line = end + 1;
     }
     if (count == 0) {
-        fprintf(stderr, "parleyd: %s: no API key in the file\n", path);
+        plog_error("%s: no API key in the file", path);
         free(k);
         free(b);
         return -1;
@@ -785,7 +799,7 @@ static jwt_keyset *load_keys(const config *c)
     ko.max_lifetime_ms = (int64_t)c->jwt_max_lifetime_s * 1000;
     jwt_keyset *ks = NULL;
     if (jwt_keyset_new(&ko, &ks) != 0) {
-        fprintf(stderr, "parleyd: out of memory\n");
+        plog_error("out of memory");
         return NULL;
     }
     char err[256];
@@ -796,11 +810,7 @@ static jwt_keyset *load_keys(const config *c)
         rc = read_secret(c->jwt_secret_file, &buf, &len);
         if (rc == 0) {
             rc = jwt_keyset_set_secret(ks, (const uint8_t *)buf, len);
-            if (len < 32)
-                fprintf(stderr,
-                        "parleyd: warning: the JWT secret is %zu bytes; HS256 wants at "
-                        "least 32\n",
-                        len);
+            if (len < 32) plog_warn("the JWT secret is %zu bytes; HS256 wants at least 32", len);
             OPENSSL_cleanse(buf, len);
             free(buf);
         }
@@ -809,11 +819,11 @@ static jwt_keyset *load_keys(const config *c)
     }
     for (size_t i = 0; rc == 0 && i < c->n_jwt_pem; i++) {
         rc = jwt_keyset_add_pem_file(ks, c->jwt_pem[i], err, sizeof err);
-        if (rc) fprintf(stderr, "parleyd: %s\n", err);
+        if (rc) plog_error("%s", err);
     }
     if (rc == 0 && c->jwks_file) {
         rc = jwt_keyset_add_jwks_file(ks, c->jwks_file, err, sizeof err);
-        if (rc) fprintf(stderr, "parleyd: %s\n", err);
+        if (rc) plog_error("%s", err);
     }
     if (rc || (!jwt_keyset_has_secret(ks) && jwt_keyset_count(ks) == 0)) {
         jwt_keyset_unref(ks);
@@ -928,6 +938,61 @@ static void on_signal(uv_signal_t *h, int signum)
     parley_server_shutdown(a->srv, on_shutdown_done, a);
 }
 
+/* What /chat accepts, for the start banner. */
+static void auth_mode(const config *c, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[0] = 0;
+#define ADD(...)                                                                                   \
+    do {                                                                                           \
+        if (n < cap) n += (size_t)snprintf(out + n, cap - n, "%s", n ? " + " : "");               \
+        if (n < cap) n += (size_t)snprintf(out + n, cap - n, __VA_ARGS__);                        \
+    } while (0)
+    if (c->jwt_secret_file) ADD("JWT HS256 secret from %s", c->jwt_secret_file);
+    if (c->jwt_secret) ADD("JWT HS256 secret (--jwt-secret)");
+    if (c->n_jwt_pem) ADD("JWT RS256/ES256 public keys (%zu files)", c->n_jwt_pem);
+    if (c->jwks_file) ADD("JWT RS256/ES256 JWKS from %s", c->jwks_file);
+    if (c->msg.dev_auth) ADD("dev-auth (INSECURE: any user id is trusted)");
+    if (!n) ADD("none");
+#undef ADD
+}
+
+/* The start banner: a few log lines saying what is served where, and how
+ * to fix a /chat that can only refuse. */
+static void banner(const config *c, unsigned port)
+{
+    char base[300];
+    bool v6 = strchr(c->host, ':') != NULL;
+    snprintf(base, sizeof base, "%s%s%s:%u", v6 ? "[" : "", c->host, v6 ? "]" : "", port);
+    const char *http = c->sio.tls_cert ? "https" : "http";
+    plog_info("parleyd %s: Socket.IO at %s://%s%s (transports:%s%s%s%s)", parley_version(), http,
+              base, c->sio.path, c->sio.polling ? " polling" : "",
+              c->sio.websocket ? " websocket" : "", c->sio.recovery ? "; recovery on" : "",
+              c->protocol_test ? "; protocol-test mode" : "");
+    if (c->messaging) {
+        char mode[600];
+        auth_mode(c, mode, sizeof mode);
+        plog_info("namespace " MSG_NAMESPACE ": messaging, presence, notifications; auth: %s; "
+                  "data in %s",
+                  mode, c->msg.data_dir);
+        bool keys = c->jwt_secret || c->jwt_secret_file || c->n_jwt_pem || c->jwks_file;
+        if (!keys && !c->msg.dev_auth)
+            plog_warn("no JWT keys configured: every " MSG_NAMESPACE " connection will be "
+                      "refused with auth_unavailable. To fix: start parleyd with "
+                      "--jwt-secret-file F (F holding a random secret of 32 bytes or more, e.g. "
+                      "`head -c 32 /dev/urandom | base64 > F`), then mint tokens with "
+                      "`parley token --secret-file F --user alice`");
+    } else {
+        plog_info("namespace " MSG_NAMESPACE ": off (%s)",
+                  c->protocol_test ? "--protocol-test" : "--no-messaging");
+    }
+    char echo[600] = "";
+    if (c->ws_echo)
+        snprintf(echo, sizeof echo, "; WebSocket echo at %s://%s%s", c->sio.tls_cert ? "wss" : "ws",
+                 base, c->ws_echo);
+    plog_info("health at %s://%s/healthz, status page at /%s", http, base, echo);
+}
+
 int main(int argc, char **argv)
 {
     static config c;
@@ -987,13 +1052,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: give --jwt-secret or --jwt-secret-file, not both\n");
         return 2;
     }
+    /* From here on, what parleyd says goes through the log, in the chosen
+     * format (a log collector reading JSON gets JSON even for a failed
+     * start); only refused command lines above are plain text. */
+    parley_log_set(c.level, NULL, NULL);
+    plog_set_format(c.log_format);
     if (c.protocol_test) c.messaging = false;
     jwt_keyset *jwt_keys = NULL;
     bool want_keys = c.jwt_secret || c.jwt_secret_file || c.n_jwt_pem || c.jwks_file;
     if (c.messaging && want_keys) {
         jwt_keys = load_keys(&c);
         if (!jwt_keys) {
-            fprintf(stderr, "parleyd: cannot load the keys tokens are checked with\n");
+            plog_error("cannot load the keys tokens are checked with");
             return 2;
         }
         c.msg.jwt_keys = jwt_keys;
@@ -1022,7 +1092,6 @@ int main(int argc, char **argv)
         c.sio.require_auth = 1;
     }
     c.msg.notifier.urgent = log_urgent;
-    parley_log_set(c.level, NULL, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     app a = {0};
@@ -1032,7 +1101,7 @@ int main(int argc, char **argv)
     int rc = parley_server_new(a.loop, &c.sio, &a.srv);
     phttpd *http = rc ? NULL : parley_server__http(a.srv);
     if (rc == 0) rc = phttpd_set_opts(http, &c.http);
-    if (rc) fprintf(stderr, "parleyd: %s\n", parley_strerror(rc));
+    if (rc) plog_error("%s", parley_strerror(rc));
     pmd_config pmd;
     pmd_config_init(&pmd);
     pmd.enabled = c.deflate;
@@ -1042,13 +1111,13 @@ int main(int argc, char **argv)
                     phttpd_route(http, "/", route_root, NULL) != 0 ||
                     phttpd_route(http, "/healthz", route_health, NULL) != 0 ||
                     (c.protocol_test && protocol_test_setup(a.srv, &a.echo_engine) != 0))) {
-        fprintf(stderr, "parleyd: cannot set up routes\n");
+        plog_error("cannot set up routes");
         rc = PARLEY_ENOMEM;
     }
     if (rc == 0 && c.messaging) {
         rc = msg_service_new(a.srv, &c.msg, &a.msg);
         if (rc)
-            fprintf(stderr, "parleyd: messaging: %s (data directory %s; the log above says what)\n",
+            plog_error("messaging: %s (data directory %s; the log above says what)",
                     parley_strerror(rc), c.msg.data_dir);
         parley_nsp *root = parley_server_of(a.srv, "/");
         if (rc == 0 && c.root_nsp == ROOT_OFF) parley_nsp_set_closed(root, 1);
@@ -1064,7 +1133,7 @@ int main(int argc, char **argv)
     if (rc == 0) {
         rc = parley_server_listen(a.srv, c.host, c.port, &port);
         if (rc)
-            fprintf(stderr, "parleyd: cannot listen on %s:%u: %s\n", c.host, c.port,
+            plog_error("cannot listen on %s:%u: %s", c.host, c.port,
                     parley_strerror(rc));
     }
     if (rc) {
@@ -1087,14 +1156,11 @@ int main(int argc, char **argv)
     uv_signal_start(&a.sigterm, on_signal, SIGTERM);
     uv_signal_start(&a.sighup, on_sighup, SIGHUP);
 
+    /* The banner before the ready line: who waits for the one has the other. */
+    banner(&c, port);
     printf(strchr(c.host, ':') ? "parleyd listening on [%s]:%u\n" : "parleyd listening on %s:%u\n",
            c.host, port);
     fflush(stdout);
-    plog_info("parleyd %s: socket.io at %s%s%s%s%s%s%s%s", parley_version(), c.sio.path,
-              c.sio.tls_cert ? ", TLS" : "", c.protocol_test ? ", protocol-test mode" : "",
-              c.ws_echo ? ", ws echo at " : "", c.ws_echo ? c.ws_echo : "",
-              c.messaging ? ", messaging at " MSG_NAMESPACE " (data in " : "",
-              c.messaging ? c.msg.data_dir : "", c.messaging ? ")" : "");
 
     parley_loop_run(a.loop);
     msg_service_free(a.msg);

@@ -199,7 +199,7 @@ struct msg_service {
     mquota *quota;
     uint64_t disk_checked; /* loop ms of the last statvfs */
     bool disk_low;         /* free space below the reserve at that time */
-    plog_limit log_refused, log_kicked, log_connect, log_disk, log_tz;
+    plog_limit log_refused, log_kicked, log_connect, log_disk, log_tz, log_commit;
     msess *kicks;  /* sockets to disconnect once this iteration's answers are out */
     char *origins; /* allowed_origins, copied */
 };
@@ -715,7 +715,11 @@ static void on_flush(pdefer *d)
     if (mstore_in_batch(svc->store) && mstore_commit(svc->store) != 0) {
         failed = true;
         svc->stats.commit_failures++;
-        plog_error("messaging: commit failed: the batch's requests get `internal` errors");
+        uint64_t held;
+        if (plog_limit_ok(&svc->log_commit, ploop_now(svc->loop), LOG_EVERY_MS, &held))
+            plog_error("messaging: commit failed: the batch's requests get `internal` errors "
+                       "(%llu more failed commits since the last line)",
+                       (unsigned long long)held);
     }
     obx *e = svc->out_head, *syncs = NULL, **sync_tail = &syncs;
     svc->out_head = svc->out_tail = NULL;

@@ -32,6 +32,7 @@
 
 #include "base/log.h"
 #include "base/map.h"
+#include "base/ratelimit.h"
 #include "base/util.h"
 #include "codec/json.h"
 #include "parley/parley.h"
@@ -350,17 +351,21 @@ struct mstore {
     bool lost; /* SQLite ended the batch's transaction by itself */
     uint64_t commits;
     pbuf found; /* content of the last mstore_find */
+    plog_limit log_err; /* a failing disk fails every statement: summaries */
 };
 
 /* ---- plumbing ---- */
 
-static int db_err(const mstore *s, const char *what)
+static int db_err(mstore *s, const char *what)
 {
-    plog_error("store %s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
+    uint64_t held;
+    if (plog_limit_ok(&s->log_err, ptime_ms(), 10000, &held))
+        plog_error("store %s: %s: %s (%llu more store errors since the last line)", s->path, what,
+                   sqlite3_errmsg(s->db), (unsigned long long)held);
     return PARLEY_EIO;
 }
 
-static int db_exec(const mstore *s, const char *sql, const char *what)
+static int db_exec(mstore *s, const char *sql, const char *what)
 {
     if (sqlite3_exec(s->db, sql, NULL, NULL, NULL) != SQLITE_OK) return db_err(s, what);
     return 0;
@@ -532,7 +537,7 @@ int mstore_commit(mstore *s)
 
 /* ---- opening ---- */
 
-static int db_int(const mstore *s, const char *sql, sqlite3_int64 *v)
+static int db_int(mstore *s, const char *sql, sqlite3_int64 *v)
 {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, sql);

@@ -168,9 +168,16 @@ int wsconn_close(wsconn *w, uint16_t code, const char *reason)
 /* Fail the WebSocket connection (RFC 6455 section 7.1.7). */
 static void fail(wsconn *w, uint16_t code, const char *why, int err)
 {
-    char peer[64];
-    pconn_peer_name(w->conn, peer, sizeof peer);
-    plog_info("websocket %s: closing with %u: %s", peer, code, why ? why : "");
+    /* A peer can open connection after connection to fail them: at most
+     * one line per 10 s, counting the others. */
+    uint64_t held;
+    if (plog_limit_ok(&w->conn->loop->log_ws, ploop_now(w->conn->loop), 10000, &held)) {
+        char peer[64];
+        pconn_peer_name(w->conn, peer, sizeof peer);
+        plog_info("websocket %s: closing with %u: %s (%llu more failed or timed-out "
+                  "connections since the last line)",
+                  peer, code, why ? why : "", (unsigned long long)held);
+    }
     if (w->state == WSCONN_OPEN) send_close_frame(w, code, why, why ? strlen(why) : 0);
     report(w, code, (const uint8_t *)why, why ? strlen(why) : 0, err);
     pconn_close(w->conn, true, err);
@@ -182,10 +189,16 @@ static void on_timer(ptimer *t)
     switch (w->state) {
     case WSCONN_OPEN:
         if (w->awaiting_pong) {
-            /* The peer is gone or stuck: no close frame would reach it. */
-            char peer[64];
-            pconn_peer_name(w->conn, peer, sizeof peer);
-            plog_info("websocket %s: no pong within %u ms", peer, w->opts->ping_timeout_ms);
+            /* The peer is gone or stuck: no close frame would reach it.
+             * (A network outage takes thousands at once: a summary.) */
+            uint64_t held;
+            if (plog_limit_ok(&w->conn->loop->log_ws, ploop_now(w->conn->loop), 10000, &held)) {
+                char peer[64];
+                pconn_peer_name(w->conn, peer, sizeof peer);
+                plog_info("websocket %s: no pong within %u ms (%llu more failed or timed-out "
+                          "connections since the last line)",
+                          peer, w->opts->ping_timeout_ms, (unsigned long long)held);
+            }
             report(w, WS_CLOSE_ABNORMAL, NULL, 0, PARLEY_ETIMEDOUT);
             pconn_close(w->conn, false, PARLEY_ETIMEDOUT);
             return;
