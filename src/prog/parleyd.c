@@ -709,28 +709,6 @@ static int apply_config(config *c, const char *path)
 }
 
 /* The HS256 key from a file: its bytes, without trailing line ends. */
-static int read_secret(const char *path, char **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        plog_error("%s: %s", path, strerror(errno));
-        return -1;
-    }
-    char *buf = malloc(4097);
-    size_t n = buf ? fread(buf, 1, 4097, f) : 0;
-    bool bad = !buf || ferror(f) || n > 4096;
-    fclose(f);
-    while (!bad && n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
-    if (bad || n == 0) {
-        plog_error("%s: the JWT secret must be 1 to 4096 bytes", path);
-        free(buf);
-        return -1;
-    }
-    *out = buf;
-    *len = n;
-    return 0;
-}
-
 #define API_KEYS_MAX     1024
 #define API_KEY_FILE_MAX (1 << 20)
 
@@ -805,11 +783,12 @@ static jwt_keyset *load_keys(const config *c)
     char err[256];
     int rc = 0;
     if (c->jwt_secret_file) {
-        char *buf = NULL;
+        uint8_t *buf = NULL;
         size_t len = 0;
-        rc = read_secret(c->jwt_secret_file, &buf, &len);
+        rc = jwt_read_secret_file(c->jwt_secret_file, &buf, &len, err, sizeof err);
+        if (rc) plog_error("%s", err);
         if (rc == 0) {
-            rc = jwt_keyset_set_secret(ks, (const uint8_t *)buf, len);
+            rc = jwt_keyset_set_secret(ks, buf, len);
             if (len < 32) plog_warn("the JWT secret is %zu bytes; HS256 wants at least 32", len);
             OPENSSL_cleanse(buf, len);
             free(buf);
