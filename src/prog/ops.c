@@ -332,8 +332,8 @@ static void route_asset(phttpd_req *req, void *user)
 {
     ops *x = user;
     if (!phttpd_allow(req, "GET, HEAD")) return;
-    /* /dashboard/app.css is open (the login form uses it); the rest
-     * follows the rule. */
+    /* The stylesheet and the icon are open (the login form uses them);
+     * the rest follows the rule. */
     char name[64];
     size_t plen = req->path_len - strlen("/dashboard/");
     if (plen == 0 || plen >= sizeof name) {
@@ -342,7 +342,7 @@ static void route_asset(phttpd_req *req, void *user)
     }
     memcpy(name, req->path + strlen("/dashboard/"), plen);
     name[plen] = 0;
-    bool open_ = !strcmp(name, "app.css");
+    bool open_ = !strcmp(name, "app.css") || !strcmp(name, "icon.svg");
     const ops_asset *a = asset(name);
     if (!a || !strcmp(name, "index.html") || !strcmp(name, "login.html")) {
         phttpd_respond(req, 404, "text/plain; charset=utf-8", NULL, 0, "no such path\n", 13);
@@ -461,7 +461,9 @@ static void login_failed(phttpd_req *req, int status, const char *msg)
     int rc = pbuf_appendf(&b,
                           "<!doctype html><html lang=en><meta charset=utf-8>"
                           "<meta name=viewport content=\"width=device-width,initial-scale=1\">"
-                          "<link rel=stylesheet href=\"/dashboard/app.css\"><title>parleyd: "
+                          "<link rel=stylesheet href=\"/dashboard/app.css\">"
+                          "<link rel=icon href=\"/dashboard/icon.svg\" type=\"image/svg+xml\">"
+                          "<title>parleyd: "
                           "login</title><main class=login><h1>parleyd</h1><p class=err "
                           "id=login-error>%s</p><p><a href=\"/dashboard/login\">Try "
                           "again</a></p></main></html>\n",

@@ -93,12 +93,14 @@ function draw(id) {
   ctx.fillStyle = style.getPropertyValue('--muted');
   ctx.font = '10px system-ui, sans-serif';
   ctx.fillText(fmt(max), 2, 10);
+  // A minute wide at first, two minutes once there is that much.
+  const span = Math.max(60, Math.min(HISTORY, s[0].length)) - 1;
   s.forEach((line, i) => {
     ctx.strokeStyle = style.getPropertyValue('--c' + i) || '#888';
     ctx.lineWidth = 1.5;
     ctx.beginPath();
     line.forEach((v, k) => {
-      const x = w - (line.length - 1 - k) * (w / (HISTORY - 1));
+      const x = w - (line.length - 1 - k) * (w / span);
       const y = h - 2 - (v / max) * (h - 14);
       if (k === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
@@ -260,7 +262,7 @@ function update(snap) {
   set('commits', fmt(val(m, 'parley_store_commits_total')));
   const nodes = val(m, 'parley_cluster_nodes');
   set('cluster', nodes > 1 ? nodes + ' nodes' : 'Single node (no cluster adapter).');
-  push('chart-lag', [lag * 1000, rss / 1048576]);
+  push('chart-lag', [lag * 1000]);
 
   prev = snap;
 }
