@@ -58,8 +58,9 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: parleyd [options]\n"
             "\n"
-            "Serves Socket.IO (Engine.IO v4 / Socket.IO v5) at --path, a status page at /\n"
-            "and /healthz, and optionally a WebSocket echo endpoint.\n"
+            "Serves Socket.IO (Engine.IO v4 / Socket.IO v5) at --path, a status page at /,\n"
+            "/healthz, /readyz, /metrics and /dashboard, and optionally a WebSocket echo\n"
+            "endpoint.\n"
             "\n"
             "  --listen HOST:PORT        address (default 127.0.0.1:8080; port 0 = any free one)\n"
             "  --config FILE             read options from FILE: `name = value` lines with the\n"
@@ -732,8 +733,9 @@ static int apply_config(config *c, const char *path)
     return rc;
 }
 
-/* The HS256 key from a file: its bytes, without trailing line ends. */
-static int read_secret(const char *path, char **out, size_t *len)
+/* A secret from a file (`what` names it in errors): its bytes, without
+ * trailing line ends. */
+static int read_secret(const char *path, const char *what, char **out, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -746,7 +748,7 @@ static int read_secret(const char *path, char **out, size_t *len)
     fclose(f);
     while (!bad && n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
     if (bad || n == 0) {
-        fprintf(stderr, "parleyd: %s: the JWT secret must be 1 to 4096 bytes\n", path);
+        fprintf(stderr, "parleyd: %s: %s must be 1 to 4096 bytes\n", path, what);
         free(buf);
         return -1;
     }
@@ -832,7 +834,7 @@ static jwt_keyset *load_keys(const config *c)
     if (c->jwt_secret_file) {
         char *buf = NULL;
         size_t len = 0;
-        rc = read_secret(c->jwt_secret_file, &buf, &len);
+        rc = read_secret(c->jwt_secret_file, "the JWT secret", &buf, &len);
         if (rc == 0) {
             rc = jwt_keyset_set_secret(ks, (const uint8_t *)buf, len);
             if (len < 32)
@@ -1109,7 +1111,8 @@ int main(int argc, char **argv)
         ao.tls = c.sio.tls_cert != NULL;
         char *key = NULL;
         size_t key_len = 0;
-        if (c.admin_key_file && read_secret(c.admin_key_file, &key, &key_len) != 0) {
+        if (c.admin_key_file &&
+            read_secret(c.admin_key_file, "the admin key", &key, &key_len) != 0) {
             fprintf(stderr, "parleyd: cannot use the --admin-key-file\n");
             rc = PARLEY_EINVAL;
         }
