@@ -12,7 +12,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { cleanup, loadWs, lowFreePort, onCleanup, sleep, tempDir, withTimeout } from './lib/harness.mjs';
+import { cleanup, loadWs, lowFreePort, onCleanup, scaled, tempDir, withTimeout } from './lib/harness.mjs';
 import { ChatClient, dm, eventually, httpRequest, makeToken, startChatServer } from './lib/chat.mjs';
 
 const ADMIN_KEY = 'admin-key-0123456789abcdef-metrics';
@@ -306,9 +306,16 @@ describe('admin access rule', () => {
   test('login attempts are rate-limited per address (429)', async () => {
     const srv = await startChatServer({ limits: 'on', extra: ['--admin-loopback', 'off', '--admin-key-file', keyFile, '--handshake-rate', '1'] });
     const statuses = [];
-    for (let i = 0; i < 8; i++) statuses.push((await login(srv.port, `guess-${i}`)).status);
+    let limited;
+    for (let i = 0; i < 12; i++) {
+      const r = await login(srv.port, `guess-${i}`);
+      statuses.push(r.status);
+      if (r.status === 429) limited = r;
+    }
     assert.deepEqual(statuses.slice(0, 5), [401, 401, 401, 401, 401], `a burst of 5 is allowed: ${statuses}`);
-    assert.ok(statuses.slice(5).every((s) => s === 429), `then 429: ${statuses}`);
+    /* One token a second comes back: a slow machine may see a 401 among them. */
+    assert.ok(statuses.slice(5).filter((x) => x === 429).length >= 3, `then 429: ${statuses}`);
+    assert.match(limited.headers['retry-after'], /^\d+$/);
     await srv.stop();
   });
 
@@ -387,7 +394,7 @@ describe('dashboard event stream', () => {
     assert.equal(s.res.headers['content-length'], undefined);
     await eventually(() => s.snaps.length >= 3, 6000, 'three snapshots');
     const [first, , third] = s.snaps;
-    assert.ok(third.t - first.t >= 1500 && third.t - first.t <= 4000, `a snapshot a second: ${third.t - first.t} ms for two`);
+    assert.ok(third.t - first.t >= 1500 && third.t - first.t <= scaled(5000), `a snapshot a second: ${third.t - first.t} ms for two`);
     assert.equal(typeof first.m.parley_messages_stored_total, 'number');
     assert.equal(first.m['parley_engine_sessions{transport="websocket"}'], 0);
     assert.ok(Object.keys(first.m).some((k) => k.startsWith('parley_build_info{version="')), 'the version label');
@@ -410,5 +417,3 @@ describe('dashboard event stream', () => {
     await withTimeout(Promise.all([s.ended, ...more.map((x) => x.ended)]), 5000, 'the streams to end at shutdown');
   });
 });
-
-void sleep;
