@@ -160,8 +160,8 @@ static void sample_head(pmx_out *o, const char *name, const char *suffix, const 
     puts_(o, " ");
 }
 
-void pmx_sample(pmx_out *o, const char *name, const char *suffix, const pmx_label *labels,
-                size_t n, double v)
+void pmx_sample(pmx_out *o, const char *name, const char *suffix, const pmx_label *labels, size_t n,
+                double v)
 {
     sample_head(o, name, suffix, labels, n);
     char num[48];

@@ -76,8 +76,8 @@ typedef struct pmx_label {
     const char *val;
 } pmx_label;
 
-void pmx_sample(pmx_out *o, const char *name, const char *suffix, const pmx_label *labels,
-                size_t n, double v);
+void pmx_sample(pmx_out *o, const char *name, const char *suffix, const pmx_label *labels, size_t n,
+                double v);
 void pmx_sample_u64(pmx_out *o, const char *name, const char *suffix, const pmx_label *labels,
                     size_t n, uint64_t v);
 

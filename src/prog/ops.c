@@ -24,8 +24,8 @@ extern const size_t parley_dashboard_nassets;
 #define SSE_INTERVAL_MS 1000
 #define FORM_KEY_MAX    4096
 
-static const uint64_t lag_bounds_ns[] = {100000,    250000,    500000,    1000000,   2500000,
-                                         5000000,   10000000,  25000000,  50000000,  100000000,
+static const uint64_t lag_bounds_ns[] = {100000,    250000,    500000,    1000000,  2500000,
+                                         5000000,   10000000,  25000000,  50000000, 100000000,
                                          250000000, 500000000, 1000000000};
 
 typedef struct sse_client {
@@ -100,8 +100,7 @@ static void collect_http(pmx_out *o, void *user)
     pmx_gauge(o, "parley_http_streams", "Open streamed responses (dashboard event streams).",
               st.streams);
     pmx_counter(o, "parley_http_streams_dropped_total",
-                "Streamed responses dropped because the client did not read.",
-                st.streams_dropped);
+                "Streamed responses dropped because the client did not read.", st.streams_dropped);
     pmx_counter(o, "parley_http_streams_refused_total",
                 "Streamed responses refused (503) because the maximum were open.",
                 st.streams_refused);
@@ -160,8 +159,7 @@ static void collect_sio(pmx_out *o, void *user)
                "Socket.IO rooms by namespace (a socket's own room is not counted).");
     parley_server__nsps(x->srv, nsp_visit, &w);
     pmx_gauge(o, "parley_sio_namespaces", "Socket.IO namespaces.", nsps);
-    pmx_counter(o, "parley_sio_events_received_total", "Socket.IO events received.",
-                st.events_in);
+    pmx_counter(o, "parley_sio_events_received_total", "Socket.IO events received.", st.events_in);
     pmx_counter(o, "parley_sio_events_sent_total",
                 "Socket.IO events sent (a broadcast counts once per recipient).", st.events_out);
     pmx_counter(o, "parley_sio_acks_received_total",
@@ -251,7 +249,10 @@ static const char *mime_of(const char *name)
 }
 
 /* A header from two string literals. */
-#define HDR(n, v) {n, sizeof n - 1, v, sizeof v - 1}
+#define HDR(n, v)                                                                                  \
+    {                                                                                              \
+        n, sizeof n - 1, v, sizeof v - 1                                                           \
+    }
 #define SEC_HEADERS                                                                                \
     HDR("Content-Security-Policy",                                                                 \
         "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),        \
@@ -521,9 +522,8 @@ static void route_login(phttpd_req *req, void *user)
         phttpd_respond(req, 500, "text/plain; charset=utf-8", NULL, 0, "no session\n", 11);
         return;
     }
-    http_header h[] = {{"Set-Cookie", 10, cookie, strlen(cookie)},
-                       {"Location", 8, "/dashboard", 10},
-                       SEC_HEADERS};
+    http_header h[] = {
+        {"Set-Cookie", 10, cookie, strlen(cookie)}, {"Location", 8, "/dashboard", 10}, SEC_HEADERS};
     phttpd_respond(req, 303, "text/plain; charset=utf-8", h, PARLEY_ARRAY_LEN(h),
                    "logged in: /dashboard\n", 22);
     OPENSSL_cleanse(token, sizeof token);
@@ -542,8 +542,8 @@ static void route_logout(phttpd_req *req, void *user)
     http_header h[] = {{"Set-Cookie", 10, cookie, strlen(cookie)},
                        {"Location", 8, "/dashboard/login", 16},
                        SEC_HEADERS};
-    phttpd_respond(req, 303, "text/plain; charset=utf-8", h, PARLEY_ARRAY_LEN(h),
-                   "logged out\n", 11);
+    phttpd_respond(req, 303, "text/plain; charset=utf-8", h, PARLEY_ARRAY_LEN(h), "logged out\n",
+                   11);
 }
 
 /* ---- lifetime ---- */

@@ -23,7 +23,7 @@
 typedef struct ops ops;
 
 typedef struct ops_opts {
-    bool metrics_public;   /* /metrics without the admin rule */
+    bool metrics_public;      /* /metrics without the admin rule */
     uint32_t lag_interval_ms; /* event-loop lag sampling (default 500) */
 } ops_opts;
 

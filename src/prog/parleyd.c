@@ -887,15 +887,14 @@ static void route_root(phttpd_req *req, void *user)
     (void)user;
     if (!phttpd_allow(req, "GET, HEAD")) return;
     char body[1024];
-    int n =
-        snprintf(body, sizeof body,
-                 "<!doctype html><meta charset=utf-8><title>parleyd</title>"
-                 "<h1>parleyd %s</h1><p>Running. Health: <a href=\"/healthz\">/healthz</a></p>"
-                 "<ul><li><a href=\"/dashboard\">/dashboard</a>: live dashboard</li>"
-                 "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>"
-                 "<li><a href=\"/healthz\">/healthz</a>: alive</li>"
-                 "<li><a href=\"/readyz\">/readyz</a>: ready (the store answers)</li></ul>\n",
-                 parley_version());
+    int n = snprintf(body, sizeof body,
+                     "<!doctype html><meta charset=utf-8><title>parleyd</title>"
+                     "<h1>parleyd %s</h1><p>Running. Health: <a href=\"/healthz\">/healthz</a></p>"
+                     "<ul><li><a href=\"/dashboard\">/dashboard</a>: live dashboard</li>"
+                     "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>"
+                     "<li><a href=\"/healthz\">/healthz</a>: alive</li>"
+                     "<li><a href=\"/readyz\">/readyz</a>: ready (the store answers)</li></ul>\n",
+                     parley_version());
     phttpd_respond(req, 200, "text/html; charset=utf-8", NULL, 0, body, (size_t)n);
 }
 

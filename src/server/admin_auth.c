@@ -169,8 +169,8 @@ int padmin_cookie(const padmin *a, const char *token, char *out, size_t cap)
                      PADMIN_COOKIE, token, (unsigned long long)(a->o.session_ttl_ms / 1000),
                      a->o.tls ? "; Secure" : "");
     else
-        n = snprintf(out, cap, "%s=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict%s",
-                     PADMIN_COOKIE, a->o.tls ? "; Secure" : "");
+        n = snprintf(out, cap, "%s=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict%s", PADMIN_COOKIE,
+                     a->o.tls ? "; Secure" : "");
     return n < 0 || (size_t)n >= cap ? PARLEY_EINVAL : 0;
 }
 

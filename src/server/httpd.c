@@ -584,8 +584,8 @@ static void stream_ended(phttpd_deferred *d, void *user)
 }
 
 phttpd_stream *phttpd_stream_start(phttpd_req *req, int status, const char *content_type,
-                                   const http_header *hdrs, size_t n, phttpd_stream_close_fn on_close,
-                                   void *user)
+                                   const http_header *hdrs, size_t n,
+                                   phttpd_stream_close_fn on_close, void *user)
 {
     srv_conn *sc = PARLEY_CONTAINER_OF(req->conn, srv_conn, c);
     phttpd *s = sc->srv;

@@ -193,8 +193,8 @@ pconn *phttpd_deferred_conn(phttpd_deferred *d);
 typedef struct phttpd_stream phttpd_stream;
 typedef void (*phttpd_stream_close_fn)(phttpd_stream *st, void *user);
 phttpd_stream *phttpd_stream_start(phttpd_req *req, int status, const char *content_type,
-                                   const http_header *hdrs, size_t n, phttpd_stream_close_fn on_close,
-                                   void *user);
+                                   const http_header *hdrs, size_t n,
+                                   phttpd_stream_close_fn on_close, void *user);
 /* 0, or PARLEY_EFULL (dropped: on_close follows) / PARLEY_ECLOSED. */
 int phttpd_stream_write(phttpd_stream *st, const void *data, size_t len);
 /* Ends the stream once what was written is sent; on_close follows. */

@@ -143,14 +143,13 @@ typedef struct obx {
 
 /* Why a stored notification was not pushed (notif_suppressed). */
 enum { NS_NONE, NS_MUTED_USER, NS_MUTED_ROOM, NS_IN_APP_OFF, NS_TYPE_OFF, NS_QUIET, NS_COUNT };
-static const char *const ns_names[NS_COUNT] = {"",         "muted_user", "muted_room",
-                                               "in_app_off", "type_off", "quiet_hours"};
+static const char *const ns_names[NS_COUNT] = {"",           "muted_user", "muted_room",
+                                               "in_app_off", "type_off",   "quiet_hours"};
 
 /* Counters and histograms beyond msg_service_stats, for metrics. */
-static const uint64_t ack_bounds_ns[] = {250000,    500000,    1000000,   2500000,
-                                         5000000,   10000000,  25000000,  50000000,
-                                         100000000, 250000000, 500000000, 1000000000,
-                                         2500000000ull};
+static const uint64_t ack_bounds_ns[] = {250000,    500000,     1000000,      2500000,   5000000,
+                                         10000000,  25000000,   50000000,     100000000, 250000000,
+                                         500000000, 1000000000, 2500000000ull};
 static const uint64_t batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 
 typedef struct msg_metrics {
@@ -3577,8 +3576,8 @@ void msg_service_collect(pmx_out *o, void *user)
                 "Sockets disconnected for sending on over their limits.", st->kicked);
     pmx_counter(o, "parley_messages_stored_total", "Messages stored (send_message accepted).",
                 st->messages);
-    pmx_counter(o, "parley_messages_duplicates_total",
-                "Resent messages answered from the store.", st->duplicates);
+    pmx_counter(o, "parley_messages_duplicates_total", "Resent messages answered from the store.",
+                st->duplicates);
     pmx_family(o, "parley_messages_receipts_total", PMX_COUNTER,
                "Receipts that advanced a user's delivered or read position, by status.");
     l.val = "delivered";
@@ -3628,8 +3627,7 @@ void msg_service_collect(pmx_out *o, void *user)
         pmx_sample_u64(o, "parley_notifications_suppressed_total", NULL, &l, 1,
                        mx->notif_suppressed[k]);
     }
-    pmx_counter(o, "parley_notifications_read_total", "Notifications marked read.",
-                mx->notif_read);
+    pmx_counter(o, "parley_notifications_read_total", "Notifications marked read.", mx->notif_read);
     pmx_counter(o, "parley_store_commits_total", "Store batches committed.",
                 svc->store ? mstore_commits(svc->store) : 0);
     pmx_counter(o, "parley_store_commit_failures_total", "Store batches that failed to commit.",

@@ -116,7 +116,8 @@ static void test_sessions(void **state)
     /* Bounded: many more logins than slots keep the table at its size;
      * the newest sessions are live. */
     char last[PADMIN_TOKEN_HEX + 1];
-    for (int i = 0; i < 3 * PADMIN_SESSIONS_MAX; i++) assert_int_equal(padmin_session_new(a, last), 0);
+    for (int i = 0; i < 3 * PADMIN_SESSIONS_MAX; i++)
+        assert_int_equal(padmin_session_new(a, last), 0);
     assert_int_equal(padmin_sessions(a), PADMIN_SESSIONS_MAX);
     assert_true(padmin_session_ok(a, last, PADMIN_TOKEN_HEX));
     padmin_free(a);

@@ -61,8 +61,9 @@ static void test_escaping(void **state)
     free(t);
     /* JSON: the text-format sample names become JSON strings. */
     t = render(&r, PMX_JSON);
-    assert_string_equal(t, "{\"esc{a=\\\"back\\\\\\\\slash\\\",b=\\\"quote\\\\\\\" and\\\\nline\\\"}\":1.5,"
-                           "\"esc{a=\\\"\\\"}\":18446744073709551615}");
+    assert_string_equal(
+        t, "{\"esc{a=\\\"back\\\\\\\\slash\\\",b=\\\"quote\\\\\\\" and\\\\nline\\\"}\":1.5,"
+           "\"esc{a=\\\"\\\"}\":18446744073709551615}");
     free(t);
 }
 
@@ -178,9 +179,12 @@ static void test_process_families(void **state)
     pmx_registry r = {0};
     pmx_register(&r, pmx_collect_process, NULL);
     char *t = render(&r, PMX_TEXT);
-    const char *names[] = {"process_cpu_seconds_total ",  "process_virtual_memory_bytes ",
-                           "process_resident_memory_bytes ", "process_open_fds ",
-                           "process_max_fds ",            "process_start_time_seconds "};
+    const char *names[] = {"process_cpu_seconds_total ",
+                           "process_virtual_memory_bytes ",
+                           "process_resident_memory_bytes ",
+                           "process_open_fds ",
+                           "process_max_fds ",
+                           "process_start_time_seconds "};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         char *line = strstr(t, names[i]);
         while (line && line != t && line[-1] != '\n') line = strstr(line + 1, names[i]);
