@@ -12,7 +12,9 @@
 #include "net/net.h"
 #include "parley/parley.h"
 #include "parley/server.h"
+#include "prog/ops.h"
 #include "prog/protocol_test.h"
+#include "server/admin_auth.h"
 #include "server/engine.h"
 #include "server/httpd.h"
 #include "services/jwt.h"
@@ -46,6 +48,10 @@ typedef struct config {
     const char *api_key_file;
     char *strings[64]; /* option values read from a config file */
     size_t nstrings;
+    /* Operations: admin access, /metrics, /dashboard (prog/ops.h). */
+    bool admin_loopback_off;
+    const char *admin_key_file;
+    bool metrics_public;
 } config;
 
 static void usage(FILE *f)
@@ -53,8 +59,9 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: parleyd [options]\n"
             "\n"
-            "Serves Socket.IO (Engine.IO v4 / Socket.IO v5) at --path, a status page at /\n"
-            "and /healthz, and optionally a WebSocket echo endpoint.\n"
+            "Serves Socket.IO (Engine.IO v4 / Socket.IO v5) at --path, a status page at /,\n"
+            "/healthz, /readyz, /metrics and /dashboard, and optionally a WebSocket echo\n"
+            "endpoint.\n"
             "\n"
             "  --listen HOST:PORT        address (default 127.0.0.1:8080; port 0 = any free one)\n"
             "  --config FILE             read options from FILE: `name = value` lines with the\n"
@@ -160,6 +167,17 @@ static void usage(FILE *f)
             "  --max-output BYTES        unsent output per connection before it is dropped\n"
             "                            (default 8388608)\n"
             "  --handshake-timeout MS    complete an HTTP request/upgrade within (default 10000)\n"
+            "\n"
+            "Operations (/metrics, /dashboard, /readyz; docs/OPERATIONS.md):\n"
+            "  --admin-key-file FILE     the admin key (first line of FILE): other than\n"
+            "                            loopback clients, only `Authorization: Bearer KEY` or\n"
+            "                            a login at /dashboard/login see /dashboard and\n"
+            "                            /metrics (without it they get 403)\n"
+            "  --admin-loopback on|off   loopback clients need no key (default on; turn it off\n"
+            "                            behind a reverse proxy on the same host)\n"
+            "  --metrics-public          /metrics open to anyone (e.g. a Prometheus elsewhere\n"
+            "                            on a private network)\n"
+            "\n"
             "  --version, --help\n"
             "\n"
             "When ready, prints 'parleyd listening on HOST:PORT' on stdout.\n"
@@ -260,6 +278,9 @@ enum {
 };
 enum { ROOT_OFF, ROOT_AUTH, ROOT_OPEN };
 
+/* Operations. */
+enum { OPT_ADMIN_KEY_FILE = 512, OPT_ADMIN_LOOPBACK, OPT_METRICS_PUBLIC };
+
 /* Limits. */
 enum {
     OPT_LIMITS = OPT_MAX_PENDING_ATT + 1,
@@ -350,6 +371,9 @@ static const struct option longopts[] = {
     {"upload-bytes-per-day", required_argument, 0, OPT_UPLOAD_BYTES_DAY},
     {"storage-per-user", required_argument, 0, OPT_STORAGE_USER},
     {"disk-reserve", required_argument, 0, OPT_DISK_RESERVE},
+    {"admin-key-file", required_argument, 0, OPT_ADMIN_KEY_FILE},
+    {"admin-loopback", required_argument, 0, OPT_ADMIN_LOOPBACK},
+    {"metrics-public", no_argument, 0, OPT_METRICS_PUBLIC},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -639,6 +663,22 @@ static const char *apply(config *c, int ch, const char *arg)
         if (parse_u64(arg, 1ull << 50, &v)) return "bad --disk-reserve";
         c->msg.quota.disk_reserve = v;
         return NULL;
+    /* Operations. */
+    case OPT_ADMIN_KEY_FILE:
+        if (!*arg) return "--admin-key-file must not be empty";
+        c->admin_key_file = arg;
+        return NULL;
+    case OPT_ADMIN_LOOPBACK:
+        if (!strcmp(arg, "on"))
+            c->admin_loopback_off = false;
+        else if (!strcmp(arg, "off"))
+            c->admin_loopback_off = true;
+        else
+            return "--admin-loopback wants on or off";
+        return NULL;
+    case OPT_METRICS_PUBLIC:
+        c->metrics_public = true;
+        return NULL;
     default:
         return "unknown option";
     }
@@ -708,7 +748,6 @@ static int apply_config(config *c, const char *path)
     return rc;
 }
 
-/* The HS256 key from a file: its bytes, without trailing line ends. */
 #define API_KEYS_MAX     1024
 #define API_KEY_FILE_MAX (1 << 20)
 
@@ -834,12 +873,15 @@ static void route_root(phttpd_req *req, void *user)
 {
     (void)user;
     if (!phttpd_allow(req, "GET, HEAD")) return;
-    char body[512];
-    int n =
-        snprintf(body, sizeof body,
-                 "<!doctype html><meta charset=utf-8><title>parleyd</title>"
-                 "<h1>parleyd %s</h1><p>Running. Health: <a href=\"/healthz\">/healthz</a></p>\n",
-                 parley_version());
+    char body[1024];
+    int n = snprintf(body, sizeof body,
+                     "<!doctype html><meta charset=utf-8><title>parleyd</title>"
+                     "<h1>parleyd %s</h1><p>Running. Health: <a href=\"/healthz\">/healthz</a></p>"
+                     "<ul><li><a href=\"/dashboard\">/dashboard</a>: live dashboard</li>"
+                     "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>"
+                     "<li><a href=\"/healthz\">/healthz</a>: alive</li>"
+                     "<li><a href=\"/readyz\">/readyz</a>: ready (the store answers)</li></ul>\n",
+                     parley_version());
     phttpd_respond(req, 200, "text/html; charset=utf-8", NULL, 0, body, (size_t)n);
 }
 
@@ -858,6 +900,9 @@ typedef struct app {
     engine *echo_engine;
     uv_signal_t sigint, sigterm, sighup;
     bool stopping;
+    /* Operations. */
+    padmin *admin;
+    ops *ops;
 } app;
 
 /* SIGHUP: the token keys and the TLS certificate are read again; what
@@ -910,6 +955,7 @@ static void on_signal(uv_signal_t *h, int signum)
         exit(1);
     }
     a->stopping = true;
+    ops_stop(a->ops);
     plog_info("signal %d: shutting down (%u connections)", signum,
               phttpd_connections(parley_server__http(a->srv)));
     if (a->echo_engine) engine_free(a->echo_engine);
@@ -969,7 +1015,14 @@ static void banner(const config *c, unsigned port)
     if (c->ws_echo)
         snprintf(echo, sizeof echo, "; WebSocket echo at %s://%s%s", c->sio.tls_cert ? "wss" : "ws",
                  base, c->ws_echo);
-    plog_info("health at %s://%s/healthz, status page at /%s", http, base, echo);
+    plog_info("health at %s://%s/healthz and /readyz, status page at /%s", http, base, echo);
+    plog_info("dashboard at %s://%s/dashboard, metrics at /metrics%s; admin access: %s%s%s", http,
+              base, c->metrics_public ? " (public)" : "",
+              c->admin_loopback_off ? "" : "loopback clients without a key",
+              !c->admin_loopback_off && c->admin_key_file ? ", " : "",
+              c->admin_key_file ? "others with the --admin-key-file key"
+              : c->admin_loopback_off ? "nobody (no --admin-key-file)"
+                                      : " (no --admin-key-file: nobody else)");
 }
 
 int main(int argc, char **argv)
@@ -1102,6 +1155,30 @@ int main(int argc, char **argv)
         if (rc == 0 && c.root_nsp == ROOT_OFF) parley_nsp_set_closed(root, 1);
         if (rc == 0 && c.root_nsp == ROOT_AUTH) rc = msg_service_guard(a.msg, root);
     }
+    /* Operations: admin access, /metrics, /readyz, /dashboard. */
+    if (rc == 0) {
+        padmin_opts ao;
+        padmin_opts_init(&ao);
+        ao.loopback = !c.admin_loopback_off;
+        ao.tls = c.sio.tls_cert != NULL;
+        uint8_t *key = NULL;
+        size_t key_len = 0;
+        char kerr[256];
+        if (c.admin_key_file &&
+            jwt_read_key_file(c.admin_key_file, "the admin key", &key, &key_len, kerr, sizeof kerr) != 0) {
+            plog_error("%s", kerr);
+            plog_error("cannot use the --admin-key-file");
+            rc = PARLEY_EINVAL;
+        }
+        if (key && key_len < 16) plog_warn("the admin key is %zu bytes; use at least 16", key_len);
+        ao.key = (const char *)key;
+        ao.key_len = key_len;
+        if (rc == 0) rc = padmin_new(a.loop, &ao, &a.admin);
+        if (key) OPENSSL_cleanse(key, key_len);
+        free(key);
+        ops_opts oo = {.metrics_public = c.metrics_public};
+        if (rc == 0) rc = ops_new(a.srv, a.msg, a.admin, &oo, &a.ops);
+    }
     /* The service keeps digests of the API keys, and its own reference
      * to the key set. */
     if (keys_buf) OPENSSL_cleanse(keys_buf, API_KEY_FILE_MAX + 1);
@@ -1119,11 +1196,14 @@ int main(int argc, char **argv)
         /* Nothing listens yet: free what was made, so that a refused start
          * leaves nothing behind (and leak checkers see none). */
         if (a.echo_engine) engine_free(a.echo_engine);
+        ops_stop(a.ops);
         msg_service_free(a.msg);
         parley_server_free(a.srv);
         ploop_flush(a.loop);     /* deferred frees (the engines) */
         parley_loop_run(a.loop); /* closes handles the frees started */
         parley_loop_free(a.loop);
+        ops_free(a.ops);
+        padmin_free(a.admin);
         for (size_t i = 0; i < c.nstrings; i++) free(c.strings[i]);
         return 1;
     }
@@ -1145,6 +1225,8 @@ int main(int argc, char **argv)
     msg_service_free(a.msg);
     parley_server_free(a.srv);
     parley_loop_free(a.loop);
+    ops_free(a.ops);
+    padmin_free(a.admin);
     for (size_t i = 0; i < c.nstrings; i++) free(c.strings[i]);
     plog_info("parleyd: stopped");
     return 0;

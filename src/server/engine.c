@@ -47,6 +47,7 @@ struct engine {
     unsigned detached; /* let-go websockets still closing (they use wsopts) */
     bool freeing;
     char open_tail[160]; /* the constant end of every open packet */
+    engine_stats st;     /* open[] is counted when asked */
 };
 
 struct esession {
@@ -95,6 +96,18 @@ void *engine_user(const engine *e)
 parley_loop *engine_loop(const engine *e)
 {
     return e->loop;
+}
+
+void engine_stats_get(const engine *e, engine_stats *st)
+{
+    *st = e->st;
+    st->open[0] = st->open[1] = 0;
+    size_t pos = 0;
+    pmap_entry *ent;
+    while ((ent = pmap_next(&e->sessions, &pos))) {
+        const esession *s = ent->val;
+        st->open[s->transport == ENGINE_WEBSOCKET]++;
+    }
 }
 
 unsigned engine_sessions(const engine *e)
@@ -368,6 +381,8 @@ static int send_packet(esession *s, int type, bool binary, const void *data, siz
 int esession_send(esession *s, bool binary, const void *data, size_t len)
 {
     if (s->state != ES_OPEN) return PARLEY_ECLOSED;
+    s->eng->st.messages_out++;
+    s->eng->st.bytes_out += len;
     return send_packet(s, EIO_MESSAGE, binary, data, len);
 }
 
@@ -398,6 +413,8 @@ int esession_send_frame(esession *s, const eframe *f)
     if (s->state != ES_OPEN) return PARLEY_ECLOSED;
     const uint8_t *pkt = f->blk->data + f->hdr_len;
     size_t plen = f->blk->len - f->hdr_len;
+    s->eng->st.messages_out++;
+    s->eng->st.bytes_out += plen - (f->binary ? 0 : 1);
     if (s->transport == ENGINE_WEBSOCKET && s->ws) {
         if (!s->ws->deflater) return pconn_write_shared(s->ws->conn, f->blk, 0, f->blk->len);
         /* A compressing session encodes its own copy. */
@@ -451,6 +468,8 @@ static bool on_packet(esession *s, const eio_packet *p)
         session_closed(s, "transport error");
         return false;
     case EIO_MESSAGE:
+        e->st.messages_in++;
+        e->st.bytes_in += p->len;
         e->cbs->on_message(s, p->binary, p->data, p->len);
         return s->state == ES_OPEN;
     case EIO_CLOSE:
@@ -652,6 +671,7 @@ static void ws_message(wsconn *w, int opcode, uint8_t *data, size_t len)
             s->upgrading = false;
             s->ws = w;
             s->transport = ENGINE_WEBSOCKET;
+            s->eng->st.upgrades++;
             if (s->get) {
                 const char noop = '0' + EIO_NOOP;
                 poll_answer(s, &noop, 1);
@@ -816,6 +836,7 @@ static void handshake(engine *e, phttpd_req *req, int transport, bool upgrade)
         if (s->get) ploop_defer(e->loop, &s->flush);
     }
     ploop_timer_start(e->loop, &s->timer, e->o.ping_interval_ms);
+    e->st.opened[transport == ENGINE_WEBSOCKET]++;
     e->cbs->on_open(s, req);
 }
 

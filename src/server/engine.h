@@ -94,6 +94,21 @@ void *engine_user(const engine *e);
 parley_loop *engine_loop(const engine *e);
 unsigned engine_sessions(const engine *e);
 
+/* Counters of an engine (read at scrape time; index 0 polling, 1
+ * websocket). */
+typedef struct engine_stats {
+    uint64_t opened[2];    /* sessions opened, by their first transport */
+    unsigned open[2];      /* sessions open now, by their transport now */
+    uint64_t upgrades;     /* polling -> websocket upgrades completed */
+    uint64_t messages_in;  /* Engine.IO message packets received */
+    uint64_t bytes_in;     /* ... their payload bytes */
+    uint64_t messages_out; /* message packets queued to a session */
+    uint64_t bytes_out;    /* ... their payload bytes */
+} engine_stats;
+
+/* Counts open sessions by walking them: O(sessions), for scrapes. */
+void engine_stats_get(const engine *e, engine_stats *st);
+
 /* Closes every session ("server shutting down") and frees the engine once
  * they are gone (at the end of the loop iteration). */
 void engine_free(engine *e);
@@ -116,7 +131,19 @@ typedef struct parley_server_stats {
     uint64_t attachment_limit_closes; /* sessions closed by an attachment byte cap */
     size_t pending_attachment_bytes;  /* held now for binary packets awaiting attachments */
     size_t pending_attachment_peak;   /* the most ever held at once */
+    uint64_t events_in;               /* EVENT packets dispatched to a namespace */
+    uint64_t acks_in;                 /* ACK packets matched to a pending emit */
+    uint64_t events_out;              /* EVENT packets sent (a broadcast: one per recipient) */
+    uint64_t acks_out;                /* ACK packets sent */
+    uint64_t broadcasts;              /* parley_broadcast calls */
+    engine_stats eng;                 /* the server's engine */
 } parley_server_stats;
+
+/* Visits every namespace with its connected sockets and its rooms (the
+ * rooms sockets joined; a socket's own room is implicit, not counted). */
+void parley_server__nsps(const parley_server *s,
+                         void (*fn)(const char *nsp, unsigned sockets, unsigned rooms, void *arg),
+                         void *arg);
 
 void parley_server__stats(const parley_server *s, parley_server_stats *out);
 

@@ -33,6 +33,8 @@ typedef struct ipent {
 /* The connection's mode lives in a pconn flag bit reserved for owners. */
 #define SC_WS_FLAG PCONN_OWNER1
 #define IS_WS(sc)  (((sc)->c.flags & SC_WS_FLAG) != 0)
+/* A WebSocket route's session (counted in the stats). */
+#define SC_WSR_FLAG (PCONN_OWNER1 << 1)
 
 typedef struct srv_conn srv_conn;
 
@@ -82,6 +84,9 @@ typedef struct sc_http {
     void *state;        /* PH_STREAM: the route's */
     phttpd_abort_fn on_abort;
     void *abort_user;
+    bool streaming; /* the deferred request is a phttpd_stream */
+    phttpd_stream_close_fn stream_close;
+    void *stream_user;
 } sc_http;
 
 /* 472 bytes: an idle WebSocket connection costs one allocation (480
@@ -105,6 +110,13 @@ void phttpd_opts_init(phttpd_opts *o)
     o->max_output = 8u << 20;
     o->max_body_inflight = 64u << 20;
     o->max_discard = 256u << 10;
+    o->max_streams = 16;
+    o->max_stream_queue = 256u << 10;
+}
+
+static void count_status(phttpd *s, int status)
+{
+    if (status >= 100 && status < 600) s->st.responses[status / 100]++;
 }
 
 static void on_ip_sweep(ptimer *t);
@@ -454,6 +466,7 @@ static bool is_head(const http_head *h)
 
 static void send_error(srv_conn *sc, int status, const char *why)
 {
+    count_status(sc->srv, status);
     pbuf *out = pconn_out(&sc->c);
     if (out) {
         char body[200];
@@ -471,6 +484,7 @@ static int respond(srv_conn *sc, bool keep, bool head_only, int status, const ch
 {
     pbuf *out = pconn_out(&sc->c);
     if (!out) return PARLEY_ECLOSED;
+    count_status(sc->srv, status);
     keep = keep && !sc->srv->shutting_down;
     http_header all[32];
     if (n + 1 > PARLEY_ARRAY_LEN(all)) return PARLEY_EINVAL;
@@ -554,6 +568,84 @@ static void abort_deferred(srv_conn *sc)
     if (fn) fn((phttpd_deferred *)sc, h->abort_user);
 }
 
+/* ---- streamed responses ---- */
+
+static void stream_ended(phttpd_deferred *d, void *user)
+{
+    (void)user;
+    srv_conn *sc = (srv_conn *)d;
+    sc_http *h = sc->u.http;
+    phttpd_stream_close_fn fn = h->stream_close;
+    void *u = h->stream_user;
+    h->streaming = false;
+    h->stream_close = NULL;
+    sc->srv->st.streams--;
+    if (fn) fn((phttpd_stream *)sc, u);
+}
+
+phttpd_stream *phttpd_stream_start(phttpd_req *req, int status, const char *content_type,
+                                   const http_header *hdrs, size_t n,
+                                   phttpd_stream_close_fn on_close, void *user)
+{
+    srv_conn *sc = PARLEY_CONTAINER_OF(req->conn, srv_conn, c);
+    phttpd *s = sc->srv;
+    if (req->responded || IS_WS(sc) || sc->u.http->in_head) return NULL;
+    if (is_head(req->head)) {
+        phttpd_respond(req, status, content_type, hdrs, n, NULL, 0);
+        return NULL;
+    }
+    if (s->shutting_down || s->st.streams >= s->opts.max_streams) {
+        s->st.streams_refused++;
+        static const char msg[] = "too many streams open: retry later\n";
+        http_header ra = {"Retry-After", 11, "5", 1};
+        phttpd_respond(req, 503, "text/plain; charset=utf-8", &ra, 1, msg, sizeof msg - 1);
+        return NULL;
+    }
+    http_header all[32];
+    if (n + 1 > PARLEY_ARRAY_LEN(all)) return NULL;
+    if (n) memcpy(all, hdrs, n * sizeof *hdrs);
+    all[n++] = (http_header){"Connection", 10, "close", 5};
+    pbuf *out = pconn_out(&sc->c);
+    if (!out || http_write_response_head_ct(out, status, content_type, all, n, -1) != 0) {
+        req->responded = true;
+        pconn_close(&sc->c, false, PARLEY_ENOMEM);
+        return NULL;
+    }
+    pconn_wrote(&sc->c);
+    count_status(s, status);
+    req->responded = true;
+    sc_http *h = sc->u.http;
+    h->awaiting = true;
+    h->keep = false;
+    h->head_only = false;
+    h->on_abort = stream_ended;
+    h->abort_user = NULL;
+    h->streaming = true;
+    h->stream_close = on_close;
+    h->stream_user = user;
+    s->st.streams++;
+    return (phttpd_stream *)sc;
+}
+
+int phttpd_stream_write(phttpd_stream *st, const void *data, size_t len)
+{
+    srv_conn *sc = (srv_conn *)st;
+    if (sc->c.flags & PCONN_CLOSING) return PARLEY_ECLOSED;
+    if (pconn_pending(&sc->c) + len > sc->srv->opts.max_stream_queue) {
+        sc->srv->st.streams_dropped++;
+        plog_debug("http: a stream's client is not reading: dropped");
+        pconn_close(&sc->c, false, PARLEY_EFULL);
+        return PARLEY_EFULL;
+    }
+    return pconn_write(&sc->c, data, len);
+}
+
+void phttpd_stream_close(phttpd_stream *st)
+{
+    srv_conn *sc = (srv_conn *)st;
+    if (!(sc->c.flags & PCONN_CLOSING)) pconn_close(&sc->c, true, 0);
+}
+
 /* The WebSocket upgrade. */
 
 static wsconn *upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *ep, void *user,
@@ -565,6 +657,7 @@ static wsconn *upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *
     const char *why = NULL;
     int status = ws_check_upgrade(head, &up, &why);
     if (status) {
+        count_status(sc->srv, status);
         pbuf *out = pconn_out(&sc->c);
         if (out && ws_write_reject(out, status, why) == 0) pconn_wrote(&sc->c);
         pconn_close(&sc->c, true, 0);
@@ -578,6 +671,7 @@ static wsconn *upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *
         http_header hd[2] = {{"Retry-After", 11, ra, (size_t)rl}, {"Connection", 10, "close", 5}};
         pbuf *out = pconn_out(&sc->c);
         static const char msg[] = "too many connections from your address: retry later\n";
+        count_status(sc->srv, 429);
         if (out && http_write_response(out, 429, "text/plain; charset=utf-8", hd, 2, msg,
                                        sizeof msg - 1) == 0)
             pconn_wrote(&sc->c);
@@ -620,6 +714,7 @@ static wsconn *upgrade(srv_conn *sc, phttpd_req *req, const phttpd_ws_endpoint *
         return NULL;
     }
     pconn_wrote(&sc->c);
+    count_status(sc->srv, 101);
     /* The session takes the HTTP state's place: retire that first. */
     sc_http *h = sc->u.http;
     ploop_timer_stop(sc->c.loop, &h->timer);
@@ -660,6 +755,11 @@ static void dispatch(srv_conn *sc, const route *r, const http_head *head, const 
     http_target_path(head->target, head->target_len, &req.path, &req.path_len);
     if (r->ws) {
         wsconn *w = upgrade(sc, &req, r->ws, r->ws->user, true);
+        if (w) {
+            sc->c.flags |= SC_WSR_FLAG;
+            sc->srv->st.ws_upgrades++;
+            sc->srv->st.ws_open++;
+        }
         if (w && r->ws->on_open) r->ws->on_open(w, r->ws->user);
         return;
     }
@@ -679,6 +779,7 @@ static void busy(srv_conn *sc)
 {
     phttpd *s = sc->srv;
     s->st.refused_budget++;
+    count_status(s, 503);
     uint64_t held;
     if (plog_limit_ok(&s->log_budget, ploop_now(s->loop), LOG_INTERVAL_MS, &held))
         plog_warn("http: request bodies in flight over %llu bytes: answering 503 (%llu more not "
@@ -984,6 +1085,7 @@ static void sc_on_close(pconn *c, int err)
         ploop_timer_stop(c->loop, &sc->u.http->timer);
         free(sc->u.http);
     }
+    if (sc->c.flags & SC_WSR_FLAG) s->st.ws_open--;
     if (sc->ip) {
         sc->ip->conns--;
         ip_maybe_free(s, sc->ip);

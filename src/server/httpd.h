@@ -59,6 +59,8 @@ typedef struct phttpd_opts {
     uint64_t max_discard;      /* body bytes dropped after an early answer (default 256 KiB) */
     uint32_t max_conns_per_ip; /* open connections per address (default 0 = no limit) */
     prate_cfg ip_rate;         /* phttpd_ip_take's bucket per address (default: no limit) */
+    unsigned max_streams;      /* long-lived streamed responses at once (default 16) */
+    size_t max_stream_queue;   /* unsent bytes per stream before it is dropped (default 256 KiB) */
 } phttpd_opts;
 
 typedef struct phttpd_stats {
@@ -68,6 +70,12 @@ typedef struct phttpd_stats {
     uint64_t early_answers;    /* requests answered before their body was read */
     uint64_t body_inflight;    /* buffered body bytes now */
     unsigned addresses;        /* client addresses tracked now */
+    uint64_t responses[6];     /* answers by status class: [2] = 2xx, ... ([0] unused) */
+    uint64_t ws_upgrades;      /* WebSocket routes' sessions opened (not Engine.IO's) */
+    unsigned ws_open;          /* ... open now */
+    unsigned streams;          /* streamed responses open now */
+    uint64_t streams_dropped;  /* streams closed because the client did not read */
+    uint64_t streams_refused;  /* 503: max_streams were open */
 } phttpd_stats;
 
 void phttpd_opts_init(phttpd_opts *o);
@@ -169,6 +177,28 @@ int phttpd_deferred_respond(phttpd_deferred *d, int status, const char *content_
                             const http_header *hdrs, size_t n, const void *body, size_t len);
 /* The connection a deferred request arrived on. */
 pconn *phttpd_deferred_conn(phttpd_deferred *d);
+
+/* A long-lived response written piece by piece (Server-Sent Events):
+ * phttpd_stream_start answers req with the status and headers, no
+ * Content-Length and `Connection: close` (the body ends when the
+ * connection does), and keeps the connection. Further input from the
+ * client is held within one request's limits, then the stream ends.
+ * At most opts.max_streams are open (more are answered 503 and NULL is
+ * returned); a write that would leave more than opts.max_stream_queue
+ * bytes unsent drops the stream (the client does not read). on_close
+ * runs exactly once, whatever ended the stream (the client, a drop,
+ * phttpd_stream_close, server shutdown); the handle is invalid after it.
+ * Only GET requests; the head of a HEAD request is answered and no
+ * stream is made (NULL). */
+typedef struct phttpd_stream phttpd_stream;
+typedef void (*phttpd_stream_close_fn)(phttpd_stream *st, void *user);
+phttpd_stream *phttpd_stream_start(phttpd_req *req, int status, const char *content_type,
+                                   const http_header *hdrs, size_t n,
+                                   phttpd_stream_close_fn on_close, void *user);
+/* 0, or PARLEY_EFULL (dropped: on_close follows) / PARLEY_ECLOSED. */
+int phttpd_stream_write(phttpd_stream *st, const void *data, size_t len);
+/* Ends the stream once what was written is sent; on_close follows. */
+void phttpd_stream_close(phttpd_stream *st);
 
 /* Turns the request's connection into a WebSocket session (from inside a
  * route handler). Validates the upgrade and negotiates as a WebSocket route

@@ -620,6 +620,7 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
     }
 
     uint64_t gen = ++srv->gen;
+    srv->stats.broadcasts++;
     if (to) {
         for (size_t i = 0; i < to->nexcept; i++) {
             const char *name = to->except[i];
@@ -639,6 +640,7 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
             x_->gen = gen;                                                                         \
             for (size_t f_ = 0; f_ < nframes; f_++) esession_send_frame(x_->c->es, &frames[f_]);   \
             count++;                                                                               \
+            srv->stats.events_out++;                                                               \
         }                                                                                          \
     } while (0)
     if (!to || to->nrooms == 0) {
@@ -711,6 +713,7 @@ static int emit_one(parley_socket *s, const parley_emit_opts *o, const char *eve
         free(a);
         return rc;
     }
+    srv->stats.events_out++;
     if (a) {
         a->next = s->acks;
         s->acks = a;
@@ -748,6 +751,7 @@ int parley_ack(parley_socket *s, int64_t ack_id, const char *args_json, const pa
     if (rc == 0 && args_json) rc = append_inner(out, &args, false);
     if (rc == 0) rc = pbuf_append(out, "]", 1);
     if (rc == 0) rc = send_packet(s->c, (const char *)out->ptr, out->len, bins, nbins);
+    if (rc == 0) srv->stats.acks_out++;
     return rc;
 }
 
@@ -1080,6 +1084,7 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
             return;
         }
         parley_args a = {(const char *)args->ptr, args->len, ncanon ? canon : NULL, ncanon};
+        srv->stats.events_in++;
         if (s->nsp->h.on_event)
             s->nsp->h.on_event(s, ev, (size_t)evlen, &a, pk->id, s->nsp->h.user);
         return;
@@ -1101,6 +1106,7 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
             return;
         }
         parley_args pa = {(const char *)args->ptr, args->len, ncanon ? canon : NULL, ncanon};
+        srv->stats.acks_in++;
         a->fn(s, 0, &pa, a->user);
         free(a);
         return;
@@ -1451,6 +1457,19 @@ int parley_server__engine(parley_server *s, const char *path, const engine_cbs *
 void parley_server__stats(const parley_server *s, parley_server_stats *out)
 {
     *out = s->stats;
+    if (s->eng) engine_stats_get(s->eng, &out->eng);
+}
+
+void parley_server__nsps(const parley_server *s,
+                         void (*fn)(const char *nsp, unsigned sockets, unsigned rooms, void *arg),
+                         void *arg)
+{
+    size_t pos = 0;
+    pmap_entry *e;
+    while ((e = pmap_next(&s->nsps, &pos))) {
+        const parley_nsp *n = e->val;
+        fn(n->name, (unsigned)n->sockets.n, (unsigned)n->rooms.n, arg);
+    }
 }
 
 int parley_server_listen(parley_server *s, const char *host, unsigned port, unsigned *bound)

@@ -484,7 +484,8 @@ static int mint_fail(char *err, size_t cap, int rc, const char *fmt, ...)
     return rc;
 }
 
-int jwt_read_secret_file(const char *path, uint8_t **out, size_t *len, char *err, size_t errcap)
+int jwt_read_key_file(const char *path, const char *what, uint8_t **out, size_t *len, char *err,
+                      size_t errcap)
 {
     FILE *f = fopen(path, "rb");
     if (!f) return mint_fail(err, errcap, PARLEY_EIO, "%s: %s", path, strerror(errno));
@@ -503,13 +504,13 @@ int jwt_read_secret_file(const char *path, uint8_t **out, size_t *len, char *err
         rc = mint_fail(err, errcap, PARLEY_EIO, "%s: cannot read: %s", path, strerror(read_errno));
     } else if (n > JWT_SECRET_MAX) {
         rc = mint_fail(err, errcap, PARLEY_EINVAL,
-                       "%s: the JWT secret is over %d bytes (it must be 1 to %d)", path,
+                       "%s: %s is over %d bytes (it must be 1 to %d)", path, what,
                        JWT_SECRET_MAX, JWT_SECRET_MAX);
     } else {
         while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
         if (n == 0)
             rc = mint_fail(err, errcap, PARLEY_EINVAL,
-                           "%s: the JWT secret file is empty (line ends do not count)", path);
+                           "%s: %s file is empty (line ends do not count)", path, what);
     }
     if (rc) {
         OPENSSL_cleanse(buf, JWT_SECRET_MAX + 1);
@@ -519,6 +520,11 @@ int jwt_read_secret_file(const char *path, uint8_t **out, size_t *len, char *err
     *out = buf;
     *len = n;
     return 0;
+}
+
+int jwt_read_secret_file(const char *path, uint8_t **out, size_t *len, char *err, size_t errcap)
+{
+    return jwt_read_key_file(path, "the JWT secret", out, len, err, errcap);
 }
 
 int jwt_mint_hs256(pbuf *out, const jwt_mint_opts *o, const uint8_t *secret, size_t secret_len,

@@ -204,6 +204,11 @@ int jwt_sign_pkey(pbuf *out, const char *header_json, const char *claims_json, E
  * 256 is ample for paths up to about 200 bytes). */
 int jwt_read_secret_file(const char *path, uint8_t **out, size_t *len, char *err, size_t errcap);
 
+/* The same rule for another key file (parleyd's --admin-key-file): `what`
+ * names it in the messages ("the admin key"). */
+int jwt_read_key_file(const char *path, const char *what, uint8_t **out, size_t *len, char *err,
+                      size_t errcap);
+
 typedef struct jwt_mint_opts {
     const char *sub;  /* the user id: a valid messaging user id */
     const char *role; /* NULL, "admin" or "notifier" */

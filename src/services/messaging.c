@@ -137,7 +137,36 @@ typedef struct obx {
     phttpd_deferred *http;
     int http_status;
     char *origin; /* OB_HTTP: the allowed Origin the answer grants (CORS) */
+    bool send_ok; /* OB_ACK: the answer to a send_message that stored (or found) it */
+    uint64_t t0;  /* ... and when that send_message arrived (uv_hrtime) */
 } obx;
+
+/* Why a stored notification was not pushed (notif_suppressed). */
+enum { NS_NONE, NS_MUTED_USER, NS_MUTED_ROOM, NS_IN_APP_OFF, NS_TYPE_OFF, NS_QUIET, NS_COUNT };
+static const char *const ns_names[NS_COUNT] = {"",           "muted_user", "muted_room",
+                                               "in_app_off", "type_off",   "quiet_hours"};
+
+/* Counters and histograms beyond msg_service_stats, for metrics. */
+static const uint64_t ack_bounds_ns[] = {250000,    500000,     1000000,      2500000,   5000000,
+                                         10000000,  25000000,   50000000,     100000000, 250000000,
+                                         500000000, 1000000000, 2500000000ull};
+static const uint64_t batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+
+typedef struct msg_metrics {
+    uint64_t errors[MSG_E_COUNT];          /* error answers, every request */
+    uint64_t send_failed[MSG_E_COUNT];     /* error answers to send_message */
+    uint64_t connect_refused[MSG_E_COUNT]; /* CONNECTs refused, by reason */
+    uint64_t receipts[2];                  /* delivered / read receipts that advanced */
+    uint64_t typing_in, typing_relayed;
+    uint64_t notif_suppressed[NS_COUNT];
+    uint64_t notif_read; /* notifications marked read */
+    pmx_hist ack_latency;
+    pmx_hist commit_latency;
+    pmx_hist batch_writes;
+    /* The event being handled. */
+    bool cur_send, cur_err;
+    uint64_t cur_t0;
+} msg_metrics;
 
 typedef struct mtyping {
     msg_service *svc;
@@ -202,6 +231,7 @@ struct msg_service {
     plog_limit log_refused, log_kicked, log_connect, log_disk, log_tz, log_commit;
     msess *kicks;  /* sockets to disconnect once this iteration's answers are out */
     char *origins; /* allowed_origins, copied */
+    msg_metrics mx;
 };
 
 static int64_t wall_ms(void)
@@ -317,6 +347,8 @@ static obx *obx_new(msg_service *svc, int kind, msess *ms, bool dep)
     e->dep = dep;
     e->ms = ms;
     e->ack_id = -1;
+    e->send_ok = kind == OB_ACK && svc->mx.cur_send && !svc->mx.cur_err;
+    e->t0 = svc->mx.cur_t0;
     if (ms) ms->refs++;
     return e;
 }
@@ -375,11 +407,17 @@ static void queue_ack_json(msg_service *svc, msess *ms, int64_t ack_id, const ch
 
 static void reply_error(msg_service *svc, msess *ms, int64_t ack_id, const msg_error *err)
 {
+    if ((unsigned)err->code < MSG_E_COUNT) {
+        svc->mx.errors[err->code]++;
+        if (svc->mx.cur_send) svc->mx.send_failed[err->code]++;
+    }
     if (ack_id < 0) return;
     pbuf *b = &svc->scratch2;
     b->len = 0;
+    svc->mx.cur_err = true;
     if (msg_encode_error(b, err) == 0)
         queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, false);
+    svc->mx.cur_err = false;
 }
 
 static void reply_fail(msg_service *svc, msess *ms, int64_t ack_id, msg_errcode code,
@@ -712,6 +750,8 @@ static void on_flush(pdefer *d)
 {
     msg_service *svc = PARLEY_CONTAINER_OF(d, msg_service, flush);
     bool failed = false;
+    uint32_t writes = mstore_batch_writes(svc->store);
+    uint64_t t0 = writes ? uv_hrtime() : 0;
     if (mstore_in_batch(svc->store) && mstore_commit(svc->store) != 0) {
         failed = true;
         svc->stats.commit_failures++;
@@ -721,6 +761,10 @@ static void on_flush(pdefer *d)
                        "(%llu more failed commits since the last line)",
                        (unsigned long long)held);
     }
+    if (writes) {
+        pmx_hist_observe(&svc->mx.commit_latency, uv_hrtime() - t0);
+        pmx_hist_observe(&svc->mx.batch_writes, writes);
+    }
     obx *e = svc->out_head, *syncs = NULL, **sync_tail = &syncs;
     svc->out_head = svc->out_tail = NULL;
     while (e) {
@@ -728,6 +772,8 @@ static void on_flush(pdefer *d)
         bool bad = e->dep && failed;
         switch (e->kind) {
         case OB_ACK:
+            if (e->send_ok && bad) svc->mx.send_failed[MSG_E_INTERNAL]++;
+            if (e->send_ok && !bad) pmx_hist_observe(&svc->mx.ack_latency, uv_hrtime() - e->t0);
             if (e->ms->sock) {
                 if (bad)
                     reply_internal(svc, e->ms, e->ack_id);
@@ -1043,6 +1089,7 @@ static void typing_relay(mtyping *t)
     /* Not volatile: a dropped stop would leave others seeing a typist
      * (polling clients between two GETs cannot take anything at once). */
     parley_broadcast(svc->nsp, &to, MSG_EV_TYPING_OUT, (const char *)b->ptr, NULL, 0);
+    svc->mx.typing_relayed++;
     t->shown = t->typing;
     t->relayed = true;
     t->last_relay = ploop_now(svc->loop);
@@ -1631,6 +1678,7 @@ static void req_receipt(msg_service *svc, msess *ms, const json_val *obj, const 
         reply_internal(svc, ms, ack_id);
         return;
     }
+    if (changed) svc->mx.receipts[r.status == MSG_READ]++;
     msg_status st = {.delivered = d, .read = rd};
     memcpy(st.conversation, c.id, sizeof st.conversation);
     snprintf(st.user, sizeof st.user, "%s", user);
@@ -1662,6 +1710,7 @@ static void req_typing(msg_service *svc, msess *ms, const json_val *obj, const p
     msg_conv_parse(&c, t.conversation, strlen(t.conversation));
     if (!check_member(svc, ms, ack_id, &c)) return;
     typing_set(svc, &c, ms->user->id, t.start);
+    svc->mx.typing_in++;
     static const char ok[] = "{\"ok\":true}";
     queue_ack_json(svc, ms, ack_id, ok, sizeof ok - 1, false);
 }
@@ -2250,21 +2299,21 @@ static bool notif_quiet_now(msg_service *svc, const msg_nprefs *p, int64_t now);
  * off; otherwise pushed, except inside quiet hours — which only urgent
  * notifications pass (and an urgent message from someone who is not a
  * contact is made high before it gets here). */
-static bool notif_suppressed(msg_service *svc, const msg_notification *n, const char *room,
-                             int64_t now)
+static int notif_suppressed(msg_service *svc, const msg_notification *n, const char *room,
+                            int64_t now)
 {
     msg_nprefs p;
     /* Unreadable preferences push (defaults): losing a notification is
      * worse than an unwanted one. */
     nprefs_load(svc, n->to, &svc->nprefs_buf, &p);
-    if (n->from[0] && msg_nprefs_has(&p.muted_users, n->from)) return true;
+    if (n->from[0] && msg_nprefs_has(&p.muted_users, n->from)) return NS_MUTED_USER;
     if (room && (n->type == MSG_NT_MESSAGE || n->type == MSG_NT_MENTION) &&
         msg_nprefs_has(&p.muted_rooms, room))
-        return true;
-    if (!p.in_app) return true;
-    if (p.types_off & (1u << n->type)) return true;
-    if (n->priority == MSG_PRIO_URGENT) return false;
-    return p.quiet && notif_quiet_now(svc, &p, now);
+        return NS_MUTED_ROOM;
+    if (!p.in_app) return NS_IN_APP_OFF;
+    if (p.types_off & (1u << n->type)) return NS_TYPE_OFF;
+    if (n->priority == MSG_PRIO_URGENT) return NS_NONE;
+    return p.quiet && notif_quiet_now(svc, &p, now) ? NS_QUIET : NS_NONE;
 }
 
 static void nexp_arm(msg_service *svc, int64_t at)
@@ -2316,8 +2365,10 @@ static int notif_create(msg_service *svc, msg_notification *n, const char *room,
     svc->stats.notifications++;
     unread_mark(svc, n->to);
     if (n->expires >= 0) nexp_arm(svc, n->expires);
-    if (notif_suppressed(svc, n, room, now)) {
+    int why = notif_suppressed(svc, n, room, now);
+    if (why != NS_NONE) {
         svc->stats.notif_suppressed++;
+        svc->mx.notif_suppressed[why]++;
         return 0;
     }
     obx *e = obx_new(svc, OB_NPUSH, NULL, true);
@@ -2461,6 +2512,7 @@ static void req_nread(msg_service *svc, msess *ms, const json_val *obj, const pa
         return;
     }
     if (changed) unread_mark(svc, user);
+    svc->mx.notif_read += changed;
     char out[64];
     int len = snprintf(out, sizeof out, "{\"ok\":true,\"unread\":%lld}", (long long)unread);
     queue_ack_json(svc, ms, ack_id, out, (size_t)len, mstore_in_batch(svc->store));
@@ -2700,12 +2752,9 @@ static const struct {
 
 /* ---- namespace handlers ---- */
 
-static void on_event(parley_socket *s, const char *event, size_t event_len, const parley_args *a,
-                     int64_t ack_id, void *user)
+static void handle_event(msg_service *svc, msess *ms, const char *event, size_t event_len,
+                         const parley_args *a, int64_t ack_id, req_fn fn)
 {
-    msg_service *svc = user;
-    msess *ms = parley_socket_data(s);
-    if (!ms) return;
     pres_activity(svc, ms);
     uint64_t retry = 0;
     if (!prate_take(&ms->events, &mquota_opts_of(svc->quota)->events, ploop_now(svc->loop), 1,
@@ -2714,11 +2763,6 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
                      "too many events from this connection: slow down");
         return;
     }
-    req_fn fn = NULL;
-    for (size_t i = 0; i < PARLEY_ARRAY_LEN(requests) && !fn; i++)
-        if (strlen(requests[i].name) == event_len &&
-            memcmp(requests[i].name, event, event_len) == 0)
-            fn = requests[i].fn;
     msg_error err;
     if (!fn) {
         char shown[40];
@@ -2737,6 +2781,24 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
         return;
     }
     fn(svc, ms, &obj, a, ack_id);
+}
+
+static void on_event(parley_socket *s, const char *event, size_t event_len, const parley_args *a,
+                     int64_t ack_id, void *user)
+{
+    msg_service *svc = user;
+    msess *ms = parley_socket_data(s);
+    if (!ms) return;
+    req_fn fn = NULL;
+    for (size_t i = 0; i < PARLEY_ARRAY_LEN(requests) && !fn; i++)
+        if (strlen(requests[i].name) == event_len &&
+            memcmp(requests[i].name, event, event_len) == 0)
+            fn = requests[i].fn;
+    /* What the metrics need to know about the event being handled. */
+    svc->mx.cur_send = fn == req_send;
+    if (svc->mx.cur_send) svc->mx.cur_t0 = uv_hrtime();
+    handle_event(svc, ms, event, event_len, a, ack_id, fn);
+    svc->mx.cur_send = false;
 }
 
 /* Identity from the CONNECT auth payload. */
@@ -2792,6 +2854,7 @@ static int on_connect_check(parley_socket *s, const char *auth, size_t len,
         svc->pending_dev = dev;
         return 0;
     }
+    if ((unsigned)err.code < MSG_E_COUNT) svc->mx.connect_refused[err.code]++;
     snprintf(svc->cerr_message, sizeof svc->cerr_message, "%s", err.message);
     svc->cerr_data.len = 0;
     ce->message = svc->cerr_message;
@@ -3381,6 +3444,9 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
     svc->flush.cb = on_flush;
     ptimer_init(&svc->low_timer, on_low_timer);
     ptimer_init(&svc->nexp_timer, on_nexp);
+    pmx_hist_init(&svc->mx.ack_latency, ack_bounds_ns, PARLEY_ARRAY_LEN(ack_bounds_ns), 1e9);
+    pmx_hist_init(&svc->mx.commit_latency, ack_bounds_ns, PARLEY_ARRAY_LEN(ack_bounds_ns), 1e9);
+    pmx_hist_init(&svc->mx.batch_writes, batch_bounds, PARLEY_ARRAY_LEN(batch_bounds), 1);
     int rc = 0;
     if (o->n_api_keys) {
         svc->api_keys = calloc(o->n_api_keys, sizeof *svc->api_keys);
@@ -3472,6 +3538,128 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
         plog_warn("messaging: the JWT secret is %zu bytes; HS256 wants at least 32",
                   o->jwt_secret_len);
     *out = svc;
+    return 0;
+}
+
+/* ---- metrics and readiness ---- */
+
+/* One labelled counter family over an array indexed by msg_errcode;
+ * codes never seen are left out (absent means zero). */
+static void collect_codes(pmx_out *o, const char *name, const char *help, const uint64_t *v)
+{
+    pmx_family(o, name, PMX_COUNTER, help);
+    for (int c = 1; c < MSG_E_COUNT; c++) {
+        if (!v[c]) continue;
+        pmx_label l = {"code", msg_errcode_name((msg_errcode)c)};
+        pmx_sample_u64(o, name, NULL, &l, 1, v[c]);
+    }
+}
+
+void msg_service_collect(pmx_out *o, void *user)
+{
+    msg_service *svc = user;
+    const msg_service_stats *st = &svc->stats;
+    const msg_metrics *mx = &svc->mx;
+    pmx_gauge(o, "parley_chat_sockets", "Authenticated sockets on the /chat namespace.",
+              st->sockets);
+    pmx_gauge(o, "parley_chat_users", "Users with at least one socket on /chat.",
+              (double)svc->users.n);
+    collect_codes(o, "parley_chat_connect_refused_total",
+                  "CONNECTs to /chat refused by authentication, by reason.", mx->connect_refused);
+    collect_codes(o, "parley_chat_errors_total",
+                  "Error answers to /chat requests (every event), by error code.", mx->errors);
+    pmx_family(o, "parley_chat_refusals_total", PMX_COUNTER,
+               "Requests refused over a rate limit, a quota or the disk reserve, by code.");
+    pmx_label l = {"code", "rate_limited"};
+    pmx_sample_u64(o, "parley_chat_refusals_total", NULL, &l, 1, st->rate_limited);
+    l.val = "quota_exceeded";
+    pmx_sample_u64(o, "parley_chat_refusals_total", NULL, &l, 1, st->quota_exceeded);
+    l.val = "storage_full";
+    pmx_sample_u64(o, "parley_chat_refusals_total", NULL, &l, 1, st->storage_full);
+    pmx_counter(o, "parley_chat_kicked_total",
+                "Sockets disconnected for sending on over their limits.", st->kicked);
+    pmx_counter(o, "parley_messages_stored_total", "Messages stored (send_message accepted).",
+                st->messages);
+    pmx_counter(o, "parley_messages_duplicates_total", "Resent messages answered from the store.",
+                st->duplicates);
+    pmx_family(o, "parley_messages_receipts_total", PMX_COUNTER,
+               "Receipts that advanced a user's delivered or read position, by status.");
+    l.val = "delivered";
+    l.key = "status";
+    pmx_sample_u64(o, "parley_messages_receipts_total", NULL, &l, 1, mx->receipts[0]);
+    l.val = "read";
+    pmx_sample_u64(o, "parley_messages_receipts_total", NULL, &l, 1, mx->receipts[1]);
+    collect_codes(o, "parley_messages_failed_total",
+                  "send_message requests answered with an error, by error code.", mx->send_failed);
+    pmx_family(o, "parley_messages_ack_seconds", PMX_HISTOGRAM,
+               "Time from receiving a send_message to acknowledging it (its commit included).");
+    pmx_hist_write(o, "parley_messages_ack_seconds", NULL, 0, &mx->ack_latency);
+    pmx_counter(o, "parley_typing_events_total", "typing requests accepted.", mx->typing_in);
+    pmx_counter(o, "parley_typing_relayed_total",
+                "typing changes relayed to other users (after throttling).", mx->typing_relayed);
+    /* Users by the status others see (max over their devices). */
+    unsigned by[4] = {0};
+    size_t pos = 0;
+    pmap_entry *e;
+    while ((e = pmap_next(&svc->users, &pos))) {
+        const muser *u = e->val;
+        msg_pstatus best = MSG_PS_OFFLINE;
+        for (const msess *ms = u->socks; ms; ms = ms->next)
+            if (ms_status(ms) > best) best = ms_status(ms);
+        by[best]++;
+    }
+    pmx_family(o, "parley_presence_users", PMX_GAUGE,
+               "Connected users by presence status (offline users are not counted).");
+    l.key = "status";
+    for (int k = MSG_PS_BUSY; k <= MSG_PS_ONLINE; k++) {
+        l.val = msg_pstatus_name((msg_pstatus)k);
+        pmx_sample_u64(o, "parley_presence_users", NULL, &l, 1, by[k]);
+    }
+    pmx_counter(o, "parley_presence_updates_total", "Presence updates broadcast (one per user).",
+                st->presence_updates);
+    pmx_counter(o, "parley_notifications_created_total", "Notifications stored.",
+                st->notifications);
+    pmx_counter(o, "parley_notifications_duplicates_total",
+                "Notifications answered by deduplication.", st->notif_duplicates);
+    pmx_counter(o, "parley_notifications_pushed_total",
+                "Notifications pushed live (one per socket).", st->notif_pushed);
+    pmx_family(o, "parley_notifications_suppressed_total", PMX_COUNTER,
+               "Notifications stored but not pushed, by the preference that held them.");
+    l.key = "reason";
+    for (int k = 1; k < NS_COUNT; k++) {
+        l.val = ns_names[k];
+        pmx_sample_u64(o, "parley_notifications_suppressed_total", NULL, &l, 1,
+                       mx->notif_suppressed[k]);
+    }
+    pmx_counter(o, "parley_notifications_read_total", "Notifications marked read.", mx->notif_read);
+    pmx_counter(o, "parley_store_commits_total", "Store batches committed.",
+                svc->store ? mstore_commits(svc->store) : 0);
+    pmx_counter(o, "parley_store_commit_failures_total", "Store batches that failed to commit.",
+                st->commit_failures);
+    pmx_family(o, "parley_store_commit_seconds", PMX_HISTOGRAM,
+               "Time to commit one batch (the group commit of one loop iteration).");
+    pmx_hist_write(o, "parley_store_commit_seconds", NULL, 0, &mx->commit_latency);
+    pmx_family(o, "parley_store_batch_writes", PMX_HISTOGRAM,
+               "Store writes (statements) per committed batch.");
+    pmx_hist_write(o, "parley_store_batch_writes", NULL, 0, &mx->batch_writes);
+}
+
+int msg_service_ready(msg_service *svc, char *why, size_t cap)
+{
+    if (!svc->store) {
+        snprintf(why, cap, "ok (messaging without a store: no token keys and no --dev-auth)");
+        return 0;
+    }
+    if (mstore_ping(svc->store) != 0) {
+        snprintf(why, cap, "store: the database does not answer");
+        return 1;
+    }
+    svc->disk_checked = 0; /* a fresh look */
+    if (disk_low(svc)) {
+        snprintf(why, cap, "storage_full: free space in the data directory is below the reserve");
+        return 1;
+    }
+    snprintf(why, cap, "ok");
     return 0;
 }
 

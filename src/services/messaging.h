@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/metrics.h"
 #include "parley/server.h"
 #include "services/msg_schema.h"
 #include "services/quota.h"
@@ -131,5 +132,17 @@ typedef struct msg_service_stats {
 } msg_service_stats;
 
 void msg_service_stats_get(const msg_service *m, msg_service_stats *st);
+
+/* A metrics collector (base/metrics.h; user is the msg_service): the
+ * parley_chat_*, parley_messages_*, parley_presence_*,
+ * parley_notifications_* and parley_store_* families of
+ * docs/OPERATIONS.md. */
+void msg_service_collect(pmx_out *o, void *user);
+
+/* Readiness: 0 when the store answers a query and the data directory
+ * has room (writes are accepted); otherwise non-zero with the reason in
+ * why. A service running without a store (no way to authenticate) is
+ * ready: it refuses connections by design. */
+int msg_service_ready(msg_service *m, char *why, size_t cap);
 
 #endif

@@ -350,8 +350,9 @@ struct mstore {
     bool in_tx;
     bool lost; /* SQLite ended the batch's transaction by itself */
     uint64_t commits;
-    pbuf found; /* content of the last mstore_find */
-    plog_limit log_err; /* a failing disk fails every statement: summaries */
+    uint32_t batch_writes; /* writes in the open batch */
+    pbuf found;            /* content of the last mstore_find */
+    plog_limit log_err;    /* a failing disk fails every statement: summaries */
 };
 
 /* ---- plumbing ---- */
@@ -456,11 +457,15 @@ static int run(mstore *s, sqlite3_stmt *st, const char *what)
 static int ensure_tx(mstore *s)
 {
     if (s->lost) return PARLEY_EIO;
-    if (s->in_tx) return 0;
+    if (s->in_tx) {
+        s->batch_writes++;
+        return 0;
+    }
     int rc = sqlite3_step(s->st[ST_BEGIN]);
     done(s->st[ST_BEGIN]);
     if (rc != SQLITE_DONE) return db_err(s, "begin");
     s->in_tx = true;
+    s->batch_writes = 1;
     return 0;
 }
 
@@ -477,6 +482,21 @@ void *mstore__db(mstore *s)
 uint64_t mstore_commits(const mstore *s)
 {
     return s->commits;
+}
+
+uint32_t mstore_batch_writes(const mstore *s)
+{
+    return s->in_tx ? s->batch_writes : 0;
+}
+
+int mstore_ping(mstore *s)
+{
+    if (s->lost) return PARLEY_EIO;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT count(*) FROM sqlite_master", -1, &st, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : db_err(s, "ping");
 }
 
 void mstore_rollback(mstore *s)

@@ -66,6 +66,12 @@ void mstore_rollback(mstore *s);
 /* Writes made since the store was opened and committed batches; for
  * tests and metrics. */
 uint64_t mstore_commits(const mstore *s);
+/* Writes (statements) in the open batch; 0 without one. */
+uint32_t mstore_batch_writes(const mstore *s);
+/* A cheap read that reaches the database (readiness probes). 0, or
+ * PARLEY_EIO (with the reason logged) when the store does not answer or
+ * its batch was lost. */
+int mstore_ping(mstore *s);
 
 /* A stored message as read back; strings valid during the callback (or
  * until the next store call for mstore_insert / mstore_find). */

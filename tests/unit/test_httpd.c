@@ -132,6 +132,27 @@ static void ws_echo(wsconn *w, int opcode, uint8_t *data, size_t len)
 }
 static const wsconn_cbs ws_cbs = {.on_message = ws_echo};
 
+/* /sse: a streamed response (phttpd_stream_*). */
+static phttpd_stream *sse_st;
+static int sse_closed;
+
+static void sse_gone(phttpd_stream *st, void *user)
+{
+    (void)user;
+    if (st == sse_st) sse_st = NULL;
+    sse_closed++;
+}
+
+static void route_sse(phttpd_req *req, void *user)
+{
+    (void)user;
+    http_header h = {"Cache-Control", 13, "no-store", 8};
+    phttpd_stream *st = phttpd_stream_start(req, 200, "text/event-stream", &h, 1, sse_gone, NULL);
+    if (!st) return;
+    sse_st = st;
+    assert_int_equal(phttpd_stream_write(st, "hello\n", 6), 0);
+}
+
 static void srv_start(srv *s, const phttpd_opts *custom)
 {
     memset(s, 0, sizeof *s);
@@ -145,6 +166,7 @@ static void srv_start(srv *s, const phttpd_opts *custom)
     assert_int_equal(phttpd_route(s->h, "/plain", route_plain, s), 0);
     assert_int_equal(phttpd_route(s->h, "/buf", route_buf, s), 0);
     assert_int_equal(phttpd_route(s->h, "/rate", route_rate, s), 0);
+    assert_int_equal(phttpd_route(s->h, "/sse", route_sse, s), 0);
     phttpd_route_opts up = {.handler = up_done,
                             .max_body = 8u << 20,
                             .on_head = up_head,
@@ -617,9 +639,84 @@ static void test_ip_rate(void **state)
     srv_stop(&s);
 }
 
+static void test_streams(void **state)
+{
+    (void)state;
+    phttpd_opts o;
+    phttpd_opts_init(&o);
+    o.max_streams = 1;
+    o.max_stream_queue = 4096;
+    srv s;
+    srv_start(&s, &o);
+    sse_st = NULL;
+    sse_closed = 0;
+    static const char req[] = "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n";
+    int a = raw_connect(s.port);
+    send_all(&s, a, req, sizeof req - 1);
+    got g = {0};
+    read_for(&s, a, &g, 2000, "hello\n");
+    assert_non_null(strstr(g.buf, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(g.buf, "Content-Type: text/event-stream\r\n"));
+    assert_non_null(strstr(g.buf, "Connection: close\r\n"));
+    assert_null(strstr(g.buf, "Content-Length"));
+    assert_non_null(sse_st);
+    /* Later writes arrive as they are made. */
+    assert_int_equal(phttpd_stream_write(sse_st, "more\n", 5), 0);
+    read_for(&s, a, &g, 2000, "more\n");
+    assert_false(g.eof);
+    /* One stream at most: the next request gets 503. */
+    int b = raw_connect(s.port);
+    send_all(&s, b, req, sizeof req - 1);
+    got gb = {0};
+    read_for(&s, b, &gb, 2000, "retry later");
+    assert_non_null(strstr(gb.buf, "HTTP/1.1 503 "));
+    close(b);
+    phttpd_stats st;
+    phttpd_stats_get(s.h, &st);
+    assert_int_equal(st.streams, 1);
+    assert_int_equal(st.streams_refused, 1);
+    assert_true(st.responses[2] >= 1 && st.responses[5] >= 1);
+    /* More unsent bytes than the stream may queue: dropped, on_close runs
+     * once, the client sees the end. */
+    static char big[8192];
+    memset(big, 'x', sizeof big);
+    assert_int_equal(phttpd_stream_write(sse_st, big, sizeof big), PARLEY_EFULL);
+    read_for(&s, a, &g, 2000, NULL);
+    assert_true(g.eof);
+    assert_int_equal(sse_closed, 1);
+    assert_null(sse_st);
+    phttpd_stats_get(s.h, &st);
+    assert_int_equal(st.streams, 0);
+    assert_int_equal(st.streams_dropped, 1);
+    close(a);
+    /* A HEAD request gets the head and no stream. */
+    int h = raw_connect(s.port);
+    static const char head[] = "HEAD /sse HTTP/1.1\r\nHost: x\r\n\r\n";
+    send_all(&s, h, head, sizeof head - 1);
+    got gh = {0};
+    read_for(&s, h, &gh, 2000, "\r\n\r\n");
+    assert_non_null(strstr(gh.buf, "HTTP/1.1 200 "));
+    assert_null(sse_st);
+    close(h);
+    /* Shutdown ends an open stream (on_close) and the client sees it. */
+    int c = raw_connect(s.port);
+    send_all(&s, c, req, sizeof req - 1);
+    got gc = {0};
+    read_for(&s, c, &gc, 2000, "hello\n");
+    assert_non_null(sse_st);
+    phttpd_shutdown(s.h, on_shutdown, &s);
+    read_for(&s, c, &gc, 2000, NULL);
+    assert_true(gc.eof);
+    close(c); /* a graceful close completes when the peer's end comes */
+    for (int i = 0; i < 400 && sse_closed < 2; i++) uv_run(s.loop->uv, UV_RUN_ONCE);
+    assert_int_equal(sse_closed, 2);
+    srv_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_streams),
         cmocka_unit_test(test_head_has_no_body),
         cmocka_unit_test(test_methods_case_sensitive),
         cmocka_unit_test(test_early_answer_large_body),

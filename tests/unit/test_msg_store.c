@@ -454,6 +454,35 @@ static void test_full_disk(void **state)
     scratch_free(&sc);
 }
 
+/* Readiness probe and the batch's write count (metrics). */
+static void test_ping_and_batch_writes(void **state)
+{
+    (void)state;
+    scratch sc;
+    scratch_init(&sc);
+    mstore *st = open_store(sc.path);
+    assert_int_equal(mstore_ping(st), 0);
+    assert_int_equal(mstore_batch_writes(st), 0);
+    msg_conv c;
+    msg_conv_dm(&c, "a", "b");
+    put_text(st, &c, "a", "one", NULL);
+    uint32_t one = mstore_batch_writes(st);
+    assert_true(one >= 1);
+    put_text(st, &c, "a", "two", NULL);
+    assert_true(mstore_batch_writes(st) > one);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_batch_writes(st), 0);
+    /* A store that cannot run the probe's query fails it (here: SQL
+     * longer than a limit set for the test), and answers again after. */
+    sqlite3 *db = mstore__db(st);
+    int old = sqlite3_limit(db, SQLITE_LIMIT_SQL_LENGTH, 8);
+    assert_int_not_equal(mstore_ping(st), 0);
+    sqlite3_limit(db, SQLITE_LIMIT_SQL_LENGTH, old);
+    assert_int_equal(mstore_ping(st), 0);
+    mstore_close(st);
+    scratch_free(&sc);
+}
+
 /* ---- media ---- */
 
 static void test_media(void **state)
@@ -1330,6 +1359,7 @@ int main(void)
         cmocka_unit_test(test_rooms_and_receipts),
         cmocka_unit_test(test_rollback),
         cmocka_unit_test(test_full_disk),
+        cmocka_unit_test(test_ping_and_batch_writes),
         cmocka_unit_test(test_media),
         cmocka_unit_test(test_media_mime_per_upload),
         cmocka_unit_test(test_migration_v3),
