@@ -1016,13 +1016,13 @@ static void banner(const config *c, unsigned port)
         snprintf(echo, sizeof echo, "; WebSocket echo at %s://%s%s", c->sio.tls_cert ? "wss" : "ws",
                  base, c->ws_echo);
     plog_info("health at %s://%s/healthz and /readyz, status page at /%s", http, base, echo);
-    plog_info("dashboard at %s://%s/dashboard, metrics at /metrics%s; admin access: %s%s%s", http,
-              base, c->metrics_public ? " (public)" : "",
-              c->admin_loopback_off ? "" : "loopback clients without a key",
-              !c->admin_loopback_off && c->admin_key_file ? ", " : "",
-              c->admin_key_file ? "others with the --admin-key-file key"
-              : c->admin_loopback_off ? "nobody (no --admin-key-file)"
-                                      : " (no --admin-key-file: nobody else)");
+    const char *who = c->admin_loopback_off
+                          ? (c->admin_key_file ? "only with the admin key (--admin-loopback off)"
+                                               : "nobody (--admin-loopback off, no --admin-key-file)")
+                          : (c->admin_key_file ? "loopback clients, and others with the admin key"
+                                               : "loopback clients only (no --admin-key-file)");
+    plog_info("dashboard at %s://%s/dashboard, metrics at /metrics%s; admin access: %s", http, base,
+              c->metrics_public ? " (public)" : "", who);
 }
 
 int main(int argc, char **argv)

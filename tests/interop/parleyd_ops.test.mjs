@@ -53,7 +53,9 @@ describe('start banner', () => {
       `the Socket.IO line:\n${info.join('\n')}`);
     assert.ok(info.some((l) => l.startsWith('namespace /chat: messaging') && l.includes('auth: none') && l.includes(`data in ${srv.dataDir}`)),
       `the /chat line:\n${info.join('\n')}`);
-    assert.ok(info.includes(`health at http://127.0.0.1:${srv.port}/healthz, status page at /`), `the health line:\n${info.join('\n')}`);
+    assert.ok(info.includes(`health at http://127.0.0.1:${srv.port}/healthz and /readyz, status page at /`), `the health line:\n${info.join('\n')}`);
+    assert.ok(info.includes(`dashboard at http://127.0.0.1:${srv.port}/dashboard, metrics at /metrics; ` +
+      'admin access: loopback clients only (no --admin-key-file)'), `the dashboard line:\n${info.join('\n')}`);
     const hint = warn.find((l) => l.startsWith('no JWT keys configured'));
     assert.ok(hint, `the hint:\n${warn.join('\n')}`);
     assert.match(hint, /every \/chat connection will be refused with auth_unavailable/);
@@ -62,7 +64,7 @@ describe('start banner', () => {
     // What the banner says is what happens.
     await refusedWith(srv, 'auth_unavailable');
     await healthz(srv.port);
-    assert.ok(textLines(srv.child.stderrText, 'info').length <= 6, 'a short banner');
+    assert.ok(textLines(srv.child.stderrText, 'info').length <= 7, 'a short banner');
   });
 
   test('each auth mode is named; no hint once tokens can be checked', async () => {
@@ -95,10 +97,27 @@ describe('start banner', () => {
     }
   });
 
+  test('who may see the dashboard and /metrics', async () => {
+    const key = path.join(tempDir(), 'admin.key');
+    writeFileSync(key, 'an-admin-key-of-some-length\n', { mode: 0o600 });
+    const cases = [
+      [['--admin-key-file', key], 'metrics at /metrics; admin access: loopback clients, and others with the admin key'],
+      [['--admin-key-file', key, '--admin-loopback', 'off', '--metrics-public'],
+        'metrics at /metrics (public); admin access: only with the admin key (--admin-loopback off)'],
+      [['--admin-loopback', 'off'], 'metrics at /metrics; admin access: nobody (--admin-loopback off, no --admin-key-file)'],
+    ];
+    for (const [extra, want] of cases) {
+      const srv = await startParleyd(['--no-messaging', ...extra]);
+      const info = textLines(await bannerOf(srv), 'info');
+      assert.ok(info.includes(`dashboard at http://127.0.0.1:${srv.port}/dashboard, ${want}`), `${extra.join(' ')}:\n${info.join('\n')}`);
+      await srv.stop();
+    }
+  });
+
   test('the WebSocket echo, and /chat off', async () => {
     const srv = await startParleyd(['--no-messaging'], { wsPath: '/echo' });
     const info = textLines(await bannerOf(srv), 'info');
-    assert.ok(info.includes(`health at http://127.0.0.1:${srv.port}/healthz, status page at /; WebSocket echo at ws://127.0.0.1:${srv.port}/echo`),
+    assert.ok(info.includes(`health at http://127.0.0.1:${srv.port}/healthz and /readyz, status page at /; WebSocket echo at ws://127.0.0.1:${srv.port}/echo`),
       info.join('\n'));
     assert.ok(info.includes('namespace /chat: off (--no-messaging)'), info.join('\n'));
     assert.doesNotMatch(srv.child.stderrText, /no JWT keys configured/);
