@@ -667,6 +667,7 @@ static void ws_message(wsconn *w, int opcode, uint8_t *data, size_t len)
                 s->pollq.len = 0;
             }
             pbuf_free(&s->pollq);
+            if (s->state == ES_OPEN && s->eng->cbs->on_upgrade) s->eng->cbs->on_upgrade(s);
             return;
         }
         s->probe = NULL;

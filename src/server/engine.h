@@ -83,6 +83,9 @@ typedef struct engine_cbs {
      * "ping timeout", "parse error", "forced close", "server shutting
      * down". No sends after this. */
     void (*on_close)(esession *s, const char *reason);
+    /* Optional: the session moved from polling to WebSocket (the upgrade
+     * completed; the session may have been closed meanwhile). */
+    void (*on_upgrade)(esession *s);
 } engine_cbs;
 
 /* Attaches an engine to `path` (a prefix, e.g. "/engine.io/"). The options
