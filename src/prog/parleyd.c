@@ -13,6 +13,7 @@
 #include "parley/parley.h"
 #include "parley/server.h"
 #include "prog/protocol_test.h"
+#include "server/admin_ui.h"
 #include "server/engine.h"
 #include "server/httpd.h"
 #include "services/jwt.h"
@@ -43,6 +44,9 @@ typedef struct config {
     const char *jwks_file;
     uint64_t jwt_max_lifetime_s;
     const char *api_key_file;
+    bool admin_ui;                /* --admin-ui: the /admin namespace of the Socket.IO Admin UI */
+    const char *admin_key_file;   /* --admin-key-file */
+    bool admin_loopback_off;      /* --admin-loopback off */
     char *strings[64]; /* option values read from a config file */
     size_t nstrings;
 } config;
@@ -145,6 +149,12 @@ static void usage(FILE *f)
             "  --storage-per-user BYTES  stored bytes per user (default 2 GiB; 0 = none)\n"
             "  --disk-reserve BYTES      refuse writes (storage_full) when the data directory's\n"
             "                            free space is below (default 268435456; 0 = never)\n"
+            "\n"
+            "Socket.IO Admin UI (docs/PROTOCOL.md, \"The /admin namespace\"):\n"
+            "  --admin-ui                serve the /admin namespace of @socket.io/admin-ui 0.5\n"
+            "                            (off by default)\n"
+            "  --admin-key-file FILE     the admin key: the UI's password (any username)\n"
+            "  --admin-loopback on|off   loopback peers need no credentials (default on)\n"
             "\n"
             "WebSocket echo and limits:\n"
             "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
@@ -274,7 +284,10 @@ enum {
     OPT_UPLOADS_DAY,
     OPT_UPLOAD_BYTES_DAY,
     OPT_STORAGE_USER,
-    OPT_DISK_RESERVE
+    OPT_DISK_RESERVE,
+    OPT_ADMIN_UI,
+    OPT_ADMIN_KEY_FILE,
+    OPT_ADMIN_LOOPBACK
 };
 
 static const struct option longopts[] = {
@@ -343,6 +356,9 @@ static const struct option longopts[] = {
     {"upload-bytes-per-day", required_argument, 0, OPT_UPLOAD_BYTES_DAY},
     {"storage-per-user", required_argument, 0, OPT_STORAGE_USER},
     {"disk-reserve", required_argument, 0, OPT_DISK_RESERVE},
+    {"admin-ui", no_argument, 0, OPT_ADMIN_UI},
+    {"admin-key-file", required_argument, 0, OPT_ADMIN_KEY_FILE},
+    {"admin-loopback", required_argument, 0, OPT_ADMIN_LOOPBACK},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -624,6 +640,20 @@ static const char *apply(config *c, int ch, const char *arg)
         if (parse_u64(arg, 1ull << 50, &v)) return "bad --disk-reserve";
         c->msg.quota.disk_reserve = v;
         return NULL;
+    case OPT_ADMIN_UI:
+        c->admin_ui = true;
+        return NULL;
+    case OPT_ADMIN_KEY_FILE:
+        c->admin_key_file = arg;
+        return NULL;
+    case OPT_ADMIN_LOOPBACK:
+        if (!strcmp(arg, "on"))
+            c->admin_loopback_off = false;
+        else if (!strcmp(arg, "off"))
+            c->admin_loopback_off = true;
+        else
+            return "--admin-loopback wants on or off";
+        return NULL;
     default:
         return "unknown option";
     }
@@ -861,11 +891,63 @@ static void route_health(phttpd_req *req, void *user)
     phttpd_respond(req, 200, "text/plain; charset=utf-8", NULL, 0, "ok\n", 3);
 }
 
+/* admin-ui auth: replaced by padmin at merge */
+/* A minimal authorizer for the Admin UI namespace: loopback peers need no
+ * credentials (unless --admin-loopback off); others must give the admin
+ * key (--admin-key-file, trailing line ends dropped) as the password, any
+ * username, compared in constant time. No key file: loopback only. */
+typedef struct admin_auth {
+    char *key;
+    size_t key_len;
+    bool loopback;
+} admin_auth;
+
+static bool admin_is_loopback(const char *ip)
+{
+    return strncmp(ip, "127.", 4) == 0 || strcmp(ip, "::1") == 0 ||
+           strncmp(ip, "::ffff:127.", 11) == 0;
+}
+
+static int admin_authorize(const char *username, size_t ulen, const char *password, size_t plen,
+                           const char *peer_ip, void *user)
+{
+    (void)username;
+    (void)ulen;
+    const admin_auth *aa = user;
+    if (aa->loopback && admin_is_loopback(peer_ip)) return 1;
+    if (!aa->key || plen != aa->key_len) return 0;
+    return CRYPTO_memcmp(password, aa->key, plen) == 0;
+}
+
+static int admin_auth_load(admin_auth *aa, const config *c)
+{
+    aa->loopback = !c->admin_loopback_off;
+    if (!c->admin_key_file) return 0;
+    if (read_secret(c->admin_key_file, &aa->key, &aa->key_len) != 0) {
+        fprintf(stderr, "parleyd: cannot use the --admin-key-file %s\n", c->admin_key_file);
+        return -1;
+    }
+    if (aa->key_len < 16)
+        fprintf(stderr, "parleyd: warning: the admin key is %zu bytes; use at least 16\n",
+                aa->key_len);
+    return 0;
+}
+
+static void admin_auth_free(admin_auth *aa)
+{
+    if (aa->key) OPENSSL_cleanse(aa->key, aa->key_len);
+    free(aa->key);
+    aa->key = NULL;
+}
+/* end of the admin-ui auth block */
+
 typedef struct app {
     const config *c;
     parley_loop *loop;
     parley_server *srv;
     msg_service *msg;
+    admin_ui *admin;
+    admin_auth admin_auth;
     engine *echo_engine;
     uv_signal_t sigint, sigterm, sighup;
     bool stopping;
@@ -1054,6 +1136,21 @@ int main(int argc, char **argv)
         if (rc == 0 && c.root_nsp == ROOT_OFF) parley_nsp_set_closed(root, 1);
         if (rc == 0 && c.root_nsp == ROOT_AUTH) rc = msg_service_guard(a.msg, root);
     }
+    if (rc == 0 && c.admin_ui) {
+        if (admin_auth_load(&a.admin_auth, &c) != 0) {
+            rc = PARLEY_EINVAL;
+        } else {
+            if (!a.admin_auth.loopback && !a.admin_auth.key)
+                fprintf(stderr, "parleyd: warning: --admin-ui with --admin-loopback off and no "
+                                "--admin-key-file: every admin is refused\n");
+            admin_ui_opts ao;
+            admin_ui_opts_init(&ao);
+            ao.authorize = admin_authorize;
+            ao.user = &a.admin_auth;
+            rc = admin_ui_attach(a.srv, &ao, &a.admin);
+            if (rc) fprintf(stderr, "parleyd: admin-ui: %s\n", parley_strerror(rc));
+        }
+    }
     /* The service keeps digests of the API keys, and its own reference
      * to the key set. */
     if (keys_buf) OPENSSL_cleanse(keys_buf, API_KEY_FILE_MAX + 1);
@@ -1072,6 +1169,8 @@ int main(int argc, char **argv)
          * leaves nothing behind (and leak checkers see none). */
         if (a.echo_engine) engine_free(a.echo_engine);
         msg_service_free(a.msg);
+        admin_ui_free(a.admin);
+        admin_auth_free(&a.admin_auth);
         parley_server_free(a.srv);
         ploop_flush(a.loop);     /* deferred frees (the engines) */
         parley_loop_run(a.loop); /* closes handles the frees started */
@@ -1095,9 +1194,15 @@ int main(int argc, char **argv)
               c.ws_echo ? ", ws echo at " : "", c.ws_echo ? c.ws_echo : "",
               c.messaging ? ", messaging at " MSG_NAMESPACE " (data in " : "",
               c.messaging ? c.msg.data_dir : "", c.messaging ? ")" : "");
+    if (a.admin)
+        plog_info("admin-ui: /admin served (%s%s)",
+                  a.admin_auth.loopback ? "loopback without credentials" : "no loopback exemption",
+                  a.admin_auth.key ? ", or the admin key" : "");
 
     parley_loop_run(a.loop);
     msg_service_free(a.msg);
+    admin_ui_free(a.admin);
+    admin_auth_free(&a.admin_auth);
     parley_server_free(a.srv);
     parley_loop_free(a.loop);
     for (size_t i = 0; i < c.nstrings; i++) free(c.strings[i]);
