@@ -424,10 +424,15 @@ static int obs_handshake(const phttpd_req *req, const char *peer_ip, bool secure
                                 secure, wall_ms());
 }
 
+static void emit_room(admin_ui *a, parley_socket *s, const char *room, size_t len, bool joined);
+
 static void obs_connected(parley_socket *s, void *user)
 {
     admin_ui *a = user;
     if (!have_admins(a)) return;
+    /* As the reference: the socket joins the room of its own id first. */
+    const char *id = parley_socket_id(s);
+    emit_room(a, s, id, strlen(id), true);
     pbuf *out = &a->out;
     out->len = 0;
     int rc = pbuf_append(out, "[", 1);
