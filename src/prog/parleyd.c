@@ -47,6 +47,7 @@ typedef struct config {
     bool admin_ui;                /* --admin-ui: the /admin namespace of the Socket.IO Admin UI */
     const char *admin_key_file;   /* --admin-key-file */
     bool admin_loopback_off;      /* --admin-loopback off */
+    bool admin_events;            /* --admin-ui-events */
     char *strings[64]; /* option values read from a config file */
     size_t nstrings;
 } config;
@@ -155,6 +156,8 @@ static void usage(FILE *f)
             "                            (off by default)\n"
             "  --admin-key-file FILE     the admin key: the UI's password (any username)\n"
             "  --admin-loopback on|off   loopback peers need no credentials (default on)\n"
+            "  --admin-ui-events         relay every event (the users' messages too) to the\n"
+            "                            admins: the UI's Events page (off by default)\n"
             "\n"
             "WebSocket echo and limits:\n"
             "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
@@ -287,7 +290,8 @@ enum {
     OPT_DISK_RESERVE,
     OPT_ADMIN_UI,
     OPT_ADMIN_KEY_FILE,
-    OPT_ADMIN_LOOPBACK
+    OPT_ADMIN_LOOPBACK,
+    OPT_ADMIN_EVENTS
 };
 
 static const struct option longopts[] = {
@@ -359,6 +363,7 @@ static const struct option longopts[] = {
     {"admin-ui", no_argument, 0, OPT_ADMIN_UI},
     {"admin-key-file", required_argument, 0, OPT_ADMIN_KEY_FILE},
     {"admin-loopback", required_argument, 0, OPT_ADMIN_LOOPBACK},
+    {"admin-ui-events", no_argument, 0, OPT_ADMIN_EVENTS},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -642,6 +647,9 @@ static const char *apply(config *c, int ch, const char *arg)
         return NULL;
     case OPT_ADMIN_UI:
         c->admin_ui = true;
+        return NULL;
+    case OPT_ADMIN_EVENTS:
+        c->admin_events = true;
         return NULL;
     case OPT_ADMIN_KEY_FILE:
         c->admin_key_file = arg;
@@ -1147,6 +1155,7 @@ int main(int argc, char **argv)
             admin_ui_opts_init(&ao);
             ao.authorize = admin_authorize;
             ao.user = &a.admin_auth;
+            ao.events = c.admin_events;
             rc = admin_ui_attach(a.srv, &ao, &a.admin);
             if (rc) fprintf(stderr, "parleyd: admin-ui: %s\n", parley_strerror(rc));
         }

@@ -514,6 +514,49 @@ static void obs_traffic(bool out, size_t bytes, void *user)
     agg_push(a, out ? AGG_BYTES_OUT : AGG_BYTES_IN, NULL, bytes);
 }
 
+int admin_event_json(pbuf *out, const char *nsp, const char *id, const char *event,
+                     size_t event_len, const char *args, size_t args_len, int64_t now_ms)
+{
+    size_t start = out->len;
+    int rc = pbuf_append(out, "[", 1);
+    if (rc == 0) rc = append_str(out, nsp);
+    if (rc == 0) rc = pbuf_append(out, ",", 1);
+    if (rc == 0) rc = append_str(out, id);
+    if (rc == 0) rc = pbuf_append(out, ",[", 2);
+    if (rc == 0) rc = admin_json_lossy(out, event, event_len);
+    /* The elements of the array text, as they are (it is valid JSON). */
+    const char *open = args_len ? memchr(args, '[', args_len) : NULL;
+    const char *close = args_len ? args + args_len : NULL;
+    while (close && close > args && close[-1] != ']') close--;
+    bool empty = true;
+    for (const char *p = open ? open + 1 : close; p && p < close - 1; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') empty = false;
+    if (rc == 0 && open && close > open + 1 && !empty) {
+        if (args_len > ADMIN_EVENT_MAX) {
+            rc = pbuf_appendf(out, ",\"[%zu bytes not shown]\"", args_len);
+        } else {
+            rc = pbuf_append(out, ",", 1);
+            if (rc == 0) rc = pbuf_append(out, open + 1, (size_t)(close - 1 - (open + 1)));
+        }
+    }
+    char iso[25];
+    admin_iso_time(iso, now_ms);
+    if (rc == 0) rc = pbuf_appendf(out, "],\"%s\"]", iso);
+    if (rc) out->len = start;
+    return rc;
+}
+
+static void obs_event(parley_socket *s, bool outgoing, const char *event, size_t event_len,
+                      const char *args, size_t args_len, void *user)
+{
+    admin_ui *a = user;
+    if (!a->o.events || parley_socket_nsp(s) == a->nsp || !have_admins(a)) return;
+    a->out.len = 0;
+    if (admin_event_json(&a->out, parley_nsp_name(parley_socket_nsp(s)), parley_socket_id(s),
+                         event, event_len, args, args_len, wall_ms()) == 0)
+        emit_admins(a, outgoing ? "event_sent" : "event_received");
+}
+
 /* ---- the admin namespace ---- */
 
 /* Decodes the string member `name` of auth into buf; absent is empty.
@@ -564,7 +607,8 @@ static void admin_connection(parley_socket *s, void *user)
     for (size_t i = 0; rc == 0 && !a->o.readonly && i < PARLEY_ARRAY_LEN(features); i++)
         rc = pbuf_appendf(out, "\"%s\",", features[i]);
     /* ALL_EVENTS puts the UI in its development mode (the sockets, rooms
-     * and events pages); message events themselves are not relayed. */
+     * and events pages); the events themselves are relayed only when the
+     * embedder asked for it (opts.events). */
     if (rc == 0) rc = pbuf_append_str(out, "\"AGGREGATED_EVENTS\",\"ALL_EVENTS\"]}]");
     if (rc == 0) parley_emit__direct(s, "config", (const char *)out->ptr, out->len);
 
@@ -784,6 +828,7 @@ int admin_ui_attach(parley_server *srv, const admin_ui_opts *o, admin_ui **out)
                        .upgraded = obs_upgraded,
                        .session = obs_session,
                        .traffic = obs_traffic,
+                       .event = obs_event,
                        .user = a};
     parley_server__observe(srv, &ob);
     *out = a;

@@ -38,6 +38,11 @@ typedef struct admin_ui_opts {
     size_t max_bytes;             /* all_sockets's size; default 4 MiB */
     size_t max_rooms;             /* rooms listed per socket; default 64 */
     bool readonly;                /* no actions (join, leave, _disconnect) */
+    /* Relay every event of every other namespace to the admins
+     * (event_received / event_sent, the UI's Events page): default false,
+     * since that shows the users' messages to whoever holds the admin
+     * credentials. Arguments over ADMIN_EVENT_MAX bytes are not shown. */
+    bool events;
 } admin_ui_opts;
 
 void admin_ui_opts_init(admin_ui_opts *o);
@@ -52,7 +57,16 @@ int admin_ui_attach(parley_server *srv, const admin_ui_opts *o, admin_ui **out);
  * no-op. */
 void admin_ui_free(admin_ui *a);
 
+/* Largest event arguments relayed to admins (JSON bytes); larger ones are
+ * replaced by a string "[N bytes not shown]". */
+#define ADMIN_EVENT_MAX 65536
+
 /* ---- encoding helpers (exposed for the unit tests) ---- */
+
+/* The event_received / event_sent arguments [nsp, id, [event, ...args],
+ * date] for args (a JSON array text) into out. */
+int admin_event_json(pbuf *out, const char *nsp, const char *id, const char *event,
+                     size_t event_len, const char *args, size_t args_len, int64_t now_ms);
 
 /* Bytes recorded per session for the handshake: the JSON object of
  * admin_handshake_json is at most this long. */

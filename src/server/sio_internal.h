@@ -43,6 +43,12 @@ typedef struct sio_observer {
     /* A message packet of `bytes` bytes was received (out false) or sent
      * to one session (out true). */
     void (*traffic)(bool out, size_t bytes, void *user);
+    /* An event received by socket s (before the namespace's on_event),
+     * or sent to it (out; once per recipient of a broadcast). args is a
+     * JSON array (binary values as their placeholders), not
+     * NUL-terminated. */
+    void (*event)(parley_socket *s, bool out, const char *event, size_t event_len,
+                  const char *args, size_t args_len, void *user);
     void *user;
 } sio_observer;
 

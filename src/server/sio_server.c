@@ -772,6 +772,9 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
     int count = 0;
     void (*traffic_)(bool, size_t, void *) = srv->obs.traffic;
     size_t textlen_ = srv->scratch.len;
+    void (*event_)(parley_socket *, bool, const char *, size_t, const char *, size_t, void *) =
+        srv->obs.event;
+    size_t evlen_ = strlen(event), args_len_ = args_json ? strlen(args_json) : 0;
 #define DELIVER(sock)                                                                              \
     do {                                                                                           \
         parley_socket *x_ = (sock);                                                                \
@@ -782,6 +785,9 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
             if (traffic_)                                                                          \
                 for (size_t f_ = 0; f_ < nframes; f_++)                                            \
                     traffic_(true, f_ ? bins[f_ - 1].len : textlen_, srv->obs.user);               \
+            if (event_)                                                                            \
+                event_(x_, true, event, evlen_, args_json ? args_json : "[]",                      \
+                       args_json ? args_len_ : 2, srv->obs.user);                                  \
         }                                                                                          \
     } while (0)
     if (!to || to->nrooms == 0) {
@@ -859,6 +865,9 @@ static int emit_one(parley_socket *s, const parley_emit_opts *o, const char *eve
         s->acks = a;
         if (o->timeout_ms) ploop_timer_start(srv->loop, &a->timer, o->timeout_ms);
     }
+    if (srv->obs.event)
+        srv->obs.event(s, true, event, strlen(event), args_json ? args_json : "[]",
+                       args_json ? strlen(args_json) : 2, srv->obs.user);
     return 0;
 }
 
@@ -1237,6 +1246,9 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
             return;
         }
         parley_args a = {(const char *)args->ptr, args->len, ncanon ? canon : NULL, ncanon};
+        if (srv->obs.event)
+            srv->obs.event(s, false, ev, (size_t)evlen, a.json, a.json_len, srv->obs.user);
+        if (!s->connected) return;
         if (s->nsp->h.on_event)
             s->nsp->h.on_event(s, ev, (size_t)evlen, &a, pk->id, s->nsp->h.user);
         return;

@@ -127,9 +127,14 @@ async function scenario(url) {
   const reasonA = await disc;
   const gone = await waitFor(admin, 'socket_disconnected', (nsp, id) => id === aId);
   const [statsB] = await waitFor(admin, 'server_stats', (st) => st.namespaces.find((n) => n.name === '/')?.socketsCount === 1);
+  const bId = b.id;
   b.close();
   admin.s.close();
-  return { config, all0, stats0, sockA, atA, statsAB, joined, afterJoin, left, afterLeave, reasonA, gone, statsB, log: admin.log };
+  const received = admin.log.filter(([n, args]) => n === 'event_received' && args[1] === bId && args[2][0] === 'to-room').map(([, args]) => args);
+  const sent = admin.log.filter(([n, args]) => n === 'event_sent' && args[1] === aId).map(([, args]) => args);
+  return {
+    received,
+    sent, config, all0, stats0, sockA, atA, statsAB, joined, afterJoin, left, afterLeave, reasonA, gone, statsB, log: admin.log };
 }
 
 /** Event name -> the sorted key sets of its object arguments and the
@@ -148,6 +153,7 @@ describe('parleyd --admin-ui: the /admin namespace', () => {
   let srv;
   let url;
   let ref;
+  let urlEvents; /* parleyd with --admin-ui-events */
 
   before(async () => {
     const dir = tempDir();
@@ -155,11 +161,34 @@ describe('parleyd --admin-ui: the /admin namespace', () => {
     writeFileSync(keyFile, `${KEY}\n`);
     srv = await startParleyd(['--protocol-test', '--admin-ui', '--admin-key-file', keyFile, '--admin-loopback', 'off'], { wsPath: null });
     url = `http://127.0.0.1:${srv.port}`;
+    const srvEvents = await startParleyd(['--protocol-test', '--admin-ui', '--admin-key-file', keyFile, '--admin-ui-events'], { wsPath: null });
+    urlEvents = `http://127.0.0.1:${srvEvents.port}`;
     ref = await startReference();
   });
 
   after(async () => {
     await cleanup();
+  });
+
+  test('--admin-ui-events: event_received and event_sent as the reference sends them (not without the flag)', async () => {
+    const ours = await scenario(urlEvents);
+    const theirs = await scenario(ref);
+    const plain = await scenario(url);
+    assert.deepEqual(plain.received, []);
+    assert.deepEqual(plain.sent, []);
+    for (const r of [ours, theirs]) {
+      /* b's three to-room events, as received, and what a was sent. */
+      assert.deepEqual(r.received.map((x) => [x[0], x[2]]), [
+        ['/', ['to-room', 'r1', 'hello', 1]],
+        ['/', ['to-room', 'r1', 'hello-again', 2]],
+        ['/', ['to-room', r.sent.at(-1)?.[1], 'marker']],
+      ]);
+      for (const x of r.received) assert.match(x[3], ISO);
+      /* (parleyd --protocol-test greets every "/" socket with "auth") */
+      assert.deepEqual(r.sent.map((x) => x[2]).filter((x) => x[0] !== 'auth'), [['hello', 1], ['marker']]);
+    }
+    const [so, st] = [shapes(ours.log), shapes(theirs.log)];
+    for (const name of ['event_received', 'event_sent']) assert.deepEqual(so[name], st[name], name);
   });
 
   test('refused without credentials and with a wrong key (loopback exemption off): connect_error "invalid credentials"', async () => {

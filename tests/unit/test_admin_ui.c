@@ -229,12 +229,57 @@ static void test_iso_time(void **state)
     assert_string_equal(out, "2000-02-29T00:00:00.005Z");
 }
 
+static void test_event_json(void **state)
+{
+    (void)state;
+    pbuf b = {0};
+    const int64_t t = 1796672868468LL;
+    struct {
+        const char *args, *want;
+    } cases[] = {
+        {"[]", "[\"/chat\",\"ID\",[\"ev\"],\"2026-12-07T19:47:48.468Z\"]"},
+        {" [ \n ] ", "[\"/chat\",\"ID\",[\"ev\"],\"2026-12-07T19:47:48.468Z\"]"},
+        {"[1,\"two\",{\"a\":[3]}]",
+         "[\"/chat\",\"ID\",[\"ev\",1,\"two\",{\"a\":[3]}],\"2026-12-07T19:47:48.468Z\"]"},
+        {" [ 1 , null ] ", "[\"/chat\",\"ID\",[\"ev\", 1 , null ],\"2026-12-07T19:47:48.468Z\"]"},
+        {"[{\"_placeholder\":true,\"num\":0}]",
+         "[\"/chat\",\"ID\",[\"ev\",{\"_placeholder\":true,\"num\":0}],\"2026-12-07T19:47:48.468Z\"]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        b.len = 0;
+        assert_int_equal(admin_event_json(&b, "/chat", "ID", "ev", 2, cases[i].args,
+                                          strlen(cases[i].args), t),
+                         0);
+        assert_string_equal(str(&b), cases[i].want);
+        json_val v;
+        assert_int_equal(json_parse((const char *)b.ptr, b.len, 32, &v, NULL), 0);
+    }
+    /* Too big: a note instead of the arguments. */
+    pbuf big = {0};
+    pbuf_append(&big, "[\"", 2);
+    for (int i = 0; i < ADMIN_EVENT_MAX; i++) pbuf_append(&big, "x", 1);
+    pbuf_append(&big, "\"]", 2);
+    b.len = 0;
+    assert_int_equal(admin_event_json(&b, "/", "ID", "ev", 2, (const char *)big.ptr, big.len, t), 0);
+    char want[160];
+    snprintf(want, sizeof want, "[\"/\",\"ID\",[\"ev\",\"[%u bytes not shown]\"],\"2026-12-07T19:47:48.468Z\"]",
+             (unsigned)big.len);
+    assert_string_equal(str(&b), want);
+    /* An event name that is not UTF-8 still makes valid JSON. */
+    b.len = 0;
+    assert_int_equal(admin_event_json(&b, "/", "ID", "e\xff", 2, "[]", 2, t), 0);
+    assert_true(utf8_valid(b.ptr, b.len));
+    pbuf_free(&big);
+    pbuf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_json_lossy),          cmocka_unit_test(test_secret_names),
         cmocka_unit_test(test_handshake_fields),    cmocka_unit_test(test_handshake_odd_input),
         cmocka_unit_test(test_handshake_bounded),   cmocka_unit_test(test_iso_time),
+        cmocka_unit_test(test_event_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
