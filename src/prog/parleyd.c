@@ -1156,6 +1156,13 @@ int main(int argc, char **argv)
             ao.authorize = admin_authorize;
             ao.user = &a.admin_auth;
             ao.events = c.admin_events;
+            /* /chat's rooms are its conversations: only the service
+             * decides who is in them. */
+            static const char *const managed[] = {MSG_NAMESPACE};
+            if (a.msg) {
+                ao.managed = managed;
+                ao.nmanaged = 1;
+            }
             rc = admin_ui_attach(a.srv, &ao, &a.admin);
             if (rc) fprintf(stderr, "parleyd: admin-ui: %s\n", parley_strerror(rc));
         }

@@ -35,6 +35,7 @@
 #define AGG_SLOTS  64
 #define URL_MAX    512
 #define HDR_VAL_MAX 1024
+#define QUERY_MAX  64 /* query parameters looked at (the duplicate check is quadratic) */
 
 enum { AGG_RAW_CONN, AGG_RAW_DISC, AGG_PKT_IN, AGG_PKT_OUT, AGG_BYTES_IN, AGG_BYTES_OUT };
 static const char *const agg_names[] = {"rawConnection", "rawDisconnection", "packetsIn",
@@ -83,9 +84,15 @@ void admin_iso_time(char out[25], int64_t ms)
     }
     struct tm tm;
     gmtime_r(&secs, &tm);
-    char date[20];
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out, 25, "%.19s.%03dZ", date, msec);
+    if (strftime(out, 20, "%Y-%m-%dT%H:%M:%S", &tm) != 19) {
+        memcpy(out, "1970-01-01T00:00:00", 20); /* years beyond 9999 */
+    }
+    out[19] = '.';
+    out[20] = (char)('0' + msec / 100);
+    out[21] = (char)('0' + msec / 10 % 10);
+    out[22] = (char)('0' + msec % 10);
+    out[23] = 'Z';
+    out[24] = 0;
 }
 
 /* new Date().toString() of a process in UTC. */
@@ -197,7 +204,8 @@ int admin_handshake_json(pbuf *out, const char *target, size_t target_len,
     /* The url: the path and the query with secret values replaced, cut at
      * URL_MAX bytes. */
     if (rc == 0) rc = pbuf_append(&url, target, PARLEY_MIN(path_len, (size_t)URL_MAX));
-    for (size_t i = 0, first = 1; rc == 0 && q && i <= query_len; first = 0) {
+    for (size_t i = 0, first = 1; rc == 0 && q && i <= query_len && url.len <= URL_MAX;
+         first = 0) {
         const char *seg = query + i;
         const char *amp = memchr(seg, '&', query_len - i);
         size_t seg_len = amp ? (size_t)(amp - seg) : query_len - i;
@@ -249,7 +257,8 @@ int admin_handshake_json(pbuf *out, const char *target, size_t target_len,
     obj = out->len;
     first = true;
     size_t q_limit = limit > reserve + (obj - start) ? limit - reserve - (obj - start) : 0;
-    for (size_t i = 0; rc == 0 && q && i <= query_len;) {
+    unsigned nparams = 0;
+    for (size_t i = 0; rc == 0 && q && i <= query_len && nparams < QUERY_MAX; nparams++) {
         const char *seg = query + i;
         const char *amp = memchr(seg, '&', query_len - i);
         size_t seg_len = amp ? (size_t)(amp - seg) : query_len - i;
@@ -720,6 +729,14 @@ static long act(admin_ui *a, int what, const parley_args *args, const char **why
     if (!n) {
         *why = "no such namespace";
         return -1;
+    }
+    for (size_t i = 0; what != ACT_DISCONNECT && i < a->o.nmanaged; i++) {
+        if (strcmp(a->o.managed[i], nsp_name) == 0) {
+            /* Joining a user's socket to a conversation's room would send
+             * that conversation to someone who is not a member. */
+            *why = "room membership in this namespace is managed by its service";
+            return -1;
+        }
     }
     size_t count = parley_nsp__select(n, filter_len > 0 ? filter : NULL,
                                       filter_len > 0 ? (size_t)filter_len : 0, NULL, 0);

@@ -43,6 +43,12 @@ typedef struct admin_ui_opts {
      * since that shows the users' messages to whoever holds the admin
      * credentials. Arguments over ADMIN_EVENT_MAX bytes are not shown. */
     bool events;
+    /* Namespaces whose room membership belongs to a service (e.g. the
+     * messaging service's /chat, whose rooms carry conversations): join
+     * and leave are refused there (_disconnect is not). The strings must
+     * outlive the admin_ui. */
+    const char *const *managed;
+    size_t nmanaged;
 } admin_ui_opts;
 
 void admin_ui_opts_init(admin_ui_opts *o);
@@ -92,7 +98,8 @@ bool admin_query_secret(const char *name, size_t len);
  * repeated header shown once (its first value), secret headers' and query
  * parameters' values replaced by "[redacted]", the query decoded
  * (%XX, '+'). Bounded: headers or query parameters that do not fit in
- * ADMIN_HS_MAX bytes are left out, the url is cut at 512 bytes. now_ms is
+ * ADMIN_HS_MAX bytes are left out, as are query parameters after the
+ * 64th; the url is cut at 512 bytes. now_ms is
  * the wall clock in ms since the epoch. */
 int admin_handshake_json(pbuf *out, const char *target, size_t target_len,
                          const http_header *headers, size_t nheaders, const char *peer_ip,

@@ -9,14 +9,19 @@
 // send the same event names with the same field sets.
 
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { cleanup, loadPinned, onCleanup, Queue, sleep, startParleyd, tempDir } from './lib/harness.mjs';
+import { cleanup, loadPinned, onCleanup, program, Queue, sleep, startParleyd, tempDir } from './lib/harness.mjs';
 import { io } from './lib/sio.mjs';
 
 const KEY = 'admin-key-0123456789-abcdef';
+/* --protocol-test's "/" handlers, with relaxed heartbeats and connect
+ * timeout: its 300/200 ms heartbeat drops sessions of a busy test
+ * process (CTest runs the Chromium tests alongside). */
+const PT = ['--protocol-test', '--ping-interval', '5000', '--ping-timeout', '10000', '--connect-timeout', '10000'];
 
 /** An admin socket whose every event lands in a queue. */
 function adminClient(url, auth, opts = {}) {
@@ -41,7 +46,7 @@ function connected(s, ms = 5000) {
 }
 
 /** Waits for an admin event satisfying pred (others are skipped). */
-async function waitFor(admin, name, pred = () => true, ms = 8000) {
+async function waitFor(admin, name, pred = () => true, ms = 15000) {
   const end = Date.now() + ms;
   for (;;) {
     const left = end - Date.now();
@@ -69,7 +74,7 @@ async function startReference() {
   const bcryptMod = await import('bcryptjs'); /* a dependency of @socket.io/admin-ui */
   const bcrypt = bcryptMod.default ?? bcryptMod;
   const httpServer = http.createServer();
-  const ioServer = new Server(httpServer, { pingInterval: 300, pingTimeout: 200 });
+  const ioServer = new Server(httpServer, { pingInterval: 5000, pingTimeout: 10000 });
   ioServer.of('/').on('connection', (socket) => {
     socket.on('join', (room, ack) => { socket.join(room); if (typeof ack === 'function') ack(); });
     socket.on('to-room', (room, event, ...args) => {
@@ -159,9 +164,9 @@ describe('parleyd --admin-ui: the /admin namespace', () => {
     const dir = tempDir();
     const keyFile = path.join(dir, 'admin.key');
     writeFileSync(keyFile, `${KEY}\n`);
-    srv = await startParleyd(['--protocol-test', '--admin-ui', '--admin-key-file', keyFile, '--admin-loopback', 'off'], { wsPath: null });
+    srv = await startParleyd([...PT, '--admin-ui', '--admin-key-file', keyFile, '--admin-loopback', 'off'], { wsPath: null });
     url = `http://127.0.0.1:${srv.port}`;
-    const srvEvents = await startParleyd(['--protocol-test', '--admin-ui', '--admin-key-file', keyFile, '--admin-ui-events'], { wsPath: null });
+    const srvEvents = await startParleyd([...PT, '--admin-ui', '--admin-key-file', keyFile, '--admin-ui-events'], { wsPath: null });
     urlEvents = `http://127.0.0.1:${srvEvents.port}`;
     ref = await startReference();
   });
@@ -381,7 +386,7 @@ describe('parleyd --admin-ui defaults and the messaging service', () => {
   });
 
   test('loopback peers need no credentials by default', async () => {
-    const srv = await startParleyd(['--protocol-test', '--admin-ui'], { wsPath: null });
+    const srv = await startParleyd([...PT, '--admin-ui'], { wsPath: null });
     const admin = adminClient(`http://127.0.0.1:${srv.port}`, undefined);
     await connected(admin.s);
     await waitFor(admin, 'config');
@@ -389,27 +394,49 @@ describe('parleyd --admin-ui defaults and the messaging service', () => {
     await srv.stop();
   });
 
+  test('bad --admin-loopback values and an unreadable --admin-key-file are refused with a message', () => {
+    const bad = spawnSync(program('PARLEYD'), ['--admin-ui', '--admin-loopback', 'maybe', '--listen', '127.0.0.1:0'], { encoding: 'utf8', timeout: 10000 });
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /--admin-loopback wants on or off/);
+    const missing = path.join(tempDir(), 'no-such.key');
+    const nokey = spawnSync(program('PARLEYD'), ['--admin-ui', '--admin-key-file', missing, '--no-messaging', '--listen', '127.0.0.1:0'], { encoding: 'utf8', timeout: 10000 });
+    assert.notEqual(nokey.status, 0);
+    assert.match(nokey.stderr, /admin-key-file/);
+  });
+
   test('without --admin-ui there is no /admin namespace', async () => {
-    const srv = await startParleyd(['--protocol-test'], { wsPath: null });
+    const srv = await startParleyd(PT, { wsPath: null });
     const admin = adminClient(`http://127.0.0.1:${srv.port}`, { username: 'admin', password: KEY });
     await assert.rejects(connected(admin.s), /Invalid namespace/);
     admin.s.close();
     await srv.stop();
   });
 
-  test('with messaging: an /admin CONNECT counts as joining an authenticated namespace (the connect timeout spares it); bad flag values are refused', async () => {
+  test('with messaging: an /admin CONNECT counts as joining an authenticated namespace (the connect timeout spares it); no room actions on /chat', async () => {
     const dir = tempDir();
-    const srv = await startParleyd(['--admin-ui', '--dev-auth', '--data-dir', path.join(dir, 'data'), '--connect-timeout', '500'], { wsPath: null });
+    const srv = await startParleyd(['--admin-ui', '--dev-auth', '--data-dir', path.join(dir, 'data'), '--connect-timeout', '2000'], { wsPath: null });
     const url = `http://127.0.0.1:${srv.port}`;
     const admin = adminClient(url, undefined);
     await connected(admin.s);
     const bare = client(url, '/', { transports: ['websocket'] });
     const bareGone = new Promise((resolve) => bare.io.engine?.once?.('close', resolve) ?? bare.io.once('close', resolve));
-    await sleep(1500);
+    await sleep(3500);
     assert.equal(admin.s.connected, true, 'the admin stays');
     await bareGone; /* the bare session (no namespace joined) was closed */
     const [stats] = await waitFor(admin, 'server_stats');
     assert.ok(stats.namespaces.some((n) => n.name === '/chat'));
+    /* /chat's rooms are conversations: join and leave are refused there;
+     * _disconnect works. */
+    const alice = client(url, '/chat', { auth: { user: 'alice' }, transports: ['websocket'] });
+    await connected(alice);
+    for (const ev of ['join', 'leave']) {
+      const r = await admin.s.timeout(3000).emitWithAck(ev, '/chat', 'dm:alice:bob', alice.id);
+      assert.deepEqual(r, { ok: false, error: 'room membership in this namespace is managed by its service' });
+    }
+    const aliceGone = new Promise((resolve) => alice.once('disconnect', resolve));
+    const r = await admin.s.timeout(3000).emitWithAck('_disconnect', '/chat', false, alice.id);
+    assert.deepEqual(r, { ok: true, sockets: 1 });
+    assert.equal(await aliceGone, 'io server disconnect');
     admin.s.close();
     await srv.stop();
   });

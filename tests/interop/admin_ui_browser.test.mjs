@@ -87,7 +87,9 @@ describe('the Socket.IO Admin UI in Chromium against parleyd --admin-ui', () => 
     /* The UI connects with credentials (withCredentials): CORS must name
      * its origin and allow credentials. The loopback exemption is off so
      * that the key is what lets the UI in. */
-    srv = await startParleyd(['--protocol-test', '--admin-ui', '--admin-key-file', keyFile, '--admin-loopback', 'off',
+    /* --protocol-test's "/" handlers; relaxed heartbeats (its 300/200 ms
+     * drop the sessions of a test process busy driving Chromium). */
+    srv = await startParleyd(['--protocol-test', '--ping-interval', '5000', '--ping-timeout', '10000', '--connect-timeout', '10000', '--admin-ui', '--admin-key-file', keyFile, '--admin-loopback', 'off',
       '--cors-origin', uiOrigin, '--cors-credentials'], { wsPath: null });
     sioUrl = `http://127.0.0.1:${srv.port}`;
     browser = await withTimeout(chromium.launch({

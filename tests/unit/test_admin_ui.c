@@ -206,6 +206,16 @@ static void test_handshake_bounded(void **state)
     json_val x;
     assert_true(json_object_get(&v, "xdomain", &x));
     assert_true(json_object_get(&v, "time", &x));
+    /* 8 KiB of distinct parameters: only the first 64 are looked at. */
+    target.len = 0;
+    pbuf_append_str(&target, "/?");
+    for (int i = 0; i < 2000; i++) pbuf_appendf(&target, "%sp%d", i ? "&" : "", i);
+    handshake(&b, str(&target), NULL, 0, &v);
+    json_val qv;
+    assert_true(json_object_get(&v, "query", &qv));
+    assert_int_equal(json_count(&qv), 64);
+    assert_string_equal(get(&v, "query", "p63", buf, sizeof buf), "");
+    assert_false(json_object_get(&qv, "p64", &x));
     /* A 1 KiB header value beyond HDR_VAL_MAX is never shown. */
     static char big[1100];
     memset(big, 'b', sizeof big);
