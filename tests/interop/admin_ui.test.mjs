@@ -378,7 +378,26 @@ describe('parleyd --admin-ui: the /admin namespace', () => {
     assert.deepEqual(await Promise.all([d1, d2]), ['io server disconnect', 'io server disconnect']);
     admin.s.close();
   });
+
+  test('parleyd exits cleanly on SIGTERM with an admin and clients connected', async () => {
+    const admin = adminClient(url, { username: 'admin', password: KEY });
+    await connected(admin.s);
+    const c = client(url, '/', { transports: ['polling'] });
+    await connected(c);
+    await c.timeout(3000).emitWithAck('join', 'some-room');
+    await waitFor(admin, 'room_joined', (nsp, room) => room === 'some-room');
+    await stopClean(srv);
+  });
 });
+
+/** Stops a parleyd and checks that it exited cleanly (a sanitizer build
+ * reports leaks and errors on stderr with a non-zero status). */
+async function stopClean(srv) {
+  const { code, signal } = await srv.stop();
+  const err = srv.stderr();
+  assert.ok(!/Sanitizer|runtime error/.test(err), err);
+  assert.deepEqual({ code, signal }, { code: 0, signal: null });
+}
 
 describe('parleyd --admin-ui defaults and the messaging service', () => {
   after(async () => {
@@ -391,7 +410,7 @@ describe('parleyd --admin-ui defaults and the messaging service', () => {
     await connected(admin.s);
     await waitFor(admin, 'config');
     admin.s.close();
-    await srv.stop();
+    await stopClean(srv);
   });
 
   test('bad --admin-loopback values and an unreadable --admin-key-file are refused with a message', () => {
@@ -437,7 +456,6 @@ describe('parleyd --admin-ui defaults and the messaging service', () => {
     const r = await admin.s.timeout(3000).emitWithAck('_disconnect', '/chat', false, alice.id);
     assert.deepEqual(r, { ok: true, sockets: 1 });
     assert.equal(await aliceGone, 'io server disconnect');
-    admin.s.close();
-    await srv.stop();
+    await stopClean(srv);
   });
 });

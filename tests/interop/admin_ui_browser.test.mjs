@@ -173,6 +173,11 @@ describe('the Socket.IO Admin UI in Chromium against parleyd --admin-ui', () => 
     await page.waitForFunction((id) => !document.body.innerText.includes(id), aId, { timeout: 10000 });
     assert.equal(b.connected, true);
     assert.deepEqual(pageErrors, [], 'no page errors');
+    /* parleyd stops cleanly with the UI still connected (a sanitizer
+     * build reports leaks and errors with a non-zero status). */
+    const { code, signal } = await srv.stop();
+    assert.ok(!/Sanitizer|runtime error/.test(srv.stderr()), srv.stderr());
+    assert.deepEqual({ code, signal }, { code: 0, signal: null });
     await page.close();
   });
 });
