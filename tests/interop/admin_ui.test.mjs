@@ -413,6 +413,21 @@ describe('parleyd --admin-ui defaults and the messaging service', () => {
     await stopClean(srv);
   });
 
+  test('the config file keys admin-ui, admin-key-file and admin-loopback', async () => {
+    const dir = tempDir();
+    writeFileSync(path.join(dir, 'admin.key'), KEY);
+    const conf = path.join(dir, 'parleyd.conf');
+    writeFileSync(conf, `admin-ui = true\nadmin-key-file = ${path.join(dir, 'admin.key')}\nadmin-loopback = off\n`);
+    const srv = await startParleyd([...PT, '--config', conf], { wsPath: null });
+    const u = `http://127.0.0.1:${srv.port}`;
+    const refused = adminClient(u, undefined);
+    await assert.rejects(connected(refused.s), /invalid credentials/);
+    const admin = adminClient(u, { username: 'x', password: KEY });
+    await connected(admin.s);
+    await waitFor(admin, 'config');
+    await stopClean(srv);
+  });
+
   test('bad --admin-loopback values and an unreadable --admin-key-file are refused with a message', () => {
     const bad = spawnSync(program('PARLEYD'), ['--admin-ui', '--admin-loopback', 'maybe', '--listen', '127.0.0.1:0'], { encoding: 'utf8', timeout: 10000 });
     assert.equal(bad.status, 2);
