@@ -48,6 +48,7 @@ typedef struct config {
     const char *admin_key_file;   /* --admin-key-file */
     bool admin_loopback_off;      /* --admin-loopback off */
     bool admin_events;            /* --admin-ui-events */
+    uint64_t admin_max_backlog;   /* --admin-ui-max-backlog (0: the default) */
     char *strings[64]; /* option values read from a config file */
     size_t nstrings;
 } config;
@@ -158,6 +159,8 @@ static void usage(FILE *f)
             "  --admin-loopback on|off   loopback peers need no credentials (default on)\n"
             "  --admin-ui-events         relay every event (the users' messages too) to the\n"
             "                            admins: the UI's Events page (off by default)\n"
+            "  --admin-ui-max-backlog B  an admin leaving more than B bytes untaken is\n"
+            "                            disconnected (default 8388608)\n"
             "\n"
             "WebSocket echo and limits:\n"
             "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
@@ -291,7 +294,8 @@ enum {
     OPT_ADMIN_UI,
     OPT_ADMIN_KEY_FILE,
     OPT_ADMIN_LOOPBACK,
-    OPT_ADMIN_EVENTS
+    OPT_ADMIN_EVENTS,
+    OPT_ADMIN_MAX_BACKLOG
 };
 
 static const struct option longopts[] = {
@@ -364,6 +368,7 @@ static const struct option longopts[] = {
     {"admin-key-file", required_argument, 0, OPT_ADMIN_KEY_FILE},
     {"admin-loopback", required_argument, 0, OPT_ADMIN_LOOPBACK},
     {"admin-ui-events", no_argument, 0, OPT_ADMIN_EVENTS},
+    {"admin-ui-max-backlog", required_argument, 0, OPT_ADMIN_MAX_BACKLOG},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -650,6 +655,10 @@ static const char *apply(config *c, int ch, const char *arg)
         return NULL;
     case OPT_ADMIN_EVENTS:
         c->admin_events = true;
+        return NULL;
+    case OPT_ADMIN_MAX_BACKLOG:
+        if (parse_u64(arg, 1ull << 40, &v) || v < 1024) return "bad --admin-ui-max-backlog";
+        c->admin_max_backlog = v;
         return NULL;
     case OPT_ADMIN_KEY_FILE:
         c->admin_key_file = arg;
@@ -1156,6 +1165,7 @@ int main(int argc, char **argv)
             ao.authorize = admin_authorize;
             ao.user = &a.admin_auth;
             ao.events = c.admin_events;
+            if (c.admin_max_backlog) ao.max_backlog = (size_t)c.admin_max_backlog;
             /* /chat's rooms are its conversations: only the service
              * decides who is in them. */
             static const char *const managed[] = {MSG_NAMESPACE};

@@ -60,6 +60,7 @@ struct admin_ui {
     ptimer stats;
     bool stats_on;
     pbuf out;
+    pdefer kick; /* disconnects admins marked as backlogged */
     agg_slot agg[AGG_SLOTS];
     size_t nagg;
     plog_limit log_refused;
@@ -304,13 +305,41 @@ int admin_handshake_json(pbuf *out, const char *target, size_t target_len,
 
 /* ---- emitting to the admins ---- */
 
-/* Sends the arguments in a->out (a JSON array) as `event` to every admin. */
+/* An admin socket's data: non-NULL once it is to be disconnected. */
+static char BACKLOGGED;
+
+/* Sends the arguments in a->out (a JSON array) as `event` to every admin,
+ * except those whose client is not taking what it is sent (marked, and
+ * disconnected when the iteration ends: not from inside a hook). */
 static void emit_admins(admin_ui *a, const char *event)
 {
     size_t pos = 0;
     parley_socket *s;
-    while ((s = parley_nsp__socket_next(a->nsp, &pos)))
+    while ((s = parley_nsp__socket_next(a->nsp, &pos))) {
+        if (parley_socket_data(s)) continue;
+        if (parley_socket__backlog(s) > a->o.max_backlog) {
+            parley_socket_set_data(s, &BACKLOGGED);
+            ploop_defer(a->loop, &a->kick);
+            continue;
+        }
         parley_emit__direct(s, event, (const char *)a->out.ptr, a->out.len);
+    }
+}
+
+static void on_kick(pdefer *d)
+{
+    admin_ui *a = PARLEY_CONTAINER_OF(d, admin_ui, kick);
+    for (;;) {
+        size_t pos = 0;
+        parley_socket *s, *found = NULL;
+        while (!found && (s = parley_nsp__socket_next(a->nsp, &pos)))
+            if (parley_socket_data(s)) found = s;
+        if (!found) return;
+        plog_warn("admin-ui: an admin from %s is not taking its events (over %zu bytes "
+                  "queued): disconnected",
+                  parley_socket__peer_ip(found), a->o.max_backlog);
+        parley_disconnect(found, 1);
+    }
 }
 
 static bool have_admins(const admin_ui *a)
@@ -805,12 +834,14 @@ void admin_ui_opts_init(admin_ui_opts *o)
     o->max_sockets = 1000;
     o->max_bytes = 4u << 20;
     o->max_rooms = 64;
+    o->max_backlog = 8u << 20;
 }
 
 int admin_ui_attach(parley_server *srv, const admin_ui_opts *o, admin_ui **out)
 {
     if (!srv || !o || !o->authorize || !o->nsp || o->nsp[0] != '/' || strlen(o->nsp) > MAX_NAME ||
-        o->stats_interval_ms == 0 || o->max_sockets == 0 || o->max_bytes == 0)
+        o->stats_interval_ms == 0 || o->max_sockets == 0 || o->max_bytes == 0 ||
+        o->max_backlog == 0)
         return PARLEY_EINVAL;
     admin_ui *a = pcalloc(1, sizeof *a);
     if (!a) return PARLEY_ENOMEM;
@@ -819,6 +850,7 @@ int admin_ui_attach(parley_server *srv, const admin_ui_opts *o, admin_ui **out)
     a->o = *o;
     a->started = ptime_ms();
     ptimer_init(&a->stats, on_stats_timer);
+    a->kick.cb = on_kick;
     if (gethostname(a->hostname, sizeof a->hostname - 1) != 0) strcpy(a->hostname, "localhost");
     a->hostname[sizeof a->hostname - 1] = 0;
     a->nsp_name = strdup(o->nsp);
@@ -859,6 +891,7 @@ void admin_ui_free(admin_ui *a)
     parley_nsp_set_handlers(a->nsp, NULL);
     parley_nsp_set_closed(a->nsp, 1);
     ploop_timer_stop(a->loop, &a->stats);
+    ploop_defer_cancel(a->loop, &a->kick);
     pbuf_free(&a->out);
     free(a->nsp_name);
     free(a->server_id);

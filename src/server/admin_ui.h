@@ -38,6 +38,11 @@ typedef struct admin_ui_opts {
     size_t max_bytes;             /* all_sockets's size; default 4 MiB */
     size_t max_rooms;             /* rooms listed per socket; default 64 */
     bool readonly;                /* no actions (join, leave, _disconnect) */
+    /* An admin whose client leaves more than this many bytes untaken (a
+     * polling admin that stopped polling, a stalled WebSocket) gets no
+     * more events and is disconnected at the end of the loop iteration;
+     * it can reconnect for a fresh all_sockets. Default 8 MiB. */
+    size_t max_backlog;
     /* Relay every event of every other namespace to the admins
      * (event_received / event_sent, the UI's Events page): default false,
      * since that shows the users' messages to whoever holds the admin

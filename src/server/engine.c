@@ -119,6 +119,13 @@ bool esession_writable(const esession *s)
     return s->get != NULL;
 }
 
+size_t esession_backlog(const esession *s)
+{
+    if (s->state != ES_OPEN) return 0;
+    if (s->transport == ENGINE_WEBSOCKET) return s->ws ? pconn_pending(s->ws->conn) : 0;
+    return s->pollq.len;
+}
+
 bool esession_closed(const esession *s)
 {
     return s->state != ES_OPEN;

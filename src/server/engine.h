@@ -152,6 +152,10 @@ void esession_close_why(esession *s, const char *reason);
  * packets. */
 bool esession_writable(const esession *s);
 
+/* Bytes sent to the session and not yet taken by the client: the polling
+ * queue, or the WebSocket connection's unsent output. */
+size_t esession_backlog(const esession *s);
+
 const char *esession_id(const esession *s); /* 20 characters */
 int esession_transport(const esession *s);
 bool esession_closed(const esession *s);

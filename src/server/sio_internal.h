@@ -80,6 +80,8 @@ int parley_join_n(parley_socket *s, const char *room, size_t len);
 /* The socket's rooms besides the one named by its id: i < count. */
 size_t parley_socket__nrooms(const parley_socket *s);
 const char *parley_socket__room(const parley_socket *s, size_t i, size_t *len);
+/* Bytes queued for the socket's session that its client has not taken. */
+size_t parley_socket__backlog(const parley_socket *s);
 /* The socket's Engine.IO session id (20 characters). */
 const char *parley_socket__client_id(const parley_socket *s);
 /* What the observer's handshake builder recorded (NULL, 0 when nothing),

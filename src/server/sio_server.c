@@ -261,6 +261,11 @@ const char *parley_socket__room(const parley_socket *s, size_t i, size_t *len)
     return s->rooms[i].r->name;
 }
 
+size_t parley_socket__backlog(const parley_socket *s)
+{
+    return esession_backlog(s->c->es);
+}
+
 const char *parley_socket__client_id(const parley_socket *s)
 {
     return esession_id(s->c->es);

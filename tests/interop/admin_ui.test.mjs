@@ -413,6 +413,33 @@ describe('parleyd --admin-ui defaults and the messaging service', () => {
     await stopClean(srv);
   });
 
+  test('an admin that stops polling gets no more events and is disconnected past --admin-ui-max-backlog', async () => {
+    const srv = await startParleyd([...PT, '--admin-ui', '--admin-ui-max-backlog', '4096'], { wsPath: null });
+    const base = `http://127.0.0.1:${srv.port}/socket.io/?EIO=4&transport=polling`;
+    const open = await (await fetch(base)).text();
+    const sid = JSON.parse(open.slice(1)).sid;
+    assert.equal(await (await fetch(`${base}&sid=${sid}`, { method: 'POST', body: '40/admin,' })).text(), 'ok');
+    const first = await (await fetch(`${base}&sid=${sid}`)).text();
+    assert.match(first, /^40\/admin,\{"sid"/);
+    /* It stops polling; clients come and go. */
+    const clients = [];
+    for (let i = 0; i < 20; i++) clients.push(await new Promise((resolve, reject) => {
+      const c = client(`http://127.0.0.1:${srv.port}`, '/', { transports: ['websocket'] });
+      c.once('connect', () => resolve(c));
+      c.once('connect_error', reject);
+    }));
+    await sleep(200);
+    const res = await fetch(`${base}&sid=${sid}`);
+    const body = await res.text();
+    /* What was queued stayed under the limit plus one event, and the
+     * admin was told it is disconnected (or its session is already gone). */
+    assert.ok(body.length < 4096 + 2048, `${body.length} bytes were queued`);
+    assert.ok(res.status === 400 || body.includes('41/admin,'), `${res.status} ${body.slice(-200)}`);
+    assert.match(srv.stderr(), /admin-ui: an admin from 127\.0\.0\.1 is not taking its events/);
+    for (const c of clients) c.close();
+    await stopClean(srv);
+  });
+
   test('the config file keys admin-ui, admin-key-file and admin-loopback', async () => {
     const dir = tempDir();
     writeFileSync(path.join(dir, 'admin.key'), KEY);
