@@ -15,6 +15,7 @@
 #include "prog/ops.h"
 #include "prog/protocol_test.h"
 #include "server/admin_auth.h"
+#include "server/admin_ui.h"
 #include "server/engine.h"
 #include "server/httpd.h"
 #include "services/jwt.h"
@@ -46,6 +47,9 @@ typedef struct config {
     const char *jwks_file;
     uint64_t jwt_max_lifetime_s;
     const char *api_key_file;
+    bool admin_ui;              /* --admin-ui: the /admin namespace of the Socket.IO Admin UI */
+    bool admin_events;          /* --admin-ui-events */
+    uint64_t admin_max_backlog; /* --admin-ui-max-backlog (0: the default) */
     char *strings[64]; /* option values read from a config file */
     size_t nstrings;
     /* Operations: admin access, /metrics, /dashboard (prog/ops.h). */
@@ -156,6 +160,16 @@ static void usage(FILE *f)
             "  --disk-reserve BYTES      refuse writes (storage_full) when the data directory's\n"
             "                            free space is below (default 268435456; 0 = never)\n"
             "\n"
+            "Socket.IO Admin UI (docs/PROTOCOL.md, \"The /admin namespace\"):\n"
+            "  --admin-ui                serve the /admin namespace of @socket.io/admin-ui 0.5\n"
+            "                            (off by default)\n"
+            "                            (who may connect: as for the dashboard below; the\n"
+            "                            admin key is the UI's password, any username)\n"
+            "  --admin-ui-events         relay every event (the users' messages too) to the\n"
+            "                            admins: the UI's Events page (off by default)\n"
+            "  --admin-ui-max-backlog B  an admin leaving more than B bytes untaken is\n"
+            "                            disconnected (default 8388608)\n"
+            "\n"
             "WebSocket echo and limits:\n"
             "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
             "  --no-deflate              do not accept permessage-deflate on the echo endpoint\n"
@@ -169,10 +183,11 @@ static void usage(FILE *f)
             "  --handshake-timeout MS    complete an HTTP request/upgrade within (default 10000)\n"
             "\n"
             "Operations (/metrics, /dashboard, /readyz; docs/OPERATIONS.md):\n"
-            "  --admin-key-file FILE     the admin key (first line of FILE): other than\n"
-            "                            loopback clients, only `Authorization: Bearer KEY` or\n"
-            "                            a login at /dashboard/login see /dashboard and\n"
-            "                            /metrics (without it they get 403)\n"
+            "  --admin-key-file FILE     the admin key (the file's bytes, line ends dropped):\n"
+            "                            other than loopback clients, only `Authorization:\n"
+            "                            Bearer KEY` or a login at /dashboard/login see\n"
+            "                            /dashboard, /metrics and the Admin UI (without it\n"
+            "                            they get 403)\n"
             "  --admin-loopback on|off   loopback clients need no key (default on; turn it off\n"
             "                            behind a reverse proxy on the same host)\n"
             "  --metrics-public          /metrics open to anyone (e.g. a Prometheus elsewhere\n"
@@ -279,7 +294,14 @@ enum {
 enum { ROOT_OFF, ROOT_AUTH, ROOT_OPEN };
 
 /* Operations. */
-enum { OPT_ADMIN_KEY_FILE = 512, OPT_ADMIN_LOOPBACK, OPT_METRICS_PUBLIC };
+enum {
+    OPT_ADMIN_KEY_FILE = 512,
+    OPT_ADMIN_LOOPBACK,
+    OPT_METRICS_PUBLIC,
+    OPT_ADMIN_UI,
+    OPT_ADMIN_EVENTS,
+    OPT_ADMIN_MAX_BACKLOG
+};
 
 /* Limits. */
 enum {
@@ -374,6 +396,9 @@ static const struct option longopts[] = {
     {"admin-key-file", required_argument, 0, OPT_ADMIN_KEY_FILE},
     {"admin-loopback", required_argument, 0, OPT_ADMIN_LOOPBACK},
     {"metrics-public", no_argument, 0, OPT_METRICS_PUBLIC},
+    {"admin-ui", no_argument, 0, OPT_ADMIN_UI},
+    {"admin-ui-events", no_argument, 0, OPT_ADMIN_EVENTS},
+    {"admin-ui-max-backlog", required_argument, 0, OPT_ADMIN_MAX_BACKLOG},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -663,6 +688,16 @@ static const char *apply(config *c, int ch, const char *arg)
         if (parse_u64(arg, 1ull << 50, &v)) return "bad --disk-reserve";
         c->msg.quota.disk_reserve = v;
         return NULL;
+    case OPT_ADMIN_UI:
+        c->admin_ui = true;
+        return NULL;
+    case OPT_ADMIN_EVENTS:
+        c->admin_events = true;
+        return NULL;
+    case OPT_ADMIN_MAX_BACKLOG:
+        if (parse_u64(arg, 1ull << 40, &v) || v < 1024) return "bad --admin-ui-max-backlog";
+        c->admin_max_backlog = v;
+        return NULL;
     /* Operations. */
     case OPT_ADMIN_KEY_FILE:
         if (!*arg) return "--admin-key-file must not be empty";
@@ -892,11 +927,26 @@ static void route_health(phttpd_req *req, void *user)
     phttpd_respond(req, 200, "text/plain; charset=utf-8", NULL, 0, "ok\n", 3);
 }
 
+/* The Admin UI namespace's authorizer: the rule of the dashboard
+ * (admin_auth.h): a loopback peer without credentials (unless
+ * --admin-loopback off), anyone else with the admin key as the password
+ * (any username). */
+static int admin_ui_authorize(const char *username, size_t ulen, const char *password, size_t plen,
+                              const char *peer_ip, void *user)
+{
+    (void)username;
+    (void)ulen;
+    const padmin *pa = *(padmin *const *)user;
+    if (padmin_ip_is_loopback(pa, peer_ip)) return 1;
+    return padmin_check_key(pa, password, plen);
+}
+
 typedef struct app {
     const config *c;
     parley_loop *loop;
     parley_server *srv;
     msg_service *msg;
+    admin_ui *admin_ui;
     engine *echo_engine;
     uv_signal_t sigint, sigterm, sighup;
     bool stopping;
@@ -1023,6 +1073,9 @@ static void banner(const config *c, unsigned port)
                                                : "loopback clients only (no --admin-key-file)");
     plog_info("dashboard at %s://%s/dashboard, metrics at /metrics%s; admin access: %s", http, base,
               c->metrics_public ? " (public)" : "", who);
+    if (c->admin_ui)
+        plog_info("Socket.IO Admin UI: namespace /admin at %s://%s%s (same admin access%s)", http,
+                  base, c->sio.path, c->admin_events ? "; message events shown" : "");
 }
 
 int main(int argc, char **argv)
@@ -1179,6 +1232,26 @@ int main(int argc, char **argv)
         ops_opts oo = {.metrics_public = c.metrics_public};
         if (rc == 0) rc = ops_new(a.srv, a.msg, a.admin, &oo, &a.ops);
     }
+    if (rc == 0 && c.admin_ui) {
+        if (!padmin_has_key(a.admin) && c.admin_loopback_off)
+            plog_warn("--admin-ui with --admin-loopback off and no --admin-key-file: every admin is "
+                      "refused");
+        admin_ui_opts ao;
+        admin_ui_opts_init(&ao);
+        ao.authorize = admin_ui_authorize;
+        ao.user = &a.admin;
+        ao.events = c.admin_events;
+        if (c.admin_max_backlog) ao.max_backlog = (size_t)c.admin_max_backlog;
+        /* /chat's rooms are its conversations: only the service decides
+         * who is in them. */
+        static const char *const managed[] = {MSG_NAMESPACE};
+        if (a.msg) {
+            ao.managed = managed;
+            ao.nmanaged = 1;
+        }
+        rc = admin_ui_attach(a.srv, &ao, &a.admin_ui);
+        if (rc) plog_error("admin-ui: %s", parley_strerror(rc));
+    }
     /* The service keeps digests of the API keys, and its own reference
      * to the key set. */
     if (keys_buf) OPENSSL_cleanse(keys_buf, API_KEY_FILE_MAX + 1);
@@ -1198,6 +1271,7 @@ int main(int argc, char **argv)
         if (a.echo_engine) engine_free(a.echo_engine);
         ops_stop(a.ops);
         msg_service_free(a.msg);
+        admin_ui_free(a.admin_ui);
         parley_server_free(a.srv);
         ploop_flush(a.loop);     /* deferred frees (the engines) */
         parley_loop_run(a.loop); /* closes handles the frees started */
@@ -1223,6 +1297,7 @@ int main(int argc, char **argv)
 
     parley_loop_run(a.loop);
     msg_service_free(a.msg);
+    admin_ui_free(a.admin_ui);
     parley_server_free(a.srv);
     parley_loop_free(a.loop);
     ops_free(a.ops);

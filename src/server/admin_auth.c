@@ -1,6 +1,7 @@
 /* The admin access rule (server/admin_auth.h). */
 #include "server/admin_auth.h"
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
@@ -71,26 +72,43 @@ bool padmin_check_key(const padmin *a, const char *key, size_t len)
     return CRYPTO_memcmp(d, a->key_digest, sizeof d) == 0;
 }
 
+/* 127.0.0.0/8 */
+static bool v4_loopback(const uint8_t b[4])
+{
+    return b[0] == 127;
+}
+
+/* ::1, or ::ffff:127.0.0.0/104 (IPv4-mapped) */
+static bool v6_loopback(const uint8_t b[16])
+{
+    static const uint8_t one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(b, one, 16) == 0) return true;
+    return memcmp(b, mapped, 12) == 0 && v4_loopback(b + 12);
+}
+
 bool padmin_addr_is_loopback(const struct sockaddr *sa)
 {
     if (!sa) return false;
-    if (sa->sa_family == AF_INET) {
-        const uint8_t *b = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
-        return b[0] == 127;
-    }
-    if (sa->sa_family == AF_INET6) {
-        const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-        static const uint8_t one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
-        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        if (memcmp(b, one, 16) == 0) return true;
-        return memcmp(b, mapped, 12) == 0 && b[12] == 127;
-    }
+    if (sa->sa_family == AF_INET)
+        return v4_loopback((const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr);
+    if (sa->sa_family == AF_INET6)
+        return v6_loopback(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr);
     return false;
 }
 
 bool padmin_is_loopback(const padmin *a, const struct sockaddr *sa)
 {
     return a && a->o.loopback && padmin_addr_is_loopback(sa);
+}
+
+bool padmin_ip_is_loopback(const padmin *a, const char *ip)
+{
+    if (!a || !a->o.loopback || !ip) return false;
+    uint8_t b[16];
+    if (inet_pton(AF_INET, ip, b) == 1) return v4_loopback(b);
+    if (inet_pton(AF_INET6, ip, b) == 1) return v6_loopback(b);
+    return false;
 }
 
 /* ---- sessions ---- */

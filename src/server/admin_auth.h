@@ -61,6 +61,11 @@ bool padmin_is_loopback(const padmin *a, const struct sockaddr *sa);
  * options say. */
 bool padmin_addr_is_loopback(const struct sockaddr *sa);
 
+/* padmin_is_loopback for an address in text ("127.0.0.1", "::1",
+ * "::ffff:127.0.0.1"), as the Socket.IO layer reports a peer; false for
+ * text that is not an address. */
+bool padmin_ip_is_loopback(const padmin *a, const char *ip);
+
 bool padmin_has_key(const padmin *a);
 
 /* The decision for an HTTP request: PADMIN_ALLOW, or the refusal. */

@@ -132,6 +132,13 @@ bool esession_writable(const esession *s)
     return s->get != NULL;
 }
 
+size_t esession_backlog(const esession *s)
+{
+    if (s->state != ES_OPEN) return 0;
+    if (s->transport == ENGINE_WEBSOCKET) return s->ws ? pconn_pending(s->ws->conn) : 0;
+    return s->pollq.len;
+}
+
 bool esession_closed(const esession *s)
 {
     return s->state != ES_OPEN;
@@ -687,6 +694,7 @@ static void ws_message(wsconn *w, int opcode, uint8_t *data, size_t len)
                 s->pollq.len = 0;
             }
             pbuf_free(&s->pollq);
+            if (s->state == ES_OPEN && s->eng->cbs->on_upgrade) s->eng->cbs->on_upgrade(s);
             return;
         }
         s->probe = NULL;

@@ -83,6 +83,9 @@ typedef struct engine_cbs {
      * "ping timeout", "parse error", "forced close", "server shutting
      * down". No sends after this. */
     void (*on_close)(esession *s, const char *reason);
+    /* Optional: the session moved from polling to WebSocket (the upgrade
+     * completed; the session may have been closed meanwhile). */
+    void (*on_upgrade)(esession *s);
 } engine_cbs;
 
 /* Attaches an engine to `path` (a prefix, e.g. "/engine.io/"). The options
@@ -175,6 +178,10 @@ void esession_close_why(esession *s, const char *reason);
  * WebSocket, a pending long-poll on polling): the test for volatile
  * packets. */
 bool esession_writable(const esession *s);
+
+/* Bytes sent to the session and not yet taken by the client: the polling
+ * queue, or the WebSocket connection's unsent output. */
+size_t esession_backlog(const esession *s);
 
 const char *esession_id(const esession *s); /* 20 characters */
 int esession_transport(const esession *s);

@@ -18,6 +18,7 @@
 #include "parley/server.h"
 #include "server/engine.h"
 #include "server/httpd.h"
+#include "server/sio_internal.h"
 
 #define MAX_ROOM_NAME   256
 #define MAX_ATTACHMENTS 64 /* upper bound for the max_attachments option */
@@ -76,6 +77,11 @@ struct sio_client {
     unsigned bins_want, bins_got;
     size_t bin_bytes; /* held for it (text and attachments), counted in the stats */
     uint8_t nauth;    /* sockets in authenticated namespaces */
+    bool polling;     /* counted in the server's polling_clients */
+    /* Recorded at the handshake when an observer builds it: the peer
+     * address, a NUL, then hs_len bytes (sio_observer.handshake). */
+    char *hs;
+    size_t hs_len;
 };
 
 struct parley_nsp {
@@ -144,6 +150,8 @@ struct parley_server {
     size_t max_att;     /* per session (max_attachment_bytes resolved) */
     size_t max_pending; /* server-wide (max_pending_attachment_bytes resolved) */
     parley_server_stats stats;
+    sio_observer obs; /* all NULL: none */
+    unsigned polling_clients;
 };
 
 static void socket_gone(parley_socket *s, const char *reason, bool persist);
@@ -207,6 +215,86 @@ const char *parley_socket_auth(const parley_socket *s, size_t *len)
 {
     if (len) *len = s->auth_len;
     return s->auth;
+}
+
+/* ---- internal hooks (sio_internal.h) ---- */
+
+void parley_server__observe(parley_server *s, const sio_observer *o)
+{
+    if (o)
+        s->obs = *o;
+    else
+        memset(&s->obs, 0, sizeof s->obs);
+}
+
+parley_loop *parley_server__loop(const parley_server *s)
+{
+    return s->loop;
+}
+
+parley_nsp *parley_server__nsp_next(const parley_server *s, size_t *pos)
+{
+    pmap_entry *e = pmap_next(&s->nsps, pos);
+    return e ? e->val : NULL;
+}
+
+parley_socket *parley_nsp__socket_next(const parley_nsp *n, size_t *pos)
+{
+    pmap_entry *e = pmap_next(&n->sockets, pos);
+    return e ? e->val : NULL;
+}
+
+size_t parley_nsp__count(const parley_nsp *n)
+{
+    return n->sockets.n;
+}
+
+size_t parley_socket__nrooms(const parley_socket *s)
+{
+    return s->nrooms;
+}
+
+const char *parley_socket__room(const parley_socket *s, size_t i, size_t *len)
+{
+    if (i >= s->nrooms) return NULL;
+    *len = s->rooms[i].r->len;
+    return s->rooms[i].r->name;
+}
+
+size_t parley_socket__backlog(const parley_socket *s)
+{
+    return esession_backlog(s->c->es);
+}
+
+const char *parley_socket__client_id(const parley_socket *s)
+{
+    return esession_id(s->c->es);
+}
+
+const char *parley_socket__handshake(const parley_socket *s, size_t *len)
+{
+    const sio_client *c = s->c;
+    if (!c->hs) {
+        *len = 0;
+        return NULL;
+    }
+    *len = c->hs_len;
+    return c->hs + strlen(c->hs) + 1;
+}
+
+const char *parley_socket__peer_ip(const parley_socket *s)
+{
+    return s->c->hs ? s->c->hs : "";
+}
+
+unsigned parley_server__clients(const parley_server *s)
+{
+    return s->eng ? engine_sessions(s->eng) : 0;
+}
+
+unsigned parley_server__polling_clients(const parley_server *s)
+{
+    return s->polling_clients;
 }
 
 static bool valid_nsp_name(const char *name)
@@ -315,6 +403,8 @@ static int join_room(parley_socket *s, const char *name, size_t len)
     }
     s->rooms[s->nrooms++] = (member){r, r->n};
     r->m[r->n++] = s;
+    parley_server *srv = s->nsp->srv;
+    if (srv->obs.room) srv->obs.room(s, r->name, r->len, true, srv->obs.user);
     return 0;
 }
 
@@ -350,14 +440,62 @@ int parley_join(parley_socket *s, const char *room_name)
 int parley_leave(parley_socket *s, const char *room_name)
 {
     if (!room_name) return PARLEY_EINVAL;
-    size_t len = strlen(room_name);
+    return parley_leave_n(s, room_name, strlen(room_name));
+}
+
+int parley_leave_n(parley_socket *s, const char *room_name, size_t len)
+{
     for (uint16_t i = 0; i < s->nrooms; i++) {
         if (s->rooms[i].r->len == len && memcmp(s->rooms[i].r->name, room_name, len) == 0) {
-            leave_member(s, i);
+            parley_server *srv = s->nsp->srv;
+            if (srv->obs.room) {
+                /* The name lives in the room, which may go with the leave. */
+                char name[MAX_ROOM_NAME];
+                memcpy(name, room_name, len);
+                leave_member(s, i);
+                srv->obs.room(s, name, len, false, srv->obs.user);
+            } else {
+                leave_member(s, i);
+            }
             return 0;
         }
     }
     return 0;
+}
+
+int parley_join_n(parley_socket *s, const char *room_name, size_t len)
+{
+    if (!room_name) return PARLEY_EINVAL;
+    if (!s->connected) return PARLEY_ECLOSED;
+    return join_room(s, room_name, len);
+}
+
+size_t parley_nsp__select(const parley_nsp *n, const char *name, size_t len, parley_socket **out,
+                          size_t cap)
+{
+    size_t count = 0;
+    if (!name) {
+        size_t pos = 0;
+        pmap_entry *e;
+        while ((e = pmap_next(&n->sockets, &pos))) {
+            if (count < cap) out[count] = e->val;
+            count++;
+        }
+        return count;
+    }
+    if (len == 20) {
+        parley_socket *one = pmap_get(&n->sockets, name, 20);
+        if (one) {
+            if (cap) out[0] = one;
+            return 1;
+        }
+    }
+    room *r = pmap_get(&n->rooms, name, len);
+    for (uint32_t k = 0; r && k < r->n; k++) {
+        if (count < cap) out[count] = r->m[k];
+        count++;
+    }
+    return count;
 }
 
 /* ---- encoding ---- */
@@ -423,6 +561,11 @@ static int send_packet(sio_client *c, const char *text, size_t len, const parley
     int rc = esession_send(c->es, false, text, len);
     for (size_t i = 0; rc == 0 && i < nbins; i++)
         rc = esession_send(c->es, true, bins[i].data, bins[i].len);
+    parley_server *srv = c->srv;
+    if (rc == 0 && srv->obs.traffic) {
+        srv->obs.traffic(true, len, srv->obs.user);
+        for (size_t i = 0; i < nbins; i++) srv->obs.traffic(true, bins[i].len, srv->obs.user);
+    }
     return rc;
 }
 
@@ -633,6 +776,11 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
         if (to->except_socket) to->except_socket->gen = gen;
     }
     int count = 0;
+    void (*traffic_)(bool, size_t, void *) = srv->obs.traffic;
+    size_t textlen_ = srv->scratch.len;
+    void (*event_)(parley_socket *, bool, const char *, size_t, const char *, size_t, void *) =
+        srv->obs.event;
+    size_t evlen_ = strlen(event), args_len_ = args_json ? strlen(args_json) : 0;
 #define DELIVER(sock)                                                                              \
     do {                                                                                           \
         parley_socket *x_ = (sock);                                                                \
@@ -641,6 +789,12 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
             for (size_t f_ = 0; f_ < nframes; f_++) esession_send_frame(x_->c->es, &frames[f_]);   \
             count++;                                                                               \
             srv->stats.events_out++;                                                               \
+            if (traffic_)                                                                          \
+                for (size_t f_ = 0; f_ < nframes; f_++)                                            \
+                    traffic_(true, f_ ? bins[f_ - 1].len : textlen_, srv->obs.user);               \
+            if (event_)                                                                            \
+                event_(x_, true, event, evlen_, args_json ? args_json : "[]",                      \
+                       args_json ? args_len_ : 2, srv->obs.user);                                  \
         }                                                                                          \
     } while (0)
     if (!to || to->nrooms == 0) {
@@ -719,7 +873,21 @@ static int emit_one(parley_socket *s, const parley_emit_opts *o, const char *eve
         s->acks = a;
         if (o->timeout_ms) ploop_timer_start(srv->loop, &a->timer, o->timeout_ms);
     }
+    if (srv->obs.event)
+        srv->obs.event(s, true, event, strlen(event), args_json ? args_json : "[]",
+                       args_json ? strlen(args_json) : 2, srv->obs.user);
     return 0;
+}
+
+int parley_emit__direct(parley_socket *s, const char *event, const char *args_json, size_t len)
+{
+    if (!s->connected) return PARLEY_ECLOSED;
+    parley_server *srv = s->nsp->srv;
+    json_val args;
+    int rc = check_args(srv, args_json, len, 0, &args);
+    if (rc == 0) rc = encode_event(&srv->scratch, s->nsp, -1, event, &args, 0, NULL);
+    if (rc == 0) rc = send_packet(s->c, (const char *)srv->scratch.ptr, srv->scratch.len, NULL, 0);
+    return rc;
 }
 
 int parley_emit(parley_socket *s, const char *event, const char *args_json, const parley_bin *bins,
@@ -794,6 +962,7 @@ static void socket_gone(parley_socket *s, const char *reason, bool persist)
     if (persist && srv->o.recovery && recoverable(reason)) persist_session(s);
     s->connected = false;
     pmap_del(&s->nsp->sockets, s->id, 20);
+    if (srv->obs.gone) srv->obs.gone(s, reason, srv->obs.user);
     while (s->nrooms) leave_member(s, (uint16_t)(s->nrooms - 1));
     client_remove_socket(s->c, s);
     if (s->authed && --s->c->nauth == 0 && srv->o.require_auth && !esession_closed(s->c->es)) {
@@ -971,6 +1140,8 @@ static void on_connect_packet(sio_client *c, const sio_packet *pk)
         rc = srv->o.recovery ? pbuf_appendf(out, "{\"sid\":\"%s\",\"pid\":\"%s\"}", s->id, s->pid)
                              : pbuf_appendf(out, "{\"sid\":\"%s\"}", s->id);
     if (rc == 0) esession_send(c->es, false, out->ptr, out->len);
+    if (srv->obs.connected) srv->obs.connected(s, srv->obs.user);
+    if (!s->connected) return; /* (an observer must not, but be safe) */
     if (n->h.on_connection) n->h.on_connection(s, n->h.user);
     s->auth = NULL;
     s->auth_len = 0;
@@ -1085,6 +1256,9 @@ static void dispatch(sio_client *c, const sio_packet *pk, const parley_bin *bins
         }
         parley_args a = {(const char *)args->ptr, args->len, ncanon ? canon : NULL, ncanon};
         srv->stats.events_in++;
+        if (srv->obs.event)
+            srv->obs.event(s, false, ev, (size_t)evlen, a.json, a.json_len, srv->obs.user);
+        if (!s->connected) return;
         if (s->nsp->h.on_event)
             s->nsp->h.on_event(s, ev, (size_t)evlen, &a, pk->id, s->nsp->h.user);
         return;
@@ -1231,9 +1405,44 @@ static void client_close_why(sio_client *c, const char *reason)
     if (!esession_closed(c->es)) esession_close_why(c->es, reason);
 }
 
+/* The peer's address without the port ("127.0.0.1", "::1"). */
+static void peer_ip(pconn *conn, char *out, size_t cap)
+{
+    char name[80];
+    pconn_peer_name(conn, name, sizeof name);
+    const char *start = name, *end = strrchr(name, ':');
+    if (name[0] == '[') {
+        start = name + 1;
+        end = strchr(name, ']');
+    }
+    size_t len = end && end > start ? (size_t)(end - start) : strlen(start);
+    if (len >= cap) len = cap - 1;
+    memcpy(out, start, len);
+    out[len] = 0;
+}
+
+/* The observer's record of the handshake: "<ip>\0<bytes>", allocated to
+ * size. */
+static void record_handshake(sio_client *c, const phttpd_req *req)
+{
+    parley_server *srv = c->srv;
+    char ip[64];
+    peer_ip(req->conn, ip, sizeof ip);
+    pbuf b = {0};
+    size_t iplen = strlen(ip) + 1;
+    if (pbuf_append(&b, ip, iplen) == 0 &&
+        srv->obs.handshake(req, ip, srv->tls != NULL, &b, srv->obs.user) == 0) {
+        c->hs = malloc(b.len);
+        if (c->hs) {
+            memcpy(c->hs, b.ptr, b.len);
+            c->hs_len = b.len - iplen;
+        }
+    }
+    pbuf_free(&b);
+}
+
 static void eng_open(esession *es, const phttpd_req *req)
 {
-    (void)req;
     parley_server *srv = engine_user(esession_engine(es));
     sio_client *c = pcalloc(1, sizeof *c);
     if (!c) {
@@ -1245,6 +1454,25 @@ static void eng_open(esession *es, const phttpd_req *req)
     ptimer_init(&c->connect_timer, on_connect_timeout);
     esession_set_user(es, c);
     ploop_timer_start(srv->loop, &c->connect_timer, srv->o.connect_timeout_ms);
+    if (esession_transport(es) == ENGINE_POLLING) {
+        c->polling = true;
+        srv->polling_clients++;
+    }
+    if (srv->obs.handshake && req && req->conn) record_handshake(c, req);
+    if (srv->obs.session) srv->obs.session(true, NULL, srv->obs.user);
+}
+
+static void eng_upgrade(esession *es)
+{
+    sio_client *c = esession_user(es);
+    if (!c) return;
+    parley_server *srv = c->srv;
+    if (c->polling) {
+        c->polling = false;
+        srv->polling_clients--;
+    }
+    for (uint8_t i = 0; srv->obs.upgraded && i < c->nsocks; i++)
+        srv->obs.upgraded(c->socks[i], srv->obs.user);
 }
 
 static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
@@ -1253,6 +1481,7 @@ static void eng_message(esession *es, bool binary, uint8_t *data, size_t len)
     parley_server *srv = c->srv;
     const char *why = NULL;
     sio_packet pk;
+    if (srv->obs.traffic) srv->obs.traffic(false, len, srv->obs.user);
     if (binary) {
         if (c->bins_want == 0) {
             plog_debug("socket.io %s: binary data outside a binary packet", esession_id(es));
@@ -1338,13 +1567,17 @@ static void eng_close(esession *es, const char *reason)
     while (c->nsocks) socket_gone(c->socks[c->nsocks - 1], reason, true);
     ploop_timer_stop(srv->loop, &c->connect_timer); /* after the sockets: see socket_gone */
     bin_reset(c);
+    if (c->polling) srv->polling_clients--;
     free(c->socks);
+    free(c->hs);
     free(c);
     esession_set_user(es, NULL);
+    if (srv->obs.session) srv->obs.session(false, reason, srv->obs.user);
 }
 
 static const engine_cbs eng_cbs = {
-    .on_open = eng_open, .on_message = eng_message, .on_close = eng_close};
+    .on_open = eng_open, .on_message = eng_message, .on_close = eng_close,
+    .on_upgrade = eng_upgrade};
 
 /* ---- server ---- */
 

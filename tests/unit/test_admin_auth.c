@@ -55,10 +55,22 @@ static void test_loopback(void **state)
     assert_int_equal(padmin_new(loop, &o, &a), 0);
     struct sockaddr_storage one = addr("127.0.0.1");
     assert_true(padmin_is_loopback(a, (struct sockaddr *)&one));
+    /* The same rule for addresses in text (the Admin UI namespace's). */
+    assert_true(padmin_ip_is_loopback(a, "127.0.0.1"));
+    assert_true(padmin_ip_is_loopback(a, "127.8.9.10"));
+    assert_true(padmin_ip_is_loopback(a, "::1"));
+    assert_true(padmin_ip_is_loopback(a, "::ffff:127.0.0.1"));
+    assert_false(padmin_ip_is_loopback(a, "10.0.0.1"));
+    assert_false(padmin_ip_is_loopback(a, "::ffff:10.0.0.1"));
+    assert_false(padmin_ip_is_loopback(a, "127.0.0.1 "));
+    assert_false(padmin_ip_is_loopback(a, "localhost"));
+    assert_false(padmin_ip_is_loopback(a, ""));
+    assert_false(padmin_ip_is_loopback(a, NULL));
     padmin_free(a);
     o.loopback = false; /* --admin-loopback off */
     assert_int_equal(padmin_new(loop, &o, &a), 0);
     assert_false(padmin_is_loopback(a, (struct sockaddr *)&one));
+    assert_false(padmin_ip_is_loopback(a, "127.0.0.1"));
     padmin_free(a);
     parley_loop_free(loop);
 }
