@@ -269,6 +269,21 @@ static void add_error(pbuf *b, const parley_chat_error *e)
     pbuf_append(b, "}", 1);
 }
 
+/* A request that failed: the server's error, or for a failure without
+ * one (err: timed out or disconnected) an error named after err. */
+static void add_failure(pbuf *b, int err, const parley_chat_error *e)
+{
+    parley_chat_error local;
+    if (!e) {
+        memset(&local, 0, sizeof local);
+        snprintf(local.code, sizeof local.code, "%s",
+                 err == PARLEY_ETIMEDOUT ? "timeout" : "disconnected");
+        snprintf(local.message, sizeof local.message, "%s", parley_strerror(err));
+        e = &local;
+    }
+    add_error(b, e);
+}
+
 static void on_history(parley_chat *c, int err, const parley_chat_error *e,
                        const parley_chat_message *msgs, size_t n, int more, void *user)
 {
@@ -375,15 +390,7 @@ static void on_room_presence(parley_chat *c, int err, const parley_chat_error *e
     add_str(&b, "room", room ? room : (const char *)user);
     free(user);
     if (err) {
-        parley_chat_error local;
-        if (!e) {
-            memset(&local, 0, sizeof local);
-            snprintf(local.code, sizeof local.code, "%s",
-                     err == PARLEY_ETIMEDOUT ? "timeout" : "disconnected");
-            snprintf(local.message, sizeof local.message, "%s", parley_strerror(err));
-            e = &local;
-        }
-        add_error(&b, e);
+        add_failure(&b, err, e);
     } else {
         pbuf_append_str(&b, ",\"presences\":[");
         for (size_t i = 0; i < n; i++) {
@@ -479,15 +486,7 @@ static void on_prefs(parley_chat *c, int err, const parley_chat_error *e, const 
     pbuf b = {0};
     add_str(&b, "op", (const char *)user);
     if (err) {
-        parley_chat_error local;
-        if (!e) {
-            memset(&local, 0, sizeof local);
-            snprintf(local.code, sizeof local.code, "%s",
-                     err == PARLEY_ETIMEDOUT ? "timeout" : "disconnected");
-            snprintf(local.message, sizeof local.message, "%s", parley_strerror(err));
-            e = &local;
-        }
-        add_error(&b, e);
+        add_failure(&b, err, e);
     } else {
         pbuf_append_str(&b, ",\"prefs\":");
         pbuf_append(&b, prefs_json, len);
