@@ -23,6 +23,9 @@ extern const size_t parley_dashboard_nassets;
 
 #define SSE_INTERVAL_MS 1000
 #define FORM_KEY_MAX    4096
+/* The login form's body: the key field percent-encoded, with room to
+ * spare. Anyone may POST it, so it is small (413 past it, on the head). */
+#define LOGIN_BODY_MAX  (3 * FORM_KEY_MAX + 1024)
 
 static const uint64_t lag_bounds_ns[] = {100000,    250000,    500000,    1000000,  2500000,
                                          5000000,   10000000,  25000000,  50000000, 100000000,
@@ -574,7 +577,10 @@ int ops_new(parley_server *srv, msg_service *msg, padmin *admin, const ops_opts 
                     phttpd_route(x->http, "/dashboard", route_dashboard, x) != 0 ||
                     phttpd_route(x->http, "/dashboard/", route_dashboard, x) != 0 ||
                     phttpd_route(x->http, "/dashboard/events", route_events, x) != 0 ||
-                    phttpd_route(x->http, "/dashboard/login", route_login, x) != 0 ||
+                    phttpd_route_ex(x->http, "/dashboard/login", false,
+                                    &(phttpd_route_opts){.handler = route_login,
+                                                         .max_body = LOGIN_BODY_MAX,
+                                                         .user = x}) != 0 ||
                     phttpd_route(x->http, "/dashboard/logout", route_logout, x) != 0 ||
                     phttpd_route_prefix(x->http, "/dashboard/", route_asset, x) != 0))
         rc = PARLEY_ENOMEM;

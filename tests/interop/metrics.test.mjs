@@ -274,6 +274,12 @@ describe('admin access rule', () => {
     assert.equal(wrong.status, 401);
     assert.equal(wrong.headers['set-cookie'], undefined);
     assert.match(wrong.body.toString(), /Wrong key/);
+    /* The form is open to anyone: its body is small (413 on the head). */
+    const big = await httpRequest(srv.port, 'POST', '/dashboard/login', {
+      headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: `key=${'A'.repeat(20000)}`,
+    });
+    assert.equal(big.status, 413);
     const ok = await login(srv.port, ADMIN_KEY);
     assert.equal(ok.status, 303);
     assert.equal(ok.headers.location, '/dashboard');
