@@ -213,6 +213,16 @@ PARLEY_API int parley_sock_disconnect(parley_sock *s);
 PARLEY_API int parley_sock_connected(parley_sock *s);
 /* 1 when the last connection was a connection-state recovery. */
 PARLEY_API int parley_sock_recovered(parley_sock *s);
+/* 1 when the server of the last connection has connection-state recovery
+ * on (its CONNECT reply carried a session pid; parleyd --recovery). Then,
+ * as with socket.io-client, every event received without an
+ * acknowledgement request (the handler's ack_id < 0) has one argument more
+ * than the server emitted: its last element is the server's offset, a
+ * string (the client sends the latest one back to recover). To get the
+ * arguments as emitted, drop that last element (parley/json.h:
+ * parley_json_count(args) - 1 elements). Events with ack_id >= 0 carry no
+ * offset. 0 without recovery: the arguments are exactly as emitted. */
+PARLEY_API int parley_sock_offsets(parley_sock *s);
 /* The socket id given by the server (copied into out, 32 bytes), or "". */
 PARLEY_API void parley_sock_id(parley_sock *s, char out[32]);
 

@@ -1813,6 +1813,9 @@ static void do_sock_query(void *arg)
     case 3:
         a->n = s->q ? outq_count(s->q) : 0;
         break;
+    case 4:
+        a->r = s->pid != NULL;
+        break;
     default:
         break;
     }
@@ -1828,6 +1831,13 @@ int parley_sock_connected(parley_sock *s)
 int parley_sock_recovered(parley_sock *s)
 {
     sock_q a = {.s = s, .what = 1};
+    if (!s || ploop_call(s->c->loop, do_sock_query, &a) != 0) return 0;
+    return a.r;
+}
+
+int parley_sock_offsets(parley_sock *s)
+{
+    sock_q a = {.s = s, .what = 4};
     if (!s || ploop_call(s->c->loop, do_sock_query, &a) != 0) return 0;
     return a.r;
 }

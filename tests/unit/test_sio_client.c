@@ -587,6 +587,8 @@ static void test_features(void **state)
         WAITL(&t.log, &at, "event auth ", 5000, line);
         assert_string_equal(line, "event auth [{}]");
         assert_int_equal(parley_sock_connected(s), 1);
+        /* No recovery on the server: no offsets, the arguments as sent. */
+        assert_int_equal(parley_sock_offsets(s), 0);
         char id[32];
         parley_sock_id(s, id);
         assert_int_equal(strlen(id), 20);
@@ -833,8 +835,10 @@ static void test_recovery(void **state)
         char line[512];
         WAIT(&t.log, &at, "connect 0 ", 5000);
         WAITL(&t.log, &at, "event auth ", 5000, line);
-        /* The offset is handed to the application as the last argument. */
+        /* The offset is handed to the application as the last argument,
+         * and parley_sock_offsets says so. */
         assert_non_null(strstr(line, "[{},\""));
+        assert_int_equal(parley_sock_offsets(s), 1);
         WAIT(&u.log, &uat, "event auth", 5000);
         char id[32];
         parley_sock_id(s, id);
