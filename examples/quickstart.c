@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "parley/client.h"
+#include "parley/json.h"
 
 static volatile sig_atomic_t stop;
 static volatile sig_atomic_t failed;    /* why it stops: 1 refused, 2 unreachable */
@@ -53,14 +54,21 @@ static void usage(const char *prog)
         prog, prog);
 }
 
-/* The CONNECT payload, asked for on every (re)connection. */
+/* The CONNECT payload, asked for on every (re)connection: {"token": ...},
+ * built with parley/json.h (which escapes the string). The client frees
+ * what this returns with free(), so the text is copied out of the builder. */
 static char *auth(parley_sock *s, void *user)
 {
     (void)s;
-    const char *token = user;
-    size_t n = strlen(token) + 16;
-    char *json = malloc(n);
-    if (json) snprintf(json, n, "{\"token\":\"%s\"}", token);
+    parley_json_builder *b;
+    if (parley_json_builder_new(&b)) return NULL;
+    parley_json_begin_object(b);
+    parley_json_key(b, "token");
+    parley_json_string(b, user);
+    parley_json_end_object(b); /* errors are sticky: checked once, below */
+    const char *text = parley_json_builder_result(b, NULL);
+    char *json = text ? strdup(text) : NULL;
+    parley_json_builder_free(b);
     return json;
 }
 
@@ -156,10 +164,24 @@ static void on_ack(parley_sock *s, int err, const parley_args *args, void *user)
 {
     (void)s;
     (void)user;
-    if (err)
+    if (err) {
         printf("no acknowledgement: %s\n", parley_strerror(err));
-    else
+    } else {
         printf("acknowledged with %.*s\n", (int)args->json_len, args->json);
+        /* The answer is [{"ok": false, "error": {"code": ..., ...}}] when
+         * the request was refused: read with parley/json.h. */
+        parley_json_doc *d;
+        if (parley_json_parse(args->json, args->json_len, 0, 0, &d, NULL) == 0) {
+            parley_json_value answer = parley_json_at(parley_json_root(d), 0);
+            int ok;
+            char code[64];
+            if (parley_json_get_bool(parley_json_get(answer, "ok"), &ok) == 0 && !ok &&
+                parley_json_get_string(parley_json_get(parley_json_get(answer, "error"), "code"),
+                                       code, sizeof code, NULL) == 0)
+                printf("refused: %s\n", code);
+            parley_json_free(d);
+        }
+    }
     fflush(stdout);
 }
 
@@ -214,16 +236,37 @@ int main(int argc, char **argv)
      * {"ok": true, ...} or {"ok": false, "error": {...}} (docs/PROTOCOL.md). */
     parley_sock_emit_ack(s, "join_room", "[{\"room\":\"quickstart\"}]", NULL, 0, 5000, on_ack,
                          NULL);
+    parley_json_builder *b;
+    if (parley_json_builder_new(&b)) {
+        parley_client_free(c);
+        return 2;
+    }
     for (int i = 0; !stop; i++) {
-        char args[256], id[37];
+        char id[37], text[32];
         parley_sock_emit(s, "typing",
                          "[{\"conversation\":\"room:quickstart\",\"state\":\"start\"}]", NULL, 0);
+        /* [{"client_id": id, "room": "quickstart", "type": "text",
+         *   "content": {"text": "hello N"}}], any text escaped */
         parley_new_id(id);
-        snprintf(args, sizeof args,
-                 "[{\"client_id\":\"%s\",\"room\":\"quickstart\",\"type\":\"text\","
-                 "\"content\":{\"text\":\"hello %d\"}}]",
-                 id, i);
-        parley_sock_emit_ack(s, "send_message", args, NULL, 0, 5000, on_ack, NULL);
+        snprintf(text, sizeof text, "hello %d", i);
+        parley_json_builder_reset(b);
+        parley_json_begin_array(b);
+        parley_json_begin_object(b);
+        parley_json_key(b, "client_id");
+        parley_json_string(b, id);
+        parley_json_key(b, "room");
+        parley_json_string(b, "quickstart");
+        parley_json_key(b, "type");
+        parley_json_string(b, "text");
+        parley_json_key(b, "content");
+        parley_json_begin_object(b);
+        parley_json_key(b, "text");
+        parley_json_string(b, text);
+        parley_json_end_object(b);
+        parley_json_end_object(b);
+        parley_json_end_array(b);
+        const char *args = parley_json_builder_result(b, NULL);
+        if (args) parley_sock_emit_ack(s, "send_message", args, NULL, 0, 5000, on_ack, NULL);
         if (i % 5 == 4) {
             parley_client_stats st;
             parley_client_get_stats(c, &st);
@@ -236,6 +279,7 @@ int main(int argc, char **argv)
         }
         for (int t = 0; t < 10 && !stop; t++) usleep(100000);
     }
+    parley_json_builder_free(b);
     parley_client_free(c);
     return failed ? 1 : 0;
 }
