@@ -312,6 +312,12 @@ describe('notifications', () => {
     assert.deepEqual([JSON.parse(res.body).code, JSON.parse(res.body).field], ['missing_field', 'title']);
     res = await post(srv.port, '{"to":');
     assert.deepEqual([res.status, JSON.parse(res.body).code], [400, 'bad_request']);
+    // A member given twice is refused (never the first or the last one taken).
+    res = await post(srv.port, `{"to":"${bob}","type":"alert","title":"a","title":"b"}`);
+    assert.deepEqual([res.status, JSON.parse(res.body).code, JSON.parse(res.body).field], [400, 'invalid_field', 'title']);
+    res = await post(srv.port, `{"to":"${bob}","type":"alert","title":"t","actions":[{"id":"a","label":"x","id":"b"}]}`);
+    assert.equal(res.status, 400);
+    assert.equal(JSON.parse(res.body).code, 'invalid_field');
     for (const key of [null, 'wrong-key']) {
       res = await post(srv.port, { to: bob, type: 'alert', title: 't' }, { key });
       assert.equal(res.status, 401);

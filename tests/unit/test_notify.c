@@ -120,6 +120,12 @@ static void test_notify_parse(void **state)
     assert_null(msg_ntype_name((msg_ntype)9));
 
     expect_notify_error("[]", MSG_E_BAD_REQUEST, "");
+    /* A repeated member is invalid_field, named (POST /api/notifications
+     * and notify share this parser). */
+    expect_notify_error("{\"to\":\"bob\",\"type\":\"alert\",\"title\":\"a\",\"title\":\"b\"}",
+                        MSG_E_INVALID_FIELD, "title");
+    expect_notify_error("{\"to\":\"bob\",\"to\":\"bob\",\"type\":\"alert\",\"title\":\"t\"}",
+                        MSG_E_INVALID_FIELD, "to");
     expect_notify_error("{\"type\":\"alert\",\"title\":\"t\"}", MSG_E_MISSING_FIELD, "to");
     expect_notify_error("{\"to\":\"bob\",\"title\":\"t\"}", MSG_E_MISSING_FIELD, "type");
     expect_notify_error("{\"to\":\"bob\",\"type\":\"alert\"}", MSG_E_MISSING_FIELD, "title");
