@@ -267,12 +267,36 @@ PARLEY_API void parley_chat_send_opts_init(parley_chat_send_opts *o);
  * queues it: SENDING is reported before this returns. client_id_out (37
  * bytes, may be NULL) gets its client id. Errors: PARLEY_EINVAL (err
  * says which field and why; nothing queued), PARLEY_EFULL (queue limits),
- * PARLEY_EIO, PARLEY_ENOMEM. */
+ * PARLEY_EIO, PARLEY_ENOMEM. The server's codes (err->code, err->field)
+ * for common mistakes, refused here before anything is queued:
+ *   empty text ("")                  invalid_field, "content.text"
+ *   to yourself (to == user_id)      invalid_field, "to"
+ *   to and room (or conversation)    invalid_field, "to" ("room" for room
+ *                                    and conversation)
+ *   no target                        missing_field, "to"
+ * Media of the wrong kind (an image message whose content.media was
+ * uploaded as video/mp4, say) can only be checked by the server, which
+ * knows the upload's type: the message is queued and then reported FAILED
+ * with invalid_field, "content.media" (its message names the media type
+ * needed and the upload's); unknown media: not_found, "content.media".
+ * Build content_json with parley/json.h to have strings escaped. */
 PARLEY_API int parley_chat_send(parley_chat *c, const parley_chat_send_opts *o,
                                 char client_id_out[37], parley_chat_error *err);
 /* A text message to a user (normal priority). */
 PARLEY_API int parley_chat_send_text(parley_chat *c, const char *to_user, const char *text,
                                      char client_id_out[37]);
+
+/* Receipts are watermarks over a conversation's seq numbers (1, 2, ...):
+ * marking seq covers every message with seq' <= seq, not only message seq.
+ * They only move forward: a seq at or below one this client already sent
+ * returns 0 and sends nothing, and the server likewise keeps the higher
+ * watermark. read implies delivered (marking read up to seq also marks
+ * delivered up to seq). seq <= 0 or a malformed conversation id:
+ * PARLEY_EINVAL. A seq above the conversation's last message is refused
+ * by the server (invalid_field): pass seqs of messages received. Receipts
+ * are reliable sends (queued while offline, sent in order). The
+ * participants' resulting watermarks arrive in on_receipt (delivered and
+ * read up to those seqs) and as message statuses in on_status. */
 
 /* Marks conversation read up to seq (a watermark; reliable). */
 PARLEY_API int parley_chat_mark_read(parley_chat *c, const char *conversation, int64_t seq);

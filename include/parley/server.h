@@ -127,7 +127,13 @@ typedef struct parley_bin {
 
 /* Event or acknowledgement arguments. */
 typedef struct parley_args {
-    const char *json; /* a JSON array, e.g. [1,"a",{"_placeholder":true,"num":0}] */
+    /* A JSON array, e.g. [1,"a",{"_placeholder":true,"num":0}], compact,
+     * json_len bytes: NOT guaranteed to be NUL-terminated (the server's
+     * handlers get text followed by other bytes), so always use json_len,
+     * e.g. parley_json_parse(a->json, a->json_len, ...) (parley/json.h).
+     * Valid during the callback only. On the client with connection-state
+     * recovery, see parley_sock_offsets for an extra last element. */
+    const char *json;
     size_t json_len;
     const parley_bin *bins;
     size_t nbins;

@@ -316,8 +316,7 @@ describe('notifications', () => {
     res = await post(srv.port, `{"to":"${bob}","type":"alert","title":"a","title":"b"}`);
     assert.deepEqual([res.status, JSON.parse(res.body).code, JSON.parse(res.body).field], [400, 'invalid_field', 'title']);
     res = await post(srv.port, `{"to":"${bob}","type":"alert","title":"t","actions":[{"id":"a","label":"x","id":"b"}]}`);
-    assert.equal(res.status, 400);
-    assert.equal(JSON.parse(res.body).code, 'invalid_field');
+    assert.deepEqual([res.status, JSON.parse(res.body).code, JSON.parse(res.body).field], [400, 'invalid_field', 'actions[0].id']);
     for (const key of [null, 'wrong-key']) {
       res = await post(srv.port, { to: bob, type: 'alert', title: 't' }, { key });
       assert.equal(res.status, 401);
