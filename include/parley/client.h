@@ -70,7 +70,10 @@ typedef enum parley_client_event_type {
 
 typedef struct parley_client_event {
     parley_client_event_type type;
-    const char *reason; /* CLOSE: "transport close", "ping timeout", ... */
+    const char *reason; /* CLOSE: "transport close", "ping timeout", ...;
+                           "forced close" when the last namespace was left
+                           (by either side; reported before that socket's
+                           on_disconnect, as socket.io-client's Manager) */
     int err;            /* a parley_err, for ERROR and failed attempts */
     int http_status;    /* when the server answered an HTTP error */
     unsigned attempt;
@@ -242,7 +245,17 @@ PARLEY_API int parley_sock_emit_volatile(parley_sock *s, const char *event, cons
 
 /* The server's acknowledgement (err 0, args), or err PARLEY_ETIMEDOUT
  * (timeout_ms passed; 0 = no timeout), or PARLEY_ECLOSED (the socket
- * disconnected before it came). */
+ * disconnected before it came). As socket.io-client 4.8's emitWithAck
+ * (and its error-first acks, with or without a timeout): an ack whose
+ * packet was sent fails at the disconnect, timeout or not, since the
+ * server of a new session never answers it; one still buffered (emitted
+ * while disconnected) stays pending and is answered after the
+ * reconnection. So pending acks are bounded by what is sent in one
+ * session plus the send buffer. (socket.io-client drops plain, non
+ * error-first callbacks silently instead; a C callback must learn when
+ * its user data is no longer needed, hence ECLOSED.) Sends that must
+ * survive reconnections (socket.io-client's `retries`) are
+ * parley_sock_send. */
 typedef void (*parley_ack_result_fn)(parley_sock *s, int err, const parley_args *args, void *user);
 PARLEY_API int parley_sock_emit_ack(parley_sock *s, const char *event, const char *args_json,
                                     const parley_bin *bins, size_t nbins, uint32_t timeout_ms,

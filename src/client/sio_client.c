@@ -146,6 +146,9 @@ struct parley_client {
     backoff bo;
     ptimer reconnect_timer;
     const char *reason_override;
+    /* The socket whose leaving closes the connection: eio_on_close leaves
+     * it to sock_leave, which tells it its own reason afterwards. */
+    parley_sock *leaving;
     parley_sock **socks;
     size_t nsocks;
     /* A binary packet waiting for its attachments. */
@@ -568,7 +571,9 @@ static void maybe_close_manager(parley_client *c)
         ploop_timer_stop(c->loop, &c->reconnect_timer);
         c->reconnecting = false;
     }
-    if (c->state != CL_CLOSED) close_engine(c, "io client disconnect");
+    /* socket.io-client's Manager._close(): the connection's reason is
+     * "forced close", whichever side ended the last namespace. */
+    if (c->state != CL_CLOSED) close_engine(c, "forced close");
 }
 
 static void clear_rbuf(parley_sock *s)
@@ -632,6 +637,27 @@ static void sock_onclose(parley_sock *s, const char *reason)
         s->o.on_disconnect(s, reason, s->o.user);
         leave(c);
     }
+}
+
+/* s left its namespace (reason: "io server disconnect" or "io client
+ * disconnect"). As socket.io-client's Socket.destroy() then onclose(): when
+ * it was the last active one, the connection closes first (CLOSE "forced
+ * close"), then the socket hears its own reason. */
+static void sock_leave(parley_sock *s, const char *reason)
+{
+    parley_client *c = s->c;
+    s->active = false;
+    if (!(s->connected || s->connect_sent)) {
+        maybe_close_manager(c);
+        return;
+    }
+    if (!any_active(c)) {
+        c->leaving = s;
+        maybe_close_manager(c);
+        c->leaving = NULL;
+        if (c->free_pending) return;
+    }
+    sock_onclose(s, reason);
 }
 
 static void deliver_event(parley_sock *s, const sio_packet *pk, const parley_bin *bins,
@@ -1028,9 +1054,7 @@ static void dispatch(parley_client *c, const sio_packet *pk, const parley_bin *b
         on_ack_packet(s, pk, bins, nbins);
         return;
     case SIO_DISCONNECT:
-        s->active = false;
-        sock_onclose(s, "io server disconnect");
-        if (!c->free_pending) maybe_close_manager(c);
+        sock_leave(s, "io server disconnect");
         return;
     default:
         return;
@@ -1274,7 +1298,7 @@ static void eio_on_close_in(eio_client *e, const char *reason, int err, int http
         emit_client_event(c, &ev);
         for (size_t i = 0; i < c->nsocks && !c->free_pending; i++) {
             parley_sock *s = c->socks[i];
-            if (s->connected || s->connect_sent) sock_onclose(s, reason);
+            if ((s->connected || s->connect_sent) && s != c->leaving) sock_onclose(s, reason);
         }
     } else {
         parley_client_event ev = {
@@ -1767,9 +1791,7 @@ static void do_sock_disconnect_in(void *arg)
         if (sio_write_head(out, SIO_DISCONNECT, 0, s->nsp, s->nsp_len, -1) == 0)
             send_raw(c, out->ptr, out->len, NULL, 0);
     }
-    s->active = false;
-    if (s->connected || s->connect_sent) sock_onclose(s, "io client disconnect");
-    if (!c->free_pending) maybe_close_manager(c);
+    sock_leave(s, "io client disconnect");
 }
 
 static void do_sock_disconnect(void *arg)
