@@ -255,7 +255,10 @@ PARLEY_API int parley_sock_emit_volatile(parley_sock *s, const char *event, cons
  * error-first callbacks silently instead; a C callback must learn when
  * its user data is no longer needed, hence ECLOSED.) Sends that must
  * survive reconnections (socket.io-client's `retries`) are
- * parley_sock_send. */
+ * parley_sock_send. A socket holds at most PARLEY_CLIENT_MAX_PENDING_ACKS
+ * pending acks (sent or buffered); beyond, PARLEY_EFULL and nothing is
+ * sent. */
+#define PARLEY_CLIENT_MAX_PENDING_ACKS 10000
 typedef void (*parley_ack_result_fn)(parley_sock *s, int err, const parley_args *args, void *user);
 PARLEY_API int parley_sock_emit_ack(parley_sock *s, const char *event, const char *args_json,
                                     const parley_bin *bins, size_t nbins, uint32_t timeout_ms,

@@ -117,6 +117,7 @@ struct parley_sock {
     pkt *sb_head, **sb_tail; /* send buffer */
     pkt *rb_head, **rb_tail; /* receive buffer */
     pending_ack *acks;
+    size_t nacks; /* in acks: at most PARLEY_CLIENT_MAX_PENDING_ACKS from emits */
     int64_t next_ack;
     outq *q;
     ptimer expiry;
@@ -338,6 +339,7 @@ static void ack_unlink(parley_sock *s, pending_ack *a)
     for (pending_ack **pp = &s->acks; *pp; pp = &(*pp)->next) {
         if (*pp == a) {
             *pp = a->next;
+            s->nacks--;
             break;
         }
     }
@@ -543,6 +545,7 @@ static void pump_queue(parley_sock *s)
         ptimer_init(&a->timer, on_ack_timeout);
         a->next = s->acks;
         s->acks = a;
+        s->nacks++;
         outq_sent(s->q, e);
         if (s->probing) memcpy(s->probe, e->id, sizeof s->probe);
         evcount *ec = count_for(s, e->event);
@@ -608,6 +611,7 @@ static void sock_onclose(parley_sock *s, const char *reason)
         pending_ack *a = *pp;
         if (!a->buffered) {
             *pp = a->next;
+            s->nacks--;
             ploop_timer_stop(c->loop, &a->timer);
             if (a->reliable) {
                 free(a);
@@ -2014,6 +2018,10 @@ static void do_emit_in(void *arg)
     if (a->volatile_ && (!live || !eio_client_writable(c->eio))) return; /* dropped */
     pending_ack *pa = NULL;
     if (want_ack) {
+        if (s->nacks >= PARLEY_CLIENT_MAX_PENDING_ACKS) {
+            a->rc = PARLEY_EFULL;
+            return;
+        }
         pa = pcalloc(1, sizeof *pa);
         if (!pa) {
             a->rc = PARLEY_ENOMEM;
@@ -2049,6 +2057,7 @@ static void do_emit_in(void *arg)
         s->next_ack++;
         pa->next = s->acks;
         s->acks = pa;
+        s->nacks++;
         if (a->timeout_ms) ploop_timer_start(c->loop, &pa->timer, a->timeout_ms);
     }
     evcount *ec = count_for(s, a->event);

@@ -57,6 +57,18 @@ function driverLog(d) {
 describe('Socket.IO client parity with socket.io-client 4.8 (npm socket.io server)', () => {
   after(cleanup);
 
+  test('pending acks are bounded: PARLEY_CLIENT_MAX_PENDING_ACKS (10000) per socket, then PARLEY_EFULL', async () => {
+    const d = new Driver();
+    /* Nobody listens on port 9 here: every emit stays buffered. */
+    await d.ok({ cmd: 'new', url: 'http://127.0.0.1:9', transports: 'websocket', delay: 60000, delay_max: 60000, timeout: 1000 });
+    await d.ok({ cmd: 'socket', nsp: '/' });
+    await d.ok({ cmd: 'connect' });
+    for (let i = 0; i < 10000; i++) await d.ok({ cmd: 'emit', event: 'e', args: [i], ack_timeout: 0, tag: `t${i}` });
+    assert.equal(await d.cmd({ cmd: 'emit', event: 'e', args: ['over'], ack_timeout: 0, tag: 'over' }), -14);
+    await d.ok({ cmd: 'emit', event: 'e', args: ['no ack'] });
+    await d.ok({ cmd: 'exit' });
+  });
+
   for (const mode of MODES) {
     describe(`transport: ${mode.name}`, () => {
       for (const side of ['server', 'client']) {
