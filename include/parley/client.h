@@ -63,7 +63,7 @@ typedef enum parley_client_event_type {
     PARLEY_CLIENT_RECONNECTED,      /* open again after `attempt` attempts */
     PARLEY_CLIENT_RECONNECT_FAILED, /* reconnection_attempts exhausted, or a
                                        non-retryable answer (HTTP 401, 403,
-                                       404): no more attempts until
+                                       404, 407): no more attempts until
                                        parley_client_connect */
     PARLEY_CLIENT_ERROR,            /* err, http_status, message */
 } parley_client_event_type;
@@ -95,6 +95,19 @@ typedef struct parley_client_opts {
                             falling back to polling when its handshake
                             is refused (default 0: polling, then
                             upgrade) */
+    /* An HTTP proxy to tunnel through (CONNECT, for polling and WebSocket
+     * alike; for https/wss targets TLS runs inside the tunnel):
+     * "http://[user:password@]host[:port]" (port default 80; credentials
+     * percent-decoded, sent as Basic Proxy-Authorization), or "" for none.
+     * NULL (default): the environment, as curl reads it: https_proxy or
+     * HTTPS_PROXY for https/wss URLs, http_proxy or HTTP_PROXY for
+     * http/ws, except for hosts in no_proxy/NO_PROXY (comma-separated;
+     * an entry matches the host and its subdomains; "*" every host). A
+     * refusal is reported as an ERROR with err PARLEY_EPROXY (or
+     * PARLEY_EPROXYAUTH for 407) and http_status the proxy's status; 403
+     * and 407 stop reconnecting, as the server's 401/403/404 do.
+     * Errors of parley_client_new: PARLEY_EURL for a malformed proxy URL. */
+    const char *proxy;
     const char *ca_file; /* TLS trust (default: the system store) */
     int insecure;        /* skip certificate checks (tests only) */
     uint32_t timeout_ms; /* each connection attempt (default 20000) */

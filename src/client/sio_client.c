@@ -38,6 +38,7 @@
 #include "base/url.h"
 #include "base/util.h"
 #include "client/backoff.h"
+#include "client/proxy.h"
 #include "client/eio_client.h"
 #include "client/outq.h"
 #include "client/sio_internal.h"
@@ -1274,7 +1275,7 @@ static void eio_on_upgrade(eio_client *e)
 
 static bool non_retryable(int status)
 {
-    return status == 401 || status == 403 || status == 404;
+    return status == 401 || status == 403 || status == 404 || status == 407;
 }
 
 static void eio_on_close_in(eio_client *e, const char *reason, int err, int http_status)
@@ -1467,6 +1468,9 @@ int parley_client_new(const parley_client_opts *o, parley_client **out)
             rc = PARLEY_ENOMEM;
     }
     if (rc == 0 && c->path[0] != '/') rc = PARLEY_EINVAL;
+    pproxy px;
+    bool use_px = false;
+    if (rc == 0) rc = pproxy_pick(o->proxy, c->url.tls, c->url.host, &px, &use_px);
     if (rc == 0) rc = copy_headers(c, o->headers, o->nheaders);
     if (rc == 0 && c->url.tls) {
         ptls_client_opts to = {.ca_file = c->ca_file, .insecure = o->insecure != 0};
@@ -1482,6 +1486,7 @@ int parley_client_new(const parley_client_opts *o, parley_client **out)
     c->o.query = c->query;
     c->o.ca_file = c->ca_file;
     c->o.headers = NULL;
+    c->o.proxy = NULL; /* resolved into the engine's options */
     c->bo.base_ms = c->o.reconnection_delay_ms;
     c->bo.max_ms = c->o.reconnection_delay_max_ms < c->o.reconnection_delay_ms
                        ? c->o.reconnection_delay_ms
@@ -1509,6 +1514,10 @@ int parley_client_new(const parley_client_opts *o, parley_client **out)
         eo.websocket_first = c->o.websocket_first != 0;
         eo.tls = c->tls;
         eo.timeout_ms = c->o.timeout_ms;
+        if (use_px) {
+            eo.proxy = px;
+            eo.use_proxy = true;
+        }
         c->eio = eio_client_new(c->loop, &eo, &eio_cbs, c);
         if (!c->eio) rc = PARLEY_ENOMEM;
     }
