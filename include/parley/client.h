@@ -63,14 +63,17 @@ typedef enum parley_client_event_type {
     PARLEY_CLIENT_RECONNECTED,      /* open again after `attempt` attempts */
     PARLEY_CLIENT_RECONNECT_FAILED, /* reconnection_attempts exhausted, or a
                                        non-retryable answer (HTTP 401, 403,
-                                       404): no more attempts until
+                                       404, 407): no more attempts until
                                        parley_client_connect */
     PARLEY_CLIENT_ERROR,            /* err, http_status, message */
 } parley_client_event_type;
 
 typedef struct parley_client_event {
     parley_client_event_type type;
-    const char *reason; /* CLOSE: "transport close", "ping timeout", ... */
+    const char *reason; /* CLOSE: "transport close", "ping timeout", ...;
+                           "forced close" when the last namespace was left
+                           (by either side; reported before that socket's
+                           on_disconnect, as socket.io-client's Manager) */
     int err;            /* a parley_err, for ERROR and failed attempts */
     int http_status;    /* when the server answered an HTTP error */
     unsigned attempt;
@@ -92,6 +95,19 @@ typedef struct parley_client_opts {
                             falling back to polling when its handshake
                             is refused (default 0: polling, then
                             upgrade) */
+    /* An HTTP proxy to tunnel through (CONNECT, for polling and WebSocket
+     * alike; for https/wss targets TLS runs inside the tunnel):
+     * "http://[user:password@]host[:port]" (port default 80; credentials
+     * percent-decoded, sent as Basic Proxy-Authorization), or "" for none.
+     * NULL (default): the environment, as curl reads it: https_proxy or
+     * HTTPS_PROXY for https/wss URLs, http_proxy or HTTP_PROXY for
+     * http/ws, except for hosts in no_proxy/NO_PROXY (comma-separated;
+     * an entry matches the host and its subdomains; "*" every host). A
+     * refusal is reported as an ERROR with err PARLEY_EPROXY (or
+     * PARLEY_EPROXYAUTH for 407) and http_status the proxy's status; 403
+     * and 407 stop reconnecting, as the server's 401/403/404 do.
+     * Errors of parley_client_new: PARLEY_EURL for a malformed proxy URL. */
+    const char *proxy;
     const char *ca_file; /* TLS trust (default: the system store) */
     int insecure;        /* skip certificate checks (tests only) */
     uint32_t timeout_ms; /* each connection attempt (default 20000) */
@@ -252,7 +268,20 @@ PARLEY_API int parley_sock_emit_volatile(parley_sock *s, const char *event, cons
 
 /* The server's acknowledgement (err 0, args), or err PARLEY_ETIMEDOUT
  * (timeout_ms passed; 0 = no timeout), or PARLEY_ECLOSED (the socket
- * disconnected before it came). */
+ * disconnected before it came). As socket.io-client 4.8's emitWithAck
+ * (and its error-first acks, with or without a timeout): an ack whose
+ * packet was sent fails at the disconnect, timeout or not, since the
+ * server of a new session never answers it; one still buffered (emitted
+ * while disconnected) stays pending and is answered after the
+ * reconnection. So pending acks are bounded by what is sent in one
+ * session plus the send buffer. (socket.io-client drops plain, non
+ * error-first callbacks silently instead; a C callback must learn when
+ * its user data is no longer needed, hence ECLOSED.) Sends that must
+ * survive reconnections (socket.io-client's `retries`) are
+ * parley_sock_send. A socket holds at most PARLEY_CLIENT_MAX_PENDING_ACKS
+ * pending acks (sent or buffered); beyond, PARLEY_EFULL and nothing is
+ * sent. */
+#define PARLEY_CLIENT_MAX_PENDING_ACKS 10000
 typedef void (*parley_ack_result_fn)(parley_sock *s, int err, const parley_args *args, void *user);
 PARLEY_API int parley_sock_emit_ack(parley_sock *s, const char *event, const char *args_json,
                                     const parley_bin *bins, size_t nbins, uint32_t timeout_ms,

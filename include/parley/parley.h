@@ -48,6 +48,8 @@ typedef enum parley_err {
     PARLEY_ESTATE = -13,      /* the call is not valid in the current state */
     PARLEY_EFULL = -14,       /* a queue or output buffer is full */
     PARLEY_EURL = -15,        /* the URL is malformed or has an unsupported scheme */
+    PARLEY_EPROXY = -16,      /* the HTTP proxy refused the tunnel (or failed) */
+    PARLEY_EPROXYAUTH = -17,  /* the HTTP proxy wants credentials (407) */
 } parley_err;
 
 /* Human-readable text for an error code; never NULL, static storage. */

@@ -148,6 +148,13 @@ typedef struct parley_ws_opts {
      * certificate and host name verification (tests only; default 0). */
     const char *ca_file;
     int insecure;
+    /* HTTP proxy: as parley_client_opts.proxy (a CONNECT tunnel, TLS inside
+     * it for wss; NULL = https_proxy/HTTPS_PROXY for wss, http_proxy/
+     * HTTP_PROXY for ws, minus no_proxy/NO_PROXY; "" = none). A refusal
+     * ends the attempt with reason "proxy refused", err PARLEY_EPROXY or
+     * PARLEY_EPROXYAUTH (407), parley_ws_http_status the proxy's status;
+     * 403 and 407 are not retried. */
+    const char *proxy;
     /* Deadline for DNS + TCP + TLS + upgrade, in ms (default 10000). */
     uint32_t connect_timeout_ms;
     /* Largest accepted message and frame, in bytes (default 16 MiB). */

@@ -19,6 +19,8 @@ const char *parley_strerror(int err)
     case PARLEY_ESTATE: return "invalid state for this call";
     case PARLEY_EFULL: return "buffer or queue full";
     case PARLEY_EURL: return "malformed or unsupported URL";
+    case PARLEY_EPROXY: return "the HTTP proxy refused the tunnel";
+    case PARLEY_EPROXYAUTH: return "the HTTP proxy requires authentication (407)";
     }
     return "unknown error";
 }

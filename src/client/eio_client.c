@@ -99,6 +99,7 @@ struct ews {
     wsconn ws;
     bool ws_live;
     int http_status;
+    int proxy_status; /* the proxy refused the tunnel with it */
     int err;
 };
 
@@ -453,6 +454,7 @@ static hclient *new_hclient(eio_client *e,
                        .port = e->o.url.port,
                        .host_header = e->o.url.host_header,
                        .tls = e->o.url.tls ? e->o.tls : NULL,
+                       .proxy = e->o.use_proxy ? &e->o.proxy : NULL,
                        .connect_timeout_ms = e->o.timeout_ms,
                        .max_body = EC_MAX_MESSAGE};
     return hclient_new(e->loop, &ho, cb, e);
@@ -480,7 +482,7 @@ static void on_handshake(hclient *h, int err, int status, uint8_t *body, size_t 
     (void)h;
     eio_client *e = user;
     if (err) {
-        finish(e, err == PARLEY_ETIMEDOUT ? "timeout" : "transport error", err, 0);
+        finish(e, err == PARLEY_ETIMEDOUT ? "timeout" : "transport error", err, status);
         return;
     }
     if (status != 200) {
@@ -659,8 +661,8 @@ static ews *ews_start(eio_client *e, bool probe)
     http_parser_init(&w->parser, true, NULL);
     w->parser.limits.max_headers = EC_MAX_HEADERS;
     pconn_init(&w->c, e->loop, &ews_cbs, 0);
-    int rc = pconn_connect(&w->c, e->o.url.host, e->o.url.port, e->o.url.tls ? e->o.tls : NULL,
-                           e->o.timeout_ms);
+    int rc = pconn_connect_via(&w->c, e->o.use_proxy ? &e->o.proxy : NULL, e->o.url.host,
+                               e->o.url.port, e->o.url.tls ? e->o.tls : NULL, e->o.timeout_ms);
     if (rc) {
         w->err = rc;
         pconn_close(&w->c, false, rc);
@@ -684,6 +686,8 @@ static void ews_on_connect(pconn *c, int status)
     ews *w = PARLEY_CONTAINER_OF(c, ews, c);
     if (status) {
         w->err = status;
+        if (status == PARLEY_EPROXY || status == PARLEY_EPROXYAUTH)
+            w->proxy_status = pconn_proxy_status(c);
         return;
     }
     w->tcp_up = true;
@@ -738,6 +742,8 @@ static void ews_failed(ews *w)
         }
         if (w->http_status)
             finish(e, "handshake refused", PARLEY_EHANDSHAKE, w->http_status);
+        else if (w->proxy_status)
+            finish(e, "transport error", w->err, w->proxy_status);
         else
             finish(e, w->err == PARLEY_ETIMEDOUT ? "timeout" : "transport error",
                    w->err ? w->err : PARLEY_ECLOSED, 0);

@@ -37,6 +37,8 @@ typedef struct eio_client_opts {
     bool upgrade;
     bool websocket_first;
     ptls_ctx *tls;              /* when the URL is https/wss */
+    pproxy proxy;               /* with use_proxy: tunnel every connection */
+    bool use_proxy;
     uint32_t timeout_ms;        /* to open the session */
 } eio_client_opts;
 

@@ -27,6 +27,8 @@ struct hclient {
     char host_header[270];
     unsigned port;
     ptls_ctx *tls;
+    pproxy proxy;
+    bool use_proxy;
     uint32_t connect_timeout_ms;
     uint64_t max_body;
     hclient_cb cb;
@@ -72,6 +74,10 @@ hclient *hclient_new(parley_loop *loop, const hclient_opts *o, hclient_cb cb, vo
     snprintf(h->host_header, sizeof h->host_header, "%s", o->host_header);
     h->port = o->port;
     h->tls = o->tls;
+    if (o->proxy) {
+        h->proxy = *o->proxy;
+        h->use_proxy = true;
+    }
     h->connect_timeout_ms = o->connect_timeout_ms;
     h->max_body = o->max_body ? o->max_body : HC_DEFAULT_LIMIT;
     h->cb = cb;
@@ -126,7 +132,9 @@ static bool finish(hclient *h, int err)
         gone = maybe_destroy(h);
     } else if (h->cb) {
         h->depth++;
-        h->cb(h, err, err ? 0 : status, body.ptr, body.len, h->user);
+        /* A proxy's refusal carries the proxy's status. */
+        bool px = err == PARLEY_EPROXY || err == PARLEY_EPROXYAUTH;
+        h->cb(h, err, err && !px ? 0 : status, body.ptr, body.len, h->user);
         h->depth--;
         gone = maybe_destroy(h);
     }
@@ -149,7 +157,8 @@ static int open_conn(hclient *h)
     hc->h = h;
     pconn_init(&hc->c, h->loop, &hc_cbs, 0);
     h->cur = hc;
-    int rc = pconn_connect(&hc->c, h->host, h->port, h->tls, h->connect_timeout_ms);
+    int rc = pconn_connect_via(&hc->c, h->use_proxy ? &h->proxy : NULL, h->host, h->port, h->tls,
+                               h->connect_timeout_ms);
     if (rc) {
         /* The handle exists: close it; the error is reported from on_close. */
         pconn_close(&hc->c, false, rc);
@@ -227,7 +236,11 @@ void hclient_abort(hclient *h)
 static void hc_on_connect(pconn *c, int status)
 {
     hconn *hc = PARLEY_CONTAINER_OF(c, hconn, c);
-    if (status) return; /* the connection closes; on_close reports */
+    if (status) { /* the connection closes; on_close reports */
+        if (hc->h && (status == PARLEY_EPROXY || status == PARLEY_EPROXYAUTH))
+            hc->h->status = pconn_proxy_status(c);
+        return;
+    }
     hc->connected = true;
     if (hc->h) write_request(hc->h);
 }

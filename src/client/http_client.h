@@ -29,6 +29,7 @@ typedef struct hclient_opts {
     unsigned port;
     const char *host_header;     /* Host header value */
     ptls_ctx *tls;               /* borrowed; NULL = plain */
+    const pproxy *proxy;         /* tunnel through it (copied); NULL = direct */
     uint32_t connect_timeout_ms; /* 0 = none */
     uint64_t max_body;           /* decoded response body limit (0 = 16 MiB) */
 } hclient_opts;

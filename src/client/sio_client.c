@@ -38,6 +38,7 @@
 #include "base/url.h"
 #include "base/util.h"
 #include "client/backoff.h"
+#include "client/proxy.h"
 #include "client/eio_client.h"
 #include "client/outq.h"
 #include "client/sio_internal.h"
@@ -117,6 +118,7 @@ struct parley_sock {
     pkt *sb_head, **sb_tail; /* send buffer */
     pkt *rb_head, **rb_tail; /* receive buffer */
     pending_ack *acks;
+    size_t nacks; /* in acks: at most PARLEY_CLIENT_MAX_PENDING_ACKS from emits */
     int64_t next_ack;
     outq *q;
     ptimer expiry;
@@ -146,6 +148,9 @@ struct parley_client {
     backoff bo;
     ptimer reconnect_timer;
     const char *reason_override;
+    /* The socket whose leaving closes the connection: eio_on_close leaves
+     * it to sock_leave, which tells it its own reason afterwards. */
+    parley_sock *leaving;
     parley_sock **socks;
     size_t nsocks;
     /* A binary packet waiting for its attachments. */
@@ -335,6 +340,7 @@ static void ack_unlink(parley_sock *s, pending_ack *a)
     for (pending_ack **pp = &s->acks; *pp; pp = &(*pp)->next) {
         if (*pp == a) {
             *pp = a->next;
+            s->nacks--;
             break;
         }
     }
@@ -540,6 +546,7 @@ static void pump_queue(parley_sock *s)
         ptimer_init(&a->timer, on_ack_timeout);
         a->next = s->acks;
         s->acks = a;
+        s->nacks++;
         outq_sent(s->q, e);
         if (s->probing) memcpy(s->probe, e->id, sizeof s->probe);
         evcount *ec = count_for(s, e->event);
@@ -568,7 +575,9 @@ static void maybe_close_manager(parley_client *c)
         ploop_timer_stop(c->loop, &c->reconnect_timer);
         c->reconnecting = false;
     }
-    if (c->state != CL_CLOSED) close_engine(c, "io client disconnect");
+    /* socket.io-client's Manager._close(): the connection's reason is
+     * "forced close", whichever side ended the last namespace. */
+    if (c->state != CL_CLOSED) close_engine(c, "forced close");
 }
 
 static void clear_rbuf(parley_sock *s)
@@ -603,6 +612,7 @@ static void sock_onclose(parley_sock *s, const char *reason)
         pending_ack *a = *pp;
         if (!a->buffered) {
             *pp = a->next;
+            s->nacks--;
             ploop_timer_stop(c->loop, &a->timer);
             if (a->reliable) {
                 free(a);
@@ -632,6 +642,27 @@ static void sock_onclose(parley_sock *s, const char *reason)
         s->o.on_disconnect(s, reason, s->o.user);
         leave(c);
     }
+}
+
+/* s left its namespace (reason: "io server disconnect" or "io client
+ * disconnect"). As socket.io-client's Socket.destroy() then onclose(): when
+ * it was the last active one, the connection closes first (CLOSE "forced
+ * close"), then the socket hears its own reason. */
+static void sock_leave(parley_sock *s, const char *reason)
+{
+    parley_client *c = s->c;
+    s->active = false;
+    if (!(s->connected || s->connect_sent)) {
+        maybe_close_manager(c);
+        return;
+    }
+    if (!any_active(c)) {
+        c->leaving = s;
+        maybe_close_manager(c);
+        c->leaving = NULL;
+        if (c->free_pending) return;
+    }
+    sock_onclose(s, reason);
 }
 
 static void deliver_event(parley_sock *s, const sio_packet *pk, const parley_bin *bins,
@@ -1028,9 +1059,7 @@ static void dispatch(parley_client *c, const sio_packet *pk, const parley_bin *b
         on_ack_packet(s, pk, bins, nbins);
         return;
     case SIO_DISCONNECT:
-        s->active = false;
-        sock_onclose(s, "io server disconnect");
-        if (!c->free_pending) maybe_close_manager(c);
+        sock_leave(s, "io server disconnect");
         return;
     default:
         return;
@@ -1246,7 +1275,7 @@ static void eio_on_upgrade(eio_client *e)
 
 static bool non_retryable(int status)
 {
-    return status == 401 || status == 403 || status == 404;
+    return status == 401 || status == 403 || status == 404 || status == 407;
 }
 
 static void eio_on_close_in(eio_client *e, const char *reason, int err, int http_status)
@@ -1274,7 +1303,7 @@ static void eio_on_close_in(eio_client *e, const char *reason, int err, int http
         emit_client_event(c, &ev);
         for (size_t i = 0; i < c->nsocks && !c->free_pending; i++) {
             parley_sock *s = c->socks[i];
-            if (s->connected || s->connect_sent) sock_onclose(s, reason);
+            if ((s->connected || s->connect_sent) && s != c->leaving) sock_onclose(s, reason);
         }
     } else {
         parley_client_event ev = {
@@ -1439,6 +1468,9 @@ int parley_client_new(const parley_client_opts *o, parley_client **out)
             rc = PARLEY_ENOMEM;
     }
     if (rc == 0 && c->path[0] != '/') rc = PARLEY_EINVAL;
+    pproxy px;
+    bool use_px = false;
+    if (rc == 0) rc = pproxy_pick(o->proxy, c->url.tls, c->url.host, &px, &use_px);
     if (rc == 0) rc = copy_headers(c, o->headers, o->nheaders);
     if (rc == 0 && c->url.tls) {
         ptls_client_opts to = {.ca_file = c->ca_file, .insecure = o->insecure != 0};
@@ -1454,6 +1486,7 @@ int parley_client_new(const parley_client_opts *o, parley_client **out)
     c->o.query = c->query;
     c->o.ca_file = c->ca_file;
     c->o.headers = NULL;
+    c->o.proxy = NULL; /* resolved into the engine's options */
     c->bo.base_ms = c->o.reconnection_delay_ms;
     c->bo.max_ms = c->o.reconnection_delay_max_ms < c->o.reconnection_delay_ms
                        ? c->o.reconnection_delay_ms
@@ -1481,6 +1514,10 @@ int parley_client_new(const parley_client_opts *o, parley_client **out)
         eo.websocket_first = c->o.websocket_first != 0;
         eo.tls = c->tls;
         eo.timeout_ms = c->o.timeout_ms;
+        if (use_px) {
+            eo.proxy = px;
+            eo.use_proxy = true;
+        }
         c->eio = eio_client_new(c->loop, &eo, &eio_cbs, c);
         if (!c->eio) rc = PARLEY_ENOMEM;
     }
@@ -1767,9 +1804,7 @@ static void do_sock_disconnect_in(void *arg)
         if (sio_write_head(out, SIO_DISCONNECT, 0, s->nsp, s->nsp_len, -1) == 0)
             send_raw(c, out->ptr, out->len, NULL, 0);
     }
-    s->active = false;
-    if (s->connected || s->connect_sent) sock_onclose(s, "io client disconnect");
-    if (!c->free_pending) maybe_close_manager(c);
+    sock_leave(s, "io client disconnect");
 }
 
 static void do_sock_disconnect(void *arg)
@@ -2002,6 +2037,10 @@ static void do_emit_in(void *arg)
     if (a->volatile_ && (!live || !eio_client_writable(c->eio))) return; /* dropped */
     pending_ack *pa = NULL;
     if (want_ack) {
+        if (s->nacks >= PARLEY_CLIENT_MAX_PENDING_ACKS) {
+            a->rc = PARLEY_EFULL;
+            return;
+        }
         pa = pcalloc(1, sizeof *pa);
         if (!pa) {
             a->rc = PARLEY_ENOMEM;
@@ -2037,6 +2076,7 @@ static void do_emit_in(void *arg)
         s->next_ack++;
         pa->next = s->acks;
         s->acks = pa;
+        s->nacks++;
         if (a->timeout_ms) ploop_timer_start(c->loop, &pa->timer, a->timeout_ms);
     }
     evcount *ec = count_for(s, a->event);

@@ -38,6 +38,7 @@
 #include "base/util.h"
 #include "client/backoff.h"
 #include "client/outq.h"
+#include "client/proxy.h"
 #include "codec/http.h"
 #include "codec/pmd.h"
 #include "codec/utf8.h"
@@ -79,6 +80,8 @@ struct parley_ws {
     wsconn ws;
     bool ws_live;
     int http_status;
+    pproxy proxy; /* with use_proxy */
+    bool use_proxy;
     int err; /* why the attempt ended */
     uint16_t close_code;
     uint8_t close_reason_len;
@@ -291,6 +294,7 @@ int parley_ws_new(parley_loop *loop, const parley_ws_opts *o, parley_ws **out)
     int rc = purl_parse(o->url, &ws->url);
     if (rc == 0 && strcmp(ws->url.scheme, "ws") != 0 && strcmp(ws->url.scheme, "wss") != 0)
         rc = PARLEY_EURL;
+    if (rc == 0) rc = pproxy_pick(o->proxy, ws->url.tls, ws->url.host, &ws->proxy, &ws->use_proxy);
     if (rc == 0) rc = copy_headers(ws, o->headers, o->nheaders);
     if (rc == 0 && o->nprotocols) {
         ws->protocols = pcalloc(o->nprotocols, sizeof *ws->protocols);
@@ -342,6 +346,7 @@ int parley_ws_new(parley_loop *loop, const parley_ws_opts *o, parley_ws **out)
     ws->o.headers = NULL;
     ws->o.protocols = NULL;
     ws->o.ca_file = NULL;
+    ws->o.proxy = NULL;
     ws->o.queue_path = NULL;
     pmd_config_init(&ws->pmd);
     ws->pmd.enabled = o->permessage_deflate != 0;
@@ -400,7 +405,8 @@ static void start_attempt(parley_ws *ws, bool from_api)
     ws->st.attempts++;
     http_parser_init(&ws->parser, true, NULL);
     ws->parser.limits.max_headers = WSC_MAX_HEADERS;
-    int rc = pconn_connect(&ws->c, ws->url.host, ws->url.port, ws->tls, 0);
+    int rc = pconn_connect_via(&ws->c, ws->use_proxy ? &ws->proxy : NULL, ws->url.host,
+                               ws->url.port, ws->tls, 0);
     if (rc) {
         /* Nothing started: close the fresh handle; on_close reports. */
         abort_attempt(ws, rc);
@@ -427,6 +433,8 @@ static void wsc_on_connect(pconn *c, int status)
     parley_ws *ws = PARLEY_CONTAINER_OF(c, parley_ws, c);
     if (status) {
         ws->err = status;
+        if (status == PARLEY_EPROXY || status == PARLEY_EPROXYAUTH)
+            ws->http_status = pconn_proxy_status(c); /* the proxy's */
         return; /* the pconn closes itself */
     }
     int rc = ws_client_key(ws->key);
@@ -804,6 +812,9 @@ static const char *end_reason(const parley_ws *ws, bool was_open)
     switch (ws->err) {
     case PARLEY_EHANDSHAKE:
         return "handshake refused";
+    case PARLEY_EPROXY:
+    case PARLEY_EPROXYAUTH:
+        return "proxy refused";
     case PARLEY_ETIMEDOUT:
         return "connect timeout";
     default:
@@ -814,6 +825,8 @@ static const char *end_reason(const parley_ws *ws, bool was_open)
 /* Retrying cannot change these answers; the application has to act. */
 static bool retryable(const parley_ws *ws)
 {
+    if (ws->err == PARLEY_EPROXYAUTH) return false;
+    if (ws->err == PARLEY_EPROXY) return ws->http_status != 403;
     if (ws->err != PARLEY_EHANDSHAKE) return true;
     return ws->http_status != 401 && ws->http_status != 403 && ws->http_status != 404;
 }

@@ -63,7 +63,17 @@ struct pconn_connect {
     bool connecting;
     bool reopening;
     int last_err;
-    char host[256];
+    char host[256];    /* the target: TLS name, CONNECT authority */
+    struct pconn_tunnel *tun; /* through an HTTP proxy (CONNECT) */
+};
+
+/* A CONNECT through an HTTP proxy: the request, then the proxy's response
+ * head, read into a buffer of fixed size (PNET_PROXY_HEAD_MAX). */
+struct pconn_tunnel {
+    char *req;
+    size_t req_len;
+    size_t head_len;
+    uint8_t head[PNET_PROXY_HEAD_MAX];
 };
 
 /* What only some connections need. */
@@ -73,7 +83,8 @@ struct pconn_ext {
     struct pconn_outq q;
     struct pconn_write *w;
     struct pconn_connect *connecting;
-    ptimer timer; /* connect deadline, close linger */
+    ptimer timer;     /* connect deadline, close linger */
+    int proxy_status; /* the HTTP proxy's answer to CONNECT, 0 = none */
 };
 
 static struct pconn_ext *ext(pconn *c)
@@ -110,6 +121,14 @@ static void start_reading(pconn *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void process_in(pconn *c);
 static void connect_done(pconn *c, int status);
+
+static void st_release(struct pconn_connect *st)
+{
+    if (st->res) uv_freeaddrinfo(st->res);
+    if (st->tun) free(st->tun->req);
+    free(st->tun);
+    free(st);
+}
 
 static int uv_to_parley(int uverr)
 {
@@ -798,10 +817,7 @@ static void do_close(pconn *c)
         if (st->resolving) uv_cancel((uv_req_t *)&st->gai);
         /* A pending uv_connect is cancelled by closing the handle; its
          * callback still runs and frees st. */
-        if (!st->resolving && !st->connecting && !st->reopening) {
-            if (st->res) uv_freeaddrinfo(st->res);
-            free(st);
-        }
+        if (!st->resolving && !st->connecting && !st->reopening) st_release(st);
     }
     uv_close((uv_handle_t *)&c->tcp, on_uv_close);
 }
@@ -995,19 +1011,104 @@ static void connect_done(pconn *c, int status)
     stop_timer(c);
     if (st) {
         st->c = NULL;
-        if (!st->resolving && !st->connecting && !st->reopening) {
-            if (st->res) uv_freeaddrinfo(st->res);
-            free(st);
-        }
+        if (!st->resolving && !st->connecting && !st->reopening) st_release(st);
     }
     if (c->cbs->on_connect) c->cbs->on_connect(c, status);
     if (status != 0) pconn_close(c, false, status);
 }
 
-static void st_release(struct pconn_connect *st)
+
+/* The tunnel: CONNECT written, the proxy's response head read with the
+ * connection's own callbacks not yet involved; once the proxy said 2xx the
+ * session (TLS or plain) starts inside the tunnel. */
+
+static void tunnel_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    if (st->res) uv_freeaddrinfo(st->res);
-    free(st);
+    (void)suggested;
+    pconn *c = h->data;
+    struct pconn_connect *st = XCONN(c);
+    if (!st || !st->tun) { /* gone: read into the scratch buffer, dropped */
+        buf->base = (char *)c->loop->rbuf;
+        buf->len = PNET_READ_BUF_SIZE;
+        return;
+    }
+    buf->base = (char *)st->tun->head + st->tun->head_len;
+    buf->len = sizeof st->tun->head - st->tun->head_len;
+}
+
+static int tunnel_status(const uint8_t *h, size_t n)
+{
+    if (n < 12 || memcmp(h, "HTTP/1.", 7) != 0 || h[8] != ' ') return -1;
+    int code = 0;
+    for (int i = 9; i < 12; i++) {
+        if (h[i] < '0' || h[i] > '9') return -1;
+        code = code * 10 + (h[i] - '0');
+    }
+    return code;
+}
+
+static void tunnel_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    pconn *c = s->data;
+    struct pconn_connect *st = XCONN(c);
+    if (nread == 0 || !st || !st->tun) return;
+    struct pconn_tunnel *t = st->tun;
+    if (nread < 0) {
+        plog_info("proxy for %s: the connection ended before its answer", st->host);
+        connect_done(c, PARLEY_EPROXY);
+        return;
+    }
+    size_t old = t->head_len;
+    t->head_len += (size_t)nread;
+    size_t from = old > 3 ? old - 3 : 0, end = 0;
+    for (size_t i = from; i + 4 <= t->head_len; i++) {
+        if (!memcmp(t->head + i, "\r\n\r\n", 4)) {
+            end = i + 4;
+            break;
+        }
+    }
+    if (!end) {
+        if (t->head_len == sizeof t->head) {
+            plog_info("proxy for %s: response head over %d bytes", st->host, PNET_PROXY_HEAD_MAX);
+            connect_done(c, PARLEY_EPROTO);
+        }
+        return;
+    }
+    int code = tunnel_status(t->head, end);
+    c->x->proxy_status = code > 0 ? code : 0;
+    uv_read_stop(s);
+    if (code < 200 || code > 299) {
+        plog_info("proxy for %s: CONNECT answered %d", st->host, code);
+        connect_done(c, code == 407 ? PARLEY_EPROXYAUTH : PARLEY_EPROXY);
+        return;
+    }
+    if (end != t->head_len) { /* the server cannot have spoken yet */
+        connect_done(c, PARLEY_EPROTO);
+        return;
+    }
+    free(t->req);
+    free(t);
+    st->tun = NULL;
+    if (begin_session(c, st->tls, st->host) != 0) {
+        connect_done(c, PARLEY_ENOMEM);
+        return;
+    }
+    if (!st->tls) connect_done(c, 0);
+}
+
+static void tunnel_start(pconn *c, struct pconn_connect *st)
+{
+    uv_buf_t b = uv_buf_init(st->tun->req, (unsigned)st->tun->req_len);
+    /* A few hundred bytes on a fresh socket: written at once or not at
+     * all (no write request outlives the attempt). */
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n != (int)st->tun->req_len) {
+        connect_done(c, n < 0 ? uv_to_parley(n) : PARLEY_EIO);
+        return;
+    }
+    if (uv_read_start((uv_stream_t *)&c->tcp, tunnel_alloc, tunnel_read) != 0)
+        connect_done(c, PARLEY_EIO);
 }
 
 static void on_tcp_connected(uv_connect_t *req, int status)
@@ -1017,6 +1118,10 @@ static void on_tcp_connected(uv_connect_t *req, int status)
     pconn *c = st->c;
     if (!c) {
         st_release(st);
+        return;
+    }
+    if (status == 0 && st->tun) {
+        tunnel_start(c, st);
         return;
     }
     if (status == 0) {
@@ -1109,7 +1214,18 @@ int pconn_bind_local(pconn *c, const char *ip)
     return uv_tcp_bind(&c->tcp, (struct sockaddr *)&ss, 0) == 0 ? 0 : PARLEY_EINVAL;
 }
 
+int pconn_proxy_status(const pconn *c)
+{
+    return c->x ? c->x->proxy_status : 0;
+}
+
 int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint64_t timeout_ms)
+{
+    return pconn_connect_via(c, NULL, host, port, tls, timeout_ms);
+}
+
+int pconn_connect_via(pconn *c, const pproxy *proxy, const char *host, unsigned port,
+                      ptls_ctx *tls, uint64_t timeout_ms)
 {
     if (!host || !*host || port == 0 || port > 65535) return PARLEY_EINVAL;
     if (strlen(host) >= sizeof(((struct pconn_connect *)0)->host)) return PARLEY_EINVAL;
@@ -1118,10 +1234,36 @@ int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint
     st->c = c;
     st->tls = tls;
     snprintf(st->host, sizeof st->host, "%s", host);
+    if (proxy) {
+        if (!proxy->host[0] || proxy->port == 0 || proxy->port > 65535 ||
+            strchr(host, '\r') || strchr(host, '\n')) {
+            free(st);
+            return PARLEY_EINVAL;
+        }
+        st->tun = pcalloc(1, sizeof *st->tun);
+        pbuf r = {0};
+        bool v6 = strchr(host, ':') != NULL;
+        if (st->tun) {
+            pbuf_appendf(&r, "CONNECT %s%s%s:%u HTTP/1.1\r\nHost: %s%s%s:%u\r\n", v6 ? "[" : "",
+                         host, v6 ? "]" : "", port, v6 ? "[" : "", host, v6 ? "]" : "", port);
+            if (proxy->auth[0]) pbuf_appendf(&r, "Proxy-Authorization: %s\r\n", proxy->auth);
+            pbuf_append_str(&r, "\r\n");
+        }
+        if (!st->tun || !r.ptr) {
+            pbuf_free(&r);
+            st_release(st);
+            return PARLEY_ENOMEM;
+        }
+        st->tun->req = (char *)r.ptr;
+        st->tun->req_len = r.len;
+        host = proxy->host;
+        port = proxy->port;
+    }
     if (!ext(c)) {
-        free(st);
+        st_release(st);
         return PARLEY_ENOMEM;
     }
+    c->x->proxy_status = 0;
     c->x->connecting = st;
     if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&st->literal_addr) == 0 ||
         uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&st->literal_addr) == 0) {
@@ -1146,7 +1288,7 @@ int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint
     int rc = uv_getaddrinfo(c->loop->uv, &st->gai, on_resolved, host, portstr, &hints);
     if (rc != 0) {
         c->x->connecting = NULL;
-        free(st);
+        st_release(st);
         return PARLEY_EDNS;
     }
     st->resolving = true;

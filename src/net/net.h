@@ -269,4 +269,24 @@ int pconn_bind_local(pconn *c, const char *ip);
  * have been pconn_init'ed. tls may be NULL. */
 int pconn_connect(pconn *c, const char *host, unsigned port, ptls_ctx *tls, uint64_t timeout_ms);
 
+/* An HTTP proxy to tunnel through (CONNECT). */
+#define PNET_PROXY_HEAD_MAX 8192 /* the proxy's response head, at most */
+typedef struct pproxy {
+    char host[256];
+    unsigned port;
+    char auth[768]; /* Proxy-Authorization value ("Basic ...") or "" */
+} pproxy;
+
+/* pconn_connect through proxy (NULL = direct): connects to the proxy,
+ * sends CONNECT host:port, reads its response head (at most
+ * PNET_PROXY_HEAD_MAX bytes), and on a 2xx runs the session (TLS with
+ * host's name when tls) inside the tunnel. Failures: PARLEY_EPROXYAUTH
+ * (407), PARLEY_EPROXY (any other answer, or none), PARLEY_EPROTO (a head
+ * too long or bytes after it); pconn_proxy_status tells the status. */
+int pconn_connect_via(pconn *c, const pproxy *proxy, const char *host, unsigned port,
+                      ptls_ctx *tls, uint64_t timeout_ms);
+/* The proxy's status code for the last connect (0 = none), readable in
+ * on_connect. */
+int pconn_proxy_status(const pconn *c);
+
 #endif

@@ -64,6 +64,8 @@ static void usage(FILE *f)
            "  --no-deflate             do not offer permessage-deflate\n"
            "  --ca-file FILE           trust this CA bundle for wss:// (default: system store)\n"
            "  --insecure               do not verify the server certificate\n"
+           "  --proxy URL              HTTP proxy (CONNECT), http://[user:pass@]host[:port];\n"
+           "                           \"\" = none (default: http_proxy/https_proxy, no_proxy)\n"
            "  --timeout MS             connect deadline (default 10000)\n"
            "  --max-message BYTES      largest message accepted (default 16777216)\n"
            "  --verbose                log connection details to stderr\n"
@@ -250,7 +252,9 @@ static void on_close(parley_ws *ws, int code, const char *reason, size_t reason_
     cli *c = user;
     if (err) {
         int status = parley_ws_http_status(ws);
-        if (status)
+        if (status && (err == PARLEY_EPROXY || err == PARLEY_EPROXYAUTH))
+            fprintf(stderr, "parley: %s: HTTP %d\n", parley_strerror(err), status);
+        else if (status)
             fprintf(stderr, "parley: handshake refused: HTTP %d\n", status);
         else
             fprintf(stderr, "parley: connection ended: %s (code %d)\n", parley_strerror(err), code);
@@ -541,6 +545,7 @@ int main(int argc, char **argv)
         OPT_PROTO,
         OPT_NO_DEFLATE,
         OPT_CA,
+        OPT_PROXY,
         OPT_INSECURE,
         OPT_TIMEOUT,
         OPT_MAX_MSG,
@@ -562,6 +567,7 @@ int main(int argc, char **argv)
         {"protocol", required_argument, 0, OPT_PROTO},
         {"no-deflate", no_argument, 0, OPT_NO_DEFLATE},
         {"ca-file", required_argument, 0, OPT_CA},
+        {"proxy", required_argument, 0, OPT_PROXY},
         {"insecure", no_argument, 0, OPT_INSECURE},
         {"timeout", required_argument, 0, OPT_TIMEOUT},
         {"max-message", required_argument, 0, OPT_MAX_MSG},
@@ -604,6 +610,9 @@ int main(int argc, char **argv)
             break;
         case OPT_CA:
             o.ca_file = optarg;
+            break;
+        case OPT_PROXY:
+            o.proxy = optarg;
             break;
         case OPT_INSECURE:
             o.insecure = 1;

@@ -305,7 +305,9 @@ static int cmd_new(const json_val *o)
     char *path = get_str(o, "path");
     char *query = get_str(o, "query");
     char *tr = get_str(o, "transports");
+    char *proxy = get_str(o, "proxy");
     co.url = url;
+    co.proxy = proxy;
     if (path) co.path = path;
     co.query = query;
     if (tr && !strcmp(tr, "polling")) co.transports = PARLEY_TRANSPORT_POLLING;
@@ -325,6 +327,7 @@ static int cmd_new(const json_val *o)
     free(path);
     free(query);
     free(tr);
+    free(proxy);
     return rc;
 }
 
