@@ -431,6 +431,43 @@ PARLEY_API int parley_chat_notification_prefs_get(parley_chat *c, parley_chat_pr
 PARLEY_API int parley_chat_notification_prefs_set(parley_chat *c, const char *changes_json,
                                                   parley_chat_prefs_fn fn, void *user);
 
+/* ---- sending notifications (tokens with the notifier or admin role) ----
+ *
+ * The socket API's `notify` request (docs/PROTOCOL.md, "Sending"). Every
+ * field is sent as given and checked by the server, which answers with
+ * the same codes and fields as to any socket: forbidden (no field) when
+ * the token's role is not notifier or admin; missing_field (to, type,
+ * title), invalid_field (to, type, priority, title, image, actions[i].id,
+ * expires_at not in the future, ...), too_large, unknown_field,
+ * rate_limited (field "to", e->retry_after_ms set: more than --rate-notify
+ * to this recipient), storage_full. Not queued, never retried. */
+typedef struct parley_chat_notify_opts {
+    const char *to;           /* the recipient's user id (required) */
+    const char *type;         /* "message", "mention", ... (required) */
+    const char *priority;     /* "low", "normal", "high", "urgent"; NULL: normal */
+    const char *title;        /* required, 1..256 bytes */
+    const char *body;         /* NULL: none */
+    const char *image;        /* an http(s) URL; NULL: none */
+    const char *actions_json; /* a JSON array [{"id","label"}, ...] sent as is; NULL: none */
+    int64_t expires_at;       /* ms since the epoch, in the future; 0: never */
+    const char *dedupe_key;   /* NULL: none (a repeat with a stored key: duplicate) */
+} parley_chat_notify_opts;
+
+PARLEY_API void parley_chat_notify_opts_init(parley_chat_notify_opts *o);
+
+/* err: 0 with n the stored notification (duplicate 1: a dedupe hit, n is
+ * the stored one, nothing new pushed), or PARLEY_EPROTO (e: the server's
+ * code, field and retry_after_ms), PARLEY_ETIMEDOUT, PARLEY_ECLOSED, with
+ * n NULL. */
+typedef void (*parley_chat_notify_fn)(parley_chat *c, int err, const parley_chat_error *e,
+                                      const parley_chat_notification *n, int duplicate,
+                                      void *user);
+/* Returns 0, PARLEY_EINVAL (o NULL, actions_json not a JSON array,
+ * expires_at negative), PARLEY_ENOMEM, or the socket's error when it
+ * cannot emit. */
+PARLEY_API int parley_chat_notify(parley_chat *c, const parley_chat_notify_opts *o,
+                                  parley_chat_notify_fn fn, void *user);
+
 #ifdef __cplusplus
 }
 #endif

@@ -31,6 +31,7 @@
 #include "codec/json.h"
 #include "net/net.h"
 #include "parley/chat.h"
+#include "parley/json.h"
 #include "services/msg_schema.h"
 
 #define SYNC_TIMEOUT_MS    30000
@@ -1387,6 +1388,7 @@ typedef struct req {
     unsigned gen;   /* presence_set: c->pres_gen when sent; notifications: c->sync_gen */
     bool with_text; /* presence_set: carried the text */
     parley_chat_prefs_fn prefs_fn;
+    parley_chat_notify_fn notify_fn;
     int64_t *ids; /* notifications_read: the ids after the struct (NULL: all) */
     size_t nids;
 } req;
@@ -2324,5 +2326,93 @@ int parley_chat_notification_prefs_set(parley_chat *c, const char *changes_json,
     if (rc == 0) rc = pbuf_append(&b, "]", 2);
     if (rc == 0) rc = prefs_request(c, MSG_EV_NOTIF_PREFS_SET, (const char *)b.ptr, fn, user);
     pbuf_free(&b);
+    return rc;
+}
+
+/* ---- sending notifications ---- */
+
+void parley_chat_notify_opts_init(parley_chat_notify_opts *o)
+{
+    if (o) memset(o, 0, sizeof *o);
+}
+
+static void on_notify(parley_sock *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    req *r = user;
+    parley_chat *c = r->c;
+    json_val obj, nv, dv;
+    parley_chat_error e;
+    int rc = request_answer(r, err, args, &obj, &e);
+    parley_chat_notification n;
+    char *arena = NULL;
+    int dup = 0;
+    if (rc == 0) {
+        dup = json_object_get(&obj, "duplicate", &dv) && dv.type == JSON_TRUE;
+        if (!json_object_get(&obj, "notification", &nv) || !parse_notification(&nv, &n, &arena)) {
+            rc = PARLEY_EPROTO;
+            set_error(&e, "bad_request", "notification",
+                      "the server's answer has no valid notification");
+        }
+    }
+    if (r->notify_fn) r->notify_fn(c, rc, rc ? &e : NULL, rc ? NULL : &n, dup, r->user);
+    free(arena);
+    free(r);
+}
+
+static int put_opt_str(parley_json_builder *b, const char *key, const char *v)
+{
+    if (!v) return 0;
+    int rc = parley_json_key(b, key);
+    return rc ? rc : parley_json_string(b, v);
+}
+
+int parley_chat_notify(parley_chat *c, const parley_chat_notify_opts *o, parley_chat_notify_fn fn,
+                       void *user)
+{
+    if (!c || !o || o->expires_at < 0) return PARLEY_EINVAL;
+    if (o->actions_json) {
+        json_val v;
+        if (json_parse(o->actions_json, strlen(o->actions_json), JSON_DEFAULT_MAX_DEPTH, &v,
+                       NULL) != 0 ||
+            v.type != JSON_ARRAY)
+            return PARLEY_EINVAL;
+    }
+    parley_json_builder *b;
+    int rc = parley_json_builder_new(&b);
+    if (rc) return rc;
+    rc = parley_json_begin_array(b);
+    if (rc == 0) rc = parley_json_begin_object(b);
+    if (rc == 0) rc = put_opt_str(b, "to", o->to);
+    if (rc == 0) rc = put_opt_str(b, "type", o->type);
+    if (rc == 0) rc = put_opt_str(b, "priority", o->priority);
+    if (rc == 0) rc = put_opt_str(b, "title", o->title);
+    if (rc == 0) rc = put_opt_str(b, "body", o->body);
+    if (rc == 0) rc = put_opt_str(b, "image", o->image);
+    if (rc == 0 && o->actions_json) {
+        rc = parley_json_key(b, "actions");
+        if (rc == 0) rc = parley_json_raw(b, o->actions_json, strlen(o->actions_json));
+    }
+    if (rc == 0 && o->expires_at > 0) {
+        rc = parley_json_key(b, "expires_at");
+        if (rc == 0) rc = parley_json_int64(b, o->expires_at);
+    }
+    if (rc == 0) rc = put_opt_str(b, "dedupe_key", o->dedupe_key);
+    if (rc == 0) rc = parley_json_end_object(b);
+    if (rc == 0) rc = parley_json_end_array(b);
+    const char *args = rc == 0 ? parley_json_builder_result(b, NULL) : NULL;
+    if (rc == 0 && !args) rc = PARLEY_ENOMEM;
+    req *r = NULL;
+    if (rc == 0) {
+        r = pcalloc(1, sizeof *r);
+        if (!r) rc = PARLEY_ENOMEM;
+    }
+    if (rc == 0) {
+        r->c = c;
+        r->notify_fn = fn;
+        r->user = user;
+        rc = request(c, MSG_EV_NOTIFY, args, NULL, 0, on_notify, r);
+    }
+    parley_json_builder_free(b);
     return rc;
 }

@@ -2068,6 +2068,150 @@ static void test_api_edges(void **state)
     srv_done(&s);
 }
 
+/* ---- 14. sending notifications (parley_chat_notify) ---- */
+
+typedef struct nanswer {
+    answer a;
+    int dup;
+    int64_t id, retry;
+    char title[64], from[32], prio[16];
+} nanswer;
+
+static void cb_notify(parley_chat *c, int err, const parley_chat_error *e,
+                      const parley_chat_notification *n, int duplicate, void *user)
+{
+    (void)c;
+    nanswer *x = user;
+    pthread_mutex_lock(&x->a.mu);
+    answer_set(&x->a, err, e);
+    x->retry = e ? e->retry_after_ms : 0;
+    x->dup = duplicate;
+    x->id = n ? n->id : 0;
+    snprintf(x->title, sizeof x->title, "%s", n ? n->title : "");
+    snprintf(x->from, sizeof x->from, "%s", n && n->from ? n->from : "");
+    snprintf(x->prio, sizeof x->prio, "%s", n ? n->priority : "");
+    answer_done(&x->a);
+}
+
+static void notify_wait(tc *t, const parley_chat_notify_opts *o, nanswer *x)
+{
+    memset(x, 0, sizeof *x);
+    answer_init(&x->a);
+    assert_int_equal(parley_chat_notify(t->chat, o, cb_notify, x), 0);
+    answer_wait(&x->a);
+    answer_free(&x->a);
+}
+
+static char *role_token(const srv *s, const char *sub, const char *role)
+{
+    pbuf b = {0};
+    char claims[200];
+    snprintf(claims, sizeof claims, "{\"sub\":\"%s\",\"role\":\"%s\",\"exp\":%lld}", sub, role,
+             (long long)time(NULL) + 3600);
+    assert_int_equal(jwt_sign(&b, NULL, claims, s->secret, sizeof s->secret), 0);
+    assert_int_equal(pbuf_append(&b, "", 1), 0);
+    return (char *)b.ptr;
+}
+
+static void test_notify(void **state)
+{
+    (void)state;
+    srv s;
+    srv_init(&s, true);
+    s.mo.quota.notify.tokens = 1; /* one a minute ... */
+    s.mo.quota.notify.period_ms = 60000;
+    s.mo.quota.notify.burst = 3; /* ... after 3 */
+    srv_start(&s);
+    tc svc, alice;
+    tc_init(&svc, "svc", &s);
+    svc.o.dev_auth = 0;
+    svc.o.token = cb_token;
+    svc.token = role_token(&s, "svc", "notifier");
+    tc_init(&alice, "alice", &s);
+    alice.o.dev_auth = 0;
+    alice.o.token = cb_token;
+    alice.token = role_token(&s, "alice", "user");
+    tc_online(&svc);
+    tc_online(&alice);
+
+    parley_chat_notify_opts o;
+    parley_chat_notify_opts_init(&o);
+    o.to = "alice";
+    o.type = "reminder";
+    o.priority = "high";
+    o.title = "Stand-up \"now\"";
+    o.body = "room 4";
+    o.actions_json = "[{\"id\":\"open\",\"label\":\"Open\"}]";
+    o.expires_at = (int64_t)time(NULL) * 1000 + 3600000;
+    o.dedupe_key = "standup-1";
+    nanswer x;
+    notify_wait(&svc, &o, &x);
+    assert_int_equal(x.a.err, 0);
+    assert_int_equal(x.dup, 0);
+    assert_true(x.id > 0);
+    assert_string_equal(x.title, "Stand-up \"now\"");
+    assert_string_equal(x.from, "svc");
+    assert_string_equal(x.prio, "high");
+    int64_t first = x.id;
+    /* The same dedupe key: the stored one, duplicate. */
+    notify_wait(&svc, &o, &x);
+    assert_int_equal(x.a.err, 0);
+    assert_int_equal(x.dup, 1);
+    assert_int_equal(x.id, first);
+
+    /* The socket API's codes and fields. */
+    parley_chat_notify_opts bad = o;
+    bad.dedupe_key = NULL;
+    bad.title = NULL;
+    notify_wait(&svc, &bad, &x);
+    assert_int_equal(x.a.err, PARLEY_EPROTO);
+    assert_string_equal(x.a.code, "missing_field");
+    assert_string_equal(x.a.field, "title");
+    bad = o;
+    bad.priority = "highest";
+    notify_wait(&svc, &bad, &x);
+    assert_string_equal(x.a.code, "invalid_field");
+    assert_string_equal(x.a.field, "priority");
+    bad = o;
+    bad.expires_at = 1000;
+    notify_wait(&svc, &bad, &x);
+    assert_string_equal(x.a.code, "invalid_field");
+    assert_string_equal(x.a.field, "expires_at");
+    bad = o;
+    bad.actions_json = "[{\"id\":\"open\"}]";
+    notify_wait(&svc, &bad, &x);
+    assert_string_equal(x.a.code, "missing_field");
+    assert_string_equal(x.a.field, "actions[0].label");
+    /* Refused before anything is sent. */
+    bad.actions_json = "{\"id\":1}";
+    assert_int_equal(parley_chat_notify(svc.chat, &bad, cb_notify, &x), PARLEY_EINVAL);
+    assert_int_equal(parley_chat_notify(svc.chat, NULL, cb_notify, &x), PARLEY_EINVAL);
+
+    /* Not a notifier: forbidden, no field. */
+    notify_wait(&alice, &o, &x);
+    assert_int_equal(x.a.err, PARLEY_EPROTO);
+    assert_string_equal(x.a.code, "forbidden");
+    assert_string_equal(x.a.field, "");
+
+    /* The rate (the duplicate counted, the refusals did not): one more,
+     * then rate_limited on "to" with a delay. */
+    o.dedupe_key = NULL;
+    notify_wait(&svc, &o, &x);
+    assert_int_equal(x.a.err, 0);
+    notify_wait(&svc, &o, &x);
+    assert_int_equal(x.a.err, PARLEY_EPROTO);
+    assert_string_equal(x.a.code, "rate_limited");
+    assert_string_equal(x.a.field, "to");
+    assert_true(x.retry > 0);
+
+    char *t1 = (char *)svc.token, *t2 = (char *)alice.token;
+    tc_done(&svc);
+    tc_done(&alice);
+    free(t1);
+    free(t2);
+    srv_done(&s);
+}
+
 int main(void)
 {
     parley_log_set(getenv("PARLEY_TEST_LOG") ? PARLEY_LOG_DEBUG : PARLEY_LOG_WARN, log_sink, NULL);
@@ -2094,6 +2238,7 @@ int main(void)
         cmocka_unit_test(test_sync_conversation_pages),
         cmocka_unit_test(test_app_loop),
         cmocka_unit_test(test_api_edges),
+        cmocka_unit_test(test_notify),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
