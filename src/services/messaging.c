@@ -685,11 +685,17 @@ static void notify_one(notify_ctx *n, const char *user)
     if (n->svc->o.notifier.urgent) n->svc->o.notifier.urgent(&notice, n->svc->o.notifier.user);
 }
 
+static void do_mentions(msg_service *svc, obx *e, const msg_conv *c);
+
 static void do_notify(msg_service *svc, obx *e)
 {
     notify_ctx n = {svc, e, NULL, 0, 0};
     msg_conv c;
     if (!msg_conv_parse(&c, e->meta.conversation, strlen(e->meta.conversation))) return;
+    if (e->meta.priority != MSG_PRIO_URGENT) {
+        do_mentions(svc, e, &c);
+        return;
+    }
     if (c.kind == MSG_CONV_DM) {
         notify_one(&n, msg_conv_peer(&c, e->user));
         return;
@@ -1624,7 +1630,11 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
     if (rc == 0) queue_ack_json(svc, ms, ack_id, (char *)ack->ptr, ack->len, true);
     obx *b = queue_bcast(svc, ms, &c, MSG_EV_NEW_MESSAGE, (char *)msg->ptr, msg->len, true);
     if (b) b->low = m.priority == MSG_PRIO_LOW && svc->o.low_delay_ms > 0;
-    if (m.priority == MSG_PRIO_URGENT) {
+    /* Urgent messages notify every recipient; a room text naming members
+     * with @user notifies them (do_mentions). */
+    bool mentions = c.kind == MSG_CONV_ROOM && m.type == MSG_TEXT &&
+                    memchr(msg->ptr, '@', msg->len) != NULL;
+    if (m.priority == MSG_PRIO_URGENT || mentions) {
         obx *n = obx_new(svc, OB_NOTIFY, NULL, true);
         if (!n) return;
         n->meta = stored.m;
@@ -2584,6 +2594,44 @@ static void req_nprefs_set(msg_service *svc, msess *ms, const json_val *obj, con
     pbuf_free(&enc);
 }
 
+/* The content.text of the message in e->json ([<Message>]), decoded and
+ * NUL-terminated (cut at a U+0000, which a C string cannot hold);
+ * malloc'ed, NULL when it has none. */
+static char *obx_message_text(msg_service *svc, const obx *e)
+{
+    json_val arr, msg, content, text;
+    json_iter it;
+    if (json_parse((const char *)e->json.ptr, e->json.len, svc->o.limits.max_depth + 2, &arr,
+                   NULL) != 0 ||
+        arr.type != JSON_ARRAY || (json_iter_init(&it, &arr), !json_array_next(&it, &msg)) ||
+        !json_object_get(&msg, "content", &content) || content.type != JSON_OBJECT ||
+        !json_object_get(&content, "text", &text) || text.type != JSON_STRING)
+        return NULL;
+    char *buf = malloc(text.len + 1);
+    long len = buf ? json_string_decode(&text, buf, text.len) : -1;
+    if (len < 0) {
+        free(buf);
+        return NULL;
+    }
+    buf[len] = 0;
+    return buf;
+}
+
+/* body: the message's text cut at a character boundary. */
+static void notif_body_text(msg_service *svc, const obx *e, char *body)
+{
+    char *buf = obx_message_text(svc, e);
+    if (!buf) return;
+    size_t k = strlen(buf);
+    if (k > NOTIF_BODY_CUT) {
+        k = NOTIF_BODY_CUT;
+        while (k > 0 && ((unsigned char)buf[k] & 0xc0) == 0x80) k--;
+    }
+    memcpy(body, buf, k);
+    body[k] = 0;
+    free(buf);
+}
+
 /* The built-in half of the msg_notifier seam: an urgent message raises a
  * notification for the recipient (after the message's commit; stored in
  * the next batch, deduplicated by message id). */
@@ -2618,32 +2666,10 @@ static void notif_from_message(msg_service *svc, const obx *e, const char *recip
     default:
         break;
     }
-    if (tag) {
+    if (tag)
         snprintf(n->body, sizeof n->body, "%s", tag);
-    } else {
-        /* e->json is [<Message>]: its content.text, cut at a character
-         * boundary (and at a U+0000, which a C string cannot hold). */
-        json_val arr, msg, content, text;
-        json_iter it;
-        if (json_parse((const char *)e->json.ptr, e->json.len, svc->o.limits.max_depth + 2, &arr,
-                       NULL) == 0 &&
-            arr.type == JSON_ARRAY && (json_iter_init(&it, &arr), json_array_next(&it, &msg)) &&
-            json_object_get(&msg, "content", &content) && content.type == JSON_OBJECT &&
-            json_object_get(&content, "text", &text) && text.type == JSON_STRING) {
-            char *buf = malloc(text.len);
-            long len = buf ? json_string_decode(&text, buf, text.len) : -1;
-            if (len >= 0) {
-                size_t k = strnlen(buf, (size_t)len);
-                if (k > NOTIF_BODY_CUT) {
-                    k = NOTIF_BODY_CUT;
-                    while (k > 0 && ((unsigned char)buf[k] & 0xc0) == 0x80) k--;
-                }
-                memcpy(n->body, buf, k);
-                n->body[k] = 0;
-            }
-            free(buf);
-        }
-    }
+    else
+        notif_body_text(svc, e, n->body);
     const char *conv = e->meta.conversation;
     const char *room = strncmp(conv, "room:", 5) == 0 ? conv + 5 : NULL;
     /* Urgent comes through quiet hours only from a contact: someone the
@@ -2658,6 +2684,91 @@ static void notif_from_message(msg_service *svc, const obx *e, const char *recip
         plog_error("messaging: cannot store the notification of urgent message %lld for %s",
                    (long long)e->meta.id, recipient);
     free(n);
+}
+
+/* ---- mentions ---- */
+
+#define MENTION_MAX 20 /* distinct @names of one message that may notify */
+
+static bool user_char(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '.' || ch == '_' || ch == '@' || ch == '-';
+}
+
+static void mention_add(char (*names)[MSG_USER_MAX + 1], size_t *n, const char *p, size_t len)
+{
+    if (len == 0 || len > MSG_USER_MAX || *n == MENTION_MAX) return;
+    for (size_t i = 0; i < *n; i++)
+        if (strlen(names[i]) == len && memcmp(names[i], p, len) == 0) return;
+    memcpy(names[*n], p, len);
+    names[*n][len] = 0;
+    (*n)++;
+}
+
+/* The @names of a text (docs/PROTOCOL.md, "Mentions"): an '@' at the start
+ * or after a character that cannot be in a user id, then the longest run
+ * of user-id characters; that run with its trailing '.' and '-' dropped is
+ * a candidate too ("@bob." ends a sentence). At most MENTION_MAX. */
+static size_t mention_names(const char *t, char (*names)[MSG_USER_MAX + 1])
+{
+    size_t n = 0;
+    for (size_t i = 0; t[i] && n < MENTION_MAX; i++) {
+        if (t[i] != '@' || (i > 0 && user_char((unsigned char)t[i - 1]))) continue;
+        size_t j = i + 1;
+        while (user_char((unsigned char)t[j])) j++;
+        size_t len = j - i - 1;
+        mention_add(names, &n, t + i + 1, len);
+        while (len > 0 && (t[i + len] == '.' || t[i + len] == '-')) len--;
+        mention_add(names, &n, t + i + 1, len);
+        i = j - 1;
+    }
+    return n;
+}
+
+static void notif_mention(msg_service *svc, const obx *e, const char *recipient, const char *room)
+{
+    msg_notification *n = calloc(1, sizeof *n);
+    if (!n) return;
+    snprintf(n->to, sizeof n->to, "%s", recipient);
+    n->type = MSG_NT_MENTION;
+    n->priority = e->meta.priority;
+    n->expires = -1;
+    snprintf(n->title, sizeof n->title, "%s in %s", e->user, room);
+    snprintf(n->from, sizeof n->from, "%s", e->user);
+    snprintf(n->dedupe, sizeof n->dedupe, "mention:%lld", (long long)e->meta.id);
+    notif_body_text(svc, e, n->body);
+    bool dup;
+    if (notif_create(svc, n, room, &dup) != 0)
+        plog_error("messaging: cannot store the mention notification of message %lld for %s",
+                   (long long)e->meta.id, recipient);
+    else
+        svc->stats.mentions++;
+    free(n);
+}
+
+/* A room text that names members with @user raises a `mention`
+ * notification for each of them (not the sender), with the message's
+ * priority; the suppression rule then applies (muted_rooms included). */
+static void do_mentions(msg_service *svc, obx *e, const msg_conv *c)
+{
+    if (c->kind != MSG_CONV_ROOM) return;
+    char *text = obx_message_text(svc, e);
+    if (!text) return;
+    char names[MENTION_MAX][MSG_USER_MAX + 1];
+    size_t k = mention_names(text, names);
+    free(text);
+    if (k == 0) return;
+    notify_ctx n = {svc, e, NULL, 0, 0};
+    if (mstore_participants(svc->store, c->id, notify_collect, &n) < 0)
+        plog_error("messaging: cannot list the members of %s for mentions", c->id);
+    for (size_t i = 0; i < n.n; i++)
+        for (size_t j = 0; j < k; j++)
+            if (strcmp(n.users[i], names[j]) == 0) {
+                notif_mention(svc, e, n.users[i], c->a);
+                break;
+            }
+    free(n.users);
 }
 
 /* ---- quiet hours ---- */

@@ -129,6 +129,7 @@ typedef struct msg_service_stats {
     uint64_t storage_full;     /* writes refused below the disk reserve */
     uint64_t kicked;           /* sockets disconnected for hammering over the limits */
     uint64_t urgent_downgraded; /* urgent notifications from non-contacts treated as high */
+    uint64_t mentions;          /* mention notifications raised by room messages (@user) */
 } msg_service_stats;
 
 void msg_service_stats_get(const msg_service *m, msg_service_stats *st);

@@ -291,6 +291,48 @@ describe('notifications', () => {
     [a, b].forEach((c) => c.close());
   });
 
+  test('mentions: @member in a room text raises a mention; muted_rooms holds it back; other prefs apply', async () => {
+    const [ann, bob, cat, dan] = users('ann', 'bob', 'cat', 'dan');
+    const room = `m${uniq}`;
+    const a = await device(srv, ann);
+    const b = await device(srv, bob);
+    const c = await device(srv, cat);
+    for (const x of [a, b, c]) await x.ok('join_room', { room });
+    const send = (text, extra = {}) => a.ok('send_message', { client_id: `men-${++uniq}`, room, type: 'text', content: { text }, ...extra });
+    // bob is named (at the end of a sentence), cat only as part of an
+    // address, dan is not a member, ann is the sender: bob alone.
+    const m1 = await send(`hey @${bob}. mail x@${cat} and @${dan}, @${ann}`);
+    await eventually(() => pushed(b).length === 1, 5000, 'mention pushed');
+    assert.deepEqual({ ...pushed(b)[0], id: 0, created: 0 }, { id: 0, created: 0, type: 'mention', priority: 'normal',
+      title: `${ann} in ${room}`, body: `hey @${bob}. mail x@${cat} and @${dan}, @${ann}`, image: null, actions: [],
+      from: ann, expires: null, dedupe_key: `mention:${m1.message.id}`, delivered: false, read: false });
+    await awaitUnread(b, 1);
+    // The message's priority is the notification's; a DM raises none.
+    await send(`@${cat} low one`, { priority: 'low' });
+    await eventually(() => pushed(c).length === 1, 5000, 'low mention pushed');
+    assert.equal(pushed(c)[0].priority, 'low');
+    await a.ok('send_message', { client_id: `men-${++uniq}`, to: bob, type: 'text', content: { text: `@${bob} dm` } });
+    // Muted room: stored and counted, not pushed; cat (not muted) still is.
+    await b.ok('notification_prefs_set', { muted_rooms: [room] });
+    await send(`@${bob} @${cat} both`);
+    await awaitUnread(b, 2);
+    await eventually(() => pushed(c).length === 2, 5000, 'cat pushed');
+    assert.equal(pushed(b).length, 1);
+    const s = await b.ok('notifications_sync', {});
+    assert.deepEqual(s.notifications.map((x) => x.type), ['mention', 'mention']);
+    // Unmuted, with mentions switched off: held back again.
+    await b.ok('notification_prefs_set', { muted_rooms: [], types: { mention: false } });
+    await send(`@${bob} off`);
+    await awaitUnread(b, 3);
+    await b.ok('notification_prefs_set', { types: { mention: true } });
+    await send(`@${bob} on`);
+    await eventually(() => pushed(b).length === 2, 5000, 'mention pushed again');
+    assert.equal(pushed(b)[1].body, `@${bob} on`);
+    await sleep(200);
+    assert.equal(pushed(b).length, 2, 'the DM raised nothing');
+    [a, b, c].forEach((x) => x.close());
+  });
+
   test('HTTP API: 201/200/400/401/413/415/405, and 503 without keys', async () => {
     const [bob] = users('bob');
     const b = await device(srv, bob);
