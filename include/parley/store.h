@@ -74,8 +74,19 @@
  *   is not listed. [] at first.
  * - "notifications/unread": the user's unread count, a number (the
  *   server's `unread` events and the sync and read answers); 0 at first.
+ * - "ws/<name>/state": a raw WebSocket client (parley/ws.h) the
+ *   application put under a name with parley_store_watch_ws:
+ *   {"state": "idle"|"connecting"|"open"|"reconnecting"|"closed",
+ *   "attempt": n} plus "delay_ms" while reconnecting (the wait before
+ *   attempt n), "reason" (the event's: "connection lost", "ping timeout",
+ *   "connect failed", ...) and "code" (the close code, when a connection
+ *   ended) after a connection or attempt ended, "http_status" when a
+ *   handshake was refused. "closed" is final only without reconnection
+ *   (or after the last attempt). {"state":"idle","attempt":0} for a name
+ *   not watched (also after parley_store_unwatch_ws). Not cached.
  * Conversations are ids as in PROTOCOL.md ("dm:alice:bob", "room:general")
- * and users valid user ids; any other key is PARLEY_EINVAL. Every valid
+ * and users valid user ids, ws names 1..64 characters of [A-Za-z0-9._-];
+ * any other key is PARLEY_EINVAL. Every valid
  * key has a value from the start ({"state":"offline"}, [], [], the
  * unknown-user object, {}, [], 0).
  *
@@ -126,6 +137,7 @@
 
 #include "parley/chat.h"
 #include "parley/parley.h"
+#include "parley/ws.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -198,6 +210,20 @@ PARLEY_API int parley_store_dispatch(parley_store *s);
  * arguments and errors; on an error nothing is added. */
 PARLEY_API int parley_store_send(parley_store *s, const parley_chat_send_opts *o,
                                  char client_id_out[37], parley_chat_error *err);
+
+/* Publishes the connection state of ws, a raw WebSocket client of the
+ * application (on any loop), as "ws/<name>/state": the store observes
+ * its connection events (before the ws's own on_event) from now on, and
+ * the value starts from the ws's state at this call. At most one store
+ * observes a ws, and a store at most 64 of them. The ws must stay alive
+ * until parley_store_unwatch_ws or parley_store_free; neither may be
+ * called from a callback of the store or of the ws. Errors: PARLEY_EINVAL
+ * (name not 1..64 of [A-Za-z0-9._-], ws NULL), PARLEY_ESTATE (the name or
+ * the ws is observed already), PARLEY_EFULL (64), PARLEY_ENOMEM. */
+PARLEY_API int parley_store_watch_ws(parley_store *s, const char *name, parley_ws *ws);
+/* Stops observing ws (before parley_ws_free); its key goes back to
+ * {"state":"idle","attempt":0}. 0 or PARLEY_EINVAL (not observed). */
+PARLEY_API int parley_store_unwatch_ws(parley_store *s, parley_ws *ws);
 
 #ifdef __cplusplus
 }

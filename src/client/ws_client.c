@@ -39,6 +39,7 @@
 #include "client/backoff.h"
 #include "client/outq.h"
 #include "client/proxy.h"
+#include "client/ws_internal.h"
 #include "codec/http.h"
 #include "codec/pmd.h"
 #include "codec/utf8.h"
@@ -72,6 +73,8 @@ struct parley_ws {
     bool conn_live; /* c initialised and its on_close not yet run */
     uint8_t state;
     int depth; /* nesting of user callbacks */
+    pws_observer_fn obs_fn; /* pws_observe */
+    void *obs_user;
     bool free_pending;
     char key[25];
     http_parser parser;
@@ -200,6 +203,7 @@ static bool leave_cb(parley_ws *ws)
 static bool emit(parley_ws *ws, const parley_ws_event *ev)
 {
     if (ws->free_pending) return true;
+    if (ws->obs_fn) ws->obs_fn(ws, ev, ws->obs_user);
     if (!ws->o.on_event) return false;
     ws->depth++;
     ws->o.on_event(ws, ev, ws->o.user);
@@ -950,6 +954,8 @@ typedef struct call {
     size_t count;
     parley_ws_stats *stats;
     uv_sem_t *freed;
+    pws_observer_fn obs; /* pws_observe */
+    void *obs_user;
 } call;
 
 static int run(parley_ws *ws, void (*fn)(void *), call *a)
@@ -973,6 +979,49 @@ static void do_connect(void *arg)
     backoff_reset(&ws->bo);
     ws->app_closed = false;
     start_attempt(ws, true);
+}
+
+static void do_observe(void *arg)
+{
+    call *a = arg;
+    parley_ws *ws = a->ws;
+    pws_observer_fn fn = a->obs;
+    void *user = a->obs_user;
+    if (fn && ws->obs_fn && ws->obs_user != user) {
+        a->rc = PARLEY_ESTATE;
+        return;
+    }
+    ws->obs_fn = fn;
+    ws->obs_user = fn ? user : NULL;
+    switch (ws->state) {
+    case WSC_IDLE:
+        a->a = PWS_IDLE;
+        break;
+    case WSC_CONNECTING:
+    case WSC_HANDSHAKE:
+        a->a = PWS_CONNECTING;
+        break;
+    case WSC_OPEN:
+        a->a = PWS_OPEN;
+        break;
+    case WSC_WAITING:
+        a->a = PWS_RECONNECTING;
+        break;
+    default:
+        a->a = PWS_CLOSED;
+        break;
+    }
+}
+
+int pws_observe(parley_ws *ws, pws_observer_fn fn, void *user, pws_state *state)
+{
+    if (!ws) return PARLEY_EINVAL;
+    call a = {0};
+    a.obs = fn;
+    a.obs_user = user;
+    int rc = run(ws, do_observe, &a);
+    if (rc == 0 && state) *state = (pws_state)a.a;
+    return rc;
 }
 
 int parley_ws_connect(parley_ws *ws)

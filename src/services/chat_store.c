@@ -44,6 +44,7 @@
 #include "base/map.h"
 #include "base/util.h"
 #include "client/sio_internal.h"
+#include "client/ws_internal.h"
 #include "codec/json.h"
 #include "net/net.h"
 #include "parley/store.h"
@@ -52,6 +53,8 @@
 #define CACHE_SCHEMA_VERSION 1
 #define CACHE_BUSY_MS        2000
 #define ID_LEN               36
+#define STORE_WS_MAX         64 /* parley_store_watch_ws per store */
+#define STORE_WS_NAME_MAX    64
 
 typedef enum kind {
     K_CONNECTION,
@@ -61,6 +64,7 @@ typedef enum kind {
     K_PRESENCE_ALL,
     K_NOTIFS,
     K_UNREAD,
+    K_WS, /* "ws/<name>/state" */
 } kind;
 
 /* A notification in "notifications": what can change (delivered, read)
@@ -113,6 +117,12 @@ typedef struct entry {
     size_t nnotifs, capnotifs;
     /* K_UNREAD */
     int64_t unread;
+    /* K_WS */
+    pws_state ws_state;
+    unsigned ws_attempt;
+    uint32_t ws_delay_ms;
+    int ws_http_status, ws_code;
+    char ws_reason[32];
 } entry;
 
 typedef struct watcher {
@@ -143,6 +153,8 @@ struct parley_store {
     pthread_t running_on; /* on this thread */
     pdefer defer;         /* default mode */
     int fd_read, fd_write;
+    /* raw WebSocket clients observed (parley_store_watch_ws) */
+    struct wsobs *wsobs[STORE_WS_MAX];
 
     /* cache */
     sqlite3 *db;
@@ -173,6 +185,13 @@ static bool key_kind(const char *key, kind *k, const char **conv)
     } else if (!strncmp(key, "presence/", 9)) {
         *k = K_PRESENCE;
         if (!msg_valid_user(key + 9, strlen(key + 9))) return false;
+    } else if (!strncmp(key, "ws/", 3)) {
+        /* ws/<name>/state, name as a room name */
+        size_t len = strlen(key);
+        if (len < 3 + 1 + 6 || strcmp(key + len - 6, "/state") != 0 ||
+            !msg_valid_room(key + 3, len - 9) || len - 9 > STORE_WS_NAME_MAX)
+            return false;
+        *k = K_WS;
     } else {
         return false;
     }
@@ -330,6 +349,28 @@ static int render_item(pbuf *b, const item *it)
 }
 
 /* Renders e into e->json when stale. Locked. */
+static const char *const ws_state_names[] = {"idle", "connecting", "open", "reconnecting",
+                                              "closed"};
+
+/* {"state", "attempt", and what applies: "delay_ms" (reconnecting),
+ * "reason" and "code" (after a connection or an attempt ended),
+ * "http_status" (a refused handshake)} */
+static int render_ws(pbuf *b, const entry *e)
+{
+    int rc = pbuf_appendf(b, "{\"state\":\"%s\",\"attempt\":%u", ws_state_names[e->ws_state],
+                          e->ws_attempt);
+    if (rc == 0 && e->ws_state == PWS_RECONNECTING)
+        rc = pbuf_appendf(b, ",\"delay_ms\":%u", (unsigned)e->ws_delay_ms);
+    if (rc == 0 && e->ws_reason[0]) {
+        rc = pbuf_append_str(b, ",\"reason\":");
+        if (rc == 0) rc = json_append_string(b, e->ws_reason, strlen(e->ws_reason));
+        if (rc == 0 && e->ws_code) rc = pbuf_appendf(b, ",\"code\":%d", e->ws_code);
+    }
+    if (rc == 0 && e->ws_http_status) rc = pbuf_appendf(b, ",\"http_status\":%d", e->ws_http_status);
+    if (rc == 0) rc = pbuf_append(b, "}", 1);
+    return rc;
+}
+
 static int entry_render(parley_store *s, entry *e)
 {
     if (e->json) return 0;
@@ -381,6 +422,9 @@ static int entry_render(parley_store *s, entry *e)
         break;
     case K_UNREAD:
         rc = pbuf_appendf(&b, "%lld", (long long)e->unread);
+        break;
+    case K_WS:
+        rc = render_ws(&b, e);
         break;
     }
     if (rc == 0) rc = pbuf_append(&b, "", 1);
@@ -1251,6 +1295,7 @@ static bool load_value(parley_store *s, const char *key, const char *json, size_
     case K_CONNECTION:
     case K_TYPING:
     case K_PRESENCE_ALL:
+    case K_WS:
         break; /* live state, or made of other rows: never written */
     }
     plog_warn("store: cache: %s is not a value of that key: skipped", key);
@@ -1419,8 +1464,11 @@ void parley_store_opts_init(parley_store_opts *o)
     o->max_notifications = 100;
 }
 
+static void ws_detach_all(parley_store *s);
+
 static void store_destroy(parley_store *s)
 {
+    ws_detach_all(s);
     if (s->writer_started) {
         pthread_mutex_lock(&s->mu);
         s->writer_stop = true;
@@ -1782,4 +1830,156 @@ int parley_store_send(parley_store *s, const parley_chat_send_opts *o, char clie
     }
     if (hop) ploop_call(s->loop, defer_on_loop, s);
     return rc;
+}
+
+/* ---- raw WebSocket clients (parley_store_watch_ws) ---- */
+
+typedef struct wsobs {
+    parley_store *s;
+    parley_ws *ws;
+    bool seen; /* an event came (under the store's mutex) */
+    char key[3 + STORE_WS_NAME_MAX + 7];
+} wsobs;
+
+/* An event of the ws, on its loop thread. */
+static void ws_observed(parley_ws *ws, const parley_ws_event *ev, void *user)
+{
+    (void)ws;
+    wsobs *o = user;
+    parley_store *s = o->s;
+    pthread_mutex_lock(&s->mu);
+    entry *e = entry_get(s, o->key, true);
+    bool hop = false;
+    if (e && ev->type != PARLEY_WS_EV_MESSAGE) {
+        o->seen = true;
+        switch (ev->type) {
+        case PARLEY_WS_EV_CONNECTING:
+            e->ws_state = PWS_CONNECTING;
+            e->ws_attempt = ev->attempt;
+            break;
+        case PARLEY_WS_EV_CONNECTED:
+            e->ws_state = PWS_OPEN;
+            e->ws_attempt = ev->attempt;
+            e->ws_reason[0] = 0;
+            e->ws_code = e->ws_http_status = 0;
+            break;
+        case PARLEY_WS_EV_DISCONNECTED:
+        case PARLEY_WS_EV_ERROR:
+            /* RECONNECTING follows when will_retry. */
+            e->ws_state = PWS_CLOSED;
+            snprintf(e->ws_reason, sizeof e->ws_reason, "%s", ev->reason ? ev->reason : "");
+            e->ws_code = ev->type == PARLEY_WS_EV_DISCONNECTED ? ev->code : 0;
+            e->ws_http_status = ev->http_status;
+            break;
+        case PARLEY_WS_EV_RECONNECTING:
+            e->ws_state = PWS_RECONNECTING;
+            e->ws_attempt = ev->attempt;
+            e->ws_delay_ms = ev->delay_ms;
+            break;
+        case PARLEY_WS_EV_RECONNECT_FAILED:
+            e->ws_state = PWS_CLOSED;
+            if (ev->http_status) e->ws_http_status = ev->http_status;
+            break;
+        default:
+            break;
+        }
+        hop = changed(s, e);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (hop) ploop_call(s->loop, defer_on_loop, s);
+}
+
+static bool ws_name_ok(const char *name)
+{
+    size_t len = name ? strlen(name) : 0;
+    return len > 0 && len <= STORE_WS_NAME_MAX && msg_valid_room(name, len);
+}
+
+int parley_store_watch_ws(parley_store *s, const char *name, parley_ws *ws)
+{
+    if (!s || !ws || !ws_name_ok(name)) return PARLEY_EINVAL;
+    wsobs *o = pcalloc(1, sizeof *o);
+    if (!o) return PARLEY_ENOMEM;
+    o->s = s;
+    o->ws = ws;
+    snprintf(o->key, sizeof o->key, "ws/%s/state", name);
+    pthread_mutex_lock(&s->mu);
+    size_t slot = STORE_WS_MAX;
+    int rc = 0;
+    for (size_t i = 0; i < STORE_WS_MAX; i++) {
+        wsobs *x = s->wsobs[i];
+        if (!x) {
+            if (slot == STORE_WS_MAX) slot = i;
+        } else if (x->ws == ws || !strcmp(x->key, o->key)) {
+            rc = PARLEY_ESTATE;
+        }
+    }
+    if (rc == 0 && slot == STORE_WS_MAX) rc = PARLEY_EFULL;
+    if (rc == 0) s->wsobs[slot] = o; /* reserved: the observer is set below */
+    pthread_mutex_unlock(&s->mu);
+    if (rc) {
+        free(o);
+        return rc;
+    }
+    pws_state st;
+    rc = pws_observe(ws, ws_observed, o, &st);
+    pthread_mutex_lock(&s->mu);
+    bool hop = false;
+    if (rc) {
+        s->wsobs[slot] = NULL;
+    } else {
+        entry *e = entry_get(s, o->key, true);
+        /* Events may have come already (the observer runs from the
+         * call on): the state of the call is the oldest, take it only
+         * when nothing came. */
+        if (e && !o->seen) {
+            e->ws_state = st;
+            hop = changed(s, e);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (hop) ploop_call(s->loop, defer_on_loop, s);
+    if (rc) free(o);
+    return rc;
+}
+
+int parley_store_unwatch_ws(parley_store *s, parley_ws *ws)
+{
+    if (!s || !ws) return PARLEY_EINVAL;
+    wsobs *o = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < STORE_WS_MAX && !o; i++)
+        if (s->wsobs[i] && s->wsobs[i]->ws == ws) {
+            o = s->wsobs[i];
+            s->wsobs[i] = NULL;
+        }
+    pthread_mutex_unlock(&s->mu);
+    if (!o) return PARLEY_EINVAL;
+    /* On the ws's loop: no observer call runs after this returns. */
+    pws_observe(ws, NULL, NULL, NULL);
+    pthread_mutex_lock(&s->mu);
+    entry *e = entry_get(s, o->key, false);
+    bool hop = false;
+    if (e) {
+        e->ws_state = PWS_IDLE;
+        e->ws_attempt = 0;
+        e->ws_reason[0] = 0;
+        e->ws_code = e->ws_http_status = 0;
+        hop = changed(s, e);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (hop) ploop_call(s->loop, defer_on_loop, s);
+    free(o);
+    return 0;
+}
+
+static void ws_detach_all(parley_store *s)
+{
+    for (size_t i = 0; i < STORE_WS_MAX; i++) {
+        wsobs *o = s->wsobs[i];
+        if (!o) continue;
+        s->wsobs[i] = NULL;
+        pws_observe(o->ws, NULL, NULL, NULL);
+        free(o);
+    }
 }

@@ -598,13 +598,104 @@ static void test_app_callbacks(void **state)
     srv_done(&s);
 }
 
+/* ---- a raw WebSocket client's state: "ws/<name>/state" ---- */
+
+static void test_ws_state(void **state)
+{
+    (void)state;
+    srv s;
+    srv_init(&s);
+    srv_start(&s);
+    tstore a;
+    ts_init(&a, "alice", &s);
+    ts_open(&a);
+    /* A real WebSocket peer: the server's Engine.IO endpoint. */
+    char url[128];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%u/socket.io/?EIO=4&transport=websocket", s.port);
+    parley_ws_opts wo;
+    parley_ws_opts_init(&wo);
+    wo.url = url;
+    wo.reconnect = 1;
+    wo.reconnect_delay_ms = 20;
+    wo.reconnect_delay_max_ms = 50;
+    parley_ws *ws;
+    assert_int_equal(parley_ws_new(NULL, &wo, &ws), 0);
+
+    rec r;
+    rec_init(&r);
+    char *v = get(&a, "ws/feed/state");
+    assert_string_equal(v, "{\"state\":\"idle\",\"attempt\":0}");
+    free(v);
+    assert_true(parley_store_watch(a.st, "ws/feed/state", on_value, &r) > 0);
+    assert_int_equal(rec_settle(&r, 1), 1);
+    assert_int_equal(parley_store_watch_ws(a.st, "feed", ws), 0);
+    /* Bad names, a second observation of the name or of the ws. */
+    assert_int_equal(parley_store_watch_ws(a.st, "feed", ws), PARLEY_ESTATE);
+    assert_int_equal(parley_store_watch_ws(a.st, "other", ws), PARLEY_ESTATE);
+    assert_int_equal(parley_store_watch_ws(a.st, "bad name", ws), PARLEY_EINVAL);
+    assert_int_equal(parley_store_watch_ws(a.st, "", ws), PARLEY_EINVAL);
+    assert_int_equal(parley_store_watch_ws(a.st, "x", NULL), PARLEY_EINVAL);
+    assert_null(parley_store_get(a.st, "ws/bad name/state", NULL));
+    assert_null(parley_store_get(a.st, "ws/feed", NULL));
+    assert_int_equal(parley_store_watch(a.st, "ws/feed/status", on_value, &r), PARLEY_EINVAL);
+
+    assert_int_equal(parley_ws_connect(ws), 0);
+    wait_value(&a, "ws/feed/state", "\"state\":\"open\"", 1);
+    v = get(&a, "ws/feed/state");
+    assert_string_equal(v, "{\"state\":\"open\",\"attempt\":0}");
+    free(v);
+
+    /* The server goes away: the watcher sees the connection end and the
+     * client wait for its next attempt; back up, open again. */
+    srv_stop(&s);
+    wait_value(&a, "ws/feed/state", "\"state\":\"open\"", 0);
+    srv_start(&s);
+    wait_value(&a, "ws/feed/state", "\"state\":\"open\"", 1);
+    char all[8192];
+    rec_joined(&r, all, sizeof all);
+    assert_non_null(strstr(all, "\"state\":\"reconnecting\""));
+    assert_non_null(strstr(all, "\"state\":\"connecting\""));
+    assert_non_null(strstr(all, "\"reason\":"));
+    v = get(&a, "ws/feed/state");
+    assert_non_null(strstr(v, "\"attempt\":"));
+    assert_null(strstr(v, "\"attempt\":0"));
+    free(v);
+
+    /* Closed by the application: closed, with the reason. */
+    assert_int_equal(parley_ws_close(ws, 1000, "bye"), 0);
+    wait_value(&a, "ws/feed/state", "\"state\":\"closed\"", 1);
+    v = get(&a, "ws/feed/state");
+    assert_non_null(strstr(v, "\"reason\":\"closed\""));
+    free(v);
+
+    assert_int_equal(parley_store_unwatch_ws(a.st, ws), 0);
+    assert_int_equal(parley_store_unwatch_ws(a.st, ws), PARLEY_EINVAL);
+    wait_value(&a, "ws/feed/state", "{\"state\":\"idle\",\"attempt\":0}", 1);
+    /* No more store updates once unwatched (the idle value's delivery
+     * may still be on its way: let it land first). */
+    usleep(QUIET_MS * 1000);
+    int calls = rec_calls(&r);
+    assert_int_equal(parley_ws_connect(ws), 0);
+    usleep(QUIET_MS * 1000);
+    assert_int_equal(rec_calls(&r), calls);
+    /* Observed again, it starts from the ws's state, then follows it. */
+    assert_int_equal(parley_store_watch_ws(a.st, "feed", ws), 0);
+    wait_value(&a, "ws/feed/state", "\"state\":\"open\"", 1);
+    /* Freed with the store while observed: detached, the ws lives on. */
+    ts_close(&a);
+    assert_int_equal(parley_ws_close(ws, 1000, NULL), 0);
+    parley_ws_free(ws);
+    rec_free(&r);
+    srv_done(&s);
+}
+
 int main(void)
 {
     parley_log_set(getenv("PARLEY_TEST_LOG") ? PARLEY_LOG_DEBUG : PARLEY_LOG_WARN, log_sink, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fd_burst),      cmocka_unit_test(test_loop_sequences),
         cmocka_unit_test(test_cache_reload),  cmocka_unit_test(test_bounds_and_keys),
-        cmocka_unit_test(test_app_callbacks),
+        cmocka_unit_test(test_app_callbacks), cmocka_unit_test(test_ws_state),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
