@@ -418,7 +418,9 @@ PARLEY_API int parley_chat_notifications_read(parley_chat *c, const int64_t *ids
 PARLEY_API int parley_chat_notifications_read_all(parley_chat *c);
 
 /* Notification preferences, JSON in and out (the protocol's P object:
- * in_app, push, types, quiet_hours, muted_users, muted_rooms). fn gets
+ * in_app, push, types, quiet_hours (with min_priority: "high" lets high
+ * and urgent through quiet hours; default urgent), muted_users,
+ * muted_rooms). fn gets
  * err 0 and the whole stored P, or err PARLEY_EPROTO (e: the server's
  * code and field, e.g. invalid_field "quiet_hours.tz"), PARLEY_ETIMEDOUT,
  * PARLEY_ECLOSED, with prefs_json NULL. */

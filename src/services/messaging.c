@@ -2322,7 +2322,7 @@ static int notif_suppressed(msg_service *svc, const msg_notification *n, const c
         return NS_MUTED_ROOM;
     if (!p.in_app) return NS_IN_APP_OFF;
     if (p.types_off & (1u << n->type)) return NS_TYPE_OFF;
-    if (n->priority == MSG_PRIO_URGENT) return NS_NONE;
+    if (n->priority >= p.q_min) return NS_NONE;
     return p.quiet && notif_quiet_now(svc, &p, now) ? NS_QUIET : NS_NONE;
 }
 

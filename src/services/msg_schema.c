@@ -1584,6 +1584,7 @@ void msg_nprefs_default(msg_nprefs *p)
 {
     memset(p, 0, sizeof *p);
     p->in_app = p->push = true;
+    p->q_min = MSG_PRIO_URGENT;
     p->muted_users.type = p->muted_rooms.type = JSON_INVALID;
 }
 
@@ -1604,13 +1605,14 @@ static msg_errcode parse_quiet(const json_val *v, msg_nprefs *p, msg_error *err)
         p->quiet = false;
         p->tz[0] = 0;
         p->q_start = p->q_end = 0;
+        p->q_min = MSG_PRIO_URGENT;
         return MSG_OK;
     }
     if (v->type != JSON_OBJECT)
         return msg_fail(err, MSG_E_INVALID_FIELD, "quiet_hours",
                         "quiet_hours must be an object or null");
-    field f[3] = {{"start", {0}}, {"end", {0}}, {"tz", {0}}};
-    msg_errcode rc = scan(v, f, 3, "quiet_hours", FROM_CLIENT, err);
+    field f[4] = {{"start", {0}}, {"end", {0}}, {"tz", {0}}, {"min_priority", {0}}};
+    msg_errcode rc = scan(v, f, 4, "quiet_hours", FROM_CLIENT, err);
     if (rc) return rc;
     static const char *const paths[3] = {"quiet_hours.start", "quiet_hours.end", "quiet_hours.tz"};
     for (int i = 0; i < 3; i++)
@@ -1625,6 +1627,18 @@ static msg_errcode parse_quiet(const json_val *v, msg_nprefs *p, msg_error *err)
     char tz[MSG_TZ_MAX + 1];
     if ((rc = get_ident(&f[2], paths[2], tz, sizeof tz, msg_valid_tz_name, "time zone name", err)))
         return rc;
+    int qmin = MSG_PRIO_URGENT;
+    if (has(&f[3])) {
+        char name[16];
+        long n = f[3].v.type == JSON_STRING ? json_string_decode(&f[3].v, name, sizeof name - 1)
+                                            : -1;
+        qmin = n >= 0 ? msg_priority_from_name(name, (size_t)n) : -1;
+        /* low would let everything through: no quiet hours at all. */
+        if (qmin <= MSG_PRIO_LOW)
+            return msg_fail(err, MSG_E_INVALID_FIELD, "quiet_hours.min_priority",
+                            "quiet_hours.min_priority must be normal, high or urgent");
+    }
+    p->q_min = (msg_priority)qmin;
     p->quiet = true;
     p->q_start = s;
     p->q_end = e;
@@ -1737,6 +1751,9 @@ int msg_encode_nprefs(pbuf *out, const msg_nprefs *p)
                  p->q_start % 60, p->q_end / 60, p->q_end % 60);
         rc = pbuf_append_str(out, q);
         if (rc == 0) rc = json_append_string(out, p->tz, strlen(p->tz));
+        /* Absent means urgent (what earlier versions stored and did). */
+        if (rc == 0 && p->q_min != MSG_PRIO_URGENT)
+            rc = pbuf_appendf(out, ",\"min_priority\":\"%s\"", msg_priority_name(p->q_min));
         if (rc == 0) rc = pbuf_append(out, "}", 1);
     }
     if (rc == 0) rc = put_list(out, &first, "muted_users", &p->muted_users);

@@ -477,6 +477,7 @@ typedef struct msg_nprefs {
     bool quiet;         /* quiet hours set */
     int q_start, q_end; /* minutes after midnight, local time; start != end */
     char tz[MSG_TZ_MAX + 1];
+    msg_priority q_min; /* quiet_hours.min_priority: this and above pass (default urgent) */
     json_val muted_users, muted_rooms; /* JSON_INVALID: empty */
 } msg_nprefs;
 
