@@ -646,7 +646,8 @@ static void apply_room_change(msg_service *svc, obx *e)
 
 static void do_npush(msg_service *svc, obx *e);
 static void unread_flush(msg_service *svc);
-static void notif_from_message(msg_service *svc, const obx *e, const char *recipient);
+static void notif_from_message(msg_service *svc, const obx *e, const char *recipient,
+                               msg_priority prio);
 
 typedef struct notify_ctx {
     msg_service *svc;
@@ -681,7 +682,7 @@ static void notify_one(notify_ctx *n, const char *user)
                          .message = &n->e->meta,
                          .message_json = (const char *)n->e->json.ptr + 1,
                          .message_len = n->e->json.len - 2};
-    notif_from_message(n->svc, n->e, user);
+    notif_from_message(n->svc, n->e, user, MSG_PRIO_URGENT);
     if (n->svc->o.notifier.urgent) n->svc->o.notifier.urgent(&notice, n->svc->o.notifier.user);
 }
 
@@ -1634,7 +1635,8 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
      * with @user notifies them (do_mentions). */
     bool mentions = c.kind == MSG_CONV_ROOM && m.type == MSG_TEXT &&
                     memchr(msg->ptr, '@', msg->len) != NULL;
-    if (m.priority == MSG_PRIO_URGENT || mentions) {
+    /* ... and a high one notifies the recipients without a live device. */
+    if (m.priority == MSG_PRIO_URGENT || m.priority == MSG_PRIO_HIGH || mentions) {
         obx *n = obx_new(svc, OB_NOTIFY, NULL, true);
         if (!n) return;
         n->meta = stored.m;
@@ -2635,13 +2637,14 @@ static void notif_body_text(msg_service *svc, const obx *e, char *body)
 /* The built-in half of the msg_notifier seam: an urgent message raises a
  * notification for the recipient (after the message's commit; stored in
  * the next batch, deduplicated by message id). */
-static void notif_from_message(msg_service *svc, const obx *e, const char *recipient)
+static void notif_from_message(msg_service *svc, const obx *e, const char *recipient,
+                               msg_priority prio)
 {
     msg_notification *n = calloc(1, sizeof *n);
     if (!n) return;
     snprintf(n->to, sizeof n->to, "%s", recipient);
     n->type = MSG_NT_MESSAGE;
-    n->priority = MSG_PRIO_URGENT;
+    n->priority = prio;
     n->expires = -1;
     snprintf(n->title, sizeof n->title, "%s", e->user);
     snprintf(n->from, sizeof n->from, "%s", e->user);
@@ -2675,13 +2678,13 @@ static void notif_from_message(msg_service *svc, const obx *e, const char *recip
     /* Urgent comes through quiet hours only from a contact: someone the
      * recipient wrote to, or shares a room with (a room's members do). A
      * stranger's urgent DM is high. */
-    if (!room && mstore_contact(svc->store, recipient, e->user) != 1) {
+    if (prio == MSG_PRIO_URGENT && !room && mstore_contact(svc->store, recipient, e->user) != 1) {
         n->priority = MSG_PRIO_HIGH;
         svc->stats.urgent_downgraded++;
     }
     bool dup;
     if (notif_create(svc, n, room, &dup) != 0)
-        plog_error("messaging: cannot store the notification of urgent message %lld for %s",
+        plog_error("messaging: cannot store the notification of message %lld for %s",
                    (long long)e->meta.id, recipient);
     free(n);
 }
@@ -2747,27 +2750,39 @@ static void notif_mention(msg_service *svc, const obx *e, const char *recipient,
     free(n);
 }
 
-/* A room text that names members with @user raises a `mention`
- * notification for each of them (not the sender), with the message's
- * priority; the suppression rule then applies (muted_rooms included). */
+/* A message that is not urgent: a room text that names members with
+ * @user raises a `mention` notification for each of them (not the
+ * sender), with the message's priority; a high message raises a
+ * `message` notification (high) for every other recipient with no live
+ * device (not for one a mention reached). The suppression rule then
+ * applies (muted_rooms included). */
 static void do_mentions(msg_service *svc, obx *e, const msg_conv *c)
 {
-    if (c->kind != MSG_CONV_ROOM) return;
-    char *text = obx_message_text(svc, e);
-    if (!text) return;
     char names[MENTION_MAX][MSG_USER_MAX + 1];
-    size_t k = mention_names(text, names);
-    free(text);
-    if (k == 0) return;
+    size_t k = 0;
+    if (c->kind == MSG_CONV_ROOM && e->meta.type == MSG_TEXT) {
+        char *text = obx_message_text(svc, e);
+        if (text) k = mention_names(text, names);
+        free(text);
+    }
+    bool high = e->meta.priority == MSG_PRIO_HIGH;
+    if (k == 0 && !high) return;
+    if (c->kind == MSG_CONV_DM) {
+        const char *peer = msg_conv_peer(c, e->user);
+        if (high && !user_online(svc, peer)) notif_from_message(svc, e, peer, MSG_PRIO_HIGH);
+        return;
+    }
     notify_ctx n = {svc, e, NULL, 0, 0};
     if (mstore_participants(svc->store, c->id, notify_collect, &n) < 0)
-        plog_error("messaging: cannot list the members of %s for mentions", c->id);
-    for (size_t i = 0; i < n.n; i++)
-        for (size_t j = 0; j < k; j++)
-            if (strcmp(n.users[i], names[j]) == 0) {
-                notif_mention(svc, e, n.users[i], c->a);
-                break;
-            }
+        plog_error("messaging: cannot list the members of %s for notifications", c->id);
+    for (size_t i = 0; i < n.n; i++) {
+        bool named = false;
+        for (size_t j = 0; j < k && !named; j++) named = strcmp(n.users[i], names[j]) == 0;
+        if (named)
+            notif_mention(svc, e, n.users[i], c->a);
+        else if (high && !user_online(svc, n.users[i]))
+            notif_from_message(svc, e, n.users[i], MSG_PRIO_HIGH);
+    }
     free(n.users);
 }
 

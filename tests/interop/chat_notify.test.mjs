@@ -291,6 +291,66 @@ describe('notifications', () => {
     [a, b].forEach((c) => c.close());
   });
 
+  test('quiet_hours.min_priority: "high" lets high and urgent through quiet hours, normal waits', async () => {
+    const [noti, bob] = users('noti', 'bob');
+    const n = await device(srv, noti, { role: 'notifier' });
+    const b = await device(srv, bob);
+    const now = kolkataMinutes();
+    const quiet = { start: hhmm(now + 60), end: hhmm(now + 30), tz: 'Asia/Kolkata' };
+    await b.fails('notification_prefs_set', { quiet_hours: { ...quiet, min_priority: 'low' } }, 'invalid_field', 'quiet_hours.min_priority');
+    await b.fails('notification_prefs_set', { quiet_hours: { ...quiet, min_priority: 'loud' } }, 'invalid_field', 'quiet_hours.min_priority');
+    await b.fails('notification_prefs_set', { quiet_hours: { ...quiet, min_priority: 2 } }, 'invalid_field', 'quiet_hours.min_priority');
+    let r = await b.ok('notification_prefs_set', { quiet_hours: { ...quiet, min_priority: 'high' } });
+    assert.deepEqual(r.prefs.quiet_hours, { ...quiet, min_priority: 'high' });
+    await n.ok('notify', { to: bob, type: 'alert', title: 'normal' });
+    await awaitUnread(b, 1);
+    const high = (await n.ok('notify', { to: bob, type: 'alert', priority: 'high', title: 'high' })).notification;
+    const urgent = (await n.ok('notify', { to: bob, type: 'alert', priority: 'urgent', title: 'urgent' })).notification;
+    await eventually(() => pushed(b).length === 2, 5000, 'high and urgent pushed');
+    assert.deepEqual(pushed(b).map((x) => x.id), [high.id, urgent.id]);
+    // Without min_priority: urgent only, as before (and not listed).
+    r = await b.ok('notification_prefs_set', { quiet_hours: quiet });
+    assert.deepEqual(r.prefs.quiet_hours, quiet);
+    await n.ok('notify', { to: bob, type: 'alert', priority: 'high', title: 'high, held' });
+    await awaitUnread(b, 4);
+    await sleep(100);
+    assert.equal(pushed(b).length, 2);
+    [n, b].forEach((x) => x.close());
+  });
+
+  test('high messages notify recipients without a live device; mentions take their place', async () => {
+    const [ann, bob, cat, dan] = users('ann', 'bob', 'cat', 'dan');
+    const room = `h${uniq}`;
+    const a = await device(srv, ann);
+    await a.ok('sync', {});
+    let b = await device(srv, bob);
+    await b.ok('sync', {}); // live: it gets the message itself, no notification
+    const cNow = await device(srv, cat);
+    const d = await device(srv, dan);
+    await d.ok('sync', {});
+    for (const x of [a, b, cNow, d]) await x.ok('join_room', { room });
+    cNow.close(); // cat: offline
+    const dm1 = await a.ok('send_message', { client_id: `h-${++uniq}`, to: bob, type: 'text', content: { text: 'live bob' }, priority: 'high' });
+    assert.ok(dm1.ok);
+    b.close(); // bob: offline from here
+    await sleep(100);
+    const dm2 = await a.ok('send_message', { client_id: `h-${++uniq}`, to: bob, type: 'text', content: { text: 'bob away' }, priority: 'high' });
+    await a.ok('send_message', { client_id: `h-${++uniq}`, to: bob, type: 'text', content: { text: 'normal: nothing' } });
+    const rm = await a.ok('send_message', { client_id: `h-${++uniq}`, room, type: 'text', content: { text: `all hands, @${bob}` }, priority: 'high' });
+    await sleep(200);
+    b = await device(srv, bob);
+    let s = await b.ok('notifications_sync', {});
+    assert.deepEqual(s.notifications.map((x) => [x.type, x.priority, x.dedupe_key]),
+      [['message', 'high', `message:${dm2.message.id}`], ['mention', 'high', `mention:${rm.message.id}`]]);
+    const c = await device(srv, cat);
+    s = await c.ok('notifications_sync', {});
+    assert.deepEqual(s.notifications.map((x) => [x.type, x.priority, x.title, x.body, x.dedupe_key]),
+      [['message', 'high', ann, `all hands, @${bob}`, `message:${rm.message.id}`]]);
+    s = await d.ok('notifications_sync', {});
+    assert.deepEqual(s.notifications, [], 'dan was live');
+    [a, b, c, d].forEach((x) => x.close());
+  });
+
   test('mentions: @member in a room text raises a mention; muted_rooms holds it back; other prefs apply', async () => {
     const [ann, bob, cat, dan] = users('ann', 'bob', 'cat', 'dan');
     const room = `m${uniq}`;
