@@ -145,6 +145,25 @@ describe('parleyd --compression', () => {
     await srv.stop();
   });
 
+  test('room broadcasts reach compressing and plain sessions exactly (shared frame under the threshold)', async () => {
+    const srv = await startProtocolServer({ extra: ['--compression'] });
+    const mk = (perMessageDeflate) => new Promise((res, rej) => {
+      const s = io(`http://127.0.0.1:${srv.port}`, { transports: ['websocket'], reconnection: false, perMessageDeflate });
+      onCleanup(() => s.close());
+      s.once('connect', () => res(s));
+      s.once('connect_error', rej);
+    });
+    const socks = [await mk({ threshold: 1024 }), await mk({ threshold: 1024 }), await mk(false)];
+    for (const s of socks) await s.emitWithAck('join', 'r');
+    for (const text of ['short', chatText(20000), 'again short', chatText(3000)]) {
+      const got = socks.map((s) => new Promise((res) => s.once('b', res)));
+      await socks[0].emitWithAck('to-room', 'r', 'b', { text });
+      for (const g of await Promise.all(got)) assert.deepEqual(g, { text });
+    }
+    for (const s of socks) s.close();
+    await srv.stop();
+  });
+
   test('socket.io-client (Node, ws) negotiates it and round-trips exactly with fewer wire bytes', async () => {
     const results = {};
     for (const on of [true, false]) {
