@@ -115,7 +115,8 @@ typedef struct parley_client_opts {
      * socket.io-client in Node does (perMessageDeflate: {threshold: 1024}).
      * Default 1. Messages shorter than compression_threshold bytes are
      * sent uncompressed (default 1024); compressed messages from the
-     * server are inflated with a bound of 1 MB (the Engine.IO limit). */
+     * server are inflated with a bound of 16 MiB (the largest message the
+     * client accepts; past it the connection is failed with 1009). */
     int permessage_deflate;
     size_t compression_threshold;
     /* Reconnection, with socket.io-client's names and defaults. */
