@@ -111,6 +111,14 @@ typedef struct parley_client_opts {
     const char *ca_file; /* TLS trust (default: the system store) */
     int insecure;        /* skip certificate checks (tests only) */
     uint32_t timeout_ms; /* each connection attempt (default 20000) */
+    /* WebSocket transport: offer permessage-deflate (RFC 7692), as
+     * socket.io-client in Node does (perMessageDeflate: {threshold: 1024}).
+     * Default 1. Messages shorter than compression_threshold bytes are
+     * sent uncompressed (default 1024); compressed messages from the
+     * server are inflated with a bound of 16 MiB (the largest message the
+     * client accepts; past it the connection is failed with 1009). */
+    int permessage_deflate;
+    size_t compression_threshold;
     /* Reconnection, with socket.io-client's names and defaults. */
     int reconnection;                   /* default 1 */
     unsigned reconnection_attempts;     /* 0 = unlimited (default) */

@@ -57,7 +57,16 @@ typedef struct parley_server_opts {
     int recovery;
     uint32_t max_disconnection_ms; /* how long a session can be recovered; default 120000 */
     unsigned max_attachments;      /* binary attachments per packet; default 10 */
-    int permessage_deflate;        /* WebSocket compression; default 0 (as the reference) */
+    /* WebSocket compression (RFC 7692 permessage-deflate) on the Engine.IO
+     * websocket transport; default 0 (as the reference's perMessageDeflate:
+     * false). Inflated messages are bounded by max_payload (close 1009).
+     * Messages shorter than compression_threshold bytes (default 1024, as
+     * the reference) go uncompressed. Each compressing connection deflates
+     * its own copy of a broadcast (context takeover makes the output
+     * depend on the connection's history); sub-threshold broadcasts stay
+     * encoded once and shared. */
+    int permessage_deflate;
+    size_t compression_threshold;
     /* TLS: certificate chain and key (PEM) for listeners; NULL = plain. */
     const char *tls_cert;
     const char *tls_key;

@@ -654,10 +654,12 @@ static ews *ews_start(eio_client *e, bool probe)
     w->e = e;
     w->probe = probe;
     pmd_config_init(&w->pmd);
+    w->pmd.enabled = e->o.permessage_deflate;
     wsconn_opts_init(&w->wso);
     w->wso.cbs = &ews_ws_cbs;
     w->wso.max_frame = w->wso.max_message = EC_MAX_MESSAGE;
     w->wso.close_timeout_ms = EC_CLOSE_LINGER;
+    w->wso.deflate_threshold = e->o.compression_threshold;
     http_parser_init(&w->parser, true, NULL);
     w->parser.limits.max_headers = EC_MAX_HEADERS;
     pconn_init(&w->c, e->loop, &ews_cbs, 0);

@@ -40,6 +40,8 @@ typedef struct eio_client_opts {
     pproxy proxy;               /* with use_proxy: tunnel every connection */
     bool use_proxy;
     uint32_t timeout_ms;        /* to open the session */
+    bool permessage_deflate;    /* websocket: offer RFC 7692 compression */
+    size_t compression_threshold; /* shorter messages go uncompressed */
 } eio_client_opts;
 
 typedef struct eio_client_cbs {

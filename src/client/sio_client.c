@@ -1347,6 +1347,8 @@ void parley_client_opts_init(parley_client_opts *o)
     o->transports = PARLEY_TRANSPORT_POLLING | PARLEY_TRANSPORT_WEBSOCKET;
     o->upgrade = 1;
     o->timeout_ms = 20000;
+    o->permessage_deflate = 1;
+    o->compression_threshold = 1024;
     o->reconnection = 1;
     o->reconnection_delay_ms = 1000;
     o->reconnection_delay_max_ms = 5000;
@@ -1514,6 +1516,8 @@ int parley_client_new(const parley_client_opts *o, parley_client **out)
         eo.websocket_first = c->o.websocket_first != 0;
         eo.tls = c->tls;
         eo.timeout_ms = c->o.timeout_ms;
+        eo.permessage_deflate = c->o.permessage_deflate != 0;
+        eo.compression_threshold = c->o.compression_threshold;
         if (use_px) {
             eo.proxy = px;
             eo.use_proxy = true;

@@ -97,6 +97,10 @@ static void usage(FILE *f)
             "  --recovery                connection-state recovery\n"
             "  --max-disconnection MS    recovery window (default 120000)\n"
             "  --max-attachments N       binary attachments per packet (default 10)\n"
+            "  --compression             permessage-deflate on the websocket transport (default\n"
+            "                            off, as socket.io); inflated messages are bounded by\n"
+            "                            --max-payload (close 1009)\n"
+            "  --compression-threshold BYTES  smaller messages go uncompressed (default 1024)\n"
             "  --protocol-test           the reference test server's behaviour (see README);\n"
             "                            turns the messaging service off\n"
             "\n"
@@ -237,6 +241,8 @@ enum {
     OPT_CERT,
     OPT_KEY,
     OPT_NO_DEFLATE,
+    OPT_COMPRESSION,
+    OPT_COMPRESSION_THRESHOLD,
     OPT_MAX_MSG,
     OPT_MAX_FRAME,
     OPT_MAX_HDR_BYTES,
@@ -333,6 +339,8 @@ static const struct option longopts[] = {
     {"tls-cert", required_argument, 0, OPT_CERT},
     {"tls-key", required_argument, 0, OPT_KEY},
     {"no-deflate", no_argument, 0, OPT_NO_DEFLATE},
+    {"compression", no_argument, 0, OPT_COMPRESSION},
+    {"compression-threshold", required_argument, 0, OPT_COMPRESSION_THRESHOLD},
     {"max-message", required_argument, 0, OPT_MAX_MSG},
     {"max-frame", required_argument, 0, OPT_MAX_FRAME},
     {"max-header-bytes", required_argument, 0, OPT_MAX_HDR_BYTES},
@@ -427,6 +435,13 @@ static const char *apply(config *c, int ch, const char *arg)
         return NULL;
     case OPT_NO_DEFLATE:
         c->deflate = false;
+        return NULL;
+    case OPT_COMPRESSION:
+        c->sio.permessage_deflate = 1;
+        return NULL;
+    case OPT_COMPRESSION_THRESHOLD:
+        if (parse_u64(arg, UINT32_MAX, &v)) return "bad --compression-threshold";
+        c->sio.compression_threshold = (size_t)v;
         return NULL;
     case OPT_MAX_MSG:
         if (parse_u64(arg, UINT32_MAX, &v) || v == 0) return "bad --max-message";

@@ -423,8 +423,13 @@ int esession_send_frame(esession *s, const eframe *f)
     s->eng->st.messages_out++;
     s->eng->st.bytes_out += plen - (f->binary ? 0 : 1);
     if (s->transport == ENGINE_WEBSOCKET && s->ws) {
-        if (!s->ws->deflater) return pconn_write_shared(s->ws->conn, f->blk, 0, f->blk->len);
-        /* A compressing session encodes its own copy. */
+        /* Below the threshold a compressing session sends the message
+         * uncompressed, so the shared frame (RSV1 clear) is exactly it. */
+        if (!s->ws->deflater || plen < s->ws->opts->deflate_threshold)
+            return pconn_write_shared(s->ws->conn, f->blk, 0, f->blk->len);
+        /* Above it, a compressing session deflates its own copy: with
+         * context takeover the output depends on what this connection
+         * sent before, so it cannot be shared. */
         return wsconn_send(s->ws, f->binary ? WS_OP_BINARY : WS_OP_TEXT, pkt, plen);
     }
     if (f->binary) return queue_poll(s, EIO_MESSAGE, true, pkt, plen);
@@ -1054,6 +1059,7 @@ int engine_attach(phttpd *http, const char *path, const engine_opts *o, const en
     e->reap.cb = reap;
     wsconn_opts_init(&e->wsopts);
     e->wsopts.max_frame = e->wsopts.max_message = e->o.max_payload;
+    if (e->o.pmd) e->wsopts.deflate_threshold = e->o.pmd->threshold;
     e->wsopts.ping_interval_ms = 0; /* Engine.IO has its own heartbeat */
     e->wsopts.cbs = &ws_cbs;
     e->ep = (phttpd_ws_endpoint){.ws_opts = &e->wsopts, .pmd = e->o.pmd};

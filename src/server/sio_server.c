@@ -174,6 +174,7 @@ void parley_server_opts_init(parley_server_opts *o)
     o->websocket = 1;
     o->max_disconnection_ms = 120000;
     o->max_attachments = 10;
+    o->compression_threshold = 1024;
 }
 
 const char *parley_socket_id(const parley_socket *s)
@@ -1639,7 +1640,10 @@ int parley_server_new(parley_loop *loop, const parley_server_opts *o, parley_ser
     /* A polling POST may carry max_payload bytes. */
     if (hopts.limits.max_body < o->max_payload) hopts.limits.max_body = o->max_payload;
     if (rc == 0) rc = phttpd_new(loop, &hopts, &s->http);
-    if (o->permessage_deflate) pmd_config_init(&s->pmd);
+    if (o->permessage_deflate) {
+        pmd_config_init(&s->pmd);
+        s->pmd.threshold = o->compression_threshold;
+    }
     if (rc == 0) rc = parley_server__engine(s, s->path, &eng_cbs, s, &s->eng);
     if (rc == 0 && !parley_server_of(s, "/")) rc = PARLEY_ENOMEM;
     if (rc == 0 && o->recovery) {

@@ -321,6 +321,8 @@ static int cmd_new(const json_val *o)
     co.timeout_ms = (uint32_t)get_int(o, "timeout", 20000);
     co.auto_connect = 0;
     co.insecure = (int)get_int(o, "insecure", 0);
+    co.permessage_deflate = (int)get_int(o, "compression", 1);
+    co.compression_threshold = (size_t)get_int(o, "compression_threshold", 1024);
     co.on_event = on_client_event;
     int rc = parley_client_new(&co, &client);
     free(url);

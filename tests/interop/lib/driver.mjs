@@ -161,10 +161,10 @@ export const unb64 = (s) => Buffer.from(s, 'base64');
  * handlers) on port (0 = any). Its stdout lines ("R <id>" for each
  * receipt of a reliable message) are in .child.lines.
  */
-export async function startRefServer({ port = 0, recovery = false } = {}) {
+export async function startRefServer({ port = 0, recovery = false, pmd = false } = {}) {
   if (port === 0) port = await lowFreePort(); /* restarted on it by some tests */
   checkPinned('socket.io');
-  const child = spawnLines(process.execPath, [path.join(here, 'ref_server.mjs'), String(port), recovery ? 'recovery' : ''],
+  const child = spawnLines(process.execPath, [path.join(here, 'ref_server.mjs'), String(port), recovery ? 'recovery' : '', ...(pmd ? ['pmd'] : [])],
     `socket.io reference server${recovery ? ' (recovery)' : ''}`);
   const p = await waitLines(child, () => {
     for (const l of child.lines) {

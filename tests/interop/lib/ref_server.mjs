@@ -1,7 +1,7 @@
 // The npm socket.io reference server with the handlers of
 // `parleyd --protocol-test` (docs/PROTOCOL.md), run as a child process by
 // lib/driver.mjs so that a test can kill it and start it again on the same
-// port. Usage: node ref_server.mjs PORT [recovery]. Prints "listening
+// port. Usage: node ref_server.mjs PORT [recovery] [pmd]. Prints "listening
 // PORT" when ready and "R <id>" for every receipt of a "reliable" message
 // (arguments [id, priority, ...], acknowledged with [id]).
 
@@ -10,6 +10,8 @@ import { Server } from 'socket.io';
 
 const port = Number(process.argv[2] || 0);
 const recovery = process.argv[3] === 'recovery';
+/* 'pmd': perMessageDeflate with socket.io's documented threshold. */
+const pmd = process.argv.includes('pmd');
 
 const httpServer = http.createServer();
 const io = new Server(httpServer, {
@@ -18,6 +20,7 @@ const io = new Server(httpServer, {
   connectTimeout: 1000,
   maxHttpBufferSize: 1e6,
   cors: { origin: '*' },
+  ...(pmd ? { perMessageDeflate: { threshold: 1024 } } : {}),
   ...(recovery ? { connectionStateRecovery: { maxDisconnectionDuration: 120000, skipMiddlewares: true } } : {}),
 });
 
