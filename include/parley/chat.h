@@ -165,11 +165,13 @@ typedef struct parley_chat_presence {
 } parley_chat_presence;
 
 typedef struct parley_chat_opts {
+    size_t size; /* sizeof the struct, set by parley_chat_opts_init (see parley.h) */
     const char *url;     /* http(s):// or ws(s):// server */
     const char *path;    /* Socket.IO path; default "/socket.io/" */
     const char *user_id; /* the user id the token is for (DM ids, "mine") */
-    /* The JWT for the CONNECT, asked for on every (re)connection: a
-     * malloc'ed string (freed by the library), or NULL for none. */
+    /* The JWT for the CONNECT, asked for on every (re)connection: a string
+     * from parley_alloc or parley_strdup (or malloc), freed by the library
+     * with parley_free, or NULL for none. */
     char *(*token)(parley_chat *c, void *user);
     int dev_auth; /* no token: {"user": user_id} (parleyd --dev-auth only) */
     /* Outbound queue (messages and receipts): limits and optional file. */
@@ -247,6 +249,7 @@ PARLEY_API parley_client *parley_chat_client(parley_chat *c);
 
 /* A message to send. Exactly one of to, room and conversation. */
 typedef struct parley_chat_send_opts {
+    size_t size; /* sizeof the struct, set by parley_chat_send_opts_init (see parley.h) */
     const char *to;                  /* a user: the direct conversation */
     const char *room;                /* a room you are a member of */
     const char *conversation;        /* a conversation id you take part in */

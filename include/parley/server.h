@@ -41,6 +41,7 @@ typedef struct parley_nsp parley_nsp;
 typedef struct parley_socket parley_socket;
 
 typedef struct parley_server_opts {
+    size_t size; /* sizeof the struct, set by parley_server_opts_init (see parley.h) */
     const char *path;            /* default "/socket.io/" */
     uint32_t ping_interval_ms;   /* default 25000 */
     uint32_t ping_timeout_ms;    /* default 20000 */

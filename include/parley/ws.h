@@ -134,6 +134,7 @@ typedef enum parley_ws_send_status {
 } parley_ws_send_status;
 
 typedef struct parley_ws_opts {
+    size_t size; /* sizeof the struct, set by parley_ws_opts_init (see parley.h) */
     /* ws://host[:port]/path?query or wss://... (required). */
     const char *url;
     /* Extra request headers as "Name: value" strings. */

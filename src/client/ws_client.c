@@ -237,6 +237,7 @@ static bool emit_connecting(parley_ws *ws)
 void parley_ws_opts_init(parley_ws_opts *o)
 {
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->permessage_deflate = 1;
     o->connect_timeout_ms = 10000;
     o->max_message = 16u << 20;
@@ -273,8 +274,11 @@ static void on_pump(ptimer *t);
 static void on_drain(ptimer *t);
 static void on_kick(ptimer *t);
 
-int parley_ws_new(parley_loop *loop, const parley_ws_opts *o, parley_ws **out)
+int parley_ws_new(parley_loop *loop, const parley_ws_opts *o_in, parley_ws **out)
 {
+    parley_ws_opts o_buf;
+    if (!o_in || !out || POPTS_TAKE(parley_ws_opts, parley_ws_opts_init, &o_buf, o_in, url) != 0) return PARLEY_EINVAL;
+    const parley_ws_opts *o = &o_buf;
     if (!o || !o->url || !out) return PARLEY_EINVAL;
     if (o->reconnect &&
         (o->reconnect_delay_ms == 0 || o->reconnect_delay_max_ms < o->reconnect_delay_ms))

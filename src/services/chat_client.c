@@ -609,7 +609,7 @@ static char *auth_payload(parley_sock *s, void *user)
     if (tok) {
         rc = pbuf_append_str(&b, "{\"token\":");
         if (rc == 0) rc = json_append_string(&b, tok, strlen(tok));
-        free(tok);
+        parley_free(tok);
     } else if (c->o.dev_auth) {
         rc = pbuf_append_str(&b, "{\"user\":");
         if (rc == 0) rc = json_append_string(&b, c->user, strlen(c->user));
@@ -879,6 +879,7 @@ static void on_event(parley_sock *s, const char *event, const parley_args *args,
 void parley_chat_opts_init(parley_chat_opts *o)
 {
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->queue_max_count = 1000;
     o->queue_max_bytes = 8u << 20;
     o->auto_delivered = 1;
@@ -920,9 +921,13 @@ static void chat_destroy(parley_chat *c)
     free(c);
 }
 
-int parley_chat_new(const parley_chat_opts *o, parley_chat **out)
+int parley_chat_new(const parley_chat_opts *o_in, parley_chat **out)
 {
+    if (!out) return PARLEY_EINVAL;
     *out = NULL;
+    parley_chat_opts o_buf;
+    if (!o_in || POPTS_TAKE(parley_chat_opts, parley_chat_opts_init, &o_buf, o_in, url) != 0) return PARLEY_EINVAL;
+    const parley_chat_opts *o = &o_buf;
     if (!o || !o->url || !o->user_id || !msg_valid_user(o->user_id, strlen(o->user_id)))
         return PARLEY_EINVAL;
     parley_chat *c = pcalloc(1, sizeof *c);
@@ -1077,6 +1082,7 @@ parley_client *parley_chat_client(parley_chat *c)
 void parley_chat_send_opts_init(parley_chat_send_opts *o)
 {
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->priority = PARLEY_PRIORITY_NORMAL;
 }
 
@@ -1209,13 +1215,15 @@ static void do_send(void *arg)
     a->rc = rc;
 }
 
-int parley_chat_send(parley_chat *c, const parley_chat_send_opts *o, char client_id_out[37],
+int parley_chat_send(parley_chat *c, const parley_chat_send_opts *o_in, char client_id_out[37],
                      parley_chat_error *err)
 {
     parley_chat_error scratch;
     if (!err) err = &scratch;
     set_error(err, "", "", "");
-    if (!c || !o) return PARLEY_EINVAL;
+    parley_chat_send_opts o_buf;
+    if (!c || !o_in || POPTS_TAKE(parley_chat_send_opts, parley_chat_send_opts_init, &o_buf, o_in, to) != 0) return PARLEY_EINVAL;
+    const parley_chat_send_opts *o = &o_buf;
     send_arg a = {.c = c, .o = o, .id_out = client_id_out, .err = err};
     int rc = ploop_call(c->loop, do_send, &a);
     return rc ? rc : a.rc;
