@@ -228,7 +228,10 @@ typedef struct parley_chat_opts {
     void *user;
 } parley_chat_opts;
 
-PARLEY_API void parley_chat_opts_init(parley_chat_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_chat_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_chat_opts_init_size(parley_chat_opts *o, size_t size);
+#define parley_chat_opts_init(o) parley_chat_opts_init_size((o), sizeof *(o))
 
 /* Creates the chat and (with auto_connect) connects. Errors:
  * PARLEY_EINVAL (no url, or user_id missing or invalid), PARLEY_EURL, PARLEY_ETLS,
@@ -264,7 +267,10 @@ typedef struct parley_chat_send_opts {
     void *user;
 } parley_chat_send_opts;
 
-PARLEY_API void parley_chat_send_opts_init(parley_chat_send_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_chat_send_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_chat_send_opts_init_size(parley_chat_send_opts *o, size_t size);
+#define parley_chat_send_opts_init(o) parley_chat_send_opts_init_size((o), sizeof *(o))
 
 /* Validates the message as the server would (types, fields, limits) and
  * queues it: SENDING is reported before this returns. client_id_out (37

@@ -125,7 +125,10 @@ typedef struct parley_client_opts {
     void *user;
 } parley_client_opts;
 
-PARLEY_API void parley_client_opts_init(parley_client_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_client_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_client_opts_init_size(parley_client_opts *o, size_t size);
+#define parley_client_opts_init(o) parley_client_opts_init_size((o), sizeof *(o))
 
 /* Creates a client (copies the options) and, with auto_connect, starts
  * connecting. Errors: PARLEY_EINVAL, PARLEY_EURL, PARLEY_ETLS (CA file),
@@ -220,7 +223,10 @@ typedef struct parley_sock_opts {
                       void *user);
 } parley_sock_opts;
 
-PARLEY_API void parley_sock_opts_init(parley_sock_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_sock_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_sock_opts_init_size(parley_sock_opts *o, size_t size);
+#define parley_sock_opts_init(o) parley_sock_opts_init_size((o), sizeof *(o))
 
 /* The socket for namespace nsp ("/" when NULL), created on first call (with
  * o, or defaults when NULL), connected when the client is. Returns NULL on

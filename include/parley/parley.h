@@ -83,7 +83,11 @@ PARLEY_API void parley_free(void *p);
 /* Option structs (parley_ws_opts, parley_client_opts, parley_sock_opts,
  * parley_server_opts, parley_chat_opts, parley_chat_send_opts,
  * parley_store_opts) begin with `size_t size`, which their _opts_init sets
- * to sizeof the struct. The library reads only the first `size` bytes and
+ * to sizeof the struct. X_opts_init(&o) is a macro for
+ * X_opts_init_size(&o, sizeof o): the exported function writes no more
+ * than the caller's struct (the defaults of the fields it has), so a
+ * program built against an older header may call a newer library's. The
+ * library reads only the first `size` bytes and
  * takes the defaults for the rest, so a program compiled against an older
  * header (a smaller struct) keeps working with a newer library, and a
  * binding in another language may declare a prefix of the struct. A size of

@@ -100,7 +100,10 @@ typedef struct parley_server_opts {
 } parley_server_opts;
 
 /* Fills in the defaults documented above. */
-PARLEY_API void parley_server_opts_init(parley_server_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_server_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_server_opts_init_size(parley_server_opts *o, size_t size);
+#define parley_server_opts_init(o) parley_server_opts_init_size((o), sizeof *(o))
 
 /* Creates a server on `loop` (options are copied). Errors: PARLEY_EINVAL,
  * PARLEY_ETLS (certificate or key unusable), PARLEY_ENOMEM. */

@@ -154,7 +154,10 @@ typedef struct parley_store_opts {
     size_t max_notifications; /* kept in "notifications" (the newest); default 100 */
 } parley_store_opts;
 
-PARLEY_API void parley_store_opts_init(parley_store_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_store_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_store_opts_init_size(parley_store_opts *o, size_t size);
+#define parley_store_opts_init(o) parley_store_opts_init_size((o), sizeof *(o))
 
 /* Creates the store and its chat: loads the cache, then (with the chat's
  * auto_connect) connects. Errors: PARLEY_EINVAL (no chat options, or as

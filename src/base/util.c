@@ -19,6 +19,14 @@ int popts_take(void *dst, size_t dst_size, const void *src, size_t min_size)
     return 0;
 }
 
+void popts_give(void *dst, size_t dst_size, const void *full, size_t full_size)
+{
+    if (!dst || dst_size < sizeof(size_t)) return;
+    size_t n = PARLEY_MIN(dst_size, full_size);
+    memcpy(dst, full, n);
+    memcpy(dst, &n, sizeof n);
+}
+
 void *pcalloc(size_t n, size_t size)
 {
     if (size && n > SIZE_MAX / size) return NULL;

@@ -21,6 +21,12 @@
  * min_size (the size member and the first field: the smallest struct any
  * version of the header declares). */
 int popts_take(void *dst, size_t dst_size, const void *src, size_t min_size);
+/* The other direction, for the _opts_init functions: the first
+ * min(dst_size, full_size) bytes of the defaults full into dst, and that
+ * count into dst's size member (a caller's struct of an older, smaller
+ * layout is filled without writing past it). Nothing when dst is NULL or
+ * smaller than a size_t. */
+void popts_give(void *dst, size_t dst_size, const void *full, size_t full_size);
 #define POPTS_MIN(T, first) (offsetof(T, first) + sizeof(((T *)0)->first))
 /* init(dst) then popts_take for a struct of type T whose first field after
  * size is `first`. */

@@ -1357,8 +1357,9 @@ static const eio_client_cbs eio_cbs = {.on_open = eio_on_open,
 
 /* ---- creation and destruction ---- */
 
-void parley_client_opts_init(parley_client_opts *o)
+void parley_client_opts_init_size(parley_client_opts *out, size_t size)
 {
+    parley_client_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
     o->size = sizeof *o;
     o->path = "/socket.io/";
@@ -1370,15 +1371,18 @@ void parley_client_opts_init(parley_client_opts *o)
     o->reconnection_delay_max_ms = 5000;
     o->randomization_factor = 0.5;
     o->auto_connect = 1;
+    popts_give(out, size, o, sizeof *o);
 }
 
-void parley_sock_opts_init(parley_sock_opts *o)
+void parley_sock_opts_init_size(parley_sock_opts *out, size_t size)
 {
+    parley_sock_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
     o->size = sizeof *o;
     o->queue_max_count = 1000;
     o->queue_max_bytes = 8u << 20;
     o->auto_connect = 1;
+    popts_give(out, size, o, sizeof *o);
 }
 
 static void free_sock(parley_sock *s)

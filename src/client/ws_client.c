@@ -234,8 +234,9 @@ static bool emit_connecting(parley_ws *ws)
     return emit(ws, &ev);
 }
 
-void parley_ws_opts_init(parley_ws_opts *o)
+void parley_ws_opts_init_size(parley_ws_opts *out, size_t size)
 {
+    parley_ws_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
     o->size = sizeof *o;
     o->permessage_deflate = 1;
@@ -247,6 +248,7 @@ void parley_ws_opts_init(parley_ws_opts *o)
     o->reconnect_delay_max_ms = 30000;
     o->queue_max_count = 1000;
     o->queue_max_bytes = 8u << 20;
+    popts_give(out, size, o, sizeof *o);
 }
 
 /* Splits "Name: value" strings into header structs, validating them. */

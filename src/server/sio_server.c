@@ -161,8 +161,9 @@ static void client_close_why(sio_client *c, const char *reason);
 
 /* ---- options and lifetime ---- */
 
-void parley_server_opts_init(parley_server_opts *o)
+void parley_server_opts_init_size(parley_server_opts *out, size_t size)
 {
+    parley_server_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
     o->size = sizeof *o;
     o->path = "/socket.io/";
@@ -175,6 +176,7 @@ void parley_server_opts_init(parley_server_opts *o)
     o->websocket = 1;
     o->max_disconnection_ms = 120000;
     o->max_attachments = 10;
+    popts_give(out, size, o, sizeof *o);
 }
 
 const char *parley_socket_id(const parley_socket *s)

@@ -876,8 +876,9 @@ static void on_event(parley_sock *s, const char *event, const parley_args *args,
 
 /* ---- life cycle ---- */
 
-void parley_chat_opts_init(parley_chat_opts *o)
+void parley_chat_opts_init_size(parley_chat_opts *out, size_t size)
 {
+    parley_chat_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
     o->size = sizeof *o;
     o->queue_max_count = 1000;
@@ -888,6 +889,7 @@ void parley_chat_opts_init(parley_chat_opts *o)
     o->reconnection_delay_ms = 1000;
     o->reconnection_delay_max_ms = 5000;
     o->auto_connect = 1;
+    popts_give(out, size, o, sizeof *o);
 }
 
 static void chat_destroy(parley_chat *c)
@@ -1079,11 +1081,13 @@ parley_client *parley_chat_client(parley_chat *c)
 
 /* ---- sending ---- */
 
-void parley_chat_send_opts_init(parley_chat_send_opts *o)
+void parley_chat_send_opts_init_size(parley_chat_send_opts *out, size_t size)
 {
+    parley_chat_send_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
     o->size = sizeof *o;
     o->priority = PARLEY_PRIORITY_NORMAL;
+    popts_give(out, size, o, sizeof *o);
 }
 
 static bool valid_id(const char *id)

@@ -1411,13 +1411,15 @@ static void *writer_main(void *arg)
 
 /* ---- life cycle ---- */
 
-void parley_store_opts_init(parley_store_opts *o)
+void parley_store_opts_init_size(parley_store_opts *out, size_t size)
 {
+    parley_store_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
     o->size = sizeof *o;
     o->max_messages = 200;
     o->cache_flush_ms = 250;
     o->max_notifications = 100;
+    popts_give(out, size, o, sizeof *o);
 }
 
 static void store_destroy(parley_store *s)

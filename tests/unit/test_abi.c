@@ -13,6 +13,7 @@
 #include "client_helpers.h"
 #include "parley/client.h"
 #include "parley/parley.h"
+#include "parley/store.h"
 #include "parley/ws.h"
 
 static void test_version(void **state)
@@ -97,6 +98,45 @@ static void test_opts_take(void **state)
     z.size = sizeof(size_t);
     assert_int_equal(POPTS_TAKE(parley_client_opts, parley_client_opts_init, &got, &z, url),
                      PARLEY_EINVAL);
+}
+
+/* _opts_init_size on an older caller's smaller struct: the defaults of
+ * the fields it has, nothing written past it, its size what it has. */
+static void test_init_size(void **state)
+{
+    (void)state;
+    /* parley_client_opts as an older header might have declared it. */
+    typedef struct old_client_opts {
+        size_t size;
+        const char *url;
+        const char *path;
+    } old_client_opts;
+    old_client_opts *o = malloc(sizeof *o); /* exactly the old struct */
+    assert_non_null(o);
+    parley_client_opts_init_size((parley_client_opts *)(void *)o, sizeof *o);
+    assert_int_equal(o->size, sizeof *o);
+    assert_null(o->url);
+    assert_string_equal(o->path, "/socket.io/");
+    o->url = "http://127.0.0.1:1";
+    parley_client *c = NULL;
+    assert_int_equal(parley_client_new((parley_client_opts *)(void *)o, &c), 0);
+    parley_client_free(c);
+    free(o);
+
+    size_t *w = malloc(sizeof *w); /* too small to be valid */
+    assert_non_null(w);
+    parley_ws_opts_init_size((parley_ws_opts *)(void *)w, sizeof *w);
+    assert_int_equal(*w, sizeof *w);
+    parley_loop *loop = parley_loop_new();
+    parley_ws *ws = NULL;
+    assert_int_equal(parley_ws_new(loop, (parley_ws_opts *)(void *)w, &ws), PARLEY_EINVAL);
+    parley_loop_free(loop);
+    free(w);
+
+    parley_store_opts big[2];
+    parley_store_opts_init_size(big, sizeof big); /* a newer caller's */
+    assert_int_equal(big[0].size, sizeof big[0]);
+    assert_int_equal(big[0].max_messages, 200);
 }
 
 /* The public entry points with truncated and invalid structs. */
@@ -261,6 +301,7 @@ int main(void)
         cmocka_unit_test(test_version),
         cmocka_unit_test(test_alloc),
         cmocka_unit_test(test_opts_take),
+        cmocka_unit_test(test_init_size),
         cmocka_unit_test(test_truncated_public),
         cmocka_unit_test(test_sock_user),
     };

@@ -73,21 +73,16 @@ def _owned_string(s):
     return p
 
 
-# Option structs are filled by the library's _opts_init into a scratch block
-# (the library's struct may be larger than the prefix declared here), then
-# the prefix is copied out and `size` set to the prefix's size.
-_SCRATCH = 4096
+# Option structs: X_opts_init_size(o, sizeof prefix) writes the library's
+# defaults into the prefix declared here (nothing past it) and sets `size`.
 
 
 def _init_opts(struct_type, init_name):
-    init = _fn(init_name, None, c_void_p)
-    scratch = ctypes.create_string_buffer(_SCRATCH)
-    init(scratch)
-    full = c_size_t.from_buffer(scratch).value
-    if full > _SCRATCH or full < ctypes.sizeof(struct_type):
-        raise ParleyError(-2, f"{init_name}: the library's struct is {full} bytes")
-    o = struct_type.from_buffer_copy(scratch.raw[:ctypes.sizeof(struct_type)])
-    o.size = ctypes.sizeof(struct_type)
+    init = _fn(init_name + "_size", None, c_void_p, c_size_t)
+    o = struct_type()
+    init(byref(o), ctypes.sizeof(struct_type))
+    if o.size != ctypes.sizeof(struct_type):
+        raise ParleyError(-2, f"{init_name}: the library's struct is smaller than ours")
     return o
 
 
