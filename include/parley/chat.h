@@ -165,7 +165,7 @@ typedef struct parley_chat_presence {
 } parley_chat_presence;
 
 typedef struct parley_chat_opts {
-    size_t size; /* sizeof the struct, set by parley_chat_opts_init (see parley.h) */
+    size_t size;         /* sizeof the struct, set by parley_chat_opts_init (see parley.h) */
     const char *url;     /* http(s):// or ws(s):// server */
     const char *path;    /* Socket.IO path; default "/socket.io/" */
     const char *user_id; /* the user id the token is for (DM ids, "mine") */

@@ -29,7 +29,7 @@ extern "C" {
 #define PARLEY_VERSION_MINOR 1
 #define PARLEY_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH: 0.1.0 is 100. */
-#define PARLEY_VERSION_NUMBER \
+#define PARLEY_VERSION_NUMBER                                                                      \
     (PARLEY_VERSION_MAJOR * 10000 + PARLEY_VERSION_MINOR * 100 + PARLEY_VERSION_PATCH)
 
 /* Error codes. Every fallible function returns 0 on success or one of these

@@ -30,7 +30,7 @@ void popts_give(void *dst, size_t dst_size, const void *full, size_t full_size);
 #define POPTS_MIN(T, first) (offsetof(T, first) + sizeof(((T *)0)->first))
 /* init(dst) then popts_take for a struct of type T whose first field after
  * size is `first`. */
-#define POPTS_TAKE(T, init, dst, src, first) \
+#define POPTS_TAKE(T, init, dst, src, first)                                                       \
     (init(dst), popts_take((dst), sizeof(T), (src), POPTS_MIN(T, first)))
 
 /* calloc with overflow check on n*size. */

@@ -1471,7 +1471,9 @@ static void do_connect(void *arg)
 int parley_client_new(const parley_client_opts *o_in, parley_client **out)
 {
     parley_client_opts o_buf;
-    if (!o_in || !out || POPTS_TAKE(parley_client_opts, parley_client_opts_init, &o_buf, o_in, url) != 0) return PARLEY_EINVAL;
+    if (!o_in || !out ||
+        POPTS_TAKE(parley_client_opts, parley_client_opts_init, &o_buf, o_in, url) != 0)
+        return PARLEY_EINVAL;
     const parley_client_opts *o = &o_buf;
     if (!o || !out || !o->url) return PARLEY_EINVAL;
     *out = NULL;
@@ -1781,7 +1783,8 @@ parley_sock *parley_client_socket(parley_client *c, const char *nsp, const parle
     parley_sock_opts o_buf;
     const parley_sock_opts *o = NULL;
     if (o_in) {
-        if (POPTS_TAKE(parley_sock_opts, parley_sock_opts_init, &o_buf, o_in, auth) != 0) return NULL;
+        if (POPTS_TAKE(parley_sock_opts, parley_sock_opts_init, &o_buf, o_in, auth) != 0)
+            return NULL;
         o = &o_buf;
     }
     sock_arg a = {.c = c, .nsp = nsp, .o = o};

@@ -279,7 +279,8 @@ static void on_kick(ptimer *t);
 int parley_ws_new(parley_loop *loop, const parley_ws_opts *o_in, parley_ws **out)
 {
     parley_ws_opts o_buf;
-    if (!o_in || !out || POPTS_TAKE(parley_ws_opts, parley_ws_opts_init, &o_buf, o_in, url) != 0) return PARLEY_EINVAL;
+    if (!o_in || !out || POPTS_TAKE(parley_ws_opts, parley_ws_opts_init, &o_buf, o_in, url) != 0)
+        return PARLEY_EINVAL;
     const parley_ws_opts *o = &o_buf;
     if (!o || !o->url || !out) return PARLEY_EINVAL;
     if (o->reconnect &&

@@ -928,7 +928,8 @@ int parley_chat_new(const parley_chat_opts *o_in, parley_chat **out)
     if (!out) return PARLEY_EINVAL;
     *out = NULL;
     parley_chat_opts o_buf;
-    if (!o_in || POPTS_TAKE(parley_chat_opts, parley_chat_opts_init, &o_buf, o_in, url) != 0) return PARLEY_EINVAL;
+    if (!o_in || POPTS_TAKE(parley_chat_opts, parley_chat_opts_init, &o_buf, o_in, url) != 0)
+        return PARLEY_EINVAL;
     const parley_chat_opts *o = &o_buf;
     if (!o || !o->url || !o->user_id || !msg_valid_user(o->user_id, strlen(o->user_id)))
         return PARLEY_EINVAL;
@@ -1226,7 +1227,9 @@ int parley_chat_send(parley_chat *c, const parley_chat_send_opts *o_in, char cli
     if (!err) err = &scratch;
     set_error(err, "", "", "");
     parley_chat_send_opts o_buf;
-    if (!c || !o_in || POPTS_TAKE(parley_chat_send_opts, parley_chat_send_opts_init, &o_buf, o_in, to) != 0) return PARLEY_EINVAL;
+    if (!c || !o_in ||
+        POPTS_TAKE(parley_chat_send_opts, parley_chat_send_opts_init, &o_buf, o_in, to) != 0)
+        return PARLEY_EINVAL;
     const parley_chat_send_opts *o = &o_buf;
     send_arg a = {.c = c, .o = o, .id_out = client_id_out, .err = err};
     int rc = ploop_call(c->loop, do_send, &a);

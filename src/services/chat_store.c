@@ -1469,7 +1469,9 @@ int parley_store_new(const parley_store_opts *o_in, parley_store **out)
     *out = NULL;
     parley_store_opts o_buf;
     parley_chat_opts chat_buf;
-    if (!o_in || POPTS_TAKE(parley_store_opts, parley_store_opts_init, &o_buf, o_in, chat) != 0 || !o_buf.chat) return PARLEY_EINVAL;
+    if (!o_in || POPTS_TAKE(parley_store_opts, parley_store_opts_init, &o_buf, o_in, chat) != 0 ||
+        !o_buf.chat)
+        return PARLEY_EINVAL;
     if (POPTS_TAKE(parley_chat_opts, parley_chat_opts_init, &chat_buf, o_buf.chat, url) != 0)
         return PARLEY_EINVAL;
     o_buf.chat = &chat_buf;
@@ -1708,7 +1710,8 @@ int parley_store_send(parley_store *s, const parley_chat_send_opts *o_in, char c
                       parley_chat_error *err)
 {
     parley_chat_send_opts o_buf;
-    if (!s || !o_in || POPTS_TAKE(parley_chat_send_opts, parley_chat_send_opts_init, &o_buf, o_in, to) != 0)
+    if (!s || !o_in ||
+        POPTS_TAKE(parley_chat_send_opts, parley_chat_send_opts_init, &o_buf, o_in, to) != 0)
         return PARLEY_EINVAL;
     const parley_chat_send_opts *o = &o_buf;
     /* The item must be in the list before the chat can report on it, so

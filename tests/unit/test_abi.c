@@ -21,8 +21,7 @@ static void test_version(void **state)
     (void)state;
     assert_int_equal(parley_version_number(), PARLEY_VERSION_NUMBER);
     assert_int_equal(PARLEY_VERSION_NUMBER, PARLEY_VERSION_MAJOR * 10000 +
-                                                 PARLEY_VERSION_MINOR * 100 +
-                                                 PARLEY_VERSION_PATCH);
+                                                PARLEY_VERSION_MINOR * 100 + PARLEY_VERSION_PATCH);
     char want[32];
     snprintf(want, sizeof want, "%d.%d.%d", PARLEY_VERSION_MAJOR, PARLEY_VERSION_MINOR,
              PARLEY_VERSION_PATCH);
@@ -298,12 +297,9 @@ static void test_sock_user(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_version),
-        cmocka_unit_test(test_alloc),
-        cmocka_unit_test(test_opts_take),
-        cmocka_unit_test(test_init_size),
-        cmocka_unit_test(test_truncated_public),
-        cmocka_unit_test(test_sock_user),
+        cmocka_unit_test(test_version),          cmocka_unit_test(test_alloc),
+        cmocka_unit_test(test_opts_take),        cmocka_unit_test(test_init_size),
+        cmocka_unit_test(test_truncated_public), cmocka_unit_test(test_sock_user),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
