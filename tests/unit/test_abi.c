@@ -138,6 +138,12 @@ static void test_init_size(void **state)
     assert_int_equal(big[0].max_messages, 200);
 }
 
+static void server_down(parley_server *s, void *user)
+{
+    (void)s;
+    *(bool *)user = true;
+}
+
 /* The public entry points with truncated and invalid structs. */
 static void test_truncated_public(void **state)
 {
@@ -178,6 +184,10 @@ static void test_truncated_public(void **state)
     parley_server *srv = NULL;
     assert_int_equal(parley_server_new(loop, svold, &srv), 0);
     free(svold);
+    bool down = false;
+    parley_server_shutdown(srv, server_down, &down);
+    th_run_until(loop, &down, 5000);
+    assert_true(down);
     parley_server_free(srv);
     sv.size = 1;
     assert_int_equal(parley_server_new(loop, &sv, &srv), PARLEY_EINVAL);
