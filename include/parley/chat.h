@@ -165,11 +165,13 @@ typedef struct parley_chat_presence {
 } parley_chat_presence;
 
 typedef struct parley_chat_opts {
+    size_t size;         /* sizeof the struct, set by parley_chat_opts_init (see parley.h) */
     const char *url;     /* http(s):// or ws(s):// server */
     const char *path;    /* Socket.IO path; default "/socket.io/" */
     const char *user_id; /* the user id the token is for (DM ids, "mine") */
-    /* The JWT for the CONNECT, asked for on every (re)connection: a
-     * malloc'ed string (freed by the library), or NULL for none. */
+    /* The JWT for the CONNECT, asked for on every (re)connection: a string
+     * from parley_alloc or parley_strdup (or malloc), freed by the library
+     * with parley_free, or NULL for none. */
     char *(*token)(parley_chat *c, void *user);
     int dev_auth; /* no token: {"user": user_id} (parleyd --dev-auth only) */
     /* Outbound queue (messages and receipts): limits and optional file. */
@@ -226,7 +228,10 @@ typedef struct parley_chat_opts {
     void *user;
 } parley_chat_opts;
 
-PARLEY_API void parley_chat_opts_init(parley_chat_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_chat_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_chat_opts_init_size(parley_chat_opts *o, size_t size);
+#define parley_chat_opts_init(o) parley_chat_opts_init_size((o), sizeof *(o))
 
 /* Creates the chat and (with auto_connect) connects. Errors:
  * PARLEY_EINVAL (no url, or user_id missing or invalid), PARLEY_EURL, PARLEY_ETLS,
@@ -247,6 +252,7 @@ PARLEY_API parley_client *parley_chat_client(parley_chat *c);
 
 /* A message to send. Exactly one of to, room and conversation. */
 typedef struct parley_chat_send_opts {
+    size_t size; /* sizeof the struct, set by parley_chat_send_opts_init (see parley.h) */
     const char *to;                  /* a user: the direct conversation */
     const char *room;                /* a room you are a member of */
     const char *conversation;        /* a conversation id you take part in */
@@ -261,7 +267,10 @@ typedef struct parley_chat_send_opts {
     void *user;
 } parley_chat_send_opts;
 
-PARLEY_API void parley_chat_send_opts_init(parley_chat_send_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_chat_send_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_chat_send_opts_init_size(parley_chat_send_opts *o, size_t size);
+#define parley_chat_send_opts_init(o) parley_chat_send_opts_init_size((o), sizeof *(o))
 
 /* Validates the message as the server would (types, fields, limits) and
  * queues it: SENDING is reported before this returns. client_id_out (37
@@ -444,6 +453,7 @@ PARLEY_API int parley_chat_notification_prefs_set(parley_chat *c, const char *ch
  * rate_limited (field "to", e->retry_after_ms set: more than --rate-notify
  * to this recipient), storage_full. Not queued, never retried. */
 typedef struct parley_chat_notify_opts {
+    size_t size;              /* sizeof the struct, set by parley_chat_notify_opts_init (parley.h) */
     const char *to;           /* the recipient's user id (required) */
     const char *type;         /* "message", "mention", ... (required) */
     const char *priority;     /* "low", "normal", "high", "urgent"; NULL: normal */
@@ -455,7 +465,10 @@ typedef struct parley_chat_notify_opts {
     const char *dedupe_key;   /* NULL: none (a repeat with a stored key: duplicate) */
 } parley_chat_notify_opts;
 
-PARLEY_API void parley_chat_notify_opts_init(parley_chat_notify_opts *o);
+/* Defaults (all NULL / 0) for the first `size` bytes of o (the caller's
+ * sizeof); call it as parley_chat_notify_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_chat_notify_opts_init_size(parley_chat_notify_opts *o, size_t size);
+#define parley_chat_notify_opts_init(o) parley_chat_notify_opts_init_size((o), sizeof *(o))
 
 /* err: 0 with n the stored notification (duplicate 1: a dedupe hit, n is
  * the stored one, nothing new pushed), or PARLEY_EPROTO (e: the server's

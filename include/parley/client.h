@@ -82,6 +82,7 @@ typedef struct parley_client_event {
 } parley_client_event;
 
 typedef struct parley_client_opts {
+    size_t size; /* sizeof the struct, set by parley_client_opts_init (see parley.h) */
     /* http://, https://, ws:// or wss:// host[:port], optional query (its
      * path is ignored: the endpoint is `path`; namespaces are sockets). */
     const char *url;
@@ -132,7 +133,10 @@ typedef struct parley_client_opts {
     void *user;
 } parley_client_opts;
 
-PARLEY_API void parley_client_opts_init(parley_client_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_client_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_client_opts_init_size(parley_client_opts *o, size_t size);
+#define parley_client_opts_init(o) parley_client_opts_init_size((o), sizeof *(o))
 
 /* Creates a client (copies the options) and, with auto_connect, starts
  * connecting. Errors: PARLEY_EINVAL, PARLEY_EURL, PARLEY_ETLS (CA file),
@@ -171,9 +175,11 @@ PARLEY_API void parley_client_get_stats(parley_client *c, parley_client_stats *o
 /* Sockets. */
 
 typedef struct parley_sock_opts {
+    size_t size; /* sizeof the struct, set by parley_sock_opts_init (see parley.h) */
     /* The CONNECT auth payload (a JSON object), asked for on every
-     * (re)connection so that a token can be refreshed: return a malloc'ed
-     * string (the library frees it) or NULL for none. */
+     * (re)connection so that a token can be refreshed: return a string
+     * from parley_alloc or parley_strdup (or malloc), which the library
+     * frees with parley_free, or NULL for none. */
     char *(*auth)(parley_sock *s, void *user);
     void (*on_connect)(parley_sock *s, int recovered, void *user);
     void (*on_disconnect)(parley_sock *s, const char *reason, void *user);
@@ -181,6 +187,10 @@ typedef struct parley_sock_opts {
      * data (JSON). */
     void (*on_connect_error)(parley_sock *s, const char *message, const char *data_json,
                              void *user);
+    /* The user argument of this socket's callbacks (auth, on_connect,
+     * on_disconnect, on_connect_error, on_send_status, send_retry); NULL:
+     * the client's (parley_client_opts.user). Events registered with
+     * parley_sock_on carry their own. */
     void *user;
     /* Reliable sends (parley_sock_send): the outbound queue's limits and
      * optional SQLite file (a process restarted with the same file sends
@@ -221,13 +231,22 @@ typedef struct parley_sock_opts {
                       void *user);
 } parley_sock_opts;
 
-PARLEY_API void parley_sock_opts_init(parley_sock_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_sock_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_sock_opts_init_size(parley_sock_opts *o, size_t size);
+#define parley_sock_opts_init(o) parley_sock_opts_init_size((o), sizeof *(o))
 
 /* The socket for namespace nsp ("/" when NULL), created on first call (with
  * o, or defaults when NULL), connected when the client is. Returns NULL on
  * PARLEY_ENOMEM/EINVAL or when the queue file cannot be opened. */
 PARLEY_API parley_sock *parley_client_socket(parley_client *c, const char *nsp,
                                              const parley_sock_opts *o);
+
+/* Replaces the socket's user pointer (NULL: the client's again); set it
+ * before the socket connects, or on the loop thread. parley_sock_user
+ * returns the pointer its callbacks get. */
+PARLEY_API void parley_sock_set_user(parley_sock *s, void *user);
+PARLEY_API void *parley_sock_user(parley_sock *s);
 
 PARLEY_API int parley_sock_connect(parley_sock *s);
 /* Leaves the namespace (DISCONNECT); the connection stays for others. */

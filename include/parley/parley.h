@@ -6,7 +6,8 @@
  *
  * Thread rules: unless a function says otherwise, it must be called on the
  * thread that runs the loop it belongs to. Functions that take no loop
- * (parley_strerror, parley_version, parley_log_set) are safe from any thread.
+ * (parley_strerror, parley_version, parley_version_number, parley_log_set,
+ * parley_alloc, parley_strdup, parley_free) are safe from any thread.
  */
 #ifndef PARLEY_PARLEY_H
 #define PARLEY_PARLEY_H
@@ -27,6 +28,9 @@ extern "C" {
 #define PARLEY_VERSION_MAJOR 0
 #define PARLEY_VERSION_MINOR 1
 #define PARLEY_VERSION_PATCH 0
+/* MAJOR*10000 + MINOR*100 + PATCH: 0.1.0 is 100. */
+#define PARLEY_VERSION_NUMBER                                                                      \
+    (PARLEY_VERSION_MAJOR * 10000 + PARLEY_VERSION_MINOR * 100 + PARLEY_VERSION_PATCH)
 
 /* Error codes. Every fallible function returns 0 on success or one of these
  * (negative) values. New codes may be added; treat unknown ones as generic
@@ -57,6 +61,38 @@ PARLEY_API const char *parley_strerror(int err);
 
 /* Library version as "MAJOR.MINOR.PATCH"; static storage. */
 PARLEY_API const char *parley_version(void);
+
+/* The library's version as a number, PARLEY_VERSION_NUMBER of the headers
+ * it was built with (compare it with yours to detect a mismatch at run
+ * time). */
+PARLEY_API int parley_version_number(void);
+
+/* Memory that crosses the API. Strings the library takes ownership of (the
+ * auth callback of parley_sock_opts, the token callback of
+ * parley_chat_opts) must come from parley_alloc or parley_strdup (or
+ * malloc: these are malloc and free), and the library releases them with
+ * parley_free. A binding from another language, whose runtime has its own
+ * allocator, uses these rather than guessing which C library's malloc the
+ * library was linked with. Strings the library hands out for the caller
+ * to free (parley_store_get) are freed with parley_free. parley_alloc(0) returns a unique pointer;
+ * parley_strdup(NULL) returns NULL; parley_free(NULL) does nothing. */
+PARLEY_API void *parley_alloc(size_t size);
+PARLEY_API char *parley_strdup(const char *s);
+PARLEY_API void parley_free(void *p);
+
+/* Option structs (parley_ws_opts, parley_client_opts, parley_sock_opts,
+ * parley_server_opts, parley_chat_opts, parley_chat_send_opts,
+ * parley_store_opts) begin with `size_t size`, which their _opts_init sets
+ * to sizeof the struct. X_opts_init(&o) is a macro for
+ * X_opts_init_size(&o, sizeof o): the exported function writes no more
+ * than the caller's struct (the defaults of the fields it has), so a
+ * program built against an older header may call a newer library's. The
+ * library reads only the first `size` bytes and
+ * takes the defaults for the rest, so a program compiled against an older
+ * header (a smaller struct) keeps working with a newer library, and a
+ * binding in another language may declare a prefix of the struct. A size of
+ * 0, or one smaller than the size member plus the struct's first field, is
+ * refused with PARLEY_EINVAL: always call the _opts_init. */
 
 /* Logging. The library logs through one process-wide sink: by default,
  * messages at PARLEY_LOG_WARN and above go to stderr. This is the only

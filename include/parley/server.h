@@ -41,6 +41,7 @@ typedef struct parley_nsp parley_nsp;
 typedef struct parley_socket parley_socket;
 
 typedef struct parley_server_opts {
+    size_t size; /* sizeof the struct, set by parley_server_opts_init (see parley.h) */
     const char *path;            /* default "/socket.io/" */
     uint32_t ping_interval_ms;   /* default 25000 */
     uint32_t ping_timeout_ms;    /* default 20000 */
@@ -108,7 +109,10 @@ typedef struct parley_server_opts {
 } parley_server_opts;
 
 /* Fills in the defaults documented above. */
-PARLEY_API void parley_server_opts_init(parley_server_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_server_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_server_opts_init_size(parley_server_opts *o, size_t size);
+#define parley_server_opts_init(o) parley_server_opts_init_size((o), sizeof *(o))
 
 /* Creates a server on `loop` (options are copied). Errors: PARLEY_EINVAL,
  * PARLEY_ETLS (certificate or key unusable), PARLEY_ENOMEM. */

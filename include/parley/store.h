@@ -151,6 +151,7 @@ typedef void (*parley_store_fn)(parley_store *s, const char *key, const char *js
                                 void *user);
 
 typedef struct parley_store_opts {
+    size_t size; /* sizeof the struct, set by parley_store_opts_init (see parley.h) */
     /* The chat to create (required; copied as parley_chat_new does). Its
      * callbacks run after the store's. */
     const parley_chat_opts *chat;
@@ -165,7 +166,10 @@ typedef struct parley_store_opts {
     size_t max_notifications; /* kept in "notifications" (the newest); default 100 */
 } parley_store_opts;
 
-PARLEY_API void parley_store_opts_init(parley_store_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_store_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_store_opts_init_size(parley_store_opts *o, size_t size);
+#define parley_store_opts_init(o) parley_store_opts_init_size((o), sizeof *(o))
 
 /* Creates the store and its chat: loads the cache, then (with the chat's
  * auto_connect) connects. Errors: PARLEY_EINVAL (no chat options, or as
@@ -191,8 +195,8 @@ PARLEY_API int64_t parley_store_watch(parley_store *s, const char *key, parley_s
  * has finished (so user may be freed). 0, or PARLEY_EINVAL (unknown id). */
 PARLEY_API int parley_store_unwatch(parley_store *s, int64_t id);
 
-/* The current value of key as a malloc'ed NUL-terminated string (the
- * caller frees it), its length in *len (may be NULL); NULL when key is not
+/* The current value of key as a NUL-terminated string the caller frees
+ * with parley_free (or free), its length in *len (may be NULL); NULL when key is not
  * a store key or memory ran out. */
 PARLEY_API char *parley_store_get(parley_store *s, const char *key, size_t *len);
 

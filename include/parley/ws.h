@@ -134,6 +134,7 @@ typedef enum parley_ws_send_status {
 } parley_ws_send_status;
 
 typedef struct parley_ws_opts {
+    size_t size; /* sizeof the struct, set by parley_ws_opts_init (see parley.h) */
     /* ws://host[:port]/path?query or wss://... (required). */
     const char *url;
     /* Extra request headers as "Name: value" strings. */
@@ -226,7 +227,10 @@ typedef struct parley_ws_opts {
 } parley_ws_opts;
 
 /* Fills in the defaults documented above. */
-PARLEY_API void parley_ws_opts_init(parley_ws_opts *o);
+/* Defaults into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_ws_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_ws_opts_init_size(parley_ws_opts *o, size_t size);
+#define parley_ws_opts_init(o) parley_ws_opts_init_size((o), sizeof *(o))
 
 /* Creates a client on loop, or, with loop NULL, on a loop of its own that
  * runs on a thread of its own until parley_ws_free. A queue file

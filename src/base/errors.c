@@ -1,4 +1,6 @@
 #include "parley/parley.h"
+#include <stdlib.h>
+#include <string.h>
 
 const char *parley_strerror(int err)
 {
@@ -31,4 +33,28 @@ const char *parley_version(void)
 #define PARLEY_STR(x)  PARLEY_STR2(x)
     return PARLEY_STR(PARLEY_VERSION_MAJOR) "." PARLEY_STR(PARLEY_VERSION_MINOR) "." PARLEY_STR(
         PARLEY_VERSION_PATCH);
+}
+
+int parley_version_number(void)
+{
+    return PARLEY_VERSION_NUMBER;
+}
+
+void *parley_alloc(size_t size)
+{
+    return malloc(size ? size : 1);
+}
+
+char *parley_strdup(const char *s)
+{
+    if (!s) return NULL;
+    size_t n = strlen(s) + 1;
+    char *p = malloc(n);
+    if (p) memcpy(p, s, n);
+    return p;
+}
+
+void parley_free(void *p)
+{
+    free(p);
 }

@@ -8,6 +8,25 @@
 
 #include "parley/parley.h"
 
+int popts_take(void *dst, size_t dst_size, const void *src, size_t min_size)
+{
+    if (!src || dst_size < sizeof(size_t)) return PARLEY_EINVAL;
+    size_t size;
+    memcpy(&size, src, sizeof size);
+    if (size == 0 || size < min_size) return PARLEY_EINVAL;
+    memcpy(dst, src, PARLEY_MIN(size, dst_size));
+    memcpy(dst, &dst_size, sizeof dst_size);
+    return 0;
+}
+
+void popts_give(void *dst, size_t dst_size, const void *full, size_t full_size)
+{
+    if (!dst || dst_size < sizeof(size_t)) return;
+    size_t n = PARLEY_MIN(dst_size, full_size);
+    memcpy(dst, full, n);
+    memcpy(dst, &n, sizeof n);
+}
+
 void *pcalloc(size_t n, size_t size)
 {
     if (size && n > SIZE_MAX / size) return NULL;

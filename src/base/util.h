@@ -11,6 +11,28 @@
 #define PARLEY_MAX(a, b)    ((a) > (b) ? (a) : (b))
 #define PARLEY_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
+/* Public option structs carry their size as their first member (size_t
+ * size), so that a program built against an older header (a smaller
+ * struct) or another language's binding works with a newer library.
+ * popts_take copies the caller's struct src into dst, which the caller has
+ * filled with the defaults (its _opts_init): only the first min(src->size,
+ * dst_size) bytes are read, the rest keeps the defaults, and dst->size is
+ * set to dst_size. PARLEY_EINVAL for a NULL src, or a size of 0 or below
+ * min_size (the size member and the first field: the smallest struct any
+ * version of the header declares). */
+int popts_take(void *dst, size_t dst_size, const void *src, size_t min_size);
+/* The other direction, for the _opts_init functions: the first
+ * min(dst_size, full_size) bytes of the defaults full into dst, and that
+ * count into dst's size member (a caller's struct of an older, smaller
+ * layout is filled without writing past it). Nothing when dst is NULL or
+ * smaller than a size_t. */
+void popts_give(void *dst, size_t dst_size, const void *full, size_t full_size);
+#define POPTS_MIN(T, first) (offsetof(T, first) + sizeof(((T *)0)->first))
+/* init(dst) then popts_take for a struct of type T whose first field after
+ * size is `first`. */
+#define POPTS_TAKE(T, init, dst, src, first)                                                       \
+    (init(dst), popts_take((dst), sizeof(T), (src), POPTS_MIN(T, first)))
+
 /* calloc with overflow check on n*size. */
 void *pcalloc(size_t n, size_t size);
 

@@ -403,6 +403,23 @@ static send_status *status_of(parley_sock *s, const char *id)
     return pmap_get(&s->statuses, id, OUTQ_ID_LEN);
 }
 
+/* The user pointer of a socket's callbacks: its own (parley_sock_opts.user
+ * or parley_sock_set_user), else the client's. */
+static void *sock_user(parley_sock *s)
+{
+    return s->o.user ? s->o.user : s->c->o.user;
+}
+
+void parley_sock_set_user(parley_sock *s, void *user)
+{
+    if (s) s->o.user = user;
+}
+
+void *parley_sock_user(parley_sock *s)
+{
+    return s ? sock_user(s) : NULL;
+}
+
 /* Reports a step of a reliable send; false when the client went away. */
 static bool report(parley_sock *s, const char *id, int status, int err, const parley_args *args)
 {
@@ -411,7 +428,7 @@ static bool report(parley_sock *s, const char *id, int status, int err, const pa
     /* Sends without a callback of their own (those restored from the queue
      * file too) report to the socket's. */
     parley_send_status_fn fn = ss ? ss->fn : s->o.on_send_status;
-    void *user = ss ? ss->user : s->o.user;
+    void *user = ss ? ss->user : sock_user(s);
     char idcopy[OUTQ_ID_LEN + 1];
     memcpy(idcopy, id, sizeof idcopy);
     if (ss && (status == PARLEY_SEND_ACKED || status == PARLEY_SEND_FAILED)) {
@@ -639,7 +656,7 @@ static void sock_onclose(parley_sock *s, const char *reason)
     }
     if (was && s->o.on_disconnect && !c->free_pending) {
         enter(c);
-        s->o.on_disconnect(s, reason, s->o.user);
+        s->o.on_disconnect(s, reason, sock_user(s));
         leave(c);
     }
 }
@@ -714,7 +731,7 @@ static void onconnect(parley_sock *s, const char *sid, size_t sid_len, const cha
     }
     if (s->o.on_connect && !c->free_pending) {
         enter(c);
-        s->o.on_connect(s, s->recovered, s->o.user);
+        s->o.on_connect(s, s->recovered, sock_user(s));
         if (leave(c)) return;
     }
     pump_queue(s);
@@ -728,13 +745,13 @@ static void send_connect(parley_sock *s)
     char *auth = NULL;
     if (s->o.auth) {
         enter(c);
-        auth = s->o.auth(s, s->o.user);
+        auth = s->o.auth(s, sock_user(s));
         if (leave(c)) {
-            free(auth);
+            parley_free(auth); /* parley_alloc/parley_strdup/malloc */
             return;
         }
         if (c->state != CL_OPEN || s->connect_sent || s->connected || !s->active) {
-            free(auth);
+            parley_free(auth); /* parley_alloc/parley_strdup/malloc */
             return;
         }
     }
@@ -770,7 +787,7 @@ static void send_connect(parley_sock *s)
     } else if (rc == 0 && av.type == JSON_OBJECT) {
         rc = json_compact(out, &av);
     }
-    free(auth);
+    parley_free(auth); /* parley_alloc/parley_strdup/malloc */
     if (rc == 0) rc = send_raw(c, out->ptr, out->len, NULL, 0);
     if (rc == 0) s->connect_sent = true;
 }
@@ -930,7 +947,7 @@ static void reliable_answer(parley_sock *s, const char *qid, const parley_args *
     int delay = 0;
     if (s->o.send_retry) {
         enter(c);
-        delay = s->o.send_retry(s, qid, pa, s->o.user);
+        delay = s->o.send_retry(s, qid, pa, sock_user(s));
         if (leave(c)) return;
         if (!outq_find(s->q, qid)) return;
     }
@@ -1026,7 +1043,7 @@ static void dispatch(parley_client *c, const sio_packet *pk, const parley_bin *b
         bool gone = false;
         if (s->o.on_connect_error && !c->free_pending) {
             enter(c);
-            s->o.on_connect_error(s, m ? m : "", d, s->o.user);
+            s->o.on_connect_error(s, m ? m : "", d, sock_user(s));
             gone = leave(c);
         }
         free(m);
@@ -1340,9 +1357,11 @@ static const eio_client_cbs eio_cbs = {.on_open = eio_on_open,
 
 /* ---- creation and destruction ---- */
 
-void parley_client_opts_init(parley_client_opts *o)
+void parley_client_opts_init_size(parley_client_opts *out, size_t size)
 {
+    parley_client_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->path = "/socket.io/";
     o->transports = PARLEY_TRANSPORT_POLLING | PARLEY_TRANSPORT_WEBSOCKET;
     o->upgrade = 1;
@@ -1354,14 +1373,18 @@ void parley_client_opts_init(parley_client_opts *o)
     o->reconnection_delay_max_ms = 5000;
     o->randomization_factor = 0.5;
     o->auto_connect = 1;
+    popts_give(out, size, o, sizeof *o);
 }
 
-void parley_sock_opts_init(parley_sock_opts *o)
+void parley_sock_opts_init_size(parley_sock_opts *out, size_t size)
 {
+    parley_sock_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->queue_max_count = 1000;
     o->queue_max_bytes = 8u << 20;
     o->auto_connect = 1;
+    popts_give(out, size, o, sizeof *o);
 }
 
 static void free_sock(parley_sock *s)
@@ -1447,8 +1470,13 @@ static void do_connect(void *arg)
     leave(c);
 }
 
-int parley_client_new(const parley_client_opts *o, parley_client **out)
+int parley_client_new(const parley_client_opts *o_in, parley_client **out)
 {
+    parley_client_opts o_buf;
+    if (!o_in || !out ||
+        POPTS_TAKE(parley_client_opts, parley_client_opts_init, &o_buf, o_in, url) != 0)
+        return PARLEY_EINVAL;
+    const parley_client_opts *o = &o_buf;
     if (!o || !out || !o->url) return PARLEY_EINVAL;
     *out = NULL;
     parley_client *c = pcalloc(1, sizeof *c);
@@ -1753,9 +1781,16 @@ static void do_socket(void *arg)
     leave(c);
 }
 
-parley_sock *parley_client_socket(parley_client *c, const char *nsp, const parley_sock_opts *o)
+parley_sock *parley_client_socket(parley_client *c, const char *nsp, const parley_sock_opts *o_in)
 {
     if (!c) return NULL;
+    parley_sock_opts o_buf;
+    const parley_sock_opts *o = NULL;
+    if (o_in) {
+        if (POPTS_TAKE(parley_sock_opts, parley_sock_opts_init, &o_buf, o_in, auth) != 0)
+            return NULL;
+        o = &o_buf;
+    }
     sock_arg a = {.c = c, .nsp = nsp, .o = o};
     if (ploop_call(c->loop, do_socket, &a) != 0) return NULL;
     return a.out;

@@ -238,9 +238,11 @@ static bool emit_connecting(parley_ws *ws)
     return emit(ws, &ev);
 }
 
-void parley_ws_opts_init(parley_ws_opts *o)
+void parley_ws_opts_init_size(parley_ws_opts *out, size_t size)
 {
+    parley_ws_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->permessage_deflate = 1;
     o->connect_timeout_ms = 10000;
     o->max_message = 16u << 20;
@@ -250,6 +252,7 @@ void parley_ws_opts_init(parley_ws_opts *o)
     o->reconnect_delay_max_ms = 30000;
     o->queue_max_count = 1000;
     o->queue_max_bytes = 8u << 20;
+    popts_give(out, size, o, sizeof *o);
 }
 
 /* Splits "Name: value" strings into header structs, validating them. */
@@ -277,8 +280,12 @@ static void on_pump(ptimer *t);
 static void on_drain(ptimer *t);
 static void on_kick(ptimer *t);
 
-int parley_ws_new(parley_loop *loop, const parley_ws_opts *o, parley_ws **out)
+int parley_ws_new(parley_loop *loop, const parley_ws_opts *o_in, parley_ws **out)
 {
+    parley_ws_opts o_buf;
+    if (!o_in || !out || POPTS_TAKE(parley_ws_opts, parley_ws_opts_init, &o_buf, o_in, url) != 0)
+        return PARLEY_EINVAL;
+    const parley_ws_opts *o = &o_buf;
     if (!o || !o->url || !out) return PARLEY_EINVAL;
     if (o->reconnect &&
         (o->reconnect_delay_ms == 0 || o->reconnect_delay_max_ms < o->reconnect_delay_ms))

@@ -161,9 +161,11 @@ static void client_close_why(sio_client *c, const char *reason);
 
 /* ---- options and lifetime ---- */
 
-void parley_server_opts_init(parley_server_opts *o)
+void parley_server_opts_init_size(parley_server_opts *out, size_t size)
 {
+    parley_server_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->path = "/socket.io/";
     o->ping_interval_ms = 25000;
     o->ping_timeout_ms = 20000;
@@ -175,6 +177,7 @@ void parley_server_opts_init(parley_server_opts *o)
     o->max_disconnection_ms = 120000;
     o->max_attachments = 10;
     o->compression_threshold = 1024;
+    popts_give(out, size, o, sizeof *o);
 }
 
 const char *parley_socket_id(const parley_socket *s)
@@ -1582,13 +1585,14 @@ static const engine_cbs eng_cbs = {
 
 /* ---- server ---- */
 
-int parley_server_new(parley_loop *loop, const parley_server_opts *o, parley_server **out)
+int parley_server_new(parley_loop *loop, const parley_server_opts *o_in, parley_server **out)
 {
-    parley_server_opts def;
-    if (!o) {
-        parley_server_opts_init(&def);
-        o = &def;
-    }
+    parley_server_opts o_buf;
+    if (!o_in)
+        parley_server_opts_init(&o_buf);
+    else if (POPTS_TAKE(parley_server_opts, parley_server_opts_init, &o_buf, o_in, path) != 0)
+        return PARLEY_EINVAL;
+    const parley_server_opts *o = &o_buf;
     if (!loop || !o->path || o->path[0] != '/' || (!o->polling && !o->websocket) ||
         o->max_payload == 0 || (!o->tls_cert != !o->tls_key) ||
         o->max_attachments > MAX_ATTACHMENTS)

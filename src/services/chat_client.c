@@ -610,7 +610,7 @@ static char *auth_payload(parley_sock *s, void *user)
     if (tok) {
         rc = pbuf_append_str(&b, "{\"token\":");
         if (rc == 0) rc = json_append_string(&b, tok, strlen(tok));
-        free(tok);
+        parley_free(tok);
     } else if (c->o.dev_auth) {
         rc = pbuf_append_str(&b, "{\"user\":");
         if (rc == 0) rc = json_append_string(&b, c->user, strlen(c->user));
@@ -877,9 +877,11 @@ static void on_event(parley_sock *s, const char *event, const parley_args *args,
 
 /* ---- life cycle ---- */
 
-void parley_chat_opts_init(parley_chat_opts *o)
+void parley_chat_opts_init_size(parley_chat_opts *out, size_t size)
 {
+    parley_chat_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->queue_max_count = 1000;
     o->queue_max_bytes = 8u << 20;
     o->auto_delivered = 1;
@@ -888,6 +890,7 @@ void parley_chat_opts_init(parley_chat_opts *o)
     o->reconnection_delay_ms = 1000;
     o->reconnection_delay_max_ms = 5000;
     o->auto_connect = 1;
+    popts_give(out, size, o, sizeof *o);
 }
 
 static void chat_destroy(parley_chat *c)
@@ -921,9 +924,14 @@ static void chat_destroy(parley_chat *c)
     free(c);
 }
 
-int parley_chat_new(const parley_chat_opts *o, parley_chat **out)
+int parley_chat_new(const parley_chat_opts *o_in, parley_chat **out)
 {
+    if (!out) return PARLEY_EINVAL;
     *out = NULL;
+    parley_chat_opts o_buf;
+    if (!o_in || POPTS_TAKE(parley_chat_opts, parley_chat_opts_init, &o_buf, o_in, url) != 0)
+        return PARLEY_EINVAL;
+    const parley_chat_opts *o = &o_buf;
     if (!o || !o->url || !o->user_id || !msg_valid_user(o->user_id, strlen(o->user_id)))
         return PARLEY_EINVAL;
     parley_chat *c = pcalloc(1, sizeof *c);
@@ -1075,10 +1083,13 @@ parley_client *parley_chat_client(parley_chat *c)
 
 /* ---- sending ---- */
 
-void parley_chat_send_opts_init(parley_chat_send_opts *o)
+void parley_chat_send_opts_init_size(parley_chat_send_opts *out, size_t size)
 {
+    parley_chat_send_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->priority = PARLEY_PRIORITY_NORMAL;
+    popts_give(out, size, o, sizeof *o);
 }
 
 static bool valid_id(const char *id)
@@ -1210,13 +1221,17 @@ static void do_send(void *arg)
     a->rc = rc;
 }
 
-int parley_chat_send(parley_chat *c, const parley_chat_send_opts *o, char client_id_out[37],
+int parley_chat_send(parley_chat *c, const parley_chat_send_opts *o_in, char client_id_out[37],
                      parley_chat_error *err)
 {
     parley_chat_error scratch;
     if (!err) err = &scratch;
     set_error(err, "", "", "");
-    if (!c || !o) return PARLEY_EINVAL;
+    parley_chat_send_opts o_buf;
+    if (!c || !o_in ||
+        POPTS_TAKE(parley_chat_send_opts, parley_chat_send_opts_init, &o_buf, o_in, to) != 0)
+        return PARLEY_EINVAL;
+    const parley_chat_send_opts *o = &o_buf;
     send_arg a = {.c = c, .o = o, .id_out = client_id_out, .err = err};
     int rc = ploop_call(c->loop, do_send, &a);
     return rc ? rc : a.rc;
@@ -2331,9 +2346,12 @@ int parley_chat_notification_prefs_set(parley_chat *c, const char *changes_json,
 
 /* ---- sending notifications ---- */
 
-void parley_chat_notify_opts_init(parley_chat_notify_opts *o)
+void parley_chat_notify_opts_init_size(parley_chat_notify_opts *out, size_t size)
 {
-    if (o) memset(o, 0, sizeof *o);
+    parley_chat_notify_opts defaults;
+    memset(&defaults, 0, sizeof defaults);
+    defaults.size = sizeof defaults;
+    popts_give(out, size, &defaults, sizeof defaults);
 }
 
 static void on_notify(parley_sock *s, int err, const parley_args *args, void *user)
@@ -2367,10 +2385,15 @@ static int put_opt_str(parley_json_builder *b, const char *key, const char *v)
     return rc ? rc : parley_json_string(b, v);
 }
 
-int parley_chat_notify(parley_chat *c, const parley_chat_notify_opts *o, parley_chat_notify_fn fn,
-                       void *user)
+int parley_chat_notify(parley_chat *c, const parley_chat_notify_opts *o_in,
+                       parley_chat_notify_fn fn, void *user)
 {
-    if (!c || !o || o->expires_at < 0) return PARLEY_EINVAL;
+    parley_chat_notify_opts o_buf;
+    if (!c || !o_in ||
+        POPTS_TAKE(parley_chat_notify_opts, parley_chat_notify_opts_init, &o_buf, o_in, to) != 0)
+        return PARLEY_EINVAL;
+    const parley_chat_notify_opts *o = &o_buf;
+    if (o->expires_at < 0) return PARLEY_EINVAL;
     if (o->actions_json) {
         json_val v;
         if (json_parse(o->actions_json, strlen(o->actions_json), JSON_DEFAULT_MAX_DEPTH, &v,

@@ -1456,12 +1456,15 @@ static void *writer_main(void *arg)
 
 /* ---- life cycle ---- */
 
-void parley_store_opts_init(parley_store_opts *o)
+void parley_store_opts_init_size(parley_store_opts *out, size_t size)
 {
+    parley_store_opts defaults, *o = &defaults;
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->max_messages = 200;
     o->cache_flush_ms = 250;
     o->max_notifications = 100;
+    popts_give(out, size, o, sizeof *o);
 }
 
 static void ws_detach_all(parley_store *s);
@@ -1508,10 +1511,19 @@ static int open_fd(parley_store *s)
 #endif
 }
 
-int parley_store_new(const parley_store_opts *o, parley_store **out)
+int parley_store_new(const parley_store_opts *o_in, parley_store **out)
 {
     if (!out) return PARLEY_EINVAL;
     *out = NULL;
+    parley_store_opts o_buf;
+    parley_chat_opts chat_buf;
+    if (!o_in || POPTS_TAKE(parley_store_opts, parley_store_opts_init, &o_buf, o_in, chat) != 0 ||
+        !o_buf.chat)
+        return PARLEY_EINVAL;
+    if (POPTS_TAKE(parley_chat_opts, parley_chat_opts_init, &chat_buf, o_buf.chat, url) != 0)
+        return PARLEY_EINVAL;
+    o_buf.chat = &chat_buf;
+    const parley_store_opts *o = &o_buf;
     if (!o || !o->chat || !o->chat->user_id ||
         !msg_valid_user(o->chat->user_id, strlen(o->chat->user_id)))
         return PARLEY_EINVAL;
@@ -1742,10 +1754,14 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int parley_store_send(parley_store *s, const parley_chat_send_opts *o, char client_id_out[37],
+int parley_store_send(parley_store *s, const parley_chat_send_opts *o_in, char client_id_out[37],
                       parley_chat_error *err)
 {
-    if (!s || !o) return PARLEY_EINVAL;
+    parley_chat_send_opts o_buf;
+    if (!s || !o_in ||
+        POPTS_TAKE(parley_chat_send_opts, parley_chat_send_opts_init, &o_buf, o_in, to) != 0)
+        return PARLEY_EINVAL;
+    const parley_chat_send_opts *o = &o_buf;
     /* The item must be in the list before the chat can report on it, so
      * its id and conversation are settled here. */
     char id[ID_LEN + 1], conv[MSG_CONV_MAX + 16];

@@ -1,0 +1,35 @@
+# CTest check of the shared library's exports: every defined dynamic
+# symbol is a parley_* function or object and carries the version
+# PARLEY_0.1 of cmake/libparley.map.
+#   cmake -DLIB=path/libparley.so -DOBJDUMP=objdump -P check_exports.cmake
+execute_process(COMMAND ${OBJDUMP} -T ${LIB} OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${OBJDUMP} -T ${LIB} failed")
+endif()
+string(REPLACE "\t" " " out "${out}")
+string(REPLACE "\n" ";" lines "${out}")
+set(n 0)
+set(bad "")
+foreach(line IN LISTS lines)
+  # Defined symbols: not *UND*; the version node is the column before the name.
+  if(line MATCHES "^[0-9a-f]+ .* (\\.text|\\.data|\\.bss|\\.rodata)[^ ]* +[0-9a-f]+ +(\\(?[A-Za-z0-9_.]+\\)?) +([A-Za-z0-9_.]+)$")
+    set(ver "${CMAKE_MATCH_2}")
+    set(name "${CMAKE_MATCH_3}")
+    if(name STREQUAL "PARLEY_0.1" AND ver MATCHES "PARLEY_0.1")
+      continue() # the version definition itself
+    endif()
+    math(EXPR n "${n} + 1")
+    if(NOT name MATCHES "^parley_" OR NOT ver MATCHES "^\\(?PARLEY_0\\.1\\)?$")
+      string(APPEND bad "  ${ver} ${name}\n")
+    endif()
+  elseif(line MATCHES "\\*ABS\\*" AND NOT line MATCHES "PARLEY_0\\.1")
+    string(APPEND bad "  ${line}\n")
+  endif()
+endforeach()
+if(n LESS 50)
+  message(FATAL_ERROR "only ${n} exported symbols found in ${LIB}:\n${out}")
+endif()
+if(bad)
+  message(FATAL_ERROR "exports other than parley_*@PARLEY_0.1:\n${bad}")
+endif()
+message(STATUS "${n} exports, all parley_*@PARLEY_0.1")
