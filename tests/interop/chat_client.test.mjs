@@ -91,6 +91,9 @@ describe('libparley chat client', () => {
 
     const ids = [];
     for (let i = 0; i < 10; i++) ids.push(await a.send(`#${room}`, `m${i}`));
+    /* send returns when a message is queued: all ten stored before carol
+     * writes, or hers may take seq 10 (seen in CI). */
+    await a.until(() => ids.every((id) => a.statuses(id).includes('sent')), 10000, 'all ten stored');
     await c.text({ room }, 'from node');
     await b.until(() => received(b, `room:${room}`).length === 11, 10000, '11 room messages');
     assert.deepEqual(received(b, `room:${room}`), [...Array(10).keys()].map((i) => [i + 1, `m${i}`]).concat([[11, 'from node']]));
