@@ -61,12 +61,13 @@ struct ops {
 
 static void collect_build(pmx_out *o, void *user)
 {
-    (void)user;
+    ops *x = user;
     pmx_family(o, "parley_build_info", PMX_GAUGE, "Always 1; the version is in the label.");
     pmx_label l = {"version", parley_version()};
     pmx_sample_u64(o, "parley_build_info", NULL, &l, 1, 1);
-    pmx_gauge(o, "parley_cluster_nodes",
-              "Nodes this server knows of (1: no cluster adapter; single node).", 1);
+    if (!x->o.cluster)
+        pmx_gauge(o, "parley_cluster_nodes",
+                  "Nodes this server knows of (1: no cluster adapter; single node).", 1);
 }
 
 static void collect_http(pmx_out *o, void *user)

@@ -25,6 +25,7 @@ typedef struct ops ops;
 typedef struct ops_opts {
     bool metrics_public;      /* /metrics without the admin rule */
     uint32_t lag_interval_ms; /* event-loop lag sampling (default 500) */
+    bool cluster;             /* a cluster adapter reports parley_cluster_nodes itself */
 } ops_opts;
 
 /* Adds the routes to srv's HTTP server and starts sampling the loop's

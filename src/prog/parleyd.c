@@ -18,6 +18,8 @@
 #include "server/admin_ui.h"
 #include "server/engine.h"
 #include "server/httpd.h"
+#include "cluster/adapter.h"
+#include "cluster/redis_conn.h"
 #include "services/jwt.h"
 #include "services/messaging.h"
 #include "ws/wsconn.h"
@@ -50,6 +52,7 @@ typedef struct config {
     bool admin_ui;              /* --admin-ui: the /admin namespace of the Socket.IO Admin UI */
     bool admin_events;          /* --admin-ui-events */
     uint64_t admin_max_backlog; /* --admin-ui-max-backlog (0: the default) */
+    const char *redis_url;      /* --redis: the cluster adapter */
     char *strings[64]; /* option values read from a config file */
     size_t nstrings;
     /* Operations: admin access, /metrics, /dashboard (prog/ops.h). */
@@ -173,6 +176,14 @@ static void usage(FILE *f)
             "                            admins: the UI's Events page (off by default)\n"
             "  --admin-ui-max-backlog B  an admin leaving more than B bytes untaken is\n"
             "                            disconnected (default 8388608)\n"
+            "\n"
+            "Cluster (docs/CLUSTER.md):\n"
+            "  --redis URL               join a cluster of Socket.IO servers through Redis,\n"
+            "                            as @socket.io/redis-adapter 8.x does (Node servers\n"
+            "                            with that adapter, @socket.io/redis-emitter and other\n"
+            "                            parleyd nodes share broadcasts, rooms operations and\n"
+            "                            serverSideEmit); URL: redis://[[user]:pass@]host[:port][/db]\n"
+            "                            (off by default: a single node)\n"
             "\n"
             "WebSocket echo and limits:\n"
             "  --ws-echo PATH            serve a WebSocket echo endpoint at PATH\n"
@@ -306,7 +317,8 @@ enum {
     OPT_METRICS_PUBLIC,
     OPT_ADMIN_UI,
     OPT_ADMIN_EVENTS,
-    OPT_ADMIN_MAX_BACKLOG
+    OPT_ADMIN_MAX_BACKLOG,
+    OPT_REDIS /* cluster */
 };
 
 /* Limits. */
@@ -407,6 +419,7 @@ static const struct option longopts[] = {
     {"admin-ui", no_argument, 0, OPT_ADMIN_UI},
     {"admin-ui-events", no_argument, 0, OPT_ADMIN_EVENTS},
     {"admin-ui-max-backlog", required_argument, 0, OPT_ADMIN_MAX_BACKLOG},
+    {"redis", required_argument, 0, OPT_REDIS},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -713,6 +726,13 @@ static const char *apply(config *c, int ch, const char *arg)
         if (parse_u64(arg, 1ull << 40, &v) || v < 1024) return "bad --admin-ui-max-backlog";
         c->admin_max_backlog = v;
         return NULL;
+    case OPT_REDIS: {
+        predis_url u;
+        const char *why = NULL;
+        if (predis_url_parse(arg, &u, &why) != 0) return why ? why : "bad --redis URL";
+        c->redis_url = arg;
+        return NULL;
+    }
     /* Operations. */
     case OPT_ADMIN_KEY_FILE:
         if (!*arg) return "--admin-key-file must not be empty";
@@ -963,6 +983,7 @@ typedef struct app {
     msg_service *msg;
     admin_ui *admin_ui;
     engine *echo_engine;
+    pcluster *cluster;
     uv_signal_t sigint, sigterm, sighup;
     bool stopping;
     /* Operations. */
@@ -1021,6 +1042,10 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     a->stopping = true;
     ops_stop(a->ops);
+    /* Leave the cluster first: no more publishing while the sockets go. */
+    pcluster_free(a->cluster);
+    a->cluster = NULL;
+    protocol_test_set_cluster(NULL);
     plog_info("signal %d: shutting down (%u connections)", signum,
               phttpd_connections(parley_server__http(a->srv)));
     if (a->echo_engine) engine_free(a->echo_engine);
@@ -1244,8 +1269,26 @@ int main(int argc, char **argv)
         if (rc == 0) rc = padmin_new(a.loop, &ao, &a.admin);
         if (key) OPENSSL_cleanse(key, key_len);
         free(key);
-        ops_opts oo = {.metrics_public = c.metrics_public};
+        ops_opts oo = {.metrics_public = c.metrics_public, .cluster = c.redis_url != NULL};
         if (rc == 0) rc = ops_new(a.srv, a.msg, a.admin, &oo, &a.ops);
+    }
+    /* The cluster adapter: connects in the background (the server serves
+     * its own clients whether Redis is there or not). */
+    if (rc == 0 && c.redis_url) {
+        pcluster_opts po;
+        pcluster_opts_init(&po);
+        po.url = c.redis_url;
+        if (c.protocol_test) {
+            po.on_server_side_emit = protocol_test_server_side_emit;
+        }
+        const char *why = NULL;
+        rc = pcluster_new(a.srv, &po, &a.cluster, &why);
+        if (rc) plog_error("--redis: %s", why ? why : parley_strerror(rc));
+        if (rc == 0) rc = pmx_register(ops_registry(a.ops), pcluster_collect, a.cluster);
+        if (rc == 0 && c.protocol_test) protocol_test_set_cluster(a.cluster);
+        if (rc == 0)
+            plog_info("cluster: Redis adapter, node uid %s (docs/CLUSTER.md)",
+                      pcluster_uid(a.cluster));
     }
     if (rc == 0 && c.admin_ui) {
         if (!padmin_has_key(a.admin) && c.admin_loopback_off)
@@ -1284,6 +1327,7 @@ int main(int argc, char **argv)
         /* Nothing listens yet: free what was made, so that a refused start
          * leaves nothing behind (and leak checkers see none). */
         if (a.echo_engine) engine_free(a.echo_engine);
+        pcluster_free(a.cluster);
         ops_stop(a.ops);
         msg_service_free(a.msg);
         admin_ui_free(a.admin_ui);

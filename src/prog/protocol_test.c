@@ -13,7 +13,114 @@
 #include "base/buf.h"
 #include "base/util.h"
 #include "codec/json.h"
+#include "server/adapter.h"
 #include "server/engine.h"
+#include "server/sio_internal.h"
+
+static pcluster *cluster;
+
+void protocol_test_set_cluster(pcluster *c)
+{
+    cluster = c;
+}
+
+void protocol_test_server_side_emit(parley_nsp *n, const char *event, const char *args_json,
+                                    size_t len, void *user)
+{
+    (void)user;
+    pbuf out = {0};
+    int rc = pbuf_append(&out, "[", 1);
+    if (rc == 0) rc = json_append_string(&out, event, strlen(event));
+    if (rc == 0 && len > 2) {
+        rc = pbuf_append(&out, ",", 1);
+        if (rc == 0) rc = pbuf_append(&out, args_json + 1, len - 2);
+    }
+    if (rc == 0) rc = pbuf_append(&out, "]", 2);
+    if (rc == 0) parley_broadcast__local(n, NULL, "server-side-emit", (const char *)out.ptr, NULL, 0);
+    pbuf_free(&out);
+}
+
+/* Up to 16 room names of a JSON array, decoded into names[] (257 bytes
+ * each) with ptrs[] pointing at them. */
+static size_t room_list(const json_val *obj, const char *key, char names[][257],
+                        const char **ptrs)
+{
+    json_val arr, e;
+    size_t n = 0;
+    if (!json_object_get(obj, key, &arr) || arr.type != JSON_ARRAY) return 0;
+    json_iter it;
+    json_iter_init(&it, &arr);
+    while (n < 16 && json_array_next(&it, &e)) {
+        long l = e.type == JSON_STRING ? json_string_decode(&e, names[n], 256) : -1;
+        if (l <= 0) continue;
+        names[n][l] = 0;
+        ptrs[n] = names[n];
+        n++;
+    }
+    return n;
+}
+
+/* "cluster-broadcast" [opts, event, ...args]: opts {rooms, except,
+ * exceptMe, volatile, local}; a broadcast as the application makes it
+ * (published to the cluster unless local). */
+static void cluster_broadcast(parley_socket *s, const parley_args *a)
+{
+    json_val arr, opts, ev, e, flag;
+    if (json_parse(a->json, a->json_len, JSON_DEFAULT_MAX_DEPTH, &arr, NULL) != 0) return;
+    json_iter it;
+    json_iter_init(&it, &arr);
+    if (!json_array_next(&it, &opts) || opts.type != JSON_OBJECT ||
+        !json_array_next(&it, &ev) || ev.type != JSON_STRING)
+        return;
+    char event[257];
+    long el = json_string_decode(&ev, event, sizeof event - 1);
+    if (el <= 0) return;
+    event[el] = 0;
+    static char rooms[16][257], except[16][257];
+    const char *rp[16], *ep[16];
+    parley_target to = {.rooms = rp, .except = ep};
+    to.nrooms = room_list(&opts, "rooms", rooms, rp);
+    to.nexcept = room_list(&opts, "except", except, ep);
+    if (json_object_get(&opts, "exceptMe", &flag) && flag.type == JSON_TRUE) to.except_socket = s;
+    if (json_object_get(&opts, "volatile", &flag) && flag.type == JSON_TRUE) to.volatile_ = 1;
+    bool local = json_object_get(&opts, "local", &flag) && flag.type == JSON_TRUE;
+    pbuf rest = {0};
+    pbuf_append(&rest, "[", 1);
+    bool first = true;
+    while (json_array_next(&it, &e)) {
+        if (!first) pbuf_append(&rest, ",", 1);
+        first = false;
+        json_compact(&rest, &e);
+    }
+    if (pbuf_append(&rest, "]", 2) == 0) {
+        if (local)
+            parley_broadcast__local(parley_socket_nsp(s), &to, event, (const char *)rest.ptr,
+                                    a->bins, a->nbins);
+        else
+            parley_broadcast(parley_socket_nsp(s), &to, event, (const char *)rest.ptr, a->bins,
+                             a->nbins);
+    }
+    pbuf_free(&rest);
+}
+
+/* "my-rooms": acknowledged with [id, rooms...]. */
+static void my_rooms(parley_socket *s, int64_t ack_id)
+{
+    if (ack_id < 0) return;
+    pbuf out = {0};
+    const char *id = parley_socket_id(s);
+    pbuf_append(&out, "[", 1);
+    json_append_string(&out, id, strlen(id));
+    size_t n = parley_socket__nrooms(s);
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const char *r = parley_socket__room(s, i, &len);
+        pbuf_append(&out, ",", 1);
+        json_append_string(&out, r, len);
+    }
+    if (pbuf_append(&out, "]", 2) == 0) parley_ack(s, ack_id, (const char *)out.ptr, NULL, 0);
+    pbuf_free(&out);
+}
 
 /* The arguments of an event, split: the first `skip` elements decoded as
  * strings, the rest re-assembled as a JSON array. */
@@ -132,6 +239,16 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
         parley_emit_opts o = {.ack = server_ack_result,
                               .timeout_ms = (uint32_t)strtoul(sp.head[1], NULL, 10)};
         parley_emit_opts_send(s, &o, sp.head[0], (const char *)sp.rest.ptr, a->bins, a->nbins);
+    } else if (!strcmp(event, "cluster-broadcast")) {
+        cluster_broadcast(s, a);
+        ack_empty(s, ack_id);
+    } else if (!strcmp(event, "cluster-server-side-emit") && split_args(a, 1, &sp)) {
+        int rc = cluster ? pcluster_server_side_emit(cluster, parley_socket_nsp(s), sp.head[0],
+                                                     (const char *)sp.rest.ptr)
+                         : PARLEY_EINVAL;
+        if (ack_id >= 0) parley_ack(s, ack_id, rc ? "[false]" : "[true]", NULL, 0);
+    } else if (!strcmp(event, "my-rooms")) {
+        my_rooms(s, ack_id);
     } else if (!strcmp(event, "disconnect-me")) {
         parley_disconnect(s, 0);
     }

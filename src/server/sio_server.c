@@ -18,6 +18,7 @@
 #include "parley/server.h"
 #include "server/engine.h"
 #include "server/httpd.h"
+#include "server/adapter.h"
 #include "server/sio_internal.h"
 
 #define MAX_ROOM_NAME   256
@@ -152,6 +153,7 @@ struct parley_server {
     parley_server_stats stats;
     sio_observer obs; /* all NULL: none */
     unsigned polling_clients;
+    sio_adapter adapter; /* all NULL: none (a single node) */
 };
 
 static void socket_gone(parley_socket *s, const char *reason, bool persist);
@@ -321,7 +323,26 @@ parley_nsp *parley_server_of(parley_server *s, const char *name)
         free(n);
         return NULL;
     }
+    if (s->adapter.nsp_created) s->adapter.nsp_created(n, s->adapter.user);
     return n;
+}
+
+parley_nsp *parley_server__nsp_find(const parley_server *s, const char *name, size_t len)
+{
+    return pmap_get(&s->nsps, name, len);
+}
+
+void parley_server__set_adapter(parley_server *s, const sio_adapter *a)
+{
+    if (!a) {
+        memset(&s->adapter, 0, sizeof s->adapter);
+        return;
+    }
+    s->adapter = *a;
+    if (!a->nsp_created) return;
+    size_t pos = 0;
+    pmap_entry *e;
+    while ((e = pmap_next(&s->nsps, &pos))) a->nsp_created(e->val, a->user);
 }
 
 void parley_nsp_set_closed(parley_nsp *n, int closed)
@@ -738,8 +759,25 @@ static void persist_session(parley_socket *s)
 static int emit_one(parley_socket *s, const parley_emit_opts *o, const char *event,
                     const char *args_json, const parley_bin *bins, size_t nbins);
 
+static int broadcast(parley_nsp *n, const parley_target *to, const char *event,
+                     const char *args_json, const parley_bin *bins, size_t nbins, bool publish);
+
 int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
                      const char *args_json, const parley_bin *bins, size_t nbins)
+{
+    return broadcast(n, to, event, args_json, bins, nbins, true);
+}
+
+int parley_broadcast__local(parley_nsp *n, const parley_target *to, const char *event,
+                            const char *args_json, const parley_bin *bins, size_t nbins)
+{
+    return broadcast(n, to, event, args_json, bins, nbins, false);
+}
+
+/* Delivers to the local sockets, then (publish) hands the broadcast to the
+ * adapter: the bytes are encoded once for both. */
+static int broadcast(parley_nsp *n, const parley_target *to, const char *event,
+                     const char *args_json, const parley_bin *bins, size_t nbins, bool publish)
 {
     parley_server *srv = n->srv;
     if (!event || sio_reserved_event(event, strlen(event))) return PARLEY_EINVAL;
@@ -817,6 +855,9 @@ int parley_broadcast(parley_nsp *n, const parley_target *to, const char *event,
     }
 #undef DELIVER
     for (size_t i = 0; i < nframes; i++) eframe_release(&frames[i]);
+    if (publish && srv->adapter.broadcast)
+        srv->adapter.broadcast(n, to, event, args_json ? &args : NULL, bins, nbins,
+                               srv->adapter.user);
     return count;
 }
 

@@ -1,0 +1,717 @@
+/*
+ * The Redis cluster adapter (see adapter.h). Wire format: read from
+ * @socket.io/redis-adapter 8.3.0 dist/index.js (RedisAdapter: channels,
+ * onmessage, onrequest, broadcast, serverCount) and @socket.io/redis-emitter
+ * 5.1.0 dist/index.js; nothing copied.
+ */
+#include "cluster/adapter.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/ratelimit.h"
+#include "base/util.h"
+#include "cluster/redis_conn.h"
+#include "codec/json.h"
+#include "server/adapter.h"
+#include "server/sio_internal.h"
+
+/* The adapter's request types (RequestType in dist/index.js). */
+enum {
+    REQ_SOCKETS = 0,
+    REQ_ALL_ROOMS = 1,
+    REQ_REMOTE_JOIN = 2,
+    REQ_REMOTE_LEAVE = 3,
+    REQ_REMOTE_DISCONNECT = 4,
+    REQ_REMOTE_FETCH = 5,
+    REQ_SERVER_SIDE_EMIT = 6,
+    REQ_BROADCAST = 7,
+};
+
+#define NODES_INTERVAL_MS 2000
+#define MAX_REQ_ROOMS     64
+
+struct pcluster {
+    parley_server *srv;
+    parley_loop *loop;
+    pcluster_opts o;
+    char *prefix;
+    char uid[16];
+    predis *pub, *sub;
+    penv_dec dec;
+    pbuf msg;     /* outgoing message */
+    pbuf chan;    /* outgoing channel name */
+    pbuf scratch; /* string decoding */
+    pbuf rooms;   /* request rooms, NUL-separated */
+    parley_socket **sel;
+    size_t sel_cap;
+    ptimer nodes_timer;
+    pcluster_stats st;
+    plog_limit log_bad;
+    bool freeing;
+};
+
+void pcluster_opts_init(pcluster_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->prefix = "socket.io";
+    penv_limits_init(&o->lim);
+}
+
+const char *pcluster_uid(const pcluster *c)
+{
+    return c->uid;
+}
+
+void pcluster_get_stats(const pcluster *c, pcluster_stats *out)
+{
+    *out = c->st;
+    out->pub_up = predis_ready(c->pub);
+    out->sub_up = predis_ready(c->sub);
+}
+
+/* ---- channels ---- */
+
+/* prefix + kind + "#" + nsp + "#" into c->chan (NUL-terminated). */
+static int channel(pcluster *c, const char *kind, const char *nsp, const char *room)
+{
+    c->chan.len = 0;
+    int rc = pbuf_append_str(&c->chan, c->prefix);
+    if (rc == 0) rc = pbuf_append_str(&c->chan, kind);
+    if (rc == 0) rc = pbuf_append_str(&c->chan, "#");
+    if (rc == 0) rc = pbuf_append_str(&c->chan, nsp);
+    if (rc == 0) rc = pbuf_append_str(&c->chan, "#");
+    if (rc == 0 && room) {
+        rc = pbuf_append_str(&c->chan, room);
+        if (rc == 0) rc = pbuf_append_str(&c->chan, "#");
+    }
+    if (rc == 0) rc = pbuf_append(&c->chan, "", 1);
+    if (rc == 0) c->chan.len--;
+    return rc;
+}
+
+static void subscribe_nsp(pcluster *c, const char *nsp)
+{
+    if (!predis_ready(c->sub)) return; /* on_ready subscribes every namespace */
+    /* The pattern: glob characters of the name escaped (Node's adapter
+     * does not escape; for names without them it is the same pattern). */
+    c->scratch.len = 0;
+    int rc = pbuf_append_str(&c->scratch, c->prefix);
+    if (rc == 0) rc = pbuf_append(&c->scratch, "#", 1);
+    for (const char *p = nsp; rc == 0 && *p; p++) {
+        if (strchr("*?[]\\", *p)) rc = pbuf_append(&c->scratch, "\\", 1);
+        if (rc == 0) rc = pbuf_append(&c->scratch, p, 1);
+    }
+    if (rc == 0) rc = pbuf_append(&c->scratch, "#*", 2);
+    if (rc == 0) {
+        const char *argv[2] = {"PSUBSCRIBE", (const char *)c->scratch.ptr};
+        size_t lens[2] = {10, c->scratch.len};
+        rc = predis_command(c->sub, 2, argv, lens);
+    }
+    static const char *const kinds[] = {"-request", "-response"};
+    for (int i = 0; rc == 0 && i < 3; i++) {
+        rc = channel(c, kinds[i ? 1 : 0], nsp, i == 2 ? c->uid : NULL);
+        if (rc == 0) {
+            const char *argv[2] = {"SUBSCRIBE", (const char *)c->chan.ptr};
+            size_t lens[2] = {9, c->chan.len};
+            rc = predis_command(c->sub, 2, argv, lens);
+        }
+    }
+    if (rc) predis_drop(c->sub, rc);
+}
+
+static void on_nsp(parley_nsp *n, void *user)
+{
+    subscribe_nsp(user, parley_nsp_name(n));
+}
+
+/* ---- publishing ---- */
+
+static int publish(pcluster *c)
+{
+    if (!predis_ready(c->pub)) return PARLEY_ECLOSED;
+    const char *argv[3] = {"PUBLISH", (const char *)c->chan.ptr, (const char *)c->msg.ptr};
+    size_t lens[3] = {7, c->chan.len, c->msg.len};
+    return predis_command(c->pub, 3, argv, lens);
+}
+
+/* Keeps the reused buffers from holding on to one huge message. */
+static void trim(pbuf *b)
+{
+    if (b->cap > 256 * 1024) pbuf_reset(b, 4096);
+}
+
+static void on_broadcast(parley_nsp *n, const parley_target *to, const char *event,
+                         const json_val *args, const parley_bin *bins, size_t nbins, void *user)
+{
+    pcluster *c = user;
+    penv_out m = {
+        .uid = c->uid,
+        .nsp = parley_nsp_name(n),
+        .event = event,
+        .args = args,
+        .bins = bins,
+        .nbins = nbins,
+        .rooms = to ? to->rooms : NULL,
+        .nrooms = to ? to->nrooms : 0,
+        .except = to ? to->except : NULL,
+        .nexcept = to ? to->nexcept : 0,
+        .except_id = to && to->except_socket ? parley_socket_id(to->except_socket) : NULL,
+        .volatile_ = to && to->volatile_,
+    };
+    c->msg.len = 0;
+    int rc = penv_encode(&c->msg, &c->scratch, &m, c->o.lim.max_depth);
+    /* The adapter's rule: exactly one room goes to that room's channel. */
+    if (rc == 0) rc = channel(c, "", m.nsp, m.nrooms == 1 ? m.rooms[0] : NULL);
+    if (rc == 0) rc = publish(c);
+    if (rc)
+        c->st.publish_failures++;
+    else
+        c->st.published++;
+    trim(&c->msg);
+    trim(&c->scratch);
+}
+
+/* ---- inbound broadcasts ---- */
+
+static void bad(pcluster *c, const char *what, const char *why)
+{
+    c->st.malformed++;
+    uint64_t held = 0;
+    if (plog_limit_ok(&c->log_bad, ploop_now(c->loop), 10000, &held))
+        plog_warn("cluster: ignored a %s from Redis: %s (%llu more since the last such line)",
+                  what, why, (unsigned long long)held);
+}
+
+static void on_channel_message(pcluster *c, const presp_val *chan, const presp_val *msg)
+{
+    if (!msg->p || !chan->p) return bad(c, "message", "no payload");
+    penv_msg m;
+    const char *why = NULL;
+    int rc = penv_decode(&c->dec, msg->p, msg->len, &m, &why);
+    if (rc) return bad(c, "broadcast", why);
+    if (!strcmp(m.uid, c->uid)) {
+        c->st.own++;
+        return;
+    }
+    /* The channel must be the packet's namespace's (as the adapter's
+     * "ignore different namespace"). */
+    size_t plen = strlen(c->prefix), nlen = strlen(m.nsp);
+    if (chan->len < plen + nlen + 2 || memcmp(chan->p, c->prefix, plen) != 0 ||
+        chan->p[plen] != '#' || memcmp(chan->p + plen + 1, m.nsp, nlen) != 0 ||
+        chan->p[plen + 1 + nlen] != '#')
+        return bad(c, "broadcast", "channel and namespace differ");
+    parley_nsp *n = parley_server__nsp_find(c->srv, m.nsp, nlen);
+    if (!n) return; /* not served here */
+    parley_target to = {.rooms = m.rooms,
+                        .nrooms = m.nrooms,
+                        .except = m.except,
+                        .nexcept = m.nexcept,
+                        .volatile_ = m.volatile_};
+    rc = parley_broadcast__local(n, &to, m.event, m.args, m.bins, m.nbins);
+    if (rc < 0) return bad(c, "broadcast", parley_strerror(rc));
+    c->st.received++;
+}
+
+/* ---- requests ---- */
+
+/* Decodes a JSON array of room names into c->rooms; *n their count. */
+static int req_rooms(pcluster *c, const json_val *arr, size_t *n)
+{
+    c->rooms.len = 0;
+    *n = 0;
+    if (arr->type != JSON_ARRAY) return PARLEY_EPROTO;
+    json_iter it;
+    json_iter_init(&it, arr);
+    json_val e;
+    char name[PENV_MAX_ROOM_LEN + 1];
+    while (json_array_next(&it, &e)) {
+        if (*n >= MAX_REQ_ROOMS) return PARLEY_ELIMIT;
+        long len;
+        if (e.type == JSON_STRING) {
+            len = json_string_decode(&e, name, sizeof name);
+            if (len <= 0 || (size_t)len > PENV_MAX_ROOM_LEN || memchr(name, 0, (size_t)len))
+                return PARLEY_EPROTO;
+        } else if (e.type == JSON_NUMBER && e.len <= 24) {
+            memcpy(name, e.p, e.len);
+            len = (long)e.len;
+        } else {
+            return PARLEY_EPROTO;
+        }
+        int rc = pbuf_append(&c->rooms, name, (size_t)len);
+        if (rc == 0) rc = pbuf_append(&c->rooms, "", 1);
+        if (rc) return rc;
+        (*n)++;
+    }
+    return 0;
+}
+
+/* In room r (NUL-terminated): the socket's id or one of its rooms. */
+static bool socket_in(const parley_socket *s, const char *r)
+{
+    size_t rl = strlen(r);
+    if (!strcmp(parley_socket_id(s), r)) return true;
+    size_t nr = parley_socket__nrooms(s);
+    for (size_t i = 0; i < nr; i++) {
+        size_t len;
+        const char *name = parley_socket__room(s, i, &len);
+        if (len == rl && memcmp(name, r, rl) == 0) return true;
+    }
+    return false;
+}
+
+static bool in_any(const parley_socket *s, const char *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++, list += strlen(list) + 1)
+        if (socket_in(s, list)) return true;
+    return false;
+}
+
+/* The sockets of n selected by opts {rooms, except} (the base adapter's
+ * rule: in one of the rooms, or every socket when none; in none of the
+ * except rooms) into c->sel. The count, or a negative error. */
+static long select_sockets(pcluster *c, parley_nsp *n, const json_val *opts)
+{
+    json_val rooms = {0}, except = {0};
+    size_t nrooms = 0, nexcept = 0;
+    if (opts->type != JSON_OBJECT) return PARLEY_EPROTO;
+    /* Both lists live in c->rooms one after the other. */
+    pbuf keep = {0};
+    int rc = 0;
+    if (json_object_get(opts, "except", &except) && except.type != JSON_NULL) {
+        rc = req_rooms(c, &except, &nexcept);
+        if (rc) return rc;
+        rc = pbuf_append(&keep, c->rooms.ptr, c->rooms.len);
+        if (rc) return rc;
+    }
+    if (json_object_get(opts, "rooms", &rooms) && rooms.type != JSON_NULL) {
+        rc = req_rooms(c, &rooms, &nrooms);
+        if (rc) {
+            pbuf_free(&keep);
+            return rc;
+        }
+    } else {
+        c->rooms.len = 0;
+    }
+    size_t total = parley_nsp__count(n);
+    if (total > c->sel_cap) {
+        parley_socket **v = realloc(c->sel, total * sizeof *v);
+        if (!v) {
+            pbuf_free(&keep);
+            return PARLEY_ENOMEM;
+        }
+        c->sel = v;
+        c->sel_cap = total;
+    }
+    size_t pos = 0, k = 0;
+    parley_socket *s;
+    while ((s = parley_nsp__socket_next(n, &pos)) && k < total) {
+        if (nrooms && !in_any(s, (const char *)c->rooms.ptr, nrooms)) continue;
+        if (nexcept && in_any(s, (const char *)keep.ptr, nexcept)) continue;
+        c->sel[k++] = s;
+    }
+    pbuf_free(&keep);
+    return (long)k;
+}
+
+static void respond(pcluster *c, const char *nsp)
+{
+    if (channel(c, "-response", nsp, NULL) != 0 || publish(c) != 0) c->st.publish_failures++;
+    trim(&c->msg);
+}
+
+static int put_socket(pbuf *b, parley_socket *s)
+{
+    int rc = pbuf_append_str(b, "{\"id\":");
+    const char *id = parley_socket_id(s);
+    if (rc == 0) rc = json_append_string(b, id, strlen(id));
+    /* The handshake Node's RemoteSocket carries; what the server keeps of
+     * it: the peer address. */
+    if (rc == 0) rc = pbuf_append_str(b, ",\"handshake\":{\"headers\":{},\"time\":\"\",\"address\":");
+    const char *ip = parley_socket__peer_ip(s);
+    if (rc == 0) rc = json_append_string(b, ip, strlen(ip));
+    if (rc == 0)
+        rc = pbuf_append_str(b, ",\"xdomain\":false,\"secure\":false,\"issued\":0,\"url\":\"\","
+                                "\"query\":{},\"auth\":{}},\"rooms\":[");
+    if (rc == 0) rc = json_append_string(b, id, strlen(id));
+    size_t nr = parley_socket__nrooms(s);
+    for (size_t i = 0; rc == 0 && i < nr; i++) {
+        size_t len;
+        const char *r = parley_socket__room(s, i, &len);
+        rc = pbuf_append(b, ",", 1);
+        if (rc == 0) rc = json_append_string(b, r, len);
+    }
+    if (rc == 0) rc = pbuf_append_str(b, "],\"data\":{}}");
+    return rc;
+}
+
+static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
+{
+    size_t plen = strlen(c->prefix);
+    static const char req[] = "-request#";
+    /* The namespace from the channel: <prefix>-request#<nsp># */
+    if (!msg->p || chan->len < plen + sizeof req || memcmp(chan->p, c->prefix, plen) ||
+        memcmp(chan->p + plen, req, sizeof req - 1) || chan->p[chan->len - 1] != '#')
+        return; /* a response: we send no requests that wait for one */
+    const char *nsp = (const char *)chan->p + plen + sizeof req - 1;
+    size_t nsp_len = chan->len - plen - (sizeof req - 1) - 1;
+    parley_nsp *n = parley_server__nsp_find(c->srv, nsp, nsp_len);
+    if (!n) return;
+    if (msg->len == 0 || msg->p[0] != '{') {
+        /* MessagePack requests: broadcasts with acknowledgements. */
+        c->st.unsupported++;
+        return;
+    }
+    if (msg->len > c->o.lim.max_message) return bad(c, "request", "too large");
+    json_val r, v;
+    if (json_parse((const char *)msg->p, msg->len, c->o.lim.max_depth, &r, NULL) != 0 ||
+        r.type != JSON_OBJECT)
+        return bad(c, "request", "not a JSON object");
+    int64_t type;
+    if (!json_object_get(&r, "type", &v) || !json_int(&v, &type))
+        return bad(c, "request", "no type");
+    json_val uid, rid, opts;
+    bool has_uid = json_object_get(&r, "uid", &uid) && uid.type == JSON_STRING;
+    bool has_rid = json_object_get(&r, "requestId", &rid) && rid.type == JSON_STRING;
+    bool has_opts = json_object_get(&r, "opts", &opts) && opts.type == JSON_OBJECT;
+    if (has_uid && uid.len == strlen(c->uid) + 2 && !memcmp(uid.p + 1, c->uid, uid.len - 2))
+        return; /* our own */
+    long k;
+    size_t nr = 0;
+    json_val rooms;
+    switch (type) {
+    case REQ_REMOTE_JOIN:
+    case REQ_REMOTE_LEAVE:
+        if (!has_opts) {
+            /* The one-socket form ({sid, room}, 7.x) with a response. */
+            json_val sid, room;
+            char sbuf[32], rbuf[PENV_MAX_ROOM_LEN + 1];
+            if (!json_object_get(&r, "sid", &sid) || !json_object_get(&r, "room", &room))
+                return bad(c, "request", "no opts");
+            long sl = json_string_decode(&sid, sbuf, sizeof sbuf - 1);
+            long rl = json_string_decode(&room, rbuf, sizeof rbuf - 1);
+            if (sl <= 0 || rl <= 0) return bad(c, "request", "sid or room");
+            sbuf[sl] = 0;
+            parley_socket *s = NULL;
+            size_t pos = 0;
+            while ((s = parley_nsp__socket_next(n, &pos)) && strcmp(parley_socket_id(s), sbuf)) {}
+            if (!s) return;
+            if (type == REQ_REMOTE_JOIN)
+                parley_join_n(s, rbuf, (size_t)rl);
+            else
+                parley_leave_n(s, rbuf, (size_t)rl);
+            c->st.requests++;
+            if (!has_rid) return;
+            c->msg.len = 0;
+            if (pbuf_append_str(&c->msg, "{\"requestId\":") || json_compact(&c->msg, &rid) ||
+                pbuf_append_str(&c->msg, "}"))
+                return;
+            return respond(c, parley_nsp_name(n));
+        }
+        if (!json_object_get(&r, "rooms", &rooms)) return bad(c, "request", "no rooms");
+        k = select_sockets(c, n, &opts);
+        if (k < 0) return bad(c, "request", parley_strerror((int)k));
+        if (req_rooms(c, &rooms, &nr) != 0) return bad(c, "request", "rooms");
+        for (long i = 0; i < k; i++) {
+            const char *name = (const char *)c->rooms.ptr;
+            for (size_t j = 0; j < nr; j++, name += strlen(name) + 1) {
+                if (type == REQ_REMOTE_JOIN)
+                    parley_join_n(c->sel[i], name, strlen(name));
+                else
+                    parley_leave_n(c->sel[i], name, strlen(name));
+            }
+        }
+        c->st.requests++;
+        return;
+    case REQ_REMOTE_DISCONNECT: {
+        json_val close;
+        int close_transport = json_object_get(&r, "close", &close) && close.type == JSON_TRUE;
+        if (!has_opts) return bad(c, "request", "no opts");
+        k = select_sockets(c, n, &opts);
+        if (k < 0) return bad(c, "request", parley_strerror((int)k));
+        for (long i = 0; i < k; i++) parley_disconnect(c->sel[i], close_transport);
+        c->st.requests++;
+        return;
+    }
+    case REQ_SOCKETS:
+    case REQ_REMOTE_FETCH: {
+        if (!has_rid) return bad(c, "request", "no requestId");
+        json_val none = {.type = JSON_OBJECT, .p = "{}", .len = 2};
+        /* SOCKETS has {rooms} at the top level; FETCH has opts. */
+        k = select_sockets(c, n, type == REQ_SOCKETS ? &r : has_opts ? &opts : &none);
+        if (k < 0) return bad(c, "request", parley_strerror((int)k));
+        c->msg.len = 0;
+        int rc = pbuf_append_str(&c->msg, "{\"requestId\":");
+        if (rc == 0) rc = json_compact(&c->msg, &rid);
+        if (rc == 0) rc = pbuf_append_str(&c->msg, ",\"sockets\":[");
+        for (long i = 0; rc == 0 && i < k; i++) {
+            if (i) rc = pbuf_append(&c->msg, ",", 1);
+            if (rc) break;
+            if (type == REQ_SOCKETS) {
+                const char *id = parley_socket_id(c->sel[i]);
+                rc = json_append_string(&c->msg, id, strlen(id));
+            } else {
+                rc = put_socket(&c->msg, c->sel[i]);
+            }
+        }
+        if (rc == 0) rc = pbuf_append_str(&c->msg, "]}");
+        if (rc) return;
+        c->st.requests++;
+        return respond(c, parley_nsp_name(n));
+    }
+    case REQ_SERVER_SIDE_EMIT: {
+        json_val data, ev, e;
+        if (!json_object_get(&r, "data", &data) || data.type != JSON_ARRAY)
+            return bad(c, "request", "no data");
+        if (has_rid) {
+            /* With an acknowledgement: not supported yet; the sender's
+             * callback sees a timeout for this node. */
+            c->st.unsupported++;
+            return;
+        }
+        json_iter it;
+        json_iter_init(&it, &data);
+        if (!json_array_next(&it, &ev) || ev.type != JSON_STRING)
+            return bad(c, "request", "no event name");
+        char name[257];
+        long nl = json_string_decode(&ev, name, sizeof name - 1);
+        if (nl <= 0 || memchr(name, 0, (size_t)nl)) return bad(c, "request", "event name");
+        name[nl] = 0;
+        c->scratch.len = 0;
+        int rc = pbuf_append(&c->scratch, "[", 1);
+        bool first = true;
+        while (rc == 0 && json_array_next(&it, &e)) {
+            if (!first) rc = pbuf_append(&c->scratch, ",", 1);
+            first = false;
+            if (rc == 0) rc = json_compact(&c->scratch, &e);
+        }
+        if (rc == 0) rc = pbuf_append(&c->scratch, "]", 2);
+        if (rc) return;
+        c->st.requests++;
+        if (c->o.on_server_side_emit)
+            c->o.on_server_side_emit(n, name, (const char *)c->scratch.ptr, c->scratch.len - 1,
+                                     c->o.user);
+        trim(&c->scratch);
+        return;
+    }
+    default:
+        /* ALL_ROOMS, BROADCAST (with acks) and later kinds. */
+        c->st.unsupported++;
+        return;
+    }
+}
+
+/* ---- connections ---- */
+
+static void sub_ready(predis *r, void *user)
+{
+    (void)r;
+    pcluster *c = user;
+    size_t pos = 0;
+    parley_nsp *n;
+    while ((n = parley_server__nsp_next(c->srv, &pos))) subscribe_nsp(c, parley_nsp_name(n));
+}
+
+static void sub_reply(predis *r, const presp_reply *rep, void *user)
+{
+    (void)r;
+    pcluster *c = user;
+    if (rep->type == '-') {
+        plog_warn("redis subscriber: %.*s", (int)PARLEY_MIN(rep->v.len, 200),
+                  (const char *)rep->v.p);
+        return;
+    }
+    if (rep->type != '*' || rep->n < 3 || !rep->el[0].p) return;
+    const presp_val *kind = &rep->el[0];
+    if (kind->len == 8 && !memcmp(kind->p, "pmessage", 8) && rep->n == 4)
+        on_channel_message(c, &rep->el[2], &rep->el[3]);
+    else if (kind->len == 7 && !memcmp(kind->p, "message", 7))
+        on_request(c, &rep->el[1], &rep->el[2]);
+    /* subscribe / psubscribe confirmations: nothing to do */
+}
+
+static void ask_nodes(pcluster *c)
+{
+    if (channel(c, "-request", "/", NULL) != 0) return;
+    const char *argv[3] = {"PUBSUB", "NUMSUB", (const char *)c->chan.ptr};
+    size_t lens[3] = {6, 6, c->chan.len};
+    predis_command(c->pub, 3, argv, lens);
+}
+
+static void on_nodes_timer(ptimer *t)
+{
+    pcluster *c = PARLEY_CONTAINER_OF(t, pcluster, nodes_timer);
+    if (predis_ready(c->pub)) ask_nodes(c);
+    ploop_timer_start(c->loop, &c->nodes_timer, NODES_INTERVAL_MS);
+}
+
+static void pub_ready(predis *r, void *user)
+{
+    (void)r;
+    ask_nodes(user);
+}
+
+static void pub_reply(predis *r, const presp_reply *rep, void *user)
+{
+    (void)r;
+    pcluster *c = user;
+    if (rep->type == '-') {
+        c->st.publish_failures++;
+        uint64_t held = 0;
+        if (plog_limit_ok(&c->log_bad, ploop_now(c->loop), 10000, &held))
+            plog_warn("redis publisher: %.*s", (int)PARLEY_MIN(rep->v.len, 200),
+                      (const char *)rep->v.p);
+    } else if (rep->type == '*' && rep->n == 2 && rep->el[1].type == ':') {
+        c->st.nodes = rep->el[1].i > 0 ? (unsigned)rep->el[1].i : 0;
+    }
+}
+
+static void on_down(predis *r, int err, void *user)
+{
+    (void)r;
+    (void)err;
+    pcluster *c = user;
+    c->st.reconnects++;
+}
+
+static const predis_cbs pub_cbs = {.on_ready = pub_ready, .on_reply = pub_reply,
+                                   .on_down = on_down};
+static const predis_cbs sub_cbs = {.on_ready = sub_ready, .on_reply = sub_reply,
+                                   .on_down = on_down};
+
+static void random_uid(char *out, size_t n)
+{
+    static const char alnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    uint8_t raw[16];
+    if (prand_bytes(raw, sizeof raw) != 0) memset(raw, 7, sizeof raw);
+    for (size_t i = 0; i + 1 < n && i < sizeof raw; i++) out[i] = alnum[raw[i] % 62];
+    out[n - 1] = 0;
+}
+
+int pcluster_new(parley_server *srv, const pcluster_opts *o, pcluster **out, const char **why)
+{
+    const char *dummy;
+    if (!why) why = &dummy;
+    *why = NULL;
+    predis_url url;
+    if (predis_url_parse(o->url, &url, why) != 0) return PARLEY_EINVAL;
+    const char *prefix = o->prefix ? o->prefix : "socket.io";
+    if (!*prefix || strlen(prefix) > 64) {
+        *why = "bad channel prefix";
+        return PARLEY_EINVAL;
+    }
+    pcluster *c = pcalloc(1, sizeof *c);
+    if (!c) return PARLEY_ENOMEM;
+    c->srv = srv;
+    c->loop = parley_server__loop(srv);
+    c->o = *o;
+    c->o.url = NULL;
+    if (!c->o.lim.max_message) penv_limits_init(&c->o.lim);
+    c->prefix = strdup(prefix);
+    random_uid(c->uid, 9); /* 8 characters (Node: 6) */
+    ptimer_init(&c->nodes_timer, on_nodes_timer);
+    int rc = c->prefix ? penv_dec_init(&c->dec, &c->o.lim) : PARLEY_ENOMEM;
+    predis_opts po = {.name = "publisher", .max_bulk = 4096};
+    if (rc == 0) rc = predis_new(c->loop, &url, &po, &pub_cbs, c, &c->pub);
+    po.name = "subscriber";
+    po.max_bulk = c->o.lim.max_message;
+    if (rc == 0) rc = predis_new(c->loop, &url, &po, &sub_cbs, c, &c->sub);
+    if (rc) {
+        predis_free(c->pub);
+        penv_dec_free(&c->dec);
+        free(c->prefix);
+        free(c);
+        return rc;
+    }
+    memset(&url, 0, sizeof url); /* the password */
+    sio_adapter a = {.nsp_created = on_nsp, .broadcast = on_broadcast, .user = c};
+    parley_server__set_adapter(srv, &a);
+    ploop_timer_start(c->loop, &c->nodes_timer, NODES_INTERVAL_MS);
+    *out = c;
+    return 0;
+}
+
+void pcluster_free(pcluster *c)
+{
+    if (!c) return;
+    parley_server__set_adapter(c->srv, NULL);
+    ploop_timer_stop(c->loop, &c->nodes_timer);
+    predis_free(c->pub);
+    predis_free(c->sub);
+    penv_dec_free(&c->dec);
+    pbuf_free(&c->msg);
+    pbuf_free(&c->chan);
+    pbuf_free(&c->scratch);
+    pbuf_free(&c->rooms);
+    free(c->sel);
+    free(c->prefix);
+    free(c);
+}
+
+int pcluster_server_side_emit(pcluster *c, parley_nsp *n, const char *event, const char *args_json)
+{
+    json_val args = {0};
+    if (!event || (args_json && (json_parse(args_json, strlen(args_json), c->o.lim.max_depth,
+                                            &args, NULL) != 0 ||
+                                 args.type != JSON_ARRAY)))
+        return PARLEY_EINVAL;
+    /* {"uid":..,"type":6,"data":[event, ...args]} as the adapter's JSON. */
+    c->msg.len = 0;
+    int rc = pbuf_append_str(&c->msg, "{\"uid\":");
+    if (rc == 0) rc = json_append_string(&c->msg, c->uid, strlen(c->uid));
+    if (rc == 0) rc = pbuf_append_str(&c->msg, ",\"type\":6,\"data\":[");
+    if (rc == 0) rc = json_append_string(&c->msg, event, strlen(event));
+    if (rc == 0 && args_json) {
+        json_iter it;
+        json_iter_init(&it, &args);
+        json_val e;
+        while (rc == 0 && json_array_next(&it, &e)) {
+            rc = pbuf_append(&c->msg, ",", 1);
+            if (rc == 0) rc = json_compact(&c->msg, &e);
+        }
+    }
+    if (rc == 0) rc = pbuf_append_str(&c->msg, "]}");
+    if (rc == 0) rc = channel(c, "-request", parley_nsp_name(n), NULL);
+    if (rc == 0) rc = publish(c);
+    if (rc) c->st.publish_failures++;
+    trim(&c->msg);
+    return rc;
+}
+
+void pcluster_collect(pmx_out *o, void *user)
+{
+    pcluster *c = user;
+    pcluster_stats st;
+    pcluster_get_stats(c, &st);
+    pmx_gauge(o, "parley_cluster_nodes",
+              "Servers in the cluster: subscribers of the adapter's request channel of \"/\" "
+              "(PUBSUB NUMSUB), this one included; 0 while unknown.",
+              st.nodes);
+    pmx_family(o, "parley_cluster_redis_up", PMX_GAUGE,
+               "1 when the Redis connection (publisher, subscriber) is ready.");
+    pmx_label l = {"connection", "publisher"};
+    pmx_sample_u64(o, "parley_cluster_redis_up", NULL, &l, 1, st.pub_up);
+    l.val = "subscriber";
+    pmx_sample_u64(o, "parley_cluster_redis_up", NULL, &l, 1, st.sub_up);
+    pmx_counter(o, "parley_cluster_published_total", "Broadcasts published to Redis.",
+                st.published);
+    pmx_counter(o, "parley_cluster_publish_failures_total",
+                "Broadcasts and responses not published (Redis down or refusing); they were "
+                "delivered to this server's own clients.",
+                st.publish_failures);
+    pmx_counter(o, "parley_cluster_received_total",
+                "Broadcasts from other servers delivered to this server's clients.", st.received);
+    pmx_counter(o, "parley_cluster_malformed_total",
+                "Messages on the adapter's channels ignored as malformed, over a limit or foreign.",
+                st.malformed);
+    pmx_counter(o, "parley_cluster_requests_total",
+                "Requests from other servers applied (join, leave, disconnect, fetch, "
+                "serverSideEmit).",
+                st.requests);
+    pmx_counter(o, "parley_cluster_unsupported_total",
+                "Requests of a kind this server does not handle yet (ignored).", st.unsupported);
+    pmx_counter(o, "parley_cluster_reconnects_total",
+                "Redis connections lost or failed to come up.", st.reconnects);
+}
