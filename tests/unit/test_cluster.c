@@ -1,0 +1,475 @@
+/*
+ * Unit tests of the cluster pieces: the MessagePack envelope codec against
+ * bytes captured from Redis while @socket.io/redis-adapter 8.3.0 and
+ * @socket.io/redis-emitter 5.1.0 (notepack.io 3.0.1) published (socket.io
+ * 4.8.4, Node 18+: io.emit, io.to().except().volatile.emit, io.to([..]),
+ * new Emitter(redis).to('room1').emit), every truncation of them, random
+ * corruption, limits, byte-exact encoding; the RESP reader fed whole, byte
+ * by byte and in random pieces; redis:// URLs.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chop.h"
+#include "cluster/envelope.h"
+#include "cluster/redis_conn.h"
+#include "cluster/resp.h"
+#include "codec/json.h"
+#include "parley/parley.h"
+
+/* Hex of the captured messages (channel in the comment). */
+/* socket.io#/# : io.emit('hello', 1, 'two', Buffer.from([0xde,0xad,0xbe,0xef])) */
+static const char V_HELLO[] =
+    "93a649716e46414f83a47479706502a46461746194a568656c6c6f01a374776fc404deadbeefa36e7370a12f83a572"
+    "6f6f6d7390a665786365707490a5666c61677380";
+/* socket.io#/#room1# : io.to('room1').except(['sock-x','r9']).volatile.emit('vol', {...}) */
+static const char V_VOL[] =
+    "93a649716e46414f83a47479706502a46461746192a3766f6c82a16198cb3ff8000000000000fdc0c3cd012cd1ff38"
+    "ce00011170cf000000012a05f200a173a5c3a9e29c93a36e7370a12f83a5726f6f6d7391a5726f6f6d31a665786365"
+    "707492a6736f636b2d78a27239a5666c61677381a8766f6c6174696c65c3";
+/* socket.io#/# : io.to(['r1','r2']).compress(false).emit('multi', [], {}) */
+static const char V_MULTI[] =
+    "93a649716e46414f83a47479706502a46461746193a56d756c74699080a36e7370a12f83a5726f6f6d7392a27231a2"
+    "7232a665786365707490a5666c61677381a8636f6d7072657373c2";
+/* socket.io#/#room1# : emitter.to('room1').emit('from-emitter', Buffer.alloc(300, 1), 'x' * 40);
+ * the bin payload is filled in by unhex_emitter. */
+static const char V_EMIT_HEAD[] =
+    "93a7656d697474657283a47479706502a46461746193ac66726f6d2d656d6974746572c5012c";
+static const char V_EMIT_TAIL[] =
+    "d92878787878787878787878787878787878787878787878787878787878787878787878787878787878a36e7370a1"
+    "2f83a5726f6f6d7391a5726f6f6d31a5666c61677380a665786365707490";
+
+static size_t unhex(const char *h, uint8_t *out)
+{
+    size_t n = strlen(h) / 2;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        sscanf(h + 2 * i, "%2x", &v);
+        out[i] = (uint8_t)v;
+    }
+    return n;
+}
+
+static size_t unhex_emitter(uint8_t *out)
+{
+    size_t n = unhex(V_EMIT_HEAD, out);
+    memset(out + n, 1, 300);
+    n += 300;
+    return n + unhex(V_EMIT_TAIL, out + n);
+}
+
+static uint8_t *find(uint8_t *hay, size_t n, const char *needle, size_t k)
+{
+    for (size_t i = 0; i + k <= n; i++)
+        if (memcmp(hay + i, needle, k) == 0) return hay + i;
+    return NULL;
+}
+
+static penv_dec dec;
+
+static int setup(void **state)
+{
+    (void)state;
+    return penv_dec_init(&dec, NULL);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    penv_dec_free(&dec);
+    return 0;
+}
+
+static void test_node_hello(void **state)
+{
+    (void)state;
+    uint8_t m[512];
+    size_t n = unhex(V_HELLO, m);
+    penv_msg e;
+    assert_int_equal(penv_decode(&dec, m, n, &e, NULL), 0);
+    assert_string_equal(e.uid, "IqnFAO");
+    assert_string_equal(e.nsp, "/");
+    assert_string_equal(e.event, "hello");
+    assert_string_equal(e.args, "[1,\"two\",{\"_placeholder\":true,\"num\":0}]");
+    assert_int_equal(e.args_len, strlen(e.args));
+    assert_int_equal(e.nbins, 1);
+    assert_int_equal(e.bins[0].len, 4);
+    assert_memory_equal(e.bins[0].data, "\xde\xad\xbe\xef", 4);
+    assert_int_equal(e.nrooms, 0);
+    assert_int_equal(e.nexcept, 0);
+    assert_false(e.volatile_);
+    assert_false(e.local);
+}
+
+static void test_node_volatile_room_except(void **state)
+{
+    (void)state;
+    uint8_t m[512];
+    size_t n = unhex(V_VOL, m);
+    penv_msg e;
+    assert_int_equal(penv_decode(&dec, m, n, &e, NULL), 0);
+    assert_string_equal(e.event, "vol");
+    assert_string_equal(e.args,
+                        "[{\"a\":[1.5,-3,null,true,300,-200,70000,5000000000],\"s\":\"\xc3\xa9\xe2\x9c\x93\"}]");
+    assert_int_equal(e.nrooms, 1);
+    assert_string_equal(e.rooms[0], "room1");
+    assert_int_equal(e.nexcept, 2);
+    assert_string_equal(e.except[0], "sock-x");
+    assert_string_equal(e.except[1], "r9");
+    assert_true(e.volatile_);
+    assert_int_equal(e.nbins, 0);
+}
+
+static void test_node_multi_and_emitter(void **state)
+{
+    (void)state;
+    uint8_t m[1024];
+    size_t n = unhex(V_MULTI, m);
+    penv_msg e;
+    assert_int_equal(penv_decode(&dec, m, n, &e, NULL), 0);
+    assert_string_equal(e.event, "multi");
+    assert_string_equal(e.args, "[[],{}]");
+    assert_int_equal(e.nrooms, 2);
+    assert_string_equal(e.rooms[1], "r2");
+    assert_false(e.volatile_);
+
+    n = unhex_emitter(m);
+    assert_int_equal(penv_decode(&dec, m, n, &e, NULL), 0);
+    assert_string_equal(e.uid, "emitter");
+    assert_string_equal(e.event, "from-emitter");
+    assert_int_equal(e.nbins, 1);
+    assert_int_equal(e.bins[0].len, 300);
+    assert_int_equal(((const uint8_t *)e.bins[0].data)[299], 1);
+    assert_int_equal(e.nrooms, 1);
+    assert_string_equal(e.rooms[0], "room1");
+    char want[128];
+    snprintf(want, sizeof want, "[{\"_placeholder\":true,\"num\":0},\"%s\"]",
+             "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+    assert_string_equal(e.args, want);
+}
+
+/* Every proper prefix is refused; nothing crashes (ASan watches). */
+static void test_truncated(void **state)
+{
+    (void)state;
+    const char *v[] = {V_HELLO, V_VOL, V_MULTI, NULL};
+    uint8_t m[1024];
+    for (int k = 0; k < 4; k++) {
+        size_t n = v[k] ? unhex(v[k], m) : unhex_emitter(m);
+        for (size_t cut = 0; cut < n; cut++) {
+            /* A copy of exactly `cut` bytes so ASan sees any overread. */
+            uint8_t *p = malloc(cut ? cut : 1);
+            memcpy(p, m, cut);
+            penv_msg e;
+            const char *why = NULL;
+            int rc = penv_decode(&dec, p, cut, &e, &why);
+            assert_true(rc < 0);
+            assert_non_null(why);
+            assert_null(e.event);
+            free(p);
+        }
+    }
+}
+
+/* Random corruption: whatever is accepted is well-formed. */
+static void test_corrupted(void **state)
+{
+    (void)state;
+    uint64_t rng = chop_seed();
+    uint8_t m[1024], c[1024];
+    const char *v[] = {V_HELLO, V_VOL, V_MULTI, NULL};
+    for (int round = 0; round < 20000; round++) {
+        int k = (int)(test_rand(&rng) % 4);
+        size_t n = v[k] ? unhex(v[k], m) : unhex_emitter(m);
+        memcpy(c, m, n);
+        int flips = 1 + (int)(test_rand(&rng) % 4);
+        for (int f = 0; f < flips; f++) c[test_rand(&rng) % n] = (uint8_t)test_rand(&rng);
+        penv_msg e;
+        if (penv_decode(&dec, c, n, &e, NULL) == 0) {
+            json_val a;
+            assert_int_equal(json_parse(e.args, e.args_len, 64, &a, NULL), 0);
+            assert_int_equal(a.type, JSON_ARRAY);
+            assert_true(e.nbins <= dec.lim.max_bins);
+            assert_true(e.nrooms <= dec.lim.max_rooms);
+            assert_true(e.event[0] != 0);
+            for (size_t i = 0; i < e.nrooms; i++) assert_true(strlen(e.rooms[i]) <= 256);
+        }
+    }
+}
+
+static void test_garbage_and_limits(void **state)
+{
+    (void)state;
+    penv_msg e;
+    const char *why;
+    /* Not MessagePack, not an array, wrong types. */
+    assert_int_equal(penv_decode(&dec, (const uint8_t *)"hello", 5, &e, &why), PARLEY_EPROTO);
+    assert_int_equal(penv_decode(&dec, (const uint8_t *)"", 0, &e, &why), PARLEY_EPROTO);
+    static const uint8_t huge_array[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(penv_decode(&dec, huge_array, sizeof huge_array, &e, &why), PARLEY_EPROTO);
+    static const uint8_t huge_str[] = {0x93, 0xdb, 0x7f, 0xff, 0xff, 0xff, 'a'};
+    assert_int_equal(penv_decode(&dec, huge_str, sizeof huge_str, &e, &why), PARLEY_EPROTO);
+    /* Trailing bytes. */
+    uint8_t m[1024];
+    size_t n = unhex(V_HELLO, m);
+    m[n] = 0xc0;
+    assert_int_equal(penv_decode(&dec, m, n + 1, &e, &why), PARLEY_EPROTO);
+    assert_string_equal(why, "bytes after the message");
+    /* Invalid UTF-8 in an argument: "two" -> "t\xff" + "o". */
+    n = unhex(V_HELLO, m);
+    uint8_t *two = find(m, n, "two", 3);
+    assert_non_null(two);
+    two[1] = 0xff;
+    assert_int_equal(penv_decode(&dec, m, n, &e, &why), PARLEY_EPROTO);
+    assert_string_equal(why, "invalid UTF-8");
+    /* A packet type other than EVENT (an ACK, 3). */
+    n = unhex(V_HELLO, m);
+    uint8_t *type = find(m, n, "\xa4type\x02", 6);
+    type[5] = 3;
+    assert_int_equal(penv_decode(&dec, m, n, &e, &why), PARLEY_EPROTO);
+
+    /* Limits: max_message, rooms, nesting, binaries. */
+    penv_limits lim;
+    penv_limits_init(&lim);
+    lim.max_message = 50;
+    lim.max_rooms = 1;
+    lim.max_depth = 3;
+    lim.max_bins = 0;
+    penv_dec small;
+    assert_int_equal(penv_dec_init(&small, &lim), 0);
+    n = unhex(V_HELLO, m);
+    assert_int_equal(penv_decode(&small, m, n, &e, &why), PARLEY_ELIMIT);
+    assert_string_equal(why, "message too large");
+    small.lim.max_message = 100000;
+    assert_int_equal(penv_decode(&small, m, n, &e, &why), PARLEY_ELIMIT);
+    assert_string_equal(why, "too many binaries");
+    n = unhex(V_MULTI, m);
+    assert_int_equal(penv_decode(&small, m, n, &e, &why), PARLEY_ELIMIT);
+    assert_string_equal(why, "too many rooms");
+    n = unhex(V_VOL, m);
+    assert_int_equal(penv_decode(&small, m, n, &e, &why), PARLEY_ELIMIT);
+    assert_string_equal(why, "nesting");
+    penv_dec_free(&small);
+
+    /* Deep nesting: [uid, {type:2, data:["e", [[[[...]]]]]}] */
+    pbuf b = {0};
+    penv_put_array(&b, 2);
+    penv_put_str(&b, "u", 1);
+    penv_put_map(&b, 2);
+    penv_put_str(&b, "type", 4);
+    penv_put_int(&b, 2);
+    penv_put_str(&b, "data", 4);
+    penv_put_array(&b, 2);
+    penv_put_str(&b, "e", 1);
+    for (int i = 0; i < 10000; i++) penv_put_array(&b, 1);
+    penv_put_int(&b, 1);
+    assert_int_equal(penv_decode(&dec, b.ptr, b.len, &e, &why), PARLEY_ELIMIT);
+    assert_string_equal(why, "nesting");
+    pbuf_free(&b);
+}
+
+/* Our encoder writes what the Node adapter wrote, byte for byte. */
+static void test_encode_exact(void **state)
+{
+    (void)state;
+    pbuf out = {0}, scratch = {0};
+    uint8_t m[1024];
+    const char *args1 = "[1,\"two\",{\"_placeholder\":true,\"num\":0}]";
+    json_val a;
+    assert_int_equal(json_parse(args1, strlen(args1), 32, &a, NULL), 0);
+    parley_bin bin = {"\xde\xad\xbe\xef", 4};
+    penv_out o = {.uid = "IqnFAO", .nsp = "/", .event = "hello", .args = &a, .bins = &bin,
+                  .nbins = 1};
+    assert_int_equal(penv_encode(&out, &scratch, &o, 32), 0);
+    size_t n = unhex(V_HELLO, m);
+    assert_int_equal(out.len, n);
+    assert_memory_equal(out.ptr, m, n);
+
+    const char *args2 =
+        "[{\"a\":[1.5,-3,null,true,300,-200,70000,5e9],\"s\":\"\\u00e9\xe2\x9c\x93\"}]";
+    assert_int_equal(json_parse(args2, strlen(args2), 32, &a, NULL), 0);
+    const char *rooms[] = {"room1"}, *except[] = {"sock-x"};
+    penv_out o2 = {.uid = "IqnFAO", .nsp = "/", .event = "vol", .args = &a, .rooms = rooms,
+                   .nrooms = 1, .except = except, .nexcept = 1, .except_id = "r9",
+                   .volatile_ = true};
+    out.len = 0;
+    assert_int_equal(penv_encode(&out, &scratch, &o2, 32), 0);
+    n = unhex(V_VOL, m);
+    assert_int_equal(out.len, n);
+    assert_memory_equal(out.ptr, m, n);
+
+    /* And it decodes back. */
+    penv_msg e;
+    assert_int_equal(penv_decode(&dec, out.ptr, out.len, &e, NULL), 0);
+    assert_string_equal(e.except[1], "r9");
+    /* A placeholder without its attachment is sent as the object it is. */
+    const char *args3 = "[{\"_placeholder\":true,\"num\":3}]";
+    assert_int_equal(json_parse(args3, strlen(args3), 32, &a, NULL), 0);
+    penv_out o3 = {.uid = "u", .nsp = "/x", .event = "e", .args = &a};
+    out.len = 0;
+    assert_int_equal(penv_encode(&out, &scratch, &o3, 32), 0);
+    assert_int_equal(penv_decode(&dec, out.ptr, out.len, &e, NULL), 0);
+    assert_string_equal(e.nsp, "/x");
+    assert_string_equal(e.args, "[{\"_placeholder\":true,\"num\":3}]");
+    pbuf_free(&out);
+    pbuf_free(&scratch);
+}
+
+/* ---- RESP ---- */
+
+static void test_resp_chopped(void **state)
+{
+    (void)state;
+    static const char in[] = "+OK\r\n"
+                             "*3\r\n$9\r\nsubscribe\r\n$3\r\nabc\r\n:1\r\n"
+                             "*4\r\n$8\r\npmessage\r\n$3\r\np:*\r\n$3\r\np:x\r\n$5\r\nhe\r\no\r\n"
+                             "-ERR wrong\r\n"
+                             "*2\r\n$3\r\nfoo\r\n:-12\r\n"
+                             "$-1\r\n"
+                             "*0\r\n";
+    const size_t total = sizeof in - 1;
+    for (chop_mode mode = CHOP_WHOLE; mode <= CHOP_RANDOM; mode++) {
+        chopper ch;
+        chop_init(&ch, mode, chop_seed());
+        uint8_t buf[256];
+        size_t have = 0, fed = 0, seen = 0;
+        while (fed < total || have) {
+            size_t k = chop_next(&ch, total - fed);
+            memcpy(buf + have, in + fed, k);
+            have += k;
+            fed += k;
+            for (;;) {
+                presp_reply r;
+                size_t need = 0;
+                long took = presp_parse(buf, have, 1024, &r, &need);
+                assert_true(took >= 0);
+                if (took == 0) {
+                    assert_true(have < total || fed < total);
+                    break;
+                }
+                switch (seen++) {
+                case 0:
+                    assert_int_equal(r.type, '+');
+                    assert_memory_equal(r.v.p, "OK", 2);
+                    break;
+                case 1:
+                    assert_int_equal(r.type, '*');
+                    assert_int_equal(r.n, 3);
+                    assert_int_equal(r.el[2].i, 1);
+                    break;
+                case 2:
+                    assert_int_equal(r.n, 4);
+                    assert_int_equal(r.el[3].len, 5);
+                    assert_memory_equal(r.el[3].p, "he\r\no", 5);
+                    break;
+                case 3:
+                    assert_int_equal(r.type, '-');
+                    assert_int_equal(r.v.len, 9);
+                    break;
+                case 4:
+                    assert_int_equal(r.el[1].i, -12);
+                    break;
+                case 5:
+                    assert_int_equal(r.type, '$');
+                    assert_true(r.nil);
+                    break;
+                case 6:
+                    assert_int_equal(r.type, '*');
+                    assert_int_equal(r.n, 0);
+                    break;
+                }
+                memmove(buf, buf + took, have - (size_t)took);
+                have -= (size_t)took;
+            }
+            if (fed == total && have == 0) break;
+        }
+        assert_int_equal(seen, 7);
+    }
+}
+
+static void test_resp_bad(void **state)
+{
+    (void)state;
+    presp_reply r;
+    size_t need;
+    const char *bad[] = {"?x\r\n", "*9\r\n", "*1\r\n*1\r\n:1\r\n", "$3\r\nabcd\r\n", ":\r\n",
+                         ":12a\r\n", "$-2\r\n", "+a\rb\r\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(presp_parse((const uint8_t *)bad[i], strlen(bad[i]), 1024, &r, &need),
+                         PARLEY_EPROTO);
+    /* Over the bulk limit: refused from the header, before the bytes. */
+    assert_int_equal(presp_parse((const uint8_t *)"$2000\r\n", 7, 1024, &r, &need), PARLEY_ELIMIT);
+    /* A line with no CRLF within 1024 bytes. */
+    char longline[2000];
+    memset(longline, 'a', sizeof longline);
+    longline[0] = '+';
+    assert_int_equal(presp_parse((const uint8_t *)longline, sizeof longline, 1024, &r, &need),
+                     PARLEY_EPROTO);
+    /* Need: a bulk header seen, its bytes not. */
+    assert_int_equal(presp_parse((const uint8_t *)"$10\r\nab", 7, 1024, &r, &need), 0);
+    assert_int_equal(need, 17);
+
+    pbuf b = {0};
+    const char *argv[] = {"PUBLISH", "ch"};
+    assert_int_equal(presp_command(&b, 2, argv, NULL), 0);
+    assert_int_equal(b.len, strlen("*2\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n"));
+    assert_memory_equal(b.ptr, "*2\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n", b.len);
+    pbuf_free(&b);
+}
+
+static void test_redis_url(void **state)
+{
+    (void)state;
+    predis_url u;
+    const char *why;
+    assert_int_equal(predis_url_parse("redis://127.0.0.1:6380", &u, &why), 0);
+    assert_string_equal(u.host, "127.0.0.1");
+    assert_int_equal(u.port, 6380);
+    assert_int_equal(u.db, 0);
+    assert_string_equal(u.pass, "");
+    assert_int_equal(predis_url_parse("redis://bob:s3cr@t@redis.example:7000/3", &u, &why), 0);
+    assert_string_equal(u.user, "bob");
+    assert_string_equal(u.pass, "s3cr@t");
+    assert_string_equal(u.host, "redis.example");
+    assert_int_equal(u.port, 7000);
+    assert_int_equal(u.db, 3);
+    assert_int_equal(predis_url_parse("redis://:pw@h", &u, &why), 0);
+    assert_string_equal(u.user, "");
+    assert_string_equal(u.pass, "pw");
+    assert_int_equal(u.port, 6379);
+    assert_int_equal(predis_url_parse("redis://[::1]:6390/", &u, &why), 0);
+    assert_string_equal(u.host, "::1");
+    assert_int_equal(u.port, 6390);
+    const char *bad[] = {"http://h", "redis://", "redis://h:0", "redis://h:70000", "redis://h:x",
+                         "redis://h/abc", "redis://h?x=1", "rediss://h", NULL};
+    for (int i = 0; bad[i]; i++) {
+        why = NULL;
+        assert_int_equal(predis_url_parse(bad[i], &u, &why), PARLEY_EINVAL);
+        assert_non_null(why);
+    }
+    assert_int_equal(predis_url_parse(NULL, &u, &why), PARLEY_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_node_hello),
+        cmocka_unit_test(test_node_volatile_room_except),
+        cmocka_unit_test(test_node_multi_and_emitter),
+        cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_corrupted),
+        cmocka_unit_test(test_garbage_and_limits),
+        cmocka_unit_test(test_encode_exact),
+        cmocka_unit_test(test_resp_chopped),
+        cmocka_unit_test(test_resp_bad),
+        cmocka_unit_test(test_redis_url),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
