@@ -257,6 +257,60 @@ PARLEY_API void *parley_socket_data(const parley_socket *s);
  * on_connection; NULL elsewhere or when the client sent none. */
 PARLEY_API const char *parley_socket_auth(const parley_socket *s, size_t *len);
 
+/* ---- Cluster (docs/CLUSTER.md) ----
+ *
+ * Joins the server to a cluster of Socket.IO servers that share one Redis
+ * the way @socket.io/redis-adapter 8.x (the classic Pub/Sub adapter) and
+ * @socket.io/redis-emitter 5.x do: Node socket.io servers with that
+ * adapter, other Parley servers and emitters. After parley_cluster_join,
+ * every parley_broadcast is delivered to this server's sockets and then
+ * published; broadcasts published by the others (rooms, except, binary,
+ * volatile) reach this server's sockets; remote socketsJoin, socketsLeave,
+ * disconnectSockets and fetchSockets apply to its sockets; serverSideEmit
+ * goes both ways. Redis may be down: the server keeps serving its own
+ * sockets (what cannot be published is counted) and reconnects with
+ * backoff, subscribing again.
+ */
+typedef struct parley_cluster parley_cluster;
+
+typedef struct parley_cluster_opts {
+    size_t size;           /* set by parley_cluster_opts_init (see parley.h) */
+    const char *redis_url; /* redis://[[user]:pass@]host[:port][/db]; required */
+    const char *key;       /* channel prefix, the adapter's `key` option; default "socket.io" */
+    size_t max_message;    /* largest message accepted from Redis; default 1000000 */
+    /* serverSideEmit from another server: the event and its arguments (a
+     * JSON array of args_len bytes). Optional; runs on the loop thread;
+     * pointers valid during the call. */
+    void (*on_server_side_emit)(parley_nsp *n, const char *event, const char *args_json,
+                                size_t args_len, void *user);
+    void *user;
+} parley_cluster_opts;
+
+PARLEY_API void parley_cluster_opts_init_size(parley_cluster_opts *o, size_t size);
+#define parley_cluster_opts_init(o) parley_cluster_opts_init_size((o), sizeof *(o))
+
+/* Joins (one cluster per server). Connecting goes on in the background.
+ * Errors: PARLEY_EINVAL (no options or URL), PARLEY_EURL (a bad URL, the
+ * reason logged; rediss:// is not supported yet), PARLEY_ESTATE (already
+ * joined), PARLEY_ENOMEM. */
+PARLEY_API int parley_cluster_join(parley_server *s, const parley_cluster_opts *o,
+                                   parley_cluster **out);
+
+/* serverSideEmit to the other servers' namespace n: event with args_json
+ * (a JSON array or NULL; no binary). Errors: PARLEY_EINVAL, PARLEY_ECLOSED
+ * (Redis is down now: not sent), PARLEY_ENOMEM. */
+PARLEY_API int parley_cluster_server_side_emit(parley_cluster *c, parley_nsp *n,
+                                               const char *event, const char *args_json);
+
+/* Servers in the cluster, this one included, as Redis last said (PUBSUB
+ * NUMSUB of the "/" request channel, refreshed every 2 s); 0 = not known
+ * yet. */
+PARLEY_API unsigned parley_cluster_nodes(const parley_cluster *c);
+
+/* Leaves the cluster (broadcasts are local again) and frees c. Call
+ * before parley_server_free. */
+PARLEY_API void parley_cluster_leave(parley_cluster *c);
+
 #ifdef __cplusplus
 }
 #endif

@@ -33,7 +33,7 @@ enum {
 #define NODES_INTERVAL_MS 2000
 #define MAX_REQ_ROOMS     64
 
-struct pcluster {
+struct parley_cluster {
     parley_server *srv;
     parley_loop *loop;
     pcluster_opts o;
@@ -678,6 +678,56 @@ int pcluster_server_side_emit(pcluster *c, parley_nsp *n, const char *event, con
     if (rc) c->st.publish_failures++;
     trim(&c->msg);
     return rc;
+}
+
+/* ---- public API (parley/server.h) ---- */
+
+void parley_cluster_opts_init_size(parley_cluster_opts *out, size_t size)
+{
+    parley_cluster_opts o;
+    memset(&o, 0, sizeof o);
+    o.size = sizeof o;
+    o.key = "socket.io";
+    o.max_message = 1000000;
+    popts_give(out, size, &o, sizeof o);
+}
+
+int parley_cluster_join(parley_server *s, const parley_cluster_opts *o_in, parley_cluster **out)
+{
+    parley_cluster_opts o;
+    if (!s || !o_in || !out ||
+        POPTS_TAKE(parley_cluster_opts, parley_cluster_opts_init, &o, o_in, redis_url) != 0)
+        return PARLEY_EINVAL;
+    if (!o.redis_url) return PARLEY_EINVAL;
+    if (parley_server__has_adapter(s)) return PARLEY_ESTATE;
+    pcluster_opts po;
+    pcluster_opts_init(&po);
+    po.url = o.redis_url;
+    if (o.key) po.prefix = o.key;
+    if (o.max_message) po.lim.max_message = o.max_message;
+    po.on_server_side_emit = o.on_server_side_emit;
+    po.user = o.user;
+    const char *why = NULL;
+    int rc = pcluster_new(s, &po, out, &why);
+    if (rc == PARLEY_EINVAL) plog_error("parley_cluster_join: %s", why ? why : "bad options");
+    return rc == PARLEY_EINVAL ? PARLEY_EURL : rc;
+}
+
+int parley_cluster_server_side_emit(parley_cluster *c, parley_nsp *n, const char *event,
+                                    const char *args_json)
+{
+    if (!c || !n) return PARLEY_EINVAL;
+    return pcluster_server_side_emit(c, n, event, args_json);
+}
+
+unsigned parley_cluster_nodes(const parley_cluster *c)
+{
+    return c ? c->st.nodes : 0;
+}
+
+void parley_cluster_leave(parley_cluster *c)
+{
+    pcluster_free(c);
 }
 
 void pcluster_collect(pmx_out *o, void *user)

@@ -30,7 +30,7 @@
 #include "cluster/envelope.h"
 #include "parley/server.h"
 
-typedef struct pcluster pcluster;
+typedef struct parley_cluster pcluster; /* parley_cluster in parley/server.h */
 
 typedef struct pcluster_opts {
     const char *url;    /* redis://[[user]:pass@]host[:port][/db] */

@@ -1275,15 +1275,13 @@ int main(int argc, char **argv)
     /* The cluster adapter: connects in the background (the server serves
      * its own clients whether Redis is there or not). */
     if (rc == 0 && c.redis_url) {
-        pcluster_opts po;
-        pcluster_opts_init(&po);
-        po.url = c.redis_url;
-        if (c.protocol_test) {
-            po.on_server_side_emit = protocol_test_server_side_emit;
-        }
-        const char *why = NULL;
-        rc = pcluster_new(a.srv, &po, &a.cluster, &why);
-        if (rc) plog_error("--redis: %s", why ? why : parley_strerror(rc));
+        /* Through the public API, as an embedding application would. */
+        parley_cluster_opts po;
+        parley_cluster_opts_init(&po);
+        po.redis_url = c.redis_url;
+        if (c.protocol_test) po.on_server_side_emit = protocol_test_server_side_emit;
+        rc = parley_cluster_join(a.srv, &po, &a.cluster);
+        if (rc) plog_error("--redis: %s", parley_strerror(rc));
         if (rc == 0) rc = pmx_register(ops_registry(a.ops), pcluster_collect, a.cluster);
         if (rc == 0 && c.protocol_test) protocol_test_set_cluster(a.cluster);
         if (rc == 0)

@@ -32,6 +32,9 @@ typedef struct sio_adapter {
 /* Installs the adapter (copied; NULL removes it). One at a time. */
 void parley_server__set_adapter(parley_server *s, const sio_adapter *a);
 
+/* True when an adapter is installed. */
+bool parley_server__has_adapter(const parley_server *s);
+
 /* parley_broadcast without the adapter: the local sockets only (what
  * arrives from other nodes, or a broadcast with the `local` flag). */
 int parley_broadcast__local(parley_nsp *n, const parley_target *to, const char *event,

@@ -332,6 +332,11 @@ parley_nsp *parley_server__nsp_find(const parley_server *s, const char *name, si
     return pmap_get(&s->nsps, name, len);
 }
 
+bool parley_server__has_adapter(const parley_server *s)
+{
+    return s->adapter.broadcast != NULL;
+}
+
 void parley_server__set_adapter(parley_server *s, const sio_adapter *a)
 {
     if (!a) {

@@ -18,6 +18,8 @@
 #include <string.h>
 
 #include "chop.h"
+#include "client_helpers.h"
+#include "cluster/adapter.h"
 #include "cluster/envelope.h"
 #include "cluster/redis_conn.h"
 #include "cluster/resp.h"
@@ -457,6 +459,65 @@ static void test_redis_url(void **state)
     assert_int_equal(predis_url_parse(NULL, &u, &why), PARLEY_EINVAL);
 }
 
+static void server_down(parley_server *s, void *user)
+{
+    (void)s;
+    *(bool *)user = true;
+}
+
+/* The public API: options of an older (smaller) layout, bad URLs, a second
+ * join, an unreachable Redis (the server goes on; broadcasts stay local
+ * and are counted), leaving and freeing with nothing left on the loop. */
+static void test_public_api(void **state)
+{
+    (void)state;
+    parley_loop *loop = parley_loop_new();
+    assert_non_null(loop);
+    parley_server_opts so;
+    parley_server_opts_init(&so);
+    parley_server *srv = NULL;
+    assert_int_equal(parley_server_new(loop, &so, &srv), 0);
+    parley_cluster_opts o;
+    parley_cluster_opts_init(&o);
+    assert_int_equal(o.size, sizeof o);
+    assert_string_equal(o.key, "socket.io");
+    parley_cluster *c = NULL;
+    assert_int_equal(parley_cluster_join(srv, &o, &c), PARLEY_EINVAL); /* no URL */
+    o.redis_url = "http://127.0.0.1:1";
+    assert_int_equal(parley_cluster_join(srv, &o, &c), PARLEY_EURL);
+    o.redis_url = "rediss://127.0.0.1:1";
+    assert_int_equal(parley_cluster_join(srv, &o, &c), PARLEY_EURL);
+    /* An application built against a layout that ended at redis_url. */
+    o.redis_url = "redis://127.0.0.1:1";
+    o.size = offsetof(parley_cluster_opts, key);
+    o.key = "never-read";
+    assert_int_equal(parley_cluster_join(srv, &o, &c), 0);
+    assert_non_null(c);
+    parley_cluster *c2 = NULL;
+    o.size = sizeof o;
+    assert_int_equal(parley_cluster_join(srv, &o, &c2), PARLEY_ESTATE);
+    parley_nsp *root = parley_server_of(srv, "/");
+    parley_nsp *other = parley_server_of(srv, "/later"); /* created after the join */
+    assert_non_null(other);
+    assert_int_equal(parley_broadcast(root, NULL, "ev", "[1]", NULL, 0), 0);
+    assert_int_equal(parley_cluster_server_side_emit(c, root, "x", "[1]"), PARLEY_ECLOSED);
+    assert_int_equal(parley_cluster_server_side_emit(c, root, "x", "{"), PARLEY_EINVAL);
+    th_run_for(loop, 400); /* refused connections, retried with backoff */
+    assert_int_equal(parley_cluster_nodes(c), 0);
+    pcluster_stats st;
+    pcluster_get_stats(c, &st);
+    assert_int_equal(st.publish_failures, 2);
+    assert_true(st.reconnects >= 2);
+    assert_false(st.pub_up);
+    parley_cluster_leave(c);
+    bool down = false;
+    parley_server_shutdown(srv, server_down, &down);
+    th_run_until(loop, &down, 5000);
+    assert_true(down);
+    parley_server_free(srv);
+    parley_loop_free(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -470,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_resp_chopped),
         cmocka_unit_test(test_resp_bad),
         cmocka_unit_test(test_redis_url),
+        cmocka_unit_test(test_public_api),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
