@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "base/map.h"
 #include "base/ratelimit.h"
 #include "base/util.h"
 #include "cluster/redis_conn.h"
@@ -496,8 +497,41 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
         trim(&c->scratch);
         return;
     }
+    case REQ_ALL_ROOMS: {
+        /* Every room of the namespace here, socket-id rooms included (as
+         * the adapter's rooms map). */
+        if (!has_rid) return bad(c, "request", "no requestId");
+        pmap seen = {0};
+        c->msg.len = 0;
+        int rc = pbuf_append_str(&c->msg, "{\"requestId\":");
+        if (rc == 0) rc = json_compact(&c->msg, &rid);
+        if (rc == 0) rc = pbuf_append_str(&c->msg, ",\"rooms\":[");
+        bool first = true;
+        size_t pos = 0;
+        parley_socket *s;
+        while (rc == 0 && (s = parley_nsp__socket_next(n, &pos))) {
+            const char *id = parley_socket_id(s);
+            if (!first) rc = pbuf_append(&c->msg, ",", 1);
+            first = false;
+            if (rc == 0) rc = json_append_string(&c->msg, id, strlen(id));
+            size_t nrs = parley_socket__nrooms(s);
+            for (size_t i = 0; rc == 0 && i < nrs; i++) {
+                size_t len;
+                const char *name = parley_socket__room(s, i, &len);
+                if (pmap_get(&seen, name, len)) continue;
+                rc = pmap_put(&seen, name, len, s);
+                if (rc == 0) rc = pbuf_append(&c->msg, ",", 1);
+                if (rc == 0) rc = json_append_string(&c->msg, name, len);
+            }
+        }
+        pmap_free(&seen);
+        if (rc == 0) rc = pbuf_append_str(&c->msg, "]}");
+        if (rc) return;
+        c->st.requests++;
+        return respond(c, parley_nsp_name(n));
+    }
     default:
-        /* ALL_ROOMS, BROADCAST (with acks) and later kinds. */
+        /* BROADCAST (with acknowledgements) and later kinds. */
         c->st.unsupported++;
         return;
     }
@@ -616,7 +650,9 @@ int pcluster_new(parley_server *srv, const pcluster_opts *o, pcluster **out, con
     predis_opts po = {.name = "publisher", .max_bulk = 4096};
     if (rc == 0) rc = predis_new(c->loop, &url, &po, &pub_cbs, c, &c->pub);
     po.name = "subscriber";
-    po.max_bulk = c->o.lim.max_message;
+    /* Messages over max_message are read and refused (counted); only one
+     * over this bound costs the connection (then made again). */
+    po.max_bulk = PARLEY_MAX(c->o.lim.max_message, (size_t)16 * 1024 * 1024);
     if (rc == 0) rc = predis_new(c->loop, &url, &po, &sub_cbs, c, &c->sub);
     if (rc) {
         predis_free(c->pub);

@@ -300,6 +300,9 @@ test("Node's fetchSockets sees parleyd's sockets with their ids and rooms", asyn
   }
   const member = byNode('A')[0];
   assert.deepEqual(got.get(member.peer.id), [member.peer.id, 'r1'].sort());
+  const rooms = await N.io.of('/').adapter.allRooms();
+  assert.ok(rooms.has('r1'), 'allRooms has r1');
+  for (const c of clients) assert.ok(rooms.has(c.peer.id), `allRooms has the id room of ${c.peer.label}`);
   const inRoom = await N.io.in('r1').fetchSockets();
   assert.deepEqual(inRoom.map((s) => s.id).sort(), [byNode('A')[0], byNode('B')[1], byNode('N')[0]].map((c) => c.peer.id).sort());
 });
@@ -334,6 +337,7 @@ test('serverSideEmit both ways', async () => {
 
 test('garbage on the channels is ignored and counted; the nodes keep working', async () => {
   const before = await metric(A.port, 'parley_cluster_malformed_total');
+  const reconnectsBefore = await metric(A.port, 'parley_cluster_reconnects_total');
   const garbage = [
     Buffer.from('not msgpack at all'),
     Buffer.from([0x93, 0xa3]), /* truncated */
@@ -346,11 +350,14 @@ test('garbage on the channels is ignored and counted; the nodes keep working', a
    * "trailing bytes" error) on such input. parleyd serves /custom. */
   for (const g of garbage) await admin.publish('socket.io#/custom#', g);
   await admin.publish('socket.io#/custom#room#', garbage[0]);
+  /* Over the 1 MB message limit: read, refused, counted. */
+  await admin.publish('socket.io#/custom#', Buffer.concat([Buffer.from([0x93, 0xa1, 0x78, 0xc6, 0x00, 0x13, 0x00, 0x00]), Buffer.alloc(0x130000)]));
   await admin.publish('socket.io-request#/custom#', Buffer.from('{"type":2,"opts":'));
   await admin.publish('socket.io-request#/custom#', Buffer.from('{"type":"x"}'));
-  await eventually(async () => (await metric(A.port, 'parley_cluster_malformed_total')) >= before + garbage.length + 3,
+  await eventually(async () => (await metric(A.port, 'parley_cluster_malformed_total')) >= before + garbage.length + 4,
     5000, 'the malformed counter to count every garbage message');
   assert.ok(A.alive() && B.alive(), 'both parleyd nodes live');
+  assert.equal(await metric(A.port, 'parley_cluster_reconnects_total'), reconnectsBefore, 'garbage costs no connection');
   await byNode('B')[0].peer.ack('cluster-broadcast', [{}, 'after-garbage']);
   await expectDelivery('after-garbage', clients);
 });
