@@ -182,7 +182,8 @@ static void bad(pcluster *c, const char *what, const char *why)
     c->st.malformed++;
     uint64_t held = 0;
     if (plog_limit_ok(&c->log_bad, ploop_now(c->loop), 10000, &held))
-        plog_warn("cluster: ignored a %s from Redis: %s (%llu more since the last such line)",
+        plog_warn("cluster: ignored a %s from Redis: %s (%llu more ignored since the last such "
+                  "line; counted in parley_cluster_malformed_total)",
                   what, why, (unsigned long long)held);
 }
 
