@@ -279,10 +279,13 @@ typedef struct parley_cluster_opts {
     const char *key;       /* channel prefix, the adapter's `key` option; default "socket.io" */
     size_t max_message;    /* largest message accepted from Redis; default 1000000 */
     /* serverSideEmit from another server: the event and its arguments (a
-     * JSON array of args_len bytes). Optional; runs on the loop thread;
-     * pointers valid during the call. */
+     * JSON array of args_len bytes). ack_id is NULL, or the sender waits
+     * for an acknowledgement: answer once with parley_cluster_ack (now or
+     * later; the sender gives up after its timeout, 5 s for Node).
+     * Optional; runs on the loop thread; pointers valid during the call.
+     * The callback may broadcast, emit and leave the cluster. */
     void (*on_server_side_emit)(parley_nsp *n, const char *event, const char *args_json,
-                                size_t args_len, void *user);
+                                size_t args_len, const char *ack_id, void *user);
     void *user;
 } parley_cluster_opts;
 
@@ -301,6 +304,28 @@ PARLEY_API int parley_cluster_join(parley_server *s, const parley_cluster_opts *
  * (Redis is down now: not sent), PARLEY_ENOMEM. */
 PARLEY_API int parley_cluster_server_side_emit(parley_cluster *c, parley_nsp *n,
                                                const char *event, const char *args_json);
+
+/* serverSideEmit with acknowledgements (Node's serverSideEmitWithAck):
+ * the servers of the cluster are counted (PUBSUB NUMSUB), the request is
+ * published, and fn gets the acknowledgements as one JSON array (one
+ * element per answering server, in arrival order) with err 0 when every
+ * other server answered, PARLEY_ETIMEDOUT (after timeout_ms, 0 = 5000)
+ * with those that did, or PARLEY_ECLOSED (Redis went down, or
+ * parley_cluster_leave). fn runs exactly once, never inside this call.
+ * Errors: PARLEY_EINVAL, PARLEY_ECLOSED (Redis is down now), PARLEY_EFULL
+ * (64 counts pending), PARLEY_ENOMEM. */
+typedef void (*parley_cluster_ack_fn)(parley_cluster *c, int err, const char *responses_json,
+                                      size_t len, void *user);
+PARLEY_API int parley_cluster_server_side_emit_ack(parley_cluster *c, parley_nsp *n,
+                                                   const char *event, const char *args_json,
+                                                   uint32_t timeout_ms, parley_cluster_ack_fn fn,
+                                                   void *user);
+
+/* Answers a serverSideEmit that wants an acknowledgement (ack_id from
+ * on_server_side_emit) with one JSON value (NULL: none). Errors as for
+ * parley_cluster_server_side_emit. */
+PARLEY_API int parley_cluster_ack(parley_cluster *c, parley_nsp *n, const char *ack_id,
+                                  const char *value_json);
 
 /* Servers in the cluster, this one included, as Redis last said (PUBSUB
  * NUMSUB of the "/" request channel, refreshed every 2 s); 0 = not known

@@ -51,8 +51,34 @@ struct parley_cluster {
     ptimer nodes_timer;
     pcluster_stats st;
     plog_limit log_bad;
-    bool freeing;
+    pbuf sse; /* an inbound serverSideEmit's arguments, during its callback */
+    /* serverSideEmit with acknowledgements we wait for. */
+    struct sse_wait *waits;
+    uint64_t next_wait;
+    /* PUBSUB NUMSUB replies due, in order: 0 for the periodic count, else
+     * the id of the sse_wait it is for. */
+    uint64_t numsub_q[64];
+    unsigned numsub_head, numsub_n;
+    unsigned depth; /* inside an application callback */
+    bool leave_pending;
 };
+
+typedef struct sse_wait {
+    struct sse_wait *next;
+    pcluster *c;
+    uint64_t id;
+    char request_id[24];
+    char *nsp;
+    pbuf request;   /* the JSON request, published once the count is known */
+    pbuf responses; /* "[a,b" (closed when handed over) */
+    unsigned want, got;
+    ptimer timer;
+    parley_cluster_ack_fn fn;
+    void *user;
+} sse_wait;
+
+static void wait_done(pcluster *c, sse_wait *w, int err);
+static void really_free(pcluster *c);
 
 void pcluster_opts_init(pcluster_opts *o)
 {
@@ -349,6 +375,36 @@ static int put_socket(pbuf *b, parley_socket *s)
     return rc;
 }
 
+/* A response: only serverSideEmit acknowledgements are waited for. */
+static void on_response(pcluster *c, const presp_val *msg)
+{
+    if (!c->waits || !msg->p || msg->len == 0 || msg->p[0] != '{') return;
+    if (msg->len > c->o.lim.max_message) return bad(c, "response", "too large");
+    json_val r, v, rid, data;
+    int64_t type;
+    if (json_parse((const char *)msg->p, msg->len, c->o.lim.max_depth, &r, NULL) != 0 ||
+        r.type != JSON_OBJECT)
+        return bad(c, "response", "not a JSON object");
+    if (!json_object_get(&r, "type", &v) || !json_int(&v, &type) || type != REQ_SERVER_SIDE_EMIT ||
+        !json_object_get(&r, "requestId", &rid) || rid.type != JSON_STRING)
+        return; /* another node's request/response traffic */
+    sse_wait *w = c->waits;
+    while (w && !(rid.len == strlen(w->request_id) + 2 &&
+                  memcmp(rid.p + 1, w->request_id, rid.len - 2) == 0))
+        w = w->next;
+    if (!w || w->got >= w->want) return;
+    /* `data` may be absent (an acknowledgement without argument). */
+    int rc = pbuf_append(&w->responses, w->got ? "," : "", w->got ? 1 : 0);
+    if (rc == 0) {
+        if (json_object_get(&r, "data", &data))
+            rc = json_compact(&w->responses, &data);
+        else
+            rc = pbuf_append(&w->responses, "null", 4);
+    }
+    if (rc) return wait_done(c, w, rc);
+    if (++w->got == w->want) wait_done(c, w, 0);
+}
+
 static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
 {
     size_t plen = strlen(c->prefix);
@@ -356,7 +412,7 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
     /* The namespace from the channel: <prefix>-request#<nsp># */
     if (!msg->p || chan->len < plen + sizeof req || memcmp(chan->p, c->prefix, plen) ||
         memcmp(chan->p + plen, req, sizeof req - 1) || chan->p[chan->len - 1] != '#')
-        return; /* a response: we send no requests that wait for one */
+        return on_response(c, msg);
     const char *nsp = (const char *)chan->p + plen + sizeof req - 1;
     size_t nsp_len = chan->len - plen - (sizeof req - 1) - 1;
     parley_nsp *n = parley_server__nsp_find(c->srv, nsp, nsp_len);
@@ -467,11 +523,17 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
         json_val data, ev, e;
         if (!json_object_get(&r, "data", &data) || data.type != JSON_ARRAY)
             return bad(c, "request", "no data");
+        char ack_id[PENV_MAX_UID + 1] = "";
         if (has_rid) {
-            /* With an acknowledgement: not supported yet; the sender's
-             * callback sees a timeout for this node. */
-            c->st.unsupported++;
-            return;
+            /* With an acknowledgement: the id goes to the application,
+             * which answers with parley_cluster_ack. */
+            long il = json_string_decode(&rid, ack_id, sizeof ack_id - 1);
+            if (il <= 0) return bad(c, "request", "requestId");
+            for (long i = 0; i < il; i++)
+                if (!(ack_id[i] == '-' || ack_id[i] == '_' || (ack_id[i] >= '0' && ack_id[i] <= '9') ||
+                      ((ack_id[i] | 0x20) >= 'a' && (ack_id[i] | 0x20) <= 'z')))
+                    return bad(c, "request", "requestId");
+            ack_id[il] = 0;
         }
         json_iter it;
         json_iter_init(&it, &data);
@@ -481,21 +543,26 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
         long nl = json_string_decode(&ev, name, sizeof name - 1);
         if (nl <= 0 || memchr(name, 0, (size_t)nl)) return bad(c, "request", "event name");
         name[nl] = 0;
-        c->scratch.len = 0;
-        int rc = pbuf_append(&c->scratch, "[", 1);
+        /* Its own buffer: the callback may broadcast or emit, which use
+         * the others. */
+        c->sse.len = 0;
+        int rc = pbuf_append(&c->sse, "[", 1);
         bool first = true;
         while (rc == 0 && json_array_next(&it, &e)) {
-            if (!first) rc = pbuf_append(&c->scratch, ",", 1);
+            if (!first) rc = pbuf_append(&c->sse, ",", 1);
             first = false;
-            if (rc == 0) rc = json_compact(&c->scratch, &e);
+            if (rc == 0) rc = json_compact(&c->sse, &e);
         }
-        if (rc == 0) rc = pbuf_append(&c->scratch, "]", 2);
+        if (rc == 0) rc = pbuf_append(&c->sse, "]", 2);
         if (rc) return;
         c->st.requests++;
-        if (c->o.on_server_side_emit)
-            c->o.on_server_side_emit(n, name, (const char *)c->scratch.ptr, c->scratch.len - 1,
-                                     c->o.user);
-        trim(&c->scratch);
+        if (c->o.on_server_side_emit) {
+            c->depth++;
+            c->o.on_server_side_emit(n, name, (const char *)c->sse.ptr, c->sse.len - 1,
+                                     has_rid ? ack_id : NULL, c->o.user);
+            if (--c->depth == 0 && c->leave_pending) return really_free(c);
+        }
+        trim(&c->sse);
         return;
     }
     case REQ_ALL_ROOMS: {
@@ -567,12 +634,44 @@ static void sub_reply(predis *r, const presp_reply *rep, void *user)
     /* subscribe / psubscribe confirmations: nothing to do */
 }
 
-static void ask_nodes(pcluster *c)
+/* PUBSUB NUMSUB of nsp's request channel; the reply goes to `id` (0: the
+ * periodic count of "/"). */
+static int numsub(pcluster *c, const char *nsp, uint64_t id)
 {
-    if (channel(c, "-request", "/", NULL) != 0) return;
+    if (c->numsub_n == PARLEY_ARRAY_LEN(c->numsub_q)) return PARLEY_EFULL;
+    int rc = channel(c, "-request", nsp, NULL);
+    if (rc) return rc;
     const char *argv[3] = {"PUBSUB", "NUMSUB", (const char *)c->chan.ptr};
     size_t lens[3] = {6, 6, c->chan.len};
-    predis_command(c->pub, 3, argv, lens);
+    rc = predis_command(c->pub, 3, argv, lens);
+    if (rc) return rc;
+    c->numsub_q[(c->numsub_head + c->numsub_n++) % PARLEY_ARRAY_LEN(c->numsub_q)] = id;
+    return 0;
+}
+
+static void ask_nodes(pcluster *c)
+{
+    numsub(c, "/", 0);
+}
+
+/* The server count for a serverSideEmit with acknowledgements arrived:
+ * publish the request, or finish at once when nobody else is there. */
+static void wait_counted(pcluster *c, uint64_t id, unsigned count)
+{
+    sse_wait *w = c->waits;
+    while (w && w->id != id) w = w->next;
+    if (!w) return;
+    w->want = count > 0 ? count - 1 : 0; /* not ourselves */
+    if (w->want == 0) return wait_done(c, w, 0);
+    c->msg.len = 0;
+    int rc = pbuf_append(&c->msg, w->request.ptr, w->request.len);
+    if (rc == 0) rc = channel(c, "-request", w->nsp, NULL);
+    if (rc == 0) rc = publish(c);
+    pbuf_free(&w->request);
+    if (rc) {
+        c->st.publish_failures++;
+        wait_done(c, w, rc);
+    }
 }
 
 static void on_nodes_timer(ptimer *t)
@@ -598,17 +697,35 @@ static void pub_reply(predis *r, const presp_reply *rep, void *user)
         if (plog_limit_ok(&c->log_bad, ploop_now(c->loop), 10000, &held))
             plog_warn("redis publisher: %.*s", (int)PARLEY_MIN(rep->v.len, 200),
                       (const char *)rep->v.p);
-    } else if (rep->type == '*' && rep->n == 2 && rep->el[1].type == ':') {
-        c->st.nodes = rep->el[1].i > 0 ? (unsigned)rep->el[1].i : 0;
+    } else if (rep->type == '*' && rep->n == 2 && rep->el[1].type == ':' && c->numsub_n) {
+        uint64_t id = c->numsub_q[c->numsub_head];
+        c->numsub_head = (c->numsub_head + 1) % PARLEY_ARRAY_LEN(c->numsub_q);
+        c->numsub_n--;
+        unsigned count = rep->el[1].i > 0 ? (unsigned)PARLEY_MIN(rep->el[1].i, 1000000) : 0;
+        if (id == 0)
+            c->st.nodes = count;
+        else
+            wait_counted(c, id, count);
     }
 }
 
 static void on_down(predis *r, int err, void *user)
 {
-    (void)r;
     (void)err;
     pcluster *c = user;
     c->st.reconnects++;
+    if (r != c->pub) return;
+    /* The NUMSUB replies due will not come: those waiting for one fail. */
+    while (c->numsub_n) {
+        uint64_t id = c->numsub_q[c->numsub_head];
+        c->numsub_head = (c->numsub_head + 1) % PARLEY_ARRAY_LEN(c->numsub_q);
+        c->numsub_n--;
+        for (sse_wait *w = c->waits; id && w; w = w->next)
+            if (w->id == id) {
+                wait_done(c, w, PARLEY_ECLOSED);
+                break;
+            }
+    }
 }
 
 static const predis_cbs pub_cbs = {.on_ready = pub_ready, .on_reply = pub_reply,
@@ -673,6 +790,21 @@ int pcluster_new(parley_server *srv, const pcluster_opts *o, pcluster **out, con
 void pcluster_free(pcluster *c)
 {
     if (!c) return;
+    if (c->depth) {
+        /* From inside one of our callbacks: when it has returned. */
+        c->leave_pending = true;
+        parley_server__set_adapter(c->srv, NULL);
+        return;
+    }
+    really_free(c);
+}
+
+static void really_free(pcluster *c)
+{
+    /* Those still waiting learn that no more answers come. */
+    c->depth++;
+    while (c->waits) wait_done(c, c->waits, PARLEY_ECLOSED);
+    c->depth--;
     parley_server__set_adapter(c->srv, NULL);
     ploop_timer_stop(c->loop, &c->nodes_timer);
     predis_free(c->pub);
@@ -682,6 +814,7 @@ void pcluster_free(pcluster *c)
     pbuf_free(&c->chan);
     pbuf_free(&c->scratch);
     pbuf_free(&c->rooms);
+    pbuf_free(&c->sse);
     free(c->sel);
     free(c->prefix);
     free(c);
@@ -755,6 +888,111 @@ int parley_cluster_server_side_emit(parley_cluster *c, parley_nsp *n, const char
 {
     if (!c || !n) return PARLEY_EINVAL;
     return pcluster_server_side_emit(c, n, event, args_json);
+}
+
+static void wait_timeout(ptimer *t)
+{
+    sse_wait *w = PARLEY_CONTAINER_OF(t, sse_wait, timer);
+    wait_done(w->c, w, PARLEY_ETIMEDOUT);
+}
+
+/* Hands the responses to the application and forgets the wait. */
+static void wait_done(pcluster *c, sse_wait *w, int err)
+{
+    for (sse_wait **pp = &c->waits; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    ploop_timer_stop(c->loop, &w->timer);
+    bool ok = pbuf_append(&w->responses, "]", 2) == 0;
+    c->depth++;
+    w->fn(c, err, ok ? (const char *)w->responses.ptr : "[]",
+          ok ? w->responses.len - 1 : 2, w->user);
+    c->depth--;
+    pbuf_free(&w->responses);
+    pbuf_free(&w->request);
+    free(w->nsp);
+    free(w);
+    if (c->depth == 0 && c->leave_pending) really_free(c);
+}
+
+int parley_cluster_server_side_emit_ack(parley_cluster *c, parley_nsp *n, const char *event,
+                                        const char *args_json, uint32_t timeout_ms,
+                                        parley_cluster_ack_fn fn, void *user)
+{
+    if (!c || !n || !event || !fn || c->leave_pending) return PARLEY_EINVAL;
+    json_val args = {0};
+    if (args_json && (json_parse(args_json, strlen(args_json), c->o.lim.max_depth, &args, NULL) != 0 ||
+                      args.type != JSON_ARRAY))
+        return PARLEY_EINVAL;
+    if (!predis_ready(c->pub)) {
+        c->st.publish_failures++;
+        return PARLEY_ECLOSED;
+    }
+    sse_wait *w = pcalloc(1, sizeof *w);
+    if (!w) return PARLEY_ENOMEM;
+    w->c = c;
+    w->id = ++c->next_wait;
+    random_uid(w->request_id, 13);
+    w->nsp = strdup(parley_nsp_name(n));
+    w->fn = fn;
+    w->user = user;
+    ptimer_init(&w->timer, wait_timeout);
+    /* {"uid":..,"requestId":..,"type":6,"data":[event, ...args]} */
+    pbuf *b = &w->request;
+    int rc = w->nsp ? pbuf_append_str(b, "{\"uid\":") : PARLEY_ENOMEM;
+    if (rc == 0) rc = json_append_string(b, c->uid, strlen(c->uid));
+    if (rc == 0) rc = pbuf_append_str(b, ",\"requestId\":");
+    if (rc == 0) rc = json_append_string(b, w->request_id, strlen(w->request_id));
+    if (rc == 0) rc = pbuf_append_str(b, ",\"type\":6,\"data\":[");
+    if (rc == 0) rc = json_append_string(b, event, strlen(event));
+    if (rc == 0 && args_json) {
+        json_iter it;
+        json_iter_init(&it, &args);
+        json_val e;
+        while (rc == 0 && json_array_next(&it, &e)) {
+            rc = pbuf_append(b, ",", 1);
+            if (rc == 0) rc = json_compact(b, &e);
+        }
+    }
+    if (rc == 0) rc = pbuf_append_str(b, "]}");
+    if (rc == 0) rc = pbuf_append(&w->responses, "[", 1);
+    /* As the adapter: count the servers first, then publish. */
+    if (rc == 0) rc = numsub(c, w->nsp, w->id);
+    if (rc) {
+        pbuf_free(&w->request);
+        pbuf_free(&w->responses);
+        free(w->nsp);
+        free(w);
+        return rc;
+    }
+    w->next = c->waits;
+    c->waits = w;
+    ploop_timer_start(c->loop, &w->timer, timeout_ms ? timeout_ms : 5000);
+    return 0;
+}
+
+int parley_cluster_ack(parley_cluster *c, parley_nsp *n, const char *ack_id, const char *value_json)
+{
+    json_val v;
+    if (!c || !n || !ack_id || !*ack_id || strlen(ack_id) > PENV_MAX_UID ||
+        (value_json && json_parse(value_json, strlen(value_json), c->o.lim.max_depth, &v, NULL) != 0))
+        return PARLEY_EINVAL;
+    /* {"type":6,"requestId":..,"data":value} on the response channel. */
+    c->msg.len = 0;
+    int rc = pbuf_append_str(&c->msg, "{\"type\":6,\"requestId\":");
+    if (rc == 0) rc = json_append_string(&c->msg, ack_id, strlen(ack_id));
+    if (rc == 0 && value_json) {
+        rc = pbuf_append_str(&c->msg, ",\"data\":");
+        if (rc == 0) rc = json_compact(&c->msg, &v);
+    }
+    if (rc == 0) rc = pbuf_append_str(&c->msg, "}");
+    if (rc == 0) rc = channel(c, "-response", parley_nsp_name(n), NULL);
+    if (rc == 0) rc = publish(c);
+    if (rc) c->st.publish_failures++;
+    trim(&c->msg);
+    return rc;
 }
 
 unsigned parley_cluster_nodes(const parley_cluster *c)

@@ -39,7 +39,7 @@ typedef struct pcluster_opts {
     /* serverSideEmit from another node: event and its arguments (a JSON
      * array, len bytes, NUL-terminated). Optional. */
     void (*on_server_side_emit)(parley_nsp *n, const char *event, const char *args_json,
-                                size_t len, void *user);
+                                size_t len, const char *ack_id, void *user);
     void *user;
 } pcluster_opts;
 

@@ -25,7 +25,7 @@ void protocol_test_set_cluster(pcluster *c)
 }
 
 void protocol_test_server_side_emit(parley_nsp *n, const char *event, const char *args_json,
-                                    size_t len, void *user)
+                                    size_t len, const char *ack_id, void *user)
 {
     (void)user;
     pbuf out = {0};
@@ -37,7 +37,39 @@ void protocol_test_server_side_emit(parley_nsp *n, const char *event, const char
     }
     if (rc == 0) rc = pbuf_append(&out, "]", 2);
     if (rc == 0) parley_broadcast__local(n, NULL, "server-side-emit", (const char *)out.ptr, NULL, 0);
+    if (rc == 0 && ack_id && cluster) {
+        pbuf v = {0};
+        rc = pbuf_append_str(&v, "{\"echo\":");
+        if (rc == 0) rc = pbuf_append(&v, out.ptr, out.len - 1);
+        if (rc == 0) rc = pbuf_append(&v, "}", 2);
+        if (rc == 0) parley_cluster_ack(cluster, n, ack_id, (const char *)v.ptr);
+        pbuf_free(&v);
+    }
     pbuf_free(&out);
+}
+
+/* Who asked: found again by id when the answers are in (it may be gone). */
+typedef struct sse_req {
+    parley_nsp *n;
+    char id[21];
+    int64_t ack_id;
+} sse_req;
+
+static void sse_acked(parley_cluster *c, int err, const char *responses, size_t len, void *user)
+{
+    (void)c;
+    sse_req *r = user;
+    pbuf out = {0};
+    int rc = pbuf_append_str(&out, "[");
+    if (rc == 0) rc = json_append_string(&out, err ? parley_strerror(err) : "", err ? strlen(parley_strerror(err)) : 0);
+    if (rc == 0) rc = pbuf_append(&out, ",", 1);
+    if (rc == 0) rc = pbuf_append(&out, responses, len);
+    if (rc == 0) rc = pbuf_append(&out, "]", 2);
+    parley_socket *s = NULL;
+    if (rc == 0 && parley_nsp__select(r->n, r->id, strlen(r->id), &s, 1) == 1 && s)
+        parley_ack(s, r->ack_id, (const char *)out.ptr, NULL, 0);
+    pbuf_free(&out);
+    free(r);
 }
 
 /* Up to 16 room names of a JSON array, decoded into names[] (257 bytes
@@ -247,6 +279,25 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
                                                      (const char *)sp.rest.ptr)
                          : PARLEY_EINVAL;
         if (ack_id >= 0) parley_ack(s, ack_id, rc ? "[false]" : "[true]", NULL, 0);
+    } else if (!strcmp(event, "cluster-server-side-emit-ack") && ack_id >= 0 &&
+               split_args(a, 1, &sp)) {
+        /* Acked with [error or "", [responses...]]. */
+        sse_req *r = malloc(sizeof *r);
+        int rc = r && cluster ? 0 : PARLEY_EINVAL;
+        if (r) {
+            r->n = parley_socket_nsp(s);
+            snprintf(r->id, sizeof r->id, "%s", parley_socket_id(s));
+            r->ack_id = ack_id;
+        }
+        if (rc == 0)
+            rc = parley_cluster_server_side_emit_ack(cluster, parley_socket_nsp(s), sp.head[0],
+                                                     (const char *)sp.rest.ptr, 3000, sse_acked, r);
+        if (rc) {
+            free(r);
+            char err[96];
+            snprintf(err, sizeof err, "[\"%s\",[]]", parley_strerror(rc));
+            parley_ack(s, ack_id, err, NULL, 0);
+        }
     } else if (!strcmp(event, "my-rooms")) {
         my_rooms(s, ack_id);
     } else if (!strcmp(event, "disconnect-me")) {

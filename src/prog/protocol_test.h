@@ -14,9 +14,10 @@ int protocol_test_setup(parley_server *srv, engine **echo);
 /* Cluster hooks (--redis): the adapter the test events use (NULL: none),
  * and what the adapter calls on a serverSideEmit from another node (the
  * event goes to every socket of the namespace as "server-side-emit" with
- * [event, ...args]). */
+ * [event, ...args]; one that wants an acknowledgement is answered at
+ * once with {"echo": [event, ...args]}). */
 void protocol_test_set_cluster(pcluster *c);
 void protocol_test_server_side_emit(parley_nsp *n, const char *event, const char *args_json,
-                                    size_t len, void *user);
+                                    size_t len, const char *ack_id, void *user);
 
 #endif

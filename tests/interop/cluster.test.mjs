@@ -132,6 +132,7 @@ async function startNodeServer(url) {
     });
   });
   for (const name of ['hi-node', 'from-parleyd']) io.of('/').on(name, (...args) => sse.push([name, ...args]));
+  io.of('/').on('ask-all', (x, cb) => cb({ node: 'N', x }));
   await new Promise((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
   const port = httpServer.address().port;
   const close = async () => {
@@ -333,6 +334,20 @@ test('serverSideEmit both ways', async () => {
   await eventually(() => N.sse.some((e) => e[0] === 'hi-node'), 5000, 'Node to receive hi-node');
   assert.deepEqual(N.sse.find((e) => e[0] === 'hi-node'), ['hi-node', 2, 'z']);
   await expectDelivery('server-side-emit', byNode('B'), (args) => assert.deepEqual(args, ['hi-node', 2, 'z']));
+});
+
+test('serverSideEmit with acknowledgements both ways', async () => {
+  /* Node asks; both parleyd nodes answer (protocol-test: {echo: [event, ...args]}). */
+  const answers = await N.io.serverSideEmitWithAck('ask-nodes', 7);
+  assert.deepEqual(answers, [{ echo: ['ask-nodes', 7] }, { echo: ['ask-nodes', 7] }]);
+  await expectDelivery('server-side-emit', clients.filter((c) => c.node !== 'N'));
+  /* parleyd A asks; Node and parleyd B answer. */
+  const [err, responses] = await byNode('A')[1].peer.ack('cluster-server-side-emit-ack', ['ask-all', 3]);
+  assert.equal(err, '');
+  assert.equal(responses.length, 2);
+  const sorted = responses.map((r) => JSON.stringify(r)).sort();
+  assert.deepEqual(sorted, [JSON.stringify({ echo: ['ask-all', 3] }), JSON.stringify({ node: 'N', x: 3 })].sort());
+  await expectDelivery('server-side-emit', byNode('B'));
 });
 
 test('garbage on the channels is ignored and counted; the nodes keep working', async () => {

@@ -502,11 +502,16 @@ static void test_public_api(void **state)
     assert_int_equal(parley_broadcast(root, NULL, "ev", "[1]", NULL, 0), 0);
     assert_int_equal(parley_cluster_server_side_emit(c, root, "x", "[1]"), PARLEY_ECLOSED);
     assert_int_equal(parley_cluster_server_side_emit(c, root, "x", "{"), PARLEY_EINVAL);
+    assert_int_equal(parley_cluster_server_side_emit_ack(c, root, "x", "[1]", 100, NULL, NULL),
+                     PARLEY_EINVAL);
+    assert_int_equal(parley_cluster_ack(c, root, "", "1"), PARLEY_EINVAL);
+    assert_int_equal(parley_cluster_ack(c, root, "abc", "{"), PARLEY_EINVAL);
+    assert_int_equal(parley_cluster_ack(c, root, "abc", "1"), PARLEY_ECLOSED);
     th_run_for(loop, 400); /* refused connections, retried with backoff */
     assert_int_equal(parley_cluster_nodes(c), 0);
     pcluster_stats st;
     pcluster_get_stats(c, &st);
-    assert_int_equal(st.publish_failures, 2);
+    assert_int_equal(st.publish_failures, 3);
     assert_true(st.reconnects >= 2);
     assert_false(st.pub_up);
     parley_cluster_leave(c);
