@@ -61,7 +61,19 @@ struct parley_cluster {
     unsigned numsub_head, numsub_n;
     unsigned depth; /* inside an application callback */
     bool leave_pending;
+    struct bcast_ack *backs; /* broadcasts with acknowledgements in flight */
 };
+
+/* A broadcast with acknowledgements from another node: one reference per
+ * socket it went to (each socket's ack callback runs exactly once); c is
+ * NULL once the adapter is gone. */
+typedef struct bcast_ack {
+    struct bcast_ack *next;
+    pcluster *c;
+    unsigned refs;
+    char request_id[PENV_MAX_UID + 1];
+    char nsp[PENV_MAX_ROOM_LEN + 1];
+} bcast_ack;
 
 typedef struct sse_wait {
     struct sse_wait *next;
@@ -375,6 +387,113 @@ static int put_socket(pbuf *b, parley_socket *s)
     return rc;
 }
 
+static void bcast_unref(bcast_ack *b)
+{
+    if (--b->refs) return;
+    if (b->c)
+        for (bcast_ack **pp = &b->c->backs; *pp; pp = &(*pp)->next)
+            if (*pp == b) {
+                *pp = b->next;
+                break;
+            }
+    free(b);
+}
+
+/* A client's acknowledgement: {type: 9, requestId, packet: first arg}
+ * (MessagePack, as the adapter's BROADCAST_ACK response). */
+static void on_client_ack(parley_socket *s, int err, const parley_args *args, void *user)
+{
+    (void)s;
+    bcast_ack *b = user;
+    pcluster *c = b->c;
+    json_val arr, first;
+    if (err == 0 && c && json_parse(args->json, args->json_len, c->o.lim.max_depth, &arr, NULL) == 0 &&
+        arr.type == JSON_ARRAY) {
+        json_iter it;
+        json_iter_init(&it, &arr);
+        bool has = json_array_next(&it, &first);
+        c->msg.len = 0;
+        int rc = penv_put_map(&c->msg, 3);
+        if (rc == 0) rc = penv_put_str(&c->msg, "type", 4);
+        if (rc == 0) rc = penv_put_int(&c->msg, 9);
+        if (rc == 0) rc = penv_put_str(&c->msg, "requestId", 9);
+        if (rc == 0) rc = penv_put_str(&c->msg, b->request_id, strlen(b->request_id));
+        if (rc == 0) rc = penv_put_str(&c->msg, "packet", 6);
+        if (rc == 0 && has)
+            rc = penv_put_json(&c->msg, &c->scratch, &first, args->bins, args->nbins,
+                               c->o.lim.max_depth);
+        else if (rc == 0)
+            rc = pbuf_append(&c->msg, "\xc0", 1);
+        if (rc == 0) rc = channel(c, "-response", b->nsp, NULL);
+        if (rc == 0) rc = publish(c);
+        if (rc) c->st.publish_failures++;
+        trim(&c->msg);
+    }
+    bcast_unref(b);
+}
+
+/* The selection rule of the base adapter for C string lists. */
+static bool in_list(const parley_socket *s, const char *const *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (socket_in(s, v[i])) return true;
+    return false;
+}
+
+/* BROADCAST (type 7, MessagePack): Node's io.timeout(ms).emit(ev, cb). */
+static void on_broadcast_request(pcluster *c, parley_nsp *n, const presp_val *msg)
+{
+    penv_msg m;
+    const char *why = NULL;
+    if (penv_decode_request(&c->dec, msg->p, msg->len, &m, &why) != 0)
+        return bad(c, "request", why);
+    if (!strcmp(m.uid, c->uid)) return;
+    if (strcmp(m.nsp, parley_nsp_name(n)) != 0) return bad(c, "request", "namespace");
+    size_t total = parley_nsp__count(n);
+    if (total > c->sel_cap) {
+        parley_socket **v = realloc(c->sel, total * sizeof *v);
+        if (!v) return;
+        c->sel = v;
+        c->sel_cap = total;
+    }
+    size_t pos = 0, k = 0;
+    parley_socket *s;
+    while ((s = parley_nsp__socket_next(n, &pos)) && k < total) {
+        if (m.nrooms && !in_list(s, m.rooms, m.nrooms)) continue;
+        if (m.nexcept && in_list(s, m.except, m.nexcept)) continue;
+        c->sel[k++] = s;
+    }
+    bcast_ack *b = pcalloc(1, sizeof *b);
+    if (!b) return;
+    b->c = c;
+    b->refs = 1; /* ours, until every socket has been sent to */
+    snprintf(b->request_id, sizeof b->request_id, "%s", m.request_id);
+    snprintf(b->nsp, sizeof b->nsp, "%s", m.nsp);
+    b->next = c->backs;
+    c->backs = b;
+    /* Not volatile: a dropped packet would never call its ack back. */
+    parley_emit_opts eo = {.ack = on_client_ack, .ack_user = b,
+                           .timeout_ms = m.timeout_ms > 0 && m.timeout_ms < 3600000
+                                             ? (uint32_t)m.timeout_ms
+                                             : 60000};
+    unsigned count = 0;
+    for (size_t i = 0; i < k; i++) {
+        b->refs++;
+        if (parley_emit_opts_send(c->sel[i], &eo, m.event, m.args, m.bins, m.nbins) == 0)
+            count++;
+        else
+            b->refs--;
+    }
+    c->st.requests++;
+    /* {type: 8, requestId, clientCount} (JSON) */
+    c->msg.len = 0;
+    if (pbuf_appendf(&c->msg, "{\"type\":8,\"requestId\":") == 0 &&
+        json_append_string(&c->msg, b->request_id, strlen(b->request_id)) == 0 &&
+        pbuf_appendf(&c->msg, ",\"clientCount\":%u}", count) == 0)
+        respond(c, b->nsp);
+    bcast_unref(b);
+}
+
 /* A response: only serverSideEmit acknowledgements are waited for. */
 static void on_response(pcluster *c, const presp_val *msg)
 {
@@ -419,8 +538,7 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
     if (!n) return;
     if (msg->len == 0 || msg->p[0] != '{') {
         /* MessagePack requests: broadcasts with acknowledgements. */
-        c->st.unsupported++;
-        return;
+        return on_broadcast_request(c, n, msg);
     }
     if (msg->len > c->o.lim.max_message) return bad(c, "request", "too large");
     json_val r, v;
@@ -599,7 +717,7 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
         return respond(c, parley_nsp_name(n));
     }
     default:
-        /* BROADCAST (with acknowledgements) and later kinds. */
+        /* Kinds after BROADCAST (7 arrives as MessagePack, above). */
         c->st.unsupported++;
         return;
     }
@@ -805,6 +923,7 @@ static void really_free(pcluster *c)
     c->depth++;
     while (c->waits) wait_done(c, c->waits, PARLEY_ECLOSED);
     c->depth--;
+    for (bcast_ack *b = c->backs; b; b = b->next) b->c = NULL; /* freed by their last ack */
     parley_server__set_adapter(c->srv, NULL);
     ploop_timer_stop(c->loop, &c->nodes_timer);
     predis_free(c->pub);
@@ -1036,7 +1155,7 @@ void pcluster_collect(pmx_out *o, void *user)
                 "serverSideEmit).",
                 st.requests);
     pmx_counter(o, "parley_cluster_unsupported_total",
-                "Requests of a kind this server does not handle yet (ignored).", st.unsupported);
+                "Requests of a kind this server does not handle (ignored).", st.unsupported);
     pmx_counter(o, "parley_cluster_reconnects_total",
                 "Redis connections lost or failed to come up.", st.reconnects);
 }

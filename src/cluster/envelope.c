@@ -470,20 +470,56 @@ static int read_flags(rd *r, penv_msg *out)
             out->volatile_ = v.kind == MP_BOOL && v.b;
         else if (key_is(&k, "local"))
             out->local = v.kind == MP_BOOL && v.b;
+        else if (key_is(&k, "timeout"))
+            out->timeout_ms = v.kind == MP_INT && v.i > 0 ? v.i : 0;
         else if ((rc = skip_val(r, &v, 2)) != 0)
             return rc;
     }
     return 0;
 }
 
-int penv_decode(penv_dec *d, const uint8_t *msg, size_t len, penv_msg *out, const char **why)
+static int read_opts(penv_dec *d, rd *r, penv_msg *out, size_t *nrooms, size_t *nexcept)
+{
+    mp_val m;
+    int rc = rd_val(r, &m);
+    if (rc == 0 && m.kind != MP_MAP && m.kind != MP_NIL) rc = fail(r, PARLEY_EPROTO, "opts");
+    for (uint32_t i = 0; rc == 0 && m.kind == MP_MAP && i < m.n; i++) {
+        mp_val k;
+        rc = rd_val(r, &k);
+        if (rc) break;
+        if (key_is(&k, "rooms")) {
+            rc = read_rooms(d, r, d->room_off, nrooms);
+        } else if (key_is(&k, "except")) {
+            rc = read_rooms(d, r, d->except_off, nexcept);
+        } else if (key_is(&k, "flags")) {
+            rc = read_flags(r, out);
+        } else {
+            mp_val x;
+            rc = rd_val(r, &x);
+            if (rc == 0) rc = skip_val(r, &x, 1);
+        }
+    }
+    return rc;
+}
+
+static int read_uid(penv_dec *d, rd *r, size_t *off, const char *what)
+{
+    mp_val v;
+    int rc = rd_val(r, &v);
+    if (rc) return rc;
+    if (v.kind != MP_STR || v.n == 0 || v.n > PENV_MAX_UID) return fail(r, PARLEY_EPROTO, what);
+    return keep_str(d, r, v.p, v.n, off);
+}
+
+static int decode(penv_dec *d, const uint8_t *msg, size_t len, penv_msg *out, const char **why,
+                  bool request)
 {
     rd r = {.p = msg, .end = msg + len, .lim = &d->lim};
     memset(out, 0, sizeof *out);
     d->json.len = 0;
     d->strs.len = 0;
     conv c = {.r = &r, .out = &d->json, .bins = d->bins};
-    size_t uid_off = 0, nsp_off = 0, ev_off = 0, nrooms = 0, nexcept = 0;
+    size_t uid_off = 0, nsp_off = 0, ev_off = 0, rid_off = 0, nrooms = 0, nexcept = 0;
     bool have_nsp = false;
     int rc = 0;
     mp_val top, v;
@@ -493,44 +529,59 @@ int penv_decode(penv_dec *d, const uint8_t *msg, size_t len, penv_msg *out, cons
     }
     rc = rd_val(&r, &top);
     if (rc) goto done;
-    if (top.kind != MP_ARRAY || top.n < 2) {
-        rc = fail(&r, PARLEY_EPROTO, "not [uid, packet, opts]");
-        goto done;
-    }
-    rc = rd_val(&r, &v);
-    if (rc) goto done;
-    if (v.kind != MP_STR || v.n > PENV_MAX_UID) {
-        rc = fail(&r, PARLEY_EPROTO, "uid");
-        goto done;
-    }
-    rc = keep_str(d, &r, v.p, v.n, &uid_off);
-    if (rc == 0) rc = read_packet(d, &r, &c, &nsp_off, &ev_off, &have_nsp);
-    if (rc == 0 && top.n >= 3) {
-        mp_val m;
-        rc = rd_val(&r, &m);
-        if (rc == 0 && m.kind != MP_MAP && m.kind != MP_NIL) rc = fail(&r, PARLEY_EPROTO, "opts");
-        for (uint32_t i = 0; rc == 0 && m.kind == MP_MAP && i < m.n; i++) {
+    if (request) {
+        /* {uid, requestId, type: 7, packet, opts} (broadcastWithAck) */
+        if (top.kind != MP_MAP) {
+            rc = fail(&r, PARLEY_EPROTO, "not a request map");
+            goto done;
+        }
+        bool has_uid = false, has_rid = false, has_packet = false, typed = false;
+        for (uint32_t i = 0; rc == 0 && i < top.n; i++) {
             mp_val k;
             rc = rd_val(&r, &k);
             if (rc) break;
-            if (key_is(&k, "rooms")) {
-                rc = read_rooms(d, &r, d->room_off, &nrooms);
-            } else if (key_is(&k, "except")) {
-                rc = read_rooms(d, &r, d->except_off, &nexcept);
-            } else if (key_is(&k, "flags")) {
-                rc = read_flags(&r, out);
+            if (key_is(&k, "uid")) {
+                rc = read_uid(d, &r, &uid_off, "uid");
+                has_uid = true;
+            } else if (key_is(&k, "requestId")) {
+                rc = read_uid(d, &r, &rid_off, "requestId");
+                has_rid = true;
+            } else if (key_is(&k, "packet") && !has_packet) {
+                rc = read_packet(d, &r, &c, &nsp_off, &ev_off, &have_nsp);
+                has_packet = true;
+            } else if (key_is(&k, "opts")) {
+                rc = read_opts(d, &r, out, &nrooms, &nexcept);
+            } else if (key_is(&k, "type")) {
+                rc = rd_val(&r, &v);
+                if (rc == 0 && (v.kind != MP_INT || v.i != 7)) rc = fail(&r, PARLEY_EPROTO, "type");
+                typed = true;
             } else {
-                mp_val x;
-                rc = rd_val(&r, &x);
-                if (rc == 0) rc = skip_val(&r, &x, 1);
+                rc = rd_val(&r, &v);
+                if (rc == 0) rc = skip_val(&r, &v, 1);
             }
         }
-    }
-    /* Whatever else the top array holds is skipped, then nothing may
-     * follow. */
-    for (uint32_t i = 3; rc == 0 && i < top.n; i++) {
+        if (rc == 0 && !(has_uid && has_rid && has_packet && typed))
+            rc = fail(&r, PARLEY_EPROTO, "incomplete request");
+    } else {
+        if (top.kind != MP_ARRAY || top.n < 2) {
+            rc = fail(&r, PARLEY_EPROTO, "not [uid, packet, opts]");
+            goto done;
+        }
         rc = rd_val(&r, &v);
-        if (rc == 0) rc = skip_val(&r, &v, 1);
+        if (rc) goto done;
+        if (v.kind != MP_STR || v.n > PENV_MAX_UID) {
+            rc = fail(&r, PARLEY_EPROTO, "uid");
+            goto done;
+        }
+        rc = keep_str(d, &r, v.p, v.n, &uid_off);
+        if (rc == 0) rc = read_packet(d, &r, &c, &nsp_off, &ev_off, &have_nsp);
+        if (rc == 0 && top.n >= 3) rc = read_opts(d, &r, out, &nrooms, &nexcept);
+        /* Whatever else the top array holds is skipped, then nothing may
+         * follow. */
+        for (uint32_t i = 3; rc == 0 && i < top.n; i++) {
+            rc = rd_val(&r, &v);
+            if (rc == 0) rc = skip_val(&r, &v, 1);
+        }
     }
     if (rc == 0 && r.p != r.end) rc = fail(&r, PARLEY_EPROTO, "bytes after the message");
     if (rc == 0 && !have_nsp) rc = keep_str(d, &r, (const uint8_t *)"/", 1, &nsp_off);
@@ -550,10 +601,22 @@ int penv_decode(penv_dec *d, const uint8_t *msg, size_t len, penv_msg *out, cons
     out->nrooms = nrooms;
     out->except = d->except_ptr;
     out->nexcept = nexcept;
+    out->request_id = request ? base + rid_off : NULL;
 done:
     if (rc) memset(out, 0, sizeof *out);
     if (why) *why = rc ? (r.why ? r.why : "out of memory") : NULL;
     return rc;
+}
+
+int penv_decode(penv_dec *d, const uint8_t *msg, size_t len, penv_msg *out, const char **why)
+{
+    return decode(d, msg, len, out, why, false);
+}
+
+int penv_decode_request(penv_dec *d, const uint8_t *msg, size_t len, penv_msg *out,
+                        const char **why)
+{
+    return decode(d, msg, len, out, why, true);
 }
 
 /* ---- writing ---- */
@@ -665,6 +728,16 @@ static long placeholder(const json_val *v, size_t nbins)
         !json_object_get(v, "num", &num) || !json_int(&num, &n) || n < 0 || (uint64_t)n >= nbins)
         return -1;
     return (long)n;
+}
+
+static int put_json(wr *w, const json_val *v, unsigned depth);
+
+int penv_put_json(pbuf *out, pbuf *scratch, const json_val *v, const parley_bin *bins,
+                  size_t nbins, unsigned max_depth)
+{
+    wr w = {.out = out, .scratch = scratch, .bins = bins, .nbins = nbins,
+            .max_depth = max_depth ? max_depth : 32};
+    return put_json(&w, v, 0);
 }
 
 static int put_json(wr *w, const json_val *v, unsigned depth)

@@ -68,6 +68,8 @@ typedef struct penv_msg {
     size_t nexcept;
     bool volatile_;
     bool local;
+    int64_t timeout_ms;     /* flags.timeout (0: none) */
+    const char *request_id; /* penv_decode_request only */
 } penv_msg;
 
 typedef struct penv_dec {
@@ -87,6 +89,16 @@ void penv_dec_free(penv_dec *d);
  * envelope, invalid UTF-8), PARLEY_ELIMIT (over a limit), PARLEY_ENOMEM.
  * *why (may be NULL) says what, for logs. */
 int penv_decode(penv_dec *d, const uint8_t *msg, size_t len, penv_msg *out, const char **why);
+
+/* The same for a broadcast with acknowledgements, published on the
+ * request channel: {uid, requestId, type: 7, packet, opts} (RedisAdapter
+ * .broadcastWithAck). request_id is set. */
+int penv_decode_request(penv_dec *d, const uint8_t *msg, size_t len, penv_msg *out,
+                        const char **why);
+
+/* Appends one JSON value as MessagePack (placeholders refer to bins). */
+int penv_put_json(pbuf *out, pbuf *scratch, const json_val *v, const parley_bin *bins,
+                  size_t nbins, unsigned max_depth);
 
 /* Appends the envelope for a broadcast to out (after out->len = 0 by the
  * caller if wanted). args: a parsed JSON array or NULL; placeholders in it

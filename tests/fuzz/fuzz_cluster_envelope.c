@@ -1,6 +1,7 @@
 /* Fuzzes what arrives on the cluster adapter's Redis channels: the RESP
- * reader (first input byte even: the bytes are a stream of replies) and
- * the MessagePack envelope decoder (odd). What the decoder accepts must be
+ * reader (first input byte even: the bytes are a stream of replies), the
+ * MessagePack envelope decoder (low bits 01) and the broadcast-with-ack
+ * request decoder (11). What the decoder accepts must be
  * well-formed (JSON arguments, bounded rooms and attachments inside the
  * input) and encode again to an envelope that decodes to the same event,
  * arguments, rooms and flags. */
@@ -11,6 +12,24 @@
 #include "cluster/envelope.h"
 #include "cluster/resp.h"
 #include "codec/json.h"
+
+/* Broadcasts with acknowledgements ({uid, requestId, type: 7, packet, opts}). */
+static void fuzz_request(const uint8_t *p, size_t n)
+{
+    static penv_dec d;
+    static int init;
+    if (!init) {
+        CHECK(penv_dec_init(&d, NULL) == 0);
+        init = 1;
+    }
+    penv_msg m;
+    if (penv_decode_request(&d, p, n, &m, NULL) != 0) return;
+    json_val args;
+    CHECK(json_parse(m.args, m.args_len, 64, &args, NULL) == 0 && args.type == JSON_ARRAY);
+    CHECK(m.request_id && m.request_id[0] && strlen(m.request_id) <= PENV_MAX_UID);
+    CHECK(m.uid[0] && m.event[0] && m.nsp[0] == '/');
+    CHECK(m.nbins <= d.lim.max_bins && m.nrooms <= d.lim.max_rooms);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -78,7 +97,9 @@ static void fuzz_envelope(const uint8_t *p, size_t n)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1 || size > 65536) return 0;
-    if (data[0] & 1)
+    if ((data[0] & 3) == 3)
+        fuzz_request(data + 1, size - 1);
+    else if (data[0] & 1)
         fuzz_envelope(data + 1, size - 1);
     else
         fuzz_resp(data + 1, size - 1);

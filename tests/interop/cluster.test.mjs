@@ -336,6 +336,23 @@ test('serverSideEmit both ways', async () => {
   await expectDelivery('server-side-emit', byNode('B'), (args) => assert.deepEqual(args, ['hi-node', 2, 'z']));
 });
 
+test("Node's broadcast with acknowledgements (io.timeout().emitWithAck) collects parleyd's clients' answers", async () => {
+  for (const c of clients) c.peer.socket.on('ask-clients', (x, bin, cb) => cb({ who: c.peer.label, x, len: bin.length }, 'ignored'));
+  const answers = await N.io.timeout(scaled(4000)).emitWithAck('ask-clients', 5, Buffer.from([1, 2, 3]));
+  assert.deepEqual(answers.map((a) => a.who).sort(), clients.map((c) => c.peer.label).sort());
+  for (const a of answers) {
+    assert.equal(a.x, 5);
+    assert.equal(a.len, 3);
+  }
+  await expectDelivery('ask-clients', clients);
+  /* To a room (r2: made by socketsJoin above): only its members answer. */
+  const members = [byNode('A')[0], byNode('B')[1], byNode('N')[0]];
+  const some = await N.io.to('r2').timeout(scaled(4000)).emitWithAck('ask-clients', 6, Buffer.alloc(0));
+  assert.deepEqual(some.map((a) => a.who).sort(), members.map((c) => c.peer.label).sort());
+  await expectDelivery('ask-clients', members);
+  for (const c of clients) c.peer.socket.off('ask-clients');
+});
+
 test('serverSideEmit with acknowledgements both ways', async () => {
   /* Node asks; both parleyd nodes answer (protocol-test: {echo: [event, ...args]}). */
   const answers = await N.io.serverSideEmitWithAck('ask-nodes', 7);

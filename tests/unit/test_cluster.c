@@ -48,6 +48,13 @@ static const char V_EMIT_TAIL[] =
     "d92878787878787878787878787878787878787878787878787878787878787878787878787878787878a36e7370a1"
     "2f83a5726f6f6d7391a5726f6f6d31a5666c61677380a665786365707490";
 
+/* socket.io-request#/# : io.to('room1').timeout(100).emit('ask', 1, Buffer.from([7]), cb)
+ * (RedisAdapter.broadcastWithAck: a MessagePack map, type 7) */
+static const char V_BCAST_ACK[] =
+    "85a3756964a66e3961675433a9726571756573744964a66c726a715131a47479706507a67061636b657483a4747970"
+    "6502a46461746193a361736b01c40107a36e7370a12fa46f70747383a5726f6f6d7391a5726f6f6d31a66578636570"
+    "7490a5666c61677381a774696d656f757464";
+
 static size_t unhex(const char *h, uint8_t *out)
 {
     size_t n = strlen(h) / 2;
@@ -155,6 +162,37 @@ static void test_node_multi_and_emitter(void **state)
     snprintf(want, sizeof want, "[{\"_placeholder\":true,\"num\":0},\"%s\"]",
              "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
     assert_string_equal(e.args, want);
+}
+
+static void test_node_broadcast_with_ack(void **state)
+{
+    (void)state;
+    uint8_t m[512];
+    size_t n = unhex(V_BCAST_ACK, m);
+    penv_msg e;
+    const char *why = NULL;
+    assert_int_equal(penv_decode_request(&dec, m, n, &e, &why), 0);
+    assert_string_equal(e.uid, "n9agT3");
+    assert_string_equal(e.request_id, "lrjqQ1");
+    assert_string_equal(e.event, "ask");
+    assert_string_equal(e.args, "[1,{\"_placeholder\":true,\"num\":0}]");
+    assert_int_equal(e.nbins, 1);
+    assert_int_equal(e.nrooms, 1);
+    assert_string_equal(e.rooms[0], "room1");
+    assert_int_equal(e.timeout_ms, 100);
+    /* Not the plain envelope, and every prefix refused. */
+    assert_int_equal(penv_decode(&dec, m, n, &e, &why), PARLEY_EPROTO);
+    for (size_t cut = 0; cut < n; cut++) {
+        uint8_t *p = malloc(cut ? cut : 1);
+        memcpy(p, m, cut);
+        assert_true(penv_decode_request(&dec, p, cut, &e, &why) < 0);
+        free(p);
+    }
+    /* A type other than 7. */
+    uint8_t *t = find(m, n, "\xa4type\x07", 6);
+    assert_non_null(t);
+    t[5] = 6;
+    assert_int_equal(penv_decode_request(&dec, m, n, &e, &why), PARLEY_EPROTO);
 }
 
 /* Every proper prefix is refused; nothing crashes (ASan watches). */
@@ -529,6 +567,7 @@ int main(void)
         cmocka_unit_test(test_node_hello),
         cmocka_unit_test(test_node_volatile_room_except),
         cmocka_unit_test(test_node_multi_and_emitter),
+        cmocka_unit_test(test_node_broadcast_with_ack),
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_corrupted),
         cmocka_unit_test(test_garbage_and_limits),
