@@ -227,11 +227,17 @@ static void bad(pcluster *c, const char *what, const char *why)
 
 static void on_channel_message(pcluster *c, const presp_val *chan, const presp_val *msg)
 {
-    if (!msg->p || !chan->p) return bad(c, "message", "no payload");
+    if (!msg->p || !chan->p) {
+        bad(c, "message", "no payload");
+        return;
+    }
     penv_msg m;
     const char *why = NULL;
     int rc = penv_decode(&c->dec, msg->p, msg->len, &m, &why);
-    if (rc) return bad(c, "broadcast", why);
+    if (rc) {
+        bad(c, "broadcast", why);
+        return;
+    }
     if (!strcmp(m.uid, c->uid)) {
         c->st.own++;
         return;
@@ -241,8 +247,10 @@ static void on_channel_message(pcluster *c, const presp_val *chan, const presp_v
     size_t plen = strlen(c->prefix), nlen = strlen(m.nsp);
     if (chan->len < plen + nlen + 2 || memcmp(chan->p, c->prefix, plen) != 0 ||
         chan->p[plen] != '#' || memcmp(chan->p + plen + 1, m.nsp, nlen) != 0 ||
-        chan->p[plen + 1 + nlen] != '#')
-        return bad(c, "broadcast", "channel and namespace differ");
+        chan->p[plen + 1 + nlen] != '#') {
+        bad(c, "broadcast", "channel and namespace differ");
+        return;
+    }
     parley_nsp *n = parley_server__nsp_find(c->srv, m.nsp, nlen);
     if (!n) return; /* not served here */
     parley_target to = {.rooms = m.rooms,
@@ -251,7 +259,10 @@ static void on_channel_message(pcluster *c, const presp_val *chan, const presp_v
                         .nexcept = m.nexcept,
                         .volatile_ = m.volatile_};
     rc = parley_broadcast__local(n, &to, m.event, m.args, m.bins, m.nbins);
-    if (rc < 0) return bad(c, "broadcast", parley_strerror(rc));
+    if (rc < 0) {
+        bad(c, "broadcast", parley_strerror(rc));
+        return;
+    }
     c->st.received++;
 }
 
@@ -369,7 +380,8 @@ static int put_socket(pbuf *b, parley_socket *s)
     if (rc == 0) rc = json_append_string(b, id, strlen(id));
     /* The handshake Node's RemoteSocket carries; what the server keeps of
      * it: the peer address. */
-    if (rc == 0) rc = pbuf_append_str(b, ",\"handshake\":{\"headers\":{},\"time\":\"\",\"address\":");
+    if (rc == 0)
+        rc = pbuf_append_str(b, ",\"handshake\":{\"headers\":{},\"time\":\"\",\"address\":");
     const char *ip = parley_socket__peer_ip(s);
     if (rc == 0) rc = json_append_string(b, ip, strlen(ip));
     if (rc == 0)
@@ -407,7 +419,8 @@ static void on_client_ack(parley_socket *s, int err, const parley_args *args, vo
     bcast_ack *b = user;
     pcluster *c = b->c;
     json_val arr, first;
-    if (err == 0 && c && json_parse(args->json, args->json_len, c->o.lim.max_depth, &arr, NULL) == 0 &&
+    if (err == 0 && c &&
+        json_parse(args->json, args->json_len, c->o.lim.max_depth, &arr, NULL) == 0 &&
         arr.type == JSON_ARRAY) {
         json_iter it;
         json_iter_init(&it, &arr);
@@ -445,10 +458,15 @@ static void on_broadcast_request(pcluster *c, parley_nsp *n, const presp_val *ms
 {
     penv_msg m;
     const char *why = NULL;
-    if (penv_decode_request(&c->dec, msg->p, msg->len, &m, &why) != 0)
-        return bad(c, "request", why);
+    if (penv_decode_request(&c->dec, msg->p, msg->len, &m, &why) != 0) {
+        bad(c, "request", why);
+        return;
+    }
     if (!strcmp(m.uid, c->uid)) return;
-    if (strcmp(m.nsp, parley_nsp_name(n)) != 0) return bad(c, "request", "namespace");
+    if (strcmp(m.nsp, parley_nsp_name(n)) != 0) {
+        bad(c, "request", "namespace");
+        return;
+    }
     size_t total = parley_nsp__count(n);
     if (total > c->sel_cap) {
         parley_socket **v = realloc(c->sel, total * sizeof *v);
@@ -472,10 +490,10 @@ static void on_broadcast_request(pcluster *c, parley_nsp *n, const presp_val *ms
     b->next = c->backs;
     c->backs = b;
     /* Not volatile: a dropped packet would never call its ack back. */
-    parley_emit_opts eo = {.ack = on_client_ack, .ack_user = b,
-                           .timeout_ms = m.timeout_ms > 0 && m.timeout_ms < 3600000
-                                             ? (uint32_t)m.timeout_ms
-                                             : 60000};
+    parley_emit_opts eo = {
+        .ack = on_client_ack,
+        .ack_user = b,
+        .timeout_ms = m.timeout_ms > 0 && m.timeout_ms < 3600000 ? (uint32_t)m.timeout_ms : 60000};
     unsigned count = 0;
     for (size_t i = 0; i < k; i++) {
         b->refs++;
@@ -498,12 +516,17 @@ static void on_broadcast_request(pcluster *c, parley_nsp *n, const presp_val *ms
 static void on_response(pcluster *c, const presp_val *msg)
 {
     if (!c->waits || !msg->p || msg->len == 0 || msg->p[0] != '{') return;
-    if (msg->len > c->o.lim.max_message) return bad(c, "response", "too large");
+    if (msg->len > c->o.lim.max_message) {
+        bad(c, "response", "too large");
+        return;
+    }
     json_val r, v, rid, data;
     int64_t type;
     if (json_parse((const char *)msg->p, msg->len, c->o.lim.max_depth, &r, NULL) != 0 ||
-        r.type != JSON_OBJECT)
-        return bad(c, "response", "not a JSON object");
+        r.type != JSON_OBJECT) {
+        bad(c, "response", "not a JSON object");
+        return;
+    }
     if (!json_object_get(&r, "type", &v) || !json_int(&v, &type) || type != REQ_SERVER_SIDE_EMIT ||
         !json_object_get(&r, "requestId", &rid) || rid.type != JSON_STRING)
         return; /* another node's request/response traffic */
@@ -520,7 +543,10 @@ static void on_response(pcluster *c, const presp_val *msg)
         else
             rc = pbuf_append(&w->responses, "null", 4);
     }
-    if (rc) return wait_done(c, w, rc);
+    if (rc) {
+        wait_done(c, w, rc);
+        return;
+    }
     if (++w->got == w->want) wait_done(c, w, 0);
 }
 
@@ -530,24 +556,36 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
     static const char req[] = "-request#";
     /* The namespace from the channel: <prefix>-request#<nsp># */
     if (!msg->p || chan->len < plen + sizeof req || memcmp(chan->p, c->prefix, plen) ||
-        memcmp(chan->p + plen, req, sizeof req - 1) || chan->p[chan->len - 1] != '#')
-        return on_response(c, msg);
+        memcmp(chan->p + plen, req, sizeof req - 1) || chan->p[chan->len - 1] != '#') {
+        on_response(c, msg);
+        return;
+    }
     const char *nsp = (const char *)chan->p + plen + sizeof req - 1;
     size_t nsp_len = chan->len - plen - (sizeof req - 1) - 1;
     parley_nsp *n = parley_server__nsp_find(c->srv, nsp, nsp_len);
     if (!n) return;
     if (msg->len == 0 || msg->p[0] != '{') {
         /* MessagePack requests: broadcasts with acknowledgements. */
-        return on_broadcast_request(c, n, msg);
+        {
+            on_broadcast_request(c, n, msg);
+            return;
+        }
     }
-    if (msg->len > c->o.lim.max_message) return bad(c, "request", "too large");
+    if (msg->len > c->o.lim.max_message) {
+        bad(c, "request", "too large");
+        return;
+    }
     json_val r, v;
     if (json_parse((const char *)msg->p, msg->len, c->o.lim.max_depth, &r, NULL) != 0 ||
-        r.type != JSON_OBJECT)
-        return bad(c, "request", "not a JSON object");
+        r.type != JSON_OBJECT) {
+        bad(c, "request", "not a JSON object");
+        return;
+    }
     int64_t type;
-    if (!json_object_get(&r, "type", &v) || !json_int(&v, &type))
-        return bad(c, "request", "no type");
+    if (!json_object_get(&r, "type", &v) || !json_int(&v, &type)) {
+        bad(c, "request", "no type");
+        return;
+    }
     json_val uid, rid, opts;
     bool has_uid = json_object_get(&r, "uid", &uid) && uid.type == JSON_STRING;
     bool has_rid = json_object_get(&r, "requestId", &rid) && rid.type == JSON_STRING;
@@ -564,15 +602,21 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
             /* The one-socket form ({sid, room}, 7.x) with a response. */
             json_val sid, room;
             char sbuf[32], rbuf[PENV_MAX_ROOM_LEN + 1];
-            if (!json_object_get(&r, "sid", &sid) || !json_object_get(&r, "room", &room))
-                return bad(c, "request", "no opts");
+            if (!json_object_get(&r, "sid", &sid) || !json_object_get(&r, "room", &room)) {
+                bad(c, "request", "no opts");
+                return;
+            }
             long sl = json_string_decode(&sid, sbuf, sizeof sbuf - 1);
             long rl = json_string_decode(&room, rbuf, sizeof rbuf - 1);
-            if (sl <= 0 || rl <= 0) return bad(c, "request", "sid or room");
+            if (sl <= 0 || rl <= 0) {
+                bad(c, "request", "sid or room");
+                return;
+            }
             sbuf[sl] = 0;
             parley_socket *s = NULL;
             size_t pos = 0;
-            while ((s = parley_nsp__socket_next(n, &pos)) && strcmp(parley_socket_id(s), sbuf)) {}
+            while ((s = parley_nsp__socket_next(n, &pos)) && strcmp(parley_socket_id(s), sbuf)) {
+            }
             if (!s) return;
             if (type == REQ_REMOTE_JOIN)
                 parley_join_n(s, rbuf, (size_t)rl);
@@ -584,12 +628,24 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
             if (pbuf_append_str(&c->msg, "{\"requestId\":") || json_compact(&c->msg, &rid) ||
                 pbuf_append_str(&c->msg, "}"))
                 return;
-            return respond(c, parley_nsp_name(n));
+            {
+                respond(c, parley_nsp_name(n));
+                return;
+            }
         }
-        if (!json_object_get(&r, "rooms", &rooms)) return bad(c, "request", "no rooms");
+        if (!json_object_get(&r, "rooms", &rooms)) {
+            bad(c, "request", "no rooms");
+            return;
+        }
         k = select_sockets(c, n, &opts);
-        if (k < 0) return bad(c, "request", parley_strerror((int)k));
-        if (req_rooms(c, &rooms, &nr) != 0) return bad(c, "request", "rooms");
+        if (k < 0) {
+            bad(c, "request", parley_strerror((int)k));
+            return;
+        }
+        if (req_rooms(c, &rooms, &nr) != 0) {
+            bad(c, "request", "rooms");
+            return;
+        }
         for (long i = 0; i < k; i++) {
             const char *name = (const char *)c->rooms.ptr;
             for (size_t j = 0; j < nr; j++, name += strlen(name) + 1) {
@@ -604,20 +660,32 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
     case REQ_REMOTE_DISCONNECT: {
         json_val close;
         int close_transport = json_object_get(&r, "close", &close) && close.type == JSON_TRUE;
-        if (!has_opts) return bad(c, "request", "no opts");
+        if (!has_opts) {
+            bad(c, "request", "no opts");
+            return;
+        }
         k = select_sockets(c, n, &opts);
-        if (k < 0) return bad(c, "request", parley_strerror((int)k));
+        if (k < 0) {
+            bad(c, "request", parley_strerror((int)k));
+            return;
+        }
         for (long i = 0; i < k; i++) parley_disconnect(c->sel[i], close_transport);
         c->st.requests++;
         return;
     }
     case REQ_SOCKETS:
     case REQ_REMOTE_FETCH: {
-        if (!has_rid) return bad(c, "request", "no requestId");
+        if (!has_rid) {
+            bad(c, "request", "no requestId");
+            return;
+        }
         json_val none = {.type = JSON_OBJECT, .p = "{}", .len = 2};
         /* SOCKETS has {rooms} at the top level; FETCH has opts. */
         k = select_sockets(c, n, type == REQ_SOCKETS ? &r : has_opts ? &opts : &none);
-        if (k < 0) return bad(c, "request", parley_strerror((int)k));
+        if (k < 0) {
+            bad(c, "request", parley_strerror((int)k));
+            return;
+        }
         c->msg.len = 0;
         int rc = pbuf_append_str(&c->msg, "{\"requestId\":");
         if (rc == 0) rc = json_compact(&c->msg, &rid);
@@ -635,31 +703,47 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
         if (rc == 0) rc = pbuf_append_str(&c->msg, "]}");
         if (rc) return;
         c->st.requests++;
-        return respond(c, parley_nsp_name(n));
+        {
+            respond(c, parley_nsp_name(n));
+            return;
+        }
     }
     case REQ_SERVER_SIDE_EMIT: {
         json_val data, ev, e;
-        if (!json_object_get(&r, "data", &data) || data.type != JSON_ARRAY)
-            return bad(c, "request", "no data");
+        if (!json_object_get(&r, "data", &data) || data.type != JSON_ARRAY) {
+            bad(c, "request", "no data");
+            return;
+        }
         char ack_id[PENV_MAX_UID + 1] = "";
         if (has_rid) {
             /* With an acknowledgement: the id goes to the application,
              * which answers with parley_cluster_ack. */
             long il = json_string_decode(&rid, ack_id, sizeof ack_id - 1);
-            if (il <= 0) return bad(c, "request", "requestId");
+            if (il <= 0) {
+                bad(c, "request", "requestId");
+                return;
+            }
             for (long i = 0; i < il; i++)
-                if (!(ack_id[i] == '-' || ack_id[i] == '_' || (ack_id[i] >= '0' && ack_id[i] <= '9') ||
-                      ((ack_id[i] | 0x20) >= 'a' && (ack_id[i] | 0x20) <= 'z')))
-                    return bad(c, "request", "requestId");
+                if (!(ack_id[i] == '-' || ack_id[i] == '_' ||
+                      (ack_id[i] >= '0' && ack_id[i] <= '9') ||
+                      ((ack_id[i] | 0x20) >= 'a' && (ack_id[i] | 0x20) <= 'z'))) {
+                    bad(c, "request", "requestId");
+                    return;
+                }
             ack_id[il] = 0;
         }
         json_iter it;
         json_iter_init(&it, &data);
-        if (!json_array_next(&it, &ev) || ev.type != JSON_STRING)
-            return bad(c, "request", "no event name");
+        if (!json_array_next(&it, &ev) || ev.type != JSON_STRING) {
+            bad(c, "request", "no event name");
+            return;
+        }
         char name[257];
         long nl = json_string_decode(&ev, name, sizeof name - 1);
-        if (nl <= 0 || memchr(name, 0, (size_t)nl)) return bad(c, "request", "event name");
+        if (nl <= 0 || memchr(name, 0, (size_t)nl)) {
+            bad(c, "request", "event name");
+            return;
+        }
         name[nl] = 0;
         /* Its own buffer: the callback may broadcast or emit, which use
          * the others. */
@@ -678,7 +762,10 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
             c->depth++;
             c->o.on_server_side_emit(n, name, (const char *)c->sse.ptr, c->sse.len - 1,
                                      has_rid ? ack_id : NULL, c->o.user);
-            if (--c->depth == 0 && c->leave_pending) return really_free(c);
+            if (--c->depth == 0 && c->leave_pending) {
+                really_free(c);
+                return;
+            }
         }
         trim(&c->sse);
         return;
@@ -686,7 +773,10 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
     case REQ_ALL_ROOMS: {
         /* Every room of the namespace here, socket-id rooms included (as
          * the adapter's rooms map). */
-        if (!has_rid) return bad(c, "request", "no requestId");
+        if (!has_rid) {
+            bad(c, "request", "no requestId");
+            return;
+        }
         pmap seen = {0};
         c->msg.len = 0;
         int rc = pbuf_append_str(&c->msg, "{\"requestId\":");
@@ -714,7 +804,10 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
         if (rc == 0) rc = pbuf_append_str(&c->msg, "]}");
         if (rc) return;
         c->st.requests++;
-        return respond(c, parley_nsp_name(n));
+        {
+            respond(c, parley_nsp_name(n));
+            return;
+        }
     }
     default:
         /* Kinds after BROADCAST (7 arrives as MessagePack, above). */
@@ -780,7 +873,10 @@ static void wait_counted(pcluster *c, uint64_t id, unsigned count)
     while (w && w->id != id) w = w->next;
     if (!w) return;
     w->want = count > 0 ? count - 1 : 0; /* not ourselves */
-    if (w->want == 0) return wait_done(c, w, 0);
+    if (w->want == 0) {
+        wait_done(c, w, 0);
+        return;
+    }
     c->msg.len = 0;
     int rc = pbuf_append(&c->msg, w->request.ptr, w->request.len);
     if (rc == 0) rc = channel(c, "-request", w->nsp, NULL);
@@ -846,10 +942,10 @@ static void on_down(predis *r, int err, void *user)
     }
 }
 
-static const predis_cbs pub_cbs = {.on_ready = pub_ready, .on_reply = pub_reply,
-                                   .on_down = on_down};
-static const predis_cbs sub_cbs = {.on_ready = sub_ready, .on_reply = sub_reply,
-                                   .on_down = on_down};
+static const predis_cbs pub_cbs = {
+    .on_ready = pub_ready, .on_reply = pub_reply, .on_down = on_down};
+static const predis_cbs sub_cbs = {
+    .on_ready = sub_ready, .on_reply = sub_reply, .on_down = on_down};
 
 static void random_uid(char *out, size_t n)
 {
@@ -942,8 +1038,8 @@ static void really_free(pcluster *c)
 int pcluster_server_side_emit(pcluster *c, parley_nsp *n, const char *event, const char *args_json)
 {
     json_val args = {0};
-    if (!event || (args_json && (json_parse(args_json, strlen(args_json), c->o.lim.max_depth,
-                                            &args, NULL) != 0 ||
+    if (!event || (args_json && (json_parse(args_json, strlen(args_json), c->o.lim.max_depth, &args,
+                                            NULL) != 0 ||
                                  args.type != JSON_ARRAY)))
         return PARLEY_EINVAL;
     /* {"uid":..,"type":6,"data":[event, ...args]} as the adapter's JSON. */
@@ -1026,8 +1122,8 @@ static void wait_done(pcluster *c, sse_wait *w, int err)
     ploop_timer_stop(c->loop, &w->timer);
     bool ok = pbuf_append(&w->responses, "]", 2) == 0;
     c->depth++;
-    w->fn(c, err, ok ? (const char *)w->responses.ptr : "[]",
-          ok ? w->responses.len - 1 : 2, w->user);
+    w->fn(c, err, ok ? (const char *)w->responses.ptr : "[]", ok ? w->responses.len - 1 : 2,
+          w->user);
     c->depth--;
     pbuf_free(&w->responses);
     pbuf_free(&w->request);
@@ -1042,8 +1138,9 @@ int parley_cluster_server_side_emit_ack(parley_cluster *c, parley_nsp *n, const 
 {
     if (!c || !n || !event || !fn || c->leave_pending) return PARLEY_EINVAL;
     json_val args = {0};
-    if (args_json && (json_parse(args_json, strlen(args_json), c->o.lim.max_depth, &args, NULL) != 0 ||
-                      args.type != JSON_ARRAY))
+    if (args_json &&
+        (json_parse(args_json, strlen(args_json), c->o.lim.max_depth, &args, NULL) != 0 ||
+         args.type != JSON_ARRAY))
         return PARLEY_EINVAL;
     if (!predis_ready(c->pub)) {
         c->st.publish_failures++;
@@ -1096,7 +1193,8 @@ int parley_cluster_ack(parley_cluster *c, parley_nsp *n, const char *ack_id, con
 {
     json_val v;
     if (!c || !n || !ack_id || !*ack_id || strlen(ack_id) > PENV_MAX_UID ||
-        (value_json && json_parse(value_json, strlen(value_json), c->o.lim.max_depth, &v, NULL) != 0))
+        (value_json &&
+         json_parse(value_json, strlen(value_json), c->o.lim.max_depth, &v, NULL) != 0))
         return PARLEY_EINVAL;
     /* {"type":6,"requestId":..,"data":value} on the response channel. */
     c->msg.len = 0;

@@ -38,8 +38,8 @@ typedef struct pcluster_opts {
     penv_limits lim;    /* inbound messages (penv_limits_init by pcluster_opts_init) */
     /* serverSideEmit from another node: event and its arguments (a JSON
      * array, len bytes, NUL-terminated). Optional. */
-    void (*on_server_side_emit)(parley_nsp *n, const char *event, const char *args_json,
-                                size_t len, const char *ack_id, void *user);
+    void (*on_server_side_emit)(parley_nsp *n, const char *event, const char *args_json, size_t len,
+                                const char *ack_id, void *user);
     void *user;
 } pcluster_opts;
 
@@ -54,7 +54,7 @@ typedef struct pcluster_stats {
     uint64_t requests;         /* requests from other nodes applied */
     uint64_t unsupported;      /* requests of a kind not handled (ignored) */
     uint64_t reconnects;       /* connections to Redis lost or failed */
-    unsigned nodes;            /* servers subscribed to the "/" request channel (PUBSUB NUMSUB), 0 = unknown */
+    unsigned nodes; /* servers subscribed to the "/" request channel (PUBSUB NUMSUB), 0 = unknown */
     bool pub_up, sub_up;
 } pcluster_stats;
 

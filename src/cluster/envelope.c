@@ -732,10 +732,13 @@ static long placeholder(const json_val *v, size_t nbins)
 
 static int put_json(wr *w, const json_val *v, unsigned depth);
 
-int penv_put_json(pbuf *out, pbuf *scratch, const json_val *v, const parley_bin *bins,
-                  size_t nbins, unsigned max_depth)
+int penv_put_json(pbuf *out, pbuf *scratch, const json_val *v, const parley_bin *bins, size_t nbins,
+                  unsigned max_depth)
 {
-    wr w = {.out = out, .scratch = scratch, .bins = bins, .nbins = nbins,
+    wr w = {.out = out,
+            .scratch = scratch,
+            .bins = bins,
+            .nbins = nbins,
             .max_depth = max_depth ? max_depth : 32};
     return put_json(&w, v, 0);
 }
@@ -795,7 +798,10 @@ static int put_cstr(pbuf *out, const char *s)
 
 int penv_encode(pbuf *out, pbuf *scratch, const penv_out *m, unsigned max_depth)
 {
-    wr w = {.out = out, .scratch = scratch, .bins = m->bins, .nbins = m->nbins,
+    wr w = {.out = out,
+            .scratch = scratch,
+            .bins = m->bins,
+            .nbins = m->nbins,
             .max_depth = max_depth ? max_depth : 32};
     size_t nargs = m->args ? json_count(m->args) : 0;
     if (nargs >= UINT32_MAX) return PARLEY_EINVAL;

@@ -43,11 +43,11 @@
 #define PENV_HARD_MAX_BINS  64
 
 typedef struct penv_limits {
-    size_t max_message;  /* whole message in bytes (default 1000000) */
-    unsigned max_rooms;  /* rooms and except entries each (default 64, <= 1024) */
-    unsigned max_depth;  /* nesting of arrays and maps (default 32) */
-    unsigned max_bins;   /* binary values (default 10, <= 64) */
-    unsigned max_items;  /* MessagePack values in all (default 100000) */
+    size_t max_message; /* whole message in bytes (default 1000000) */
+    unsigned max_rooms; /* rooms and except entries each (default 64, <= 1024) */
+    unsigned max_depth; /* nesting of arrays and maps (default 32) */
+    unsigned max_bins;  /* binary values (default 10, <= 64) */
+    unsigned max_items; /* MessagePack values in all (default 100000) */
 } penv_limits;
 
 void penv_limits_init(penv_limits *l);
@@ -55,10 +55,10 @@ void penv_limits_init(penv_limits *l);
 /* A decoded broadcast. Pointers are valid until the next decode with the
  * same decoder (or until the input goes away, for bins and uid). */
 typedef struct penv_msg {
-    const char *uid;      /* NUL-terminated */
-    const char *nsp;      /* NUL-terminated; "/" when the packet had none */
-    const char *event;    /* NUL-terminated */
-    const char *args;     /* JSON array, NUL-terminated */
+    const char *uid;   /* NUL-terminated */
+    const char *nsp;   /* NUL-terminated; "/" when the packet had none */
+    const char *event; /* NUL-terminated */
+    const char *args;  /* JSON array, NUL-terminated */
     size_t args_len;
     const parley_bin *bins;
     size_t nbins;
@@ -74,8 +74,8 @@ typedef struct penv_msg {
 
 typedef struct penv_dec {
     penv_limits lim;
-    pbuf json;    /* args */
-    pbuf strs;    /* uid, nsp, event, rooms (NUL-separated) */
+    pbuf json;                     /* args */
+    pbuf strs;                     /* uid, nsp, event, rooms (NUL-separated) */
     size_t *room_off, *except_off; /* offsets into strs, max_rooms each */
     const char **room_ptr, **except_ptr;
     parley_bin bins[PENV_HARD_MAX_BINS];
@@ -97,8 +97,8 @@ int penv_decode_request(penv_dec *d, const uint8_t *msg, size_t len, penv_msg *o
                         const char **why);
 
 /* Appends one JSON value as MessagePack (placeholders refer to bins). */
-int penv_put_json(pbuf *out, pbuf *scratch, const json_val *v, const parley_bin *bins,
-                  size_t nbins, unsigned max_depth);
+int penv_put_json(pbuf *out, pbuf *scratch, const json_val *v, const parley_bin *bins, size_t nbins,
+                  unsigned max_depth);
 
 /* Appends the envelope for a broadcast to out (after out->len = 0 by the
  * caller if wanted). args: a parsed JSON array or NULL; placeholders in it

@@ -23,7 +23,7 @@ struct predis {
     int state;
     bool conn_live; /* c initialised, its on_close not run yet */
     bool freeing;
-    unsigned in_cb; /* inside on_close's callback */
+    unsigned in_cb;      /* inside on_close's callback */
     unsigned hs_pending; /* AUTH/SELECT replies still due */
     unsigned attempts;
     backoff bo;
@@ -124,8 +124,8 @@ badport:
 static size_t on_data(pconn *c, uint8_t *data, size_t len);
 static void on_connect(pconn *c, int status);
 static void on_close(pconn *c, int err);
-static const pconn_cbs conn_cbs = {.on_data = on_data, .on_connect = on_connect,
-                                   .on_close = on_close};
+static const pconn_cbs conn_cbs = {
+    .on_data = on_data, .on_connect = on_connect, .on_close = on_close};
 
 static void attempt(predis *r);
 
@@ -207,8 +207,8 @@ static size_t on_data(pconn *c, uint8_t *data, size_t len)
         off += (size_t)n;
         if (r->state == R_HANDSHAKE) {
             if (rep.type == '-') {
-                plog_error("redis %s: %.*s (check the URL's user, password and database)",
-                           r->name, (int)PARLEY_MIN(rep.v.len, 200), (const char *)rep.v.p);
+                plog_error("redis %s: %.*s (check the URL's user, password and database)", r->name,
+                           (int)PARLEY_MIN(rep.v.len, 200), (const char *)rep.v.p);
                 pconn_close(c, false, PARLEY_EPROTO);
                 break;
             }
@@ -234,8 +234,9 @@ static void on_close(pconn *c, int err)
     if (!err) err = PARLEY_ECLOSED;
     double rnd = 0.5;
     const uint8_t *b = ploop_random(r->loop, 4);
-    if (b) rnd = (double)(((uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3])) /
-                 4294967296.0;
+    if (b)
+        rnd = (double)(((uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3])) /
+              4294967296.0;
     uint32_t delay = backoff_next(&r->bo, rnd);
     if (was_ready)
         plog_warn("redis %s: connection to %s:%u lost (%s); retrying in %u ms", r->name,

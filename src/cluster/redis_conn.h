@@ -46,12 +46,12 @@ typedef struct predis_cbs {
 } predis_cbs;
 
 typedef struct predis_opts {
-    const char *name;        /* for logs: "publisher", "subscriber" */
-    size_t max_bulk;         /* largest bulk string accepted (default 1 MiB + 64 KiB) */
-    size_t max_out;          /* output backlog before the connection is dropped (default 8 MiB) */
+    const char *name; /* for logs: "publisher", "subscriber" */
+    size_t max_bulk;  /* largest bulk string accepted (default 1 MiB + 64 KiB) */
+    size_t max_out;   /* output backlog before the connection is dropped (default 8 MiB) */
     uint32_t connect_timeout_ms; /* default 5000 */
-    uint32_t retry_min_ms;   /* default 100 */
-    uint32_t retry_max_ms;   /* default 5000 */
+    uint32_t retry_min_ms;       /* default 100 */
+    uint32_t retry_max_ms;       /* default 5000 */
 } predis_opts;
 
 /* Starts connecting. The url is copied. 0 or PARLEY_ENOMEM. */

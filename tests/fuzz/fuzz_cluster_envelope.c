@@ -13,24 +13,6 @@
 #include "cluster/resp.h"
 #include "codec/json.h"
 
-/* Broadcasts with acknowledgements ({uid, requestId, type: 7, packet, opts}). */
-static void fuzz_request(const uint8_t *p, size_t n)
-{
-    static penv_dec d;
-    static int init;
-    if (!init) {
-        CHECK(penv_dec_init(&d, NULL) == 0);
-        init = 1;
-    }
-    penv_msg m;
-    if (penv_decode_request(&d, p, n, &m, NULL) != 0) return;
-    json_val args;
-    CHECK(json_parse(m.args, m.args_len, 64, &args, NULL) == 0 && args.type == JSON_ARRAY);
-    CHECK(m.request_id && m.request_id[0] && strlen(m.request_id) <= PENV_MAX_UID);
-    CHECK(m.uid[0] && m.event[0] && m.nsp[0] == '/');
-    CHECK(m.nbins <= d.lim.max_bins && m.nrooms <= d.lim.max_rooms);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define CHECK(x)                                                                                   \
@@ -50,7 +32,8 @@ static void fuzz_resp(const uint8_t *p, size_t n)
         if (r.type == '*') {
             CHECK(r.n <= PRESP_MAX_ELEMS);
             for (size_t i = 0; i < r.n; i++)
-                if (r.el[i].p) CHECK(r.el[i].p >= p + off && r.el[i].p + r.el[i].len <= p + off + took);
+                if (r.el[i].p)
+                    CHECK(r.el[i].p >= p + off && r.el[i].p + r.el[i].len <= p + off + took);
         }
         off += (size_t)took;
     }
@@ -75,9 +58,17 @@ static void fuzz_envelope(const uint8_t *p, size_t n)
     for (size_t i = 0; i < m.nrooms; i++) CHECK(strlen(m.rooms[i]) <= PENV_MAX_ROOM_LEN);
     /* Encode again and decode: the same message. */
     pbuf out = {0}, scratch = {0};
-    penv_out o = {.uid = m.uid, .nsp = m.nsp, .event = m.event, .args = &args, .bins = m.bins,
-                  .nbins = m.nbins, .rooms = m.rooms, .nrooms = m.nrooms, .except = m.except,
-                  .nexcept = m.nexcept, .volatile_ = m.volatile_};
+    penv_out o = {.uid = m.uid,
+                  .nsp = m.nsp,
+                  .event = m.event,
+                  .args = &args,
+                  .bins = m.bins,
+                  .nbins = m.nbins,
+                  .rooms = m.rooms,
+                  .nrooms = m.nrooms,
+                  .except = m.except,
+                  .nexcept = m.nexcept,
+                  .volatile_ = m.volatile_};
     int rc = penv_encode(&out, &scratch, &o, 64);
     CHECK(rc == 0);
     penv_msg m2;
@@ -92,6 +83,24 @@ static void fuzz_envelope(const uint8_t *p, size_t n)
     }
     pbuf_free(&out);
     pbuf_free(&scratch);
+}
+
+/* Broadcasts with acknowledgements ({uid, requestId, type: 7, packet, opts}). */
+static void fuzz_request(const uint8_t *p, size_t n)
+{
+    static penv_dec d;
+    static int init;
+    if (!init) {
+        CHECK(penv_dec_init(&d, NULL) == 0);
+        init = 1;
+    }
+    penv_msg m;
+    if (penv_decode_request(&d, p, n, &m, NULL) != 0) return;
+    json_val args;
+    CHECK(json_parse(m.args, m.args_len, 64, &args, NULL) == 0 && args.type == JSON_ARRAY);
+    CHECK(m.request_id && m.request_id[0] && strlen(m.request_id) <= PENV_MAX_UID);
+    CHECK(m.uid[0] && m.event[0] && m.nsp[0] == '/');
+    CHECK(m.nbins <= d.lim.max_bins && m.nrooms <= d.lim.max_rooms);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

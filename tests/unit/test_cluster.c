@@ -125,8 +125,9 @@ static void test_node_volatile_room_except(void **state)
     penv_msg e;
     assert_int_equal(penv_decode(&dec, m, n, &e, NULL), 0);
     assert_string_equal(e.event, "vol");
-    assert_string_equal(e.args,
-                        "[{\"a\":[1.5,-3,null,true,300,-200,70000,5000000000],\"s\":\"\xc3\xa9\xe2\x9c\x93\"}]");
+    assert_string_equal(
+        e.args,
+        "[{\"a\":[1.5,-3,null,true,300,-200,70000,5000000000],\"s\":\"\xc3\xa9\xe2\x9c\x93\"}]");
     assert_int_equal(e.nrooms, 1);
     assert_string_equal(e.rooms[0], "room1");
     assert_int_equal(e.nexcept, 2);
@@ -325,8 +326,8 @@ static void test_encode_exact(void **state)
     json_val a;
     assert_int_equal(json_parse(args1, strlen(args1), 32, &a, NULL), 0);
     parley_bin bin = {"\xde\xad\xbe\xef", 4};
-    penv_out o = {.uid = "IqnFAO", .nsp = "/", .event = "hello", .args = &a, .bins = &bin,
-                  .nbins = 1};
+    penv_out o = {
+        .uid = "IqnFAO", .nsp = "/", .event = "hello", .args = &a, .bins = &bin, .nbins = 1};
     assert_int_equal(penv_encode(&out, &scratch, &o, 32), 0);
     size_t n = unhex(V_HELLO, m);
     assert_int_equal(out.len, n);
@@ -336,8 +337,15 @@ static void test_encode_exact(void **state)
         "[{\"a\":[1.5,-3,null,true,300,-200,70000,5e9],\"s\":\"\\u00e9\xe2\x9c\x93\"}]";
     assert_int_equal(json_parse(args2, strlen(args2), 32, &a, NULL), 0);
     const char *rooms[] = {"room1"}, *except[] = {"sock-x"};
-    penv_out o2 = {.uid = "IqnFAO", .nsp = "/", .event = "vol", .args = &a, .rooms = rooms,
-                   .nrooms = 1, .except = except, .nexcept = 1, .except_id = "r9",
+    penv_out o2 = {.uid = "IqnFAO",
+                   .nsp = "/",
+                   .event = "vol",
+                   .args = &a,
+                   .rooms = rooms,
+                   .nrooms = 1,
+                   .except = except,
+                   .nexcept = 1,
+                   .except_id = "r9",
                    .volatile_ = true};
     out.len = 0;
     assert_int_equal(penv_encode(&out, &scratch, &o2, 32), 0);
@@ -439,7 +447,7 @@ static void test_resp_bad(void **state)
     (void)state;
     presp_reply r;
     size_t need;
-    const char *bad[] = {"?x\r\n", "*9\r\n", "*1\r\n*1\r\n:1\r\n", "$3\r\nabcd\r\n", ":\r\n",
+    const char *bad[] = {"?x\r\n",   "*9\r\n",  "*1\r\n*1\r\n:1\r\n", "$3\r\nabcd\r\n", ":\r\n",
                          ":12a\r\n", "$-2\r\n", "+a\rb\r\n"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         assert_int_equal(presp_parse((const uint8_t *)bad[i], strlen(bad[i]), 1024, &r, &need),
@@ -487,8 +495,9 @@ static void test_redis_url(void **state)
     assert_int_equal(predis_url_parse("redis://[::1]:6390/", &u, &why), 0);
     assert_string_equal(u.host, "::1");
     assert_int_equal(u.port, 6390);
-    const char *bad[] = {"http://h", "redis://", "redis://h:0", "redis://h:70000", "redis://h:x",
-                         "redis://h/abc", "redis://h?x=1", "rediss://h", NULL};
+    const char *bad[] = {"http://h",        "redis://",    "redis://h:0",
+                         "redis://h:70000", "redis://h:x", "redis://h/abc",
+                         "redis://h?x=1",   "rediss://h",  NULL};
     for (int i = 0; bad[i]; i++) {
         why = NULL;
         assert_int_equal(predis_url_parse(bad[i], &u, &why), PARLEY_EINVAL);
