@@ -1100,5 +1100,13 @@ void engine_free(engine *e)
         if (!ent) break;
         session_closed(ent->val, "server shutting down");
     }
+    /* Nothing is left that a later loop iteration must see close (e.g. a
+     * server that never listened, freed without running the loop again):
+     * free now rather than leak when the loop does not run. */
+    if (!e->dead && e->sessions.n == 0 && e->detached == 0) {
+        ploop_defer_cancel(e->loop, &e->reap);
+        reap(&e->reap);
+        return;
+    }
     ploop_defer(e->loop, &e->reap);
 }
