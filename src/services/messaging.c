@@ -2275,6 +2275,7 @@ static void do_npush(msg_service *svc, obx *e)
         k->id = e->meta.id;
         memcpy(k->user, e->user, sizeof k->user);
         parley_emit_opts o = {
+            .size = sizeof o,
             .ack = on_notif_ack, .ack_user = k, .timeout_ms = NOTIF_ACK_TIMEOUT_MS};
         if (parley_emit_opts_send(ms->sock, &o, MSG_EV_NOTIFICATION, (const char *)e->json.ptr,
                                   NULL, 0) != 0)

@@ -280,6 +280,7 @@ static void do_add(void *arg)
             fs_render(&b, x);
             pbuf_append(&b, "]", 2);
             parley_emit_opts eo = {
+                .size = sizeof eo,
                 .ack = fs_acked, .ack_user = (void *)(intptr_t)x->id, .timeout_ms = 0};
             parley_emit_opts_send(f->sock, &eo, "notification", (const char *)b.ptr, NULL, 0);
             pbuf_free(&b);
