@@ -18,11 +18,13 @@
 #include "server/admin_ui.h"
 #include "server/engine.h"
 #include "server/httpd.h"
+#include "server/peers.h"
 #include "services/jwt.h"
 #include "services/messaging.h"
 #include "ws/wsconn.h"
 
 typedef struct config {
+    ppeers peers; /* --node-id, --peer */
     char host[256];
     unsigned port;
     const char *ws_echo;
@@ -197,6 +199,12 @@ static void usage(FILE *f)
             "  --metrics-public          /metrics open to anyone (e.g. a Prometheus elsewhere\n"
             "                            on a private network)\n"
             "\n"
+            "Cluster without sticky sessions (docs/CLUSTER.md):\n"
+            "  --node-id ID              this node's id (1..64 of [A-Za-z0-9._-]); its\n"
+            "                            Engine.IO session ids start with a tag derived from it\n"
+            "  --peer ID=HOST:PORT       another node (repeatable, up to 64): polling requests\n"
+            "                            for its sessions are relayed to HOST:PORT\n"
+            "\n"
             "  --version, --help\n"
             "\n"
             "When ready, prints 'parleyd listening on HOST:PORT' on stdout.\n"
@@ -332,6 +340,9 @@ enum {
 /* Operations. */
 enum { OPT_LOG_FORMAT = OPT_DISK_RESERVE + 1 };
 
+/* Cluster without sticky sessions (docs/CLUSTER.md). */
+enum { OPT_NODE_ID = OPT_LOG_FORMAT + 1, OPT_PEER };
+
 static const struct option longopts[] = {
     {"listen", required_argument, 0, OPT_LISTEN},
     {"config", required_argument, 0, OPT_CONFIG},
@@ -407,6 +418,8 @@ static const struct option longopts[] = {
     {"admin-ui", no_argument, 0, OPT_ADMIN_UI},
     {"admin-ui-events", no_argument, 0, OPT_ADMIN_EVENTS},
     {"admin-ui-max-backlog", required_argument, 0, OPT_ADMIN_MAX_BACKLOG},
+    {"node-id", required_argument, 0, OPT_NODE_ID},
+    {"peer", required_argument, 0, OPT_PEER},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -439,6 +452,10 @@ static const char *apply(config *c, int ch, const char *arg)
     case OPT_COMPRESSION:
         c->sio.permessage_deflate = 1;
         return NULL;
+    case OPT_NODE_ID:
+        return ppeers_set_self(&c->peers, arg);
+    case OPT_PEER:
+        return ppeers_add(&c->peers, arg);
     case OPT_COMPRESSION_THRESHOLD:
         if (parse_u64(arg, UINT32_MAX, &v)) return "bad --compression-threshold";
         c->sio.compression_threshold = (size_t)v;
@@ -1139,6 +1156,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: --tls-cert and --tls-key go together\n");
         return 2;
     }
+    if (c.peers.n && !c.peers.self_id[0]) {
+        fprintf(stderr, "parleyd: --peer needs --node-id\n");
+        return 2;
+    }
     if (c.protocol_test) {
         /* The reference test servers' settings, unless a flag said other. */
         if (!c.ping_set) c.sio.ping_interval_ms = 300;
@@ -1201,6 +1222,8 @@ int main(int argc, char **argv)
     int rc = parley_server_new(a.loop, &c.sio, &a.srv);
     phttpd *http = rc ? NULL : parley_server__http(a.srv);
     if (rc == 0) rc = phttpd_set_opts(http, &c.http);
+    if (rc == 0 && c.peers.self_id[0])
+        rc = parley_server__cluster(a.srv, c.peers.self_tag, ppeers_route, &c.peers);
     if (rc) plog_error("%s", parley_strerror(rc));
     pmd_config pmd;
     pmd_config_init(&pmd);

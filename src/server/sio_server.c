@@ -1706,6 +1706,11 @@ int parley_server__engine(parley_server *s, const char *path, const engine_cbs *
     return engine_attach(s->http, path, &eo, cbs, user, out);
 }
 
+int parley_server__cluster(parley_server *s, const char *tag, engine_route_fn route, void *user)
+{
+    return s->eng ? engine_set_cluster(s->eng, tag, route, user, 0, 0) : PARLEY_ESTATE;
+}
+
 void parley_server__stats(const parley_server *s, parley_server_stats *out)
 {
     *out = s->stats;
