@@ -26,6 +26,7 @@
 #include "base/buf.h"
 #include "base/log.h"
 #include "base/map.h"
+#include "base/ratelimit.h"
 #include "base/util.h"
 #include "client/sio_internal.h"
 #include "codec/json.h"
@@ -80,6 +81,7 @@ typedef struct conv {
 } conv;
 
 struct parley_chat {
+    plog_limit log_bad; /* malformed server data: one log line per 5 s */
     parley_chat_opts o;
     char *url, *path, *user, *queue_path, *ca_file;
     parley_client *client;
@@ -383,6 +385,17 @@ static void message_view(parley_chat *c, const msg_message *m, const json_val *o
     out->mine = strcmp(m->from, c->user) == 0;
 }
 
+/* What a server sends that does not parse is dropped; a hostile or broken
+ * server could send it at line rate, so it is logged at most once per
+ * 5 s with the count of the lines held back. */
+static void log_bad(parley_chat *c, const char *what, const char *why)
+{
+    uint64_t held;
+    if (!plog_limit_ok(&c->log_bad, ptime_ms(), 5000, &held)) return;
+    plog_warn("chat: a malformed %s from the server%s%s%s: ignored (%llu more not logged)", what,
+              why ? " (" : "", why ? why : "", why ? ")" : "", (unsigned long long)held);
+}
+
 /* A message from new_message or a sync answer; false when it does not
  * follow what the client has (a gap: sync instead). */
 static bool take_message(parley_chat *c, const json_val *obj, bool live)
@@ -390,7 +403,7 @@ static bool take_message(parley_chat *c, const json_val *obj, bool live)
     msg_message m;
     msg_error me;
     if (msg_parse_message(obj, &c->limits, &m, &me) != MSG_OK) {
-        plog_warn("chat: a malformed message from the server (%s): ignored", me.message);
+        log_bad(c, "message", me.message);
         return true;
     }
     conv *v = conv_get(c, m.conversation, true);
@@ -1681,7 +1694,7 @@ static bool parse_presence(parley_chat *c, const json_val *obj, msg_presence *mp
 {
     msg_error me;
     if (msg_parse_presence(obj, mp, &me) != MSG_OK) {
-        plog_warn("chat: a malformed presence from the server (%s): ignored", me.message);
+        log_bad(c, "presence", me.message);
         return false;
     }
     if (c->o.on_presence) {
@@ -2059,7 +2072,7 @@ static void take_live_notification(parley_chat *c, const json_val *obj)
     parley_chat_notification n;
     char *arena;
     if (!parse_notification(obj, &n, &arena)) {
-        plog_warn("chat: a malformed notification from the server: ignored");
+        log_bad(c, "notification", NULL);
         return;
     }
     bool found;
@@ -2129,7 +2142,7 @@ static void on_notif_sync(parley_sock *s, int err, const parley_args *args, void
             parley_chat_notification n;
             char *arena;
             if (!parse_notification(&nv, &n, &arena)) {
-                plog_warn("chat: a malformed notification from the server: ignored");
+                log_bad(c, "notification", NULL);
                 continue;
             }
             bool found;
