@@ -19,12 +19,15 @@
 #include "server/engine.h"
 #include "server/httpd.h"
 #include "server/peers.h"
+#include "prog/workers.h"
 #include "services/jwt.h"
 #include "services/messaging.h"
 #include "ws/wsconn.h"
 
 typedef struct config {
     ppeers peers; /* --node-id, --peer */
+    unsigned workers;       /* --workers (0/1: this process serves) */
+    pworker_ctx *worker;    /* in a worker of --workers */
     char host[256];
     unsigned port;
     const char *ws_echo;
@@ -204,6 +207,9 @@ static void usage(FILE *f)
             "                            Engine.IO session ids start with a tag derived from it\n"
             "  --peer ID=HOST:PORT       another node (repeatable, up to 64): polling requests\n"
             "                            for its sessions are relayed to HOST:PORT\n"
+            "  --workers N               N processes on the port (SO_REUSEPORT), polling requests\n"
+            "                            relayed between them; needs --no-messaging or\n"
+            "                            --protocol-test while the store is one process's\n"
             "\n"
             "  --version, --help\n"
             "\n"
@@ -341,7 +347,7 @@ enum {
 enum { OPT_LOG_FORMAT = OPT_DISK_RESERVE + 1 };
 
 /* Cluster without sticky sessions (docs/CLUSTER.md). */
-enum { OPT_NODE_ID = OPT_LOG_FORMAT + 1, OPT_PEER };
+enum { OPT_NODE_ID = OPT_LOG_FORMAT + 1, OPT_PEER, OPT_WORKERS };
 
 static const struct option longopts[] = {
     {"listen", required_argument, 0, OPT_LISTEN},
@@ -420,6 +426,7 @@ static const struct option longopts[] = {
     {"admin-ui-max-backlog", required_argument, 0, OPT_ADMIN_MAX_BACKLOG},
     {"node-id", required_argument, 0, OPT_NODE_ID},
     {"peer", required_argument, 0, OPT_PEER},
+    {"workers", required_argument, 0, OPT_WORKERS},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -456,6 +463,10 @@ static const char *apply(config *c, int ch, const char *arg)
         return ppeers_set_self(&c->peers, arg);
     case OPT_PEER:
         return ppeers_add(&c->peers, arg);
+    case OPT_WORKERS:
+        if (parse_u64(arg, PWORKERS_MAX, &v) || v == 0) return "--workers wants 1..64";
+        c->workers = (unsigned)v;
+        return NULL;
     case OPT_COMPRESSION_THRESHOLD:
         if (parse_u64(arg, UINT32_MAX, &v)) return "bad --compression-threshold";
         c->sio.compression_threshold = (size_t)v;
@@ -1156,6 +1167,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: --tls-cert and --tls-key go together\n");
         return 2;
     }
+    if (c.workers > 1 && c.peers.n) {
+        fprintf(stderr, "parleyd: --workers with --peer is not supported: list every process of "
+                        "every host with --node-id/--peer instead\n");
+        return 2;
+    }
+    if (c.workers > 1 && !c.protocol_test && c.messaging) {
+        fprintf(stderr, "parleyd: --workers needs --no-messaging or --protocol-test: the messaging "
+                        "store (SQLite) belongs to one process\n");
+        return 2;
+    }
     if (c.peers.n && !c.peers.self_id[0]) {
         fprintf(stderr, "parleyd: --peer needs --node-id\n");
         return 2;
@@ -1179,6 +1200,31 @@ int main(int argc, char **argv)
     parley_log_set(c.level, NULL, NULL);
     plog_set_format(c.log_format);
     if (c.protocol_test) c.messaging = false;
+    if (c.workers > 1) {
+        /* The parent supervises and returns here when the workers stop;
+         * a worker goes on below, as node <id>.w<i> relaying to the
+         * others on their loopback ports. */
+        static pworker_ctx wctx;
+        int st = pworkers_run((int)c.workers, c.host, c.port, &wctx);
+        if (st >= 0) return st;
+        c.worker = &wctx;
+        char base[PPEERS_ID_MAX + 1], id[PPEERS_ID_MAX + 8];
+        snprintf(base, sizeof base, "%s", c.peers.self_id[0] ? c.peers.self_id : "parleyd");
+        memset(&c.peers, 0, sizeof c.peers);
+        const char *err = NULL;
+        for (int i = 0; i < wctx.n && !err; i++) {
+            if (i == wctx.index) continue;
+            char spec[PPEERS_ID_MAX + 40];
+            snprintf(spec, sizeof spec, "%.56s.w%d=127.0.0.1:%u", base, i, wctx.relay_ports[i]);
+            err = ppeers_add(&c.peers, spec);
+        }
+        snprintf(id, sizeof id, "%.56s.w%d", base, wctx.index);
+        if (!err) err = ppeers_set_self(&c.peers, id);
+        if (err) {
+            plog_error("worker %d: %s", wctx.index, err);
+            return 1;
+        }
+    }
     jwt_keyset *jwt_keys = NULL;
     bool want_keys = c.jwt_secret || c.jwt_secret_file || c.n_jwt_pem || c.jwks_file;
     if (c.messaging && want_keys) {
@@ -1298,7 +1344,14 @@ int main(int argc, char **argv)
     jwt_keyset_unref(jwt_keys);
     unsigned port = 0;
     if (rc == 0) {
-        rc = parley_server_listen(a.srv, c.host, c.port, &port);
+        if (c.worker) {
+            /* The public socket (TLS as configured) and the loopback one
+             * the other workers relay to (plain). */
+            rc = phttpd_listen_fd(http, c.worker->listen_fd, parley_server__tls(a.srv), &port);
+            if (rc == 0) rc = phttpd_listen_fd(http, c.worker->relay_fd, NULL, NULL);
+        } else {
+            rc = parley_server_listen(a.srv, c.host, c.port, &port);
+        }
         if (rc)
             plog_error("cannot listen on %s:%u: %s", c.host, c.port,
                     parley_strerror(rc));
@@ -1328,9 +1381,14 @@ int main(int argc, char **argv)
     uv_signal_start(&a.sighup, on_sighup, SIGHUP);
 
     /* The banner before the ready line: who waits for the one has the other. */
-    banner(&c, port);
-    printf(strchr(c.host, ':') ? "parleyd listening on [%s]:%u\n" : "parleyd listening on %s:%u\n",
-           c.host, port);
+    if (!c.worker || c.worker->index == 0) banner(&c, port);
+    if (c.worker) {
+        pworker_ready(c.worker); /* the parent prints the ready line */
+    } else {
+        printf(strchr(c.host, ':') ? "parleyd listening on [%s]:%u\n"
+                                   : "parleyd listening on %s:%u\n",
+               c.host, port);
+    }
     fflush(stdout);
 
     parley_loop_run(a.loop);

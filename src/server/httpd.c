@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "base/map.h"
@@ -450,6 +451,21 @@ int phttpd_listen(phttpd *s, const char *host, unsigned port, ptls_ctx *tls, uns
     if (s->nlisteners == MAX_LISTENERS) return PARLEY_ELIMIT;
     plistener *l;
     int rc = plisten(s->loop, host, port, tls, on_accept, s, &l);
+    if (rc) return rc;
+    plisten_set_admit(l, on_admit);
+    s->listeners[s->nlisteners++] = l;
+    if (bound) *bound = plistener_port(l);
+    return 0;
+}
+
+int phttpd_listen_fd(phttpd *s, int fd, ptls_ctx *tls, unsigned *bound)
+{
+    if (s->nlisteners == MAX_LISTENERS) {
+        close(fd);
+        return PARLEY_ELIMIT;
+    }
+    plistener *l;
+    int rc = plisten_fd(s->loop, fd, tls, on_accept, s, &l);
     if (rc) return rc;
     plisten_set_admit(l, on_admit);
     s->listeners[s->nlisteners++] = l;

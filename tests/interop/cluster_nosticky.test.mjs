@@ -10,10 +10,11 @@
 // to the live node.
 
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { after, test } from 'node:test';
 
-import { cleanup, lowFreePort, onCleanup, sleep, withTimeout } from './lib/harness.mjs';
+import { cleanup, lowFreePort, onCleanup, program, sleep, withTimeout } from './lib/harness.mjs';
 import { io, startProtocolServer } from './lib/sio.mjs';
 
 after(cleanup);
@@ -185,4 +186,68 @@ test('a relay to a node that died is answered, and the client starts over on a l
   await sleep(10);
   await lb.close();
   await n1.stop();
+});
+
+/** The pids of a process's children. */
+function childrenOf(pid) {
+  const r = spawnSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' });
+  return r.stdout.split('\n').map((x) => x.trim()).filter(Boolean).map(Number);
+}
+
+test('--workers 3: one port, three processes, polling requests relayed between them; a killed worker comes back', async () => {
+  const srv = await startProtocolServer({ extra: ['--workers', '3'] });
+  const parent = srv.child.pid;
+  const workers = childrenOf(parent);
+  assert.equal(workers.length, 3, `three workers: ${workers}`);
+  // New connections are spread over the workers by the kernel
+  // (SO_REUSEPORT): sessions carry the tags of more than one worker (all
+  // twelve handshakes hashed to one of three workers: 3^-11).
+  const clients = Array.from({ length: 12 }, () => client(srv.port));
+  await Promise.all(clients.map((c) => connected(c.s)));
+  const tags = new Set(clients.map((c) => c.s.io.engine.id.slice(0, 4)));
+  assert.ok(tags.size >= 2, `sessions on several workers: ${[...tags]}`);
+  for (let round = 0; round < 6; round++) {
+    for (const [i, c] of clients.entries()) {
+      const got = await withTimeout(c.s.emitWithAck('message-with-ack', [round, i]), 10000,
+        `ack ${round}/${i}`);
+      assert.deepEqual(got, [round, i]);
+    }
+  }
+  for (const c of clients) assert.deepEqual(c.disconnects, []);
+  for (const c of clients) c.s.close();
+
+  // SIGKILL one worker: the parent starts another; the port keeps
+  // answering meanwhile (the others take the connections).
+  process.kill(workers[0], 'SIGKILL');
+  const again = client(srv.port);
+  await connected(again.s);
+  assert.equal(await withTimeout(again.s.emitWithAck('message-with-ack', 'x'), 10000, 'ack'), 'x');
+  again.s.close();
+  let now = [];
+  for (let i = 0; i < 50; i++) {
+    now = childrenOf(parent);
+    if (now.length === 3 && !now.includes(workers[0])) break;
+    await sleep(100);
+  }
+  assert.equal(now.length, 3, `restarted: ${now}`);
+  assert.ok(!now.includes(workers[0]));
+
+  // SIGTERM to the parent stops every worker, then the parent (0).
+  const { code } = await srv.stop();
+  assert.equal(code, 0);
+  for (const pid of now) assert.throws(() => process.kill(pid, 0), `worker ${pid} gone`);
+});
+
+test('--workers refuses what one process must own', () => {
+  const bin = program('PARLEYD');
+  let r = spawnSync(bin, ['--workers', '2', '--listen', '127.0.0.1:0'], { encoding: 'utf8' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--workers needs --no-messaging or --protocol-test/);
+  r = spawnSync(bin, ['--workers', '2', '--protocol-test', '--node-id', 'a', '--peer', 'b=127.0.0.1:1'],
+    { encoding: 'utf8' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--workers with --peer/);
+  r = spawnSync(bin, ['--workers', '65', '--protocol-test'], { encoding: 'utf8' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--workers wants 1..64/);
 });
