@@ -10,6 +10,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +62,7 @@ static int spawn(wstate *s, int i, pworker_ctx *ctx)
 {
     fflush(stdout);
     fflush(stderr);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         plog_error("workers: fork: %s", strerror(errno));
@@ -70,6 +74,15 @@ static int spawn(wstate *s, int i, pworker_ctx *ctx)
         s->w[i].restart_ms = 0;
         return 0;
     }
+    /* A worker does not outlive its parent (a supervisor SIGKILLed, e.g.
+     * by systemd or a test harness, must not leave orphans serving the
+     * port and holding its stdout). */
+#ifdef __linux__
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(1);
+#else
+    (void)parent;
+#endif
     /* The worker: the parent's signal plumbing is not its own. */
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);

@@ -60,14 +60,18 @@ async function metric(port, name) {
   return Number(m[1]);
 }
 
+// The protocol-test server's heartbeat (300 ms ping, 200 ms to answer)
+// and 1 s connect timeout are the reference test suite's; a pong that
+// takes two relays on a loaded CI machine can miss 200 ms, which would
+// test the machine, not the relay. Relays are shown by what arrives.
+const CALM = ['--ping-interval', '2000', '--ping-timeout', '10000', '--connect-timeout', '10000'];
+
 async function twoNodes({ peers }) {
   const [p1, p2] = [await lowFreePort(), await lowFreePort()];
   const flags = (self, other, otherPort) =>
     peers ? ['--node-id', self, '--peer', `${other}=127.0.0.1:${otherPort}`] : [];
-  // Polling sessions must outlive the test's gaps: the protocol-test
-  // heartbeat (300 ms) is kept, so a relay that fails shows up fast.
-  const n1 = await startProtocolServer({ port: p1, extra: flags('node-a', 'node-b', p2) });
-  const n2 = await startProtocolServer({ port: p2, extra: flags('node-b', 'node-a', p1) });
+  const n1 = await startProtocolServer({ port: p1, extra: [...CALM, ...flags('node-a', 'node-b', p2)] });
+  const n2 = await startProtocolServer({ port: p2, extra: [...CALM, ...flags('node-b', 'node-a', p1)] });
   return [n1, n2];
 }
 
@@ -195,7 +199,7 @@ function childrenOf(pid) {
 }
 
 test('--workers 3: one port, three processes, polling requests relayed between them; a killed worker comes back', async () => {
-  const srv = await startProtocolServer({ extra: ['--workers', '3'] });
+  const srv = await startProtocolServer({ extra: [...CALM, '--workers', '3'] });
   const parent = srv.child.pid;
   const workers = childrenOf(parent);
   assert.equal(workers.length, 3, `three workers: ${workers}`);
