@@ -1869,7 +1869,7 @@ int parley_chat_presence_set(parley_chat *c, parley_presence status, const char 
         char decoded[MSG_PRESENCE_TEXT_MAX + 1];
         msg_error me;
         bool ok = rc == 0 && json_parse((const char *)b.ptr, b.len, 4, &obj, NULL) == 0 &&
-                  msg_parse_presence_set(&obj, &st, &has_text, decoded, &me) == MSG_OK;
+                  msg_parse_presence_set(&obj, &st, &has_text, decoded, NULL, &me) == MSG_OK;
         pbuf_free(&b);
         if (!ok) return rc == PARLEY_ENOMEM ? rc : PARLEY_EINVAL;
     }

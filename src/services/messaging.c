@@ -112,6 +112,14 @@ struct mpres {
     unsigned sent_devices;
     char sent_text[MSG_PRESENCE_TEXT_MAX + 1];
     ptimer window; /* armed for presence_interval_ms after each send */
+    /* "Appear offline" (stored): others see the user offline, last seen
+     * frozen at the moment it was turned on; the user's own devices see
+     * the true state with invisible. The sent_* above are what others were
+     * last told; self_* what the user's own devices were last told. */
+    bool invisible;
+    bool self_invisible;
+    uint8_t self_status;
+    unsigned self_devices;
     bool dirty;
     mpres *next_dirty;
     msess *trigger; /* the socket whose own action is this iteration's change (pres_mark) */
@@ -1175,12 +1183,14 @@ static mpres *pres_get(msg_service *svc, const char *id, bool create)
     p->svc = svc;
     memcpy(p->id, id, len + 1);
     p->len = len;
-    if (mstore_presence_get(svc->store, id, &p->last_seen, p->text) < 0 ||
+    int inv = mstore_presence_invisible(svc->store, id);
+    if (inv < 0 || mstore_presence_get(svc->store, id, &p->last_seen, p->text) < 0 ||
         pmap_put(&svc->pres, p->id, p->len, p) != 0) {
         free(p);
         return NULL;
     }
-    p->sent_status = MSG_PS_OFFLINE;
+    p->invisible = p->self_invisible = inv == 1;
+    p->sent_status = p->self_status = MSG_PS_OFFLINE;
     memcpy(p->sent_text, p->text, sizeof p->text);
     ptimer_init(&p->window, on_pres_window);
     return p;
@@ -1191,8 +1201,9 @@ static msg_pstatus ms_status(const msess *ms)
     return ms->pstatus == MSG_PS_ONLINE && ms->idle ? MSG_PS_AWAY : (msg_pstatus)ms->pstatus;
 }
 
-/* The user's presence now. 0, or negative when the store fails. */
-static int pres_compute(msg_service *svc, const char *id, msg_presence *out)
+/* The user's presence now, as the user's own devices see it (self) or as
+ * everyone else does. 0, or negative when the store fails. */
+static int pres_compute(msg_service *svc, const char *id, msg_presence *out, bool self)
 {
     memset(out, 0, sizeof *out);
     snprintf(out->user, sizeof out->user, "%s", id);
@@ -1206,6 +1217,11 @@ static int pres_compute(msg_service *svc, const char *id, msg_presence *out)
     muser *u = user_get(svc, id, false);
     out->status = MSG_PS_OFFLINE;
     if (!u || u->n == 0) return 0;
+    /* Connected: the record exists unless it could not be made. */
+    int inv = p ? p->invisible : mstore_presence_invisible(svc->store, id);
+    if (inv < 0) return PARLEY_EIO;
+    if (inv && !self) return 0; /* offline, last seen as frozen */
+    out->invisible = inv;
     for (msess *ms = u->socks; ms; ms = ms->next)
         if (ms_status(ms) > out->status) out->status = ms_status(ms);
     out->devices = u->n;
@@ -1264,15 +1280,21 @@ static int add_room_target(const char *conv, void *arg)
     return add_target(svc, r);
 }
 
-static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *except)
+/* Who hears of a change: everyone (the user's devices, subscribers,
+ * fellow room members), everyone but the user's own devices, or only
+ * those (while the user appears offline). */
+enum { PB_ALL, PB_OTHERS, PB_SELF };
+
+static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *except, int who)
 {
-    char r[PROOM_MAX];
+    char r[PROOM_MAX], own[PROOM_MAX];
     svc->bn = 0;
-    proom(r, 'u', cur->user);
-    int rc = add_target(svc, r);
+    proom(own, 'u', cur->user);
+    int rc = who == PB_OTHERS ? 0 : add_target(svc, own);
     proom(r, 's', cur->user);
-    if (rc == 0) rc = add_target(svc, r);
-    if (rc == 0) rc = mstore_user_convs(svc->store, cur->user, add_room_target, svc);
+    if (rc == 0 && who != PB_SELF) rc = add_target(svc, r);
+    if (rc == 0 && who != PB_SELF)
+        rc = mstore_user_convs(svc->store, cur->user, add_room_target, svc);
     pbuf *b = &svc->pjson;
     b->len = 0;
     if (rc == 0) rc = pbuf_append(b, "[", 1);
@@ -1285,6 +1307,11 @@ static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *exc
     /* The names moved while the array grew: pointers are taken last. */
     for (size_t i = 0; i < svc->bn; i++) svc->bptrs[i] = svc->bnames[i];
     parley_target t = {.rooms = svc->bptrs, .nrooms = svc->bn};
+    const char *x = own;
+    if (who == PB_OTHERS) { /* the user's devices are in the rooms too */
+        t.except = &x;
+        t.nexcept = 1;
+    }
     if (except && except->sock) t.except_socket = except->sock;
     rc = parley_broadcast(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0);
     if (rc < 0) plog_error("messaging: presence broadcast failed: %s", parley_strerror(rc));
@@ -1292,19 +1319,37 @@ static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *exc
 }
 
 /* Sends the user's presence if it differs from what was last sent, and
- * opens a coalescing window when it did. */
+ * opens a coalescing window when it did. While the user appears offline
+ * others and the user's own devices hear of different changes. */
 static void pres_send_if_changed(msg_service *svc, mpres *p, msess *except)
 {
-    msg_presence cur;
-    if (pres_compute(svc, p->id, &cur) != 0) return;
+    msg_presence self, pub;
+    if (pres_compute(svc, p->id, &self, true) != 0) return;
+    pub = self;
+    if (self.invisible) {
+        pub.status = MSG_PS_OFFLINE;
+        pub.devices = 0;
+        pub.last_seen = p->last_seen;
+        pub.invisible = false;
+    }
     /* last_seen moves by itself while online: it is not a change. */
-    if (cur.status == p->sent_status && cur.devices == p->sent_devices &&
-        strcmp(cur.text, p->sent_text) == 0)
-        return;
-    pres_broadcast(svc, &cur, except);
-    p->sent_status = (uint8_t)cur.status;
-    p->sent_devices = cur.devices;
-    memcpy(p->sent_text, cur.text, sizeof p->sent_text);
+    bool text = strcmp(self.text, p->sent_text) != 0;
+    bool pub_changed = text || pub.status != p->sent_status || pub.devices != p->sent_devices;
+    bool self_changed = text || self.status != p->self_status ||
+                        self.devices != p->self_devices || self.invisible != p->self_invisible;
+    if (!pub_changed && !self_changed) return;
+    if (!self.invisible) {
+        pres_broadcast(svc, &self, except, PB_ALL);
+    } else {
+        if (pub_changed) pres_broadcast(svc, &pub, except, PB_OTHERS);
+        if (self_changed) pres_broadcast(svc, &self, except, PB_SELF);
+    }
+    p->sent_status = (uint8_t)pub.status;
+    p->sent_devices = pub.devices;
+    memcpy(p->sent_text, pub.text, sizeof p->sent_text);
+    p->self_status = (uint8_t)self.status;
+    p->self_devices = self.devices;
+    p->self_invisible = self.invisible;
     if (svc->o.presence_interval_ms)
         ploop_timer_start(svc->loop, &p->window, svc->o.presence_interval_ms);
 }
@@ -1388,7 +1433,7 @@ static void pres_connected(msg_service *svc, msess *ms)
     if (!p) return;
     /* Recorded at connection too, so that a server killed while the user
      * is connected still knows roughly when they were last there. */
-    if (ms->user->n == 1) {
+    if (ms->user->n == 1 && !p->invisible) { /* frozen while invisible */
         p->last_seen = wall_ms();
         if (mstore_presence_seen(svc->store, p->id, p->last_seen) != 0)
             plog_error("messaging: cannot store when %s was last seen", p->id);
@@ -1415,7 +1460,7 @@ static void pres_disconnected(msg_service *svc, msess *ms, const char *user, uns
     mpres *p = pres_get(svc, user, true);
     if (!p) return;
     if (p->trigger == ms) p->trigger = NULL;
-    if (left == 0) {
+    if (left == 0 && !p->invisible) { /* frozen while invisible */
         p->last_seen = wall_ms();
         if (mstore_presence_seen(svc->store, p->id, p->last_seen) != 0)
             plog_error("messaging: cannot store when %s was last seen", p->id);
@@ -1721,7 +1766,10 @@ static void req_typing(msg_service *svc, msess *ms, const json_val *obj, const p
     }
     msg_conv_parse(&c, t.conversation, strlen(t.conversation));
     if (!check_member(svc, ms, ack_id, &c)) return;
-    typing_set(svc, &c, ms->user->id, t.start);
+    /* Typing would give away a user who appears offline: a start is not
+     * relayed then (a stop is, for an indicator shown before). */
+    mpres *p = t.start ? pres_get(svc, ms->user->id, false) : NULL;
+    if (!p || !p->invisible) typing_set(svc, &c, ms->user->id, t.start);
     svc->mx.typing_in++;
     static const char ok[] = "{\"ok\":true}";
     queue_ack_json(svc, ms, ack_id, ok, sizeof ok - 1, false);
@@ -2016,7 +2064,8 @@ static void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, c
     bool has_text;
     char text[MSG_PRESENCE_TEXT_MAX + 1];
     msg_error err;
-    if (msg_parse_presence_set(obj, &st, &has_text, text, &err)) {
+    int inv;
+    if (msg_parse_presence_set(obj, &st, &has_text, text, &inv, &err)) {
         reply_error(svc, ms, ack_id, &err);
         return;
     }
@@ -2035,12 +2084,24 @@ static void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, c
         }
         memcpy(p->text, text, sizeof p->text);
     }
-    ms->pstatus = (uint8_t)st;
+    if (inv >= 0 && (bool)inv != p->invisible) {
+        /* Last seen freezes at the moment it turns on (what others are
+         * told from now on) and resumes from now when it turns off. */
+        int64_t now = wall_ms();
+        if (mstore_presence_set_invisible(svc->store, p->id, inv, now) != 0 ||
+            mstore_presence_seen(svc->store, p->id, now) != 0) {
+            reply_internal(svc, ms, ack_id);
+            return;
+        }
+        p->invisible = inv;
+        p->last_seen = now;
+    }
+    if (st != MSG_PS_OFFLINE) ms->pstatus = (uint8_t)st; /* not given: kept */
     pres_mark(svc, p, ms);
     msg_presence cur;
     pbuf *b = &svc->scratch;
     b->len = 0;
-    int rc = pres_compute(svc, p->id, &cur);
+    int rc = pres_compute(svc, p->id, &cur, true);
     if (rc == 0) rc = pbuf_append_str(b, "{\"ok\":true,\"presence\":");
     if (rc == 0) rc = msg_encode_presence(b, &cur);
     if (rc == 0) rc = pbuf_append(b, "}", 1);
@@ -2048,17 +2109,19 @@ static void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, c
         reply_internal(svc, ms, ack_id);
         return;
     }
-    /* A new text is acknowledged once it is stored. */
+    /* A new text or invisibility is acknowledged once it is stored. */
     queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, mstore_in_batch(svc->store));
 }
 
-/* Appends the Presence objects of users[] (comma-separated). */
-static int append_presences(msg_service *svc, pbuf *b, char users[][MSG_USER_MAX + 1], size_t n)
+/* Appends the Presence objects of users[] (comma-separated), as `self`
+ * (the asking user) sees them. */
+static int append_presences(msg_service *svc, pbuf *b, char users[][MSG_USER_MAX + 1], size_t n,
+                            const char *self)
 {
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         msg_presence cur;
-        rc = pres_compute(svc, users[i], &cur);
+        rc = pres_compute(svc, users[i], &cur, strcmp(users[i], self) == 0);
         if (rc == 0 && i) rc = pbuf_append(b, ",", 1);
         if (rc == 0) rc = msg_encode_presence(b, &cur);
     }
@@ -2108,7 +2171,7 @@ static void req_presence_sub(msg_service *svc, msess *ms, const json_val *obj, c
     pbuf *b = &svc->scratch;
     b->len = 0;
     int rc = pbuf_append_str(b, "{\"ok\":true,\"presences\":[");
-    if (rc == 0) rc = append_presences(svc, b, users, n);
+    if (rc == 0) rc = append_presences(svc, b, users, n, ms->user->id);
     if (rc == 0) rc = pbuf_append_str(b, "]}");
     if (rc) {
         reply_internal(svc, ms, ack_id);
@@ -2145,6 +2208,7 @@ typedef struct pres_list {
     msg_service *svc;
     pbuf *out;
     bool first;
+    const char *self; /* the asking user */
 } pres_list;
 
 static int append_member_presence(const char *user, int64_t d, int64_t r, void *arg)
@@ -2153,7 +2217,7 @@ static int append_member_presence(const char *user, int64_t d, int64_t r, void *
     (void)r;
     pres_list *l = arg;
     msg_presence cur;
-    int rc = pres_compute(l->svc, user, &cur);
+    int rc = pres_compute(l->svc, user, &cur, strcmp(user, l->self) == 0);
     if (rc == 0 && !l->first) rc = pbuf_append(l->out, ",", 1);
     if (rc == 0) rc = msg_encode_presence(l->out, &cur);
     l->first = false;
@@ -2178,7 +2242,7 @@ static void req_presence_room(msg_service *svc, msess *ms, const json_val *obj,
     int rc = pbuf_append_str(b, "{\"ok\":true,\"room\":");
     if (rc == 0) rc = json_append_string(b, room, strlen(room));
     if (rc == 0) rc = pbuf_append_str(b, ",\"presences\":[");
-    pres_list l = {svc, b, true};
+    pres_list l = {svc, b, true, ms->user->id};
     if (rc == 0) rc = mstore_participants(svc->store, c.id, append_member_presence, &l);
     if (rc == 0) rc = pbuf_append_str(b, "]}");
     if (rc) {
