@@ -48,6 +48,7 @@
 #include "net/net.h"
 #include "server/engine.h"
 #include "server/httpd.h"
+#include "services/fanout.h"
 #include "services/jwt.h"
 #include "services/media.h"
 #include "services/msg_store.h"
@@ -131,7 +132,8 @@ typedef struct obx {
     struct obx *next;
     uint8_t kind;
     bool dep;  /* made while the batch was open: fails with it */
-    bool low;  /* a broadcast that may wait */
+    bool low;     /* a broadcast that may wait */
+    uint8_t prio; /* OB_BCAST: msg_priority, for the fan-out order */
     msess *ms; /* acknowledged socket; a broadcast's sender (left out) */
     int64_t ack_id;
     const char *event;
@@ -208,6 +210,11 @@ struct msg_service {
     pbuf pjson;
     obx *out_head, *out_tail;
     obx *low_head, *low_tail;
+    /* fan-out order of a batch (fan_reorder), buffers reused */
+    fanout fan;
+    obx **fan_all;
+    size_t fan_cap;
+    bool fan_mixed; /* the batch has a message broadcast of another priority than normal */
     obx *free_list;
     unsigned nfree;
     pdefer flush;
@@ -559,6 +566,7 @@ static obx *queue_bcast(msg_service *svc, msess *sender, const msg_conv *c, cons
     obx *e = obx_new(svc, OB_BCAST, sender, dep);
     if (!e) return NULL;
     e->event = event;
+    e->prio = MSG_PRIO_NORMAL;
     if (c->kind == MSG_CONV_DM) {
         room_of_user(e->rooms[0], c->a);
         room_of_user(e->rooms[1], c->b);
@@ -761,6 +769,57 @@ static void obx_push_http(msg_service *svc, obx *e, phttpd_req *req, int status)
 static void do_sync(msg_service *svc, obx *e);
 static void pres_flush(msg_service *svc);
 
+/* Fan-out order: the broadcasts of each run between two membership
+ * changes (which must apply between the deliveries queued before and
+ * after them) are put in the order of fanout.h: across conversations
+ * urgent and high ones first, low ones last; within a conversation as
+ * queued (seq order). The outbox's other entries keep their places. On
+ * failure to grow a buffer the queued order stays, which is valid. No
+ * allocation once the buffers fit the largest batch. */
+static void fan_reorder(msg_service *svc)
+{
+    size_t n = 0;
+    for (obx *e = svc->out_head; e; e = e->next) n++;
+    if (n < 2) return;
+    if (n > svc->fan_cap) {
+        size_t cap = svc->fan_cap ? svc->fan_cap : 64;
+        while (cap < n) cap *= 2;
+        obx **a = realloc(svc->fan_all, cap * sizeof *a);
+        if (!a) return;
+        svc->fan_all = a;
+        svc->fan_cap = cap;
+    }
+    obx **all = svc->fan_all;
+    n = 0;
+    for (obx *e = svc->out_head; e; e = e->next) all[n++] = e;
+    for (size_t seg = 0; seg < n;) {
+        size_t end = seg;
+        while (end < n && all[end]->kind != OB_JOIN && all[end]->kind != OB_LEAVE) end++;
+        fanout_reset(&svc->fan);
+        bool ok = true;
+        for (size_t i = seg; ok && i < end; i++) {
+            obx *e = all[i];
+            if (e->kind != OB_BCAST) continue;
+            uint64_t key = fanout_key(e->rooms[0], strlen(e->rooms[0]), FANOUT_KEY_SEED);
+            if (e->nrooms > 1) {
+                key = fanout_key("\n", 1, key);
+                key = fanout_key(e->rooms[1], strlen(e->rooms[1]), key);
+            }
+            ok = fanout_push(&svc->fan, e, key, e->prio) == 0;
+        }
+        if (ok && svc->fan.n > 1 && fanout_sort(&svc->fan) == 0) {
+            size_t k = 0;
+            for (size_t i = seg; i < end; i++)
+                if (all[i]->kind == OB_BCAST) all[i] = svc->fan.items[k++].ptr;
+        }
+        seg = end + 1;
+    }
+    for (size_t i = 0; i + 1 < n; i++) all[i]->next = all[i + 1];
+    all[n - 1]->next = NULL;
+    svc->out_head = all[0];
+    svc->out_tail = all[n - 1];
+}
+
 static void on_flush(pdefer *d)
 {
     msg_service *svc = PARLEY_CONTAINER_OF(d, msg_service, flush);
@@ -779,6 +838,10 @@ static void on_flush(pdefer *d)
     if (writes) {
         pmx_hist_observe(&svc->mx.commit_latency, uv_hrtime() - t0);
         pmx_hist_observe(&svc->mx.batch_writes, writes);
+    }
+    if (svc->fan_mixed) {
+        svc->fan_mixed = false;
+        fan_reorder(svc);
     }
     obx *e = svc->out_head, *syncs = NULL, **sync_tail = &syncs;
     svc->out_head = svc->out_tail = NULL;
@@ -1675,7 +1738,11 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
     if (rc == 0) rc = pbuf_append(ack, "}", 1);
     if (rc == 0) queue_ack_json(svc, ms, ack_id, (char *)ack->ptr, ack->len, true);
     obx *b = queue_bcast(svc, ms, &c, MSG_EV_NEW_MESSAGE, (char *)msg->ptr, msg->len, true);
-    if (b) b->low = m.priority == MSG_PRIO_LOW && svc->o.low_delay_ms > 0;
+    if (b) {
+        b->low = m.priority == MSG_PRIO_LOW && svc->o.low_delay_ms > 0;
+        b->prio = (uint8_t)m.priority;
+        if (m.priority != MSG_PRIO_NORMAL) svc->fan_mixed = true;
+    }
     /* Urgent messages notify every recipient; a room text naming members
      * with @user notifies them (do_mentions). */
     bool mentions = c.kind == MSG_CONV_ROOM && m.type == MSG_TEXT &&
@@ -3932,6 +3999,8 @@ void msg_service_free(msg_service *svc)
     }
     pmap_free(&svc->pres);
     free(svc->bnames);
+    fanout_free(&svc->fan);
+    free(svc->fan_all);
     free(svc->bptrs);
     pbuf_free(&svc->pjson);
     pos = 0;

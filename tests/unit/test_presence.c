@@ -462,9 +462,9 @@ static void test_store_migration(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_presence_set), cmocka_unit_test(test_presence_set_invisible),    cmocka_unit_test(test_presence_users),
-        cmocka_unit_test(test_presence_object), cmocka_unit_test(test_store_presence),
-        cmocka_unit_test(test_store_migration),
+        cmocka_unit_test(test_presence_set),    cmocka_unit_test(test_presence_set_invisible),
+        cmocka_unit_test(test_presence_users),  cmocka_unit_test(test_presence_object),
+        cmocka_unit_test(test_store_presence),  cmocka_unit_test(test_store_migration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
