@@ -162,6 +162,10 @@ typedef struct parley_chat_presence {
     const char *text;  /* the user's status text; "" when none */
     int64_t last_seen; /* ms since the epoch (now while online); -1: never connected */
     unsigned devices;  /* connected sockets of the user */
+    /* Appended (read it only from a library that has it): this user's
+     * own presence while they appear offline (parley_chat_presence_invisible);
+     * others then see OFFLINE, 0 devices, last_seen frozen. */
+    int invisible;
 } parley_chat_presence;
 
 typedef struct parley_chat_opts {
@@ -378,6 +382,19 @@ PARLEY_API int parley_chat_upload(parley_chat *c, const char *mime, const void *
  * callback. Errors: PARLEY_EINVAL (status OFFLINE or unknown, text
  * invalid), PARLEY_ENOMEM. */
 PARLEY_API int parley_chat_presence_set(parley_chat *c, parley_presence status, const char *text);
+
+/* "Appear offline" (docs/PROTOCOL.md, "Appearing offline"), on (nonzero)
+ * or off: while on, everyone else sees this user OFFLINE on all their
+ * devices, with last_seen frozen at the moment it was turned on, and the
+ * user's typing starts are not relayed; this user's own devices see the
+ * true state with invisible set (on_presence). The choice is the user's,
+ * stored by the server: it stays across reconnections and restarts until
+ * turned off, from any device. Sent at once when connected, otherwise at
+ * the next connection, and again after reconnections only until the
+ * server acknowledged it. Messages and receipts still go out as usual:
+ * an application that wants to stay unnoticed holds back
+ * parley_chat_mark_read while it is on. Errors: PARLEY_EINVAL (c NULL). */
+PARLEY_API int parley_chat_presence_invisible(parley_chat *c, int on);
 
 /* Follows the presence of users (n >= 1 valid user ids): `presence`
  * events for them from now on, and their current state at once (through
