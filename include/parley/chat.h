@@ -254,7 +254,20 @@ PARLEY_API parley_chat_state parley_chat_get_state(parley_chat *c);
 /* The underlying Socket.IO client (statistics, transport). */
 PARLEY_API parley_client *parley_chat_client(parley_chat *c);
 
-/* A message to send. Exactly one of to, room and conversation. */
+/* A message to send. Exactly one of to, room and conversation.
+ *
+ * Priority (docs/PROTOCOL.md, "Messaging", priorities): the message's
+ * place in the chat's outbound queue, which sends URGENT > HIGH > NORMAL
+ * > LOW, first in first out within a priority. Without a backlog every
+ * message leaves at once in call order; with one (sent while offline, or
+ * unacknowledged when a connection dropped) a HIGH message goes out, and
+ * is stored, ahead of NORMAL ones queued before it, in its own
+ * conversation too (it then gets the lower seq). The server then
+ * delivers the HIGH and URGENT messages of a commit batch live ahead of
+ * the NORMAL and LOW ones of other conversations (never ahead of earlier
+ * ones of their own conversation); HIGH also notifies recipients with no
+ * live device, URGENT every recipient; LOW may be delivered up to the
+ * server's --low-delay late. */
 typedef struct parley_chat_send_opts {
     size_t size; /* sizeof the struct, set by parley_chat_send_opts_init (see parley.h) */
     const char *to;                  /* a user: the direct conversation */
