@@ -1389,7 +1389,9 @@ static void pres_send_if_changed(msg_service *svc, mpres *p, msess *except)
     msg_presence self, pub;
     if (pres_compute(svc, p->id, &self, true) != 0) return;
     pub = self;
-    if (self.invisible) {
+    /* p->invisible, not self.invisible: the last device leaving an
+     * invisible user changes nothing for others. */
+    if (p->invisible) {
         pub.status = MSG_PS_OFFLINE;
         pub.devices = 0;
         pub.last_seen = p->last_seen;
@@ -1401,7 +1403,7 @@ static void pres_send_if_changed(msg_service *svc, mpres *p, msess *except)
     bool self_changed = text || self.status != p->self_status ||
                         self.devices != p->self_devices || self.invisible != p->self_invisible;
     if (!pub_changed && !self_changed) return;
-    if (!self.invisible) {
+    if (!p->invisible) {
         pres_broadcast(svc, &self, except, PB_ALL);
     } else {
         if (pub_changed) pres_broadcast(svc, &pub, except, PB_OTHERS);

@@ -105,6 +105,8 @@ describe('appear offline (invisible)', () => {
     a1.close();
     a3.close();
     await sleep(300);
+    assert.equal(seen(o, amy).length, base.o + 1, `the last device leaving says nothing: ${JSON.stringify(seen(o, amy))}`);
+    assert.equal(seen(b, amy).length, base.b + 1);
     s.child.kill('SIGKILL');
     await s.child.exitPromise;
     s = await startChatServer({ dataDir, port: s.port, extra: EXTRA });
