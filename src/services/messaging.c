@@ -131,10 +131,10 @@ enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP, OB_NPUS
 typedef struct obx {
     struct obx *next;
     uint8_t kind;
-    bool dep;  /* made while the batch was open: fails with it */
+    bool dep;     /* made while the batch was open: fails with it */
     bool low;     /* a broadcast that may wait */
     uint8_t prio; /* OB_BCAST: msg_priority, for the fan-out order */
-    msess *ms; /* acknowledged socket; a broadcast's sender (left out) */
+    msess *ms;    /* acknowledged socket; a broadcast's sender (left out) */
     int64_t ack_id;
     const char *event;
     char rooms[2][ROOM_NAME_MAX];
@@ -1400,8 +1400,8 @@ static void pres_send_if_changed(msg_service *svc, mpres *p, msess *except)
     /* last_seen moves by itself while online: it is not a change. */
     bool text = strcmp(self.text, p->sent_text) != 0;
     bool pub_changed = text || pub.status != p->sent_status || pub.devices != p->sent_devices;
-    bool self_changed = text || self.status != p->self_status ||
-                        self.devices != p->self_devices || self.invisible != p->self_invisible;
+    bool self_changed = text || self.status != p->self_status || self.devices != p->self_devices ||
+                        self.invisible != p->self_invisible;
     if (!pub_changed && !self_changed) return;
     if (!p->invisible) {
         pres_broadcast(svc, &self, except, PB_ALL);
@@ -2140,7 +2140,7 @@ static void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, c
     }
     if (!user_rate_ok(svc, ms, ack_id, MQ_PRESENCE, 1, "too many presence changes: slow down"))
         return;
-    if (has_text && refuse_if_disk_low(svc, ms, ack_id)) return;
+    if ((has_text || inv >= 0) && refuse_if_disk_low(svc, ms, ack_id)) return;
     mpres *p = pres_get(svc, ms->user->id, true);
     if (!p) {
         reply_internal(svc, ms, ack_id);

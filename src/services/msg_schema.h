@@ -365,7 +365,7 @@ typedef struct msg_presence {
     char text[MSG_PRESENCE_TEXT_MAX + 1]; /* "" when none */
     int64_t last_seen;                    /* ms since the epoch; -1: null (never seen) */
     unsigned devices;                     /* connected sockets */
-    bool invisible; /* "appear offline" is on: only in the user's own view */
+    bool invisible;                       /* "appear offline" is on: only in the user's own view */
 } msg_presence;
 
 int msg_encode_presence(pbuf *out, const msg_presence *p);

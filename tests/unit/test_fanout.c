@@ -119,11 +119,11 @@ static void test_random(void **state)
             /* mostly normal, as real traffic */
             int r = rand() % 10;
             prio[i] = r < 6 ? N : r < 8 ? L : r < 9 ? H : U;
-            assert_int_equal(fanout_push(&f, (void *)(uintptr_t)(i + 1),
-                                         fanout_key((const char *)&conv[i], sizeof conv[i],
-                                                    FANOUT_KEY_SEED),
-                                         prio[i]),
-                             0);
+            assert_int_equal(
+                fanout_push(&f, (void *)(uintptr_t)(i + 1),
+                            fanout_key((const char *)&conv[i], sizeof conv[i], FANOUT_KEY_SEED),
+                            prio[i]),
+                0);
         }
         assert_int_equal(fanout_sort(&f), 0);
         check_rule(&f, n, conv, prio);

@@ -122,8 +122,7 @@ static void test_presence_set_invisible(void **state)
     assert_int_equal(inv_rc("{\"invisible\":true}", &st, &inv, &err), MSG_OK);
     assert_int_equal(inv, 1);
     assert_int_equal(st, MSG_PS_OFFLINE); /* not given: the device keeps its own */
-    assert_int_equal(inv_rc("{\"invisible\":false,\"status\":\"busy\"}", &st, &inv, &err),
-                     MSG_OK);
+    assert_int_equal(inv_rc("{\"invisible\":false,\"status\":\"busy\"}", &st, &inv, &err), MSG_OK);
     assert_int_equal(inv, 0);
     assert_int_equal(st, MSG_PS_BUSY);
     assert_int_equal(inv_rc("{\"status\":\"away\"}", &st, &inv, &err), MSG_OK);
@@ -149,8 +148,8 @@ static void test_presence_set_invisible(void **state)
                      MSG_E_UNKNOWN_FIELD);
 
     /* The Presence object carries it only when on, and reads it back. */
-    msg_presence p = {.user = "amy", .status = MSG_PS_ONLINE, .last_seen = 5, .devices = 2,
-                      .invisible = true};
+    msg_presence p = {
+        .user = "amy", .status = MSG_PS_ONLINE, .last_seen = 5, .devices = 2, .invisible = true};
     pbuf b = {0};
     assert_int_equal(msg_encode_presence(&b, &p), 0);
     pbuf_append(&b, "", 1);
@@ -462,9 +461,9 @@ static void test_store_migration(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_presence_set),    cmocka_unit_test(test_presence_set_invisible),
-        cmocka_unit_test(test_presence_users),  cmocka_unit_test(test_presence_object),
-        cmocka_unit_test(test_store_presence),  cmocka_unit_test(test_store_migration),
+        cmocka_unit_test(test_presence_set),   cmocka_unit_test(test_presence_set_invisible),
+        cmocka_unit_test(test_presence_users), cmocka_unit_test(test_presence_object),
+        cmocka_unit_test(test_store_presence), cmocka_unit_test(test_store_migration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
