@@ -37,7 +37,7 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 
-#define MSTORE_SCHEMA_VERSION 4
+#define MSTORE_SCHEMA_VERSION 5
 #define MSTORE_APP_ID         0x504d5347 /* "PMSG" */
 #define MSTORE_BUSY_MS        1000
 #define MSTORE_CACHE_MAX      65536 /* conversations kept in the seq cache, users in theirs */
@@ -74,6 +74,9 @@ enum {
     ST_PRES_GET,
     ST_PRES_SEEN,
     ST_PRES_TEXT,
+    ST_PRES_INV_GET,
+    ST_PRES_INV_ON,
+    ST_PRES_INV_OFF,
     ST_NOTIF_ADD,
     ST_NOTIF_DEDUPE,
     ST_NOTIF_LIST,
@@ -161,6 +164,10 @@ static const char *const stmt_sql[ST_COUNT] = {
                      "ON CONFLICT(user) DO UPDATE SET last_seen = excluded.last_seen",
     [ST_PRES_TEXT] = "INSERT INTO presence(user, last_seen, text) VALUES (?1, NULL, ?2) "
                      "ON CONFLICT(user) DO UPDATE SET text = excluded.text",
+    [ST_PRES_INV_GET] = "SELECT since FROM presence_invisible WHERE user = ?1",
+    [ST_PRES_INV_ON] = "INSERT INTO presence_invisible(user, since) VALUES (?1, ?2) "
+                       "ON CONFLICT(user) DO NOTHING",
+    [ST_PRES_INV_OFF] = "DELETE FROM presence_invisible WHERE user = ?1",
     [ST_NOTIF_ADD] = "INSERT INTO notifications(recipient, type, priority, title, body, image, "
                      "actions, sender, created, expires, dedupe_key) "
                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -321,6 +328,13 @@ static const char *const migrations[MSTORE_SCHEMA_VERSION] = {
     "  SELECT sender AS user, length(CAST(content AS BLOB)) + " OVERHEAD_SQL " AS b FROM messages"
     "  UNION ALL SELECT u.user, m.size FROM media_uploaders u JOIN media m ON m.id = u.media"
     " ) GROUP BY user;",
+    /* 4 -> 5: "appear offline" (presence_set's invisible). A row per user
+     * who chose it, with the wall ms it was turned on; no row: visible.
+     * Its own table, so that the step stands alone. */
+    "CREATE TABLE IF NOT EXISTS presence_invisible ("
+    " user TEXT PRIMARY KEY,"
+    " since INTEGER NOT NULL"
+    ") WITHOUT ROWID;",
 };
 
 typedef struct sconv {
@@ -1498,6 +1512,29 @@ int mstore_presence_text(mstore *s, const char *user, const char *text)
     bind_text(st, 1, user);
     bind_text(st, 2, text);
     return run(s, st, "storing a status text");
+}
+
+int mstore_presence_invisible(mstore *s, const char *user)
+{
+    sqlite3_stmt *st = stmt(s, ST_PRES_INV_GET);
+    bind_text(st, 1, user);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW)
+        ret = 1;
+    else if (rc != SQLITE_DONE)
+        ret = db_err(s, "reading presence");
+    done(st);
+    return ret;
+}
+
+int mstore_presence_set_invisible(mstore *s, const char *user, bool on, int64_t now_ms)
+{
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = stmt(s, on ? ST_PRES_INV_ON : ST_PRES_INV_OFF);
+    bind_text(st, 1, user);
+    if (on) sqlite3_bind_int64(st, 2, now_ms);
+    return run(s, st, "storing invisibility");
 }
 
 /* ---- notifications ---- */

@@ -201,6 +201,11 @@ int mstore_presence_get(mstore *s, const char *user, int64_t *last_seen,
                         char text[MSG_PRESENCE_TEXT_MAX + 1]);
 int mstore_presence_seen(mstore *s, const char *user, int64_t now_ms);
 int mstore_presence_text(mstore *s, const char *user, const char *text);
+/* "Appear offline" (schema 5): invisible gives 1 when the user chose it,
+ * 0 when not, negative on error. set_invisible records the choice (now_ms:
+ * when it was turned on; kept when it already was). Joins the batch. */
+int mstore_presence_invisible(mstore *s, const char *user);
+int mstore_presence_set_invisible(mstore *s, const char *user, bool on, int64_t now_ms);
 
 /* Notifications (schema 3). Expired rows (expires <= now_ms) are never
  * returned nor counted, swept or not.
