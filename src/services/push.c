@@ -51,6 +51,7 @@ struct push {
     unsigned nslots, busy;
     ptimer timer; /* the next due row */
     bool wake;    /* a pass is wanted (after the open batch commits) */
+    bool in_pass; /* no pass inside a pass (a failing store could loop) */
     int64_t count; /* rows in the outbox (committed and in the open batch) */
     mstore_push_row cand[PUSH_CONCURRENCY_MAX];
     unsigned ncand;
@@ -167,6 +168,7 @@ static void ask_commit(push *p)
 static void kick(push *p)
 {
     p->wake = true;
+    if (p->in_pass) return; /* the pass re-arms its timer */
     if (mstore_in_batch(p->store))
         ask_commit(p);
     else
@@ -471,6 +473,8 @@ static int take_row(const mstore_push_row *r, void *arg)
  * the timer for the next row. */
 static void pass(push *p)
 {
+    if (p->in_pass) return;
+    p->in_pass = true;
     p->wake = false;
     int64_t now = wall_ms();
     p->ncand = 0;
@@ -484,7 +488,17 @@ static void pass(push *p)
         slot_start(s, &p->cand[i]);
     }
     p->ncand = 0;
+    p->in_pass = false;
     ploop_timer_stop(p->loop, &p->timer);
+    if (p->wake) {
+        /* Settled rows during the pass: after their commit, or (a store
+         * that fails to write) a second from now. */
+        if (mstore_in_batch(p->store))
+            ask_commit(p);
+        else
+            ploop_timer_start(p->loop, &p->timer, 1000);
+        return;
+    }
     int64_t next = mstore_push_next_due(p->store, now);
     if (next >= 0) {
         int64_t d = next - wall_ms();
