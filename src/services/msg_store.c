@@ -350,8 +350,10 @@ static const char *const migrations[MSTORE_SCHEMA_VERSION] = {
     /* 4 -> 5: the push outbox (services/push.h): one row per notification
      * to deliver to the push webhook, written in the notification's own
      * transaction. AUTOINCREMENT: a row's id is its X-Parley-Delivery,
-     * which receivers dedupe on, so ids are never reused. */
-    "CREATE TABLE push_outbox ("
+     * which receivers dedupe on, so ids are never reused. IF NOT EXISTS:
+     * the step also runs on a database whose version was set back by hand
+     * (tests of older steps do that), keeping its rows. */
+    "CREATE TABLE IF NOT EXISTS push_outbox ("
     " id INTEGER PRIMARY KEY AUTOINCREMENT,"
     " notif INTEGER NOT NULL,"
     " user TEXT NOT NULL,"
@@ -359,8 +361,8 @@ static const char *const migrations[MSTORE_SCHEMA_VERSION] = {
     " next_attempt_ms INTEGER NOT NULL,"
     " created_ms INTEGER NOT NULL"
     ");"
-    "CREATE INDEX push_outbox_by_user ON push_outbox(user, id);"
-    "CREATE INDEX push_outbox_by_due ON push_outbox(next_attempt_ms, id);",
+    "CREATE INDEX IF NOT EXISTS push_outbox_by_user ON push_outbox(user, id);"
+    "CREATE INDEX IF NOT EXISTS push_outbox_by_due ON push_outbox(next_attempt_ms, id);",
 };
 
 typedef struct sconv {
