@@ -287,6 +287,18 @@ describe('push webhook', () => {
     await srv.stop();
   });
 
+  test('the outbox is capped: beyond --push-max-outbox pushes are dropped and counted', async () => {
+    const port = await lowFreePort(); // a receiver that never comes
+    const srv = await startChatServer({ extra: pushArgs(port, ['--push-max-outbox', '2', '--push-backoff-ms', '60000']) });
+    const [bob] = users('bob');
+    for (let i = 0; i < 4; i++) await post(srv.port, { to: bob, type: 'alert', title: `n${i}` });
+    const m = (await httpRequest(srv.port, 'GET', '/metrics')).body.toString();
+    assert.match(m, /^parley_push_outbox 2$/m);
+    assert.match(m, /^parley_push_dropped_total\{reason="outbox_full"\} 2$/m);
+    assert.match(srv.child.stderrText, /push: the outbox holds 2 rows/);
+    await srv.stop();
+  });
+
   test('bad flags fail at startup with a clear message', () => {
     const bin = program('PARLEYD');
     const run = (...a) => spawnSync(bin, ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'nodata'), ...a], { encoding: 'utf8', timeout: 10000 });
@@ -308,6 +320,11 @@ describe('push webhook', () => {
     r = run('--push-webhook', 'https://push.example.com/hook', '--push-secret-file', path.join(dir, 'missing'));
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /missing: No such file[^]*cannot use the --push-secret-file/);
+    const conf = path.join(dir, 'bad.conf');
+    writeFileSync(conf, 'push-webhook = http://10.1.2.3/hook\n');
+    r = run('--config', conf);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /bad\.conf:1: push-webhook: --push-webhook: http:\/\/ only to a loopback address/);
     r = run('--push-secret-file', secretFile);
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /need --push-webhook/);
