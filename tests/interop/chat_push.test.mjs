@@ -210,7 +210,7 @@ describe('push webhook', () => {
     assert.equal(await metric(srv.port, 'parley_push_outbox'), 0);
     c.close();
     n.close();
-    await srv.stop();
+    assert.equal((await srv.stop()).code, 0, `clean exit${srv.stderr()}`);
   });
 
   test('500s, then 200: delivered once, after retries with growing delays', async () => {
@@ -236,7 +236,7 @@ describe('push webhook', () => {
     const m = await httpRequest(srv.port, 'GET', '/metrics');
     assert.match(m.body.toString(), /^parley_push_failures_total\{reason="status"\} 3$/m);
     assert.match(m.body.toString(), /^parley_push_sent_total 1$/m);
-    await srv.stop();
+    assert.equal((await srv.stop()).code, 0, `clean exit${srv.stderr()}`);
   });
 
   test('a receiver slower than --push-timeout: cut, retried', async () => {
@@ -255,7 +255,11 @@ describe('push webhook', () => {
     assert.ok(Date.now() - t0 < 10000);
     assert.deepEqual(rx.bad, []);
     assert.match((await httpRequest(srv.port, 'GET', '/metrics')).body.toString(), /^parley_push_failures_total\{reason="timeout"\} 1$/m);
-    await srv.stop();
+    // Shutting down with a request in flight: aborted cleanly (the row stays queued).
+    rx.answer = () => ({ status: 200, delayMs: Infinity });
+    await post(srv.port, { to: bob, type: 'alert', title: 'in flight at shutdown' });
+    await eventually(() => rx.requests.length === 3, 5000, 'the third request in flight');
+    assert.equal((await srv.stop()).code, 0, `clean exit${srv.stderr()}`);
   });
 
   test('receiver down, parleyd SIGKILLed and restarted: every push arrives, none twice', async () => {
@@ -284,7 +288,7 @@ describe('push webhook', () => {
       assert.deepEqual(d, [...d].sort((a, b) => a - b), `${u}: in id order`);
     }
     await eventually(async () => (await metric(srv.port, 'parley_push_outbox')) === 0, 5000, 'outbox empty');
-    await srv.stop();
+    assert.equal((await srv.stop()).code, 0, `clean exit${srv.stderr()}`);
   });
 
   test('the outbox is capped: beyond --push-max-outbox pushes are dropped and counted', async () => {
@@ -296,7 +300,7 @@ describe('push webhook', () => {
     assert.match(m, /^parley_push_outbox 2$/m);
     assert.match(m, /^parley_push_dropped_total\{reason="outbox_full"\} 2$/m);
     assert.match(srv.child.stderrText, /push: the outbox holds 2 rows/);
-    await srv.stop();
+    assert.equal((await srv.stop()).code, 0, `clean exit${srv.stderr()}`);
   });
 
   test('bad flags fail at startup with a clear message', () => {
