@@ -176,7 +176,8 @@ describe('push webhook', () => {
     await setPrefs(srv, hal, { in_app: false });
     const c = await device(srv, carol); // online: gets it live, no push
     const n = await device(srv, noti, { role: 'notifier' });
-    await sleep(300); // the closed devices are gone on the server
+    // The closed devices are gone on the server: only carol and noti are connected.
+    await eventually(async () => (await metric(srv.port, 'parley_chat_users')) === 2, 5000, 'two users connected');
 
     const sent = [];
     for (let i = 0; i < 3; i++) sent.push(await post(srv.port, { to: bob, type: 'alert', title: `b${i}`, body: 'x', actions: [{ id: 'open', label: 'Open' }] }));
