@@ -49,9 +49,9 @@ struct push {
     ptls_ctx *tls;
     pslot *slots;
     unsigned nslots, busy;
-    ptimer timer; /* the next due row */
-    bool wake;    /* a pass is wanted (after the open batch commits) */
-    bool in_pass; /* no pass inside a pass (a failing store could loop) */
+    ptimer timer;  /* the next due row */
+    bool wake;     /* a pass is wanted (after the open batch commits) */
+    bool in_pass;  /* no pass inside a pass (a failing store could loop) */
     int64_t count; /* rows in the outbox (committed and in the open batch) */
     mstore_push_row cand[PUSH_CONCURRENCY_MAX];
     unsigned ncand;
@@ -68,8 +68,8 @@ static int64_t wall_ms(void)
 
 /* ---- pure parts ---- */
 
-bool push_eligible(const msg_nprefs *p, const msg_notification *n, const char *room,
-                   bool quiet_now, bool online, int64_t now_ms)
+bool push_eligible(const msg_nprefs *p, const msg_notification *n, const char *room, bool quiet_now,
+                   bool online, int64_t now_ms)
 {
     if (!p->push || online) return false;
     if (n->expires >= 0 && n->expires <= now_ms) return false;
@@ -317,9 +317,10 @@ static void slot_done(pslot *s, bool ok, int why, const char *detail)
         } else {
             const uint8_t *rnd = ploop_random(p->loop, 4);
             double r = 0.5;
-            if (rnd) r = (double)((uint32_t)rnd[0] << 24 | (uint32_t)rnd[1] << 16 |
-                                  (uint32_t)rnd[2] << 8 | rnd[3]) /
-                         4294967296.0;
+            if (rnd)
+                r = (double)((uint32_t)rnd[0] << 24 | (uint32_t)rnd[1] << 16 |
+                             (uint32_t)rnd[2] << 8 | rnd[3]) /
+                    4294967296.0;
             uint32_t d = push_backoff(p->o.backoff_ms, p->o.backoff_max_ms, attempts, r);
             rc = mstore_push_retry(p->store, s->row.id, s->row.user, attempts,
                                    wall_ms() + (int64_t)d);
@@ -422,10 +423,8 @@ static bool slot_start(pslot *s, const mstore_push_row *row)
     snprintf(tsv, sizeof tsv, "%lld", (long long)ts);
     snprintf(idv, sizeof idv, "%lld", (long long)row->id);
     http_header hd[5] = {
-        {"Content-Type", 12, "application/json", 16},
-        {"X-Parley-Timestamp", 18, tsv, strlen(tsv)},
-        {"X-Parley-Signature", 18, sig, PUSH_SIG_LEN},
-        {"X-Parley-Delivery", 17, idv, strlen(idv)},
+        {"Content-Type", 12, "application/json", 16},  {"X-Parley-Timestamp", 18, tsv, strlen(tsv)},
+        {"X-Parley-Signature", 18, sig, PUSH_SIG_LEN}, {"X-Parley-Delivery", 17, idv, strlen(idv)},
         {"User-Agent", 10, "parleyd-push", 12},
     };
     if (!s->h) {

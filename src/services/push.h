@@ -34,22 +34,22 @@
 
 typedef struct push push;
 
-#define PUSH_SECRET_MAX    4096
-#define PUSH_RESPONSE_MAX  4096 /* receiver's response body, read and discarded */
+#define PUSH_SECRET_MAX      4096
+#define PUSH_RESPONSE_MAX    4096 /* receiver's response body, read and discarded */
 #define PUSH_CONCURRENCY_MAX 64
-#define PUSH_SIG_LEN       67 /* "v1=" + 64 hex digits */
+#define PUSH_SIG_LEN         67 /* "v1=" + 64 hex digits */
 
 typedef struct push_opts {
-    const char *url;           /* https://..., or http:// to a loopback address */
-    const uint8_t *secret;     /* HMAC-SHA256 key (copied) */
-    size_t secret_len;         /* 1..PUSH_SECRET_MAX */
-    const char *ca_file;       /* CA bundle to trust; NULL: the system store */
-    uint32_t timeout_ms;       /* whole request, connect included; default 10000 */
-    uint32_t backoff_ms;       /* first retry delay; default 1000 */
-    uint32_t backoff_max_ms;   /* cap; default 600000 */
-    uint32_t max_attempts;     /* then dropped; default 20 */
-    uint64_t max_outbox;       /* rows; beyond, new pushes are dropped; default 100000 */
-    unsigned concurrency;      /* requests in flight; default 4 */
+    const char *url;            /* https://..., or http:// to a loopback address */
+    const uint8_t *secret;      /* HMAC-SHA256 key (copied) */
+    size_t secret_len;          /* 1..PUSH_SECRET_MAX */
+    const char *ca_file;        /* CA bundle to trust; NULL: the system store */
+    uint32_t timeout_ms;        /* whole request, connect included; default 10000 */
+    uint32_t backoff_ms;        /* first retry delay; default 1000 */
+    uint32_t backoff_max_ms;    /* cap; default 600000 */
+    uint32_t max_attempts;      /* then dropped; default 20 */
+    uint64_t max_outbox;        /* rows; beyond, new pushes are dropped; default 100000 */
+    unsigned concurrency;       /* requests in flight; default 4 */
     void (*commit)(void *user); /* the owner commits the open batch soon */
     void *user;
 } push_opts;
@@ -85,8 +85,8 @@ void push_metrics(const push *p, pmx_out *o);
  * not from a muted room; the type not switched off; and quiet hours
  * (quiet_now: set and now inside) do not hold it (priority below
  * q_min). in_app plays no part. */
-bool push_eligible(const msg_nprefs *p, const msg_notification *n, const char *room,
-                   bool quiet_now, bool online, int64_t now_ms);
+bool push_eligible(const msg_nprefs *p, const msg_notification *n, const char *room, bool quiet_now,
+                   bool online, int64_t now_ms);
 
 /* X-Parley-Signature: "v1=" + hex HMAC-SHA256(key, data), NUL
  * terminated in out, where data is the signed string "<ts>.<body>".

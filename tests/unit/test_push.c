@@ -29,8 +29,7 @@ static void test_sign_rfc4231(void **state)
     static const char data[] = "what do ya want for nothing?";
     char sig[PUSH_SIG_LEN + 1];
     assert_int_equal(push_sign((const uint8_t *)"Jefe", 4, data, sizeof data - 1, sig), 0);
-    assert_string_equal(sig,
-                        "v1=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    assert_string_equal(sig, "v1=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
 }
 
 static void test_sign_format(void **state)
@@ -41,9 +40,9 @@ static void test_sign_format(void **state)
     static const char key[] = "push-secret-0123456789";
     static const char data[] = "1700000000.{\"delivery\":1,\"user\":\"bob\"}";
     char sig[PUSH_SIG_LEN + 1];
-    assert_int_equal(push_sign((const uint8_t *)key, sizeof key - 1, data, sizeof data - 1, sig), 0);
-    assert_string_equal(sig,
-                        "v1=d4dd47ad642b692cf23d595942f0cb87ddf34ebb46724a39ffc482e1e432c2fd");
+    assert_int_equal(push_sign((const uint8_t *)key, sizeof key - 1, data, sizeof data - 1, sig),
+                     0);
+    assert_string_equal(sig, "v1=d4dd47ad642b692cf23d595942f0cb87ddf34ebb46724a39ffc482e1e432c2fd");
     assert_int_equal(strlen(sig), PUSH_SIG_LEN);
     /* One byte more changes it. */
     char sig2[PUSH_SIG_LEN + 1];
@@ -165,8 +164,7 @@ static void test_url_rule(void **state)
     assert_int_equal(push_check_url("http://127.0.0.1:9000/hook", err, sizeof err), 0);
     assert_int_equal(push_check_url("http://127.5.5.5/", err, sizeof err), 0);
     assert_int_equal(push_check_url("http://[::1]:9000/", err, sizeof err), 0);
-    assert_int_equal(push_check_url("http://push.example.com/hook", err, sizeof err),
-                     PARLEY_EURL);
+    assert_int_equal(push_check_url("http://push.example.com/hook", err, sizeof err), PARLEY_EURL);
     assert_non_null(strstr(err, "loopback"));
     assert_int_equal(push_check_url("http://localhost/", err, sizeof err), PARLEY_EURL);
     assert_int_equal(push_check_url("http://10.0.0.1/", err, sizeof err), PARLEY_EURL);
@@ -335,9 +333,9 @@ static void test_migration_v4(void **state)
     mstore_close(st);
     sqlite3 *db;
     assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "DROP TABLE push_outbox; PRAGMA user_version = 4;", NULL,
-                                  NULL, NULL),
-                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db, "DROP TABLE push_outbox; PRAGMA user_version = 4;", NULL, NULL, NULL),
+        SQLITE_OK);
     sqlite3_close(db);
 
     st = open_store(sc.path);
