@@ -1273,8 +1273,8 @@ int main(int argc, char **argv)
     size_t push_secret_len = 0;
     if (c.push_url) {
         char perr[256];
-        if (jwt_read_key_file(c.push_secret_file, "the push secret", &push_secret,
-                              &push_secret_len, perr, sizeof perr) != 0) {
+        if (jwt_read_key_file(c.push_secret_file, "the push secret", &push_secret, &push_secret_len,
+                              perr, sizeof perr) != 0) {
             plog_error("%s", perr);
             plog_error("cannot use the --push-secret-file (the push webhook's signing key)");
             jwt_keyset_unref(jwt_keys);

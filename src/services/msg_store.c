@@ -1679,8 +1679,8 @@ int mstore_push_add(mstore *s, int64_t notif, const char *user, int64_t now_ms, 
 int64_t mstore_push_count(mstore *s)
 {
     sqlite3_stmt *st = stmt(s, ST_PUSH_COUNT);
-    int64_t ret = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0)
-                                                 : db_err(s, "counting pushes");
+    int64_t ret =
+        sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : db_err(s, "counting pushes");
     done(st);
     return ret;
 }
