@@ -1249,6 +1249,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: --push-backoff-max-ms is below --push-backoff-ms\n");
         return 2;
     }
+    if (c.push.ca_file) {
+        FILE *f = fopen(c.push.ca_file, "r");
+        if (!f) {
+            fprintf(stderr, "parleyd: --push-ca %s: %s\n", c.push.ca_file, strerror(errno));
+            return 2;
+        }
+        fclose(f);
+    }
     if (c.push_url && (c.protocol_test || !c.messaging)) {
         fprintf(stderr, "parleyd: --push-webhook needs the messaging service\n");
         return 2;

@@ -197,6 +197,7 @@ int push_new(parley_loop *loop, mstore *store, const push_opts *o, push **out)
     }
     push *p = pcalloc(1, sizeof *p);
     if (!p) return PARLEY_ENOMEM;
+    ptimer_init(&p->timer, on_timer); /* before any push_free */
     p->loop = loop;
     p->store = store;
     p->o = *o;
@@ -210,6 +211,10 @@ int push_new(parley_loop *loop, mstore *store, const push_opts *o, push **out)
     }
     memcpy(p->secret, o->secret, o->secret_len);
     p->nslots = o->concurrency;
+    for (unsigned i = 0; i < p->nslots; i++) {
+        p->slots[i].p = p;
+        ptimer_init(&p->slots[i].timer, on_slot_timeout);
+    }
     if (p->url.tls) {
         ptls_client_opts to = {.ca_file = o->ca_file};
         p->tls = ptls_ctx_client(&to, err, sizeof err);
@@ -219,11 +224,6 @@ int push_new(parley_loop *loop, mstore *store, const push_opts *o, push **out)
             return PARLEY_ETLS;
         }
     }
-    for (unsigned i = 0; i < p->nslots; i++) {
-        p->slots[i].p = p;
-        ptimer_init(&p->slots[i].timer, on_slot_timeout);
-    }
-    ptimer_init(&p->timer, on_timer);
     p->count = mstore_push_count(store);
     if (p->count < 0) {
         push_free(p);
@@ -280,7 +280,9 @@ void push_after_commit(push *p, bool ok)
         recount(p);
         p->wake = true;
     }
-    if (p->wake && !mstore_in_batch(p->store)) pass(p);
+    /* A batch opened since (the owner's work after its commit): its
+     * commit brings the pass. */
+    if (p->wake) kick(p);
 }
 
 static void fail_log(push *p, const pslot *s, int why, const char *detail)

@@ -325,6 +325,16 @@ describe('push webhook', () => {
     r = run('--push-webhook', 'https://push.example.com/hook', '--push-secret-file', path.join(dir, 'missing'));
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /missing: No such file[^]*cannot use the --push-secret-file/);
+    r = run('--push-webhook', 'https://127.0.0.1:9/hook', '--push-secret-file', secretFile, '--push-ca', path.join(dir, 'no-ca.pem'));
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--push-ca .*no-ca\.pem: No such file/);
+    // A CA file that is not PEM: the TLS setup refuses it (messaging does not start).
+    const junk = path.join(dir, 'junk.pem');
+    writeFileSync(junk, 'not a certificate\n');
+    r = run('--jwt-secret', 'x'.repeat(32), '--push-webhook', 'https://127.0.0.1:9/hook', '--push-secret-file', secretFile,
+      '--push-ca', junk);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /push: TLS setup/);
     const conf = path.join(dir, 'bad.conf');
     writeFileSync(conf, 'push-webhook = http://10.1.2.3/hook\n');
     r = run('--config', conf);
