@@ -22,6 +22,7 @@
 #include "prog/workers.h"
 #include "services/jwt.h"
 #include "services/messaging.h"
+#include "services/push.h"
 #include "ws/wsconn.h"
 
 typedef struct config {
@@ -61,6 +62,10 @@ typedef struct config {
     bool admin_loopback_off;
     const char *admin_key_file;
     bool metrics_public;
+    /* The push webhook (services/push.h). */
+    push_opts push;
+    const char *push_url;
+    const char *push_secret_file;
 } config;
 
 static void usage(FILE *f)
@@ -202,6 +207,22 @@ static void usage(FILE *f)
             "  --metrics-public          /metrics open to anyone (e.g. a Prometheus elsewhere\n"
             "                            on a private network)\n"
             "\n"
+            "Push webhook (docs/PROTOCOL.md, \"Push webhook\"; docs/OPERATIONS.md):\n"
+            "  --push-webhook URL        POST push-eligible notifications, signed, to URL:\n"
+            "                            https://, or http:// to a loopback IP only (off by\n"
+            "                            default)\n"
+            "  --push-secret-file FILE   the HMAC-SHA256 signing key (required with\n"
+            "                            --push-webhook; line ends dropped)\n"
+            "  --push-ca FILE            CA bundle the receiver's certificate must chain to\n"
+            "                            (default: the system store)\n"
+            "  --push-timeout SECONDS    per request, connect included (default 10)\n"
+            "  --push-backoff-ms MS      first retry delay; doubles per failure (default 1000)\n"
+            "  --push-backoff-max-ms MS  longest retry delay (default 600000)\n"
+            "  --push-max-attempts N     then the push is dropped (default 20)\n"
+            "  --push-max-outbox N       queued pushes at most; more are dropped (default\n"
+            "                            100000)\n"
+            "  --push-concurrency N      requests in flight at most (default 4, at most 64)\n"
+            "\n"
             "Cluster without sticky sessions (docs/CLUSTER.md):\n"
             "  --node-id ID              this node's id (1..64 of [A-Za-z0-9._-]); its\n"
             "                            Engine.IO session ids start with a tag derived from it\n"
@@ -323,6 +344,19 @@ enum {
     OPT_ADMIN_MAX_BACKLOG
 };
 
+/* The push webhook. */
+enum {
+    OPT_PUSH_WEBHOOK = OPT_ADMIN_MAX_BACKLOG + 1,
+    OPT_PUSH_SECRET_FILE,
+    OPT_PUSH_CA,
+    OPT_PUSH_TIMEOUT,
+    OPT_PUSH_BACKOFF,
+    OPT_PUSH_BACKOFF_MAX,
+    OPT_PUSH_MAX_ATTEMPTS,
+    OPT_PUSH_MAX_OUTBOX,
+    OPT_PUSH_CONCURRENCY
+};
+
 /* Limits. */
 enum {
     OPT_LIMITS = OPT_MAX_PENDING_ATT + 1,
@@ -348,6 +382,7 @@ enum { OPT_LOG_FORMAT = OPT_DISK_RESERVE + 1 };
 
 /* Cluster without sticky sessions (docs/CLUSTER.md). */
 enum { OPT_NODE_ID = OPT_LOG_FORMAT + 1, OPT_PEER, OPT_WORKERS };
+_Static_assert(OPT_WORKERS < OPT_ADMIN_KEY_FILE, "option values overlap");
 
 static const struct option longopts[] = {
     {"listen", required_argument, 0, OPT_LISTEN},
@@ -424,6 +459,15 @@ static const struct option longopts[] = {
     {"admin-ui", no_argument, 0, OPT_ADMIN_UI},
     {"admin-ui-events", no_argument, 0, OPT_ADMIN_EVENTS},
     {"admin-ui-max-backlog", required_argument, 0, OPT_ADMIN_MAX_BACKLOG},
+    {"push-webhook", required_argument, 0, OPT_PUSH_WEBHOOK},
+    {"push-secret-file", required_argument, 0, OPT_PUSH_SECRET_FILE},
+    {"push-ca", required_argument, 0, OPT_PUSH_CA},
+    {"push-timeout", required_argument, 0, OPT_PUSH_TIMEOUT},
+    {"push-backoff-ms", required_argument, 0, OPT_PUSH_BACKOFF},
+    {"push-backoff-max-ms", required_argument, 0, OPT_PUSH_BACKOFF_MAX},
+    {"push-max-attempts", required_argument, 0, OPT_PUSH_MAX_ATTEMPTS},
+    {"push-max-outbox", required_argument, 0, OPT_PUSH_MAX_OUTBOX},
+    {"push-concurrency", required_argument, 0, OPT_PUSH_CONCURRENCY},
     {"node-id", required_argument, 0, OPT_NODE_ID},
     {"peer", required_argument, 0, OPT_PEER},
     {"workers", required_argument, 0, OPT_WORKERS},
@@ -756,6 +800,47 @@ static const char *apply(config *c, int ch, const char *arg)
         return NULL;
     case OPT_METRICS_PUBLIC:
         c->metrics_public = true;
+        return NULL;
+    /* The push webhook. */
+    case OPT_PUSH_WEBHOOK: {
+        static char err[320];
+        if (push_check_url(arg, err, sizeof err) != 0) return err;
+        c->push_url = arg;
+        return NULL;
+    }
+    case OPT_PUSH_SECRET_FILE:
+        if (!*arg) return "--push-secret-file must not be empty";
+        c->push_secret_file = arg;
+        return NULL;
+    case OPT_PUSH_CA:
+        if (!*arg) return "--push-ca must not be empty";
+        c->push.ca_file = arg;
+        return NULL;
+    case OPT_PUSH_TIMEOUT:
+        if (parse_u64(arg, 600, &v) || v == 0) return "bad --push-timeout (1 to 600 seconds)";
+        c->push.timeout_ms = (uint32_t)v * 1000;
+        return NULL;
+    case OPT_PUSH_BACKOFF:
+        if (parse_u64(arg, 3600000, &v) || v == 0) return "bad --push-backoff-ms (1 to 3600000)";
+        c->push.backoff_ms = (uint32_t)v;
+        return NULL;
+    case OPT_PUSH_BACKOFF_MAX:
+        if (parse_u64(arg, 86400000, &v) || v == 0)
+            return "bad --push-backoff-max-ms (1 to 86400000)";
+        c->push.backoff_max_ms = (uint32_t)v;
+        return NULL;
+    case OPT_PUSH_MAX_ATTEMPTS:
+        if (parse_u64(arg, 1000, &v) || v == 0) return "bad --push-max-attempts (1 to 1000)";
+        c->push.max_attempts = (uint32_t)v;
+        return NULL;
+    case OPT_PUSH_MAX_OUTBOX:
+        if (parse_u64(arg, 100000000, &v)) return "bad --push-max-outbox (0 to 100000000)";
+        c->push.max_outbox = v;
+        return NULL;
+    case OPT_PUSH_CONCURRENCY:
+        if (parse_u64(arg, PUSH_CONCURRENCY_MAX, &v) || v == 0)
+            return "bad --push-concurrency (1 to 64)";
+        c->push.concurrency = (unsigned)v;
         return NULL;
     default:
         return "unknown option";
@@ -1138,6 +1223,7 @@ int main(int argc, char **argv)
     c.http.ip_rate = prate_limit(20, 1000, 100);
     c.messaging = true;
     msg_service_opts_init(&c.msg);
+    push_opts_init(&c.push);
 
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -1194,6 +1280,30 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: give --jwt-secret or --jwt-secret-file, not both\n");
         return 2;
     }
+    if (c.push_url && !c.push_secret_file) {
+        fprintf(stderr, "parleyd: --push-webhook needs --push-secret-file (the signing key)\n");
+        return 2;
+    }
+    if (!c.push_url && (c.push_secret_file || c.push.ca_file)) {
+        fprintf(stderr, "parleyd: --push-secret-file and --push-ca need --push-webhook\n");
+        return 2;
+    }
+    if (c.push.backoff_max_ms < c.push.backoff_ms) {
+        fprintf(stderr, "parleyd: --push-backoff-max-ms is below --push-backoff-ms\n");
+        return 2;
+    }
+    if (c.push.ca_file) {
+        FILE *f = fopen(c.push.ca_file, "r");
+        if (!f) {
+            fprintf(stderr, "parleyd: --push-ca %s: %s\n", c.push.ca_file, strerror(errno));
+            return 2;
+        }
+        fclose(f);
+    }
+    if (c.push_url && (c.protocol_test || !c.messaging)) {
+        fprintf(stderr, "parleyd: --push-webhook needs the messaging service\n");
+        return 2;
+    }
     /* From here on, what parleyd says goes through the log, in the chosen
      * format (a log collector reading JSON gets JSON even for a failed
      * start); only refused command lines above are plain text. */
@@ -1234,6 +1344,24 @@ int main(int argc, char **argv)
             return 2;
         }
         c.msg.jwt_keys = jwt_keys;
+    }
+    uint8_t *push_secret = NULL;
+    size_t push_secret_len = 0;
+    if (c.push_url) {
+        char perr[256];
+        if (jwt_read_key_file(c.push_secret_file, "the push secret", &push_secret, &push_secret_len,
+                              perr, sizeof perr) != 0) {
+            plog_error("%s", perr);
+            plog_error("cannot use the --push-secret-file (the push webhook's signing key)");
+            jwt_keyset_unref(jwt_keys);
+            return 2;
+        }
+        if (push_secret_len < 32)
+            plog_warn("the push secret is %zu bytes; use at least 32", push_secret_len);
+        c.push.url = c.push_url;
+        c.push.secret = push_secret;
+        c.push.secret_len = push_secret_len;
+        c.msg.push = &c.push;
     }
     char *keys_buf = NULL;
     const char **keys = NULL;
@@ -1342,6 +1470,9 @@ int main(int argc, char **argv)
     free(keys_buf);
     free(keys);
     jwt_keyset_unref(jwt_keys);
+    if (push_secret) OPENSSL_cleanse(push_secret, push_secret_len);
+    free(push_secret);
+    c.push.secret = NULL;
     unsigned port = 0;
     if (rc == 0) {
         if (c.worker) {

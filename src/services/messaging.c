@@ -52,6 +52,7 @@
 #include "services/jwt.h"
 #include "services/media.h"
 #include "services/msg_store.h"
+#include "services/push.h"
 #include "services/tz.h"
 
 #define ROOM_NAME_MAX   (2 + MSG_CONV_MAX + 1) /* "u:" + user, "c:" + conversation id */
@@ -199,6 +200,7 @@ struct msg_service {
     jwt_keyset *keys; /* NULL: no tokens can be checked */
     char *data_dir;
     mstore *store;
+    push *push; /* the push webhook (services/push.h); NULL: off */
     media_store *media;
     pmap users;  /* id -> muser */
     pmap typing; /* "conv\nuser" -> mtyping */
@@ -343,6 +345,12 @@ static void proom(char out[PROOM_MAX], char tag, const char *name)
 static void schedule(msg_service *svc)
 {
     ploop_defer(svc->loop, &svc->flush);
+}
+
+/* The push webhook wrote to the batch: commit it soon. */
+static void push_commit(void *user)
+{
+    schedule(user);
 }
 
 static obx *obx_new(msg_service *svc, int kind, msess *ms, bool dep)
@@ -911,6 +919,8 @@ static void on_flush(pdefer *d)
         kick(svc, ms);
         ms_release(ms);
     }
+    /* The push webhook sends what this commit queued (or retries). */
+    if (svc->push) push_after_commit(svc->push, !failed);
 }
 
 /* ---- sync ---- */
@@ -2446,12 +2456,20 @@ static bool notif_quiet_now(msg_service *svc, const msg_nprefs *p, int64_t now);
  * notifications pass (and an urgent message from someone who is not a
  * contact is made high before it gets here). */
 static int notif_suppressed(msg_service *svc, const msg_notification *n, const char *room,
-                            int64_t now)
+                            int64_t now, bool *push_it)
 {
     msg_nprefs p;
     /* Unreadable preferences push (defaults): losing a notification is
      * worse than an unwanted one. */
     nprefs_load(svc, n->to, &svc->nprefs_buf, &p);
+    /* The push webhook's rule (push_eligible): a recipient with no /chat
+     * socket at all when the notification is stored (a socket, synced or
+     * not, gets the live `notification` event after the commit). */
+    if (svc->push && p.push) {
+        muser *u = user_get(svc, n->to, false);
+        bool quiet = n->priority < p.q_min && p.quiet && notif_quiet_now(svc, &p, now);
+        *push_it = push_eligible(&p, n, room, quiet, u && u->socks, now);
+    }
     if (n->from[0] && msg_nprefs_has(&p.muted_users, n->from)) return NS_MUTED_USER;
     if (room && (n->type == MSG_NT_MESSAGE || n->type == MSG_NT_MENTION) &&
         msg_nprefs_has(&p.muted_rooms, room))
@@ -2511,7 +2529,14 @@ static int notif_create(msg_service *svc, msg_notification *n, const char *room,
     svc->stats.notifications++;
     unread_mark(svc, n->to);
     if (n->expires >= 0) nexp_arm(svc, n->expires);
-    int why = notif_suppressed(svc, n, room, now);
+    bool push_it = false;
+    int why = notif_suppressed(svc, n, room, now, &push_it);
+    /* Same batch as the notification: committed, or lost, together (no
+     * acknowledgement says stored without its push queued). */
+    if (push_it && (rc = push_enqueue(svc->push, n, now)) != 0) {
+        plog_error("messaging: cannot queue the push of notification %lld", (long long)n->id);
+        return rc;
+    }
     if (why != NS_NONE) {
         svc->stats.notif_suppressed++;
         svc->mx.notif_suppressed[why]++;
@@ -3755,6 +3780,18 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
         int64_t next = mstore_notif_next_expiry(svc->store);
         if (next >= 0) nexp_arm(svc, next);
     }
+    if (rc == 0 && o->push) {
+        if (svc->disabled) {
+            plog_error("messaging: --push-webhook needs token keys (or --dev-auth)");
+            rc = PARLEY_EINVAL;
+        } else {
+            push_opts po = *o->push;
+            po.commit = push_commit;
+            po.user = svc;
+            rc = push_new(svc->loop, svc->store, &po, &svc->push);
+        }
+    }
+    svc->o.push = NULL; /* push_new copied what it keeps */
     if (rc == 0) {
         svc->nsp = parley_server_of(srv, MSG_NAMESPACE);
         phttpd *http = parley_server__http(srv);
@@ -3892,6 +3929,7 @@ void msg_service_collect(pmx_out *o, void *user)
                        mx->notif_suppressed[k]);
     }
     pmx_counter(o, "parley_notifications_read_total", "Notifications marked read.", mx->notif_read);
+    push_metrics(svc->push, o);
     pmx_counter(o, "parley_store_commits_total", "Store batches committed.",
                 svc->store ? mstore_commits(svc->store) : 0);
     pmx_counter(o, "parley_store_commit_failures_total", "Store batches that failed to commit.",
@@ -3936,6 +3974,8 @@ void msg_service_free(msg_service *svc)
     if (!svc) return;
     if (svc->nsp) parley_nsp_set_handlers(svc->nsp, NULL);
     ploop_defer_cancel(svc->loop, &svc->flush);
+    push_free(svc->push); /* rows in flight stay queued: sent again next start */
+    svc->push = NULL;
     if (svc->store) {
         /* What was stored stays stored: a client that got no acknowledgement
          * resends and is answered from the store. */

@@ -237,6 +237,32 @@ int64_t mstore_notif_next_expiry(mstore *s);
 int mstore_nprefs_get(mstore *s, const char *user, pbuf *out);
 int mstore_nprefs_set(mstore *s, const char *user, const char *json, size_t len);
 
+/* One notification by id, expired or not: 1 found, 0 none, negative on
+ * error. */
+int mstore_notif_get(mstore *s, int64_t id, msg_notification *n);
+
+/* The push outbox (schema 5; services/push.h): rows to POST to the push
+ * webhook. add joins the batch (the notification's own, so both commit
+ * together); a user's new row is not due before that user's oldest row.
+ * due: calls fn for rows with next_ms <= now_ms that are the oldest of
+ * their user, by (next_ms, id), at most limit; fn returns non-zero to
+ * stop (a negative value is returned). next_due: the earliest next_ms
+ * above after_ms, -1 when none, below -1 on error. del and retry join
+ * the batch; retry also holds the user's later rows until next_ms. */
+typedef struct mstore_push_row {
+    int64_t id, notif;
+    char user[MSG_USER_MAX + 1];
+    uint32_t attempts;
+    int64_t next_ms, created_ms;
+} mstore_push_row;
+typedef int (*mstore_push_fn)(const mstore_push_row *r, void *arg);
+int mstore_push_add(mstore *s, int64_t notif, const char *user, int64_t now_ms, int64_t *id);
+int64_t mstore_push_count(mstore *s);
+int mstore_push_due(mstore *s, int64_t now_ms, unsigned limit, mstore_push_fn fn, void *arg);
+int64_t mstore_push_next_due(mstore *s, int64_t after_ms);
+int mstore_push_del(mstore *s, int64_t id);
+int mstore_push_retry(mstore *s, int64_t id, const char *user, uint32_t attempts, int64_t next_ms);
+
 /* The SQLite handle, for tests that need to reach under the store. */
 void *mstore__db(mstore *s);
 /* MSTORE_QUICK_CHECK_MAX, lowered by tests of the larger stores' check. */

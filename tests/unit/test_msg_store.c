@@ -704,7 +704,7 @@ static void test_migration_v3(void **state)
     sqlite3_close(db);
 
     mstore *st = open_store(sc.path);
-    assert_int_equal(user_version(st), 5);
+    assert_int_equal(user_version(st), 6);
     assert_media_for(st, "amy", 1, "image/png");
     assert_media_for(st, "cat", 1, "image/png");
     assert_media_for(st, "bob", 1, "image/png");
@@ -733,7 +733,7 @@ static void test_migration_v3(void **state)
     assert_int_equal(bytes, 777);
     mstore_close(st);
     st = open_store(sc.path);
-    assert_int_equal(user_version(st), 5);
+    assert_int_equal(user_version(st), 6);
     assert_int_equal(mstore_storage_bytes(st, "bob", &bytes), 0);
     assert_int_equal(bytes, 16 + MSTORE_MSG_OVERHEAD);
     mstore_close(st);
@@ -1045,7 +1045,7 @@ static void open_copy(const scratch *sc, const void *data, size_t len, int want,
         assert_non_null(st);
         assert_int_equal(l.level, PARLEY_LOG_WARN);
         assert_int_equal(mstore_last_seq(st, "dm:a:b"), 0); /* a new, empty database */
-        assert_int_equal(user_version(st), 5);
+        assert_int_equal(user_version(st), 6);
         mstore_close(st);
     } else {
         assert_null(st);

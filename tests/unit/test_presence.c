@@ -452,7 +452,7 @@ static void test_store_migration(void **state)
     sqlite3_stmt *q;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(q, 0), 5); /* and on through 2 -> ... -> 5 */
+    assert_int_equal(sqlite3_column_int(q, 0), 6); /* and on through 2 -> ... -> 6 */
     sqlite3_finalize(q);
     sqlite3_close(db);
     scratch_free(&sc);
