@@ -382,7 +382,7 @@ enum { OPT_LOG_FORMAT = OPT_DISK_RESERVE + 1 };
 
 /* Cluster without sticky sessions (docs/CLUSTER.md). */
 enum { OPT_NODE_ID = OPT_LOG_FORMAT + 1, OPT_PEER, OPT_WORKERS };
-_Static_assert(OPT_WORKERS < OPT_ADMIN_KEY_FILE, "option values overlap");
+_Static_assert((int)OPT_WORKERS < (int)OPT_ADMIN_KEY_FILE, "option values overlap");
 
 static const struct option longopts[] = {
     {"listen", required_argument, 0, OPT_LISTEN},
