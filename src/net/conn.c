@@ -961,6 +961,21 @@ static void on_connection(uv_stream_t *server, int status)
     if (begin_session(c, l->tls, NULL) != 0) pconn_close(c, false, PARLEY_ENOMEM);
 }
 
+/* A listener on loop, its handle initialised; NULL when out of memory. */
+static plistener *listener_new(parley_loop *loop, ptls_ctx *tls, plisten_accept_fn accept,
+                               void *user)
+{
+    plistener *l = pcalloc(1, sizeof *l);
+    if (!l) return NULL;
+    l->loop = loop;
+    l->tls = tls;
+    l->accept = accept;
+    l->user = user;
+    uv_tcp_init(loop->uv, &l->tcp);
+    l->tcp.data = l;
+    return l;
+}
+
 int plisten(parley_loop *loop, const char *host, unsigned port, ptls_ctx *tls,
             plisten_accept_fn accept, void *user, plistener **out)
 {
@@ -969,14 +984,8 @@ int plisten(parley_loop *loop, const char *host, unsigned port, ptls_ctx *tls,
     if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) != 0 &&
         uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss) != 0)
         return PARLEY_EINVAL;
-    plistener *l = pcalloc(1, sizeof *l);
+    plistener *l = listener_new(loop, tls, accept, user);
     if (!l) return PARLEY_ENOMEM;
-    l->loop = loop;
-    l->tls = tls;
-    l->accept = accept;
-    l->user = user;
-    uv_tcp_init(loop->uv, &l->tcp);
-    l->tcp.data = l;
     int rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
     if (rc != 0) {
@@ -992,17 +1001,11 @@ int plisten_fd(parley_loop *loop, int fd, ptls_ctx *tls, plisten_accept_fn accep
                plistener **out)
 {
     if (fd < 0 || !accept) return PARLEY_EINVAL;
-    plistener *l = pcalloc(1, sizeof *l);
+    plistener *l = listener_new(loop, tls, accept, user);
     if (!l) {
         close(fd);
         return PARLEY_ENOMEM;
     }
-    l->loop = loop;
-    l->tls = tls;
-    l->accept = accept;
-    l->user = user;
-    uv_tcp_init(loop->uv, &l->tcp);
-    l->tcp.data = l;
     int rc = uv_tcp_open(&l->tcp, (uv_os_sock_t)fd);
     if (rc != 0) close(fd);
     if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
