@@ -162,6 +162,10 @@ typedef struct parley_chat_presence {
     const char *text;  /* the user's status text; "" when none */
     int64_t last_seen; /* ms since the epoch (now while online); -1: never connected */
     unsigned devices;  /* connected sockets of the user */
+    /* Appended (read it only from a library that has it): this user's
+     * own presence while they appear offline (parley_chat_presence_invisible);
+     * others then see OFFLINE, 0 devices, last_seen frozen. */
+    int invisible;
 } parley_chat_presence;
 
 typedef struct parley_chat_opts {
@@ -250,7 +254,20 @@ PARLEY_API parley_chat_state parley_chat_get_state(parley_chat *c);
 /* The underlying Socket.IO client (statistics, transport). */
 PARLEY_API parley_client *parley_chat_client(parley_chat *c);
 
-/* A message to send. Exactly one of to, room and conversation. */
+/* A message to send. Exactly one of to, room and conversation.
+ *
+ * Priority (docs/PROTOCOL.md, "Messaging", priorities): the message's
+ * place in the chat's outbound queue, which sends URGENT > HIGH > NORMAL
+ * > LOW, first in first out within a priority. Without a backlog every
+ * message leaves at once in call order; with one (sent while offline, or
+ * unacknowledged when a connection dropped) a HIGH message goes out, and
+ * is stored, ahead of NORMAL ones queued before it, in its own
+ * conversation too (it then gets the lower seq). The server then
+ * delivers the HIGH and URGENT messages of a commit batch live ahead of
+ * the NORMAL and LOW ones of other conversations (never ahead of earlier
+ * ones of their own conversation); HIGH also notifies recipients with no
+ * live device, URGENT every recipient; LOW may be delivered up to the
+ * server's --low-delay late. */
 typedef struct parley_chat_send_opts {
     size_t size; /* sizeof the struct, set by parley_chat_send_opts_init (see parley.h) */
     const char *to;                  /* a user: the direct conversation */
@@ -378,6 +395,19 @@ PARLEY_API int parley_chat_upload(parley_chat *c, const char *mime, const void *
  * callback. Errors: PARLEY_EINVAL (status OFFLINE or unknown, text
  * invalid), PARLEY_ENOMEM. */
 PARLEY_API int parley_chat_presence_set(parley_chat *c, parley_presence status, const char *text);
+
+/* "Appear offline" (docs/PROTOCOL.md, "Appearing offline"), on (nonzero)
+ * or off: while on, everyone else sees this user OFFLINE on all their
+ * devices, with last_seen frozen at the moment it was turned on, and the
+ * user's typing starts are not relayed; this user's own devices see the
+ * true state with invisible set (on_presence). The choice is the user's,
+ * stored by the server: it stays across reconnections and restarts until
+ * turned off, from any device. Sent at once when connected, otherwise at
+ * the next connection, and again after reconnections only until the
+ * server acknowledged it. Messages and receipts still go out as usual:
+ * an application that wants to stay unnoticed holds back
+ * parley_chat_mark_read while it is on. Errors: PARLEY_EINVAL (c NULL). */
+PARLEY_API int parley_chat_presence_invisible(parley_chat *c, int on);
 
 /* Follows the presence of users (n >= 1 valid user ids): `presence`
  * events for them from now on, and their current state at once (through

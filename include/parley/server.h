@@ -205,12 +205,19 @@ PARLEY_API int parley_emit(parley_socket *s, const char *event, const char *args
 typedef void (*parley_ack_fn)(parley_socket *s, int err, const parley_args *args, void *user);
 
 typedef struct parley_emit_opts {
+    size_t size;       /* sizeof the struct, set by parley_emit_opts_init (see parley.h) */
     int volatile_;     /* drop rather than queue when the client cannot take it now */
     parley_ack_fn ack; /* ask for an acknowledgement */
     void *ack_user;
     uint32_t timeout_ms; /* for the acknowledgement; 0 = none */
 } parley_emit_opts;
 
+/* Defaults (all 0) into the first `size` bytes of *o, o->size = min(size,
+ * sizeof); call it as parley_emit_opts_init(&o) (see parley.h). */
+PARLEY_API void parley_emit_opts_init_size(parley_emit_opts *o, size_t size);
+#define parley_emit_opts_init(o) parley_emit_opts_init_size((o), sizeof *(o))
+
+/* PARLEY_EINVAL also for o->size 0 or smaller than size + volatile_. */
 PARLEY_API int parley_emit_opts_send(parley_socket *s, const parley_emit_opts *o, const char *event,
                                      const char *args_json, const parley_bin *bins, size_t nbins);
 

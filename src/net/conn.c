@@ -1,8 +1,11 @@
 /* Connections: batched writes, shared read buffers, TLS, close, connect. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 
@@ -958,6 +961,21 @@ static void on_connection(uv_stream_t *server, int status)
     if (begin_session(c, l->tls, NULL) != 0) pconn_close(c, false, PARLEY_ENOMEM);
 }
 
+/* A listener on loop, its handle initialised; NULL when out of memory. */
+static plistener *listener_new(parley_loop *loop, ptls_ctx *tls, plisten_accept_fn accept,
+                               void *user)
+{
+    plistener *l = pcalloc(1, sizeof *l);
+    if (!l) return NULL;
+    l->loop = loop;
+    l->tls = tls;
+    l->accept = accept;
+    l->user = user;
+    uv_tcp_init(loop->uv, &l->tcp);
+    l->tcp.data = l;
+    return l;
+}
+
 int plisten(parley_loop *loop, const char *host, unsigned port, ptls_ctx *tls,
             plisten_accept_fn accept, void *user, plistener **out)
 {
@@ -966,14 +984,8 @@ int plisten(parley_loop *loop, const char *host, unsigned port, ptls_ctx *tls,
     if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) != 0 &&
         uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss) != 0)
         return PARLEY_EINVAL;
-    plistener *l = pcalloc(1, sizeof *l);
+    plistener *l = listener_new(loop, tls, accept, user);
     if (!l) return PARLEY_ENOMEM;
-    l->loop = loop;
-    l->tls = tls;
-    l->accept = accept;
-    l->user = user;
-    uv_tcp_init(loop->uv, &l->tcp);
-    l->tcp.data = l;
     int rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
     if (rc != 0) {
@@ -982,6 +994,64 @@ int plisten(parley_loop *loop, const char *host, unsigned port, ptls_ctx *tls,
         return rc == UV_EADDRINUSE ? PARLEY_EIO : PARLEY_EINVAL;
     }
     *out = l;
+    return 0;
+}
+
+int plisten_fd(parley_loop *loop, int fd, ptls_ctx *tls, plisten_accept_fn accept, void *user,
+               plistener **out)
+{
+    if (fd < 0 || !accept) return PARLEY_EINVAL;
+    plistener *l = listener_new(loop, tls, accept, user);
+    if (!l) {
+        close(fd);
+        return PARLEY_ENOMEM;
+    }
+    int rc = uv_tcp_open(&l->tcp, (uv_os_sock_t)fd);
+    if (rc != 0) close(fd);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
+    if (rc != 0) {
+        plog_error("listen on an inherited socket: %s", uv_strerror(rc));
+        uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+        return PARLEY_EINVAL;
+    }
+    *out = l;
+    return 0;
+}
+
+int plisten_socket(const char *host, unsigned port, bool reuseport, int *fd_out)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (port > 65535) return PARLEY_EINVAL;
+    socklen_t len;
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) == 0)
+        len = sizeof(struct sockaddr_in);
+    else if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss) == 0)
+        len = sizeof(struct sockaddr_in6);
+    else
+        return PARLEY_EINVAL;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return PARLEY_EIO;
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+        bind(fd, (struct sockaddr *)&ss, len) != 0) {
+        int e = errno;
+        plog_error("bind %s:%u: %s", host, port, strerror(e));
+        close(fd);
+        return e == EADDRINUSE ? PARLEY_EIO : PARLEY_EINVAL;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+unsigned psocket_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return 0;
+    if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     return 0;
 }
 

@@ -254,6 +254,18 @@ void plisten_set_admit(plistener *l, plisten_admit_fn admit);
 /* Binds and listens on host:port (port 0 = any). tls may be NULL. */
 int plisten(parley_loop *loop, const char *host, unsigned port, ptls_ctx *tls,
             plisten_accept_fn accept, void *user, plistener **out);
+/* Listens on a socket made elsewhere (plisten_socket, or inherited from a
+ * parent process): fd is a bound TCP socket, listening or not; the
+ * listener owns it from here on, also when this fails. */
+int plisten_fd(parley_loop *loop, int fd, ptls_ctx *tls, plisten_accept_fn accept, void *user,
+               plistener **out);
+/* A TCP socket bound to host:port (port 0 = any), not yet listening,
+ * close-on-exec, with SO_REUSEADDR and, when reuseport, SO_REUSEPORT (so
+ * that several processes can each listen on the same port and the kernel
+ * spreads new connections over them). 0 and *fd, or a parley_err. */
+int plisten_socket(const char *host, unsigned port, bool reuseport, int *fd);
+/* The port a socket is bound to, or 0. */
+unsigned psocket_port(int fd);
 /* The bound port (useful with port 0). */
 unsigned plistener_port(plistener *l);
 /* Stops listening and frees the listener (handle closed asynchronously). */

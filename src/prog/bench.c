@@ -123,9 +123,12 @@ typedef struct bcast_slot {
     uint32_t left;
 } bcast_slot;
 
+#define BENCH_MAX_URLS 8
+
 struct bench {
     parley_loop *loop;
-    purl url;
+    purl url[BENCH_MAX_URLS]; /* connection i goes to url[i % nurls] */
+    unsigned nurls;
     int scenario;
     bool sio; /* Socket.IO sessions (else plain WebSocket) */
     unsigned conns, pipeline, senders, sources, ramp;
@@ -138,8 +141,8 @@ struct bench {
     unsigned limit; /* connections to open for now (idle opens in two steps) */
     uint8_t *batch; /* ws-echo: K masked frames shared by all connections */
     size_t batch_len;
-    uint8_t *request; /* the upgrade request, shared */
-    size_t request_len;
+    uint8_t *request[BENCH_MAX_URLS]; /* the upgrade request per URL, shared */
+    size_t request_len[BENCH_MAX_URLS];
     char payload[4096];
     bool measuring, done, load_started, draining;
     uint64_t t_start, t_end;
@@ -579,7 +582,8 @@ static void bc_on_connect(pconn *c, int status)
         return;
     }
     x->state = BC_HANDSHAKE;
-    pconn_write(c, x->b->request, x->b->request_len);
+    unsigned k = x->idx % x->b->nurls;
+    pconn_write(c, x->b->request[k], x->b->request_len[k]);
 }
 
 static void bc_on_close(pconn *c, int err)
@@ -628,7 +632,8 @@ static void start_connect(bench *b, bconn *x)
         snprintf(src, sizeof src, "127.0.%u.%u", k / 250, 1 + k % 250);
         pconn_bind_local(&x->c, src);
     }
-    if (pconn_connect(&x->c, b->url.host, b->url.port, NULL, 10000) != 0) {
+    const purl *u = &b->url[x->idx % b->nurls];
+    if (pconn_connect(&x->c, u->host, u->port, NULL, 10000) != 0) {
         fprintf(stderr, "bench: cannot start connection %u\n", x->idx);
         pconn_close(&x->c, false, PARLEY_EIO);
     }
@@ -733,20 +738,24 @@ static int build_requests(bench *b)
 {
     char key[25];
     if (ws_client_key(key) != 0) return PARLEY_EIO;
-    pbuf req = {0};
-    char target[2200];
-    if (b->sio) {
-        /* Engine.IO over WebSocket directly, as socket.io-client with
-         * transports: ["websocket"]. */
-        const char *q = strchr(b->url.target, '?');
-        snprintf(target, sizeof target, "%s%sEIO=4&transport=websocket", b->url.target,
-                 q ? "&" : "?");
-    } else {
-        snprintf(target, sizeof target, "%s", b->url.target);
+    int rc = 0;
+    for (unsigned k = 0; k < b->nurls && rc == 0; k++) {
+        const purl *u = &b->url[k];
+        pbuf req = {0};
+        char target[2200];
+        if (b->sio) {
+            /* Engine.IO over WebSocket directly, as socket.io-client with
+             * transports: ["websocket"]. */
+            const char *q = strchr(u->target, '?');
+            snprintf(target, sizeof target, "%s%sEIO=4&transport=websocket", u->target,
+                     q ? "&" : "?");
+        } else {
+            snprintf(target, sizeof target, "%s", u->target);
+        }
+        rc = ws_write_client_request(&req, u->host_header, target, key, NULL, 0, NULL, NULL, 0);
+        b->request[k] = req.ptr;
+        b->request_len[k] = req.len;
     }
-    int rc = ws_write_client_request(&req, b->url.host_header, target, key, NULL, 0, NULL, NULL, 0);
-    b->request = req.ptr;
-    b->request_len = req.len;
     if (rc) return rc;
     size_t n = PARLEY_MIN(b->size, sizeof b->payload - 1);
     for (size_t i = 0; i < n; i++) b->payload[i] = (char)('a' + i % 26);
@@ -767,7 +776,10 @@ static void usage(FILE *f)
             "usage: parley bench SCENARIO --url URL [options]\n"
             "scenarios: ws-echo, sio-echo, sio-broadcast, connect, idle, chat\n"
             "  --url URL            ws://HOST:PORT/PATH (ws-echo, idle) or\n"
-            "                       http://HOST:PORT/socket.io/ (Socket.IO; loopback only)\n"
+            "                       http://HOST:PORT/socket.io/ (Socket.IO; loopback only);\n"
+            "                       repeat it (up to 8) to spread connections over several\n"
+            "                       servers: connection i goes to the (i mod n)-th URL, so\n"
+            "                       sio-broadcast's senders are on the first (a cluster)\n"
             "  --connections N      connections / sessions (default 100)\n"
             "  --size BYTES         payload size (default 20)\n"
             "  --pipeline K         messages sent together and awaited together (default 1)\n"
@@ -895,6 +907,7 @@ static int run(int argc, char **argv, int scenario)
     b.ramp = 256;
     b.receipt_every = 10;
     const char *url = NULL;
+    const char *urls[BENCH_MAX_URLS];
     static const struct option longopts[] = {
         {"url", required_argument, 0, 'u'},
         {"connections", required_argument, 0, 'c'},
@@ -917,7 +930,14 @@ static int run(int argc, char **argv, int scenario)
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (ch) {
-        case 'u': url = optarg; break;
+        case 'u':
+            if (b.nurls == BENCH_MAX_URLS) {
+                fprintf(stderr, "bench: at most %d --url\n", BENCH_MAX_URLS);
+                return 2;
+            }
+            urls[b.nurls++] = optarg;
+            url = urls[0];
+            break;
         case 'c': b.conns = (unsigned)strtoul(optarg, NULL, 10); break;
         case 's': b.size = strtoul(optarg, NULL, 10); break;
         case 'k': b.pipeline = (unsigned)strtoul(optarg, NULL, 10); break;
@@ -948,15 +968,21 @@ static int run(int argc, char **argv, int scenario)
         usage(stderr);
         return 2;
     }
-    if (purl_parse(url, &b.url) != 0 || b.url.tls) {
-        fprintf(stderr, "bench: --url must be ws:// or http:// (no TLS)\n");
-        return 2;
+    for (unsigned k = 0; k < b.nurls; k++) {
+        if (purl_parse(urls[k], &b.url[k]) != 0 || b.url[k].tls) {
+            fprintf(stderr, "bench: --url must be ws:// or http:// (no TLS)\n");
+            return 2;
+        }
+        if (!is_loopback(b.url[k].host)) {
+            fprintf(stderr, "bench: targets must be on loopback\n");
+            return 2;
+        }
+        if (strcmp(b.url[k].scheme, b.url[0].scheme) != 0) {
+            fprintf(stderr, "bench: every --url has the same scheme\n");
+            return 2;
+        }
     }
-    if (!is_loopback(b.url.host)) {
-        fprintf(stderr, "bench: targets must be on loopback\n");
-        return 2;
-    }
-    b.sio = strcmp(b.url.scheme, "http") == 0;
+    b.sio = strcmp(b.url[0].scheme, "http") == 0;
     if (scenario == SC_WS_ECHO && b.sio) {
         fprintf(stderr, "bench: ws-echo wants a ws:// URL\n");
         return 2;
@@ -1018,7 +1044,7 @@ static int run(int argc, char **argv, int scenario)
     report(&b, url);
     free(b.bc);
     free(b.batch);
-    free(b.request);
+    for (unsigned k = 0; k < b.nurls; k++) free(b.request[k]);
     free(b.slots);
     free(b.outstanding);
     free(b.next_seq);

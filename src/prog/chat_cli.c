@@ -59,6 +59,7 @@ static void usage(FILE *f)
            "\n"
            "presence commands:\n"
            "  presence online|away|busy [TEXT]\n"
+           "  invisible on|off       appear offline to everyone else (all devices, stored)\n"
            "                         this device's status; TEXT (the rest of the line, at\n"
            "                         most 128 bytes) sets the user's status text, \"\" clears it\n"
            "  subscribe USER...      follow users' presence (presence events)\n"
@@ -78,8 +79,8 @@ static void usage(FILE *f)
            "  last_seq, error;\n"
            "  queued (a send was accepted into the outbound queue: {\"client_id\"}; its\n"
            "    progress follows as status events: sending, sent, delivered, read, failed);\n"
-           "  presence ({\"user\", \"status\", \"text\", \"last_seen\", \"devices\"}), "
-           "room_presence;\n"
+           "  presence ({\"user\", \"status\", \"text\", \"last_seen\", \"devices\"}, and\n"
+           "    \"invisible\": true in your own while you appear offline), room_presence;\n"
            "  notification (the server's Notification object plus \"live\"), unread\n"
            "    ({\"count\"}), notifications, notifications_read, prefs\n");
 }
@@ -371,6 +372,7 @@ static void presence_fields(pbuf *b, const parley_chat_presence *p)
     else
         pbuf_appendf(b, ",\"last_seen\":%lld", (long long)p->last_seen);
     pbuf_appendf(b, ",\"devices\":%u", p->devices);
+    if (p->invisible) pbuf_append_str(b, ",\"invisible\":true");
 }
 
 static void on_presence(parley_chat *c, const parley_chat_presence *p, void *user)
@@ -659,6 +661,17 @@ static bool parse_int(const char *s, long long min, long long max, long long *ou
     return true;
 }
 
+static void cmd_invisible(parley_chat *c, char *rest)
+{
+    char *v = word(&rest);
+    if (!v || (strcmp(v, "on") && strcmp(v, "off"))) {
+        emit_error("invisible", "usage", "", "invisible on|off");
+        return;
+    }
+    int rc = parley_chat_presence_invisible(c, !strcmp(v, "on"));
+    if (rc) emit_error("invisible", "error", "", parley_strerror(rc));
+}
+
 static void cmd_presence(parley_chat *c, char *rest)
 {
     char *status = word(&rest);
@@ -912,6 +925,8 @@ static bool command(parley_chat *c, char *line)
         }
     } else if (!strcmp(cmd, "presence")) {
         cmd_presence(c, rest);
+    } else if (!strcmp(cmd, "invisible")) {
+        cmd_invisible(c, rest);
     } else if (!strcmp(cmd, "subscribe") || !strcmp(cmd, "unsubscribe")) {
         cmd_subscribe(c, cmd, rest, cmd[0] == 's');
     } else if (!strcmp(cmd, "room-presence")) {

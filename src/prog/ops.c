@@ -145,6 +145,15 @@ static void collect_sio(pmx_out *o, void *user)
     }
     pmx_counter(o, "parley_engine_upgrades_total", "Polling sessions upgraded to WebSocket.",
                 st.eng.upgrades);
+    pmx_counter(o, "parley_engine_relayed_total",
+                "Polling requests relayed to the node that owns their session (--peer).",
+                st.eng.forwarded);
+    pmx_counter(o, "parley_engine_relay_failures_total",
+                "Relayed polling requests whose owner node did not answer (502/504).",
+                st.eng.forward_failures);
+    pmx_counter(o, "parley_engine_relay_refused_total",
+                "Polling requests not relayed: unknown node tag, or too many relays at once.",
+                st.eng.forward_refused);
     pmx_counter(o, "parley_engine_messages_received_total", "Engine.IO message packets received.",
                 st.eng.messages_in);
     pmx_counter(o, "parley_engine_received_bytes_total",

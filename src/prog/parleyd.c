@@ -18,13 +18,19 @@
 #include "server/admin_ui.h"
 #include "server/engine.h"
 #include "server/httpd.h"
+#include "server/peers.h"
+#include "prog/workers.h"
 #include "cluster/adapter.h"
 #include "cluster/redis_conn.h"
 #include "services/jwt.h"
 #include "services/messaging.h"
+#include "services/push.h"
 #include "ws/wsconn.h"
 
 typedef struct config {
+    ppeers peers; /* --node-id, --peer */
+    unsigned workers;       /* --workers (0/1: this process serves) */
+    pworker_ctx *worker;    /* in a worker of --workers */
     char host[256];
     unsigned port;
     const char *ws_echo;
@@ -59,6 +65,10 @@ typedef struct config {
     bool admin_loopback_off;
     const char *admin_key_file;
     bool metrics_public;
+    /* The push webhook (services/push.h). */
+    push_opts push;
+    const char *push_url;
+    const char *push_secret_file;
 } config;
 
 static void usage(FILE *f)
@@ -208,6 +218,31 @@ static void usage(FILE *f)
             "  --metrics-public          /metrics open to anyone (e.g. a Prometheus elsewhere\n"
             "                            on a private network)\n"
             "\n"
+            "Push webhook (docs/PROTOCOL.md, \"Push webhook\"; docs/OPERATIONS.md):\n"
+            "  --push-webhook URL        POST push-eligible notifications, signed, to URL:\n"
+            "                            https://, or http:// to a loopback IP only (off by\n"
+            "                            default)\n"
+            "  --push-secret-file FILE   the HMAC-SHA256 signing key (required with\n"
+            "                            --push-webhook; line ends dropped)\n"
+            "  --push-ca FILE            CA bundle the receiver's certificate must chain to\n"
+            "                            (default: the system store)\n"
+            "  --push-timeout SECONDS    per request, connect included (default 10)\n"
+            "  --push-backoff-ms MS      first retry delay; doubles per failure (default 1000)\n"
+            "  --push-backoff-max-ms MS  longest retry delay (default 600000)\n"
+            "  --push-max-attempts N     then the push is dropped (default 20)\n"
+            "  --push-max-outbox N       queued pushes at most; more are dropped (default\n"
+            "                            100000)\n"
+            "  --push-concurrency N      requests in flight at most (default 4, at most 64)\n"
+            "\n"
+            "Cluster without sticky sessions (docs/CLUSTER.md):\n"
+            "  --node-id ID              this node's id (1..64 of [A-Za-z0-9._-]); its\n"
+            "                            Engine.IO session ids start with a tag derived from it\n"
+            "  --peer ID=HOST:PORT       another node (repeatable, up to 64): polling requests\n"
+            "                            for its sessions are relayed to HOST:PORT\n"
+            "  --workers N               N processes on the port (SO_REUSEPORT), polling requests\n"
+            "                            relayed between them; needs --no-messaging or\n"
+            "                            --protocol-test while the store is one process's\n"
+            "\n"
             "  --version, --help\n"
             "\n"
             "When ready, prints 'parleyd listening on HOST:PORT' on stdout.\n"
@@ -317,9 +352,24 @@ enum {
     OPT_METRICS_PUBLIC,
     OPT_ADMIN_UI,
     OPT_ADMIN_EVENTS,
-    OPT_ADMIN_MAX_BACKLOG,
-    OPT_REDIS /* cluster */
+    OPT_ADMIN_MAX_BACKLOG
 };
+
+/* The push webhook. */
+enum {
+    OPT_PUSH_WEBHOOK = OPT_ADMIN_MAX_BACKLOG + 1,
+    OPT_PUSH_SECRET_FILE,
+    OPT_PUSH_CA,
+    OPT_PUSH_TIMEOUT,
+    OPT_PUSH_BACKOFF,
+    OPT_PUSH_BACKOFF_MAX,
+    OPT_PUSH_MAX_ATTEMPTS,
+    OPT_PUSH_MAX_OUTBOX,
+    OPT_PUSH_CONCURRENCY
+};
+
+/* The Redis cluster adapter (docs/CLUSTER.md). */
+enum { OPT_REDIS = OPT_PUSH_CONCURRENCY + 1 };
 
 /* Limits. */
 enum {
@@ -343,6 +393,10 @@ enum {
 
 /* Operations. */
 enum { OPT_LOG_FORMAT = OPT_DISK_RESERVE + 1 };
+
+/* Cluster without sticky sessions (docs/CLUSTER.md). */
+enum { OPT_NODE_ID = OPT_LOG_FORMAT + 1, OPT_PEER, OPT_WORKERS };
+_Static_assert((int)OPT_WORKERS < (int)OPT_ADMIN_KEY_FILE, "option values overlap");
 
 static const struct option longopts[] = {
     {"listen", required_argument, 0, OPT_LISTEN},
@@ -419,6 +473,18 @@ static const struct option longopts[] = {
     {"admin-ui", no_argument, 0, OPT_ADMIN_UI},
     {"admin-ui-events", no_argument, 0, OPT_ADMIN_EVENTS},
     {"admin-ui-max-backlog", required_argument, 0, OPT_ADMIN_MAX_BACKLOG},
+    {"push-webhook", required_argument, 0, OPT_PUSH_WEBHOOK},
+    {"push-secret-file", required_argument, 0, OPT_PUSH_SECRET_FILE},
+    {"push-ca", required_argument, 0, OPT_PUSH_CA},
+    {"push-timeout", required_argument, 0, OPT_PUSH_TIMEOUT},
+    {"push-backoff-ms", required_argument, 0, OPT_PUSH_BACKOFF},
+    {"push-backoff-max-ms", required_argument, 0, OPT_PUSH_BACKOFF_MAX},
+    {"push-max-attempts", required_argument, 0, OPT_PUSH_MAX_ATTEMPTS},
+    {"push-max-outbox", required_argument, 0, OPT_PUSH_MAX_OUTBOX},
+    {"push-concurrency", required_argument, 0, OPT_PUSH_CONCURRENCY},
+    {"node-id", required_argument, 0, OPT_NODE_ID},
+    {"peer", required_argument, 0, OPT_PEER},
+    {"workers", required_argument, 0, OPT_WORKERS},
     {"redis", required_argument, 0, OPT_REDIS},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
@@ -451,6 +517,14 @@ static const char *apply(config *c, int ch, const char *arg)
         return NULL;
     case OPT_COMPRESSION:
         c->sio.permessage_deflate = 1;
+        return NULL;
+    case OPT_NODE_ID:
+        return ppeers_set_self(&c->peers, arg);
+    case OPT_PEER:
+        return ppeers_add(&c->peers, arg);
+    case OPT_WORKERS:
+        if (parse_u64(arg, PWORKERS_MAX, &v) || v == 0) return "--workers wants 1..64";
+        c->workers = (unsigned)v;
         return NULL;
     case OPT_COMPRESSION_THRESHOLD:
         if (parse_u64(arg, UINT32_MAX, &v)) return "bad --compression-threshold";
@@ -748,6 +822,47 @@ static const char *apply(config *c, int ch, const char *arg)
         return NULL;
     case OPT_METRICS_PUBLIC:
         c->metrics_public = true;
+        return NULL;
+    /* The push webhook. */
+    case OPT_PUSH_WEBHOOK: {
+        static char err[320];
+        if (push_check_url(arg, err, sizeof err) != 0) return err;
+        c->push_url = arg;
+        return NULL;
+    }
+    case OPT_PUSH_SECRET_FILE:
+        if (!*arg) return "--push-secret-file must not be empty";
+        c->push_secret_file = arg;
+        return NULL;
+    case OPT_PUSH_CA:
+        if (!*arg) return "--push-ca must not be empty";
+        c->push.ca_file = arg;
+        return NULL;
+    case OPT_PUSH_TIMEOUT:
+        if (parse_u64(arg, 600, &v) || v == 0) return "bad --push-timeout (1 to 600 seconds)";
+        c->push.timeout_ms = (uint32_t)v * 1000;
+        return NULL;
+    case OPT_PUSH_BACKOFF:
+        if (parse_u64(arg, 3600000, &v) || v == 0) return "bad --push-backoff-ms (1 to 3600000)";
+        c->push.backoff_ms = (uint32_t)v;
+        return NULL;
+    case OPT_PUSH_BACKOFF_MAX:
+        if (parse_u64(arg, 86400000, &v) || v == 0)
+            return "bad --push-backoff-max-ms (1 to 86400000)";
+        c->push.backoff_max_ms = (uint32_t)v;
+        return NULL;
+    case OPT_PUSH_MAX_ATTEMPTS:
+        if (parse_u64(arg, 1000, &v) || v == 0) return "bad --push-max-attempts (1 to 1000)";
+        c->push.max_attempts = (uint32_t)v;
+        return NULL;
+    case OPT_PUSH_MAX_OUTBOX:
+        if (parse_u64(arg, 100000000, &v)) return "bad --push-max-outbox (0 to 100000000)";
+        c->push.max_outbox = v;
+        return NULL;
+    case OPT_PUSH_CONCURRENCY:
+        if (parse_u64(arg, PUSH_CONCURRENCY_MAX, &v) || v == 0)
+            return "bad --push-concurrency (1 to 64)";
+        c->push.concurrency = (unsigned)v;
         return NULL;
     default:
         return "unknown option";
@@ -1135,6 +1250,7 @@ int main(int argc, char **argv)
     c.http.ip_rate = prate_limit(20, 1000, 100);
     c.messaging = true;
     msg_service_opts_init(&c.msg);
+    push_opts_init(&c.push);
 
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -1164,6 +1280,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: --tls-cert and --tls-key go together\n");
         return 2;
     }
+    if (c.workers > 1 && c.peers.n) {
+        fprintf(stderr, "parleyd: --workers with --peer is not supported: list every process of "
+                        "every host with --node-id/--peer instead\n");
+        return 2;
+    }
+    if (c.workers > 1 && !c.protocol_test && c.messaging) {
+        fprintf(stderr, "parleyd: --workers needs --no-messaging or --protocol-test: the messaging "
+                        "store (SQLite) belongs to one process\n");
+        return 2;
+    }
+    if (c.peers.n && !c.peers.self_id[0]) {
+        fprintf(stderr, "parleyd: --peer needs --node-id\n");
+        return 2;
+    }
     if (c.protocol_test) {
         /* The reference test servers' settings, unless a flag said other. */
         if (!c.ping_set) c.sio.ping_interval_ms = 300;
@@ -1177,12 +1307,61 @@ int main(int argc, char **argv)
         fprintf(stderr, "parleyd: give --jwt-secret or --jwt-secret-file, not both\n");
         return 2;
     }
+    if (c.push_url && !c.push_secret_file) {
+        fprintf(stderr, "parleyd: --push-webhook needs --push-secret-file (the signing key)\n");
+        return 2;
+    }
+    if (!c.push_url && (c.push_secret_file || c.push.ca_file)) {
+        fprintf(stderr, "parleyd: --push-secret-file and --push-ca need --push-webhook\n");
+        return 2;
+    }
+    if (c.push.backoff_max_ms < c.push.backoff_ms) {
+        fprintf(stderr, "parleyd: --push-backoff-max-ms is below --push-backoff-ms\n");
+        return 2;
+    }
+    if (c.push.ca_file) {
+        FILE *f = fopen(c.push.ca_file, "r");
+        if (!f) {
+            fprintf(stderr, "parleyd: --push-ca %s: %s\n", c.push.ca_file, strerror(errno));
+            return 2;
+        }
+        fclose(f);
+    }
+    if (c.push_url && (c.protocol_test || !c.messaging)) {
+        fprintf(stderr, "parleyd: --push-webhook needs the messaging service\n");
+        return 2;
+    }
     /* From here on, what parleyd says goes through the log, in the chosen
      * format (a log collector reading JSON gets JSON even for a failed
      * start); only refused command lines above are plain text. */
     parley_log_set(c.level, NULL, NULL);
     plog_set_format(c.log_format);
     if (c.protocol_test) c.messaging = false;
+    if (c.workers > 1) {
+        /* The parent supervises and returns here when the workers stop;
+         * a worker goes on below, as node <id>.w<i> relaying to the
+         * others on their loopback ports. */
+        static pworker_ctx wctx;
+        int st = pworkers_run((int)c.workers, c.host, c.port, &wctx);
+        if (st >= 0) return st;
+        c.worker = &wctx;
+        char base[PPEERS_ID_MAX + 1], id[PPEERS_ID_MAX + 8];
+        snprintf(base, sizeof base, "%s", c.peers.self_id[0] ? c.peers.self_id : "parleyd");
+        memset(&c.peers, 0, sizeof c.peers);
+        const char *err = NULL;
+        for (int i = 0; i < wctx.n && !err; i++) {
+            if (i == wctx.index) continue;
+            char spec[PPEERS_ID_MAX + 40];
+            snprintf(spec, sizeof spec, "%.56s.w%d=127.0.0.1:%u", base, i, wctx.relay_ports[i]);
+            err = ppeers_add(&c.peers, spec);
+        }
+        snprintf(id, sizeof id, "%.56s.w%d", base, wctx.index);
+        if (!err) err = ppeers_set_self(&c.peers, id);
+        if (err) {
+            plog_error("worker %d: %s", wctx.index, err);
+            return 1;
+        }
+    }
     jwt_keyset *jwt_keys = NULL;
     bool want_keys = c.jwt_secret || c.jwt_secret_file || c.n_jwt_pem || c.jwks_file;
     if (c.messaging && want_keys) {
@@ -1192,6 +1371,24 @@ int main(int argc, char **argv)
             return 2;
         }
         c.msg.jwt_keys = jwt_keys;
+    }
+    uint8_t *push_secret = NULL;
+    size_t push_secret_len = 0;
+    if (c.push_url) {
+        char perr[256];
+        if (jwt_read_key_file(c.push_secret_file, "the push secret", &push_secret, &push_secret_len,
+                              perr, sizeof perr) != 0) {
+            plog_error("%s", perr);
+            plog_error("cannot use the --push-secret-file (the push webhook's signing key)");
+            jwt_keyset_unref(jwt_keys);
+            return 2;
+        }
+        if (push_secret_len < 32)
+            plog_warn("the push secret is %zu bytes; use at least 32", push_secret_len);
+        c.push.url = c.push_url;
+        c.push.secret = push_secret;
+        c.push.secret_len = push_secret_len;
+        c.msg.push = &c.push;
     }
     char *keys_buf = NULL;
     const char **keys = NULL;
@@ -1226,6 +1423,8 @@ int main(int argc, char **argv)
     int rc = parley_server_new(a.loop, &c.sio, &a.srv);
     phttpd *http = rc ? NULL : parley_server__http(a.srv);
     if (rc == 0) rc = phttpd_set_opts(http, &c.http);
+    if (rc == 0 && c.peers.self_id[0])
+        rc = parley_server__cluster(a.srv, c.peers.self_tag, ppeers_route, &c.peers);
     if (rc) plog_error("%s", parley_strerror(rc));
     pmd_config pmd;
     pmd_config_init(&pmd);
@@ -1314,9 +1513,19 @@ int main(int argc, char **argv)
     free(keys_buf);
     free(keys);
     jwt_keyset_unref(jwt_keys);
+    if (push_secret) OPENSSL_cleanse(push_secret, push_secret_len);
+    free(push_secret);
+    c.push.secret = NULL;
     unsigned port = 0;
     if (rc == 0) {
-        rc = parley_server_listen(a.srv, c.host, c.port, &port);
+        if (c.worker) {
+            /* The public socket (TLS as configured) and the loopback one
+             * the other workers relay to (plain). */
+            rc = phttpd_listen_fd(http, c.worker->listen_fd, parley_server__tls(a.srv), &port);
+            if (rc == 0) rc = phttpd_listen_fd(http, c.worker->relay_fd, NULL, NULL);
+        } else {
+            rc = parley_server_listen(a.srv, c.host, c.port, &port);
+        }
         if (rc)
             plog_error("cannot listen on %s:%u: %s", c.host, c.port,
                     parley_strerror(rc));
@@ -1347,9 +1556,14 @@ int main(int argc, char **argv)
     uv_signal_start(&a.sighup, on_sighup, SIGHUP);
 
     /* The banner before the ready line: who waits for the one has the other. */
-    banner(&c, port);
-    printf(strchr(c.host, ':') ? "parleyd listening on [%s]:%u\n" : "parleyd listening on %s:%u\n",
-           c.host, port);
+    if (!c.worker || c.worker->index == 0) banner(&c, port);
+    if (c.worker) {
+        pworker_ready(c.worker); /* the parent prints the ready line */
+    } else {
+        printf(strchr(c.host, ':') ? "parleyd listening on [%s]:%u\n"
+                                   : "parleyd listening on %s:%u\n",
+               c.host, port);
+    }
     fflush(stdout);
 
     parley_loop_run(a.loop);

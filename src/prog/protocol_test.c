@@ -265,10 +265,11 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
                          a->bins, a->nbins);
         ack_empty(s, ack_id);
     } else if (!strcmp(event, "volatile") && split_args(a, 1, &sp)) {
-        parley_emit_opts o = {.volatile_ = 1};
+        parley_emit_opts o = {.size = sizeof o, .volatile_ = 1};
         parley_emit_opts_send(s, &o, sp.head[0], (const char *)sp.rest.ptr, a->bins, a->nbins);
     } else if (!strcmp(event, "server-ack") && split_args(a, 2, &sp)) {
-        parley_emit_opts o = {.ack = server_ack_result,
+        parley_emit_opts o = {.size = sizeof o,
+                              .ack = server_ack_result,
                               .timeout_ms = (uint32_t)strtoul(sp.head[1], NULL, 10)};
         parley_emit_opts_send(s, &o, sp.head[0], (const char *)sp.rest.ptr, a->bins, a->nbins);
     } else if (!strcmp(event, "cluster-broadcast")) {

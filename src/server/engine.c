@@ -8,6 +8,7 @@
 #include "base/log.h"
 #include "base/map.h"
 #include "base/util.h"
+#include "client/http_client.h"
 #include "codec/eio.h"
 #include "codec/ws.h"
 #include "net/net.h"
@@ -48,6 +49,13 @@ struct engine {
     bool freeing;
     char open_tail[160]; /* the constant end of every open packet */
     engine_stats st;     /* open[] is counted when asked */
+    /* Cluster (engine_set_cluster). */
+    char tag[5];
+    engine_route_fn route;
+    void *route_user;
+    unsigned max_forwards;
+    uint32_t relay_timeout_ms;
+    struct relay *relays; /* in progress */
 };
 
 struct esession {
@@ -621,6 +629,9 @@ static esession *session_new(engine *e, int transport)
         if (s->sid[i] == '+') s->sid[i] = '-';
         if (s->sid[i] == '/') s->sid[i] = '_';
     }
+    /* In a cluster, the first four characters name the node (96 random
+     * bits remain). */
+    if (e->route) memcpy(s->sid, e->tag, 4);
     s->eng = e;
     s->transport = (uint8_t)transport;
     ptimer_init(&s->timer, on_heartbeat);
@@ -870,6 +881,7 @@ static void post_end(post_token *t)
 }
 
 static void handle_request(phttpd_req *req, engine *e);
+static bool relay_start(engine *e, phttpd_req *req, const char *sid);
 
 static void handle(phttpd_req *req, void *user)
 {
@@ -930,6 +942,10 @@ static void handle_request(phttpd_req *req, engine *e)
     size_t sid_len;
     if (http_query_get(h->target, h->target_len, "sid", &sid, &sid_len) && sid_len > 0) {
         esession *s = sid_len == 20 ? pmap_get(&e->sessions, sid, 20) : NULL;
+        if (!s && sid_len == 20 && e->route && !upgrade && memcmp(sid, e->tag, 4) != 0 &&
+            (is_get || (h->method_len == 4 && memcmp(h->method, "POST", 4) == 0)) &&
+            !http_find_header(h, "X-Parley-Forwarded") && relay_start(e, req, sid))
+            return;
         if (!s || s->state == ES_CLOSED) {
             if (upgrade)
                 respond_upgrade_error(req, EERR_UNKNOWN_SID);
@@ -1087,10 +1103,16 @@ int engine_attach(phttpd *http, const char *path, const engine_opts *o, const en
     return 0;
 }
 
+static void relay_finish(struct relay *r, int status, const char *ctype, const void *body,
+                         size_t len);
+
 void engine_free(engine *e)
 {
     if (!e) return;
     e->freeing = true;
+    while (e->relays)
+        relay_finish(e->relays, 503, "application/json",
+                     "{\"code\":3,\"message\":\"Bad request\"}", 35);
     size_t pos = 0;
     pmap_entry *ent;
     /* session_closed removes entries: collect first. */
@@ -1100,5 +1122,188 @@ void engine_free(engine *e)
         if (!ent) break;
         session_closed(ent->val, "server shutting down");
     }
+    /* Nothing is left that a later loop iteration must see close (e.g. a
+     * server that never listened, freed without running the loop again):
+     * free now rather than leak when the loop does not run. */
+    if (!e->dead && e->sessions.n == 0 && e->detached == 0) {
+        ploop_defer_cancel(e->loop, &e->reap);
+        reap(&e->reap);
+        return;
+    }
     ploop_defer(e->loop, &e->reap);
+}
+
+/* ---- relaying polling requests to the node that owns the session ---- */
+
+typedef struct relay {
+    engine *e;
+    struct relay *prev, *next;
+    hclient *hc;
+    phttpd_deferred *d;
+    ptimer timer;
+    bool is_get;
+    size_t ncors;
+    http_header cors[4];
+    char cors_buf[512]; /* copies of the CORS header values */
+} relay;
+
+static void relay_unlink(relay *r)
+{
+    engine *e = r->e;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        e->relays = r->next;
+    if (r->next) r->next->prev = r->prev;
+    e->st.forwarding--;
+    ploop_timer_stop(e->loop, &r->timer);
+}
+
+/* Answers the waiting client and frees the relay. */
+static void relay_finish(relay *r, int status, const char *ctype, const void *body, size_t len)
+{
+    relay_unlink(r);
+    if (r->hc) hclient_abort(r->hc);
+    http_header h[6];
+    size_t n = 0;
+    h[n++] = (http_header){"Cache-Control", 13, "no-store", 8};
+    for (size_t i = 0; i < r->ncors; i++) h[n++] = r->cors[i];
+    if (status == 503) h[n++] = (http_header){"Retry-After", 11, "1", 1};
+    phttpd_deferred_respond(r->d, status, ctype, h, n, body, len);
+    free(r);
+}
+
+static void relay_done(hclient *hc, int err, int status, uint8_t *body, size_t len, void *user)
+{
+    (void)hc;
+    relay *r = user;
+    engine *e = r->e;
+    r->hc = NULL;
+    hclient_close(hc, 0);
+    if (err) {
+        e->st.forward_failures++;
+        plog_debug("engine.io: relay to the session's node failed: %s", parley_strerror(err));
+        relay_finish(r, 502, "application/json",
+                     "{\"code\":1,\"message\":\"Session ID unknown\"}", 41);
+        return;
+    }
+    /* The owner answers like any Engine.IO server: 200 with packets (GET)
+     * or "ok" (POST), or an error object. */
+    const char *ctype = status != 200 ? "application/json"
+                        : r->is_get   ? "text/plain; charset=UTF-8"
+                                      : "text/html";
+    relay_finish(r, status, ctype, body, len);
+}
+
+static void relay_timeout(ptimer *t)
+{
+    relay *r = PARLEY_CONTAINER_OF(t, relay, timer);
+    r->e->st.forward_failures++;
+    relay_finish(r, 504, "application/json", "{\"code\":3,\"message\":\"Bad request\"}", 35);
+}
+
+static void relay_abort(phttpd_deferred *d, void *user)
+{
+    (void)d;
+    /* The client went away: drop the relay without answering. */
+    relay *r = user;
+    relay_unlink(r);
+    if (r->hc) hclient_abort(r->hc);
+    free(r);
+}
+
+/* true when the request was taken (relayed, or answered 503). */
+static bool relay_start(engine *e, phttpd_req *req, const char *sid)
+{
+    const http_head *h = req->head;
+    char host[256];
+    unsigned port = 0;
+    char tag[5];
+    memcpy(tag, sid, 4);
+    tag[4] = 0;
+    if (e->route(e->route_user, tag, host, sizeof host, &port) != 0) {
+        e->st.forward_refused++;
+        return false;
+    }
+    if (e->st.forwarding >= e->max_forwards) {
+        e->st.forward_refused++;
+        respond(e, req, 503, "application/json", "{\"code\":3,\"message\":\"Bad request\"}", 35);
+        return true;
+    }
+    relay *r = pcalloc(1, sizeof *r);
+    if (!r) return false;
+    r->e = e;
+    r->is_get = h->method_len == 3 && memcmp(h->method, "GET", 3) == 0;
+    /* This node's CORS answer, computed now while the head exists. */
+    http_header ch[4];
+    size_t nc = cors_headers(e, h, ch, 0), used = 0;
+    for (size_t i = 0; i < nc; i++) {
+        if (used + ch[i].value_len > sizeof r->cors_buf) break;
+        memcpy(r->cors_buf + used, ch[i].value, ch[i].value_len);
+        r->cors[r->ncors++] = (http_header){ch[i].name, ch[i].name_len, r->cors_buf + used,
+                                            ch[i].value_len};
+        used += ch[i].value_len;
+    }
+    char hosthdr[300];
+    snprintf(hosthdr, sizeof hosthdr, "%s:%u", host, port);
+    hclient_opts ho = {.host = host,
+                       .port = port,
+                       .host_header = hosthdr,
+                       .connect_timeout_ms = 5000,
+                       .max_body = e->o.max_payload + 64};
+    r->hc = hclient_new(e->loop, &ho, relay_done, r);
+    if (!r->hc) {
+        free(r);
+        return false;
+    }
+    http_header fh[4];
+    size_t nf = 0;
+    fh[nf++] = (http_header){"X-Parley-Forwarded", 18, e->tag, 4};
+    const http_header *origin = http_find_header(h, "Origin");
+    if (origin) fh[nf++] = *origin;
+    const http_header *ct = http_find_header(h, "Content-Type");
+    if (ct) fh[nf++] = *ct;
+    char target[2048];
+    if (h->target_len >= sizeof target ||
+        hclient_request(r->hc, r->is_get ? "GET" : "POST",
+                        (memcpy(target, h->target, h->target_len), target[h->target_len] = 0,
+                         target),
+                        fh, nf, r->is_get ? NULL : req->body, r->is_get ? 0 : req->body_len) != 0) {
+        hclient_abort(r->hc);
+        free(r);
+        return false;
+    }
+    r->d = phttpd_defer(req, relay_abort, r);
+    if (!r->d) {
+        hclient_abort(r->hc);
+        free(r);
+        return false;
+    }
+    r->next = e->relays;
+    if (r->next) r->next->prev = r;
+    e->relays = r;
+    e->st.forwarding++;
+    e->st.forwarded++;
+    ptimer_init(&r->timer, relay_timeout);
+    ploop_timer_start(e->loop, &r->timer, e->relay_timeout_ms);
+    return true;
+}
+
+int engine_set_cluster(engine *e, const char *tag, engine_route_fn route, void *user,
+                       unsigned max_forwards, uint32_t relay_timeout_ms)
+{
+    if (!tag || strlen(tag) != 4 || !route) return PARLEY_EINVAL;
+    for (int i = 0; i < 4; i++) {
+        char c = tag[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return PARLEY_EINVAL;
+    }
+    memcpy(e->tag, tag, 5);
+    e->route = route;
+    e->route_user = user;
+    e->max_forwards = max_forwards ? max_forwards : 1024;
+    e->relay_timeout_ms = relay_timeout_ms ? relay_timeout_ms
+                                           : e->o.ping_interval_ms + e->o.ping_timeout_ms + 5000;
+    return 0;
 }

@@ -107,7 +107,28 @@ typedef struct engine_stats {
     uint64_t bytes_in;     /* ... their payload bytes */
     uint64_t messages_out; /* message packets queued to a session */
     uint64_t bytes_out;    /* ... their payload bytes */
+    /* Cluster forwarding (engine_set_cluster). */
+    uint64_t forwarded;        /* polling requests relayed to their owner node */
+    uint64_t forward_failures; /* ... that failed (owner unreachable): answered 502 */
+    uint64_t forward_refused;  /* not relayed: unknown tag, or max_forwards reached */
+    unsigned forwarding;       /* relays in progress now */
 } engine_stats;
+
+/* No sticky sessions across a cluster. With a tag (4 URL-safe base64
+ * characters naming this node), every new sid starts with it. A polling
+ * request (GET or POST, not a WebSocket upgrade) whose sid is unknown here
+ * and starts with another tag is relayed to the node that route() names
+ * for that tag (0 and host/port filled; non-zero: unknown tag, answered as
+ * an unknown sid), and its answer relayed back with this node's CORS
+ * headers. The relayed request carries `X-Parley-Forwarded`; a request
+ * that has it is never relayed again, so a stale route cannot loop. At
+ * most max_forwards relays run at once (further ones: 503 with
+ * Retry-After); each one is bounded by relay_timeout_ms (then 504).
+ * Relays still running when the engine is freed are answered 503. */
+typedef int (*engine_route_fn)(void *user, const char *tag, char *host, size_t host_cap,
+                               unsigned *port);
+int engine_set_cluster(engine *e, const char *tag, engine_route_fn route, void *user,
+                       unsigned max_forwards, uint32_t relay_timeout_ms);
 
 /* Counts open sessions by walking them: O(sessions), for scrapes. */
 void engine_stats_get(const engine *e, engine_stats *st);
@@ -149,6 +170,8 @@ void parley_server__nsps(const parley_server *s,
                          void *arg);
 
 void parley_server__stats(const parley_server *s, parley_server_stats *out);
+/* engine_set_cluster on the server's Socket.IO engine. */
+int parley_server__cluster(parley_server *s, const char *tag, engine_route_fn route, void *user);
 
 /* Sends a message. 0, PARLEY_ECLOSED (session over), PARLEY_EFULL (the
  * client is not reading; the session is being dropped), PARLEY_ENOMEM. */

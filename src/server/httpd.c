@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "base/map.h"
@@ -457,6 +458,21 @@ int phttpd_listen(phttpd *s, const char *host, unsigned port, ptls_ctx *tls, uns
     return 0;
 }
 
+int phttpd_listen_fd(phttpd *s, int fd, ptls_ctx *tls, unsigned *bound)
+{
+    if (s->nlisteners == MAX_LISTENERS) {
+        close(fd);
+        return PARLEY_ELIMIT;
+    }
+    plistener *l;
+    int rc = plisten_fd(s->loop, fd, tls, on_accept, s, &l);
+    if (rc) return rc;
+    plisten_set_admit(l, on_admit);
+    s->listeners[s->nlisteners++] = l;
+    if (bound) *bound = plistener_port(l);
+    return 0;
+}
+
 /* Responses. */
 
 static bool is_head(const http_head *h)
@@ -484,16 +500,36 @@ static int respond(srv_conn *sc, bool keep, bool head_only, int status, const ch
 {
     pbuf *out = pconn_out(&sc->c);
     if (!out) return PARLEY_ECLOSED;
-    count_status(sc->srv, status);
     keep = keep && !sc->srv->shutting_down;
     http_header all[32];
-    if (n + 1 > PARLEY_ARRAY_LEN(all)) return PARLEY_EINVAL;
-    if (n) memcpy(all, hdrs, n * sizeof *hdrs);
-    if (!keep) all[n++] = (http_header){"Connection", 10, "close", 5};
-    /* A HEAD answer is the head a GET would get (its Content-Length) and
-     * no body, so that the next response on the connection parses. */
-    int rc = http_write_response_head_ct(out, status, content_type, all, n, (int64_t)len);
-    if (rc == 0 && !head_only) rc = pbuf_append(out, body, len);
+    int rc = 0;
+    size_t mark = out->len;
+    if (n + 1 > PARLEY_ARRAY_LEN(all)) rc = PARLEY_EINVAL;
+    if (rc == 0) {
+        if (n) memcpy(all, hdrs, n * sizeof *hdrs);
+        if (!keep) all[n++] = (http_header){"Connection", 10, "close", 5};
+        /* A HEAD answer is the head a GET would get (its Content-Length)
+         * and no body, so that the next response on the connection
+         * parses. The head writer leaves nothing behind when it fails. */
+        rc = http_write_response_head_ct(out, status, content_type, all, n, (int64_t)len);
+    }
+    if (rc == PARLEY_EINVAL) {
+        /* A handler's header the writer refused (CR/LF or a bad name,
+         * too many headers): the client gets a 500 and the connection
+         * ends, instead of waiting for an answer that never comes. */
+        uint64_t held;
+        if (plog_limit_ok(&sc->srv->log_req, ploop_now(sc->c.loop), LOG_INTERVAL_MS, &held))
+            plog_error("http: a %d response was refused by the header writer (bad header "
+                       "from the handler); answered 500",
+                       status);
+        send_error(sc, 500, NULL);
+        return rc;
+    }
+    count_status(sc->srv, status);
+    if (rc == 0 && !head_only) {
+        rc = pbuf_append(out, body, len);
+        if (rc) out->len = (uint32_t)mark;
+    }
     if (rc) return rc;
     rc = pconn_wrote(&sc->c);
     if (!keep) pconn_close(&sc->c, true, 0);

@@ -157,6 +157,8 @@ void phttpd_stats_get(const phttpd *s, phttpd_stats *st);
 
 /* Listens on host:port (0 = any; the bound port is stored in *bound). tls
  * may be NULL. May be called several times. */
+/* phttpd_listen on a socket made elsewhere (net.h plisten_fd). */
+int phttpd_listen_fd(phttpd *s, int fd, ptls_ctx *tls, unsigned *bound);
 int phttpd_listen(phttpd *s, const char *host, unsigned port, ptls_ctx *tls, unsigned *bound);
 
 /* Answers a request (once). content_type may be NULL for an empty body.

@@ -946,10 +946,21 @@ int parley_emit(parley_socket *s, const char *event, const char *args_json, cons
     return emit_one(s, NULL, event, args_json, bins, nbins);
 }
 
-int parley_emit_opts_send(parley_socket *s, const parley_emit_opts *o, const char *event,
+void parley_emit_opts_init_size(parley_emit_opts *out, size_t size)
+{
+    parley_emit_opts d;
+    memset(&d, 0, sizeof d);
+    d.size = sizeof d;
+    popts_give(out, size, &d, sizeof d);
+}
+
+int parley_emit_opts_send(parley_socket *s, const parley_emit_opts *o_in, const char *event,
                           const char *args_json, const parley_bin *bins, size_t nbins)
 {
-    return emit_one(s, o, event, args_json, bins, nbins);
+    parley_emit_opts o;
+    if (POPTS_TAKE(parley_emit_opts, parley_emit_opts_init, &o, o_in, volatile_) != 0)
+        return PARLEY_EINVAL;
+    return emit_one(s, &o, event, args_json, bins, nbins);
 }
 
 int parley_ack(parley_socket *s, int64_t ack_id, const char *args_json, const parley_bin *bins,
@@ -1739,6 +1750,11 @@ int parley_server__engine(parley_server *s, const char *path, const engine_cbs *
     eo.origin_refused = &s->stats.origin_refused;
     if (o->permessage_deflate) eo.pmd = &s->pmd;
     return engine_attach(s->http, path, &eo, cbs, user, out);
+}
+
+int parley_server__cluster(parley_server *s, const char *tag, engine_route_fn route, void *user)
+{
+    return s->eng ? engine_set_cluster(s->eng, tag, route, user, 0, 0) : PARLEY_ESTATE;
 }
 
 void parley_server__stats(const parley_server *s, parley_server_stats *out)

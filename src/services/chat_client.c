@@ -26,6 +26,7 @@
 #include "base/buf.h"
 #include "base/log.h"
 #include "base/map.h"
+#include "base/ratelimit.h"
 #include "base/util.h"
 #include "client/sio_internal.h"
 #include "codec/json.h"
@@ -80,6 +81,7 @@ typedef struct conv {
 } conv;
 
 struct parley_chat {
+    plog_limit log_bad; /* malformed server data: one log line per 5 s */
     parley_chat_opts o;
     char *url, *path, *user, *queue_path, *ca_file;
     parley_client *client;
@@ -107,6 +109,8 @@ struct parley_chat {
     msg_pstatus pres_status;
     char pres_text[MSG_PRESENCE_TEXT_MAX + 1];
     bool pres_text_pending; /* not acknowledged yet: sent with every set */
+    bool pres_invisible;    /* the application's last parley_chat_presence_invisible */
+    bool pres_inv_pending;  /* ... not acknowledged yet: sent with every set */
     unsigned pres_gen;      /* bumps per parley_chat_presence_set */
     pmap subs;              /* user id -> its malloc'ed copy (also the key) */
 
@@ -383,6 +387,17 @@ static void message_view(parley_chat *c, const msg_message *m, const json_val *o
     out->mine = strcmp(m->from, c->user) == 0;
 }
 
+/* What a server sends that does not parse is dropped; a hostile or broken
+ * server could send it at line rate, so it is logged at most once per
+ * 5 s with the count of the lines held back. */
+static void log_bad(parley_chat *c, const char *what, const char *why)
+{
+    uint64_t held;
+    if (!plog_limit_ok(&c->log_bad, ptime_ms(), 5000, &held)) return;
+    plog_warn("chat: a malformed %s from the server%s%s%s: ignored (%llu more not logged)", what,
+              why ? " (" : "", why ? why : "", why ? ")" : "", (unsigned long long)held);
+}
+
 /* A message from new_message or a sync answer; false when it does not
  * follow what the client has (a gap: sync instead). */
 static bool take_message(parley_chat *c, const json_val *obj, bool live)
@@ -390,7 +405,7 @@ static bool take_message(parley_chat *c, const json_val *obj, bool live)
     msg_message m;
     msg_error me;
     if (msg_parse_message(obj, &c->limits, &m, &me) != MSG_OK) {
-        plog_warn("chat: a malformed message from the server (%s): ignored", me.message);
+        log_bad(c, "message", me.message);
         return true;
     }
     conv *v = conv_get(c, m.conversation, true);
@@ -1402,6 +1417,7 @@ typedef struct req {
     char room[MSG_ROOM_MAX + 1];
     unsigned gen;   /* presence_set: c->pres_gen when sent; notifications: c->sync_gen */
     bool with_text; /* presence_set: carried the text */
+    bool with_inv;  /* presence_set: carried invisible */
     parley_chat_prefs_fn prefs_fn;
     parley_chat_notify_fn notify_fn;
     int64_t *ids; /* notifications_read: the ids after the struct (NULL: all) */
@@ -1673,6 +1689,7 @@ static void presence_view(const msg_presence *mp, parley_chat_presence *out)
     out->text = mp->text;
     out->last_seen = mp->last_seen;
     out->devices = mp->devices;
+    out->invisible = mp->invisible;
 }
 
 /* A Presence object from the server (event or answer) to on_presence;
@@ -1681,7 +1698,7 @@ static bool parse_presence(parley_chat *c, const json_val *obj, msg_presence *mp
 {
     msg_error me;
     if (msg_parse_presence(obj, mp, &me) != MSG_OK) {
-        plog_warn("chat: a malformed presence from the server (%s): ignored", me.message);
+        log_bad(c, "presence", me.message);
         return false;
     }
     if (c->o.on_presence) {
@@ -1730,6 +1747,7 @@ static void on_presence_set(parley_sock *s, int err, const parley_args *args, vo
          * again over what another device may set meanwhile. A later set
          * (gen moved on) still carries it until its own answer. */
         if (r->with_text && r->gen == c->pres_gen) c->pres_text_pending = false;
+        if (r->with_inv && r->gen == c->pres_gen) c->pres_inv_pending = false;
         if (json_object_get(&obj, "presence", &pv)) take_presence(c, &pv);
     } else if (rc == PARLEY_EPROTO) {
         plog_warn("chat: presence_set refused: %s (%s)", e.code, e.message);
@@ -1740,18 +1758,26 @@ static void on_presence_set(parley_sock *s, int err, const parley_args *args, vo
 
 static void send_presence_set(parley_chat *c)
 {
+    /* The status only once the application chose one (the text comes
+     * with it); invisible alone is a complete request. */
     pbuf b = {0};
-    int rc = pbuf_appendf(&b, "[{\"status\":\"%s\"", msg_pstatus_name(c->pres_status));
-    if (rc == 0 && c->pres_text_pending) {
+    int rc = pbuf_append_str(&b, "[{");
+    if (rc == 0 && c->pres_chosen)
+        rc = pbuf_appendf(&b, "\"status\":\"%s\"", msg_pstatus_name(c->pres_status));
+    if (rc == 0 && c->pres_chosen && c->pres_text_pending) {
         rc = pbuf_append_str(&b, ",\"text\":");
         if (rc == 0) rc = json_append_string(&b, c->pres_text, strlen(c->pres_text));
     }
+    if (rc == 0 && c->pres_inv_pending)
+        rc = pbuf_appendf(&b, "%s\"invisible\":%s", c->pres_chosen ? "," : "",
+                          c->pres_invisible ? "true" : "false");
     if (rc == 0) rc = pbuf_append(&b, "}]", 3);
     req *r = rc == 0 ? pcalloc(1, sizeof *r) : NULL;
     if (r) {
         r->c = c;
         r->gen = c->pres_gen;
-        r->with_text = c->pres_text_pending;
+        r->with_text = c->pres_chosen && c->pres_text_pending;
+        r->with_inv = c->pres_inv_pending;
         rc = emit_request(c, MSG_EV_PRESENCE_SET, (const char *)b.ptr, NULL, 0, on_presence_set, r);
         if (rc != 0) free(r);
     }
@@ -1811,7 +1837,8 @@ static void presence_on_connect(parley_chat *c)
 {
     /* A new socket starts online, so only another status (or a text the
      * server has not acknowledged) needs saying. */
-    if (c->pres_chosen && (c->pres_status != MSG_PS_ONLINE || c->pres_text_pending))
+    if ((c->pres_chosen && (c->pres_status != MSG_PS_ONLINE || c->pres_text_pending)) ||
+        c->pres_inv_pending)
         send_presence_set(c);
     size_t n = c->subs.n;
     if (!n) return;
@@ -1869,12 +1896,29 @@ int parley_chat_presence_set(parley_chat *c, parley_presence status, const char 
         char decoded[MSG_PRESENCE_TEXT_MAX + 1];
         msg_error me;
         bool ok = rc == 0 && json_parse((const char *)b.ptr, b.len, 4, &obj, NULL) == 0 &&
-                  msg_parse_presence_set(&obj, &st, &has_text, decoded, &me) == MSG_OK;
+                  msg_parse_presence_set(&obj, &st, &has_text, decoded, NULL, &me) == MSG_OK;
         pbuf_free(&b);
         if (!ok) return rc == PARLEY_ENOMEM ? rc : PARLEY_EINVAL;
     }
     pres_arg a = {.c = c, .status = (msg_pstatus)status, .text = text};
     return ploop_call(c->loop, do_presence_set, &a);
+}
+
+static void do_presence_invisible(void *arg)
+{
+    pres_arg *a = arg;
+    parley_chat *c = a->c;
+    c->pres_invisible = a->sub;
+    c->pres_inv_pending = true;
+    c->pres_gen++;
+    if (parley_sock_connected(c->sock)) send_presence_set(c);
+}
+
+int parley_chat_presence_invisible(parley_chat *c, int on)
+{
+    if (!c) return PARLEY_EINVAL;
+    pres_arg a = {.c = c, .sub = on != 0};
+    return ploop_call(c->loop, do_presence_invisible, &a);
 }
 
 static void do_presence_users(void *arg)
@@ -2059,7 +2103,7 @@ static void take_live_notification(parley_chat *c, const json_val *obj)
     parley_chat_notification n;
     char *arena;
     if (!parse_notification(obj, &n, &arena)) {
-        plog_warn("chat: a malformed notification from the server: ignored");
+        log_bad(c, "notification", NULL);
         return;
     }
     bool found;
@@ -2129,7 +2173,7 @@ static void on_notif_sync(parley_sock *s, int err, const parley_args *args, void
             parley_chat_notification n;
             char *arena;
             if (!parse_notification(&nv, &n, &arena)) {
-                plog_warn("chat: a malformed notification from the server: ignored");
+                log_bad(c, "notification", NULL);
                 continue;
             }
             bool found;

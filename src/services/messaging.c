@@ -48,9 +48,11 @@
 #include "net/net.h"
 #include "server/engine.h"
 #include "server/httpd.h"
+#include "services/fanout.h"
 #include "services/jwt.h"
 #include "services/media.h"
 #include "services/msg_store.h"
+#include "services/push.h"
 #include "services/tz.h"
 
 #define ROOM_NAME_MAX   (2 + MSG_CONV_MAX + 1) /* "u:" + user, "c:" + conversation id */
@@ -112,6 +114,14 @@ struct mpres {
     unsigned sent_devices;
     char sent_text[MSG_PRESENCE_TEXT_MAX + 1];
     ptimer window; /* armed for presence_interval_ms after each send */
+    /* "Appear offline" (stored): others see the user offline, last seen
+     * frozen at the moment it was turned on; the user's own devices see
+     * the true state with invisible. The sent_* above are what others were
+     * last told; self_* what the user's own devices were last told. */
+    bool invisible;
+    bool self_invisible;
+    uint8_t self_status;
+    unsigned self_devices;
     bool dirty;
     mpres *next_dirty;
     msess *trigger; /* the socket whose own action is this iteration's change (pres_mark) */
@@ -122,9 +132,10 @@ enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP, OB_NPUS
 typedef struct obx {
     struct obx *next;
     uint8_t kind;
-    bool dep;  /* made while the batch was open: fails with it */
-    bool low;  /* a broadcast that may wait */
-    msess *ms; /* acknowledged socket; a broadcast's sender (left out) */
+    bool dep;     /* made while the batch was open: fails with it */
+    bool low;     /* a broadcast that may wait */
+    uint8_t prio; /* OB_BCAST: msg_priority, for the fan-out order */
+    msess *ms;    /* acknowledged socket; a broadcast's sender (left out) */
     int64_t ack_id;
     const char *event;
     char rooms[2][ROOM_NAME_MAX];
@@ -189,6 +200,7 @@ struct msg_service {
     jwt_keyset *keys; /* NULL: no tokens can be checked */
     char *data_dir;
     mstore *store;
+    push *push; /* the push webhook (services/push.h); NULL: off */
     media_store *media;
     pmap users;  /* id -> muser */
     pmap typing; /* "conv\nuser" -> mtyping */
@@ -200,6 +212,11 @@ struct msg_service {
     pbuf pjson;
     obx *out_head, *out_tail;
     obx *low_head, *low_tail;
+    /* fan-out order of a batch (fan_reorder), buffers reused */
+    fanout fan;
+    obx **fan_all;
+    size_t fan_cap;
+    bool fan_mixed; /* the batch has a message broadcast of another priority than normal */
     obx *free_list;
     unsigned nfree;
     pdefer flush;
@@ -328,6 +345,12 @@ static void proom(char out[PROOM_MAX], char tag, const char *name)
 static void schedule(msg_service *svc)
 {
     ploop_defer(svc->loop, &svc->flush);
+}
+
+/* The push webhook wrote to the batch: commit it soon. */
+static void push_commit(void *user)
+{
+    schedule(user);
 }
 
 static obx *obx_new(msg_service *svc, int kind, msess *ms, bool dep)
@@ -551,6 +574,7 @@ static obx *queue_bcast(msg_service *svc, msess *sender, const msg_conv *c, cons
     obx *e = obx_new(svc, OB_BCAST, sender, dep);
     if (!e) return NULL;
     e->event = event;
+    e->prio = MSG_PRIO_NORMAL;
     if (c->kind == MSG_CONV_DM) {
         room_of_user(e->rooms[0], c->a);
         room_of_user(e->rooms[1], c->b);
@@ -753,6 +777,57 @@ static void obx_push_http(msg_service *svc, obx *e, phttpd_req *req, int status)
 static void do_sync(msg_service *svc, obx *e);
 static void pres_flush(msg_service *svc);
 
+/* Fan-out order: the broadcasts of each run between two membership
+ * changes (which must apply between the deliveries queued before and
+ * after them) are put in the order of fanout.h: across conversations
+ * urgent and high ones first, low ones last; within a conversation as
+ * queued (seq order). The outbox's other entries keep their places. On
+ * failure to grow a buffer the queued order stays, which is valid. No
+ * allocation once the buffers fit the largest batch. */
+static void fan_reorder(msg_service *svc)
+{
+    size_t n = 0;
+    for (obx *e = svc->out_head; e; e = e->next) n++;
+    if (n < 2) return;
+    if (n > svc->fan_cap) {
+        size_t cap = svc->fan_cap ? svc->fan_cap : 64;
+        while (cap < n) cap *= 2;
+        obx **a = realloc(svc->fan_all, cap * sizeof *a);
+        if (!a) return;
+        svc->fan_all = a;
+        svc->fan_cap = cap;
+    }
+    obx **all = svc->fan_all;
+    n = 0;
+    for (obx *e = svc->out_head; e; e = e->next) all[n++] = e;
+    for (size_t seg = 0; seg < n;) {
+        size_t end = seg;
+        while (end < n && all[end]->kind != OB_JOIN && all[end]->kind != OB_LEAVE) end++;
+        fanout_reset(&svc->fan);
+        bool ok = true;
+        for (size_t i = seg; ok && i < end; i++) {
+            obx *e = all[i];
+            if (e->kind != OB_BCAST) continue;
+            uint64_t key = fanout_key(e->rooms[0], strlen(e->rooms[0]), FANOUT_KEY_SEED);
+            if (e->nrooms > 1) {
+                key = fanout_key("\n", 1, key);
+                key = fanout_key(e->rooms[1], strlen(e->rooms[1]), key);
+            }
+            ok = fanout_push(&svc->fan, e, key, e->prio) == 0;
+        }
+        if (ok && svc->fan.n > 1 && fanout_sort(&svc->fan) == 0) {
+            size_t k = 0;
+            for (size_t i = seg; i < end; i++)
+                if (all[i]->kind == OB_BCAST) all[i] = svc->fan.items[k++].ptr;
+        }
+        seg = end + 1;
+    }
+    for (size_t i = 0; i + 1 < n; i++) all[i]->next = all[i + 1];
+    all[n - 1]->next = NULL;
+    svc->out_head = all[0];
+    svc->out_tail = all[n - 1];
+}
+
 static void on_flush(pdefer *d)
 {
     msg_service *svc = PARLEY_CONTAINER_OF(d, msg_service, flush);
@@ -771,6 +846,10 @@ static void on_flush(pdefer *d)
     if (writes) {
         pmx_hist_observe(&svc->mx.commit_latency, uv_hrtime() - t0);
         pmx_hist_observe(&svc->mx.batch_writes, writes);
+    }
+    if (svc->fan_mixed) {
+        svc->fan_mixed = false;
+        fan_reorder(svc);
     }
     obx *e = svc->out_head, *syncs = NULL, **sync_tail = &syncs;
     svc->out_head = svc->out_tail = NULL;
@@ -840,6 +919,8 @@ static void on_flush(pdefer *d)
         kick(svc, ms);
         ms_release(ms);
     }
+    /* The push webhook sends what this commit queued (or retries). */
+    if (svc->push) push_after_commit(svc->push, !failed);
 }
 
 /* ---- sync ---- */
@@ -1175,12 +1256,14 @@ static mpres *pres_get(msg_service *svc, const char *id, bool create)
     p->svc = svc;
     memcpy(p->id, id, len + 1);
     p->len = len;
-    if (mstore_presence_get(svc->store, id, &p->last_seen, p->text) < 0 ||
+    int inv = mstore_presence_invisible(svc->store, id);
+    if (inv < 0 || mstore_presence_get(svc->store, id, &p->last_seen, p->text) < 0 ||
         pmap_put(&svc->pres, p->id, p->len, p) != 0) {
         free(p);
         return NULL;
     }
-    p->sent_status = MSG_PS_OFFLINE;
+    p->invisible = p->self_invisible = inv == 1;
+    p->sent_status = p->self_status = MSG_PS_OFFLINE;
     memcpy(p->sent_text, p->text, sizeof p->text);
     ptimer_init(&p->window, on_pres_window);
     return p;
@@ -1191,8 +1274,9 @@ static msg_pstatus ms_status(const msess *ms)
     return ms->pstatus == MSG_PS_ONLINE && ms->idle ? MSG_PS_AWAY : (msg_pstatus)ms->pstatus;
 }
 
-/* The user's presence now. 0, or negative when the store fails. */
-static int pres_compute(msg_service *svc, const char *id, msg_presence *out)
+/* The user's presence now, as the user's own devices see it (self) or as
+ * everyone else does. 0, or negative when the store fails. */
+static int pres_compute(msg_service *svc, const char *id, msg_presence *out, bool self)
 {
     memset(out, 0, sizeof *out);
     snprintf(out->user, sizeof out->user, "%s", id);
@@ -1206,6 +1290,11 @@ static int pres_compute(msg_service *svc, const char *id, msg_presence *out)
     muser *u = user_get(svc, id, false);
     out->status = MSG_PS_OFFLINE;
     if (!u || u->n == 0) return 0;
+    /* Connected: the record exists unless it could not be made. */
+    int inv = p ? p->invisible : mstore_presence_invisible(svc->store, id);
+    if (inv < 0) return PARLEY_EIO;
+    if (inv && !self) return 0; /* offline, last seen as frozen */
+    out->invisible = inv;
     for (msess *ms = u->socks; ms; ms = ms->next)
         if (ms_status(ms) > out->status) out->status = ms_status(ms);
     out->devices = u->n;
@@ -1264,15 +1353,21 @@ static int add_room_target(const char *conv, void *arg)
     return add_target(svc, r);
 }
 
-static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *except)
+/* Who hears of a change: everyone (the user's devices, subscribers,
+ * fellow room members), everyone but the user's own devices, or only
+ * those (while the user appears offline). */
+enum { PB_ALL, PB_OTHERS, PB_SELF };
+
+static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *except, int who)
 {
-    char r[PROOM_MAX];
+    char r[PROOM_MAX], own[PROOM_MAX];
     svc->bn = 0;
-    proom(r, 'u', cur->user);
-    int rc = add_target(svc, r);
+    proom(own, 'u', cur->user);
+    int rc = who == PB_OTHERS ? 0 : add_target(svc, own);
     proom(r, 's', cur->user);
-    if (rc == 0) rc = add_target(svc, r);
-    if (rc == 0) rc = mstore_user_convs(svc->store, cur->user, add_room_target, svc);
+    if (rc == 0 && who != PB_SELF) rc = add_target(svc, r);
+    if (rc == 0 && who != PB_SELF)
+        rc = mstore_user_convs(svc->store, cur->user, add_room_target, svc);
     pbuf *b = &svc->pjson;
     b->len = 0;
     if (rc == 0) rc = pbuf_append(b, "[", 1);
@@ -1285,6 +1380,11 @@ static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *exc
     /* The names moved while the array grew: pointers are taken last. */
     for (size_t i = 0; i < svc->bn; i++) svc->bptrs[i] = svc->bnames[i];
     parley_target t = {.rooms = svc->bptrs, .nrooms = svc->bn};
+    const char *x = own;
+    if (who == PB_OTHERS) { /* the user's devices are in the rooms too */
+        t.except = &x;
+        t.nexcept = 1;
+    }
     if (except && except->sock) t.except_socket = except->sock;
     rc = parley_broadcast(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0);
     if (rc < 0) plog_error("messaging: presence broadcast failed: %s", parley_strerror(rc));
@@ -1292,19 +1392,39 @@ static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *exc
 }
 
 /* Sends the user's presence if it differs from what was last sent, and
- * opens a coalescing window when it did. */
+ * opens a coalescing window when it did. While the user appears offline
+ * others and the user's own devices hear of different changes. */
 static void pres_send_if_changed(msg_service *svc, mpres *p, msess *except)
 {
-    msg_presence cur;
-    if (pres_compute(svc, p->id, &cur) != 0) return;
+    msg_presence self, pub;
+    if (pres_compute(svc, p->id, &self, true) != 0) return;
+    pub = self;
+    /* p->invisible, not self.invisible: the last device leaving an
+     * invisible user changes nothing for others. */
+    if (p->invisible) {
+        pub.status = MSG_PS_OFFLINE;
+        pub.devices = 0;
+        pub.last_seen = p->last_seen;
+        pub.invisible = false;
+    }
     /* last_seen moves by itself while online: it is not a change. */
-    if (cur.status == p->sent_status && cur.devices == p->sent_devices &&
-        strcmp(cur.text, p->sent_text) == 0)
-        return;
-    pres_broadcast(svc, &cur, except);
-    p->sent_status = (uint8_t)cur.status;
-    p->sent_devices = cur.devices;
-    memcpy(p->sent_text, cur.text, sizeof p->sent_text);
+    bool text = strcmp(self.text, p->sent_text) != 0;
+    bool pub_changed = text || pub.status != p->sent_status || pub.devices != p->sent_devices;
+    bool self_changed = text || self.status != p->self_status || self.devices != p->self_devices ||
+                        self.invisible != p->self_invisible;
+    if (!pub_changed && !self_changed) return;
+    if (!p->invisible) {
+        pres_broadcast(svc, &self, except, PB_ALL);
+    } else {
+        if (pub_changed) pres_broadcast(svc, &pub, except, PB_OTHERS);
+        if (self_changed) pres_broadcast(svc, &self, except, PB_SELF);
+    }
+    p->sent_status = (uint8_t)pub.status;
+    p->sent_devices = pub.devices;
+    memcpy(p->sent_text, pub.text, sizeof p->sent_text);
+    p->self_status = (uint8_t)self.status;
+    p->self_devices = self.devices;
+    p->self_invisible = self.invisible;
     if (svc->o.presence_interval_ms)
         ploop_timer_start(svc->loop, &p->window, svc->o.presence_interval_ms);
 }
@@ -1388,7 +1508,7 @@ static void pres_connected(msg_service *svc, msess *ms)
     if (!p) return;
     /* Recorded at connection too, so that a server killed while the user
      * is connected still knows roughly when they were last there. */
-    if (ms->user->n == 1) {
+    if (ms->user->n == 1 && !p->invisible) { /* frozen while invisible */
         p->last_seen = wall_ms();
         if (mstore_presence_seen(svc->store, p->id, p->last_seen) != 0)
             plog_error("messaging: cannot store when %s was last seen", p->id);
@@ -1415,7 +1535,7 @@ static void pres_disconnected(msg_service *svc, msess *ms, const char *user, uns
     mpres *p = pres_get(svc, user, true);
     if (!p) return;
     if (p->trigger == ms) p->trigger = NULL;
-    if (left == 0) {
+    if (left == 0 && !p->invisible) { /* frozen while invisible */
         p->last_seen = wall_ms();
         if (mstore_presence_seen(svc->store, p->id, p->last_seen) != 0)
             plog_error("messaging: cannot store when %s was last seen", p->id);
@@ -1630,7 +1750,11 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
     if (rc == 0) rc = pbuf_append(ack, "}", 1);
     if (rc == 0) queue_ack_json(svc, ms, ack_id, (char *)ack->ptr, ack->len, true);
     obx *b = queue_bcast(svc, ms, &c, MSG_EV_NEW_MESSAGE, (char *)msg->ptr, msg->len, true);
-    if (b) b->low = m.priority == MSG_PRIO_LOW && svc->o.low_delay_ms > 0;
+    if (b) {
+        b->low = m.priority == MSG_PRIO_LOW && svc->o.low_delay_ms > 0;
+        b->prio = (uint8_t)m.priority;
+        if (m.priority != MSG_PRIO_NORMAL) svc->fan_mixed = true;
+    }
     /* Urgent messages notify every recipient; a room text naming members
      * with @user notifies them (do_mentions). */
     bool mentions = c.kind == MSG_CONV_ROOM && m.type == MSG_TEXT &&
@@ -1721,7 +1845,10 @@ static void req_typing(msg_service *svc, msess *ms, const json_val *obj, const p
     }
     msg_conv_parse(&c, t.conversation, strlen(t.conversation));
     if (!check_member(svc, ms, ack_id, &c)) return;
-    typing_set(svc, &c, ms->user->id, t.start);
+    /* Typing would give away a user who appears offline: a start is not
+     * relayed then (a stop is, for an indicator shown before). */
+    mpres *p = t.start ? pres_get(svc, ms->user->id, false) : NULL;
+    if (!p || !p->invisible) typing_set(svc, &c, ms->user->id, t.start);
     svc->mx.typing_in++;
     static const char ok[] = "{\"ok\":true}";
     queue_ack_json(svc, ms, ack_id, ok, sizeof ok - 1, false);
@@ -2016,13 +2143,14 @@ static void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, c
     bool has_text;
     char text[MSG_PRESENCE_TEXT_MAX + 1];
     msg_error err;
-    if (msg_parse_presence_set(obj, &st, &has_text, text, &err)) {
+    int inv;
+    if (msg_parse_presence_set(obj, &st, &has_text, text, &inv, &err)) {
         reply_error(svc, ms, ack_id, &err);
         return;
     }
     if (!user_rate_ok(svc, ms, ack_id, MQ_PRESENCE, 1, "too many presence changes: slow down"))
         return;
-    if (has_text && refuse_if_disk_low(svc, ms, ack_id)) return;
+    if ((has_text || inv >= 0) && refuse_if_disk_low(svc, ms, ack_id)) return;
     mpres *p = pres_get(svc, ms->user->id, true);
     if (!p) {
         reply_internal(svc, ms, ack_id);
@@ -2035,12 +2163,24 @@ static void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, c
         }
         memcpy(p->text, text, sizeof p->text);
     }
-    ms->pstatus = (uint8_t)st;
+    if (inv >= 0 && (bool)inv != p->invisible) {
+        /* Last seen freezes at the moment it turns on (what others are
+         * told from now on) and resumes from now when it turns off. */
+        int64_t now = wall_ms();
+        if (mstore_presence_set_invisible(svc->store, p->id, inv, now) != 0 ||
+            mstore_presence_seen(svc->store, p->id, now) != 0) {
+            reply_internal(svc, ms, ack_id);
+            return;
+        }
+        p->invisible = inv;
+        p->last_seen = now;
+    }
+    if (st != MSG_PS_OFFLINE) ms->pstatus = (uint8_t)st; /* not given: kept */
     pres_mark(svc, p, ms);
     msg_presence cur;
     pbuf *b = &svc->scratch;
     b->len = 0;
-    int rc = pres_compute(svc, p->id, &cur);
+    int rc = pres_compute(svc, p->id, &cur, true);
     if (rc == 0) rc = pbuf_append_str(b, "{\"ok\":true,\"presence\":");
     if (rc == 0) rc = msg_encode_presence(b, &cur);
     if (rc == 0) rc = pbuf_append(b, "}", 1);
@@ -2048,17 +2188,19 @@ static void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, c
         reply_internal(svc, ms, ack_id);
         return;
     }
-    /* A new text is acknowledged once it is stored. */
+    /* A new text or invisibility is acknowledged once it is stored. */
     queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, mstore_in_batch(svc->store));
 }
 
-/* Appends the Presence objects of users[] (comma-separated). */
-static int append_presences(msg_service *svc, pbuf *b, char users[][MSG_USER_MAX + 1], size_t n)
+/* Appends the Presence objects of users[] (comma-separated), as `self`
+ * (the asking user) sees them. */
+static int append_presences(msg_service *svc, pbuf *b, char users[][MSG_USER_MAX + 1], size_t n,
+                            const char *self)
 {
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         msg_presence cur;
-        rc = pres_compute(svc, users[i], &cur);
+        rc = pres_compute(svc, users[i], &cur, strcmp(users[i], self) == 0);
         if (rc == 0 && i) rc = pbuf_append(b, ",", 1);
         if (rc == 0) rc = msg_encode_presence(b, &cur);
     }
@@ -2108,7 +2250,7 @@ static void req_presence_sub(msg_service *svc, msess *ms, const json_val *obj, c
     pbuf *b = &svc->scratch;
     b->len = 0;
     int rc = pbuf_append_str(b, "{\"ok\":true,\"presences\":[");
-    if (rc == 0) rc = append_presences(svc, b, users, n);
+    if (rc == 0) rc = append_presences(svc, b, users, n, ms->user->id);
     if (rc == 0) rc = pbuf_append_str(b, "]}");
     if (rc) {
         reply_internal(svc, ms, ack_id);
@@ -2145,6 +2287,7 @@ typedef struct pres_list {
     msg_service *svc;
     pbuf *out;
     bool first;
+    const char *self; /* the asking user */
 } pres_list;
 
 static int append_member_presence(const char *user, int64_t d, int64_t r, void *arg)
@@ -2153,7 +2296,7 @@ static int append_member_presence(const char *user, int64_t d, int64_t r, void *
     (void)r;
     pres_list *l = arg;
     msg_presence cur;
-    int rc = pres_compute(l->svc, user, &cur);
+    int rc = pres_compute(l->svc, user, &cur, strcmp(user, l->self) == 0);
     if (rc == 0 && !l->first) rc = pbuf_append(l->out, ",", 1);
     if (rc == 0) rc = msg_encode_presence(l->out, &cur);
     l->first = false;
@@ -2178,7 +2321,7 @@ static void req_presence_room(msg_service *svc, msess *ms, const json_val *obj,
     int rc = pbuf_append_str(b, "{\"ok\":true,\"room\":");
     if (rc == 0) rc = json_append_string(b, room, strlen(room));
     if (rc == 0) rc = pbuf_append_str(b, ",\"presences\":[");
-    pres_list l = {svc, b, true};
+    pres_list l = {svc, b, true, ms->user->id};
     if (rc == 0) rc = mstore_participants(svc->store, c.id, append_member_presence, &l);
     if (rc == 0) rc = pbuf_append_str(b, "]}");
     if (rc) {
@@ -2275,6 +2418,7 @@ static void do_npush(msg_service *svc, obx *e)
         k->id = e->meta.id;
         memcpy(k->user, e->user, sizeof k->user);
         parley_emit_opts o = {
+            .size = sizeof o,
             .ack = on_notif_ack, .ack_user = k, .timeout_ms = NOTIF_ACK_TIMEOUT_MS};
         if (parley_emit_opts_send(ms->sock, &o, MSG_EV_NOTIFICATION, (const char *)e->json.ptr,
                                   NULL, 0) != 0)
@@ -2312,12 +2456,20 @@ static bool notif_quiet_now(msg_service *svc, const msg_nprefs *p, int64_t now);
  * notifications pass (and an urgent message from someone who is not a
  * contact is made high before it gets here). */
 static int notif_suppressed(msg_service *svc, const msg_notification *n, const char *room,
-                            int64_t now)
+                            int64_t now, bool *push_it)
 {
     msg_nprefs p;
     /* Unreadable preferences push (defaults): losing a notification is
      * worse than an unwanted one. */
     nprefs_load(svc, n->to, &svc->nprefs_buf, &p);
+    /* The push webhook's rule (push_eligible): a recipient with no /chat
+     * socket at all when the notification is stored (a socket, synced or
+     * not, gets the live `notification` event after the commit). */
+    if (svc->push && p.push) {
+        muser *u = user_get(svc, n->to, false);
+        bool quiet = n->priority < p.q_min && p.quiet && notif_quiet_now(svc, &p, now);
+        *push_it = push_eligible(&p, n, room, quiet, u && u->socks, now);
+    }
     if (n->from[0] && msg_nprefs_has(&p.muted_users, n->from)) return NS_MUTED_USER;
     if (room && (n->type == MSG_NT_MESSAGE || n->type == MSG_NT_MENTION) &&
         msg_nprefs_has(&p.muted_rooms, room))
@@ -2377,7 +2529,14 @@ static int notif_create(msg_service *svc, msg_notification *n, const char *room,
     svc->stats.notifications++;
     unread_mark(svc, n->to);
     if (n->expires >= 0) nexp_arm(svc, n->expires);
-    int why = notif_suppressed(svc, n, room, now);
+    bool push_it = false;
+    int why = notif_suppressed(svc, n, room, now, &push_it);
+    /* Same batch as the notification: committed, or lost, together (no
+     * acknowledgement says stored without its push queued). */
+    if (push_it && (rc = push_enqueue(svc->push, n, now)) != 0) {
+        plog_error("messaging: cannot queue the push of notification %lld", (long long)n->id);
+        return rc;
+    }
     if (why != NS_NONE) {
         svc->stats.notif_suppressed++;
         svc->mx.notif_suppressed[why]++;
@@ -3621,6 +3780,18 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
         int64_t next = mstore_notif_next_expiry(svc->store);
         if (next >= 0) nexp_arm(svc, next);
     }
+    if (rc == 0 && o->push) {
+        if (svc->disabled) {
+            plog_error("messaging: --push-webhook needs token keys (or --dev-auth)");
+            rc = PARLEY_EINVAL;
+        } else {
+            push_opts po = *o->push;
+            po.commit = push_commit;
+            po.user = svc;
+            rc = push_new(svc->loop, svc->store, &po, &svc->push);
+        }
+    }
+    svc->o.push = NULL; /* push_new copied what it keeps */
     if (rc == 0) {
         svc->nsp = parley_server_of(srv, MSG_NAMESPACE);
         phttpd *http = parley_server__http(srv);
@@ -3758,6 +3929,7 @@ void msg_service_collect(pmx_out *o, void *user)
                        mx->notif_suppressed[k]);
     }
     pmx_counter(o, "parley_notifications_read_total", "Notifications marked read.", mx->notif_read);
+    push_metrics(svc->push, o);
     pmx_counter(o, "parley_store_commits_total", "Store batches committed.",
                 svc->store ? mstore_commits(svc->store) : 0);
     pmx_counter(o, "parley_store_commit_failures_total", "Store batches that failed to commit.",
@@ -3802,6 +3974,8 @@ void msg_service_free(msg_service *svc)
     if (!svc) return;
     if (svc->nsp) parley_nsp_set_handlers(svc->nsp, NULL);
     ploop_defer_cancel(svc->loop, &svc->flush);
+    push_free(svc->push); /* rows in flight stay queued: sent again next start */
+    svc->push = NULL;
     if (svc->store) {
         /* What was stored stays stored: a client that got no acknowledgement
          * resends and is answered from the store. */
@@ -3868,6 +4042,8 @@ void msg_service_free(msg_service *svc)
     }
     pmap_free(&svc->pres);
     free(svc->bnames);
+    fanout_free(&svc->fan);
+    free(svc->fan_all);
     free(svc->bptrs);
     pbuf_free(&svc->pjson);
     pos = 0;

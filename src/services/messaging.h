@@ -86,6 +86,9 @@ typedef struct msg_service_opts {
      * (CORS preflight, and a foreign Origin refused with 403): "*", or a
      * comma-separated list; NULL = no CORS, and no Origin check. */
     const char *allowed_origins;
+    /* The push webhook (services/push.h; commit/user are the service's):
+     * NULL = off. Copied. */
+    const struct push_opts *push;
 } msg_service_opts;
 
 void msg_service_opts_init(msg_service_opts *o);

@@ -1180,6 +1180,7 @@ int msg_encode_presence(pbuf *out, const msg_presence *p)
     if (rc == 0 && p->last_seen >= 0) rc = put_int(out, &first, "last_seen", p->last_seen);
     if (rc == 0 && p->last_seen < 0) rc = pbuf_append_str(out, ",\"last_seen\":null");
     if (rc == 0) rc = put_int(out, &first, "devices", p->devices);
+    if (rc == 0 && p->invisible) rc = pbuf_append_str(out, ",\"invisible\":true");
     if (rc == 0) rc = pbuf_append(out, "}", 1);
     return rc;
 }
@@ -1207,26 +1208,38 @@ static msg_errcode get_status_text(const field *f, char out[MSG_PRESENCE_TEXT_MA
 }
 
 msg_errcode msg_parse_presence_set(const json_val *obj, msg_pstatus *status, bool *has_text,
-                                   char text[MSG_PRESENCE_TEXT_MAX + 1], msg_error *err)
+                                   char text[MSG_PRESENCE_TEXT_MAX + 1], int *invisible,
+                                   msg_error *err)
 {
-    *status = MSG_PS_ONLINE;
+    *status = MSG_PS_OFFLINE;
     *has_text = false;
     text[0] = 0;
+    if (invisible) *invisible = -1;
     msg_errcode rc = need_object(obj, err);
     if (rc) return rc;
-    field f[2] = {{"status", {0}}, {"text", {0}}};
-    if ((rc = scan(obj, f, 2, "", FROM_CLIENT, err))) return rc;
-    if (!has(&f[0])) return msg_fail(err, MSG_E_MISSING_FIELD, "status", "status is required");
-    int s = -1;
-    if (f[0].v.type == JSON_STRING) {
-        char name[8];
-        long n = json_string_decode(&f[0].v, name, sizeof name - 1);
-        if (n >= 0) s = msg_pstatus_from_name(name, (size_t)n);
+    field f[3] = {{"status", {0}}, {"text", {0}}, {"invisible", {0}}};
+    if ((rc = scan(obj, f, invisible ? 3 : 2, "", FROM_CLIENT, err))) return rc;
+    if (invisible && has(&f[2])) {
+        if (f[2].v.type != JSON_TRUE && f[2].v.type != JSON_FALSE)
+            return msg_fail(err, MSG_E_INVALID_FIELD, "invisible", "invisible must be a boolean");
+        *invisible = f[2].v.type == JSON_TRUE;
     }
-    /* Offline is what the server says when no device is connected. */
-    if (s < 0 || s == MSG_PS_OFFLINE)
-        return msg_fail(err, MSG_E_INVALID_FIELD, "status", "status must be online, away or busy");
-    *status = (msg_pstatus)s;
+    if (!has(&f[0]) && (!invisible || *invisible < 0))
+        return msg_fail(err, MSG_E_MISSING_FIELD, "status", "status is required");
+    if (has(&f[0])) {
+        int s = -1;
+        if (f[0].v.type == JSON_STRING) {
+            char name[8];
+            long n = json_string_decode(&f[0].v, name, sizeof name - 1);
+            if (n >= 0) s = msg_pstatus_from_name(name, (size_t)n);
+        }
+        /* Offline is what the server says when no device is connected
+         * (appearing offline is invisible's business). */
+        if (s < 0 || s == MSG_PS_OFFLINE)
+            return msg_fail(err, MSG_E_INVALID_FIELD, "status",
+                            "status must be online, away or busy");
+        *status = (msg_pstatus)s;
+    }
     if (!has(&f[1])) return MSG_OK;
     if ((rc = get_status_text(&f[1], text, err))) return rc;
     *has_text = true;
@@ -1294,6 +1307,8 @@ msg_errcode msg_parse_presence(const json_val *obj, msg_presence *p, msg_error *
     int64_t d = 0;
     if ((rc = get_int(&f[4], "devices", 0, UINT32_MAX, &d, err))) return rc;
     p->devices = (unsigned)d;
+    json_val inv;
+    p->invisible = json_object_get(obj, "invisible", &inv) && inv.type == JSON_TRUE;
     return MSG_OK;
 }
 

@@ -365,18 +365,23 @@ typedef struct msg_presence {
     char text[MSG_PRESENCE_TEXT_MAX + 1]; /* "" when none */
     int64_t last_seen;                    /* ms since the epoch; -1: null (never seen) */
     unsigned devices;                     /* connected sockets */
+    bool invisible;                       /* "appear offline" is on: only in the user's own view */
 } msg_presence;
 
 int msg_encode_presence(pbuf *out, const msg_presence *p);
 /* Lenient (unknown members skipped), for the client half. */
 msg_errcode msg_parse_presence(const json_val *obj, msg_presence *p, msg_error *err);
 
-/* presence_set: {"status": "online"|"away"|"busy", "text"?: string}. A
- * client cannot choose offline. The text is decoded into text (at most
+/* presence_set: {"status"?: "online"|"away"|"busy", "text"?: string,
+ * "invisible"?: bool}, status required unless invisible is given. A
+ * client cannot choose offline. *status is MSG_PS_OFFLINE when status was
+ * not given (keep the device's). The text is decoded into text (at most
  * MSG_PRESENCE_TEXT_MAX bytes; no control characters); *has_text says
- * whether it was given ("" clears). */
+ * whether it was given ("" clears). invisible (may be NULL: the member is
+ * then refused as unknown): -1 not given, 0 false, 1 true. */
 msg_errcode msg_parse_presence_set(const json_val *obj, msg_pstatus *status, bool *has_text,
-                                   char text[MSG_PRESENCE_TEXT_MAX + 1], msg_error *err);
+                                   char text[MSG_PRESENCE_TEXT_MAX + 1], int *invisible,
+                                   msg_error *err);
 
 /* presence_subscribe / presence_unsubscribe: {"users": [ids, 1..100]}.
  * The ids are decoded into users[]; *n gets their count (repeats kept). */

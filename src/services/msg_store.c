@@ -37,7 +37,7 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 
-#define MSTORE_SCHEMA_VERSION 4
+#define MSTORE_SCHEMA_VERSION 6
 #define MSTORE_APP_ID         0x504d5347 /* "PMSG" */
 #define MSTORE_BUSY_MS        1000
 #define MSTORE_CACHE_MAX      65536 /* conversations kept in the seq cache, users in theirs */
@@ -74,6 +74,9 @@ enum {
     ST_PRES_GET,
     ST_PRES_SEEN,
     ST_PRES_TEXT,
+    ST_PRES_INV_GET,
+    ST_PRES_INV_ON,
+    ST_PRES_INV_OFF,
     ST_NOTIF_ADD,
     ST_NOTIF_DEDUPE,
     ST_NOTIF_LIST,
@@ -87,6 +90,14 @@ enum {
     ST_NOTIF_NEXT_EXPIRY,
     ST_NPREFS_GET,
     ST_NPREFS_SET,
+    ST_NOTIF_GET,
+    ST_PUSH_ADD,
+    ST_PUSH_COUNT,
+    ST_PUSH_DUE,
+    ST_PUSH_NEXT,
+    ST_PUSH_DEL,
+    ST_PUSH_RETRY,
+    ST_PUSH_RETRY_AFTER,
     ST_BEGIN,
     ST_COMMIT,
     ST_ROLLBACK,
@@ -161,6 +172,10 @@ static const char *const stmt_sql[ST_COUNT] = {
                      "ON CONFLICT(user) DO UPDATE SET last_seen = excluded.last_seen",
     [ST_PRES_TEXT] = "INSERT INTO presence(user, last_seen, text) VALUES (?1, NULL, ?2) "
                      "ON CONFLICT(user) DO UPDATE SET text = excluded.text",
+    [ST_PRES_INV_GET] = "SELECT since FROM presence_invisible WHERE user = ?1",
+    [ST_PRES_INV_ON] = "INSERT INTO presence_invisible(user, since) VALUES (?1, ?2) "
+                       "ON CONFLICT(user) DO NOTHING",
+    [ST_PRES_INV_OFF] = "DELETE FROM presence_invisible WHERE user = ?1",
     [ST_NOTIF_ADD] = "INSERT INTO notifications(recipient, type, priority, title, body, image, "
                      "actions, sender, created, expires, dedupe_key) "
                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -186,6 +201,24 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_NPREFS_GET] = "SELECT prefs FROM notification_prefs WHERE user = ?1",
     [ST_NPREFS_SET] = "INSERT INTO notification_prefs(user, prefs) VALUES (?1, ?2) "
                       "ON CONFLICT(user) DO UPDATE SET prefs = excluded.prefs",
+    [ST_NOTIF_GET] = "SELECT " NOTIF_COLS " FROM notifications WHERE id = ?1",
+    /* A user's rows go out in id order: a new row is not due before the
+     * user's oldest one (which may be backing off). */
+    [ST_PUSH_ADD] = "INSERT INTO push_outbox(notif, user, attempts, next_attempt_ms, created_ms) "
+                    "VALUES (?1, ?2, 0, max(?3, coalesce((SELECT next_attempt_ms FROM push_outbox "
+                    "WHERE user = ?2 ORDER BY id LIMIT 1), ?3)), ?3)",
+    [ST_PUSH_COUNT] = "SELECT count(*) FROM push_outbox",
+    /* Due rows that are their user's oldest. */
+    [ST_PUSH_DUE] = "SELECT o.id, o.notif, o.user, o.attempts, o.next_attempt_ms, o.created_ms "
+                    "FROM push_outbox o WHERE o.next_attempt_ms <= ?1 AND NOT EXISTS (SELECT 1 "
+                    "FROM push_outbox p WHERE p.user = o.user AND p.id < o.id) "
+                    "ORDER BY o.next_attempt_ms, o.id LIMIT ?2",
+    [ST_PUSH_NEXT] = "SELECT min(next_attempt_ms) FROM push_outbox WHERE next_attempt_ms > ?1",
+    [ST_PUSH_DEL] = "DELETE FROM push_outbox WHERE id = ?1",
+    [ST_PUSH_RETRY] = "UPDATE push_outbox SET attempts = ?2, next_attempt_ms = ?3 WHERE id = ?1",
+    /* The user's later rows wait for the retried one. */
+    [ST_PUSH_RETRY_AFTER] = "UPDATE push_outbox SET next_attempt_ms = ?3 WHERE user = ?1 AND "
+                            "id > ?2 AND next_attempt_ms < ?3",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -321,6 +354,29 @@ static const char *const migrations[MSTORE_SCHEMA_VERSION] = {
     "  SELECT sender AS user, length(CAST(content AS BLOB)) + " OVERHEAD_SQL " AS b FROM messages"
     "  UNION ALL SELECT u.user, m.size FROM media_uploaders u JOIN media m ON m.id = u.media"
     " ) GROUP BY user;",
+    /* 4 -> 5: "appear offline" (presence_set's invisible). A row per user
+     * who chose it, with the wall ms it was turned on; no row: visible.
+     * Its own table, so that the step stands alone. */
+    "CREATE TABLE IF NOT EXISTS presence_invisible ("
+    " user TEXT PRIMARY KEY,"
+    " since INTEGER NOT NULL"
+    ") WITHOUT ROWID;",
+    /* 5 -> 6: the push outbox (services/push.h): one row per notification
+     * to deliver to the push webhook, written in the notification's own
+     * transaction. AUTOINCREMENT: a row's id is its X-Parley-Delivery,
+     * which receivers dedupe on, so ids are never reused. IF NOT EXISTS:
+     * the step also runs on a database whose version was set back by hand
+     * (tests of older steps do that), keeping its rows. */
+    "CREATE TABLE IF NOT EXISTS push_outbox ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " notif INTEGER NOT NULL,"
+    " user TEXT NOT NULL,"
+    " attempts INTEGER NOT NULL,"
+    " next_attempt_ms INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL"
+    ");"
+    "CREATE INDEX IF NOT EXISTS push_outbox_by_user ON push_outbox(user, id);"
+    "CREATE INDEX IF NOT EXISTS push_outbox_by_due ON push_outbox(next_attempt_ms, id);",
 };
 
 typedef struct sconv {
@@ -1500,6 +1556,29 @@ int mstore_presence_text(mstore *s, const char *user, const char *text)
     return run(s, st, "storing a status text");
 }
 
+int mstore_presence_invisible(mstore *s, const char *user)
+{
+    sqlite3_stmt *st = stmt(s, ST_PRES_INV_GET);
+    bind_text(st, 1, user);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW)
+        ret = 1;
+    else if (rc != SQLITE_DONE)
+        ret = db_err(s, "reading presence");
+    done(st);
+    return ret;
+}
+
+int mstore_presence_set_invisible(mstore *s, const char *user, bool on, int64_t now_ms)
+{
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = stmt(s, on ? ST_PRES_INV_ON : ST_PRES_INV_OFF);
+    bind_text(st, 1, user);
+    if (on) sqlite3_bind_int64(st, 2, now_ms);
+    return run(s, st, "storing invisibility");
+}
+
 /* ---- notifications ---- */
 
 /* A text column copied into out (cap bytes incl. NUL), at most max bytes,
@@ -1603,6 +1682,112 @@ int mstore_notif_insert(mstore *s, msg_notification *n, int64_t now_ms)
     n->created = now_ms;
     n->delivered = n->read = false;
     return 0;
+}
+
+int mstore_notif_get(mstore *s, int64_t id, msg_notification *n)
+{
+    sqlite3_stmt *st = stmt(s, ST_NOTIF_GET);
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW)
+        ret = read_notif(s, st, n) == 0 ? 1 : PARLEY_EIO;
+    else if (rc != SQLITE_DONE)
+        ret = db_err(s, "reading a notification");
+    done(st);
+    return ret;
+}
+
+/* ---- push outbox ---- */
+
+int mstore_push_add(mstore *s, int64_t notif, const char *user, int64_t now_ms, int64_t *id)
+{
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = stmt(s, ST_PUSH_ADD);
+    sqlite3_bind_int64(st, 1, notif);
+    bind_text(st, 2, user);
+    sqlite3_bind_int64(st, 3, now_ms);
+    rc = run(s, st, "queueing a push");
+    if (rc) return rc;
+    if (id) *id = sqlite3_last_insert_rowid(s->db);
+    return 0;
+}
+
+int64_t mstore_push_count(mstore *s)
+{
+    sqlite3_stmt *st = stmt(s, ST_PUSH_COUNT);
+    int64_t ret =
+        sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : db_err(s, "counting pushes");
+    done(st);
+    return ret;
+}
+
+int mstore_push_due(mstore *s, int64_t now_ms, unsigned limit, mstore_push_fn fn, void *arg)
+{
+    sqlite3_stmt *st = stmt(s, ST_PUSH_DUE);
+    sqlite3_bind_int64(st, 1, now_ms);
+    sqlite3_bind_int64(st, 2, limit);
+    mstore_push_row r;
+    int rc, ret = 0;
+    while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        memset(&r, 0, sizeof r);
+        r.id = sqlite3_column_int64(st, 0);
+        r.notif = sqlite3_column_int64(st, 1);
+        int64_t att = sqlite3_column_int64(st, 3);
+        r.attempts = att < 0 ? 0 : att > UINT32_MAX ? UINT32_MAX : (uint32_t)att;
+        r.next_ms = sqlite3_column_int64(st, 4);
+        r.created_ms = sqlite3_column_int64(st, 5);
+        if (!col_cstr(st, 2, r.user, MSG_USER_MAX, false, 1)) {
+            plog_error("store %s: bad push_outbox row %lld", s->path, (long long)r.id);
+            ret = PARLEY_EIO;
+            break;
+        }
+        ret = fn(&r, arg);
+    }
+    if (ret == 0 && rc != SQLITE_DONE) ret = db_err(s, "listing due pushes");
+    done(st);
+    return ret < 0 ? ret : 0;
+}
+
+int64_t mstore_push_next_due(mstore *s, int64_t after_ms)
+{
+    sqlite3_stmt *st = stmt(s, ST_PUSH_NEXT);
+    sqlite3_bind_int64(st, 1, after_ms);
+    int64_t ret = -1;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        if (sqlite3_column_type(st, 0) == SQLITE_INTEGER) ret = sqlite3_column_int64(st, 0);
+    } else {
+        ret = db_err(s, "finding the next push");
+        if (ret == -1) ret = -2;
+    }
+    done(st);
+    return ret;
+}
+
+int mstore_push_del(mstore *s, int64_t id)
+{
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = stmt(s, ST_PUSH_DEL);
+    sqlite3_bind_int64(st, 1, id);
+    return run(s, st, "deleting a push");
+}
+
+int mstore_push_retry(mstore *s, int64_t id, const char *user, uint32_t attempts, int64_t next_ms)
+{
+    int rc = ensure_tx(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = stmt(s, ST_PUSH_RETRY);
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int64(st, 2, attempts);
+    sqlite3_bind_int64(st, 3, next_ms);
+    rc = run(s, st, "rescheduling a push");
+    if (rc) return rc;
+    st = stmt(s, ST_PUSH_RETRY_AFTER);
+    bind_text(st, 1, user);
+    sqlite3_bind_int64(st, 2, id);
+    sqlite3_bind_int64(st, 3, next_ms);
+    return run(s, st, "rescheduling pushes");
 }
 
 int mstore_notif_list(mstore *s, const char *user, int64_t since, unsigned limit, int64_t now_ms,

@@ -201,6 +201,11 @@ int mstore_presence_get(mstore *s, const char *user, int64_t *last_seen,
                         char text[MSG_PRESENCE_TEXT_MAX + 1]);
 int mstore_presence_seen(mstore *s, const char *user, int64_t now_ms);
 int mstore_presence_text(mstore *s, const char *user, const char *text);
+/* "Appear offline" (schema 5): invisible gives 1 when the user chose it,
+ * 0 when not, negative on error. set_invisible records the choice (now_ms:
+ * when it was turned on; kept when it already was). Joins the batch. */
+int mstore_presence_invisible(mstore *s, const char *user);
+int mstore_presence_set_invisible(mstore *s, const char *user, bool on, int64_t now_ms);
 
 /* Notifications (schema 3). Expired rows (expires <= now_ms) are never
  * returned nor counted, swept or not.
@@ -231,6 +236,32 @@ int64_t mstore_notif_next_expiry(mstore *s);
  * holds it), 0 none, negative on error. set joins the batch. */
 int mstore_nprefs_get(mstore *s, const char *user, pbuf *out);
 int mstore_nprefs_set(mstore *s, const char *user, const char *json, size_t len);
+
+/* One notification by id, expired or not: 1 found, 0 none, negative on
+ * error. */
+int mstore_notif_get(mstore *s, int64_t id, msg_notification *n);
+
+/* The push outbox (schema 5; services/push.h): rows to POST to the push
+ * webhook. add joins the batch (the notification's own, so both commit
+ * together); a user's new row is not due before that user's oldest row.
+ * due: calls fn for rows with next_ms <= now_ms that are the oldest of
+ * their user, by (next_ms, id), at most limit; fn returns non-zero to
+ * stop (a negative value is returned). next_due: the earliest next_ms
+ * above after_ms, -1 when none, below -1 on error. del and retry join
+ * the batch; retry also holds the user's later rows until next_ms. */
+typedef struct mstore_push_row {
+    int64_t id, notif;
+    char user[MSG_USER_MAX + 1];
+    uint32_t attempts;
+    int64_t next_ms, created_ms;
+} mstore_push_row;
+typedef int (*mstore_push_fn)(const mstore_push_row *r, void *arg);
+int mstore_push_add(mstore *s, int64_t notif, const char *user, int64_t now_ms, int64_t *id);
+int64_t mstore_push_count(mstore *s);
+int mstore_push_due(mstore *s, int64_t now_ms, unsigned limit, mstore_push_fn fn, void *arg);
+int64_t mstore_push_next_due(mstore *s, int64_t after_ms);
+int mstore_push_del(mstore *s, int64_t id);
+int mstore_push_retry(mstore *s, int64_t id, const char *user, uint32_t attempts, int64_t next_ms);
 
 /* The SQLite handle, for tests that need to reach under the store. */
 void *mstore__db(mstore *s);

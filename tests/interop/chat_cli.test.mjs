@@ -43,7 +43,7 @@ describe('parley chat: presence and notifications', () => {
   test('help lists the presence and notification commands and the queued event', async () => {
     const r = await runParley(['chat', '--help']).done;
     assert.equal(r.code, 0);
-    for (const word of ['presence online|away|busy', 'subscribe USER', 'unsubscribe', 'room-presence ROOM',
+    for (const word of ['presence online|away|busy', 'invisible on|off', 'subscribe USER', 'unsubscribe', 'room-presence ROOM',
       'notifications-sync', 'notifications-read ID', 'notification-prefs', 'queued (a send']) {
       assert.ok(r.stdout.includes(word), `help mentions ${word}:\n${r.stdout}`);
     }
@@ -89,6 +89,35 @@ describe('parley chat: presence and notifications', () => {
     assert.deepEqual(rp.presences.map((p) => [p.user, p.status]), [[alice, 'online'], [bob, 'online']]);
     const notMember = await a.request(`room-presence elsewhere${uniq}`, 'room_presence');
     assert.equal(notMember.error.code, 'not_member');
+    await Promise.all([a.quit(), b.quit()]);
+  });
+
+  test('invisible on|off: libparley\'s parley_chat_presence_invisible, sent at once and after connecting', async () => {
+    const [alice, bob] = users('alice', 'bob');
+    const a = new ChatCli(srv, alice);
+    const b = new ChatCli(srv, bob);
+    await Promise.all([a.online(), b.online()]);
+    b.cmd(`subscribe ${alice}`);
+    await b.nth('presence', 1, (p) => p.user === alice && p.status === 'online');
+
+    a.cmd('invisible on');
+    const off = await b.nth('presence', 1, (p) => p.user === alice && p.status === 'offline');
+    assert.equal(off.devices, 0);
+    assert.equal(off.invisible, undefined);
+    const mine = await a.nth('presence', 1, (p) => p.user === alice && p.invisible === true);
+    assert.equal(mine.status, 'online');
+    const usage = await a.request('invisible maybe', 'error');
+    assert.equal(usage.code, 'usage');
+
+    // Chosen while disconnected: sent on the next connection (together
+    // with a status chosen meanwhile).
+    a.cmd('close');
+    await a.until(() => a.lastState() === 'offline', 5000, 'offline');
+    a.cmd('invisible off');
+    a.cmd('presence busy');
+    a.cmd('connect');
+    const back = await b.nth('presence', 1, (p) => p.user === alice && p.status === 'busy');
+    assert.equal(back.devices, 1);
     await Promise.all([a.quit(), b.quit()]);
   });
 

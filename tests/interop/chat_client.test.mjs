@@ -130,6 +130,42 @@ describe('libparley chat client', () => {
     await Promise.all([a.quit(), b.quit()]);
   });
 
+  // docs/PROTOCOL.md, "Clients": a backlog goes out highest priority
+  // first (first in, first out within a priority), so a high message
+  // queued after five normal ones while offline is stored first (seq 1).
+  for (const transport of ['websocket', 'polling']) {
+    test(`a backlog queued offline: the high message goes out ahead of the normal ones (${transport})`, async () => {
+      const [alice, bob] = users('alice', 'bob');
+      const conv = dm(alice, bob);
+      const a = new ChatCli(srv, alice, { transport });
+      await a.online();
+      a.cmd('close');
+      await a.until(() => a.lastState() === 'offline', 5000, 'offline');
+      const queued = () => a.all('queued').length;
+      const send = async (text, priority) => {
+        const n = queued();
+        a.cmd(`send-json ${JSON.stringify({ to: bob, content: { text }, priority })}`);
+        await a.until(() => queued() > n, 5000, `${text} queued`);
+        return a.all('queued').at(-1).client_id;
+      };
+      const normal = [];
+      for (let i = 0; i < 5; i++) normal.push(await send(`n${i}`, 'normal'));
+      const high = await send('h', 'high');
+      a.cmd('connect');
+      const all = [...normal, high];
+      await a.until(() => all.every((id) => a.statuses(id).includes('sent')), 10000, 'all six stored');
+      const seqOf = (id) => a.all('status', (e) => e.client_id === id && e.status === 'sent')[0].seq;
+      assert.equal(seqOf(high), 1, 'the high one was sent, and stored, first');
+      assert.deepEqual(normal.map(seqOf), [2, 3, 4, 5, 6], 'the normal ones after it, in their order');
+      const b = await online(srv, bob);
+      const got = b.synced.messages.filter((m) => m.conversation === conv);
+      assert.deepEqual(got.map((m) => [m.content.text, m.priority]),
+        [['h', 'high'], ['n0', 'normal'], ['n1', 'normal'], ['n2', 'normal'], ['n3', 'normal'], ['n4', 'normal']]);
+      b.close();
+      await a.quit();
+    });
+  }
+
   test('a sender that was offline learns read on reconnection (sync receipts)', async () => {
     const [alice, bob] = users('alice', 'bob');
     const conv = dm(alice, bob);

@@ -758,7 +758,9 @@ static void test_manual_receipts(void **state)
     so.user = &own;
     parley_chat_error err;
     assert_int_equal(parley_chat_send(alice.chat, &so, ids[2], &err), 0);
-    assert_int_equal(atomic_load(&own), 1); /* SENDING, before the call returned */
+    /* SENDING, before the call returned (SENT may follow at once: the
+     * loop thread does not wait for this one to look). */
+    assert_true(atomic_load(&own) >= 1);
     for (int i = 0; i < 3; i++) wait_status(&alice, ids[i], "SENT");
     EXACTLY(&bob.log, "msg ", 3);
     /* Received, but bob's client says nothing by itself. */

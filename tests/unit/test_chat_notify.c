@@ -36,10 +36,16 @@
 /* ---- the library's log: store and chat warnings fail the test ---- */
 
 static atomic_int warnings;
+static atomic_int malformed_lines; /* "chat: a malformed ..." log lines */
 
 static void log_sink(parley_log_level level, const char *msg, void *user)
 {
     (void)user;
+    if (!strncmp(msg, "chat: a malformed", 17)) {
+        /* Expected only in test_malformed_flood, which counts them. */
+        atomic_fetch_add(&malformed_lines, 1);
+        return;
+    }
     if (!strncmp(msg, "chat:", 5) || !strncmp(msg, "store:", 6)) atomic_fetch_add(&warnings, 1);
     if (level < PARLEY_LOG_WARN && !getenv("PARLEY_TEST_LOG")) return;
     if (!getenv("PARLEY_TEST_LOG") && strstr(msg, "INSECURE --dev-auth")) return;
@@ -280,6 +286,7 @@ static void do_add(void *arg)
             fs_render(&b, x);
             pbuf_append(&b, "]", 2);
             parley_emit_opts eo = {
+                .size = sizeof eo,
                 .ack = fs_acked, .ack_user = (void *)(intptr_t)x->id, .timeout_ms = 0};
             parley_emit_opts_send(f->sock, &eo, "notification", (const char *)b.ptr, NULL, 0);
             pbuf_free(&b);
@@ -595,6 +602,35 @@ static void test_flow(void **state)
     assert_int_equal(parley_chat_notifications_sync(chat_of(&alice)),
                      0); /* at the next connection */
 
+    ts_close(&alice);
+    fs_stop(&f);
+}
+
+/* A server that sends garbage at line rate: each bad notification is
+ * dropped, the log gets one line (the limit's first) and not a thousand,
+ * and a good notification after the flood is still taken. */
+static void do_flood(void *arg)
+{
+    fsrv *f = arg;
+    for (int k = 0; k < 1000 && f->sock; k++)
+        parley_emit(f->sock, "notification", "[{\"id\":\"not a number\"}]", NULL, 0);
+}
+
+static void test_malformed_flood(void **state)
+{
+    (void)state;
+    fsrv f;
+    fs_start(&f);
+    tstore alice;
+    ts_init(&alice, "alice", f.port);
+    ts_open(&alice);
+    wait_state(&alice, "online");
+    int before = atomic_load(&malformed_lines);
+    assert_int_equal(ploop_call(f.th.loop, do_flood, &f), 0);
+    fs_add(&f, 1, true);
+    wait_seen(&alice, "1:1;");
+    int lines = atomic_load(&malformed_lines) - before;
+    assert_in_range(lines, 1, 2);
     ts_close(&alice);
     fs_stop(&f);
 }
@@ -1158,7 +1194,8 @@ int main(void)
 {
     parley_log_set(getenv("PARLEY_TEST_LOG") ? PARLEY_LOG_DEBUG : PARLEY_LOG_WARN, log_sink, NULL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_flow),  cmocka_unit_test(test_pages),
+        cmocka_unit_test(test_flow),  cmocka_unit_test(test_malformed_flood),
+        cmocka_unit_test(test_pages),
         cmocka_unit_test(test_prefs), cmocka_unit_test(test_real_server),
         cmocka_unit_test(test_cache),
     };

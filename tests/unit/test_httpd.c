@@ -52,6 +52,15 @@ static void route_plain(phttpd_req *req, void *user)
     phttpd_respond(req, 200, "text/plain", NULL, 0, "hello", 5);
 }
 
+/* A handler that builds a header from data it should not have trusted. */
+static void route_badhdr(phttpd_req *req, void *user)
+{
+    (void)user;
+    const http_header h[] = {{"X-Name", 6, "a\r\nSet-Cookie: x=1", 19}};
+    int rc = phttpd_respond(req, 200, "text/plain", h, 1, "hello", 5);
+    assert_int_equal(rc, PARLEY_EINVAL);
+}
+
 static void route_buf(phttpd_req *req, void *user)
 {
     (void)user;
@@ -165,6 +174,7 @@ static void srv_start(srv *s, const phttpd_opts *custom)
     assert_int_equal(phttpd_new(s->loop, &o, &s->h), 0);
     assert_int_equal(phttpd_route(s->h, "/plain", route_plain, s), 0);
     assert_int_equal(phttpd_route(s->h, "/buf", route_buf, s), 0);
+    assert_int_equal(phttpd_route(s->h, "/badhdr", route_badhdr, s), 0);
     assert_int_equal(phttpd_route(s->h, "/rate", route_rate, s), 0);
     assert_int_equal(phttpd_route(s->h, "/sse", route_sse, s), 0);
     phttpd_route_opts up = {.handler = up_done,
@@ -283,6 +293,27 @@ static void test_head_has_no_body(void **state)
     /* Nothing between the first head's end and the second status line. */
     assert_true(strstr(g.buf, "\r\n\r\n") + 4 == second);
     assert_false(g.eof);
+    close(fd);
+    srv_stop(&s);
+}
+
+/* A header the writer refuses: the client gets a 500 and the connection
+ * ends (before, nothing was sent and the client waited), and the
+ * injected header never reaches the wire. */
+static void test_bad_header_answers_500(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start(&s, NULL);
+    int fd = raw_connect(s.port);
+    static const char req[] = "GET /badhdr HTTP/1.1\r\nHost: x\r\n\r\n";
+    send_all(&s, fd, req, sizeof req - 1);
+    got g = {0};
+    read_for(&s, fd, &g, 2000, NULL);
+    assert_int_equal(count(g.buf, "HTTP/1.1 500 "), 1);
+    assert_int_equal(count(g.buf, "Set-Cookie"), 0);
+    assert_int_equal(count(g.buf, "hello"), 0);
+    assert_true(g.eof);
     close(fd);
     srv_stop(&s);
 }
@@ -718,6 +749,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_streams),
         cmocka_unit_test(test_head_has_no_body),
+        cmocka_unit_test(test_bad_header_answers_500),
         cmocka_unit_test(test_methods_case_sensitive),
         cmocka_unit_test(test_early_answer_large_body),
         cmocka_unit_test(test_early_answer_small_body_keeps_connection),

@@ -27,36 +27,9 @@
 
 #define T0 1767225600000LL
 
-typedef struct scratch {
-    char dir[64];
-    char path[96];
-} scratch;
+#include "store_scratch.h"
 
-static void scratch_init(scratch *s)
-{
-    snprintf(s->dir, sizeof s->dir, "/tmp/mstore-test-XXXXXX");
-    assert_non_null(mkdtemp(s->dir));
-    snprintf(s->path, sizeof s->path, "%s/m.db", s->dir);
-}
-
-static void scratch_free(const scratch *s)
-{
-    static const char *const suffix[] = {"", "-wal", "-shm", "-journal"};
-    for (size_t i = 0; i < 4; i++) {
-        char p[128];
-        snprintf(p, sizeof p, "%s%s", s->path, suffix[i]);
-        unlink(p);
-    }
-    assert_int_equal(rmdir(s->dir), 0);
-}
-
-static mstore *open_store(const char *path)
-{
-    mstore *st = NULL;
-    assert_int_equal(mstore_open(path, false, &st), 0);
-    assert_non_null(st);
-    return st;
-}
+#define scratch_init(s) scratch_init_tag((s), "mstore")
 
 static int64_t put_text(mstore *st, const msg_conv *c, const char *from, const char *cid,
                         mstore_msg *out)
@@ -704,7 +677,7 @@ static void test_migration_v3(void **state)
     sqlite3_close(db);
 
     mstore *st = open_store(sc.path);
-    assert_int_equal(user_version(st), 4);
+    assert_int_equal(user_version(st), 6);
     assert_media_for(st, "amy", 1, "image/png");
     assert_media_for(st, "cat", 1, "image/png");
     assert_media_for(st, "bob", 1, "image/png");
@@ -733,7 +706,7 @@ static void test_migration_v3(void **state)
     assert_int_equal(bytes, 777);
     mstore_close(st);
     st = open_store(sc.path);
-    assert_int_equal(user_version(st), 4);
+    assert_int_equal(user_version(st), 6);
     assert_int_equal(mstore_storage_bytes(st, "bob", &bytes), 0);
     assert_int_equal(bytes, 16 + MSTORE_MSG_OVERHEAD);
     mstore_close(st);
@@ -1045,7 +1018,7 @@ static void open_copy(const scratch *sc, const void *data, size_t len, int want,
         assert_non_null(st);
         assert_int_equal(l.level, PARLEY_LOG_WARN);
         assert_int_equal(mstore_last_seq(st, "dm:a:b"), 0); /* a new, empty database */
-        assert_int_equal(user_version(st), 4);
+        assert_int_equal(user_version(st), 6);
         mstore_close(st);
     } else {
         assert_null(st);

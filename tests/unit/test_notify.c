@@ -489,35 +489,9 @@ static void test_prefs(void **state)
 
 /* ---- store ---- */
 
-typedef struct scratch {
-    char dir[64];
-    char path[96];
-} scratch;
+#include "store_scratch.h"
 
-static void scratch_init(scratch *s)
-{
-    snprintf(s->dir, sizeof s->dir, "/tmp/notify-test-XXXXXX");
-    assert_non_null(mkdtemp(s->dir));
-    snprintf(s->path, sizeof s->path, "%s/m.db", s->dir);
-}
-
-static void scratch_free(const scratch *s)
-{
-    static const char *const suffix[] = {"", "-wal", "-shm", "-journal"};
-    for (size_t i = 0; i < 4; i++) {
-        char p[128];
-        snprintf(p, sizeof p, "%s%s", s->path, suffix[i]);
-        unlink(p);
-    }
-    assert_int_equal(rmdir(s->dir), 0);
-}
-
-static mstore *open_store(const char *path)
-{
-    mstore *st = NULL;
-    assert_int_equal(mstore_open(path, false, &st), 0);
-    return st;
-}
+#define scratch_init(s) scratch_init_tag((s), "notify")
 
 static msg_notification *req(const char *to, const char *title, const char *dedupe, int64_t expires)
 {

@@ -33,7 +33,8 @@ static msg_errcode set_rc(const char *s, msg_pstatus *st, bool *has_text,
 {
     json_val v = obj_of(s);
     memset(err, 0, sizeof *err);
-    msg_errcode rc = msg_parse_presence_set(&v, st, has_text, text, err);
+    int inv;
+    msg_errcode rc = msg_parse_presence_set(&v, st, has_text, text, &inv, err);
     assert_int_equal(rc, err->code);
     return rc;
 }
@@ -100,6 +101,69 @@ static void test_presence_set(void **state)
     expect_set_error("{\"status\":\"online\",\"user\":\"x\"}", MSG_E_UNKNOWN_FIELD, "user");
     expect_set_error("{\"status\":\"online\",\"from\":\"x\"}", MSG_E_SENDER_FORBIDDEN, "from");
     expect_set_error("[]", MSG_E_BAD_REQUEST, "");
+}
+
+/* presence_set's invisible ("appear offline"). */
+static msg_errcode inv_rc(const char *s, msg_pstatus *st, int *inv, msg_error *err)
+{
+    json_val v = obj_of(s);
+    bool has_text;
+    char text[MSG_PRESENCE_TEXT_MAX + 1];
+    memset(err, 0, sizeof *err);
+    return msg_parse_presence_set(&v, st, &has_text, text, inv, err);
+}
+
+static void test_presence_set_invisible(void **state)
+{
+    (void)state;
+    msg_pstatus st;
+    int inv;
+    msg_error err;
+    assert_int_equal(inv_rc("{\"invisible\":true}", &st, &inv, &err), MSG_OK);
+    assert_int_equal(inv, 1);
+    assert_int_equal(st, MSG_PS_OFFLINE); /* not given: the device keeps its own */
+    assert_int_equal(inv_rc("{\"invisible\":false,\"status\":\"busy\"}", &st, &inv, &err), MSG_OK);
+    assert_int_equal(inv, 0);
+    assert_int_equal(st, MSG_PS_BUSY);
+    assert_int_equal(inv_rc("{\"status\":\"away\"}", &st, &inv, &err), MSG_OK);
+    assert_int_equal(inv, -1);
+    assert_int_equal(st, MSG_PS_AWAY);
+    static const char *const bad[] = {"{\"invisible\":1}", "{\"invisible\":\"true\"}",
+                                      "{\"invisible\":null}", "{\"invisible\":[]}",
+                                      "{\"status\":\"online\",\"invisible\":0}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(inv_rc(bad[i], &st, &inv, &err), MSG_E_INVALID_FIELD);
+        assert_string_equal(err.field, "invisible");
+    }
+    assert_int_equal(inv_rc("{\"invisible\":true,\"invisible\":false}", &st, &inv, &err),
+                     MSG_E_INVALID_FIELD);
+    assert_int_equal(inv_rc("{\"invisible\":true,\"status\":\"offline\"}", &st, &inv, &err),
+                     MSG_E_INVALID_FIELD);
+    assert_string_equal(err.field, "status");
+    /* Without a place for it (the client's own check), an unknown member. */
+    json_val v = obj_of("{\"invisible\":true}");
+    bool has_text;
+    char text[MSG_PRESENCE_TEXT_MAX + 1];
+    assert_int_equal(msg_parse_presence_set(&v, &st, &has_text, text, NULL, &err),
+                     MSG_E_UNKNOWN_FIELD);
+
+    /* The Presence object carries it only when on, and reads it back. */
+    msg_presence p = {
+        .user = "amy", .status = MSG_PS_ONLINE, .last_seen = 5, .devices = 2, .invisible = true};
+    pbuf b = {0};
+    assert_int_equal(msg_encode_presence(&b, &p), 0);
+    pbuf_append(&b, "", 1);
+    assert_non_null(strstr((char *)b.ptr, "\"invisible\":true"));
+    msg_presence back;
+    v = obj_of((char *)b.ptr);
+    assert_int_equal(msg_parse_presence(&v, &back, &err), MSG_OK);
+    assert_true(back.invisible);
+    p.invisible = false;
+    b.len = 0;
+    assert_int_equal(msg_encode_presence(&b, &p), 0);
+    pbuf_append(&b, "", 1);
+    assert_null(strstr((char *)b.ptr, "invisible"));
+    pbuf_free(&b);
 }
 
 static msg_errcode users_rc(const char *s, char users[MSG_PRESENCE_USERS_MAX][MSG_USER_MAX + 1],
@@ -225,36 +289,9 @@ static void test_presence_object(void **state)
 
 /* ---- store ---- */
 
-typedef struct scratch {
-    char dir[64];
-    char path[96];
-} scratch;
+#include "store_scratch.h"
 
-static void scratch_init(scratch *s)
-{
-    snprintf(s->dir, sizeof s->dir, "/tmp/presence-test-XXXXXX");
-    assert_non_null(mkdtemp(s->dir));
-    snprintf(s->path, sizeof s->path, "%s/m.db", s->dir);
-}
-
-static void scratch_free(const scratch *s)
-{
-    static const char *const suffix[] = {"", "-wal", "-shm", "-journal"};
-    for (size_t i = 0; i < 4; i++) {
-        char p[128];
-        snprintf(p, sizeof p, "%s%s", s->path, suffix[i]);
-        unlink(p);
-    }
-    assert_int_equal(rmdir(s->dir), 0);
-}
-
-static mstore *open_store(const char *path)
-{
-    mstore *st = NULL;
-    assert_int_equal(mstore_open(path, false, &st), 0);
-    assert_non_null(st);
-    return st;
-}
+#define scratch_init(s) scratch_init_tag((s), "presence")
 
 static void test_store_presence(void **state)
 {
@@ -324,6 +361,25 @@ static void test_store_presence(void **state)
     assert_int_equal(mstore_presence_get(st, "str", &seen, text), PARLEY_EIO);
     assert_int_equal(mstore_presence_get(st, "long", &seen, text), PARLEY_EIO);
     assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1);
+
+    /* Invisible (schema 5): per user, joins the batch, survives a reopen. */
+    assert_int_equal(mstore_presence_invisible(st, "amy"), 0);
+    assert_int_equal(mstore_presence_set_invisible(st, "amy", true, 7000), 0);
+    assert_true(mstore_in_batch(st));
+    assert_int_equal(mstore_presence_invisible(st, "amy"), 1);
+    assert_int_equal(mstore_presence_set_invisible(st, "amy", true, 8000), 0); /* again: kept */
+    assert_int_equal(mstore_presence_invisible(st, "bob"), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_presence_set_invisible(st, "amy", false, 0), 0);
+    mstore_rollback(st);
+    assert_int_equal(mstore_presence_invisible(st, "amy"), 1);
+    mstore_close(st);
+    st = open_store(sc.path);
+    assert_int_equal(mstore_presence_invisible(st, "amy"), 1);
+    assert_int_equal(mstore_presence_set_invisible(st, "amy", false, 0), 0);
+    assert_int_equal(mstore_presence_set_invisible(st, "amy", false, 0), 0); /* off twice */
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_presence_invisible(st, "amy"), 0);
     mstore_close(st);
     scratch_free(&sc);
 }
@@ -369,7 +425,7 @@ static void test_store_migration(void **state)
     sqlite3_stmt *q;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(q, 0), 4); /* and on through 2 -> 3 -> 4 */
+    assert_int_equal(sqlite3_column_int(q, 0), 6); /* and on through 2 -> ... -> 6 */
     sqlite3_finalize(q);
     sqlite3_close(db);
     scratch_free(&sc);
@@ -378,9 +434,9 @@ static void test_store_migration(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_presence_set),    cmocka_unit_test(test_presence_users),
-        cmocka_unit_test(test_presence_object), cmocka_unit_test(test_store_presence),
-        cmocka_unit_test(test_store_migration),
+        cmocka_unit_test(test_presence_set),   cmocka_unit_test(test_presence_set_invisible),
+        cmocka_unit_test(test_presence_users), cmocka_unit_test(test_presence_object),
+        cmocka_unit_test(test_store_presence), cmocka_unit_test(test_store_migration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

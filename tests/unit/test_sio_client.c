@@ -224,10 +224,10 @@ static void h_event(parley_socket *s, const char *event, size_t event_len, const
     } else if (!strcmp(event, "message-with-ack")) {
         if (ack_id >= 0) parley_ack(s, ack_id, json, a->bins, a->nbins);
     } else if (!strcmp(event, "volatile")) {
-        parley_emit_opts o = {.volatile_ = 1};
+        parley_emit_opts o = {.size = sizeof o, .volatile_ = 1};
         parley_emit_opts_send(s, &o, "volatile-back", json, a->bins, a->nbins);
     } else if (!strcmp(event, "server-ack")) {
-        parley_emit_opts o = {.ack = h_ack_result, .timeout_ms = 500};
+        parley_emit_opts o = {.size = sizeof o, .ack = h_ack_result, .timeout_ms = 500};
         parley_emit_opts_send(s, &o, "please-ack", json, a->bins, a->nbins);
     } else if (!strcmp(event, "disconnect-me")) {
         parley_disconnect(s, 0);

@@ -333,7 +333,33 @@ _fn("parley_chat_free", None, c_void_p)
 _fn("parley_chat_get_state", c_int, c_void_p)
 _fn("parley_chat_send", c_int, c_void_p, POINTER(_ChatSendOpts), c_char_p, c_void_p)
 
+
+class _ChatNotifyOpts(Structure):
+    _fields_ = [("size", c_size_t), ("to", c_char_p), ("type", c_char_p),
+                ("priority", c_char_p), ("title", c_char_p), ("body", c_char_p),
+                ("image", c_char_p), ("actions_json", c_char_p), ("expires_at", c_int64),
+                ("dedupe_key", c_char_p)]
+
+
+class _ChatNotification(Structure):
+    # A prefix of parley_chat_notification (through title).
+    _fields_ = [("id", c_int64), ("type", c_char_p), ("priority", c_char_p),
+                ("title", c_char_p)]
+
+
+_CHAT_NOTIFY = CFUNCTYPE(None, c_void_p, c_int, POINTER(_ChatError),
+                         POINTER(_ChatNotification), c_int, c_void_p)
+_fn("parley_chat_notify", c_int, c_void_p, POINTER(_ChatNotifyOpts), _CHAT_NOTIFY, c_void_p)
+
 OFFLINE, CONNECTING, SYNCING, ONLINE, REFUSED = 1, 2, 3, 4, 5
+
+
+class ChatError(ParleyError):
+    """The server refused a request: code and field as in docs/PROTOCOL.md."""
+
+    def __init__(self, rc, code, field):
+        super().__init__(rc, "%s %s" % (code, field))
+        self.code, self.field = code, field
 
 
 def _message_dict(m):
@@ -391,6 +417,41 @@ class Chat:
         if rc:
             raise ParleyError(rc, "parley_chat_send " + err.code.decode())
         return cid.value.decode()
+
+    def notify(self, to, type, title, body=None, priority=None, dedupe_key=None,
+               timeout=10.0):
+        """Sends a notification (a token with the notifier or admin role)
+        and waits for the server's answer: {"id", "type", "priority",
+        "title", "duplicate"}; ChatError with the server's code and field."""
+        keep = []
+        o = _init_opts(_ChatNotifyOpts, "parley_chat_notify_opts_init")
+        for name, v in (("to", to), ("type", type), ("title", title), ("body", body),
+                        ("priority", priority), ("dedupe_key", dedupe_key)):
+            if v is not None:
+                keep.append(_b(v))
+                setattr(o, name, keep[-1])
+        done = threading.Event()
+        out = {}
+
+        def answered(c, err, e, n, dup, u):
+            if err == 0:
+                n = n.contents
+                out["ok"] = {"id": n.id, "type": n.type.decode(),
+                             "priority": n.priority.decode(), "title": n.title.decode(),
+                             "duplicate": bool(dup)}
+            else:
+                e = e.contents if e else None
+                out["err"] = (err, e.code.decode() if e else "", e.field.decode() if e else "")
+            done.set()
+
+        cb = _CHAT_NOTIFY(answered)
+        _check(lib.parley_chat_notify(self._h, byref(o), cb, None), "parley_chat_notify")
+        if not done.wait(timeout):
+            self._keep.append(cb)  # the answer may still come: keep its callback alive
+            raise ParleyError(-110, "parley_chat_notify: no answer")
+        if "err" in out:
+            raise ChatError(*out["err"])
+        return out["ok"]
 
     def free(self):
         if self._h:

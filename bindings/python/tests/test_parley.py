@@ -74,8 +74,9 @@ class ParleydTest(unittest.TestCase):
             p.stdout.close()
         shutil.rmtree(cls.dir, ignore_errors=True)
 
-    def token(self, user):
-        out = subprocess.run([PARLEY_CLI, "token", "--secret-file", self.secret, "--user", user],
+    def token(self, user, role=None):
+        out = subprocess.run([PARLEY_CLI, "token", "--secret-file", self.secret, "--user", user]
+                             + (["--role", role] if role else []),
                              check=True, capture_output=True, text=True)
         return out.stdout.strip()
 
@@ -144,6 +145,58 @@ class ParleydTest(unittest.TestCase):
         finally:
             alice.free()
             bob.free()
+
+    def test_chat_notify(self):
+        # parley_chat_notify from a notifier-role token to a user whose
+        # store counts it unread; the socket API's errors come back with
+        # their code and field.
+        q = queue.Queue()
+        ops = parley.Chat(self.http, "ops", token=self.token("ops", "notifier"),
+                          on_state=lambda st: q.put(("ops", st)))
+        plain = parley.Chat(self.http, "plain", token=self.token("plain"),
+                            on_state=lambda st: q.put(("plain", st)))
+        erin = parley.Store(self.http, "erin", token=self.token("erin"))
+        try:
+            wait_for(q, lambda i: i == ("ops", parley.ONLINE))
+            wait_for(q, lambda i: i == ("plain", parley.ONLINE))
+            n = ops.notify("erin", "assignment", "Essay due", body="by Friday",
+                           priority="high", dedupe_key="essay-1")
+            self.assertGreater(n["id"], 0)
+            self.assertEqual((n["type"], n["priority"], n["title"], n["duplicate"]),
+                             ("assignment", "high", "Essay due", False))
+            again = ops.notify("erin", "assignment", "Essay due", dedupe_key="essay-1")
+            self.assertTrue(again["duplicate"])
+            self.assertEqual(again["id"], n["id"])
+
+            with self.assertRaises(parley.ChatError) as cm:
+                plain.notify("erin", "assignment", "not allowed")
+            self.assertEqual(cm.exception.code, "forbidden")
+            with self.assertRaises(parley.ChatError) as cm:
+                ops.notify("erin", "homework", "bad type")
+            self.assertEqual((cm.exception.code, cm.exception.field), ("invalid_field", "type"))
+            with self.assertRaises(parley.ChatError) as cm:
+                ops.notify("erin", "assignment", "")
+            self.assertEqual(cm.exception.field, "title")
+
+            # erin's device sees exactly the one notification, unread.
+            fd = erin.fd()
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            got = {}
+            erin.watch("notifications", lambda k, v: got.__setitem__(k, v))
+            erin.watch("notifications/unread", lambda k, v: got.__setitem__(k, v))
+            end = time.monotonic() + 10
+            while time.monotonic() < end and not (got.get("notifications/unread") == 1 and
+                                                   got.get("notifications")):
+                if poller.poll(100):
+                    erin.dispatch()
+            self.assertEqual(got.get("notifications/unread"), 1, got)
+            self.assertEqual([x["id"] for x in got["notifications"]], [n["id"]])
+            self.assertEqual(got["notifications"][0]["title"], "Essay due")
+        finally:
+            ops.free()
+            plain.free()
+            erin.free()
 
     def test_store_dispatch_fd(self):
         got = []
