@@ -491,6 +491,7 @@ static void on_broadcast_request(pcluster *c, parley_nsp *n, const presp_val *ms
     c->backs = b;
     /* Not volatile: a dropped packet would never call its ack back. */
     parley_emit_opts eo = {
+        .size = sizeof eo,
         .ack = on_client_ack,
         .ack_user = b,
         .timeout_ms = m.timeout_ms > 0 && m.timeout_ms < 3600000 ? (uint32_t)m.timeout_ms : 60000};
