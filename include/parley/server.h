@@ -334,6 +334,39 @@ PARLEY_API int parley_cluster_server_side_emit_ack(parley_cluster *c, parley_nsp
 PARLEY_API int parley_cluster_ack(parley_cluster *c, parley_nsp *n, const char *ack_id,
                                   const char *value_json);
 
+/* Operations on the sockets of every server of the cluster in namespace
+ * n (Node's io.in(rooms).except(except).socketsJoin(...) and friends):
+ * the sockets in any of `rooms` (nrooms 0: every socket) and in none of
+ * `except` (room names or socket ids, at most 64 each, 1..256 bytes).
+ * Applied to this server's sockets at once, then published to the
+ * others. Errors: PARLEY_EINVAL (bad arguments), PARLEY_ECLOSED (Redis is
+ * down: applied here only), PARLEY_ENOMEM. */
+PARLEY_API int parley_cluster_sockets_join(parley_cluster *c, parley_nsp *n,
+                                           const char *const *rooms, size_t nrooms,
+                                           const char *const *except, size_t nexcept,
+                                           const char *const *join, size_t njoin);
+PARLEY_API int parley_cluster_sockets_leave(parley_cluster *c, parley_nsp *n,
+                                            const char *const *rooms, size_t nrooms,
+                                            const char *const *except, size_t nexcept,
+                                            const char *const *leave, size_t nleave);
+/* close != 0: also close the underlying connections. */
+PARLEY_API int parley_cluster_disconnect_sockets(parley_cluster *c, parley_nsp *n,
+                                                 const char *const *rooms, size_t nrooms,
+                                                 const char *const *except, size_t nexcept,
+                                                 int close);
+
+/* fetchSockets across the cluster: fn gets one JSON array of sockets
+ * {id, handshake, rooms, data} (this server's first, then each other
+ * server's answer as it arrives), with err 0 when every other server
+ * answered, PARLEY_ETIMEDOUT (timeout_ms, 0 = 5000) with those that did,
+ * or PARLEY_ECLOSED. fn runs exactly once, never inside this call. Errors
+ * as parley_cluster_server_side_emit_ack. */
+PARLEY_API int parley_cluster_fetch_sockets(parley_cluster *c, parley_nsp *n,
+                                            const char *const *rooms, size_t nrooms,
+                                            const char *const *except, size_t nexcept,
+                                            uint32_t timeout_ms, parley_cluster_ack_fn fn,
+                                            void *user);
+
 /* Servers in the cluster, this one included, as Redis last said (PUBSUB
  * NUMSUB of the "/" request channel, refreshed every 2 s); 0 = not known
  * yet. */

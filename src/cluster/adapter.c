@@ -84,6 +84,8 @@ typedef struct sse_wait {
     pbuf request;   /* the JSON request, published once the count is known */
     pbuf responses; /* "[a,b" (closed when handed over) */
     unsigned want, got;
+    int type;      /* REQ_SERVER_SIDE_EMIT or REQ_REMOTE_FETCH */
+    size_t items;  /* elements in responses so far */
     ptimer timer;
     parley_cluster_ack_fn fn;
     void *user;
@@ -522,27 +524,46 @@ static void on_response(pcluster *c, const presp_val *msg)
         return;
     }
     json_val r, v, rid, data;
-    int64_t type;
     if (json_parse((const char *)msg->p, msg->len, c->o.lim.max_depth, &r, NULL) != 0 ||
         r.type != JSON_OBJECT) {
         bad(c, "response", "not a JSON object");
         return;
     }
-    if (!json_object_get(&r, "type", &v) || !json_int(&v, &type) || type != REQ_SERVER_SIDE_EMIT ||
-        !json_object_get(&r, "requestId", &rid) || rid.type != JSON_STRING)
-        return; /* another node's request/response traffic */
+    if (!json_object_get(&r, "requestId", &rid) || rid.type != JSON_STRING) return;
     sse_wait *w = c->waits;
     while (w && !(rid.len == strlen(w->request_id) + 2 &&
                   memcmp(rid.p + 1, w->request_id, rid.len - 2) == 0))
         w = w->next;
-    if (!w || w->got >= w->want) return;
-    /* `data` may be absent (an acknowledgement without argument). */
-    int rc = pbuf_append(&w->responses, w->got ? "," : "", w->got ? 1 : 0);
-    if (rc == 0) {
-        if (json_object_get(&r, "data", &data))
-            rc = json_compact(&w->responses, &data);
-        else
-            rc = pbuf_append(&w->responses, "null", 4);
+    if (!w || w->got >= w->want) return; /* another node's traffic */
+    int rc = 0;
+    if (w->type == REQ_SERVER_SIDE_EMIT) {
+        int64_t type;
+        if (!json_object_get(&r, "type", &v) || !json_int(&v, &type) ||
+            type != REQ_SERVER_SIDE_EMIT)
+            return;
+        /* `data` may be absent (an acknowledgement without argument). */
+        rc = pbuf_append(&w->responses, w->items ? "," : "", w->items ? 1 : 0);
+        if (rc == 0) {
+            if (json_object_get(&r, "data", &data))
+                rc = json_compact(&w->responses, &data);
+            else
+                rc = pbuf_append(&w->responses, "null", 4);
+        }
+        w->items++;
+    } else {
+        /* fetchSockets: {requestId, sockets: [...]}, appended flat. A
+         * response without the array still counts (as the adapter). */
+        json_val socks, e;
+        if (json_object_get(&r, "sockets", &socks) && socks.type == JSON_ARRAY) {
+            json_iter it;
+            json_iter_init(&it, &socks);
+            while (rc == 0 && json_array_next(&it, &e)) {
+                if (e.type != JSON_OBJECT) continue;
+                rc = pbuf_append(&w->responses, w->items ? "," : "", w->items ? 1 : 0);
+                if (rc == 0) rc = json_compact(&w->responses, &e);
+                w->items++;
+            }
+        }
     }
     if (rc) {
         wait_done(c, w, rc);
@@ -1155,6 +1176,7 @@ int parley_cluster_server_side_emit_ack(parley_cluster *c, parley_nsp *n, const 
     w->nsp = strdup(parley_nsp_name(n));
     w->fn = fn;
     w->user = user;
+    w->type = REQ_SERVER_SIDE_EMIT;
     ptimer_init(&w->timer, wait_timeout);
     /* {"uid":..,"requestId":..,"type":6,"data":[event, ...args]} */
     pbuf *b = &w->request;
@@ -1211,6 +1233,193 @@ int parley_cluster_ack(parley_cluster *c, parley_nsp *n, const char *ack_id, con
     if (rc) c->st.publish_failures++;
     trim(&c->msg);
     return rc;
+}
+
+/* ---- remote operations started here (socketsJoin, socketsLeave,
+ * disconnectSockets, fetchSockets): applied to this server's sockets,
+ * then published as the adapter does (dist/index.js addSockets,
+ * delSockets, disconnectSockets, fetchSockets). ---- */
+
+static int put_names(pbuf *b, const char *const *v, size_t n)
+{
+    int rc = pbuf_append(b, "[", 1);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        size_t len = v[i] ? strlen(v[i]) : 0;
+        if (!v[i] || len == 0 || len > PENV_MAX_ROOM_LEN) return PARLEY_EINVAL;
+        if (i) rc = pbuf_append(b, ",", 1);
+        if (rc == 0) rc = json_append_string(b, v[i], len);
+    }
+    if (rc == 0) rc = pbuf_append(b, "]", 1);
+    return rc;
+}
+
+/* {"uid":..,[ "requestId":..,] "type":T,"opts":{"rooms":[..],"except":[..]} into
+ * b; then selects the local sockets into c->sel (count in *k). */
+static int remote_op_start(pcluster *c, parley_nsp *n, pbuf *b, int type, const char *request_id,
+                           const char *const *rooms, size_t nrooms, const char *const *except,
+                           size_t nexcept, long *k)
+{
+    if (nrooms > MAX_REQ_ROOMS || nexcept > MAX_REQ_ROOMS || (nrooms && !rooms) ||
+        (nexcept && !except))
+        return PARLEY_EINVAL;
+    b->len = 0;
+    int rc = pbuf_append_str(b, "{\"uid\":");
+    if (rc == 0) rc = json_append_string(b, c->uid, strlen(c->uid));
+    if (rc == 0 && request_id) {
+        rc = pbuf_append_str(b, ",\"requestId\":");
+        if (rc == 0) rc = json_append_string(b, request_id, strlen(request_id));
+    }
+    char t[32];
+    snprintf(t, sizeof t, ",\"type\":%d,\"opts\":", type);
+    if (rc == 0) rc = pbuf_append_str(b, t);
+    size_t opts_at = b->len;
+    if (rc == 0) rc = pbuf_append_str(b, "{\"rooms\":");
+    if (rc == 0) rc = put_names(b, rooms, nrooms);
+    if (rc == 0) rc = pbuf_append_str(b, ",\"except\":");
+    if (rc == 0) rc = put_names(b, except, nexcept);
+    if (rc == 0) rc = pbuf_append(b, "}", 1);
+    if (rc) return rc;
+    json_val opts;
+    if (json_parse((const char *)b->ptr + opts_at, b->len - opts_at, 4, &opts, NULL) != 0)
+        return PARLEY_EINVAL;
+    *k = select_sockets(c, n, &opts);
+    return *k < 0 ? (int)*k : 0;
+}
+
+static int remote_op_publish(pcluster *c, parley_nsp *n)
+{
+    int rc = channel(c, "-request", parley_nsp_name(n), NULL);
+    if (rc == 0) rc = publish(c);
+    if (rc) c->st.publish_failures++;
+    trim(&c->msg);
+    return rc;
+}
+
+static int remote_rooms(parley_cluster *c, parley_nsp *n, int type, const char *const *rooms,
+                        size_t nrooms, const char *const *except, size_t nexcept,
+                        const char *const *names, size_t nnames)
+{
+    if (!c || !n || !nnames || !names || nnames > MAX_REQ_ROOMS || c->leave_pending)
+        return PARLEY_EINVAL;
+    long k = 0;
+    int rc = remote_op_start(c, n, &c->msg, type, NULL, rooms, nrooms, except, nexcept, &k);
+    if (rc == 0) rc = pbuf_append_str(&c->msg, ",\"rooms\":");
+    if (rc == 0) rc = put_names(&c->msg, names, nnames);
+    if (rc == 0) rc = pbuf_append(&c->msg, "}", 1);
+    if (rc) {
+        trim(&c->msg);
+        return rc;
+    }
+    /* Here first (our own request coming back is dropped by its uid). */
+    for (long i = 0; i < k; i++)
+        for (size_t j = 0; j < nnames; j++) {
+            if (type == REQ_REMOTE_JOIN)
+                parley_join_n(c->sel[i], names[j], strlen(names[j]));
+            else
+                parley_leave_n(c->sel[i], names[j], strlen(names[j]));
+        }
+    if (!predis_ready(c->pub)) {
+        c->st.publish_failures++;
+        trim(&c->msg);
+        return PARLEY_ECLOSED;
+    }
+    return remote_op_publish(c, n);
+}
+
+int parley_cluster_sockets_join(parley_cluster *c, parley_nsp *n, const char *const *rooms,
+                                size_t nrooms, const char *const *except, size_t nexcept,
+                                const char *const *join, size_t njoin)
+{
+    return remote_rooms(c, n, REQ_REMOTE_JOIN, rooms, nrooms, except, nexcept, join, njoin);
+}
+
+int parley_cluster_sockets_leave(parley_cluster *c, parley_nsp *n, const char *const *rooms,
+                                 size_t nrooms, const char *const *except, size_t nexcept,
+                                 const char *const *leave, size_t nleave)
+{
+    return remote_rooms(c, n, REQ_REMOTE_LEAVE, rooms, nrooms, except, nexcept, leave, nleave);
+}
+
+int parley_cluster_disconnect_sockets(parley_cluster *c, parley_nsp *n, const char *const *rooms,
+                                      size_t nrooms, const char *const *except, size_t nexcept,
+                                      int close)
+{
+    if (!c || !n || c->leave_pending) return PARLEY_EINVAL;
+    long k = 0;
+    int rc = remote_op_start(c, n, &c->msg, REQ_REMOTE_DISCONNECT, NULL, rooms, nrooms, except,
+                             nexcept, &k);
+    if (rc == 0) rc = pbuf_append_str(&c->msg, close ? ",\"close\":true}" : ",\"close\":false}");
+    if (rc) {
+        trim(&c->msg);
+        return rc;
+    }
+    /* The request is built: disconnecting may run application callbacks
+     * that broadcast (and use c->msg), so keep a copy. */
+    pbuf req = {0};
+    rc = pbuf_append(&req, c->msg.ptr, c->msg.len);
+    trim(&c->msg);
+    if (rc) return rc;
+    c->depth++;
+    for (long i = 0; i < k; i++) parley_disconnect(c->sel[i], close);
+    c->depth--;
+    if (c->depth == 0 && c->leave_pending) {
+        pbuf_free(&req);
+        really_free(c);
+        return PARLEY_ECLOSED;
+    }
+    if (!predis_ready(c->pub)) {
+        c->st.publish_failures++;
+        pbuf_free(&req);
+        return PARLEY_ECLOSED;
+    }
+    c->msg.len = 0;
+    rc = pbuf_append(&c->msg, req.ptr, req.len);
+    pbuf_free(&req);
+    return rc ? rc : remote_op_publish(c, n);
+}
+
+int parley_cluster_fetch_sockets(parley_cluster *c, parley_nsp *n, const char *const *rooms,
+                                 size_t nrooms, const char *const *except, size_t nexcept,
+                                 uint32_t timeout_ms, parley_cluster_ack_fn fn, void *user)
+{
+    if (!c || !n || !fn || c->leave_pending) return PARLEY_EINVAL;
+    if (!predis_ready(c->pub)) {
+        c->st.publish_failures++;
+        return PARLEY_ECLOSED;
+    }
+    sse_wait *w = pcalloc(1, sizeof *w);
+    if (!w) return PARLEY_ENOMEM;
+    w->c = c;
+    w->id = ++c->next_wait;
+    w->type = REQ_REMOTE_FETCH;
+    random_uid(w->request_id, 13);
+    w->nsp = strdup(parley_nsp_name(n));
+    w->fn = fn;
+    w->user = user;
+    ptimer_init(&w->timer, wait_timeout);
+    long k = 0;
+    int rc = w->nsp ? remote_op_start(c, n, &w->request, REQ_REMOTE_FETCH, w->request_id, rooms,
+                                      nrooms, except, nexcept, &k)
+                    : PARLEY_ENOMEM;
+    if (rc == 0) rc = pbuf_append(&w->request, "}", 1);
+    /* This server's sockets first, as the adapter's localSockets. */
+    if (rc == 0) rc = pbuf_append(&w->responses, "[", 1);
+    for (long i = 0; rc == 0 && i < k; i++) {
+        if (w->items++) rc = pbuf_append(&w->responses, ",", 1);
+        if (rc == 0) rc = put_socket(&w->responses, c->sel[i]);
+    }
+    if (rc == 0) rc = numsub(c, w->nsp, w->id);
+    if (rc) {
+        pbuf_free(&w->request);
+        pbuf_free(&w->responses);
+        free(w->nsp);
+        free(w);
+        return rc;
+    }
+    w->next = c->waits;
+    c->waits = w;
+    ploop_timer_start(c->loop, &w->timer, timeout_ms ? timeout_ms : 5000);
+    return 0;
 }
 
 unsigned parley_cluster_nodes(const parley_cluster *c)

@@ -92,6 +92,57 @@ static size_t room_list(const json_val *obj, const char *key, char names[][257],
     return n;
 }
 
+/* "cluster-fetch" [opts] (acked [error or "", sockets]),
+ * "cluster-sockets-join"/"-leave" [opts, room...] and "cluster-disconnect"
+ * [opts, close] (acked [error or ""]): the cluster-wide operations,
+ * started here (opts {rooms, except}). */
+static void cluster_op(parley_socket *s, const char *event, const parley_args *a, int64_t ack_id)
+{
+    json_val arr, opts, e;
+    int rc = PARLEY_EINVAL;
+    static char rooms[16][257], except[16][257], names[16][257];
+    const char *rp[16], *ep[16], *np[16];
+    size_t nr = 0, ne = 0, nn = 0;
+    json_iter it;
+    if (cluster && json_parse(a->json, a->json_len, JSON_DEFAULT_MAX_DEPTH, &arr, NULL) == 0) {
+        json_iter_init(&it, &arr);
+        if (json_array_next(&it, &opts) && opts.type == JSON_OBJECT) {
+            nr = room_list(&opts, "rooms", rooms, rp);
+            ne = room_list(&opts, "except", except, ep);
+            rc = 0;
+        }
+    }
+    parley_nsp *n = parley_socket_nsp(s);
+    if (rc == 0 && !strcmp(event, "cluster-fetch")) {
+        sse_req *r = ack_id >= 0 ? malloc(sizeof *r) : NULL;
+        if (!r) return;
+        r->n = n;
+        snprintf(r->id, sizeof r->id, "%s", parley_socket_id(s));
+        r->ack_id = ack_id;
+        rc = parley_cluster_fetch_sockets(cluster, n, rp, nr, ep, ne, 3000, sse_acked, r);
+        if (rc == 0) return;
+        free(r);
+    } else if (rc == 0 && !strcmp(event, "cluster-disconnect")) {
+        bool close = json_array_next(&it, &e) && e.type == JSON_TRUE;
+        rc = parley_cluster_disconnect_sockets(cluster, n, rp, nr, ep, ne, close);
+    } else if (rc == 0) {
+        while (nn < 16 && json_array_next(&it, &e)) {
+            long l = e.type == JSON_STRING ? json_string_decode(&e, names[nn], 256) : -1;
+            if (l <= 0) continue;
+            names[nn][l] = 0;
+            np[nn] = names[nn];
+            nn++;
+        }
+        rc = !strcmp(event, "cluster-sockets-join")
+                 ? parley_cluster_sockets_join(cluster, n, rp, nr, ep, ne, np, nn)
+                 : parley_cluster_sockets_leave(cluster, n, rp, nr, ep, ne, np, nn);
+    }
+    if (ack_id < 0) return;
+    char out[96];
+    snprintf(out, sizeof out, "[\"%s\"]", rc ? parley_strerror(rc) : "");
+    parley_ack(s, ack_id, out, NULL, 0);
+}
+
 /* "cluster-broadcast" [opts, event, ...args]: opts {rooms, except,
  * exceptMe, volatile, local}; a broadcast as the application makes it
  * (published to the cluster unless local). */
@@ -275,6 +326,10 @@ static void on_event(parley_socket *s, const char *event, size_t event_len, cons
     } else if (!strcmp(event, "cluster-broadcast")) {
         cluster_broadcast(s, a);
         ack_empty(s, ack_id);
+    } else if (!strcmp(event, "cluster-fetch") || !strcmp(event, "cluster-sockets-join") ||
+               !strcmp(event, "cluster-sockets-leave") || !strcmp(event, "cluster-disconnect")) {
+        /* cluster-disconnect may disconnect s itself: it goes last. */
+        cluster_op(s, event, a, ack_id);
     } else if (!strcmp(event, "cluster-server-side-emit") && split_args(a, 1, &sp)) {
         int rc = cluster ? pcluster_server_side_emit(cluster, parley_socket_nsp(s), sp.head[0],
                                                      (const char *)sp.rest.ptr)
