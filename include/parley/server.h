@@ -294,6 +294,9 @@ typedef struct parley_cluster_opts {
     void (*on_server_side_emit)(parley_nsp *n, const char *event, const char *args_json,
                                 size_t args_len, const char *ack_id, void *user);
     void *user;
+    /* rediss://: the CA bundle (PEM) the Redis server's certificate must
+     * chain to; NULL: the system store. The host name is checked. */
+    const char *redis_ca_file;
 } parley_cluster_opts;
 
 PARLEY_API void parley_cluster_opts_init_size(parley_cluster_opts *o, size_t size);
@@ -301,8 +304,8 @@ PARLEY_API void parley_cluster_opts_init_size(parley_cluster_opts *o, size_t siz
 
 /* Joins (one cluster per server). Connecting goes on in the background.
  * Errors: PARLEY_EINVAL (no options or URL), PARLEY_EURL (a bad URL, the
- * reason logged; rediss:// is not supported yet), PARLEY_ESTATE (already
- * joined), PARLEY_ENOMEM. */
+ * reason logged), PARLEY_ETLS (rediss://: the CA file cannot be used),
+ * PARLEY_ESTATE (already joined), PARLEY_ENOMEM. */
 PARLEY_API int parley_cluster_join(parley_server *s, const parley_cluster_opts *o,
                                    parley_cluster **out);
 

@@ -41,6 +41,7 @@ struct parley_cluster {
     char *prefix;
     char uid[16];
     predis *pub, *sub;
+    ptls_ctx *tls; /* rediss:// */
     penv_dec dec;
     pbuf msg;     /* outgoing message */
     pbuf chan;    /* outgoing channel name */
@@ -1001,7 +1002,17 @@ int pcluster_new(parley_server *srv, const pcluster_opts *o, pcluster **out, con
     random_uid(c->uid, 9); /* 8 characters (Node: 6) */
     ptimer_init(&c->nodes_timer, on_nodes_timer);
     int rc = c->prefix ? penv_dec_init(&c->dec, &c->o.lim) : PARLEY_ENOMEM;
-    predis_opts po = {.name = "publisher", .max_bulk = 4096};
+    if (rc == 0 && url.tls) {
+        char err[256];
+        ptls_client_opts to = {.ca_file = o->ca_file};
+        c->tls = ptls_ctx_client(&to, err, sizeof err);
+        if (!c->tls) {
+            plog_error("cluster: rediss:// TLS setup: %s", err);
+            rc = PARLEY_ETLS;
+        }
+    }
+    c->o.ca_file = NULL;
+    predis_opts po = {.name = "publisher", .max_bulk = 4096, .tls = c->tls};
     if (rc == 0) rc = predis_new(c->loop, &url, &po, &pub_cbs, c, &c->pub);
     po.name = "subscriber";
     /* Messages over max_message are read and refused (counted); only one
@@ -1010,6 +1021,7 @@ int pcluster_new(parley_server *srv, const pcluster_opts *o, pcluster **out, con
     if (rc == 0) rc = predis_new(c->loop, &url, &po, &sub_cbs, c, &c->sub);
     if (rc) {
         predis_free(c->pub);
+        ptls_ctx_free(c->tls);
         penv_dec_free(&c->dec);
         free(c->prefix);
         free(c);
@@ -1046,6 +1058,7 @@ static void really_free(pcluster *c)
     ploop_timer_stop(c->loop, &c->nodes_timer);
     predis_free(c->pub);
     predis_free(c->sub);
+    ptls_ctx_free(c->tls);
     penv_dec_free(&c->dec);
     pbuf_free(&c->msg);
     pbuf_free(&c->chan);
@@ -1114,6 +1127,7 @@ int parley_cluster_join(parley_server *s, const parley_cluster_opts *o_in, parle
     if (o.max_message) po.lim.max_message = o.max_message;
     po.on_server_side_emit = o.on_server_side_emit;
     po.user = o.user;
+    po.ca_file = o.redis_ca_file;
     const char *why = NULL;
     int rc = pcluster_new(s, &po, out, &why);
     if (rc == PARLEY_EINVAL) plog_error("parley_cluster_join: %s", why ? why : "bad options");

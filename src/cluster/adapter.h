@@ -35,6 +35,7 @@ typedef struct parley_cluster pcluster; /* parley_cluster in parley/server.h */
 typedef struct pcluster_opts {
     const char *url;    /* redis://[[user]:pass@]host[:port][/db] */
     const char *prefix; /* channel key prefix; default "socket.io" (the adapter's `key`) */
+    const char *ca_file; /* rediss://: CA bundle for the server's certificate; NULL: system store */
     penv_limits lim;    /* inbound messages (penv_limits_init by pcluster_opts_init) */
     /* serverSideEmit from another node: event and its arguments (a JSON
      * array, len bytes, NUL-terminated). Optional. */

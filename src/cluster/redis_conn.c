@@ -42,15 +42,16 @@ int predis_url_parse(const char *url, predis_url *out, const char **why)
         *why = "no URL";
         return PARLEY_EINVAL;
     }
+    const char *p;
     if (!strncmp(url, "rediss://", 9)) {
-        *why = "rediss:// (TLS) is not supported yet";
+        out->tls = true;
+        p = url + 9;
+    } else if (!strncmp(url, "redis://", 8)) {
+        p = url + 8;
+    } else {
+        *why = "the URL must start with redis:// or rediss://";
         return PARLEY_EINVAL;
     }
-    if (strncmp(url, "redis://", 8) != 0) {
-        *why = "the URL must start with redis://";
-        return PARLEY_EINVAL;
-    }
-    const char *p = url + 8;
     const char *end = p + strcspn(p, "/?#");
     const char *at = NULL;
     for (const char *q = p; q < end; q++)
@@ -141,7 +142,8 @@ static void attempt(predis *r)
     pconn_init(&r->c, r->loop, &conn_cbs, r->o.max_out);
     r->conn_live = true;
     r->state = R_CONNECTING;
-    int rc = pconn_connect(&r->c, r->url.host, r->url.port, NULL, r->o.connect_timeout_ms);
+    int rc = pconn_connect(&r->c, r->url.host, r->url.port, r->url.tls ? r->o.tls : NULL,
+                           r->o.connect_timeout_ms);
     if (rc) pconn_close(&r->c, false, rc);
 }
 
@@ -260,6 +262,10 @@ int predis_new(parley_loop *loop, const predis_url *url, const predis_opts *o,
 {
     predis *r = pcalloc(1, sizeof *r);
     if (!r) return PARLEY_ENOMEM;
+    if (url->tls && (!o || !o->tls)) {
+        free(r);
+        return PARLEY_EINVAL; /* rediss:// without a TLS context */
+    }
     r->loop = loop;
     r->url = *url;
     if (o) r->o = *o;

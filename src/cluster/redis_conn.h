@@ -27,10 +27,11 @@ typedef struct predis_url {
     char user[128]; /* "" for the default user */
     char pass[256]; /* "" for no AUTH */
     unsigned db;
+    bool tls; /* rediss:// */
 } predis_url;
 
-/* redis://[[user]:pass@]host[:port][/db]. 0 or PARLEY_EINVAL (also for
- * rediss://, not supported yet: *why says so). */
+/* redis[s]://[[user]:pass@]host[:port][/db] (rediss: TLS, the server's
+ * certificate checked against the host name). 0 or PARLEY_EINVAL. */
 int predis_url_parse(const char *url, predis_url *out, const char **why);
 
 typedef struct predis predis;
@@ -52,6 +53,7 @@ typedef struct predis_opts {
     uint32_t connect_timeout_ms; /* default 5000 */
     uint32_t retry_min_ms;       /* default 100 */
     uint32_t retry_max_ms;       /* default 5000 */
+    ptls_ctx *tls;               /* client context for rediss:// (borrowed); NULL: plain */
 } predis_opts;
 
 /* Starts connecting. The url is copied. 0 or PARLEY_ENOMEM. */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <openssl/crypto.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "base/util.h"
@@ -59,6 +60,7 @@ typedef struct config {
     bool admin_events;          /* --admin-ui-events */
     uint64_t admin_max_backlog; /* --admin-ui-max-backlog (0: the default) */
     const char *redis_url;      /* --redis: the cluster adapter */
+    const char *redis_ca;       /* --redis-ca */
     char *strings[64]; /* option values read from a config file */
     size_t nstrings;
     /* Operations: admin access, /metrics, /dashboard (prog/ops.h). */
@@ -192,7 +194,9 @@ static void usage(FILE *f)
             "                            as @socket.io/redis-adapter 8.x does (Node servers\n"
             "                            with that adapter, @socket.io/redis-emitter and other\n"
             "                            parleyd nodes share broadcasts, rooms operations and\n"
-            "                            serverSideEmit); URL: redis://[[user]:pass@]host[:port][/db]\n"
+            "                            serverSideEmit); URL: redis[s]://[[user]:pass@]host[:port][/db]\n"
+            "                            (rediss: TLS, the certificate checked against the host)\n"
+            "  --redis-ca FILE           CA bundle for a rediss:// server (default: system store)\n"
             "                            (off by default: a single node)\n"
             "\n"
             "WebSocket echo and limits:\n"
@@ -369,7 +373,7 @@ enum {
 };
 
 /* The Redis cluster adapter (docs/CLUSTER.md). */
-enum { OPT_REDIS = OPT_PUSH_CONCURRENCY + 1 };
+enum { OPT_REDIS = OPT_PUSH_CONCURRENCY + 1, OPT_REDIS_CA };
 
 /* Limits. */
 enum {
@@ -486,6 +490,7 @@ static const struct option longopts[] = {
     {"peer", required_argument, 0, OPT_PEER},
     {"workers", required_argument, 0, OPT_WORKERS},
     {"redis", required_argument, 0, OPT_REDIS},
+    {"redis-ca", required_argument, 0, OPT_REDIS_CA},
     {"version", no_argument, 0, OPT_VERSION},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
@@ -807,6 +812,10 @@ static const char *apply(config *c, int ch, const char *arg)
         c->redis_url = arg;
         return NULL;
     }
+    case OPT_REDIS_CA:
+        if (access(arg, R_OK) != 0) return "--redis-ca: cannot read the file";
+        c->redis_ca = arg;
+        return NULL;
     /* Operations. */
     case OPT_ADMIN_KEY_FILE:
         if (!*arg) return "--admin-key-file must not be empty";
@@ -1478,6 +1487,7 @@ int main(int argc, char **argv)
         parley_cluster_opts po;
         parley_cluster_opts_init(&po);
         po.redis_url = c.redis_url;
+        po.redis_ca_file = c.redis_ca;
         if (c.protocol_test) po.on_server_side_emit = protocol_test_server_side_emit;
         rc = parley_cluster_join(a.srv, &po, &a.cluster);
         if (rc) plog_error("--redis: %s", parley_strerror(rc));

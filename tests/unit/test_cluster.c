@@ -497,13 +497,20 @@ static void test_redis_url(void **state)
     assert_int_equal(u.port, 6390);
     const char *bad[] = {"http://h",        "redis://",    "redis://h:0",
                          "redis://h:70000", "redis://h:x", "redis://h/abc",
-                         "redis://h?x=1",   "rediss://h",  NULL};
+                         "redis://h?x=1",   "rediss:/h",   NULL};
     for (int i = 0; bad[i]; i++) {
         why = NULL;
         assert_int_equal(predis_url_parse(bad[i], &u, &why), PARLEY_EINVAL);
         assert_non_null(why);
     }
     assert_int_equal(predis_url_parse(NULL, &u, &why), PARLEY_EINVAL);
+    assert_int_equal(predis_url_parse("rediss://:pw@cache.internal:6380/2", &u, &why), 0);
+    assert_true(u.tls);
+    assert_string_equal(u.host, "cache.internal");
+    assert_int_equal(u.port, 6380);
+    assert_int_equal(u.db, 2);
+    assert_int_equal(predis_url_parse("redis://h", &u, &why), 0);
+    assert_false(u.tls);
 }
 
 static void server_down(parley_server *s, void *user)
@@ -533,7 +540,9 @@ static void test_public_api(void **state)
     o.redis_url = "http://127.0.0.1:1";
     assert_int_equal(parley_cluster_join(srv, &o, &c), PARLEY_EURL);
     o.redis_url = "rediss://127.0.0.1:1";
-    assert_int_equal(parley_cluster_join(srv, &o, &c), PARLEY_EURL);
+    o.redis_ca_file = "/nonexistent/ca.pem"; /* a CA that cannot be loaded */
+    assert_int_equal(parley_cluster_join(srv, &o, &c), PARLEY_ETLS);
+    o.redis_ca_file = NULL;
     /* An application built against a layout that ended at redis_url. */
     o.redis_url = "redis://127.0.0.1:1";
     o.size = offsetof(parley_cluster_opts, key);
