@@ -55,6 +55,31 @@ static const char V_BCAST_ACK[] =
     "6502a46461746193a361736b01c40107a36e7370a12fa46f70747383a5726f6f6d7391a5726f6f6d31a66578636570"
     "7490a5666c61677381a774696d656f757464";
 
+/* Allocations by the library and this file (linked with --wrap; see
+ * tests/CMakeLists.txt). */
+void *__wrap_malloc(size_t n);
+void *__real_malloc(size_t n);
+void *__wrap_calloc(size_t k, size_t n);
+void *__real_calloc(size_t k, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+void *__real_realloc(void *p, size_t n);
+static size_t alloc_calls;
+void *__wrap_malloc(size_t n)
+{
+    alloc_calls++;
+    return __real_malloc(n);
+}
+void *__wrap_calloc(size_t k, size_t n)
+{
+    alloc_calls++;
+    return __real_calloc(k, n);
+}
+void *__wrap_realloc(void *p, size_t n)
+{
+    alloc_calls++;
+    return __real_realloc(p, n);
+}
+
 static size_t unhex(const char *h, uint8_t *out)
 {
     size_t n = strlen(h) / 2;
@@ -314,6 +339,59 @@ static void test_garbage_and_limits(void **state)
     assert_int_equal(penv_decode(&dec, b.ptr, b.len, &e, &why), PARLEY_ELIMIT);
     assert_string_equal(why, "nesting");
     pbuf_free(&b);
+}
+
+/* Element counts that claim far more than the message holds: msgpack-c's
+ * unpacker reserves memory for the claimed count before reading the
+ * elements (dd 05 f5 e1 00 01, an array32 of 100,000,000 elements, made it
+ * reserve ~2.4 GB; dd ff ff ff ff failed with NOMEM), which is why the
+ * decoder is our own. Ours refuses them from the count, allocating
+ * nothing, at the top and inside the envelope, in both decoders. */
+static void test_hostile_counts(void **state)
+{
+    (void)state;
+    static const uint8_t a100m[] = {0xdd, 0x05, 0xf5, 0xe1, 0x00, 0x01};
+    static const uint8_t a4g[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
+    static const uint8_t m4g[] = {0xdf, 0xff, 0xff, 0xff, 0xff};
+    /* [uid, {type: 2, data: <array32 of 100,000,000>}] */
+    static const uint8_t inner[] = {0x92, 0xa1, 'u',  0x82, 0xa4, 't',  'y',  'p',  'e',  0x02,
+                                    0xa4, 'd',  'a',  't',  'a',  0xdd, 0x05, 0xf5, 0xe1, 0x00,
+                                    0x01};
+    /* The decoder's buffers have grown on a real message first. */
+    uint8_t m[512];
+    size_t n = unhex(V_HELLO, m);
+    penv_msg e;
+    assert_int_equal(penv_decode(&dec, m, n, &e, NULL), 0);
+    size_t json_cap = dec.json.cap, strs_cap = dec.strs.cap;
+    struct {
+        const uint8_t *p;
+        size_t n;
+    } in[] = {{a100m, sizeof a100m}, {a4g, sizeof a4g}, {m4g, sizeof m4g}, {inner, sizeof inner}};
+    for (size_t i = 0; i < sizeof in / sizeof *in; i++) {
+        const char *why = NULL;
+        alloc_calls = 0;
+        int rc1 = penv_decode(&dec, in[i].p, in[i].n, &e, &why);
+        int rc2 = penv_decode_request(&dec, in[i].p, in[i].n, &e, NULL);
+        size_t calls = alloc_calls;
+        assert_int_equal(calls, 0);
+        assert_int_equal(rc1, PARLEY_EPROTO);
+        assert_true(rc2 < 0);
+        assert_non_null(why);
+        assert_string_equal(why, "count past the end");
+        assert_null(e.event);
+        assert_int_equal(dec.json.cap, json_cap);
+        assert_int_equal(dec.strs.cap, strs_cap);
+    }
+    /* (The counting works: a decoder's set-up allocates.) */
+    penv_dec tmp;
+    alloc_calls = 0;
+    assert_int_equal(penv_dec_init(&tmp, NULL), 0);
+    assert_true(alloc_calls > 0);
+    penv_dec_free(&tmp);
+    /* And a real message still decodes without allocating. */
+    alloc_calls = 0;
+    assert_int_equal(penv_decode(&dec, m, n, &e, NULL), 0);
+    assert_int_equal(alloc_calls, 0);
 }
 
 /* Our encoder writes what the Node adapter wrote, byte for byte. */
@@ -728,6 +806,7 @@ int main(void)
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_corrupted),
         cmocka_unit_test(test_garbage_and_limits),
+        cmocka_unit_test(test_hostile_counts),
         cmocka_unit_test(test_encode_exact),
         cmocka_unit_test(test_resp_chopped),
         cmocka_unit_test(test_resp_bad),
