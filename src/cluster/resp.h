@@ -17,7 +17,9 @@
  * gets PARLEY_ELIMIT and the connection is dropped. Nothing is allocated
  * per reply once the buffers have grown (hiredis' maxbuf is 0: its buffer
  * is kept, and it is bounded by the limit above, instead of being freed
- * and allocated again whenever it drains with over 16 KiB spare).
+ * and allocated again whenever it drains with over 16 KiB spare; counted
+ * with malloc interposed, 19,000 pmessage replies of 50 KB fed in 4 KiB
+ * pieces took 76,000 allocations with the default 16 KiB, none with 0).
  *
  * hiredis 0.14 is lenient where our old reader was strict: it reads
  * ":12a" as 12, "$-2" as a nil and does not check the CRLF after a bulk
