@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <msgpack.h>
+
 #include "base/util.h"
 #include "codec/utf8.h"
 #include "parley/parley.h"
@@ -621,88 +623,82 @@ int penv_decode_request(penv_dec *d, const uint8_t *msg, size_t len, penv_msg *o
 
 /* ---- writing ---- */
 
-static int put_head(pbuf *out, uint8_t t, uint64_t v, unsigned w)
+/* msgpack-c's packer writes through this callback straight into our
+ * pbuf: no allocation beyond the buffer's growth (reused from message to
+ * message by the callers). Its forms are notepack's: the smallest integer
+ * form (unsigned forms for non-negative values), float64, fixstr / str8 /
+ * str16 / str32, bin8 / bin16 / bin32, fixarray / array16 / array32 and
+ * the same for maps; test_cluster.c's byte-exact vectors check it. */
+static int pk_write(void *data, const char *buf, size_t len)
 {
-    uint8_t b[9];
-    b[0] = t;
-    for (unsigned i = 0; i < w; i++) b[1 + i] = (uint8_t)(v >> (8 * (w - 1 - i)));
-    return pbuf_append(out, b, 1 + w);
+    return pbuf_append(data, buf, len) ? -1 : 0;
+}
+
+static void pk_init(msgpack_packer *pk, pbuf *out)
+{
+    msgpack_packer_init(pk, out, pk_write);
+}
+
+/* The packer says only -1: the one way our callback fails is pbuf's. */
+static int pk_rc(int rc)
+{
+    return rc ? PARLEY_ENOMEM : 0;
+}
+
+static int pk_str(msgpack_packer *pk, const char *s, size_t len)
+{
+    if (len > UINT32_MAX) return PARLEY_EINVAL;
+    int rc = msgpack_pack_str(pk, len);
+    if (rc == 0) rc = msgpack_pack_str_body(pk, s, len);
+    return pk_rc(rc);
+}
+
+static int pk_bin(msgpack_packer *pk, const void *p, size_t len)
+{
+    if (len > UINT32_MAX) return PARLEY_EINVAL;
+    int rc = msgpack_pack_bin(pk, len);
+    if (rc == 0) rc = msgpack_pack_bin_body(pk, p, len);
+    return pk_rc(rc);
+}
+
+static int pk_double(msgpack_packer *pk, double d)
+{
+    /* notepack writes integral finite numbers as integers. */
+    if (isfinite(d) && floor(d) == d && d >= -9007199254740992.0 && d <= 9007199254740992.0)
+        return pk_rc(msgpack_pack_int64(pk, (int64_t)d));
+    return pk_rc(msgpack_pack_double(pk, d));
 }
 
 int penv_put_str(pbuf *out, const char *s, size_t len)
 {
-    int rc;
-    if (len < 0x20)
-        rc = put_head(out, (uint8_t)(0xa0 | len), 0, 0);
-    else if (len < 0x100)
-        rc = put_head(out, 0xd9, len, 1);
-    else if (len < 0x10000)
-        rc = put_head(out, 0xda, len, 2);
-    else if (len <= UINT32_MAX)
-        rc = put_head(out, 0xdb, len, 4);
-    else
-        return PARLEY_EINVAL;
-    return rc ? rc : pbuf_append(out, s, len);
-}
-
-static int put_bin(pbuf *out, const void *p, size_t len)
-{
-    int rc;
-    if (len < 0x100)
-        rc = put_head(out, 0xc4, len, 1);
-    else if (len < 0x10000)
-        rc = put_head(out, 0xc5, len, 2);
-    else if (len <= UINT32_MAX)
-        rc = put_head(out, 0xc6, len, 4);
-    else
-        return PARLEY_EINVAL;
-    return rc ? rc : pbuf_append(out, p, len);
+    msgpack_packer pk;
+    pk_init(&pk, out);
+    return pk_str(&pk, s, len);
 }
 
 int penv_put_int(pbuf *out, int64_t v)
 {
-    if (v >= 0) {
-        if (v < 0x80) return put_head(out, (uint8_t)v, 0, 0);
-        if (v < 0x100) return put_head(out, 0xcc, (uint64_t)v, 1);
-        if (v < 0x10000) return put_head(out, 0xcd, (uint64_t)v, 2);
-        if (v < 0x100000000ll) return put_head(out, 0xce, (uint64_t)v, 4);
-        return put_head(out, 0xcf, (uint64_t)v, 8);
-    }
-    uint64_t u;
-    memcpy(&u, &v, 8);
-    if (v >= -0x20) return put_head(out, (uint8_t)(0xe0 | (v & 0x1f)), 0, 0);
-    if (v >= -0x80) return put_head(out, 0xd0, u & 0xff, 1);
-    if (v >= -0x8000) return put_head(out, 0xd1, u & 0xffff, 2);
-    if (v >= -0x80000000ll) return put_head(out, 0xd2, u & 0xffffffffu, 4);
-    return put_head(out, 0xd3, u, 8);
-}
-
-static int put_double(pbuf *out, double d)
-{
-    /* notepack writes integral finite numbers as integers. */
-    if (isfinite(d) && floor(d) == d && d >= -9007199254740992.0 && d <= 9007199254740992.0)
-        return penv_put_int(out, (int64_t)d);
-    uint64_t bits;
-    memcpy(&bits, &d, 8);
-    return put_head(out, 0xcb, bits, 8);
+    msgpack_packer pk;
+    pk_init(&pk, out);
+    return pk_rc(msgpack_pack_int64(&pk, v));
 }
 
 int penv_put_array(pbuf *out, uint32_t n)
 {
-    if (n < 0x10) return put_head(out, (uint8_t)(0x90 | n), 0, 0);
-    if (n < 0x10000) return put_head(out, 0xdc, n, 2);
-    return put_head(out, 0xdd, n, 4);
+    msgpack_packer pk;
+    pk_init(&pk, out);
+    return pk_rc(msgpack_pack_array(&pk, n));
 }
 
 int penv_put_map(pbuf *out, uint32_t n)
 {
-    if (n < 0x10) return put_head(out, (uint8_t)(0x80 | n), 0, 0);
-    if (n < 0x10000) return put_head(out, 0xde, n, 2);
-    return put_head(out, 0xdf, n, 4);
+    msgpack_packer pk;
+    pk_init(&pk, out);
+    return pk_rc(msgpack_pack_map(&pk, n));
 }
 
 typedef struct wr {
-    pbuf *out;
+    msgpack_packer pk;
     pbuf *scratch;
     const parley_bin *bins;
     size_t nbins;
@@ -716,7 +712,7 @@ static int put_json_string(wr *w, const json_val *v)
     if (rc) return rc;
     long n = json_string_decode(v, (char *)w->scratch->ptr, v->len + 1);
     if (n < 0) return PARLEY_EINVAL;
-    return penv_put_str(w->out, (const char *)w->scratch->ptr, (size_t)n);
+    return pk_str(&w->pk, (const char *)w->scratch->ptr, (size_t)n);
 }
 
 /* {"_placeholder":true,"num":N}: N, else -1. */
@@ -735,11 +731,11 @@ static int put_json(wr *w, const json_val *v, unsigned depth);
 int penv_put_json(pbuf *out, pbuf *scratch, const json_val *v, const parley_bin *bins, size_t nbins,
                   unsigned max_depth)
 {
-    wr w = {.out = out,
-            .scratch = scratch,
+    wr w = {.scratch = scratch,
             .bins = bins,
             .nbins = nbins,
             .max_depth = max_depth ? max_depth : 32};
+    pk_init(&w.pk, out);
     return put_json(&w, v, 0);
 }
 
@@ -747,17 +743,17 @@ static int put_json(wr *w, const json_val *v, unsigned depth)
 {
     switch (v->type) {
     case JSON_NULL:
-        return put_head(w->out, 0xc0, 0, 0);
+        return pk_rc(msgpack_pack_nil(&w->pk));
     case JSON_TRUE:
-        return put_head(w->out, 0xc3, 0, 0);
+        return pk_rc(msgpack_pack_true(&w->pk));
     case JSON_FALSE:
-        return put_head(w->out, 0xc2, 0, 0);
+        return pk_rc(msgpack_pack_false(&w->pk));
     case JSON_NUMBER: {
         int64_t i;
         double d;
-        if (json_int(v, &i)) return penv_put_int(w->out, i);
+        if (json_int(v, &i)) return pk_rc(msgpack_pack_int64(&w->pk, i));
         if (!json_double(v, &d)) return PARLEY_EINVAL;
-        return put_double(w->out, d);
+        return pk_double(&w->pk, d);
     }
     case JSON_STRING:
         return put_json_string(w, v);
@@ -770,7 +766,7 @@ static int put_json(wr *w, const json_val *v, unsigned depth)
     if (depth >= w->max_depth) return PARLEY_EINVAL;
     if (v->type == JSON_OBJECT && w->nbins) {
         long n = placeholder(v, w->nbins);
-        if (n >= 0) return put_bin(w->out, w->bins[n].data, w->bins[n].len);
+        if (n >= 0) return pk_bin(&w->pk, w->bins[n].data, w->bins[n].len);
     }
     size_t count = json_count(v);
     if (count > UINT32_MAX) return PARLEY_EINVAL;
@@ -779,10 +775,10 @@ static int put_json(wr *w, const json_val *v, unsigned depth)
     json_val k, e;
     int rc;
     if (v->type == JSON_ARRAY) {
-        rc = penv_put_array(w->out, (uint32_t)count);
+        rc = pk_rc(msgpack_pack_array(&w->pk, (uint32_t)count));
         while (rc == 0 && json_array_next(&it, &e)) rc = put_json(w, &e, depth + 1);
     } else {
-        rc = penv_put_map(w->out, (uint32_t)count);
+        rc = pk_rc(msgpack_pack_map(&w->pk, (uint32_t)count));
         while (rc == 0 && json_object_next(&it, &k, &e)) {
             rc = put_json_string(w, &k);
             if (rc == 0) rc = put_json(w, &e, depth + 1);
@@ -791,51 +787,52 @@ static int put_json(wr *w, const json_val *v, unsigned depth)
     return rc;
 }
 
-static int put_cstr(pbuf *out, const char *s)
+static int put_cstr(msgpack_packer *pk, const char *s)
 {
-    return penv_put_str(out, s, strlen(s));
+    return pk_str(pk, s, strlen(s));
 }
 
 int penv_encode(pbuf *out, pbuf *scratch, const penv_out *m, unsigned max_depth)
 {
-    wr w = {.out = out,
-            .scratch = scratch,
+    wr w = {.scratch = scratch,
             .bins = m->bins,
             .nbins = m->nbins,
             .max_depth = max_depth ? max_depth : 32};
     size_t nargs = m->args ? json_count(m->args) : 0;
     if (nargs >= UINT32_MAX) return PARLEY_EINVAL;
-    int rc = penv_put_array(out, 3);
-    if (rc == 0) rc = put_cstr(out, m->uid);
+    pk_init(&w.pk, out);
+    msgpack_packer *pk = &w.pk;
+    int rc = pk_rc(msgpack_pack_array(pk, 3));
+    if (rc == 0) rc = put_cstr(pk, m->uid);
     /* {type: 2, data: [event, ...args], nsp} */
-    if (rc == 0) rc = penv_put_map(out, 3);
-    if (rc == 0) rc = put_cstr(out, "type");
-    if (rc == 0) rc = penv_put_int(out, 2);
-    if (rc == 0) rc = put_cstr(out, "data");
-    if (rc == 0) rc = penv_put_array(out, (uint32_t)(nargs + 1));
-    if (rc == 0) rc = put_cstr(out, m->event);
+    if (rc == 0) rc = pk_rc(msgpack_pack_map(pk, 3));
+    if (rc == 0) rc = put_cstr(pk, "type");
+    if (rc == 0) rc = pk_rc(msgpack_pack_int64(pk, 2));
+    if (rc == 0) rc = put_cstr(pk, "data");
+    if (rc == 0) rc = pk_rc(msgpack_pack_array(pk, (uint32_t)(nargs + 1)));
+    if (rc == 0) rc = put_cstr(pk, m->event);
     if (rc == 0 && m->args) {
         json_iter it;
         json_iter_init(&it, m->args);
         json_val e;
         while (rc == 0 && json_array_next(&it, &e)) rc = put_json(&w, &e, 2);
     }
-    if (rc == 0) rc = put_cstr(out, "nsp");
-    if (rc == 0) rc = put_cstr(out, m->nsp);
+    if (rc == 0) rc = put_cstr(pk, "nsp");
+    if (rc == 0) rc = put_cstr(pk, m->nsp);
     /* {rooms: [...], except: [...], flags: {...}} */
-    if (rc == 0) rc = penv_put_map(out, 3);
-    if (rc == 0) rc = put_cstr(out, "rooms");
-    if (rc == 0) rc = penv_put_array(out, (uint32_t)m->nrooms);
-    for (size_t i = 0; rc == 0 && i < m->nrooms; i++) rc = put_cstr(out, m->rooms[i]);
-    if (rc == 0) rc = put_cstr(out, "except");
-    if (rc == 0) rc = penv_put_array(out, (uint32_t)(m->nexcept + (m->except_id ? 1 : 0)));
-    for (size_t i = 0; rc == 0 && i < m->nexcept; i++) rc = put_cstr(out, m->except[i]);
-    if (rc == 0 && m->except_id) rc = put_cstr(out, m->except_id);
-    if (rc == 0) rc = put_cstr(out, "flags");
-    if (rc == 0) rc = penv_put_map(out, m->volatile_ ? 1 : 0);
+    if (rc == 0) rc = pk_rc(msgpack_pack_map(pk, 3));
+    if (rc == 0) rc = put_cstr(pk, "rooms");
+    if (rc == 0) rc = pk_rc(msgpack_pack_array(pk, (uint32_t)m->nrooms));
+    for (size_t i = 0; rc == 0 && i < m->nrooms; i++) rc = put_cstr(pk, m->rooms[i]);
+    if (rc == 0) rc = put_cstr(pk, "except");
+    if (rc == 0) rc = pk_rc(msgpack_pack_array(pk, (uint32_t)(m->nexcept + (m->except_id ? 1 : 0))));
+    for (size_t i = 0; rc == 0 && i < m->nexcept; i++) rc = put_cstr(pk, m->except[i]);
+    if (rc == 0 && m->except_id) rc = put_cstr(pk, m->except_id);
+    if (rc == 0) rc = put_cstr(pk, "flags");
+    if (rc == 0) rc = pk_rc(msgpack_pack_map(pk, m->volatile_ ? 1 : 0));
     if (rc == 0 && m->volatile_) {
-        rc = put_cstr(out, "volatile");
-        if (rc == 0) rc = put_head(out, 0xc3, 0, 0);
+        rc = put_cstr(pk, "volatile");
+        if (rc == 0) rc = pk_rc(msgpack_pack_true(pk));
     }
     return rc;
 }

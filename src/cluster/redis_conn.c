@@ -29,6 +29,7 @@ struct predis {
     backoff bo;
     ptimer retry;
     pbuf cmd;
+    presp_reader rd; /* replies: hiredis' reader, reset per connection */
     plog_limit log;
 };
 
@@ -139,6 +140,11 @@ static void on_retry(ptimer *t)
 static void attempt(predis *r)
 {
     r->attempts++;
+    if (presp_reader_reset(&r->rd)) {
+        /* No memory for a reader now: try again later. */
+        ploop_timer_start(r->loop, &r->retry, backoff_next(&r->bo, 0.5));
+        return;
+    }
     pconn_init(&r->c, r->loop, &conn_cbs, r->o.max_out);
     r->conn_live = true;
     r->state = R_CONNECTING;
@@ -188,38 +194,47 @@ static void on_connect(pconn *c, int status)
     if (r->hs_pending == 0) ready(r);
 }
 
+/* One reply (or push) from the server. */
+static void handle(predis *r, const presp_reply *rep)
+{
+    if (r->state == R_HANDSHAKE) {
+        if (rep->type == '-') {
+            plog_error("redis %s: %.*s (check the URL's user, password and database)", r->name,
+                       (int)PARLEY_MIN(rep->v.len, 200), (const char *)rep->v.p);
+            pconn_close(&r->c, false, PARLEY_EPROTO);
+            return;
+        }
+        if (--r->hs_pending == 0) ready(r);
+        return;
+    }
+    if (r->state == R_READY && r->cbs.on_reply) r->cbs.on_reply(r, rep, r->user);
+}
+
+/* The bytes go into the reader (a copy: hiredis keeps its own buffer), at
+ * most as many as it takes before its limit (presp_reader_room), and the
+ * replies that complete are handled between pieces; a server that goes
+ * over the limit without completing a reply, or sends something
+ * malformed, has its connection dropped. */
 static size_t on_data(pconn *c, uint8_t *data, size_t len)
 {
     predis *r = PARLEY_CONTAINER_OF(c, predis, c);
     size_t off = 0;
+    int rc = 0;
     while (off < len && !(c->flags & PCONN_CLOSING)) {
-        presp_reply rep;
-        size_t need = 0;
-        long n = presp_parse(data + off, len - off, r->o.max_bulk, &rep, &need);
-        if (n == 0) {
-            if (need) pconn_expect(c, need);
-            break;
-        }
-        if (n < 0) {
-            plog_warn("redis %s: %s from the server; reconnecting", r->name,
-                      n == PARLEY_ELIMIT ? "a reply over the size limit" : "malformed reply");
-            pconn_close(c, false, (int)n);
-            break;
-        }
-        off += (size_t)n;
-        if (r->state == R_HANDSHAKE) {
-            if (rep.type == '-') {
-                plog_error("redis %s: %.*s (check the URL's user, password and database)", r->name,
-                           (int)PARLEY_MIN(rep.v.len, 200), (const char *)rep.v.p);
-                pconn_close(c, false, PARLEY_EPROTO);
-                break;
-            }
-            if (--r->hs_pending == 0) ready(r);
-            continue;
-        }
-        if (r->state == R_READY && r->cbs.on_reply) r->cbs.on_reply(r, &rep, r->user);
+        size_t k = PARLEY_MIN(len - off, presp_reader_room(&r->rd));
+        rc = presp_feed(&r->rd, data + off, k ? k : len - off);
+        if (rc) break;
+        off += k;
+        const presp_reply *rep;
+        while (!(c->flags & PCONN_CLOSING) && (rc = presp_next(&r->rd, &rep)) > 0) handle(r, rep);
+        if (rc < 0) break;
     }
-    return off;
+    if (rc < 0 && !(c->flags & PCONN_CLOSING)) {
+        plog_warn("redis %s: %s from the server; reconnecting", r->name,
+                  presp_reader_error(&r->rd));
+        pconn_close(c, false, rc);
+    }
+    return len;
 }
 
 static void on_close(pconn *c, int err)
@@ -230,6 +245,7 @@ static void on_close(pconn *c, int err)
     r->state = R_IDLE;
     if (r->freeing) {
         pbuf_free(&r->cmd);
+        presp_reader_free(&r->rd);
         free(r);
         return;
     }
@@ -253,6 +269,7 @@ static void on_close(pconn *c, int err)
     if (r->freeing) {
         ploop_timer_stop(r->loop, &r->retry);
         pbuf_free(&r->cmd);
+        presp_reader_free(&r->rd);
         free(r);
     }
 }
@@ -279,6 +296,10 @@ int predis_new(parley_loop *loop, const predis_url *url, const predis_opts *o,
     r->cbs = *cbs;
     r->user = user;
     ptimer_init(&r->retry, on_retry);
+    if (presp_reader_init(&r->rd, r->o.max_bulk)) {
+        free(r);
+        return PARLEY_ENOMEM;
+    }
     attempt(r);
     *out = r;
     return 0;
@@ -316,5 +337,6 @@ void predis_free(predis *r)
     }
     if (r->in_cb) return; /* on_close frees after its callback */
     pbuf_free(&r->cmd);
+    presp_reader_free(&r->rd);
     free(r);
 }

@@ -1,119 +1,227 @@
-/* RESP2 reader and command writer (see resp.h). */
+/* RESP2 reader on hiredis' and our command writer (see resp.h). */
 #include "cluster/resp.h"
 
+#include <hiredis/read.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "parley/parley.h"
 
-/* A CRLF-terminated line at p: its length (without CRLF) or -1 when the
- * CRLF is not there yet; -2 when the line is too long to be a header. */
-#define LINE_MAX_BYTES 1024 /* a header or simple string/error line */
+/* The reply-object functions. Their return value only has to be non-NULL
+ * (NULL makes hiredis fail the reader); the reply is built in rd->rep. */
 
-static long line_at(const uint8_t *p, size_t len)
+static int refuse(presp_reader *rd, int err, const char *why)
 {
-    size_t lim = len < LINE_MAX_BYTES ? len : LINE_MAX_BYTES;
-    for (size_t i = 0; i + 1 < lim; i++)
-        if (p[i] == '\r') return p[i + 1] == '\n' ? (long)i : -2;
-    return lim >= LINE_MAX_BYTES ? -2 : -1;
-}
-
-static int parse_int(const uint8_t *p, size_t n, int64_t *out)
-{
-    size_t i = 0;
-    int neg = 0;
-    if (n && p[0] == '-') {
-        neg = 1;
-        i = 1;
+    if (!rd->err) {
+        rd->err = err;
+        rd->why = why;
     }
-    if (i == n || n - i > 18) return -1;
-    int64_t v = 0;
-    for (; i < n; i++) {
-        if (p[i] < '0' || p[i] > '9') return -1;
-        v = v * 10 + (p[i] - '0');
-    }
-    *out = neg ? -v : v;
     return 0;
 }
 
-/* One non-array value at data: bytes taken, 0 for more, or an error. */
-static long parse_val(const uint8_t *data, size_t len, size_t max_bulk, presp_val *v, int *nil,
-                      size_t *need)
+/* The value a task fills: the reply itself (slot 0) or an element of the
+ * top array (slot idx + 1). NULL (and rd->err set) for anything deeper. */
+static presp_val *slot(const redisReadTask *t, presp_reader **rdp, size_t *k)
 {
-    if (len < 1) return 0;
-    long l = line_at(data, len);
-    if (l == -2) return PARLEY_EPROTO;
-    if (l < 0) return 0;
-    char t = (char)data[0];
-    memset(v, 0, sizeof *v);
-    v->type = t;
-    switch (t) {
-    case '+':
-    case '-':
-        v->p = data + 1;
-        v->len = (size_t)l - 1;
-        return l + 2;
-    case ':':
-        if (parse_int(data + 1, (size_t)l - 1, &v->i)) return PARLEY_EPROTO;
-        return l + 2;
-    case '$': {
-        int64_t n;
-        if (parse_int(data + 1, (size_t)l - 1, &n) || n < -1) return PARLEY_EPROTO;
-        if (n == -1) {
-            if (nil) *nil = 1;
-            return l + 2;
-        }
-        if ((uint64_t)n > max_bulk) return PARLEY_ELIMIT;
-        size_t total = (size_t)l + 2 + (size_t)n + 2;
-        if (len < total) {
-            if (need) *need = total;
-            return 0;
-        }
-        if (data[total - 2] != '\r' || data[total - 1] != '\n') return PARLEY_EPROTO;
-        v->p = data + l + 2;
-        v->len = (size_t)n;
-        return (long)total;
+    presp_reader *rd = t->privdata;
+    *rdp = rd;
+    if (!t->parent) {
+        *k = 0;
+        return &rd->rep.v;
     }
-    default:
-        return PARLEY_EPROTO;
+    if (t->parent->parent || t->idx < 0 || t->idx >= PRESP_MAX_ELEMS) {
+        refuse(rd, PARLEY_EPROTO, "nested array");
+        return NULL;
     }
+    *k = (size_t)t->idx + 1;
+    return &rd->rep.el[t->idx];
 }
 
-long presp_parse(const uint8_t *data, size_t len, size_t max_bulk, presp_reply *out, size_t *need)
+static void *mk_string(const redisReadTask *t, char *s, size_t len)
 {
-    memset(out, 0, sizeof *out);
-    if (need) *need = 0;
-    if (len < 1) return 0;
-    if (data[0] != '*') {
-        long r = parse_val(data, len, max_bulk, &out->v, &out->nil, need);
-        if (r > 0) out->type = out->v.type;
-        return r;
+    presp_reader *rd;
+    size_t k;
+    presp_val *v = slot(t, &rd, &k);
+    if (!v) return NULL;
+    if (t->type == REDIS_REPLY_STRING && len > rd->max_bulk)
+        return refuse(rd, PARLEY_ELIMIT, "a bulk string over the size limit"), NULL;
+    if (len > rd->cap - rd->arena.len)
+        return refuse(rd, PARLEY_ELIMIT, "a reply over the size limit"), NULL;
+    rd->off[k] = rd->arena.len;
+    if (pbuf_append(&rd->arena, s, len)) return refuse(rd, PARLEY_ENOMEM, "out of memory"), NULL;
+    v->type = t->type == REDIS_REPLY_STRING ? '$' : t->type == REDIS_REPLY_ERROR ? '-' : '+';
+    v->len = len;
+    v->p = (const uint8_t *)""; /* resolved when the reply is complete */
+    if (k == 0) rd->rep.type = v->type;
+    return v;
+}
+
+static void *mk_array(const redisReadTask *t, int n)
+{
+    presp_reader *rd = t->privdata;
+    if (t->parent) return refuse(rd, PARLEY_EPROTO, "nested array"), NULL;
+    if (n < 0 || n > PRESP_MAX_ELEMS)
+        return refuse(rd, PARLEY_EPROTO, "an array over 8 elements"), NULL;
+    rd->rep.type = '*';
+    rd->rep.n = (size_t)n;
+    return &rd->rep;
+}
+
+static void *mk_integer(const redisReadTask *t, long long i)
+{
+    presp_reader *rd;
+    size_t k;
+    presp_val *v = slot(t, &rd, &k);
+    if (!v) return NULL;
+    v->type = ':';
+    v->i = i;
+    if (k == 0) rd->rep.type = ':';
+    return v;
+}
+
+static void *mk_nil(const redisReadTask *t)
+{
+    presp_reader *rd;
+    size_t k;
+    if (t->type == REDIS_REPLY_ARRAY) { /* "*-1" */
+        rd = t->privdata;
+        if (t->parent) return refuse(rd, PARLEY_EPROTO, "nested array"), NULL;
+        rd->rep.type = '*';
+        rd->rep.nil = 1;
+        return &rd->rep;
     }
-    long l = line_at(data, len);
-    if (l == -2) return PARLEY_EPROTO;
-    if (l < 0) return 0;
-    int64_t n;
-    if (parse_int(data + 1, (size_t)l - 1, &n) || n < -1 || n > PRESP_MAX_ELEMS)
-        return PARLEY_EPROTO;
-    out->type = '*';
-    size_t off = (size_t)l + 2;
-    if (n == -1) {
-        out->nil = 1;
-        return (long)off;
+    presp_val *v = slot(t, &rd, &k);
+    if (!v) return NULL;
+    v->type = '$';
+    v->p = NULL;
+    v->len = 0;
+    if (k == 0) {
+        rd->rep.type = '$';
+        rd->rep.nil = 1;
     }
-    for (int64_t i = 0; i < n; i++) {
-        if (off < len && data[off] == '*') return PARLEY_EPROTO;
-        int nil = 0;
-        size_t sub = 0;
-        long r = parse_val(data + off, len - off, max_bulk, &out->el[i], &nil, &sub);
-        if (r <= 0) {
-            if (r == 0 && need) *need = off + (sub ? sub : 1);
-            return r;
+    return v;
+}
+
+static void free_nothing(void *obj)
+{
+    (void)obj; /* everything lives in the presp_reader */
+}
+
+static redisReplyObjectFunctions fns = {
+    .createString = mk_string,
+    .createArray = mk_array,
+    .createInteger = mk_integer,
+    .createNil = mk_nil,
+    .freeObject = free_nothing,
+};
+
+static int make(presp_reader *rd)
+{
+    rd->r = redisReaderCreateWithFunctions(&fns);
+    if (!rd->r) return PARLEY_ENOMEM;
+    /* Keep the buffer when it drains (see resp.h): bounded by cap. */
+    rd->r->maxbuf = 0;
+    rd->r->privdata = rd;
+    return 0;
+}
+
+int presp_reader_init(presp_reader *rd, size_t max_bulk)
+{
+    memset(rd, 0, sizeof *rd);
+    rd->max_bulk = max_bulk;
+    rd->cap = max_bulk + PRESP_SLACK;
+    int rc = pbuf_reserve(&rd->arena, 256);
+    if (rc == 0) rc = make(rd);
+    if (rc) presp_reader_free(rd);
+    return rc;
+}
+
+void presp_reader_free(presp_reader *rd)
+{
+    if (rd->r) redisReaderFree(rd->r);
+    pbuf_free(&rd->arena);
+    memset(rd, 0, sizeof *rd);
+}
+
+int presp_reader_reset(presp_reader *rd)
+{
+    /* hiredis 0.14 has no reset: a new reader (once per connection). */
+    if (rd->r) redisReaderFree(rd->r);
+    rd->r = NULL;
+    memset(&rd->rep, 0, sizeof rd->rep);
+    rd->arena.len = 0;
+    rd->err = 0;
+    rd->handed = 0;
+    rd->why = NULL;
+    return make(rd);
+}
+
+size_t presp_reader_room(const presp_reader *rd)
+{
+    if (!rd->r || rd->err) return 0;
+    size_t held = rd->r->len - rd->r->pos;
+    return held < rd->cap ? rd->cap - held : 0;
+}
+
+int presp_feed(presp_reader *rd, const uint8_t *p, size_t len)
+{
+    if (rd->err) return rd->err;
+    if (len > presp_reader_room(rd)) {
+        refuse(rd, PARLEY_ELIMIT, "more unconsumed bytes than the size limit");
+        return rd->err;
+    }
+    if (len && redisReaderFeed(rd->r, (const char *)p, len) != REDIS_OK) {
+        refuse(rd, PARLEY_ENOMEM, "out of memory");
+        return rd->err;
+    }
+    return 0;
+}
+
+static void resolve(presp_reader *rd, presp_val *v, size_t k)
+{
+    if ((v->type == '+' || v->type == '-' || v->type == '$') && v->p)
+        v->p = rd->arena.ptr + rd->off[k];
+}
+
+int presp_next(presp_reader *rd, const presp_reply **out)
+{
+    *out = NULL;
+    if (rd->err) return rd->err;
+    if (!rd->r) return PARLEY_ENOMEM;
+    if (rd->handed) {
+        memset(&rd->rep, 0, sizeof rd->rep);
+        rd->arena.len = 0;
+        rd->handed = 0;
+    }
+    void *obj = NULL;
+    if (redisReaderGetReply(rd->r, &obj) != REDIS_OK) {
+        /* Ours (refuse) if a reply-object function said no, else hiredis'
+         * own: a protocol error, or out of memory. */
+        if (!rd->err) {
+            if (rd->r->err == REDIS_ERR_OOM)
+                refuse(rd, PARLEY_ENOMEM, "out of memory");
+            else
+                refuse(rd, PARLEY_EPROTO, "malformed reply");
         }
-        off += (size_t)r;
+        return rd->err;
     }
-    out->n = (size_t)n;
-    return (long)off;
+    if (!obj) return 0;
+    if (rd->rep.type == '*') {
+        for (size_t i = 0; i < rd->rep.n; i++) resolve(rd, &rd->rep.el[i], i + 1);
+    } else {
+        resolve(rd, &rd->rep.v, 0);
+    }
+    rd->handed = 1;
+    *out = &rd->rep;
+    return 1;
+}
+
+const char *presp_reader_error(const presp_reader *rd)
+{
+    if (!rd->err) return NULL;
+    if (rd->err == PARLEY_EPROTO && rd->r && rd->r->err && !strcmp(rd->why, "malformed reply"))
+        return rd->r->errstr;
+    return rd->why;
 }
 
 int presp_command(pbuf *out, size_t argc, const char *const *argv, const size_t *lens)

@@ -20,23 +20,78 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
         if (!(x)) __builtin_trap();                                                                \
     } while (0)
 
+/* The RESP reader (hiredis' with our reply objects): fed whole and fed
+ * in pieces of 1..16 bytes (the size from the first byte), one reader
+ * each, reused across inputs; both must give the same replies and end
+ * the same way, and every reply must be within the limits. */
+typedef struct resp_run {
+    size_t replies;
+    uint64_t hash;
+    int rc;
+} resp_run;
+
+static uint64_t mix(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static uint64_t hash_val(uint64_t h, const presp_reader *rd, const presp_val *v)
+{
+    CHECK(v->type == '+' || v->type == '-' || v->type == ':' || v->type == '$');
+    h = mix(h, &v->type, 1);
+    if (v->type == ':') return mix(h, &v->i, sizeof v->i);
+    if (!v->p) {
+        CHECK(v->type == '$' && v->len == 0);
+        return mix(h, "nil", 3);
+    }
+    CHECK(v->len <= rd->cap);
+    if (v->len) CHECK(v->p >= rd->arena.ptr && v->p + v->len <= rd->arena.ptr + rd->arena.len);
+    if (v->type == '$') CHECK(v->len <= rd->max_bulk);
+    return mix(h, v->p, v->len);
+}
+
+static void resp_feed(presp_reader *rd, const uint8_t *p, size_t n, size_t piece, resp_run *out)
+{
+    memset(out, 0, sizeof *out);
+    CHECK(presp_reader_reset(rd) == 0);
+    for (size_t off = 0; off < n && out->rc == 0;) {
+        size_t k = n - off < piece ? n - off : piece;
+        out->rc = presp_feed(rd, p + off, k);
+        off += k;
+        const presp_reply *r;
+        while (out->rc == 0 && (out->rc = presp_next(rd, &r)) > 0) {
+            out->rc = 0;
+            out->replies++;
+            out->hash = mix(out->hash, &r->type, 1);
+            out->hash = mix(out->hash, &r->nil, sizeof r->nil);
+            if (r->type == '*') {
+                CHECK(r->n <= PRESP_MAX_ELEMS);
+                CHECK(!r->nil || r->n == 0);
+                for (size_t i = 0; i < r->n; i++) out->hash = hash_val(out->hash, rd, &r->el[i]);
+            } else if (!r->nil) {
+                out->hash = hash_val(out->hash, rd, &r->v);
+            }
+        }
+        CHECK(rd->arena.len <= rd->cap);
+    }
+}
+
 static void fuzz_resp(const uint8_t *p, size_t n)
 {
-    size_t off = 0;
-    while (off < n) {
-        presp_reply r;
-        size_t need = 0;
-        long took = presp_parse(p + off, n - off, 4096, &r, &need);
-        if (took <= 0) break;
-        CHECK((size_t)took <= n - off);
-        if (r.type == '*') {
-            CHECK(r.n <= PRESP_MAX_ELEMS);
-            for (size_t i = 0; i < r.n; i++)
-                if (r.el[i].p)
-                    CHECK(r.el[i].p >= p + off && r.el[i].p + r.el[i].len <= p + off + took);
-        }
-        off += (size_t)took;
+    static presp_reader whole, pieces;
+    static int init;
+    if (!init) {
+        CHECK(presp_reader_init(&whole, 4096) == 0 && presp_reader_init(&pieces, 4096) == 0);
+        init = 1;
     }
+    if (n < 1) return;
+    size_t piece = 1 + (p[0] & 15);
+    resp_run a, b;
+    resp_feed(&whole, p + 1, n - 1, n, &a);
+    resp_feed(&pieces, p + 1, n - 1, piece, &b);
+    CHECK(a.replies == b.replies && a.hash == b.hash && a.rc == b.rc);
 }
 
 static void fuzz_envelope(const uint8_t *p, size_t n)

@@ -55,6 +55,31 @@ static const char V_BCAST_ACK[] =
     "6502a46461746193a361736b01c40107a36e7370a12fa46f70747383a5726f6f6d7391a5726f6f6d31a66578636570"
     "7490a5666c61677381a774696d656f757464";
 
+/* Allocations by the library and this file (linked with --wrap; see
+ * tests/CMakeLists.txt). */
+void *__wrap_malloc(size_t n);
+void *__real_malloc(size_t n);
+void *__wrap_calloc(size_t k, size_t n);
+void *__real_calloc(size_t k, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+void *__real_realloc(void *p, size_t n);
+static size_t alloc_calls;
+void *__wrap_malloc(size_t n)
+{
+    alloc_calls++;
+    return __real_malloc(n);
+}
+void *__wrap_calloc(size_t k, size_t n)
+{
+    alloc_calls++;
+    return __real_calloc(k, n);
+}
+void *__wrap_realloc(void *p, size_t n)
+{
+    alloc_calls++;
+    return __real_realloc(p, n);
+}
+
 static size_t unhex(const char *h, uint8_t *out)
 {
     size_t n = strlen(h) / 2;
@@ -316,6 +341,59 @@ static void test_garbage_and_limits(void **state)
     pbuf_free(&b);
 }
 
+/* Element counts that claim far more than the message holds: msgpack-c's
+ * unpacker reserves memory for the claimed count before reading the
+ * elements (dd 05 f5 e1 00 01, an array32 of 100,000,000 elements, made it
+ * reserve ~2.4 GB; dd ff ff ff ff failed with NOMEM), which is why the
+ * decoder is our own. Ours refuses them from the count, allocating
+ * nothing, at the top and inside the envelope, in both decoders. */
+static void test_hostile_counts(void **state)
+{
+    (void)state;
+    static const uint8_t a100m[] = {0xdd, 0x05, 0xf5, 0xe1, 0x00, 0x01};
+    static const uint8_t a4g[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
+    static const uint8_t m4g[] = {0xdf, 0xff, 0xff, 0xff, 0xff};
+    /* [uid, {type: 2, data: <array32 of 100,000,000>}] */
+    static const uint8_t inner[] = {0x92, 0xa1, 'u',  0x82, 0xa4, 't',  'y',  'p',  'e',  0x02,
+                                    0xa4, 'd',  'a',  't',  'a',  0xdd, 0x05, 0xf5, 0xe1, 0x00,
+                                    0x01};
+    /* The decoder's buffers have grown on a real message first. */
+    uint8_t m[512];
+    size_t n = unhex(V_HELLO, m);
+    penv_msg e;
+    assert_int_equal(penv_decode(&dec, m, n, &e, NULL), 0);
+    size_t json_cap = dec.json.cap, strs_cap = dec.strs.cap;
+    struct {
+        const uint8_t *p;
+        size_t n;
+    } in[] = {{a100m, sizeof a100m}, {a4g, sizeof a4g}, {m4g, sizeof m4g}, {inner, sizeof inner}};
+    for (size_t i = 0; i < sizeof in / sizeof *in; i++) {
+        const char *why = NULL;
+        alloc_calls = 0;
+        int rc1 = penv_decode(&dec, in[i].p, in[i].n, &e, &why);
+        int rc2 = penv_decode_request(&dec, in[i].p, in[i].n, &e, NULL);
+        size_t calls = alloc_calls;
+        assert_int_equal(calls, 0);
+        assert_int_equal(rc1, PARLEY_EPROTO);
+        assert_true(rc2 < 0);
+        assert_non_null(why);
+        assert_string_equal(why, "count past the end");
+        assert_null(e.event);
+        assert_int_equal(dec.json.cap, json_cap);
+        assert_int_equal(dec.strs.cap, strs_cap);
+    }
+    /* (The counting works: a decoder's set-up allocates.) */
+    penv_dec tmp;
+    alloc_calls = 0;
+    assert_int_equal(penv_dec_init(&tmp, NULL), 0);
+    assert_true(alloc_calls > 0);
+    penv_dec_free(&tmp);
+    /* And a real message still decodes without allocating. */
+    alloc_calls = 0;
+    assert_int_equal(penv_decode(&dec, m, n, &e, NULL), 0);
+    assert_int_equal(alloc_calls, 0);
+}
+
 /* Our encoder writes what the Node adapter wrote, byte for byte. */
 static void test_encode_exact(void **state)
 {
@@ -372,6 +450,90 @@ static void test_encode_exact(void **state)
 
 /* ---- RESP ---- */
 
+/* Feeds in[0..n) to rd in pieces as ch says, checking every reply with
+ * check(seen, reply); returns the first error (or 0) and counts replies. */
+static int resp_run(presp_reader *rd, chopper *ch, const char *in, size_t n, size_t *seen,
+                    void (*check)(size_t, const presp_reply *))
+{
+    size_t fed = 0;
+    while (fed < n) {
+        size_t k = chop_next(ch, n - fed);
+        int rc = presp_feed(rd, (const uint8_t *)in + fed, k);
+        if (rc) return rc;
+        fed += k;
+        const presp_reply *r;
+        while ((rc = presp_next(rd, &r)) > 0) check((*seen)++, r);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+static void check_chopped(size_t seen, const presp_reply *r)
+{
+    switch (seen) {
+    case 0:
+        assert_int_equal(r->type, '+');
+        assert_int_equal(r->v.len, 2);
+        assert_memory_equal(r->v.p, "OK", 2);
+        break;
+    case 1:
+        assert_int_equal(r->type, '*');
+        assert_int_equal(r->n, 3);
+        assert_int_equal(r->el[0].type, '$');
+        assert_memory_equal(r->el[0].p, "subscribe", 9);
+        assert_memory_equal(r->el[1].p, "abc", 3);
+        assert_int_equal(r->el[2].type, ':');
+        assert_int_equal(r->el[2].i, 1);
+        break;
+    case 2:
+        assert_int_equal(r->n, 4);
+        assert_memory_equal(r->el[0].p, "pmessage", 8);
+        assert_memory_equal(r->el[1].p, "p:*", 3);
+        assert_memory_equal(r->el[2].p, "p:x", 3);
+        assert_int_equal(r->el[3].len, 5);
+        assert_memory_equal(r->el[3].p, "he\r\no", 5);
+        break;
+    case 3:
+        assert_int_equal(r->type, '-');
+        assert_int_equal(r->v.len, 9);
+        assert_memory_equal(r->v.p, "ERR wrong", 9);
+        break;
+    case 4:
+        assert_int_equal(r->n, 2);
+        assert_memory_equal(r->el[0].p, "foo", 3);
+        assert_int_equal(r->el[1].i, -12);
+        break;
+    case 5:
+        assert_int_equal(r->type, '$');
+        assert_true(r->nil);
+        assert_null(r->v.p);
+        break;
+    case 6:
+        assert_int_equal(r->type, '*');
+        assert_int_equal(r->n, 0);
+        assert_false(r->nil);
+        break;
+    case 7:
+        assert_int_equal(r->type, '*');
+        assert_true(r->nil);
+        break;
+    case 8:
+        assert_int_equal(r->type, '$');
+        assert_false(r->nil);
+        assert_int_equal(r->v.len, 0);
+        assert_non_null(r->v.p);
+        break;
+    case 9:
+        assert_int_equal(r->type, ':');
+        assert_int_equal(r->v.i, 9223372036854775807LL);
+        break;
+    default:
+        fail();
+    }
+}
+
+/* Whole, byte by byte and in random pieces, over and over with one
+ * reader (its buffers reused): the same replies, string bytes intact. */
 static void test_resp_chopped(void **state)
 {
     (void)state;
@@ -381,88 +543,157 @@ static void test_resp_chopped(void **state)
                              "-ERR wrong\r\n"
                              "*2\r\n$3\r\nfoo\r\n:-12\r\n"
                              "$-1\r\n"
-                             "*0\r\n";
+                             "*0\r\n"
+                             "*-1\r\n"
+                             "$0\r\n\r\n"
+                             ":9223372036854775807\r\n";
     const size_t total = sizeof in - 1;
+    presp_reader rd;
+    assert_int_equal(presp_reader_init(&rd, 1024), 0);
     for (chop_mode mode = CHOP_WHOLE; mode <= CHOP_RANDOM; mode++) {
-        chopper ch;
-        chop_init(&ch, mode, chop_seed());
-        uint8_t buf[256];
-        size_t have = 0, fed = 0, seen = 0;
-        while (fed < total || have) {
-            size_t k = chop_next(&ch, total - fed);
-            memcpy(buf + have, in + fed, k);
-            have += k;
-            fed += k;
-            for (;;) {
-                presp_reply r;
-                size_t need = 0;
-                long took = presp_parse(buf, have, 1024, &r, &need);
-                assert_true(took >= 0);
-                if (took == 0) {
-                    assert_true(have < total || fed < total);
-                    break;
-                }
-                switch (seen++) {
-                case 0:
-                    assert_int_equal(r.type, '+');
-                    assert_memory_equal(r.v.p, "OK", 2);
-                    break;
-                case 1:
-                    assert_int_equal(r.type, '*');
-                    assert_int_equal(r.n, 3);
-                    assert_int_equal(r.el[2].i, 1);
-                    break;
-                case 2:
-                    assert_int_equal(r.n, 4);
-                    assert_int_equal(r.el[3].len, 5);
-                    assert_memory_equal(r.el[3].p, "he\r\no", 5);
-                    break;
-                case 3:
-                    assert_int_equal(r.type, '-');
-                    assert_int_equal(r.v.len, 9);
-                    break;
-                case 4:
-                    assert_int_equal(r.el[1].i, -12);
-                    break;
-                case 5:
-                    assert_int_equal(r.type, '$');
-                    assert_true(r.nil);
-                    break;
-                case 6:
-                    assert_int_equal(r.type, '*');
-                    assert_int_equal(r.n, 0);
-                    break;
-                }
-                memmove(buf, buf + took, have - (size_t)took);
-                have -= (size_t)took;
-            }
-            if (fed == total && have == 0) break;
+        for (int round = 0; round < 50; round++) {
+            chopper ch;
+            chop_init(&ch, mode, chop_seed() + (uint64_t)round);
+            size_t seen = 0;
+            assert_int_equal(resp_run(&rd, &ch, in, total, &seen, check_chopped), 0);
+            assert_int_equal(seen, 10);
+            const presp_reply *r;
+            assert_int_equal(presp_next(&rd, &r), 0); /* nothing left over */
+            assert_null(r);
         }
-        assert_int_equal(seen, 7);
     }
+    presp_reader_free(&rd);
+}
+
+static void check_none(size_t seen, const presp_reply *r)
+{
+    (void)seen;
+    (void)r;
+}
+
+/* A reply must never come from these; the reader ends in an error. */
+static int resp_bad(size_t max_bulk, const char *in, size_t n, chop_mode mode)
+{
+    presp_reader rd;
+    assert_int_equal(presp_reader_init(&rd, max_bulk), 0);
+    chopper ch;
+    chop_init(&ch, mode, chop_seed());
+    size_t seen = 0;
+    int rc = resp_run(&rd, &ch, in, n, &seen, check_none);
+    if (rc == 0) {
+        const presp_reply *r;
+        rc = presp_next(&rd, &r);
+    }
+    assert_true(rc < 0);
+    assert_non_null(presp_reader_error(&rd));
+    /* The error stays. */
+    const presp_reply *r;
+    assert_int_equal(presp_next(&rd, &r), rc);
+    assert_int_equal(presp_feed(&rd, (const uint8_t *)"+OK\r\n", 5), rc);
+    /* And a reset gives a fresh reader. */
+    assert_int_equal(presp_reader_reset(&rd), 0);
+    assert_int_equal(presp_feed(&rd, (const uint8_t *)"+OK\r\n", 5), 0);
+    assert_int_equal(presp_next(&rd, &r), 1);
+    assert_int_equal(r->type, '+');
+    assert_memory_equal(r->v.p, "OK", 2);
+    presp_reader_free(&rd);
+    return rc;
 }
 
 static void test_resp_bad(void **state)
 {
     (void)state;
-    presp_reply r;
-    size_t need;
-    const char *bad[] = {"?x\r\n",   "*9\r\n",  "*1\r\n*1\r\n:1\r\n", "$3\r\nabcd\r\n", ":\r\n",
-                         ":12a\r\n", "$-2\r\n", "+a\rb\r\n"};
+    /* Unknown type byte, an array over 8, nested arrays (also nil or empty
+     * ones), a negative count, bytes where a bulk string's CRLF belongs
+     * (hiredis takes the string and fails on what follows). */
+    const char *bad[] = {"?x\r\n",
+                         "*9\r\n",
+                         "*1\r\n*1\r\n:1\r\n",
+                         "*2\r\n:1\r\n*-1\r\n",
+                         "*1\r\n*0\r\n",
+                         "*-5\r\n",
+                         "*2\r\n$3\r\nabcd\r\n:1\r\n",
+                         "$3\r\nabcd\r\n"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
-        assert_int_equal(presp_parse((const uint8_t *)bad[i], strlen(bad[i]), 1024, &r, &need),
-                         PARLEY_EPROTO);
-    /* Over the bulk limit: refused from the header, before the bytes. */
-    assert_int_equal(presp_parse((const uint8_t *)"$2000\r\n", 7, 1024, &r, &need), PARLEY_ELIMIT);
-    /* A line with no CRLF within 1024 bytes. */
-    char longline[2000];
-    memset(longline, 'a', sizeof longline);
-    longline[0] = '+';
-    assert_int_equal(presp_parse((const uint8_t *)longline, sizeof longline, 1024, &r, &need),
-                     PARLEY_EPROTO);
-    /* Need: a bulk header seen, its bytes not. */
-    assert_int_equal(presp_parse((const uint8_t *)"$10\r\nab", 7, 1024, &r, &need), 0);
-    assert_int_equal(need, 17);
+        for (chop_mode mode = CHOP_WHOLE; mode <= CHOP_RANDOM; mode++)
+            assert_int_equal(resp_bad(1024, bad[i], strlen(bad[i]), mode), PARLEY_EPROTO);
+    /* A bulk string over max_bulk, with its bytes: refused. */
+    static char big[2100];
+    memcpy(big, "$2000\r\n", 7);
+    memset(big + 7, 'a', 2000);
+    memcpy(big + 2007, "\r\n", 2);
+    for (chop_mode mode = CHOP_WHOLE; mode <= CHOP_RANDOM; mode++)
+        assert_int_equal(resp_bad(1024, big, 2009, mode), PARLEY_ELIMIT);
+    /* Without its bytes, or a line without CRLF: the reader takes no more
+     * than max_bulk + PRESP_SLACK unconsumed bytes, then refuses. */
+    presp_reader rd;
+    assert_int_equal(presp_reader_init(&rd, 1024), 0);
+    assert_int_equal(presp_reader_room(&rd), 1024 + PRESP_SLACK);
+    assert_int_equal(presp_feed(&rd, (const uint8_t *)"$100000000\r\n", 12), 0);
+    const presp_reply *r;
+    assert_int_equal(presp_next(&rd, &r), 0);
+    /* (hiredis has taken the type byte; the rest waits for the bytes.) */
+    assert_in_range(presp_reader_room(&rd), 1024 + PRESP_SLACK - 12, 1024 + PRESP_SLACK - 11);
+    static uint8_t chunk[4096];
+    memset(chunk, 'a', sizeof chunk);
+    int rc = 0;
+    size_t fed = 12;
+    for (int i = 0; i < 100 && rc == 0; i++) {
+        rc = presp_feed(&rd, chunk, sizeof chunk);
+        if (rc == 0) {
+            fed += sizeof chunk;
+            assert_int_equal(presp_next(&rd, &r), 0);
+        }
+    }
+    assert_int_equal(rc, PARLEY_ELIMIT);
+    assert_true(fed <= 1024 + PRESP_SLACK);
+    assert_int_equal(presp_reader_room(&rd), 0);
+    presp_reader_free(&rd);
+    char *line = malloc(1024 + PRESP_SLACK + 10);
+    memset(line, 'a', 1024 + PRESP_SLACK + 10);
+    line[0] = '+';
+    assert_int_equal(resp_bad(1024, line, 1024 + PRESP_SLACK + 10, CHOP_RANDOM), PARLEY_ELIMIT);
+    free(line);
+    /* An array whose strings add up to more than the limit, each under it
+     * (fed byte by byte, so the reader's buffer stays small). */
+    char *arr = malloc(8 * 16100);
+    size_t n = (size_t)sprintf(arr, "*8\r\n");
+    for (int i = 0; i < 8; i++) {
+        n += (size_t)sprintf(arr + n, "$16000\r\n");
+        memset(arr + n, 'b', 16000);
+        n += 16000;
+        memcpy(arr + n, "\r\n", 2);
+        n += 2;
+    }
+    assert_int_equal(presp_reader_init(&rd, 16384), 0);
+    chopper ch;
+    chop_init(&ch, CHOP_BYTES, 0);
+    size_t seen = 0;
+    assert_int_equal(resp_run(&rd, &ch, arr, n, &seen, check_none), PARLEY_ELIMIT);
+    assert_int_equal(seen, 0);
+    assert_string_equal(presp_reader_error(&rd), "a reply over the size limit");
+    assert_true(rd.arena.len <= 16384 + PRESP_SLACK);
+    presp_reader_free(&rd);
+    free(arr);
+
+    /* Many replies through one reader: its buffers stop growing. */
+    assert_int_equal(presp_reader_init(&rd, 1024), 0);
+    const char *msg = "*3\r\n$7\r\nmessage\r\n$4\r\nchan\r\n$20\r\n01234567890123456789\r\n";
+    size_t cap = 0;
+    for (int i = 0; i < 10000; i++) {
+        assert_int_equal(presp_feed(&rd, (const uint8_t *)msg, strlen(msg)), 0);
+        assert_int_equal(presp_next(&rd, &r), 1);
+        assert_int_equal(r->el[2].len, 20);
+        assert_memory_equal(r->el[2].p, "01234567890123456789", 20);
+        if (i == 100) {
+            cap = rd.arena.cap;
+            alloc_calls = 0;
+        }
+        if (i > 100) assert_int_equal(rd.arena.cap, cap);
+    }
+    /* (Ours; hiredis' own buffer is kept too: maxbuf 0.) */
+    assert_int_equal(alloc_calls, 0);
+    presp_reader_free(&rd);
 
     pbuf b = {0};
     const char *argv[] = {"PUBLISH", "ch"};
@@ -589,6 +820,7 @@ int main(void)
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_corrupted),
         cmocka_unit_test(test_garbage_and_limits),
+        cmocka_unit_test(test_hostile_counts),
         cmocka_unit_test(test_encode_exact),
         cmocka_unit_test(test_resp_chopped),
         cmocka_unit_test(test_resp_bad),
