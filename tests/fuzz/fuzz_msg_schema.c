@@ -207,9 +207,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         msg_pstatus st;
         bool has_text;
         char text[MSG_PRESENCE_TEXT_MAX + 1];
-        rc = msg_parse_presence_set(&v, &st, &has_text, text, &err);
+        int invisible = -2;
+        rc = msg_parse_presence_set(&v, &st, &has_text, text, &invisible, &err);
         if (rc) break;
-        CHECK(st == MSG_PS_ONLINE || st == MSG_PS_AWAY || st == MSG_PS_BUSY);
+        CHECK(invisible >= -1 && invisible <= 1);
+        /* No status: only with invisible (the device keeps its own). */
+        CHECK(st == MSG_PS_ONLINE || st == MSG_PS_AWAY || st == MSG_PS_BUSY ||
+              (st == MSG_PS_OFFLINE && invisible != -1));
         size_t n = strlen(text);
         CHECK(n <= MSG_PRESENCE_TEXT_MAX && (has_text || n == 0));
         for (size_t i = 0; i < n; i++) CHECK((unsigned char)text[i] >= 0x20 && text[i] != 0x7f);
