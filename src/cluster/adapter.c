@@ -1168,6 +1168,26 @@ static void wait_done(pcluster *c, sse_wait *w, int err)
     if (c->depth == 0 && c->leave_pending) really_free(c);
 }
 
+/* A request built into w->request (rc: how building went): as the
+ * adapter, count the servers first (PUBSUB NUMSUB), then publish
+ * (wait_counted); the wait ends with every answer, the timeout or Redis
+ * going down. Frees w when it cannot start. */
+static int wait_start(pcluster *c, sse_wait *w, int rc, uint32_t timeout_ms)
+{
+    if (rc == 0) rc = numsub(c, w->nsp, w->id);
+    if (rc) {
+        pbuf_free(&w->request);
+        pbuf_free(&w->responses);
+        free(w->nsp);
+        free(w);
+        return rc;
+    }
+    w->next = c->waits;
+    c->waits = w;
+    ploop_timer_start(c->loop, &w->timer, timeout_ms ? timeout_ms : 5000);
+    return 0;
+}
+
 int parley_cluster_server_side_emit_ack(parley_cluster *c, parley_nsp *n, const char *event,
                                         const char *args_json, uint32_t timeout_ms,
                                         parley_cluster_ack_fn fn, void *user)
@@ -1211,19 +1231,7 @@ int parley_cluster_server_side_emit_ack(parley_cluster *c, parley_nsp *n, const 
     }
     if (rc == 0) rc = pbuf_append_str(b, "]}");
     if (rc == 0) rc = pbuf_append(&w->responses, "[", 1);
-    /* As the adapter: count the servers first, then publish. */
-    if (rc == 0) rc = numsub(c, w->nsp, w->id);
-    if (rc) {
-        pbuf_free(&w->request);
-        pbuf_free(&w->responses);
-        free(w->nsp);
-        free(w);
-        return rc;
-    }
-    w->next = c->waits;
-    c->waits = w;
-    ploop_timer_start(c->loop, &w->timer, timeout_ms ? timeout_ms : 5000);
-    return 0;
+    return wait_start(c, w, rc, timeout_ms);
 }
 
 int parley_cluster_ack(parley_cluster *c, parley_nsp *n, const char *ack_id, const char *value_json)
@@ -1422,18 +1430,7 @@ int parley_cluster_fetch_sockets(parley_cluster *c, parley_nsp *n, const char *c
         if (w->items++) rc = pbuf_append(&w->responses, ",", 1);
         if (rc == 0) rc = put_socket(&w->responses, c->sel[i]);
     }
-    if (rc == 0) rc = numsub(c, w->nsp, w->id);
-    if (rc) {
-        pbuf_free(&w->request);
-        pbuf_free(&w->responses);
-        free(w->nsp);
-        free(w);
-        return rc;
-    }
-    w->next = c->waits;
-    c->waits = w;
-    ploop_timer_start(c->loop, &w->timer, timeout_ms ? timeout_ms : 5000);
-    return 0;
+    return wait_start(c, w, rc, timeout_ms);
 }
 
 unsigned parley_cluster_nodes(const parley_cluster *c)
