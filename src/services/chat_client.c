@@ -2257,10 +2257,13 @@ static void on_notif_read(parley_sock *s, int err, const parley_args *args, void
     int rc = request_answer(r, err, args, &obj, &e);
     int64_t unread;
     if (rc == 0) {
-        if (c->o.on_notifications_read)
-            c->o.on_notifications_read(c, r->ids, r->nids, r->ids == NULL, c->o.user);
+        /* The count first: an application told of the read then finds
+         * the count that goes with it (parley chat printed a list with
+         * the old count in between, seen in CI). */
         if (json_object_get(&obj, "unread", &uv) && json_int(&uv, &unread) && unread >= 0)
             report_unread(c, unread);
+        if (c->o.on_notifications_read)
+            c->o.on_notifications_read(c, r->ids, r->nids, r->ids == NULL, c->o.user);
     } else if (rc == PARLEY_EPROTO) {
         plog_warn("chat: notifications_read refused: %s (%s)", e.code, e.message);
     }
