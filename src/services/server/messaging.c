@@ -48,11 +48,11 @@
 #include "net/net.h"
 #include "server/engine.h"
 #include "server/httpd.h"
-#include "services/fanout.h"
+#include "services/server/fanout.h"
 #include "services/jwt.h"
-#include "services/media.h"
-#include "services/msg_store.h"
-#include "services/push.h"
+#include "services/server/media.h"
+#include "services/server/msg_store.h"
+#include "services/server/push.h"
 #include "services/tz.h"
 
 #define ROOM_NAME_MAX   (2 + MSG_CONV_MAX + 1) /* "u:" + user, "c:" + conversation id */
@@ -200,7 +200,7 @@ struct msg_service {
     jwt_keyset *keys; /* NULL: no tokens can be checked */
     char *data_dir;
     mstore *store;
-    push *push; /* the push webhook (services/push.h); NULL: off */
+    push *push; /* the push webhook (services/server/push.h); NULL: off */
     media_store *media;
     pmap users;  /* id -> muser */
     pmap typing; /* "conv\nuser" -> mtyping */
