@@ -25,7 +25,7 @@
 #include "cluster/redis_conn.h"
 #include "services/jwt.h"
 #include "services/messaging.h"
-#include "services/push.h"
+#include "services/server/push.h"
 #include "ws/wsconn.h"
 
 typedef struct config {
@@ -67,7 +67,7 @@ typedef struct config {
     bool admin_loopback_off;
     const char *admin_key_file;
     bool metrics_public;
-    /* The push webhook (services/push.h). */
+    /* The push webhook (services/server/push.h). */
     push_opts push;
     const char *push_url;
     const char *push_secret_file;

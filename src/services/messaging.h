@@ -30,7 +30,7 @@
 #include "base/metrics.h"
 #include "parley/server.h"
 #include "services/msg_schema.h"
-#include "services/quota.h"
+#include "services/server/quota.h"
 
 typedef struct msg_service msg_service;
 
@@ -86,7 +86,7 @@ typedef struct msg_service_opts {
      * (CORS preflight, and a foreign Origin refused with 403): "*", or a
      * comma-separated list; NULL = no CORS, and no Origin check. */
     const char *allowed_origins;
-    /* The push webhook (services/push.h; commit/user are the service's):
+    /* The push webhook (services/server/push.h; commit/user are the service's):
      * NULL = off. Copied. */
     const struct push_opts *push;
 } msg_service_opts;

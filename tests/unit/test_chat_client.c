@@ -1,6 +1,6 @@
 /*
  * The messaging client (include/parley/chat.h) against the real messaging
- * service (src/services/messaging.c) on the library's own server, in the
+ * service (src/services/server/messaging.c) on the library's own server, in the
  * same process: the server on a loop thread of its own, every parley_chat
  * on its own loop thread, as applications use them. Callbacks write lines
  * to a per-client log (under a mutex); the test thread waits on the log

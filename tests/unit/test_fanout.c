@@ -1,4 +1,4 @@
-/* Unit tests for the fan-out order of a commit batch (services/fanout.c):
+/* Unit tests for the fan-out order of a commit batch (services/server/fanout.c):
  * across conversations higher priority first, within a conversation the
  * queue order whatever the priorities, stable among equals; checked on
  * examples and against a brute-force reference on random batches. */
@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "services/fanout.h"
+#include "services/server/fanout.h"
 
 enum { L = 0, N = 1, H = 2, U = 3 };
 

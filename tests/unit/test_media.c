@@ -19,7 +19,7 @@
 #include "base/buf.h"
 #include "chop.h"
 #include "parley/parley.h"
-#include "services/media.h"
+#include "services/server/media.h"
 
 static char dir[64];
 

@@ -15,8 +15,8 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 #include "services/msg_schema.h"
-#include "services/msg_store.h"
-#include "services/push.h"
+#include "services/server/msg_store.h"
+#include "services/server/push.h"
 
 #define T0 1767225600000LL
 

@@ -1,5 +1,5 @@
 /* The push gateway webhook (see push.h). */
-#include "services/push.h"
+#include "services/server/push.h"
 
 #include <arpa/inet.h>
 #include <openssl/crypto.h>

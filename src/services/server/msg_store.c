@@ -18,7 +18,7 @@
  * write of the batch fails, and the commit reports the failure so that no
  * acknowledgement for the lost writes is sent.
  */
-#include "services/msg_store.h"
+#include "services/server/msg_store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -361,7 +361,7 @@ static const char *const migrations[MSTORE_SCHEMA_VERSION] = {
     " user TEXT PRIMARY KEY,"
     " since INTEGER NOT NULL"
     ") WITHOUT ROWID;",
-    /* 5 -> 6: the push outbox (services/push.h): one row per notification
+    /* 5 -> 6: the push outbox (services/server/push.h): one row per notification
      * to deliver to the push webhook, written in the notification's own
      * transaction. AUTOINCREMENT: a row's id is its X-Parley-Delivery,
      * which receivers dedupe on, so ids are never reused. IF NOT EXISTS:

@@ -1,5 +1,5 @@
 /* Per-user and per-pair token buckets of the messaging service. */
-#include "services/quota.h"
+#include "services/server/quota.h"
 
 #include <stdlib.h>
 #include <string.h>

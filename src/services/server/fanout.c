@@ -1,5 +1,5 @@
 /* The order of a commit batch's live deliveries: see fanout.h. */
-#include "services/fanout.h"
+#include "services/server/fanout.h"
 
 #include <stdbool.h>
 #include <stdlib.h>

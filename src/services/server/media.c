@@ -1,5 +1,5 @@
 /* Content-addressed media files (see media.h). */
-#include "services/media.h"
+#include "services/server/media.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,5 +1,5 @@
 /*
- * The order of a commit batch's live deliveries (messaging.c's fan-out).
+ * The order of a commit batch's live deliveries (the messaging service's fan-out, outbox.c).
  *
  * Rule: across conversations, higher priority first; within a
  * conversation, the order the deliveries were queued in (seq order for

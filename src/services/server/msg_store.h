@@ -241,7 +241,7 @@ int mstore_nprefs_set(mstore *s, const char *user, const char *json, size_t len)
  * error. */
 int mstore_notif_get(mstore *s, int64_t id, msg_notification *n);
 
-/* The push outbox (schema 5; services/push.h): rows to POST to the push
+/* The push outbox (schema 5; services/server/push.h): rows to POST to the push
  * webhook. add joins the batch (the notification's own, so both commit
  * together); a user's new row is not due before that user's oldest row.
  * due: calls fn for rows with next_ms <= now_ms that are the oldest of
