@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <signal.h>
 #include <dirent.h>
 #include <sys/stat.h>
 #include <openssl/evp.h>
@@ -2216,6 +2217,10 @@ static void test_notify(void **state)
 
 int main(void)
 {
+    /* As every program using the library must (README, "Using the
+     * library"): a write to a connection the peer reset is EPIPE, not
+     * a fatal signal. */
+    signal(SIGPIPE, SIG_IGN);
     parley_log_set(getenv("PARLEY_TEST_LOG") ? PARLEY_LOG_DEBUG : PARLEY_LOG_WARN, log_sink, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dm_statuses),

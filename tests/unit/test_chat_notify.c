@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <signal.h>
 
 #include "base/buf.h"
 #include "client_helpers.h"
@@ -1192,6 +1193,10 @@ static void test_cache(void **state)
 
 int main(void)
 {
+    /* As every program using the library must (README, "Using the
+     * library"): a write to a connection the peer reset is EPIPE, not
+     * a fatal signal. */
+    signal(SIGPIPE, SIG_IGN);
     parley_log_set(getenv("PARLEY_TEST_LOG") ? PARLEY_LOG_DEBUG : PARLEY_LOG_WARN, log_sink, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_flow),  cmocka_unit_test(test_malformed_flood),
