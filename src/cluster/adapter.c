@@ -370,10 +370,28 @@ static long select_sockets(pcluster *c, parley_nsp *n, const json_val *opts)
     return (long)k;
 }
 
+/* Publishes c->msg on <prefix><kind>#<nsp># ("-request", "-response");
+ * a failure is counted. c->msg is trimmed either way. */
+static int publish_to(pcluster *c, const char *kind, const char *nsp)
+{
+    int rc = channel(c, kind, nsp, NULL);
+    if (rc == 0) rc = publish(c);
+    if (rc) c->st.publish_failures++;
+    trim(&c->msg);
+    return rc;
+}
+
+/* A message that could not be built: counted as not published. */
+static int publish_failed(pcluster *c, int rc)
+{
+    c->st.publish_failures++;
+    trim(&c->msg);
+    return rc;
+}
+
 static void respond(pcluster *c, const char *nsp)
 {
-    if (channel(c, "-response", nsp, NULL) != 0 || publish(c) != 0) c->st.publish_failures++;
-    trim(&c->msg);
+    publish_to(c, "-response", nsp);
 }
 
 static int put_socket(pbuf *b, parley_socket *s)
@@ -1093,11 +1111,7 @@ int pcluster_server_side_emit(pcluster *c, parley_nsp *n, const char *event, con
         }
     }
     if (rc == 0) rc = pbuf_append_str(&c->msg, "]}");
-    if (rc == 0) rc = channel(c, "-request", parley_nsp_name(n), NULL);
-    if (rc == 0) rc = publish(c);
-    if (rc) c->st.publish_failures++;
-    trim(&c->msg);
-    return rc;
+    return rc ? publish_failed(c, rc) : publish_to(c, "-request", parley_nsp_name(n));
 }
 
 /* ---- public API (parley/server.h) ---- */
@@ -1250,11 +1264,7 @@ int parley_cluster_ack(parley_cluster *c, parley_nsp *n, const char *ack_id, con
         if (rc == 0) rc = json_compact(&c->msg, &v);
     }
     if (rc == 0) rc = pbuf_append_str(&c->msg, "}");
-    if (rc == 0) rc = channel(c, "-response", parley_nsp_name(n), NULL);
-    if (rc == 0) rc = publish(c);
-    if (rc) c->st.publish_failures++;
-    trim(&c->msg);
-    return rc;
+    return rc ? publish_failed(c, rc) : publish_to(c, "-response", parley_nsp_name(n));
 }
 
 /* ---- remote operations started here (socketsJoin, socketsLeave,
@@ -1310,11 +1320,7 @@ static int remote_op_start(pcluster *c, parley_nsp *n, pbuf *b, int type, const 
 
 static int remote_op_publish(pcluster *c, parley_nsp *n)
 {
-    int rc = channel(c, "-request", parley_nsp_name(n), NULL);
-    if (rc == 0) rc = publish(c);
-    if (rc) c->st.publish_failures++;
-    trim(&c->msg);
-    return rc;
+    return publish_to(c, "-request", parley_nsp_name(n));
 }
 
 static int remote_rooms(parley_cluster *c, parley_nsp *n, int type, const char *const *rooms,
