@@ -508,7 +508,15 @@ static void client_opts(parley_client_opts *o, tc *t, unsigned port, unsigned tr
     o->auto_connect = 0;
 }
 
+static parley_sock *make_sock_opts(tc *t, const char *nsp, const char *queue_path, bool late);
+
+/* A socket made before the client connects: it connects with the client. */
 static parley_sock *make_sock(tc *t, const char *nsp, const char *queue_path)
+{
+    return make_sock_opts(t, nsp, queue_path, false);
+}
+
+static parley_sock *make_sock_opts(tc *t, const char *nsp, const char *queue_path, bool late)
 {
     parley_sock_opts so;
     parley_sock_opts_init(&so);
@@ -518,16 +526,15 @@ static parley_sock *make_sock(tc *t, const char *nsp, const char *queue_path)
     so.on_connect_error = on_connect_error;
     so.user = t;
     so.queue_path = queue_path;
-    /* Handlers first, then CONNECT (client.h, auto_connect): a socket made
-     * while the client is connected would otherwise send its CONNECT at
-     * once, and the server's "auth" greeting could arrive before the
-     * handlers exist (seen under ASan in CI). */
-    so.auto_connect = 0;
+    /* late (the client is connected already): handlers first, then
+     * CONNECT (client.h, auto_connect), or the server's "auth" greeting
+     * could arrive before the handlers exist (seen under ASan in CI). */
+    so.auto_connect = !late;
     parley_sock *s = parley_client_socket(t->c, nsp, &so);
     assert_non_null(s);
     assert_true(parley_sock_on_any(s, on_any, t) > 0);
     assert_true(parley_sock_on(s, "auth", on_event, t) > 0);
-    parley_sock_connect(s);
+    if (late) parley_sock_connect(s);
     return s;
 }
 
@@ -674,12 +681,12 @@ static void test_features(void **state)
                          PARLEY_EINVAL);
         assert_int_equal(parley_sock_emit(s, "bad\xff", "[]", NULL, 0), PARLEY_EINVAL);
         /* Namespaces on the same connection. */
-        parley_sock *cs = make_sock(&t, "/custom", NULL);
+        parley_sock *cs = make_sock_opts(&t, "/custom", NULL, true);
         assert_ptr_equal(parley_client_socket(t.c, "/custom", NULL), cs);
         WAITL(&t.log, &at, "any auth ", 10000, line);
         assert_string_equal(line, "any auth [{}]");
         /* Middleware: refused, then accepted with a fresh token. */
-        parley_sock *ms = make_sock(&t, "/middleware", NULL);
+        parley_sock *ms = make_sock_opts(&t, "/middleware", NULL, true);
         WAITL(&t.log, &at, "connect_error ", 10000, line);
         assert_string_equal(line, "connect_error unauthorized {\"reason\":\"bad token\"}");
         assert_int_equal(parley_sock_connected(ms), 0);
