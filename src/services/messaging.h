@@ -1,7 +1,7 @@
 /*
  * The messaging service, server half: the protocol of docs/PROTOCOL.md
  * ("Messaging") on a parley_server, over the namespace MSG_NAMESPACE, with
- * the store (msg_store.h), JWT identities (jwt.h) and media files
+ * the store (services/store/mstore.h), JWT identities (jwt.h) and media files
  * (media.h), plus the HTTP routes POST /media and GET /media/<id>.
  *
  * Request handling: every handler validates, reads and writes the store

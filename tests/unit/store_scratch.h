@@ -1,6 +1,6 @@
 /*
  * Test helper: a messaging store file in a fresh temporary directory
- * (services/server/msg_store.h), removed with its WAL files afterwards. Include
+ * (services/store/mstore.h), removed with its WAL files afterwards. Include
  * after cmocka.h.
  */
 #ifndef PARLEY_TEST_STORE_SCRATCH_H
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "services/server/msg_store.h"
+#include "services/store/mstore.h"
 
 typedef struct scratch {
     char dir[64];

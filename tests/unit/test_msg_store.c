@@ -23,7 +23,7 @@
 #include "base/util.h"
 #include "chop.h"
 #include "parley/parley.h"
-#include "services/server/msg_store.h"
+#include "services/store/mstore.h"
 
 #define T0 1767225600000LL
 

@@ -19,7 +19,7 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 #include "services/msg_schema.h"
-#include "services/server/msg_store.h"
+#include "services/store/mstore.h"
 
 #define NOW 1767225600000LL
 

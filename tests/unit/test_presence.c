@@ -18,7 +18,7 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 #include "services/msg_schema.h"
-#include "services/server/msg_store.h"
+#include "services/store/mstore.h"
 
 static json_val obj_of(const char *s)
 {

@@ -15,7 +15,7 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 #include "services/msg_schema.h"
-#include "services/server/msg_store.h"
+#include "services/store/mstore.h"
 #include "services/server/push.h"
 
 #define T0 1767225600000LL

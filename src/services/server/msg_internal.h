@@ -36,7 +36,7 @@
 #include "services/server/fanout.h"
 #include "services/jwt.h"
 #include "services/server/media.h"
-#include "services/server/msg_store.h"
+#include "services/store/mstore.h"
 #include "services/server/push.h"
 #include "services/tz.h"
 

@@ -30,7 +30,7 @@
 #include "base/metrics.h"
 #include "net/net.h"
 #include "services/msg_schema.h"
-#include "services/server/msg_store.h"
+#include "services/store/mstore.h"
 
 typedef struct push push;
 

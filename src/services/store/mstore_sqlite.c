@@ -18,7 +18,7 @@
  * write of the batch fails, and the commit reports the failure so that no
  * acknowledgement for the lost writes is sent.
  */
-#include "services/server/msg_store.h"
+#include "services/store/mstore.h"
 
 #include <errno.h>
 #include <fcntl.h>
