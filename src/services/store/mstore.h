@@ -39,7 +39,32 @@
 
 typedef struct mstore mstore;
 
-/* Opens (creating) the database file at path. 0, PARLEY_EIO (cannot open,
+/* ---- backends ----
+ *
+ * Two backends implement this interface (mstore_backend.h): SQLite, one
+ * file held by one process (the default), and PostgreSQL, shared by every
+ * node of a cluster (mstore_pg.c). Every function below means the same on
+ * both; where a backend differs (durability, locking, what "batch" costs)
+ * its own comment says so. */
+typedef struct mstore_open_opts {
+    bool full_sync;          /* SQLite: synchronous=FULL */
+    struct uv_loop_s *loop;  /* PostgreSQL: the loop its connection lives on */
+    unsigned timeout_ms;     /* PostgreSQL: longest wait for one answer (0: 5000) */
+    unsigned backoff_ms;     /* PostgreSQL: first reconnect delay (0: 100) */
+    unsigned backoff_max_ms; /* PostgreSQL: longest reconnect delay (0: 5000) */
+} mstore_open_opts;
+
+/* Opens the store a URL names: `sqlite:PATH` or `postgresql://...`
+ * (`postgres://` too; libpq's URI syntax). 0, PARLEY_EINVAL (not a store
+ * URL), or what the backend's open returns. */
+int mstore_open_url(const char *url, const mstore_open_opts *o, mstore **out);
+int mstore_sqlite_open(const char *path, bool full_sync, mstore **out);
+int mstore_pg_open(const char *url, const mstore_open_opts *o, mstore **out);
+/* "sqlite" or "postgresql". */
+const char *mstore_backend(const mstore *s);
+
+/* SQLite: mstore_sqlite_open(path, full_sync, out).
+ * Opens (creating) the database file at path. 0, PARLEY_EIO (cannot open,
  * locked by another process, not our database, newer schema, damaged),
  * or PARLEY_ENOMEM.
  *
@@ -63,6 +88,11 @@ bool mstore_in_batch(const mstore *s);
  * which the batch has been rolled back. */
 int mstore_commit(mstore *s);
 void mstore_rollback(mstore *s);
+/* Whether the store can take requests now: always for SQLite; for
+ * PostgreSQL, false from a lost connection until it is re-established
+ * (calls meanwhile fail with PARLEY_EIO at once; the service answers them
+ * `unavailable`). */
+bool mstore_up(const mstore *s);
 /* Writes made since the store was opened and committed batches; for
  * tests and metrics. */
 uint64_t mstore_commits(const mstore *s);

@@ -18,7 +18,7 @@
  * write of the batch fails, and the commit reports the failure so that no
  * acknowledgement for the lost writes is sent.
  */
-#include "services/store/mstore.h"
+#include "services/store/mstore_backend.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -395,7 +395,13 @@ typedef struct suser {
     struct suser *next_dirty;
 } suser;
 
-struct mstore {
+typedef struct sqs sqs;
+static const mstore_ops sqlite_ops;
+static void sq_close(mstore *base_);
+static void sq_rollback(mstore *base_);
+
+struct sqs {
+    mstore base; /* first: the interface */
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
     char *path;
@@ -413,7 +419,7 @@ struct mstore {
 
 /* ---- plumbing ---- */
 
-static int db_err(mstore *s, const char *what)
+static int db_err(sqs *s, const char *what)
 {
     uint64_t held;
     if (plog_limit_ok(&s->log_err, ptime_ms(), 10000, &held))
@@ -422,13 +428,13 @@ static int db_err(mstore *s, const char *what)
     return PARLEY_EIO;
 }
 
-static int db_exec(mstore *s, const char *sql, const char *what)
+static int db_exec(sqs *s, const char *sql, const char *what)
 {
     if (sqlite3_exec(s->db, sql, NULL, NULL, NULL) != SQLITE_OK) return db_err(s, what);
     return 0;
 }
 
-static void cache_clear(mstore *s)
+static void cache_clear(sqs *s)
 {
     size_t pos = 0;
     pmap_entry *e;
@@ -437,7 +443,7 @@ static void cache_clear(mstore *s)
     memset(&s->convs, 0, sizeof s->convs);
 }
 
-static void users_clear(mstore *s)
+static void users_clear(sqs *s)
 {
     size_t pos = 0;
     pmap_entry *e;
@@ -448,7 +454,7 @@ static void users_clear(mstore *s)
 }
 
 /* The batch is gone: its counters are wrong, the others still right. */
-static void users_drop_dirty(mstore *s)
+static void users_drop_dirty(sqs *s)
 {
     suser *u = s->dirty;
     while (u) {
@@ -461,7 +467,7 @@ static void users_drop_dirty(mstore *s)
 }
 
 /* Everything cached about the batch's writes, after it ended unsaved. */
-static void batch_forget(mstore *s)
+static void batch_forget(sqs *s)
 {
     cache_clear(s);
     users_drop_dirty(s);
@@ -469,7 +475,7 @@ static void batch_forget(mstore *s)
 }
 
 /* After a failed statement: did SQLite abandon the transaction? */
-static void check_lost(mstore *s)
+static void check_lost(sqs *s)
 {
     if (s->in_tx && sqlite3_get_autocommit(s->db)) {
         plog_error("store %s: the batch was rolled back by SQLite", s->path);
@@ -478,7 +484,7 @@ static void check_lost(mstore *s)
     }
 }
 
-static sqlite3_stmt *stmt(mstore *s, int which)
+static sqlite3_stmt *stmt(sqs *s, int which)
 {
     sqlite3_stmt *st = s->st[which];
     sqlite3_reset(st);
@@ -499,7 +505,7 @@ static int bind_text(sqlite3_stmt *st, int i, const char *v)
 }
 
 /* Runs a write statement to completion. */
-static int run(mstore *s, sqlite3_stmt *st, const char *what)
+static int run(sqs *s, sqlite3_stmt *st, const char *what)
 {
     int rc = sqlite3_step(st);
     done(st);
@@ -510,7 +516,7 @@ static int run(mstore *s, sqlite3_stmt *st, const char *what)
 }
 
 /* Every write goes through here first. */
-static int ensure_tx(mstore *s)
+static int ensure_tx(sqs *s)
 {
     if (s->lost) return PARLEY_EIO;
     if (s->in_tx) {
@@ -525,28 +531,32 @@ static int ensure_tx(mstore *s)
     return 0;
 }
 
-bool mstore_in_batch(const mstore *s)
+static bool sq_in_batch(const mstore *base_)
 {
+    const sqs *s = (const sqs *)base_;
     return s->in_tx;
 }
 
-void *mstore__db(mstore *s)
+void *mstore__db(mstore *base)
 {
-    return s->db;
+    return base && base->ops == &sqlite_ops ? ((sqs *)base)->db : NULL;
 }
 
-uint64_t mstore_commits(const mstore *s)
+static uint64_t sq_commits(const mstore *base_)
 {
+    const sqs *s = (const sqs *)base_;
     return s->commits;
 }
 
-uint32_t mstore_batch_writes(const mstore *s)
+static uint32_t sq_batch_writes(const mstore *base_)
 {
+    const sqs *s = (const sqs *)base_;
     return s->in_tx ? s->batch_writes : 0;
 }
 
-int mstore_ping(mstore *s)
+static int sq_ping(mstore *base_)
 {
+    sqs *s = (sqs *)base_;
     if (s->lost) return PARLEY_EIO;
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(s->db, "SELECT count(*) FROM sqlite_master", -1, &st, NULL);
@@ -555,8 +565,9 @@ int mstore_ping(mstore *s)
     return rc == SQLITE_ROW ? 0 : db_err(s, "ping");
 }
 
-void mstore_rollback(mstore *s)
+static void sq_rollback(mstore *base_)
 {
+    sqs *s = (sqs *)base_;
     if (!s->in_tx) return;
     if (!sqlite3_get_autocommit(s->db)) {
         int rc = sqlite3_step(s->st[ST_ROLLBACK]);
@@ -571,7 +582,7 @@ void mstore_rollback(mstore *s)
 /* The batch's counters, written back just before its COMMIT. No
  * check_lost here: a failure rolls the whole batch back, which drops the
  * dirty list this walks. */
-static int users_flush(mstore *s)
+static int users_flush(sqs *s)
 {
     for (suser *u = s->dirty; u; u = u->next_dirty) {
         sqlite3_stmt *st = stmt(s, ST_STORAGE_SET);
@@ -584,22 +595,23 @@ static int users_flush(mstore *s)
     return 0;
 }
 
-int mstore_commit(mstore *s)
+static int sq_commit(mstore *base_)
 {
+    sqs *s = (sqs *)base_;
     if (!s->in_tx) return 0;
     if (s->lost) {
-        mstore_rollback(s);
+        sq_rollback(&s->base);
         return PARLEY_EIO;
     }
     if (users_flush(s) != 0) {
-        mstore_rollback(s);
+        sq_rollback(&s->base);
         return PARLEY_EIO;
     }
     int rc = sqlite3_step(s->st[ST_COMMIT]);
     done(s->st[ST_COMMIT]);
     if (rc != SQLITE_DONE) {
         db_err(s, "commit");
-        mstore_rollback(s);
+        sq_rollback(&s->base);
         return PARLEY_EIO;
     }
     s->in_tx = false;
@@ -613,7 +625,7 @@ int mstore_commit(mstore *s)
 
 /* ---- opening ---- */
 
-static int db_int(mstore *s, const char *sql, sqlite3_int64 *v)
+static int db_int(sqs *s, const char *sql, sqlite3_int64 *v)
 {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, sql);
@@ -626,7 +638,7 @@ static int db_int(mstore *s, const char *sql, sqlite3_int64 *v)
     return err;
 }
 
-static int migrate(mstore *s, sqlite3_int64 from)
+static int migrate(sqs *s, sqlite3_int64 from)
 {
     for (sqlite3_int64 v = from; v < MSTORE_SCHEMA_VERSION; v++) {
         int rc = db_exec(s, migrations[v], "schema migration");
@@ -639,7 +651,7 @@ static int migrate(mstore *s, sqlite3_int64 from)
     return db_exec(s, sql, "schema version");
 }
 
-static int check_schema(mstore *s)
+static int check_schema(sqs *s)
 {
     sqlite3_int64 app = 0, ver = 0, objects = 0;
     int rc = db_int(s, "PRAGMA application_id", &app);
@@ -762,7 +774,7 @@ static int check_file(const char *path, const char **fresh)
 }
 
 /* Runs a quick_check pragma: 0 when it answers "ok". */
-static int run_check(mstore *s, const char *sql)
+static int run_check(sqs *s, const char *sql)
 {
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
@@ -787,7 +799,7 @@ int64_t mstore__check_max = MSTORE_QUICK_CHECK_MAX;
 /* PRAGMA quick_check reads every page: O(file size), see msg_store.h.
  * Above mstore__check_max the bulk (messages and its indexes) is left
  * out: every other table is checked with its indexes, the schema too. */
-static int quick_check(mstore *s)
+static int quick_check(sqs *s)
 {
     sqlite3_int64 pages = 0, psize = 0;
     int rc = db_int(s, "PRAGMA page_count", &pages);
@@ -827,7 +839,7 @@ static int quick_check(mstore *s)
     return rc;
 }
 
-static int db_open(mstore *s, const char *path, bool full_sync)
+static int db_open(sqs *s, const char *path, bool full_sync)
 {
     const char *fresh;
     int rc = check_file(path, &fresh);
@@ -886,27 +898,29 @@ static int db_open(mstore *s, const char *path, bool full_sync)
     return 0;
 }
 
-int mstore_open(const char *path, bool full_sync, mstore **out)
+int mstore_sqlite_open(const char *path, bool full_sync, mstore **out)
 {
     *out = NULL;
     if (!path || !*path) return PARLEY_EINVAL;
-    mstore *s = pcalloc(1, sizeof *s);
+    sqs *s = pcalloc(1, sizeof *s);
     if (!s) return PARLEY_ENOMEM;
+    s->base.ops = &sqlite_ops;
     s->swept_day = INT64_MIN;
     s->path = strdup(path);
     int rc = s->path ? db_open(s, path, full_sync) : PARLEY_ENOMEM;
     if (rc) {
-        mstore_close(s);
+        sq_close(&s->base);
         return rc;
     }
-    *out = s;
+    *out = &s->base;
     return 0;
 }
 
-void mstore_close(mstore *s)
+static void sq_close(mstore *base_)
 {
+    sqs *s = (sqs *)base_;
     if (!s) return;
-    if (s->db) mstore_rollback(s);
+    if (s->db) sq_rollback(&s->base);
     cache_clear(s);
     users_clear(s);
     pbuf_free(&s->found);
@@ -918,7 +932,7 @@ void mstore_close(mstore *s)
 
 /* ---- conversations ---- */
 
-static sconv *get_conv(mstore *s, const char *id, int *err)
+static sconv *get_conv(sqs *s, const char *id, int *err)
 {
     size_t len = strlen(id);
     *err = 0;
@@ -970,21 +984,23 @@ static sconv *get_conv(mstore *s, const char *id, int *err)
     return c;
 }
 
-int64_t mstore_last_seq(mstore *s, const char *conv)
+static int64_t sq_last_seq(mstore *base_, const char *conv)
 {
+    sqs *s = (sqs *)base_;
     int err;
     sconv *c = get_conv(s, conv, &err);
     return c ? c->last_seq : err;
 }
 
-int mstore_conv_exists(mstore *s, const char *conv)
+static int sq_conv_exists(mstore *base_, const char *conv)
 {
+    sqs *s = (sqs *)base_;
     int err;
     sconv *c = get_conv(s, conv, &err);
     return c ? c->exists : err;
 }
 
-static int add_conv(mstore *s, sconv *c, msg_conv_kind kind, int64_t now_ms)
+static int add_conv(sqs *s, sconv *c, msg_conv_kind kind, int64_t now_ms)
 {
     sqlite3_stmt *st = stmt(s, ST_CONV_ADD);
     bind_text(st, 1, c->id);
@@ -995,7 +1011,7 @@ static int add_conv(mstore *s, sconv *c, msg_conv_kind kind, int64_t now_ms)
     return rc;
 }
 
-static int add_participant(mstore *s, const char *conv, const char *user, int64_t now_ms,
+static int add_participant(sqs *s, const char *conv, const char *user, int64_t now_ms,
                            bool *added)
 {
     sqlite3_stmt *st = stmt(s, ST_PART_ADD);
@@ -1007,8 +1023,9 @@ static int add_participant(mstore *s, const char *conv, const char *user, int64_
     return rc;
 }
 
-int mstore_is_participant(mstore *s, const char *conv, const char *user)
+static int sq_is_participant(mstore *base_, const char *conv, const char *user)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_PART_GET);
     bind_text(st, 1, conv);
     bind_text(st, 2, user);
@@ -1021,13 +1038,13 @@ int mstore_is_participant(mstore *s, const char *conv, const char *user)
 
 /* ---- messages ---- */
 
-static int corrupt(const mstore *s, const char *what)
+static int corrupt(const sqs *s, const char *what)
 {
     plog_error("store %s: bad row: %s", s->path, what);
     return PARLEY_EIO;
 }
 
-static int copy_ident(const mstore *s, sqlite3_stmt *st, int col, char *out, size_t cap,
+static int copy_ident(const sqs *s, sqlite3_stmt *st, int col, char *out, size_t cap,
                       bool (*valid)(const char *, size_t), const char *what)
 {
     const char *v = (const char *)sqlite3_column_text(st, col);
@@ -1046,7 +1063,7 @@ static bool valid_conv_id(const char *v, size_t n)
 }
 
 /* Reads a row of MSG_COLS; the file is input like any other. */
-static int read_msg(const mstore *s, sqlite3_stmt *st, mstore_msg *out)
+static int read_msg(const sqs *s, sqlite3_stmt *st, mstore_msg *out)
 {
     memset(out, 0, sizeof *out);
     msg_message *m = &out->m;
@@ -1081,8 +1098,9 @@ static int read_msg(const mstore *s, sqlite3_stmt *st, mstore_msg *out)
     return 0;
 }
 
-int mstore_find(mstore *s, const char *sender, const char *client_id, mstore_msg *out)
+static int sq_find(mstore *base_, const char *sender, const char *client_id, mstore_msg *out)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_FIND);
     bind_text(st, 1, sender);
     bind_text(st, 2, client_id);
@@ -1115,7 +1133,7 @@ static void copy_str(char *dst, size_t cap, const char *src)
 
 /* user's counter, loaded on first use (one lookup; no row: nothing
  * stored yet). */
-static suser *get_user(mstore *s, const char *user, int *err)
+static suser *get_user(sqs *s, const char *user, int *err)
 {
     size_t len = strlen(user);
     *err = 0;
@@ -1157,7 +1175,7 @@ static suser *get_user(mstore *s, const char *user, int *err)
     return u;
 }
 
-static void user_add(mstore *s, suser *u, int64_t n)
+static void user_add(sqs *s, suser *u, int64_t n)
 {
     u->bytes = n > INT64_MAX - u->bytes ? INT64_MAX : u->bytes + n;
     if (u->dirty) return;
@@ -1166,10 +1184,11 @@ static void user_add(mstore *s, suser *u, int64_t n)
     s->dirty = u;
 }
 
-int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *client_id,
+static int sq_insert(mstore *base_, const msg_conv *c, const char *sender, const char *client_id,
                   msg_type type, msg_priority prio, const char *content_json, size_t content_len,
                   const char *media, const char *media_mime, int64_t now_ms, mstore_msg *out)
 {
+    sqs *s = (sqs *)base_;
     if (content_len > INT_MAX) return PARLEY_EINVAL;
     if (media && (!media_mime || !msg_valid_mime(media_mime, strlen(media_mime))))
         return PARLEY_EINVAL;
@@ -1232,7 +1251,7 @@ int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *
     return 0;
 }
 
-static int iterate_msgs(mstore *s, sqlite3_stmt *st, mstore_msg_fn fn, void *arg)
+static int iterate_msgs(sqs *s, sqlite3_stmt *st, mstore_msg_fn fn, void *arg)
 {
     int rc, stop = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1245,9 +1264,10 @@ static int iterate_msgs(mstore *s, sqlite3_stmt *st, mstore_msg_fn fn, void *arg
     return stop;
 }
 
-int mstore_messages_after(mstore *s, const char *conv, int64_t after, unsigned limit,
+static int sq_messages_after(mstore *base_, const char *conv, int64_t after, unsigned limit,
                           mstore_msg_fn fn, void *arg)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_MSG_AFTER);
     bind_text(st, 1, conv);
     sqlite3_bind_int64(st, 2, after);
@@ -1255,9 +1275,10 @@ int mstore_messages_after(mstore *s, const char *conv, int64_t after, unsigned l
     return iterate_msgs(s, st, fn, arg);
 }
 
-int mstore_messages_before(mstore *s, const char *conv, int64_t before, unsigned limit,
+static int sq_messages_before(mstore *base_, const char *conv, int64_t before, unsigned limit,
                            mstore_msg_fn fn, void *arg)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_MSG_BEFORE);
     bind_text(st, 1, conv);
     sqlite3_bind_int64(st, 2, before > 0 ? before : MSG_SEQ_MAX);
@@ -1267,9 +1288,10 @@ int mstore_messages_before(mstore *s, const char *conv, int64_t before, unsigned
 
 /* ---- participants ---- */
 
-int mstore_receipt(mstore *s, const char *conv, const char *user, int64_t delivered, int64_t read,
+static int sq_receipt(mstore *base_, const char *conv, const char *user, int64_t delivered, int64_t read,
                    int64_t *d, int64_t *r, bool *changed)
 {
+    sqs *s = (sqs *)base_;
     *changed = false;
     sqlite3_stmt *st = stmt(s, ST_PART_GET);
     bind_text(st, 1, conv);
@@ -1302,8 +1324,9 @@ int mstore_receipt(mstore *s, const char *conv, const char *user, int64_t delive
     return 0;
 }
 
-int mstore_join(mstore *s, const char *room, const char *user, int64_t now_ms, bool *added)
+static int sq_join(mstore *base_, const char *room, const char *user, int64_t now_ms, bool *added)
 {
+    sqs *s = (sqs *)base_;
     *added = false;
     msg_conv c;
     msg_conv_room(&c, room);
@@ -1315,8 +1338,9 @@ int mstore_join(mstore *s, const char *room, const char *user, int64_t now_ms, b
     return add_participant(s, c.id, user, now_ms, added);
 }
 
-int mstore_leave(mstore *s, const char *room, const char *user)
+static int sq_leave(mstore *base_, const char *room, const char *user)
 {
+    sqs *s = (sqs *)base_;
     msg_conv c;
     msg_conv_room(&c, room);
     int rc = ensure_tx(s);
@@ -1328,8 +1352,9 @@ int mstore_leave(mstore *s, const char *room, const char *user)
     return sqlite3_changes(s->db) == 1 ? 0 : PARLEY_ESTATE;
 }
 
-int mstore_participants(mstore *s, const char *conv, mstore_user_fn fn, void *arg)
+static int sq_participants(mstore *base_, const char *conv, mstore_user_fn fn, void *arg)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_PART_LIST);
     bind_text(st, 1, conv);
     int rc, stop = 0;
@@ -1350,8 +1375,9 @@ int mstore_participants(mstore *s, const char *conv, mstore_user_fn fn, void *ar
     return stop;
 }
 
-int mstore_user_convs(mstore *s, const char *user, mstore_conv_fn fn, void *arg)
+static int sq_user_convs(mstore *base_, const char *user, mstore_conv_fn fn, void *arg)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_USER_CONVS);
     bind_text(st, 1, user);
     int rc, stop = 0;
@@ -1368,9 +1394,10 @@ int mstore_user_convs(mstore *s, const char *user, mstore_conv_fn fn, void *arg)
 
 /* ---- media ---- */
 
-int mstore_media_put(mstore *s, const char *id, int64_t size, const char *mime, const char *user,
+static int sq_media_put(mstore *base_, const char *id, int64_t size, const char *mime, const char *user,
                      int64_t now_ms, bool *existed)
 {
+    sqs *s = (sqs *)base_;
     if (size < 0) return PARLEY_EINVAL;
     int rc = ensure_tx(s);
     if (rc) return rc;
@@ -1400,9 +1427,10 @@ int mstore_media_put(mstore *s, const char *id, int64_t size, const char *mime, 
     return run(s, st, "recording an uploader's type");
 }
 
-int mstore_media_for(mstore *s, const char *id, const char *user, int64_t *size,
+static int sq_media_for(mstore *base_, const char *id, const char *user, int64_t *size,
                      char mime[MSG_MIME_MAX + 1])
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_MEDIA_FOR);
     bind_text(st, 1, id);
     bind_text(st, 2, user);
@@ -1424,8 +1452,9 @@ int mstore_media_for(mstore *s, const char *id, const char *user, int64_t *size,
 
 /* ---- usage ---- */
 
-int mstore_usage_day(mstore *s, const char *user, int64_t day, int64_t *uploads, int64_t *bytes)
+static int sq_usage_day(mstore *base_, const char *user, int64_t day, int64_t *uploads, int64_t *bytes)
 {
+    sqs *s = (sqs *)base_;
     *uploads = *bytes = 0;
     sqlite3_stmt *st = stmt(s, ST_USAGE_DAY_GET);
     bind_text(st, 1, user);
@@ -1447,8 +1476,9 @@ int mstore_usage_day(mstore *s, const char *user, int64_t day, int64_t *uploads,
     return ret;
 }
 
-int mstore_usage_add_upload(mstore *s, const char *user, int64_t day, int64_t bytes)
+static int sq_usage_add_upload(mstore *base_, const char *user, int64_t day, int64_t bytes)
 {
+    sqs *s = (sqs *)base_;
     if (bytes < 0 || day <= INT64_MIN + 1) return PARLEY_EINVAL;
     int rc = ensure_tx(s);
     if (rc) return rc;
@@ -1468,8 +1498,9 @@ int mstore_usage_add_upload(mstore *s, const char *user, int64_t day, int64_t by
     return run(s, st, "counting an upload");
 }
 
-int mstore_storage_bytes(mstore *s, const char *user, int64_t *bytes)
+static int sq_storage_bytes(mstore *base_, const char *user, int64_t *bytes)
 {
+    sqs *s = (sqs *)base_;
     int rc;
     suser *u = get_user(s, user, &rc);
     if (!u) return rc;
@@ -1477,8 +1508,9 @@ int mstore_storage_bytes(mstore *s, const char *user, int64_t *bytes)
     return 0;
 }
 
-int64_t mstore_user_rooms(mstore *s, const char *user)
+static int64_t sq_user_rooms(mstore *base_, const char *user)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_USER_ROOMS);
     bind_text(st, 1, user);
     int64_t ret =
@@ -1487,8 +1519,9 @@ int64_t mstore_user_rooms(mstore *s, const char *user)
     return ret;
 }
 
-int mstore_contact(mstore *s, const char *user, const char *other)
+static int sq_contact(mstore *base_, const char *user, const char *other)
 {
+    sqs *s = (sqs *)base_;
     if (!strcmp(user, other)) return 1;
     msg_conv c;
     msg_conv_dm(&c, user, other);
@@ -1504,9 +1537,10 @@ int mstore_contact(mstore *s, const char *user, const char *other)
 
 /* ---- presence ---- */
 
-int mstore_presence_get(mstore *s, const char *user, int64_t *last_seen,
+static int sq_presence_get(mstore *base_, const char *user, int64_t *last_seen,
                         char text[MSG_PRESENCE_TEXT_MAX + 1])
 {
+    sqs *s = (sqs *)base_;
     *last_seen = -1;
     text[0] = 0;
     sqlite3_stmt *st = stmt(s, ST_PRES_GET);
@@ -1535,8 +1569,9 @@ int mstore_presence_get(mstore *s, const char *user, int64_t *last_seen,
     return ret;
 }
 
-int mstore_presence_seen(mstore *s, const char *user, int64_t now_ms)
+static int sq_presence_seen(mstore *base_, const char *user, int64_t now_ms)
 {
+    sqs *s = (sqs *)base_;
     int rc = ensure_tx(s);
     if (rc) return rc;
     sqlite3_stmt *st = stmt(s, ST_PRES_SEEN);
@@ -1545,8 +1580,9 @@ int mstore_presence_seen(mstore *s, const char *user, int64_t now_ms)
     return run(s, st, "storing last seen");
 }
 
-int mstore_presence_text(mstore *s, const char *user, const char *text)
+static int sq_presence_text(mstore *base_, const char *user, const char *text)
 {
+    sqs *s = (sqs *)base_;
     if (strlen(text) > MSG_PRESENCE_TEXT_MAX) return PARLEY_EINVAL;
     int rc = ensure_tx(s);
     if (rc) return rc;
@@ -1556,8 +1592,9 @@ int mstore_presence_text(mstore *s, const char *user, const char *text)
     return run(s, st, "storing a status text");
 }
 
-int mstore_presence_invisible(mstore *s, const char *user)
+static int sq_presence_invisible(mstore *base_, const char *user)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_PRES_INV_GET);
     bind_text(st, 1, user);
     int rc = sqlite3_step(st), ret = 0;
@@ -1569,8 +1606,9 @@ int mstore_presence_invisible(mstore *s, const char *user)
     return ret;
 }
 
-int mstore_presence_set_invisible(mstore *s, const char *user, bool on, int64_t now_ms)
+static int sq_presence_set_invisible(mstore *base_, const char *user, bool on, int64_t now_ms)
 {
+    sqs *s = (sqs *)base_;
     int rc = ensure_tx(s);
     if (rc) return rc;
     sqlite3_stmt *st = stmt(s, on ? ST_PRES_INV_ON : ST_PRES_INV_OFF);
@@ -1597,7 +1635,7 @@ static bool col_cstr(sqlite3_stmt *st, int col, char *out, size_t max, bool null
     return true;
 }
 
-static int read_notif(const mstore *s, sqlite3_stmt *st, msg_notification *n)
+static int read_notif(const sqs *s, sqlite3_stmt *st, msg_notification *n)
 {
     memset(n, 0, sizeof *n);
     n->id = sqlite3_column_int64(st, 0);
@@ -1638,8 +1676,9 @@ static void bind_opt(sqlite3_stmt *st, int i, const char *v)
         sqlite3_bind_null(st, i);
 }
 
-int mstore_notif_insert(mstore *s, msg_notification *n, int64_t now_ms)
+static int sq_notif_insert(mstore *base_, msg_notification *n, int64_t now_ms)
 {
+    sqs *s = (sqs *)base_;
     if (n->dedupe[0]) {
         sqlite3_stmt *st = stmt(s, ST_NOTIF_DEDUPE);
         bind_text(st, 1, n->to);
@@ -1684,8 +1723,9 @@ int mstore_notif_insert(mstore *s, msg_notification *n, int64_t now_ms)
     return 0;
 }
 
-int mstore_notif_get(mstore *s, int64_t id, msg_notification *n)
+static int sq_notif_get(mstore *base_, int64_t id, msg_notification *n)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_NOTIF_GET);
     sqlite3_bind_int64(st, 1, id);
     int rc = sqlite3_step(st), ret = 0;
@@ -1699,8 +1739,9 @@ int mstore_notif_get(mstore *s, int64_t id, msg_notification *n)
 
 /* ---- push outbox ---- */
 
-int mstore_push_add(mstore *s, int64_t notif, const char *user, int64_t now_ms, int64_t *id)
+static int sq_push_add(mstore *base_, int64_t notif, const char *user, int64_t now_ms, int64_t *id)
 {
+    sqs *s = (sqs *)base_;
     int rc = ensure_tx(s);
     if (rc) return rc;
     sqlite3_stmt *st = stmt(s, ST_PUSH_ADD);
@@ -1713,8 +1754,9 @@ int mstore_push_add(mstore *s, int64_t notif, const char *user, int64_t now_ms, 
     return 0;
 }
 
-int64_t mstore_push_count(mstore *s)
+static int64_t sq_push_count(mstore *base_)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_PUSH_COUNT);
     int64_t ret =
         sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : db_err(s, "counting pushes");
@@ -1722,8 +1764,9 @@ int64_t mstore_push_count(mstore *s)
     return ret;
 }
 
-int mstore_push_due(mstore *s, int64_t now_ms, unsigned limit, mstore_push_fn fn, void *arg)
+static int sq_push_due(mstore *base_, int64_t now_ms, unsigned limit, mstore_push_fn fn, void *arg)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_PUSH_DUE);
     sqlite3_bind_int64(st, 1, now_ms);
     sqlite3_bind_int64(st, 2, limit);
@@ -1749,8 +1792,9 @@ int mstore_push_due(mstore *s, int64_t now_ms, unsigned limit, mstore_push_fn fn
     return ret < 0 ? ret : 0;
 }
 
-int64_t mstore_push_next_due(mstore *s, int64_t after_ms)
+static int64_t sq_push_next_due(mstore *base_, int64_t after_ms)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_PUSH_NEXT);
     sqlite3_bind_int64(st, 1, after_ms);
     int64_t ret = -1;
@@ -1764,8 +1808,9 @@ int64_t mstore_push_next_due(mstore *s, int64_t after_ms)
     return ret;
 }
 
-int mstore_push_del(mstore *s, int64_t id)
+static int sq_push_del(mstore *base_, int64_t id)
 {
+    sqs *s = (sqs *)base_;
     int rc = ensure_tx(s);
     if (rc) return rc;
     sqlite3_stmt *st = stmt(s, ST_PUSH_DEL);
@@ -1773,8 +1818,9 @@ int mstore_push_del(mstore *s, int64_t id)
     return run(s, st, "deleting a push");
 }
 
-int mstore_push_retry(mstore *s, int64_t id, const char *user, uint32_t attempts, int64_t next_ms)
+static int sq_push_retry(mstore *base_, int64_t id, const char *user, uint32_t attempts, int64_t next_ms)
 {
+    sqs *s = (sqs *)base_;
     int rc = ensure_tx(s);
     if (rc) return rc;
     sqlite3_stmt *st = stmt(s, ST_PUSH_RETRY);
@@ -1790,9 +1836,10 @@ int mstore_push_retry(mstore *s, int64_t id, const char *user, uint32_t attempts
     return run(s, st, "rescheduling pushes");
 }
 
-int mstore_notif_list(mstore *s, const char *user, int64_t since, unsigned limit, int64_t now_ms,
+static int sq_notif_list(mstore *base_, const char *user, int64_t since, unsigned limit, int64_t now_ms,
                       mstore_notif_fn fn, void *arg)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_NOTIF_LIST);
     bind_text(st, 1, user);
     sqlite3_bind_int64(st, 2, since);
@@ -1810,8 +1857,9 @@ int mstore_notif_list(mstore *s, const char *user, int64_t since, unsigned limit
     return ret;
 }
 
-int64_t mstore_notif_unread(mstore *s, const char *user, int64_t now_ms)
+static int64_t sq_notif_unread(mstore *base_, const char *user, int64_t now_ms)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_NOTIF_UNREAD);
     bind_text(st, 1, user);
     sqlite3_bind_int64(st, 2, now_ms);
@@ -1821,8 +1869,9 @@ int64_t mstore_notif_unread(mstore *s, const char *user, int64_t now_ms)
     return ret;
 }
 
-int mstore_notif_delivered(mstore *s, const char *user, int64_t after, int64_t upto)
+static int sq_notif_delivered(mstore *base_, const char *user, int64_t after, int64_t upto)
 {
+    sqs *s = (sqs *)base_;
     int rc = ensure_tx(s);
     if (rc) return rc;
     sqlite3_stmt *st = stmt(s, ST_NOTIF_DELIVER_RANGE);
@@ -1832,9 +1881,10 @@ int mstore_notif_delivered(mstore *s, const char *user, int64_t after, int64_t u
     return run(s, st, "marking notifications delivered");
 }
 
-int mstore_notif_read(mstore *s, const char *user, const int64_t *ids, size_t n, bool all,
+static int sq_notif_read(mstore *base_, const char *user, const int64_t *ids, size_t n, bool all,
                       int64_t now_ms, unsigned *changed)
 {
+    sqs *s = (sqs *)base_;
     *changed = 0;
     int rc = ensure_tx(s);
     if (rc) return rc;
@@ -1850,8 +1900,9 @@ int mstore_notif_read(mstore *s, const char *user, const int64_t *ids, size_t n,
     return rc;
 }
 
-int mstore_notif_sweep(mstore *s, int64_t now_ms, mstore_user_list_fn fn, void *arg)
+static int sq_notif_sweep(mstore *base_, int64_t now_ms, mstore_user_list_fn fn, void *arg)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_NOTIF_EXPIRED_USERS);
     sqlite3_bind_int64(st, 1, now_ms);
     char user[MSG_USER_MAX + 1];
@@ -1869,8 +1920,9 @@ int mstore_notif_sweep(mstore *s, int64_t now_ms, mstore_user_list_fn fn, void *
     return run(s, st, "deleting expired notifications");
 }
 
-int64_t mstore_notif_next_expiry(mstore *s)
+static int64_t sq_notif_next_expiry(mstore *base_)
 {
+    sqs *s = (sqs *)base_;
     sqlite3_stmt *st = stmt(s, ST_NOTIF_NEXT_EXPIRY);
     int rc = sqlite3_step(st);
     int64_t ret = -1;
@@ -1882,8 +1934,9 @@ int64_t mstore_notif_next_expiry(mstore *s)
     return ret;
 }
 
-int mstore_nprefs_get(mstore *s, const char *user, pbuf *out)
+static int sq_nprefs_get(mstore *base_, const char *user, pbuf *out)
 {
+    sqs *s = (sqs *)base_;
     out->len = 0;
     sqlite3_stmt *st = stmt(s, ST_NPREFS_GET);
     bind_text(st, 1, user);
@@ -1902,8 +1955,9 @@ int mstore_nprefs_get(mstore *s, const char *user, pbuf *out)
     return ret;
 }
 
-int mstore_nprefs_set(mstore *s, const char *user, const char *json, size_t len)
+static int sq_nprefs_set(mstore *base_, const char *user, const char *json, size_t len)
 {
+    sqs *s = (sqs *)base_;
     int rc = ensure_tx(s);
     if (rc) return rc;
     if (len > INT_MAX) return PARLEY_EINVAL;
@@ -1912,3 +1966,56 @@ int mstore_nprefs_set(mstore *s, const char *user, const char *json, size_t len)
     sqlite3_bind_text(st, 2, json, (int)len, SQLITE_STATIC);
     return run(s, st, "storing notification preferences");
 }
+
+/* ---- the interface ---- */
+
+static const mstore_ops sqlite_ops = {
+    .name = "sqlite",
+    .close = sq_close,
+    .in_batch = sq_in_batch,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
+    .commits = sq_commits,
+    .batch_writes = sq_batch_writes,
+    .ping = sq_ping,
+    .find = sq_find,
+    .insert = sq_insert,
+    .last_seq = sq_last_seq,
+    .is_participant = sq_is_participant,
+    .conv_exists = sq_conv_exists,
+    .receipt = sq_receipt,
+    .join = sq_join,
+    .leave = sq_leave,
+    .participants = sq_participants,
+    .user_convs = sq_user_convs,
+    .messages_after = sq_messages_after,
+    .messages_before = sq_messages_before,
+    .media_put = sq_media_put,
+    .media_for = sq_media_for,
+    .usage_day = sq_usage_day,
+    .usage_add_upload = sq_usage_add_upload,
+    .storage_bytes = sq_storage_bytes,
+    .user_rooms = sq_user_rooms,
+    .contact = sq_contact,
+    .presence_get = sq_presence_get,
+    .presence_seen = sq_presence_seen,
+    .presence_text = sq_presence_text,
+    .presence_invisible = sq_presence_invisible,
+    .presence_set_invisible = sq_presence_set_invisible,
+    .notif_insert = sq_notif_insert,
+    .notif_list = sq_notif_list,
+    .notif_unread = sq_notif_unread,
+    .notif_delivered = sq_notif_delivered,
+    .notif_read = sq_notif_read,
+    .notif_sweep = sq_notif_sweep,
+    .notif_next_expiry = sq_notif_next_expiry,
+    .nprefs_get = sq_nprefs_get,
+    .nprefs_set = sq_nprefs_set,
+    .notif_get = sq_notif_get,
+    .push_add = sq_push_add,
+    .push_count = sq_push_count,
+    .push_due = sq_push_due,
+    .push_next_due = sq_push_next_due,
+    .push_del = sq_push_del,
+    .push_retry = sq_push_retry,
+};
