@@ -136,6 +136,11 @@ static void usage(FILE *f)
             "  --dev-auth                INSECURE development mode: accept {\"user\": id}\n"
             "                            without a token (off by default; logged)\n"
             "  --data-dir DIR            database and media files (default ./data)\n"
+            "  --store URL               the message store: sqlite:PATH (default\n"
+            "                            DATA_DIR/messages.db) or postgresql://user@host:port/db,\n"
+            "                            one database every node of a cluster shares\n"
+            "  --media-dir DIR           media files (default DATA_DIR/media); with a\n"
+            "                            PostgreSQL store, a directory every node shares\n"
             "  --fsync                   fsync every commit and media file (power-loss safe;\n"
             "                            a killed process loses nothing acknowledged either way)\n"
             "  --max-media-bytes BYTES   largest media upload (default 8388608); raises the\n"
@@ -326,6 +331,8 @@ enum {
     OPT_JWT_LEEWAY,
     OPT_DEV_AUTH,
     OPT_DATA_DIR,
+    OPT_STORE,
+    OPT_MEDIA_DIR,
     OPT_FSYNC,
     OPT_MAX_MEDIA,
     OPT_MAX_TEXT,
@@ -439,6 +446,8 @@ static const struct option longopts[] = {
     {"jwt-leeway", required_argument, 0, OPT_JWT_LEEWAY},
     {"dev-auth", no_argument, 0, OPT_DEV_AUTH},
     {"data-dir", required_argument, 0, OPT_DATA_DIR},
+    {"store", required_argument, 0, OPT_STORE},
+    {"media-dir", required_argument, 0, OPT_MEDIA_DIR},
     {"fsync", no_argument, 0, OPT_FSYNC},
     {"max-media-bytes", required_argument, 0, OPT_MAX_MEDIA},
     {"max-text-bytes", required_argument, 0, OPT_MAX_TEXT},
@@ -668,6 +677,17 @@ static const char *apply(config *c, int ch, const char *arg)
     case OPT_DATA_DIR:
         if (!*arg) return "--data-dir must not be empty";
         c->msg.data_dir = arg;
+        return NULL;
+    case OPT_STORE:
+        if (strncmp(arg, "sqlite:", 7) == 0 ? !arg[7]
+                                            : strncmp(arg, "postgresql://", 13) != 0 &&
+                                                  strncmp(arg, "postgres://", 11) != 0)
+            return "bad --store (sqlite:PATH or postgresql://user@host:port/db)";
+        c->msg.store = arg;
+        return NULL;
+    case OPT_MEDIA_DIR:
+        if (!*arg) return "--media-dir must not be empty";
+        c->msg.media_dir = arg;
         return NULL;
     case OPT_FSYNC:
         c->msg.full_sync = true;
@@ -1167,6 +1187,7 @@ static void on_signal(uv_signal_t *h, int signum)
     a->stopping = true;
     ops_stop(a->ops);
     /* Leave the cluster first: no more publishing while the sockets go. */
+    msg_service_set_cluster(a->msg, NULL);
     pcluster_free(a->cluster);
     a->cluster = NULL;
     protocol_test_set_cluster(NULL);
@@ -1493,6 +1514,7 @@ int main(int argc, char **argv)
         if (rc) plog_error("--redis: %s", parley_strerror(rc));
         if (rc == 0) rc = pmx_register(ops_registry(a.ops), pcluster_collect, a.cluster);
         if (rc == 0 && c.protocol_test) protocol_test_set_cluster(a.cluster);
+        if (rc == 0) msg_service_set_cluster(a.msg, a.cluster);
         if (rc == 0)
             plog_info("cluster: Redis adapter, node uid %s (docs/CLUSTER.md)",
                       pcluster_uid(a.cluster));
@@ -1544,6 +1566,7 @@ int main(int argc, char **argv)
         /* Nothing listens yet: free what was made, so that a refused start
          * leaves nothing behind (and leak checkers see none). */
         if (a.echo_engine) engine_free(a.echo_engine);
+        msg_service_set_cluster(a.msg, NULL);
         pcluster_free(a.cluster);
         ops_stop(a.ops);
         msg_service_free(a.msg);

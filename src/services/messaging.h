@@ -55,6 +55,13 @@ typedef struct msg_notifier {
 
 typedef struct msg_service_opts {
     const char *data_dir;      /* database and media; default "./data" (created) */
+    /* The store (services/store/mstore.h): NULL = "sqlite:<data_dir>/messages.db";
+     * "postgresql://..." = one database shared by every node of a cluster
+     * (docs/CLUSTER.md). */
+    const char *store;
+    /* Media files: NULL = <data_dir>/media. With a PostgreSQL store every
+     * node must see the same directory, and it is opened as shared. */
+    const char *media_dir;
     const uint8_t *jwt_secret; /* HS256 key; NULL: tokens cannot be checked */
     size_t jwt_secret_len;
     uint32_t jwt_leeway_ms;      /* clock skew allowed for exp/nbf; default 30000 */
@@ -102,6 +109,10 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
 /* Commits what is pending and frees the service; after the server has
  * shut down (its sockets are gone) and before it is freed. */
 void msg_service_free(msg_service *m);
+/* Joins the service to a cluster (NULL: leaves it; do so before freeing
+ * the cluster): room membership changes then reach the user's sockets on
+ * every node (docs/CLUSTER.md). */
+void msg_service_set_cluster(msg_service *m, parley_cluster *c);
 
 /* Replaces the key set tokens are verified with (a reload, e.g. on
  * SIGHUP): new connections and HTTP requests use `keys` (the service
@@ -133,6 +144,7 @@ typedef struct msg_service_stats {
     uint64_t kicked;           /* sockets disconnected for hammering over the limits */
     uint64_t urgent_downgraded; /* urgent notifications from non-contacts treated as high */
     uint64_t mentions;          /* mention notifications raised by room messages (@user) */
+    uint64_t cluster_room_failures; /* room changes not published to the other nodes */
 } msg_service_stats;
 
 void msg_service_stats_get(const msg_service *m, msg_service_stats *st);

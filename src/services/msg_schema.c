@@ -173,6 +173,7 @@ static const char *const err_names[MSG_E_COUNT] = {
     [MSG_E_RATE_LIMITED] = "rate_limited",
     [MSG_E_QUOTA_EXCEEDED] = "quota_exceeded",
     [MSG_E_STORAGE_FULL] = "storage_full",
+    [MSG_E_UNAVAILABLE] = "unavailable",
     [MSG_E_AUTH_REQUIRED] = "auth_required",
     [MSG_E_INVALID_TOKEN] = "invalid_token",
     [MSG_E_TOKEN_EXPIRED] = "token_expired",

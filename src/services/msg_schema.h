@@ -167,6 +167,8 @@ typedef enum msg_errcode {
     MSG_E_RATE_LIMITED,     /* over a rate limit: retry after retry_after_ms */
     MSG_E_QUOTA_EXCEEDED,   /* over a quota (daily uploads, storage, rooms) */
     MSG_E_STORAGE_FULL,     /* the server's disk is below its reserve: writes refused */
+    MSG_E_UNAVAILABLE,      /* the shared database cannot be reached: nothing was
+                               stored; retry after retry_after_ms */
     /* connect_error data */
     MSG_E_AUTH_REQUIRED,       /* no token in the CONNECT auth payload */
     MSG_E_INVALID_TOKEN,       /* malformed, wrong algorithm, bad signature */
@@ -185,7 +187,8 @@ typedef struct msg_error {
     char field[48];    /* path of the offending field ("content.lat"), or "" */
     char message[160]; /* for humans */
     /* > 0: the request may succeed when retried after this many ms
-     * (rate_limited, quota_exceeded, storage_full); 0: not said. */
+     * (rate_limited, quota_exceeded, storage_full, unavailable); 0: not
+     * said. */
     int64_t retry_after_ms;
 } msg_error;
 

@@ -13,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/buf.h"
@@ -395,6 +397,37 @@ static void test_stream_crash(void **state)
     media_close(m);
 }
 
+/* A directory several servers share: opening it removes only the
+ * temporaries nobody wrote to for an hour (another server may be in the
+ * middle of the younger ones); a private one removes them all. */
+static void test_shared_temporaries(void **state)
+{
+    (void)state;
+    char root[128], young[256], old[256];
+    snprintf(root, sizeof root, "%s/shared", dir);
+    media_store *m = NULL;
+    assert_int_equal(media_open_shared(root, false, &m), 0);
+    media_close(m);
+    snprintf(young, sizeof young, "%s/tmp-young", root);
+    snprintf(old, sizeof old, "%s/tmp-old", root);
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(i ? old : young, "w");
+        assert_non_null(f);
+        fputs("partial", f);
+        fclose(f);
+    }
+    struct timeval tv[2] = {{time(NULL) - MEDIA_SHARED_TMP_AGE_S - 60, 0},
+                            {time(NULL) - MEDIA_SHARED_TMP_AGE_S - 60, 0}};
+    assert_int_equal(utimes(old, tv), 0);
+    assert_int_equal(media_open_shared(root, false, &m), 0);
+    assert_int_equal(access(young, F_OK), 0);
+    assert_int_equal(access(old, F_OK), -1);
+    media_close(m);
+    assert_int_equal(media_open(root, false, &m), 0);
+    assert_int_equal(access(young, F_OK), -1);
+    media_close(m);
+}
+
 static void test_media_path_is_a_file(void **state)
 {
     (void)state;
@@ -425,6 +458,7 @@ int main(void)
         cmocka_unit_test(test_stream_existing),
         cmocka_unit_test(test_stream_abort_and_limit),
         cmocka_unit_test(test_stream_crash),
+        cmocka_unit_test(test_shared_temporaries),
         cmocka_unit_test(test_media_path_is_a_file),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

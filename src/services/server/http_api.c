@@ -55,6 +55,20 @@ static void http_error(msg_service *svc, phttpd_req *req, int status, msg_errcod
     http_err(svc, req, status, &err);
 }
 
+/* A storage failure: 503 `unavailable` with Retry-After while the database
+ * cannot be reached (PostgreSQL down), 500 `internal` otherwise. */
+static void http_store_error(msg_service *svc, phttpd_req *req)
+{
+    msg_error err;
+    if (mstore_up(svc->store)) {
+        http_error(svc, req, 500, MSG_E_INTERNAL, "storage failure");
+        return;
+    }
+    msg_fail(&err, MSG_E_UNAVAILABLE, NULL, "the database cannot be reached: try again");
+    err.retry_after_ms = STORE_RETRY_MS;
+    http_err(svc, req, 503, &err);
+}
+
 /* For codes that are not the protocol's (`unavailable`). */
 static void http_error_code(msg_service *svc, phttpd_req *req, int status, const char *code,
                             const char *message)
@@ -282,7 +296,7 @@ void upload_done(phttpd_req *req, void *arg)
     if (!e || !msvc_json_done(&e->json, record_upload(svc, u->user, id, u->bytes, u->mime, &e->json,
                                                       &existed))) {
         if (e) obx_release(svc, e);
-        http_error(svc, req, 500, MSG_E_INTERNAL, "storage failure");
+        http_store_error(svc, req);
         free(u);
         return;
     }
@@ -310,7 +324,7 @@ void route_download(phttpd_req *req, void *arg)
         r = mstore_media_for(svc->store, id, user, &size, mime);
     }
     if (r < 0) {
-        http_error(svc, req, 500, MSG_E_INTERNAL, "storage failure");
+        http_store_error(svc, req);
         return;
     }
     if (r == 0) {
@@ -437,7 +451,7 @@ void route_api_notify(phttpd_req *req, void *arg)
     free(n);
     if (!e || !msvc_json_done(&e->json, rc)) {
         if (e) obx_release(svc, e);
-        http_error(svc, req, 500, MSG_E_INTERNAL, "storage failure");
+        http_store_error(svc, req);
         return;
     }
     obx_push_http(svc, e, req, dup ? 200 : 201);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -44,21 +45,27 @@ static int make_dir(const char *path)
     return PARLEY_EIO;
 }
 
-/* Temporaries are only ever in the top directory. */
-static void remove_temporaries(const char *dir)
+/* Temporaries are only ever in the top directory. min_age_s > 0: only
+ * those not written to for that long (another node may be writing the
+ * others). */
+static void remove_temporaries(const char *dir, time_t min_age_s)
 {
+    time_t now = time(NULL);
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
     while ((e = readdir(d))) {
         if (strncmp(e->d_name, TMP_PREFIX, strlen(TMP_PREFIX)) != 0) continue;
         char p[PATH_CAP];
-        if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, e->d_name) < sizeof p) unlink(p);
+        struct stat st;
+        if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, e->d_name) >= sizeof p) continue;
+        if (min_age_s > 0 && (stat(p, &st) != 0 || now - st.st_mtime < min_age_s)) continue;
+        unlink(p);
     }
     closedir(d);
 }
 
-int media_open(const char *dir, bool full_sync, media_store **out)
+static int open_dir(const char *dir, bool full_sync, time_t tmp_age_s, media_store **out)
 {
     *out = NULL;
     if (strlen(dir) > DIR_MAX) return PARLEY_EINVAL;
@@ -80,9 +87,19 @@ int media_open(const char *dir, bool full_sync, media_store **out)
         return PARLEY_ENOMEM;
     }
     m->full_sync = full_sync;
-    remove_temporaries(dir);
+    remove_temporaries(dir, tmp_age_s);
     *out = m;
     return 0;
+}
+
+int media_open(const char *dir, bool full_sync, media_store **out)
+{
+    return open_dir(dir, full_sync, 0, out);
+}
+
+int media_open_shared(const char *dir, bool full_sync, media_store **out)
+{
+    return open_dir(dir, full_sync, MEDIA_SHARED_TMP_AGE_S, out);
 }
 
 void media_close(media_store *m)

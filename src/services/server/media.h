@@ -33,6 +33,13 @@ typedef struct media_store media_store;
  * stored. 0, PARLEY_EIO (cannot create it, or it exists and is not a
  * directory: logged), PARLEY_EINVAL (path too long), PARLEY_ENOMEM. */
 int media_open(const char *dir, bool full_sync, media_store **out);
+/* The same for a directory several servers share (a cluster on one
+ * PostgreSQL: docs/CLUSTER.md): content-addressed names and rename make
+ * concurrent writers safe; only temporaries untouched for
+ * MEDIA_SHARED_TMP_AGE_S are removed, since another server may be
+ * writing the younger ones. */
+#define MEDIA_SHARED_TMP_AGE_S 3600
+int media_open_shared(const char *dir, bool full_sync, media_store **out);
 /* Every writer must have been finished or aborted. NULL is a no-op. */
 void media_close(media_store *m);
 

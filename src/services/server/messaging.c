@@ -1022,6 +1022,7 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
         if (rc == 0) rc = jwt_keyset_set_secret(svc->keys, o->jwt_secret, o->jwt_secret_len);
     }
     svc->o.jwt_secret = NULL; /* the key set holds its copy */
+    svc->o.store = svc->o.media_dir = NULL; /* used while opening only */
     svc->o.jwt_keys = NULL;
     /* Without a way to tell who anyone is, nobody gets in: the data
      * directory is not even opened. */
@@ -1029,12 +1030,23 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
     if (rc == 0 && !svc->disabled) rc = make_data_dir(svc->data_dir);
     char path[4200];
     if (rc == 0 && !svc->disabled) {
-        snprintf(path, sizeof path, "%s/messages.db", svc->data_dir);
-        rc = mstore_open(path, o->full_sync, &svc->store);
+        mstore_open_opts so = {.full_sync = o->full_sync,
+                               .loop = parley_loop_uv(svc->loop)};
+        if (o->store) {
+            rc = mstore_open_url(o->store, &so, &svc->store);
+        } else {
+            snprintf(path, sizeof path, "%s/messages.db", svc->data_dir);
+            rc = mstore_open(path, o->full_sync, &svc->store);
+        }
     }
     if (rc == 0 && !svc->disabled) {
-        snprintf(path, sizeof path, "%s/media", svc->data_dir);
-        rc = media_open(path, o->full_sync, &svc->media);
+        bool shared = strcmp(mstore_backend(svc->store), "sqlite") != 0;
+        if (o->media_dir)
+            snprintf(path, sizeof path, "%s", o->media_dir);
+        else
+            snprintf(path, sizeof path, "%s/media", svc->data_dir);
+        rc = shared ? media_open_shared(path, o->full_sync, &svc->media)
+                    : media_open(path, o->full_sync, &svc->media);
     }
     if (rc == 0 && !svc->disabled) {
         int64_t next = mstore_notif_next_expiry(svc->store);
@@ -1194,6 +1206,13 @@ void msg_service_collect(pmx_out *o, void *user)
                 svc->store ? mstore_commits(svc->store) : 0);
     pmx_counter(o, "parley_store_commit_failures_total", "Store batches that failed to commit.",
                 st->commit_failures);
+    pmx_gauge(o, "parley_store_up",
+              "1 while the message store answers (PostgreSQL: 0 from a lost connection until "
+              "it is re-established).",
+              svc->store && mstore_up(svc->store) ? 1 : 0);
+    pmx_counter(o, "parley_chat_cluster_room_failures_total",
+                "Room membership changes that could not be published to the other nodes.",
+                st->cluster_room_failures);
     pmx_family(o, "parley_store_commit_seconds", PMX_HISTOGRAM,
                "Time to commit one batch (the group commit of one loop iteration).");
     pmx_hist_write(o, "parley_store_commit_seconds", NULL, 0, &mx->commit_latency);
@@ -1227,6 +1246,11 @@ void msg_service_set_keys(msg_service *svc, jwt_keyset *keys)
     jwt_keyset *old = svc->keys;
     svc->keys = jwt_keyset_ref(keys);
     jwt_keyset_unref(old);
+}
+
+void msg_service_set_cluster(msg_service *svc, parley_cluster *c)
+{
+    if (svc) svc->cluster = c;
 }
 
 void msg_service_free(msg_service *svc)
@@ -1266,7 +1290,7 @@ void msg_service_free(msg_service *svc)
     for (int i = 0; i < 2; i++) {
         for (obx *e = lists[i]; e;) {
             obx *next = e->next;
-            if (e->kind == OB_HTTP) do_http(e, true);
+            if (e->kind == OB_HTTP) do_http(svc, e, true);
             if (e->ms) ms_release(e->ms);
             free(e->origin);
             pbuf_free(&e->json);

@@ -45,6 +45,7 @@
 #define OUTBOX_FREE_MAX 256                    /* recycled outbox entries kept */
 #define OUTBOX_KEEP_CAP 4096                   /* bytes a recycled entry keeps */
 #define PROOM_MAX       (3 + MSG_USER_MAX + 1) /* "pu:"/"ps:" + user, "pr:" + room name */
+#define STORE_RETRY_MS  1000                   /* retry hint of `unavailable` (database down) */
 
 typedef struct msess msess;
 typedef struct mpres mpres;
@@ -180,6 +181,7 @@ typedef struct mtyping {
 struct msg_service {
     parley_server *srv;
     parley_nsp *nsp;
+    parley_cluster *cluster; /* the Redis adapter, or NULL (one node) */
     parley_loop *loop;
     msg_service_opts o;
     jwt_keyset *keys; /* NULL: no tokens can be checked */
@@ -284,7 +286,7 @@ obx *queue_bcast(msg_service *svc, msess *sender, const msg_conv *c, const char 
 void queue_room_change(msg_service *svc, int kind, const char *user, const char *conv, bool dep);
 void on_low_timer(ptimer *t);
 int notify_collect(const char *user, int64_t d, int64_t r, void *arg);
-void do_http(obx *e, bool failed);
+void do_http(msg_service *svc, obx *e, bool failed);
 void obx_push_http(msg_service *svc, obx *e, phttpd_req *req, int status);
 void msvc_on_flush(pdefer *d);
 

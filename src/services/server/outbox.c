@@ -115,6 +115,16 @@ void reply_fail(msg_service *svc, msess *ms, int64_t ack_id, msg_errcode code, c
 
 void reply_internal(msg_service *svc, msess *ms, int64_t ack_id)
 {
+    if (!mstore_up(svc->store)) {
+        /* The database is down (PostgreSQL): a clear, retryable refusal
+         * (libparley keeps the message queued and sends it again). */
+        msg_error err;
+        msg_fail(&err, MSG_E_UNAVAILABLE, NULL,
+                 "the database cannot be reached: nothing was changed, try again");
+        err.retry_after_ms = STORE_RETRY_MS;
+        reply_error(svc, ms, ack_id, &err);
+        return;
+    }
     reply_fail(svc, ms, ack_id, MSG_E_INTERNAL, NULL, "storage failure: nothing was changed");
 }
 
@@ -216,6 +226,23 @@ static void apply_room_change(msg_service *svc, obx *e)
         else
             parley_leave(ms->sock, e->rooms[0]);
     }
+    if (!svc->cluster) return;
+    /* The user's sockets on the other nodes, through the adapter (which
+     * applies the change here too: joins and leaves are idempotent).
+     * Published on the connection the messages go out on, so a node sees
+     * the join before the room's next message. */
+    char ur[ROOM_NAME_MAX], all[PROOM_MAX];
+    room_of_user(ur, e->user);
+    proom(all, 'u', e->user);
+    const char *live[1] = {ur}, *every[1] = {all}, *conv[1] = {e->rooms[0]}, *pres[1] = {pr};
+    int rc;
+    if (e->kind == OB_JOIN)
+        rc = parley_cluster_sockets_join(svc->cluster, svc->nsp, every, 1, NULL, 0, pres, 1) ||
+             parley_cluster_sockets_join(svc->cluster, svc->nsp, live, 1, NULL, 0, conv, 1);
+    else
+        rc = parley_cluster_sockets_leave(svc->cluster, svc->nsp, every, 1, NULL, 0, pres, 1) ||
+             parley_cluster_sockets_leave(svc->cluster, svc->nsp, live, 1, NULL, 0, conv, 1);
+    if (rc) svc->stats.cluster_room_failures++;
 }
 
 /* Recipients are gathered first: the notifications they get are written
@@ -268,15 +295,19 @@ static void do_notify(msg_service *svc, obx *e)
     free(n.users);
 }
 
-void do_http(obx *e, bool failed)
+void do_http(msg_service *svc, obx *e, bool failed)
 {
     if (!e->http) return;
     static const char fail[] = "{\"code\":\"internal\",\"message\":\"storage failure\"}";
+    static const char down[] = "{\"code\":\"unavailable\",\"message\":\"the database cannot be "
+                               "reached: try again\",\"retry_after_ms\":1000}";
     http_header h[2] = {
         {"Access-Control-Allow-Origin", 27, e->origin, e->origin ? strlen(e->origin) : 0},
         {"Vary", 4, "Origin", 6}};
     size_t n = e->origin ? 2 : 0;
-    if (failed)
+    if (failed && !mstore_up(svc->store))
+        phttpd_deferred_respond(e->http, 503, "application/json", h, n, down, sizeof down - 1);
+    else if (failed)
         phttpd_deferred_respond(e->http, 500, "application/json", h, n, fail, sizeof fail - 1);
     else
         phttpd_deferred_respond(e->http, e->http_status, "application/json", h, n, e->json.ptr,
@@ -420,7 +451,7 @@ void msvc_on_flush(pdefer *d)
             if (!bad) do_notify(svc, e);
             break;
         case OB_HTTP:
-            do_http(e, bad);
+            do_http(svc, e, bad);
             break;
         case OB_NPUSH:
             if (!bad) do_npush(svc, e);
