@@ -1509,7 +1509,12 @@ int main(int argc, char **argv)
         parley_cluster_opts_init(&po);
         po.redis_url = c.redis_url;
         po.redis_ca_file = c.redis_ca;
-        if (c.protocol_test) po.on_server_side_emit = protocol_test_server_side_emit;
+        if (c.protocol_test) {
+            po.on_server_side_emit = protocol_test_server_side_emit;
+        } else if (a.msg) {
+            po.on_server_side_emit = msg_service_on_server_side_emit;
+            po.user = a.msg;
+        }
         rc = parley_cluster_join(a.srv, &po, &a.cluster);
         if (rc) plog_error("--redis: %s", parley_strerror(rc));
         if (rc == 0) rc = pmx_register(ops_registry(a.ops), pcluster_collect, a.cluster);

@@ -113,6 +113,11 @@ void msg_service_free(msg_service *m);
  * the cluster): room membership changes then reach the user's sockets on
  * every node (docs/CLUSTER.md). */
 void msg_service_set_cluster(msg_service *m, parley_cluster *c);
+/* parley_cluster_opts.on_server_side_emit for a server running the
+ * service (user: the msg_service): the service's own events between
+ * nodes; others are ignored. */
+void msg_service_on_server_side_emit(parley_nsp *n, const char *event, const char *args_json,
+                                     size_t args_len, const char *ack_id, void *user);
 
 /* Replaces the key set tokens are verified with (a reload, e.g. on
  * SIGHUP): new connections and HTTP requests use `keys` (the service
@@ -145,6 +150,8 @@ typedef struct msg_service_stats {
     uint64_t urgent_downgraded; /* urgent notifications from non-contacts treated as high */
     uint64_t mentions;          /* mention notifications raised by room messages (@user) */
     uint64_t cluster_room_failures; /* room changes not published to the other nodes */
+    uint64_t cluster_npush_failures; /* notifications not published to the other nodes */
+    uint64_t cluster_bad;            /* malformed messages from other nodes, dropped */
 } msg_service_stats;
 
 void msg_service_stats_get(const msg_service *m, msg_service_stats *st);

@@ -1213,6 +1213,11 @@ void msg_service_collect(pmx_out *o, void *user)
     pmx_counter(o, "parley_chat_cluster_room_failures_total",
                 "Room membership changes that could not be published to the other nodes.",
                 st->cluster_room_failures);
+    pmx_counter(o, "parley_chat_cluster_npush_failures_total",
+                "Notifications that could not be published to the other nodes.",
+                st->cluster_npush_failures);
+    pmx_counter(o, "parley_chat_cluster_bad_total",
+                "Malformed messaging events from other nodes, dropped.", st->cluster_bad);
     pmx_family(o, "parley_store_commit_seconds", PMX_HISTOGRAM,
                "Time to commit one batch (the group commit of one loop iteration).");
     pmx_hist_write(o, "parley_store_commit_seconds", NULL, 0, &mx->commit_latency);
@@ -1251,6 +1256,16 @@ void msg_service_set_keys(msg_service *svc, jwt_keyset *keys)
 void msg_service_set_cluster(msg_service *svc, parley_cluster *c)
 {
     if (svc) svc->cluster = c;
+}
+
+void msg_service_on_server_side_emit(parley_nsp *n, const char *event, const char *args_json,
+                                     size_t args_len, const char *ack_id, void *user)
+{
+    (void)ack_id;
+    msg_service *svc = user;
+    if (!svc || n != svc->nsp) return;
+    if (strcmp(event, MSG_CLUSTER_NPUSH) == 0 && !npush_remote(svc, args_json, args_len))
+        svc->stats.cluster_bad++;
 }
 
 void msg_service_free(msg_service *svc)

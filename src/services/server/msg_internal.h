@@ -45,6 +45,9 @@
 #define OUTBOX_FREE_MAX 256                    /* recycled outbox entries kept */
 #define OUTBOX_KEEP_CAP 4096                   /* bytes a recycled entry keeps */
 #define PROOM_MAX       (3 + MSG_USER_MAX + 1) /* "pu:"/"ps:" + user, "pr:" + room name */
+/* serverSideEmit between the nodes of a cluster (Node servers on the same
+ * Redis ignore events they have no listener for). */
+#define MSG_CLUSTER_NPUSH "parley:npush" /* ["<user>", <Notification>] */
 #define STORE_RETRY_MS  1000                   /* retry hint of `unavailable` (database down) */
 
 typedef struct msess msess;
@@ -287,6 +290,7 @@ void queue_room_change(msg_service *svc, int kind, const char *user, const char 
 void on_low_timer(ptimer *t);
 int notify_collect(const char *user, int64_t d, int64_t r, void *arg);
 void do_http(msg_service *svc, obx *e, bool failed);
+bool npush_remote(msg_service *svc, const char *args, size_t len);
 void obx_push_http(msg_service *svc, obx *e, phttpd_req *req, int status);
 void msvc_on_flush(pdefer *d);
 

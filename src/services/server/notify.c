@@ -71,24 +71,71 @@ static void on_notif_ack(parley_socket *s, int err, const parley_args *a, void *
     free(k);
 }
 
-void do_npush(msg_service *svc, obx *e)
+/* Emits `notification` (args: "[<Notification>]") to every socket of
+ * user on this node, each with its acknowledgement request. */
+static void npush_local(msg_service *svc, const char *user, int64_t id, const char *args)
 {
-    muser *u = user_get(svc, e->user, false);
+    muser *u = user_get(svc, user, false);
     for (msess *ms = u ? u->socks : NULL; ms; ms = ms->next) {
         nack *k = pcalloc(1, sizeof *k);
         if (!k) return;
         k->svc = svc;
-        k->id = e->meta.id;
-        memcpy(k->user, e->user, sizeof k->user);
+        k->id = id;
+        snprintf(k->user, sizeof k->user, "%s", user);
         parley_emit_opts o = {
             .size = sizeof o,
             .ack = on_notif_ack, .ack_user = k, .timeout_ms = NOTIF_ACK_TIMEOUT_MS};
-        if (parley_emit_opts_send(ms->sock, &o, MSG_EV_NOTIFICATION, (const char *)e->json.ptr,
-                                  NULL, 0) != 0)
+        if (parley_emit_opts_send(ms->sock, &o, MSG_EV_NOTIFICATION, args, NULL, 0) != 0)
             free(k);
         else
             svc->stats.notif_pushed++;
     }
+}
+
+void do_npush(msg_service *svc, obx *e)
+{
+    npush_local(svc, e->user, e->meta.id, (const char *)e->json.ptr);
+    if (!svc->cluster) return;
+    /* The recipient's sockets on the other nodes: each node emits to its
+     * own (with their acknowledgement requests), as if stored there. */
+    pbuf *b = &svc->scratch2;
+    b->len = 0;
+    int rc = pbuf_append_str(b, "[");
+    if (rc == 0) rc = json_append_string(b, e->user, strlen(e->user));
+    if (rc == 0) rc = pbuf_append(b, ",", 1);
+    if (rc == 0) rc = pbuf_append(b, e->json.ptr + 1, e->json.len - 2); /* the Notification */
+    if (rc == 0) rc = pbuf_append(b, "]", 2);
+    if (rc != 0 || parley_cluster_server_side_emit(svc->cluster, svc->nsp, MSG_CLUSTER_NPUSH,
+                                                   (const char *)b->ptr) != 0)
+        svc->stats.cluster_npush_failures++;
+}
+
+/* MSG_CLUSTER_NPUSH from another node: ["<user>", <Notification>]. Checked
+ * like any input (another process on the Redis may be anything). */
+bool npush_remote(msg_service *svc, const char *args, size_t len)
+{
+    json_val arr, user, n, id;
+    json_iter it;
+    char who[MSG_USER_MAX + 1];
+    int64_t nid;
+    if (json_parse(args, len, 8, &arr, NULL) != 0 || arr.type != JSON_ARRAY || json_count(&arr) != 2)
+        return false;
+    json_iter_init(&it, &arr);
+    if (!json_array_next(&it, &user) || !json_array_next(&it, &n) || user.type != JSON_STRING ||
+        n.type != JSON_OBJECT)
+        return false;
+    long ul = json_string_decode(&user, who, sizeof who);
+    if (ul <= 0 || !msg_valid_user(who, (size_t)ul) || !json_object_get(&n, "id", &id) ||
+        !json_int(&id, &nid) || nid <= 0)
+        return false;
+    pbuf *b = &svc->scratch2;
+    b->len = 0;
+    int rc = pbuf_append(b, "[", 1);
+    if (rc == 0) rc = pbuf_append(b, n.p, n.len);
+    if (rc == 0) rc = pbuf_append(b, "]", 2);
+    if (rc != 0) return false;
+    npush_local(svc, who, nid, (const char *)b->ptr);
+    return true;
 }
 
 /* The user's preferences; the muted lists point into buf. 1 stored, 0
