@@ -1391,6 +1391,18 @@ static void test_pg_group_commit(void **state)
     assert_true(mstore_up(st)); /* the connection is fine */
     assert_int_equal(mstore_find(st, "a", "x1", &m), 0);
     assert_int_equal(mstore_last_seq(st, c.id), 1000);
+    /* The same when the refused write is the batch's first (its BEGIN
+     * goes in the same round trip). */
+    assert_int_equal(mstore_insert(st, &c, "a", "x2", MSG_TEXT, MSG_PRIO_NORMAL,
+                                   "{\"text\":\"\xff\"}", 12, NULL, NULL, T0, &m),
+                     PARLEY_EIO);
+    assert_true(mstore_in_batch(st));
+    assert_int_equal(mstore_insert(st, &c, "a", "x3", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
+                                   NULL, T0, &m),
+                     PARLEY_EIO);
+    assert_int_equal(mstore_commit(st), PARLEY_EIO);
+    assert_int_equal(put_text(st, &c, "a", "x4", NULL), 1001);
+    mstore_rollback(st);
 
     /* The connection killed before the commit: PARLEY_EIO, nothing kept,
      * and the store is down until it reconnects (here: on the next call

@@ -375,6 +375,7 @@ struct pgs {
     uint64_t retry_at; /* without a loop: when the next call may reconnect */
     bool up;
     bool in_tx;
+    bool begin_pending; /* in_tx, BEGIN not sent yet (goes with the first statement) */
     bool lost; /* the batch's transaction is gone (error, lost connection) */
     uint64_t commits;
     uint32_t batch_writes;
@@ -532,7 +533,7 @@ static int wait_fd(int fd, short events, uint64_t deadline)
 
 /* Reads the whole answer of what was sent; *out: its first result (or
  * the first error). 0, or PARLEY_EIO after the connection was dropped. */
-static int await(pgs *s, PGresult **out, const char *what)
+static int await_results(pgs *s, PGresult **out, const char *what, bool pipelined)
 {
     *out = NULL;
     uint64_t deadline = ptime_ms() + s->timeout_ms;
@@ -554,15 +555,28 @@ static int await(pgs *s, PGresult **out, const char *what)
             if (!PQconsumeInput(s->conn)) goto broken;
         }
         PGresult *r = PQgetResult(s->conn);
-        if (!r) break;
+        if (!r) {
+            if (!pipelined) break;
+            continue; /* the end of one statement's results */
+        }
         ExecStatusType es = PQresultStatus(r);
-        if (!*out || (es == PGRES_FATAL_ERROR && PQresultStatus(*out) != PGRES_FATAL_ERROR)) {
+        if (es == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            break;
+        }
+        /* The first error, else the first result (pipelined: the last
+         * statement's, the one asked for). */
+        bool keep = !*out || (PQresultStatus(*out) != PGRES_FATAL_ERROR &&
+                              (es == PGRES_FATAL_ERROR ||
+                               (pipelined && es != PGRES_PIPELINE_ABORTED)));
+        if (keep) {
             if (*out) PQclear(*out);
             *out = r;
         } else {
             PQclear(r);
         }
     }
+    if (pipelined && !PQexitPipelineMode(s->conn)) goto broken;
     if (PQstatus(s->conn) != CONNECTION_OK) goto broken;
     return 0;
 broken:
@@ -572,23 +586,45 @@ broken:
     return PARLEY_EIO;
 }
 
+static int await(pgs *s, PGresult **out, const char *what)
+{
+    return await_results(s, out, what, false);
+}
+
 static bool connected(pgs *s);
 
 /* Runs prepared statement `st`; s->res holds the answer. 0, or
- * PARLEY_EIO (logged; a failure inside the batch loses the batch). */
+ * PARLEY_EIO (logged; a failure inside the batch loses the batch). The
+ * batch's BEGIN goes with its first statement: pipelined, one round
+ * trip. */
 static int q(pgs *s, int st, const params *p, const char *what)
 {
     clear_res(s);
-    if (!connected(s)) return PARLEY_EIO;
+    if (!connected(s)) {
+        if (s->in_tx) s->lost = true;
+        return PARLEY_EIO;
+    }
+    bool begin = s->begin_pending;
+    s->begin_pending = false;
     char name[8];
     snprintf(name, sizeof name, "s%d", st);
+    if (begin) {
+        char bname[8];
+        snprintf(bname, sizeof bname, "s%d", ST_BEGIN);
+        if (!PQenterPipelineMode(s->conn) ||
+            !PQsendQueryPrepared(s->conn, bname, 0, NULL, NULL, NULL, 0)) {
+            mark_down(s, PQerrorMessage(s->conn));
+            return PARLEY_EIO;
+        }
+    }
     if (!PQsendQueryPrepared(s->conn, name, p ? p->n : 0, p ? p->v : NULL, p ? p->len : NULL,
-                             p ? p->fmt : NULL, 0)) {
+                             p ? p->fmt : NULL, 0) ||
+        (begin && !PQpipelineSync(s->conn))) {
         mark_down(s, PQerrorMessage(s->conn));
         return PARLEY_EIO;
     }
     PGresult *r;
-    if (await(s, &r, what)) return PARLEY_EIO;
+    if (await_results(s, &r, what, begin)) return PARLEY_EIO;
     ExecStatusType es = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (es != PGRES_COMMAND_OK && es != PGRES_TUPLES_OK) {
         log_err(s, what, r ? PQresultErrorMessage(r) : "no result");
@@ -834,6 +870,8 @@ static bool connected(pgs *s)
 
 /* ---- batches ---- */
 
+/* Every write goes through here first. The BEGIN waits for the batch's
+ * first statement and goes out with it (q). */
 static int ensure_tx(pgs *s)
 {
     if (s->lost) return PARLEY_EIO;
@@ -841,9 +879,9 @@ static int ensure_tx(pgs *s)
         s->batch_writes++;
         return 0;
     }
-    int rc = q(s, ST_BEGIN, NULL, "begin");
-    if (rc) return rc;
+    if (!connected(s)) return PARLEY_EIO;
     s->in_tx = true;
+    s->begin_pending = true;
     s->batch_writes = 1;
     return 0;
 }
@@ -886,6 +924,10 @@ static void pg_rollback(mstore *base_)
     s->in_tx = false; /* before q(): a failed ROLLBACK loses nothing more */
     s->lost = false;
     s->swept_day = INT64_MIN;
+    if (s->begin_pending) { /* nothing was sent */
+        s->begin_pending = false;
+        return;
+    }
     if (s->conn && s->up) {
         q(s, ST_ROLLBACK, NULL, "rollback");
         clear_res(s);
@@ -899,6 +941,12 @@ static int pg_commit(mstore *base_)
     if (s->lost) {
         pg_rollback(&s->base);
         return PARLEY_EIO;
+    }
+    if (s->begin_pending) { /* no statement made it to the database */
+        s->begin_pending = false;
+        s->in_tx = false;
+        s->commits++;
+        return 0;
     }
     int rc = q(s, ST_COMMIT, NULL, "commit");
     /* COMMIT of an aborted transaction answers ROLLBACK, not an error. */
