@@ -301,6 +301,24 @@ static void test_paging(void **state)
     assert_int_equal(mstore_messages_after(st, c.id, 0, 50, collect, &got), 7);
     assert_int_equal(got.n, 3);
     mstore_close(st);
+    /* Rows that break the rules are refused when read. */
+    fx_sql(&sc,
+           "INSERT INTO messages(conv, seq, sender, client_id, type, priority, ts, content) "
+           "VALUES ('dm:a:b', 31, 'a', 'bad1', 1, 1, 0, 'not json');"
+           "INSERT INTO messages(conv, seq, sender, client_id, type, priority, ts, content) "
+           "VALUES ('dm:a:b', 32, 'a', 'bad2', 99, 1, 0, '{}');"
+           "INSERT INTO messages(conv, seq, sender, client_id, type, priority, ts, content) "
+           "VALUES ('dm:a:b', 33, 'a b', 'bad3', 1, 1, 0, '{}');",
+           NULL, 0);
+    st = fx_open(&sc);
+    for (int64_t after = 30; after < 33; after++) {
+        memset(&got, 0, sizeof got);
+        assert_int_equal(mstore_messages_after(st, c.id, after, 1, collect, &got), PARLEY_EIO);
+        assert_int_equal(got.n, 0);
+    }
+    mstore_msg m;
+    assert_int_equal(mstore_find(st, "a", "bad1", &m), PARLEY_EIO);
+    mstore_close(st);
     fx_free(&sc);
 }
 
@@ -1435,6 +1453,56 @@ static void test_pg_group_commit(void **state)
     fx_free(&sc);
 }
 
+/* An answer that does not come in timeout_ms (here: waiting for another
+ * node's row lock): PARLEY_EIO after about timeout_ms, down, then back. */
+static void test_pg_timeout_and_limit(void **state)
+{
+    (void)state;
+    fixture sc;
+    fx_init(&sc);
+    mstore *n1 = fx_open(&sc), *n2 = pg_open_opts(sc.url, NULL, 500);
+    msg_conv c;
+    msg_conv_dm(&c, "a", "b");
+    put_text(n1, &c, "a", "m1", NULL);
+    assert_int_equal(mstore_commit(n1), 0);
+    put_text(n1, &c, "a", "m2", NULL); /* holds the conversation's row */
+    uint64_t t0 = ptime_ms();
+    mstore_msg m;
+    assert_int_equal(mstore_insert(n2, &c, "b", "m3", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
+                                   NULL, T0, &m),
+                     PARLEY_EIO);
+    uint64_t ms = ptime_ms() - t0;
+    print_message("blocked insert: PARLEY_EIO after %llu ms (timeout 500)\n",
+                  (unsigned long long)ms);
+    assert_true(ms >= 450 && ms < 1500);
+    assert_false(mstore_up(n2));
+    assert_int_equal(mstore_commit(n2), PARLEY_EIO); /* its batch is lost */
+    assert_int_equal(mstore_commit(n1), 0);
+    usleep(300 * 1000);
+    assert_int_equal(mstore_last_seq(n2, c.id), 2);
+    assert_true(mstore_up(n2));
+    assert_int_equal(mstore_find(n2, "b", "m3", &m), 0);
+    /* The last seq there is: PARLEY_ELIMIT, nothing written, the batch
+     * intact. */
+    char sql[128];
+    snprintf(sql, sizeof sql, "UPDATE conversations SET last_seq = %lld WHERE id = 'dm:a:b'",
+             (long long)(MSG_SEQ_MAX - 1));
+    fx_sql(&sc, sql, NULL, 0);
+    msg_conv room;
+    msg_conv_room(&room, "r");
+    bool added;
+    assert_int_equal(mstore_join(n2, "r", "b", T0, &added), 0);
+    assert_int_equal(mstore_insert(n2, &c, "b", "x0", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
+                                   NULL, T0, &m),
+                     PARLEY_ELIMIT);
+    assert_int_equal(put_text(n2, &room, "b", "x0", NULL), 1);
+    assert_int_equal(mstore_commit(n2), 0);
+    assert_int_equal(mstore_last_seq(n2, c.id), MSG_SEQ_MAX - 1);
+    mstore_close(n1);
+    mstore_close(n2);
+    fx_free(&sc);
+}
+
 static void scratch_cmd(const char *what)
 {
     const char *script = getenv("PARLEY_TEST_PG_SCRATCH"), *dir = getenv("PARLEY_TEST_PG_DIR");
@@ -1620,6 +1688,7 @@ int main(void)
         cmocka_unit_test(test_pg_duplicate_across_nodes),
         cmocka_unit_test(test_pg_two_nodes_seq),
         cmocka_unit_test(test_pg_group_commit),
+        cmocka_unit_test(test_pg_timeout_and_limit),
         cmocka_unit_test(test_pg_restart),
     };
     int failed = cmocka_run_group_tests_name("sqlite", common, setup_sqlite, NULL);
