@@ -30,7 +30,7 @@
 
 /* ---- one store per test, on the backend under test ---- */
 
-static bool g_pg;          /* the group running: PostgreSQL */
+static bool g_pg;           /* the group running: PostgreSQL */
 static const char *g_pgurl; /* the maintenance URL (PARLEY_TEST_PG_URL) */
 
 typedef struct fixture {
@@ -153,7 +153,6 @@ static void fx_sql(fixture *f, const char *sql, char *out, size_t cap)
 }
 
 /* ---- messages (from test_msg_store.c) ---- */
-
 
 static int64_t put_text(mstore *st, const msg_conv *c, const char *from, const char *cid,
                         mstore_msg *out)
@@ -1064,7 +1063,6 @@ static void test_store_presence(void **state)
     fx_free(&sc);
 }
 
-
 /* ---- the push outbox (from test_push.c) ---- */
 
 typedef struct rows {
@@ -1182,13 +1180,12 @@ static void test_outbox(void **state)
     fx_free(&sc);
 }
 
-
 /* ---- PostgreSQL: several nodes on one database ---- */
 
 static mstore *pg_open_opts(const char *url, uv_loop_t *loop, unsigned timeout_ms)
 {
-    mstore_open_opts o = {.loop = loop, .timeout_ms = timeout_ms, .backoff_ms = 20,
-                          .backoff_max_ms = 200};
+    mstore_open_opts o = {
+        .loop = loop, .timeout_ms = timeout_ms, .backoff_ms = 20, .backoff_max_ms = 200};
     mstore *st = NULL;
     assert_int_equal(mstore_open_url(url, &o, &st), 0);
     return st;
@@ -1401,9 +1398,9 @@ static void test_pg_group_commit(void **state)
     assert_int_equal(mstore_insert(st, &c, "a", "x2", MSG_TEXT, MSG_PRIO_NORMAL,
                                    "{\"text\":\"\xff\"}", 12, NULL, NULL, T0, &m),
                      PARLEY_EIO);
-    assert_int_equal(mstore_insert(st, &c, "a", "x3", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
-                                   NULL, T0, &m),
-                     PARLEY_EIO);
+    assert_int_equal(
+        mstore_insert(st, &c, "a", "x3", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL, NULL, T0, &m),
+        PARLEY_EIO);
     assert_int_equal(mstore_commit(st), PARLEY_EIO);
     assert_false(mstore_in_batch(st));
     assert_true(mstore_up(st)); /* the connection is fine */
@@ -1415,9 +1412,9 @@ static void test_pg_group_commit(void **state)
                                    "{\"text\":\"\xff\"}", 12, NULL, NULL, T0, &m),
                      PARLEY_EIO);
     assert_true(mstore_in_batch(st));
-    assert_int_equal(mstore_insert(st, &c, "a", "x3", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
-                                   NULL, T0, &m),
-                     PARLEY_EIO);
+    assert_int_equal(
+        mstore_insert(st, &c, "a", "x3", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL, NULL, T0, &m),
+        PARLEY_EIO);
     assert_int_equal(mstore_commit(st), PARLEY_EIO);
     assert_int_equal(put_text(st, &c, "a", "x4", NULL), 1001);
     mstore_rollback(st);
@@ -1468,9 +1465,9 @@ static void test_pg_timeout_and_limit(void **state)
     put_text(n1, &c, "a", "m2", NULL); /* holds the conversation's row */
     uint64_t t0 = ptime_ms();
     mstore_msg m;
-    assert_int_equal(mstore_insert(n2, &c, "b", "m3", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
-                                   NULL, T0, &m),
-                     PARLEY_EIO);
+    assert_int_equal(
+        mstore_insert(n2, &c, "b", "m3", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL, NULL, T0, &m),
+        PARLEY_EIO);
     uint64_t ms = ptime_ms() - t0;
     print_message("blocked insert: PARLEY_EIO after %llu ms (timeout 500)\n",
                   (unsigned long long)ms);
@@ -1492,9 +1489,9 @@ static void test_pg_timeout_and_limit(void **state)
     msg_conv_room(&room, "r");
     bool added;
     assert_int_equal(mstore_join(n2, "r", "b", T0, &added), 0);
-    assert_int_equal(mstore_insert(n2, &c, "b", "x0", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
-                                   NULL, T0, &m),
-                     PARLEY_ELIMIT);
+    assert_int_equal(
+        mstore_insert(n2, &c, "b", "x0", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL, NULL, T0, &m),
+        PARLEY_ELIMIT);
     assert_int_equal(put_text(n2, &room, "b", "x0", NULL), 1);
     assert_int_equal(mstore_commit(n2), 0);
     assert_int_equal(mstore_last_seq(n2, c.id), MSG_SEQ_MAX - 1);
@@ -1554,9 +1551,9 @@ static void test_pg_restart(void **state)
         assert_true(mstore_last_seq(st, c.id) < 0);
         assert_int_equal(mstore_ping(st), PARLEY_EIO);
         mstore_msg m;
-        assert_int_equal(mstore_insert(st, &c, "a", "z", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
-                                       NULL, T0, &m),
-                         PARLEY_EIO);
+        assert_int_equal(
+            mstore_insert(st, &c, "a", "z", MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL, NULL, T0, &m),
+            PARLEY_EIO);
         assert_true(ptime_ms() - t0 < 50);
         /* Still down: reconnect attempts fail and back off. */
         assert_false(wait_up(&loop, st, 300));
@@ -1592,7 +1589,8 @@ static void test_pg_migrations(void **state)
     fixture sc;
     fx_init(&sc);
     pthread_t t[4];
-    for (int i = 0; i < 4; i++) assert_int_equal(pthread_create(&t[i], NULL, open_close, sc.url), 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, open_close, sc.url), 0);
     for (int i = 0; i < 4; i++) {
         void *rc;
         pthread_join(t[i], &rc);
@@ -1641,9 +1639,9 @@ static void test_pg_content_bytes(void **state)
     char big[MSG_CLIENT_ID_MAX + 2];
     memset(big, 'x', sizeof big - 1);
     big[sizeof big - 1] = 0;
-    assert_int_equal(mstore_insert(st, &c, "a", big, MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL,
-                                   NULL, T0, &m),
-                     PARLEY_EINVAL);
+    assert_int_equal(
+        mstore_insert(st, &c, "a", big, MSG_TEXT, MSG_PRIO_NORMAL, "{}", 2, NULL, NULL, T0, &m),
+        PARLEY_EINVAL);
     assert_false(mstore_in_batch(st));
     mstore_close(st);
     fx_free(&sc);

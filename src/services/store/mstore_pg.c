@@ -57,9 +57,7 @@
 #include "parley/parley.h"
 
 #define PG_SCHEMA_VERSION 1
-#define PG_LOCK_KEY       344600364880 /* 0x504d534750, "PMSGP" */
-#define STR_(x)           #x
-#define STR(x)            STR_(x)
+#define PG_LOCK_KEY       "344894687056" /* 0x504d534750, "PMSGP": the migration lock */
 
 enum {
     ST_FIND,
@@ -127,8 +125,9 @@ enum {
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_FIND] = "SELECT " MSG_COLS " FROM messages WHERE sender = $1 AND client_id = $2",
     [ST_CONV_GET] = "SELECT last_seq FROM conversations WHERE id = $1",
-    [ST_INSERT] = "SELECT st, mid, mseq FROM parley_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-                  "$11, $12, $13, $14)",
+    [ST_INSERT] =
+        "SELECT st, mid, mseq FROM parley_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
+        "$11, $12, $13, $14)",
     [ST_CONV_ADD] = "INSERT INTO conversations(id, kind, created_ms, last_seq) "
                     "VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING",
     [ST_PART_ADD] = "INSERT INTO participants(conv, usr, delivered, read, joined_ms) "
@@ -376,7 +375,7 @@ struct pgs {
     bool up;
     bool in_tx;
     bool begin_pending; /* in_tx, BEGIN not sent yet (goes with the first statement) */
-    bool lost; /* the batch's transaction is gone (error, lost connection) */
+    bool lost;          /* the batch's transaction is gone (error, lost connection) */
     uint64_t commits;
     uint32_t batch_writes;
     int64_t swept_day;
@@ -566,9 +565,9 @@ static int await_results(pgs *s, PGresult **out, const char *what, bool pipeline
         }
         /* The first error, else the first result (pipelined: the last
          * statement's, the one asked for). */
-        bool keep = !*out || (PQresultStatus(*out) != PGRES_FATAL_ERROR &&
-                              (es == PGRES_FATAL_ERROR ||
-                               (pipelined && es != PGRES_PIPELINE_ABORTED)));
+        bool keep =
+            !*out || (PQresultStatus(*out) != PGRES_FATAL_ERROR &&
+                      (es == PGRES_FATAL_ERROR || (pipelined && es != PGRES_PIPELINE_ABORTED)));
         if (keep) {
             if (*out) PQclear(*out);
             *out = r;
@@ -725,8 +724,8 @@ static int connect_sync(pgs *s, bool prepare)
     PGconn *c = connect_start(s);
     if (!c) return PARLEY_ENOMEM;
     uint64_t deadline = ptime_ms() + s->timeout_ms;
-    PostgresPollingStatusType ps = PQstatus(c) == CONNECTION_BAD ? PGRES_POLLING_FAILED
-                                                                 : PGRES_POLLING_WRITING;
+    PostgresPollingStatusType ps =
+        PQstatus(c) == CONNECTION_BAD ? PGRES_POLLING_FAILED : PGRES_POLLING_WRITING;
     while (ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
         int w = wait_fd(PQsocket(c), ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
         if (w <= 0) {
@@ -785,8 +784,7 @@ static int watch(pgs *s, PostgresPollingStatusType ps)
         s->poll->data = s;
         s->poll_fd = fd;
     }
-    return uv_poll_start(s->poll, ps == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE,
-                         on_poll);
+    return uv_poll_start(s->poll, ps == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE, on_poll);
 }
 
 static void attempt_failed(pgs *s)
@@ -963,13 +961,14 @@ static int pg_commit(mstore *base_)
 
 /* ---- opening ---- */
 
+/* Nodes opening together take turns: the lock is held until COMMIT. */
+static const char lock_sql[] = "BEGIN; SELECT pg_advisory_xact_lock(" PG_LOCK_KEY ");"
+                               "CREATE TABLE IF NOT EXISTS parley_schema ("
+                               " id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);";
+
 static int migrate(pgs *s)
 {
-    int rc = exec_simple(s,
-                         "BEGIN; SELECT pg_advisory_xact_lock(" STR(PG_LOCK_KEY) ");"
-                         "CREATE TABLE IF NOT EXISTS parley_schema ("
-                         " id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);",
-                         "locking the schema");
+    int rc = exec_simple(s, lock_sql, "locking the schema");
     if (rc) return rc;
     PGresult *r = NULL;
     if (!PQsendQuery(s->conn, "SELECT version FROM parley_schema WHERE id = 1") ||
@@ -1156,9 +1155,8 @@ static int read_msg(const pgs *s, const PGresult *r, int row, mstore_msg *out)
     memset(out, 0, sizeof *out);
     msg_message *m = &out->m;
     int64_t type, prio;
-    if (!get_i64(r, row, 0, &m->id) || !get_i64(r, row, 2, &m->seq) ||
-        !get_i64(r, row, 5, &type) || !get_i64(r, row, 6, &prio) || !get_i64(r, row, 7, &m->ts) ||
-        PQgetisnull(r, row, 8))
+    if (!get_i64(r, row, 0, &m->id) || !get_i64(r, row, 2, &m->seq) || !get_i64(r, row, 5, &type) ||
+        !get_i64(r, row, 6, &prio) || !get_i64(r, row, 7, &m->ts) || PQgetisnull(r, row, 8))
         return corrupt(s, "column of the wrong type");
     if (m->id <= 0 || m->id > MSG_SEQ_MAX || m->seq <= 0 || m->seq > MSG_SEQ_MAX || m->ts < 0 ||
         m->ts > MSG_SEQ_MAX)
@@ -1229,9 +1227,8 @@ static void copy_str(char *dst, size_t cap, const char *src)
 }
 
 static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const char *client_id,
-                     msg_type type, msg_priority prio, const char *content_json,
-                     size_t content_len, const char *media, const char *media_mime,
-                     int64_t now_ms, mstore_msg *out)
+                     msg_type type, msg_priority prio, const char *content_json, size_t content_len,
+                     const char *media, const char *media_mime, int64_t now_ms, mstore_msg *out)
 {
     pgs *s = (pgs *)base_;
     if (content_len > INT_MAX) return PARLEY_EINVAL;
@@ -1265,11 +1262,17 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
         st = -1;
     clear_res(s);
     switch (st) {
-    case 0: break;
-    case 1: return MSTORE_DUPLICATE;
-    case 2: return PARLEY_ESTATE;
-    case 3: return PARLEY_ELIMIT;
-    default: s->lost = true; return corrupt(s, "parley_insert's answer");
+    case 0:
+        break;
+    case 1:
+        return MSTORE_DUPLICATE;
+    case 2:
+        return PARLEY_ESTATE;
+    case 3:
+        return PARLEY_ELIMIT;
+    default:
+        s->lost = true;
+        return corrupt(s, "parley_insert's answer");
     }
     memset(out, 0, sizeof *out);
     out->m.id = id;
@@ -1464,8 +1467,7 @@ static int pg_participants(mstore *base_, const char *conv, mstore_user_fn fn, v
     for (int i = 0, n = PQntuples(r); i < n && !stop; i++) {
         char user[MSG_USER_MAX + 1];
         int64_t d, rd;
-        if ((stop = get_ident(s, r, i, 0, user, sizeof user, msg_valid_user, "participant")))
-            break;
+        if ((stop = get_ident(s, r, i, 0, user, sizeof user, msg_valid_user, "participant"))) break;
         if (!get_i64(r, i, 1, &d) || !get_i64(r, i, 2, &rd)) {
             stop = corrupt(s, "watermark");
             break;
@@ -1489,8 +1491,7 @@ static int pg_user_convs(mstore *base_, const char *user, mstore_conv_fn fn, voi
     int stop = 0;
     for (int i = 0, n = PQntuples(r); i < n && !stop; i++) {
         char conv[MSG_CONV_MAX + 1];
-        if ((stop = get_ident(s, r, i, 0, conv, sizeof conv, valid_conv_id, "conversation")))
-            break;
+        if ((stop = get_ident(s, r, i, 0, conv, sizeof conv, valid_conv_id, "conversation"))) break;
         stop = fn(conv, arg);
     }
     PQclear(r);
@@ -1632,9 +1633,8 @@ static int64_t count(pgs *s, int st, const params *p, const char *what)
     int rc = q(s, st, p, what);
     if (rc) return rc;
     int64_t v;
-    int64_t ret = PQntuples(s->res) == 1 && get_i64(s->res, 0, 0, &v) && v >= 0
-                      ? v
-                      : corrupt(s, what);
+    int64_t ret =
+        PQntuples(s->res) == 1 && get_i64(s->res, 0, 0, &v) && v >= 0 ? v : corrupt(s, what);
     clear_res(s);
     return ret;
 }
@@ -1741,8 +1741,7 @@ static int pg_presence_set_invisible(mstore *base_, const char *user, bool on, i
     p_init(&p);
     p_str(&p, user);
     if (on) p_i64(&p, now_ms);
-    return write1((pgs *)base_, on ? ST_PRES_INV_ON : ST_PRES_INV_OFF, &p,
-                  "storing invisibility");
+    return write1((pgs *)base_, on ? ST_PRES_INV_ON : ST_PRES_INV_OFF, &p, "storing invisibility");
 }
 
 /* ---- notifications ---- */
@@ -1762,8 +1761,8 @@ static int read_notif(const pgs *s, const PGresult *r, int row, msg_notification
     n->read = read != 0;
     json_val arr;
     msg_error err;
-    ok = ok && n->id > 0 && type >= MSG_NT_MESSAGE && type <= MSG_NT_LAST &&
-         prio >= MSG_PRIO_LOW && prio <= MSG_PRIO_URGENT && n->created >= 0 &&
+    ok = ok && n->id > 0 && type >= MSG_NT_MESSAGE && type <= MSG_NT_LAST && prio >= MSG_PRIO_LOW &&
+         prio <= MSG_PRIO_URGENT && n->created >= 0 &&
          get_cstr(r, row, 1, n->to, MSG_USER_MAX, false, 1) &&
          get_cstr(r, row, 4, n->title, MSG_NOTIF_TITLE_MAX, false, 1) &&
          get_cstr(r, row, 5, n->body, MSG_NOTIF_BODY_MAX, false, 0) &&
@@ -1795,7 +1794,8 @@ static int pg_notif_insert(mstore *base_, msg_notification *n, int64_t now_ms)
         p_i64(&p, now_ms);
         if ((rc = q(s, ST_NOTIF_DEDUPE, &p, "finding a notification by dedupe key"))) return rc;
         int ret = 0;
-        if (PQntuples(s->res) > 0) ret = read_notif(s, s->res, 0, n) == 0 ? MSTORE_DUPLICATE : PARLEY_EIO;
+        if (PQntuples(s->res) > 0)
+            ret = read_notif(s, s->res, 0, n) == 0 ? MSTORE_DUPLICATE : PARLEY_EIO;
         clear_res(s);
         if (ret) return ret;
     }
@@ -1982,8 +1982,7 @@ static int pg_nprefs_set(mstore *base_, const char *user, const char *json, size
 
 /* ---- push outbox ---- */
 
-static int pg_push_add(mstore *base_, int64_t notif, const char *user, int64_t now_ms,
-                       int64_t *id)
+static int pg_push_add(mstore *base_, int64_t notif, const char *user, int64_t now_ms, int64_t *id)
 {
     pgs *s = (pgs *)base_;
     int rc = ensure_tx(s);
@@ -2007,8 +2006,7 @@ static int64_t pg_push_count(mstore *base_)
     return count((pgs *)base_, ST_PUSH_COUNT, NULL, "counting pushes");
 }
 
-static int pg_push_due(mstore *base_, int64_t now_ms, unsigned limit, mstore_push_fn fn,
-                       void *arg)
+static int pg_push_due(mstore *base_, int64_t now_ms, unsigned limit, mstore_push_fn fn, void *arg)
 {
     pgs *s = (pgs *)base_;
     params p;
