@@ -1270,6 +1270,27 @@ static void test_pg_two_nodes_seq(void **state)
     fx_free(&sc);
 }
 
+/* Waits (at most 10 s) until `want` sessions of the test's database match
+ * `where` (a pg_stat_activity condition); with terminate, ends them. */
+static void wait_sessions(fixture *f, const char *where, int want, bool terminate)
+{
+    char sql[512], got[16] = "", want_s[16];
+    snprintf(sql, sizeof sql, "SELECT count(%s) FROM pg_stat_activity WHERE datname = '%s' AND %s",
+             terminate ? "pg_terminate_backend(pid)" : "*", f->db, where);
+    snprintf(want_s, sizeof want_s, "%d", want);
+    for (int i = 0; i < 1000 && strcmp(got, want_s) != 0; i++) {
+        if (i) usleep(10 * 1000);
+        fx_sql(f, sql, got, sizeof got);
+    }
+    assert_string_equal(got, want_s);
+}
+
+/* The racing insert is waiting for a lock node 1 holds. */
+static void wait_blocked(fixture *f)
+{
+    wait_sessions(f, "wait_event_type = 'Lock'", 1, false);
+}
+
 typedef struct racer {
     mstore *st;
     const msg_conv *c;
@@ -1323,11 +1344,10 @@ static void test_pg_duplicate_across_nodes(void **state)
     racer r = {.st = n2, .c = &room, .cid = "c2"};
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, race_insert, &r), 0);
-    usleep(300 * 1000);
+    wait_blocked(&sc);
     assert_int_equal(mstore_commit(n1), 0);
     pthread_join(t, NULL);
     assert_int_equal(r.rc, MSTORE_DUPLICATE);
-    assert_true(r.ms >= 200); /* it did wait */
     assert_int_equal(mstore_commit(n2), 0);
     assert_int_equal(mstore_last_seq(n2, room.id), 2);
     assert_int_equal(mstore_find(n2, "alice", "c2", &m), 1);
@@ -1338,7 +1358,7 @@ static void test_pg_duplicate_across_nodes(void **state)
     assert_int_equal(put_text(n1, &ab, "alice", "c3", NULL), 3);
     racer r2 = {.st = n2, .c = &ab, .cid = "c3"};
     assert_int_equal(pthread_create(&t, NULL, race_insert, &r2), 0);
-    usleep(300 * 1000);
+    wait_blocked(&sc);
     assert_int_equal(mstore_commit(n1), 0);
     pthread_join(t, NULL);
     assert_int_equal(r2.rc, MSTORE_DUPLICATE);
@@ -1349,7 +1369,7 @@ static void test_pg_duplicate_across_nodes(void **state)
     assert_int_equal(put_text(n1, &ab, "alice", "c4", NULL), 4);
     racer r3 = {.st = n2, .c = &room, .cid = "c4"};
     assert_int_equal(pthread_create(&t, NULL, race_insert, &r3), 0);
-    usleep(300 * 1000);
+    wait_blocked(&sc);
     mstore_rollback(n1);
     pthread_join(t, NULL);
     assert_int_equal(r3.rc, 0);
@@ -1424,14 +1444,7 @@ static void test_pg_group_commit(void **state)
      * after the backoff, there is no loop). */
     assert_int_equal(put_text(st, &c, "a", "y1", NULL), 1001);
     assert_int_equal(put_text(st, &c, "b", "y2", NULL), 1002);
-    char sql[256];
-    snprintf(sql, sizeof sql,
-             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
-             "datname = '%s' AND state LIKE 'idle in transaction%%'",
-             sc.db);
-    char got[16];
-    fx_sql(&sc, sql, got, sizeof got);
-    assert_string_equal(got, "1");
+    wait_sessions(&sc, "state LIKE 'idle in transaction%'", 1, true);
     assert_int_equal(mstore_commit(st), PARLEY_EIO);
     assert_false(mstore_in_batch(st));
     assert_false(mstore_up(st));
