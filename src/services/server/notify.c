@@ -34,7 +34,10 @@ void unread_flush(msg_service *svc)
     while ((u = svc->nunread_head)) {
         svc->nunread_head = u->next;
         pmap_del(&svc->nunread, u->id, strlen(u->id));
-        int64_t n = user_get(svc, u->id, false) ? mstore_notif_unread(svc->store, u->id, now) : -1;
+        /* In a cluster the user's sockets may be on other nodes: the
+         * broadcast reaches them through the adapter. */
+        bool anyone = svc->cluster || user_get(svc, u->id, false);
+        int64_t n = anyone ? mstore_notif_unread(svc->store, u->id, now) : -1;
         if (n >= 0) {
             char args[48], r[PROOM_MAX];
             snprintf(args, sizeof args, "[{\"count\":%lld}]", (long long)n);
@@ -124,7 +127,8 @@ bool npush_remote(msg_service *svc, const char *args, size_t len)
     if (!json_array_next(&it, &user) || !json_array_next(&it, &n) || user.type != JSON_STRING ||
         n.type != JSON_OBJECT)
         return false;
-    long ul = json_string_decode(&user, who, sizeof who);
+    long ul = json_string_decode(&user, who, sizeof who - 1);
+    if (ul > 0) who[ul] = 0;
     if (ul <= 0 || !msg_valid_user(who, (size_t)ul) || !json_object_get(&n, "id", &id) ||
         !json_int(&id, &nid) || nid <= 0)
         return false;

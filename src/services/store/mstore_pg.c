@@ -368,6 +368,8 @@ struct pgs {
     uv_loop_t *loop;
     uv_timer_t *timer; /* backoff, and the deadline of an attempt */
     uv_poll_t *poll;   /* the socket of a connection being made */
+    uv_poll_t *idle;   /* the open connection's socket between calls: a
+                          server that goes away is noticed at once */
     int poll_fd;
     PGconn *pending; /* the connection being made on the loop */
     unsigned timeout_ms, backoff_min, backoff_max, backoff;
@@ -499,10 +501,19 @@ static void stop_poll(pgs *s)
     s->poll_fd = -1;
 }
 
+static void idle_stop(pgs *s)
+{
+    if (!s->idle) return;
+    uv_poll_stop(s->idle);
+    uv_close((uv_handle_t *)s->idle, poll_closed);
+    s->idle = NULL;
+}
+
 /* The connection is gone: down until a reconnect succeeds. */
 static void mark_down(pgs *s, const char *why)
 {
     clear_res(s);
+    idle_stop(s);
     if (s->conn) {
         char line[512];
         plog_error("store %s: connection lost (%s); reconnecting", s->where,
@@ -704,6 +715,43 @@ static PGconn *connect_start(pgs *s)
     return PQconnectStartParams(keys, vals, 1);
 }
 
+/* Between calls nothing is asked of the server: the socket becoming
+ * readable means it said something on its own, which is a server
+ * shutting down or a connection broken (or a notice). Without this, a
+ * restarted database would be noticed only by the next request, which
+ * would fail. */
+static void on_idle(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    pgs *s = h->data;
+    if (s->idle != h || !s->conn) return;
+    if (status < 0) {
+        mark_down(s, uv_strerror(status));
+        return;
+    }
+    if (PQconsumeInput(s->conn) == 0 || PQstatus(s->conn) == CONNECTION_BAD) {
+        mark_down(s, PQerrorMessage(s->conn));
+        return;
+    }
+    PGnotify *n;
+    while ((n = PQnotifies(s->conn))) PQfreemem(n);
+}
+
+static void idle_start(pgs *s)
+{
+    int fd = s->loop && s->conn && !s->idle ? PQsocket(s->conn) : -1;
+    if (fd < 0) return;
+    s->idle = malloc(sizeof *s->idle);
+    if (!s->idle) return; /* noticed at the next call instead */
+    if (uv_poll_init(s->loop, s->idle, fd) != 0) {
+        free(s->idle);
+        s->idle = NULL;
+        return;
+    }
+    s->idle->data = s;
+    if (uv_poll_start(s->idle, UV_READABLE, on_idle) != 0) idle_stop(s);
+}
+
 /* A new connection is open: set it up for the store (the statements
  * only once the schema exists). */
 static int conn_ready(pgs *s, PGconn *c, bool prepare)
@@ -715,6 +763,7 @@ static int conn_ready(pgs *s, PGconn *c, bool prepare)
         s->conn = NULL;
         return PARLEY_EIO;
     }
+    idle_start(s);
     return 0;
 }
 
@@ -1091,6 +1140,7 @@ static void pg_close(mstore *base_)
         uv_timer_stop(s->timer);
         uv_close((uv_handle_t *)s->timer, timer_closed);
     }
+    idle_stop(s);
     if (s->conn) PQfinish(s->conn);
     pbuf_free(&s->found);
     free(s->url);
