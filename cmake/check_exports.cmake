@@ -1,35 +1,90 @@
-# CTest check of the shared library's exports: every defined dynamic
-# symbol is a parley_* function or object and carries the version
-# PARLEY_0.1 of cmake/libparley.map.
-#   cmake -DLIB=path/libparley.so -DOBJDUMP=objdump -P check_exports.cmake
+# CTest check of a shared library's exports:
+#   cmake -DLIB=path/libX.so -DOBJDUMP=objdump -DNODE=PARLEY_0.1
+#         [-DPRIVATE_NODE=PARLEY_PRIVATE_0.1] -DHEADERS=a.h,b.h
+#         [-DINCLUDE=regex] [-DEXCLUDE=regex] -P check_exports.cmake
+# The API is every parley_* function declared with PARLEY_API in HEADERS
+# whose name matches INCLUDE (if given) and not EXCLUDE (if given). Every
+# function of the API must be exported at version NODE, and everything
+# exported at NODE must be in the API (an internal parley_* function that
+# escaped by the map's parley_* pattern fails here). Symbols at
+# PRIVATE_NODE (internals for libparley-server) are allowed; nothing else
+# may be exported.
+cmake_minimum_required(VERSION 3.18)
+foreach(v LIB OBJDUMP NODE HEADERS)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "check_exports.cmake: -D${v}= is missing")
+  endif()
+endforeach()
+
+# The API from the headers.
+string(REPLACE "," ";" HEADERS "${HEADERS}")
+set(api "")
+foreach(h IN LISTS HEADERS)
+  file(READ ${h} text)
+  string(REPLACE "\n" " " text "${text}")
+  string(REGEX MATCHALL "PARLEY_API[^;(#]*[ *]parley_[A-Za-z0-9_]+ *\\(" decls "${text}")
+  foreach(d IN LISTS decls)
+    string(REGEX MATCH "parley_[A-Za-z0-9_]+ *\\($" name "${d}")
+    string(REGEX REPLACE " *\\($" "" name "${name}")
+    if(DEFINED INCLUDE AND NOT name MATCHES "${INCLUDE}")
+      continue()
+    endif()
+    if(DEFINED EXCLUDE AND name MATCHES "${EXCLUDE}")
+      continue()
+    endif()
+    list(APPEND api ${name})
+  endforeach()
+endforeach()
+list(REMOVE_DUPLICATES api)
+list(LENGTH api napi)
+if(napi EQUAL 0)
+  message(FATAL_ERROR "no PARLEY_API declarations found in ${HEADERS}")
+endif()
+
 execute_process(COMMAND ${OBJDUMP} -T ${LIB} OUTPUT_VARIABLE out RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "${OBJDUMP} -T ${LIB} failed")
 endif()
 string(REPLACE "\t" " " out "${out}")
 string(REPLACE "\n" ";" lines "${out}")
-set(n 0)
+set(public "")
+set(npriv 0)
 set(bad "")
 foreach(line IN LISTS lines)
   # Defined symbols: not *UND*; the version node is the column before the name.
   if(line MATCHES "^[0-9a-f]+ .* (\\.text|\\.data|\\.bss|\\.rodata)[^ ]* +[0-9a-f]+ +(\\(?[A-Za-z0-9_.]+\\)?) +([A-Za-z0-9_.]+)$")
-    set(ver "${CMAKE_MATCH_2}")
     set(name "${CMAKE_MATCH_3}")
-    if(name STREQUAL "PARLEY_0.1" AND ver MATCHES "PARLEY_0.1")
-      continue() # the version definition itself
+    string(REGEX REPLACE "^\\((.*)\\)$" "\\1" ver "${CMAKE_MATCH_2}")
+    if(name STREQUAL ver)
+      continue() # a version definition itself
     endif()
-    math(EXPR n "${n} + 1")
-    if(NOT name MATCHES "^parley_" OR NOT ver MATCHES "^\\(?PARLEY_0\\.1\\)?$")
-      string(APPEND bad "  ${ver} ${name}\n")
+    if(ver STREQUAL NODE)
+      list(APPEND public ${name})
+      if(NOT name IN_LIST api)
+        string(APPEND bad "  ${name}@${ver}: exported at ${NODE} but not in the API this library provides (PARLEY_API in include/parley/)\n")
+      endif()
+    elseif(DEFINED PRIVATE_NODE AND ver STREQUAL PRIVATE_NODE)
+      math(EXPR npriv "${npriv} + 1")
+    else()
+      string(APPEND bad "  ${name}@${ver}: not at ${NODE}\n")
     endif()
-  elseif(line MATCHES "\\*ABS\\*" AND NOT line MATCHES "PARLEY_0\\.1")
-    string(APPEND bad "  ${line}\n")
+  elseif(line MATCHES "\\*ABS\\*")
+    if(NOT line MATCHES " ${NODE}$" AND NOT (DEFINED PRIVATE_NODE AND line MATCHES " ${PRIVATE_NODE}$"))
+      string(APPEND bad "  ${line}\n")
+    endif()
   endif()
 endforeach()
-if(n LESS 50)
-  message(FATAL_ERROR "only ${n} exported symbols found in ${LIB}:\n${out}")
-endif()
+foreach(name IN LISTS api)
+  if(NOT name IN_LIST public)
+    string(APPEND bad "  ${name}: declared with PARLEY_API but not exported at ${NODE}\n")
+  endif()
+endforeach()
 if(bad)
-  message(FATAL_ERROR "exports other than parley_*@PARLEY_0.1:\n${bad}")
+  message(FATAL_ERROR "${LIB}:\n${bad}")
 endif()
-message(STATUS "${n} exports, all parley_*@PARLEY_0.1")
+list(LENGTH public npublic)
+if(DEFINED PRIVATE_NODE)
+  message(STATUS "${LIB}: ${npublic} exports at ${NODE}, the API's ${napi}; ${npriv} at ${PRIVATE_NODE}")
+else()
+  message(STATUS "${LIB}: ${npublic} exports at ${NODE}, the API's ${napi}")
+endif()

@@ -277,6 +277,12 @@ PARLEY_API const char *parley_socket_auth(const parley_socket *s, size_t *len);
  * goes both ways. Redis may be down: the server keeps serving its own
  * sockets (what cannot be published is counted) and reconnects with
  * backoff, subscribing again.
+ *
+ * The parley_cluster_* functions are provided by libparley-server, not
+ * libparley: a program that calls them links parley-server
+ * (`pkg-config --libs parley-server`, which brings libparley too, and
+ * with it hiredis and msgpack-c). Everything else in this header is
+ * libparley's.
  */
 typedef struct parley_cluster parley_cluster;
 
