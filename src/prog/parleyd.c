@@ -1167,6 +1167,7 @@ static void on_signal(uv_signal_t *h, int signum)
     a->stopping = true;
     ops_stop(a->ops);
     /* Leave the cluster first: no more publishing while the sockets go. */
+    if (a->msg) msg_service_set_cluster(a->msg, NULL);
     pcluster_free(a->cluster);
     a->cluster = NULL;
     protocol_test_set_cluster(NULL);
@@ -1493,6 +1494,10 @@ int main(int argc, char **argv)
         if (rc) plog_error("--redis: %s", parley_strerror(rc));
         if (rc == 0) rc = pmx_register(ops_registry(a.ops), pcluster_collect, a.cluster);
         if (rc == 0 && c.protocol_test) protocol_test_set_cluster(a.cluster);
+        /* Presence across nodes (docs/CLUSTER.md, "Presence across nodes"). */
+        if (rc == 0 && a.msg) rc = msg_service_set_cluster(a.msg, a.cluster);
+        if (rc == 0 && a.msg)
+            rc = pmx_register(ops_registry(a.ops), msg_service_cluster_collect, a.msg);
         if (rc == 0)
             plog_info("cluster: Redis adapter, node uid %s (docs/CLUSTER.md)",
                       pcluster_uid(a.cluster));
@@ -1544,6 +1549,7 @@ int main(int argc, char **argv)
         /* Nothing listens yet: free what was made, so that a refused start
          * leaves nothing behind (and leak checkers see none). */
         if (a.echo_engine) engine_free(a.echo_engine);
+        if (a.msg) msg_service_set_cluster(a.msg, NULL);
         pcluster_free(a.cluster);
         ops_stop(a.ops);
         msg_service_free(a.msg);

@@ -89,6 +89,15 @@ typedef struct msg_service_opts {
     /* The push webhook (services/server/push.h; commit/user are the service's):
      * NULL = off. Copied. */
     const struct push_opts *push;
+    /* Presence across nodes (msg_service_set_cluster; docs/CLUSTER.md,
+     * "Presence across nodes"): each node says it is alive every
+     * presence_heartbeat_ms (0: 1000); a node not heard from for
+     * presence_node_timeout_ms (0: 3000) is dead and its devices are
+     * dropped. presence_node_users: the most users one other node may
+     * report (0: 100000; beyond, its reports are ignored and counted). */
+    uint32_t presence_heartbeat_ms;
+    uint32_t presence_node_timeout_ms;
+    uint32_t presence_node_users;
 } msg_service_opts;
 
 void msg_service_opts_init(msg_service_opts *o);
@@ -114,6 +123,18 @@ void msg_service_set_keys(msg_service *m, struct jwt_keyset *keys);
  * there. Its sockets' tokens are not watched for expiry. 0 or
  * PARLEY_EINVAL. */
 int msg_service_guard(msg_service *m, parley_nsp *nsp);
+
+/* Presence across the nodes of a Redis cluster (cluster/adapter.h): with
+ * c, this node's devices count for the users' presence on every node and
+ * theirs here (docs/CLUSTER.md, "Presence across nodes"); NULL leaves
+ * (before pcluster_free). Without it presence is this process's alone.
+ * 0, PARLEY_EINVAL, PARLEY_ENOMEM. */
+struct parley_cluster;
+int msg_service_set_cluster(msg_service *m, struct parley_cluster *c);
+
+/* A metrics collector for presence across nodes (user: the msg_service):
+ * the parley_presence_cluster_* families. */
+void msg_service_cluster_collect(pmx_out *o, void *user);
 
 /* Counters, for tests and metrics. */
 typedef struct msg_service_stats {

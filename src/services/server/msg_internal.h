@@ -110,6 +110,13 @@ struct mpres {
     bool dirty;
     mpres *next_dirty;
     msess *trigger; /* the socket whose own action is this iteration's change (pres_mark) */
+    /* Across nodes (presence_cluster.c): when the text was set here (wall
+     * ms; 0 when read from the store), and this node's contribution as
+     * last published to the other nodes. */
+    int64_t text_at;
+    uint32_t pc_devices;
+    uint8_t pc_status;
+    int64_t pc_text_at;
 };
 
 enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP, OB_NPUSH };
@@ -234,6 +241,7 @@ struct msg_service {
     msess *kicks;  /* sockets to disconnect once this iteration's answers are out */
     char *origins; /* allowed_origins, copied */
     msg_metrics mx;
+    struct pres_cluster *pc; /* presence across nodes; NULL without a cluster */
 };
 
 #define LOG_EVERY_MS    10000
@@ -319,6 +327,27 @@ void req_presence_unsub(msg_service *svc, msess *ms, const json_val *obj, const 
                         int64_t ack_id);
 void req_presence_room(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
                        int64_t ack_id);
+msg_pstatus pres_local_status(const muser *u);
+void pres_mark_remote(msg_service *svc, mpres *p);
+void pres_sync_sent(msg_service *svc, mpres *p);
+void pres_maybe_free(msg_service *svc, mpres *p);
+
+/* presence_cluster.c: presence across nodes (docs/CLUSTER.md, "Presence
+ * across nodes"). Everything is a no-op without a cluster (svc->pc NULL). */
+typedef struct pc_remote {
+    uint32_t devices;      /* on other live nodes */
+    uint8_t status;        /* the most available of theirs (MSG_PS_OFFLINE: none) */
+    int64_t text_at;       /* the newest text among them (0: none) */
+    const char *text;      /* ... and that text (valid until the next event) */
+} pc_remote;
+void pc_remote_get(msg_service *svc, const char *user, pc_remote *out);
+/* This node's contribution of p's user changed? Queued to the others. */
+void pc_contrib(msg_service *svc, mpres *p);
+/* What was broadcast for p (others' view): queued so that the other nodes
+ * know what subscribers were told. */
+void pc_sent(msg_service *svc, const msg_presence *pub);
+/* Publishes what was queued. */
+void pc_publish(msg_service *svc);
 
 /* notify.c */
 void unread_flush(msg_service *svc);
