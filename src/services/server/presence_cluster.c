@@ -312,7 +312,8 @@ static bool get_int(const json_val *v, int64_t lo, int64_t hi, int64_t *out)
     return v->type == JSON_NUMBER && json_int(v, out) && *out >= lo && *out <= hi;
 }
 
-/* A contribution of node n: applied, and the user's record kept in step. */
+/* A contribution of node n: checked, and with n applied (the user's
+ * record kept in step). NULL, or what is wrong with it. */
 static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
 {
     msg_service *svc = pc->svc;
@@ -331,6 +332,7 @@ static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
         return "a bad status";
     if (!get_int(&v[3], 0, INT64_MAX / 2, &text_at)) return "a bad text time";
     if (!get_str(&v[4], text, sizeof text)) return "a bad text";
+    if (!n) return NULL;
     size_t len = strlen(user);
     rentry *e = pmap_get(&n->users, user, len);
     if (devices == 0) {
@@ -377,8 +379,9 @@ static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
     return NULL;
 }
 
-/* What another node broadcast: what subscribers were told. */
-static const char *on_sent(pres_cluster *pc, json_iter *it)
+/* What another node broadcast: what subscribers were told. Checked, and
+ * with apply taken. */
+static const char *on_sent(pres_cluster *pc, json_iter *it, bool apply)
 {
     json_val v[4];
     for (int i = 0; i < 4; i++)
@@ -394,6 +397,7 @@ static const char *on_sent(pres_cluster *pc, json_iter *it)
     if (!get_int(&v[2], 0, (int64_t)PC_DEVICES_MAX * PC_NODES_MAX, &devices))
         return "a bad device count";
     if (!get_str(&v[3], text, sizeof text)) return "a bad text";
+    if (!apply) return NULL;
     mpres *p = pres_get(pc->svc, user, false);
     if (!p) return NULL;
     p->sent_status = (uint8_t)status;
@@ -441,21 +445,28 @@ static void on_message(const char *msg, size_t len, void *user)
         return;
     }
     if (!strcmp(uid, pc->uid)) return; /* our own */
-    /* The shape first: a message with a record that is not one is dropped
-     * whole; a record with bad fields, alone (below). */
+    /* Every record is checked before any is applied: a message is taken
+     * whole or not at all. */
     json_iter rit = it;
     while (json_array_next(&rit, &v)) {
         json_iter f;
-        json_val kind;
+        json_val kind, extra;
+        const char *why = NULL;
         if (v.type != JSON_ARRAY) {
-            bad(pc, "a record that is not an array");
-            return;
+            why = "a record that is not an array";
+        } else {
+            json_iter_init(&f, &v);
+            if (!json_array_next(&f, &kind))
+                why = "an empty record";
+            else if (json_string_eq(&kind, "c"))
+                why = on_contrib(pc, NULL, &f);
+            else if (json_string_eq(&kind, "s"))
+                why = on_sent(pc, &f, false);
+            else if (!json_string_eq(&kind, "w") || json_array_next(&f, &extra))
+                why = "a record of an unknown kind";
         }
-        json_iter_init(&f, &v);
-        if (!json_array_next(&f, &kind) ||
-            !(json_string_eq(&kind, "c") || json_string_eq(&kind, "s") ||
-              json_string_eq(&kind, "w"))) {
-            bad(pc, "a record of an unknown kind");
+        if (why) {
+            bad(pc, why);
             return;
         }
     }
@@ -489,14 +500,12 @@ static void on_message(const char *msg, size_t len, void *user)
         json_val kind;
         json_iter_init(&f, &v);
         json_array_next(&f, &kind);
-        const char *why = NULL;
         if (json_string_eq(&kind, "c"))
-            why = on_contrib(pc, n, &f);
+            on_contrib(pc, n, &f);
         else if (json_string_eq(&kind, "s"))
-            why = on_sent(pc, &f);
+            on_sent(pc, &f, true);
         else
             pc->announce = true;
-        if (why) bad(pc, why); /* that record only */
     }
     if (pc->announce) {
         pc->announce = false;
