@@ -218,6 +218,27 @@ test('the status is the most available over the devices of every node', async ()
   oB.close();
 });
 
+test('coalescing still works for subscribers on the other node', async () => {
+  const [gus, obs] = users('gus', 'obs');
+  const oB = await device(B, obs, 'obs@B');
+  await ask(oB, gus);
+  const a1 = await device(A, gus, 'gus@A');
+  await awaitPresence(oB, gus, { status: 'online', devices: 1 });
+  await sleep(scaled(WINDOW * 3));
+  const n0 = seen(oB, gus).length;
+  const t0 = Date.now();
+  for (const st of ['busy', 'away', 'busy', 'online', 'away', 'busy', 'away']) await a1.ok('presence_set', { status: st });
+  const took = Date.now() - t0; // one window on a quick machine; more on a loaded one
+  await awaitPresence(oB, gus, { status: 'away' });
+  await sleep(scaled(WINDOW * 4));
+  const burst = seen(oB, gus).slice(n0);
+  const most = 2 + Math.floor(took / WINDOW);
+  assert.ok(burst.length >= 1 && burst.length <= most, `at most ${most} updates for a burst of 7 in ${took} ms: ${JSON.stringify(burst)}`);
+  assert.equal(burst.at(-1).status, 'away', 'ending in the final state');
+  a1.close();
+  oB.close();
+});
+
 test('a status text set on one node is seen on the other', async () => {
   const [cat, obs] = users('cat', 'obs');
   const oB = await device(B, obs, 'obs@B');
@@ -306,10 +327,15 @@ test('garbage on the presence channel is ignored and counted', async () => {
     '[2,"abc"]',
     '[1,"bad uid!"]',
     '[1,"zzgarb1",["x"]]',
-    '[1,"zzgarb1",["c","../etc",1,3,0,""]]',
-    '[1,"zzgarb1",["c","mallory",-1,3,0,""]]',
-    '[1,"zzgarb1",["c","mallory",1,9,0,""]]',
-    `[1,"zzgarb1",["c","mallory",1,3,0,"${'x'.repeat(300)}"]]`,
+    '[1,"zzgarb1",["c","../etc",1,3,0,"",0,0,-1]]',
+    '[1,"zzgarb1",["c","mallory",-1,3,0,"",0,0,-1]]',
+    '[1,"zzgarb1",["c","mallory",1,9,0,"",0,0,-1]]',
+    '[1,"zzgarb1",["c","mallory",1,3,0,"",2,0,-1]]',
+    '[1,"zzgarb1",["c","mallory",1,3,0,"",0,0]]',
+    '[1,"zzgarb1",["c","mallory",1,3,0,"a\\u0000b",0,0,-1]]',
+    `[1,"zzgarb1",["c","mallory",1,3,0,"${'x'.repeat(300)}",0,0,-1]]`,
+    // one bad record spoils the whole message: mallory never counts
+    '[1,"zzgarb1",["c","mallory",1,3,0,"",0,0,-1],["c","mallory",1,3,0,"",0,0,"x"]]',
     '[1,"zzgarb1",["s","mallory",3,1]]',
   ];
   for (const g of garbage) await admin.publish(CHANNEL, g);
@@ -317,6 +343,7 @@ test('garbage on the presence channel is ignored and counted', async () => {
     5000, 'the garbage counted on B');
   await sleep(scaled(300));
   assert.equal(await metric(B.port, 'parley_presence_cluster_garbage_total'), before + garbage.length);
+  assert.equal(await metric(B.port, 'parley_presence_cluster_nodes'), 1, 'no node made up from garbage');
   // Nothing of it counts as a device; both nodes still work together.
   const [obs, fay] = users('obs', 'fay');
   const oB = await device(B, obs, 'obs@B');

@@ -110,13 +110,14 @@ struct mpres {
     bool dirty;
     mpres *next_dirty;
     msess *trigger; /* the socket whose own action is this iteration's change (pres_mark) */
-    /* Across nodes (presence_cluster.c): when the text was set here (wall
-     * ms; 0 when read from the store), and this node's contribution as
-     * last published to the other nodes. */
-    int64_t text_at;
+    /* Across nodes (presence_cluster.c): when the text and invisibility
+     * were last set (wall ms; 0 when read from the store; the newest
+     * wins on every node), and this node's contribution as last
+     * published to the other nodes. */
+    int64_t text_at, inv_at;
     uint32_t pc_devices;
     uint8_t pc_status;
-    int64_t pc_text_at;
+    int64_t pc_text_at, pc_inv_at;
 };
 
 enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP, OB_NPUSH };
@@ -329,7 +330,6 @@ void req_presence_room(msg_service *svc, msess *ms, const json_val *obj, const p
                        int64_t ack_id);
 msg_pstatus pres_local_status(const muser *u);
 void pres_mark_remote(msg_service *svc, mpres *p);
-void pres_sync_sent(msg_service *svc, mpres *p);
 void pres_maybe_free(msg_service *svc, mpres *p);
 
 /* presence_cluster.c: presence across nodes (docs/CLUSTER.md, "Presence
@@ -343,9 +343,6 @@ typedef struct pc_remote {
 void pc_remote_get(msg_service *svc, const char *user, pc_remote *out);
 /* This node's contribution of p's user changed? Queued to the others. */
 void pc_contrib(msg_service *svc, mpres *p);
-/* What was broadcast for p (others' view): queued so that the other nodes
- * know what subscribers were told. */
-void pc_sent(msg_service *svc, const msg_presence *pub);
 /* Publishes what was queued. */
 void pc_publish(msg_service *svc);
 

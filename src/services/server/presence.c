@@ -1,6 +1,8 @@
 /* The messaging service: presence, and the presence requests (see messaging.c). */
 #include "services/server/msg_internal.h"
 
+#include "server/adapter.h"
+
 /* ---- presence ---- */
 
 static void on_pres_window(ptimer *t);
@@ -78,21 +80,6 @@ msg_pstatus pres_local_status(const muser *u)
     for (msess *ms = u->socks; ms; ms = ms->next)
         if (ms_status(ms) > st) st = ms_status(ms);
     return st;
-}
-
-/* p's record was just made for devices on another node: what subscribers
- * were told is the state now (the node they are on sent it). */
-void pres_sync_sent(msg_service *svc, mpres *p)
-{
-    msg_presence self;
-    if (pres_compute(svc, p->id, &self, true) != 0) return;
-    p->self_status = (uint8_t)self.status;
-    p->self_devices = self.devices;
-    p->self_invisible = self.invisible;
-    if (p->invisible) return; /* others were told offline, as at creation */
-    p->sent_status = (uint8_t)self.status;
-    p->sent_devices = self.devices;
-    memcpy(p->sent_text, self.text, sizeof p->sent_text);
 }
 
 void pres_maybe_free(msg_service *svc, mpres *p)
@@ -183,7 +170,11 @@ static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *exc
         t.nexcept = 1;
     }
     if (except && except->sock) t.except_socket = except->sock;
-    rc = parley_broadcast(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0);
+    /* In a cluster every node tells its own sockets (each from its own
+     * sent_* state): each socket hears of each change once. */
+    rc = svc->pc ? parley_broadcast__local(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr,
+                                           NULL, 0)
+                 : parley_broadcast(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0);
     if (rc < 0) plog_error("messaging: presence broadcast failed: %s", parley_strerror(rc));
     svc->stats.presence_updates++;
 }
@@ -216,8 +207,6 @@ static void pres_send_if_changed(msg_service *svc, mpres *p, msess *except)
         if (pub_changed) pres_broadcast(svc, &pub, except, PB_OTHERS);
         if (self_changed) pres_broadcast(svc, &self, except, PB_SELF);
     }
-    /* The other nodes learn what everyone was told (they do not send it). */
-    if (pub_changed) pc_sent(svc, &pub);
     p->sent_status = (uint8_t)pub.status;
     p->sent_devices = pub.devices;
     memcpy(p->sent_text, pub.text, sizeof p->sent_text);
@@ -257,8 +246,8 @@ void pres_flush(msg_service *svc)
     pc_publish(svc);
 }
 
-/* A change on another node that this one must send (the node it happened
- * on is gone): at the end of the iteration, as any other. */
+/* A change on another node (its devices, or the node gone): this node
+ * tells its own sockets at the end of the iteration, as for any other. */
 void pres_mark_remote(msg_service *svc, mpres *p)
 {
     pres_mark(svc, p, NULL);
@@ -399,6 +388,7 @@ void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, const pa
             return;
         }
         p->invisible = inv;
+        p->inv_at = now;
         p->last_seen = now;
     }
     if (st != MSG_PS_OFFLINE) ms->pstatus = (uint8_t)st; /* not given: kept */

@@ -3,24 +3,25 @@
  *
  * Every node publishes, on the node-private channel
  * "parley#presence#<nsp>#" (cluster/adapter.h), its contribution to each
- * user's presence (the user's devices on this node, the most available
- * of their effective statuses, the status text and when it was set here)
- * whenever it changes, and what it broadcast (so that the others know what
- * subscribers were told); every message is also a heartbeat, and one goes
- * out every presence_heartbeat_ms. Each node keeps the other live nodes'
- * contributions; pres_compute adds them to its own devices with the rule
- * of docs/PROTOCOL.md. A node not heard from for presence_node_timeout_ms
- * is dead: its contributions go, and the live node with the smallest uid
- * sends the resulting presence events (each once).
+ * user's presence whenever it changes: the user's devices on this node,
+ * the most available of their effective statuses, and the user's status
+ * text and invisibility with when they were set here. Every message is
+ * also a heartbeat, and one goes out every presence_heartbeat_ms. Each
+ * node keeps the other live nodes' contributions; pres_compute adds them
+ * to its own devices with the rule of docs/PROTOCOL.md. Every node tells
+ * its own sockets only (parley_broadcast__local), from its own record of
+ * what it told them, so each socket hears of each change once, through
+ * its node's coalescing window. A node not heard from for
+ * presence_node_timeout_ms is dead: its contributions go, and every node
+ * tells its sockets what that changes.
  *
  * A message is a JSON array: [1, uid, record...], a record being
- *   ["c", user, devices, status, text_at, text]  a contribution (devices
- *                                                0: the user has none here)
- *   ["s", user, status, devices, text]           what was broadcast
- *   ["w"]                                        "announce your table": the
- *                                                sender is new to us
- * status: msg_pstatus (0 offline, 1 busy, 2 away, 3 online). Anything
- * else is garbage: dropped and counted. */
+ *   ["c", user, devices, status, text_at, text, invisible, inv_at, last_seen]
+ *        a contribution (devices 0: the user has none here any more;
+ *        last_seen: when the last one went, -1 unknown)
+ *   ["w"]  "announce your table": the sender is new to us
+ * status: msg_pstatus (0 offline, 1 busy, 2 away, 3 online). A message
+ * with anything else is garbage: dropped whole and counted. */
 #include "services/server/msg_internal.h"
 
 #include "cluster/adapter.h"
@@ -121,8 +122,8 @@ void pc_remote_get(msg_service *svc, const char *user, pc_remote *out)
     }
 }
 
-/* The live node with the smallest uid, this one included, sends what a
- * dead node's departure changes. */
+/* The live node with the smallest uid, this one included, stores when
+ * the users of a dead node were last seen (once, for a shared store). */
 static bool am_leader(const pres_cluster *pc)
 {
     for (size_t i = 0; i < PC_NODES_MAX; i++)
@@ -192,11 +193,14 @@ static void queue_contrib(pres_cluster *pc, mpres *p, uint32_t devices, uint8_t 
         rc = pbuf_appendf(b, ",%u,%u,%lld,", (unsigned)devices, (unsigned)status,
                           (long long)p->text_at);
     if (rc == 0) rc = json_append_string(b, p->text, strlen(p->text));
-    if (rc == 0) rc = pbuf_append(b, "]", 1);
+    if (rc == 0)
+        rc = pbuf_appendf(b, ",%d,%lld,%lld]", p->invisible ? 1 : 0, (long long)p->inv_at,
+                          (long long)(p->last_seen < 0 ? -1 : p->last_seen));
     if (rec_done(pc, rc) == 0) {
         p->pc_devices = devices;
         p->pc_status = status;
         p->pc_text_at = p->text_at;
+        p->pc_inv_at = p->inv_at;
     }
 }
 
@@ -207,22 +211,10 @@ void pc_contrib(msg_service *svc, mpres *p)
     muser *u = user_get(svc, p->id, false);
     uint32_t devices = u ? u->n : 0;
     uint8_t status = devices ? (uint8_t)pres_local_status(u) : MSG_PS_OFFLINE;
-    if (devices == p->pc_devices && status == p->pc_status && p->text_at == p->pc_text_at) return;
+    if (devices == p->pc_devices && status == p->pc_status && p->text_at == p->pc_text_at &&
+        p->inv_at == p->pc_inv_at)
+        return;
     queue_contrib(pc, p, devices, status);
-}
-
-void pc_sent(msg_service *svc, const msg_presence *pub)
-{
-    pres_cluster *pc = svc->pc;
-    if (!pc) return;
-    pbuf *b = &pc->out;
-    int rc = rec_start(pc);
-    if (rc == 0) rc = pbuf_append_str(b, "[\"s\",");
-    if (rc == 0) rc = json_append_string(b, pub->user, strlen(pub->user));
-    if (rc == 0) rc = pbuf_appendf(b, ",%u,%u,", (unsigned)pub->status, pub->devices);
-    if (rc == 0) rc = json_append_string(b, pub->text, strlen(pub->text));
-    if (rc == 0) rc = pbuf_append(b, "]", 1);
-    rec_done(pc, rc);
 }
 
 /* Every user with devices here, whatever was published before. */
@@ -259,7 +251,7 @@ static void node_dead(pres_cluster *pc, rnode *n)
     pmap_entry *me;
     while ((me = pmap_next(&n->users, &pos))) {
         rentry *e = me->val;
-        mpres *p = pres_get(svc, e->user, leader);
+        mpres *p = pres_get(svc, e->user, true);
         if (!p) continue;
         muser *u = user_get(svc, e->user, false);
         pc_remote r;
@@ -271,11 +263,10 @@ static void node_dead(pres_cluster *pc, rnode *n)
             if (leader && mstore_presence_seen(svc->store, p->id, now) != 0)
                 plog_error("messaging: cannot store when %s was last seen", p->id);
         }
-        if (leader) pres_mark_remote(svc, p);
+        pres_mark_remote(svc, p);
     }
     n->used = true;
     node_clear(pc, n);
-    if (leader) msvc_schedule(svc);
 }
 
 static void on_heartbeat(ptimer *t)
@@ -317,14 +308,14 @@ static bool get_int(const json_val *v, int64_t lo, int64_t hi, int64_t *out)
 static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
 {
     msg_service *svc = pc->svc;
-    json_val v[5];
-    for (int i = 0; i < 5; i++)
+    json_val v[8];
+    for (int i = 0; i < 8; i++)
         if (!json_array_next(it, &v[i])) return "a contribution with too few fields";
     json_val extra;
     if (json_array_next(it, &extra)) return "a contribution with too many fields";
     char user[MSG_USER_MAX + 1];
     char text[MSG_PRESENCE_TEXT_MAX + 1];
-    int64_t devices, status, text_at;
+    int64_t devices, status, text_at, inv, inv_at, last_seen;
     if (!get_str(&v[0], user, sizeof user) || !msg_valid_user(user, strlen(user)))
         return "a bad user id";
     if (!get_int(&v[1], 0, PC_DEVICES_MAX, &devices)) return "a bad device count";
@@ -332,14 +323,18 @@ static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
         return "a bad status";
     if (!get_int(&v[3], 0, INT64_MAX / 2, &text_at)) return "a bad text time";
     if (!get_str(&v[4], text, sizeof text)) return "a bad text";
+    if (!get_int(&v[5], 0, 1, &inv)) return "a bad invisibility";
+    if (!get_int(&v[6], 0, INT64_MAX / 2, &inv_at)) return "a bad invisibility time";
+    if (!get_int(&v[7], -1, INT64_MAX / 2, &last_seen)) return "a bad last seen";
     if (!n) return NULL;
     size_t len = strlen(user);
     rentry *e = pmap_get(&n->users, user, len);
     if (devices == 0) {
-        if (!e) return NULL;
-        pmap_del(&n->users, user, len);
-        n->n--;
-        entry_free(pc, e);
+        if (e) {
+            pmap_del(&n->users, user, len);
+            n->n--;
+            entry_free(pc, e);
+        }
     } else {
         if (!e) {
             if (n->n >= pc->max_users) {
@@ -360,54 +355,29 @@ static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
         e->text_at = text_at;
         memcpy(e->text, text, sizeof e->text);
     }
-    /* The node it happened on told the subscribers; this one keeps the
-     * record (what they were told) while the user has devices anywhere. */
-    mpres *p = pres_get(svc, user, false);
-    if (!p && devices) {
-        p = pres_get(svc, user, true);
-        if (p) pres_sync_sent(svc, p);
-        return NULL;
-    }
+    /* The record (what this node's sockets were told) stays while the
+     * user has devices anywhere; none and no record: nobody here was told
+     * anything. */
+    mpres *p = pres_get(svc, user, devices > 0);
     if (!p) return NULL;
+    /* The user's own settings, newest first; not published again (the
+     * node they were set on did). */
+    if (text_at > p->text_at) {
+        memcpy(p->text, text, sizeof p->text);
+        p->text_at = p->pc_text_at = text_at;
+    }
+    if (inv_at > p->inv_at) {
+        p->invisible = inv == 1;
+        p->inv_at = p->pc_inv_at = inv_at;
+        p->last_seen = inv_at; /* frozen, or resumed, then */
+    }
     muser *u = user_get(svc, user, false);
     pc_remote r;
     pc_remote_get(svc, user, &r);
-    if ((!u || !u->n) && r.devices == 0) {
-        if (!p->invisible) p->last_seen = msvc_wall_ms(); /* stored by that node */
-        pres_maybe_free(svc, p);
-    }
-    return NULL;
-}
-
-/* What another node broadcast: what subscribers were told. Checked, and
- * with apply taken. */
-static const char *on_sent(pres_cluster *pc, json_iter *it, bool apply)
-{
-    json_val v[4];
-    for (int i = 0; i < 4; i++)
-        if (!json_array_next(it, &v[i])) return "a sent record with too few fields";
-    json_val extra;
-    if (json_array_next(it, &extra)) return "a sent record with too many fields";
-    char user[MSG_USER_MAX + 1];
-    char text[MSG_PRESENCE_TEXT_MAX + 1];
-    int64_t status, devices;
-    if (!get_str(&v[0], user, sizeof user) || !msg_valid_user(user, strlen(user)))
-        return "a bad user id";
-    if (!get_int(&v[1], MSG_PS_OFFLINE, MSG_PS_ONLINE, &status)) return "a bad status";
-    if (!get_int(&v[2], 0, (int64_t)PC_DEVICES_MAX * PC_NODES_MAX, &devices))
-        return "a bad device count";
-    if (!get_str(&v[3], text, sizeof text)) return "a bad text";
-    if (!apply) return NULL;
-    mpres *p = pres_get(pc->svc, user, false);
-    if (!p) return NULL;
-    p->sent_status = (uint8_t)status;
-    p->sent_devices = (unsigned)devices;
-    memcpy(p->sent_text, text, sizeof p->sent_text);
-    if (!p->invisible) {
-        p->self_status = p->sent_status;
-        p->self_devices = p->sent_devices;
-        p->self_invisible = false;
-    }
+    /* That node stored it (its last device went); this one only tells. */
+    if ((!u || !u->n) && r.devices == 0 && !p->invisible && last_seen >= 0)
+        p->last_seen = last_seen;
+    pres_mark_remote(svc, p);
     return NULL;
 }
 
@@ -460,9 +430,7 @@ static void on_message(const char *msg, size_t len, void *user)
                 why = "an empty record";
             else if (json_string_eq(&kind, "c"))
                 why = on_contrib(pc, NULL, &f);
-            else if (json_string_eq(&kind, "s"))
-                why = on_sent(pc, &f, false);
-            else if (!json_string_eq(&kind, "w") || json_array_next(&f, &extra))
+                else if (!json_string_eq(&kind, "w") || json_array_next(&f, &extra))
                 why = "a record of an unknown kind";
         }
         if (why) {
@@ -502,8 +470,6 @@ static void on_message(const char *msg, size_t len, void *user)
         json_array_next(&f, &kind);
         if (json_string_eq(&kind, "c"))
             on_contrib(pc, n, &f);
-        else if (json_string_eq(&kind, "s"))
-            on_sent(pc, &f, true);
         else
             pc->announce = true;
     }
