@@ -147,6 +147,9 @@ static void usage(FILE *f)
             "                            away (default 300000; 0: never)\n"
             "  --presence-interval MS    presence updates per user at most every MS; changes\n"
             "                            in between are coalesced (default 1000; 0: no window)\n"
+            "  --presence-node-timeout MS  with --redis: a node not heard from for MS is dead\n"
+            "                            and its devices go offline (default 3000; heartbeat\n"
+            "                            every 1000, or MS/3 when shorter)\n"
             "  --api-key-file FILE       API keys for POST /api/notifications, one per line\n"
             "                            (blank lines and lines starting with # skipped);\n"
             "                            without it the route answers 503\n"
@@ -333,6 +336,7 @@ enum {
     OPT_LOW_DELAY,
     OPT_AWAY_AFTER,
     OPT_PRESENCE_INTERVAL,
+    OPT_PRESENCE_NODE_TIMEOUT,
     OPT_API_KEY_FILE,
     OPT_TZ_DIR
 };
@@ -446,6 +450,7 @@ static const struct option longopts[] = {
     {"low-delay", required_argument, 0, OPT_LOW_DELAY},
     {"away-after", required_argument, 0, OPT_AWAY_AFTER},
     {"presence-interval", required_argument, 0, OPT_PRESENCE_INTERVAL},
+    {"presence-node-timeout", required_argument, 0, OPT_PRESENCE_NODE_TIMEOUT},
     {"api-key-file", required_argument, 0, OPT_API_KEY_FILE},
     {"tz-dir", required_argument, 0, OPT_TZ_DIR},
     {"jwt-public-key-file", required_argument, 0, OPT_JWT_PEM},
@@ -695,6 +700,12 @@ static const char *apply(config *c, int ch, const char *arg)
     case OPT_PRESENCE_INTERVAL:
         if (parse_u64(arg, 600000, &v)) return "bad --presence-interval (0 to 600000)";
         c->msg.presence_interval_ms = (uint32_t)v;
+        return NULL;
+    case OPT_PRESENCE_NODE_TIMEOUT:
+        if (parse_u64(arg, 600000, &v) || v < 300)
+            return "bad --presence-node-timeout (300 to 600000)";
+        c->msg.presence_node_timeout_ms = (uint32_t)v;
+        c->msg.presence_heartbeat_ms = (uint32_t)PARLEY_MIN(1000, v / 3);
         return NULL;
     case OPT_JWT_PEM:
         if (!*arg) return "--jwt-public-key-file must not be empty";
