@@ -358,3 +358,26 @@ test('garbage on the presence channel is ignored and counted', async () => {
   assert.ok(B.alive() && C.alive());
   oB.close();
 });
+
+test('a node shut down (SIGTERM) takes its devices with it within the bound', async () => {
+  const [obs, gil] = users('obs', 'gil');
+  const oB = await device(B, obs, 'obs@B');
+  const g1 = await device(C, gil, 'gil@C');
+  await answerIs(oB, gil, { status: 'online', devices: 1 });
+  await sleep(scaled(WINDOW * 3));
+  const n0 = seen(oB, gil).length;
+  const t0 = Date.now();
+  const { code } = await C.stop('SIGTERM');
+  assert.equal(code, 0, 'a clean exit');
+  await awaitPresence(oB, gil, { status: 'offline' }, BOUND + 5000);
+  const took = Date.now() - t0;
+  g1.close();
+  // C publishes a farewell (["b"]) when it leaves the cluster; parleyd
+  // closes the Redis connections at once right after, which may drop it:
+  // then the timeout applies.
+  assert.ok(took <= scaled(BOUND + 1000), `offline after ${took} ms (bound ${BOUND} ms)`);
+  await sleep(scaled(WINDOW * 3));
+  assert.equal(seen(oB, gil).length - n0, 1, 'one event');
+  assert.equal(await metric(B.port, 'parley_presence_cluster_nodes'), 0);
+  oB.close();
+});

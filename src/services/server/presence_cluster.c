@@ -19,7 +19,8 @@
  *   ["c", user, devices, status, text_at, text, invisible, inv_at, last_seen]
  *        a contribution (devices 0: the user has none here any more;
  *        last_seen: when the last one went, -1 unknown)
- *   ["w"]  "announce your table": the sender is new to us
+ *   ["w", uid]  "node uid: send your table": the sender is new to it
+ *   ["b"]  the sender leaves (shutting down): its devices go now
  * status: msg_pstatus (0 offline, 1 busy, 2 away, 3 online). A message
  * with anything else is garbage: dropped whole and counted. */
 #include "services/server/msg_internal.h"
@@ -238,12 +239,17 @@ void pc_publish(msg_service *svc)
 
 /* ---- a node is gone ---- */
 
-static void node_dead(pres_cluster *pc, rnode *n)
+static void node_dead(pres_cluster *pc, rnode *n, bool left)
 {
     msg_service *svc = pc->svc;
-    pc->dead++;
-    plog_warn("presence: node %s not heard from for %u ms: its devices (%u users) are dropped",
-              n->uid, pc->dead_ms, (unsigned)n->n);
+    if (left) {
+        plog_info("presence: node %s left: its devices (%u users) are dropped", n->uid,
+                  (unsigned)n->n);
+    } else {
+        pc->dead++;
+        plog_warn("presence: node %s not heard from for %u ms: its devices (%u users) are dropped",
+                  n->uid, pc->dead_ms, (unsigned)n->n);
+    }
     n->used = false; /* out of pc_remote_get and of the leader choice */
     bool leader = am_leader(pc);
     int64_t now = msvc_wall_ms();
@@ -275,7 +281,7 @@ static void on_heartbeat(ptimer *t)
     uint64_t now = ploop_now(pc->svc->loop);
     for (size_t i = 0; i < PC_NODES_MAX; i++) {
         rnode *n = &pc->nodes[i];
-        if (n->used && now - n->heard > pc->dead_ms) node_dead(pc, n);
+        if (n->used && now - n->heard > pc->dead_ms) node_dead(pc, n, false);
     }
     /* The heartbeat: a message with no records (or what is queued). */
     if (!pc->out.len && rec_done(pc, rec_start(pc)) == 0) pc->out.len--; /* the ',' */
@@ -418,9 +424,11 @@ static void on_message(const char *msg, size_t len, void *user)
     /* Every record is checked before any is applied: a message is taken
      * whole or not at all. */
     json_iter rit = it;
+    bool bye = false;
     while (json_array_next(&rit, &v)) {
         json_iter f;
-        json_val kind, extra;
+        json_val kind, extra, target;
+        char tuid[PC_UID_MAX + 1];
         const char *why = NULL;
         if (v.type != JSON_ARRAY) {
             why = "a record that is not an array";
@@ -430,7 +438,13 @@ static void on_message(const char *msg, size_t len, void *user)
                 why = "an empty record";
             else if (json_string_eq(&kind, "c"))
                 why = on_contrib(pc, NULL, &f);
-                else if (!json_string_eq(&kind, "w") || json_array_next(&f, &extra))
+            else if (json_string_eq(&kind, "w") && json_array_next(&f, &target) &&
+                     get_str(&target, tuid, sizeof tuid) && uid_ok(tuid) &&
+                     !json_array_next(&f, &extra))
+                why = NULL;
+            else if (json_string_eq(&kind, "b") && !json_array_next(&f, &extra))
+                bye = true;
+            else
                 why = "a record of an unknown kind";
         }
         if (why) {
@@ -443,6 +457,11 @@ static void on_message(const char *msg, size_t len, void *user)
     for (size_t i = 0; i < PC_NODES_MAX && !n; i++) {
         if (pc->nodes[i].used && !strcmp(pc->nodes[i].uid, uid)) n = &pc->nodes[i];
         if (!pc->nodes[i].used && !slot) slot = &pc->nodes[i];
+    }
+    if (bye) { /* the rest of its message no longer matters */
+        pc->received++;
+        if (n) node_dead(pc, n, true);
+        return;
     }
     if (!n) {
         if (!slot) {
@@ -458,7 +477,9 @@ static void on_message(const char *msg, size_t len, void *user)
         /* It knows nothing of us (or dropped us): our table, and its. */
         pc->announce = true;
         int rc = rec_start(pc);
-        if (rc == 0) rc = pbuf_append_str(&pc->out, "[\"w\"]");
+        if (rc == 0) rc = pbuf_append_str(&pc->out, "[\"w\",");
+        if (rc == 0) rc = json_append_string(&pc->out, uid, strlen(uid));
+        if (rc == 0) rc = pbuf_append(&pc->out, "]", 1);
         rec_done(pc, rc);
     }
     n->heard = now;
@@ -468,10 +489,13 @@ static void on_message(const char *msg, size_t len, void *user)
         json_val kind;
         json_iter_init(&f, &v);
         json_array_next(&f, &kind);
+        json_val target;
+        char tuid[PC_UID_MAX + 1];
         if (json_string_eq(&kind, "c"))
             on_contrib(pc, n, &f);
-        else
-            pc->announce = true;
+        else if (json_array_next(&f, &target) && get_str(&target, tuid, sizeof tuid) &&
+                 !strcmp(tuid, pc->uid))
+            pc->announce = true; /* a "w" for us */
     }
     if (pc->announce) {
         pc->announce = false;
@@ -484,6 +508,12 @@ static void on_message(const char *msg, size_t len, void *user)
 
 static void pc_free(pres_cluster *pc)
 {
+    /* Leaving: the others drop our devices now rather than after the
+     * timeout (if Redis takes it before the connection goes). */
+    pc->out.len = 0;
+    int rc = rec_start(pc);
+    if (rc == 0) rc = pbuf_append_str(&pc->out, "[\"b\"]");
+    if (rec_done(pc, rc) == 0) publish_now(pc);
     ploop_timer_stop(pc->svc->loop, &pc->hb);
     pcluster_private_unsubscribe(pc->c, pc->chan);
     for (size_t i = 0; i < PC_NODES_MAX; i++)
