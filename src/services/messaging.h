@@ -93,11 +93,12 @@ typedef struct msg_service_opts {
      * "Presence across nodes"): each node says it is alive every
      * presence_heartbeat_ms (0: 1000); a node not heard from for
      * presence_node_timeout_ms (0: 3000) is dead and its devices are
-     * dropped. presence_node_users: the most users one other node may
-     * report (0: 100000; beyond, its reports are ignored and counted). */
+     * dropped. presence_remote_users: the most (node, user) entries kept
+     * for the other nodes in all (0: 200000, some 50 MB with the records
+     * they make; beyond, reports of new users are ignored and counted). */
     uint32_t presence_heartbeat_ms;
     uint32_t presence_node_timeout_ms;
-    uint32_t presence_node_users;
+    uint32_t presence_remote_users;
 } msg_service_opts;
 
 void msg_service_opts_init(msg_service_opts *o);

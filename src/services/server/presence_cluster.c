@@ -57,7 +57,8 @@ typedef struct pres_cluster {
     pcluster *c;
     char chan[PC_CHAN_MAX];
     char uid[PC_UID_MAX + 1];
-    uint32_t hb_ms, dead_ms, max_users;
+    uint32_t hb_ms, dead_ms;
+    uint32_t max_entries, entries; /* (node, user) entries: the limit, and now */
     ptimer hb;
     rnode nodes[PC_NODES_MAX];
     rentry *free_list;
@@ -99,6 +100,7 @@ static void node_clear(pres_cluster *pc, rnode *n)
     size_t pos = 0;
     pmap_entry *me;
     while ((me = pmap_next(&n->users, &pos))) entry_free(pc, me->val);
+    pc->entries -= n->n;
     pmap_free(&n->users);
     memset(n, 0, sizeof *n);
 }
@@ -339,11 +341,12 @@ static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
         if (e) {
             pmap_del(&n->users, user, len);
             n->n--;
+            pc->entries--;
             entry_free(pc, e);
         }
     } else {
         if (!e) {
-            if (n->n >= pc->max_users) {
+            if (pc->entries >= pc->max_entries) {
                 pc->over_limit++;
                 return NULL;
             }
@@ -355,6 +358,7 @@ static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
                 return NULL;
             }
             n->n++;
+            pc->entries++;
         }
         e->devices = (uint32_t)devices;
         e->status = (uint8_t)status;
@@ -544,7 +548,7 @@ int msg_service_set_cluster(msg_service *svc, struct parley_cluster *c)
     pc->hb_ms = svc->o.presence_heartbeat_ms ? svc->o.presence_heartbeat_ms : 1000;
     pc->dead_ms = svc->o.presence_node_timeout_ms ? svc->o.presence_node_timeout_ms : 3000;
     if (pc->dead_ms < pc->hb_ms) pc->dead_ms = pc->hb_ms * 2;
-    pc->max_users = svc->o.presence_node_users ? svc->o.presence_node_users : 100000;
+    pc->max_entries = svc->o.presence_remote_users ? svc->o.presence_remote_users : 200000;
     ptimer_init(&pc->hb, on_heartbeat);
     int rc = pcluster_private_subscribe(c, pc->chan, on_message, pc);
     if (rc) {
