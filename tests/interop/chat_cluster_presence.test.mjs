@@ -14,7 +14,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import http from 'node:http';
-import { after, before, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import { cleanup, loadPinned, lowFreePort, onCleanup, scaled, sleep, tempDir, withTimeout } from './lib/harness.mjs';
 import { ChatClient, eventually, startChatServer } from './lib/chat.mjs';
 
@@ -29,6 +29,8 @@ const WINDOW = 200;
 const BOUND = NODE_TIMEOUT + HEARTBEAT + WINDOW; // documented: timeout + heartbeat + window
 
 let redisChild = null;
+let redisPort;
+let redisDir;
 let admin;
 let url;
 let A, B, C;
@@ -118,9 +120,10 @@ async function answerIs(c, user, want, ms = 5000) {
 
 before(async () => {
   findRedis();
-  const port = await lowFreePort();
-  await startRedis(port, tempDir());
-  url = `redis://127.0.0.1:${port}`;
+  redisPort = await lowFreePort();
+  redisDir = tempDir();
+  await startRedis(redisPort, redisDir);
+  url = `redis://127.0.0.1:${redisPort}`;
   admin = createClient({ url });
   admin.on('error', () => {});
   await admin.connect();
@@ -380,4 +383,60 @@ test('a node shut down (SIGTERM) takes its devices with it within the bound', as
   assert.equal(seen(oB, gil).length - n0, 1, 'one event');
   assert.equal(await metric(B.port, 'parley_presence_cluster_nodes'), 0);
   oB.close();
+});
+
+describe('two fresh nodes', () => {
+  let D, E;
+  before(async () => {
+    if (B.alive()) await B.stop();
+    [D, E] = await Promise.all([startNode(), startNode()]);
+    await Promise.all([nodesHeard(D, 1, 'D to hear E'), nodesHeard(E, 1, 'E to hear D')]);
+  });
+
+  test('appearing offline on one node hides the devices on every node', async () => {
+    const [hal, obs] = users('hal', 'obs');
+    const oE = await device(E, obs, 'obs@E');
+    const d1 = await device(D, hal, 'hal@D');
+    const e1 = await device(E, hal, 'hal@E');
+    await answerIs(oE, hal, { status: 'online', devices: 2 });
+    await sleep(scaled(WINDOW * 3));
+    const n0 = seen(oE, hal).length;
+    await d1.ok('presence_set', { invisible: true });
+    const off = await awaitPresence(oE, hal, { status: 'offline' });
+    assert.equal(off.devices, 0);
+    assert.equal(off.invisible, undefined, 'others are not told why');
+    await answerIs(oE, hal, { status: 'offline', devices: 0 });
+    // The user's own device on the other node sees the truth.
+    const mine = await awaitPresence(e1, hal, { invisible: true });
+    assert.equal(mine.devices, 2);
+    await sleep(scaled(WINDOW * 3));
+    assert.equal(seen(oE, hal).length - n0, 1, 'one event for the observer');
+    // Visible again: online with both devices.
+    await e1.ok('presence_set', { invisible: false });
+    await awaitPresence(oE, hal, { status: 'online', devices: 2 });
+    d1.close();
+    e1.close();
+    oE.close();
+  });
+
+  test('after Redis is lost and back, the nodes learn each other\'s devices again', async () => {
+    const [ivy, obs] = users('ivy', 'obs');
+    const oE = await device(E, obs, 'obs@E');
+    const i1 = await device(D, ivy, 'ivy@D');
+    await answerIs(oE, ivy, { status: 'online', devices: 1 });
+    // Redis goes: E hears nothing from D, declares it dead and tells its
+    // own sockets (it cannot know better).
+    const c = redisChild;
+    redisChild = null;
+    c.kill('SIGKILL');
+    await withTimeout(c.exited, 5000, 'redis-server to die');
+    await awaitPresence(oE, ivy, { status: 'offline' }, BOUND + 5000);
+    // Redis is back: the nodes reconnect, meet again and exchange tables.
+    await startRedis(redisPort, redisDir);
+    await awaitPresence(oE, ivy, { status: 'online', devices: 1 }, 20000);
+    await answerIs(oE, ivy, { status: 'online', devices: 1 });
+    i1.close();
+    await awaitPresence(oE, ivy, { status: 'offline', devices: 0 });
+    oE.close();
+  });
 });
