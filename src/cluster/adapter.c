@@ -1156,8 +1156,7 @@ int pcluster_server_side_emit(pcluster *c, parley_nsp *n, const char *event, con
 
 /* ---- node-private channels ---- */
 
-int pcluster_private_subscribe(pcluster *c, const char *channel, pcluster_private_fn fn,
-                               void *user)
+int pcluster_private_subscribe(pcluster *c, const char *channel, pcluster_private_fn fn, void *user)
 {
     if (!c || !channel || !*channel || !fn || strlen(channel) > 256 ||
         !strncmp(channel, c->prefix, strlen(c->prefix)))

@@ -94,8 +94,7 @@ typedef void (*pcluster_private_fn)(const char *msg, size_t len, void *user);
 
 /* 0, PARLEY_EINVAL (no name, under the adapter's prefix, already
  * subscribed), PARLEY_EFULL. Subscribes at once when connected. */
-int pcluster_private_subscribe(pcluster *c, const char *channel, pcluster_private_fn fn,
-                               void *user);
+int pcluster_private_subscribe(pcluster *c, const char *channel, pcluster_private_fn fn, void *user);
 
 /* Stops the callbacks for channel (nothing when not subscribed). */
 void pcluster_private_unsubscribe(pcluster *c, const char *channel);

@@ -335,10 +335,10 @@ void pres_maybe_free(msg_service *svc, mpres *p);
 /* presence_cluster.c: presence across nodes (docs/CLUSTER.md, "Presence
  * across nodes"). Everything is a no-op without a cluster (svc->pc NULL). */
 typedef struct pc_remote {
-    uint32_t devices;      /* on other live nodes */
-    uint8_t status;        /* the most available of theirs (MSG_PS_OFFLINE: none) */
-    int64_t text_at;       /* the newest text among them (0: none) */
-    const char *text;      /* ... and that text (valid until the next event) */
+    uint32_t devices; /* on other live nodes */
+    uint8_t status;   /* the most available of theirs (MSG_PS_OFFLINE: none) */
+    int64_t text_at;  /* the newest text among them (0: none) */
+    const char *text; /* ... and that text (valid until the next event) */
 } pc_remote;
 void pc_remote_get(msg_service *svc, const char *user, pc_remote *out);
 /* This node's contribution of p's user changed? Queued to the others. */

@@ -172,9 +172,9 @@ static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *exc
     if (except && except->sock) t.except_socket = except->sock;
     /* In a cluster every node tells its own sockets (each from its own
      * sent_* state): each socket hears of each change once. */
-    rc = svc->pc ? parley_broadcast__local(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr,
-                                           NULL, 0)
-                 : parley_broadcast(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0);
+    rc = svc->pc
+             ? parley_broadcast__local(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0)
+             : parley_broadcast(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0);
     if (rc < 0) plog_error("messaging: presence broadcast failed: %s", parley_strerror(rc));
     svc->stats.presence_updates++;
 }

@@ -27,13 +27,13 @@
 
 #include "cluster/adapter.h"
 
-#define PC_NODES_MAX    32          /* other nodes tracked */
-#define PC_UID_MAX      32          /* node uid bytes */
-#define PC_IN_MAX       (1u << 20)  /* longer inbound messages are refused */
-#define PC_OUT_CUT      (32u << 10) /* a queued message is published past this */
-#define PC_FREE_MAX     1024        /* recycled entries kept */
-#define PC_DEVICES_MAX  1000000     /* per user and node */
-#define PC_CHAN_MAX     (32 + PROOM_MAX)
+#define PC_NODES_MAX   32          /* other nodes tracked */
+#define PC_UID_MAX     32          /* node uid bytes */
+#define PC_IN_MAX      (1u << 20)  /* longer inbound messages are refused */
+#define PC_OUT_CUT     (32u << 10) /* a queued message is published past this */
+#define PC_FREE_MAX    1024        /* recycled entries kept */
+#define PC_DEVICES_MAX 1000000     /* per user and node */
+#define PC_CHAN_MAX    (32 + PROOM_MAX)
 
 typedef struct rentry {
     struct rentry *next_free;
@@ -63,8 +63,8 @@ typedef struct pres_cluster {
     rnode nodes[PC_NODES_MAX];
     rentry *free_list;
     unsigned nfree;
-    pbuf out;        /* "[1,uid" and records, unclosed; empty when nothing is queued */
-    bool announce;   /* queue the whole table once this message is handled */
+    pbuf out;      /* "[1,uid" and records, unclosed; empty when nothing is queued */
+    bool announce; /* queue the whole table once this message is handled */
     plog_limit log_bad;
     /* counters */
     uint64_t received, garbage, over_limit, dead, published, publish_failures;
@@ -590,6 +590,5 @@ void msg_service_cluster_collect(pmx_out *o, void *user)
     pmx_counter(o, "parley_presence_cluster_published_total",
                 "Presence messages published to the other nodes.", pc ? pc->published : 0);
     pmx_counter(o, "parley_presence_cluster_publish_failures_total",
-                "Presence messages that could not be published.",
-                pc ? pc->publish_failures : 0);
+                "Presence messages that could not be published.", pc ? pc->publish_failures : 0);
 }
