@@ -343,6 +343,9 @@ test('garbage on the presence channel is ignored and counted', async () => {
     // one bad record spoils the whole message: mallory never counts
     '[1,"zzgarb1",["c","mallory",1,3,0,"",0,0,-1],["c","mallory",1,3,0,"",0,0,"x"]]',
     '[1,"zzgarb1",["s","mallory",3,1]]',
+    '[1,"zzgarb1",["w"]]',
+    '[1,"zzgarb1",[[[[["c"]]]]]]',
+    `[1,"zzgarb1",["c","mallory",1,3,0,"",0,0,-1]${',["w","x"]'.repeat(120000)}]`, // over 1 MiB
   ];
   for (const g of garbage) await admin.publish(CHANNEL, g);
   await eventually(async () => (await metric(B.port, 'parley_presence_cluster_garbage_total')) >= before + garbage.length,
