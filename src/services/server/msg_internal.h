@@ -10,6 +10,7 @@
  *   sync.c       sync answers
  *   typing.c     typing indicators
  *   presence.c   presence, and the presence requests
+ *   presence_cluster.c  presence across the nodes of a Redis cluster
  *   notify.c     notifications, mentions, quiet hours
  *   http_api.c   POST /media, GET /media/<id>, POST /api/notifications */
 #ifndef PARLEY_SERVICES_SERVER_MSG_INTERNAL_H
