@@ -63,6 +63,11 @@ struct parley_cluster {
     unsigned depth; /* inside an application callback */
     bool leave_pending;
     struct bcast_ack *backs; /* broadcasts with acknowledgements in flight */
+    struct {
+        char *chan; /* NULL: a free slot */
+        pcluster_private_fn fn;
+        void *user;
+    } priv[PCLUSTER_PRIVATE_MAX];
 };
 
 /* A broadcast with acknowledgements from another node: one reference per
@@ -859,6 +864,13 @@ static void on_request(pcluster *c, const presp_val *chan, const presp_val *msg)
 
 /* ---- connections ---- */
 
+static int priv_command(pcluster *c, const char *cmd, const char *chan)
+{
+    const char *argv[2] = {cmd, chan};
+    size_t lens[2] = {strlen(cmd), strlen(chan)};
+    return predis_command(c->sub, 2, argv, lens);
+}
+
 static void sub_ready(predis *r, void *user)
 {
     (void)r;
@@ -866,6 +878,32 @@ static void sub_ready(predis *r, void *user)
     size_t pos = 0;
     parley_nsp *n;
     while ((n = parley_server__nsp_next(c->srv, &pos))) subscribe_nsp(c, parley_nsp_name(n));
+    for (size_t i = 0; i < PCLUSTER_PRIVATE_MAX; i++) {
+        int rc = c->priv[i].chan ? priv_command(c, "SUBSCRIBE", c->priv[i].chan) : 0;
+        if (rc) {
+            predis_drop(c->sub, rc);
+            return;
+        }
+    }
+}
+
+/* A message on a node-private channel: true when it was one. */
+static bool on_private(pcluster *c, const presp_val *chan, const presp_val *msg)
+{
+    if (!chan->p) return false;
+    for (size_t i = 0; i < PCLUSTER_PRIVATE_MAX; i++) {
+        const char *name = c->priv[i].chan;
+        if (!name || strlen(name) != chan->len || memcmp(name, chan->p, chan->len) != 0) continue;
+        if (!msg->p) {
+            bad(c, "private message", "no payload");
+            return true;
+        }
+        c->depth++;
+        c->priv[i].fn((const char *)msg->p, msg->len, c->priv[i].user);
+        if (--c->depth == 0 && c->leave_pending) really_free(c);
+        return true;
+    }
+    return false;
 }
 
 static void sub_reply(predis *r, const presp_reply *rep, void *user)
@@ -881,7 +919,8 @@ static void sub_reply(predis *r, const presp_reply *rep, void *user)
     const presp_val *kind = &rep->el[0];
     if (kind->len == 8 && !memcmp(kind->p, "pmessage", 8) && rep->n == 4)
         on_channel_message(c, &rep->el[2], &rep->el[3]);
-    else if (kind->len == 7 && !memcmp(kind->p, "message", 7))
+    else if (kind->len == 7 && !memcmp(kind->p, "message", 7) &&
+             !on_private(c, &rep->el[1], &rep->el[2]))
         on_request(c, &rep->el[1], &rep->el[2]);
     /* subscribe / psubscribe confirmations: nothing to do */
 }
@@ -1083,6 +1122,7 @@ static void really_free(pcluster *c)
     pbuf_free(&c->scratch);
     pbuf_free(&c->rooms);
     pbuf_free(&c->sse);
+    for (size_t i = 0; i < PCLUSTER_PRIVATE_MAX; i++) free(c->priv[i].chan);
     free(c->sel);
     free(c->prefix);
     free(c);
@@ -1112,6 +1152,58 @@ int pcluster_server_side_emit(pcluster *c, parley_nsp *n, const char *event, con
     }
     if (rc == 0) rc = pbuf_append_str(&c->msg, "]}");
     return rc ? publish_failed(c, rc) : publish_to(c, "-request", parley_nsp_name(n));
+}
+
+/* ---- node-private channels ---- */
+
+int pcluster_private_subscribe(pcluster *c, const char *channel, pcluster_private_fn fn, void *user)
+{
+    if (!c || !channel || !*channel || !fn || strlen(channel) > 256 ||
+        !strncmp(channel, c->prefix, strlen(c->prefix)))
+        return PARLEY_EINVAL;
+    size_t slot = PCLUSTER_PRIVATE_MAX;
+    for (size_t i = 0; i < PCLUSTER_PRIVATE_MAX; i++) {
+        if (c->priv[i].chan && !strcmp(c->priv[i].chan, channel)) return PARLEY_EINVAL;
+        if (!c->priv[i].chan && slot == PCLUSTER_PRIVATE_MAX) slot = i;
+    }
+    if (slot == PCLUSTER_PRIVATE_MAX) return PARLEY_EFULL;
+    char *name = strdup(channel);
+    if (!name) return PARLEY_ENOMEM;
+    c->priv[slot].chan = name;
+    c->priv[slot].fn = fn;
+    c->priv[slot].user = user;
+    if (predis_ready(c->sub)) { /* else sub_ready subscribes */
+        int rc = priv_command(c, "SUBSCRIBE", name);
+        if (rc) predis_drop(c->sub, rc);
+    }
+    return 0;
+}
+
+void pcluster_private_unsubscribe(pcluster *c, const char *channel)
+{
+    if (!c || !channel) return;
+    for (size_t i = 0; i < PCLUSTER_PRIVATE_MAX; i++) {
+        if (!c->priv[i].chan || strcmp(c->priv[i].chan, channel) != 0) continue;
+        if (predis_ready(c->sub)) {
+            int rc = priv_command(c, "UNSUBSCRIBE", channel);
+            if (rc) predis_drop(c->sub, rc);
+        }
+        free(c->priv[i].chan);
+        memset(&c->priv[i], 0, sizeof c->priv[i]);
+    }
+}
+
+int pcluster_private_publish(pcluster *c, const char *channel, const char *msg, size_t len)
+{
+    if (!c || !channel || !msg) return PARLEY_EINVAL;
+    int rc = PARLEY_ECLOSED;
+    if (predis_ready(c->pub)) {
+        const char *argv[3] = {"PUBLISH", channel, msg};
+        size_t lens[3] = {7, strlen(channel), len};
+        rc = predis_command(c->pub, 3, argv, lens);
+    }
+    if (rc) c->st.publish_failures++;
+    return rc;
 }
 
 /* ---- public API (parley/server.h) ---- */

@@ -81,4 +81,26 @@ const char *pcluster_uid(const pcluster *c);
  * (Redis down: counted as a publish failure), PARLEY_ENOMEM. */
 int pcluster_server_side_emit(pcluster *c, parley_nsp *n, const char *event, const char *args_json);
 
+/* Node-private channels: Parley nodes talking among themselves (e.g.
+ * "parley#presence#/chat#" for presence across nodes) on a channel
+ * outside the adapter's prefix, which Node.js socket.io servers sharing
+ * the Redis neither subscribe to nor receive. Every message published on
+ * one reaches every node subscribed to it, this one included (the
+ * callback must drop its own). At most PCLUSTER_PRIVATE_MAX channels;
+ * subscribed again after a reconnection. The message is valid during the
+ * callback only. */
+#define PCLUSTER_PRIVATE_MAX 4
+typedef void (*pcluster_private_fn)(const char *msg, size_t len, void *user);
+
+/* 0, PARLEY_EINVAL (no name, under the adapter's prefix, already
+ * subscribed), PARLEY_EFULL. Subscribes at once when connected. */
+int pcluster_private_subscribe(pcluster *c, const char *channel, pcluster_private_fn fn, void *user);
+
+/* Stops the callbacks for channel (nothing when not subscribed). */
+void pcluster_private_unsubscribe(pcluster *c, const char *channel);
+
+/* PUBLISH msg on channel. 0, PARLEY_ECLOSED (Redis down), PARLEY_ENOMEM;
+ * a failure is counted as a publish failure. */
+int pcluster_private_publish(pcluster *c, const char *channel, const char *msg, size_t len);
+
 #endif

@@ -332,7 +332,9 @@ void predis_free(predis *r)
     r->freeing = true;
     ploop_timer_stop(r->loop, &r->retry);
     if (r->conn_live) {
-        pconn_close(&r->c, false, 0);
+        /* Graceful: what was published last (a node's goodbye) still
+         * reaches Redis. */
+        pconn_close(&r->c, true, 0);
         return; /* on_close frees */
     }
     if (r->in_cb) return; /* on_close frees after its callback */

@@ -152,6 +152,9 @@ static void usage(FILE *f)
             "                            away (default 300000; 0: never)\n"
             "  --presence-interval MS    presence updates per user at most every MS; changes\n"
             "                            in between are coalesced (default 1000; 0: no window)\n"
+            "  --presence-node-timeout MS  with --redis: a node not heard from for MS is dead\n"
+            "                            and its devices go offline (default 3000; heartbeat\n"
+            "                            every 1000, or MS/3 when shorter)\n"
             "  --api-key-file FILE       API keys for POST /api/notifications, one per line\n"
             "                            (blank lines and lines starting with # skipped);\n"
             "                            without it the route answers 503\n"
@@ -340,6 +343,7 @@ enum {
     OPT_LOW_DELAY,
     OPT_AWAY_AFTER,
     OPT_PRESENCE_INTERVAL,
+    OPT_PRESENCE_NODE_TIMEOUT,
     OPT_API_KEY_FILE,
     OPT_TZ_DIR
 };
@@ -455,6 +459,7 @@ static const struct option longopts[] = {
     {"low-delay", required_argument, 0, OPT_LOW_DELAY},
     {"away-after", required_argument, 0, OPT_AWAY_AFTER},
     {"presence-interval", required_argument, 0, OPT_PRESENCE_INTERVAL},
+    {"presence-node-timeout", required_argument, 0, OPT_PRESENCE_NODE_TIMEOUT},
     {"api-key-file", required_argument, 0, OPT_API_KEY_FILE},
     {"tz-dir", required_argument, 0, OPT_TZ_DIR},
     {"jwt-public-key-file", required_argument, 0, OPT_JWT_PEM},
@@ -715,6 +720,12 @@ static const char *apply(config *c, int ch, const char *arg)
     case OPT_PRESENCE_INTERVAL:
         if (parse_u64(arg, 600000, &v)) return "bad --presence-interval (0 to 600000)";
         c->msg.presence_interval_ms = (uint32_t)v;
+        return NULL;
+    case OPT_PRESENCE_NODE_TIMEOUT:
+        if (parse_u64(arg, 600000, &v) || v < 300)
+            return "bad --presence-node-timeout (300 to 600000)";
+        c->msg.presence_node_timeout_ms = (uint32_t)v;
+        c->msg.presence_heartbeat_ms = (uint32_t)PARLEY_MIN(1000, v / 3);
         return NULL;
     case OPT_JWT_PEM:
         if (!*arg) return "--jwt-public-key-file must not be empty";
@@ -1187,7 +1198,7 @@ static void on_signal(uv_signal_t *h, int signum)
     a->stopping = true;
     ops_stop(a->ops);
     /* Leave the cluster first: no more publishing while the sockets go. */
-    msg_service_set_cluster(a->msg, NULL);
+    if (a->msg) msg_service_set_cluster(a->msg, NULL);
     pcluster_free(a->cluster);
     a->cluster = NULL;
     protocol_test_set_cluster(NULL);
@@ -1519,7 +1530,10 @@ int main(int argc, char **argv)
         if (rc) plog_error("--redis: %s", parley_strerror(rc));
         if (rc == 0) rc = pmx_register(ops_registry(a.ops), pcluster_collect, a.cluster);
         if (rc == 0 && c.protocol_test) protocol_test_set_cluster(a.cluster);
-        if (rc == 0) msg_service_set_cluster(a.msg, a.cluster);
+        /* Presence across nodes (docs/CLUSTER.md, "Presence across nodes"). */
+        if (rc == 0 && a.msg) rc = msg_service_set_cluster(a.msg, a.cluster);
+        if (rc == 0 && a.msg)
+            rc = pmx_register(ops_registry(a.ops), msg_service_cluster_collect, a.msg);
         if (rc == 0)
             plog_info("cluster: Redis adapter, node uid %s (docs/CLUSTER.md)",
                       pcluster_uid(a.cluster));
@@ -1571,7 +1585,7 @@ int main(int argc, char **argv)
         /* Nothing listens yet: free what was made, so that a refused start
          * leaves nothing behind (and leak checkers see none). */
         if (a.echo_engine) engine_free(a.echo_engine);
-        msg_service_set_cluster(a.msg, NULL);
+        if (a.msg) msg_service_set_cluster(a.msg, NULL);
         pcluster_free(a.cluster);
         ops_stop(a.ops);
         msg_service_free(a.msg);

@@ -96,6 +96,16 @@ typedef struct msg_service_opts {
     /* The push webhook (services/server/push.h; commit/user are the service's):
      * NULL = off. Copied. */
     const struct push_opts *push;
+    /* Presence across nodes (msg_service_set_cluster; docs/CLUSTER.md,
+     * "Presence across nodes"): each node says it is alive every
+     * presence_heartbeat_ms (0: 1000); a node not heard from for
+     * presence_node_timeout_ms (0: 3000) is dead and its devices are
+     * dropped. presence_remote_users: the most (node, user) entries kept
+     * for the other nodes in all (0: 200000, some 50 MB with the records
+     * they make; beyond, reports of new users are ignored and counted). */
+    uint32_t presence_heartbeat_ms;
+    uint32_t presence_node_timeout_ms;
+    uint32_t presence_remote_users;
 } msg_service_opts;
 
 void msg_service_opts_init(msg_service_opts *o);
@@ -109,10 +119,6 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
 /* Commits what is pending and frees the service; after the server has
  * shut down (its sockets are gone) and before it is freed. */
 void msg_service_free(msg_service *m);
-/* Joins the service to a cluster (NULL: leaves it; do so before freeing
- * the cluster): room membership changes then reach the user's sockets on
- * every node (docs/CLUSTER.md). */
-void msg_service_set_cluster(msg_service *m, parley_cluster *c);
 /* parley_cluster_opts.on_server_side_emit for a server running the
  * service (user: the msg_service): the service's own events between
  * nodes; others are ignored. */
@@ -130,6 +136,20 @@ void msg_service_set_keys(msg_service *m, struct jwt_keyset *keys);
  * there. Its sockets' tokens are not watched for expiry. 0 or
  * PARLEY_EINVAL. */
 int msg_service_guard(msg_service *m, parley_nsp *nsp);
+
+/* Joins the service to a Redis cluster (cluster/adapter.h); NULL leaves
+ * (before pcluster_free). With c: room membership changes and
+ * notifications reach the user's sockets on every node, and this node's
+ * devices count for the users' presence on every node and theirs here
+ * (docs/CLUSTER.md, "Messaging across nodes", "Presence across nodes").
+ * Without it everything is this process's alone.
+ * 0, PARLEY_EINVAL, PARLEY_ENOMEM. */
+struct parley_cluster;
+int msg_service_set_cluster(msg_service *m, struct parley_cluster *c);
+
+/* A metrics collector for presence across nodes (user: the msg_service):
+ * the parley_presence_cluster_* families. */
+void msg_service_cluster_collect(pmx_out *o, void *user);
 
 /* Counters, for tests and metrics. */
 typedef struct msg_service_stats {

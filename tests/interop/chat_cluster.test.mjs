@@ -245,8 +245,10 @@ describe('messaging across two nodes on PostgreSQL', () => {
       const res = await jA.ok('send_message', { client_id: rec.clientId, to: kim, type: 'text', content: { text: rec.text } }, 10000);
       rec.ack = res.message;
     }
-    // Node b noticed the restart on its own (its idle connection broke) and
-    // reconnected: kim syncs there without an `unavailable`.
+    // Node b had no traffic: it noticed the kill on its own (its idle
+    // connection broke) and reconnects by itself, with backoff.
+    await eventually(async () => /^parley_store_up 1$/m.test((await httpRequest(nodes.b.port, 'GET', '/metrics')).body.toString()),
+      15000, 'node b to reconnect to PostgreSQL by itself');
     const k = await online(nodes.b, kim);
     assert.equal(k.synced.messages.length, sent.length, 'each once');
     assert.deepEqual(k.synced.messages.map((m) => m.seq), sent.map((_, i) => i + 1), 'gapless');
@@ -290,6 +292,13 @@ describe('messaging across two nodes on PostgreSQL', () => {
     const [lee] = users('lee');
     const onA = await Promise.all(senders.map((u) => online(nodes.a, u)));
     for (const c of onA) await c.ok('join_room', { room });
+    // Presence: a subscriber on node b sees the senders (devices on node a
+    // only) online, and offline once node a is dead.
+    const watcher = await online(nodes.b, lee);
+    await eventually(async () => {
+      const r = await watcher.ok('presence_subscribe', { users: senders });
+      return r.presences.every((p) => p.status === 'online');
+    }, 5000, 'node b to count the devices on node a');
     const sent = [];
     let stopping = false;
     const floods = onA.map(async (c) => {
@@ -311,12 +320,21 @@ describe('messaging across two nodes on PostgreSQL', () => {
     });
     await sleep(scaled(800));
     nodes.a.child.kill('SIGKILL');
+    const killedAt = Date.now();
     await nodes.a.child.exitPromise;
     stopping = true;
     await Promise.all(floods);
     onA.forEach((c) => c.close());
     const acked = sent.filter((r) => r.ack).length;
     assert.ok(acked > 0, 'traffic flowed before the kill');
+    // The dead node's devices leave presence by themselves, within the
+    // documented bound (--presence-node-timeout 3000 + one heartbeat + one
+    // coalescing window), before any sender comes back on node b.
+    const offline = () => new Set(watcher.log.filter((e) => e.name === 'presence' && e.at >= killedAt &&
+      e.args[0].status === 'offline').map((e) => e.args[0].user));
+    await eventually(() => offline().size === senders.length, 8000, 'every sender offline for the subscriber on node b');
+    t.diagnostic(`the dead node's devices left presence ${Date.now() - killedAt} ms after the SIGKILL`);
+    assert.ok(Date.now() - killedAt < scaled(6000), 'within the bound');
     // Failover: the same users resend everything to node b.
     let dup = 0;
     for (const u of senders) {
@@ -333,6 +351,7 @@ describe('messaging across two nodes on PostgreSQL', () => {
       c.close();
     }
     assert.equal(dup, acked);
+    watcher.close();
     const reader = await online(nodes.b, lee);
     const dms = reader.synced.messages;
     assert.equal(dms.length, sent.filter((r) => r.target.to).length, 'each DM once');

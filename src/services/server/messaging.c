@@ -88,7 +88,15 @@ bool user_online(msg_service *svc, const char *id)
     muser *u = user_get(svc, id, false);
     for (msess *ms = u ? u->socks : NULL; ms; ms = ms->next)
         if (ms->live) return true;
-    return false;
+    return user_devices_elsewhere(svc, id);
+}
+
+bool user_devices_elsewhere(msg_service *svc, const char *id)
+{
+    if (!svc->pc) return false;
+    pc_remote r;
+    pc_remote_get(svc, id, &r);
+    return r.devices > 0;
 }
 
 static void prefixed(char out[ROOM_NAME_MAX], char tag, const char *name)
@@ -1251,11 +1259,6 @@ void msg_service_set_keys(msg_service *svc, jwt_keyset *keys)
     jwt_keyset *old = svc->keys;
     svc->keys = jwt_keyset_ref(keys);
     jwt_keyset_unref(old);
-}
-
-void msg_service_set_cluster(msg_service *svc, parley_cluster *c)
-{
-    if (svc) svc->cluster = c;
 }
 
 void msg_service_on_server_side_emit(parley_nsp *n, const char *event, const char *args_json,

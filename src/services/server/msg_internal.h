@@ -10,6 +10,7 @@
  *   sync.c       sync answers
  *   typing.c     typing indicators
  *   presence.c   presence, and the presence requests
+ *   presence_cluster.c  presence across the nodes of a Redis cluster
  *   notify.c     notifications, mentions, quiet hours
  *   http_api.c   POST /media, GET /media/<id>, POST /api/notifications */
 #ifndef PARLEY_SERVICES_SERVER_MSG_INTERNAL_H
@@ -114,6 +115,14 @@ struct mpres {
     bool dirty;
     mpres *next_dirty;
     msess *trigger; /* the socket whose own action is this iteration's change (pres_mark) */
+    /* Across nodes (presence_cluster.c): when the text and invisibility
+     * were last set (wall ms; 0 when read from the store; the newest
+     * wins on every node), and this node's contribution as last
+     * published to the other nodes. */
+    int64_t text_at, inv_at;
+    uint32_t pc_devices;
+    uint8_t pc_status;
+    int64_t pc_text_at, pc_inv_at;
 };
 
 enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP, OB_NPUSH };
@@ -239,6 +248,7 @@ struct msg_service {
     msess *kicks;  /* sockets to disconnect once this iteration's answers are out */
     char *origins; /* allowed_origins, copied */
     msg_metrics mx;
+    struct pres_cluster *pc; /* presence across nodes; NULL without a cluster */
 };
 
 #define LOG_EVERY_MS    10000
@@ -263,6 +273,9 @@ int64_t msvc_wall_ms(void);
 void ms_release(msess *ms);
 muser *user_get(msg_service *svc, const char *id, bool create);
 bool user_online(msg_service *svc, const char *id);
+/* The user has devices on other nodes of the cluster (presence_cluster.c;
+ * false without a cluster). */
+bool user_devices_elsewhere(msg_service *svc, const char *id);
 void room_of_user(char out[ROOM_NAME_MAX], const char *user);
 void room_of_conv(char out[ROOM_NAME_MAX], const char *conv);
 void proom(char out[PROOM_MAX], char tag, const char *name);
@@ -325,6 +338,23 @@ void req_presence_unsub(msg_service *svc, msess *ms, const json_val *obj, const 
                         int64_t ack_id);
 void req_presence_room(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
                        int64_t ack_id);
+msg_pstatus pres_local_status(const muser *u);
+void pres_mark_remote(msg_service *svc, mpres *p);
+void pres_maybe_free(msg_service *svc, mpres *p);
+
+/* presence_cluster.c: presence across nodes (docs/CLUSTER.md, "Presence
+ * across nodes"). Everything is a no-op without a cluster (svc->pc NULL). */
+typedef struct pc_remote {
+    uint32_t devices; /* on other live nodes */
+    uint8_t status;   /* the most available of theirs (MSG_PS_OFFLINE: none) */
+    int64_t text_at;  /* the newest text among them (0: none) */
+    const char *text; /* ... and that text (valid until the next event) */
+} pc_remote;
+void pc_remote_get(msg_service *svc, const char *user, pc_remote *out);
+/* This node's contribution of p's user changed? Queued to the others. */
+void pc_contrib(msg_service *svc, mpres *p);
+/* Publishes what was queued. */
+void pc_publish(msg_service *svc);
 
 /* notify.c */
 void unread_flush(msg_service *svc);

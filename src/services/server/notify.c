@@ -182,7 +182,8 @@ int notif_suppressed(msg_service *svc, const msg_notification *n, const char *ro
     if (svc->push && p.push) {
         muser *u = user_get(svc, n->to, false);
         bool quiet = n->priority < p.q_min && p.quiet && notif_quiet_now(svc, &p, now);
-        *push_it = push_eligible(&p, n, room, quiet, u && u->socks, now);
+        bool connected = (u && u->socks) || user_devices_elsewhere(svc, n->to);
+        *push_it = push_eligible(&p, n, room, quiet, connected, now);
     }
     if (n->from[0] && msg_nprefs_has(&p.muted_users, n->from)) return NS_MUTED_USER;
     if (room && (n->type == MSG_NT_MESSAGE || n->type == MSG_NT_MENTION) &&

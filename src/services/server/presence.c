@@ -1,6 +1,8 @@
 /* The messaging service: presence, and the presence requests (see messaging.c). */
 #include "services/server/msg_internal.h"
 
+#include "server/adapter.h"
+
 /* ---- presence ---- */
 
 static void on_pres_window(ptimer *t);
@@ -48,25 +50,46 @@ static int pres_compute(msg_service *svc, const char *id, msg_presence *out, boo
     } else if (mstore_presence_get(svc->store, id, &out->last_seen, out->text) < 0) {
         return PARLEY_EIO;
     }
+    /* Devices on the other nodes (none without a cluster), and the newest
+     * text: the text set last, on whichever node. */
+    pc_remote r;
+    pc_remote_get(svc, id, &r);
+    if (r.text && r.text_at > (p ? p->text_at : 0))
+        snprintf(out->text, sizeof out->text, "%s", r.text);
     muser *u = user_get(svc, id, false);
     out->status = MSG_PS_OFFLINE;
-    if (!u || u->n == 0) return 0;
+    unsigned local = u ? u->n : 0;
+    if (local + r.devices == 0) return 0;
     /* Connected: the record exists unless it could not be made. */
     int inv = p ? p->invisible : mstore_presence_invisible(svc->store, id);
     if (inv < 0) return PARLEY_EIO;
     if (inv && !self) return 0; /* offline, last seen as frozen */
     out->invisible = inv;
-    for (msess *ms = u->socks; ms; ms = ms->next)
-        if (ms_status(ms) > out->status) out->status = ms_status(ms);
-    out->devices = u->n;
+    if (u) out->status = pres_local_status(u);
+    if (r.status > out->status) out->status = r.status;
+    out->devices = local + r.devices;
     out->last_seen = msvc_wall_ms(); /* online: seen now */
     return 0;
 }
 
-static void pres_maybe_free(msg_service *svc, mpres *p)
+/* The most available effective status of the user's devices on this node
+ * (MSG_PS_OFFLINE when none). */
+msg_pstatus pres_local_status(const muser *u)
+{
+    msg_pstatus st = MSG_PS_OFFLINE;
+    for (msess *ms = u->socks; ms; ms = ms->next)
+        if (ms_status(ms) > st) st = ms_status(ms);
+    return st;
+}
+
+void pres_maybe_free(msg_service *svc, mpres *p)
 {
     muser *u = user_get(svc, p->id, false);
     if (p->dirty || ptimer_armed(&p->window) || (u && u->n)) return;
+    /* Devices elsewhere: kept, for what subscribers were told. */
+    pc_remote r;
+    pc_remote_get(svc, p->id, &r);
+    if (r.devices) return;
     pmap_del(&svc->pres, p->id, p->len);
     free(p);
 }
@@ -147,7 +170,11 @@ static void pres_broadcast(msg_service *svc, const msg_presence *cur, msess *exc
         t.nexcept = 1;
     }
     if (except && except->sock) t.except_socket = except->sock;
-    rc = parley_broadcast(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0);
+    /* In a cluster every node tells its own sockets (each from its own
+     * sent_* state): each socket hears of each change once. */
+    rc = svc->pc
+             ? parley_broadcast__local(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0)
+             : parley_broadcast(svc->nsp, &t, MSG_EV_PRESENCE, (const char *)b->ptr, NULL, 0);
     if (rc < 0) plog_error("messaging: presence broadcast failed: %s", parley_strerror(rc));
     svc->stats.presence_updates++;
 }
@@ -197,6 +224,7 @@ static void on_pres_window(ptimer *t)
     /* Only the latest state, and only if it differs from the last sent:
      * a connect and disconnect inside the window send nothing. */
     pres_send_if_changed(svc, p, NULL);
+    pc_publish(svc);
     pres_maybe_free(svc, p);
 }
 
@@ -210,10 +238,19 @@ void pres_flush(msg_service *svc)
         msess *trigger = p->trigger;
         p->dirty = false;
         p->trigger = NULL;
+        pc_contrib(svc, p); /* at once: the window holds back events, not this */
         if (!ptimer_armed(&p->window)) pres_send_if_changed(svc, p, trigger);
         pres_maybe_free(svc, p);
         p = next;
     }
+    pc_publish(svc);
+}
+
+/* A change on another node (its devices, or the node gone): this node
+ * tells its own sockets at the end of the iteration, as for any other. */
+void pres_mark_remote(msg_service *svc, mpres *p)
+{
+    pres_mark(svc, p, NULL);
 }
 
 static void on_idle(ptimer *t)
@@ -269,7 +306,10 @@ void pres_connected(msg_service *svc, msess *ms)
     if (!p) return;
     /* Recorded at connection too, so that a server killed while the user
      * is connected still knows roughly when they were last there. */
-    if (ms->user->n == 1 && !p->invisible) { /* frozen while invisible */
+    pc_remote rem;
+    pc_remote_get(svc, p->id, &rem);
+    /* (Not while the user is connected elsewhere: last seen is "now".) */
+    if (ms->user->n == 1 && rem.devices == 0 && !p->invisible) { /* frozen while invisible */
         p->last_seen = msvc_wall_ms();
         if (mstore_presence_seen(svc->store, p->id, p->last_seen) != 0)
             plog_error("messaging: cannot store when %s was last seen", p->id);
@@ -296,7 +336,10 @@ void pres_disconnected(msg_service *svc, msess *ms, const char *user, unsigned l
     mpres *p = pres_get(svc, user, true);
     if (!p) return;
     if (p->trigger == ms) p->trigger = NULL;
-    if (left == 0 && !p->invisible) { /* frozen while invisible */
+    pc_remote r;
+    pc_remote_get(svc, p->id, &r);
+    /* Only when the user's last device in the cluster goes. */
+    if (left == 0 && r.devices == 0 && !p->invisible) { /* frozen while invisible */
         p->last_seen = msvc_wall_ms();
         if (mstore_presence_seen(svc->store, p->id, p->last_seen) != 0)
             plog_error("messaging: cannot store when %s was last seen", p->id);
@@ -333,6 +376,7 @@ void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, const pa
             return;
         }
         memcpy(p->text, text, sizeof p->text);
+        p->text_at = msvc_wall_ms();
     }
     if (inv >= 0 && (bool)inv != p->invisible) {
         /* Last seen freezes at the moment it turns on (what others are
@@ -344,6 +388,7 @@ void req_presence_set(msg_service *svc, msess *ms, const json_val *obj, const pa
             return;
         }
         p->invisible = inv;
+        p->inv_at = now;
         p->last_seen = now;
     }
     if (st != MSG_PS_OFFLINE) ms->pstatus = (uint8_t)st; /* not given: kept */
