@@ -21,14 +21,17 @@
  * commit reports PARLEY_EIO, so nothing in it is acknowledged. Serialization
  * failures and deadlocks between nodes end that way too.
  *
- * Nothing mutable is cached in memory (other nodes write too): seq comes
- * from conversations.last_seq, bumped under the row lock that serialises
- * the conversation's writers until their commit (gapless, unique); stored
- * bytes are added to usage_storage directly. A message costs one round
- * trip: the function parley_insert (installed by the migration) checks the
- * client id, creates a DM, takes the seq, inserts with ON CONFLICT
- * (sender, client_id) DO NOTHING, and counts the bytes and the media
- * reference. A concurrent insert of the same (sender, client_id) by
+ * Nothing mutable is cached in memory (other nodes write too): seq is
+ * the conversation's highest stored seq + 1, read under a transaction-
+ * scoped advisory lock on the conversation that serialises its writers on
+ * every node until their commit (gapless, unique; parley_insert's comment
+ * says how batches avoid deadlocks). The bytes each user stores are
+ * counted in memory during a batch and added to usage_storage just
+ * before its COMMIT, one row per user in user order (no lock held from a
+ * message to the commit, none taken out of order). A message costs one
+ * round trip: the function parley_insert (installed by the migration)
+ * creates a DM, takes the seq, inserts with ON CONFLICT (sender,
+ * client_id) DO NOTHING, and records the media reference. A concurrent insert of the same (sender, client_id) by
  * another node waits for that node's transaction on the unique index:
  * committed, it is MSTORE_DUPLICATE (no seq taken, the batch intact) and
  * mstore_find returns the stored message; rolled back, the insert goes on.
@@ -81,6 +84,7 @@ enum {
     ST_USAGE_DAY_SWEEP,
     ST_STORAGE_GET,
     ST_STORAGE_ADD,
+    ST_STORAGE_FLUSH,
     ST_USER_ROOMS,
     ST_CONTACT,
     ST_PRES_GET,
@@ -124,12 +128,13 @@ enum {
 
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_FIND] = "SELECT " MSG_COLS " FROM messages WHERE sender = $1 AND client_id = $2",
-    [ST_CONV_GET] = "SELECT last_seq FROM conversations WHERE id = $1",
+    [ST_CONV_GET] = "SELECT (SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.conv = c.id) "
+                    "FROM conversations c WHERE c.id = $1",
     [ST_INSERT] =
         "SELECT st, mid, mseq FROM parley_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
         "$11, $12, $13, $14)",
-    [ST_CONV_ADD] = "INSERT INTO conversations(id, kind, created_ms, last_seq) "
-                    "VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING",
+    [ST_CONV_ADD] = "INSERT INTO conversations(id, kind, created_ms) "
+                    "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     [ST_PART_ADD] = "INSERT INTO participants(conv, usr, delivered, read, joined_ms) "
                     "VALUES ($1, $2, 0, 0, $3) ON CONFLICT DO NOTHING",
     [ST_PART_DEL] = "DELETE FROM participants WHERE conv = $1 AND usr = $2",
@@ -164,6 +169,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_STORAGE_ADD] = "INSERT INTO usage_storage(usr, bytes) VALUES ($1, $2) "
                        "ON CONFLICT (usr) DO UPDATE SET bytes = usage_storage.bytes + "
                        "excluded.bytes",
+    /* The batch's stored bytes, one row per user, taken in user order. */
+    [ST_STORAGE_FLUSH] = "INSERT INTO usage_storage(usr, bytes) SELECT u, b FROM "
+                         "unnest($1::text[], $2::bigint[]) AS t(u, b) ORDER BY u "
+                         "ON CONFLICT (usr) DO UPDATE SET bytes = usage_storage.bytes + "
+                         "excluded.bytes",
     [ST_USER_ROOMS] = "SELECT count(*) FROM participants WHERE usr = $1 AND conv >= 'room:' "
                       "AND conv < 'room;'",
     [ST_CONTACT] = "SELECT (EXISTS (SELECT 1 FROM messages WHERE conv = $1 AND sender = $2) OR "
@@ -230,8 +240,7 @@ static const char *const migrations[PG_SCHEMA_VERSION] = {
     "CREATE TABLE conversations ("
     " id " ID " PRIMARY KEY,"
     " kind INTEGER NOT NULL,"
-    " created_ms BIGINT NOT NULL,"
-    " last_seq BIGINT NOT NULL DEFAULT 0);"
+    " created_ms BIGINT NOT NULL);"
     "CREATE TABLE participants ("
     " conv " ID ","
     " usr " ID ","
@@ -316,27 +325,39 @@ static const char *const migrations[PG_SCHEMA_VERSION] = {
     "CREATE INDEX push_outbox_by_user ON push_outbox(usr, id);"
     "CREATE INDEX push_outbox_by_due ON push_outbox(next_attempt_ms, id);"
     /* One message in one round trip. st: 0 stored, 1 duplicate (nothing
-     * written, no seq taken), 2 no such room, 3 seq exhausted. The
-     * conversation row lock (FOR UPDATE) orders the writers of a
-     * conversation on every node until their commit. */
+     * written, no seq taken), 2 no such room, 3 seq exhausted, 4 busy:
+     * another transaction writes this conversation and p_wait is false
+     * (nothing written). The writers of a conversation, on every node,
+     * take turns on a transaction-scoped advisory lock on its id, held
+     * until their commit; under it the next seq is the conversation's
+     * highest stored one + 1 (the (conv, seq) index: no row of its own
+     * to update). A transaction that already holds locks never waits for
+     * one (p_wait false: busy instead), so the batches of two nodes cannot
+     * deadlock on conversations: the caller commits what it has and tries
+     * again, waiting, in a new transaction that holds nothing. A
+     * duplicate (sender, client_id) inserts nothing, so takes no seq. The
+     * sender's stored bytes are counted by the caller, once per user and
+     * batch, at commit. */
     "CREATE FUNCTION parley_insert(p_conv text, p_dm boolean, p_a text, p_b text,"
     " p_sender text, p_cid text, p_type integer, p_prio integer, p_ts bigint, p_content text,"
-    " p_bytes bigint, p_media text, p_mime text, p_seq_max bigint)"
+    " p_media text, p_mime text, p_seq_max bigint, p_wait boolean)"
     " RETURNS TABLE(st integer, mid bigint, mseq bigint) LANGUAGE plpgsql AS $f$"
     " DECLARE v_last bigint; v_id bigint;"
     " BEGIN"
-    "  IF EXISTS (SELECT 1 FROM messages WHERE sender = p_sender AND client_id = p_cid) THEN"
-    "   st := 1; mid := 0; mseq := 0; RETURN NEXT; RETURN;"
+    "  IF p_wait THEN"
+    "   PERFORM pg_advisory_xact_lock(hashtextextended(p_conv, 1347241300));"
+    "  ELSIF NOT pg_try_advisory_xact_lock(hashtextextended(p_conv, 1347241300)) THEN"
+    "   st := 4; mid := 0; mseq := 0; RETURN NEXT; RETURN;"
     "  END IF;"
-    "  SELECT c.last_seq INTO v_last FROM conversations c WHERE c.id = p_conv FOR UPDATE;"
+    "  PERFORM 1 FROM conversations c WHERE c.id = p_conv;"
     "  IF NOT FOUND THEN"
     "   IF NOT p_dm THEN st := 2; mid := 0; mseq := 0; RETURN NEXT; RETURN; END IF;"
-    "   INSERT INTO conversations(id, kind, created_ms, last_seq) VALUES (p_conv, 1, p_ts, 0)"
+    "   INSERT INTO conversations(id, kind, created_ms) VALUES (p_conv, 1, p_ts)"
     "    ON CONFLICT DO NOTHING;"
     "   INSERT INTO participants(conv, usr, delivered, read, joined_ms) VALUES"
     "    (p_conv, p_a, 0, 0, p_ts), (p_conv, p_b, 0, 0, p_ts) ON CONFLICT DO NOTHING;"
-    "   SELECT c.last_seq INTO v_last FROM conversations c WHERE c.id = p_conv FOR UPDATE;"
     "  END IF;"
+    "  SELECT coalesce(max(m.seq), 0) INTO v_last FROM messages m WHERE m.conv = p_conv;"
     "  IF v_last < 0 OR v_last + 1 >= p_seq_max THEN"
     "   st := 3; mid := 0; mseq := 0; RETURN NEXT; RETURN;"
     "  END IF;"
@@ -344,9 +365,6 @@ static const char *const migrations[PG_SCHEMA_VERSION] = {
     "   VALUES (p_conv, v_last + 1, p_sender, p_cid, p_type, p_prio, p_ts, p_content)"
     "   ON CONFLICT (sender, client_id) DO NOTHING RETURNING id INTO v_id;"
     "  IF v_id IS NULL THEN st := 1; mid := 0; mseq := 0; RETURN NEXT; RETURN; END IF;"
-    "  UPDATE conversations SET last_seq = v_last + 1 WHERE id = p_conv;"
-    "  INSERT INTO usage_storage(usr, bytes) VALUES (p_sender, p_bytes)"
-    "   ON CONFLICT (usr) DO UPDATE SET bytes = usage_storage.bytes + excluded.bytes;"
     "  IF p_media IS NOT NULL THEN"
     "   INSERT INTO media_refs(media, conv, mime, msg) VALUES (p_media, p_conv, p_mime, v_id)"
     "    ON CONFLICT DO NOTHING;"
@@ -359,6 +377,14 @@ static const char *const migrations[PG_SCHEMA_VERSION] = {
 /* The sockets and timer of the reconnect, each freed by its close
  * callback (the store may be gone by then). */
 typedef struct pgs pgs;
+
+/* The bytes users stored in the open batch, added at its commit. */
+#define PEND_USERS 512
+#define PEND_SLOTS 1024 /* a power of two, above PEND_USERS */
+typedef struct pend_user {
+    char user[MSG_USER_MAX + 1];
+    int64_t bytes;
+} pend_user;
 
 struct pgs {
     mstore base; /* first: the interface */
@@ -379,15 +405,21 @@ struct pgs {
     bool begin_pending; /* in_tx, BEGIN not sent yet (goes with the first statement) */
     bool lost;          /* the batch's transaction is gone (error, lost connection) */
     uint64_t commits;
+    uint64_t splits; /* batches committed early, a conversation being busy */
     uint32_t batch_writes;
     int64_t swept_day;
     PGresult *res; /* the last answer, cleared by the next call */
     pbuf found;    /* content of the last mstore_find */
+    pend_user pend[PEND_USERS];
+    uint16_t pend_slot[PEND_SLOTS]; /* index + 1 into pend, 0 empty */
+    unsigned npend;
+    pbuf arr_users, arr_bytes; /* ST_STORAGE_FLUSH's parameters */
     plog_limit log_err;
 };
 
 static const mstore_ops pg_ops;
 static void pg_close(mstore *base_);
+static void pend_clear(pgs *s);
 static void start_reconnect(pgs *s);
 
 /* ---- parameters: up to 16, numbers formatted in place ---- */
@@ -968,6 +1000,7 @@ static void pg_rollback(mstore *base_)
 {
     pgs *s = (pgs *)base_;
     if (!s->in_tx) return;
+    pend_clear(s);
     s->in_tx = false; /* before q(): a failed ROLLBACK loses nothing more */
     s->lost = false;
     s->swept_day = INT64_MIN;
@@ -981,6 +1014,86 @@ static void pg_rollback(mstore *base_)
     }
 }
 
+static uint32_t pend_hash(const char *u)
+{
+    uint32_t h = 2166136261u;
+    for (; *u; u++) h = (h ^ (uint8_t)*u) * 16777619u;
+    return h;
+}
+
+static void pend_clear(pgs *s)
+{
+    if (!s->npend) return;
+    memset(s->pend_slot, 0, sizeof s->pend_slot);
+    s->npend = 0;
+}
+
+/* The entry of user in the batch's stored bytes; NULL when full. */
+static pend_user *pend_get(pgs *s, const char *user, bool add)
+{
+    for (uint32_t i = pend_hash(user) & (PEND_SLOTS - 1);; i = (i + 1) & (PEND_SLOTS - 1)) {
+        uint16_t k = s->pend_slot[i];
+        if (k && strcmp(s->pend[k - 1].user, user) == 0) return &s->pend[k - 1];
+        if (k) continue;
+        if (!add || s->npend == PEND_USERS) return NULL;
+        pend_user *e = &s->pend[s->npend++];
+        snprintf(e->user, sizeof e->user, "%s", user);
+        e->bytes = 0;
+        s->pend_slot[i] = (uint16_t)s->npend;
+        return e;
+    }
+}
+
+static int storage_add(pgs *s, const char *user, int64_t n);
+
+/* Counts n more bytes stored by user in the batch (directly when the
+ * batch has too many users to hold). */
+static int pend_add(pgs *s, const char *user, int64_t n)
+{
+    pend_user *e = pend_get(s, user, true);
+    if (!e) return storage_add(s, user, n);
+    e->bytes += n;
+    return 0;
+}
+
+/* A text[] literal element: quoted, with " and \ escaped. */
+static int arr_add_str(pbuf *b, const char *v)
+{
+    int rc = pbuf_append(b, b->len > 1 ? ",\"" : "\"", b->len > 1 ? 2 : 1);
+    for (; rc == 0 && *v; v++) {
+        if (*v == '"' || *v == '\\') rc = pbuf_append(b, "\\", 1);
+        if (rc == 0) rc = pbuf_append(b, v, 1);
+    }
+    return rc ? rc : pbuf_append(b, "\"", 1);
+}
+
+/* Adds the batch's stored bytes to usage_storage (before its COMMIT). */
+static int pend_flush(pgs *s)
+{
+    if (!s->npend) return 0;
+    pbuf *u = &s->arr_users, *n = &s->arr_bytes;
+    u->len = n->len = 0;
+    int rc = pbuf_append(u, "{", 1);
+    if (rc == 0) rc = pbuf_append(n, "{", 1);
+    for (unsigned i = 0; rc == 0 && i < s->npend; i++) {
+        rc = arr_add_str(u, s->pend[i].user);
+        if (rc == 0) rc = pbuf_appendf(n, i ? ",%lld" : "%lld", (long long)s->pend[i].bytes);
+    }
+    if (rc == 0) rc = pbuf_append(u, "}", 2);
+    if (rc == 0) rc = pbuf_append(n, "}", 2);
+    if (rc) return rc;
+    params p;
+    p_init(&p);
+    p_str(&p, (const char *)u->ptr);
+    p_str(&p, (const char *)n->ptr);
+    rc = q(s, ST_STORAGE_FLUSH, &p, "storing usage");
+    clear_res(s);
+    pend_clear(s);
+    if (u->cap > 65536) pbuf_reset(u, 4096);
+    if (n->cap > 65536) pbuf_reset(n, 4096);
+    return rc;
+}
+
 static int pg_commit(mstore *base_)
 {
     pgs *s = (pgs *)base_;
@@ -990,12 +1103,15 @@ static int pg_commit(mstore *base_)
         return PARLEY_EIO;
     }
     if (s->begin_pending) { /* no statement made it to the database */
+        pend_clear(s);
         s->begin_pending = false;
         s->in_tx = false;
         s->commits++;
         return 0;
     }
-    int rc = q(s, ST_COMMIT, NULL, "commit");
+    int rc = pend_flush(s);
+    if (rc == 0 && !s->lost) rc = q(s, ST_COMMIT, NULL, "commit");
+    else if (rc == 0) rc = PARLEY_EIO;
     /* COMMIT of an aborted transaction answers ROLLBACK, not an error. */
     if (rc == 0 && strcmp(PQcmdStatus(s->res), "COMMIT") != 0) rc = PARLEY_EIO;
     clear_res(s);
@@ -1005,6 +1121,26 @@ static int pg_commit(mstore *base_)
     }
     s->in_tx = false;
     s->commits++;
+    return 0;
+}
+
+/* Commits the batch so far and opens the next one, joined by the same
+ * caller's later writes (parley_insert's busy answer). When the commit
+ * fails the batch stays open and lost: the caller's mstore_commit fails,
+ * so nothing of it is acknowledged (the part that may have been written
+ * is found again by a resend, as after any failed commit). */
+static int split_batch(pgs *s)
+{
+    uint32_t writes = s->batch_writes;
+    int rc = pg_commit(&s->base);
+    s->in_tx = true;
+    s->begin_pending = rc == 0;
+    s->batch_writes = writes;
+    if (rc) {
+        s->lost = true;
+        return rc;
+    }
+    s->splits++;
     return 0;
 }
 
@@ -1143,6 +1279,8 @@ static void pg_close(mstore *base_)
     idle_stop(s);
     if (s->conn) PQfinish(s->conn);
     pbuf_free(&s->found);
+    pbuf_free(&s->arr_users);
+    pbuf_free(&s->arr_bytes);
     free(s->url);
     free(s);
 }
@@ -1301,16 +1439,26 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
     p_i64(&p, prio);
     p_i64(&p, now_ms);
     p_bytes(&p, content_json, content_len);
-    p_i64(&p, (int64_t)content_len + MSTORE_MSG_OVERHEAD);
     p_opt(&p, media);
     p_opt(&p, media ? media_mime : NULL);
     p_i64(&p, MSG_SEQ_MAX);
-    if ((rc = q(s, ST_INSERT, &p, "storing a message"))) return rc;
+    /* A transaction that holds nothing yet may wait for the conversation;
+     * one that does may not (parley_insert's comment). */
+    p_str(&p, s->begin_pending ? "t" : "f");
     int64_t st = -1, id = 0, seq = 0;
-    if (PQntuples(s->res) != 1 || !get_i64(s->res, 0, 0, &st) || !get_i64(s->res, 0, 1, &id) ||
-        !get_i64(s->res, 0, 2, &seq))
-        st = -1;
-    clear_res(s);
+    for (int attempt = 0;; attempt++) {
+        if ((rc = q(s, ST_INSERT, &p, "storing a message"))) return rc;
+        if (PQntuples(s->res) != 1 || !get_i64(s->res, 0, 0, &st) ||
+            !get_i64(s->res, 0, 1, &id) || !get_i64(s->res, 0, 2, &seq))
+            st = -1;
+        clear_res(s);
+        if (st != 4 || attempt > 0) break;
+        /* Busy: commit the batch so far (its own acknowledgements still
+         * wait for the caller's mstore_commit) and wait in a new one. */
+        if ((rc = split_batch(s))) return rc;
+        p.v[p.n - 1] = "t";
+        p.len[p.n - 1] = 1;
+    }
     switch (st) {
     case 0:
         break;
@@ -1323,6 +1471,10 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
     default:
         s->lost = true;
         return corrupt(s, "parley_insert's answer");
+    }
+    if ((rc = pend_add(s, sender, (int64_t)content_len + MSTORE_MSG_OVERHEAD))) {
+        s->lost = true; /* stored without its bytes: the batch must not commit */
+        return rc;
     }
     memset(out, 0, sizeof *out);
     out->m.id = id;
@@ -1674,6 +1826,8 @@ static int pg_storage_bytes(mstore *base_, const char *user, int64_t *bytes)
     if (PQntuples(s->res) > 0 && (!get_i64(s->res, 0, 0, bytes) || *bytes < 0))
         rc = corrupt(s, "stored bytes");
     clear_res(s);
+    const pend_user *e = rc == 0 && s->in_tx ? pend_get(s, user, false) : NULL;
+    if (e) *bytes += e->bytes; /* the open batch's, not written yet */
     return rc;
 }
 
