@@ -232,6 +232,8 @@ describe('messaging across two nodes on PostgreSQL', () => {
     await sleep(scaled(1500));
     const metrics = await httpRequest(nodes.a.port, 'GET', '/metrics');
     assert.match(metrics.body.toString(), /^parley_store_up 0$/m, 'the node reports the store down');
+    const ready = await httpRequest(nodes.b.port, 'GET', '/readyz');
+    assert.equal(ready.status, 503, 'the idle node is not ready either (its idle connection broke)');
     const okWhileDown = answers.ok;
     await pg.restart();
     await eventually(() => answers.ok > okWhileDown + 3, 20000, 'sends to succeed again after the restart');
