@@ -16,9 +16,10 @@
 
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { cleanup, scaled, sleep, tempDir } from './lib/harness.mjs';
+import { cleanup, loadPinned, onCleanup, scaled, sleep, tempDir } from './lib/harness.mjs';
 import {
   ChatClient, dm, eventually, httpRequest, makeToken, nextClientId, online, startChatServer,
 } from './lib/chat.mjs';
@@ -26,6 +27,10 @@ import { ChatCli } from './lib/chatcli.mjs';
 import { startProxy } from './lib/proxy.mjs';
 import { startRedis } from './lib/redis.mjs';
 import { startPg } from './pg.mjs';
+
+const { Server } = await loadPinned('socket.io');
+const { createAdapter } = await loadPinned('@socket.io/redis-adapter');
+const { createClient } = await loadPinned('redis');
 
 const API_KEY = 'cluster-api-key-0123456789abcdef';
 
@@ -140,6 +145,46 @@ describe('messaging across two nodes on PostgreSQL', () => {
     await sleep(scaled(200));
     assert.equal(got(e1, 'notification').length, 1, 'pushed once');
     [e1, other].forEach((c) => c.close());
+  });
+
+  // Anything on the Redis can publish; a node checks what another node's
+  // notification announcement says before acting on it. A Node socket.io
+  // server with the reference adapter sends them here, as any peer could.
+  test('malformed notification announcements from the Redis are dropped and counted', async () => {
+    const [olga] = users('olga');
+    const o = await online(nodes.b, olga);
+    const pub = createClient({ url: redis.url });
+    const sub = pub.duplicate();
+    pub.on('error', () => {});
+    sub.on('error', () => {});
+    await Promise.all([pub.connect(), sub.connect()]);
+    const io = new Server(http.createServer(), { adapter: createAdapter(pub, sub) });
+    onCleanup(async () => {
+      io.close();
+      await Promise.all([pub.quit(), sub.quit()]).catch(() => {});
+    });
+    const badCount = async () => {
+      const m = /^parley_chat_cluster_bad_total (\d+)$/m.exec((await httpRequest(nodes.b.port, 'GET', '/metrics')).body.toString());
+      return m ? Number(m[1]) : 0;
+    };
+    const before = await badCount();
+    await sleep(scaled(300)); // the adapter subscribed
+    const nsp = io.of('/chat');
+    const bad = [
+      ['not an array'],
+      [olga],                                  // no notification
+      [olga, 'not an object'],
+      ['bad user!', { id: 1 }],
+      [olga, { title: 'no id' }],
+      [olga, { id: -5 }],
+      [olga, { id: 1 }, 'extra'],
+    ];
+    for (const args of bad) nsp.serverSideEmit('parley:npush', ...args);
+    await eventually(async () => (await badCount()) - before === bad.length, 5000, 'every malformed announcement counted');
+    await sleep(scaled(200));
+    assert.equal(got(o, 'notification').length, 0, 'nothing malformed reached the user');
+    assert.ok(nodes.a.alive() && nodes.b.alive());
+    o.close();
   });
 
   test('client_id is idempotent across nodes: a resend to the other node is a duplicate', async () => {

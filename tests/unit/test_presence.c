@@ -293,97 +293,6 @@ static void test_presence_object(void **state)
 
 #define scratch_init(s) scratch_init_tag((s), "presence")
 
-static void test_store_presence(void **state)
-{
-    (void)state;
-    scratch sc;
-    scratch_init(&sc);
-    mstore *st = open_store(sc.path);
-    int64_t seen = 99;
-    char text[MSG_PRESENCE_TEXT_MAX + 1] = "junk";
-    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 0);
-    assert_int_equal(seen, -1);
-    assert_string_equal(text, "");
-
-    /* Text first: last seen stays unknown. */
-    assert_int_equal(mstore_presence_text(st, "amy", "hello"), 0);
-    assert_true(mstore_in_batch(st));
-    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1); /* the batch is visible */
-    assert_int_equal(seen, -1);
-    assert_string_equal(text, "hello");
-    assert_int_equal(mstore_commit(st), 0);
-    /* Seen: the text stays. */
-    assert_int_equal(mstore_presence_seen(st, "amy", 1000), 0);
-    assert_int_equal(mstore_presence_seen(st, "amy", 2000), 0);
-    assert_int_equal(mstore_presence_seen(st, "bob", 3000), 0);
-    assert_int_equal(mstore_commit(st), 0);
-    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1);
-    assert_int_equal(seen, 2000);
-    assert_string_equal(text, "hello");
-    assert_int_equal(mstore_presence_get(st, "bob", &seen, text), 1);
-    assert_int_equal(seen, 3000);
-    assert_string_equal(text, "");
-    /* A rolled-back batch leaves nothing. */
-    assert_int_equal(mstore_presence_text(st, "amy", "never"), 0);
-    assert_int_equal(mstore_presence_seen(st, "amy", 5000), 0);
-    mstore_rollback(st);
-    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1);
-    assert_int_equal(seen, 2000);
-    assert_string_equal(text, "hello");
-    /* Over the limit: refused before anything is written. */
-    char big[MSG_PRESENCE_TEXT_MAX + 2];
-    memset(big, 'x', sizeof big - 1);
-    big[sizeof big - 1] = 0;
-    assert_int_equal(mstore_presence_text(st, "amy", big), PARLEY_EINVAL);
-    assert_false(mstore_in_batch(st));
-    assert_int_equal(mstore_presence_text(st, "amy", ""), 0);
-    mstore_close(st); /* uncommitted: rolled back */
-
-    st = open_store(sc.path);
-    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1);
-    assert_int_equal(seen, 2000);
-    assert_string_equal(text, "hello");
-    mstore_close(st);
-
-    /* Rows that break the rules are refused when read. */
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(sc.path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db,
-                                  "INSERT INTO presence VALUES ('neg', -1, '');"
-                                  "INSERT INTO presence VALUES ('str', 'x', '');"
-                                  "INSERT INTO presence VALUES ('long', 1, printf('%.*c', 129, "
-                                  "'x'));",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
-    st = open_store(sc.path);
-    assert_int_equal(mstore_presence_get(st, "neg", &seen, text), PARLEY_EIO);
-    assert_int_equal(mstore_presence_get(st, "str", &seen, text), PARLEY_EIO);
-    assert_int_equal(mstore_presence_get(st, "long", &seen, text), PARLEY_EIO);
-    assert_int_equal(mstore_presence_get(st, "amy", &seen, text), 1);
-
-    /* Invisible (schema 5): per user, joins the batch, survives a reopen. */
-    assert_int_equal(mstore_presence_invisible(st, "amy"), 0);
-    assert_int_equal(mstore_presence_set_invisible(st, "amy", true, 7000), 0);
-    assert_true(mstore_in_batch(st));
-    assert_int_equal(mstore_presence_invisible(st, "amy"), 1);
-    assert_int_equal(mstore_presence_set_invisible(st, "amy", true, 8000), 0); /* again: kept */
-    assert_int_equal(mstore_presence_invisible(st, "bob"), 0);
-    assert_int_equal(mstore_commit(st), 0);
-    assert_int_equal(mstore_presence_set_invisible(st, "amy", false, 0), 0);
-    mstore_rollback(st);
-    assert_int_equal(mstore_presence_invisible(st, "amy"), 1);
-    mstore_close(st);
-    st = open_store(sc.path);
-    assert_int_equal(mstore_presence_invisible(st, "amy"), 1);
-    assert_int_equal(mstore_presence_set_invisible(st, "amy", false, 0), 0);
-    assert_int_equal(mstore_presence_set_invisible(st, "amy", false, 0), 0); /* off twice */
-    assert_int_equal(mstore_commit(st), 0);
-    assert_int_equal(mstore_presence_invisible(st, "amy"), 0);
-    mstore_close(st);
-    scratch_free(&sc);
-}
-
 /* A database written by the version before presence (schema 1) is
  * migrated when opened: its messages stay, the presence table appears. */
 static void test_store_migration(void **state)
@@ -435,8 +344,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_presence_set),   cmocka_unit_test(test_presence_set_invisible),
-        cmocka_unit_test(test_presence_users), cmocka_unit_test(test_presence_object),
-        cmocka_unit_test(test_store_presence), cmocka_unit_test(test_store_migration),
+        cmocka_unit_test(test_presence_users), cmocka_unit_test(test_presence_object), cmocka_unit_test(test_store_migration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

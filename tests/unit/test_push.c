@@ -184,14 +184,6 @@ typedef struct rows {
     unsigned n;
 } rows;
 
-static int collect(const mstore_push_row *r, void *arg)
-{
-    rows *x = arg;
-    if (x->n == 16) return 1;
-    x->r[x->n++] = *r;
-    return 0;
-}
-
 static int64_t add_notif(mstore *st, const char *to)
 {
     msg_notification n;
@@ -199,87 +191,6 @@ static int64_t add_notif(mstore *st, const char *to)
     snprintf(n.to, sizeof n.to, "%s", to);
     assert_int_equal(mstore_notif_insert(st, &n, T0), 0);
     return n.id;
-}
-
-static void test_outbox(void **state)
-{
-    (void)state;
-    scratch sc;
-    scratch_init(&sc);
-    mstore *st = open_store(sc.path);
-    assert_int_equal(mstore_push_count(st), 0);
-    int64_t n1 = add_notif(st, "bob"), n2 = add_notif(st, "bob"), n3 = add_notif(st, "cat");
-    int64_t id1, id2, id3;
-    assert_int_equal(mstore_push_add(st, n1, "bob", T0, &id1), 0);
-    assert_int_equal(mstore_push_add(st, n2, "bob", T0 + 1, &id2), 0);
-    assert_int_equal(mstore_push_add(st, n3, "cat", T0 + 2, &id3), 0);
-    assert_true(id1 < id2 && id2 < id3);
-    assert_true(mstore_in_batch(st));
-    assert_int_equal(mstore_commit(st), 0);
-    assert_int_equal(mstore_push_count(st), 3);
-    /* Due: each user's oldest row only. */
-    rows x = {0};
-    assert_int_equal(mstore_push_due(st, T0 + 10, 16, collect, &x), 0);
-    assert_int_equal(x.n, 2);
-    assert_int_equal(x.r[0].id, id1);
-    assert_int_equal(x.r[0].notif, n1);
-    assert_string_equal(x.r[0].user, "bob");
-    assert_int_equal(x.r[0].attempts, 0);
-    assert_int_equal(x.r[0].created_ms, T0);
-    assert_int_equal(x.r[1].id, id3);
-    /* Nothing due before the first row. */
-    x.n = 0;
-    assert_int_equal(mstore_push_due(st, T0 - 1, 16, collect, &x), 0);
-    assert_int_equal(x.n, 0);
-    assert_int_equal(mstore_push_next_due(st, T0 - 1), T0);
-    /* bob's first fails: it and bob's later row wait; cat's goes on. */
-    assert_int_equal(mstore_push_retry(st, id1, "bob", 1, T0 + 1000), 0);
-    assert_int_equal(mstore_commit(st), 0);
-    x.n = 0;
-    assert_int_equal(mstore_push_due(st, T0 + 10, 16, collect, &x), 0);
-    assert_int_equal(x.n, 1);
-    assert_int_equal(x.r[0].id, id3);
-    assert_int_equal(mstore_push_next_due(st, T0 + 10), T0 + 1000);
-    /* A new row of bob's is not due before bob's oldest either. */
-    int64_t id4;
-    assert_int_equal(mstore_push_add(st, add_notif(st, "bob"), "bob", T0 + 20, &id4), 0);
-    assert_int_equal(mstore_commit(st), 0);
-    x.n = 0;
-    assert_int_equal(mstore_push_due(st, T0 + 30, 16, collect, &x), 0);
-    assert_int_equal(x.n, 1);
-    x.n = 0;
-    assert_int_equal(mstore_push_due(st, T0 + 1000, 16, collect, &x), 0);
-    assert_int_equal(x.n, 2);
-    assert_int_equal(x.r[0].id, id3);
-    assert_int_equal(x.r[1].id, id1);
-    assert_int_equal(x.r[1].attempts, 1);
-    /* Delivered: deleted; bob's next row is now his oldest. */
-    assert_int_equal(mstore_push_del(st, id1), 0);
-    assert_int_equal(mstore_push_del(st, id3), 0);
-    assert_int_equal(mstore_commit(st), 0);
-    x.n = 0;
-    assert_int_equal(mstore_push_due(st, T0 + 1000, 16, collect, &x), 0);
-    assert_int_equal(x.n, 1);
-    assert_int_equal(x.r[0].id, id2);
-    assert_int_equal(mstore_push_count(st), 2);
-    /* A rolled-back batch takes its rows along. */
-    assert_int_equal(mstore_push_add(st, n3, "cat", T0, NULL), 0);
-    mstore_rollback(st);
-    assert_int_equal(mstore_push_count(st), 2);
-    /* The notification by id. */
-    msg_notification got;
-    assert_int_equal(mstore_notif_get(st, n2, &got), 1);
-    assert_string_equal(got.to, "bob");
-    assert_int_equal(mstore_notif_get(st, 999, &got), 0);
-    /* Ids are never reused, even after the newest row is deleted. */
-    assert_int_equal(mstore_push_del(st, id4), 0);
-    assert_int_equal(mstore_commit(st), 0);
-    int64_t id5;
-    assert_int_equal(mstore_push_add(st, n2, "bob", T0, &id5), 0);
-    assert_int_equal(mstore_commit(st), 0);
-    assert_true(id5 > id4);
-    mstore_close(st);
-    scratch_free(&sc);
 }
 
 static int64_t user_version(mstore *st)
@@ -335,7 +246,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sign_rfc4231), cmocka_unit_test(test_sign_format),
         cmocka_unit_test(test_backoff),      cmocka_unit_test(test_eligible),
-        cmocka_unit_test(test_url_rule),     cmocka_unit_test(test_outbox),
+        cmocka_unit_test(test_url_rule),
         cmocka_unit_test(test_migration_v4),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
