@@ -159,10 +159,15 @@ describe('messaging across two nodes on PostgreSQL', () => {
     sub.on('error', () => {});
     await Promise.all([pub.connect(), sub.connect()]);
     const io = new Server(http.createServer(), { adapter: createAdapter(pub, sub) });
-    onCleanup(async () => {
+    let closed = false;
+    const closeNode = async () => {
+      if (closed) return;
+      closed = true;
       io.close();
-      await Promise.all([pub.quit(), sub.quit()]).catch(() => {});
-    });
+      // QUIT goes after whatever the adapter still has queued.
+      await Promise.allSettled([pub.quit(), sub.quit()]);
+    };
+    onCleanup(closeNode);
     const badCount = async () => {
       const m = /^parley_chat_cluster_bad_total (\d+)$/m.exec((await httpRequest(nodes.b.port, 'GET', '/metrics')).body.toString());
       return m ? Number(m[1]) : 0;
@@ -185,6 +190,7 @@ describe('messaging across two nodes on PostgreSQL', () => {
     assert.equal(got(o, 'notification').length, 0, 'nothing malformed reached the user');
     assert.ok(nodes.a.alive() && nodes.b.alive());
     o.close();
+    await closeNode(); // before Redis goes (the next tests kill things)
   });
 
   test('client_id is idempotent across nodes: a resend to the other node is a duplicate', async () => {

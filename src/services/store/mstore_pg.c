@@ -648,10 +648,10 @@ static int q(pgs *s, int st, const params *p, const char *what)
     }
     bool begin = s->begin_pending;
     s->begin_pending = false;
-    char name[8];
+    char name[16];
     snprintf(name, sizeof name, "s%d", st);
     if (begin) {
-        char bname[8];
+        char bname[16];
         snprintf(bname, sizeof bname, "s%d", ST_BEGIN);
         if (!PQenterPipelineMode(s->conn) ||
             !PQsendQueryPrepared(s->conn, bname, 0, NULL, NULL, NULL, 0)) {
@@ -704,7 +704,7 @@ static int prepare_all(pgs *s)
 {
     if (!PQenterPipelineMode(s->conn)) return PARLEY_EIO;
     for (int i = 0; i < ST_COUNT; i++) {
-        char name[8];
+        char name[16];
         snprintf(name, sizeof name, "s%d", i);
         if (!PQsendPrepare(s->conn, name, stmt_sql[i], 0, NULL)) goto fail;
     }
