@@ -252,8 +252,8 @@ static void usage(FILE *f)
             "  --peer ID=HOST:PORT       another node (repeatable, up to 64): polling requests\n"
             "                            for its sessions are relayed to HOST:PORT\n"
             "  --workers N               N processes on the port (SO_REUSEPORT), polling requests\n"
-            "                            relayed between them; needs --no-messaging or\n"
-            "                            --protocol-test while the store is one process's\n"
+            "                            relayed between them; with the messaging service,\n"
+            "                            needs --store postgresql://... and --redis\n"
             "\n"
             "  --version, --help\n"
             "\n"
@@ -1327,9 +1327,20 @@ int main(int argc, char **argv)
         return 2;
     }
     if (c.workers > 1 && !c.protocol_test && c.messaging) {
-        fprintf(stderr, "parleyd: --workers needs --no-messaging or --protocol-test: the messaging "
-                        "store (SQLite) belongs to one process\n");
-        return 2;
+        /* Each worker is a node of the cluster: the store must be shared
+         * (PostgreSQL) and the nodes joined (Redis). */
+        bool shared = c.msg.store && strncmp(c.msg.store, "sqlite:", 7) != 0;
+        if (!shared || !c.redis_url) {
+            fprintf(stderr, "parleyd: --workers with the messaging service needs --store "
+                            "postgresql://... and --redis URL (the SQLite store belongs to one "
+                            "process; docs/CLUSTER.md), or --no-messaging\n");
+            return 2;
+        }
+        if (c.push_url) {
+            fprintf(stderr, "parleyd: --workers with --push-webhook is not supported: every worker "
+                            "would send the shared outbox; run the webhook on one node\n");
+            return 2;
+        }
     }
     if (c.peers.n && !c.peers.self_id[0]) {
         fprintf(stderr, "parleyd: --peer needs --node-id\n");

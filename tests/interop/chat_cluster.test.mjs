@@ -309,6 +309,49 @@ describe('messaging across two nodes on PostgreSQL', () => {
     [jA, k].forEach((c) => c.close());
   });
 
+  // `--workers N` on the shared store: every worker is a node (its own
+  // PostgreSQL connection, its own Redis adapter, its own presence
+  // contribution), all on one port.
+  test('--workers 2 with the shared store: messages and presence across the workers of one port', async () => {
+    const w = await startChatServer({
+      extra: ['--workers', '2', '--store', pg.url, '--media-dir', media, '--redis', redis.url, '--node-id', 'w'],
+    });
+    await sleep(scaled(500));
+    const names = users(...Array.from({ length: 16 }, () => 'wk'));
+    const cs = [];
+    for (const u of names) cs.push(await online(w, u));
+    const tag = (c) => c.socket.io.engine.id.slice(0, 4);
+    assert.ok(new Set(cs.map(tag)).size === 2, `the kernel spread the sockets over both workers: ${cs.map(tag)}`);
+    for (let i = 0; i < names.length; i += 2) {
+      const m = await cs[i].text({ to: names[i + 1] }, `hi ${i}`);
+      assert.deepEqual(await cs[i + 1].nextOf('new_message'), m, `pair ${i} (${tag(cs[i])} -> ${tag(cs[i + 1])})`);
+    }
+    // One user with a device on each worker, watched from a third socket.
+    const [pat] = users('pat');
+    const first = await online(w, pat);
+    let second;
+    for (let i = 0; i < 20 && !second; i++) {
+      const c = await online(w, pat);
+      if (tag(c) !== tag(first)) second = c;
+      else c.close();
+    }
+    assert.ok(second, 'a second device on the other worker');
+    const watcher = cs[0];
+    await eventually(async () => {
+      const r = await watcher.ok('presence_subscribe', { users: [pat] });
+      return r.presences[0].status === 'online' && r.presences[0].devices === 2;
+    }, 5000, 'two devices counted across the workers');
+    first.close();
+    await eventually(async () => (await watcher.ok('presence_subscribe', { users: [pat] })).presences[0].devices === 1,
+      5000, 'one device left');
+    assert.equal((await watcher.ok('presence_subscribe', { users: [pat] })).presences[0].status, 'online');
+    second.close();
+    await eventually(() => watcher.log.some((e) => e.name === 'presence' && e.args[0].user === pat && e.args[0].status === 'offline'),
+      5000, 'offline once the last device, on the other worker, is gone');
+    cs.forEach((c) => c.close());
+    await w.stop();
+  });
+
   // Issue 14 item 5: libparley's chat client (`parley chat`) fails over
   // unchanged: its node is SIGKILLed while it sends, it reconnects (here
   // through a proxy now pointing at another node), syncs, and replays its

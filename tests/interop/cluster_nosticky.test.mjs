@@ -256,7 +256,19 @@ test('--workers refuses what one process must own', () => {
   const bin = program('PARLEYD');
   let r = spawnSync(bin, ['--workers', '2', '--listen', '127.0.0.1:0'], { encoding: 'utf8' });
   assert.equal(r.status, 2);
-  assert.match(r.stderr, /--workers needs --no-messaging or --protocol-test/);
+  assert.match(r.stderr, /--workers with the messaging service needs --store postgresql:\/\/\.\.\. and --redis URL/);
+  // A SQLite store, or a shared one without Redis, is one process's too.
+  for (const extra of [['--store', 'sqlite:/tmp/x.db', '--redis', 'redis://127.0.0.1:1'],
+    ['--store', 'postgresql://u@127.0.0.1:1/db']]) {
+    r = spawnSync(bin, ['--workers', '2', '--dev-auth', ...extra], { encoding: 'utf8' });
+    assert.equal(r.status, 2, extra.join(' '));
+    assert.match(r.stderr, /needs --store postgresql/);
+  }
+  // Every worker would send the push outbox.
+  r = spawnSync(bin, ['--workers', '2', '--dev-auth', '--store', 'postgresql://u@127.0.0.1:1/db', '--redis',
+    'redis://127.0.0.1:1', '--push-webhook', 'https://push.example/x'], { encoding: 'utf8' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--workers with --push-webhook/);
   r = spawnSync(bin, ['--workers', '2', '--protocol-test', '--node-id', 'a', '--peer', 'b=127.0.0.1:1'],
     { encoding: 'utf8' });
   assert.equal(r.status, 2);
