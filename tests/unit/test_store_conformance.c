@@ -1287,7 +1287,7 @@ static void *write_crossing(void *arg)
     for (int i = 0; i < 100; i++) {
         int pending = 0;
         for (int k = 0; k < 4; k++) {
-            char cid[16];
+            char cid[32];
             snprintf(cid, sizeof cid, "c%d.%d", i, k);
             mstore_msg m;
             const msg_conv *c = &r[(k & 1) ^ (w->reverse ? 1 : 0)];
