@@ -2,10 +2,11 @@
  * The PostgreSQL backend of the message store (mstore.h), shared by every
  * node of a cluster.
  *
- * Connection: one libpq connection in non-blocking mode. The interface is
- * synchronous, so each call sends its prepared statement (PQflush until
- * everything is out) and waits for the answer with poll() on the socket,
- * at most timeout_ms. A timeout or a broken connection marks the store
+ * Connection: one libpq connection in non-blocking mode. A synchronous
+ * call sends its prepared statement (PQflush until everything is out)
+ * and waits for the answer with poll() on the socket, at most
+ * timeout_ms, after the pending asynchronous calls (mstore_insert_async,
+ * mstore_commit_async: pipelined, "the pipeline" below). A timeout or a broken connection marks the store
  * down: the connection is dropped, the call and every later one return
  * PARLEY_EIO at once, and a reconnect runs in the background on the loop
  * (PQconnectStart / PQconnectPoll driven by a uv_poll_t, a uv_timer_t for
