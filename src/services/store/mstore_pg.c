@@ -467,6 +467,7 @@ struct pgs {
     bool in_async;         /* the pipeline's own synchronous work */
     bool flush_failed;     /* the commit's stored-bytes statement failed */
     bool want_write;       /* libpq has output the socket did not take */
+    uint64_t tx_gen;       /* transactions begun by the pipeline */
 };
 
 static const mstore_ops pg_ops;
@@ -1775,6 +1776,11 @@ static void start_commit(pgs *s, aop *o)
         return;
     }
     pend_clear(s);
+    /* The next batch's inserts may follow the COMMIT on the wire, in a
+     * transaction of their own. */
+    s->in_tx = false;
+    s->batch_writes = 0;
+    o->id = (int64_t)s->tx_gen;
     o->state = Q_SENT;
 }
 
@@ -1785,7 +1791,6 @@ static void send_ready(pgs *s)
     for (aop *o = s->aq_head; o; o = o->next) {
         if (o->state != Q_NEW) {
             if (o->state != Q_DONE) before_done = false;
-            if (o->kind == A_COMMIT && o->state != Q_DONE) return;
             continue;
         }
         if (o->kind == A_COMMIT) {
@@ -1801,6 +1806,7 @@ static void send_ready(pgs *s)
         }
         bool first = !s->in_tx || s->begin_pending;
         if (!s->in_tx) s->batch_writes = 0;
+        if (first) s->tx_gen++;
         s->in_tx = true;
         s->begin_pending = false;
         s->batch_writes++;
@@ -1878,23 +1884,22 @@ static void take_result(pgs *s, PGresult *r)
     case W_COMMIT: {
         aop *o = w.op;
         bool committed = ok && !s->flush_failed && strcmp(PQcmdStatus(r), "COMMIT") == 0;
-        /* Skipped (the stored-bytes statement failed): the transaction is
-         * still open, aborted. */
-        if (es == PGRES_PIPELINE_ABORTED) s->need_rollback = true;
         s->flush_failed = false;
         if (committed) {
-            s->in_tx = false;
-            s->lost = false;
             s->commits++;
-        } else if (!s->need_rollback) {
-            pend_clear(s);
-            s->in_tx = s->lost = false;
+        } else {
             s->swept_day = INT64_MIN;
+            /* Skipped (the stored-bytes statement failed): the transaction
+             * is still open, aborted; rolled back when the wire is empty.
+             * (A next batch already sent after it fails in it, and its
+             * own COMMIT ends it.) */
+            if (es == PGRES_PIPELINE_ABORTED && (uint64_t)o->id == s->tx_gen && !s->in_tx) {
+                s->in_tx = true;
+                s->lost = true;
+                s->need_rollback = true;
+            }
         }
         aop_done(s, o, committed ? 0 : PARLEY_EIO);
-        if (s->need_rollback) { /* rolled back when the wire is empty */
-            s->lost = true;
-        }
         break;
     }
     }
