@@ -1564,10 +1564,10 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
  * Calls are queued in order (aop). An insert is sent at once (BEGIN
  * first when it opens the batch; a Sync after each, so that its answer
  * comes back without waiting for later ones) unless a commit queued
- * before it is not answered yet: a batch's statements follow its
- * COMMIT's answer. A commit is sent once every call before it is
- * answered and nothing is on the wire (its stored bytes are known then):
- * the stored-bytes statement, COMMIT and a Sync. Answers are read when
+ * before it is not sent yet. A commit is sent once every call before it
+ * is answered and nothing is on the wire (its stored bytes are known
+ * then): the stored-bytes statement, COMMIT and a Sync; the next batch's
+ * inserts may follow it at once, in a transaction of their own. Answers are read when
  * the socket is readable (the idle watch, one poll for the socket) or
  * by mstore_drain; callbacks run in call order. An insert answered busy
  * (every later one of its transaction is busy too: schema 2) waits until
