@@ -1692,7 +1692,7 @@ static void test_pg_migrations(void **state)
     }
     char got[64];
     fx_sql(&sc, "SELECT version FROM parley_schema", got, sizeof got);
-    assert_string_equal(got, "1");
+    assert_string_equal(got, "2");
     mstore *st = fx_open(&sc);
     mstore_close(st);
     fx_sql(&sc, "UPDATE parley_schema SET version = 99", NULL, 0);
@@ -1741,6 +1741,308 @@ static void test_pg_content_bytes(void **state)
     fx_free(&sc);
 }
 
+/* ---- asynchronous calls ---- */
+
+typedef struct arec {
+    int n;             /* callbacks so far */
+    bool in_order;     /* each callback the one expected next */
+    int rc[16];
+    int64_t seq[16];
+    int commit_rc, commit_at, ncommits;
+} arec;
+
+typedef struct acall {
+    arec *r;
+    int idx;
+} acall;
+
+static void rec_insert(void *arg, int rc, const mstore_msg *m)
+{
+    acall *c = arg;
+    arec *r = c->r;
+    if (c->idx != r->n) r->in_order = false;
+    r->rc[r->n] = rc;
+    r->seq[r->n] = rc == 0 && m ? m->m.seq : -1;
+    if (rc == 0 && (!m || strcmp(m->content_json, "{\"text\":\"async\"}") != 0))
+        r->in_order = false;
+    r->n++;
+}
+
+static void rec_commit(void *arg, int rc)
+{
+    arec *r = arg;
+    r->commit_rc = rc;
+    r->commit_at = r->n;
+    r->ncommits++;
+}
+
+static void put_async(mstore *st, const msg_conv *c, const char *from, const char *cid, acall *a)
+{
+    mstore_insert_async(st, c, from, cid, MSG_TEXT, MSG_PRIO_NORMAL, "{\"text\":\"async\"}", 16,
+                        NULL, NULL, T0, rec_insert, a);
+}
+
+/* Callbacks in call order, each insert's before the commit's; the
+ * results of mstore_insert; a synchronous call first finishes what is
+ * pending. */
+static void test_async_calls(void **state)
+{
+    (void)state;
+    fixture sc;
+    fx_init(&sc);
+    mstore *st = fx_open(&sc);
+    msg_conv c, room;
+    msg_conv_dm(&c, "a", "b");
+    msg_conv_room(&room, "nosuch");
+    put_text(st, &c, "a", "c0", NULL);
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_drain(st); /* nothing pending: nothing happens */
+    arec r = {.in_order = true, .commit_at = -1};
+    acall a[5];
+    for (int i = 0; i < 5; i++) a[i] = (acall){&r, i};
+    put_async(st, &c, "a", "c1", &a[0]);
+    put_async(st, &c, "a", "c0", &a[1]); /* a resend */
+    put_async(st, &room, "a", "r1", &a[2]);
+    put_async(st, &c, "b", "c2", &a[3]);
+    mstore_commit_async(st, rec_commit, &r);
+    put_async(st, &c, "a", "c3", &a[4]); /* the next batch */
+    /* A synchronous call: every callback has run when it returns. */
+    assert_int_equal(mstore_last_seq(st, c.id), 4);
+    assert_false(mstore_async_pending(st));
+    assert_int_equal(r.n, 5);
+    assert_true(r.in_order);
+    assert_int_equal(r.ncommits, 1);
+    assert_int_equal(r.commit_rc, 0);
+    assert_int_equal(r.commit_at, 4);
+    int want_rc[5] = {0, MSTORE_DUPLICATE, PARLEY_ESTATE, 0, 0};
+    int64_t want_seq[5] = {2, -1, -1, 3, 4};
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(r.rc[i], want_rc[i]);
+        assert_int_equal(r.seq[i], want_seq[i]);
+    }
+    assert_true(mstore_in_batch(st));
+    assert_int_equal(mstore_commit(st), 0);
+    /* The first batch committed apart: a rollback now leaves it. */
+    arec r2 = {.in_order = true, .commit_at = -1};
+    acall b = {&r2, 0};
+    put_async(st, &c, "a", "c4", &b);
+    mstore_drain(st);
+    assert_int_equal(r2.n, 1);
+    assert_int_equal(r2.seq[0], 5);
+    mstore_rollback(st);
+    assert_int_equal(mstore_last_seq(st, c.id), 4);
+    mstore_msg m;
+    assert_int_equal(mstore_find(st, "a", "c4", &m), 0);
+    assert_int_equal(mstore_find(st, "b", "c2", &m), 1);
+    assert_int_equal(m.m.seq, 3);
+    /* A commit with nothing to commit answers 0. */
+    arec r3 = {.in_order = true, .commit_at = -1};
+    mstore_commit_async(st, rec_commit, &r3);
+    mstore_drain(st);
+    assert_int_equal(r3.ncommits, 1);
+    assert_int_equal(r3.commit_rc, 0);
+    mstore_close(st);
+    fx_free(&sc);
+}
+
+/* ---- PostgreSQL: pipelined inserts ---- */
+
+#define AX_BATCHES 50
+#define AX_PER     8
+
+typedef struct axw axw;
+typedef struct axcall {
+    axw *w;
+    int idx, room;
+} axcall;
+
+struct axw {
+    const char *url, *name;
+    bool reverse;
+    int n, pending, stored, failed, commits_ok;
+    bool in_order, seq_order;
+    int64_t last[2];
+    axcall calls[AX_BATCHES * AX_PER];
+};
+
+static void ax_insert(void *arg, int rc, const mstore_msg *m)
+{
+    axcall *c = arg;
+    axw *w = c->w;
+    if (c->idx != w->n) w->in_order = false;
+    w->n++;
+    if (rc != 0) {
+        w->failed++;
+        return;
+    }
+    /* One sender's messages in a conversation: seqs in the order sent. */
+    if (m->m.seq <= w->last[c->room]) w->seq_order = false;
+    w->last[c->room] = m->m.seq;
+    w->pending++;
+}
+
+static void ax_commit(void *arg, int rc)
+{
+    axcall *c = arg; /* the batch's last insert */
+    axw *w = c->w;
+    if (w->n != c->idx + 1) w->in_order = false;
+    if (rc == 0) {
+        w->stored += w->pending;
+        w->commits_ok++;
+    } else {
+        w->failed += w->pending;
+    }
+    w->pending = 0;
+}
+
+static void *write_async(void *arg)
+{
+    axw *w = arg;
+    mstore *st = pg_open_opts(w->url, NULL, 20000);
+    msg_conv r[2];
+    msg_conv_room(&r[0], "x");
+    msg_conv_room(&r[1], "y");
+    for (int b = 0; b < AX_BATCHES; b++) {
+        for (int k = 0; k < AX_PER; k++) {
+            int i = b * AX_PER + k;
+            char cid[16];
+            snprintf(cid, sizeof cid, "a%d", i);
+            axcall *c = &w->calls[i];
+            *c = (axcall){w, i, (k & 1) ^ (w->reverse ? 1 : 0)};
+            mstore_insert_async(st, &r[c->room], w->name, cid, MSG_TEXT, MSG_PRIO_NORMAL,
+                                "{\"text\":\"x\"}", 12, NULL, NULL, T0, ax_insert, c);
+        }
+        mstore_commit_async(st, ax_commit, &w->calls[b * AX_PER + AX_PER - 1]);
+        if (b % 5 == 4) mstore_drain(st); /* several batches in flight between */
+    }
+    mstore_drain(st);
+    mstore_close(st);
+    return NULL;
+}
+
+/* Two nodes pipelining batches that take two conversations in opposite
+ * orders: busy answers with later inserts in flight. Nothing is lost,
+ * the rooms are gapless, callbacks come in call order and every sender's
+ * messages keep their order within a conversation. */
+static void test_pg_async_crossing(void **state)
+{
+    (void)state;
+    fixture sc;
+    fx_init(&sc);
+    mstore *st = fx_open(&sc);
+    bool added;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(mstore_join(st, i ? "y" : "x", "amy", T0, &added), 0);
+        assert_int_equal(mstore_join(st, i ? "y" : "x", "bob", T0, &added), 0);
+    }
+    assert_int_equal(mstore_commit(st), 0);
+    static axw a, b;
+    a = (axw){.url = sc.url, .name = "amy", .in_order = true, .seq_order = true};
+    b = (axw){.url = sc.url, .name = "bob", .reverse = true, .in_order = true, .seq_order = true};
+    pthread_t ta, tb;
+    uint64_t t0 = ptime_ms();
+    assert_int_equal(pthread_create(&ta, NULL, write_async, &a), 0);
+    assert_int_equal(pthread_create(&tb, NULL, write_async, &b), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    print_message("pipelined crossing batches: 800 messages in %llu ms\n",
+                  (unsigned long long)(ptime_ms() - t0));
+    assert_true(a.in_order && b.in_order);
+    assert_true(a.seq_order && b.seq_order);
+    assert_int_equal(a.failed + b.failed, 0);
+    assert_int_equal(a.stored + b.stored, 2 * AX_BATCHES * AX_PER);
+    assert_int_equal(a.commits_ok + b.commits_ok, 2 * AX_BATCHES);
+    for (int i = 0; i < 2; i++) {
+        const char *conv = i ? "room:y" : "room:x";
+        assert_int_equal(mstore_last_seq(st, conv), AX_BATCHES * AX_PER);
+        int64_t next = 1;
+        for (int64_t after = 0; after < AX_BATCHES * AX_PER; after += 200)
+            assert_int_equal(mstore_messages_after(st, conv, after, 200, collect_seq, &next), 0);
+        assert_int_equal(next, AX_BATCHES * AX_PER + 1);
+    }
+    int64_t bytes = 0;
+    assert_int_equal(mstore_storage_bytes(st, "amy", &bytes), 0);
+    assert_int_equal(bytes, AX_BATCHES * AX_PER * (12 + MSTORE_MSG_OVERHEAD));
+    mstore_close(st);
+    fx_free(&sc);
+}
+
+/* The connection killed with a pipeline in flight: every callback runs,
+ * the commit's with PARLEY_EIO, nothing of the batch is stored; the store
+ * comes back on the loop. */
+static void test_pg_async_killed(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    fixture sc;
+    fx_init(&sc);
+    mstore *st = pg_open_opts(sc.url, &loop, 5000);
+    msg_conv c;
+    msg_conv_dm(&c, "a", "b");
+    put_text(st, &c, "a", "m0", NULL);
+    assert_int_equal(mstore_commit(st), 0);
+    mstore *st2 = pg_open_opts(sc.url, NULL, 5000);
+    assert_int_equal(put_text(st2, &c, "b", "n0", NULL), 2);
+    arec r = {.in_order = true, .commit_at = -1};
+    acall a[12];
+    for (int i = 0; i < 12; i++) {
+        char cid[16];
+        snprintf(cid, sizeof cid, "k%d", i);
+        a[i] = (acall){&r, i};
+        put_async(st, &c, "a", cid, &a[i]);
+        if (i == 5) mstore_commit_async(st, rec_commit, &r);
+    }
+    assert_true(mstore_async_pending(st));
+    /* Node 1's first insert waits for the conversation node 2 writes:
+     * everything after it is in the pipeline, unanswered. */
+    wait_sessions(&sc, "wait_event_type = 'Lock'", 1, true);
+    mstore_rollback(st2);
+    mstore_close(st2);
+    /* The answers arrive on the loop: run it until everything is called. */
+    uint64_t end = ptime_ms() + 10000;
+    while (mstore_async_pending(st) && ptime_ms() < end) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    mstore_drain(st);
+    assert_false(mstore_async_pending(st));
+    assert_int_equal(r.n, 12);
+    assert_true(r.in_order);
+    assert_int_equal(r.ncommits, 1);
+    assert_int_equal(r.commit_at, 6);
+    assert_int_equal(r.commit_rc, PARLEY_EIO);
+    for (int i = 0; i < 12; i++) assert_int_equal(r.rc[i], PARLEY_EIO);
+    assert_false(mstore_up(st));
+    assert_false(mstore_in_batch(st)); /* that batch ended with its commit's PARLEY_EIO */
+    assert_true(wait_up(&loop, st, 20000));
+    mstore_msg m;
+    for (int i = 0; i < 12; i++) {
+        char cid[16];
+        snprintf(cid, sizeof cid, "k%d", i);
+        assert_int_equal(mstore_find(st, "a", cid, &m), 0);
+    }
+    assert_int_equal(mstore_last_seq(st, c.id), 1);
+    /* And the pipeline works again. */
+    arec r2 = {.in_order = true, .commit_at = -1};
+    acall b = {&r2, 0};
+    put_async(st, &c, "a", "k0", &b);
+    mstore_commit_async(st, rec_commit, &r2);
+    end = ptime_ms() + 10000;
+    while (mstore_async_pending(st) && ptime_ms() < end) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(r2.n, 1);
+    assert_int_equal(r2.rc[0], 0);
+    assert_int_equal(r2.seq[0], 2);
+    assert_int_equal(r2.commit_rc, 0);
+    mstore_close(st);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    fx_free(&sc);
+}
+
 /* ---- groups ---- */
 
 static int setup_sqlite(void **state)
@@ -1773,6 +2075,7 @@ int main(void)
         cmocka_unit_test(test_store),
         cmocka_unit_test(test_store_presence),
         cmocka_unit_test(test_outbox),
+        cmocka_unit_test(test_async_calls),
     };
     const struct CMUnitTest pg_only[] = {
         cmocka_unit_test(test_pg_content_bytes),
@@ -1783,6 +2086,8 @@ int main(void)
         cmocka_unit_test(test_pg_timeout_and_limit),
         cmocka_unit_test(test_pg_crossing_batches),
         cmocka_unit_test(test_pg_restart),
+        cmocka_unit_test(test_pg_async_crossing),
+        cmocka_unit_test(test_pg_async_killed),
     };
     int failed = cmocka_run_group_tests_name("sqlite", common, setup_sqlite, NULL);
     g_pgurl = getenv("PARLEY_TEST_PG_URL");

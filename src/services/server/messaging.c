@@ -205,6 +205,91 @@ static void refuse_send(msg_service *svc, msess *ms, int64_t ack_id, const msg_s
         reply_error(svc, ms, ack_id, err);
 }
 
+/* The insert of a send_message is answered: keep the result in its hold
+ * (no store call, no outbox change: this may run inside another store
+ * call). */
+static void on_stored(void *arg, int rc, const mstore_msg *stored)
+{
+    obx *h = arg;
+    h->stored = true;
+    h->rc = rc;
+    if (rc != 0) return;
+    h->meta = stored->m;
+    h->json.len = 0;
+    if (msg_encode_message(&h->json, &stored->m, stored->content_json, stored->content_len) != 0)
+        h->rc = PARLEY_ENOMEM;
+}
+
+/* What follows a send_message's insert, once its batch is committed:
+ * the acknowledgement, the broadcast, notifications; queued on h's
+ * sub-list (svc->capture), which takes h's place in the outbox. */
+void expand_hold(msg_service *svc, obx *h)
+{
+    msess *ms = h->ms;
+    int64_t ack_id = h->ack_id;
+    const char *user = h->user;
+    const msg_conv *c = &h->conv;
+    msg_type type = (msg_type)h->mtype;
+    msg_priority prio = (msg_priority)h->prio;
+    int rc = h->stored ? h->rc : PARLEY_EIO;
+    obx *prev = svc->capture;
+    bool cur_send = svc->mx.cur_send;
+    uint64_t cur_t0 = svc->mx.cur_t0;
+    svc->capture = h;
+    svc->mx.cur_send = h->send_ok;
+    svc->mx.cur_t0 = h->t0;
+    if (rc == MSTORE_DUPLICATE) {
+        if (!answer_duplicate(svc, ms, ack_id, user, h->meta.client_id))
+            reply_internal(svc, ms, ack_id);
+        goto out;
+    }
+    if (rc == PARLEY_ESTATE) {
+        reply_fail(svc, ms, ack_id, MSG_E_NOT_MEMBER, "room", "no such room");
+        goto out;
+    }
+    if (rc) {
+        reply_internal(svc, ms, ack_id);
+        goto out;
+    }
+    const pbuf *msg = &h->json;
+    svc->stats.messages++;
+    pbuf *ack = &svc->scratch2;
+    ack->len = 0;
+    rc = pbuf_append_str(ack, "{\"ok\":true,\"duplicate\":false,\"message\":");
+    if (rc == 0) rc = pbuf_append(ack, msg->ptr, msg->len);
+    if (rc == 0) rc = pbuf_append(ack, "}", 1);
+    if (rc == 0) queue_ack_json(svc, ms, ack_id, (char *)ack->ptr, ack->len, true);
+    obx *b = queue_bcast(svc, ms, c, MSG_EV_NEW_MESSAGE, (char *)msg->ptr, msg->len, true);
+    if (b) {
+        b->low = prio == MSG_PRIO_LOW && svc->o.low_delay_ms > 0;
+        b->prio = (uint8_t)prio;
+        if (prio != MSG_PRIO_NORMAL) svc->fan_mixed = true;
+    }
+    /* Urgent messages notify every recipient; a room text naming members
+     * with @user notifies them (do_mentions). */
+    bool mentions = c->kind == MSG_CONV_ROOM && type == MSG_TEXT &&
+                    memchr(msg->ptr, '@', msg->len) != NULL;
+    /* ... and a high one notifies the recipients without a live device. */
+    if (prio == MSG_PRIO_URGENT || prio == MSG_PRIO_HIGH || mentions) {
+        obx *n = obx_new(svc, OB_NOTIFY, NULL, true);
+        if (!n) goto out;
+        n->meta = h->meta;
+        snprintf(n->user, sizeof n->user, "%s", user);
+        rc = pbuf_append(&n->json, "[", 1);
+        if (rc == 0) rc = pbuf_append(&n->json, msg->ptr, msg->len);
+        if (rc == 0) rc = pbuf_append(&n->json, "]", 1);
+        if (!msvc_json_done(&n->json, rc)) {
+            obx_release(svc, n);
+            goto out;
+        }
+        obx_push(svc, n);
+    }
+out:
+    svc->capture = prev;
+    svc->mx.cur_send = cur_send;
+    svc->mx.cur_t0 = cur_t0;
+}
+
 static void req_send(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
                      int64_t ack_id)
 {
@@ -304,62 +389,32 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
         }
         m.content.size = size;
     }
-    pbuf *msg = &svc->scratch, *content = &svc->scratch2;
-    msg->len = content->len = 0;
+    pbuf *content = &svc->scratch2;
+    content->len = 0;
     if (msg_encode_content(content, m.type, &m.content) != 0) {
         reply_internal(svc, ms, ack_id);
         return;
     }
-    /* Insert first: a resend is rare, and the unique index finds it. */
-    mstore_msg stored;
-    int rc = mstore_insert(svc->store, &c, user, m.client_id, m.type, m.priority,
-                           (const char *)content->ptr, content->len, media, m.content.mime,
-                           msvc_wall_ms(), &stored);
-    if (rc == MSTORE_DUPLICATE) {
-        if (!answer_duplicate(svc, ms, ack_id, user, m.client_id)) reply_internal(svc, ms, ack_id);
-        return;
-    }
-    if (rc == PARLEY_ESTATE) {
-        reply_fail(svc, ms, ack_id, MSG_E_NOT_MEMBER, "room", "no such room");
-        return;
-    }
-    if (rc == 0) rc = msg_encode_message(msg, &stored.m, stored.content_json, stored.content_len);
-    if (rc) {
+    /* Insert first: a resend is rare, and the unique index finds it. The
+     * insert may be answered later (PostgreSQL's pipeline): the request
+     * holds its place in the outbox until then (expand_hold). */
+    obx *h = obx_new(svc, OB_HOLD, ms, true);
+    if (!h) {
         reply_internal(svc, ms, ack_id);
         return;
     }
-    svc->stats.messages++;
-    pbuf *ack = content;
-    ack->len = 0;
-    rc = pbuf_append_str(ack, "{\"ok\":true,\"duplicate\":false,\"message\":");
-    if (rc == 0) rc = pbuf_append(ack, msg->ptr, msg->len);
-    if (rc == 0) rc = pbuf_append(ack, "}", 1);
-    if (rc == 0) queue_ack_json(svc, ms, ack_id, (char *)ack->ptr, ack->len, true);
-    obx *b = queue_bcast(svc, ms, &c, MSG_EV_NEW_MESSAGE, (char *)msg->ptr, msg->len, true);
-    if (b) {
-        b->low = m.priority == MSG_PRIO_LOW && svc->o.low_delay_ms > 0;
-        b->prio = (uint8_t)m.priority;
-        if (m.priority != MSG_PRIO_NORMAL) svc->fan_mixed = true;
-    }
-    /* Urgent messages notify every recipient; a room text naming members
-     * with @user notifies them (do_mentions). */
-    bool mentions = c.kind == MSG_CONV_ROOM && m.type == MSG_TEXT &&
-                    memchr(msg->ptr, '@', msg->len) != NULL;
-    /* ... and a high one notifies the recipients without a live device. */
-    if (m.priority == MSG_PRIO_URGENT || m.priority == MSG_PRIO_HIGH || mentions) {
-        obx *n = obx_new(svc, OB_NOTIFY, NULL, true);
-        if (!n) return;
-        n->meta = stored.m;
-        snprintf(n->user, sizeof n->user, "%s", user);
-        rc = pbuf_append(&n->json, "[", 1);
-        if (rc == 0) rc = pbuf_append(&n->json, msg->ptr, msg->len);
-        if (rc == 0) rc = pbuf_append(&n->json, "]", 1);
-        if (!msvc_json_done(&n->json, rc)) {
-            obx_release(svc, n);
-            return;
-        }
-        obx_push(svc, n);
-    }
+    h->svc = svc;
+    h->ack_id = ack_id;
+    h->conv = c;
+    h->mtype = (uint8_t)m.type;
+    h->prio = (uint8_t)m.priority;
+    h->send_ok = svc->mx.cur_send;
+    snprintf(h->user, sizeof h->user, "%s", user);
+    snprintf(h->meta.client_id, sizeof h->meta.client_id, "%s", m.client_id);
+    obx_push(svc, h);
+    mstore_insert_async(svc->store, &c, user, m.client_id, m.type, m.priority,
+                        (const char *)content->ptr, content->len, media, m.content.mime,
+                        msvc_wall_ms(), on_stored, h);
 }
 
 static void req_receipt(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
@@ -1275,6 +1330,7 @@ void msg_service_free(msg_service *svc)
 {
     if (!svc) return;
     if (svc->nsp) parley_nsp_set_handlers(svc->nsp, NULL);
+    svc->closing = true; /* the final commit's callbacks schedule nothing */
     ploop_defer_cancel(svc->loop, &svc->flush);
     push_free(svc->push); /* rows in flight stay queued: sent again next start */
     svc->push = NULL;
@@ -1304,8 +1360,8 @@ void msg_service_free(msg_service *svc)
     pbuf_free(&svc->nprefs_buf);
     if (svc->api_keys) OPENSSL_cleanse(svc->api_keys, svc->n_api_keys * sizeof *svc->api_keys);
     free(svc->api_keys);
-    obx *lists[2] = {svc->out_head, svc->low_head};
-    for (int i = 0; i < 2; i++) {
+    obx *lists[3] = {svc->out_head, svc->low_head, svc->cb_head};
+    for (int i = 0; i < 3; i++) {
         for (obx *e = lists[i]; e;) {
             obx *next = e->next;
             if (e->kind == OB_HTTP) do_http(svc, e, true);
@@ -1322,7 +1378,11 @@ void msg_service_free(msg_service *svc)
         pbuf_free(&e->json);
         free(e);
     }
-    while (svc->kicks) {
+    while (svc->kicks || svc->cb_kicks) {
+        if (!svc->kicks) {
+            svc->kicks = svc->cb_kicks;
+            svc->cb_kicks = NULL;
+        }
         msess *ms = svc->kicks;
         svc->kicks = ms->next_kick;
         ms_release(ms);

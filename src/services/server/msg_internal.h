@@ -125,7 +125,10 @@ struct mpres {
     int64_t pc_text_at, pc_inv_at;
 };
 
-enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP, OB_NPUSH };
+/* OB_HOLD: a send_message whose insert is in flight (mstore_insert_async);
+ * its place in the outbox, replaced by the acknowledgement, broadcast and
+ * notifications once its batch is committed (expand_hold). */
+enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP, OB_NPUSH, OB_HOLD };
 
 typedef struct obx {
     struct obx *next;
@@ -148,6 +151,13 @@ typedef struct obx {
     char *origin; /* OB_HTTP: the allowed Origin the answer grants (CORS) */
     bool send_ok; /* OB_ACK: the answer to a send_message that stored (or found) it */
     uint64_t t0;  /* ... and when that send_message arrived (uv_hrtime) */
+    /* OB_HOLD: the request and the insert's result. */
+    struct msg_service *svc;
+    msg_conv conv;
+    uint8_t mtype;
+    bool stored; /* the insert's callback ran */
+    int rc;
+    struct obx *sub_head, *sub_tail; /* what expanding it queued */
 } obx;
 
 /* Why a stored notification was not pushed (notif_suppressed). */
@@ -210,6 +220,15 @@ struct msg_service {
     size_t bn, bcap;
     pbuf pjson;
     obx *out_head, *out_tail;
+    /* The batch being committed (mstore_commit_async): its outbox and
+     * kicks, cut when the commit started; walked when it is answered. */
+    obx *cb_head;
+    msess *cb_kicks;
+    bool cb_active, cb_done, cb_starting, cb_committing, closing;
+    int cb_rc;
+    uint32_t cb_writes;
+    uint64_t cb_t0;
+    obx *capture; /* expand_hold: obx_push appends to its sub-list */
     obx *low_head, *low_tail;
     /* fan-out order of a batch (fan_reorder), buffers reused */
     fanout fan;
@@ -306,6 +325,7 @@ void do_http(msg_service *svc, obx *e, bool failed);
 bool npush_remote(msg_service *svc, const char *args, size_t len);
 void obx_push_http(msg_service *svc, obx *e, phttpd_req *req, int status);
 void msvc_on_flush(pdefer *d);
+void expand_hold(msg_service *svc, obx *h);
 
 /* limits.c */
 void refuse_limit(msg_service *svc, msess *ms, int64_t ack_id, msg_errcode code, uint64_t retry_ms,

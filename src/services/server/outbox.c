@@ -41,6 +41,15 @@ obx *obx_new(msg_service *svc, int kind, msess *ms, bool dep)
 void obx_push(msg_service *svc, obx *e)
 {
     e->next = NULL;
+    if (svc->capture) { /* expand_hold: in the place of the hold */
+        obx *h = svc->capture;
+        if (h->sub_tail)
+            h->sub_tail->next = e;
+        else
+            h->sub_head = e;
+        h->sub_tail = e;
+        return;
+    }
     if (svc->out_tail)
         svc->out_tail->next = e;
     else
@@ -391,14 +400,84 @@ static void fan_reorder(msg_service *svc)
     svc->out_tail = all[n - 1];
 }
 
+/* The batch's commit is answered (mstore_commit_async): walk its outbox
+ * at the next flush (at once when the commit answered at once). */
+static void on_committed(void *arg, int rc)
+{
+    msg_service *svc = arg;
+    svc->cb_done = true;
+    svc->cb_rc = rc;
+    if (!svc->cb_starting && !svc->closing) msvc_schedule(svc);
+}
+
+/* Replaces every hold of the list by what it expands to. */
+static obx *expand_holds(msg_service *svc, obx *head, obx **tail)
+{
+    obx *out = NULL, **link = &out, *last = NULL;
+    for (obx *e = head; e;) {
+        obx *next = e->next;
+        if (e->kind != OB_HOLD) {
+            *link = last = e;
+            link = &e->next;
+            e = next;
+            continue;
+        }
+        e->sub_head = e->sub_tail = NULL;
+        expand_hold(svc, e);
+        if (e->sub_head) {
+            *link = e->sub_head;
+            last = e->sub_tail;
+            link = &e->sub_tail->next;
+        }
+        e->sub_head = e->sub_tail = NULL;
+        obx_release(svc, e);
+        e = next;
+    }
+    *link = NULL;
+    *tail = last;
+    return out;
+}
+
+static void finish_batch(msg_service *svc);
+
+/* Once per loop iteration with something queued: the batch is committed
+ * (asynchronously on PostgreSQL: the requests meanwhile queue the next
+ * batch), then its outbox is walked in order: acknowledgements,
+ * broadcasts and the rest; then syncs, the presence and unread flushes,
+ * kicks, the push webhook. */
 void msvc_on_flush(pdefer *d)
 {
     msg_service *svc = PARLEY_CONTAINER_OF(d, msg_service, flush);
-    bool failed = false;
-    uint32_t writes = mstore_batch_writes(svc->store);
-    uint64_t t0 = writes ? uv_hrtime() : 0;
-    if (mstore_in_batch(svc->store) && mstore_commit(svc->store) != 0) {
-        failed = true;
+    if (svc->cb_active) {
+        if (!svc->cb_done) return; /* on_committed schedules again */
+        finish_batch(svc);
+    }
+    svc->cb_active = true;
+    svc->cb_done = false;
+    svc->cb_rc = 0;
+    svc->cb_head = svc->out_head;
+    svc->out_head = svc->out_tail = NULL;
+    svc->cb_kicks = svc->kicks;
+    svc->kicks = NULL;
+    svc->cb_writes = mstore_batch_writes(svc->store);
+    svc->cb_t0 = uv_hrtime();
+    svc->cb_committing = mstore_in_batch(svc->store);
+    if (svc->cb_committing) {
+        svc->cb_starting = true;
+        mstore_commit_async(svc->store, on_committed, svc);
+        svc->cb_starting = false;
+    } else {
+        svc->cb_done = true;
+    }
+    if (svc->cb_done) finish_batch(svc);
+}
+
+static void finish_batch(msg_service *svc)
+{
+    bool failed = svc->cb_committing && svc->cb_rc != 0;
+    uint32_t writes = svc->cb_writes;
+    svc->cb_active = false;
+    if (failed) {
         svc->stats.commit_failures++;
         uint64_t held;
         if (plog_limit_ok(&svc->log_commit, ploop_now(svc->loop), LOG_EVERY_MS, &held))
@@ -407,15 +486,25 @@ void msvc_on_flush(pdefer *d)
                        (unsigned long long)held);
     }
     if (writes) {
-        pmx_hist_observe(&svc->mx.commit_latency, uv_hrtime() - t0);
+        pmx_hist_observe(&svc->mx.commit_latency, uv_hrtime() - svc->cb_t0);
         pmx_hist_observe(&svc->mx.batch_writes, writes);
     }
+    /* The batch's list stands in for the outbox while it is put in order;
+     * what the walk queues goes to the next batch. */
+    obx *keep_head = svc->out_head, *keep_tail = svc->out_tail;
+    obx *batch = svc->cb_head;
+    svc->cb_head = NULL;
+    obx *btail = NULL;
+    batch = expand_holds(svc, batch, &btail);
+    svc->out_head = batch;
+    svc->out_tail = btail;
     if (svc->fan_mixed) {
         svc->fan_mixed = false;
         fan_reorder(svc);
     }
     obx *e = svc->out_head, *syncs = NULL, **sync_tail = &syncs;
-    svc->out_head = svc->out_tail = NULL;
+    svc->out_head = keep_head;
+    svc->out_tail = keep_tail;
     while (e) {
         obx *next = e->next;
         bool bad = e->dep && failed;
@@ -476,9 +565,9 @@ void msvc_on_flush(pdefer *d)
     pres_flush(svc);
     unread_flush(svc);
     /* Kicks last: the acknowledgements (and refusals) above reached them. */
-    while (svc->kicks) {
-        msess *ms = svc->kicks;
-        svc->kicks = ms->next_kick;
+    while (svc->cb_kicks) {
+        msess *ms = svc->cb_kicks;
+        svc->cb_kicks = ms->next_kick;
         msvc_kick(svc, ms);
         ms_release(ms);
     }

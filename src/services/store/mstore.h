@@ -131,6 +131,43 @@ int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *
                   msg_type type, msg_priority prio, const char *content_json, size_t content_len,
                   const char *media, const char *media_mime, int64_t now_ms, mstore_msg *out);
 
+/* ---- asynchronous calls ----
+ *
+ * The hot path without waiting for the database: on PostgreSQL the
+ * statements of several calls are in flight on the connection at once
+ * (libpq's pipeline mode) and their answers are read when the socket is
+ * readable (on the loop of mstore_open_opts; without a loop at the next
+ * synchronous call or mstore_drain). On SQLite the call runs at once and
+ * its callback is called before mstore_insert_async returns.
+ *
+ * Callbacks run in the order the calls were made; every insert's before
+ * a later commit's. A callback may be called before the async call
+ * returns (an error found at once, SQLite). Callbacks may make
+ * synchronous store calls. Every synchronous call (except mstore_up,
+ * mstore_in_batch, mstore_commits, mstore_batch_writes) first waits for
+ * the pending asynchronous ones; their callbacks run then, unless the
+ * synchronous call was made from a callback (then right after it). */
+
+/* mstore_insert's work; cb(arg, rc, m) with mstore_insert's result (m
+ * only when rc is 0, valid during the call). A conversation busy on
+ * another node is handled as by mstore_insert (the batch so far is
+ * committed early, the message waits in a new one). */
+typedef void (*mstore_insert_cb)(void *arg, int rc, const mstore_msg *m);
+void mstore_insert_async(mstore *s, const msg_conv *c, const char *sender, const char *client_id,
+                         msg_type type, msg_priority prio, const char *content_json,
+                         size_t content_len, const char *media, const char *media_mime,
+                         int64_t now_ms, mstore_insert_cb cb, void *arg);
+/* mstore_commit's work: cb(arg, rc) after every earlier call's callback,
+ * rc 0 only when the COMMIT succeeded (PARLEY_EIO: the batch is rolled
+ * back). Calls made meanwhile belong to the next batch. */
+typedef void (*mstore_commit_cb)(void *arg, int rc);
+void mstore_commit_async(mstore *s, mstore_commit_cb cb, void *arg);
+/* Waits for every pending asynchronous call and runs its callback. A
+ * lost connection fails them all with PARLEY_EIO. */
+void mstore_drain(mstore *s);
+/* Whether asynchronous calls may still be pending (false on SQLite). */
+bool mstore_async_pending(const mstore *s);
+
 /* The conversation's last seq (0 when it has no messages or does not
  * exist). Negative on error. */
 int64_t mstore_last_seq(mstore *s, const char *conv);

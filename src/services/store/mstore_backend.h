@@ -60,6 +60,12 @@ typedef struct mstore_ops {
     int64_t (*push_next_due)(mstore *s, int64_t after_ms);
     int (*push_del)(mstore *s, int64_t id);
     int (*push_retry)(mstore *s, int64_t id, const char *user, uint32_t attempts, int64_t next_ms);
+    /* Asynchronous calls (mstore.h); all NULL: mstore.c runs the
+     * synchronous ones and calls back at once. */
+    void (*insert_async)(mstore *s, const msg_conv *c, const char *sender, const char *client_id, msg_type type, msg_priority prio, const char *content_json, size_t content_len, const char *media, const char *media_mime, int64_t now_ms, mstore_insert_cb cb, void *arg);
+    void (*commit_async)(mstore *s, mstore_commit_cb cb, void *arg);
+    void (*drain)(mstore *s);
+    bool (*pending)(const mstore *s);
 } mstore_ops;
 
 struct mstore {

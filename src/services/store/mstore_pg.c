@@ -2,10 +2,11 @@
  * The PostgreSQL backend of the message store (mstore.h), shared by every
  * node of a cluster.
  *
- * Connection: one libpq connection in non-blocking mode. The interface is
- * synchronous, so each call sends its prepared statement (PQflush until
- * everything is out) and waits for the answer with poll() on the socket,
- * at most timeout_ms. A timeout or a broken connection marks the store
+ * Connection: one libpq connection in non-blocking mode. A synchronous
+ * call sends its prepared statement (PQflush until everything is out)
+ * and waits for the answer with poll() on the socket, at most
+ * timeout_ms, after the pending asynchronous calls (mstore_insert_async,
+ * mstore_commit_async: pipelined, "the pipeline" below). A timeout or a broken connection marks the store
  * down: the connection is dropped, the call and every later one return
  * PARLEY_EIO at once, and a reconnect runs in the background on the loop
  * (PQconnectStart / PQconnectPoll driven by a uv_poll_t, a uv_timer_t for
@@ -59,7 +60,7 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 
-#define PG_SCHEMA_VERSION 1
+#define PG_SCHEMA_VERSION 2
 #define PG_LOCK_KEY       "344894687056" /* 0x504d534750, "PMSGP": the migration lock */
 
 enum {
@@ -371,6 +372,46 @@ static const char *const migrations[PG_SCHEMA_VERSION] = {
     "  END IF;"
     "  st := 0; mid := v_id; mseq := v_last + 1; RETURN NEXT;"
     " END $f$;",
+    /* 2: pipelined inserts (several of a batch sent before the first
+     * answer). Once one insert of a transaction is busy, every later one
+     * that may not wait is busy too (a transaction-local flag): the
+     * caller sends them again, in order, after the early commit, so that
+     * a later message never takes a seq before an earlier one. */
+    "CREATE OR REPLACE FUNCTION parley_insert(p_conv text, p_dm boolean, p_a text, p_b text,"
+    " p_sender text, p_cid text, p_type integer, p_prio integer, p_ts bigint, p_content text,"
+    " p_media text, p_mime text, p_seq_max bigint, p_wait boolean)"
+    " RETURNS TABLE(st integer, mid bigint, mseq bigint) LANGUAGE plpgsql AS $f$"
+    " DECLARE v_last bigint; v_id bigint;"
+    " BEGIN"
+    "  IF p_wait THEN"
+    "   PERFORM pg_advisory_xact_lock(hashtextextended(p_conv, 1347241300));"
+    "  ELSIF coalesce(current_setting('parley.busy', true), '') = 't' OR"
+    "   NOT pg_try_advisory_xact_lock(hashtextextended(p_conv, 1347241300)) THEN"
+    "   PERFORM set_config('parley.busy', 't', true);"
+    "   st := 4; mid := 0; mseq := 0; RETURN NEXT; RETURN;"
+    "  END IF;"
+    "  PERFORM 1 FROM conversations c WHERE c.id = p_conv;"
+    "  IF NOT FOUND THEN"
+    "   IF NOT p_dm THEN st := 2; mid := 0; mseq := 0; RETURN NEXT; RETURN; END IF;"
+    "   INSERT INTO conversations(id, kind, created_ms) VALUES (p_conv, 1, p_ts)"
+    "    ON CONFLICT DO NOTHING;"
+    "   INSERT INTO participants(conv, usr, delivered, read, joined_ms) VALUES"
+    "    (p_conv, p_a, 0, 0, p_ts), (p_conv, p_b, 0, 0, p_ts) ON CONFLICT DO NOTHING;"
+    "  END IF;"
+    "  SELECT coalesce(max(m.seq), 0) INTO v_last FROM messages m WHERE m.conv = p_conv;"
+    "  IF v_last < 0 OR v_last + 1 >= p_seq_max THEN"
+    "   st := 3; mid := 0; mseq := 0; RETURN NEXT; RETURN;"
+    "  END IF;"
+    "  INSERT INTO messages(conv, seq, sender, client_id, type, priority, ts, content)"
+    "   VALUES (p_conv, v_last + 1, p_sender, p_cid, p_type, p_prio, p_ts, p_content)"
+    "   ON CONFLICT (sender, client_id) DO NOTHING RETURNING id INTO v_id;"
+    "  IF v_id IS NULL THEN st := 1; mid := 0; mseq := 0; RETURN NEXT; RETURN; END IF;"
+    "  IF p_media IS NOT NULL THEN"
+    "   INSERT INTO media_refs(media, conv, mime, msg) VALUES (p_media, p_conv, p_mime, v_id)"
+    "    ON CONFLICT DO NOTHING;"
+    "  END IF;"
+    "  st := 0; mid := v_id; mseq := v_last + 1; RETURN NEXT;"
+    " END $f$;",
 };
 #undef ID
 
@@ -415,12 +456,27 @@ struct pgs {
     unsigned npend;
     pbuf arr_users, arr_bytes; /* ST_STORAGE_FLUSH's parameters */
     plog_limit log_err;
+    /* Asynchronous calls, in call order (aop), and what is on the wire
+     * (one entry per statement or sync sent, in order). */
+    struct aop *aq_head, *aq_tail;
+    struct wire *wire;
+    unsigned wire_cap, wire_head, nwire;
+    unsigned nbusy;        /* inserts answered busy, to send again */
+    bool need_rollback;    /* a COMMIT was skipped in an aborted pipeline */
+    bool dispatching;      /* callbacks running */
+    bool in_async;         /* the pipeline's own synchronous work */
+    bool flush_failed;     /* the commit's stored-bytes statement failed */
+    bool want_write;       /* libpq has output the socket did not take */
+    uint64_t tx_gen;       /* transactions begun by the pipeline */
 };
 
 static const mstore_ops pg_ops;
 static void pg_close(mstore *base_);
 static void pend_clear(pgs *s);
 static void start_reconnect(pgs *s);
+static void fail_all(pgs *s);
+static void pump(pgs *s);
+static void pg_drain(mstore *base_);
 
 /* ---- parameters: up to 16, numbers formatted in place ---- */
 
@@ -556,6 +612,7 @@ static void mark_down(pgs *s, const char *why)
     if (s->in_tx) s->lost = true;
     if (s->up) s->backoff = s->backoff_min;
     s->up = false;
+    fail_all(s); /* their callbacks run when the pipeline's caller dispatches */
     start_reconnect(s);
 }
 
@@ -754,19 +811,27 @@ static PGconn *connect_start(pgs *s)
  * would fail. */
 static void on_idle(uv_poll_t *h, int status, int events)
 {
-    (void)events;
     pgs *s = h->data;
     if (s->idle != h || !s->conn) return;
     if (status < 0) {
         mark_down(s, uv_strerror(status));
+        pump(s);
         return;
     }
+    if ((events & UV_WRITABLE) && s->want_write) {
+        pump(s); /* PQflush there */
+        if (!s->conn) return;
+    }
+    if (!(events & UV_READABLE)) return;
     if (PQconsumeInput(s->conn) == 0 || PQstatus(s->conn) == CONNECTION_BAD) {
         mark_down(s, PQerrorMessage(s->conn));
+        pump(s);
         return;
     }
     PGnotify *n;
     while ((n = PQnotifies(s->conn))) PQfreemem(n);
+    /* The same watch reads the pipeline's answers (one poll per socket). */
+    if (s->aq_head) pump(s);
 }
 
 static void idle_start(pgs *s)
@@ -967,7 +1032,8 @@ static int ensure_tx(pgs *s)
 
 static bool pg_in_batch(const mstore *base_)
 {
-    return ((const pgs *)base_)->in_tx;
+    const pgs *s = (const pgs *)base_;
+    return s->in_tx || s->aq_head;
 }
 
 static bool pg_up(const mstore *base_)
@@ -1269,6 +1335,7 @@ static void pg_close(mstore *base_)
 {
     pgs *s = (pgs *)base_;
     if (!s) return;
+    pg_drain(&s->base);
     if (s->in_tx) pg_rollback(&s->base);
     clear_res(s);
     abandon_pending(s);
@@ -1281,6 +1348,7 @@ static void pg_close(mstore *base_)
     pbuf_free(&s->found);
     pbuf_free(&s->arr_users);
     pbuf_free(&s->arr_bytes);
+    free(s->wire);
     free(s->url);
     free(s);
 }
@@ -1488,6 +1556,552 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
     out->content_json = content_json;
     out->content_len = content_len;
     return 0;
+}
+
+
+/* ---- asynchronous calls: the pipeline ----
+ *
+ * Calls are queued in order (aop). An insert is sent at once (BEGIN
+ * first when it opens the batch; a Sync after each, so that its answer
+ * comes back without waiting for later ones) unless a commit queued
+ * before it is not sent yet. A commit is sent once every call before it
+ * is answered and nothing is on the wire (its stored bytes are known
+ * then): the stored-bytes statement, COMMIT and a Sync; the next batch's
+ * inserts may follow it at once, in a transaction of their own. Answers are read when
+ * the socket is readable (the idle watch, one poll for the socket) or
+ * by mstore_drain; callbacks run in call order. An insert answered busy
+ * (every later one of its transaction is busy too: schema 2) waits until
+ * the wire is empty; then, outside pipeline mode, the batch so far is
+ * committed early and the busy ones are inserted again, in order, the
+ * first waiting (pg_insert's own path). A lost connection fails every
+ * pending call with PARLEY_EIO. */
+
+enum { A_INSERT, A_COMMIT };
+enum { Q_NEW, Q_SENT, Q_BUSY, Q_DONE };
+enum { W_BEGIN, W_INSERT, W_FLUSH, W_COMMIT, W_SYNC };
+
+typedef struct aop {
+    struct aop *next;
+    uint8_t kind, state;
+    int rc;
+    mstore_insert_cb icb;
+    mstore_commit_cb ccb;
+    void *arg;
+    msg_conv c;
+    char sender[MSG_USER_MAX + 1];
+    char cid[MSG_CLIENT_ID_MAX + 1];
+    char media[256];
+    char mime[MSG_MIME_MAX + 1];
+    bool has_media;
+    msg_type type;
+    msg_priority prio;
+    int64_t ts, id, seq;
+    size_t content_len;
+    char *content;
+} aop;
+
+typedef struct wire {
+    uint8_t kind;
+    aop *op;
+} wire;
+
+static void aop_done(pgs *s, aop *o, int rc)
+{
+    if (o->state == Q_BUSY && s->nbusy) s->nbusy--;
+    o->state = Q_DONE;
+    o->rc = rc;
+}
+
+static int wire_push(pgs *s, uint8_t kind, aop *op)
+{
+    if (s->nwire == s->wire_cap) {
+        unsigned cap = s->wire_cap ? s->wire_cap * 2 : 64;
+        wire *w = malloc(cap * sizeof *w);
+        if (!w) return PARLEY_ENOMEM;
+        for (unsigned i = 0; i < s->nwire; i++) w[i] = s->wire[(s->wire_head + i) % s->wire_cap];
+        free(s->wire);
+        s->wire = w;
+        s->wire_cap = cap;
+        s->wire_head = 0;
+    }
+    s->wire[(s->wire_head + s->nwire) % s->wire_cap] = (wire){kind, op};
+    s->nwire++;
+    return 0;
+}
+
+static wire wire_pop(pgs *s)
+{
+    wire w = s->wire[s->wire_head];
+    s->wire_head = (s->wire_head + 1) % s->wire_cap;
+    s->nwire--;
+    return w;
+}
+
+/* The transaction and every pending call are gone (mark_down). */
+static void fail_all(pgs *s)
+{
+    s->nwire = 0;
+    s->wire_head = 0;
+    s->need_rollback = false;
+    s->flush_failed = false;
+    s->want_write = false;
+    for (aop *o = s->aq_head; o; o = o->next) {
+        if (o->state == Q_DONE) continue;
+        aop_done(s, o, PARLEY_EIO);
+        if (o->kind == A_COMMIT && s->in_tx) { /* that batch is rolled back */
+            pend_clear(s);
+            s->in_tx = s->lost = s->begin_pending = false;
+            s->swept_day = INT64_MIN;
+        }
+    }
+    s->nbusy = 0;
+}
+
+/* Runs the callbacks of answered calls, in order (not nested). */
+static void dispatch(pgs *s)
+{
+    if (s->dispatching) return;
+    s->dispatching = true;
+    aop *o;
+    while ((o = s->aq_head) && o->state == Q_DONE) {
+        s->aq_head = o->next;
+        if (!s->aq_head) s->aq_tail = NULL;
+        if (o->kind == A_INSERT) {
+            mstore_msg m;
+            memset(&m, 0, sizeof m);
+            if (o->rc == 0) {
+                m.m.id = o->id;
+                m.m.seq = o->seq;
+                m.m.ts = o->ts;
+                m.m.type = o->type;
+                m.m.priority = o->prio;
+                copy_str(m.m.conversation, sizeof m.m.conversation, o->c.id);
+                copy_str(m.m.from, sizeof m.m.from, o->sender);
+                copy_str(m.m.client_id, sizeof m.m.client_id, o->cid);
+                m.content_json = o->content;
+                m.content_len = o->content_len;
+            }
+            o->icb(o->arg, o->rc, o->rc == 0 ? &m : NULL);
+        } else {
+            o->ccb(o->arg, o->rc);
+        }
+        free(o->content);
+        free(o);
+    }
+    s->dispatching = false;
+}
+
+static bool send_prepared(pgs *s, int st, const params *p)
+{
+    char name[16];
+    snprintf(name, sizeof name, "s%d", st);
+    return PQsendQueryPrepared(s->conn, name, p ? p->n : 0, p ? p->v : NULL, p ? p->len : NULL,
+                               p ? p->fmt : NULL, 0) == 1;
+}
+
+static void insert_params(params *p, const aop *o, bool wait)
+{
+    p_init(p);
+    p_str(p, o->c.id);
+    p_str(p, o->c.kind == MSG_CONV_DM ? "t" : "f");
+    p_opt(p, o->c.kind == MSG_CONV_DM ? o->c.a : NULL);
+    p_opt(p, o->c.kind == MSG_CONV_DM ? o->c.b : NULL);
+    p_str(p, o->sender);
+    p_str(p, o->cid);
+    p_i64(p, o->type);
+    p_i64(p, o->prio);
+    p_i64(p, o->ts);
+    p_bytes(p, o->content, o->content_len);
+    p_opt(p, o->has_media ? o->media : NULL);
+    p_opt(p, o->has_media ? o->mime : NULL);
+    p_i64(p, MSG_SEQ_MAX);
+    p_str(p, wait ? "t" : "f");
+}
+
+/* Builds the stored-bytes statement's arrays: 0, 1 nothing to add, or an
+ * error. */
+static int pend_arrays(pgs *s, params *p)
+{
+    if (!s->npend) return 1;
+    pbuf *u = &s->arr_users, *n = &s->arr_bytes;
+    u->len = n->len = 0;
+    int rc = pbuf_append(u, "{", 1);
+    if (rc == 0) rc = pbuf_append(n, "{", 1);
+    for (unsigned i = 0; rc == 0 && i < s->npend; i++) {
+        rc = arr_add_str(u, s->pend[i].user);
+        if (rc == 0) rc = pbuf_appendf(n, i ? ",%lld" : "%lld", (long long)s->pend[i].bytes);
+    }
+    if (rc == 0) rc = pbuf_append(u, "}", 2);
+    if (rc == 0) rc = pbuf_append(n, "}", 2);
+    if (rc) return rc;
+    p_init(p);
+    p_str(p, (const char *)u->ptr);
+    p_str(p, (const char *)n->ptr);
+    return 0;
+}
+
+static bool enter_pipeline(pgs *s)
+{
+    return PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF || PQenterPipelineMode(s->conn) == 1;
+}
+
+/* Starts a commit whose earlier calls are all answered, the wire empty. */
+static void start_commit(pgs *s, aop *o)
+{
+    if (!s->in_tx) {
+        aop_done(s, o, 0);
+        return;
+    }
+    if (s->begin_pending || s->lost || s->need_rollback) {
+        /* pg_commit's own cases: nothing sent, or a lost batch */
+        s->need_rollback = false;
+        if (s->conn && PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF) PQexitPipelineMode(s->conn);
+        s->in_async = true;
+        aop_done(s, o, pg_commit(&s->base));
+        s->in_async = false;
+        return;
+    }
+    params p;
+    int ar = pend_arrays(s, &p);
+    if (ar < 0) {
+        s->lost = true;
+        start_commit(s, o);
+        return;
+    }
+    s->flush_failed = false;
+    if (!enter_pipeline(s) || (ar == 0 && !send_prepared(s, ST_STORAGE_FLUSH, &p)) ||
+        (ar == 0 && wire_push(s, W_FLUSH, o)) || !send_prepared(s, ST_COMMIT, NULL) ||
+        wire_push(s, W_COMMIT, o) || !PQpipelineSync(s->conn) || wire_push(s, W_SYNC, NULL)) {
+        mark_down(s, PQerrorMessage(s->conn));
+        return;
+    }
+    pend_clear(s);
+    /* The next batch's inserts may follow the COMMIT on the wire, in a
+     * transaction of their own. */
+    s->in_tx = false;
+    s->batch_writes = 0;
+    o->id = (int64_t)s->tx_gen;
+    o->state = Q_SENT;
+}
+
+/* Sends what may go now. */
+static void send_ready(pgs *s)
+{
+    bool before_done = true; /* every call before o answered */
+    for (aop *o = s->aq_head; o; o = o->next) {
+        if (o->state != Q_NEW) {
+            if (o->state != Q_DONE) before_done = false;
+            continue;
+        }
+        if (o->kind == A_COMMIT) {
+            if (!before_done || s->nwire || s->nbusy) return;
+            start_commit(s, o);
+            if (o->state != Q_DONE) return;
+            continue;
+        }
+        if (s->lost || (!(s->conn && s->up) && !connected(s))) {
+            if (s->in_tx) s->lost = true;
+            aop_done(s, o, PARLEY_EIO);
+            continue;
+        }
+        bool first = !s->in_tx || s->begin_pending;
+        if (!s->in_tx) s->batch_writes = 0;
+        if (first) s->tx_gen++;
+        s->in_tx = true;
+        s->begin_pending = false;
+        s->batch_writes++;
+        params p;
+        insert_params(&p, o, first);
+        if (!enter_pipeline(s) || (first && !send_prepared(s, ST_BEGIN, NULL)) ||
+            (first && wire_push(s, W_BEGIN, NULL)) || !send_prepared(s, ST_INSERT, &p) ||
+            wire_push(s, W_INSERT, o) || !PQpipelineSync(s->conn) || wire_push(s, W_SYNC, NULL)) {
+            mark_down(s, PQerrorMessage(s->conn));
+            return;
+        }
+        o->state = Q_SENT;
+        before_done = false;
+    }
+}
+
+/* One answer for the statement at the head of the wire. */
+static void take_result(pgs *s, PGresult *r)
+{
+    ExecStatusType es = PQresultStatus(r);
+    if (es == PGRES_PIPELINE_SYNC) {
+        if (s->nwire && s->wire[s->wire_head].kind == W_SYNC) wire_pop(s);
+        return;
+    }
+    if (!s->nwire) return;
+    wire w = wire_pop(s);
+    bool ok = es == PGRES_COMMAND_OK || es == PGRES_TUPLES_OK;
+    if (!ok && es == PGRES_FATAL_ERROR) log_err(s, "pipeline", PQresultErrorMessage(r));
+    switch (w.kind) {
+    case W_BEGIN:
+        if (!ok) s->lost = true;
+        break;
+    case W_FLUSH:
+        if (!ok) s->flush_failed = true;
+        break;
+    case W_INSERT: {
+        aop *o = w.op;
+        int64_t st = -1;
+        if (!ok) {
+            if (s->in_tx) s->lost = true;
+            aop_done(s, o, PARLEY_EIO);
+            break;
+        }
+        if (PQntuples(r) != 1 || !get_i64(r, 0, 0, &st) || !get_i64(r, 0, 1, &o->id) ||
+            !get_i64(r, 0, 2, &o->seq))
+            st = -1;
+        switch (st) {
+        case 0:
+            if (pend_add(s, o->sender, (int64_t)o->content_len + MSTORE_MSG_OVERHEAD)) {
+                s->lost = true;
+                aop_done(s, o, PARLEY_ENOMEM);
+            } else {
+                aop_done(s, o, 0);
+            }
+            break;
+        case 1:
+            aop_done(s, o, MSTORE_DUPLICATE);
+            break;
+        case 2:
+            aop_done(s, o, PARLEY_ESTATE);
+            break;
+        case 3:
+            aop_done(s, o, PARLEY_ELIMIT);
+            break;
+        case 4:
+            o->state = Q_BUSY;
+            s->nbusy++;
+            break;
+        default:
+            s->lost = true;
+            aop_done(s, o, corrupt(s, "parley_insert's answer"));
+        }
+        break;
+    }
+    case W_COMMIT: {
+        aop *o = w.op;
+        bool committed = ok && !s->flush_failed && strcmp(PQcmdStatus(r), "COMMIT") == 0;
+        s->flush_failed = false;
+        if (committed) {
+            s->commits++;
+        } else {
+            s->swept_day = INT64_MIN;
+            /* Skipped (the stored-bytes statement failed): the transaction
+             * is still open, aborted; rolled back when the wire is empty.
+             * (A next batch already sent after it fails in it, and its
+             * own COMMIT ends it.) */
+            if (es == PGRES_PIPELINE_ABORTED && (uint64_t)o->id == s->tx_gen && !s->in_tx) {
+                s->in_tx = true;
+                s->lost = true;
+                s->need_rollback = true;
+            }
+        }
+        aop_done(s, o, committed ? 0 : PARLEY_EIO);
+        break;
+    }
+    }
+}
+
+/* Reads the answers there are (block: until the wire is empty). 0, or
+ * PARLEY_EIO after the connection was dropped. */
+static int read_results(pgs *s, bool block)
+{
+    uint64_t deadline = ptime_ms() + s->timeout_ms;
+    while (s->nwire && s->conn) {
+        int fl = PQflush(s->conn);
+        if (fl < 0) goto broken;
+        s->want_write = fl == 1;
+        if (PQisBusy(s->conn)) {
+            if (!block) {
+                if (!PQconsumeInput(s->conn)) goto broken;
+                if (PQisBusy(s->conn)) break;
+            } else {
+                int w = wait_fd(PQsocket(s->conn), fl == 1 ? POLLIN | POLLOUT : POLLIN, deadline);
+                if (w <= 0) {
+                    if (w == 0) log_err(s, "pipeline", "no answer in time");
+                    goto broken;
+                }
+                if (!PQconsumeInput(s->conn)) goto broken;
+                continue;
+            }
+        }
+        PGresult *r = PQgetResult(s->conn);
+        if (!r) continue; /* the end of one statement's results */
+        take_result(s, r);
+        PQclear(r);
+    }
+    if (s->conn && PQstatus(s->conn) != CONNECTION_OK) goto broken;
+    return 0;
+broken:
+    mark_down(s, s->conn && PQerrorMessage(s->conn)[0] ? PQerrorMessage(s->conn) : "timeout");
+    return PARLEY_EIO;
+}
+
+static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const char *client_id,
+                     msg_type type, msg_priority prio, const char *content_json, size_t content_len,
+                     const char *media, const char *media_mime, int64_t now_ms, mstore_msg *out);
+
+/* With the wire empty: leaves pipeline mode; rolls back an aborted
+ * batch; commits the batch so far and inserts the busy ones again. */
+static void settle_wire(pgs *s)
+{
+    if (s->nwire || !s->conn) return;
+    if (PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF && !PQexitPipelineMode(s->conn)) return;
+    if (s->need_rollback) { /* a COMMIT skipped after a failed statement */
+        s->need_rollback = false;
+        s->in_async = true;
+        pg_rollback(&s->base);
+        s->in_async = false;
+    }
+    if (!s->nbusy) return;
+    s->in_async = true;
+    bool first = true;
+    for (aop *o = s->aq_head; o && s->nbusy; o = o->next) {
+        if (o->state != Q_BUSY) continue;
+        int rc = 0;
+        if (first && !s->lost && !s->need_rollback) rc = split_batch(s);
+        first = false;
+        mstore_msg m;
+        if (rc == 0) {
+            if (s->batch_writes) s->batch_writes--; /* counted when sent */
+            rc = pg_insert(&s->base, &o->c, o->sender, o->cid, o->type, o->prio, o->content,
+                           o->content_len, o->has_media ? o->media : NULL,
+                           o->has_media ? o->mime : NULL, o->ts, &m);
+        }
+        if (rc == 0) {
+            o->id = m.m.id;
+            o->seq = m.m.seq;
+        }
+        if (o->state == Q_BUSY) aop_done(s, o, rc); /* mark_down may have failed it */
+    }
+    s->in_async = false;
+}
+
+/* Progress without waiting: reads, sends, runs callbacks. */
+static void pump(pgs *s)
+{
+    for (int round = 0; round < 4; round++) {
+        if (s->nwire) read_results(s, false);
+        if (!s->nwire) settle_wire(s);
+        unsigned before = s->nwire;
+        send_ready(s);
+        if (s->conn && s->nwire) {
+            int fl = PQflush(s->conn);
+            if (fl < 0) {
+                mark_down(s, PQerrorMessage(s->conn));
+            } else {
+                s->want_write = fl == 1;
+            }
+        }
+        if (s->nwire == before || s->nwire) break;
+    }
+    if (s->idle && s->conn)
+        uv_poll_start(s->idle, UV_READABLE | (s->want_write ? UV_WRITABLE : 0), on_idle);
+    dispatch(s);
+}
+
+static void pg_drain(mstore *base_)
+{
+    pgs *s = (pgs *)base_;
+    if (s->in_async) return;
+    for (unsigned guard = 0; s->aq_head; guard++) {
+        bool open = false;
+        for (aop *o = s->aq_head; o; o = o->next) open |= o->state != Q_DONE;
+        if (!open) break;
+        if (s->nwire) {
+            read_results(s, true);
+            guard = 0;
+            continue;
+        }
+        settle_wire(s);
+        send_ready(s);
+        if (!s->nwire && guard > 8) { /* cannot happen: fail, never hang */
+            fail_all(s);
+            break;
+        }
+    }
+    settle_wire(s);
+    dispatch(s);
+}
+
+static bool pg_pending(const mstore *base_)
+{
+    return ((const pgs *)base_)->aq_head != NULL;
+}
+
+static void enqueue(pgs *s, aop *o)
+{
+    if (s->aq_tail)
+        s->aq_tail->next = o;
+    else
+        s->aq_head = o;
+    s->aq_tail = o;
+}
+
+static void pg_insert_async(mstore *base_, const msg_conv *c, const char *sender,
+                            const char *client_id, msg_type type, msg_priority prio,
+                            const char *content_json, size_t content_len, const char *media,
+                            const char *media_mime, int64_t now_ms, mstore_insert_cb cb, void *arg)
+{
+    pgs *s = (pgs *)base_;
+    aop *o = calloc(1, sizeof *o);
+    if (!o) {
+        cb(arg, PARLEY_ENOMEM, NULL);
+        return;
+    }
+    o->kind = A_INSERT;
+    o->icb = cb;
+    o->arg = arg;
+    int rc = 0;
+    if (content_len > INT_MAX) rc = PARLEY_EINVAL;
+    if (media && (!media_mime || !msg_valid_mime(media_mime, strlen(media_mime))))
+        rc = PARLEY_EINVAL;
+    if (!ident_ok(c->id, MSG_CONV_MAX) || !ident_ok(sender, MSG_USER_MAX) ||
+        !ident_ok(client_id, MSG_CLIENT_ID_MAX) || (media && !ident_ok(media, 255)))
+        rc = PARLEY_EINVAL;
+    if (rc == 0 && !(o->content = malloc(content_len + 1))) rc = PARLEY_ENOMEM;
+    if (rc == 0) {
+        o->c = *c;
+        copy_str(o->sender, sizeof o->sender, sender);
+        copy_str(o->cid, sizeof o->cid, client_id);
+        if (media) {
+            o->has_media = true;
+            copy_str(o->media, sizeof o->media, media);
+            copy_str(o->mime, sizeof o->mime, media_mime);
+        }
+        o->type = type;
+        o->prio = prio;
+        o->ts = now_ms;
+        memcpy(o->content, content_json, content_len);
+        o->content[content_len] = 0;
+        o->content_len = content_len;
+    } else {
+        o->state = Q_DONE;
+        o->rc = rc;
+    }
+    enqueue(s, o);
+    if (s->in_async) return; /* sent after the pipeline's own work */
+    pump(s);
+}
+
+static void pg_commit_async(mstore *base_, mstore_commit_cb cb, void *arg)
+{
+    pgs *s = (pgs *)base_;
+    aop *o = calloc(1, sizeof *o);
+    if (!o) {
+        pg_drain(base_);
+        cb(arg, pg_commit(base_));
+        return;
+    }
+    o->kind = A_COMMIT;
+    o->ccb = cb;
+    o->arg = arg;
+    enqueue(s, o);
+    if (s->in_async) return;
+    pump(s);
 }
 
 /* The conversation's row: 1 with *last, 0 none, or an error. */
@@ -2326,4 +2940,8 @@ static const mstore_ops pg_ops = {
     .push_next_due = pg_push_next_due,
     .push_del = pg_push_del,
     .push_retry = pg_push_retry,
+    .insert_async = pg_insert_async,
+    .commit_async = pg_commit_async,
+    .drain = pg_drain,
+    .pending = pg_pending,
 };
