@@ -1692,7 +1692,7 @@ static void test_pg_migrations(void **state)
     }
     char got[64];
     fx_sql(&sc, "SELECT version FROM parley_schema", got, sizeof got);
-    assert_string_equal(got, "2");
+    assert_string_equal(got, "1");
     mstore *st = fx_open(&sc);
     mstore_close(st);
     fx_sql(&sc, "UPDATE parley_schema SET version = 99", NULL, 0);

@@ -60,7 +60,7 @@
 #include "codec/json.h"
 #include "parley/parley.h"
 
-#define PG_SCHEMA_VERSION 2
+#define PG_SCHEMA_VERSION 1
 #define PG_LOCK_KEY       "344894687056" /* 0x504d534750, "PMSGP": the migration lock */
 
 enum {
@@ -335,49 +335,16 @@ static const char *const migrations[PG_SCHEMA_VERSION] = {
      * to update). A transaction that already holds locks never waits for
      * one (p_wait false: busy instead), so the batches of two nodes cannot
      * deadlock on conversations: the caller commits what it has and tries
-     * again, waiting, in a new transaction that holds nothing. A
+     * again, waiting, in a new transaction that holds nothing. Inserts
+     * are pipelined (several of a batch sent before the first answer):
+     * once one insert of a transaction is busy, every later one that may
+     * not wait is busy too (the transaction-local setting parley.busy),
+     * and the caller sends them again in order after the early commit, so
+     * that a later message never takes a seq before an earlier one. A
      * duplicate (sender, client_id) inserts nothing, so takes no seq. The
      * sender's stored bytes are counted by the caller, once per user and
      * batch, at commit. */
     "CREATE FUNCTION parley_insert(p_conv text, p_dm boolean, p_a text, p_b text,"
-    " p_sender text, p_cid text, p_type integer, p_prio integer, p_ts bigint, p_content text,"
-    " p_media text, p_mime text, p_seq_max bigint, p_wait boolean)"
-    " RETURNS TABLE(st integer, mid bigint, mseq bigint) LANGUAGE plpgsql AS $f$"
-    " DECLARE v_last bigint; v_id bigint;"
-    " BEGIN"
-    "  IF p_wait THEN"
-    "   PERFORM pg_advisory_xact_lock(hashtextextended(p_conv, 1347241300));"
-    "  ELSIF NOT pg_try_advisory_xact_lock(hashtextextended(p_conv, 1347241300)) THEN"
-    "   st := 4; mid := 0; mseq := 0; RETURN NEXT; RETURN;"
-    "  END IF;"
-    "  PERFORM 1 FROM conversations c WHERE c.id = p_conv;"
-    "  IF NOT FOUND THEN"
-    "   IF NOT p_dm THEN st := 2; mid := 0; mseq := 0; RETURN NEXT; RETURN; END IF;"
-    "   INSERT INTO conversations(id, kind, created_ms) VALUES (p_conv, 1, p_ts)"
-    "    ON CONFLICT DO NOTHING;"
-    "   INSERT INTO participants(conv, usr, delivered, read, joined_ms) VALUES"
-    "    (p_conv, p_a, 0, 0, p_ts), (p_conv, p_b, 0, 0, p_ts) ON CONFLICT DO NOTHING;"
-    "  END IF;"
-    "  SELECT coalesce(max(m.seq), 0) INTO v_last FROM messages m WHERE m.conv = p_conv;"
-    "  IF v_last < 0 OR v_last + 1 >= p_seq_max THEN"
-    "   st := 3; mid := 0; mseq := 0; RETURN NEXT; RETURN;"
-    "  END IF;"
-    "  INSERT INTO messages(conv, seq, sender, client_id, type, priority, ts, content)"
-    "   VALUES (p_conv, v_last + 1, p_sender, p_cid, p_type, p_prio, p_ts, p_content)"
-    "   ON CONFLICT (sender, client_id) DO NOTHING RETURNING id INTO v_id;"
-    "  IF v_id IS NULL THEN st := 1; mid := 0; mseq := 0; RETURN NEXT; RETURN; END IF;"
-    "  IF p_media IS NOT NULL THEN"
-    "   INSERT INTO media_refs(media, conv, mime, msg) VALUES (p_media, p_conv, p_mime, v_id)"
-    "    ON CONFLICT DO NOTHING;"
-    "  END IF;"
-    "  st := 0; mid := v_id; mseq := v_last + 1; RETURN NEXT;"
-    " END $f$;",
-    /* 2: pipelined inserts (several of a batch sent before the first
-     * answer). Once one insert of a transaction is busy, every later one
-     * that may not wait is busy too (a transaction-local flag): the
-     * caller sends them again, in order, after the early commit, so that
-     * a later message never takes a seq before an earlier one. */
-    "CREATE OR REPLACE FUNCTION parley_insert(p_conv text, p_dm boolean, p_a text, p_b text,"
     " p_sender text, p_cid text, p_type integer, p_prio integer, p_ts bigint, p_content text,"
     " p_media text, p_mime text, p_seq_max bigint, p_wait boolean)"
     " RETURNS TABLE(st integer, mid bigint, mseq bigint) LANGUAGE plpgsql AS $f$"
@@ -1570,7 +1537,7 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
  * inserts may follow it at once, in a transaction of their own. Answers are read when
  * the socket is readable (the idle watch, one poll for the socket) or
  * by mstore_drain; callbacks run in call order. An insert answered busy
- * (every later one of its transaction is busy too: schema 2) waits until
+ * (every later one of its transaction is busy too: parley_insert) waits until
  * the wire is empty; then, outside pipeline mode, the batch so far is
  * committed early and the busy ones are inserted again, in order, the
  * first waiting (pg_insert's own path). A lost connection fails every
