@@ -12,11 +12,11 @@
 // always killed; a missing redis-server fails the test with instructions.
 
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
 import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
-import { cleanup, loadPinned, lowFreePort, onCleanup, scaled, sleep, tempDir, withTimeout } from './lib/harness.mjs';
+import { cleanup, loadPinned, onCleanup, scaled, sleep, withTimeout } from './lib/harness.mjs';
 import { ChatClient, eventually, startChatServer } from './lib/chat.mjs';
+import { startRedis } from './lib/redis.mjs';
 
 const { createClient } = await loadPinned('redis');
 
@@ -28,35 +28,10 @@ const NODE_TIMEOUT = 3000;
 const WINDOW = 200;
 const BOUND = NODE_TIMEOUT + HEARTBEAT + WINDOW; // documented: timeout + heartbeat + window
 
-let redisChild = null;
-let redisPort;
-let redisDir;
+let redis;
 let admin;
 let url;
 let A, B, C;
-
-function findRedis() {
-  try {
-    execFileSync('redis-server', ['--version'], { stdio: 'pipe' });
-  } catch {
-    throw new Error('interop: redis-server is not installed; this test needs it: run ' +
-      'scripts/bootstrap (it installs the Debian package redis-server) or `apt-get install redis-server`');
-  }
-}
-
-async function startRedis(port, dir) {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1',
-    '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.exited = new Promise((resolve) => child.once('exit', resolve));
-  const ready = new Promise((resolve, reject) => {
-    child.stdout.on('data', () => { if (/Ready to accept connections/.test(out)) resolve(); });
-    child.exited.then((code) => reject(new Error(`redis-server exited (${code}): ${out}`)));
-  });
-  await withTimeout(ready, scaled(10000), 'redis-server to start');
-  redisChild = child;
-}
 
 function getText(port, path) {
   return new Promise((resolve, reject) => {
@@ -119,11 +94,8 @@ async function answerIs(c, user, want, ms = 5000) {
 }
 
 before(async () => {
-  findRedis();
-  redisPort = await lowFreePort();
-  redisDir = tempDir();
-  await startRedis(redisPort, redisDir);
-  url = `redis://127.0.0.1:${redisPort}`;
+  redis = await startRedis();
+  url = redis.url;
   admin = createClient({ url });
   admin.on('error', () => {});
   await admin.connect();
@@ -138,16 +110,7 @@ before(async () => {
   await Promise.all([nodesHeard(A, 1, 'A to hear B'), nodesHeard(B, 1, 'B to hear A')]);
 });
 
-after(async () => {
-  await cleanup();
-  if (redisChild) {
-    const c = redisChild;
-    redisChild = null;
-    c.kill('SIGKILL');
-    await withTimeout(c.exited, 5000, 'redis-server to die');
-  }
-});
-process.on('exit', () => redisChild?.kill('SIGKILL'));
+after(cleanup);
 
 test('devices on two nodes are one presence; each change reaches each subscriber once', async () => {
   const [ann, obs] = users('ann', 'obs');
@@ -429,13 +392,10 @@ describe('two fresh nodes', () => {
     await answerIs(oE, ivy, { status: 'online', devices: 1 });
     // Redis goes: E hears nothing from D, declares it dead and tells its
     // own sockets (it cannot know better).
-    const c = redisChild;
-    redisChild = null;
-    c.kill('SIGKILL');
-    await withTimeout(c.exited, 5000, 'redis-server to die');
+    await redis.kill();
     await awaitPresence(oE, ivy, { status: 'offline' }, BOUND + 5000);
     // Redis is back: the nodes reconnect, meet again and exchange tables.
-    await startRedis(redisPort, redisDir);
+    await redis.start();
     await awaitPresence(oE, ivy, { status: 'online', devices: 1 }, 20000);
     await answerIs(oE, ivy, { status: 'online', devices: 1 });
     i1.close();

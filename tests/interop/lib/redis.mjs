@@ -47,6 +47,7 @@ export async function startRedis() {
     await r.start();
   };
   onCleanup(() => r.kill());
+  process.on('exit', () => r.child?.kill('SIGKILL')); // a crashed test leaves none behind
   await r.start();
   return r;
 }
