@@ -130,7 +130,10 @@ PARLEY_API parley_loop *parley_loop_wrap_uv(void *uv_loop);
 PARLEY_API void *parley_loop_uv(parley_loop *loop);
 
 /* Runs the loop until nothing is left to do or parley_loop_stop is called.
- * Returns 0, or PARLEY_EINVAL for a wrapped loop (drive it yourself). */
+ * Returns 0, or PARLEY_EINVAL for a wrapped loop (drive it yourself).
+ * The calling thread does the loop's socket writes: a write to a peer that
+ * has gone raises SIGPIPE there, so ignore or block SIGPIPE on that thread
+ * (as for any socket program) or the process ends. */
 PARLEY_API int parley_loop_run(parley_loop *loop);
 
 /* Makes parley_loop_run return after the current iteration. Loop thread only. */
@@ -138,8 +141,11 @@ PARLEY_API void parley_loop_stop(parley_loop *loop);
 
 /* Runs an owned loop on a thread of its own, until parley_loop_join. All
  * callbacks of objects on this loop then run on that thread; the clients'
- * public calls may be made from any thread. 0, PARLEY_EINVAL (a wrapped
- * loop), PARLEY_ESTATE (already started), PARLEY_ENOMEM. */
+ * public calls may be made from any thread. That thread blocks SIGPIPE
+ * (a peer that goes away fails the write with EPIPE instead of ending the
+ * process); the process's signal dispositions are not changed.
+ * 0, PARLEY_EINVAL (a wrapped loop), PARLEY_ESTATE (already started),
+ * PARLEY_ENOMEM. */
 PARLEY_API int parley_loop_start(parley_loop *loop);
 
 /* Stops a loop started with parley_loop_start and waits for its thread to

@@ -1,5 +1,7 @@
 /* The loop context: one uv timer for all ptimers, the flush list, shared
  * read buffers. */
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 
 #include "base/log.h"
@@ -196,6 +198,15 @@ static void loop_thread_main(void *arg)
 {
     start_arg *sa = arg;
     parley_loop *l = sa->l;
+    /* A write to a socket the peer has reset raises SIGPIPE on the writing
+     * thread, and its default action ends the whole process: an
+     * application that never touched SIGPIPE would die because a server
+     * went away. Blocked on this thread only, the write fails with EPIPE
+     * and the connection closes; the process's disposition is left alone. */
+    sigset_t pipe_only;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, NULL);
     uv_mutex_lock(&l->mu);
     l->loop_thread = uv_thread_self();
     uv_mutex_unlock(&l->mu);
