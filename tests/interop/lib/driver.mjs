@@ -38,9 +38,13 @@ function spawnLines(file, args, label, env = {}) {
       for (const w of child.waiters.splice(0)) w();
     }
   });
+  // A child that dies makes the next write to its stdin fail with EPIPE;
+  // the death itself is what a test reports (with its signal), below.
+  child.stdin.on('error', () => {});
   child.exited = new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
-  child.exited.then(() => {
+  child.exited.then(({ code, signal }) => {
     child.dead = true;
+    child.how = signal ? `killed by ${signal}` : `exit code ${code}`;
     for (const w of child.waiters.splice(0)) w();
   });
   onCleanup(() => {
@@ -55,7 +59,7 @@ async function waitLines(child, pred, ms, what) {
   for (;;) {
     const v = pred();
     if (v !== undefined) return v;
-    if (child.dead) throw new Error(`${child.label} exited while waiting for ${what}${stderrTail(child)}`);
+    if (child.dead) throw new Error(`${child.label} exited (${child.how}) while waiting for ${what}${stderrTail(child)}`);
     const left = deadline - Date.now();
     if (left <= 0) throw new Error(`timed out after ${scaled(ms)} ms waiting for ${what}${stderrTail(child)}`);
     await new Promise((resolve) => {
@@ -122,7 +126,7 @@ export class Driver {
 
   /** Sends a command and returns its rc. */
   async cmd(c, ms = 10000) {
-    if (this.child.dead) throw new Error(`${this.child.label} is gone${stderrTail(this.child)}`);
+    if (this.child.dead) throw new Error(`${this.child.label} is gone (${this.child.how})${stderrTail(this.child)}`);
     this.child.stdin.write(`${JSON.stringify(c)}\n`);
     const done = await this.next({ ev: 'done', cmd: c.cmd }, ms, `the answer to ${c.cmd}`);
     return done.rc;
