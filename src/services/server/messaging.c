@@ -223,8 +223,14 @@ static void on_stored(void *arg, int rc, const mstore_msg *stored)
 /* What follows a send_message's insert, once its batch is committed:
  * the acknowledgement, the broadcast, notifications; queued on h's
  * sub-list (svc->capture), which takes h's place in the outbox. */
+static void expand_receipt(msg_service *svc, obx *h);
+
 void expand_hold(msg_service *svc, obx *h)
 {
+    if (h->hkind == HOLD_RECEIPT) {
+        expand_receipt(svc, h);
+        return;
+    }
     msess *ms = h->ms;
     int64_t ack_id = h->ack_id;
     const char *user = h->user;
@@ -417,6 +423,69 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
                         msvc_wall_ms(), on_stored, h);
 }
 
+/* A receipt's update is answered: keep the answer in its hold (as
+ * on_stored). */
+static void on_receipt(void *arg, int rc, const mstore_receipt_res *res)
+{
+    obx *h = arg;
+    h->stored = true;
+    h->rc = rc;
+    h->rcp = *res;
+}
+
+/* What follows a receipt's update once its batch is committed: the
+ * acknowledgement (the watermarks) and, when they moved, the status
+ * broadcast; or the error. Queued in the hold's place (svc->capture). */
+static void expand_receipt(msg_service *svc, obx *h)
+{
+    msess *ms = h->ms;
+    int64_t ack_id = h->ack_id;
+    const msg_conv *c = &h->conv;
+    const mstore_receipt_res *res = &h->rcp;
+    int rc = h->stored ? h->rc : PARLEY_EIO;
+    msg_error err;
+    obx *prev = svc->capture;
+    svc->capture = h;
+    /* A DM's parties are known by its id (checked when asked): one without
+     * messages yet has no participant rows, and its receipt is beyond. */
+    if (rc == PARLEY_ESTATE && c->kind == MSG_CONV_DM && h->rseq > res->last) rc = MSTORE_BEYOND;
+    if (rc == MSTORE_BEYOND) {
+        msg_fail(&err, MSG_E_INVALID_FIELD, "seq", "seq %lld is beyond the last message (%lld)",
+                 (long long)h->rseq, (long long)res->last);
+        reply_error(svc, ms, ack_id, &err);
+    } else if (rc == PARLEY_ESTATE && c->kind == MSG_CONV_ROOM) {
+        msg_fail(&err, MSG_E_NOT_MEMBER, "room", "you are not a member of room %s", c->a);
+        reply_error(svc, ms, ack_id, &err);
+    } else if (rc == PARLEY_ESTATE) {
+        reply_fail(svc, ms, ack_id, MSG_E_NOT_MEMBER, "conversation",
+                   "you are not a participant of this conversation");
+    } else if (rc) {
+        reply_internal(svc, ms, ack_id);
+    } else {
+        if (res->changed) svc->mx.receipts[h->mtype == MSG_READ]++;
+        msg_status st = {.delivered = res->delivered, .read = res->read};
+        memcpy(st.conversation, c->id, sizeof st.conversation);
+        snprintf(st.user, sizeof st.user, "%s", h->user);
+        pbuf *st_json = &svc->scratch, *b = &svc->scratch2;
+        st_json->len = b->len = 0;
+        rc = msg_encode_status(st_json, &st);
+        /* The acknowledgement is the status object with "ok" in front. */
+        if (rc == 0) rc = pbuf_append_str(b, "{\"ok\":true,");
+        if (rc == 0) rc = pbuf_append(b, st_json->ptr + 1, st_json->len - 1);
+        if (rc) {
+            reply_internal(svc, ms, ack_id);
+        } else {
+            queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, true);
+            if (res->changed)
+                queue_bcast(svc, ms, c, MSG_EV_STATUS, (char *)st_json->ptr, st_json->len, true);
+        }
+    }
+    svc->capture = prev;
+}
+
+/* The membership (a DM's by its id), the seq's range and the update are
+ * one store call, answered later on PostgreSQL (its pipeline): the
+ * request holds its place in the outbox until then, as a send does. */
 static void req_receipt(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,
                         int64_t ack_id)
 {
@@ -430,47 +499,22 @@ static void req_receipt(msg_service *svc, msess *ms, const json_val *obj, const 
         return;
     }
     msg_conv_parse(&c, r.conversation, strlen(r.conversation));
-    if (!check_member(svc, ms, ack_id, &c)) return;
-    int64_t last = mstore_last_seq(svc->store, c.id);
-    if (last < 0) {
+    if (c.kind == MSG_CONV_DM && !check_member(svc, ms, ack_id, &c)) return;
+    obx *h = obx_new(svc, OB_HOLD, ms, true);
+    if (!h) {
         reply_internal(svc, ms, ack_id);
         return;
     }
-    if (r.seq > last) {
-        msg_fail(&err, MSG_E_INVALID_FIELD, "seq", "seq %lld is beyond the last message (%lld)",
-                 (long long)r.seq, (long long)last);
-        reply_error(svc, ms, ack_id, &err);
-        return;
-    }
-    int64_t d, rd;
-    bool changed;
-    int rc = mstore_receipt(svc->store, c.id, user, r.status == MSG_DELIVERED ? r.seq : 0,
-                            r.status == MSG_READ ? r.seq : 0, &d, &rd, &changed);
-    if (rc == PARLEY_ESTATE) {
-        reply_fail(svc, ms, ack_id, MSG_E_NOT_MEMBER, "conversation",
-                   "you are not a participant of this conversation");
-        return;
-    }
-    if (rc) {
-        reply_internal(svc, ms, ack_id);
-        return;
-    }
-    if (changed) svc->mx.receipts[r.status == MSG_READ]++;
-    msg_status st = {.delivered = d, .read = rd};
-    memcpy(st.conversation, c.id, sizeof st.conversation);
-    snprintf(st.user, sizeof st.user, "%s", user);
-    pbuf *st_json = &svc->scratch, *b = &svc->scratch2;
-    st_json->len = b->len = 0;
-    rc = msg_encode_status(st_json, &st);
-    /* The acknowledgement is the status object with "ok" in front. */
-    if (rc == 0) rc = pbuf_append_str(b, "{\"ok\":true,");
-    if (rc == 0) rc = pbuf_append(b, st_json->ptr + 1, st_json->len - 1);
-    if (rc) {
-        reply_internal(svc, ms, ack_id);
-        return;
-    }
-    queue_ack_json(svc, ms, ack_id, (char *)b->ptr, b->len, changed || mstore_in_batch(svc->store));
-    if (changed) queue_bcast(svc, ms, &c, MSG_EV_STATUS, (char *)st_json->ptr, st_json->len, true);
+    h->svc = svc;
+    h->hkind = HOLD_RECEIPT;
+    h->ack_id = ack_id;
+    h->conv = c;
+    h->mtype = (uint8_t)r.status;
+    h->rseq = r.seq;
+    snprintf(h->user, sizeof h->user, "%s", user);
+    obx_push(svc, h);
+    mstore_receipt_async(svc->store, c.id, user, r.status == MSG_DELIVERED ? r.seq : 0,
+                         r.status == MSG_READ ? r.seq : 0, on_receipt, h);
 }
 
 static void req_typing(msg_service *svc, msess *ms, const json_val *obj, const parley_args *a,

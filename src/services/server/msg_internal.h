@@ -129,6 +129,7 @@ struct mpres {
  * its place in the outbox, replaced by the acknowledgement, broadcast and
  * notifications once its batch is committed (expand_hold). */
 enum { OB_ACK, OB_BCAST, OB_JOIN, OB_LEAVE, OB_SYNC, OB_NOTIFY, OB_HTTP, OB_NPUSH, OB_HOLD };
+enum { HOLD_SEND, HOLD_RECEIPT };
 
 typedef struct obx {
     struct obx *next;
@@ -151,12 +152,16 @@ typedef struct obx {
     char *origin; /* OB_HTTP: the allowed Origin the answer grants (CORS) */
     bool send_ok; /* OB_ACK: the answer to a send_message that stored (or found) it */
     uint64_t t0;  /* ... and when that send_message arrived (uv_hrtime) */
-    /* OB_HOLD: the request and the insert's result. */
+    /* OB_HOLD: the request and the store's answer: a send_message's
+     * insert, or a receipt's update (hkind). */
     struct msg_service *svc;
     msg_conv conv;
     uint8_t mtype;
-    bool stored; /* the insert's callback ran */
+    uint8_t hkind; /* HOLD_SEND, HOLD_RECEIPT */
+    bool stored;   /* the store's callback ran */
     int rc;
+    int64_t rseq;           /* HOLD_RECEIPT: the seq asked for (mtype: its status) */
+    mstore_receipt_res rcp; /* HOLD_RECEIPT: the answer */
     struct obx *sub_head, *sub_tail; /* what expanding it queued */
 } obx;
 

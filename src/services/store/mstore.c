@@ -54,6 +54,30 @@ void mstore_commit_async(mstore *s, mstore_commit_cb cb, void *arg)
     cb(arg, s->ops->commit(s));
 }
 
+void mstore_receipt_async(mstore *s, const char *conv, const char *user, int64_t delivered,
+                          int64_t read, mstore_receipt_cb cb, void *arg)
+{
+    if (s->ops->receipt_async) {
+        s->ops->receipt_async(s, conv, user, delivered, read, cb, arg);
+        return;
+    }
+    settle(s);
+    mstore_receipt_res res = {0};
+    int rc = 0;
+    int64_t last = s->ops->last_seq(s, conv);
+    if (last < 0) {
+        rc = (int)last;
+    } else if ((res.last = last) < delivered || last < read) {
+        /* Which answer: a stranger learns nothing of the conversation. */
+        int p = s->ops->is_participant(s, conv, user);
+        rc = p < 0 ? p : p ? MSTORE_BEYOND : PARLEY_ESTATE;
+    } else {
+        rc = s->ops->receipt(s, conv, user, delivered, read, &res.delivered, &res.read,
+                             &res.changed);
+    }
+    cb(arg, rc, &res);
+}
+
 void mstore_drain(mstore *s)
 {
     settle(s);

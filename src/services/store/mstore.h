@@ -162,6 +162,21 @@ void mstore_insert_async(mstore *s, const msg_conv *c, const char *sender, const
  * back). Calls made meanwhile belong to the next batch. */
 typedef void (*mstore_commit_cb)(void *arg, int rc);
 void mstore_commit_async(mstore *s, mstore_commit_cb cb, void *arg);
+/* mstore_receipt's work, with the checks a receipt needs first, in one
+ * call (one statement in PostgreSQL's pipeline): cb(arg, rc, res) with
+ * rc 0 (res: the watermarks after, whether they moved, the last seq);
+ * PARLEY_ESTATE when user is not a participant of conv (res->last is
+ * still the conversation's last seq: a DM without messages has no
+ * participants yet); MSTORE_BEYOND when delivered or read is beyond the
+ * last seq (res->last); PARLEY_EIO, PARLEY_EINVAL. Joins the batch. */
+#define MSTORE_BEYOND 2
+typedef struct mstore_receipt_res {
+    int64_t delivered, read, last;
+    bool changed;
+} mstore_receipt_res;
+typedef void (*mstore_receipt_cb)(void *arg, int rc, const mstore_receipt_res *res);
+void mstore_receipt_async(mstore *s, const char *conv, const char *user, int64_t delivered,
+                          int64_t read, mstore_receipt_cb cb, void *arg);
 /* Waits for every pending asynchronous call and runs its callback. A
  * lost connection fails them all with PARLEY_EIO. */
 void mstore_drain(mstore *s);

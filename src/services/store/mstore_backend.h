@@ -64,6 +64,7 @@ typedef struct mstore_ops {
      * synchronous ones and calls back at once. */
     void (*insert_async)(mstore *s, const msg_conv *c, const char *sender, const char *client_id, msg_type type, msg_priority prio, const char *content_json, size_t content_len, const char *media, const char *media_mime, int64_t now_ms, mstore_insert_cb cb, void *arg);
     void (*commit_async)(mstore *s, mstore_commit_cb cb, void *arg);
+    void (*receipt_async)(mstore *s, const char *conv, const char *user, int64_t delivered, int64_t read, mstore_receipt_cb cb, void *arg);
     void (*drain)(mstore *s);
     bool (*pending)(const mstore *s);
 } mstore_ops;

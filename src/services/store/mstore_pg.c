@@ -67,6 +67,7 @@ enum {
     ST_FIND,
     ST_CONV_GET,
     ST_INSERT,
+    ST_RECEIPT,
     ST_CONV_ADD,
     ST_PART_ADD,
     ST_PART_DEL,
@@ -134,6 +135,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_INSERT] =
         "SELECT st, mid, mseq FROM parley_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
         "$11, $12, $13, $14)",
+    [ST_RECEIPT] = "SELECT rst, rd, rr, rlast FROM parley_receipt($1, $2, $3, $4)",
     [ST_CONV_ADD] = "INSERT INTO conversations(id, kind, created_ms) "
                     "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     [ST_PART_ADD] = "INSERT INTO participants(conv, usr, delivered, read, joined_ms) "
@@ -378,6 +380,27 @@ static const char *const migrations[PG_SCHEMA_VERSION] = {
     "    ON CONFLICT DO NOTHING;"
     "  END IF;"
     "  st := 0; mid := v_id; mseq := v_last + 1; RETURN NEXT;"
+    " END $f$;"
+    /* A receipt in one statement (mstore_receipt_async): rst 0 unchanged,
+     * 3 moved, 1 not a participant, 2 beyond the last seq; rlast always.
+     * The watermarks only ever go up: the UPDATE takes the row's current
+     * values (another node may have raised them meanwhile). */
+    "CREATE FUNCTION parley_receipt(p_conv text, p_user text, p_delivered bigint, p_read bigint)"
+    " RETURNS TABLE(rst integer, rd bigint, rr bigint, rlast bigint) LANGUAGE plpgsql AS $f$"
+    " DECLARE v_d bigint; v_r bigint;"
+    " BEGIN"
+    "  SELECT coalesce(max(m.seq), 0) INTO rlast FROM messages m WHERE m.conv = p_conv;"
+    "  SELECT p.delivered, p.read INTO v_d, v_r FROM participants p"
+    "   WHERE p.conv = p_conv AND p.usr = p_user;"
+    "  IF NOT FOUND THEN rst := 1; rd := 0; rr := 0; RETURN NEXT; RETURN; END IF;"
+    "  IF greatest(p_delivered, p_read) > rlast THEN"
+    "   rst := 2; rd := v_d; rr := v_r; RETURN NEXT; RETURN;"
+    "  END IF;"
+    "  rr := greatest(v_r, p_read); rd := greatest(v_d, p_delivered, rr);"
+    "  IF rd = v_d AND rr = v_r THEN rst := 0; RETURN NEXT; RETURN; END IF;"
+    "  UPDATE participants p SET delivered = greatest(p.delivered, rd), read = greatest(p.read, rr)"
+    "   WHERE p.conv = p_conv AND p.usr = p_user RETURNING p.delivered, p.read INTO rd, rr;"
+    "  rst := 3; RETURN NEXT;"
     " END $f$;",
 };
 #undef ID
@@ -1543,9 +1566,9 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
  * first waiting (pg_insert's own path). A lost connection fails every
  * pending call with PARLEY_EIO. */
 
-enum { A_INSERT, A_COMMIT };
+enum { A_INSERT, A_COMMIT, A_RECEIPT };
 enum { Q_NEW, Q_SENT, Q_BUSY, Q_DONE };
-enum { W_BEGIN, W_INSERT, W_FLUSH, W_COMMIT, W_SYNC };
+enum { W_BEGIN, W_INSERT, W_FLUSH, W_COMMIT, W_SYNC, W_RECEIPT };
 
 typedef struct aop {
     struct aop *next;
@@ -1553,7 +1576,9 @@ typedef struct aop {
     int rc;
     mstore_insert_cb icb;
     mstore_commit_cb ccb;
+    mstore_receipt_cb rcb;
     void *arg;
+    mstore_receipt_res rr; /* A_RECEIPT: asked (delivered, read), then the answer */
     msg_conv c;
     char sender[MSG_USER_MAX + 1];
     char cid[MSG_CLIENT_ID_MAX + 1];
@@ -1649,6 +1674,8 @@ static void dispatch(pgs *s)
                 m.content_len = o->content_len;
             }
             o->icb(o->arg, o->rc, o->rc == 0 ? &m : NULL);
+        } else if (o->kind == A_RECEIPT) {
+            o->rcb(o->arg, o->rc, &o->rr);
         } else {
             o->ccb(o->arg, o->rc);
         }
@@ -1778,10 +1805,21 @@ static void send_ready(pgs *s)
         s->begin_pending = false;
         s->batch_writes++;
         params p;
-        insert_params(&p, o, first);
+        bool rcpt = o->kind == A_RECEIPT;
+        if (rcpt) {
+            p_init(&p);
+            p_str(&p, o->c.id);
+            p_str(&p, o->sender);
+            p_i64(&p, o->rr.delivered);
+            p_i64(&p, o->rr.read);
+        } else {
+            insert_params(&p, o, first);
+        }
         if (!enter_pipeline(s) || (first && !send_prepared(s, ST_BEGIN, NULL)) ||
-            (first && wire_push(s, W_BEGIN, NULL)) || !send_prepared(s, ST_INSERT, &p) ||
-            wire_push(s, W_INSERT, o) || !PQpipelineSync(s->conn) || wire_push(s, W_SYNC, NULL)) {
+            (first && wire_push(s, W_BEGIN, NULL)) ||
+            !send_prepared(s, rcpt ? ST_RECEIPT : ST_INSERT, &p) ||
+            wire_push(s, rcpt ? W_RECEIPT : W_INSERT, o) || !PQpipelineSync(s->conn) ||
+            wire_push(s, W_SYNC, NULL)) {
             mark_down(s, PQerrorMessage(s->conn));
             return;
         }
@@ -1845,6 +1883,30 @@ static void take_result(pgs *s, PGresult *r)
         default:
             s->lost = true;
             aop_done(s, o, corrupt(s, "parley_insert's answer"));
+        }
+        break;
+    }
+    case W_RECEIPT: {
+        aop *o = w.op;
+        int64_t st = -1;
+        if (!ok) {
+            if (s->in_tx) s->lost = true;
+            aop_done(s, o, PARLEY_EIO);
+            break;
+        }
+        if (PQntuples(r) != 1 || !get_i64(r, 0, 0, &st) || !get_i64(r, 0, 1, &o->rr.delivered) ||
+            !get_i64(r, 0, 2, &o->rr.read) || !get_i64(r, 0, 3, &o->rr.last) || o->rr.last < 0)
+            st = -1;
+        o->rr.changed = st == 3;
+        if (st == 0 || st == 3)
+            aop_done(s, o, 0);
+        else if (st == 1)
+            aop_done(s, o, PARLEY_ESTATE);
+        else if (st == 2)
+            aop_done(s, o, MSTORE_BEYOND);
+        else {
+            s->lost = true;
+            aop_done(s, o, corrupt(s, "parley_receipt's answer"));
         }
         break;
     }
@@ -2051,6 +2113,34 @@ static void pg_insert_async(mstore *base_, const msg_conv *c, const char *sender
     }
     enqueue(s, o);
     if (s->in_async) return; /* sent after the pipeline's own work */
+    pump(s);
+}
+
+static void pg_receipt_async(mstore *base_, const char *conv, const char *user,
+                             int64_t delivered, int64_t read, mstore_receipt_cb cb, void *arg)
+{
+    pgs *s = (pgs *)base_;
+    aop *o = calloc(1, sizeof *o);
+    if (!o) {
+        mstore_receipt_res res = {0};
+        cb(arg, PARLEY_ENOMEM, &res);
+        return;
+    }
+    o->kind = A_RECEIPT;
+    o->rcb = cb;
+    o->arg = arg;
+    if (!ident_ok(conv, MSG_CONV_MAX) || !ident_ok(user, MSG_USER_MAX) || delivered < 0 ||
+        read < 0) {
+        o->state = Q_DONE;
+        o->rc = PARLEY_EINVAL;
+    } else {
+        copy_str(o->c.id, sizeof o->c.id, conv);
+        copy_str(o->sender, sizeof o->sender, user);
+        o->rr.delivered = delivered;
+        o->rr.read = read;
+    }
+    enqueue(s, o);
+    if (s->in_async) return;
     pump(s);
 }
 
@@ -2909,6 +2999,7 @@ static const mstore_ops pg_ops = {
     .push_retry = pg_push_retry,
     .insert_async = pg_insert_async,
     .commit_async = pg_commit_async,
+    .receipt_async = pg_receipt_async,
     .drain = pg_drain,
     .pending = pg_pending,
 };
