@@ -456,6 +456,7 @@ struct pgs {
     bool dispatching;      /* callbacks running */
     bool in_async;         /* the pipeline's own synchronous work */
     bool flush_failed;     /* the commit's stored-bytes statement failed */
+    bool split_failed;     /* an early commit of this batch failed (W_SPLIT) */
     bool want_write;       /* libpq has output the socket did not take */
     uint64_t tx_gen;       /* transactions begun by the pipeline */
 };
@@ -1153,6 +1154,11 @@ static int pend_flush(pgs *s)
 static int pg_commit(mstore *base_)
 {
     pgs *s = (pgs *)base_;
+    if (s->split_failed) { /* the batch's first part is lost (settle_wire) */
+        s->split_failed = false;
+        if (s->in_tx) pg_rollback(&s->base);
+        return PARLEY_EIO;
+    }
     if (!s->in_tx) return 0;
     if (s->lost) {
         pg_rollback(&s->base);
@@ -1568,7 +1574,7 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
 
 enum { A_INSERT, A_COMMIT, A_RECEIPT };
 enum { Q_NEW, Q_SENT, Q_BUSY, Q_DONE };
-enum { W_BEGIN, W_INSERT, W_FLUSH, W_COMMIT, W_SYNC, W_RECEIPT };
+enum { W_BEGIN, W_INSERT, W_FLUSH, W_COMMIT, W_SYNC, W_RECEIPT, W_SPLIT };
 
 typedef struct aop {
     struct aop *next;
@@ -1636,6 +1642,7 @@ static void fail_all(pgs *s)
     s->wire_head = 0;
     s->need_rollback = false;
     s->flush_failed = false;
+    s->split_failed = false;
     s->want_write = false;
     for (aop *o = s->aq_head; o; o = o->next) {
         if (o->state == Q_DONE) continue;
@@ -1743,7 +1750,8 @@ static bool enter_pipeline(pgs *s)
 static void start_commit(pgs *s, aop *o)
 {
     if (!s->in_tx) {
-        aop_done(s, o, 0);
+        aop_done(s, o, s->split_failed ? PARLEY_EIO : 0);
+        s->split_failed = false;
         return;
     }
     if (s->begin_pending || s->lost || s->need_rollback) {
@@ -1847,6 +1855,21 @@ static void take_result(pgs *s, PGresult *r)
     case W_FLUSH:
         if (!ok) s->flush_failed = true;
         break;
+    case W_SPLIT: {
+        /* The batch so far, committed early (settle_wire). Failed, the
+         * caller's commit fails too: its acknowledgements cover it. */
+        bool committed = ok && !s->flush_failed && strcmp(PQcmdStatus(r), "COMMIT") == 0;
+        s->flush_failed = false;
+        if (committed) {
+            s->commits++;
+            s->splits++;
+        } else {
+            s->swept_day = INT64_MIN;
+            s->split_failed = true;
+            if (s->in_tx) s->lost = true; /* the busy ones' transaction */
+        }
+        break;
+    }
     case W_INSERT: {
         aop *o = w.op;
         int64_t st = -1;
@@ -1928,6 +1951,10 @@ static void take_result(pgs *s, PGresult *r)
                 s->need_rollback = true;
             }
         }
+        if (s->split_failed) { /* the batch's first part was lost */
+            s->split_failed = false;
+            committed = false;
+        }
         aop_done(s, o, committed ? 0 : PARLEY_EIO);
         break;
     }
@@ -1986,27 +2013,37 @@ static void settle_wire(pgs *s)
         s->in_async = false;
     }
     if (!s->nbusy) return;
-    s->in_async = true;
-    bool first = true;
+    if (s->lost || !s->in_tx) { /* nothing to commit early: the batch is gone */
+        for (aop *o = s->aq_head; o && s->nbusy; o = o->next)
+            if (o->state == Q_BUSY) aop_done(s, o, PARLEY_EIO);
+        return;
+    }
+    /* The batch so far is committed early, in the pipeline (its stored
+     * bytes with it), and the busy inserts go out again, in order, the
+     * first in a new transaction that holds nothing and may wait for the
+     * conversation (send_ready). The loop does not wait for either. */
+    params p;
+    int ar = pend_arrays(s, &p);
+    if (ar < 0) {
+        s->lost = true;
+        settle_wire(s);
+        return;
+    }
+    s->flush_failed = false;
+    if (!enter_pipeline(s) || (ar == 0 && !send_prepared(s, ST_STORAGE_FLUSH, &p)) ||
+        (ar == 0 && wire_push(s, W_FLUSH, NULL)) || !send_prepared(s, ST_COMMIT, NULL) ||
+        wire_push(s, W_SPLIT, NULL) || !PQpipelineSync(s->conn) || wire_push(s, W_SYNC, NULL)) {
+        mark_down(s, PQerrorMessage(s->conn));
+        return;
+    }
+    pend_clear(s);
+    s->in_tx = false;
+    s->batch_writes = 0;
     for (aop *o = s->aq_head; o && s->nbusy; o = o->next) {
         if (o->state != Q_BUSY) continue;
-        int rc = 0;
-        if (first && !s->lost && !s->need_rollback) rc = split_batch(s);
-        first = false;
-        mstore_msg m;
-        if (rc == 0) {
-            if (s->batch_writes) s->batch_writes--; /* counted when sent */
-            rc = pg_insert(&s->base, &o->c, o->sender, o->cid, o->type, o->prio, o->content,
-                           o->content_len, o->has_media ? o->media : NULL,
-                           o->has_media ? o->mime : NULL, o->ts, &m);
-        }
-        if (rc == 0) {
-            o->id = m.m.id;
-            o->seq = m.m.seq;
-        }
-        if (o->state == Q_BUSY) aop_done(s, o, rc); /* mark_down may have failed it */
+        o->state = Q_NEW;
+        s->nbusy--;
     }
-    s->in_async = false;
 }
 
 /* Progress without waiting: reads, sends, runs callbacks. */
