@@ -1845,6 +1845,111 @@ static void test_async_calls(void **state)
     fx_free(&sc);
 }
 
+/* ---- asynchronous receipts ---- */
+
+typedef struct rrec {
+    int n;
+    bool in_order;
+    int rc[8];
+    mstore_receipt_res res[8];
+} rrec;
+
+typedef struct rcall {
+    rrec *r;
+    int idx;
+} rcall;
+
+static void rec_receipt(void *arg, int rc, const mstore_receipt_res *res)
+{
+    rcall *c = arg;
+    rrec *r = c->r;
+    if (c->idx != r->n) r->in_order = false;
+    r->rc[r->n] = rc;
+    r->res[r->n] = *res;
+    r->n++;
+}
+
+/* mstore_receipt_async: the membership, the seq's range and the watermark
+ * update in one call; a receipt sees the inserts made before it in the
+ * same batch; a stranger learns nothing (not-a-participant before
+ * beyond); callbacks in call order with the inserts'. */
+static void test_async_receipts(void **state)
+{
+    (void)state;
+    fixture sc;
+    fx_init(&sc);
+    mstore *st = fx_open(&sc);
+    msg_conv dm, empty;
+    msg_conv_dm(&dm, "amy", "bob");
+    msg_conv_dm(&empty, "cat", "dan");
+    bool added;
+    assert_int_equal(mstore_join(st, "r", "amy", T0, &added), 0);
+    for (int i = 0; i < 3; i++) {
+        char cid[8];
+        snprintf(cid, sizeof cid, "d%d", i);
+        assert_int_equal(put_text(st, &dm, "amy", cid, NULL), i + 1);
+    }
+    assert_int_equal(mstore_commit(st), 0);
+
+    rrec r = {.in_order = true};
+    rcall rc[8];
+    for (int i = 0; i < 8; i++) rc[i] = (rcall){&r, i};
+    arec ar = {.in_order = true, .commit_at = -1};
+    acall ac = {&ar, 0};
+    mstore_receipt_async(st, dm.id, "bob", 2, 0, rec_receipt, &rc[0]);  /* moves */
+    mstore_receipt_async(st, dm.id, "bob", 0, 1, rec_receipt, &rc[1]);  /* read 1 */
+    mstore_receipt_async(st, dm.id, "bob", 1, 0, rec_receipt, &rc[2]);  /* nothing new */
+    mstore_receipt_async(st, dm.id, "bob", 0, 4, rec_receipt, &rc[3]);  /* beyond 3 */
+    mstore_receipt_async(st, "room:r", "zed", 0, 99, rec_receipt, &rc[4]); /* a stranger */
+    mstore_receipt_async(st, empty.id, "cat", 0, 1, rec_receipt, &rc[5]); /* no messages */
+    put_async(st, &dm, "amy", "d3", &ac);                                  /* seq 4 ... */
+    mstore_receipt_async(st, dm.id, "bob", 0, 4, rec_receipt, &rc[6]);  /* ... seen at once */
+    mstore_commit_async(st, rec_commit, &ar);
+    mstore_drain(st);
+    assert_false(mstore_async_pending(st));
+    assert_int_equal(r.n, 7);
+    assert_true(r.in_order);
+    assert_int_equal(ar.n, 1);
+    assert_int_equal(ar.seq[0], 4);
+    assert_int_equal(ar.commit_rc, 0);
+
+    assert_int_equal(r.rc[0], 0);
+    assert_true(r.res[0].changed);
+    assert_int_equal(r.res[0].delivered, 2);
+    assert_int_equal(r.res[0].read, 0);
+    assert_int_equal(r.res[0].last, 3);
+    assert_int_equal(r.rc[1], 0);
+    assert_true(r.res[1].changed);
+    assert_int_equal(r.res[1].delivered, 2);
+    assert_int_equal(r.res[1].read, 1);
+    assert_int_equal(r.rc[2], 0);
+    assert_false(r.res[2].changed);
+    assert_int_equal(r.res[2].delivered, 2);
+    assert_int_equal(r.res[2].read, 1);
+    assert_int_equal(r.rc[3], MSTORE_BEYOND);
+    assert_int_equal(r.res[3].last, 3);
+    assert_int_equal(r.rc[4], PARLEY_ESTATE);
+    assert_int_equal(r.rc[5], PARLEY_ESTATE);
+    assert_int_equal(r.res[5].last, 0);
+    assert_int_equal(r.rc[6], 0);
+    assert_true(r.res[6].changed);
+    assert_int_equal(r.res[6].delivered, 4);
+    assert_int_equal(r.res[6].read, 4);
+    assert_int_equal(r.res[6].last, 4);
+
+    /* Stored with the commit: the synchronous call reads them back. */
+    int64_t d, rd;
+    bool changed;
+    assert_int_equal(mstore_receipt(st, dm.id, "bob", 0, 0, &d, &rd, &changed), 0);
+    assert_false(changed);
+    assert_int_equal(d, 4);
+    assert_int_equal(rd, 4);
+    assert_int_equal(mstore_receipt(st, dm.id, "amy", 0, 0, &d, &rd, &changed), 0);
+    assert_int_equal(d, 0);
+    mstore_close(st);
+    fx_free(&sc);
+}
+
 /* ---- PostgreSQL: pipelined inserts ---- */
 
 #define AX_BATCHES 50
@@ -1967,6 +2072,116 @@ static void test_pg_async_crossing(void **state)
     fx_free(&sc);
 }
 
+typedef struct kickt {
+    mstore *st;
+    msg_conv c;
+    arec r;
+    acall a[4];
+    rrec rr;
+    rcall rc;
+    bool timed_out;
+    uv_idle_t wake; /* keeps the loop turning until the calls are made */
+    uv_check_t check;
+    uv_timer_t guard;
+} kickt;
+
+static void kick_commit(void *arg, int rc)
+{
+    kickt *k = arg;
+    rec_commit(&k->r, rc);
+    uv_stop(uv_handle_get_loop((uv_handle_t *)&k->guard));
+}
+
+/* The receipt answered (after the inserts): commit, from the callback. */
+static void kick_receipt(void *arg, int rc, const mstore_receipt_res *res)
+{
+    kickt *k = PARLEY_CONTAINER_OF(arg, kickt, rc);
+    rec_receipt(arg, rc, res);
+    mstore_commit_async(k->st, kick_commit, k);
+}
+
+/* The calls are made from a check callback, the loop's last phase (as the
+ * service's commit is): with nothing else to wake the loop after it,
+ * they must still go out. */
+static void kick_from_check(uv_check_t *h)
+{
+    kickt *k = h->data;
+    uv_check_stop(h);
+    uv_idle_stop(&k->wake);
+    for (int i = 0; i < 3; i++) {
+        char cid[8];
+        snprintf(cid, sizeof cid, "q%d", i);
+        k->a[i] = (acall){&k->r, i};
+        put_async(k->st, &k->c, "amy", cid, &k->a[i]);
+    }
+    k->rc = (rcall){&k->rr, 0};
+    mstore_receipt_async(k->st, k->c.id, "bob", 0, 3, kick_receipt, &k->rc);
+}
+
+static void kick_wake(uv_idle_t *h)
+{
+    (void)h; /* an active idle handle: the poll does not block */
+}
+
+static void kick_guard(uv_timer_t *t)
+{
+    kickt *k = t->data;
+    k->timed_out = true;
+    uv_stop(uv_handle_get_loop((uv_handle_t *)t));
+}
+
+/* On a loop, the calls of one iteration are sent together at the next
+ * (not one Sync each): inserts and a receipt made from a check callback
+ * are answered with no timer or other event to wake the loop, in order;
+ * the receipt sees the inserts; a commit made from its callback stores
+ * them all. */
+static void test_pg_calls_on_the_loop(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    fixture sc;
+    fx_init(&sc);
+    static kickt k;
+    memset(&k, 0, sizeof k);
+    k.r = (arec){.in_order = true, .commit_at = -1};
+    k.rr = (rrec){.in_order = true};
+    k.st = pg_open_opts(sc.url, &loop, 5000);
+    msg_conv_dm(&k.c, "amy", "bob");
+    assert_int_equal(uv_check_init(&loop, &k.check), 0);
+    k.check.data = &k;
+    assert_int_equal(uv_check_start(&k.check, kick_from_check), 0);
+    assert_int_equal(uv_idle_init(&loop, &k.wake), 0);
+    assert_int_equal(uv_idle_start(&k.wake, kick_wake), 0);
+    assert_int_equal(uv_timer_init(&loop, &k.guard), 0);
+    k.guard.data = &k;
+    assert_int_equal(uv_timer_start(&k.guard, kick_guard, 10000, 0), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_false(k.timed_out);
+    assert_int_equal(k.r.n, 3);
+    assert_true(k.r.in_order);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(k.r.rc[i], 0);
+        assert_int_equal(k.r.seq[i], i + 1);
+    }
+    assert_int_equal(k.rr.n, 1);
+    assert_int_equal(k.rr.rc[0], 0);
+    assert_int_equal(k.rr.res[0].read, 3);
+    assert_int_equal(k.r.ncommits, 1);
+    assert_int_equal(k.r.commit_rc, 0);
+    uv_timer_stop(&k.guard);
+    uv_close((uv_handle_t *)&k.guard, NULL);
+    uv_close((uv_handle_t *)&k.check, NULL);
+    uv_close((uv_handle_t *)&k.wake, NULL);
+    mstore_close(k.st);
+    mstore *st2 = pg_open_opts(sc.url, NULL, 5000);
+    assert_int_equal(mstore_last_seq(st2, k.c.id), 3);
+    mstore_close(st2);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    fx_free(&sc);
+}
+
 /* The connection killed with a pipeline in flight: every callback runs,
  * the commit's with PARLEY_EIO, nothing of the batch is stored; the store
  * comes back on the loop. */
@@ -2076,6 +2291,7 @@ int main(void)
         cmocka_unit_test(test_store_presence),
         cmocka_unit_test(test_outbox),
         cmocka_unit_test(test_async_calls),
+        cmocka_unit_test(test_async_receipts),
     };
     const struct CMUnitTest pg_only[] = {
         cmocka_unit_test(test_pg_content_bytes),
@@ -2088,6 +2304,7 @@ int main(void)
         cmocka_unit_test(test_pg_restart),
         cmocka_unit_test(test_pg_async_crossing),
         cmocka_unit_test(test_pg_async_killed),
+        cmocka_unit_test(test_pg_calls_on_the_loop),
     };
     int failed = cmocka_run_group_tests_name("sqlite", common, setup_sqlite, NULL);
     g_pgurl = getenv("PARLEY_TEST_PG_URL");

@@ -424,6 +424,7 @@ struct pgs {
     char where[160]; /* user@host:port/db for logs: never the password */
     uv_loop_t *loop;
     uv_timer_t *timer; /* backoff, and the deadline of an attempt */
+    uv_idle_t *kick;   /* sends the calls of one loop iteration together */
     uv_poll_t *poll;   /* the socket of a connection being made */
     uv_poll_t *idle;   /* the open connection's socket between calls: a
                           server that goes away is noticed at once */
@@ -457,6 +458,7 @@ struct pgs {
     bool in_async;         /* the pipeline's own synchronous work */
     bool flush_failed;     /* the commit's stored-bytes statement failed */
     bool split_failed;     /* an early commit of this batch failed (W_SPLIT) */
+    unsigned unsynced;     /* statements sent since the last Sync */
     bool want_write;       /* libpq has output the socket did not take */
     uint64_t tx_gen;       /* transactions begun by the pipeline */
 };
@@ -1309,6 +1311,14 @@ int mstore_pg_open(const char *url, const mstore_open_opts *o, mstore **out)
         } else {
             s->timer->data = s;
         }
+        s->kick = rc ? NULL : malloc(sizeof *s->kick);
+        if (!rc && (!s->kick || uv_idle_init(s->loop, s->kick) != 0)) {
+            free(s->kick);
+            s->kick = NULL;
+            rc = PARLEY_ENOMEM;
+        } else if (!rc) {
+            s->kick->data = s;
+        }
     }
     if (!rc) rc = connect_sync(s, false);
     if (!rc) {
@@ -1338,6 +1348,10 @@ static void pg_close(mstore *base_)
     if (s->timer) {
         uv_timer_stop(s->timer);
         uv_close((uv_handle_t *)s->timer, timer_closed);
+    }
+    if (s->kick) {
+        uv_idle_stop(s->kick);
+        uv_close((uv_handle_t *)s->kick, timer_closed);
     }
     idle_stop(s);
     if (s->conn) PQfinish(s->conn);
@@ -1786,8 +1800,24 @@ static void start_commit(pgs *s, aop *o)
     o->state = Q_SENT;
 }
 
-/* Sends what may go now. */
+static void send_ready_(pgs *s);
+
+/* Sends what may go now, then one Sync for the statements sent: the
+ * server answers them in one write, and an error aborts only the
+ * statements of the same batch, which is lost with it anyway. */
 static void send_ready(pgs *s)
+{
+    send_ready_(s);
+    if (!s->unsynced || !s->conn || PQpipelineStatus(s->conn) == PQ_PIPELINE_OFF) {
+        s->unsynced = 0;
+        return;
+    }
+    s->unsynced = 0;
+    if (!PQpipelineSync(s->conn) || wire_push(s, W_SYNC, NULL))
+        mark_down(s, PQerrorMessage(s->conn));
+}
+
+static void send_ready_(pgs *s)
 {
     bool before_done = true; /* every call before o answered */
     for (aop *o = s->aq_head; o; o = o->next) {
@@ -1826,11 +1856,11 @@ static void send_ready(pgs *s)
         if (!enter_pipeline(s) || (first && !send_prepared(s, ST_BEGIN, NULL)) ||
             (first && wire_push(s, W_BEGIN, NULL)) ||
             !send_prepared(s, rcpt ? ST_RECEIPT : ST_INSERT, &p) ||
-            wire_push(s, rcpt ? W_RECEIPT : W_INSERT, o) || !PQpipelineSync(s->conn) ||
-            wire_push(s, W_SYNC, NULL)) {
+            wire_push(s, rcpt ? W_RECEIPT : W_INSERT, o)) {
             mark_down(s, PQerrorMessage(s->conn));
             return;
         }
+        s->unsynced++;
         o->state = Q_SENT;
         before_done = false;
     }
@@ -2098,6 +2128,25 @@ static bool pg_pending(const mstore *base_)
     return ((const pgs *)base_)->aq_head != NULL;
 }
 
+static void on_kick(uv_idle_t *h)
+{
+    pgs *s = h->data;
+    uv_idle_stop(h);
+    pump(s);
+}
+
+/* The calls of this loop iteration go out together: at the start of the
+ * next one (an idle handle, which also keeps the poll from blocking), or
+ * before that with a commit (the messaging service commits once its
+ * iteration's requests are handled); without a loop, at once. */
+static void kick(pgs *s)
+{
+    if (!s->kick)
+        pump(s);
+    else if (!uv_is_active((uv_handle_t *)s->kick))
+        uv_idle_start(s->kick, on_kick);
+}
+
 static void enqueue(pgs *s, aop *o)
 {
     if (s->aq_tail)
@@ -2150,7 +2199,7 @@ static void pg_insert_async(mstore *base_, const msg_conv *c, const char *sender
     }
     enqueue(s, o);
     if (s->in_async) return; /* sent after the pipeline's own work */
-    pump(s);
+    kick(s);
 }
 
 static void pg_receipt_async(mstore *base_, const char *conv, const char *user,
@@ -2178,7 +2227,7 @@ static void pg_receipt_async(mstore *base_, const char *conv, const char *user,
     }
     enqueue(s, o);
     if (s->in_async) return;
-    pump(s);
+    kick(s);
 }
 
 static void pg_commit_async(mstore *base_, mstore_commit_cb cb, void *arg)
