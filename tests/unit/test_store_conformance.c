@@ -2182,6 +2182,99 @@ static void test_pg_calls_on_the_loop(void **state)
     fx_free(&sc);
 }
 
+typedef struct busyt {
+    mstore *st, *st2;
+    arec r;
+    int n_at_release;
+    bool pending_at_release, released, timed_out;
+    uv_timer_t release, guard;
+} busyt;
+
+static void busy_commit(void *arg, int rc)
+{
+    busyt *b = PARLEY_CONTAINER_OF(arg, busyt, r);
+    rec_commit(arg, rc);
+    uv_stop(uv_handle_get_loop((uv_handle_t *)&b->guard));
+}
+
+/* Node 2 commits, from a timer on node 1's loop: node 1 must not be
+ * waiting for it inside a call. */
+static void busy_release(uv_timer_t *t)
+{
+    busyt *b = t->data;
+    b->n_at_release = b->r.n;
+    b->pending_at_release = mstore_async_pending(b->st);
+    assert_int_equal(mstore_commit(b->st2), 0);
+    b->released = true;
+}
+
+static void busy_guard(uv_timer_t *t)
+{
+    busyt *b = t->data;
+    b->timed_out = true;
+    uv_stop(uv_handle_get_loop((uv_handle_t *)t));
+}
+
+/* A batch meets a conversation another node holds: the batch so far is
+ * committed early and the busy insert waits in a new transaction, in
+ * the pipeline, while the loop goes on (a timer on it makes the other
+ * node commit; a store that waited inside the call would time out). */
+static void test_pg_busy_retry_on_the_loop(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    fixture sc;
+    fx_init(&sc);
+    static busyt b;
+    memset(&b, 0, sizeof b);
+    b.r = (arec){.in_order = true, .commit_at = -1};
+    b.st = pg_open_opts(sc.url, &loop, 5000);
+    b.st2 = pg_open_opts(sc.url, NULL, 5000);
+    bool added;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(mstore_join(b.st2, i ? "y" : "x", "amy", T0, &added), 0);
+        assert_int_equal(mstore_join(b.st2, i ? "y" : "x", "bob", T0, &added), 0);
+    }
+    assert_int_equal(mstore_commit(b.st2), 0);
+    msg_conv x, y;
+    msg_conv_room(&x, "x");
+    msg_conv_room(&y, "y");
+    assert_int_equal(put_text(b.st2, &y, "bob", "b1", NULL), 1); /* node 2 holds y */
+    acall a[2] = {{&b.r, 0}, {&b.r, 1}};
+    put_async(b.st, &x, "amy", "a1", &a[0]);
+    put_async(b.st, &y, "amy", "a2", &a[1]);
+    mstore_commit_async(b.st, busy_commit, &b.r);
+    assert_int_equal(uv_timer_init(&loop, &b.release), 0);
+    b.release.data = &b;
+    assert_int_equal(uv_timer_start(&b.release, busy_release, 300, 0), 0);
+    assert_int_equal(uv_timer_init(&loop, &b.guard), 0);
+    b.guard.data = &b;
+    assert_int_equal(uv_timer_start(&b.guard, busy_guard, 10000, 0), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_false(b.timed_out);
+    assert_true(b.released);
+    assert_true(b.pending_at_release); /* the busy insert was still waiting */
+    assert_int_equal(b.n_at_release, 1);
+    assert_int_equal(b.r.n, 2);
+    assert_true(b.r.in_order);
+    assert_int_equal(b.r.rc[0], 0);
+    assert_int_equal(b.r.seq[0], 1);
+    assert_int_equal(b.r.rc[1], 0);
+    assert_int_equal(b.r.seq[1], 2); /* after node 2's */
+    assert_int_equal(b.r.ncommits, 1);
+    assert_int_equal(b.r.commit_rc, 0);
+    uv_close((uv_handle_t *)&b.release, NULL);
+    uv_close((uv_handle_t *)&b.guard, NULL);
+    mstore_close(b.st);
+    assert_int_equal(mstore_last_seq(b.st2, y.id), 2);
+    assert_int_equal(mstore_last_seq(b.st2, x.id), 1);
+    mstore_close(b.st2);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    fx_free(&sc);
+}
+
 /* The connection killed with a pipeline in flight: every callback runs,
  * the commit's with PARLEY_EIO, nothing of the batch is stored; the store
  * comes back on the loop. */
@@ -2305,6 +2398,7 @@ int main(void)
         cmocka_unit_test(test_pg_async_crossing),
         cmocka_unit_test(test_pg_async_killed),
         cmocka_unit_test(test_pg_calls_on_the_loop),
+        cmocka_unit_test(test_pg_busy_retry_on_the_loop),
     };
     int failed = cmocka_run_group_tests_name("sqlite", common, setup_sqlite, NULL);
     g_pgurl = getenv("PARLEY_TEST_PG_URL");
