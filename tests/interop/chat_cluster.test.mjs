@@ -235,6 +235,37 @@ describe('messaging across two nodes on PostgreSQL', () => {
     [...clients, reader].forEach((c) => c.close());
   });
 
+  test('the storage quota and a room\'s membership, checked by the insert on PostgreSQL: quota_exceeded, duplicate, not_member', async () => {
+    // A node with limits on and a small quota, on the same database.
+    const q = await startChatServer({
+      limits: 'on',
+      extra: ['--store', pg.url, '--media-dir', media, '--redis', redis.url, '--node-id', 'q',
+        '--storage-per-user', '1000'],
+    });
+    const [kim, lea] = users('kim', 'lea');
+    const k = await online(q, kim);
+    const text = 'y'.repeat(50); // 128 + 61 bytes stored each: 5 fit in 1000
+    const ids = [];
+    let refused;
+    for (let i = 0; i < 8 && !refused; i++) {
+      const clientId = nextClientId();
+      const res = await k.req('send_message', { client_id: clientId, to: lea, type: 'text', content: { text } });
+      if (res?.ok) ids.push(clientId);
+      else refused = res?.error;
+    }
+    assert.equal(ids.length, 5, JSON.stringify(refused));
+    assert.equal(refused?.code, 'quota_exceeded');
+    const again = await k.ok('send_message', { client_id: ids[0], to: lea, type: 'text', content: { text } });
+    assert.equal(again.duplicate, true);
+    assert.equal(again.message.seq, 1);
+    const room = `closed${++uniq}`;
+    const l = await online(nodes.a, lea);
+    await l.ok('join_room', { room });
+    await k.fails('send_message', { client_id: nextClientId(), room, type: 'text', content: { text: 'x' } }, 'not_member', 'room');
+    await l.ok('send_message', { client_id: nextClientId(), room, type: 'text', content: { text: 'member' } });
+    [k, l].forEach((c) => c.close());
+  });
+
   test('media uploaded on node a is served by node b to a participant', async () => {
     const [hal, ivy] = users('hal', 'ivy');
     const bytes = Buffer.from(`picture ${Date.now()} `.repeat(100));

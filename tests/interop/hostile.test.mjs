@@ -442,6 +442,41 @@ describe('5. joins', () => {
     await other.ok('join_room', { room: `${tag}-0` });
   });
 
+  test('--storage-per-user: the send that would go over is quota_exceeded (no retry hint); a resend of a stored message is still duplicate; a room stranger is not_member; others send on', async () => {
+    /* 128 + the content's bytes per message: 1000 bytes hold 5 of these. */
+    const srv = await start(['--storage-per-user', '1000']);
+    const [amy, bob] = [fresh('amy'), fresh('bob')];
+    const a = await online(srv, amy);
+    const b = await online(srv, bob);
+    const text = 'x'.repeat(50);
+    const ids = [];
+    let refused;
+    for (let i = 0; i < 10 && !refused; i++) {
+      const clientId = nextClientId();
+      const res = await a.send({ to: bob }, { text }, { clientId });
+      if (res.ok) ids.push(clientId);
+      else refused = res.error;
+    }
+    console.log(`hostile: --storage-per-user 1000: ${ids.length} messages stored, then ${JSON.stringify(refused)}`);
+    assert.equal(ids.length, 5, 'five messages of 128 + 61 bytes fit in 1000');
+    assert.equal(refused?.code, 'quota_exceeded');
+    assert.equal(refused.retry_after_ms, undefined, 'waiting does not help');
+    const again = await a.send({ to: bob }, { text }, { clientId: ids[2] });
+    assert.equal(again.ok, true, JSON.stringify(again));
+    assert.equal(again.duplicate, true);
+    assert.equal(again.message.seq, 3);
+    await b.ok('send_message', { client_id: nextClientId(), to: amy, type: 'text', content: { text: 'still here' } });
+    const room = fresh('room');
+    await b.ok('join_room', { room });
+    await a.fails('send_message', { client_id: nextClientId(), room, type: 'text', content: { text: 'x' } }, 'not_member', 'room');
+    /* At its quota the user is still served: reads, receipts, rooms. */
+    const s = await a.ok('sync', { since: {} });
+    assert.ok(JSON.stringify(s).includes(ids[4]), 'its stored messages sync');
+    await a.ok('receipt', { conversation: dm(amy, bob), status: 'read', seq: 6 });
+    await a.ok('join_room', { room });
+    await stillServed(b, 'the other user');
+  });
+
   test('--max-rooms 5: the 6th distinct room is quota_exceeded (field room); after leaving one, a new one may be joined', async () => {
     const srv = await start(['--max-rooms', '5']);
     const u = await online(srv, fresh('joiner'));

@@ -1950,6 +1950,80 @@ static void test_async_receipts(void **state)
     fx_free(&sc);
 }
 
+/* The insert checks a room's membership and the sender's storage quota
+ * itself, in this order, before the duplicate; synchronously and
+ * pipelined. */
+static void test_insert_checks(void **state)
+{
+    (void)state;
+    fixture sc;
+    fx_init(&sc);
+    mstore *st = fx_open(&sc);
+    static const char content[] = "{\"text\":\"hello\"}"; /* put_text's */
+    const int64_t one = (int64_t)sizeof content - 1 + MSTORE_MSG_OVERHEAD;
+    msg_conv room, dm;
+    msg_conv_room(&room, "r");
+    msg_conv_dm(&dm, "amy", "bob");
+    bool added;
+    assert_int_equal(mstore_join(st, "r", "amy", T0, &added), 0);
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_msg m;
+    assert_int_equal(mstore_insert(st, &room, "bob", "b1", MSG_TEXT, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, NULL, NULL, T0, &m),
+                     MSTORE_NOT_MEMBER);
+    assert_int_equal(put_text(st, &room, "amy", "a1", NULL), 1);
+    arec r = {.in_order = true, .commit_at = -1};
+    acall a[4] = {{&r, 0}, {&r, 1}, {&r, 2}, {&r, 3}};
+    put_async(st, &room, "bob", "b2", &a[0]);
+    put_async(st, &room, "amy", "a2", &a[1]);
+    mstore_commit_async(st, rec_commit, &r);
+    mstore_drain(st);
+    assert_int_equal(r.rc[0], MSTORE_NOT_MEMBER);
+    assert_int_equal(r.rc[1], 0);
+    assert_int_equal(r.seq[1], 2);
+    assert_int_equal(r.commit_rc, 0);
+    int64_t used = 0;
+    assert_int_equal(mstore_storage_bytes(st, "bob", &used), 0);
+    assert_int_equal(used, 0);
+
+    /* amy has stored two messages; room for exactly one more. */
+    assert_int_equal(mstore_storage_bytes(st, "amy", &used), 0);
+    int64_t amy = used;
+    mstore_set_storage_quota(st, amy + one);
+    assert_int_equal(put_text(st, &dm, "amy", "a3", NULL), 1);
+    assert_int_equal(mstore_insert(st, &dm, "amy", "a4", MSG_TEXT, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, NULL, NULL, T0, &m),
+                     MSTORE_OVER_QUOTA);
+    /* ... counted with the open batch's, then committed. */
+    assert_int_equal(mstore_commit(st), 0);
+    assert_int_equal(mstore_insert(st, &dm, "amy", "a4", MSG_TEXT, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, NULL, NULL, T0, &m),
+                     MSTORE_OVER_QUOTA);
+    /* The quota comes before the duplicate: a resend is refused too. */
+    assert_int_equal(mstore_insert(st, &dm, "amy", "a3", MSG_TEXT, MSG_PRIO_NORMAL, content,
+                                   sizeof content - 1, NULL, NULL, T0, &m),
+                     MSTORE_OVER_QUOTA);
+    assert_int_equal(put_text(st, &dm, "bob", "b3", NULL), 2); /* others go on */
+    arec r2 = {.in_order = true, .commit_at = -1};
+    acall b[2] = {{&r2, 0}, {&r2, 1}};
+    put_async(st, &dm, "amy", "a5", &b[0]);
+    put_async(st, &dm, "bob", "b4", &b[1]);
+    mstore_commit_async(st, rec_commit, &r2);
+    mstore_drain(st);
+    assert_int_equal(r2.rc[0], MSTORE_OVER_QUOTA);
+    assert_int_equal(r2.rc[1], 0);
+    assert_int_equal(r2.seq[1], 3);
+    assert_int_equal(r2.commit_rc, 0);
+    assert_int_equal(mstore_storage_bytes(st, "amy", &used), 0);
+    assert_int_equal(used, amy + one);
+    /* No quota: stored again. */
+    mstore_set_storage_quota(st, 0);
+    assert_int_equal(put_text(st, &dm, "amy", "a4", NULL), 4);
+    assert_int_equal(mstore_commit(st), 0);
+    mstore_close(st);
+    fx_free(&sc);
+}
+
 /* ---- PostgreSQL: pipelined inserts ---- */
 
 #define AX_BATCHES 50
@@ -2385,6 +2459,7 @@ int main(void)
         cmocka_unit_test(test_outbox),
         cmocka_unit_test(test_async_calls),
         cmocka_unit_test(test_async_receipts),
+        cmocka_unit_test(test_insert_checks),
     };
     const struct CMUnitTest pg_only[] = {
         cmocka_unit_test(test_pg_content_bytes),

@@ -253,6 +253,19 @@ void expand_hold(msg_service *svc, obx *h)
         reply_fail(svc, ms, ack_id, MSG_E_NOT_MEMBER, "room", "no such room");
         goto out;
     }
+    if (rc == MSTORE_NOT_MEMBER) {
+        msg_error err;
+        msg_fail(&err, MSG_E_NOT_MEMBER, "room", "you are not a member of room %s", c->a);
+        if (!answer_duplicate(svc, ms, ack_id, user, h->meta.client_id))
+            reply_error(svc, ms, ack_id, &err);
+        goto out;
+    }
+    if (rc == MSTORE_OVER_QUOTA) { /* a resend of a stored one is a duplicate still */
+        if (!answer_duplicate(svc, ms, ack_id, user, h->meta.client_id))
+            refuse_limit(svc, ms, ack_id, MSG_E_QUOTA_EXCEEDED, 0, NULL,
+                         "your storage quota is used up");
+        goto out;
+    }
     if (rc) {
         reply_internal(svc, ms, ack_id);
         goto out;
@@ -335,14 +348,9 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
         return;
     }
     if (refuse_if_disk_low(svc, ms, ack_id)) return;
-    uint64_t quota = mquota_opts_of(svc->quota)->storage_per_user;
-    int64_t used = 0;
-    if (quota && mstore_storage_bytes(svc->store, user, &used) == 0 &&
-        (uint64_t)used + obj->len > quota) {
-        refuse_limit(svc, ms, ack_id, MSG_E_QUOTA_EXCEEDED, 0, NULL,
-                     "your storage quota is used up");
-        return;
-    }
+    /* The storage quota and a room's membership are checked by the insert
+     * itself (no store call of their own: on PostgreSQL each would wait for
+     * the pipeline); answered in expand_hold. */
     if (m.priority == MSG_PRIO_URGENT) {
         /* Urgent is what a recipient cannot easily tune out: few per
          * sender and recipient (per room for rooms); beyond that the
@@ -355,7 +363,9 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
             svc->stats.urgent_downgraded++;
         }
     }
-    if (c.kind == MSG_CONV_ROOM) {
+    const char *media = NULL;
+    if (c.kind == MSG_CONV_ROOM && msg_type_has_media(m.type)) {
+        /* Before the media lookup: a stranger learns nothing of it. */
         int p = mstore_is_participant(svc->store, c.id, user);
         if (p != 1) {
             if (p < 0) {
@@ -367,7 +377,6 @@ static void req_send(msg_service *svc, msess *ms, const json_val *obj, const par
             return;
         }
     }
-    const char *media = NULL;
     if (msg_type_has_media(m.type)) {
         media = m.content.media;
         int64_t size = 0;
@@ -1145,6 +1154,9 @@ int msg_service_new(parley_server *srv, const msg_service_opts *o, msg_service *
             snprintf(path, sizeof path, "%s/messages.db", svc->data_dir);
             rc = mstore_open(path, o->full_sync, &svc->store);
         }
+        if (rc == 0)
+            mstore_set_storage_quota(svc->store,
+                                     (int64_t)mquota_opts_of(svc->quota)->storage_per_user);
     }
     if (rc == 0 && !svc->disabled) {
         bool shared = strcmp(mstore_backend(svc->store), "sqlite") != 0;

@@ -78,6 +78,11 @@ void mstore_receipt_async(mstore *s, const char *conv, const char *user, int64_t
     cb(arg, rc, &res);
 }
 
+void mstore_set_storage_quota(mstore *s, int64_t bytes)
+{
+    s->ops->set_storage_quota(s, bytes > 0 ? bytes : 0);
+}
+
 void mstore_drain(mstore *s)
 {
     settle(s);

@@ -116,7 +116,8 @@ typedef struct mstore_msg {
 int mstore_find(mstore *s, const char *sender, const char *client_id, mstore_msg *out);
 
 /* Stores a message in conversation c (DM conversations and their two
- * participants are created on first use; a room must exist). Assigns id,
+ * participants are created on first use; a room must exist, and the
+ * sender be one of its members). Assigns id,
  * seq (last + 1) and ts = now_ms; media (NULL or a media id) is recorded
  * as referenced by the conversation with media_mime, the MIME type the
  * message carries (ignored without media; the first message of a
@@ -124,9 +125,20 @@ int mstore_find(mstore *s, const char *sender, const char *client_id, mstore_msg
  * sender's stored bytes grow by content_len + MSTORE_MSG_OVERHEAD. The
  * caller has checked that the sender may post there. 0; MSTORE_DUPLICATE
  * when the sender already stored client_id (nothing is written: look it
- * up with mstore_find); PARLEY_EIO, PARLEY_ENOMEM, PARLEY_ESTATE (room
- * does not exist), PARLEY_EINVAL (media without a valid media_mime). */
-#define MSTORE_DUPLICATE 1
+ * up with mstore_find); MSTORE_NOT_MEMBER (a room the sender is not a
+ * member of); MSTORE_OVER_QUOTA (mstore_set_storage_quota); PARLEY_EIO,
+ * PARLEY_ENOMEM, PARLEY_ESTATE (room does not exist), PARLEY_EINVAL
+ * (media without a valid media_mime). The checks come in that order:
+ * room, membership, quota, then the duplicate. */
+#define MSTORE_DUPLICATE  1
+#define MSTORE_NOT_MEMBER 3
+#define MSTORE_OVER_QUOTA 4
+/* Inserts refuse a message that would take its sender's stored bytes
+ * (mstore_storage_bytes, with this batch's) above bytes: the check is made
+ * by the insert itself, with no round trip of its own. On PostgreSQL the
+ * batch's inserts still in flight are not counted: a sender may go over
+ * by what it has in flight in one batch. 0 = no quota (the default). */
+void mstore_set_storage_quota(mstore *s, int64_t bytes);
 int mstore_insert(mstore *s, const msg_conv *c, const char *sender, const char *client_id,
                   msg_type type, msg_priority prio, const char *content_json, size_t content_len,
                   const char *media, const char *media_mime, int64_t now_ms, mstore_msg *out);

@@ -22,6 +22,7 @@ typedef struct mstore_ops {
     int (*ping)(mstore *s);
     int (*find)(mstore *s, const char *sender, const char *client_id, mstore_msg *out);
     int (*insert)(mstore *s, const msg_conv *c, const char *sender, const char *client_id, msg_type type, msg_priority prio, const char *content_json, size_t content_len, const char *media, const char *media_mime, int64_t now_ms, mstore_msg *out);
+    void (*set_storage_quota)(mstore *s, int64_t bytes);
     int64_t (*last_seq)(mstore *s, const char *conv);
     int (*is_participant)(mstore *s, const char *conv, const char *user);
     int (*conv_exists)(mstore *s, const char *conv);

@@ -134,7 +134,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                     "FROM conversations c WHERE c.id = $1",
     [ST_INSERT] =
         "SELECT st, mid, mseq FROM parley_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-        "$11, $12, $13, $14)",
+        "$11, $12, $13, $14, $15, $16)",
     [ST_RECEIPT] = "SELECT rst, rd, rr, rlast FROM parley_receipt($1, $2, $3, $4)",
     [ST_CONV_ADD] = "INSERT INTO conversations(id, kind, created_ms) "
                     "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -348,9 +348,10 @@ static const char *const migrations[PG_SCHEMA_VERSION] = {
      * batch, at commit. */
     "CREATE FUNCTION parley_insert(p_conv text, p_dm boolean, p_a text, p_b text,"
     " p_sender text, p_cid text, p_type integer, p_prio integer, p_ts bigint, p_content text,"
-    " p_media text, p_mime text, p_seq_max bigint, p_wait boolean)"
+    " p_media text, p_mime text, p_seq_max bigint, p_wait boolean, p_quota bigint,"
+    " p_need bigint)"
     " RETURNS TABLE(st integer, mid bigint, mseq bigint) LANGUAGE plpgsql AS $f$"
-    " DECLARE v_last bigint; v_id bigint;"
+    " DECLARE v_last bigint; v_id bigint; v_used bigint;"
     " BEGIN"
     "  IF p_wait THEN"
     "   PERFORM pg_advisory_xact_lock(hashtextextended(p_conv, 1347241300));"
@@ -366,6 +367,15 @@ static const char *const migrations[PG_SCHEMA_VERSION] = {
     "    ON CONFLICT DO NOTHING;"
     "   INSERT INTO participants(conv, usr, delivered, read, joined_ms) VALUES"
     "    (p_conv, p_a, 0, 0, p_ts), (p_conv, p_b, 0, 0, p_ts) ON CONFLICT DO NOTHING;"
+    "  ELSIF NOT p_dm THEN"
+    "   PERFORM 1 FROM participants p WHERE p.conv = p_conv AND p.usr = p_sender;"
+    "   IF NOT FOUND THEN st := 5; mid := 0; mseq := 0; RETURN NEXT; RETURN; END IF;"
+    "  END IF;"
+    /* p_need: the message's bytes and the batch's answered ones (the
+     * node's, written at commit). */
+    "  IF p_quota > 0 THEN"
+    "   SELECT coalesce(max(u.bytes), 0) INTO v_used FROM usage_storage u WHERE u.usr = p_sender;"
+    "   IF v_used + p_need > p_quota THEN st := 6; mid := 0; mseq := 0; RETURN NEXT; RETURN; END IF;"
     "  END IF;"
     "  SELECT coalesce(max(m.seq), 0) INTO v_last FROM messages m WHERE m.conv = p_conv;"
     "  IF v_last < 0 OR v_last + 1 >= p_seq_max THEN"
@@ -420,6 +430,7 @@ typedef struct pend_user {
 struct pgs {
     mstore base; /* first: the interface */
     PGconn *conn;
+    int64_t quota; /* stored bytes per sender, 0 none (parley_insert checks) */
     char *url;
     char where[160]; /* user@host:port/db for logs: never the password */
     uv_loop_t *loop;
@@ -1492,6 +1503,18 @@ static void copy_str(char *dst, size_t cap, const char *src)
     dst[n] = 0;
 }
 
+/* The quota's parameters: the quota, and the bytes the message needs
+ * with those of the sender's answered inserts in the open batch. */
+static void quota_params(pgs *s, params *p, const char *sender, size_t content_len)
+{
+    const pend_user *e = s->quota && s->in_tx ? pend_get(s, sender, false) : NULL;
+    p_i64(p, s->quota);
+    p_i64(p, (int64_t)content_len + MSTORE_MSG_OVERHEAD + (e ? e->bytes : 0));
+}
+
+/* parley_insert's p_wait, the 14th parameter. */
+#define PI_WAIT 13
+
 static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const char *client_id,
                      msg_type type, msg_priority prio, const char *content_json, size_t content_len,
                      const char *media, const char *media_mime, int64_t now_ms, mstore_msg *out)
@@ -1523,6 +1546,7 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
     /* A transaction that holds nothing yet may wait for the conversation;
      * one that does may not (parley_insert's comment). */
     p_str(&p, s->begin_pending ? "t" : "f");
+    quota_params(s, &p, sender, content_len);
     int64_t st = -1, id = 0, seq = 0;
     for (int attempt = 0;; attempt++) {
         if ((rc = q(s, ST_INSERT, &p, "storing a message"))) return rc;
@@ -1534,8 +1558,10 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
         /* Busy: commit the batch so far (its own acknowledgements still
          * wait for the caller's mstore_commit) and wait in a new one. */
         if ((rc = split_batch(s))) return rc;
-        p.v[p.n - 1] = "t";
-        p.len[p.n - 1] = 1;
+        p.v[PI_WAIT] = "t";
+        p.len[PI_WAIT] = 1;
+        p.n = PI_WAIT + 1; /* the batch's bytes are committed now */
+        quota_params(s, &p, sender, content_len);
     }
     switch (st) {
     case 0:
@@ -1546,6 +1572,10 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
         return PARLEY_ESTATE;
     case 3:
         return PARLEY_ELIMIT;
+    case 5:
+        return MSTORE_NOT_MEMBER;
+    case 6:
+        return MSTORE_OVER_QUOTA;
     default:
         s->lost = true;
         return corrupt(s, "parley_insert's answer");
@@ -1714,7 +1744,7 @@ static bool send_prepared(pgs *s, int st, const params *p)
                                p ? p->fmt : NULL, 0) == 1;
 }
 
-static void insert_params(params *p, const aop *o, bool wait)
+static void insert_params(pgs *s, params *p, const aop *o, bool wait)
 {
     p_init(p);
     p_str(p, o->c.id);
@@ -1731,6 +1761,7 @@ static void insert_params(params *p, const aop *o, bool wait)
     p_opt(p, o->has_media ? o->mime : NULL);
     p_i64(p, MSG_SEQ_MAX);
     p_str(p, wait ? "t" : "f");
+    quota_params(s, p, o->sender, o->content_len);
 }
 
 /* Builds the stored-bytes statement's arrays: 0, 1 nothing to add, or an
@@ -1851,7 +1882,7 @@ static void send_ready_(pgs *s)
             p_i64(&p, o->rr.delivered);
             p_i64(&p, o->rr.read);
         } else {
-            insert_params(&p, o, first);
+            insert_params(s, &p, o, first);
         }
         if (!enter_pipeline(s) || (first && !send_prepared(s, ST_BEGIN, NULL)) ||
             (first && wire_push(s, W_BEGIN, NULL)) ||
@@ -1932,6 +1963,12 @@ static void take_result(pgs *s, PGresult *r)
         case 4:
             o->state = Q_BUSY;
             s->nbusy++;
+            break;
+        case 5:
+            aop_done(s, o, MSTORE_NOT_MEMBER);
+            break;
+        case 6:
+            aop_done(s, o, MSTORE_OVER_QUOTA);
             break;
         default:
             s->lost = true;
@@ -2570,6 +2607,11 @@ static int pg_usage_add_upload(mstore *base_, const char *user, int64_t day, int
     return rc;
 }
 
+static void pg_set_storage_quota(mstore *base_, int64_t bytes)
+{
+    ((pgs *)base_)->quota = bytes;
+}
+
 static int pg_storage_bytes(mstore *base_, const char *user, int64_t *bytes)
 {
     pgs *s = (pgs *)base_;
@@ -3085,6 +3127,7 @@ static const mstore_ops pg_ops = {
     .push_retry = pg_push_retry,
     .insert_async = pg_insert_async,
     .commit_async = pg_commit_async,
+    .set_storage_quota = pg_set_storage_quota,
     .receipt_async = pg_receipt_async,
     .drain = pg_drain,
     .pending = pg_pending,

@@ -401,7 +401,8 @@ static void sq_close(mstore *base_);
 static void sq_rollback(mstore *base_);
 
 struct sqs {
-    mstore base; /* first: the interface */
+    mstore base;   /* first: the interface */
+    int64_t quota; /* stored bytes per sender, 0 none */
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
     char *path;
@@ -1205,7 +1206,12 @@ static int sq_insert(mstore *base_, const msg_conv *c, const char *sender, const
         if (!rc) rc = add_participant(s, c->id, c->a, now_ms, NULL);
         if (!rc) rc = add_participant(s, c->id, c->b, now_ms, NULL);
         if (rc) return rc;
+    } else if (c->kind != MSG_CONV_DM) {
+        int p = sq_is_participant(base_, c->id, sender);
+        if (p <= 0) return p < 0 ? p : MSTORE_NOT_MEMBER;
     }
+    if (s->quota && su->bytes + (int64_t)content_len + MSTORE_MSG_OVERHEAD > s->quota)
+        return MSTORE_OVER_QUOTA;
     if (sc->last_seq + 1 >= MSG_SEQ_MAX) return PARLEY_ELIMIT;
     int64_t seq = sc->last_seq + 1;
     sqlite3_stmt *st = stmt(s, ST_MSG_ADD);
@@ -1496,6 +1502,11 @@ static int sq_usage_add_upload(mstore *base_, const char *user, int64_t day, int
     sqlite3_bind_int64(st, 2, day);
     sqlite3_bind_int64(st, 3, bytes);
     return run(s, st, "counting an upload");
+}
+
+static void sq_set_storage_quota(mstore *base_, int64_t bytes)
+{
+    ((sqs *)base_)->quota = bytes;
 }
 
 static int sq_storage_bytes(mstore *base_, const char *user, int64_t *bytes)
@@ -1995,6 +2006,7 @@ static const mstore_ops sqlite_ops = {
     .usage_day = sq_usage_day,
     .usage_add_upload = sq_usage_add_upload,
     .storage_bytes = sq_storage_bytes,
+    .set_storage_quota = sq_set_storage_quota,
     .user_rooms = sq_user_rooms,
     .contact = sq_contact,
     .presence_get = sq_presence_get,
