@@ -31,8 +31,9 @@
  * before its COMMIT, one row per user in user order (no lock held from a
  * message to the commit, none taken out of order). A message costs one
  * round trip: the function parley_insert (installed by the migration)
- * creates a DM, takes the seq, inserts with ON CONFLICT (sender,
- * client_id) DO NOTHING, and records the media reference. A concurrent insert of the same (sender, client_id) by
+ * creates a DM, checks a room's membership and the storage quota, takes
+ * the seq, inserts with ON CONFLICT (sender, client_id) DO NOTHING, and
+ * records the media reference; a receipt is one call of parley_receipt. A concurrent insert of the same (sender, client_id) by
  * another node waits for that node's transaction on the unique index:
  * committed, it is MSTORE_DUPLICATE (no seq taken, the batch intact) and
  * mstore_find returns the stored message; rolled back, the insert goes on.
@@ -1601,20 +1602,21 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
 
 /* ---- asynchronous calls: the pipeline ----
  *
- * Calls are queued in order (aop). An insert is sent at once (BEGIN
- * first when it opens the batch; a Sync after each, so that its answer
- * comes back without waiting for later ones) unless a commit queued
- * before it is not sent yet. A commit is sent once every call before it
- * is answered and nothing is on the wire (its stored bytes are known
- * then): the stored-bytes statement, COMMIT and a Sync; the next batch's
- * inserts may follow it at once, in a transaction of their own. Answers are read when
- * the socket is readable (the idle watch, one poll for the socket) or
- * by mstore_drain; callbacks run in call order. An insert answered busy
- * (every later one of its transaction is busy too: parley_insert) waits until
- * the wire is empty; then, outside pipeline mode, the batch so far is
- * committed early and the busy ones are inserted again, in order, the
- * first waiting (pg_insert's own path). A lost connection fails every
- * pending call with PARLEY_EIO. */
+ * Calls are queued in order (aop). Inserts and receipts are sent
+ * together (send_ready, kicked once per loop iteration or by a commit:
+ * BEGIN first when one opens the batch, one Sync after them) unless a
+ * commit queued before them is not sent yet. A commit is sent once every
+ * call before it is answered and nothing is on the wire (its stored
+ * bytes are known then): the stored-bytes statement, COMMIT and a Sync;
+ * the next batch's inserts may follow it at once, in a transaction of
+ * their own. Answers are read when the socket is readable (the idle
+ * watch, one poll for the socket) or by mstore_drain; callbacks run in
+ * call order. An insert answered busy (every later one of its
+ * transaction is busy too: parley_insert) waits until the wire is empty;
+ * then the batch so far is committed early in the pipeline (W_SPLIT) and
+ * the busy ones are sent again, in order, the first in a new transaction
+ * that may wait for the conversation (settle_wire). A lost connection
+ * fails every pending call with PARLEY_EIO. */
 
 enum { A_INSERT, A_COMMIT, A_RECEIPT };
 enum { Q_NEW, Q_SENT, Q_BUSY, Q_DONE };
