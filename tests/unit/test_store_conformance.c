@@ -2197,10 +2197,10 @@ static void kick_wake(uv_idle_t *h)
     (void)h; /* an active idle handle: the poll does not block */
 }
 
-static void kick_guard(uv_timer_t *t)
+/* A test's deadline on its loop: sets the bool in data and stops. */
+static void loop_guard(uv_timer_t *t)
 {
-    kickt *k = t->data;
-    k->timed_out = true;
+    *(bool *)t->data = true;
     uv_stop(uv_handle_get_loop((uv_handle_t *)t));
 }
 
@@ -2228,8 +2228,8 @@ static void test_pg_calls_on_the_loop(void **state)
     assert_int_equal(uv_idle_init(&loop, &k.wake), 0);
     assert_int_equal(uv_idle_start(&k.wake, kick_wake), 0);
     assert_int_equal(uv_timer_init(&loop, &k.guard), 0);
-    k.guard.data = &k;
-    assert_int_equal(uv_timer_start(&k.guard, kick_guard, 10000, 0), 0);
+    k.guard.data = &k.timed_out;
+    assert_int_equal(uv_timer_start(&k.guard, loop_guard, 10000, 0), 0);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_false(k.timed_out);
     assert_int_equal(k.r.n, 3);
@@ -2282,13 +2282,6 @@ static void busy_release(uv_timer_t *t)
     b->released = true;
 }
 
-static void busy_guard(uv_timer_t *t)
-{
-    busyt *b = t->data;
-    b->timed_out = true;
-    uv_stop(uv_handle_get_loop((uv_handle_t *)t));
-}
-
 /* A batch meets a conversation another node holds: the batch so far is
  * committed early and the busy insert waits in a new transaction, in
  * the pipeline, while the loop goes on (a timer on it makes the other
@@ -2323,8 +2316,8 @@ static void test_pg_busy_retry_on_the_loop(void **state)
     b.release.data = &b;
     assert_int_equal(uv_timer_start(&b.release, busy_release, 300, 0), 0);
     assert_int_equal(uv_timer_init(&loop, &b.guard), 0);
-    b.guard.data = &b;
-    assert_int_equal(uv_timer_start(&b.guard, busy_guard, 10000, 0), 0);
+    b.guard.data = &b.timed_out;
+    assert_int_equal(uv_timer_start(&b.guard, loop_guard, 10000, 0), 0);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_false(b.timed_out);
     assert_true(b.released);

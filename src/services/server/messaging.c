@@ -220,11 +220,12 @@ static void on_stored(void *arg, int rc, const mstore_msg *stored)
         h->rc = PARLEY_ENOMEM;
 }
 
-/* What follows a send_message's insert, once its batch is committed:
- * the acknowledgement, the broadcast, notifications; queued on h's
- * sub-list (svc->capture), which takes h's place in the outbox. */
 static void expand_receipt(msg_service *svc, obx *h);
 
+/* What follows a send_message's insert, once its batch is committed:
+ * the acknowledgement, the broadcast, notifications; queued on h's
+ * sub-list (svc->capture), which takes h's place in the outbox. A
+ * receipt's hold goes to expand_receipt. */
 void expand_hold(msg_service *svc, obx *h)
 {
     if (h->hkind == HOLD_RECEIPT) {

@@ -1793,6 +1793,29 @@ static bool enter_pipeline(pgs *s)
     return PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF || PQenterPipelineMode(s->conn) == 1;
 }
 
+/* Sends the open batch's stored bytes, COMMIT and a Sync: the caller's
+ * commit o (W_COMMIT) or an early one (W_SPLIT). The batch is closed on
+ * this side then: the next inserts may follow on the wire, in a
+ * transaction of their own. 0 sent; 1 nothing sent (the stored bytes
+ * could not be listed); -1 the connection failed (mark_down). */
+static int send_commit(pgs *s, uint8_t kind, aop *o)
+{
+    params p;
+    int ar = pend_arrays(s, &p);
+    if (ar < 0) return 1;
+    s->flush_failed = false;
+    if (!enter_pipeline(s) || (ar == 0 && !send_prepared(s, ST_STORAGE_FLUSH, &p)) ||
+        (ar == 0 && wire_push(s, W_FLUSH, o)) || !send_prepared(s, ST_COMMIT, NULL) ||
+        wire_push(s, kind, o) || !PQpipelineSync(s->conn) || wire_push(s, W_SYNC, NULL)) {
+        mark_down(s, PQerrorMessage(s->conn));
+        return -1;
+    }
+    pend_clear(s);
+    s->in_tx = false;
+    s->batch_writes = 0;
+    return 0;
+}
+
 /* Starts a commit whose earlier calls are all answered, the wire empty. */
 static void start_commit(pgs *s, aop *o)
 {
@@ -1810,25 +1833,13 @@ static void start_commit(pgs *s, aop *o)
         s->in_async = false;
         return;
     }
-    params p;
-    int ar = pend_arrays(s, &p);
-    if (ar < 0) {
+    int rc = send_commit(s, W_COMMIT, o);
+    if (rc > 0) {
         s->lost = true;
         start_commit(s, o);
         return;
     }
-    s->flush_failed = false;
-    if (!enter_pipeline(s) || (ar == 0 && !send_prepared(s, ST_STORAGE_FLUSH, &p)) ||
-        (ar == 0 && wire_push(s, W_FLUSH, o)) || !send_prepared(s, ST_COMMIT, NULL) ||
-        wire_push(s, W_COMMIT, o) || !PQpipelineSync(s->conn) || wire_push(s, W_SYNC, NULL)) {
-        mark_down(s, PQerrorMessage(s->conn));
-        return;
-    }
-    pend_clear(s);
-    /* The next batch's inserts may follow the COMMIT on the wire, in a
-     * transaction of their own. */
-    s->in_tx = false;
-    s->batch_writes = 0;
+    if (rc < 0) return;
     o->id = (int64_t)s->tx_gen;
     o->state = Q_SENT;
 }
@@ -2091,23 +2102,13 @@ static void settle_wire(pgs *s)
      * bytes with it), and the busy inserts go out again, in order, the
      * first in a new transaction that holds nothing and may wait for the
      * conversation (send_ready). The loop does not wait for either. */
-    params p;
-    int ar = pend_arrays(s, &p);
-    if (ar < 0) {
+    int rc = send_commit(s, W_SPLIT, NULL);
+    if (rc > 0) {
         s->lost = true;
         settle_wire(s);
         return;
     }
-    s->flush_failed = false;
-    if (!enter_pipeline(s) || (ar == 0 && !send_prepared(s, ST_STORAGE_FLUSH, &p)) ||
-        (ar == 0 && wire_push(s, W_FLUSH, NULL)) || !send_prepared(s, ST_COMMIT, NULL) ||
-        wire_push(s, W_SPLIT, NULL) || !PQpipelineSync(s->conn) || wire_push(s, W_SYNC, NULL)) {
-        mark_down(s, PQerrorMessage(s->conn));
-        return;
-    }
-    pend_clear(s);
-    s->in_tx = false;
-    s->batch_writes = 0;
+    if (rc < 0) return;
     for (aop *o = s->aq_head; o && s->nbusy; o = o->next) {
         if (o->state != Q_BUSY) continue;
         o->state = Q_NEW;
