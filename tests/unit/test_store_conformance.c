@@ -1885,7 +1885,7 @@ static void test_async_receipts(void **state)
     bool added;
     assert_int_equal(mstore_join(st, "r", "amy", T0, &added), 0);
     for (int i = 0; i < 3; i++) {
-        char cid[8];
+        char cid[16];
         snprintf(cid, sizeof cid, "d%d", i);
         assert_int_equal(put_text(st, &dm, "amy", cid, NULL), i + 1);
     }
@@ -2183,7 +2183,7 @@ static void kick_from_check(uv_check_t *h)
     uv_check_stop(h);
     uv_idle_stop(&k->wake);
     for (int i = 0; i < 3; i++) {
-        char cid[8];
+        char cid[16];
         snprintf(cid, sizeof cid, "q%d", i);
         k->a[i] = (acall){&k->r, i};
         put_async(k->st, &k->c, "amy", cid, &k->a[i]);
