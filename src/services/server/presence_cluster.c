@@ -15,25 +15,18 @@
  * presence_node_timeout_ms is dead: its contributions go, and every node
  * tells its sockets what that changes.
  *
- * A message is a JSON array: [1, uid, record...], a record being
- *   ["c", user, devices, status, text_at, text, invisible, inv_at, last_seen]
- *        a contribution (devices 0: the user has none here any more;
- *        last_seen: when the last one went, -1 unknown)
- *   ["w", uid]  "node uid: send your table": the sender is new to it
- *   ["b"]  the sender leaves (shutting down): its devices go now
- * status: msg_pstatus (0 offline, 1 busy, 2 away, 3 online). A message
- * with anything else is garbage: dropped whole and counted. */
+ * The messages: presence_wire.h. One that is garbage is dropped whole
+ * and counted. */
 #include "services/server/msg_internal.h"
 
 #include "cluster/adapter.h"
+#include "services/server/presence_wire.h"
 
-#define PC_NODES_MAX   32          /* other nodes tracked */
-#define PC_UID_MAX     32          /* node uid bytes */
-#define PC_IN_MAX      (1u << 20)  /* longer inbound messages are refused */
-#define PC_OUT_CUT     (32u << 10) /* a queued message is published past this */
-#define PC_FREE_MAX    1024        /* recycled entries kept */
-#define PC_DEVICES_MAX 1000000     /* per user and node */
-#define PC_CHAN_MAX    (32 + PROOM_MAX)
+#define PC_NODES_MAX 32          /* other nodes tracked */
+#define PC_UID_MAX   PCW_UID_MAX /* node uid bytes */
+#define PC_OUT_CUT   (32u << 10) /* a queued message is published past this */
+#define PC_FREE_MAX  1024        /* recycled entries kept */
+#define PC_CHAN_MAX  (32 + PROOM_MAX)
 
 typedef struct rentry {
     struct rentry *next_free;
@@ -166,11 +159,7 @@ static int rec_start(pres_cluster *pc)
 {
     pbuf *b = &pc->out;
     if (b->len > PC_OUT_CUT) publish_now(pc);
-    int rc = 0;
-    if (!b->len) {
-        rc = pbuf_append_str(b, "[1,");
-        if (rc == 0) rc = json_append_string(b, pc->uid, strlen(pc->uid));
-    }
+    int rc = b->len ? 0 : pcw_header(b, pc->uid);
     if (rc == 0) rc = pbuf_append(b, ",", 1);
     return rc;
 }
@@ -188,17 +177,16 @@ static int rec_done(pres_cluster *pc, int rc)
 
 static void queue_contrib(pres_cluster *pc, mpres *p, uint32_t devices, uint8_t status)
 {
-    pbuf *b = &pc->out;
+    pcw_contrib c = {.devices = devices,
+                     .status = status,
+                     .text_at = p->text_at,
+                     .invisible = p->invisible,
+                     .inv_at = p->inv_at,
+                     .last_seen = p->last_seen < 0 ? -1 : p->last_seen};
+    memcpy(c.user, p->id, p->len + 1);
+    memcpy(c.text, p->text, sizeof c.text);
     int rc = rec_start(pc);
-    if (rc == 0) rc = pbuf_append_str(b, "[\"c\",");
-    if (rc == 0) rc = json_append_string(b, p->id, p->len);
-    if (rc == 0)
-        rc = pbuf_appendf(b, ",%u,%u,%lld,", (unsigned)devices, (unsigned)status,
-                          (long long)p->text_at);
-    if (rc == 0) rc = json_append_string(b, p->text, strlen(p->text));
-    if (rc == 0)
-        rc = pbuf_appendf(b, ",%d,%lld,%lld]", p->invisible ? 1 : 0, (long long)p->inv_at,
-                          (long long)(p->last_seen < 0 ? -1 : p->last_seen));
+    if (rc == 0) rc = pcw_contrib_append(&pc->out, &c);
     if (rec_done(pc, rc) == 0) {
         p->pc_devices = devices;
         p->pc_status = status;
@@ -293,48 +281,15 @@ static void on_heartbeat(ptimer *t)
 
 /* ---- incoming ---- */
 
-/* A JSON string into out (cap bytes with the NUL): false when it is not a
- * string, too long, or has control characters (NUL included). */
-static bool get_str(const json_val *v, char *out, size_t cap)
-{
-    if (v->type != JSON_STRING) return false;
-    long n = json_string_decode(v, out, cap - 1);
-    if (n < 0) return false;
-    out[n] = 0;
-    for (long i = 0; i < n; i++)
-        if ((unsigned char)out[i] < 0x20 || out[i] == 0x7f) return false;
-    return true;
-}
-
-static bool get_int(const json_val *v, int64_t lo, int64_t hi, int64_t *out)
-{
-    return v->type == JSON_NUMBER && json_int(v, out) && *out >= lo && *out <= hi;
-}
-
-/* A contribution of node n: checked, and with n applied (the user's
- * record kept in step). NULL, or what is wrong with it. */
-static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
+/* A contribution of node n (checked by pcw_parse), applied: the user's
+ * record kept in step. */
+static void apply_contrib(pres_cluster *pc, rnode *n, const pcw_contrib *c)
 {
     msg_service *svc = pc->svc;
-    json_val v[8];
-    for (int i = 0; i < 8; i++)
-        if (!json_array_next(it, &v[i])) return "a contribution with too few fields";
-    json_val extra;
-    if (json_array_next(it, &extra)) return "a contribution with too many fields";
-    char user[MSG_USER_MAX + 1];
-    char text[MSG_PRESENCE_TEXT_MAX + 1];
-    int64_t devices, status, text_at, inv, inv_at, last_seen;
-    if (!get_str(&v[0], user, sizeof user) || !msg_valid_user(user, strlen(user)))
-        return "a bad user id";
-    if (!get_int(&v[1], 0, PC_DEVICES_MAX, &devices)) return "a bad device count";
-    if (!get_int(&v[2], devices ? MSG_PS_BUSY : MSG_PS_OFFLINE, MSG_PS_ONLINE, &status))
-        return "a bad status";
-    if (!get_int(&v[3], 0, INT64_MAX / 2, &text_at)) return "a bad text time";
-    if (!get_str(&v[4], text, sizeof text)) return "a bad text";
-    if (!get_int(&v[5], 0, 1, &inv)) return "a bad invisibility";
-    if (!get_int(&v[6], 0, INT64_MAX / 2, &inv_at)) return "a bad invisibility time";
-    if (!get_int(&v[7], -1, INT64_MAX / 2, &last_seen)) return "a bad last seen";
-    if (!n) return NULL;
+    const char *user = c->user;
+    int64_t devices = c->devices, status = c->status, text_at = c->text_at;
+    int64_t inv_at = c->inv_at, last_seen = c->last_seen;
+    const char *text = c->text;
     size_t len = strlen(user);
     rentry *e = pmap_get(&n->users, user, len);
     if (devices == 0) {
@@ -348,14 +303,14 @@ static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
         if (!e) {
             if (pc->entries >= pc->max_entries) {
                 pc->over_limit++;
-                return NULL;
+                return;
             }
             e = entry_new(pc);
-            if (!e) return NULL;
+            if (!e) return;
             memcpy(e->user, user, len + 1);
             if (pmap_put(&n->users, e->user, len, e) != 0) {
                 entry_free(pc, e);
-                return NULL;
+                return;
             }
             n->n++;
             pc->entries++;
@@ -369,7 +324,7 @@ static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
      * user has devices anywhere; none and no record: nobody here was told
      * anything. */
     mpres *p = pres_get(svc, user, devices > 0);
-    if (!p) return NULL;
+    if (!p) return;
     /* The user's own settings, newest first; not published again (the
      * node they were set on did). */
     if (text_at > p->text_at) {
@@ -377,7 +332,7 @@ static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
         p->text_at = p->pc_text_at = text_at;
     }
     if (inv_at > p->inv_at) {
-        p->invisible = inv == 1;
+        p->invisible = c->invisible;
         p->inv_at = p->pc_inv_at = inv_at;
         p->last_seen = inv_at; /* frozen, or resumed, then */
     }
@@ -388,81 +343,25 @@ static const char *on_contrib(pres_cluster *pc, rnode *n, json_iter *it)
     if ((!u || !u->n) && r.devices == 0 && !p->invisible && last_seen >= 0)
         p->last_seen = last_seen;
     pres_mark_remote(svc, p);
-    return NULL;
-}
-
-static bool uid_ok(const char *s)
-{
-    if (!*s) return false;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9')))
-            return false;
-    return true;
 }
 
 static void on_message(const char *msg, size_t len, void *user)
 {
     pres_cluster *pc = user;
-    if (len > PC_IN_MAX) {
-        bad(pc, "too long");
+    pcw_msg m;
+    const char *why = pcw_parse(&m, msg, len);
+    if (why) {
+        bad(pc, why);
         return;
     }
-    json_val top, v;
-    json_iter it;
-    if (json_parse(msg, len, 4, &top, NULL) != 0 || top.type != JSON_ARRAY) {
-        bad(pc, "not a JSON array");
-        return;
-    }
-    json_iter_init(&it, &top);
-    int64_t version;
-    if (!json_array_next(&it, &v) || !get_int(&v, 1, 1, &version)) {
-        bad(pc, "not version 1");
-        return;
-    }
-    char uid[PC_UID_MAX + 1];
-    if (!json_array_next(&it, &v) || !get_str(&v, uid, sizeof uid) || !uid_ok(uid)) {
-        bad(pc, "a bad node uid");
-        return;
-    }
-    if (!strcmp(uid, pc->uid)) return; /* our own */
-    /* Every record is checked before any is applied: a message is taken
-     * whole or not at all. */
-    json_iter rit = it;
-    bool bye = false;
-    while (json_array_next(&rit, &v)) {
-        json_iter f;
-        json_val kind, extra, target;
-        char tuid[PC_UID_MAX + 1];
-        const char *why = NULL;
-        if (v.type != JSON_ARRAY) {
-            why = "a record that is not an array";
-        } else {
-            json_iter_init(&f, &v);
-            if (!json_array_next(&f, &kind))
-                why = "an empty record";
-            else if (json_string_eq(&kind, "c"))
-                why = on_contrib(pc, NULL, &f);
-            else if (json_string_eq(&kind, "w") && json_array_next(&f, &target) &&
-                     get_str(&target, tuid, sizeof tuid) && uid_ok(tuid) &&
-                     !json_array_next(&f, &extra))
-                why = NULL;
-            else if (json_string_eq(&kind, "b") && !json_array_next(&f, &extra))
-                bye = true;
-            else
-                why = "a record of an unknown kind";
-        }
-        if (why) {
-            bad(pc, why);
-            return;
-        }
-    }
+    if (!strcmp(m.uid, pc->uid)) return; /* our own */
     uint64_t now = ploop_now(pc->svc->loop);
     rnode *n = NULL, *slot = NULL;
     for (size_t i = 0; i < PC_NODES_MAX && !n; i++) {
-        if (pc->nodes[i].used && !strcmp(pc->nodes[i].uid, uid)) n = &pc->nodes[i];
+        if (pc->nodes[i].used && !strcmp(pc->nodes[i].uid, m.uid)) n = &pc->nodes[i];
         if (!pc->nodes[i].used && !slot) slot = &pc->nodes[i];
     }
-    if (bye) { /* the rest of its message no longer matters */
+    if (m.bye) { /* the rest of its message no longer matters */
         pc->received++;
         if (n) node_dead(pc, n, true);
         return;
@@ -476,29 +375,21 @@ static void on_message(const char *msg, size_t len, void *user)
         n = slot;
         memset(n, 0, sizeof *n);
         n->used = true;
-        memcpy(n->uid, uid, strlen(uid) + 1);
-        plog_info("presence: node %s joined", uid);
+        memcpy(n->uid, m.uid, strlen(m.uid) + 1);
+        plog_info("presence: node %s joined", m.uid);
         /* It knows nothing of us (or dropped us): our table, and its. */
         pc->announce = true;
         int rc = rec_start(pc);
-        if (rc == 0) rc = pbuf_append_str(&pc->out, "[\"w\",");
-        if (rc == 0) rc = json_append_string(&pc->out, uid, strlen(uid));
-        if (rc == 0) rc = pbuf_append(&pc->out, "]", 1);
+        if (rc == 0) rc = pcw_want_append(&pc->out, m.uid);
         rec_done(pc, rc);
     }
     n->heard = now;
     pc->received++;
-    while (json_array_next(&it, &v)) {
-        json_iter f;
-        json_val kind;
-        json_iter_init(&f, &v);
-        json_array_next(&f, &kind);
-        json_val target;
-        char tuid[PC_UID_MAX + 1];
-        if (json_string_eq(&kind, "c"))
-            on_contrib(pc, n, &f);
-        else if (json_array_next(&f, &target) && get_str(&target, tuid, sizeof tuid) &&
-                 !strcmp(tuid, pc->uid))
+    pcw_record r;
+    while (pcw_next(&m, &r)) {
+        if (r.kind == PCW_CONTRIB)
+            apply_contrib(pc, n, &r.c);
+        else if (!strcmp(r.target, pc->uid))
             pc->announce = true; /* a "w" for us */
     }
     if (pc->announce) {
@@ -516,7 +407,7 @@ static void pc_free(pres_cluster *pc)
      * timeout (if Redis takes it before the connection goes). */
     pc->out.len = 0;
     int rc = rec_start(pc);
-    if (rc == 0) rc = pbuf_append_str(&pc->out, "[\"b\"]");
+    if (rc == 0) rc = pcw_bye_append(&pc->out);
     if (rec_done(pc, rc) == 0) publish_now(pc);
     ploop_timer_stop(pc->svc->loop, &pc->hb);
     pcluster_private_unsubscribe(pc->c, pc->chan);
