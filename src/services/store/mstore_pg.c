@@ -1513,6 +1513,26 @@ static void quota_params(pgs *s, params *p, const char *sender, size_t content_l
     p_i64(p, (int64_t)content_len + MSTORE_MSG_OVERHEAD + (e ? e->bytes : 0));
 }
 
+/* What parley_insert's answer st (not 0, stored, nor 4, busy) means. */
+static int insert_refusal(pgs *s, int64_t st)
+{
+    switch (st) {
+    case 1:
+        return MSTORE_DUPLICATE;
+    case 2:
+        return PARLEY_ESTATE;
+    case 3:
+        return PARLEY_ELIMIT;
+    case 5:
+        return MSTORE_NOT_MEMBER;
+    case 6:
+        return MSTORE_OVER_QUOTA;
+    default:
+        s->lost = true;
+        return corrupt(s, "parley_insert's answer");
+    }
+}
+
 /* parley_insert's p_wait, the 14th parameter. */
 #define PI_WAIT 13
 
@@ -1564,23 +1584,7 @@ static int pg_insert(mstore *base_, const msg_conv *c, const char *sender, const
         p.n = PI_WAIT + 1; /* the batch's bytes are committed now */
         quota_params(s, &p, sender, content_len);
     }
-    switch (st) {
-    case 0:
-        break;
-    case 1:
-        return MSTORE_DUPLICATE;
-    case 2:
-        return PARLEY_ESTATE;
-    case 3:
-        return PARLEY_ELIMIT;
-    case 5:
-        return MSTORE_NOT_MEMBER;
-    case 6:
-        return MSTORE_OVER_QUOTA;
-    default:
-        s->lost = true;
-        return corrupt(s, "parley_insert's answer");
-    }
+    if (st != 0) return insert_refusal(s, st);
     if ((rc = pend_add(s, sender, (int64_t)content_len + MSTORE_MSG_OVERHEAD))) {
         s->lost = true; /* stored without its bytes: the batch must not commit */
         return rc;
@@ -1910,6 +1914,13 @@ static void send_ready_(pgs *s)
     }
 }
 
+/* A call's statement failed: its batch is lost with it. */
+static void statement_failed(pgs *s, aop *o)
+{
+    if (s->in_tx) s->lost = true;
+    aop_done(s, o, PARLEY_EIO);
+}
+
 /* One answer for the statement at the head of the wire. */
 static void take_result(pgs *s, PGresult *r)
 {
@@ -1948,44 +1959,22 @@ static void take_result(pgs *s, PGresult *r)
         aop *o = w.op;
         int64_t st = -1;
         if (!ok) {
-            if (s->in_tx) s->lost = true;
-            aop_done(s, o, PARLEY_EIO);
+            statement_failed(s, o);
             break;
         }
         if (PQntuples(r) != 1 || !get_i64(r, 0, 0, &st) || !get_i64(r, 0, 1, &o->id) ||
             !get_i64(r, 0, 2, &o->seq))
             st = -1;
-        switch (st) {
-        case 0:
-            if (pend_add(s, o->sender, (int64_t)o->content_len + MSTORE_MSG_OVERHEAD)) {
-                s->lost = true;
-                aop_done(s, o, PARLEY_ENOMEM);
-            } else {
-                aop_done(s, o, 0);
-            }
-            break;
-        case 1:
-            aop_done(s, o, MSTORE_DUPLICATE);
-            break;
-        case 2:
-            aop_done(s, o, PARLEY_ESTATE);
-            break;
-        case 3:
-            aop_done(s, o, PARLEY_ELIMIT);
-            break;
-        case 4:
+        if (st == 4) {
             o->state = Q_BUSY;
             s->nbusy++;
-            break;
-        case 5:
-            aop_done(s, o, MSTORE_NOT_MEMBER);
-            break;
-        case 6:
-            aop_done(s, o, MSTORE_OVER_QUOTA);
-            break;
-        default:
+        } else if (st != 0) {
+            aop_done(s, o, insert_refusal(s, st));
+        } else if (pend_add(s, o->sender, (int64_t)o->content_len + MSTORE_MSG_OVERHEAD)) {
             s->lost = true;
-            aop_done(s, o, corrupt(s, "parley_insert's answer"));
+            aop_done(s, o, PARLEY_ENOMEM);
+        } else {
+            aop_done(s, o, 0);
         }
         break;
     }
@@ -1993,8 +1982,7 @@ static void take_result(pgs *s, PGresult *r)
         aop *o = w.op;
         int64_t st = -1;
         if (!ok) {
-            if (s->in_tx) s->lost = true;
-            aop_done(s, o, PARLEY_EIO);
+            statement_failed(s, o);
             break;
         }
         if (PQntuples(r) != 1 || !get_i64(r, 0, 0, &st) || !get_i64(r, 0, 1, &o->rr.delivered) ||
