@@ -1304,6 +1304,17 @@ static void *write_crossing(void *arg)
     return NULL;
 }
 
+/* Rooms x and y with members amy and bob, committed: the crossing tests'. */
+static void join_rooms_xy(mstore *st)
+{
+    bool added;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(mstore_join(st, i ? "y" : "x", "amy", T0, &added), 0);
+        assert_int_equal(mstore_join(st, i ? "y" : "x", "bob", T0, &added), 0);
+    }
+    assert_int_equal(mstore_commit(st), 0);
+}
+
 /* Two nodes whose batches take two conversations in opposite orders (the
  * pattern of a DM whose users are on different nodes): without care this
  * deadlocks in PostgreSQL (one batch lost about every second). A batch
@@ -1315,12 +1326,7 @@ static void test_pg_crossing_batches(void **state)
     fixture sc;
     fx_init(&sc);
     mstore *st = fx_open(&sc);
-    bool added;
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(mstore_join(st, i ? "y" : "x", "amy", T0, &added), 0);
-        assert_int_equal(mstore_join(st, i ? "y" : "x", "bob", T0, &added), 0);
-    }
-    assert_int_equal(mstore_commit(st), 0);
+    join_rooms_xy(st);
     crosser a = {.url = sc.url, .name = "amy", .reverse = false};
     crosser b = {.url = sc.url, .name = "bob", .reverse = true};
     pthread_t ta, tb;
@@ -2109,12 +2115,7 @@ static void test_pg_async_crossing(void **state)
     fixture sc;
     fx_init(&sc);
     mstore *st = fx_open(&sc);
-    bool added;
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(mstore_join(st, i ? "y" : "x", "amy", T0, &added), 0);
-        assert_int_equal(mstore_join(st, i ? "y" : "x", "bob", T0, &added), 0);
-    }
-    assert_int_equal(mstore_commit(st), 0);
+    join_rooms_xy(st);
     static axw a, b;
     a = (axw){.url = sc.url, .name = "amy", .in_order = true, .seq_order = true};
     b = (axw){.url = sc.url, .name = "bob", .reverse = true, .in_order = true, .seq_order = true};
@@ -2298,12 +2299,7 @@ static void test_pg_busy_retry_on_the_loop(void **state)
     b.r = (arec){.in_order = true, .commit_at = -1};
     b.st = pg_open_opts(sc.url, &loop, 5000);
     b.st2 = pg_open_opts(sc.url, NULL, 5000);
-    bool added;
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(mstore_join(b.st2, i ? "y" : "x", "amy", T0, &added), 0);
-        assert_int_equal(mstore_join(b.st2, i ? "y" : "x", "bob", T0, &added), 0);
-    }
-    assert_int_equal(mstore_commit(b.st2), 0);
+    join_rooms_xy(b.st2);
     msg_conv x, y;
     msg_conv_room(&x, "x");
     msg_conv_room(&y, "y");
